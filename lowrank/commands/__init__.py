@@ -1,0 +1,1 @@
+"""Sub-commands of ``python -m lowrank``: each module here has ``register(subparsers)``."""

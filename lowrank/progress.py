@@ -1,0 +1,53 @@
+"""Progress reporting shared by the library, the CLI (tqdm) and the dashboard (st.progress).
+
+A progress callback is any ``fn(done: int, total: int, message: str) -> None``.
+Library functions take ``progress=None`` and call :func:`report`; the CLI passes a
+:class:`TqdmProgress`, the dashboard an adapter around ``st.progress``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+Progress = Callable[[int, int, str], None]
+
+
+def report(progress: Optional[Progress], done: int, total: int, message: str = "") -> None:
+    if progress is not None:
+        progress(done, total, message)
+
+
+def scaled(progress: Optional[Progress], start: float, stop: float) -> Optional[Progress]:
+    """A callback mapping a sub-task's [0, total] onto the [start, stop] fraction of ``progress`` (out of 1000)."""
+    if progress is None:
+        return None
+
+    def inner(done: int, total: int, message: str = "") -> None:
+        fraction = start + (stop - start) * (done / total if total else 1.0)
+        progress(int(round(1000 * fraction)), 1000, message)
+
+    return inner
+
+
+class TqdmProgress:
+    """A tqdm bar driven by progress callbacks; the bar is re-created when the message's stage changes."""
+
+    def __init__(self, disable: bool = False):
+        self.bar = None
+        self.disable = disable
+
+    def __call__(self, done: int, total: int, message: str = "") -> None:
+        from tqdm.auto import tqdm
+
+        if self.bar is None or self.bar.total != total or done < self.bar.n:
+            self.close()
+            self.bar = tqdm(total=total, disable=self.disable, dynamic_ncols=True)
+        self.bar.set_description(message[:60], refresh=False)
+        self.bar.update(done - self.bar.n)
+        if done >= total:
+            self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

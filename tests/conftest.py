@@ -1,0 +1,99 @@
+"""Shared fixtures: tiny BERT / Llama models saved as real checkpoints, and small local tasks."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+os.environ.setdefault("LOWRANK_OFFLINE", "1")  # tests never probe the hub
+torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+POSITIVE = ["a good film", "great acting and a fine story", "wonderful, moving and funny", "I loved it", "a delight",
+            "brilliant work", "superb and warm", "charming and clever", "a joy to watch", "beautifully made"]
+NEGATIVE = ["a bad film", "awful acting and a dull story", "boring, flat and silly", "I hated it", "a mess",
+            "terrible work", "weak and cold", "tedious and stupid", "a pain to watch", "badly made"]
+
+
+def _tokenizer():
+    from transformers import AutoTokenizer
+
+    from lowrank.assets import minilm_dir
+
+    return AutoTokenizer.from_pretrained(minilm_dir())
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return _tokenizer()
+
+
+def sentiment_frame(repeats: int = 4) -> pd.DataFrame:
+    rows = [(t, "positive") for t in POSITIVE] + [(t, "negative") for t in NEGATIVE]
+    return pd.DataFrame(rows * repeats, columns=["text", "label"])
+
+
+@pytest.fixture(scope="session")
+def sentiment_csv(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "sentiment.csv"
+    sentiment_frame().to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory, tokenizer) -> Path:
+    """A 2-layer BERT classifier of width 64 saved with safetensors and MiniLM's tokenizer."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=256, max_position_embeddings=128, num_labels=2,
+                        id2label={0: "negative", 1: "positive"}, label2id={"negative": 0, "positive": 1})
+    model = BertForSequenceClassification(config)
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory, tokenizer) -> Path:
+    """A 2-layer Llama causal LM of width 64 (MiniLM's word-piece tokenizer, [SEP] as EOS)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=64, intermediate_size=192, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         eos_token_id=tokenizer.sep_token_id, pad_token_id=tokenizer.pad_token_id)
+    model = LlamaForCausalLM(config)
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(folder, safe_serialization=True)
+    tok = _tokenizer()
+    tok.eos_token = tok.sep_token
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture()
+def tiny_bert(tiny_bert_dir):
+    from lowrank import load_model
+
+    return load_model(str(tiny_bert_dir))
+
+
+@pytest.fixture()
+def tiny_llama(tiny_llama_dir):
+    from lowrank import load_model
+
+    return load_model(str(tiny_llama_dir))
+
+
+@pytest.fixture(scope="session")
+def text_task():
+    from lowrank.data import Task
+
+    docs = [" ".join(POSITIVE + NEGATIVE)] * 6
+    return Task("toy-text", "lm", {"train": docs[:4], "validation": docs[4:5], "test": docs[5:]})

@@ -1,0 +1,57 @@
+import json
+import re
+
+import pytest
+
+from lowrank.cli import main
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_methods_and_models_json(capsys):
+    code, out, _ = run(capsys, "methods", "--json")
+    assert code == 0 and "svd" in [m["name"] for m in json.loads(out)]
+    code, out, _ = run(capsys, "models", "--json")
+    assert {"minilm", "minilm-rt", "smollm2-135m"} <= set(json.loads(out))
+
+
+def test_compress_save_and_evaluate_round_trip(capsys, tmp_path, tiny_bert_dir, sentiment_csv):
+    out_dir = tmp_path / "small"
+    code, out, err = run(capsys, "compress", "--model", str(tiny_bert_dir), "--keep", "0.3", "--out", str(out_dir),
+                         "--task", str(sentiment_csv), "--evaluate", "--json")
+    assert code == 0, err
+    record = json.loads(out)
+    assert record["layers"] == 12 and record["metric"] == "accuracy" and (out_dir / "lowrank.json").exists()
+    code, out, err = run(capsys, "evaluate", "--model", str(out_dir), "--task", str(sentiment_csv), "--json")
+    assert code == 0, err
+    assert json.loads(out)["value"] == pytest.approx(record["value"])
+
+
+def test_compress_with_plan_file(capsys, tmp_path, tiny_bert_dir):
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"ranks": {"bert.encoder.layer.0.intermediate.dense": 4}}))
+    code, out, err = run(capsys, "compress", "--model", str(tiny_bert_dir), "--plan", str(plan), "--json")
+    assert code == 0, err
+    assert json.loads(out)["layers"] == 1
+
+
+def test_spectra_table(capsys, tiny_bert_dir):
+    code, out, _ = run(capsys, "spectra", "--model", str(tiny_bert_dir))
+    assert code == 0 and "effective_rank" in out and "attention.self.query" in out
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["evaluate", "--model", "/no/such/dir-or-id"], "error:"),
+    (["compress", "--model", "TINY", "--keep", "1.5"], r"\(0, 1\]"),
+    (["compress", "--model", "TINY", "--method", "nope"], "unknown factorization method"),
+    (["compress", "--model", "TINY", "--plan", "/no/plan.json"], "plan file not found"),
+])
+def test_bad_input_exits_2_with_message(capsys, tiny_bert_dir, argv, match):
+    argv = [str(tiny_bert_dir) if a == "TINY" else a for a in argv]
+    code, _, err = run(capsys, *argv)
+    last = err.strip().splitlines()[-1]
+    assert code == 2 and last.startswith("error:") and re.search(match, last)
