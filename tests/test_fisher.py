@@ -1,0 +1,69 @@
+import pytest
+import torch
+
+from lowrank import load_task
+from lowrank.architectures import compressible_linears
+from lowrank.data import batches
+from lowrank.fisher import estimate_fisher
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOWRANK_CACHE", str(tmp_path))
+
+
+def brute_force_fisher(loaded, task, batch_size, num_batches):
+    """Average of squared per-example gradients, one backward pass per example."""
+    linears = compressible_linears(loaded.model)
+    sums = {n: torch.zeros_like(m.weight) for n, m in linears.items()}
+    count = 0
+    for batch in batches(task, loaded.tokenizer, "train", batch_size, 128, shuffle=True, seed=0, limit=num_batches):
+        for i in range(batch["input_ids"].shape[0]):
+            one = {k: v[i:i + 1] for k, v in batch.items()}
+            if "attention_mask" in one:  # drop this example's padding
+                keep = one["attention_mask"][0].bool()
+                one = {k: (v[:, keep] if v.ndim == 2 and k != "labels" else v) for k, v in one.items()}
+            loaded.model.zero_grad()
+            loaded.model(**one).loss.backward()
+            for n, m in linears.items():
+                sums[n] += m.weight.grad.square()
+            count += 1
+    return {n: s / count for n, s in sums.items()}
+
+
+def test_hook_fisher_equals_per_example_gradients(tiny_bert, sentiment_csv):
+    task = load_task(sentiment_csv)
+    fisher = estimate_fisher(tiny_bert, task, num_batches=2, batch_size=4, use_cache=False)
+    expected = brute_force_fisher(tiny_bert, task, 4, 2)
+    assert set(fisher) == set(expected)
+    for name in fisher:
+        assert fisher[name].shape == expected[name].shape
+        torch.testing.assert_close(fisher[name], expected[name], rtol=1e-3, atol=1e-12)
+
+
+def test_lm_fisher_and_sampled_labels(tiny_llama, text_task, tiny_bert, sentiment_csv):
+    fisher = estimate_fisher(tiny_llama, text_task, num_batches=1, batch_size=2, max_length=16, use_cache=False)
+    assert len(fisher) == 14 and all((f >= 0).all() and f.sum() > 0 for f in fisher.values())
+    sampled = estimate_fisher(tiny_bert, sentiment_csv, num_batches=1, batch_size=4, labels="sampled", use_cache=False)
+    data = estimate_fisher(tiny_bert, sentiment_csv, num_batches=1, batch_size=4, use_cache=False)
+    name = next(iter(sampled))
+    assert sampled[name].sum() > 0 and not torch.equal(sampled[name], data[name])
+
+
+def test_fisher_is_cached_on_disk(tiny_bert, sentiment_csv, tmp_path):
+    first = estimate_fisher(tiny_bert, sentiment_csv, num_batches=1, batch_size=4)
+    files = list((tmp_path / "fisher").glob("*.safetensors"))
+    assert len(files) == 1
+    again = estimate_fisher(tiny_bert, sentiment_csv, num_batches=1, batch_size=4)
+    assert all(torch.equal(first[n], again[n]) for n in first)
+    with torch.no_grad():  # a changed model gets its own cache entry
+        next(iter(compressible_linears(tiny_bert.model).values())).weight.mul_(2)
+    estimate_fisher(tiny_bert, sentiment_csv, num_batches=1, batch_size=4)
+    assert len(list((tmp_path / "fisher").glob("*.safetensors"))) == 2
+
+
+def test_bad_arguments(tiny_bert, sentiment_csv):
+    with pytest.raises(ValueError, match="labels"):
+        estimate_fisher(tiny_bert, sentiment_csv, labels="guess")
+    with pytest.raises(ValueError, match="positive"):
+        estimate_fisher(tiny_bert, sentiment_csv, num_batches=0)
