@@ -84,7 +84,7 @@ def get_method(name: str) -> Method:
 
 
 # Modules whose import registers further methods; imported lazily to avoid import cycles.
-BUILTIN_METHOD_MODULES: tuple[str, ...] = ()
+BUILTIN_METHOD_MODULES: tuple[str, ...] = ("lowrank.weighted", "lowrank.sparsity")
 
 
 def _load_builtin_methods() -> None:

@@ -1,0 +1,95 @@
+"""Predictive SVD-drop metric: which matrices will plain SVD hurt?
+
+Hua et al. (2022) designed a per-matrix metric, driven by how unevenly Fisher
+information is spread, that predicts when plain SVD causes a large accuracy drop. Their
+exact formula is not available here; these are reconstructions.
+
+* ``fisher_dispersion(F)``: coefficient of variation ``std(s) / mean(s)`` of the importance
+  summed along the FWSVD axis (``s_j = sum_i F_ij`` per input feature for ``axis="in"``).
+  0 for uniform importance; large when a few features carry most of the information,
+  which is where an unweighted SVD spends its rank on the wrong directions.
+* ``predicted_loss_increase(W, F, r)``: the second-order estimate of the task-loss
+  increase from replacing ``W`` by its rank-r approximation ``W_hat``, with the empirical
+  Fisher as a diagonal Hessian and no first-order term (a trained model sits near a
+  minimum)::
+
+      dL ~= 0.5 * sum_ij F_ij (W - W_hat)_ij^2        (original Fisher units, nats)
+
+* ``svd_risk(W, F, r)``: ``dL(svd) / dL(weighted)``, how much worse plain SVD is expected
+  to be than the weighted solution. Large risk: use a weighted method for that layer.
+
+``risk_summary`` flags the model (heuristic, documented there).
+"""
+
+from __future__ import annotations
+
+
+import pandas as pd
+import torch
+
+from .factorize import factorize
+
+# risk_summary thresholds (heuristics): a layer is flagged when SVD is expected to be 1.5x worse
+# than the weighted method; the model when plain SVD's total predicted increase exceeds 0.05 nats
+# (about 5% relative loss increase for a classifier at loss ~1) or is 1.5x the weighted total.
+RISK_THRESHOLD = 1.5
+LOSS_THRESHOLD = 0.05
+
+
+def fisher_dispersion(F: torch.Tensor, axis: str = "in") -> float:
+    """Coefficient of variation of the Fisher sums along the FWSVD axis (0 = perfectly even)."""
+    if axis not in ("in", "out"):
+        raise ValueError(f"axis must be 'in' or 'out', got {axis!r}")
+    sums = F.double().sum(dim=0 if axis == "in" else 1)
+    mean = sums.mean()
+    return float(sums.std(unbiased=False) / mean) if mean > 0 else 0.0
+
+
+def predicted_loss_increase(W: torch.Tensor, F: torch.Tensor, rank: int, method: str = "svd", **options) -> float:
+    """``0.5 * sum_ij F_ij (W - W_hat)_ij^2`` with ``W_hat`` the rank-``rank`` ``method`` approximation."""
+    importance = F if method != "svd" else None
+    U, V = factorize(W, rank, method, importance=importance, **options)
+    return 0.5 * float((F.double() * (W.double() - (U @ V).double()) ** 2).sum())
+
+
+def svd_risk(W: torch.Tensor, F: torch.Tensor, rank: int, method: str = "fwsvd", **options) -> float:
+    """Predicted loss increase of plain SVD divided by that of ``method`` (>= 1 when weighting helps)."""
+    plain = predicted_loss_increase(W, F, rank, "svd")
+    weighted = predicted_loss_increase(W, F, rank, method, **options)
+    return plain / max(weighted, 1e-12 * max(plain, 1e-30))
+
+
+def risk_table(weights: dict[str, torch.Tensor], fishers: dict[str, torch.Tensor], ranks: dict[str, int],
+               method: str = "fwsvd", **options) -> pd.DataFrame:
+    """One row per layer in ``ranks``: name, shape, rank, dispersion, loss_svd, loss_weighted, risk."""
+    rows = []
+    for name, rank in ranks.items():
+        W, F = weights[name].detach().float(), fishers[name].to(weights[name].device).float()
+        plain = predicted_loss_increase(W, F, rank, "svd")
+        weighted = predicted_loss_increase(W, F, rank, method, **options)
+        rows.append({"name": name, "shape": f"{W.shape[0]}x{W.shape[1]}", "rank": rank,
+                     "dispersion": fisher_dispersion(F), "loss_svd": plain, "loss_weighted": weighted,
+                     "risk": plain / max(weighted, 1e-12 * max(plain, 1e-30))})
+    return pd.DataFrame(rows)
+
+
+def risk_summary(table: pd.DataFrame, risk_threshold: float = RISK_THRESHOLD,
+                 loss_threshold: float = LOSS_THRESHOLD) -> dict:
+    """Whole-model verdict: totals, max/median risk, flagged layers and ``svd_expected_to_drop``.
+
+    Heuristic: plain SVD is expected to drop accuracy significantly when its total
+    predicted loss increase exceeds ``loss_threshold`` nats, or exceeds the weighted
+    method's total by ``risk_threshold`` times.
+    """
+    total_svd, total_weighted = float(table["loss_svd"].sum()), float(table["loss_weighted"].sum())
+    ratio = total_svd / max(total_weighted, 1e-30)
+    flagged = table.loc[table["risk"] >= risk_threshold, "name"].tolist()
+    return {
+        "total_loss_svd": total_svd,
+        "total_loss_weighted": total_weighted,
+        "total_risk": ratio,
+        "max_risk": float(table["risk"].max()),
+        "median_risk": float(table["risk"].median()),
+        "flagged": flagged,
+        "svd_expected_to_drop": bool(total_svd > loss_threshold or ratio >= risk_threshold),
+    }

@@ -1,0 +1,22 @@
+import json
+
+from lowrank.cli import main
+
+
+def test_fisher_risk_and_weighted_compress(capsys, tmp_path, monkeypatch, tiny_bert_dir, sentiment_csv):
+    monkeypatch.setenv("LOWRANK_CACHE", str(tmp_path / "cache"))
+    common = ["--model", str(tiny_bert_dir), "--task", str(sentiment_csv), "--batches", "2", "--batch-size", "4"]
+    assert main(["fisher", *common, "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 12 and all(r["total"] > 0 and r["dispersion"] >= 0 for r in rows)
+    assert main(["risk", *common, "--keep", "0.3", "--json"]) == 0
+    risk = json.loads(capsys.readouterr().out)
+    assert len(risk["layers"]) == 12 and isinstance(risk["summary"]["svd_expected_to_drop"], bool)
+    assert all(layer["risk"] >= 0.99 for layer in risk["layers"])  # FWSVD never predicted worse than SVD by much
+    assert main(["compress", "--model", str(tiny_bert_dir), "--task", str(sentiment_csv), "--method", "tfwsvd",
+                 "--solver", "als", "--option", "max_iters=2", "--fisher-batches", "2", "--keep", "0.3",
+                 "--out", str(tmp_path / "out"), "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["method"] == "tfwsvd" and record["layers"] == 12
+    meta = json.loads((tmp_path / "out" / "lowrank.json").read_text())
+    assert meta["options"] == {"max_iters": 2, "solver": "als"} and len(meta["history"]) == 12

@@ -1,0 +1,37 @@
+"""The CUDA path: every step runs on a GPU when one is present (skipped otherwise)."""
+
+import pytest
+import torch
+
+import lowrank
+from lowrank.fisher import estimate_fisher
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+
+@pytest.fixture()
+def cuda_bert(tiny_bert_dir):
+    return lowrank.load_model(str(tiny_bert_dir), device="cuda")
+
+
+def test_every_method_compresses_on_cuda(cuda_bert, sentiment_csv, tmp_path, monkeypatch):
+    monkeypatch.setenv("LOWRANK_CACHE", str(tmp_path))
+    fisher = {n: f.to("cuda") for n, f in estimate_fisher(cuda_bert, sentiment_csv, num_batches=2, batch_size=4).items()}
+    dense = lowrank.evaluate(cuda_bert, sentiment_csv)
+    for method in lowrank.available_methods():
+        small = lowrank.compress(cuda_bert, 0.5, method=method, importance=fisher)
+        layer = next(m for m in small.model.modules() if isinstance(m, lowrank.LowRankLinear))
+        assert layer.U.device.type == "cuda", method
+        result = lowrank.evaluate(small, sentiment_csv)
+        assert 0 <= result.value <= 1 and result.latency_ms_b1 > 0
+        assert result.params_linear < dense.params_linear
+    lowrank.save_compressed(small, tmp_path / "out")
+    again = lowrank.load_compressed(tmp_path / "out", device="cuda")
+    batch = {k: v.cuda() for k, v in cuda_bert.tokenizer(["a good film"], return_tensors="pt").items()}
+    with torch.no_grad():
+        assert (again.model(**batch).logits - small.model(**batch).logits).abs().max().item() <= 1e-5
+
+
+def test_training_on_cuda(cuda_bert, sentiment_csv):
+    losses = lowrank.finetune(cuda_bert, sentiment_csv, lowrank.TrainConfig(max_steps=3, batch_size=8))
+    assert len(losses) == 3 and all(l == l for l in losses)
