@@ -16,7 +16,8 @@ choice). ``axis="out"`` gives one weight per output row instead: ``X = diag(d)^-
 Cost: one thin SVD.
 
 ``tfwsvd`` (Hua et al. 2022) minimizes ``E`` with the full element-wise ``F`` by numerical
-optimization started from ``fwsvd``. The paper's text is not available here; the solvers
+optimization started from ``fwsvd`` (by default the orientation with the lower ``E``: on
+fine-tuned MiniLM the per-output-row orientation usually wins, see benchmarks/weighted.py). The paper's text is not available here; the solvers
 below are the standard ones it names, and their details are reconstructions:
 
 * ``als``: alternating exact weighted least squares. With ``V`` fixed, row ``i`` of ``U``
@@ -210,14 +211,24 @@ def optimize(W: torch.Tensor, importance: torch.Tensor, U: torch.Tensor, V: torc
     return Factorization(best[1].to(W.dtype), best[2].to(W.dtype), history=history, info=info)
 
 
+def fwsvd_start(W: torch.Tensor, rank: int, importance: torch.Tensor, axis: str = "best") -> Factorization:
+    """FWSVD start for the element-wise solvers: ``axis="in"``/``"out"``, or ``"best"``: both
+    orientations, keeping the one with the lower element-wise error ``E`` (one extra SVD)."""
+    if axis != "best":
+        return fwsvd(W, rank, importance, axis=axis)
+    candidates = [fwsvd(W, rank, importance, axis=a) for a in AXES]
+    X, F = W.to(_work_dtype(W)), importance.to(_work_dtype(W))
+    return min(candidates, key=lambda c: weighted_error(X, c.U.to(X.dtype), c.V.to(X.dtype), F))
+
+
 @register_method("tfwsvd", "Element-wise Fisher-weighted factorization (Hua et al. 2022), started from FWSVD; "
                  "solver='als' (default), 'em', 'adam' or 'adam_sgd'.", needs_importance=True)
 def tfwsvd(W: torch.Tensor, rank: int, importance: Optional[torch.Tensor] = None, solver: str = "als",
-           init_axis: str = "in", **options) -> Factorization:
-    """FWSVD start, then :func:`optimize` with the element-wise importance; options go to the solver."""
+           init_axis: str = "best", **options) -> Factorization:
+    """FWSVD start (:func:`fwsvd_start`), then :func:`optimize` with the element-wise importance."""
     if importance is None:
         raise ValueError("tfwsvd needs an importance tensor")
-    start = fwsvd(W, rank, importance, axis=init_axis)
+    start = fwsvd_start(W, rank, importance, init_axis)
     result = optimize(W, importance, start.U, start.V, solver=solver, **options)
-    result.info["init"] = f"fwsvd[{init_axis}]"
+    result.info["init"] = f"fwsvd[{start.info['axis']}]"
     return result
