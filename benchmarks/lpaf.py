@@ -1,0 +1,163 @@
+"""LPAF vs factorize-then-fine-tune baselines on minilm-rt at equal parameter and training budgets.
+
+At each budget every compressible Linear keeps the same fraction f of its parameters
+(rank r = floor(f * out * in / (out + in))). Runs:
+
+* ``svd+ft``: truncated SVD of the dense fine-tuned model (--model, minilm-rt), then
+  --epochs of fine-tuning;
+* ``fwsvd+ft``: Fisher-weighted SVD (empirical Fisher, --fisher-batches x 16 examples), same;
+* ``lpaf``: movement pruning while fine-tuning --start (default the pre-trained ``minilm``
+  with a fresh head, as LPAF prunes during fine-tuning) for --prune-epochs ->
+  sparsity-aware factorization -> mixed-rank fine-tuning (--epochs, p0 annealed linearly to 0);
+* ``lpaf-no-sa``: the same with plain SVD of the pruned weights;
+* ``lpaf-no-mixed``: the same with plain fine-tuning of the factorized model.
+
+Equal training budgets: minilm-rt is 2 epochs of fine-tuning of minilm, so with the
+defaults (--prune-epochs 2, --epochs 2) every compressed model has seen 4 epochs of Rotten
+Tomatoes. When --start is --model itself (pruning an already fine-tuned model), the baselines
+fine-tune --prune-epochs longer instead. The three LPAF variants share one pruning run per
+budget (its time is added to each variant's wall time).
+
+Pruning sparsity for a budget f: by default s = 1 - f' where f' is the parameter fraction
+the factorization actually keeps (floor of the rank), so the sparse model has as many
+non-zeros as the factorized one has parameters; override with ``--sparsity 0.5=0.6 0.3=0.8``
+(KEEP=SPARSITY pairs).
+
+--prune-method magnitude runs the LPAF variants with magnitude instead of movement pruning,
+and --score-update adam normalizes the movement score updates (lowrank.prune).
+
+Needs no plotly. Accuracy is on the validation split (--limit batches in smoke runs).
+Methods not registered in this checkout (``fwsvd``, ``sparsity_aware``) are reported as skipped.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+
+from common import parser, write
+
+import lowrank
+from lowrank.evaluate import parameter_counts
+from lowrank.finetune import TrainConfig, train
+from lowrank.fisher import estimate_fisher
+from lowrank.lpaf import default_sparsity, lpaf
+from lowrank.prune import prune
+
+RUNS = ("svd+ft", "fwsvd+ft", "lpaf", "lpaf-no-sa", "lpaf-no-mixed")
+
+
+def parse_sparsities(pairs: list[str]) -> dict[float, float]:
+    mapping = {}
+    for pair in pairs:
+        keep, sep, sparsity = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--sparsity expects KEEP=SPARSITY pairs, got {pair!r}")
+        mapping[float(keep)] = float(sparsity)
+    return mapping
+
+
+def finetuned_row(small, task, config: TrainConfig, limit, seconds: float) -> dict:
+    start = time.perf_counter()
+    train(small.model, small.tokenizer, lowrank.load_task(task), config)
+    result = lowrank.evaluate(small, task, limit=limit, measure_latency=False)
+    return {"accuracy": result.value, "loss": result.loss, "params_linear": result.params_linear,
+            "params_total": result.params_total, "seconds": seconds + time.perf_counter() - start}
+
+
+def main() -> None:
+    p = parser(__doc__)
+    p.add_argument("--keeps", type=float, nargs="+", default=[0.5, 0.3])
+    p.add_argument("--runs", nargs="+", choices=RUNS, default=list(RUNS))
+    p.add_argument("--sparsity", nargs="+", default=[], metavar="KEEP=SPARSITY")
+    p.add_argument("--start", default="minilm", help="model that movement pruning fine-tunes (default: pre-trained minilm)")
+    p.add_argument("--prune-epochs", type=float, default=2.0, help="epochs of fine-tuning with movement pruning (default 2)")
+    p.add_argument("--epochs", type=float, default=2.0, help="epochs of fine-tuning after factorization (default 2)")
+    p.add_argument("--lr", type=float, default=8e-5, help="fine-tuning learning rate (baselines and LPAF)")
+    p.add_argument("--prune-lr", type=float, default=8e-5)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-length", type=int, default=64)
+    p.add_argument("--p0", type=float, default=0.5)
+    p.add_argument("--prune-method", choices=["movement", "magnitude"], default="movement",
+                   help="pruning stage of the LPAF runs (default movement, as in the paper)")
+    p.add_argument("--score-update", choices=["raw", "adam"], default="raw", help="movement score update (lowrank.prune)")
+    p.add_argument("--fisher-batches", type=int, default=32)
+    p.add_argument("--quick", action="store_true", help="smoke run: 3 steps per stage, 2 evaluation batches, 2 Fisher batches")
+    args = p.parse_args()
+    if args.quick:
+        args.limit = args.limit or 2
+        args.fisher_batches = 2
+    steps = 3 if args.quick else None
+    sparsities = parse_sparsities(args.sparsity)
+    prune_config = TrainConfig(epochs=args.prune_epochs, lr=args.prune_lr, batch_size=args.batch_size,
+                               max_length=args.max_length, max_steps=steps)
+    finetune_config = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, max_length=args.max_length,
+                                  max_steps=steps)
+    # equal budgets: baselines start from an already fine-tuned model, unless pruning starts from it too
+    extra = args.prune_epochs if args.start == args.model else 0.0
+    baseline_config = TrainConfig(epochs=args.epochs + extra, lr=args.lr, batch_size=args.batch_size,
+                                  max_length=args.max_length, max_steps=(2 if extra else 1) * steps if steps else None)
+    for module in ("lowrank.weighted", "lowrank.sparsity"):  # register fwsvd / sparsity_aware where present
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as err:
+            if err.name != module:
+                raise
+    methods = lowrank.available_methods()
+
+    loaded = lowrank.load_model(args.model, task=args.task, device=args.device)
+    dense = lowrank.evaluate(loaded, args.task, limit=args.limit, measure_latency=False)
+    rows = [{"keep": 1.0, "run": "dense", "accuracy": dense.value, "loss": dense.loss, "params_linear": dense.params_linear,
+             "params_total": dense.params_total, "sparsity": 0.0, "seconds": 0.0}]
+    print(rows[-1], flush=True)
+    fisher = None
+    for keep in args.keeps:
+        sparsity = sparsities.get(keep, round(default_sparsity(loaded, keep), 4))
+
+        def add(run: str, row: dict) -> None:
+            rows.append({"keep": keep, "run": run, "sparsity": row.pop("sparsity", 0.0), **row})
+            print(rows[-1], flush=True)
+
+        def skip(run: str, reason: str) -> None:
+            rows.append({"keep": keep, "run": run, "skipped": reason})
+            print(rows[-1], flush=True)
+
+        if "svd+ft" in args.runs:
+            start = time.perf_counter()
+            small = lowrank.compress(loaded, keep, method="svd")
+            add("svd+ft", finetuned_row(small, args.task, baseline_config, args.limit, time.perf_counter() - start))
+        if "fwsvd+ft" in args.runs:
+            if "fwsvd" not in methods:
+                skip("fwsvd+ft", "method fwsvd is not registered in this checkout")
+            else:
+                start = time.perf_counter()
+                if fisher is None:
+                    fisher = estimate_fisher(loaded, args.task, num_batches=args.fisher_batches, batch_size=16)
+                small = lowrank.compress(loaded, keep, method="fwsvd", importance=fisher)
+                add("fwsvd+ft", finetuned_row(small, args.task, baseline_config, args.limit, time.perf_counter() - start))
+        variants = [r for r in ("lpaf", "lpaf-no-sa", "lpaf-no-mixed") if r in args.runs]
+        if not variants:
+            continue
+        pruned = lowrank.load_model(args.start, task=args.task, device=args.device)
+        result = prune(pruned, args.task, args.prune_method, sparsity, "global", prune_config,
+                       score_update=args.score_update)
+        for run in variants:
+            aware = run != "lpaf-no-sa"
+            if aware and "sparsity_aware" not in methods:
+                skip(run, "method sparsity_aware (lowrank.sparsity) is not in this checkout")
+                continue
+            small = lpaf(pruned, args.task, ranks=keep, finetune_config=finetune_config, sparsity_aware=aware,
+                         mixed_rank=run != "lpaf-no-mixed", p0=args.p0, masks=result.masks, eval_limit=args.limit)
+            options = small.model.lowrank_info.options
+            total, linear = parameter_counts(small.model)
+            add(run, {"accuracy": options["validation_accuracy"], "loss": options["validation_loss"],
+                      "params_linear": linear, "params_total": total, "sparsity": options["sparsity"],
+                      "seconds": result.seconds + options["seconds_factorize"] + options["seconds_finetune"],
+                      "prune_seconds": result.seconds})
+    write("lpaf", args, rows, {"dense_accuracy": dense.value, "methods": methods,
+                               "configs": {"prune": vars(prune_config), "finetune": vars(finetune_config),
+                                           "baseline": vars(baseline_config)}})
+
+
+if __name__ == "__main__":
+    main()
