@@ -23,7 +23,6 @@ exact formula is not available here; these are reconstructions.
 
 from __future__ import annotations
 
-
 import pandas as pd
 import torch
 
@@ -46,17 +45,31 @@ def fisher_dispersion(F: torch.Tensor, axis: str = "in") -> float:
 
 
 def predicted_loss_increase(W: torch.Tensor, F: torch.Tensor, rank: int, method: str = "svd", **options) -> float:
-    """``0.5 * sum_ij F_ij (W - W_hat)_ij^2`` with ``W_hat`` the rank-``rank`` ``method`` approximation."""
+    """``0.5 * sum_ij F_ij (W - W_hat)_ij^2`` with ``W_hat`` the rank-``rank`` ``method`` approximation.
+
+    ``F`` in original (unnormalized) Fisher units, so the result is in nats; plain ``svd`` ignores ``F``
+    when factorizing. Cost: one factorization plus O(out * in)."""
     importance = F if method != "svd" else None
     U, V = factorize(W, rank, method, importance=importance, **options)
     return 0.5 * float((F.double() * (W.double() - (U @ V).double()) ** 2).sum())
 
 
-def svd_risk(W: torch.Tensor, F: torch.Tensor, rank: int, method: str = "fwsvd", **options) -> float:
-    """Predicted loss increase of plain SVD divided by that of ``method`` (>= 1 when weighting helps)."""
+def _losses(W: torch.Tensor, F: torch.Tensor, rank: int, method: str, **options) -> tuple[float, float, float]:
+    """Predicted loss increase of plain SVD and of ``method``, and their ratio (the risk).
+
+    Losses below ``1e-12`` of ``0.5 * sum F W^2`` (the increase from deleting the matrix) are
+    floating-point noise and count as that floor, so an exactly rank-``rank`` ``W`` has risk 1
+    rather than a ratio of two rounding errors."""
     plain = predicted_loss_increase(W, F, rank, "svd")
     weighted = predicted_loss_increase(W, F, rank, method, **options)
-    return plain / max(weighted, 1e-12 * max(plain, 1e-30))
+    noise = 1e-12 * 0.5 * float((F.double() * W.double() ** 2).sum())
+    risk = max(plain, noise) / max(weighted, noise) if max(weighted, noise) > 0 else 1.0
+    return plain, weighted, risk
+
+
+def svd_risk(W: torch.Tensor, F: torch.Tensor, rank: int, method: str = "fwsvd", **options) -> float:
+    """Predicted loss increase of plain SVD divided by that of ``method`` (>= 1 when weighting helps)."""
+    return _losses(W, F, rank, method, **options)[2]
 
 
 def risk_table(weights: dict[str, torch.Tensor], fishers: dict[str, torch.Tensor], ranks: dict[str, int],
@@ -65,12 +78,10 @@ def risk_table(weights: dict[str, torch.Tensor], fishers: dict[str, torch.Tensor
     rows = []
     for name, rank in ranks.items():
         W, F = weights[name].detach().float(), fishers[name].to(weights[name].device).float()
-        plain = predicted_loss_increase(W, F, rank, "svd")
-        weighted = predicted_loss_increase(W, F, rank, method, **options)
+        plain, weighted, risk = _losses(W, F, rank, method, **options)
         rows.append({"name": name, "shape": f"{W.shape[0]}x{W.shape[1]}", "rank": rank,
-                     "dispersion": fisher_dispersion(F), "loss_svd": plain, "loss_weighted": weighted,
-                     "risk": plain / max(weighted, 1e-12 * max(plain, 1e-30))})
-    return pd.DataFrame(rows)
+                     "dispersion": fisher_dispersion(F), "loss_svd": plain, "loss_weighted": weighted, "risk": risk})
+    return pd.DataFrame(rows, columns=["name", "shape", "rank", "dispersion", "loss_svd", "loss_weighted", "risk"])
 
 
 def risk_summary(table: pd.DataFrame, risk_threshold: float = RISK_THRESHOLD,

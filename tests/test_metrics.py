@@ -37,6 +37,18 @@ def test_svd_risk():
     assert svd_risk(W, F, 5, method="tfwsvd", solver="als") >= svd_risk(W, F, 5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_svd_risk_is_one_when_both_losses_are_rounding_noise(dtype):
+    """An exactly rank-r matrix loses nothing either way: risk 1, not a ratio of two rounding errors."""
+    g = torch.Generator().manual_seed(3)
+    W = (torch.randn(30, 4, generator=g, dtype=torch.float64) @ torch.randn(4, 20, generator=g, dtype=torch.float64))
+    F = torch.exp(3 * torch.randn(30, 20, generator=g, dtype=torch.float64))
+    for method in ("fwsvd", "tfwsvd"):
+        assert svd_risk(W.to(dtype), F.to(dtype), 4, method=method) == 1.0
+    # below the true rank the element-wise weighting matters again
+    assert svd_risk(W.to(dtype), F.to(dtype), 3, method="tfwsvd") > 2.0
+
+
 def test_risk_table_and_summary():
     W1, F1 = problem(1)
     W2 = problem(2)[0]
@@ -47,3 +59,19 @@ def test_risk_table_and_summary():
     assert summary["flagged"] == ["a"] and summary["svd_expected_to_drop"]
     calm = risk_summary(table[table["name"] == "b"])
     assert calm["flagged"] == [] and not calm["svd_expected_to_drop"]
+    assert summary["total_loss_svd"] == pytest.approx(table["loss_svd"].sum())
+    assert summary["max_risk"] == table.loc[0, "risk"]
+
+
+def test_summary_flags_a_large_predicted_increase_even_at_risk_one():
+    """Uniform Fisher (risk 1) but a large absolute predicted increase: SVD is still expected to drop."""
+    W = problem(4)[0]
+    table = risk_table({"a": W}, {"a": torch.ones_like(W)}, {"a": 2})
+    summary = risk_summary(table, loss_threshold=0.05)
+    assert summary["flagged"] == [] and summary["svd_expected_to_drop"]
+    assert not risk_summary(table, loss_threshold=1e6)["svd_expected_to_drop"]
+
+
+def test_empty_risk_table_keeps_its_columns():
+    assert list(risk_table({}, {}, {}).columns) == ["name", "shape", "rank", "dispersion", "loss_svd",
+                                                  "loss_weighted", "risk"]
