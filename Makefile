@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements-stamp
 PORT ?= 8501
 
-.PHONY: run test venv assets benchmarks clean
+.PHONY: run test venv assets benchmarks clean chromium
 
 $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ run: venv
 
 test: assets
 	$(PY) -m pytest -q
+
+# System Chromium for tests/test_browser.py (Playwright drives it; no browser download). Needs root for apt-get.
+chromium:
+	test -x /usr/bin/chromium || (apt-get update && apt-get install -y chromium)
 
 benchmarks: venv
 	$(PY) -m lowrank prepare --build-minilm-rt

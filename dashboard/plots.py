@@ -1,0 +1,143 @@
+"""Plotly figure builders for the dashboard (pure functions of DataFrames; no Streamlit)."""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+ENERGY_LEVELS = (0.90, 0.95, 0.99)
+HEATMAP_METRICS = {
+    "effective_rank": "effective rank",
+    "stable_rank": "stable rank",
+    "rank90": "rank for 90% energy",
+    "dispersion": "Fisher dispersion",
+    "risk": "SVD risk",
+}
+
+
+def _layout(fig: go.Figure, title: str, height: int = 380, **kwargs) -> go.Figure:
+    fig.update_layout(title=dict(text=title, x=0, xanchor="left"), height=height, margin=dict(l=10, r=10, t=50, b=10),
+                      hoverlabel=dict(namelength=-1), **kwargs)
+    return fig
+
+
+def layer_label(row) -> str:
+    return f"block {row['block']} · {row['type']}" if row["block"] >= 0 else str(row["name"])
+
+
+def spectrum_figure(frame: pd.DataFrame, names: Sequence[str]) -> go.Figure:
+    """Singular values (log scale) of the selected layers, one line each."""
+    fig = go.Figure()
+    for _, row in frame[frame["name"].isin(names)].iterrows():
+        s = np.asarray(row["singular_values"])
+        fig.add_trace(go.Scatter(x=np.arange(1, len(s) + 1), y=s, mode="lines", name=layer_label(row),
+                                 customdata=[row["name"]] * len(s),
+                                 hovertemplate="%{customdata}<br>σ<sub>%{x}</sub> = %{y:.6g}<extra></extra>"))
+    fig.update_yaxes(type="log", title="singular value")
+    fig.update_xaxes(title="index")
+    return _layout(fig, "Singular values", legend=dict(font=dict(size=11)))
+
+
+def energy_figure(frame: pd.DataFrame, names: Sequence[str]) -> go.Figure:
+    """Cumulative energy ``sum_{i<=k} s_i^2 / sum s_i^2`` against rank, with 90/95/99% guides."""
+    fig = go.Figure()
+    for _, row in frame[frame["name"].isin(names)].iterrows():
+        e = np.asarray(row["energy"])
+        fig.add_trace(go.Scatter(x=np.arange(1, len(e) + 1), y=e, mode="lines", name=layer_label(row),
+                                 customdata=[row["name"]] * len(e),
+                                 hovertemplate="%{customdata}<br>rank %{x} keeps %{y:.4%} of the energy<extra></extra>"))
+    for level in ENERGY_LEVELS:
+        fig.add_hline(y=level, line=dict(dash="dot", width=1, color="gray"), annotation_text=f"{level:.0%}",
+                      annotation_position="bottom right")
+    fig.update_yaxes(title="cumulative energy", tickformat=".0%", range=[0, 1.02])
+    fig.update_xaxes(title="rank")
+    return _layout(fig, "Cumulative energy", legend=dict(font=dict(size=11)))
+
+
+def heatmap_figure(frame: pd.DataFrame, column: str, title: Optional[str] = None) -> go.Figure:
+    """Block (rows) x layer type (columns) heatmap of ``column``; hover shows the layer and the exact value."""
+    types = list(dict.fromkeys(frame["type"]))
+    blocks = sorted(frame["block"].unique())
+    z = np.full((len(blocks), len(types)), np.nan)
+    names = np.full((len(blocks), len(types)), "", dtype=object)
+    for _, row in frame.iterrows():
+        i, j = blocks.index(row["block"]), types.index(row["type"])
+        z[i, j] = row[column]
+        names[i, j] = row["name"]
+    fig = go.Figure(go.Heatmap(
+        z=z, x=types, y=[f"block {b}" for b in blocks], customdata=names, colorscale="Viridis",
+        texttemplate="%{z:.3g}", textfont=dict(size=11),
+        hovertemplate="%{customdata}<br>%{y} · %{x}<br>" + HEATMAP_METRICS.get(column, column) + " = %{z:.6g}<extra></extra>",
+        colorbar=dict(title=dict(text=HEATMAP_METRICS.get(column, column), side="right"))))
+    fig.update_yaxes(autorange="reversed")
+    return _layout(fig, title or f"{HEATMAP_METRICS.get(column, column)} by block and layer type",
+                   height=max(260, 60 + 42 * len(blocks)))
+
+
+def convergence_figure(history: dict[str, list[float]], title: str) -> go.Figure:
+    """Weighted error per iteration relative to the start (``E_k / E_0``, log scale), one line per layer."""
+    fig = go.Figure()
+    for name, errors in history.items():
+        errors = np.asarray(errors, dtype=float)
+        if len(errors) == 0 or errors[0] <= 0:
+            continue
+        fig.add_trace(go.Scatter(x=np.arange(len(errors)), y=errors / errors[0], mode="lines+markers", name=name,
+                                 customdata=errors,
+                                 hovertemplate=name + "<br>iteration %{x}<br>E/E₀ = %{y:.6f}<br>E = %{customdata:.6g}<extra></extra>"))
+    fig.update_yaxes(type="log", title="E / E₀")
+    fig.update_xaxes(title="iteration", dtick=1)
+    return _layout(fig, title, showlegend=len(history) <= 12)
+
+
+def pareto_mask(x: Sequence[float], y: Sequence[float], higher_is_better: bool = True) -> np.ndarray:
+    """True for points no other point beats: at most as many parameters and a strictly better metric
+    (or fewer parameters and an equal metric)."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    score = y if higher_is_better else -y
+    order = np.lexsort((-score, x))  # by parameters, best score first among equals
+    mask = np.zeros(len(x), dtype=bool)
+    best = -math.inf
+    for i in order:
+        if score[i] > best:
+            mask[i] = True
+            best = score[i]
+    return mask
+
+
+def tradeoff_figure(runs: pd.DataFrame, dense: Optional[dict] = None) -> go.Figure:
+    """Metric against kept parameters of the compressible layers: one line per method (and strategy),
+    the Pareto front outlined, the dense model as a reference line."""
+    metric = runs["metric"].iloc[0] if len(runs) else (dense or {}).get("metric", "accuracy")
+    higher = metric != "perplexity"
+    fig = go.Figure()
+    runs = runs.sort_values("params_linear")
+    several = runs["strategy"].nunique() > 1
+    for (method, strategy), group in runs.groupby(["method", "strategy"], sort=True, dropna=False):
+        label = f"{method} · {strategy}" if several else str(method)
+        fig.add_trace(go.Scatter(
+            x=group["params_linear"], y=group["value"], mode="lines+markers", name=label,
+            customdata=np.stack([group["budget"], group["kept_fraction"], group["size_bytes"] / 1e6,
+                                 group["latency_ms_b1"].astype(float), group["id"]], axis=1),
+            hovertemplate=(label + "<br>budget %{customdata[0]:.0%} · kept %{customdata[1]:.1%}<br>"
+                           "%{x:,} linear params<br>" + metric + " %{y:.4f}<br>%{customdata[2]:.1f} MB · "
+                           "%{customdata[3]:.1f} ms (batch 1)<br>run #%{customdata[4]}<extra></extra>")))
+    if len(runs):
+        mask = pareto_mask(runs["params_linear"], runs["value"], higher)
+        front = runs[mask].sort_values("params_linear")
+        fig.add_trace(go.Scatter(x=front["params_linear"], y=front["value"], mode="lines+markers", name="Pareto front",
+                                 line=dict(shape="hv", dash="dot", color="black", width=1),
+                                 marker=dict(symbol="circle-open", size=16, line=dict(width=2, color="black")),
+                                 hovertemplate="Pareto front<br>%{x:,} params<br>" + metric + " %{y:.4f}<extra></extra>"))
+    if dense is not None:
+        fig.add_hline(y=dense["value"], line=dict(dash="dash", color="gray"),
+                      annotation_text=f"dense {dense['value']:.4g}", annotation_position="top left")
+        fig.add_trace(go.Scatter(x=[dense["params_linear"]], y=[dense["value"]], mode="markers", name="dense",
+                                 marker=dict(symbol="star", size=14, color="gray"),
+                                 hovertemplate="dense<br>%{x:,} linear params<br>" + metric + " %{y:.4f}<extra></extra>"))
+    fig.update_xaxes(title="kept parameters in compressible layers")
+    fig.update_yaxes(title=metric)
+    return _layout(fig, f"{metric.capitalize()} vs kept parameters", height=460)

@@ -1,0 +1,143 @@
+"""Model & task: choose a packaged model, a Hugging Face id or a local folder, and a task; see the
+architecture, parameter counts, compressible layers and the dense model's quality."""
+
+from __future__ import annotations
+
+import time
+
+import streamlit as st
+
+from dashboard import layout, state, widgets  # first: sets up the environment for torch
+import lowrank
+
+layout.setup("Model & task")
+
+
+def try_select(model: str, task: str) -> bool:
+    """Make (model, task) current if the model loads with that task; otherwise show why not."""
+    try:
+        state.load(model, task)
+    except state.USER_ERRORS as err:
+        widgets.show_error(f"Cannot use {state.model_label(model)} with {state.task_label(task)}", err)
+        return False
+    state.set_model(model)
+    state.set_task(task)
+    return True
+
+
+model, task = state.model_key(), state.task_key()
+left, right = st.columns(2, gap="large")
+
+with left:
+    st.subheader("Model")
+    packaged = model in lowrank.PACKAGED
+    sources = ["Packaged", "Hugging Face id or local folder"]
+    source = st.radio("Source", sources, index=0 if packaged else 1, horizontal=True, key="model_source")
+    if source == sources[0]:
+        names = list(lowrank.PACKAGED)
+        choice = st.selectbox("Packaged model", names, index=names.index(model) if packaged else 0,
+                              format_func=lambda n: f"{n}: {lowrank.PACKAGED[n]}", key="packaged_model")
+        if choice != model and try_select(choice, task):
+            st.rerun()
+    else:
+        with st.form("custom_model", border=False):
+            typed = st.text_input("Hugging Face id or local folder", value="" if packaged else model,
+                                  placeholder="e.g. prajjwal1/bert-tiny or /data/models/my-bert")
+            submitted = st.form_submit_button("Load model", icon=":material/download:")
+        if submitted:
+            typed = typed.strip()
+            if not typed:
+                st.error("Enter a Hugging Face model id or the path of a local model folder.", icon=":material/error:")
+            elif typed != model and try_select(typed, task):
+                st.rerun()
+
+with right:
+    st.subheader("Task")
+    options = list(state.TASK_LABELS)
+    if state.is_csv(task):
+        options.append(task)
+    upload = "upload"
+    options.append(upload)
+    picked = st.radio("Task", options, index=options.index(task) if task in options else 0, key="task_choice",
+                      format_func=lambda k: "Upload a CSV (columns text,label)" if k == upload else state.task_label(k))
+    if picked == upload:
+        uploaded = st.file_uploader("CSV with columns text,label (optional split column: train/validation/test)",
+                                    type=["csv"], key="task_upload")
+        if uploaded is not None:
+            path = state.save_upload(uploaded.name, uploaded.getvalue())
+            try:
+                state.get_task(path)
+            except state.USER_ERRORS as err:
+                widgets.show_error(f"Cannot use {uploaded.name}", err)
+            else:
+                if path != task and try_select(model, path):
+                    st.rerun()
+    elif picked != task and try_select(model, picked):
+        st.rerun()
+
+model, task = state.model_key(), state.task_key()
+try:
+    loaded = state.current_model()
+    task_obj = state.get_task(task)
+except state.USER_ERRORS as err:
+    widgets.show_error(f"Cannot load {state.model_label(model)}", err)
+    st.stop()
+
+st.divider()
+st.subheader("Architecture")
+config = loaded.model.config
+layers = state.layer_table(model, task)
+total = loaded.num_parameters()
+linear = int(layers["params"].sum())
+architecture = (getattr(config, "architectures", None) or [type(loaded.model).__name__])[0]
+st.markdown(f"**{architecture}** (`{config.model_type}`, {loaded.kind}) · "
+            f"{getattr(config, 'num_hidden_layers', '?')} blocks · hidden size {getattr(config, 'hidden_size', '?')} · "
+            f"{getattr(config, 'num_attention_heads', '?')} attention heads · vocabulary {getattr(config, 'vocab_size', 0):,}")
+cols = st.columns(4)
+cols[0].metric("Parameters", widgets.fmt_params(total), help=f"{total:,}")
+cols[1].metric("In compressible layers", widgets.fmt_params(linear), f"{linear / total:.0%} of all", delta_color="off",
+               delta_arrow="off", help=f"{linear:,}; embeddings, norms and heads stay dense")
+cols[2].metric("Elsewhere", widgets.fmt_params(total - linear), help="embeddings, norms, biases and heads")
+cols[3].metric("Compressible layers", len(layers))
+with st.expander(f"Compressible layers ({len(layers)})"):
+    st.dataframe(layers, hide_index=True, column_config={
+        "name": st.column_config.TextColumn("layer", width="large"),
+        "params": st.column_config.NumberColumn("params", format="localized"),
+        "break_even": st.column_config.NumberColumn("break-even rank", help="r (out + in) >= out x in: no saving at or above"),
+        "max_rank": st.column_config.NumberColumn("largest useful rank"),
+    })
+
+st.subheader("Task")
+sizes = task_obj.sizes()
+labels = ", ".join(task_obj.label_names) if task_obj.label_names else "none (next-token prediction)"
+st.markdown(f"**{state.task_label(task)}** · {task_obj.kind} · "
+            + " / ".join(f"{sizes[s]:,} {s}" for s in sizes) + f" · labels: {labels}")
+with st.expander("Examples from the validation split"):
+    texts = task_obj.split_texts("validation")[:5]
+    rows = {"text": [str(t) for t in texts]}
+    if task_obj.labels:
+        rows["label"] = [task_obj.label_names[i] for i in task_obj.labels["validation"][:5]]
+    st.dataframe(rows, hide_index=True)
+
+st.subheader("Dense model quality")
+with st.expander("Evaluation settings"):
+    limit = st.number_input("Evaluate on at most this many batches of the validation split (0 = all of it)",
+                            min_value=0, value=state.eval_limit() or 0, step=1)
+    if (limit or None) != state.eval_limit():
+        st.session_state["eval_limit"] = int(limit) or None
+        st.rerun()
+try:
+    dense = state.dense_evaluation(model, task)
+except state.USER_ERRORS as err:
+    widgets.show_error("Cannot evaluate the dense model", err)
+    st.stop()
+cols = st.columns(5)
+cols[0].metric(dense["metric"].capitalize(), widgets.fmt_metric(dense["metric"], dense["value"]),
+               help=f"{dense['examples']:,} {'examples' if dense['metric'] == 'accuracy' else 'tokens'} of the validation split")
+cols[1].metric("Loss", f"{dense['loss']:.4f}")
+cols[2].metric("Size on disk", widgets.fmt_bytes(dense["size_bytes"]), help="safetensors file, float32")
+cols[3].metric("Latency, batch 1", widgets.fmt_ms(dense["latency_ms_b1"]), help="median CPU forward pass")
+cols[4].metric("Latency, batch 32", widgets.fmt_ms(dense["latency_ms_b32"]))
+measured = time.strftime("%Y-%m-%d %H:%M", time.localtime(dense["finished"]))
+st.caption(f"Run #{dense['id']} in the run store, measured {measured}; reused until the weights, task or evaluation "
+           "settings change.")

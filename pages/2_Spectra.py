@@ -1,0 +1,73 @@
+"""Spectra: singular values and cumulative energy of selected layers, and a block x layer-type heatmap
+of rank statistics, Fisher dispersion and the predicted SVD risk."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from dashboard import layout, plots, state, widgets
+from lowrank.compress import resolve_ranks
+from lowrank.metrics import risk_summary
+
+layout.setup("Spectra")
+model, task = state.model_key(), state.task_key()
+try:
+    loaded = state.current_model()
+    frame = state.spectra(model, task)
+except state.USER_ERRORS as err:
+    widgets.show_error(f"Cannot compute the spectra of {state.model_label(model)}", err)
+    st.page_link("pages/1_Model_and_task.py", label="Choose another model", icon=":material/dataset:")
+    st.stop()
+
+labels = {row["name"]: plots.layer_label(row) for _, row in frame.iterrows()}
+first_block = frame["block"].min()
+selected = st.multiselect("Layers", list(labels), default=list(frame.loc[frame["block"] == first_block, "name"]),
+                          format_func=lambda n: labels[n], key="spectra_layers",
+                          help="Singular values and energy curves of these layers")
+left, right = st.columns(2)
+left.plotly_chart(plots.spectrum_figure(frame, selected), key="spectrum")
+right.plotly_chart(plots.energy_figure(frame, selected), key="energy")
+
+st.subheader("By block and layer type")
+have_fisher = state.fisher_available(model, task)
+choices = list(plots.HEATMAP_METRICS)
+column = st.segmented_control("Statistic", choices, default="effective_rank", format_func=plots.HEATMAP_METRICS.get,
+                              required=True, key="heatmap_metric")
+stats = frame.drop(columns=["singular_values", "energy"])
+if column in ("dispersion", "risk") and not have_fisher:
+    st.info("Fisher dispersion and SVD risk need the Fisher information of the model on the task "
+            "(one pass over 512 training examples, cached on disk).", icon=":material/info:")
+    if st.button("Compute Fisher information", type="primary", icon=":material/calculate:"):
+        try:
+            state.fisher(model, task)
+        except state.USER_ERRORS as err:
+            widgets.show_error("Cannot estimate the Fisher information", err)
+        else:
+            st.rerun()
+elif column == "dispersion":
+    stats["dispersion"] = stats["name"].map(state.dispersion(model, task))
+    st.plotly_chart(plots.heatmap_figure(stats, "dispersion"), key="heatmap")
+    st.caption("Coefficient of variation of the Fisher information summed per input feature: 0 when every input "
+               "matters equally; large where plain SVD spends its rank on the wrong directions.")
+elif column == "risk":
+    current_plan = state.plan()
+    ranks = current_plan.ranks if current_plan is not None else resolve_ranks(loaded.model, state.DEFAULT_BUDGET)
+    source = "the current rank plan" if current_plan is not None else f"{state.DEFAULT_BUDGET:.0%} kept in every layer"
+    table = state.risk(model, task, tuple(sorted(ranks.items())))
+    stats = stats.merge(table[["name", "rank", "loss_svd", "loss_weighted", "risk"]], on="name", how="left")
+    st.plotly_chart(plots.heatmap_figure(stats, "risk"), key="heatmap")
+    summary = risk_summary(table)
+    verdict = "plain SVD is expected to lose accuracy" if summary["svd_expected_to_drop"] else "plain SVD looks safe"
+    st.caption(f"Predicted loss increase of plain SVD divided by that of Fisher-weighted SVD, at the ranks of {source} "
+               "(empty cells: layers kept dense).")
+    (st.warning if summary["svd_expected_to_drop"] else st.success)(
+        f"{verdict}: predicted loss increase {summary['total_loss_svd']:.4g} (SVD) vs {summary['total_loss_weighted']:.4g} "
+        f"(weighted); {len(summary['flagged'])} layer(s) flagged with risk ≥ 1.5"
+        + (f": {', '.join(labels[n] for n in summary['flagged'][:8])}" if summary["flagged"] else ""))
+else:
+    st.plotly_chart(plots.heatmap_figure(stats, column), key="heatmap")
+    if not have_fisher:
+        st.caption("Fisher dispersion and SVD risk become available once the Fisher information is computed.")
+
+with st.expander("All statistics"):
+    st.dataframe(stats, hide_index=True)

@@ -1,0 +1,179 @@
+"""Ranks: the per-layer rank plan as an editable table (rank, kept parameters, predicted loss increase,
+break-even flag), filled from a budget and an allocation strategy, imported or exported as JSON."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import pandas as pd
+import streamlit as st
+
+from dashboard import layout, state, widgets
+from lowrank.allocate import STRATEGIES, RankPlan, available_strategies
+from lowrank.layers import break_even_rank
+
+layout.setup("Ranks")
+model, task = state.model_key(), state.task_key()
+try:
+    loaded = state.current_model()
+    layers = state.layer_table(model, task)
+    plan = state.ensure_plan()
+except state.USER_ERRORS as err:
+    widgets.show_error(f"Cannot plan ranks for {state.model_label(model)}", err)
+    st.page_link("pages/1_Model_and_task.py", label="Choose another model", icon=":material/dataset:")
+    st.stop()
+
+have_fisher = state.fisher_available(model, task)
+
+# ---------------------------------------------------------------- fill from a budget and a strategy
+with st.container(border=True):
+    strategies = available_strategies()
+    cols = st.columns([3, 2, 1], vertical_alignment="bottom")
+    budget = cols[0].slider("Budget: kept fraction of the compressible parameters", 0.05, 1.0, state.DEFAULT_BUDGET, 0.01,
+                            format="%.2f", key="ranks_budget")
+    strategy = cols[1].selectbox("Strategy", strategies,
+                                 index=strategies.index(plan.strategy) if plan.strategy in strategies else 0,
+                                 key="ranks_strategy")
+    fill = cols[2].button("Fill ranks", type="primary", icon=":material/auto_fix_high:", width="stretch")
+    spec = STRATEGIES[strategy]
+    needs = [w for w, flag in (("Fisher information", spec.needs_importance), ("calibration batches", spec.needs_task)) if flag]
+    st.caption(spec.description + (f" Needs {' and '.join(needs)} (computed on first use, cached)." if needs else ""))
+
+if fill:
+    from lowrank.allocate import allocate
+
+    try:
+        importance = state.fisher(model, task) if spec.needs_importance else state.fisher_if_available(model, task)
+        with widgets.ProgressBar(f"Allocating ranks ({strategy})") as bar:
+            new_plan = allocate(loaded, float(budget), strategy, importance=importance, task=state.get_task(task), progress=bar)
+    except state.USER_ERRORS as err:
+        widgets.show_error("Cannot fill the plan", err)
+    else:
+        state.set_plan(new_plan)
+        st.rerun()
+
+curves = state.loss_curves(model, task) if have_fisher else None
+
+
+def plan_frame(p: RankPlan) -> pd.DataFrame:
+    frame = p.to_frame().merge(layers[["name", "type", "block", "break_even"]], on="name")
+    frame["kept"] = frame["params"] / frame["dense_params"]
+    frame["predicted_loss"] = [(0.0 if pd.isna(r) else float(curves[n][int(r)])) if curves is not None else math.nan
+                               for n, r in zip(frame["name"], frame["rank"])]
+    frame["shape"] = [f"{o}×{i}" for o, i in zip(frame["out"], frame["in"])]
+    frame["layer"] = [re.sub(r"^.*?\.\d+\.", "", n) for n in frame["name"]]  # without the block prefix
+    return frame[["name", "layer", "block", "type", "shape", "rank", "break_even", "params", "kept", "predicted_loss", "dense"]]
+
+
+# ---------------------------------------------------------------- the editable table
+# Cell edits are applied before the table is drawn (the editor's state holds them when this run starts),
+# so one run shows the new totals and derived columns.
+shapes = dict(zip(layers["name"], zip(layers["out"], layers["in"])))
+names = [layer.name for layer in plan.layers]
+editor_key = f"rank_editor_{st.session_state['editor_version']}"
+changes, problems, normalized = {}, [], []
+for row, edit in (st.session_state.get(editor_key) or {}).get("edited_rows", {}).items():
+    if "rank" not in edit:
+        continue
+    name, new = names[int(row)], edit["rank"]
+    out_f, in_f = shapes[name]
+    if new is None or pd.isna(new):
+        rank = None
+    elif new != int(new) or not 1 <= new <= min(out_f, in_f):
+        problems.append(f"{name}: rank {new:g} is out of range 1..{min(out_f, in_f)} for a {out_f}×{in_f} weight")
+        continue
+    elif new >= break_even_rank(out_f, in_f):
+        rank = None
+        normalized.append(f"{name}: rank {int(new)} is at or above break-even ({break_even_rank(out_f, in_f)}), kept dense")
+    else:
+        rank = int(new)
+    if rank != plan.layer(name).rank:
+        changes[name] = rank
+if changes:
+    try:
+        plan = plan.with_ranks(changes, curves)
+    except ValueError as err:
+        widgets.show_error("Invalid rank", err)
+    else:
+        st.session_state["plan"] = plan
+        state.render_status()
+        if normalized:
+            state.set_plan(plan)  # a fresh editor, showing the ranks as kept
+for problem in problems:
+    st.error(problem, icon=":material/error:")
+for note in normalized:
+    st.warning(note, icon=":material/info:")
+
+totals = st.container()
+frame = plan_frame(plan)
+st.data_editor(
+    frame, key=f"rank_editor_{st.session_state['editor_version']}", hide_index=True, height=min(35 * len(frame) + 38, 560),
+    disabled=[c for c in frame.columns if c != "rank"],
+    column_order=[c for c in frame.columns if c != "name" and (c != "predicted_loss" or curves is not None)],
+    column_config={
+        "layer": st.column_config.TextColumn("layer", width="medium", pinned=True),
+        "block": st.column_config.NumberColumn("block", width="small"),
+        "rank": st.column_config.NumberColumn("rank", min_value=1, step=1, format="%d",
+                                              help="Rank of U (out×r) V (r×in); empty: keep the layer dense"),
+        "break_even": st.column_config.NumberColumn("break-even", help="At or above this rank the factors are not smaller "
+                                                    "than the dense matrix"),
+        "params": st.column_config.NumberColumn("kept params", format="localized"),
+        "kept": st.column_config.ProgressColumn("kept", format="percent", min_value=0.0, max_value=1.0),
+        "predicted_loss": st.column_config.NumberColumn("predicted loss ↑", format="%.5f",
+                                                        help="Second-order estimate from the Fisher information (nats)"),
+        "dense": st.column_config.CheckboxColumn("dense", help="Break-even flag: the layer stays dense because a useful "
+                                                 "rank would be at or above break-even (or you cleared its rank)"),
+    })
+
+with totals:
+    fraction = state.plan_fraction(plan)
+    cols = st.columns(5)
+    cols[0].metric("Kept parameters", f"{plan.params:,}", f"{fraction:.1%} of {widgets.fmt_params(plan.dense_params)}",
+                   delta_color="off", delta_arrow="off", help=f"{plan.params:,} of {plan.dense_params:,} in compressible layers")
+    over = plan.params - plan.budget
+    cols[1].metric("Budget", widgets.fmt_params(plan.budget),
+                   f"{'over' if over > 0 else 'within'} by {widgets.fmt_params(abs(over))}",
+                   delta_color="inverse" if over > 0 else "normal", delta_arrow="off",
+                   help=f"{plan.budget:,} parameters ({plan.budget / plan.dense_params:.1%}); strategy {plan.strategy}"
+                   + (", edited by hand" if plan.meta.get("edited") else ""))
+    cols[2].metric("Factorized layers", f"{len(plan.ranks)} / {len(plan.layers)}")
+    predicted = frame["predicted_loss"].sum(min_count=1)
+    cols[3].metric("Predicted loss increase", "–" if pd.isna(predicted) else f"{predicted:.4f}",
+                   help="Sum over layers of the Fisher-predicted loss increase (nats)")
+    cols[4].metric("Whole model", widgets.fmt_params(loaded.num_parameters() - plan.dense_params + plan.params),
+                   help="All parameters after factorization (embeddings, norms and heads stay dense)")
+    if curves is None:
+        st.caption("Predicted loss increases need the Fisher information.")
+        if st.button("Compute Fisher information", icon=":material/calculate:"):
+            try:
+                state.fisher(model, task)
+            except state.USER_ERRORS as err:
+                widgets.show_error("Cannot estimate the Fisher information", err)
+            else:
+                st.rerun()
+
+# ---------------------------------------------------------------- import / export
+cols = st.columns(2)
+with cols[0]:
+    st.download_button("Export plan (JSON)", plan.to_json(), file_name=f"{state.model_label(model)}-rank-plan.json",
+                       mime="application/json", icon=":material/download:")
+with cols[1]:
+    uploaded = st.file_uploader("Import a plan (JSON)", type=["json"], key="plan_upload")
+    if uploaded is not None and uploaded.file_id != st.session_state.get("imported_plan"):
+        st.session_state["imported_plan"] = uploaded.file_id
+        try:
+            imported = RankPlan.from_json(uploaded.getvalue())
+            imported_names = {layer.name for layer in imported.layers}
+            if imported_names != set(shapes):
+                raise ValueError(f"the plan's layers do not match {state.model_label(model)} "
+                                 f"({len(imported_names & set(shapes))} of {len(shapes)} layer names in common)")
+            for layer in imported.layers:
+                if (layer.out_features, layer.in_features) != shapes[layer.name]:
+                    raise ValueError(f"{layer.name} is {layer.out_features}×{layer.in_features} in the plan but "
+                                     f"{shapes[layer.name][0]}×{shapes[layer.name][1]} in the model")
+        except ValueError as err:
+            widgets.show_error(f"Cannot import {uploaded.name}", err)
+        else:
+            state.set_plan(imported)
+            st.rerun()

@@ -1,0 +1,137 @@
+"""Factorize: run one or more registered methods on the current rank plan (a progress bar per method,
+advancing layer by layer), compare quality, size and latency with the dense model, inspect solver
+convergence, save the compressed model and download it as a zip."""
+
+from __future__ import annotations
+
+import functools
+import re
+
+import pandas as pd
+import streamlit as st
+
+from dashboard import layout, plots, state, widgets  # first: sets up the environment for torch
+import lowrank
+from lowrank.assets import cache_dir
+from lowrank.factorize import get_method
+from lowrank.sweep import execute_run
+
+layout.setup("Factorize")
+model, task = state.model_key(), state.task_key()
+try:
+    loaded = state.current_model()
+    task_obj = state.get_task(task)
+    plan = state.ensure_plan()
+except state.USER_ERRORS as err:
+    widgets.show_error(f"Cannot factorize {state.model_label(model)}", err)
+    st.page_link("pages/1_Model_and_task.py", label="Choose another model", icon=":material/dataset:")
+    st.stop()
+
+edited = bool(plan.meta.get("edited"))
+st.markdown(f"Plan: **{state.plan_fraction(plan):.0%}** of the compressible parameters kept, strategy **{plan.strategy}**"
+            f"{' (edited by hand)' if edited else ''}, {len(plan.ranks)} of {len(plan.layers)} layers factorized.")
+st.page_link("pages/3_Ranks.py", label="Change the plan", icon=":material/tune:")
+
+methods = lowrank.available_methods()
+chosen = st.multiselect("Methods", methods, default=[m for m in ("svd", "fwsvd") if m in methods],
+                        format_func=widgets.method_label, key="factorize_methods")
+options = {}
+if chosen:
+    cols = st.columns(len(chosen))
+    for col, method in zip(cols, chosen):
+        with col.container(border=True):
+            st.markdown(f"**{method}**")
+            st.caption(get_method(method).description)
+            options[method] = widgets.option_widgets(method, "factorize")
+run = st.button("Factorize and evaluate", type="primary", icon=":material/play_arrow:", disabled=not chosen)
+
+if run:
+    if not plan.ranks:
+        st.error("The plan keeps every layer dense: nothing to factorize. Lower the budget on the Ranks page.",
+                 icon=":material/error:")
+        st.stop()
+    results = []
+    try:
+        dense = state.dense_evaluation(model, task)
+        needs_fisher = any(get_method(m).needs_importance for m in chosen)
+        importance = state.fisher(model, task) if needs_fisher else None
+    except state.USER_ERRORS as err:
+        widgets.show_error("Cannot prepare the run", err)
+        st.stop()
+    fields = {"strategy": "manual" if edited else plan.strategy, "budget": plan.budget / plan.dense_params,
+              "align": plan.align}
+    for method in chosen:
+        with widgets.ProgressBar(f"{method}", keep=True, done_text=f"{method}: factorized and evaluated") as bar:
+            try:
+                result = execute_run(state.store(), loaded, task_obj, task, method, plan.ranks, importance=importance,
+                                     options=options[method], eval_limit=state.eval_limit(), fields=fields, progress=bar)
+            except state.USER_ERRORS as err:
+                widgets.show_error(f"{method} failed (recorded as a failed run)", err)
+                continue
+        results.append({"run_id": result.run_id, "method": method, "model": result.model, "saved": None})
+    st.session_state["results"] = results
+
+results = st.session_state["results"]
+if not results:
+    st.stop()
+
+store = state.store()
+dense = state.dense_evaluation(model, task)
+rows = [store.get_run(r["run_id"]) for r in results]
+table = pd.DataFrame([dense, *rows])
+table["label"] = ["dense"] + [f"{r['method']} {' '.join(f'{k}={v}' for k, v in (r['options'] or {}).items())}".strip()
+                              for r in rows]
+table["delta"] = table["value"] - dense["value"]
+
+st.subheader("Before and after")
+cols = st.columns(len(rows) + 1)
+cols[0].metric(f"dense {dense['metric']}", widgets.fmt_metric(dense["metric"], dense["value"]),
+               help=f"{widgets.fmt_bytes(dense['size_bytes'])}, {widgets.fmt_ms(dense['latency_ms_b1'])} at batch 1")
+for col, row in zip(cols[1:], rows):
+    col.metric(row["method"], widgets.fmt_metric(row["metric"], row["value"]),
+               f"{row['value'] - dense['value']:+.3f}", delta_color="inverse" if row["metric"] == "perplexity" else "normal",
+               help=f"run #{row['id']}: {widgets.fmt_bytes(row['size_bytes'])}, {widgets.fmt_ms(row['latency_ms_b1'])} at batch 1")
+st.dataframe(
+    table[["label", "value", "delta", "params_linear", "params_total", "size_bytes", "latency_ms_b1", "latency_ms_b32",
+           "factorize_s", "wall_s", "id"]],
+    hide_index=True,
+    column_config={
+        "label": st.column_config.TextColumn("model"),
+        "value": st.column_config.NumberColumn(dense["metric"], format="%.4f"),
+        "delta": st.column_config.NumberColumn("Δ vs dense", format="%+.4f"),
+        "params_linear": st.column_config.NumberColumn("linear params", format="localized"),
+        "params_total": st.column_config.NumberColumn("all params", format="localized"),
+        "size_bytes": st.column_config.NumberColumn("size (bytes)", format="localized"),
+        "latency_ms_b1": st.column_config.NumberColumn("latency b1 (ms)", format="%.1f"),
+        "latency_ms_b32": st.column_config.NumberColumn("latency b32 (ms)", format="%.1f"),
+        "factorize_s": st.column_config.NumberColumn("factorize (s)", format="%.2f"),
+        "wall_s": st.column_config.NumberColumn("wall (s)", format="%.1f"),
+        "id": st.column_config.NumberColumn("run"),
+    })
+
+histories = [(r, r["model"].model.lowrank_info.history) for r in results if r["model"].model.lowrank_info.history]
+if histories:
+    st.subheader("Convergence of iterative solvers")
+    for result, history in histories:
+        solver = (store.get_run(result["run_id"])["options"] or {}).get("solver", "")
+        st.plotly_chart(plots.convergence_figure(history, f"{result['method']} {solver}: weighted error per iteration"),
+                        key=f"convergence_{result['run_id']}")
+
+st.subheader("Save and download")
+for result in results:
+    cols = st.columns([2, 3], vertical_alignment="center")
+    folder = cache_dir() / "compressed" / f"{re.sub(r'[^A-Za-z0-9._-]+', '_', state.model_label(model))}-{result['method']}-run{result['run_id']}"
+    if cols[0].button(f"Save {result['method']} model", key=f"save_{result['run_id']}", icon=":material/save:",
+                      disabled=result["saved"] is not None):
+        try:
+            lowrank.save_compressed(result["model"], folder)
+        except state.USER_ERRORS as err:
+            widgets.show_error(f"Cannot save {result['method']}", err)
+        else:
+            store.update_run(result["run_id"], output_dir=str(folder))
+            result["saved"] = str(folder)
+    if result["saved"] is not None:
+        cols[1].download_button(f"Download {folder.name}.zip", functools.partial(widgets.zip_folder, result["saved"]),
+                                file_name=f"{folder.name}.zip", mime="application/zip", on_click="ignore",
+                                icon=":material/download:", key=f"download_{result['run_id']}")
+        st.caption(f"Saved to `{result['saved']}` (load it with `lowrank.load_compressed`).")

@@ -1,0 +1,97 @@
+"""Trade-offs: quality against kept parameters for every stored run (one line per method, Pareto front,
+dense reference), and a form that starts a background sweep (methods x budgets x strategy)."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from dashboard import layout, plots, state, widgets  # first: sets up the environment for torch
+import lowrank
+from lowrank.allocate import STRATEGIES, available_strategies
+from lowrank.sweep import SweepSpec, start_sweep
+
+layout.setup("Trade-offs")
+store = state.store()
+model, task = state.model_key(), state.task_key()
+
+runs = store.runs()
+models = list(dict.fromkeys([model, *runs["model"].dropna()]))
+tasks = list(dict.fromkeys([task, *runs["task"].dropna()]))
+cols = st.columns([2, 2, 3])
+shown_model = cols[0].selectbox("Model", models, format_func=state.model_label, key="tradeoff_model")
+shown_task = cols[1].selectbox("Task", tasks, format_func=state.task_label, key="tradeoff_task")
+selection = runs[(runs["model"] == shown_model) & (runs["task"] == shown_task)]
+strategies = sorted(selection.loc[selection["method"] != "dense", "strategy"].dropna().unique())
+shown_strategies = cols[2].multiselect("Strategies", strategies, default=strategies,  # a new key when new ones appear
+                                      key=f"tradeoff_strategies_{'_'.join(strategies)}")
+running = not store.sweeps(status="running").empty
+
+
+@st.fragment(run_every=2.0 if running else None)
+def live() -> None:
+    sweeps = store.sweeps()
+    if running and (sweeps["status"] != "running").all():
+        st.rerun()  # the last sweep finished: redraw once, stop polling
+    for sweep in sweeps[(sweeps["status"] == "running") | (sweeps.index == 0)].to_dict("records"):
+        widgets.sweep_card(store, sweep)  # the running sweeps and the latest one
+    current = store.runs(model=shown_model, task=shown_task)
+    done = current[(current["status"] == "done") & (current["method"] != "dense")
+                   & current["strategy"].isin(shown_strategies)]
+    dense_rows = current[(current["status"] == "done") & (current["method"] == "dense")]
+    dense = dense_rows.iloc[0].to_dict() if len(dense_rows) else None
+    if done.empty and dense is None:
+        st.info("No finished runs for this model and task yet: run a sweep below, or factorize on the Factorize page.",
+                icon=":material/info:")
+    else:
+        st.plotly_chart(plots.tradeoff_figure(done, dense), key="tradeoff")
+        st.caption("Circled points are on the Pareto front: no other run has at most as many parameters and a better "
+                   f"{(dense or done.iloc[0])['metric']}. Hover a point for its budget, size and latency.")
+    with st.expander(f"All runs for this model and task ({len(current)})"):
+        st.dataframe(current[["id", "status", "method", "solver", "strategy", "budget", "metric", "value", "kept_fraction",
+                              "params_linear", "size_bytes", "latency_ms_b1", "wall_s", "created", "error", "sweep_id"]],
+                     hide_index=True, column_config={
+                         "budget": st.column_config.NumberColumn("budget", format="percent"),
+                         "kept_fraction": st.column_config.NumberColumn("kept", format="percent"),
+                         "value": st.column_config.NumberColumn("value", format="%.4f"),
+                         "params_linear": st.column_config.NumberColumn("linear params", format="localized"),
+                         "size_bytes": st.column_config.NumberColumn("size (bytes)", format="localized"),
+                         "latency_ms_b1": st.column_config.NumberColumn("latency b1 (ms)", format="%.1f"),
+                         "wall_s": st.column_config.NumberColumn("wall (s)", format="%.1f"),
+                     })
+
+
+live()
+
+st.subheader("New sweep")
+st.caption(f"On the current model and task ({state.model_label(model)}, {state.task_label(task)}). The sweep runs in a "
+           "background process and writes every run to the run store: leaving or reloading this page loses nothing.")
+methods = lowrank.available_methods()
+with st.form("sweep_form"):
+    cols = st.columns([3, 3, 2])
+    chosen = cols[0].multiselect("Methods", methods, default=[m for m in ("svd", "fwsvd") if m in methods],
+                                 format_func=widgets.method_label)
+    budgets = cols[1].multiselect("Budgets (kept fraction)", [round(0.1 * k, 1) for k in range(1, 10)], default=[0.3, 0.5, 0.7],
+                                  format_func=lambda b: f"{b:.0%}")
+    strategy_names = available_strategies()
+    strategy = cols[2].selectbox("Strategy", strategy_names, index=strategy_names.index(state.DEFAULT_STRATEGY),
+                                 format_func=lambda s: f"{s} (needs Fisher)" if STRATEGIES[s].needs_importance else s)
+    tunable = [m for m in methods if widgets.method_options(m)]
+    options = {}
+    if tunable:
+        with st.expander("Method options (used for the methods chosen above)"):
+            for col, method in zip(st.columns(len(tunable)), tunable):
+                with col:
+                    st.markdown(f"**{method}**")
+                    options[method] = widgets.option_widgets(method, "sweep")
+    submitted = st.form_submit_button("Start sweep", type="primary", icon=":material/play_arrow:")
+
+if submitted:
+    spec = SweepSpec(model=model, task=task, methods=chosen, budgets=sorted(budgets), strategy=strategy,
+                     options={m: options[m] for m in chosen if m in options}, eval_limit=state.eval_limit())
+    try:
+        sweep_id = start_sweep(spec, store)
+    except state.USER_ERRORS as err:
+        widgets.show_error("Cannot start the sweep", err)
+    else:
+        st.toast(f"Sweep #{sweep_id} started: {spec.runs_total} runs", icon=":material/rocket_launch:")
+        st.rerun()
