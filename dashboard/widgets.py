@@ -10,10 +10,10 @@ from typing import Optional
 import streamlit as st
 
 from lowrank.factorize import get_method
-from lowrank.weighted import AXES, SOLVERS
+from lowrank.weighted import AXES, INIT_AXES, SOLVERS
 
 # Known choice lists for string options of registered methods; other options get a free input.
-OPTION_CHOICES = {"solver": tuple(SOLVERS), "axis": AXES, "init_axis": AXES}
+OPTION_CHOICES = {"solver": tuple(SOLVERS), "axis": AXES, "init_axis": INIT_AXES}
 
 
 class ProgressBar:
