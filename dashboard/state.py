@@ -24,7 +24,7 @@ from lowrank.assets import cache_dir
 from lowrank.runs import RunStore, default_path
 from lowrank.sweep import FISHER_SETTINGS, dense_reference
 
-from .widgets import ProgressBar
+from .widgets import ProgressBar, show_error
 
 # Errors a user's input can cause (TaskError and ModelLoadError are ValueErrors, AssetError a RuntimeError);
 # pages show them with st.error instead of a traceback.
@@ -266,3 +266,14 @@ def ensure_plan():
 
 def plan_fraction(p) -> float:
     return p.params / p.dense_params if p.dense_params else float("nan")
+
+
+def fisher_button(model: str, task: str, **button_options) -> None:
+    """A button computing the Fisher information (progress bar, error on the page), then rerunning."""
+    if st.button("Compute Fisher information", icon=":material/calculate:", **button_options):
+        try:
+            fisher(model, task)
+        except USER_ERRORS as err:
+            show_error("Cannot estimate the Fisher information", err)
+        else:
+            st.rerun()

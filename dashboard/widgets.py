@@ -46,6 +46,17 @@ class ProgressBar:
             self.slot.empty()
 
 
+# Column formats shared by every table of stored runs (Factorize results, Trade-offs run list).
+RUN_COLUMNS = {
+    "params_linear": st.column_config.NumberColumn("linear params", format="localized"),
+    "params_total": st.column_config.NumberColumn("all params", format="localized"),
+    "size_bytes": st.column_config.NumberColumn("size (bytes)", format="localized"),
+    "latency_ms_b1": st.column_config.NumberColumn("latency b1 (ms)", format="%.1f"),
+    "latency_ms_b32": st.column_config.NumberColumn("latency b32 (ms)", format="%.1f"),
+    "wall_s": st.column_config.NumberColumn("wall (s)", format="%.1f"),
+}
+
+
 def show_error(prefix: str, err: BaseException) -> None:
     """One-line error on the page (never a traceback)."""
     message = str(err).strip() or type(err).__name__

@@ -37,13 +37,7 @@ stats = frame.drop(columns=["singular_values", "energy"])
 if column in ("dispersion", "risk") and not have_fisher:
     st.info("Fisher dispersion and SVD risk need the Fisher information of the model on the task "
             "(one pass over 512 training examples, cached on disk).", icon=":material/info:")
-    if st.button("Compute Fisher information", type="primary", icon=":material/calculate:"):
-        try:
-            state.fisher(model, task)
-        except state.USER_ERRORS as err:
-            widgets.show_error("Cannot estimate the Fisher information", err)
-        else:
-            st.rerun()
+    state.fisher_button(model, task, type="primary")
 elif column == "dispersion":
     stats["dispersion"] = stats["name"].map(state.dispersion(model, task))
     st.plotly_chart(plots.heatmap_figure(stats, "dispersion"), key="heatmap")

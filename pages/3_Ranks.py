@@ -145,13 +145,7 @@ with totals:
                    help="All parameters after factorization (embeddings, norms and heads stay dense)")
     if curves is None:
         st.caption("Predicted loss increases need the Fisher information.")
-        if st.button("Compute Fisher information", icon=":material/calculate:"):
-            try:
-                state.fisher(model, task)
-            except state.USER_ERRORS as err:
-                widgets.show_error("Cannot estimate the Fisher information", err)
-            else:
-                st.rerun()
+        state.fisher_button(model, task)
 
 # ---------------------------------------------------------------- import / export
 cols = st.columns(2)

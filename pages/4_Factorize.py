@@ -99,13 +99,8 @@ st.dataframe(
         "label": st.column_config.TextColumn("model"),
         "value": st.column_config.NumberColumn(dense["metric"], format="%.4f"),
         "delta": st.column_config.NumberColumn("Δ vs dense", format="%+.4f"),
-        "params_linear": st.column_config.NumberColumn("linear params", format="localized"),
-        "params_total": st.column_config.NumberColumn("all params", format="localized"),
-        "size_bytes": st.column_config.NumberColumn("size (bytes)", format="localized"),
-        "latency_ms_b1": st.column_config.NumberColumn("latency b1 (ms)", format="%.1f"),
-        "latency_ms_b32": st.column_config.NumberColumn("latency b32 (ms)", format="%.1f"),
+        **widgets.RUN_COLUMNS,
         "factorize_s": st.column_config.NumberColumn("factorize (s)", format="%.2f"),
-        "wall_s": st.column_config.NumberColumn("wall (s)", format="%.1f"),
         "id": st.column_config.NumberColumn("run"),
     })
 

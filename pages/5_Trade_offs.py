@@ -53,10 +53,7 @@ def live() -> None:
                          "budget": st.column_config.NumberColumn("budget", format="percent"),
                          "kept_fraction": st.column_config.NumberColumn("kept", format="percent"),
                          "value": st.column_config.NumberColumn("value", format="%.4f"),
-                         "params_linear": st.column_config.NumberColumn("linear params", format="localized"),
-                         "size_bytes": st.column_config.NumberColumn("size (bytes)", format="localized"),
-                         "latency_ms_b1": st.column_config.NumberColumn("latency b1 (ms)", format="%.1f"),
-                         "wall_s": st.column_config.NumberColumn("wall (s)", format="%.1f"),
+                         **widgets.RUN_COLUMNS,
                      })
 
 
