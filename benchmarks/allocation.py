@@ -5,14 +5,15 @@ For every budget (fraction of the compressible Linear parameters kept) and strat
 method then compresses the model with exactly those ranks (no fine-tuning) and the
 validation split is evaluated. Fisher information (for ``fisher_greedy``, the weighted
 methods and the predicted losses) and the sensitivity measurements are computed once
-(both cached on disk). ``--quick``: one budget, plain SVD only, a few evaluation batches.
+(both cached on disk). ``--quick``: one budget, plain SVD only, a few evaluation batches, written to
+``results/allocation_quick.json``.
 """
 
 from __future__ import annotations
 
 import time
 
-from common import parser, write
+from common import RESULTS, parser, write
 
 import lowrank
 from lowrank.allocate import allocate, available_strategies, measure_sensitivity, sensitivity_cache_path
@@ -37,6 +38,7 @@ def main() -> None:
         args.budgets = [0.5]
         args.methods = args.methods or ["svd"]
         args.limit = args.limit or 4
+        args.out = args.out or str(RESULTS / "allocation_quick.json")  # never overwrite the full results
     registered = lowrank.available_methods()
     methods = args.methods or [m for m in METHODS if m in registered]
     missing = [m for m in (args.methods or METHODS) if m not in registered]
