@@ -23,7 +23,8 @@ the factorization actually keeps (floor of the rank), so the sparse model has as
 non-zeros as the factorized one has parameters; override with ``--sparsity 0.5=0.6 0.3=0.8``
 (KEEP=SPARSITY pairs).
 
---prune-method magnitude runs the LPAF variants with magnitude instead of movement pruning,
+--prune-method taylor (first-order Taylor sensitivity) or magnitude runs the LPAF variants with
+that pruning instead of movement pruning,
 and --score-update adam normalizes the movement score updates (lowrank.prune).
 
 Needs no plotly. Accuracy is on the validation split (--limit batches in smoke runs).
@@ -42,7 +43,7 @@ from lowrank.evaluate import parameter_counts
 from lowrank.finetune import TrainConfig, train
 from lowrank.fisher import estimate_fisher
 from lowrank.lpaf import default_sparsity, lpaf
-from lowrank.prune import prune
+from lowrank.prune import METHODS as PRUNE_METHODS, prune
 
 RUNS = ("svd+ft", "fwsvd+ft", "lpaf", "lpaf-no-sa", "lpaf-no-mixed")
 
@@ -78,8 +79,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-length", type=int, default=64)
     p.add_argument("--p0", type=float, default=0.5)
-    p.add_argument("--prune-method", choices=["movement", "magnitude"], default="movement",
-                   help="pruning stage of the LPAF runs (default movement, as in the paper)")
+    p.add_argument("--prune-method", choices=list(PRUNE_METHODS), default="movement",
+                   help="pruning stage of the LPAF runs (default movement, as in the issue; taylor: |W*grad|)")
     p.add_argument("--score-update", choices=["raw", "adam"], default="raw", help="movement score update (lowrank.prune)")
     p.add_argument("--fisher-batches", type=int, default=32)
     p.add_argument("--quick", action="store_true", help="smoke run: 3 steps per stage, 2 evaluation batches, 2 Fisher batches")

@@ -5,7 +5,11 @@ approximation keeping 30% of its parameters, measure the real increase of the
 validation loss, and compare (Spearman rank correlation) with
 
 * ``predicted_loss_increase``: 0.5 * sum_ij F_ij (W - W_svd)_ij^2 (second-order estimate);
-* ``fisher_dispersion``: the coefficient of variation of the FWSVD-axis Fisher sums.
+* ``fisher_dispersion``: the coefficient of variation of the FWSVD-axis Fisher sums;
+* ``fisher_quadratic``: 0.5 * mean_n <dl_n/dW, dW>^2, the same second-order estimate with the
+  full (not diagonal) empirical Fisher, on the same training examples
+  (``lowrank.fisher.loss_change_taylor``), and ``taylor_total``: that plus the first-order
+  term mean_n <dl_n/dW, dW> on the training examples.
 
 Target: >= 0.8 for the better of the two.
 
@@ -23,7 +27,7 @@ from scipy.stats import spearmanr
 
 import lowrank
 from lowrank.compress import fraction_rank
-from lowrank.fisher import estimate_fisher
+from lowrank.fisher import estimate_fisher, loss_change_taylor
 from lowrank.metrics import fisher_dispersion, predicted_loss_increase, svd_risk
 
 
@@ -39,10 +43,17 @@ def main() -> None:
     dense = lowrank.evaluate(loaded, args.task, limit=args.limit, measure_latency=False)
     dense_train = lowrank.evaluate(loaded, args.task, "train", limit=args.train_batches, measure_latency=False) \
         if args.train_batches else None
+    linears = lowrank.compressible_linears(loaded.model)
+    ranks = {name: fraction_rank(*m.weight.shape, args.keep) for name, m in linears.items()}
+    deltas = {}
+    for name, module in linears.items():
+        U, V = lowrank.factorize(module.weight.detach().float(), ranks[name], "svd")
+        deltas[name] = U @ V - module.weight.detach().float()
+    taylor = loss_change_taylor(loaded, args.task, deltas, num_batches=args.fisher_batches, batch_size=16)
     rows = []
-    for name, module in lowrank.compressible_linears(loaded.model).items():
+    for name, module in linears.items():
         W, F = module.weight.detach().float(), fisher[name].to(module.weight.device)
-        rank = fraction_rank(*W.shape, args.keep)
+        rank = ranks[name]
         small = lowrank.compress(loaded, {name: rank}, method="svd")
         result = lowrank.evaluate(small, args.task, limit=args.limit, measure_latency=False)
         rows.append({"layer": name, "rank": rank, "measured_loss_increase": result.loss - dense.loss,
@@ -51,11 +62,13 @@ def main() -> None:
                                                                        measure_latency=False).loss - dense_train.loss)
                      if dense_train else None,
                      "predicted_loss_increase": predicted_loss_increase(W, F, rank, "svd"),
+                     "fisher_quadratic": taylor[name]["second_order"], "taylor_total": taylor[name]["total"],
                      "fisher_dispersion": fisher_dispersion(F), "svd_risk": svd_risk(W, F, rank)})
         print(rows[-1], flush=True)
     targets = ["measured_loss_increase"] + (["measured_train_loss_increase"] if dense_train else [])
     correlations = {target: {key: float(spearmanr([r[target] for r in rows], [r[key] for r in rows]).statistic)
-                             for key in ("predicted_loss_increase", "fisher_dispersion", "svd_risk")}
+                             for key in ("predicted_loss_increase", "fisher_dispersion", "svd_risk", "fisher_quadratic",
+                            "taylor_total")}
                     for target in targets}
     print("Spearman correlations (measured -> predictor -> rho):", correlations)
     write("predictor", args, rows, {"dense_loss": dense.loss, "dense_accuracy": dense.value, "spearman": correlations})

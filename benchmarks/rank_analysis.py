@@ -1,8 +1,8 @@
 """Rank analysis (LPAF's key observation): are pruned weights low rank?
 
 For the dense fine-tuned model (--model, minilm-rt) and for models fine-tuned *with*
-pruning (movement pruning with raw or Adam-normalized score updates, and magnitude
-pruning as the baseline) at several sparsities,
+pruning (movement pruning with raw or Adam-normalized score updates, first-order Taylor
+pruning, and magnitude pruning as the baseline) at several sparsities,
 every compressible matrix's numerical rank (relative tolerance --tol), effective rank and
 90/95/99%-energy ranks are measured (``lowrank.lpaf.rank_analysis``) and averaged over
 the model, absolute and relative to min(out, in). Validation accuracy of each model is
@@ -30,7 +30,8 @@ from pathlib import Path
 from common import RESULTS, parser, write
 
 # run name -> (pruning method, movement score update); see lowrank.prune
-PRUNERS = {"movement": ("movement", "raw"), "movement-adam": ("movement", "adam"), "magnitude": ("magnitude", "raw")}
+PRUNERS = {"movement": ("movement", "raw"), "movement-adam": ("movement", "adam"), "taylor": ("taylor", "raw"),
+           "magnitude": ("magnitude", "raw")}
 FIGURE_METRICS = (("rel_rank90", "90% energy rank / min(out, in)"), ("rel_rank99", "99% energy rank / min(out, in)"),
                   ("rel_effective_rank", "effective rank / min(out, in)"), ("rel_numerical_rank", "numerical rank / min(out, in)"))
 
@@ -43,7 +44,7 @@ def figure(payload: dict, path: Path) -> Path:
     rows = payload["rows"]
     dense = next(r for r in rows if r["method"] == "dense")
     fig = make_subplots(rows=1, cols=len(FIGURE_METRICS), subplot_titles=[t for _, t in FIGURE_METRICS])
-    colors = {"movement": "#d62728", "movement-adam": "#ff7f0e", "magnitude": "#1f77b4"}
+    colors = {"movement": "#d62728", "movement-adam": "#ff7f0e", "taylor": "#2ca02c", "magnitude": "#1f77b4"}
     for col, (metric, _) in enumerate(FIGURE_METRICS, start=1):
         for method, color in colors.items():
             runs = sorted((r for r in rows if r["method"] == method), key=lambda r: r["target_sparsity"])

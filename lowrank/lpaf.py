@@ -8,8 +8,10 @@ yields sparse weights whose spectra are concentrated: sparse *and* low rank.
 
 Pipeline (:func:`lpaf`), each stage optional where the paper ablates it:
 
-1. **prune**: movement pruning during fine-tuning to sparsity ``s`` (:mod:`lowrank.prune`;
-   ``prune_method="magnitude"`` swaps in the zeroth-order baseline);
+1. **prune**: first-order pruning during fine-tuning to sparsity ``s`` (:mod:`lowrank.prune`):
+   ``prune_method="movement"`` (accumulated ``-W * grad``) or ``"taylor"`` (accumulated
+   ``|W * grad|``, the first-order estimate of the loss increase from removing a weight);
+   ``"magnitude"`` swaps in the zeroth-order baseline;
 2. **sparsity-aware factorization** of each pruned weight ``W ⊙ M`` at rank ``r``::
 
        min_{U,V}  sum_ij M_ij S_ij (W - U V)_ij^2
@@ -177,7 +179,7 @@ def lpaf(loaded, task, sparsity: Optional[float] = None, ranks: Ranks = 0.5, pru
 
     ``loaded``: a dense fine-tuned ``LoadedModel`` (left untouched: pruning runs on a copy), or,
     with ``masks``, an already pruned one (the pruning stage is skipped). ``sparsity``: pruning
-    target (default :func:`default_sparsity`); ``prune_method`` (``movement`` as in the paper, or
+    target (default :func:`default_sparsity`); ``prune_method`` (``movement``, ``taylor`` or
     ``magnitude``), ``scope`` and ``score_update`` as in :func:`lowrank.prune.prune`.
     ``ranks``: as in :func:`lowrank.compress`.
     ``prune_config`` defaults to :data:`lowrank.prune.PRUNE_CONFIG`, ``finetune_config`` to

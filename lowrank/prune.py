@@ -8,6 +8,12 @@ fine-tuning it with :func:`lowrank.finetune.train`, through a :class:`PruningHoo
   ``S <- S - W * dL/dW``, i.e. ``S_ij = -sum_t W_ij(t) g_ij(t)``. A weight moving away
   from zero (``W`` and ``-g`` of the same sign) gains score; one moving towards zero
   loses it. The weights with the *highest* scores are kept.
+* **first-order Taylor sensitivity** (``"taylor"``; Molchanov et al. 2019, the importance
+  of Ren & Zhu's first-order pruning, reconstructed): ``S <- S + |W * dL/dW|``, the
+  accumulated first-order estimate of the loss change from *removing* each weight. The
+  weights with the highest scores are kept. Unlike the signed movement score, whose
+  expectation is ~0 on a converged model (so its ranking is noise scaled by ``|W|``), this
+  score is positive for every weight the loss depends on.
 * **magnitude pruning** (Zhu & Gupta 2017), the baseline: the score is ``|W|`` at the
   time of each mask update.
 
@@ -23,10 +29,10 @@ After every optimizer step (``after_step``) the masks are recomputed at sparsity
 ``s(step + 1)`` from the current scores and re-applied: the weights are multiplied by
 their masks *in place*, so pruned weights are exactly zero whenever the model is run.
 
-Movement pruning keeps a dense copy ``D`` of each weight (as the masked-forward
+The first-order methods (movement, taylor) keep a dense copy ``D`` of each weight (as the masked-forward
 implementation of Sanh et al. keeps the underlying weight): kept entries follow the
 optimizer (``D = W`` where ``M = 1``), pruned entries keep their value from the moment
-they were pruned, and the score update uses it, ``S <- S - D * dL/dW'`` with ``W' = D ⊙ M``
+they were pruned, and the score update uses it, ``S <- S - D * dL/dW'`` (taylor: ``+ |D * dL/dW'|``) with ``W' = D ⊙ M``
 (``dL/dW'`` exists for pruned entries too). This is the straight-through estimator of
 hard movement pruning: a pruned weight whose removal hurts gets gradient pushing ``W'``
 back towards ``D``, its score rises, and it returns *with its old value*. (Zeroing in place
@@ -65,7 +71,8 @@ from .architectures import compressible_linears
 from .finetune import TrainConfig, TrainingHook, train
 from .progress import Progress
 
-METHODS = ("movement", "magnitude")
+METHODS = ("movement", "taylor", "magnitude")
+FIRST_ORDER = ("movement", "taylor")
 SCOPES = ("global", "layer")
 SCORE_UPDATES = ("raw", "adam")
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-12
@@ -164,7 +171,7 @@ class PruningHook(TrainingHook):
     ``layers``: names of the Linear modules to prune (default: every compressible Linear).
     After training: ``masks`` and ``scores`` ``{name: tensor}``, ``history`` (realized sparsity
     after each step) and ``schedule`` (the scheduled sparsity after each step); movement
-    pruning also keeps ``dense`` (the weights' dense copies ``D``, see module docstring).
+    and taylor pruning also keep ``dense`` (the weights' dense copies ``D``, see module docstring).
     """
 
     def __init__(self, method: str = "movement", sparsity: float = 0.7, scope: str = "global", warmup: float = 0.1,
@@ -204,7 +211,7 @@ class PruningHook(TrainingHook):
         cubic_sparsity(0, total_steps, self.target, self.initial, self.warmup, self.cooldown)
         self.scores = {n: torch.zeros_like(m.weight, dtype=torch.float32) for n, m in self.linears.items()}
         self.masks = {n: torch.ones_like(m.weight, dtype=torch.bool) for n, m in self.linears.items()}
-        if self.method == "movement":
+        if self.method in FIRST_ORDER:
             self.dense = {n: m.weight.detach().clone() for n, m in self.linears.items()}
         if self.method == "movement" and self.score_update == "adam":
             self.moments = {n: (torch.zeros_like(s), torch.zeros_like(s)) for n, s in self.scores.items()}
@@ -213,19 +220,24 @@ class PruningHook(TrainingHook):
 
     @torch.no_grad()
     def after_backward(self, model: nn.Module, step: int) -> None:
-        if self.method != "movement":
+        if self.method not in FIRST_ORDER:
             return
         self.updates += 1
         for name, module in self.linears.items():
             if module.weight.grad is None:
                 continue
             update = self.dense[name].float() * module.weight.grad.float()
-            if self.score_update == "adam":
-                (b1, b2), (m, v) = ADAM_BETAS, self.moments[name]
-                m.mul_(b1).add_(update, alpha=1 - b1)
-                v.mul_(b2).addcmul_(update, update, value=1 - b2)
-                update = (m / (1 - b1**self.updates)) / ((v / (1 - b2**self.updates)).sqrt() + ADAM_EPS)
-            self.scores[name].sub_(update)
+            if self.method == "taylor":
+                self.scores[name].add_(update.abs_())
+            else:
+                self.scores[name].sub_(self._normalized(name, update) if self.score_update == "adam" else update)
+
+    def _normalized(self, name: str, update: torch.Tensor) -> torch.Tensor:
+        """Adam-normalized movement update ``m_hat / (sqrt(v_hat) + eps)`` (see module docstring)."""
+        (b1, b2), (m, v) = ADAM_BETAS, self.moments[name]
+        m.mul_(b1).add_(update, alpha=1 - b1)
+        v.mul_(b2).addcmul_(update, update, value=1 - b2)
+        return (m / (1 - b1**self.updates)) / ((v / (1 - b2**self.updates)).sqrt() + ADAM_EPS)
 
     @torch.no_grad()
     def after_step(self, model: nn.Module, step: int) -> None:
@@ -239,7 +251,7 @@ class PruningHook(TrainingHook):
         if sparsity > 0:
             self.masks = compute_masks(self.scores, sparsity, self.scope)
         for name, module in self.linears.items():
-            if self.method == "movement":
+            if self.method in FIRST_ORDER:
                 module.weight.copy_(self.dense[name] * self.masks[name])
             else:
                 module.weight.mul_(self.masks[name])

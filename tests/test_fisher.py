@@ -67,3 +67,40 @@ def test_bad_arguments(tiny_bert, sentiment_csv):
         estimate_fisher(tiny_bert, sentiment_csv, labels="guess")
     with pytest.raises(ValueError, match="positive"):
         estimate_fisher(tiny_bert, sentiment_csv, num_batches=0)
+
+
+def per_example_gradients(loaded, task, name, batch_size, num_batches):
+    """``dl_n/dW`` of one layer for every example, one backward pass per example (eval mode)."""
+    loaded.model.eval()
+    weight, grads = loaded.model.get_submodule(name).weight, []
+    for batch in batches(task, loaded.tokenizer, "train", batch_size, 128, shuffle=True, seed=0, limit=num_batches):
+        for i in range(batch["input_ids"].shape[0]):
+            loaded.model.zero_grad()
+            loaded.model(**{k: v[i:i + 1] for k, v in batch.items()}).loss.backward()
+            grads.append(weight.grad.detach().clone())
+    return torch.stack(grads)
+
+
+def test_taylor_estimate_is_the_full_fisher_quadratic_form(tiny_bert, sentiment_csv):
+    from lowrank.fisher import loss_change_taylor
+
+    task = load_task(sentiment_csv)
+    name = "bert.encoder.layer.1.intermediate.dense"
+    weight = tiny_bert.model.get_submodule(name).weight
+    delta = torch.randn(weight.shape, generator=torch.Generator().manual_seed(0)) * 1e-2
+    estimate = loss_change_taylor(tiny_bert, task, {name: delta}, num_batches=2, batch_size=4)[name]
+    G = per_example_gradients(tiny_bert, task, name, 4, 2)  # (N, out, in)
+    s = (G * delta).sum(dim=(1, 2)).double()
+    assert estimate["first_order"] == pytest.approx(float(s.mean()), rel=1e-4, abs=1e-9)
+    assert estimate["second_order"] == pytest.approx(0.5 * float(s.square().mean()), rel=1e-4)
+    assert estimate["total"] == pytest.approx(estimate["first_order"] + estimate["second_order"])
+    # a change of one entry: the full quadratic form is the diagonal Fisher's 0.5 F_ij dW_ij^2
+    single = torch.zeros_like(delta)
+    single[3, 5] = 0.1
+    fisher = estimate_fisher(tiny_bert, task, num_batches=2, batch_size=4, use_cache=False)[name]
+    one = loss_change_taylor(tiny_bert, task, {name: single}, num_batches=2, batch_size=4)[name]
+    assert one["second_order"] == pytest.approx(0.5 * float(fisher[3, 5]) * 0.01, rel=1e-4)
+    with pytest.raises(ValueError, match="shape"):
+        loss_change_taylor(tiny_bert, task, {name: delta.T}, num_batches=1, batch_size=4)
+    with pytest.raises(ValueError, match="not compressible"):
+        loss_change_taylor(tiny_bert, task, {"bert.pooler.dense": delta}, num_batches=1, batch_size=4)

@@ -83,12 +83,16 @@ def test_global_versus_layer_threshold():
 # ----------------------------------------------------------------------------- hook on toy problems
 
 
-def test_movement_scores_equal_minus_sum_of_weight_times_grad():
+FIRST_ORDER_UPDATES = {"movement": lambda d, g: -d * g, "taylor": lambda d, g: (d * g).abs()}
+
+
+@pytest.mark.parametrize("method", FIRST_ORDER_UPDATES)
+def test_first_order_scores_accumulate_their_update_of_the_dense_weight(method):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
     x, y = torch.randn(32, 6), torch.randint(0, 3, (32,))
     steps = 12
-    hook = PruningHook("movement", sparsity=0.5, scope="layer", warmup=0.25, cooldown=0.25)
+    hook = PruningHook(method, sparsity=0.5, scope="layer", warmup=0.25, cooldown=0.25)
     hook.on_start(model, steps)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     linears = compressible_linears(model)
@@ -99,7 +103,7 @@ def test_movement_scores_equal_minus_sum_of_weight_times_grad():
         optimizer.zero_grad()
         nn.functional.cross_entropy(model(x), y).backward()
         for name, module in linears.items():
-            expected[name] -= dense[name] * module.weight.grad
+            expected[name] += FIRST_ORDER_UPDATES[method](dense[name], module.weight.grad)
         hook.after_backward(model, step)
         optimizer.step()
         for name, module in linears.items():
@@ -165,6 +169,26 @@ def test_pruned_movement_weight_returns_with_its_value():
     assert model[0].weight.tolist() == [[0.0, -2.0]]  # it returns with its old value
 
 
+def test_taylor_prunes_the_weights_the_loss_does_not_depend_on():
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(6, 4, bias=False))
+    x = torch.randn(64, 6)
+    x[:, 3:] *= 1e-3  # the last three inputs barely reach the output
+    y = x[:, :3] @ torch.randn(3, 4)
+    hook = PruningHook("taylor", sparsity=0.5, scope="layer", warmup=0.5, cooldown=0.25)
+    hook.on_start(model, 8)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    for step in range(8):
+        optimizer.zero_grad()
+        (model(x) - y).square().mean().backward()
+        hook.after_backward(model, step)
+        optimizer.step()
+        hook.after_step(model, step)
+    assert (hook.scores["0"] >= 0).all()
+    assert hook.masks["0"][:, :3].all() and not hook.masks["0"][:, 3:].any()
+    assert (model[0].weight[:, 3:] == 0).all()
+
+
 def test_magnitude_keeps_the_largest_weights():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(10, 10))
@@ -199,7 +223,7 @@ class MaskChecker(TrainingHook):
         self.checked += 1
 
 
-@pytest.mark.parametrize("method", ["movement", "magnitude"])
+@pytest.mark.parametrize("method", ["movement", "taylor", "magnitude"])
 def test_masks_respected_after_every_optimizer_step(tiny_bert, sentiment_csv, method):
     from lowrank.data import load_task
     from lowrank.finetune import train

@@ -1,4 +1,4 @@
-"""Pruning and LPAF commands: ``prune`` (movement/magnitude), ``lpaf`` (prune-and-factorize), ``ranks``."""
+"""Pruning and LPAF commands: ``prune`` (movement/taylor/magnitude), ``lpaf`` (prune-and-factorize), ``ranks``."""
 
 from __future__ import annotations
 
@@ -8,13 +8,14 @@ import pandas as pd
 
 from ..cli import add_common
 from ..progress import TqdmProgress
+from ..prune import METHODS as PRUNE_METHODS
 
 
 def register(sub) -> None:
-    p = add_common(sub.add_parser("prune", help="fine-tune while pruning (movement or magnitude) and save a masked model"))
+    p = add_common(sub.add_parser("prune", help="fine-tune while pruning (movement, taylor or magnitude) and save a masked model"))
     p.add_argument("--model", default="minilm-rt")
     p.add_argument("--task", default="rotten_tomatoes")
-    p.add_argument("--method", choices=["movement", "magnitude"], default="movement")
+    p.add_argument("--method", choices=list(PRUNE_METHODS), default="movement")
     p.add_argument("--sparsity", type=float, default=0.7, help="target fraction of compressible weights set to zero")
     p.add_argument("--scope", choices=["global", "layer"], default="global", help="one threshold for all layers, or per layer")
     p.add_argument("--warmup-fraction", type=float, default=0.1, help="fraction of steps before pruning starts (default 0.1)")
@@ -33,7 +34,7 @@ def register(sub) -> None:
     group.add_argument("--keep", type=float, default=0.5, help="fraction of each layer's parameters kept (default 0.5)")
     group.add_argument("--plan", help="JSON file with a 'ranks' object {layer: rank}")
     p.add_argument("--sparsity", type=float, help="pruning target (default: 1 - kept parameter fraction)")
-    p.add_argument("--prune-method", choices=["movement", "magnitude"], default="movement")
+    p.add_argument("--prune-method", choices=list(PRUNE_METHODS), default="movement")
     p.add_argument("--scope", choices=["global", "layer"], default="global")
     _score_update(p)
     p.add_argument("--no-sparsity-aware", action="store_true", help="plain SVD of the pruned weights instead of sparsity-aware")
