@@ -4,7 +4,8 @@ The paper's observation: fine-tuned weights are close to full rank, so factorizi
 directly fails at moderate-to-high compression, while first-order (movement) pruning
 yields sparse weights whose spectra are concentrated: sparse *and* low rank.
 :func:`rank_analysis` measures this for any model. (On MiniLM / Rotten Tomatoes with
-2-8 epochs of pruning it did not hold: movement pruning collapsed; see README, "LPAF".)
+2-8 epochs of pruning movement pruning collapsed; Taylor pruning does not, but LPAF
+stayed behind FWSVD + fine-tuning; see README, "LPAF".)
 
 Pipeline (:func:`lpaf`), each stage optional where the paper ablates it:
 

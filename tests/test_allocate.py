@@ -271,7 +271,7 @@ def test_fisher_greedy_predicts_no_more_loss_than_uniform_or_energy(tiny_bert, s
     for budget in (0.3, 0.5, 0.7):
         for align in (1, 4):
             greedy = allocate(tiny_bert, budget, "fisher_greedy", importance=importance, align=align)
-            assert greedy.meta["predicted_loss_lower_bound"] <= greedy.predicted_loss
+            assert greedy.meta["predicted_loss_lower_bound"] <= greedy.predicted_loss * (1 + 1e-9)  # equal up to rounding
             for other in ("uniform", "energy"):
                 plan = allocate(tiny_bert, budget, other, importance=importance, align=align)
                 assert math.isfinite(plan.predicted_loss)
