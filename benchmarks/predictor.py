@@ -31,6 +31,9 @@ from lowrank.fisher import estimate_fisher, loss_change_taylor
 from lowrank.metrics import fisher_dispersion, predicted_loss_increase, svd_risk
 
 
+PREDICTORS = ("predicted_loss_increase", "fisher_dispersion", "svd_risk", "fisher_quadratic", "taylor_total")
+
+
 def main() -> None:
     p = parser(__doc__)
     p.add_argument("--keep", type=float, default=0.3)
@@ -67,8 +70,7 @@ def main() -> None:
         print(rows[-1], flush=True)
     targets = ["measured_loss_increase"] + (["measured_train_loss_increase"] if dense_train else [])
     correlations = {target: {key: float(spearmanr([r[target] for r in rows], [r[key] for r in rows]).statistic)
-                             for key in ("predicted_loss_increase", "fisher_dispersion", "svd_risk", "fisher_quadratic",
-                            "taylor_total")}
+                             for key in PREDICTORS}
                     for target in targets}
     print("Spearman correlations (measured -> predictor -> rho):", correlations)
     write("predictor", args, rows, {"dense_loss": dense.loss, "dense_accuracy": dense.value, "spearman": correlations})

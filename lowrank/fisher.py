@@ -130,10 +130,7 @@ def estimate_fisher(loaded, task, num_batches: int = 32, batch_size: int = 16, m
     """
     from safetensors.torch import load_file, save
 
-    if labels not in ("data", "sampled"):
-        raise ValueError(f"labels must be 'data' or 'sampled', got {labels!r}")
-    if num_batches < 1 or batch_size < 1:
-        raise ValueError("num_batches and batch_size must be positive")
+    _check_sampling(labels, num_batches, batch_size)
     task = load_task(task)
     settings = {"num_batches": num_batches, "batch_size": batch_size, "max_length": max_length, "labels": labels,
                 "split": split, "seed": seed}
@@ -150,6 +147,13 @@ def estimate_fisher(loaded, task, num_batches: int = 32, batch_size: int = 16, m
     if use_cache:
         atomic_write_bytes(path, save(fisher, metadata={k: str(v) for k, v in settings.items()}))
     return fisher
+
+
+def _check_sampling(labels: str, num_batches: int, batch_size: int) -> None:
+    if labels not in ("data", "sampled"):
+        raise ValueError(f"labels must be 'data' or 'sampled', got {labels!r}")
+    if num_batches < 1 or batch_size < 1:
+        raise ValueError("num_batches and batch_size must be positive")
 
 
 def _per_example_pass(loaded, task, collectors: dict[str, _PerExampleCollector], num_batches: int, batch_size: int,
@@ -193,8 +197,7 @@ def loss_change_taylor(loaded, task, deltas: dict[str, torch.Tensor], num_batche
     quadratic form) and ``total`` (their sum); see the module docstring. Same sampling
     arguments as :func:`estimate_fisher` (not cached: it depends on ``dW``).
     """
-    if labels not in ("data", "sampled"):
-        raise ValueError(f"labels must be 'data' or 'sampled', got {labels!r}")
+    _check_sampling(labels, num_batches, batch_size)
     task = load_task(task)
     linears = compressible_linears(loaded.model)
     unknown = sorted(set(deltas) - set(linears))
