@@ -8,7 +8,7 @@ validation loss, and compare (Spearman rank correlation) with
 * ``fisher_dispersion``: the coefficient of variation of the FWSVD-axis Fisher sums;
 * ``fisher_quadratic``: 0.5 * mean_n <dl_n/dW, dW>^2, the same second-order estimate with the
   full (not diagonal) empirical Fisher, on the same training examples
-  (``lowrank.fisher.loss_change_taylor``), and ``taylor_total``: that plus the first-order
+  (``lowrank.fisher.svd_loss_change``), and ``taylor_total``: that plus the first-order
   term mean_n <dl_n/dW, dW> on the training examples.
 
 Target: >= 0.8 for the better of the two.
@@ -18,6 +18,15 @@ The loss increase is measured on the validation split (the target) and, with
 estimated and where the second-order expansion around a (near) minimum is valid: on
 validation data the first-order term ``g_val . dW`` of the generalization gap is not zero,
 and the second-order estimate cannot see it.
+
+How far can any predictor get? ``--heldout-split test`` measures the same loss increases
+on the test split, which nothing else here uses. The Spearman correlation between the
+validation and the test measurements is the *reliability* of the target: the rank
+agreement of two equally valid measurements of "how much does compressing this layer
+hurt". A predictor built from other data can not be expected to agree with the
+validation ranking much better than that. ``heldout_taylor`` is ``taylor_total``
+computed on the held-out split (first-order term + full Fisher form): what a user with a
+labelled calibration set, disjoint from training and validation, could predict.
 """
 
 from __future__ import annotations
@@ -27,11 +36,12 @@ from scipy.stats import spearmanr
 
 import lowrank
 from lowrank.compress import fraction_rank
-from lowrank.fisher import estimate_fisher, loss_change_taylor
+from lowrank.fisher import estimate_fisher, svd_loss_change
 from lowrank.metrics import fisher_dispersion, predicted_loss_increase, svd_risk
 
 
 PREDICTORS = ("predicted_loss_increase", "fisher_dispersion", "svd_risk", "fisher_quadratic", "taylor_total")
+HELDOUT_PREDICTORS = ("heldout_taylor",)
 
 
 def main() -> None:
@@ -40,6 +50,9 @@ def main() -> None:
     p.add_argument("--fisher-batches", type=int, default=32)
     p.add_argument("--train-batches", type=int, default=20, help="batches of 64 training examples for the train-split "
                    "measurement (0 = validation only)")
+    p.add_argument("--heldout-split", default="test", help="a split used for nothing else: its measured loss increase "
+                   "gives the reliability of the validation target, its gradients the heldout_taylor predictor "
+                   "('' = skip)")
     args = p.parse_args()
     loaded = lowrank.load_model(args.model, device=args.device)
     fisher = estimate_fisher(loaded, args.task, num_batches=args.fisher_batches, batch_size=16)
@@ -48,11 +61,12 @@ def main() -> None:
         if args.train_batches else None
     linears = lowrank.compressible_linears(loaded.model)
     ranks = {name: fraction_rank(*m.weight.shape, args.keep) for name, m in linears.items()}
-    deltas = {}
-    for name, module in linears.items():
-        U, V = lowrank.factorize(module.weight.detach().float(), ranks[name], "svd")
-        deltas[name] = U @ V - module.weight.detach().float()
-    taylor = loss_change_taylor(loaded, args.task, deltas, num_batches=args.fisher_batches, batch_size=16)
+    taylor = svd_loss_change(loaded, args.task, ranks, num_batches=args.fisher_batches, batch_size=16)
+    heldout = args.heldout_split
+    if heldout:
+        dense_heldout = lowrank.evaluate(loaded, args.task, heldout, limit=args.limit, measure_latency=False)
+        heldout_taylor = svd_loss_change(loaded, args.task, ranks, num_batches=args.fisher_batches, batch_size=16,
+                                         split=heldout)
     rows = []
     for name, module in linears.items():
         W, F = module.weight.detach().float(), fisher[name].to(module.weight.device)
@@ -67,13 +81,25 @@ def main() -> None:
                      "predicted_loss_increase": predicted_loss_increase(W, F, rank, "svd"),
                      "fisher_quadratic": taylor[name]["second_order"], "taylor_total": taylor[name]["total"],
                      "fisher_dispersion": fisher_dispersion(F), "svd_risk": svd_risk(W, F, rank)})
+        if heldout:
+            rows[-1].update(measured_heldout_loss_increase=lowrank.evaluate(small, args.task, heldout, limit=args.limit,
+                                                                            measure_latency=False).loss - dense_heldout.loss,
+                            heldout_taylor=heldout_taylor[name]["total"])
         print(rows[-1], flush=True)
     targets = ["measured_loss_increase"] + (["measured_train_loss_increase"] if dense_train else [])
-    correlations = {target: {key: float(spearmanr([r[target] for r in rows], [r[key] for r in rows]).statistic)
-                             for key in PREDICTORS}
-                    for target in targets}
+    predictors = PREDICTORS + (HELDOUT_PREDICTORS if heldout else ())
+    correlations = {target: {key: rho(rows, target, key) for key in predictors} for target in targets}
+    extra = {"dense_loss": dense.loss, "dense_accuracy": dense.value, "spearman": correlations}
+    if heldout:
+        extra["reliability"] = {"split": heldout, "spearman_validation_vs_heldout":
+                                rho(rows, "measured_loss_increase", "measured_heldout_loss_increase")}
     print("Spearman correlations (measured -> predictor -> rho):", correlations)
-    write("predictor", args, rows, {"dense_loss": dense.loss, "dense_accuracy": dense.value, "spearman": correlations})
+    print("reliability of the validation target:", extra.get("reliability"))
+    write("predictor", args, rows, extra)
+
+
+def rho(rows: list[dict], a: str, b: str) -> float:
+    return float(spearmanr([r[a] for r in rows], [r[b] for r in rows]).statistic)
 
 
 if __name__ == "__main__":

@@ -215,3 +215,27 @@ def loss_change_taylor(loaded, task, deltas: dict[str, torch.Tensor], num_batche
         first, second = float(s.mean()), 0.5 * float(s.square().mean())
         estimates[name] = {"first_order": first, "second_order": second, "total": first + second}
     return estimates
+
+
+def svd_loss_change(loaded, task, ranks: dict[str, int], **sampling) -> dict[str, dict[str, float]]:
+    """:func:`loss_change_taylor` of each layer's plain truncated-SVD residual ``dW = SVD_r(W) - W``.
+
+    The best-ranking predictor of the SVD drop in ``benchmarks/predictor.py``: with
+    ``split="train"`` it needs no held-out data; computed on a labelled held-out split
+    (``split=``, disjoint from the data it is judged on) its first-order term also sees the
+    generalization gap. ``sampling``: the sampling arguments of :func:`loss_change_taylor`.
+    Cost: one truncated SVD per layer plus one per-example pass.
+    """
+    from .factorize import truncated_svd
+
+    linears = compressible_linears(loaded.model)
+    deltas = {}
+    for name, rank in ranks.items():
+        if name not in linears:
+            raise ValueError(f"not a compressible Linear layer of {loaded.name}: {name}")
+        W = linears[name].weight.detach().float()
+        if not 1 <= rank <= min(W.shape):
+            raise ValueError(f"{name}: rank {rank} out of range 1..{min(W.shape)}")
+        U, V = truncated_svd(W, rank)
+        deltas[name] = U @ V - W
+    return loss_change_taylor(loaded, task, deltas, **sampling)

@@ -13,6 +13,9 @@ def test_fisher_risk_and_weighted_compress(capsys, tmp_path, monkeypatch, tiny_b
     risk = json.loads(capsys.readouterr().out)
     assert len(risk["layers"]) == 12 and isinstance(risk["summary"]["svd_expected_to_drop"], bool)
     assert all(layer["risk"] >= 0.99 for layer in risk["layers"])  # FWSVD never predicted worse than SVD by much
+    assert main(["risk", *common, "--keep", "0.3", "--taylor-split", "validation", "--json"]) == 0
+    layers = json.loads(capsys.readouterr().out)["layers"]
+    assert all(layer["taylor_total"] >= layer["taylor_first"] for layer in layers)  # + 0.5 mean s^2 >= 0
     assert main(["compress", "--model", str(tiny_bert_dir), "--task", str(sentiment_csv), "--method", "tfwsvd",
                  "--solver", "als", "--option", "max_iters=2", "--fisher-batches", "2", "--keep", "0.3",
                  "--out", str(tmp_path / "out"), "--json"]) == 0

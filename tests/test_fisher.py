@@ -104,3 +104,21 @@ def test_taylor_estimate_is_the_full_fisher_quadratic_form(tiny_bert, sentiment_
         loss_change_taylor(tiny_bert, task, {name: delta.T}, num_batches=1, batch_size=4)
     with pytest.raises(ValueError, match="not compressible"):
         loss_change_taylor(tiny_bert, task, {"bert.pooler.dense": delta}, num_batches=1, batch_size=4)
+
+
+def test_svd_loss_change_is_the_taylor_estimate_of_the_truncation_residual(tiny_bert, sentiment_csv):
+    from lowrank.fisher import loss_change_taylor, svd_loss_change
+
+    name = "bert.encoder.layer.0.attention.self.query"
+    W = tiny_bert.model.get_submodule(name).weight.detach()
+    U, S, Vh = torch.linalg.svd(W, full_matrices=False)
+    residual = (U[:, :5] * S[:5]) @ Vh[:5] - W
+    sampling = {"num_batches": 2, "batch_size": 4, "split": "validation"}
+    expected = loss_change_taylor(tiny_bert, sentiment_csv, {name: residual}, **sampling)[name]
+    got = svd_loss_change(tiny_bert, sentiment_csv, {name: 5}, **sampling)[name]
+    assert got["first_order"] == pytest.approx(expected["first_order"], rel=1e-3, abs=1e-8)
+    assert got["second_order"] == pytest.approx(expected["second_order"], rel=1e-3, abs=1e-10)
+    with pytest.raises(ValueError, match="out of range"):
+        svd_loss_change(tiny_bert, sentiment_csv, {name: 0}, **sampling)
+    with pytest.raises(ValueError, match="not a compressible"):
+        svd_loss_change(tiny_bert, sentiment_csv, {"bert.pooler.dense": 2}, **sampling)

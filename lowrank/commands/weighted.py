@@ -17,6 +17,9 @@ def register(sub) -> None:
     _fisher_options(p)
     p.add_argument("--keep", type=float, default=0.3, help="fraction of each layer's parameters kept (default 0.3)")
     p.add_argument("--method", default="fwsvd", help="weighted method compared with plain SVD (default fwsvd)")
+    p.add_argument("--taylor-split", metavar="SPLIT",
+                   help="also estimate each layer's SVD loss change with first-order + full-Fisher terms on SPLIT "
+                        "(train, or a labelled held-out split such as test; columns taylor_first, taylor_total)")
     p.set_defaults(handler=risk)
 
 
@@ -57,5 +60,12 @@ def risk(args):
     ranks = resolve_ranks(loaded.model, args.keep)
     weights = {n: m.weight.detach() for n, m in compressible_linears(loaded.model).items() if n in ranks}
     table = risk_table(weights, {n: importance[n] for n in weights}, ranks, method=args.method)
+    if args.taylor_split:
+        from ..fisher import svd_loss_change
+
+        taylor = svd_loss_change(loaded, args.task, ranks, num_batches=args.batches, batch_size=args.batch_size,
+                                 labels=args.labels, split=args.taylor_split, progress=TqdmProgress())
+        table["taylor_first"] = [taylor[n]["first_order"] for n in table["name"]]
+        table["taylor_total"] = [taylor[n]["total"] for n in table["name"]]
     summary = risk_summary(table)
     return {"layers": table, "summary": summary}, f"{table.to_string(index=False)}\n\nsummary: {summary}"
