@@ -10,13 +10,18 @@ At each budget every compressible Linear keeps the same fraction f of its parame
   with a fresh head, as LPAF prunes during fine-tuning) for --prune-epochs ->
   sparsity-aware factorization -> mixed-rank fine-tuning (--epochs, p0 annealed linearly to 0);
 * ``lpaf-no-sa``: the same with plain SVD of the pruned weights;
-* ``lpaf-no-mixed``: the same with plain fine-tuning of the factorized model.
+* ``lpaf-no-mixed``: the same with plain fine-tuning of the factorized model;
+* ``lpaf-tfwsvd``: LPAF with element-wise Fisher-weighted factorization (``tfwsvd``, ALS) of
+  the pruned weights, using the pruned model's Fisher, instead of sparsity-aware SVD
+  (the pruned zeros stay targets, weighted by the Fisher; our variant, not the paper's).
 
 Equal training budgets: minilm-rt is 2 epochs of fine-tuning of minilm, so with the
 defaults (--prune-epochs 2, --epochs 2) every compressed model has seen 4 epochs of Rotten
 Tomatoes. When --start is --model itself (pruning an already fine-tuned model), the baselines
 fine-tune --prune-epochs longer instead. The three LPAF variants share one pruning run per
 budget (its time is added to each variant's wall time).
+The Fisher of ``fwsvd+ft`` (dense model) and of ``lpaf-tfwsvd`` (pruned model) is counted in
+their wall time.
 
 Pruning sparsity for a budget f: by default s = 1 - f' where f' is the parameter fraction
 the factorization actually keeps (floor of the rank), so the sparse model has as many
@@ -28,12 +33,10 @@ that pruning instead of movement pruning,
 and --score-update adam normalizes the movement score updates (lowrank.prune).
 
 Needs no plotly. Accuracy is on the validation split (--limit batches in smoke runs).
-Methods not registered in this checkout (``fwsvd``, ``sparsity_aware``) are reported as skipped.
 """
 
 from __future__ import annotations
 
-import importlib
 import time
 
 from common import parser, write
@@ -45,7 +48,9 @@ from lowrank.fisher import estimate_fisher
 from lowrank.lpaf import default_sparsity, lpaf
 from lowrank.prune import METHODS as PRUNE_METHODS, prune
 
-RUNS = ("svd+ft", "fwsvd+ft", "lpaf", "lpaf-no-sa", "lpaf-no-mixed")
+RUNS = ("svd+ft", "fwsvd+ft", "lpaf", "lpaf-no-sa", "lpaf-no-mixed", "lpaf-tfwsvd")
+LPAF_RUNS = {"lpaf": ("sparsity_aware", True), "lpaf-no-sa": ("svd", True), "lpaf-no-mixed": ("sparsity_aware", False),
+             "lpaf-tfwsvd": ("tfwsvd", True)}  # run -> (factorization, mixed-rank fine-tuning)
 
 
 def parse_sparsities(pairs: list[str]) -> dict[float, float]:
@@ -98,13 +103,7 @@ def main() -> None:
     extra = args.prune_epochs if args.start == args.model else 0.0
     baseline_config = TrainConfig(epochs=args.epochs + extra, lr=args.lr, batch_size=args.batch_size,
                                   max_length=args.max_length, max_steps=(2 if extra else 1) * steps if steps else None)
-    for module in ("lowrank.weighted", "lowrank.sparsity"):  # register fwsvd / sparsity_aware where present
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as err:
-            if err.name != module:
-                raise
-    methods = lowrank.available_methods()
+    import lowrank.weighted  # noqa: F401  (registers fwsvd / tfwsvd)
 
     loaded = lowrank.load_model(args.model, task=args.task, device=args.device)
     dense = lowrank.evaluate(loaded, args.task, limit=args.limit, measure_latency=False)
@@ -119,43 +118,34 @@ def main() -> None:
             rows.append({"keep": keep, "run": run, "sparsity": row.pop("sparsity", 0.0), **row})
             print(rows[-1], flush=True)
 
-        def skip(run: str, reason: str) -> None:
-            rows.append({"keep": keep, "run": run, "skipped": reason})
-            print(rows[-1], flush=True)
-
         if "svd+ft" in args.runs:
             start = time.perf_counter()
             small = lowrank.compress(loaded, keep, method="svd")
             add("svd+ft", finetuned_row(small, args.task, baseline_config, args.limit, time.perf_counter() - start))
         if "fwsvd+ft" in args.runs:
-            if "fwsvd" not in methods:
-                skip("fwsvd+ft", "method fwsvd is not registered in this checkout")
-            else:
-                start = time.perf_counter()
-                if fisher is None:
-                    fisher = estimate_fisher(loaded, args.task, num_batches=args.fisher_batches, batch_size=16)
-                small = lowrank.compress(loaded, keep, method="fwsvd", importance=fisher)
-                add("fwsvd+ft", finetuned_row(small, args.task, baseline_config, args.limit, time.perf_counter() - start))
-        variants = [r for r in ("lpaf", "lpaf-no-sa", "lpaf-no-mixed") if r in args.runs]
+            start = time.perf_counter()
+            if fisher is None:
+                fisher = estimate_fisher(loaded, args.task, num_batches=args.fisher_batches, batch_size=16)
+            small = lowrank.compress(loaded, keep, method="fwsvd", importance=fisher)
+            add("fwsvd+ft", finetuned_row(small, args.task, baseline_config, args.limit, time.perf_counter() - start))
+        variants = [r for r in LPAF_RUNS if r in args.runs]
         if not variants:
             continue
         pruned = lowrank.load_model(args.start, task=args.task, device=args.device)
         result = prune(pruned, args.task, args.prune_method, sparsity, "global", prune_config,
                        score_update=args.score_update)
         for run in variants:
-            aware = run != "lpaf-no-sa"
-            if aware and "sparsity_aware" not in methods:
-                skip(run, "method sparsity_aware (lowrank.sparsity) is not in this checkout")
-                continue
-            small = lpaf(pruned, args.task, ranks=keep, finetune_config=finetune_config, sparsity_aware=aware,
-                         mixed_rank=run != "lpaf-no-mixed", p0=args.p0, masks=result.masks, eval_limit=args.limit)
+            factorization, mixed = LPAF_RUNS[run]
+            small = lpaf(pruned, args.task, ranks=keep, finetune_config=finetune_config, factorization=factorization,
+                         mixed_rank=mixed, p0=args.p0, masks=result.masks, fisher_batches=args.fisher_batches,
+                         eval_limit=args.limit)
             options = small.model.lowrank_info.options
             total, linear = parameter_counts(small.model)
             add(run, {"accuracy": options["validation_accuracy"], "loss": options["validation_loss"],
                       "params_linear": linear, "params_total": total, "sparsity": options["sparsity"],
                       "seconds": result.seconds + options["seconds_factorize"] + options["seconds_finetune"],
                       "prune_seconds": result.seconds})
-    write("lpaf", args, rows, {"dense_accuracy": dense.value, "methods": methods,
+    write("lpaf", args, rows, {"dense_accuracy": dense.value,
                                "configs": {"prune": vars(prune_config), "finetune": vars(finetune_config),
                                            "baseline": vars(baseline_config)}})
 

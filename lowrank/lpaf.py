@@ -13,13 +13,24 @@ Pipeline (:func:`lpaf`), each stage optional where the paper ablates it:
    ``prune_method="movement"`` (accumulated ``-W * grad``) or ``"taylor"`` (accumulated
    ``|W * grad|``, the first-order estimate of the loss increase from removing a weight);
    ``"magnitude"`` swaps in the zeroth-order baseline;
-2. **sparsity-aware factorization** of each pruned weight ``W ⊙ M`` at rank ``r``::
+2. **factorization** of each pruned weight ``W ⊙ M`` at rank ``r`` (``factorization=``):
 
-       min_{U,V}  sum_ij M_ij S_ij (W - U V)_ij^2
+   * ``"sparsity_aware"`` (default, the paper's stage)::
 
-   (method ``sparsity_aware``: zero weight on pruned entries, ``S = 1`` by default or
-   a score weighting, see :func:`sparsity_importance`), or plain truncated SVD of
-   ``W ⊙ M`` (``sparsity_aware=False``);
+         min_{U,V}  sum_ij M_ij S_ij (W - U V)_ij^2
+
+     zero weight on pruned entries, ``S = 1`` by default or a score weighting (see
+     :func:`sparsity_importance`);
+   * ``"svd"``: plain truncated SVD of ``W ⊙ M`` (every entry a target, zeros included);
+   * ``"fwsvd"`` / ``"tfwsvd"``: the Fisher-weighted methods of :mod:`lowrank.weighted` on
+     ``W ⊙ M`` with the empirical Fisher ``F`` of the *pruned* model::
+
+         min_{U,V}  sum_ij F_ij ((W ⊙ M) - U V)_ij^2
+
+     The pruned zeros stay targets, weighted by how much the loss cares about them
+     (``F_ij`` at a zeroed weight is its squared gradient there). This variant is ours, not
+     the paper's: on MiniLM / Rotten Tomatoes, fitting only the kept entries loses the
+     function of the pruned model (see README, "LPAF");
 3. **mixed-rank fine-tuning** (:mod:`lowrank.mixed`): each layer runs its sparse weight with
    probability ``p(t)`` annealed from ``p0`` to 0, else its factors; at the end only the
    factors remain (or plain fine-tuning of the factorized model, ``mixed_rank=False``);
@@ -49,6 +60,8 @@ from .spectra import rank_statistics, singular_values
 
 RANK_COLUMNS = ("numerical_rank", "effective_rank", "stable_rank", "rank90", "rank95", "rank99")
 FINETUNE_CONFIG = TrainConfig(epochs=2.0, lr=8e-5, batch_size=32, max_length=64)
+FACTORIZATIONS = ("sparsity_aware", "svd", "fwsvd", "tfwsvd")
+FISHER_FACTORIZATIONS = ("fwsvd", "tfwsvd")
 
 
 # ----------------------------------------------------------------------------- rank analysis
@@ -126,20 +139,34 @@ def sparsity_importance(masks: dict[str, torch.Tensor], scores: Optional[dict[st
     return importance
 
 
-def factorize_pruned(pruned, masks: dict[str, torch.Tensor], ranks: Ranks, sparsity_aware: bool = True,
-                     scores: Optional[dict[str, torch.Tensor]] = None, progress: Optional[Progress] = None, **options):
+def _check_factorization(factorization: str, score_weighting: bool) -> None:
+    if factorization not in FACTORIZATIONS:
+        raise ValueError(f"factorization must be one of {FACTORIZATIONS}, got {factorization!r}")
+    if score_weighting and factorization != "sparsity_aware":
+        raise ValueError("score weighting applies to the sparsity_aware factorization only")
+
+
+def factorize_pruned(pruned, masks: dict[str, torch.Tensor], ranks: Ranks, factorization: str = "sparsity_aware",
+                     scores: Optional[dict[str, torch.Tensor]] = None, importance: Optional[dict[str, torch.Tensor]] = None,
+                     progress: Optional[Progress] = None, **options):
     """Factorize a pruned model (returns a new ``LoadedModel``; ``pruned`` is untouched).
 
-    ``sparsity_aware=True``: method ``sparsity_aware`` with importance from :func:`sparsity_importance`;
-    ``False``: plain truncated SVD of the pruned weights. ``options`` go to the method.
+    ``factorization`` (see the module docstring): ``"sparsity_aware"`` with importance from
+    :func:`sparsity_importance` (``scores`` optional); ``"svd"``; ``"fwsvd"`` / ``"tfwsvd"`` with
+    ``importance`` = the Fisher of the pruned model (:func:`lowrank.fisher.estimate_fisher`).
+    ``options`` go to the method.
     """
-    if not sparsity_aware:
+    _check_factorization(factorization, scores is not None)
+    if factorization == "svd":
         return compress(pruned, ranks, method="svd", progress=progress)
-    try:
-        from . import sparsity  # noqa: F401  (registers the ``sparsity_aware`` method)
-    except ImportError as err:
-        raise ValueError("the sparsity_aware method is not available (lowrank.sparsity is missing); "
-                         "use sparsity_aware=False for plain SVD of the pruned weights") from err
+    if factorization in FISHER_FACTORIZATIONS:
+        from . import weighted  # noqa: F401  (registers fwsvd / tfwsvd)
+
+        if importance is None:
+            raise ValueError(f"factorization {factorization!r} needs importance: the Fisher of the pruned model")
+        return compress(pruned, ranks, method=factorization, importance=importance, progress=progress, **options)
+    from . import sparsity  # noqa: F401  (registers the ``sparsity_aware`` method)
+
     plan = resolve_ranks(pruned.model, ranks)
     missing = [n for n in plan if n not in masks]
     if missing:
@@ -170,19 +197,20 @@ def mixed_rank_finetune(compressed, pruned, masks: dict[str, torch.Tensor], task
 
 
 def lpaf(loaded, task, sparsity: Optional[float] = None, ranks: Ranks = 0.5, prune_config: Optional[TrainConfig] = None,
-         finetune_config: Optional[TrainConfig] = None, sparsity_aware: bool = True, mixed_rank: bool = True,
+         finetune_config: Optional[TrainConfig] = None, factorization: str = "sparsity_aware", mixed_rank: bool = True,
          p0: float = 0.5, schedule: str = "linear", prune_method: str = "movement", scope: str = "global",
          score_update: str = "raw",
-         score_weighting: bool = False,
+         score_weighting: bool = False, fisher_batches: int = 32,
          masks: Optional[dict[str, torch.Tensor]] = None, eval_limit: Optional[int] = None,
          progress: Optional[Progress] = None, **options):
-    """Prune -> sparsity-aware factorization -> mixed-rank fine-tuning -> evaluation.
+    """Prune -> (sparsity-aware) factorization -> mixed-rank fine-tuning -> evaluation.
 
     ``loaded``: a dense fine-tuned ``LoadedModel`` (left untouched: pruning runs on a copy), or,
     with ``masks``, an already pruned one (the pruning stage is skipped). ``sparsity``: pruning
     target (default :func:`default_sparsity`); ``prune_method`` (``movement``, ``taylor`` or
     ``magnitude``), ``scope`` and ``score_update`` as in :func:`lowrank.prune.prune`.
-    ``ranks``: as in :func:`lowrank.compress`.
+    ``ranks``: as in :func:`lowrank.compress`. ``factorization``: see :func:`factorize_pruned`;
+    the Fisher methods estimate the pruned model's Fisher on ``fisher_batches`` x 16 examples.
     ``prune_config`` defaults to :data:`lowrank.prune.PRUNE_CONFIG`, ``finetune_config`` to
     :data:`FINETUNE_CONFIG`. ``options`` go to the factorization method.
 
@@ -196,6 +224,7 @@ def lpaf(loaded, task, sparsity: Optional[float] = None, ranks: Ranks = 0.5, pru
     plan = resolve_ranks(loaded.model, ranks)
     if not plan:
         raise ValueError("the rank plan factorizes no layer (kept fraction 1.0?)")
+    _check_factorization(factorization, score_weighting)
     finetune_config = finetune_config or FINETUNE_CONFIG
     seconds, scores, result = {}, None, None
     if masks is None:
@@ -211,7 +240,15 @@ def lpaf(loaded, task, sparsity: Optional[float] = None, ranks: Ranks = 0.5, pru
     if score_weighting and scores is None:
         raise ValueError("score weighting needs the pruning scores: run the pruning stage (pass no masks)")
     start = time.perf_counter()
-    compressed = factorize_pruned(pruned, masks, plan, sparsity_aware, scores if score_weighting else None,
+    importance = None
+    if factorization in FISHER_FACTORIZATIONS:
+        from .fisher import estimate_fisher
+
+        middle = (bands[0] + bands[1]) / 2
+        importance = estimate_fisher(pruned, task, num_batches=fisher_batches, batch_size=16,
+                                     progress=scaled(progress, bands[0], middle))
+        bands = (middle, *bands[1:])
+    compressed = factorize_pruned(pruned, masks, plan, factorization, scores if score_weighting else None, importance,
                                   progress=scaled(progress, bands[0], bands[1]), **options)
     seconds["factorize"] = time.perf_counter() - start
     start = time.perf_counter()
@@ -228,7 +265,7 @@ def lpaf(loaded, task, sparsity: Optional[float] = None, ranks: Ranks = 0.5, pru
         "pipeline": "lpaf", "sparsity": realized, "prune_method": prune_method if result else "given",
         "prune_scope": scope if result else "given",
         "score_update": score_update if result else "given",
-        "sparsity_aware": sparsity_aware, "mixed_rank": mixed_rank, "p0": p0 if mixed_rank else 0.0,
+        "factorization": factorization, "mixed_rank": mixed_rank, "p0": p0 if mixed_rank else 0.0,
         "anneal": schedule if mixed_rank else "none", "score_weighting": score_weighting,
         **{f"seconds_{k}": v for k, v in seconds.items()},
         f"validation_{evaluation.metric}": evaluation.value, "validation_loss": evaluation.loss,

@@ -72,8 +72,8 @@ def test_sparsity_importance_is_zero_exactly_at_pruned_entries():
 def test_sparsity_aware_error_on_kept_entries_is_not_worse_than_svd(tiny_bert):
     pytest.importorskip("lowrank.sparsity")
     masks = magnitude_prune(tiny_bert, 0.7)
-    plain = factorize_pruned(tiny_bert, masks, 0.3, sparsity_aware=False)
-    aware = factorize_pruned(tiny_bert, masks, 0.3, sparsity_aware=True)
+    plain = factorize_pruned(tiny_bert, masks, 0.3, "svd")
+    aware = factorize_pruned(tiny_bert, masks, 0.3, "sparsity_aware")
     assert aware.model.lowrank_info.method == "sparsity_aware"
     dense = compressible_linears(tiny_bert.model)
     for name in plain.model.lowrank_info.ranks:
@@ -84,7 +84,7 @@ def test_sparsity_aware_error_on_kept_entries_is_not_worse_than_svd(tiny_bert):
 
 def test_factorize_pruned_plain_svd_needs_no_importance(tiny_bert):
     masks = magnitude_prune(tiny_bert, 0.5)
-    small = factorize_pruned(tiny_bert, masks, 0.5, sparsity_aware=False)
+    small = factorize_pruned(tiny_bert, masks, 0.5, "svd")
     assert small.model.lowrank_info.method == "svd" and len(small.model.lowrank_info.ranks) == 12
     name = "bert.encoder.layer.1.output.dense"
     W = compressible_linears(tiny_bert.model)[name].weight.detach()
@@ -94,17 +94,42 @@ def test_factorize_pruned_plain_svd_needs_no_importance(tiny_bert):
     assert error == pytest.approx(float((s[r:] ** 2).sum()), rel=1e-4)  # Eckart-Young on the pruned weight
 
 
+def test_fisher_factorization_of_pruned_weights_beats_svd_on_the_fisher_error(tiny_bert):
+    pytest.importorskip("lowrank.weighted")
+    masks = magnitude_prune(tiny_bert, 0.6)
+    dense = compressible_linears(tiny_bert.model)
+    g = torch.Generator().manual_seed(0)
+    fisher = {n: torch.rand(m.weight.shape, generator=g) ** 4 + 1e-3 for n, m in dense.items()}  # heavy-tailed
+    plain = factorize_pruned(tiny_bert, masks, 0.3, "svd")
+    weighted = factorize_pruned(tiny_bert, masks, 0.3, "tfwsvd", importance=fisher)
+    assert weighted.model.lowrank_info.method == "tfwsvd"
+    for name in plain.model.lowrank_info.ranks:
+        W, F = dense[name].weight.detach(), fisher[name]  # W is the pruned weight: the zeros are targets too
+        errors = [float((F * (W - m.model.get_submodule(name).weight.detach()) ** 2).sum()) for m in (plain, weighted)]
+        assert errors[1] < errors[0], name
+
+
+def test_factorize_pruned_rejects_bad_arguments(tiny_bert):
+    masks = magnitude_prune(tiny_bert, 0.5)
+    with pytest.raises(ValueError, match="factorization must be one of"):
+        factorize_pruned(tiny_bert, masks, 0.5, "qr")
+    with pytest.raises(ValueError, match="Fisher of the pruned model"):
+        factorize_pruned(tiny_bert, masks, 0.5, "fwsvd")
+    with pytest.raises(ValueError, match="score weighting"):
+        factorize_pruned(tiny_bert, masks, 0.5, "svd", scores={n: m.float() for n, m in masks.items()})
+
+
 def test_lpaf_pipeline_end_to_end(tiny_bert, sentiment_csv, tmp_path):
     before = {k: v.clone() for k, v in tiny_bert.model.state_dict().items()}
     calls = []
     small = lpaf(tiny_bert, sentiment_csv, sparsity=0.6, ranks=0.3, prune_config=FAST, finetune_config=FAST,
-                 sparsity_aware=False, mixed_rank=True, p0=0.5, progress=lambda d, t, m: calls.append((d, t, m)))
+                 factorization="svd", mixed_rank=True, p0=0.5, progress=lambda d, t, m: calls.append((d, t, m)))
     assert all(torch.equal(before[k], v) for k, v in tiny_bert.model.state_dict().items())  # input untouched
     modules = list(small.model.modules())
     assert not any(isinstance(m, MixedRankLinear) for m in modules)
     assert sum(isinstance(m, LowRankLinear) for m in modules) == 12
     options = small.model.lowrank_info.options
-    assert options["pipeline"] == "lpaf" and options["mixed_rank"] and not options["sparsity_aware"]
+    assert options["pipeline"] == "lpaf" and options["mixed_rank"] and options["factorization"] == "svd"
     assert options["prune_method"] == "movement" and options["score_update"] == "raw"
     assert options["sparsity"] == pytest.approx(0.6, abs=1e-3) and 0.0 <= options["validation_accuracy"] <= 1.0
     assert {"seconds_prune", "seconds_factorize", "seconds_finetune"} <= set(options)
@@ -119,13 +144,16 @@ def test_lpaf_pipeline_end_to_end(tiny_bert, sentiment_csv, tmp_path):
 
 def test_lpaf_with_given_masks_skips_pruning(tiny_bert, sentiment_csv):
     masks = magnitude_prune(tiny_bert, 0.5)
-    small = lpaf(tiny_bert, sentiment_csv, ranks=0.5, finetune_config=FAST, sparsity_aware=False, mixed_rank=False,
+    small = lpaf(tiny_bert, sentiment_csv, ranks=0.5, finetune_config=FAST, factorization="svd", mixed_rank=False,
                  masks=masks)
     options = small.model.lowrank_info.options
     assert "seconds_prune" not in options and options["prune_scope"] == "given" and not options["mixed_rank"]
     assert options["sparsity"] == pytest.approx(0.5, abs=1e-3)
     with pytest.raises(ValueError, match="scores"):
         lpaf(tiny_bert, sentiment_csv, ranks=0.5, finetune_config=FAST, masks=masks, score_weighting=True)
+    with pytest.raises(ValueError, match="score weighting applies"):
+        lpaf(tiny_bert, sentiment_csv, ranks=0.5, finetune_config=FAST, masks=masks, score_weighting=True,
+             factorization="tfwsvd")
 
 
 def test_lpaf_with_sparsity_aware_factorization(tiny_bert, sentiment_csv):
@@ -133,7 +161,7 @@ def test_lpaf_with_sparsity_aware_factorization(tiny_bert, sentiment_csv):
     small = lpaf(tiny_bert, sentiment_csv, sparsity=0.5, ranks=0.5, prune_config=FAST, finetune_config=FAST,
                  prune_method="magnitude", score_weighting=True)
     info = small.model.lowrank_info
-    assert info.method == "sparsity_aware" and info.options["sparsity_aware"] and info.options["score_weighting"]
+    assert info.method == "sparsity_aware" and info.options["factorization"] == "sparsity_aware" and info.options["score_weighting"]
     assert info.options["prune_method"] == "magnitude" and info.options["sparsity"] == pytest.approx(0.5, abs=1e-3)
 
 
@@ -143,12 +171,14 @@ def test_cli_lpaf_on_a_pruned_folder_and_ranks(capsys, tmp_path, tiny_bert_dir, 
     assert main(["prune", "--model", str(tiny_bert_dir), "--sparsity", "0.6", "--max-steps", "4", "--out", str(pruned),
                  "--json", *common]) == 0
     capsys.readouterr()
-    code = main(["lpaf", "--model", str(pruned), "--keep", "0.4", "--max-steps", "4", "--no-sparsity-aware",
+    code = main(["lpaf", "--model", str(pruned), "--keep", "0.4", "--max-steps", "4", "--factorization", "fwsvd",
+                 "--fisher-batches", "2",
                  "--anneal", "cosine", "--out", str(out), "--json", *common])
     stdout, err = capsys.readouterr()
     assert code == 0, err
     record = json.loads(stdout)
     assert record["pipeline"] == "lpaf" and record["anneal"] == "cosine" and record["layers"] == 12
+    assert record["method"] == "fwsvd" and record["factorization"] == "fwsvd"
     assert record["sparsity"] == pytest.approx(0.6, abs=1e-3) and (out / "lowrank.json").exists()
     code = main(["lpaf", "--model", str(pruned), "--sparsity", "0.5", *common])
     assert code == 2 and "already pruned" in capsys.readouterr().err

@@ -8,6 +8,7 @@ import pandas as pd
 
 from ..cli import add_common
 from ..progress import TqdmProgress
+from ..lpaf import FACTORIZATIONS
 from ..prune import METHODS as PRUNE_METHODS
 
 
@@ -37,7 +38,10 @@ def register(sub) -> None:
     p.add_argument("--prune-method", choices=list(PRUNE_METHODS), default="movement")
     p.add_argument("--scope", choices=["global", "layer"], default="global")
     _score_update(p)
-    p.add_argument("--no-sparsity-aware", action="store_true", help="plain SVD of the pruned weights instead of sparsity-aware")
+    p.add_argument("--factorization", choices=list(FACTORIZATIONS), default="sparsity_aware",
+                   help="sparsity_aware (fit only the kept entries, default), svd of the pruned weights, or "
+                        "fwsvd / tfwsvd of the pruned weights with the pruned model's Fisher")
+    p.add_argument("--fisher-batches", type=int, default=32, help="batches of 16 examples for the Fisher (fwsvd / tfwsvd)")
     p.add_argument("--no-mixed-rank", action="store_true", help="plain fine-tuning of the factorized model instead of mixed-rank")
     p.add_argument("--score-weighting", action="store_true", help="weight kept entries by their movement-score rank (1..2)")
     p.add_argument("--p0", type=float, default=0.5, help="initial probability of the sparse path (default 0.5)")
@@ -118,7 +122,7 @@ def lpaf(args):
                                   "batch_size": args.batch_size, "max_length": args.max_length})
     result = run_lpaf(loaded, args.task, sparsity=args.sparsity, ranks=ranks, prune_config=prune_config,
                       finetune_config=_config(args, FINETUNE_CONFIG, args.epochs, args.max_steps),
-                      sparsity_aware=not args.no_sparsity_aware, mixed_rank=not args.no_mixed_rank, p0=args.p0,
+                      factorization=args.factorization, fisher_batches=args.fisher_batches, mixed_rank=not args.no_mixed_rank, p0=args.p0,
                       schedule=args.anneal, prune_method=args.prune_method, scope=args.scope,
                       score_update=args.score_update,
                       score_weighting=args.score_weighting, masks=masks,
