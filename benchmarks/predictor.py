@@ -35,7 +35,6 @@ from common import parser, write
 from scipy.stats import spearmanr
 
 import lowrank
-from lowrank.compress import fraction_rank
 from lowrank.fisher import estimate_fisher, svd_loss_change
 from lowrank.metrics import fisher_dispersion, predicted_loss_increase, svd_risk
 
@@ -60,7 +59,7 @@ def main() -> None:
     dense_train = lowrank.evaluate(loaded, args.task, "train", limit=args.train_batches, measure_latency=False) \
         if args.train_batches else None
     linears = lowrank.compressible_linears(loaded.model)
-    ranks = {name: fraction_rank(*m.weight.shape, args.keep) for name, m in linears.items()}
+    ranks = lowrank.resolve_ranks(loaded.model, args.keep)
     taylor = svd_loss_change(loaded, args.task, ranks, num_batches=args.fisher_batches, batch_size=16)
     heldout = args.heldout_split
     if heldout:
@@ -68,9 +67,9 @@ def main() -> None:
         heldout_taylor = svd_loss_change(loaded, args.task, ranks, num_batches=args.fisher_batches, batch_size=16,
                                          split=heldout)
     rows = []
-    for name, module in linears.items():
-        W, F = module.weight.detach().float(), fisher[name].to(module.weight.device)
-        rank = ranks[name]
+    for name, rank in ranks.items():
+        weight = linears[name].weight
+        W, F = weight.detach().float(), fisher[name].to(weight.device)
         small = lowrank.compress(loaded, {name: rank}, method="svd")
         result = lowrank.evaluate(small, args.task, limit=args.limit, measure_latency=False)
         rows.append({"layer": name, "rank": rank, "measured_loss_increase": result.loss - dense.loss,

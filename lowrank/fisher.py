@@ -42,7 +42,9 @@ from torch import nn
 
 from .architectures import compressible_linears
 from .assets import atomic_write_bytes, cache_dir
+from .compress import resolve_ranks
 from .data import batches, load_task, num_batches as count_batches
+from .factorize import truncated_svd
 from .progress import Progress, report
 
 
@@ -217,25 +219,20 @@ def loss_change_taylor(loaded, task, deltas: dict[str, torch.Tensor], num_batche
     return estimates
 
 
-def svd_loss_change(loaded, task, ranks: dict[str, int], **sampling) -> dict[str, dict[str, float]]:
+def svd_loss_change(loaded, task, ranks, **sampling) -> dict[str, dict[str, float]]:
     """:func:`loss_change_taylor` of each layer's plain truncated-SVD residual ``dW = SVD_r(W) - W``.
 
+    ``ranks``: ``{layer: rank}`` or a kept fraction, validated as in :func:`lowrank.compress`.
     The best-ranking predictor of the SVD drop in ``benchmarks/predictor.py``: with
     ``split="train"`` it needs no held-out data; computed on a labelled held-out split
     (``split=``, disjoint from the data it is judged on) its first-order term also sees the
     generalization gap. ``sampling``: the sampling arguments of :func:`loss_change_taylor`.
     Cost: one truncated SVD per layer plus one per-example pass.
     """
-    from .factorize import truncated_svd
-
     linears = compressible_linears(loaded.model)
     deltas = {}
-    for name, rank in ranks.items():
-        if name not in linears:
-            raise ValueError(f"not a compressible Linear layer of {loaded.name}: {name}")
+    for name, rank in resolve_ranks(loaded.model, ranks).items():
         W = linears[name].weight.detach().float()
-        if not 1 <= rank <= min(W.shape):
-            raise ValueError(f"{name}: rank {rank} out of range 1..{min(W.shape)}")
         U, V = truncated_svd(W, rank)
         deltas[name] = U @ V - W
     return loss_change_taylor(loaded, task, deltas, **sampling)

@@ -118,7 +118,7 @@ def test_svd_loss_change_is_the_taylor_estimate_of_the_truncation_residual(tiny_
     got = svd_loss_change(tiny_bert, sentiment_csv, {name: 5}, **sampling)[name]
     assert got["first_order"] == pytest.approx(expected["first_order"], rel=1e-3, abs=1e-8)
     assert got["second_order"] == pytest.approx(expected["second_order"], rel=1e-3, abs=1e-10)
-    with pytest.raises(ValueError, match="out of range"):
+    with pytest.raises(ValueError, match="rank must be at least 1"):
         svd_loss_change(tiny_bert, sentiment_csv, {name: 0}, **sampling)
-    with pytest.raises(ValueError, match="not a compressible"):
+    with pytest.raises(ValueError, match="not compressible Linear layers"):
         svd_loss_change(tiny_bert, sentiment_csv, {"bert.pooler.dense": 2}, **sampling)

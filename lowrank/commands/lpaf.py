@@ -122,7 +122,8 @@ def lpaf(args):
                                   "batch_size": args.batch_size, "max_length": args.max_length})
     result = run_lpaf(loaded, args.task, sparsity=args.sparsity, ranks=ranks, prune_config=prune_config,
                       finetune_config=_config(args, FINETUNE_CONFIG, args.epochs, args.max_steps),
-                      factorization=args.factorization, fisher_batches=args.fisher_batches, mixed_rank=not args.no_mixed_rank, p0=args.p0,
+                      factorization=args.factorization, fisher_batches=args.fisher_batches,
+                      mixed_rank=not args.no_mixed_rank, p0=args.p0,
                       schedule=args.anneal, prune_method=args.prune_method, scope=args.scope,
                       score_update=args.score_update,
                       score_weighting=args.score_weighting, masks=masks,
