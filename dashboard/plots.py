@@ -16,6 +16,7 @@ HEATMAP_METRICS = {
     "rank90": "rank for 90% energy",
     "dispersion": "Fisher dispersion",
     "risk": "SVD risk",
+    "taylor": "Taylor loss change",
 }
 
 

@@ -215,6 +215,17 @@ def risk(model: str, task: str, ranks_key: tuple) -> pd.DataFrame:
     return risk_table(weights, fisher(model, task), dict(ranks_key))
 
 
+@st.cache_data(show_spinner=False, max_entries=8)
+def taylor(model: str, task: str, ranks_key: tuple) -> dict[str, float]:
+    """Per layer: first-order + full-Fisher estimate of the loss change of its plain SVD alone
+    (:func:`lowrank.fisher.svd_loss_change` on the Fisher sample of the training split)."""
+    from lowrank.fisher import svd_loss_change
+
+    with ProgressBar("Taylor estimate of the SVD loss change") as bar:
+        estimates = svd_loss_change(load(model, task), get_task(task), dict(ranks_key), progress=bar, **FISHER_SETTINGS)
+    return {name: e["total"] for name, e in estimates.items()}
+
+
 def layer_table(model: str, task: str) -> pd.DataFrame:
     """Compressible layers: name, type, block, out, in, params, break-even and largest useful rank."""
     from lowrank.layers import break_even_rank, max_useful_rank

@@ -6,10 +6,12 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -176,6 +178,29 @@ def test_spectra_fisher_heatmaps(env):
     assert not at.exception
     assert any("SVD risk" in spec["data"][0].get("hovertemplate", "") for spec in plotly_specs(at))
     assert at.success or at.warning  # the whole-model verdict
+
+
+def test_spectra_taylor_heatmap_shows_the_library_estimate(env, tiny_bert_dir, sentiment_csv):
+    import lowrank
+    from lowrank.fisher import svd_loss_change
+    from lowrank.sweep import FISHER_SETTINGS
+
+    at = new_app().run()
+    visit(at, "spectra")
+    at.segmented_control(key="heatmap_metric").set_value("taylor").run()
+    assert not at.exception, [e.message for e in at.exception]
+    heat = next(spec["data"][0] for spec in plotly_specs(at) if spec["data"][0]["type"] == "heatmap")
+    assert "Taylor loss change" in heat["hovertemplate"]
+    z = heat["z"]  # plotly's typed-array encoding: {"dtype", "bdata" (base64), "shape": "rows, cols"}
+    shape = tuple(int(n) for n in z["shape"].split(","))
+    z = np.frombuffer(base64.b64decode(z["bdata"]), dtype=z["dtype"]).reshape(shape)
+    shown = {name: value for names, values in zip(heat["customdata"], z) for name, value in zip(names, values)}
+
+    loaded = lowrank.load_model(str(tiny_bert_dir))
+    expected = svd_loss_change(loaded, lowrank.load_task(str(sentiment_csv)), 0.5, **FISHER_SETTINGS)
+    assert set(shown) == set(expected)
+    for name, estimate in expected.items():
+        assert shown[name] == pytest.approx(estimate["total"], rel=1e-4, abs=1e-9)
 
 
 def test_full_flow_load_plan_factorize_store_plot(env):
