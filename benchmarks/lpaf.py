@@ -32,12 +32,21 @@ non-zeros as the factorized one has parameters; override with ``--sparsity 0.5=0
 that pruning instead of movement pruning,
 and --score-update adam normalizes the movement score updates (lowrank.prune).
 
+--seeds 0 1 2 repeats every run with each training seed (data order, dropout, the mixed-rank
+path draws; pruning, the factorization and the Fisher sample stay as they are) and adds the
+mean and standard deviation of accuracy and loss per run and budget: the differences between
+runs here are often a fraction of a point, about one standard error of the accuracy on the
+validation split.
+
 Needs no plotly. Accuracy is on the validation split (--limit batches in smoke runs).
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import replace
+
+import pandas as pd
 
 from common import parser, write
 
@@ -88,6 +97,7 @@ def main() -> None:
                    help="pruning stage of the LPAF runs (default movement, as in the issue; taylor: |W*grad|)")
     p.add_argument("--score-update", choices=["raw", "adam"], default="raw", help="movement score update (lowrank.prune)")
     p.add_argument("--fisher-batches", type=int, default=32)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds; each run is repeated per seed")
     p.add_argument("--quick", action="store_true", help="smoke run: 3 steps per stage, 2 evaluation batches, 2 Fisher batches")
     args = p.parse_args()
     if args.quick:
@@ -113,41 +123,57 @@ def main() -> None:
     fisher = None
     for keep in args.keeps:
         sparsity = sparsities.get(keep, round(default_sparsity(loaded, keep), 4))
+        for seed in args.seeds:
 
-        def add(run: str, row: dict) -> None:
-            rows.append({"keep": keep, "run": run, "sparsity": row.pop("sparsity", 0.0), **row})
-            print(rows[-1], flush=True)
+            def add(run: str, row: dict) -> None:
+                rows.append({"keep": keep, "run": run, "seed": seed, "sparsity": row.pop("sparsity", 0.0), **row})
+                print(rows[-1], flush=True)
 
-        if "svd+ft" in args.runs:
-            start = time.perf_counter()
-            small = lowrank.compress(loaded, keep, method="svd")
-            add("svd+ft", finetuned_row(small, args.task, baseline_config, args.limit, time.perf_counter() - start))
-        if "fwsvd+ft" in args.runs:
-            start = time.perf_counter()
-            if fisher is None:
-                fisher = estimate_fisher(loaded, args.task, num_batches=args.fisher_batches, batch_size=16)
-            small = lowrank.compress(loaded, keep, method="fwsvd", importance=fisher)
-            add("fwsvd+ft", finetuned_row(small, args.task, baseline_config, args.limit, time.perf_counter() - start))
-        variants = [r for r in LPAF_RUNS if r in args.runs]
-        if not variants:
-            continue
-        pruned = lowrank.load_model(args.start, task=args.task, device=args.device)
-        result = prune(pruned, args.task, args.prune_method, sparsity, "global", prune_config,
-                       score_update=args.score_update)
-        for run in variants:
-            factorization, mixed = LPAF_RUNS[run]
-            small = lpaf(pruned, args.task, ranks=keep, finetune_config=finetune_config, factorization=factorization,
-                         mixed_rank=mixed, p0=args.p0, masks=result.masks, fisher_batches=args.fisher_batches,
-                         eval_limit=args.limit)
-            options = small.model.lowrank_info.options
-            total, linear = parameter_counts(small.model)
-            add(run, {"accuracy": options["validation_accuracy"], "loss": options["validation_loss"],
-                      "params_linear": linear, "params_total": total, "sparsity": options["sparsity"],
-                      "seconds": result.seconds + options["seconds_factorize"] + options["seconds_finetune"],
-                      "prune_seconds": result.seconds})
-    write("lpaf", args, rows, {"dense_accuracy": dense.value,
+            baseline = replace(baseline_config, seed=seed)
+            if "svd+ft" in args.runs:
+                start = time.perf_counter()
+                small = lowrank.compress(loaded, keep, method="svd")
+                add("svd+ft", finetuned_row(small, args.task, baseline, args.limit, time.perf_counter() - start))
+            if "fwsvd+ft" in args.runs:
+                start = time.perf_counter()
+                if fisher is None:
+                    fisher = estimate_fisher(loaded, args.task, num_batches=args.fisher_batches, batch_size=16)
+                small = lowrank.compress(loaded, keep, method="fwsvd", importance=fisher)
+                add("fwsvd+ft", finetuned_row(small, args.task, baseline, args.limit, time.perf_counter() - start))
+            variants = [r for r in LPAF_RUNS if r in args.runs]
+            if not variants:
+                continue
+            pruned = lowrank.load_model(args.start, task=args.task, device=args.device)
+            result = prune(pruned, args.task, args.prune_method, sparsity, "global", replace(prune_config, seed=seed),
+                           score_update=args.score_update)
+            for run in variants:
+                factorization, mixed = LPAF_RUNS[run]
+                small = lpaf(pruned, args.task, ranks=keep, finetune_config=replace(finetune_config, seed=seed),
+                             factorization=factorization, mixed_rank=mixed, p0=args.p0, masks=result.masks,
+                             fisher_batches=args.fisher_batches, eval_limit=args.limit)
+                options = small.model.lowrank_info.options
+                total, linear = parameter_counts(small.model)
+                add(run, {"accuracy": options["validation_accuracy"], "loss": options["validation_loss"],
+                          "params_linear": linear, "params_total": total, "sparsity": options["sparsity"],
+                          "seconds": result.seconds + options["seconds_factorize"] + options["seconds_finetune"],
+                          "prune_seconds": result.seconds})
+    extra = {}
+    if len(args.seeds) > 1:
+        extra["summary"] = seed_summary(rows[1:])
+        with pd.option_context("display.width", 200):
+            print(pd.DataFrame(extra["summary"]).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    write("lpaf", args, rows, {"dense_accuracy": dense.value, **extra,
                                "configs": {"prune": vars(prune_config), "finetune": vars(finetune_config),
                                            "baseline": vars(baseline_config)}})
+
+
+def seed_summary(rows: list[dict]) -> list[dict]:
+    """Per (keep, run): number of seeds, mean and standard deviation (n - 1) of accuracy and loss."""
+    frame = pd.DataFrame(rows).groupby(["keep", "run"], sort=False)[["accuracy", "loss"]]
+    stats = frame.agg(["count", "mean", "std"])
+    return [{"keep": keep, "run": run, "seeds": int(s[("accuracy", "count")]),
+             "accuracy_mean": s[("accuracy", "mean")], "accuracy_std": s[("accuracy", "std")],
+             "loss_mean": s[("loss", "mean")], "loss_std": s[("loss", "std")]} for (keep, run), s in stats.iterrows()]
 
 
 if __name__ == "__main__":
