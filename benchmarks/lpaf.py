@@ -32,11 +32,11 @@ non-zeros as the factorized one has parameters; override with ``--sparsity 0.5=0
 that pruning instead of movement pruning,
 and --score-update adam normalizes the movement score updates (lowrank.prune).
 
---seeds 0 1 2 repeats every run with each training seed (data order, dropout, the mixed-rank
-path draws; pruning, the factorization and the Fisher sample stay as they are) and adds the
-mean and standard deviation of accuracy and loss per run and budget: the differences between
-runs here are often a fraction of a point, about one standard error of the accuracy on the
-validation split.
+--seeds 0 1 2 repeats every run with each training seed (data order, dropout and the
+mixed-rank path draws of every training stage, the pruning included; the Fisher sample stays
+fixed) and adds the mean and standard deviation of accuracy and loss per run and budget: the
+differences between runs here are often a fraction of a point, about one standard error of
+the accuracy on the validation split.
 
 Needs no plotly. Accuracy is on the validation split (--limit batches in smoke runs).
 """
