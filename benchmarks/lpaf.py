@@ -6,6 +6,9 @@ At each budget every compressible Linear keeps the same fraction f of its parame
 * ``svd+ft``: truncated SVD of the dense fine-tuned model (--model, minilm-rt), then
   --epochs of fine-tuning;
 * ``fwsvd+ft``: Fisher-weighted SVD (empirical Fisher, --fisher-batches x 16 examples), same;
+* ``fwsvd+mixed``: the same factors, then mixed-rank fine-tuning with the *dense* weight as
+  the high-rank path (mask of ones, p0 annealed as for LPAF), for the baselines' epochs: LPAF
+  without its pruning stage (our ablation, not in the paper);
 * ``lpaf``: movement pruning while fine-tuning --start (default the pre-trained ``minilm``
   with a fresh head, as LPAF prunes during fine-tuning) for --prune-epochs ->
   sparsity-aware factorization -> mixed-rank fine-tuning (--epochs, p0 annealed linearly to 0);
@@ -13,15 +16,16 @@ At each budget every compressible Linear keeps the same fraction f of its parame
 * ``lpaf-no-mixed``: the same with plain fine-tuning of the factorized model;
 * ``lpaf-tfwsvd``: LPAF with element-wise Fisher-weighted factorization (``tfwsvd``, ALS) of
   the pruned weights, using the pruned model's Fisher, instead of sparsity-aware SVD
-  (the pruned zeros stay targets, weighted by the Fisher; our variant, not the paper's).
+  (the pruned zeros stay targets, weighted by the Fisher; our variant, not the paper's);
+* ``lpaf-tfwsvd-no-mixed``: the same with plain fine-tuning of the factorized model.
 
 Equal training budgets: minilm-rt is 2 epochs of fine-tuning of minilm, so with the
 defaults (--prune-epochs 2, --epochs 2) every compressed model has seen 4 epochs of Rotten
 Tomatoes. When --start is --model itself (pruning an already fine-tuned model), the baselines
-fine-tune --prune-epochs longer instead. The three LPAF variants share one pruning run per
-budget (its time is added to each variant's wall time).
-The Fisher of ``fwsvd+ft`` (dense model) and of ``lpaf-tfwsvd`` (pruned model) is counted in
-their wall time.
+fine-tune --prune-epochs longer instead. The LPAF variants share one pruning run per
+budget (its time is added to each variant's wall time). The dense model's Fisher is estimated
+once and counted in the first fwsvd run's wall time; the pruned model's in each lpaf-tfwsvd
+run's (``estimate_fisher``'s disk cache serves repeats of the same weights, so a rerun is faster).
 
 Pruning sparsity for a budget f: by default s = 1 - f' where f' is the parameter fraction
 the factorization actually keeps (floor of the rank), so the sparse model has as many
@@ -45,21 +49,26 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
+from typing import Callable
 
 import pandas as pd
+import torch
 
 from common import parser, write
 
 import lowrank
+from lowrank.architectures import compressible_linears
+from lowrank.compress import low_rank_layers
 from lowrank.evaluate import parameter_counts
 from lowrank.finetune import TrainConfig, train
 from lowrank.fisher import estimate_fisher
-from lowrank.lpaf import default_sparsity, lpaf
+from lowrank.lpaf import default_sparsity, lpaf, mixed_rank_finetune
+from lowrank.models import LoadedModel
 from lowrank.prune import METHODS as PRUNE_METHODS, prune
 
-RUNS = ("svd+ft", "fwsvd+ft", "lpaf", "lpaf-no-sa", "lpaf-no-mixed", "lpaf-tfwsvd")
+RUNS = ("svd+ft", "fwsvd+ft", "fwsvd+mixed", "lpaf", "lpaf-no-sa", "lpaf-no-mixed", "lpaf-tfwsvd", "lpaf-tfwsvd-no-mixed")
 LPAF_RUNS = {"lpaf": ("sparsity_aware", True), "lpaf-no-sa": ("svd", True), "lpaf-no-mixed": ("sparsity_aware", False),
-             "lpaf-tfwsvd": ("tfwsvd", True)}  # run -> (factorization, mixed-rank fine-tuning)
+             "lpaf-tfwsvd": ("tfwsvd", True), "lpaf-tfwsvd-no-mixed": ("tfwsvd", False)}  # run -> (factorization, mixed-rank fine-tuning)
 
 
 def parse_sparsities(pairs: list[str]) -> dict[float, float]:
@@ -72,9 +81,10 @@ def parse_sparsities(pairs: list[str]) -> dict[float, float]:
     return mapping
 
 
-def finetuned_row(small, task, config: TrainConfig, limit, seconds: float) -> dict:
+def finetuned_row(small, task, fit: Callable[[LoadedModel], object], limit, seconds: float) -> dict:
+    """Fine-tune ``small`` in place with ``fit``, evaluate; ``seconds`` already spent is added to the wall time."""
     start = time.perf_counter()
-    train(small.model, small.tokenizer, lowrank.load_task(task), config)
+    fit(small)
     result = lowrank.evaluate(small, task, limit=limit, measure_latency=False)
     return {"accuracy": result.value, "loss": result.loss, "params_linear": result.params_linear,
             "params_total": result.params_total, "seconds": seconds + time.perf_counter() - start}
@@ -116,6 +126,7 @@ def main() -> None:
     import lowrank.weighted  # noqa: F401  (registers fwsvd / tfwsvd)
 
     loaded = lowrank.load_model(args.model, task=args.task, device=args.device)
+    dense_linears = compressible_linears(loaded.model)
     dense = lowrank.evaluate(loaded, args.task, limit=args.limit, measure_latency=False)
     rows = [{"keep": 1.0, "run": "dense", "accuracy": dense.value, "loss": dense.loss, "params_linear": dense.params_linear,
              "params_total": dense.params_total, "sparsity": 0.0, "seconds": 0.0}]
@@ -130,16 +141,26 @@ def main() -> None:
                 print(rows[-1], flush=True)
 
             baseline = replace(baseline_config, seed=seed)
+
+            def plain(small):
+                return train(small.model, small.tokenizer, lowrank.load_task(args.task), baseline)
+
+            def mixed(small):
+                masks = {n: torch.ones_like(dense_linears[n].weight, dtype=torch.bool) for n in low_rank_layers(small.model)}
+                return mixed_rank_finetune(small, loaded, masks, args.task, baseline, args.p0)
+
             if "svd+ft" in args.runs:
                 start = time.perf_counter()
                 small = lowrank.compress(loaded, keep, method="svd")
-                add("svd+ft", finetuned_row(small, args.task, baseline, args.limit, time.perf_counter() - start))
-            if "fwsvd+ft" in args.runs:
+                add("svd+ft", finetuned_row(small, args.task, plain, args.limit, time.perf_counter() - start))
+            for run, fit in (("fwsvd+ft", plain), ("fwsvd+mixed", mixed)):
+                if run not in args.runs:
+                    continue
                 start = time.perf_counter()
                 if fisher is None:
                     fisher = estimate_fisher(loaded, args.task, num_batches=args.fisher_batches, batch_size=16)
                 small = lowrank.compress(loaded, keep, method="fwsvd", importance=fisher)
-                add("fwsvd+ft", finetuned_row(small, args.task, baseline, args.limit, time.perf_counter() - start))
+                add(run, finetuned_row(small, args.task, fit, args.limit, time.perf_counter() - start))
             variants = [r for r in LPAF_RUNS if r in args.runs]
             if not variants:
                 continue
