@@ -170,6 +170,7 @@ class _SweepProgress:
         self.last = 0.0
 
     def write(self, fraction: float, message: str, force: bool = False, **fields) -> None:
+        check_stop()
         now = time.monotonic()
         if force or now - self.last >= self.interval:
             self.store.update_sweep(self.sweep_id, progress=min(1.0, fraction), message=message, **fields)
@@ -236,6 +237,7 @@ def run_sweep(spec: SweepSpec, store: RunStore, sweep_id: int) -> dict:
                     counts["done"] += 1
                 except Exception:  # recorded as failed by execute_run; the other runs go on
                     counts["failed"] += 1
+        check_stop()
         summary = f"{counts['done']} run(s) done" + (f", {counts['failed']} failed" if counts["failed"] else "")
         store.update_sweep(sweep_id, runs_done=counts["done"] + counts["failed"])
         store.end_sweep(sweep_id, "done", message=summary)
@@ -293,8 +295,24 @@ def cancel_sweep(store: RunStore, sweep_id: int) -> bool:
     return True
 
 
+_STOP = threading.Event()  # set by SIGTERM in the sweep's worker process
+
+
 def _interrupt(signum, frame):
+    _STOP.set()
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+def check_stop() -> None:
+    """Raise ``KeyboardInterrupt`` when a stop was requested.
+
+    The SIGTERM handler raises at once, but Python only prints an exception raised while a
+    ``__del__`` or a C callback is running (``Exception ignored in ...``), so a signal landing
+    there would be lost; the progress writes and the end of :func:`run_sweep` call this to
+    notice it at the next progress tick.
+    """
+    if _STOP.is_set():
+        raise KeyboardInterrupt("stop requested")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -161,6 +161,34 @@ def test_run_sweep_records_runs_and_failures(tmp_path, tiny_bert_dir, sentiment_
     assert (store.runs(method="dense")["status"] == "done").sum() == 1
 
 
+def test_a_stop_signal_that_python_swallowed_still_interrupts_the_sweep(tmp_path, tiny_bert_dir, sentiment_csv,
+                                                                       monkeypatch):
+    """A SIGTERM landing inside a ``__del__`` raises there, and Python only prints it ("Exception
+    ignored in ..."): the sweep must still notice the request at its next progress write."""
+    import signal
+
+    from lowrank import sweep
+
+    monkeypatch.setenv("LOWRANK_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(sweep, "_STOP", threading.Event())
+    store = RunStore(tmp_path / "runs.sqlite")
+    spec = sweep.SweepSpec(str(tiny_bert_dir), str(sentiment_csv), ["svd"], [0.5], strategy="uniform")
+    sweep_id = store.create_sweep(spec.to_dict(), label=spec.label, runs_total=spec.runs_total)
+
+    class Collected:
+        def __del__(self):
+            sweep._interrupt(signal.SIGTERM, None)  # the handler, run while an object is collected
+
+    swallowed = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: swallowed.append(unraisable.exc_type))
+    Collected()  # its KeyboardInterrupt goes to sys.unraisablehook and is lost; the stop request is not
+    assert swallowed == [KeyboardInterrupt]
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run_sweep(spec, store, sweep_id)
+    assert store.get_sweep(sweep_id)["status"] == "interrupted"
+    assert store.runs(sweep_id=sweep_id).empty or "done" not in set(store.runs(sweep_id=sweep_id)["status"])
+
+
 def test_background_sweep_can_be_cancelled(tmp_path, tiny_bert_dir, sentiment_csv, monkeypatch):
     from lowrank.sweep import SweepSpec, cancel_sweep, log_path, start_sweep
 
