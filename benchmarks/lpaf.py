@@ -142,18 +142,18 @@ def main() -> None:
 
             baseline = replace(baseline_config, seed=seed)
 
-            def plain(small):
+            def fit_plain(small):
                 return train(small.model, small.tokenizer, lowrank.load_task(args.task), baseline)
 
-            def mixed(small):
+            def fit_mixed(small):
                 masks = {n: torch.ones_like(dense_linears[n].weight, dtype=torch.bool) for n in low_rank_layers(small.model)}
                 return mixed_rank_finetune(small, loaded, masks, args.task, baseline, args.p0)
 
             if "svd+ft" in args.runs:
                 start = time.perf_counter()
                 small = lowrank.compress(loaded, keep, method="svd")
-                add("svd+ft", finetuned_row(small, args.task, plain, args.limit, time.perf_counter() - start))
-            for run, fit in (("fwsvd+ft", plain), ("fwsvd+mixed", mixed)):
+                add("svd+ft", finetuned_row(small, args.task, fit_plain, args.limit, time.perf_counter() - start))
+            for run, fit in (("fwsvd+ft", fit_plain), ("fwsvd+mixed", fit_mixed)):
                 if run not in args.runs:
                     continue
                 start = time.perf_counter()
