@@ -30,6 +30,15 @@ correlation, approximate for Spearman): reported as ``ceiling``. ``heldout_taylo
 ``taylor_total`` computed on the held-out split (first-order term + full Fisher form): what
 a user with a labelled calibration set, disjoint from training and validation, could predict.
 
+What does a second-order estimate predict? Its expansion ``dL ~= g . dW + 0.5 dW^T H dW`` is
+around the *training* minimum; the quantity with no first-order term and the Fisher as its exact
+Hessian is the change of the model's predictions, ``measured_kl``: the mean over validation
+examples of ``KL(p_dense || p_compressed)`` (``lowrank.evaluate.prediction_kl``, no labels used).
+Its second-order expansion is ``0.5 dW^T F dW`` with the *true* Fisher ``F`` (labels drawn from the
+model), so the correlations of the Fisher predictors with ``measured_kl`` say how well they rank
+layers by how much compressing them changes the function, apart from whether that change
+happens to help or hurt the validation loss.
+
 Two variants of the diagonal estimate ``predicted_loss_increase`` test whether its Fisher is
 the weak part: ``diagonal_true_fisher`` uses labels sampled from the model's own prediction
 (the true Fisher, a Gauss-Newton curvature, instead of the empirical Fisher of the training
@@ -47,6 +56,7 @@ from common import parser, write
 from scipy.stats import spearmanr
 
 import lowrank
+from lowrank.evaluate import class_log_probabilities, prediction_kl
 from lowrank.fisher import estimate_fisher, svd_loss_change
 from lowrank.metrics import fisher_dispersion, predicted_loss_increase, svd_risk
 
@@ -72,6 +82,7 @@ def main() -> None:
                 "diagonal_on_validation": estimate_fisher(loaded, args.task, num_batches=args.fisher_batches,
                                                           batch_size=16, split="validation")}
     dense = lowrank.evaluate(loaded, args.task, limit=args.limit, measure_latency=False)
+    dense_predictions = class_log_probabilities(loaded, args.task, limit=args.limit)
     dense_train = lowrank.evaluate(loaded, args.task, "train", limit=args.train_batches, measure_latency=False) \
         if args.train_batches else None
     linears = lowrank.compressible_linears(loaded.model)
@@ -89,6 +100,8 @@ def main() -> None:
         small = lowrank.compress(loaded, {name: rank}, method="svd")
         result = lowrank.evaluate(small, args.task, limit=args.limit, measure_latency=False)
         rows.append({"layer": name, "rank": rank, "measured_loss_increase": result.loss - dense.loss,
+                     "measured_kl": prediction_kl(dense_predictions, class_log_probabilities(small, args.task,
+                                                                                              limit=args.limit)),
                      "accuracy_drop": dense.value - result.value,
                      "measured_train_loss_increase": (lowrank.evaluate(small, args.task, "train", limit=args.train_batches,
                                                                        measure_latency=False).loss - dense_train.loss)
@@ -103,10 +116,11 @@ def main() -> None:
                                                                             measure_latency=False).loss - dense_heldout.loss,
                             heldout_taylor=heldout_taylor[name]["total"])
         print(rows[-1], flush=True)
-    targets = ["measured_loss_increase"] + (["measured_train_loss_increase"] if dense_train else [])
+    targets = ["measured_loss_increase", "measured_kl"] + (["measured_train_loss_increase"] if dense_train else [])
     predictors = PREDICTORS + (HELDOUT_PREDICTORS if heldout else ()) + tuple(variants)
     correlations = {target: {key: rho(rows, target, key) for key in predictors} for target in targets}
-    extra = {"dense_loss": dense.loss, "dense_accuracy": dense.value, "spearman": correlations}
+    extra = {"dense_loss": dense.loss, "dense_accuracy": dense.value, "spearman": correlations,
+             "spearman_loss_increase_vs_kl": rho(rows, "measured_loss_increase", "measured_kl")}
     if heldout:
         reliability = rho(rows, "measured_loss_increase", "measured_heldout_loss_increase")
         extra["reliability"] = {"split": heldout, "spearman_validation_vs_heldout": reliability,

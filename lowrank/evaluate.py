@@ -2,6 +2,9 @@
 
 * classification: accuracy and mean cross-entropy on a split;
 * causal LM: perplexity ``exp(mean next-token NLL)`` over token blocks of the split;
+* classification fidelity to a reference model (no labels needed): the mean
+  ``KL(p_ref || p) = mean_n sum_c p_ref(c|x_n) (log p_ref(c|x_n) - log p(c|x_n))``, the quantity whose
+  Hessian at ``p = p_ref`` is the (true) Fisher information;
 * total parameters, parameters in compressible / low-rank Linear layers;
 * size of the safetensors file actually written (bytes);
 * median forward latency (ms) at batch 1 and batch 32 on the model's device.
@@ -55,10 +58,14 @@ def _forward_batches(loaded, task: Task, split: str, batch_size: int, max_length
             report(progress, i + 1, total, f"evaluating {split}")
 
 
-def classification_scores(loaded, task, split="validation", batch_size=64, max_length=128, limit=None, progress=None):
-    """(accuracy, mean cross-entropy, n examples) of a classifier on a split."""
+def _require_classifier(loaded) -> None:
     if loaded.kind != "classifier":
         raise ValueError(f"{loaded.name} is a {loaded.kind}, not a classifier: load it with a task to attach a head, then fine-tune")
+
+
+def classification_scores(loaded, task, split="validation", batch_size=64, max_length=128, limit=None, progress=None):
+    """(accuracy, mean cross-entropy, n examples) of a classifier on a split."""
+    _require_classifier(loaded)
     correct, loss_sum, n = 0, 0.0, 0
     for batch, out in _forward_batches(loaded, task, split, batch_size, max_length, limit, progress):
         labels = batch["labels"]
@@ -66,6 +73,27 @@ def classification_scores(loaded, task, split="validation", batch_size=64, max_l
         loss_sum += torch.nn.functional.cross_entropy(out.logits.float(), labels, reduction="sum").item()
         n += len(labels)
     return correct / n, loss_sum / n, n
+
+
+def class_log_probabilities(loaded, task, split="validation", batch_size=64, max_length=128, limit=None,
+                            progress=None) -> torch.Tensor:
+    """``log p(c | x_n)`` of a classifier for every example of a split: (n, classes), float64 on the CPU, split order."""
+    _require_classifier(loaded)
+    task = load_task(task)
+    return torch.cat([torch.log_softmax(out.logits.double(), -1).cpu()
+                      for _, out in _forward_batches(loaded, task, split, batch_size, max_length, limit, progress)])
+
+
+def prediction_kl(reference: torch.Tensor, other: torch.Tensor) -> float:
+    """``mean_n KL(p_ref,n || p_n)`` (nats) from two (n, classes) tensors of log-probabilities of the same examples.
+
+    0 exactly when the two models predict the same distributions; to second order in a weight change
+    ``dW`` of the reference model it equals ``0.5 dW^T F dW`` with ``F`` the true Fisher at those inputs."""
+    if reference.shape != other.shape or reference.ndim != 2:
+        raise ValueError(f"need two (examples, classes) log-probability tensors of one shape, got "
+                         f"{tuple(reference.shape)} and {tuple(other.shape)}")
+    reference, other = reference.double(), other.double()
+    return float((reference.exp() * (reference - other)).sum(-1).mean())
 
 
 def accuracy(loaded, task, split="validation", **kwargs) -> float:
