@@ -17,6 +17,7 @@ HEATMAP_METRICS = {
     "dispersion": "Fisher dispersion",
     "risk": "SVD risk",
     "taylor": "Taylor loss change",
+    "output_change": "predicted output change",
 }
 
 

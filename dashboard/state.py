@@ -216,14 +216,13 @@ def risk(model: str, task: str, ranks_key: tuple) -> pd.DataFrame:
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def taylor(model: str, task: str, ranks_key: tuple) -> dict[str, float]:
-    """Per layer: first-order + full-Fisher estimate of the loss change of its plain SVD alone
-    (:func:`lowrank.fisher.svd_loss_change` on the Fisher sample of the training split)."""
+def taylor(model: str, task: str, ranks_key: tuple) -> dict[str, dict[str, float]]:
+    """Per layer: ``{"first_order", "second_order", "total"}``, the Taylor estimate of the loss change of its
+    plain SVD alone (:func:`lowrank.fisher.svd_loss_change` on the Fisher sample of the training split)."""
     from lowrank.fisher import svd_loss_change
 
     with ProgressBar("Taylor estimate of the SVD loss change") as bar:
-        estimates = svd_loss_change(load(model, task), get_task(task), dict(ranks_key), progress=bar, **FISHER_SETTINGS)
-    return {name: e["total"] for name, e in estimates.items()}
+        return svd_loss_change(load(model, task), get_task(task), dict(ranks_key), progress=bar, **FISHER_SETTINGS)
 
 
 def layer_table(model: str, task: str) -> pd.DataFrame:

@@ -1,5 +1,6 @@
 """Spectra: singular values and cumulative energy of selected layers, and a block x layer-type heatmap
-of rank statistics, Fisher dispersion, the predicted SVD risk and the Taylor estimate of SVD's loss change."""
+of rank statistics, Fisher dispersion, the predicted SVD risk and the Taylor estimates of SVD's loss change and of
+how much it changes the predictions."""
 
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ except state.USER_ERRORS as err:
     widgets.show_error(f"Cannot compute the spectra of {state.model_label(model)}", err)
     st.page_link("pages/1_Model_and_task.py", label="Choose another model", icon=":material/dataset:")
     st.stop()
+
+
+TAYLOR_TERMS = {"taylor": "total", "output_change": "second_order"}  # heatmap statistic -> svd_loss_change term
 
 
 def plan_ranks() -> tuple[dict[str, int], str]:
@@ -65,21 +69,31 @@ elif column == "risk":
         f"{verdict}: predicted loss increase {summary['total_loss_svd']:.4g} (SVD) vs {summary['total_loss_weighted']:.4g} "
         f"(weighted); {len(summary['flagged'])} layer(s) flagged with risk ≥ 1.5"
         + (f": {', '.join(labels[n] for n in summary['flagged'][:8])}" if summary["flagged"] else ""))
-elif column == "taylor":
+elif column in TAYLOR_TERMS:
     ranks, source = plan_ranks()
     try:
-        stats["taylor"] = stats["name"].map(state.taylor(model, task, tuple(sorted(ranks.items()))))
+        estimates = state.taylor(model, task, tuple(sorted(ranks.items())))
     except state.USER_ERRORS as err:
         widgets.show_error("Cannot compute the Taylor estimate", err)
         st.stop()
-    st.plotly_chart(plots.heatmap_figure(stats, "taylor"), key="heatmap")
+    stats[column] = stats["name"].map({name: e[TAYLOR_TERMS[column]] for name, e in estimates.items()})
+    st.plotly_chart(plots.heatmap_figure(stats, column), key="heatmap")
     sample = state.fisher_settings()
-    st.caption(f"Loss change (nats) predicted for replacing each layer alone by its plain-SVD approximation at the "
-               f"ranks of {source}: the first-order term plus the full empirical-Fisher quadratic form over "
-               f"{sample['num_batches'] * sample['batch_size']} training examples "
-               "(lowrank.fisher.svd_loss_change). Negative: the change is expected to lower the loss. On minilm-rt it "
-               "ranks layers by their measured validation-loss change better than the diagonal estimate behind the "
-               "risk (Spearman 0.71 vs 0.53, benchmarks/predictor.py).")
+    examples = sample["num_batches"] * sample["batch_size"]
+    if column == "taylor":
+        st.caption(f"Loss change (nats) predicted for replacing each layer alone by its plain-SVD approximation at the "
+                   f"ranks of {source}: the first-order term plus the full empirical-Fisher quadratic form over "
+                   f"{examples} training examples (lowrank.fisher.svd_loss_change). Negative: the change is expected "
+                   "to lower the loss. On minilm-rt it ranks layers by their measured validation-loss change better "
+                   "than the diagonal estimate behind the risk (Spearman 0.55-0.71 vs 0.48-0.53 over two builds, "
+                   "benchmarks/predictor.py).")
+    else:
+        st.caption(f"How much replacing each layer alone by its plain-SVD approximation at the ranks of {source} "
+                   "changes the model: the full empirical-Fisher quadratic form 0.5 mean_n <g_n, dW>^2 over "
+                   f"{examples} training examples, a second-order estimate of the mean KL divergence between the "
+                   "dense and the compressed predictions (nats). On minilm-rt it ranks layers by the measured KL at "
+                   "Spearman 0.85 with the right size (benchmarks/predictor.py); whether a change raises or lowers "
+                   "the validation loss it cannot say.")
 else:
     st.plotly_chart(plots.heatmap_figure(stats, column), key="heatmap")
     if not have_fisher:

@@ -180,17 +180,19 @@ def test_spectra_fisher_heatmaps(env):
     assert at.success or at.warning  # the whole-model verdict
 
 
-def test_spectra_taylor_heatmap_shows_the_library_estimate(env, tiny_bert_dir, sentiment_csv):
+@pytest.mark.parametrize("statistic, label, term", [("taylor", "Taylor loss change", "total"),
+                                                     ("output_change", "predicted output change", "second_order")])
+def test_spectra_taylor_heatmaps_show_the_library_estimate(env, tiny_bert_dir, sentiment_csv, statistic, label, term):
     import lowrank
     from lowrank.fisher import svd_loss_change
     from lowrank.sweep import FISHER_SETTINGS
 
     at = new_app().run()
     visit(at, "spectra")
-    at.segmented_control(key="heatmap_metric").set_value("taylor").run()
+    at.segmented_control(key="heatmap_metric").set_value(statistic).run()
     assert not at.exception, [e.message for e in at.exception]
     heat = next(spec["data"][0] for spec in plotly_specs(at) if spec["data"][0]["type"] == "heatmap")
-    assert "Taylor loss change" in heat["hovertemplate"]
+    assert label in heat["hovertemplate"]
     z = heat["z"]  # plotly's typed-array encoding: {"dtype", "bdata" (base64), "shape": "rows, cols"}
     shape = tuple(int(n) for n in z["shape"].split(","))
     z = np.frombuffer(base64.b64decode(z["bdata"]), dtype=z["dtype"]).reshape(shape)
@@ -200,7 +202,7 @@ def test_spectra_taylor_heatmap_shows_the_library_estimate(env, tiny_bert_dir, s
     expected = svd_loss_change(loaded, lowrank.load_task(str(sentiment_csv)), 0.5, **FISHER_SETTINGS)
     assert set(shown) == set(expected)
     for name, estimate in expected.items():
-        assert shown[name] == pytest.approx(estimate["total"], rel=1e-4, abs=1e-9)
+        assert shown[name] == pytest.approx(estimate[term], rel=1e-4, abs=1e-9)
 
 
 def test_full_flow_load_plan_factorize_store_plot(env):
