@@ -78,7 +78,7 @@ def test_prediction_kl_is_the_mean_kl_divergence_and_second_order_in_the_change(
     torch.testing.assert_close(class_log_probabilities(tiny_bert, task), reference)
 
 
-def test_prediction_kl_refuses_mismatched_predictions(tiny_bert, tiny_llama, sentiment_csv):
+def test_prediction_kl_refuses_mismatched_predictions(tiny_llama, sentiment_csv):
     with pytest.raises(ValueError, match="one shape"):
         prediction_kl(torch.zeros(4, 2), torch.zeros(5, 2))
     with pytest.raises(ValueError, match="not a classifier"):
