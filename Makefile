@@ -6,12 +6,13 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements-stamp
 PORT ?= 8501
 
-.PHONY: run test venv assets benchmarks clean chromium
+.PHONY: run test venv assets benchmarks clean chromium install-check
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -25,6 +26,14 @@ run: venv
 
 test: assets
 	$(PY) -m pytest -q
+
+# `pip install .` into a fresh venv (its dependencies from pip's cache), then the console script and the
+# import from another folder: the package is installable on its own.
+install-check: venv
+	rm -rf /tmp/lowrank-install-check && $(PYTHON) -m venv /tmp/lowrank-install-check
+	/tmp/lowrank-install-check/bin/python -m pip install -q . 2>&1 | grep -v '^WARNING: Location' || true
+	cd /tmp && /tmp/lowrank-install-check/bin/lowrank --help > /dev/null && /tmp/lowrank-install-check/bin/python -c "import lowrank; print('lowrank', lowrank.__file__)"
+	rm -rf /tmp/lowrank-install-check
 
 # System Chromium for tests/test_browser.py (Playwright drives it; no browser download). Needs root for apt-get.
 chromium:

@@ -1,7 +1,7 @@
 """Rank allocation: validation accuracy of minilm-rt under each allocation strategy, per method and budget.
 
 For every budget (fraction of the compressible Linear parameters kept) and strategy,
-``lowrank.allocate`` picks per-layer ranks (aligned to ``--align``); each factorization
+``lowrank.allocation.allocate`` picks per-layer ranks (aligned to ``--align``); each factorization
 method then compresses the model with exactly those ranks (no fine-tuning) and the
 validation split is evaluated. Fisher information (for ``fisher_greedy``, the weighted
 methods and the predicted losses) and the sensitivity measurements are computed once
@@ -16,10 +16,9 @@ import time
 from common import RESULTS, parser, write
 
 import lowrank
-from lowrank.allocate import allocate, available_strategies, measure_sensitivity, sensitivity_cache_path
-from lowrank.data import load_task
-from lowrank.factorize import get_method
-from lowrank.fisher import estimate_fisher, fisher_cache_path
+from lowrank.allocation import allocate, available_strategies, measure_sensitivity, sensitivity_cache_path, sensitivity_settings
+from lowrank.data.tasks import load_task
+from lowrank.statistics import StatisticsSettings, is_cached, statistics_for
 
 METHODS = ("svd", "fwsvd", "tfwsvd")
 
@@ -52,17 +51,15 @@ def main() -> None:
     dense = lowrank.evaluate(loaded, task, limit=args.limit, measure_latency=False)
     print(f"dense {args.model}: {dense.metric} {dense.value:.4f}")
 
-    fisher_settings = {"num_batches": args.fisher_batches, "batch_size": 16, "max_length": 128, "labels": "data",
-                       "split": "train", "seed": 0}
-    fisher_cached = fisher_cache_path(loaded, task, fisher_settings).exists()
+    fisher_settings = StatisticsSettings(num_batches=args.fisher_batches, batch_size=16)
+    fisher_cached = is_cached(loaded, task, ("fisher",), fisher_settings)
     start = time.perf_counter()
-    importance = estimate_fisher(loaded, task, num_batches=args.fisher_batches, batch_size=16)
+    stats = statistics_for(loaded, task, ("fisher",), fisher_settings)
     fisher_seconds = time.perf_counter() - start
 
     sensitivity = {}
     if "sensitivity" in strategies:
-        sens_settings = {"fractions": [0.1, 0.25, 0.5, 0.75], "num_batches": args.calibration_batches, "batch_size": 32,
-                         "max_length": 128, "seed": 0, "split": "train"}
+        sens_settings = sensitivity_settings(num_batches=args.calibration_batches)
         sensitivity["cached"] = sensitivity_cache_path(loaded, task, sens_settings).exists()
         start = time.perf_counter()
         measure_sensitivity(loaded, task, num_batches=args.calibration_batches)
@@ -73,12 +70,12 @@ def main() -> None:
         for strategy in strategies:
             options = {"num_batches": args.calibration_batches} if strategy == "sensitivity" else {}
             start = time.perf_counter()
-            plan = allocate(loaded, budget, strategy, importance=importance, align=args.align, task=task, **options)
+            plan = allocate(loaded, budget, strategy, align=args.align, stats=stats, task=task, **options)
             alloc_seconds = time.perf_counter() - start
             for method in methods:
-                imp = importance if get_method(method).needs_importance else None
                 start = time.perf_counter()
-                small = lowrank.compress(loaded, plan.ranks, method=method, importance=imp)
+                small = lowrank.compress(loaded, plan.ranks, method=method,
+                                         stats=stats if lowrank.get_method(method).needs else None)
                 compress_seconds = time.perf_counter() - start
                 result = lowrank.evaluate(small, task, limit=args.limit, measure_latency=False)
                 rows.append({"budget": budget, "strategy": strategy, "method": method, result.metric: result.value,
@@ -100,7 +97,8 @@ def main() -> None:
                 best = max(others, key=others.get)
                 gains.append({"budget": budget, "method": method, "uniform": by_strategy["uniform"], "best": best,
                               "best_value": others[best], "gain_points": 100 * (others[best] - by_strategy["uniform"])})
-    extra = {"dense": dense.to_dict(), "fisher": {"seconds": fisher_seconds, "cached": fisher_cached, **fisher_settings},
+    fisher = {"seconds": fisher_seconds, "cached": fisher_cached, **fisher_settings.to_dict()}
+    extra = {"dense": dense.to_dict(), "fisher": fisher,
              "sensitivity": sensitivity, "methods": methods, "strategies": strategies, "gains_over_uniform": gains}
     write("allocation", args, rows, extra)
     print("\nbest non-uniform strategy vs uniform (accuracy points):")

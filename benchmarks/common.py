@@ -5,18 +5,20 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
 import time
 from pathlib import Path
 
 import pandas as pd
+import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lowrank.statistics import StatisticsSettings, select, statistics_for
+from lowrank.threads import set_threads
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def parser(description: str) -> argparse.ArgumentParser:
+    set_threads()
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--model", default="minilm-rt")
     p.add_argument("--task", default="rotten_tomatoes")
@@ -27,8 +29,6 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 
 def environment(device: str) -> dict:
-    import torch
-
     info = {"python": platform.python_version(), "torch": torch.__version__, "device": device,
             "cpu_threads": torch.get_num_threads(), "machine": platform.machine(),
             "date": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -48,3 +48,9 @@ def write(name: str, args, rows: list[dict], extra: dict | None = None) -> Path:
     path.write_text(json.dumps(payload, indent=2, default=str))
     print(f"wrote {path}")
     return path
+
+
+def fisher_maps(loaded, task, num_batches: int, **changes) -> dict[str, torch.Tensor]:
+    """``{layer: F}`` through the library's one statistics resolver (``changes``: other StatisticsSettings fields)."""
+    settings = StatisticsSettings(num_batches=num_batches, batch_size=16, **changes)
+    return select(statistics_for(loaded, task, ("fisher",), settings), "fisher")

@@ -51,7 +51,7 @@ def edit_first_rank(page, rank: int) -> float:
 def main() -> None:
     from playwright.sync_api import sync_playwright
 
-    from lowrank.models import minilm_rt_dir
+    from lowrank.models.packaged import minilm_rt_dir
 
     p = parser(__doc__)
     p.add_argument("--edits", type=int, default=5, help="number of rank edits to time")

@@ -25,7 +25,7 @@ Tomatoes. When --start is --model itself (pruning an already fine-tuned model), 
 fine-tune --prune-epochs longer instead. The LPAF variants share one pruning run per
 budget (its time is added to each variant's wall time). The dense model's Fisher is estimated
 once and counted in the first fwsvd run's wall time; the pruned model's in each lpaf-tfwsvd
-run's (``estimate_fisher``'s disk cache serves repeats of the same weights, so a rerun is faster).
+run's (the Fisher disk cache serves repeats of the same weights, so a rerun is faster).
 
 Pruning sparsity for a budget f: by default s = 1 - f' where f' is the parameter fraction
 the factorization actually keeps (floor of the rank), so the sparse model has as many
@@ -34,7 +34,7 @@ non-zeros as the factorized one has parameters; override with ``--sparsity 0.5=0
 
 --prune-method taylor (first-order Taylor sensitivity) or magnitude runs the LPAF variants with
 that pruning instead of movement pruning,
-and --score-update adam normalizes the movement score updates (lowrank.prune).
+and --score-update adam normalizes the movement score updates (lowrank.training.prune).
 
 --seeds 0 1 2 repeats every run with each training seed (data order, dropout and the
 mixed-rank path draws of every training stage, the pruning included; the Fisher sample stays
@@ -53,18 +53,18 @@ from typing import Callable
 
 import pandas as pd
 import torch
-
-from common import parser, write
+from common import fisher_maps, parser, write
 
 import lowrank
-from lowrank.architectures import compressible_linears
 from lowrank.compress import low_rank_layers
 from lowrank.evaluate import parameter_counts
-from lowrank.finetune import TrainConfig, train
-from lowrank.fisher import estimate_fisher
-from lowrank.lpaf import default_sparsity, lpaf, mixed_rank_finetune
-from lowrank.models import LoadedModel
-from lowrank.prune import METHODS as PRUNE_METHODS, prune
+from lowrank.loaded import LoadedModel
+from lowrank.models.architectures import compressible_linears
+from lowrank.statistics import DEFAULT
+from lowrank.training.finetune import TrainConfig, train
+from lowrank.training.lpaf import LpafConfig, default_sparsity, lpaf, mixed_rank_finetune
+from lowrank.training.prune import METHODS as PRUNE_METHODS
+from lowrank.training.prune import prune
 
 RUNS = ("svd+ft", "fwsvd+ft", "fwsvd+mixed", "lpaf", "lpaf-no-sa", "lpaf-no-mixed", "lpaf-tfwsvd", "lpaf-tfwsvd-no-mixed")
 LPAF_RUNS = {"lpaf": ("sparsity_aware", True), "lpaf-no-sa": ("svd", True), "lpaf-no-mixed": ("sparsity_aware", False),
@@ -105,7 +105,7 @@ def main() -> None:
     p.add_argument("--p0", type=float, default=0.5)
     p.add_argument("--prune-method", choices=list(PRUNE_METHODS), default="movement",
                    help="pruning stage of the LPAF runs (default movement, as in the issue; taylor: |W*grad|)")
-    p.add_argument("--score-update", choices=["raw", "adam"], default="raw", help="movement score update (lowrank.prune)")
+    p.add_argument("--score-update", choices=["raw", "adam"], default="raw", help="movement score update (lowrank.training.prune)")
     p.add_argument("--fisher-batches", type=int, default=32)
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds; each run is repeated per seed")
     p.add_argument("--quick", action="store_true", help="smoke run: 3 steps per stage, 2 evaluation batches, 2 Fisher batches")
@@ -123,7 +123,7 @@ def main() -> None:
     extra = args.prune_epochs if args.start == args.model else 0.0
     baseline_config = TrainConfig(epochs=args.epochs + extra, lr=args.lr, batch_size=args.batch_size,
                                   max_length=args.max_length, max_steps=(2 if extra else 1) * steps if steps else None)
-    import lowrank.weighted  # noqa: F401  (registers fwsvd / tfwsvd)
+
 
     loaded = lowrank.load_model(args.model, task=args.task, device=args.device)
     dense_linears = compressible_linears(loaded.model)
@@ -158,7 +158,7 @@ def main() -> None:
                     continue
                 start = time.perf_counter()
                 if fisher is None:
-                    fisher = estimate_fisher(loaded, args.task, num_batches=args.fisher_batches, batch_size=16)
+                    fisher = fisher_maps(loaded, args.task, args.fisher_batches)
                 small = lowrank.compress(loaded, keep, method="fwsvd", importance=fisher)
                 add(run, finetuned_row(small, args.task, fit, args.limit, time.perf_counter() - start))
             variants = [r for r in LPAF_RUNS if r in args.runs]
@@ -169,9 +169,10 @@ def main() -> None:
                            score_update=args.score_update)
             for run in variants:
                 factorization, mixed = LPAF_RUNS[run]
-                small = lpaf(pruned, args.task, ranks=keep, finetune_config=replace(finetune_config, seed=seed),
-                             factorization=factorization, mixed_rank=mixed, p0=args.p0, masks=result.masks,
-                             fisher_batches=args.fisher_batches, eval_limit=args.limit)
+                config = LpafConfig(ranks=keep, finetune_config=replace(finetune_config, seed=seed),
+                                    factorization=factorization, mixed_rank=mixed, p0=args.p0,
+                                    statistics=DEFAULT.with_(num_batches=args.fisher_batches), eval_limit=args.limit)
+                small = lpaf(pruned, args.task, config, masks=result.masks)
                 options = small.model.lowrank_info.options
                 total, linear = parameter_counts(small.model)
                 add(run, {"accuracy": options["validation_accuracy"], "loss": options["validation_loss"],

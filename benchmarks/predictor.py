@@ -8,7 +8,7 @@ validation loss, and compare (Spearman rank correlation) with
 * ``fisher_dispersion``: the coefficient of variation of the FWSVD-axis Fisher sums;
 * ``fisher_quadratic``: 0.5 * mean_n <dl_n/dW, dW>^2, the same second-order estimate with the
   full (not diagonal) empirical Fisher, on the same training examples
-  (``lowrank.fisher.svd_loss_change``), and ``taylor_total``: that plus the first-order
+  (``lowrank.statistics.fisher.svd_loss_change``), and ``taylor_total``: that plus the first-order
   term mean_n <dl_n/dW, dW> on the training examples.
 
 Target: >= 0.8 for the better of the two.
@@ -52,14 +52,14 @@ from __future__ import annotations
 
 import math
 
-from common import parser, write
+from common import fisher_maps, parser, write
 from scipy.stats import spearmanr
 
 import lowrank
+from lowrank.analysis.metrics import fisher_dispersion, predicted_loss_increase, svd_risk
 from lowrank.evaluate import class_log_probabilities, prediction_kl
-from lowrank.fisher import estimate_fisher, svd_loss_change
-from lowrank.metrics import fisher_dispersion, predicted_loss_increase, svd_risk
-
+from lowrank.statistics import StatisticsSettings
+from lowrank.statistics.fisher import svd_loss_change
 
 PREDICTORS = ("predicted_loss_increase", "fisher_dispersion", "svd_risk", "fisher_quadratic", "taylor_total")
 HELDOUT_PREDICTORS = ("heldout_taylor",)
@@ -76,23 +76,22 @@ def main() -> None:
                    "('' = skip)")
     args = p.parse_args()
     loaded = lowrank.load_model(args.model, device=args.device)
-    fisher = estimate_fisher(loaded, args.task, num_batches=args.fisher_batches, batch_size=16)
-    variants = {"diagonal_true_fisher": estimate_fisher(loaded, args.task, num_batches=args.fisher_batches, batch_size=16,
+    fisher = fisher_maps(loaded, args.task, args.fisher_batches)
+    variants = {"diagonal_true_fisher": fisher_maps(loaded, args.task, args.fisher_batches,
                                                         labels="sampled"),
-                "diagonal_on_validation": estimate_fisher(loaded, args.task, num_batches=args.fisher_batches,
-                                                          batch_size=16, split="validation")}
+                "diagonal_on_validation": fisher_maps(loaded, args.task, args.fisher_batches, split="validation")}
     dense = lowrank.evaluate(loaded, args.task, limit=args.limit, measure_latency=False)
     dense_predictions = class_log_probabilities(loaded, args.task, limit=args.limit)
     dense_train = lowrank.evaluate(loaded, args.task, "train", limit=args.train_batches, measure_latency=False) \
         if args.train_batches else None
     linears = lowrank.compressible_linears(loaded.model)
     ranks = lowrank.resolve_ranks(loaded.model, args.keep)
-    taylor = svd_loss_change(loaded, args.task, ranks, num_batches=args.fisher_batches, batch_size=16)
+    taylor = svd_loss_change(loaded, args.task, ranks, StatisticsSettings(num_batches=args.fisher_batches, batch_size=16))
     heldout = args.heldout_split
     if heldout:
         dense_heldout = lowrank.evaluate(loaded, args.task, heldout, limit=args.limit, measure_latency=False)
-        heldout_taylor = svd_loss_change(loaded, args.task, ranks, num_batches=args.fisher_batches, batch_size=16,
-                                         split=heldout)
+        heldout_taylor = svd_loss_change(loaded, args.task, ranks,
+                                         StatisticsSettings(num_batches=args.fisher_batches, batch_size=16, split=heldout))
     rows = []
     for name, rank in ranks.items():
         weight = linears[name].weight

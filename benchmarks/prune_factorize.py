@@ -2,7 +2,7 @@
 
 For each sparsity s in --sparsities, a copy of --model is pruned while it is fine-tuned
 (--prune-method, default first-order Taylor; --epochs of the minilm-rt recipe; global
-threshold, cubic schedule; ``lowrank.prune``). s = 0 is --model itself, unpruned. Every
+threshold, cubic schedule; ``lowrank.training.prune``). s = 0 is --model itself, unpruned. Every
 compressible Linear of that model, ``W ⊙ M``, is then factorized to each kept parameter
 fraction in --keeps with each method in --methods:
 
@@ -26,14 +26,12 @@ import copy
 import time
 
 import pandas as pd
-
-from common import parser, write
+from common import fisher_maps, parser, write
 
 import lowrank
-import lowrank.weighted  # noqa: F401  (registers fwsvd / tfwsvd)
-from lowrank.finetune import TrainConfig
-from lowrank.fisher import estimate_fisher
-from lowrank.prune import METHODS as PRUNE_METHODS, prune
+from lowrank.training.finetune import TrainConfig
+from lowrank.training.prune import METHODS as PRUNE_METHODS
+from lowrank.training.prune import prune
 
 METHODS = ("svd", "fwsvd", "tfwsvd")
 
@@ -42,7 +40,7 @@ def pruned_copy(loaded, task, method: str, sparsity: float, config: TrainConfig)
     """``loaded`` itself when ``sparsity`` is 0, else a pruned copy (``loaded`` is untouched)."""
     if sparsity == 0.0:
         return loaded
-    copied = type(loaded)(copy.deepcopy(loaded.model), loaded.tokenizer, loaded.kind, loaded.name, loaded.path)
+    copied = loaded.with_model(copy.deepcopy(loaded.model))
     prune(copied, task, method, sparsity, "global", config)
     return copied
 
@@ -75,7 +73,7 @@ def main() -> None:
         print(rows[-1], flush=True)
         fisher = None
         if {"fwsvd", "tfwsvd"} & set(args.methods):
-            fisher = estimate_fisher(model, args.task, num_batches=args.fisher_batches, batch_size=16)
+            fisher = fisher_maps(model, args.task, args.fisher_batches)
         for keep in args.keeps:
             for method in args.methods:
                 start = time.perf_counter()

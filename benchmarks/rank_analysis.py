@@ -4,7 +4,7 @@ For the dense fine-tuned model (--model, minilm-rt) and for models fine-tuned *w
 pruning (movement pruning with raw or Adam-normalized score updates, first-order Taylor
 pruning, and magnitude pruning as the baseline) at several sparsities,
 every compressible matrix's numerical rank (relative tolerance --tol), effective rank and
-90/95/99%-energy ranks are measured (``lowrank.lpaf.rank_analysis``) and averaged over
+90/95/99%-energy ranks are measured (``lowrank.training.lpaf.rank_analysis``) and averaged over
 the model, absolute and relative to min(out, in). Validation accuracy of each model is
 reported too.
 
@@ -13,7 +13,7 @@ and use minilm-rt's own recipe (AdamW lr 8e-5, batch 32, max length 64, --epochs
 the only difference from the dense fine-tuned model is the pruning: global threshold
 (--scope), cubic schedule with 10% warm-up and 10% cool-down. On an H100 each 2-epoch
 pruning run takes 20-50 s; on 2 CPU cores the nine runs take well over an hour, so the
-reported results were computed on the GPU (README, "LPAF": movement pruning collapsed to
+reported results were computed on the GPU (docs/results/lpaf.md: movement pruning collapsed to
 the majority class in every setting tried). A CPU run with ``--start minilm-rt --methods taylor
 magnitude --sparsities 0.7 --epochs 1`` (results/rank_analysis_taylor_cpu.json) shows Taylor
 pruning lowering the average ranks while magnitude pruning does not.
@@ -31,7 +31,7 @@ from pathlib import Path
 
 from common import RESULTS, parser, write
 
-# run name -> (pruning method, movement score update); see lowrank.prune
+# run name -> (pruning method, movement score update); see lowrank.training.prune
 PRUNERS = {"movement": ("movement", "raw"), "movement-adam": ("movement", "adam"), "taylor": ("taylor", "raw"),
            "magnitude": ("magnitude", "raw")}
 FIGURE_METRICS = (("rel_rank90", "90% energy rank / min(out, in)"), ("rel_rank99", "99% energy rank / min(out, in)"),
@@ -88,9 +88,9 @@ def main() -> None:
         return
 
     import lowrank
-    from lowrank.finetune import TrainConfig
-    from lowrank.lpaf import average_ranks, rank_analysis
-    from lowrank.prune import prune
+    from lowrank.training.finetune import TrainConfig
+    from lowrank.training.lpaf import average_ranks, rank_analysis
+    from lowrank.training.prune import prune
 
     config = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, max_length=args.max_length,
                          max_steps=args.max_steps)

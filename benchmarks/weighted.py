@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import time
 
-from common import parser, write
+from common import fisher_maps, parser, write
 
 import lowrank
-from lowrank.factorize import weighted_error
-from lowrank.fisher import estimate_fisher
+from lowrank.methods.registry import weighted_error
 
 CONFIGS = [
     ("svd", {}),
@@ -36,7 +35,7 @@ def label(method: str, options: dict) -> str:
 
 def run(loaded, fisher, keep, method, options, args) -> dict:
     start = time.perf_counter()
-    model = lowrank.compress(loaded, keep, method=method, importance=fisher if method != "svd" else None, **options)
+    model = lowrank.compress(loaded, keep, method=method, importance=fisher if lowrank.get_method(method).needs else None, **options)
     seconds = time.perf_counter() - start
     dense = lowrank.compressible_linears(loaded.model)
     error = sum(weighted_error(dense[n].weight.detach().float(), m.U.detach(), m.V.detach(), fisher[n].to(m.U.device))
@@ -54,7 +53,7 @@ def main() -> None:
     p.add_argument("--curves", action="store_true", help="also sweep iteration caps of each solver at the middle budget")
     args = p.parse_args()
     loaded = lowrank.load_model(args.model, device=args.device)
-    fisher = estimate_fisher(loaded, args.task, num_batches=args.fisher_batches, batch_size=16)
+    fisher = fisher_maps(loaded, args.task, args.fisher_batches)
     dense = lowrank.evaluate(loaded, args.task, limit=args.limit, measure_latency=False)
     rows = []
     for keep in args.keeps:

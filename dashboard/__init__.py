@@ -1,6 +1,13 @@
-"""Streamlit helpers shared by the dashboard pages: session state and cached work (``state``),
-the page frame (``layout``), widgets and progress bars (``widgets``), plotly figure builders
-(``plots``), and a server + headless-browser harness for tests and benchmarks (``serve``).
+"""Streamlit helpers shared by the dashboard pages (the router is ``app.py``, the pages ``pages/``):
+
+* ``session``: session state (current model, task, evaluation limit, rank plan);
+* ``cache``: the cached ``lowrank`` calls (models, tasks, spectra, statistics, the run store);
+* ``layout``: the page table and the sidebar;
+* ``widgets``: option widgets, error display, statistics buttons, sweep cards;
+* ``progress``: a progress bar for the library's progress callbacks;
+* ``labels``: names of models, tasks, statistics and needs; number formats;
+* ``plots``: plotly figure builders (no Streamlit);
+* ``serve``: a server + headless-browser harness for tests and benchmarks.
 
 The library (``lowrank``) never imports this package or Streamlit. Pages import this package
 before ``lowrank``, so the setting below is in place before torch loads OpenMP.
@@ -8,6 +15,6 @@ before ``lowrank``, so the setting below is in place before torch loads OpenMP.
 
 import os
 
-# With busy-waiting OpenMP threads, MKL's SVD becomes ~100x slower (seconds per 384x384 matrix)
-# whenever another process shares the CPU cores; a passive wait policy keeps it at milliseconds.
+# Busy-waiting OpenMP threads slow MKL's SVD down by orders of magnitude whenever another process
+# shares the CPU cores (docs/results/dashboard.md); a passive wait policy avoids it.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-ENERGY_LEVELS = (0.90, 0.95, 0.99)
+from lowrank.analysis.spectra import ENERGY_LEVELS
+
 HEATMAP_METRICS = {
     "effective_rank": "effective rank",
     "stable_rank": "stable rank",

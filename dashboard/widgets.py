@@ -1,50 +1,24 @@
-"""Small Streamlit building blocks: a progress-bar adapter for the library's progress callbacks,
-error display, per-method option widgets generated from the method registry, number formats."""
+"""Small Streamlit building blocks: error display, option widgets generated from a method's declared
+options, a button computing statistics, the card of a sweep, the run-table column formats."""
 
 from __future__ import annotations
 
-import inspect
-import math
-from typing import Optional
+import io
+import zipfile
+from pathlib import Path
+from typing import Iterable
 
 import streamlit as st
 
-from lowrank.factorize import get_method
-from lowrank.weighted import AXES, INIT_AXES, SOLVERS
+from lowrank.experiments.sweep import cancel_sweep, log_path
+from lowrank.methods import Option, get_method
 
-# Known choice lists for string options of registered methods; other options get a free input.
-OPTION_CHOICES = {"solver": tuple(SOLVERS), "axis": AXES, "init_axis": INIT_AXES}
+from . import cache
+from .labels import statistics_label
 
-
-class ProgressBar:
-    """``st.progress`` driven by library callbacks ``fn(done, total, message)``.
-
-    Creates its own placeholder where it is constructed (also inside cached functions, where
-    Streamlit replays it), and clears it on exit unless ``keep``; a kept bar ends at 100% with
-    ``done_text``.
-    """
-
-    def __init__(self, label: str, keep: bool = False, done_text: Optional[str] = None):
-        self.label = label
-        self.keep = keep
-        self.done_text = done_text or f"{label}: done"
-        self.slot = st.empty()
-        self.slot.progress(0.0, text=label)
-
-    def __call__(self, done: int, total: int, message: str = "") -> None:
-        fraction = done / total if total else 1.0
-        text = f"{self.label}: {message}" if message else self.label
-        self.slot.progress(min(1.0, max(0.0, fraction)), text=text)
-
-    def __enter__(self) -> "ProgressBar":
-        return self
-
-    def __exit__(self, kind, value, traceback) -> None:
-        if self.keep and kind is None:
-            self.slot.progress(1.0, text=self.done_text)
-        else:
-            self.slot.empty()
-
+# Errors a user's input can cause (TaskError and ModelLoadError are ValueErrors, AssetError a RuntimeError);
+# pages show them with st.error instead of a traceback.
+USER_ERRORS = (ValueError, OSError, RuntimeError, LookupError)
 
 # Column formats shared by every table of stored runs (Factorize results, Trade-offs run list).
 RUN_COLUMNS = {
@@ -63,74 +37,62 @@ def show_error(prefix: str, err: BaseException) -> None:
     st.error(f"{prefix}: {message}" if prefix else message, icon=":material/error:")
 
 
-def method_options(method: str) -> dict:
-    """Keyword options of a registered method with their defaults (from its signature)."""
-    params = list(inspect.signature(get_method(method).fn).parameters.values())[2:]
-    return {p.name: p.default for p in params
-            if p.name != "importance" and p.default is not inspect.Parameter.empty
-            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+def _parse(text: str):
+    """A free-form option value: empty -> ``None`` (the method's default), else an int, a float or the text."""
+    text = text.strip()
+    if not text:
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def option_widget(name: str, option: Option, key: str):
+    """One widget for a method option: a selectbox for a choice, else an input of the default's type
+    (an empty text input for a ``None`` default, read with :func:`_parse`)."""
+    default, help_text = option.default, option.help or None
+    if option.choices is not None:
+        choices = list(option.choices)
+        return st.selectbox(name, choices, index=choices.index(default) if default in choices else 0, key=key,
+                            help=help_text)
+    if isinstance(default, bool):
+        return st.checkbox(name, value=default, key=key, help=help_text)
+    if isinstance(default, int):
+        return int(st.number_input(name, value=default, step=1, key=key, help=help_text))
+    if isinstance(default, float):
+        return float(st.number_input(name, value=default, format="%g", key=key, help=help_text))
+    if default is None:
+        return _parse(st.text_input(name, value="", placeholder="default", key=key, help=help_text))
+    return st.text_input(name, value=str(default), key=key, help=help_text)
 
 
 def option_widgets(method: str, key: str) -> dict:
-    """Widgets for ``method``'s options (choice lists for known names); returns the chosen values."""
-    chosen = {}
-    defaults = method_options(method)
-    if not defaults:
+    """Widgets for the declared options of ``method`` (:attr:`lowrank.methods.Method.options`); returns the
+    chosen values, leaving out those left empty (the method's default applies)."""
+    options = get_method(method).options
+    if not options:
         st.caption("no options")
-    for name, default in defaults.items():
-        widget_key = f"{key}_{method}_{name}"
-        if name in OPTION_CHOICES and isinstance(default, str):
-            choices = list(OPTION_CHOICES[name])
-            chosen[name] = st.selectbox(name, choices, index=choices.index(default) if default in choices else 0, key=widget_key)
-        elif isinstance(default, bool):
-            chosen[name] = st.checkbox(name, value=default, key=widget_key)
-        elif isinstance(default, int):
-            chosen[name] = int(st.number_input(name, value=default, step=1, key=widget_key))
-        elif isinstance(default, float):
-            chosen[name] = float(st.number_input(name, value=default, format="%g", key=widget_key))
-        elif isinstance(default, str):
-            chosen[name] = st.text_input(name, value=default, key=widget_key)
-    return chosen
+    chosen = {name: option_widget(name, option, f"{key}_{method}_{name}") for name, option in options.items()}
+    return {name: value for name, value in chosen.items() if value is not None}
 
 
-def method_label(method: str) -> str:
-    spec = get_method(method)
-    return f"{method} (needs Fisher)" if spec.needs_importance else method
-
-
-def fmt_params(n) -> str:
-    if n is None or (isinstance(n, float) and math.isnan(n)):
-        return "–"
-    n = float(n)
-    if abs(n) >= 1e6:
-        return f"{n / 1e6:.2f}M"
-    if abs(n) >= 1e3:
-        return f"{n / 1e3:.1f}k"
-    return f"{n:.0f}"
-
-
-def fmt_metric(metric: Optional[str], value) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    return f"{value:.2f}" if metric == "perplexity" else f"{value:.3f}"
-
-
-def fmt_bytes(n) -> str:
-    if n is None or (isinstance(n, float) and math.isnan(n)):
-        return "–"
-    return f"{float(n) / 1e6:.1f} MB"
-
-
-def fmt_ms(v) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "–"
-    return f"{float(v):.1f} ms"
+def statistics_button(model: str, task: str, needs: Iterable[str], **button_options) -> None:
+    """A button computing the statistics ``needs`` (progress bar, error on the page), then rerunning."""
+    needs = tuple(needs)
+    if st.button(f"Compute {statistics_label(needs)}", icon=":material/calculate:", **button_options):
+        try:
+            cache.statistics(model, task, needs)
+        except USER_ERRORS as err:
+            show_error(f"Cannot compute the {statistics_label(needs)}", err)
+        else:
+            st.rerun()
 
 
 def sweep_card(store, sweep: dict) -> None:
     """Progress (or outcome) of one sweep, with a stop button while it runs."""
-    from lowrank.sweep import cancel_sweep, log_path
-
     spec = sweep["spec"]
     title = (f"Sweep #{sweep['id']}{' (' + sweep['label'] + ')' if sweep.get('label') else ''}: "
              f"{', '.join(spec.get('methods', []))} × {', '.join(f'{b:.0%}' for b in spec.get('budgets', []))} "
@@ -153,10 +115,6 @@ def sweep_card(store, sweep: dict) -> None:
 
 def zip_folder(folder) -> bytes:
     """The files of ``folder`` as a zip archive (stored, not deflated: weights hardly compress)."""
-    import io
-    import zipfile
-    from pathlib import Path
-
     folder = Path(folder)
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:

@@ -1,6 +1,6 @@
 """lowrank-studio: weighted low-rank factorization of Transformer language models.
 
-Library API (the CLI ``python -m lowrank`` and the dashboard mirror it)::
+Library API (the CLI ``lowrank`` and the dashboard mirror it)::
 
     import lowrank
     m = lowrank.load_model("minilm-rt")
@@ -8,21 +8,27 @@ Library API (the CLI ``python -m lowrank`` and the dashboard mirror it)::
     small = lowrank.compress(m, 0.5, method="svd")
     lowrank.evaluate(small, "rotten_tomatoes")
     lowrank.save_compressed(small, "out/minilm-rt-50")
+    stats = lowrank.statistics_for(m, "rotten_tomatoes", ("fisher",))   # what weighted methods need
+    lowrank.compress(m, 0.5, method="tfwsvd", stats=stats)
 """
 
-from .architectures import compressible_linears
-from .compress import CompressionInfo, compress, load_compressed, resolve_ranks, save_compressed
-from .data import Task, TaskError, load_task
-from .evaluate import Evaluation, evaluate
-from .factorize import Factorization, available_methods, factorize, register_method
-from .finetune import TrainConfig, finetune
-from .layers import LowRankLinear
-from .models import PACKAGED, LoadedModel, ModelLoadError, load_model
-from .spectra import spectra
+from lowrank.allocation import RankPlan, allocate, available_strategies
+from lowrank.analysis.spectra import spectra
+from lowrank.compress import CompressionInfo, compress, load_compressed, save_compressed
+from lowrank.data import Task, TaskError, load_task
+from lowrank.evaluate import Evaluation, evaluate
+from lowrank.layers import LowRankLinear
+from lowrank.loaded import LoadedModel
+from lowrank.methods import Factorization, available_methods, factorize, get_method, register_method
+from lowrank.models import PACKAGED, ModelLoadError, compressible_linears, load_model
+from lowrank.ranks import resolve_ranks
+from lowrank.statistics import StatisticsSettings, statistics_for
+from lowrank.training.finetune import TrainConfig, finetune
 
 __all__ = [
     "CompressionInfo", "Evaluation", "Factorization", "LoadedModel", "LowRankLinear", "ModelLoadError",
-    "PACKAGED", "Task", "TaskError", "TrainConfig", "available_methods", "compress", "compressible_linears",
-    "evaluate", "factorize", "finetune", "load_compressed", "load_model", "load_task", "register_method",
-    "resolve_ranks", "save_compressed", "spectra",
+    "PACKAGED", "RankPlan", "StatisticsSettings", "Task", "TaskError", "TrainConfig", "allocate", "available_methods",
+    "available_strategies", "compress", "compressible_linears", "evaluate", "factorize", "finetune", "get_method",
+    "load_compressed", "load_model", "load_task", "register_method", "resolve_ranks", "save_compressed", "spectra",
+    "statistics_for",
 ]

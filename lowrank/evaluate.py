@@ -22,10 +22,11 @@ from typing import Optional
 
 import torch
 
-from .architectures import compressible_linears
-from .data import Task, batches, encode, load_task, num_batches
-from .layers import LowRankLinear
-from .progress import Progress, report
+from lowrank.data.batches import batches, encode, num_batches
+from lowrank.data.tasks import Task, load_task
+from lowrank.layers import LowRankLinear
+from lowrank.models.architectures import compressible_linears
+from lowrank.progress import Progress, report
 
 
 @dataclass

@@ -7,25 +7,25 @@ import time
 
 import streamlit as st
 
-from dashboard import layout, state, widgets  # first: sets up the environment for torch
+from dashboard import cache, labels, session, widgets  # first: sets up the environment for torch
 import lowrank
 
-layout.setup("Model & task")
+st.title("Model & task")
 
 
 def try_select(model: str, task: str) -> bool:
     """Make (model, task) current if the model loads with that task; otherwise show why not."""
     try:
-        state.load(model, task)
-    except state.USER_ERRORS as err:
-        widgets.show_error(f"Cannot use {state.model_label(model)} with {state.task_label(task)}", err)
+        cache.load(model, task)
+    except widgets.USER_ERRORS as err:
+        widgets.show_error(f"Cannot use {labels.model_label(model)} with {labels.task_label(task)}", err)
         return False
-    state.set_model(model)
-    state.set_task(task)
+    session.set_model(model)
+    session.set_task(task)
     return True
 
 
-model, task = state.model_key(), state.task_key()
+model, task = session.model_key(), session.task_key()
 left, right = st.columns(2, gap="large")
 
 with left:
@@ -53,21 +53,21 @@ with left:
 
 with right:
     st.subheader("Task")
-    options = list(state.TASK_LABELS)
-    if state.is_csv(task):
+    options = list(labels.TASK_LABELS)
+    if labels.is_csv(task):
         options.append(task)
     upload = "upload"
     options.append(upload)
     picked = st.radio("Task", options, index=options.index(task) if task in options else 0, key="task_choice",
-                      format_func=lambda k: "Upload a CSV (columns text,label)" if k == upload else state.task_label(k))
+                      format_func=lambda k: "Upload a CSV (columns text,label)" if k == upload else labels.task_label(k))
     if picked == upload:
         uploaded = st.file_uploader("CSV with columns text,label (optional split column: train/validation/test)",
                                     type=["csv"], key="task_upload")
         if uploaded is not None:
-            path = state.save_upload(uploaded.name, uploaded.getvalue())
+            path = cache.save_upload(uploaded.name, uploaded.getvalue())
             try:
-                state.get_task(path)
-            except state.USER_ERRORS as err:
+                cache.get_task(path)
+            except widgets.USER_ERRORS as err:
                 widgets.show_error(f"Cannot use {uploaded.name}", err)
             else:
                 if path != task and try_select(model, path):
@@ -75,18 +75,18 @@ with right:
     elif picked != task and try_select(model, picked):
         st.rerun()
 
-model, task = state.model_key(), state.task_key()
+model, task = session.model_key(), session.task_key()
 try:
-    loaded = state.current_model()
-    task_obj = state.get_task(task)
-except state.USER_ERRORS as err:
-    widgets.show_error(f"Cannot load {state.model_label(model)}", err)
+    loaded = cache.load(model, task)
+    task_obj = cache.get_task(task)
+except widgets.USER_ERRORS as err:
+    widgets.show_error(f"Cannot load {labels.model_label(model)}", err)
     st.stop()
 
 st.divider()
 st.subheader("Architecture")
 config = loaded.model.config
-layers = state.layer_table(model, task)
+layers = cache.layer_table(model, task)
 total = loaded.num_parameters()
 linear = int(layers["params"].sum())
 architecture = (getattr(config, "architectures", None) or [type(loaded.model).__name__])[0]
@@ -94,10 +94,10 @@ st.markdown(f"**{architecture}** (`{config.model_type}`, {loaded.kind}) · "
             f"{getattr(config, 'num_hidden_layers', '?')} blocks · hidden size {getattr(config, 'hidden_size', '?')} · "
             f"{getattr(config, 'num_attention_heads', '?')} attention heads · vocabulary {getattr(config, 'vocab_size', 0):,}")
 cols = st.columns(4)
-cols[0].metric("Parameters", widgets.fmt_params(total), help=f"{total:,}")
-cols[1].metric("In compressible layers", widgets.fmt_params(linear), f"{linear / total:.0%} of all", delta_color="off",
+cols[0].metric("Parameters", labels.fmt_params(total), help=f"{total:,}")
+cols[1].metric("In compressible layers", labels.fmt_params(linear), f"{linear / total:.0%} of all", delta_color="off",
                delta_arrow="off", help=f"{linear:,}; embeddings, norms and heads stay dense")
-cols[2].metric("Elsewhere", widgets.fmt_params(total - linear), help="embeddings, norms, biases and heads")
+cols[2].metric("Elsewhere", labels.fmt_params(total - linear), help="embeddings, norms, biases and heads")
 cols[3].metric("Compressible layers", len(layers))
 with st.expander(f"Compressible layers ({len(layers)})"):
     st.dataframe(layers, hide_index=True, column_config={
@@ -109,9 +109,9 @@ with st.expander(f"Compressible layers ({len(layers)})"):
 
 st.subheader("Task")
 sizes = task_obj.sizes()
-labels = ", ".join(task_obj.label_names) if task_obj.label_names else "none (next-token prediction)"
-st.markdown(f"**{state.task_label(task)}** · {task_obj.kind} · "
-            + " / ".join(f"{sizes[s]:,} {s}" for s in sizes) + f" · labels: {labels}")
+label_names = ", ".join(task_obj.label_names) if task_obj.label_names else "none (next-token prediction)"
+st.markdown(f"**{labels.task_label(task)}** · {task_obj.kind} · "
+            + " / ".join(f"{sizes[s]:,} {s}" for s in sizes) + f" · labels: {label_names}")
 with st.expander("Examples from the validation split"):
     texts = task_obj.split_texts("validation")[:5]
     rows = {"text": [str(t) for t in texts]}
@@ -122,22 +122,22 @@ with st.expander("Examples from the validation split"):
 st.subheader("Dense model quality")
 with st.expander("Evaluation settings"):
     limit = st.number_input("Evaluate on at most this many batches of the validation split (0 = all of it)",
-                            min_value=0, value=state.eval_limit() or 0, step=1)
-    if (limit or None) != state.eval_limit():
-        st.session_state["eval_limit"] = int(limit) or None
+                            min_value=0, value=session.eval_limit() or 0, step=1)
+    if (limit or None) != session.eval_limit():
+        session.set_eval_limit(int(limit) or None)
         st.rerun()
 try:
-    dense = state.dense_evaluation(model, task)
-except state.USER_ERRORS as err:
+    dense = cache.dense_evaluation(model, task, session.eval_limit())
+except widgets.USER_ERRORS as err:
     widgets.show_error("Cannot evaluate the dense model", err)
     st.stop()
 cols = st.columns(5)
-cols[0].metric(dense["metric"].capitalize(), widgets.fmt_metric(dense["metric"], dense["value"]),
+cols[0].metric(dense["metric"].capitalize(), labels.fmt_metric(dense["metric"], dense["value"]),
                help=f"{dense['examples']:,} {'examples' if dense['metric'] == 'accuracy' else 'tokens'} of the validation split")
 cols[1].metric("Loss", f"{dense['loss']:.4f}")
-cols[2].metric("Size on disk", widgets.fmt_bytes(dense["size_bytes"]), help="safetensors file, float32")
-cols[3].metric("Latency, batch 1", widgets.fmt_ms(dense["latency_ms_b1"]), help="median CPU forward pass")
-cols[4].metric("Latency, batch 32", widgets.fmt_ms(dense["latency_ms_b32"]))
+cols[2].metric("Size on disk", labels.fmt_bytes(dense["size_bytes"]), help="safetensors file, float32")
+cols[3].metric("Latency, batch 1", labels.fmt_ms(dense["latency_ms_b1"]), help="median CPU forward pass")
+cols[4].metric("Latency, batch 32", labels.fmt_ms(dense["latency_ms_b32"]))
 measured = time.strftime("%Y-%m-%d %H:%M", time.localtime(dense["finished"]))
 st.caption(f"Run #{dense['id']} in the run store, measured {measured}; reused until the weights, task or evaluation "
            "settings change.")

@@ -9,51 +9,49 @@ import re
 import pandas as pd
 import streamlit as st
 
-from dashboard import layout, state, widgets
-from lowrank.allocate import STRATEGIES, RankPlan, available_strategies
+from dashboard import cache, labels, session, widgets  # first: sets up the environment for torch
+from dashboard.progress import ProgressBar
+from lowrank.allocation import RankPlan, available_strategies, get_strategy
 from lowrank.layers import break_even_rank
+from lowrank.needs import needs_for
 
-layout.setup("Ranks")
-model, task = state.model_key(), state.task_key()
+st.title("Ranks")
+model, task = session.model_key(), session.task_key()
 try:
-    loaded = state.current_model()
-    layers = state.layer_table(model, task)
-    plan = state.ensure_plan()
-except state.USER_ERRORS as err:
-    widgets.show_error(f"Cannot plan ranks for {state.model_label(model)}", err)
+    loaded = cache.load(model, task)
+    layers = cache.layer_table(model, task)
+    plan = session.ensure_plan()
+except widgets.USER_ERRORS as err:
+    widgets.show_error(f"Cannot plan ranks for {labels.model_label(model)}", err)
     st.page_link("pages/1_Model_and_task.py", label="Choose another model", icon=":material/dataset:")
     st.stop()
-
-have_fisher = state.fisher_available(model, task)
 
 # ---------------------------------------------------------------- fill from a budget and a strategy
 with st.container(border=True):
     strategies = available_strategies()
     cols = st.columns([3, 2, 1], vertical_alignment="bottom")
-    budget = cols[0].slider("Budget: kept fraction of the compressible parameters", 0.05, 1.0, state.DEFAULT_BUDGET, 0.01,
-                            format="%.2f", key="ranks_budget")
+    budget = cols[0].slider("Budget: kept fraction of the compressible parameters", 0.05, 1.0, session.DEFAULT_BUDGET,
+                            0.01, format="%.2f", key="ranks_budget")
     strategy = cols[1].selectbox("Strategy", strategies,
                                  index=strategies.index(plan.strategy) if plan.strategy in strategies else 0,
                                  key="ranks_strategy")
     fill = cols[2].button("Fill ranks", type="primary", icon=":material/auto_fix_high:", width="stretch")
-    spec = STRATEGIES[strategy]
-    needs = [w for w, flag in (("Fisher information", spec.needs_importance), ("calibration batches", spec.needs_task)) if flag]
-    st.caption(spec.description + (f" Needs {' and '.join(needs)} (computed on first use, cached)." if needs else ""))
+    spec = get_strategy(strategy)
+    needs = needs_for(strategy=strategy)
+    inputs = ([labels.statistics_label(needs)] if needs else []) + (["calibration batches"] if spec.needs_task else [])
+    st.caption(spec.description + (f" Needs {' and '.join(inputs)} (computed on first use, cached)." if inputs else ""))
 
 if fill:
-    from lowrank.allocate import allocate
-
     try:
-        importance = state.fisher(model, task) if spec.needs_importance else state.fisher_if_available(model, task)
-        with widgets.ProgressBar(f"Allocating ranks ({strategy})") as bar:
-            new_plan = allocate(loaded, float(budget), strategy, importance=importance, task=state.get_task(task), progress=bar)
-    except state.USER_ERRORS as err:
+        with ProgressBar(f"Allocating ranks ({strategy})") as bar:
+            new_plan = cache.plan_ranks(model, task, float(budget), strategy, progress=bar)
+    except widgets.USER_ERRORS as err:
         widgets.show_error("Cannot fill the plan", err)
     else:
-        state.set_plan(new_plan)
+        session.set_plan(new_plan)
         st.rerun()
 
-curves = state.loss_curves(model, task) if have_fisher else None
+curves = cache.loss_curves(model, task) if cache.is_cached(model, task, cache.PREDICTION_NEEDS) else None
 
 
 def plan_frame(p: RankPlan) -> pd.DataFrame:
@@ -97,9 +95,9 @@ if changes:
         widgets.show_error("Invalid rank", err)
     else:
         st.session_state["plan"] = plan
-        state.render_status()
+        session.render_status()
         if normalized:
-            state.set_plan(plan)  # a fresh editor, showing the ranks as kept
+            session.set_plan(plan)  # a fresh editor, showing the ranks as kept
 for problem in problems:
     st.error(problem, icon=":material/error:")
 for note in normalized:
@@ -127,13 +125,13 @@ st.data_editor(
     })
 
 with totals:
-    fraction = state.plan_fraction(plan)
+    fraction = labels.plan_fraction(plan)
     cols = st.columns(5)
-    cols[0].metric("Kept parameters", f"{plan.params:,}", f"{fraction:.1%} of {widgets.fmt_params(plan.dense_params)}",
+    cols[0].metric("Kept parameters", f"{plan.params:,}", f"{fraction:.1%} of {labels.fmt_params(plan.dense_params)}",
                    delta_color="off", delta_arrow="off", help=f"{plan.params:,} of {plan.dense_params:,} in compressible layers")
     over = plan.params - plan.budget
-    cols[1].metric("Budget", widgets.fmt_params(plan.budget),
-                   f"{'over' if over > 0 else 'within'} by {widgets.fmt_params(abs(over))}",
+    cols[1].metric("Budget", labels.fmt_params(plan.budget),
+                   f"{'over' if over > 0 else 'within'} by {labels.fmt_params(abs(over))}",
                    delta_color="inverse" if over > 0 else "normal", delta_arrow="off",
                    help=f"{plan.budget:,} parameters ({plan.budget / plan.dense_params:.1%}); strategy {plan.strategy}"
                    + (", edited by hand" if plan.meta.get("edited") else ""))
@@ -141,16 +139,16 @@ with totals:
     predicted = frame["predicted_loss"].sum(min_count=1)
     cols[3].metric("Predicted loss increase", "–" if pd.isna(predicted) else f"{predicted:.4f}",
                    help="Sum over layers of the Fisher-predicted loss increase (nats)")
-    cols[4].metric("Whole model", widgets.fmt_params(loaded.num_parameters() - plan.dense_params + plan.params),
+    cols[4].metric("Whole model", labels.fmt_params(loaded.num_parameters() - plan.dense_params + plan.params),
                    help="All parameters after factorization (embeddings, norms and heads stay dense)")
     if curves is None:
-        st.caption("Predicted loss increases need the Fisher information.")
-        state.fisher_button(model, task)
+        st.caption(f"Predicted loss increases need the {labels.statistics_label(cache.PREDICTION_NEEDS)}.")
+        widgets.statistics_button(model, task, cache.PREDICTION_NEEDS)
 
 # ---------------------------------------------------------------- import / export
 cols = st.columns(2)
 with cols[0]:
-    st.download_button("Export plan (JSON)", plan.to_json(), file_name=f"{state.model_label(model)}-rank-plan.json",
+    st.download_button("Export plan (JSON)", plan.to_json(), file_name=f"{labels.model_label(model)}-rank-plan.json",
                        mime="application/json", icon=":material/download:")
 with cols[1]:
     uploaded = st.file_uploader("Import a plan (JSON)", type=["json"], key="plan_upload")
@@ -160,7 +158,7 @@ with cols[1]:
             imported = RankPlan.from_json(uploaded.getvalue())
             imported_names = {layer.name for layer in imported.layers}
             if imported_names != set(shapes):
-                raise ValueError(f"the plan's layers do not match {state.model_label(model)} "
+                raise ValueError(f"the plan's layers do not match {labels.model_label(model)} "
                                  f"({len(imported_names & set(shapes))} of {len(shapes)} layer names in common)")
             for layer in imported.layers:
                 if (layer.out_features, layer.in_features) != shapes[layer.name]:
@@ -169,5 +167,5 @@ with cols[1]:
         except ValueError as err:
             widgets.show_error(f"Cannot import {uploaded.name}", err)
         else:
-            state.set_plan(imported)
+            session.set_plan(imported)
             st.rerun()

@@ -10,38 +10,39 @@ import re
 import pandas as pd
 import streamlit as st
 
-from dashboard import layout, plots, state, widgets  # first: sets up the environment for torch
+from dashboard import cache, labels, plots, session, widgets  # first: sets up the environment for torch
+from dashboard.progress import ProgressBar
 import lowrank
-from lowrank.assets import cache_dir
-from lowrank.factorize import get_method
-from lowrank.sweep import execute_run
+from lowrank.experiments.run import execute_run
+from lowrank.io import cache_dir
+from lowrank.needs import needs_for
 
-layout.setup("Factorize")
-model, task = state.model_key(), state.task_key()
+st.title("Factorize")
+model, task = session.model_key(), session.task_key()
 try:
-    loaded = state.current_model()
-    task_obj = state.get_task(task)
-    plan = state.ensure_plan()
-except state.USER_ERRORS as err:
-    widgets.show_error(f"Cannot factorize {state.model_label(model)}", err)
+    loaded = cache.load(model, task)
+    task_obj = cache.get_task(task)
+    plan = session.ensure_plan()
+except widgets.USER_ERRORS as err:
+    widgets.show_error(f"Cannot factorize {labels.model_label(model)}", err)
     st.page_link("pages/1_Model_and_task.py", label="Choose another model", icon=":material/dataset:")
     st.stop()
 
 edited = bool(plan.meta.get("edited"))
-st.markdown(f"Plan: **{state.plan_fraction(plan):.0%}** of the compressible parameters kept, strategy **{plan.strategy}**"
+st.markdown(f"Plan: **{labels.plan_fraction(plan):.0%}** of the compressible parameters kept, strategy **{plan.strategy}**"
             f"{' (edited by hand)' if edited else ''}, {len(plan.ranks)} of {len(plan.layers)} layers factorized.")
 st.page_link("pages/3_Ranks.py", label="Change the plan", icon=":material/tune:")
 
 methods = lowrank.available_methods()
 chosen = st.multiselect("Methods", methods, default=[m for m in ("svd", "fwsvd") if m in methods],
-                        format_func=widgets.method_label, key="factorize_methods")
+                        format_func=labels.method_label, key="factorize_methods")
 options = {}
 if chosen:
     cols = st.columns(len(chosen))
     for col, method in zip(cols, chosen):
         with col.container(border=True):
             st.markdown(f"**{method}**")
-            st.caption(get_method(method).description)
+            st.caption(lowrank.get_method(method).description)
             options[method] = widgets.option_widgets(method, "factorize")
 run = st.button("Factorize and evaluate", type="primary", icon=":material/play_arrow:", disabled=not chosen)
 
@@ -52,20 +53,19 @@ if run:
         st.stop()
     results = []
     try:
-        dense = state.dense_evaluation(model, task)
-        needs_fisher = any(get_method(m).needs_importance for m in chosen)
-        importance = state.fisher(model, task) if needs_fisher else None
-    except state.USER_ERRORS as err:
+        cache.dense_evaluation(model, task, session.eval_limit())
+        stats = cache.statistics(model, task, needs_for(chosen))
+    except widgets.USER_ERRORS as err:
         widgets.show_error("Cannot prepare the run", err)
         st.stop()
     fields = {"strategy": "manual" if edited else plan.strategy, "budget": plan.budget / plan.dense_params,
               "align": plan.align}
     for method in chosen:
-        with widgets.ProgressBar(f"{method}", keep=True, done_text=f"{method}: factorized and evaluated") as bar:
+        with ProgressBar(f"{method}", keep=True, done_text=f"{method}: factorized and evaluated") as bar:
             try:
-                result = execute_run(state.store(), loaded, task_obj, task, method, plan.ranks, importance=importance,
-                                     options=options[method], eval_limit=state.eval_limit(), fields=fields, progress=bar)
-            except state.USER_ERRORS as err:
+                result = execute_run(cache.store(), loaded, task_obj, task, method, plan.ranks, stats=stats,
+                                     options=options[method], eval_limit=session.eval_limit(), fields=fields, progress=bar)
+            except widgets.USER_ERRORS as err:
                 widgets.show_error(f"{method} failed (recorded as a failed run)", err)
                 continue
         results.append({"run_id": result.run_id, "method": method, "model": result.model, "saved": None})
@@ -75,8 +75,8 @@ results = st.session_state["results"]
 if not results:
     st.stop()
 
-store = state.store()
-dense = state.dense_evaluation(model, task)
+store = cache.store()
+dense = cache.dense_evaluation(model, task, session.eval_limit())
 rows = [store.get_run(r["run_id"]) for r in results]
 table = pd.DataFrame([dense, *rows])
 table["label"] = ["dense"] + [f"{r['method']} {' '.join(f'{k}={v}' for k, v in (r['options'] or {}).items())}".strip()
@@ -85,12 +85,12 @@ table["delta"] = table["value"] - dense["value"]
 
 st.subheader("Before and after")
 cols = st.columns(len(rows) + 1)
-cols[0].metric(f"dense {dense['metric']}", widgets.fmt_metric(dense["metric"], dense["value"]),
-               help=f"{widgets.fmt_bytes(dense['size_bytes'])}, {widgets.fmt_ms(dense['latency_ms_b1'])} at batch 1")
+cols[0].metric(f"dense {dense['metric']}", labels.fmt_metric(dense["metric"], dense["value"]),
+               help=f"{labels.fmt_bytes(dense['size_bytes'])}, {labels.fmt_ms(dense['latency_ms_b1'])} at batch 1")
 for col, row in zip(cols[1:], rows):
-    col.metric(row["method"], widgets.fmt_metric(row["metric"], row["value"]),
+    col.metric(row["method"], labels.fmt_metric(row["metric"], row["value"]),
                f"{row['value'] - dense['value']:+.3f}", delta_color="inverse" if row["metric"] == "perplexity" else "normal",
-               help=f"run #{row['id']}: {widgets.fmt_bytes(row['size_bytes'])}, {widgets.fmt_ms(row['latency_ms_b1'])} at batch 1")
+               help=f"run #{row['id']}: {labels.fmt_bytes(row['size_bytes'])}, {labels.fmt_ms(row['latency_ms_b1'])} at batch 1")
 st.dataframe(
     table[["label", "value", "delta", "params_linear", "params_total", "size_bytes", "latency_ms_b1", "latency_ms_b32",
            "factorize_s", "wall_s", "id"]],
@@ -115,12 +115,12 @@ if histories:
 st.subheader("Save and download")
 for result in results:
     cols = st.columns([2, 3], vertical_alignment="center")
-    folder = cache_dir() / "compressed" / f"{re.sub(r'[^A-Za-z0-9._-]+', '_', state.model_label(model))}-{result['method']}-run{result['run_id']}"
+    folder = cache_dir() / "compressed" / f"{re.sub(r'[^A-Za-z0-9._-]+', '_', labels.model_label(model))}-{result['method']}-run{result['run_id']}"
     if cols[0].button(f"Save {result['method']} model", key=f"save_{result['run_id']}", icon=":material/save:",
                       disabled=result["saved"] is not None):
         try:
             lowrank.save_compressed(result["model"], folder)
-        except state.USER_ERRORS as err:
+        except widgets.USER_ERRORS as err:
             widgets.show_error(f"Cannot save {result['method']}", err)
         else:
             store.update_run(result["run_id"], output_dir=str(folder))

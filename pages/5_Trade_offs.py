@@ -5,21 +5,21 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import layout, plots, state, widgets  # first: sets up the environment for torch
+from dashboard import cache, labels, plots, session, widgets  # first: sets up the environment for torch
 import lowrank
-from lowrank.allocate import STRATEGIES, available_strategies
-from lowrank.sweep import SweepSpec, start_sweep
+from lowrank.allocation import available_strategies
+from lowrank.experiments.sweep import SweepSpec, start_sweep
 
-layout.setup("Trade-offs")
-store = state.store()
-model, task = state.model_key(), state.task_key()
+st.title("Trade-offs")
+store = cache.store()
+model, task = session.model_key(), session.task_key()
 
 runs = store.runs()
 models = list(dict.fromkeys([model, *runs["model"].dropna()]))
 tasks = list(dict.fromkeys([task, *runs["task"].dropna()]))
 cols = st.columns([2, 2, 3])
-shown_model = cols[0].selectbox("Model", models, format_func=state.model_label, key="tradeoff_model")
-shown_task = cols[1].selectbox("Task", tasks, format_func=state.task_label, key="tradeoff_task")
+shown_model = cols[0].selectbox("Model", models, format_func=labels.model_label, key="tradeoff_model")
+shown_task = cols[1].selectbox("Task", tasks, format_func=labels.task_label, key="tradeoff_task")
 selection = runs[(runs["model"] == shown_model) & (runs["task"] == shown_task)]
 strategies = sorted(selection.loc[selection["method"] != "dense", "strategy"].dropna().unique())
 shown_strategies = cols[2].multiselect("Strategies", strategies, default=strategies,  # a new key when new ones appear
@@ -60,19 +60,19 @@ def live() -> None:
 live()
 
 st.subheader("New sweep")
-st.caption(f"On the current model and task ({state.model_label(model)}, {state.task_label(task)}). The sweep runs in a "
+st.caption(f"On the current model and task ({labels.model_label(model)}, {labels.task_label(task)}). The sweep runs in a "
            "background process and writes every run to the run store: leaving or reloading this page loses nothing.")
 methods = lowrank.available_methods()
 with st.form("sweep_form"):
     cols = st.columns([3, 3, 2])
     chosen = cols[0].multiselect("Methods", methods, default=[m for m in ("svd", "fwsvd") if m in methods],
-                                 format_func=widgets.method_label)
+                                 format_func=labels.method_label)
     budgets = cols[1].multiselect("Budgets (kept fraction)", [round(0.1 * k, 1) for k in range(1, 10)], default=[0.3, 0.5, 0.7],
                                   format_func=lambda b: f"{b:.0%}")
     strategy_names = available_strategies()
-    strategy = cols[2].selectbox("Strategy", strategy_names, index=strategy_names.index(state.DEFAULT_STRATEGY),
-                                 format_func=lambda s: f"{s} (needs Fisher)" if STRATEGIES[s].needs_importance else s)
-    tunable = [m for m in methods if widgets.method_options(m)]
+    strategy = cols[2].selectbox("Strategy", strategy_names, index=strategy_names.index(session.DEFAULT_STRATEGY),
+                                 format_func=labels.strategy_label)
+    tunable = [m for m in methods if lowrank.get_method(m).options]
     options = {}
     if tunable:
         with st.expander("Method options (used for the methods chosen above)"):
@@ -84,10 +84,10 @@ with st.form("sweep_form"):
 
 if submitted:
     spec = SweepSpec(model=model, task=task, methods=chosen, budgets=sorted(budgets), strategy=strategy,
-                     options={m: options[m] for m in chosen if m in options}, eval_limit=state.eval_limit())
+                     options={m: options[m] for m in chosen if m in options}, eval_limit=session.eval_limit())
     try:
         sweep_id = start_sweep(spec, store)
-    except state.USER_ERRORS as err:
+    except widgets.USER_ERRORS as err:
         widgets.show_error("Cannot start the sweep", err)
     else:
         st.toast(f"Sweep #{sweep_id} started: {spec.runs_total} runs", icon=":material/rocket_launch:")

@@ -77,6 +77,38 @@ def tiny_llama_dir(tmp_path_factory, tokenizer) -> Path:
     return folder
 
 
+def _save_causal_lm(model, folder: Path) -> Path:
+    model.save_pretrained(folder, safe_serialization=True)
+    tok = _tokenizer()
+    tok.eos_token = tok.sep_token
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_dir(tmp_path_factory, tokenizer) -> Path:
+    """A 2-layer GPT-2 of width 64: its projections are ``Conv1D`` modules, not ``nn.Linear``."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=tokenizer.vocab_size, n_embd=64, n_layer=2, n_head=4, n_positions=256,
+                        eos_token_id=tokenizer.sep_token_id, bos_token_id=tokenizer.cls_token_id,
+                        pad_token_id=tokenizer.pad_token_id)
+    return _save_causal_lm(GPT2LMHeadModel(config), tmp_path_factory.mktemp("tiny-gpt2"))
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_dir(tmp_path_factory, tokenizer) -> Path:
+    """A 2-layer Qwen2 causal LM of width 64 (the Llama row of the architecture table, with q/k/v biases)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=tokenizer.vocab_size, hidden_size=64, intermediate_size=192, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         eos_token_id=tokenizer.sep_token_id, pad_token_id=tokenizer.pad_token_id)
+    return _save_causal_lm(Qwen2ForCausalLM(config), tmp_path_factory.mktemp("tiny-qwen2"))
+
+
 @pytest.fixture()
 def tiny_bert(tiny_bert_dir):
     from lowrank import load_model
@@ -93,7 +125,7 @@ def tiny_llama(tiny_llama_dir):
 
 @pytest.fixture(scope="session")
 def text_task():
-    from lowrank.data import Task
+    from lowrank.data.tasks import Task
 
     docs = [" ".join(POSITIVE + NEGATIVE)] * 6
     return Task("toy-text", "lm", {"train": docs[:4], "validation": docs[4:5], "test": docs[5:]})

@@ -8,13 +8,26 @@ import torch
 from torch import nn
 
 from lowrank import compress, load_task
-from lowrank.allocate import (
-    STRATEGIES, RankPlan, allocate, available_strategies, greedy_allocation, layer_choices, layer_loss_curves,
-    measure_sensitivity, parse_budget, predicted_loss_curve, register_strategy,
+from lowrank.allocation import (
+    STRATEGIES,
+    RankPlan,
+    allocate,
+    available_strategies,
+    layer_loss_curves,
+    measure_sensitivity,
+    parse_budget,
+    predicted_loss_curve,
+    register_strategy,
 )
-from lowrank.compress import linear_shapes
-from lowrank.data import batches
+from lowrank.allocation.choices import layer_choices
+from lowrank.allocation.sensitivity import Sensitivity
+from lowrank.allocation.solvers import greedy_allocation, threshold_allocation
+from lowrank.analysis.spectra import energy_curve, singular_values
+from lowrank.cli.main import main
+from lowrank.data.batches import batches
 from lowrank.layers import break_even_rank
+from lowrank.ranks import linear_shapes
+from lowrank.statistics import StatisticsSettings, select, statistics_for
 
 
 @pytest.fixture(autouse=True)
@@ -55,7 +68,7 @@ def largest_step(plan):
 def assert_maximal(plan):
     """No single layer can take its next choice (next aligned rank, or dense) within the budget left."""
     left = plan.budget - plan.params
-    choices = layer_choices({l.name: (l.out_features, l.in_features) for l in plan.layers}, plan.align)
+    choices = layer_choices({layer.name: (layer.out_features, layer.in_features) for layer in plan.layers}, plan.align)
     for layer in plan.layers:
         c = choices[layer.name]
         k = c.choice_of(layer.rank)
@@ -265,9 +278,13 @@ def test_greedy_takes_a_non_convex_jump_to_dense_as_one_step_and_fills_the_rest(
 
 
 def test_fisher_greedy_predicts_no_more_loss_than_uniform_or_energy(tiny_bert, sentiment_csv):
-    from lowrank.fisher import estimate_fisher
-
-    importance = estimate_fisher(tiny_bert, sentiment_csv, num_batches=2, batch_size=8, use_cache=False)
+    stats = statistics_for(tiny_bert, sentiment_csv, ("fisher",), StatisticsSettings(num_batches=2, batch_size=8),
+                           use_cache=False)
+    importance = select(stats, "fisher")
+    # per-layer statistics and the legacy {layer: F} give the same plan
+    from_stats = allocate(tiny_bert, 0.5, "fisher_greedy", stats=stats)
+    from_importance = allocate(tiny_bert, 0.5, "fisher_greedy", importance=importance)
+    assert from_stats.ranks == from_importance.ranks and from_stats.predicted_loss == from_importance.predicted_loss
     for budget in (0.3, 0.5, 0.7):
         for align in (1, 4):
             greedy = allocate(tiny_bert, budget, "fisher_greedy", importance=importance, align=align)
@@ -279,8 +296,6 @@ def test_fisher_greedy_predicts_no_more_loss_than_uniform_or_energy(tiny_bert, s
 
 
 def test_threshold_allocation_treats_a_choice_as_bad_as_any_larger_one():
-    from lowrank.allocate import threshold_allocation
-
     choices = layer_choices({"a": (12, 12), "b": (12, 12)}, 1)  # ranks 1..5 then dense, 24 parameters a step
     noisy = {"a": np.array([5.0, 1.0, 3.0, 2.0, 2.5, 0.0]), "b": np.array([4.0, 3.5, 3.0, 2.0, 1.5, 0.0])}
     # a's rank 2 scores 1.0 but rank 3 scores 3.0: rank 2 counts as 3.0 (the worst of ranks 2..dense).
@@ -303,8 +318,6 @@ def test_uniform_keeps_about_the_same_fraction_everywhere():
 def test_energy_equalizes_kept_energy():
     model = linear_model([(64, 48), (48, 96), (96, 32)], decay=[0.9, 0.97, 0.8])
     plan = allocate(model, 0.4, "energy", align=1)
-    from lowrank.spectra import energy_curve, singular_values
-
     kept = []
     for layer in plan.layers:
         energy = np.append(0.0, energy_curve(singular_values(model.get_submodule(layer.name).weight)))
@@ -412,7 +425,7 @@ def test_sensitivity_measures_real_loss_and_is_cached(tiny_bert, sentiment_csv, 
     with torch.no_grad():
         expected = sum(float(small.model(**b).loss) * len(b["labels"]) for b in calibration) / 16
     assert table.losses[name][0] == pytest.approx(expected, rel=1e-4)
-    files = list((tmp_path / "cache" / "sensitivity").glob("*.json"))
+    files = list((tmp_path / "cache" / "sensitivity").glob("*.safetensors"))
     assert len(files) == 1
     again = measure_sensitivity(tiny_bert, task, fractions=(0.5, 0.25), num_batches=2, batch_size=8,
                                 progress=lambda *a: pytest.fail("a cached table must not be measured again"))
@@ -428,8 +441,6 @@ def test_sensitivity_strategy_on_tiny_bert(tiny_bert, sentiment_csv):
 
 
 def test_sensitivity_interpolation():
-    from lowrank.allocate import Sensitivity
-
     table = Sensitivity(1.0, (0.25, 0.5), {"a": [4, 8]}, {"a": [1.6, 1.2]}, {"a": (16, 16)}, 10)
     values = table.increase_at("a", [2, 4, 6, 8, 12, 16])
     np.testing.assert_allclose(values, [np.nan, 0.6, 0.4, 0.2, 0.1, 0.0])
@@ -450,8 +461,6 @@ def test_sensitivity_goes_below_measured_ranks_only_when_the_budget_requires_it(
 
 
 def test_cli_allocate_then_compress_with_plan(capsys, tmp_path, tiny_bert_dir, sentiment_csv):
-    from lowrank.cli import main
-
     plan_path = tmp_path / "plan.json"
     code = main(["allocate", "--model", str(tiny_bert_dir), "--budget", "0.5", "--strategy", "fisher_greedy",
                  "--task", str(sentiment_csv), "--fisher-batches", "2", "--align", "4", "--out", str(plan_path), "--json"])
@@ -471,3 +480,12 @@ def test_cli_allocate_then_compress_with_plan(capsys, tmp_path, tiny_bert_dir, s
     assert main(["allocate", "--model", str(tiny_bert_dir), "--budget", "1.5"]) == 2
     _, err = capsys.readouterr()
     assert err.strip().splitlines()[-1].startswith("error: a budget fraction must be in (0, 1]")
+
+
+def test_cli_allocate_predict_uses_the_shared_statistics_flags(capsys, tiny_bert_dir, sentiment_csv):
+    code = main(["allocate", "--model", str(tiny_bert_dir), "--budget", "0.5", "--strategy", "uniform", "--predict",
+                 "--task", str(sentiment_csv), "--fisher-batches", "1", "--batch-size", "4", "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    record = json.loads(out)
+    assert record["strategy"] == "uniform" and math.isfinite(record["predicted_loss"])

@@ -3,7 +3,7 @@ import re
 
 import pytest
 
-from lowrank.cli import main
+from lowrank.cli.main import main
 
 
 def run(capsys, *argv):

@@ -1,6 +1,6 @@
 import json
 
-from lowrank.cli import main
+from lowrank.cli.main import main
 
 
 def test_fisher_risk_and_weighted_compress(capsys, tmp_path, monkeypatch, tiny_bert_dir, sentiment_csv):

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import lowrank
-from lowrank.fisher import estimate_fisher
+from lowrank.statistics import StatisticsSettings
+from lowrank.statistics.fisher import estimate_fisher
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -16,7 +17,7 @@ def cuda_bert(tiny_bert_dir):
 
 def test_every_method_compresses_on_cuda(cuda_bert, sentiment_csv, tmp_path, monkeypatch):
     monkeypatch.setenv("LOWRANK_CACHE", str(tmp_path))
-    fisher = {n: f.to("cuda") for n, f in estimate_fisher(cuda_bert, sentiment_csv, num_batches=2, batch_size=4).items()}
+    fisher = {n: f.to("cuda") for n, f in estimate_fisher(cuda_bert, sentiment_csv, StatisticsSettings(num_batches=2, batch_size=4)).items()}
     dense = lowrank.evaluate(cuda_bert, sentiment_csv)
     for method in lowrank.available_methods():
         small = lowrank.compress(cuda_bert, 0.5, method=method, importance=fisher)

@@ -16,6 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = {
+    "home": "pages/0_Home.py",
     "model": "pages/1_Model_and_task.py",
     "spectra": "pages/2_Spectra.py",
     "ranks": "pages/3_Ranks.py",
@@ -27,8 +28,10 @@ PAGES = {
 @pytest.fixture()
 def env(monkeypatch, tmp_path, tiny_bert_dir, sentiment_csv):
     import streamlit as st
+    import torch
 
     cache = tmp_path / "cache"
+    monkeypatch.setenv("LOWRANK_THREADS", str(torch.get_num_threads()))  # the dashboard keeps the test's threads
     monkeypatch.setenv("LOWRANK_DEFAULT_MODEL", str(tiny_bert_dir))
     monkeypatch.setenv("LOWRANK_DEFAULT_TASK", str(sentiment_csv))
     monkeypatch.setenv("LOWRANK_CACHE", str(cache))
@@ -96,6 +99,9 @@ def test_every_page_renders(env):
 
     visit(at, "tradeoffs")
     assert any(i.value.startswith("No finished runs") for i in at.info) or plotly_specs(at)
+
+    visit(at, "home")  # the status cards show the plan the Ranks page made
+    assert any("layers factorized" in m.value for m in at.markdown)
 
 
 def test_bad_inputs_show_messages_not_tracebacks(env, tmp_path, monkeypatch):
@@ -166,7 +172,6 @@ def test_rank_edits_update_the_plan_and_reject_bad_ranks(env):
 
 
 def test_spectra_fisher_heatmaps(env):
-    pytest.importorskip("lowrank.metrics")
     at = new_app().run()
     visit(at, "spectra")
     at.segmented_control(key="heatmap_metric").set_value("dispersion").run()
@@ -184,8 +189,7 @@ def test_spectra_fisher_heatmaps(env):
                                                      ("output_change", "predicted output change", "second_order")])
 def test_spectra_taylor_heatmaps_show_the_library_estimate(env, tiny_bert_dir, sentiment_csv, statistic, label, term):
     import lowrank
-    from lowrank.fisher import svd_loss_change
-    from lowrank.sweep import FISHER_SETTINGS
+    from lowrank.statistics.fisher import svd_loss_change
 
     at = new_app().run()
     visit(at, "spectra")
@@ -199,14 +203,49 @@ def test_spectra_taylor_heatmaps_show_the_library_estimate(env, tiny_bert_dir, s
     shown = {name: value for names, values in zip(heat["customdata"], z) for name, value in zip(names, values)}
 
     loaded = lowrank.load_model(str(tiny_bert_dir))
-    expected = svd_loss_change(loaded, lowrank.load_task(str(sentiment_csv)), 0.5, **FISHER_SETTINGS)
+    expected = svd_loss_change(loaded, lowrank.load_task(str(sentiment_csv)), 0.5)  # the default sample
     assert set(shown) == set(expected)
     for name, estimate in expected.items():
         assert shown[name] == pytest.approx(estimate[term], rel=1e-4, abs=1e-9)
 
 
+def test_a_new_method_appears_with_widgets_from_its_options(env):
+    """A method registered anywhere (here: in the test) is offered on the Factorize and Trade-offs pages,
+    with one widget per declared option, and runs with the chosen values."""
+    from lowrank.experiments.store import RunStore
+    from lowrank.methods import METHODS, Factorization, Option, register_method, truncated_svd
+
+    @register_method("dummy_test", "Plain SVD under another name (a test method).",
+                     options={"mode": Option("a", ("a", "b"), "a choice"), "scale": Option(1.0, help="a number"),
+                              "steps": Option(None, help="empty: the default")})
+    def dummy(W, rank, stats, mode="a", scale=1.0, steps=None):
+        return Factorization(*truncated_svd(W, rank), info={"mode": mode, "scale": scale, "steps": steps})
+
+    try:
+        at = new_app().run()
+        visit(at, "factorize")
+        picker = at.multiselect(key="factorize_methods")
+        assert "dummy_test" in [o.split(" ")[0] for o in picker.options]
+        picker.set_value(["dummy_test"]).run()
+        assert at.selectbox(key="factorize_dummy_test_mode").options == ["a", "b"]
+        assert at.number_input(key="factorize_dummy_test_scale").value == 1.0
+        assert at.text_input(key="factorize_dummy_test_steps").value == ""
+        at.selectbox(key="factorize_dummy_test_mode").set_value("b")
+        at.text_input(key="factorize_dummy_test_steps").input("3")
+        next(b for b in at.button if b.label == "Factorize and evaluate").click().run()
+        assert not at.exception, [e.message for e in at.exception]
+        assert not at.error, [e.value for e in at.error]
+        run = RunStore(env / "runs.sqlite").runs(method="dummy_test", status="done").iloc[0]
+        assert run["options"] == {"mode": "b", "scale": 1.0, "steps": 3}
+
+        visit(at, "tradeoffs")
+        assert "dummy_test" in [o.split(" ")[0] for o in at.form[0].multiselect[0].options]
+    finally:
+        METHODS.pop("dummy_test", None)
+
+
 def test_full_flow_load_plan_factorize_store_plot(env):
-    from lowrank.runs import RunStore
+    from lowrank.experiments.store import RunStore
 
     at = new_app().run()
     visit(at, "model")
@@ -240,7 +279,7 @@ def test_full_flow_load_plan_factorize_store_plot(env):
 
 
 def test_background_sweep_and_demo(env):
-    from lowrank.runs import RunStore
+    from lowrank.experiments.store import RunStore
 
     at = new_app().run()
     visit(at, "tradeoffs")

@@ -1,7 +1,7 @@
-import pandas as pd
 import pytest
 
-from lowrank.data import TaskError, batches, from_hf_dataset, load_task, seeded_split
+from lowrank.data.batches import batches
+from lowrank.data.tasks import TaskError, from_hf_dataset, load_task, seeded_split
 
 
 def write(tmp_path, text, name="t.csv"):

@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from lowrank import LowRankLinear, factorize
-from lowrank.factorize import available_methods, weighted_error
 from lowrank.layers import break_even_rank, check_rank, max_useful_rank
+from lowrank.methods.registry import available_methods, weighted_error
 
 
 def random_matrix(out=30, inp=20, seed=0, dtype=torch.float64):
@@ -46,6 +46,8 @@ def test_factorize_rejects_nan_and_unknown_method():
     with pytest.raises(ValueError, match="unknown factorization method"):
         factorize(random_matrix(), 2, method="nope")
     with pytest.raises(ValueError, match="shape"):
+        factorize(random_matrix(), 2, method="fwsvd", importance=torch.ones(3, 3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="takes no importance"):  # svd would ignore it: refused, not dropped
         factorize(random_matrix(), 2, importance=torch.ones(3, 3, dtype=torch.float64))
 
 

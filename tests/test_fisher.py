@@ -2,9 +2,10 @@ import pytest
 import torch
 
 from lowrank import load_task
-from lowrank.architectures import compressible_linears
-from lowrank.data import batches
-from lowrank.fisher import estimate_fisher
+from lowrank.data.batches import batches
+from lowrank.models.architectures import compressible_linears
+from lowrank.statistics import StatisticsSettings
+from lowrank.statistics.fisher import estimate_fisher
 
 
 @pytest.fixture(autouse=True)
@@ -33,7 +34,7 @@ def brute_force_fisher(loaded, task, batch_size, num_batches):
 
 def test_hook_fisher_equals_per_example_gradients(tiny_bert, sentiment_csv):
     task = load_task(sentiment_csv)
-    fisher = estimate_fisher(tiny_bert, task, num_batches=2, batch_size=4, use_cache=False)
+    fisher = estimate_fisher(tiny_bert, task, StatisticsSettings(num_batches=2, batch_size=4), use_cache=False)
     expected = brute_force_fisher(tiny_bert, task, 4, 2)
     assert set(fisher) == set(expected)
     for name in fisher:
@@ -42,31 +43,31 @@ def test_hook_fisher_equals_per_example_gradients(tiny_bert, sentiment_csv):
 
 
 def test_lm_fisher_and_sampled_labels(tiny_llama, text_task, tiny_bert, sentiment_csv):
-    fisher = estimate_fisher(tiny_llama, text_task, num_batches=1, batch_size=2, max_length=16, use_cache=False)
+    fisher = estimate_fisher(tiny_llama, text_task, StatisticsSettings(num_batches=1, batch_size=2, max_length=16), use_cache=False)
     assert len(fisher) == 14 and all((f >= 0).all() and f.sum() > 0 for f in fisher.values())
-    sampled = estimate_fisher(tiny_bert, sentiment_csv, num_batches=1, batch_size=4, labels="sampled", use_cache=False)
-    data = estimate_fisher(tiny_bert, sentiment_csv, num_batches=1, batch_size=4, use_cache=False)
+    sampled = estimate_fisher(tiny_bert, sentiment_csv, StatisticsSettings(num_batches=1, batch_size=4, labels="sampled"), use_cache=False)
+    data = estimate_fisher(tiny_bert, sentiment_csv, StatisticsSettings(num_batches=1, batch_size=4), use_cache=False)
     name = next(iter(sampled))
     assert sampled[name].sum() > 0 and not torch.equal(sampled[name], data[name])
 
 
 def test_fisher_is_cached_on_disk(tiny_bert, sentiment_csv, tmp_path):
-    first = estimate_fisher(tiny_bert, sentiment_csv, num_batches=1, batch_size=4)
+    first = estimate_fisher(tiny_bert, sentiment_csv, StatisticsSettings(num_batches=1, batch_size=4))
     files = list((tmp_path / "fisher").glob("*.safetensors"))
     assert len(files) == 1
-    again = estimate_fisher(tiny_bert, sentiment_csv, num_batches=1, batch_size=4)
+    again = estimate_fisher(tiny_bert, sentiment_csv, StatisticsSettings(num_batches=1, batch_size=4))
     assert all(torch.equal(first[n], again[n]) for n in first)
     with torch.no_grad():  # a changed model gets its own cache entry
         next(iter(compressible_linears(tiny_bert.model).values())).weight.mul_(2)
-    estimate_fisher(tiny_bert, sentiment_csv, num_batches=1, batch_size=4)
+    estimate_fisher(tiny_bert, sentiment_csv, StatisticsSettings(num_batches=1, batch_size=4))
     assert len(list((tmp_path / "fisher").glob("*.safetensors"))) == 2
 
 
 def test_bad_arguments(tiny_bert, sentiment_csv):
     with pytest.raises(ValueError, match="labels"):
-        estimate_fisher(tiny_bert, sentiment_csv, labels="guess")
+        estimate_fisher(tiny_bert, sentiment_csv, StatisticsSettings(labels="guess"))
     with pytest.raises(ValueError, match="positive"):
-        estimate_fisher(tiny_bert, sentiment_csv, num_batches=0)
+        estimate_fisher(tiny_bert, sentiment_csv, StatisticsSettings(num_batches=0))
 
 
 def per_example_gradients(loaded, task, name, batch_size, num_batches):
@@ -82,13 +83,13 @@ def per_example_gradients(loaded, task, name, batch_size, num_batches):
 
 
 def test_taylor_estimate_is_the_full_fisher_quadratic_form(tiny_bert, sentiment_csv):
-    from lowrank.fisher import loss_change_taylor
+    from lowrank.statistics.fisher import loss_change_taylor
 
     task = load_task(sentiment_csv)
     name = "bert.encoder.layer.1.intermediate.dense"
     weight = tiny_bert.model.get_submodule(name).weight
     delta = torch.randn(weight.shape, generator=torch.Generator().manual_seed(0)) * 1e-2
-    estimate = loss_change_taylor(tiny_bert, task, {name: delta}, num_batches=2, batch_size=4)[name]
+    estimate = loss_change_taylor(tiny_bert, task, {name: delta}, StatisticsSettings(num_batches=2, batch_size=4))[name]
     G = per_example_gradients(tiny_bert, task, name, 4, 2)  # (N, out, in)
     s = (G * delta).sum(dim=(1, 2)).double()
     assert estimate["first_order"] == pytest.approx(float(s.mean()), rel=1e-4, abs=1e-9)
@@ -97,28 +98,28 @@ def test_taylor_estimate_is_the_full_fisher_quadratic_form(tiny_bert, sentiment_
     # a change of one entry: the full quadratic form is the diagonal Fisher's 0.5 F_ij dW_ij^2
     single = torch.zeros_like(delta)
     single[3, 5] = 0.1
-    fisher = estimate_fisher(tiny_bert, task, num_batches=2, batch_size=4, use_cache=False)[name]
-    one = loss_change_taylor(tiny_bert, task, {name: single}, num_batches=2, batch_size=4)[name]
+    fisher = estimate_fisher(tiny_bert, task, StatisticsSettings(num_batches=2, batch_size=4), use_cache=False)[name]
+    one = loss_change_taylor(tiny_bert, task, {name: single}, StatisticsSettings(num_batches=2, batch_size=4))[name]
     assert one["second_order"] == pytest.approx(0.5 * float(fisher[3, 5]) * 0.01, rel=1e-4)
     with pytest.raises(ValueError, match="shape"):
-        loss_change_taylor(tiny_bert, task, {name: delta.T}, num_batches=1, batch_size=4)
+        loss_change_taylor(tiny_bert, task, {name: delta.T}, StatisticsSettings(num_batches=1, batch_size=4))
     with pytest.raises(ValueError, match="not compressible"):
-        loss_change_taylor(tiny_bert, task, {"bert.pooler.dense": delta}, num_batches=1, batch_size=4)
+        loss_change_taylor(tiny_bert, task, {"bert.pooler.dense": delta}, StatisticsSettings(num_batches=1, batch_size=4))
 
 
 def test_svd_loss_change_is_the_taylor_estimate_of_the_truncation_residual(tiny_bert, sentiment_csv):
-    from lowrank.fisher import loss_change_taylor, svd_loss_change
+    from lowrank.statistics.fisher import loss_change_taylor, svd_loss_change
 
     name = "bert.encoder.layer.0.attention.self.query"
     W = tiny_bert.model.get_submodule(name).weight.detach()
     U, S, Vh = torch.linalg.svd(W, full_matrices=False)
     residual = (U[:, :5] * S[:5]) @ Vh[:5] - W
     sampling = {"num_batches": 2, "batch_size": 4, "split": "validation"}
-    expected = loss_change_taylor(tiny_bert, sentiment_csv, {name: residual}, **sampling)[name]
-    got = svd_loss_change(tiny_bert, sentiment_csv, {name: 5}, **sampling)[name]
+    expected = loss_change_taylor(tiny_bert, sentiment_csv, {name: residual}, StatisticsSettings(**sampling))[name]
+    got = svd_loss_change(tiny_bert, sentiment_csv, {name: 5}, StatisticsSettings(**sampling))[name]
     assert got["first_order"] == pytest.approx(expected["first_order"], rel=1e-3, abs=1e-8)
     assert got["second_order"] == pytest.approx(expected["second_order"], rel=1e-3, abs=1e-10)
     with pytest.raises(ValueError, match="rank must be at least 1"):
-        svd_loss_change(tiny_bert, sentiment_csv, {name: 0}, **sampling)
+        svd_loss_change(tiny_bert, sentiment_csv, {name: 0}, StatisticsSettings(**sampling))
     with pytest.raises(ValueError, match="not compressible Linear layers"):
-        svd_loss_change(tiny_bert, sentiment_csv, {"bert.pooler.dense": 2}, **sampling)
+        svd_loss_change(tiny_bert, sentiment_csv, {"bert.pooler.dense": 2}, StatisticsSettings(**sampling))

@@ -4,14 +4,23 @@ import pytest
 import torch
 
 from lowrank import LowRankLinear, compressible_linears, load_compressed, resolve_ranks, save_compressed
-from lowrank.cli import main
-from lowrank.compress import fraction_rank
-from lowrank.finetune import TrainConfig
-from lowrank.lpaf import (
-    average_ranks, default_sparsity, factorize_pruned, kept_fraction, lpaf, rank_analysis, sparsity_importance,
+from lowrank.cli.main import main
+from lowrank.ranks import fraction_rank
+from lowrank.statistics import DEFAULT
+from lowrank.training.finetune import TrainConfig
+from lowrank.training.lpaf import (
+    FINETUNE_CONFIG,
+    LpafConfig,
+    average_ranks,
+    default_sparsity,
+    factorize_pruned,
+    kept_fraction,
+    lpaf,
+    rank_analysis,
+    sparsity_importance,
 )
-from lowrank.mixed import MixedRankLinear
-from lowrank.prune import apply_masks, compute_masks
+from lowrank.training.mixed import MixedRankLinear
+from lowrank.training.prune import PRUNE_CONFIG, apply_masks, compute_masks
 
 FAST = TrainConfig(epochs=1.0, lr=1e-3, batch_size=8, max_length=16, max_steps=6)
 
@@ -70,7 +79,7 @@ def test_sparsity_importance_is_zero_exactly_at_pruned_entries():
 
 
 def test_sparsity_aware_error_on_kept_entries_is_not_worse_than_svd(tiny_bert):
-    pytest.importorskip("lowrank.sparsity")
+    pytest.importorskip("lowrank.methods.sparsity_aware")
     masks = magnitude_prune(tiny_bert, 0.7)
     plain = factorize_pruned(tiny_bert, masks, 0.3, "svd")
     aware = factorize_pruned(tiny_bert, masks, 0.3, "sparsity_aware")
@@ -95,7 +104,7 @@ def test_factorize_pruned_plain_svd_needs_no_importance(tiny_bert):
 
 
 def test_fisher_factorization_of_pruned_weights_beats_svd_on_the_fisher_error(tiny_bert):
-    pytest.importorskip("lowrank.weighted")
+    pytest.importorskip("lowrank.methods.tfwsvd")
     masks = magnitude_prune(tiny_bert, 0.6)
     dense = compressible_linears(tiny_bert.model)
     g = torch.Generator().manual_seed(0)
@@ -119,11 +128,38 @@ def test_factorize_pruned_rejects_bad_arguments(tiny_bert):
         factorize_pruned(tiny_bert, masks, 0.5, "svd", scores={n: m.float() for n, m in masks.items()})
 
 
+def test_lpaf_config_defaults_and_validation():
+    config = LpafConfig()
+    assert config.sparsity is None and config.ranks == 0.5 and config.factorization == "sparsity_aware"
+    assert config.prune_config == PRUNE_CONFIG and config.finetune_config == FINETUNE_CONFIG
+    assert config.prune_config is not PRUNE_CONFIG  # a copy: mutating it leaves the module default alone
+    assert config.statistics == DEFAULT and config.eval_limit is None and config.options == {}
+    assert config.with_(p0=0.2).p0 == 0.2 and config.p0 == 0.5
+    options = {"iterations": 3}
+    copied = LpafConfig(options=options)
+    options["iterations"] = 4
+    assert copied.options == {"iterations": 3}
+    for bad, match in (({"factorization": "qr"}, "factorization must be one of"),
+                       ({"score_weighting": True, "factorization": "svd"}, "score weighting applies"),
+                       ({"sparsity": 1.0}, "sparsity must be in"), ({"prune_method": "random"}, "prune_method"),
+                       ({"scope": "row"}, "scope"), ({"score_update": "sgd"}, "score_update"),
+                       ({"schedule": "step"}, "schedule"), ({"p0": 1.5}, "p0"), ({"eval_limit": 0}, "eval_limit")):
+        with pytest.raises(ValueError, match=match):
+            LpafConfig(**bad)
+    with pytest.raises(ValueError, match="positive integer"):
+        config.with_(statistics=DEFAULT.with_(num_batches=0))
+    with pytest.raises(TypeError, match="StatisticsSettings"):
+        LpafConfig(statistics=32)
+    with pytest.raises(TypeError, match="TrainConfig"):
+        LpafConfig(finetune_config={"epochs": 1})
+
+
 def test_lpaf_pipeline_end_to_end(tiny_bert, sentiment_csv, tmp_path):
     before = {k: v.clone() for k, v in tiny_bert.model.state_dict().items()}
     calls = []
-    small = lpaf(tiny_bert, sentiment_csv, sparsity=0.6, ranks=0.3, prune_config=FAST, finetune_config=FAST,
-                 factorization="svd", mixed_rank=True, p0=0.5, progress=lambda d, t, m: calls.append((d, t, m)))
+    config = LpafConfig(sparsity=0.6, ranks=0.3, prune_config=FAST, finetune_config=FAST, factorization="svd",
+                        mixed_rank=True, p0=0.5)
+    small = lpaf(tiny_bert, sentiment_csv, config, progress=lambda d, t, m: calls.append((d, t, m)))
     assert all(torch.equal(before[k], v) for k, v in tiny_bert.model.state_dict().items())  # input untouched
     modules = list(small.model.modules())
     assert not any(isinstance(m, MixedRankLinear) for m in modules)
@@ -144,22 +180,21 @@ def test_lpaf_pipeline_end_to_end(tiny_bert, sentiment_csv, tmp_path):
 
 def test_lpaf_with_given_masks_skips_pruning(tiny_bert, sentiment_csv):
     masks = magnitude_prune(tiny_bert, 0.5)
-    small = lpaf(tiny_bert, sentiment_csv, ranks=0.5, finetune_config=FAST, factorization="svd", mixed_rank=False,
-                 masks=masks)
+    small = lpaf(tiny_bert, sentiment_csv, LpafConfig(ranks=0.5, finetune_config=FAST, factorization="svd",
+                                                      mixed_rank=False), masks=masks)
     options = small.model.lowrank_info.options
     assert "seconds_prune" not in options and options["prune_scope"] == "given" and not options["mixed_rank"]
     assert options["sparsity"] == pytest.approx(0.5, abs=1e-3)
     with pytest.raises(ValueError, match="scores"):
-        lpaf(tiny_bert, sentiment_csv, ranks=0.5, finetune_config=FAST, masks=masks, score_weighting=True)
+        lpaf(tiny_bert, sentiment_csv, LpafConfig(ranks=0.5, finetune_config=FAST, score_weighting=True), masks=masks)
     with pytest.raises(ValueError, match="score weighting applies"):
-        lpaf(tiny_bert, sentiment_csv, ranks=0.5, finetune_config=FAST, masks=masks, score_weighting=True,
-             factorization="tfwsvd")
+        LpafConfig(ranks=0.5, finetune_config=FAST, score_weighting=True, factorization="tfwsvd")
 
 
 def test_lpaf_with_sparsity_aware_factorization(tiny_bert, sentiment_csv):
-    pytest.importorskip("lowrank.sparsity")
-    small = lpaf(tiny_bert, sentiment_csv, sparsity=0.5, ranks=0.5, prune_config=FAST, finetune_config=FAST,
-                 prune_method="magnitude", score_weighting=True)
+    pytest.importorskip("lowrank.methods.sparsity_aware")
+    small = lpaf(tiny_bert, sentiment_csv, LpafConfig(sparsity=0.5, ranks=0.5, prune_config=FAST, finetune_config=FAST,
+                                                      prune_method="magnitude", score_weighting=True))
     info = small.model.lowrank_info
     assert info.method == "sparsity_aware" and info.options["factorization"] == "sparsity_aware" and info.options["score_weighting"]
     assert info.options["prune_method"] == "magnitude" and info.options["sparsity"] == pytest.approx(0.5, abs=1e-3)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from lowrank.metrics import fisher_dispersion, predicted_loss_increase, risk_summary, risk_table, svd_risk
+from lowrank.analysis.metrics import fisher_dispersion, predicted_loss_increase, risk_summary, risk_table, svd_risk
 
 
 def problem(seed=0, heavy=2.0):

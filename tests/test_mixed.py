@@ -3,10 +3,10 @@ import torch
 import torch.nn.functional as F
 
 from lowrank import LowRankLinear, compress, compressible_linears, load_compressed, save_compressed
-from lowrank.data import load_task
-from lowrank.finetune import TrainConfig, train
-from lowrank.mixed import MixedRankAnnealing, MixedRankLinear, anneal, finalize, mixed_rank_layers, to_mixed_rank
-from lowrank.prune import apply_masks, compute_masks
+from lowrank.data.tasks import load_task
+from lowrank.training.finetune import TrainConfig, train
+from lowrank.training.mixed import MixedRankAnnealing, MixedRankLinear, anneal, finalize, mixed_rank_layers, to_mixed_rank
+from lowrank.training.prune import apply_masks, compute_masks
 
 FAST = TrainConfig(epochs=1.0, lr=1e-3, batch_size=8, max_length=16, max_steps=8)
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lowrank import ModelLoadError, load_model
-from lowrank.models import estimate_parameters, model_kind
+from lowrank.models.loading import estimate_parameters, model_kind
 
 
 def test_tiny_models_load_with_kind(tiny_bert, tiny_llama):
@@ -41,7 +41,7 @@ def test_bad_ids_give_clear_errors(tmp_path):
 
 
 def test_model_too_large_for_ram_is_refused(tiny_bert_dir, monkeypatch):
-    monkeypatch.setattr("lowrank.models.available_ram_bytes", lambda: 1000)
+    monkeypatch.setattr("lowrank.models.loading.available_ram_bytes", lambda: 1000)
     with pytest.raises(ModelLoadError, match="RAM"):
         load_model(str(tiny_bert_dir))
 

@@ -5,10 +5,18 @@ import torch
 from torch import nn
 
 from lowrank import compressible_linears, load_model
-from lowrank.cli import main
-from lowrank.finetune import TrainConfig, TrainingHook
-from lowrank.prune import (
-    PruningHook, compute_masks, cubic_sparsity, kth_smallest, load_masks, mask_sparsity, prune, save_pruned, top_mask,
+from lowrank.cli.main import main
+from lowrank.training.finetune import TrainConfig, TrainingHook
+from lowrank.training.prune import (
+    PruningHook,
+    compute_masks,
+    cubic_sparsity,
+    kth_smallest,
+    load_masks,
+    mask_sparsity,
+    prune,
+    save_pruned,
+    top_mask,
 )
 
 FAST = TrainConfig(epochs=1.0, lr=1e-3, batch_size=8, max_length=16, max_steps=10)
@@ -225,8 +233,8 @@ class MaskChecker(TrainingHook):
 
 @pytest.mark.parametrize("method", ["movement", "taylor", "magnitude"])
 def test_masks_respected_after_every_optimizer_step(tiny_bert, sentiment_csv, method):
-    from lowrank.data import load_task
-    from lowrank.finetune import train
+    from lowrank.data.tasks import load_task
+    from lowrank.training.finetune import train
 
     hook = PruningHook(method, sparsity=0.6, scope="global", warmup=0.2, cooldown=0.2)
     checker = MaskChecker(hook)

@@ -1,4 +1,4 @@
-"""The SQLite run store (lowrank.runs) and recorded runs / sweeps (lowrank.sweep)."""
+"""The SQLite run store (lowrank.experiments.store) and recorded runs / sweeps (lowrank.experiments)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from lowrank.runs import RunStore
+from lowrank.experiments.store import RunStore
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,7 +68,7 @@ def test_running_row_of_a_dead_process_reads_as_interrupted(tmp_path):
     path = tmp_path / "runs.sqlite"
     done = run_python(f"""
         import os
-        from lowrank.runs import RunStore
+        from lowrank.experiments.store import RunStore
         store = RunStore({str(path)!r})
         store.start_run(model="m", method="svd")
         sweep = store.create_sweep({{"methods": ["svd"]}}, label="x")
@@ -88,7 +88,7 @@ def test_concurrent_writers(tmp_path):
     path = tmp_path / "runs.sqlite"
     RunStore(path)
     code = f"""
-        from lowrank.runs import RunStore
+        from lowrank.experiments.store import RunStore
         store = RunStore({str(path)!r})
         for i in range(40):
             run = store.start_run(model="proc", method="svd", budget=i / 40)
@@ -121,10 +121,10 @@ def test_concurrent_writers(tmp_path):
 
 
 def test_sweep_spec_validation():
-    from lowrank.sweep import SweepSpec
+    from lowrank.experiments.sweep import SweepSpec
 
     ok = SweepSpec("m", "t", ["svd", "fwsvd"], [0.3, 0.5], strategy="uniform", options={"fwsvd": {"axis": "out"}})
-    assert ok.validate().runs_total == 5 and ok.needs_importance()
+    assert ok.validate().runs_total == 5 and ok.needs() == ("fisher",)
     assert SweepSpec.from_dict(ok.to_dict()) == ok
     with pytest.raises(ValueError, match="unknown method"):
         SweepSpec("m", "t", ["nope"], [0.5]).validate()
@@ -137,7 +137,7 @@ def test_sweep_spec_validation():
 
 
 def test_run_sweep_records_runs_and_failures(tmp_path, tiny_bert_dir, sentiment_csv, monkeypatch):
-    from lowrank.sweep import SweepSpec, run_sweep
+    from lowrank.experiments.sweep import SweepSpec, run_sweep
 
     monkeypatch.setenv("LOWRANK_CACHE", str(tmp_path / "cache"))
     store = RunStore(tmp_path / "runs.sqlite")
@@ -167,17 +167,17 @@ def test_a_stop_signal_that_python_swallowed_still_interrupts_the_sweep(tmp_path
     ignored in ..."): the sweep must still notice the request at its next progress write."""
     import signal
 
-    from lowrank import sweep
+    from lowrank.experiments import stop, sweep
 
     monkeypatch.setenv("LOWRANK_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(sweep, "_STOP", threading.Event())
+    monkeypatch.setattr(stop, "_STOP", threading.Event())
     store = RunStore(tmp_path / "runs.sqlite")
     spec = sweep.SweepSpec(str(tiny_bert_dir), str(sentiment_csv), ["svd"], [0.5], strategy="uniform")
     sweep_id = store.create_sweep(spec.to_dict(), label=spec.label, runs_total=spec.runs_total)
 
     class Collected:
         def __del__(self):
-            sweep._interrupt(signal.SIGTERM, None)  # the handler, run while an object is collected
+            stop.interrupt(signal.SIGTERM, None)  # the handler, run while an object is collected
 
     swallowed = []
     monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: swallowed.append(unraisable.exc_type))
@@ -190,7 +190,7 @@ def test_a_stop_signal_that_python_swallowed_still_interrupts_the_sweep(tmp_path
 
 
 def test_background_sweep_can_be_cancelled(tmp_path, tiny_bert_dir, sentiment_csv, monkeypatch):
-    from lowrank.sweep import SweepSpec, cancel_sweep, log_path, start_sweep
+    from lowrank.experiments.sweep import SweepSpec, cancel_sweep, log_path, start_sweep
 
     monkeypatch.setenv("LOWRANK_CACHE", str(tmp_path / "cache"))
     store = RunStore(tmp_path / "runs.sqlite")

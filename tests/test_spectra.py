@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from lowrank.spectra import effective_rank, energy_rank, numerical_rank, rank_statistics, spectra, stable_rank
+from lowrank.analysis.spectra import effective_rank, energy_rank, numerical_rank, rank_statistics, spectra, stable_rank
 
 
 def test_statistics_on_known_spectrum():

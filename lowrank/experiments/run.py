@@ -1,0 +1,82 @@
+"""One recorded run: compress a model with one method at given ranks, evaluate it, store the row.
+
+* :func:`execute_run`: a failure or an interruption leaves its row ``failed`` / ``interrupted``;
+  nothing is written to disk but the row.
+* :func:`dense_reference`: the dense run for these weights, task and settings, reused from the
+  store when one exists.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+from lowrank.compress import compress
+from lowrank.evaluate import evaluate
+from lowrank.experiments.store import RunStore
+from lowrank.progress import Progress, report, scaled
+from lowrank.ranks import linear_shapes
+from lowrank.statistics.cache import weights_fingerprint
+
+DENSE = "dense"
+
+
+@dataclass
+class RunResult:
+    run_id: int
+    model: object  # the compressed LoadedModel (the dense one for the dense reference)
+    evaluation: object  # lowrank.Evaluation
+    seconds: float
+
+
+def run_fields(loaded, task_key: str, split: str, eval_limit: Optional[int]) -> dict:
+    """Row fields identifying a model, its weights and the evaluation settings."""
+    return {"model": loaded.name, "fingerprint": weights_fingerprint(loaded.model), "task": task_key, "split": split,
+            "eval_limit": eval_limit, "dense_params_linear": sum(o * i for o, i in linear_shapes(loaded).values())}
+
+
+def execute_run(store: RunStore, loaded, task, task_key: str, method: str, ranks: dict[str, int], *,
+                stats=None, options: Optional[dict] = None, split: str = "validation",
+                eval_limit: Optional[int] = None, fields: Optional[dict] = None,
+                progress: Optional[Progress] = None) -> RunResult:
+    """Compress ``loaded`` with ``method`` at ``ranks`` (``method="dense"``: no compression), evaluate, record.
+
+    ``stats``: per-layer statistics for the method (:func:`lowrank.statistics.statistics_for`).
+
+    ``fields`` adds row fields (strategy, budget, align, sweep_id...). Raises what compression or
+    evaluation raises, after marking the row failed / interrupted.
+    """
+    options = dict(options or {})
+    row = {**run_fields(loaded, task_key, split, eval_limit), "method": method, "solver": options.get("solver"),
+           "ranks": ranks, "options": options, **(fields or {})}
+    start = time.perf_counter()
+    with store.record(**row) as run:
+        if method == DENSE:
+            model, factorize_s = loaded, 0.0
+            evaluation = evaluate(model, task, split, limit=eval_limit, progress=progress)
+        else:
+            model = compress(loaded, ranks, method, stats=stats, progress=scaled(progress, 0.0, 0.3), **options)
+            factorize_s = sum(model.model.lowrank_info.seconds.values())
+            evaluation = evaluate(model, task, split, limit=eval_limit, progress=scaled(progress, 0.3, 1.0))
+        seconds = time.perf_counter() - start
+        run.finish(metric=evaluation.metric, value=evaluation.value, loss=evaluation.loss, examples=evaluation.examples,
+                   params_total=evaluation.params_total, params_linear=evaluation.params_linear,
+                   kept_fraction=evaluation.params_linear / row["dense_params_linear"],
+                   size_bytes=evaluation.size_bytes, latency_ms_b1=evaluation.latency_ms_b1,
+                   latency_ms_b32=evaluation.latency_ms_b32, factorize_s=factorize_s, wall_s=seconds)
+    return RunResult(run.id, model, evaluation, seconds)
+
+
+def dense_reference(store: RunStore, loaded, task, task_key: str, split: str = "validation",
+                    eval_limit: Optional[int] = None, fields: Optional[dict] = None,
+                    progress: Optional[Progress] = None) -> dict:
+    """The stored dense run for these weights, task and settings; evaluated and recorded if there is none."""
+    key = run_fields(loaded, task_key, split, eval_limit)
+    found = store.find_run(method=DENSE, fingerprint=key["fingerprint"], task=task_key, split=split, eval_limit=eval_limit)
+    if found is not None:
+        report(progress, 1, 1, "dense reference from the run store")
+        return found
+    result = execute_run(store, loaded, task, task_key, DENSE, {}, split=split, eval_limit=eval_limit,
+                         fields={"budget": 1.0, **(fields or {})}, progress=progress)
+    return store.get_run(result.run_id)

@@ -1,0 +1,377 @@
+"""Run store: every compression run and sweep, persisted in SQLite.
+
+One row per run (model, task, method, solver, strategy, budget, ranks, metric value,
+parameters, size, latency, wall time, timestamps) with a ``status``:
+
+* ``running``: started, not finished; a row whose process has died is reported (and
+  rewritten) as ``interrupted`` by :meth:`RunStore.reap`, which every read calls first;
+* ``done``: finished, measurements filled in;
+* ``failed``: the run raised; ``error`` holds the message;
+* ``interrupted``: stopped from outside (Ctrl-C, SIGTERM, a dashboard rerun) or its
+  process died.
+
+Sweeps (see :mod:`lowrank.experiments.sweep`) have their own table with progress and a message.
+
+Default file: ``<cache>/runs.sqlite`` (``lowrank.io.cache_dir()``, overridable with
+``LOWRANK_CACHE``). Every call opens its own connection, the journal is in WAL mode and
+writes take the write lock up front (``BEGIN IMMEDIATE``), so several processes (the
+dashboard, background sweeps, the CLI) can write to one file at the same time.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import sqlite3
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Optional, Union
+
+import pandas as pd
+
+from lowrank.io import cache_dir
+
+STATUSES = ("running", "done", "failed", "interrupted")
+
+# column -> SQL type; ``id`` is the primary key
+RUN_COLUMNS = {
+    "sweep_id": "INTEGER",
+    "status": "TEXT",
+    "created": "REAL",
+    "finished": "REAL",
+    "model": "TEXT",
+    "fingerprint": "TEXT",
+    "task": "TEXT",
+    "split": "TEXT",
+    "eval_limit": "INTEGER",
+    "method": "TEXT",
+    "solver": "TEXT",
+    "strategy": "TEXT",
+    "budget": "REAL",
+    "align": "INTEGER",
+    "ranks": "TEXT",
+    "options": "TEXT",
+    "metric": "TEXT",
+    "value": "REAL",
+    "loss": "REAL",
+    "examples": "INTEGER",
+    "params_total": "INTEGER",
+    "params_linear": "INTEGER",
+    "dense_params_linear": "INTEGER",
+    "kept_fraction": "REAL",
+    "size_bytes": "INTEGER",
+    "latency_ms_b1": "REAL",
+    "latency_ms_b32": "REAL",
+    "factorize_s": "REAL",
+    "wall_s": "REAL",
+    "output_dir": "TEXT",
+    "error": "TEXT",
+    "host": "TEXT",
+    "pid": "INTEGER",
+    "pid_started": "REAL",
+}
+JSON_COLUMNS = ("ranks", "options")
+
+SWEEP_COLUMNS = {
+    "status": "TEXT",
+    "created": "REAL",
+    "updated": "REAL",
+    "finished": "REAL",
+    "label": "TEXT",
+    "spec": "TEXT",
+    "progress": "REAL",
+    "message": "TEXT",
+    "runs_done": "INTEGER",
+    "runs_total": "INTEGER",
+    "error": "TEXT",
+    "host": "TEXT",
+    "pid": "INTEGER",
+    "pid_started": "REAL",
+}
+
+
+def default_path() -> Path:
+    return cache_dir() / "runs.sqlite"
+
+
+def process_started(pid: int) -> Optional[float]:
+    """Creation time of process ``pid`` (seconds since the epoch), ``None`` if there is no such live process."""
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return proc.create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+
+
+def process_alive(pid: Optional[int], started: Optional[float]) -> bool:
+    """True when ``pid`` is a live process created at ``started`` (guards against recycled ids)."""
+    if pid is None:
+        return False
+    now = process_started(int(pid))
+    return now is not None and (started is None or abs(now - float(started)) < 1.0)
+
+
+def _owner() -> dict:
+    pid = os.getpid()
+    return {"host": socket.gethostname(), "pid": pid, "pid_started": process_started(pid)}
+
+
+def _clean(value):
+    """SQLite-friendly value: JSON for containers, None for non-finite floats, plain ints and floats."""
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value, sort_keys=True)
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()  # numpy / torch scalars
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class RunHandle:
+    """A started run: :meth:`update` measurements, :meth:`finish` when done."""
+
+    def __init__(self, store: "RunStore", run_id: int):
+        self.store = store
+        self.id = run_id
+        self.finished = False
+
+    def update(self, **fields) -> None:
+        self.store.update_run(self.id, **fields)
+
+    def finish(self, **fields) -> None:
+        self.store.finish_run(self.id, **fields)
+        self.finished = True
+
+
+class RunStore:
+    """Runs and sweeps in one SQLite file (see module docstring). Cheap to create: no open connection is kept."""
+
+    def __init__(self, path: Union[str, Path, None] = None):
+        self.path = Path(path) if path is not None else default_path()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as conn:
+            conn.execute("PRAGMA journal_mode=WAL")
+        with self._write() as conn:
+            self._create(conn, "runs", RUN_COLUMNS)
+            self._create(conn, "sweeps", SWEEP_COLUMNS)
+
+    # ------------------------------------------------------------ connections
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        try:
+            conn.execute("PRAGMA busy_timeout=60000")
+            yield conn
+        finally:
+            conn.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with self._connect() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    @staticmethod
+    def _create(conn: sqlite3.Connection, table: str, columns: dict[str, str]) -> None:
+        body = ", ".join(f'"{name}" {kind}' for name, kind in columns.items())
+        conn.execute(f"CREATE TABLE IF NOT EXISTS {table} (id INTEGER PRIMARY KEY AUTOINCREMENT, {body})")
+        present = {row["name"] for row in conn.execute(f"PRAGMA table_info({table})")}
+        for name, kind in columns.items():  # files written by an older version gain the new columns
+            if name not in present:
+                conn.execute(f'ALTER TABLE {table} ADD COLUMN "{name}" {kind}')
+
+    @staticmethod
+    def _check(fields: dict, columns: dict[str, str]) -> dict:
+        unknown = sorted(set(fields) - set(columns))
+        if unknown:
+            raise ValueError(f"unknown run store field(s) {unknown}; known: {', '.join(columns)}")
+        status = fields.get("status")
+        if status is not None and status not in STATUSES:
+            raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
+        return {k: _clean(v) for k, v in fields.items()}
+
+    def _insert(self, table: str, columns: dict[str, str], fields: dict) -> int:
+        fields = self._check(fields, columns)
+        names = ", ".join(f'"{k}"' for k in fields)
+        marks = ", ".join("?" for _ in fields)
+        with self._write() as conn:
+            cursor = conn.execute(f"INSERT INTO {table} ({names}) VALUES ({marks})", tuple(fields.values()))
+            return int(cursor.lastrowid)
+
+    def _update(self, table: str, columns: dict[str, str], row_id: int, fields: dict) -> None:
+        fields = self._check(fields, columns)
+        if not fields:
+            return
+        sets = ", ".join(f'"{k}" = ?' for k in fields)
+        with self._write() as conn:
+            cursor = conn.execute(f"UPDATE {table} SET {sets} WHERE id = ?", (*fields.values(), int(row_id)))
+            if cursor.rowcount == 0:
+                raise KeyError(f"no {table[:-1]} with id {row_id} in {self.path}")
+
+    # ------------------------------------------------------------ runs
+
+    def start_run(self, **fields) -> int:
+        """Insert a ``running`` row owned by this process; returns its id."""
+        return self._insert("runs", RUN_COLUMNS, {"status": "running", "created": time.time(), **_owner(), **fields})
+
+    def update_run(self, run_id: int, **fields) -> None:
+        self._update("runs", RUN_COLUMNS, run_id, fields)
+
+    def finish_run(self, run_id: int, **fields) -> None:
+        self._update("runs", RUN_COLUMNS, run_id, {**fields, "status": "done", "finished": time.time()})
+
+    def fail_run(self, run_id: int, error: str, status: str = "failed") -> None:
+        if status not in ("failed", "interrupted"):
+            raise ValueError(f"a run ends as 'failed' or 'interrupted', not {status!r}")
+        self._update("runs", RUN_COLUMNS, run_id, {"status": status, "error": error, "finished": time.time()})
+
+    @contextmanager
+    def record(self, **fields) -> Iterator[RunHandle]:
+        """Start a run; the block calls ``handle.finish(**measurements)``.
+
+        An exception marks the row ``failed`` (``Exception``) or ``interrupted``
+        (``KeyboardInterrupt``, ``SystemExit``, Streamlit's stop/rerun) and propagates.
+        A block that ends without calling ``finish`` marks it ``done`` with what was updated.
+        """
+        handle = RunHandle(self, self.start_run(**fields))
+        try:
+            yield handle
+        except Exception as err:
+            self.fail_run(handle.id, f"{type(err).__name__}: {err}", "failed")
+            raise
+        except BaseException as err:
+            self.fail_run(handle.id, f"interrupted ({type(err).__name__})", "interrupted")
+            raise
+        if not handle.finished:
+            handle.finish()
+
+    def get_run(self, run_id: int) -> dict:
+        self.reap()
+        with self._connect() as conn:
+            row = conn.execute("SELECT * FROM runs WHERE id = ?", (int(run_id),)).fetchone()
+        if row is None:
+            raise KeyError(f"no run with id {run_id} in {self.path}")
+        return _decode(dict(row))
+
+    def runs(self, **filters) -> pd.DataFrame:
+        """All runs (newest first) as a DataFrame, optionally filtered by equality on columns
+        (``status`` may also be a list); ``created``/``finished`` as datetimes, JSON columns decoded."""
+        self.reap()
+        where, params = [], []
+        for key, value in filters.items():
+            if key not in RUN_COLUMNS and key != "id":
+                raise ValueError(f"cannot filter runs by {key!r}")
+            if isinstance(value, (list, tuple, set)):
+                where.append(f'"{key}" IN ({", ".join("?" for _ in value)})')
+                params.extend(value)
+            elif value is None:
+                where.append(f'"{key}" IS NULL')
+            else:
+                where.append(f'"{key}" = ?')
+                params.append(value)
+        query = "SELECT * FROM runs" + (f" WHERE {' AND '.join(where)}" if where else "") + " ORDER BY id DESC"
+        with self._connect() as conn:
+            rows = [_decode(dict(r)) for r in conn.execute(query, params)]
+        frame = pd.DataFrame(rows, columns=["id", *RUN_COLUMNS])
+        for column in ("created", "finished"):
+            frame[column] = pd.to_datetime(frame[column], unit="s")
+        return frame
+
+    def find_run(self, **filters) -> Optional[dict]:
+        """The newest ``done`` run matching ``filters`` (e.g. a dense reference), or ``None``."""
+        frame = self.runs(status="done", **filters)
+        return None if frame.empty else self.get_run(int(frame["id"].iloc[0]))
+
+    def reap(self) -> int:
+        """Mark ``running`` runs and sweeps of dead processes on this host ``interrupted``; returns how many."""
+        host = socket.gethostname()
+        count = 0
+        for table in ("runs", "sweeps"):
+            with self._connect() as conn:
+                rows = conn.execute(f"SELECT id, pid, pid_started FROM {table} WHERE status = 'running' AND host = ?",
+                                    (host,)).fetchall()
+            dead = [r["id"] for r in rows if not process_alive(r["pid"], r["pid_started"])]
+            if dead:
+                with self._write() as conn:
+                    marks = ", ".join("?" for _ in dead)
+                    conn.execute(f"UPDATE {table} SET status = 'interrupted', finished = ?, "
+                                 f"error = COALESCE(error, 'its process ended without finishing') "
+                                 f"WHERE status = 'running' AND id IN ({marks})", (time.time(), *dead))
+                count += len(dead)
+        return count
+
+    # ------------------------------------------------------------ sweeps
+
+    def create_sweep(self, spec: dict, label: str = "", runs_total: Optional[int] = None) -> int:
+        """Insert a ``running`` sweep for ``spec`` (a JSON-able dict), owned by this process until
+        :meth:`claim_sweep` hands it to the worker process."""
+        now = time.time()
+        return self._insert("sweeps", SWEEP_COLUMNS, {"status": "running", "created": now, "updated": now, "label": label,
+                                                       "spec": json.dumps(spec, sort_keys=True), "progress": 0.0,
+                                                       "message": "starting", "runs_done": 0, "runs_total": runs_total,
+                                                       **_owner()})
+
+    def claim_sweep(self, sweep_id: int, pid: int) -> None:
+        """Record ``pid`` (a live process on this host) as the sweep's owner."""
+        self._update("sweeps", SWEEP_COLUMNS, sweep_id, {"pid": pid, "pid_started": process_started(pid),
+                                                          "host": socket.gethostname(), "updated": time.time()})
+
+    def update_sweep(self, sweep_id: int, **fields) -> None:
+        self._update("sweeps", SWEEP_COLUMNS, sweep_id, {**fields, "updated": time.time()})
+
+    def end_sweep(self, sweep_id: int, status: str, error: Optional[str] = None, message: Optional[str] = None) -> None:
+        if status not in ("done", "failed", "interrupted"):
+            raise ValueError(f"a sweep ends as done, failed or interrupted, not {status!r}")
+        fields = {"status": status, "finished": time.time(), "error": error}
+        if message is not None:
+            fields["message"] = message
+        if status == "done":
+            fields["progress"] = 1.0
+        self.update_sweep(sweep_id, **fields)
+
+    def get_sweep(self, sweep_id: int) -> dict:
+        self.reap()
+        with self._connect() as conn:
+            row = conn.execute("SELECT * FROM sweeps WHERE id = ?", (int(sweep_id),)).fetchone()
+        if row is None:
+            raise KeyError(f"no sweep with id {sweep_id} in {self.path}")
+        data = dict(row)
+        data["spec"] = json.loads(data["spec"]) if data["spec"] else {}
+        return data
+
+    def sweeps(self, status: Optional[Union[str, list]] = None) -> pd.DataFrame:
+        self.reap()
+        query, params = "SELECT * FROM sweeps", []
+        if status is not None:
+            wanted = [status] if isinstance(status, str) else list(status)
+            query += f" WHERE status IN ({', '.join('?' for _ in wanted)})"
+            params = wanted
+        with self._connect() as conn:
+            rows = [dict(r) for r in conn.execute(query + " ORDER BY id DESC", params)]
+        for row in rows:
+            row["spec"] = json.loads(row["spec"]) if row["spec"] else {}
+        frame = pd.DataFrame(rows, columns=["id", *SWEEP_COLUMNS])
+        for column in ("created", "updated", "finished"):
+            frame[column] = pd.to_datetime(frame[column], unit="s")
+        return frame
+
+
+def _decode(row: dict) -> dict:
+    for column in JSON_COLUMNS:
+        if row.get(column):
+            row[column] = json.loads(row[column])
+    return row

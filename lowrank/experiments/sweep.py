@@ -1,0 +1,225 @@
+"""Recorded runs and background sweeps (methods x budgets under one allocation strategy).
+
+* :func:`run_sweep`: for every budget, allocate ranks with the strategy, then run every
+  method on them; plus one dense reference run (reused from the store when one with the
+  same weights, task and evaluation settings exists). Progress and a message go to the
+  sweep's row, throttled to a few writes per second.
+* :func:`start_sweep`: the same in a detached background process
+  (``python -m lowrank.experiments.worker --db FILE --sweep ID``), so a closed browser tab or a
+  restarted dashboard loses nothing; :func:`cancel_sweep` stops it (SIGTERM: the current
+  run and the sweep end ``interrupted``).
+
+Methods and strategies get the statistics they need from :func:`lowrank.statistics.statistics_for`
+(the sweep's ``statistics`` settings, cached on disk). Each run is :func:`lowrank.experiments.run.execute_run`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from lowrank.allocation import allocate, get_strategy
+from lowrank.data.tasks import load_task
+from lowrank.experiments.run import dense_reference, execute_run, run_fields
+from lowrank.experiments.stop import check_stop, stoppable
+from lowrank.experiments.store import RunStore, process_alive
+from lowrank.methods import available_methods
+from lowrank.models.loading import load_model
+from lowrank.needs import needs_for
+from lowrank.progress import Progress, scaled
+from lowrank.statistics import DEFAULT, StatisticsSettings, statistics_for
+
+
+@dataclass
+class SweepSpec:
+    """What a sweep runs: ``methods`` x ``budgets`` (kept fractions of the compressible parameters)."""
+
+    model: str
+    task: str
+    methods: list[str]
+    budgets: list[float]
+    strategy: str = "uniform"
+    options: dict[str, dict] = field(default_factory=dict)  # per method, e.g. {"tfwsvd": {"solver": "em"}}
+    align: int = 8
+    split: str = "validation"
+    eval_limit: Optional[int] = None  # evaluate on at most this many batches (None: the whole split)
+    dense: bool = True  # also record the dense reference
+    label: str = ""
+    statistics: dict = field(default_factory=dict)  # StatisticsSettings fields (defaults when empty)
+
+    @property
+    def settings(self) -> StatisticsSettings:
+        return DEFAULT.with_(**self.statistics)
+
+    @property
+    def runs_total(self) -> int:
+        return len(self.methods) * len(self.budgets) + int(self.dense)
+
+    def validate(self) -> "SweepSpec":
+        if not self.methods:
+            raise ValueError("choose at least one method")
+        unknown = sorted(set(self.methods) - set(available_methods()))
+        if unknown:
+            raise ValueError(f"unknown method(s) {unknown}; available: {', '.join(available_methods())}")
+        if not self.budgets:
+            raise ValueError("choose at least one budget")
+        for budget in self.budgets:
+            if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0.0 < float(budget) <= 1.0:
+                raise ValueError(f"a budget is a kept fraction in (0, 1], got {budget!r}")
+        get_strategy(self.strategy)
+        extra = sorted(set(self.options) - set(self.methods))
+        if extra:
+            raise ValueError(f"options given for method(s) not in the sweep: {extra}")
+        if self.eval_limit is not None and int(self.eval_limit) < 1:
+            raise ValueError(f"eval_limit must be a positive number of batches or None, got {self.eval_limit}")
+        if int(self.align) < 1:
+            raise ValueError(f"align must be a positive integer, got {self.align}")
+        self.settings  # raises for bad statistics settings
+        return self
+
+    def needs(self) -> tuple[str, ...]:
+        """Statistic kinds the sweep's methods and strategy need."""
+        return needs_for(self.methods, self.strategy)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SweepSpec":
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown sweep field(s) {unknown}")
+        return cls(**data)
+
+
+class _SweepProgress:
+    """Maps work units onto the sweep's progress in [0, 1] and writes it at most every ``interval`` seconds."""
+
+    def __init__(self, store: RunStore, sweep_id: int, units: int, interval: float = 0.5):
+        self.store, self.sweep_id, self.units, self.interval = store, sweep_id, max(1, units), interval
+        self.last = 0.0
+
+    def write(self, fraction: float, message: str, force: bool = False, **fields) -> None:
+        now = time.monotonic()
+        if force or now - self.last >= self.interval:
+            self.store.update_sweep(self.sweep_id, progress=min(1.0, fraction), message=message, **fields)
+            self.last = now
+
+    def unit(self, index: int, label: str, **fields) -> Progress:
+        """Start work unit ``index`` (writes ``fields`` too); returns the unit's progress callback."""
+        def progress(done: int, total: int, message: str = "") -> None:
+            inner = done / total if total else 1.0
+            self.write((index + inner) / self.units, f"{label}: {message}" if message else label)
+
+        self.write(index / self.units, label, force=True, **fields)
+        return stoppable(progress)
+
+
+def run_sweep(spec: SweepSpec, store: RunStore, sweep_id: int) -> dict:
+    """Run ``spec`` in this process, recording every run with ``sweep_id``; returns counts of done / failed runs.
+
+    The sweep row ends ``done`` (even when single runs failed: they are recorded as failed),
+    ``failed`` (the model, task or Fisher information could not be obtained) or ``interrupted``.
+    """
+    counts = {"done": 0, "failed": 0}
+    try:
+        spec.validate()
+        task = load_task(spec.task)
+        loaded = load_model(spec.model, task=task)
+        needs = spec.needs()
+        bar = _SweepProgress(store, sweep_id, spec.runs_total + int(bool(needs)))
+        unit = 0
+        stats = {}
+        if needs:
+            stats = statistics_for(loaded, task, needs, spec.settings, progress=bar.unit(unit, "statistics"))
+            unit += 1
+        common = {"sweep_id": sweep_id, "align": spec.align}
+        if spec.dense:
+            dense_reference(store, loaded, task, spec.task, spec.split, spec.eval_limit, common, bar.unit(unit, "dense reference"))
+            counts["done"] += 1
+            unit += 1
+        for budget in spec.budgets:
+            plan, plan_error = None, None
+            for method in spec.methods:
+                progress = bar.unit(unit, f"{method} at {budget:.0%}", runs_done=counts["done"] + counts["failed"])
+                unit += 1
+                try:
+                    if plan is None and plan_error is None:
+                        try:
+                            plan = allocate(loaded, float(budget), spec.strategy, stats=stats, align=spec.align,
+                                            task=task, progress=scaled(progress, 0.0, 0.05))
+                        except ValueError as err:
+                            plan_error = err
+                    if plan_error is not None:
+                        _record_failure(store, loaded, spec, method, budget, common, plan_error)
+                        counts["failed"] += 1
+                        continue
+                    execute_run(store, loaded, task, spec.task, method, plan.ranks, stats=stats,
+                                options=spec.options.get(method), split=spec.split, eval_limit=spec.eval_limit,
+                                fields={**common, "strategy": spec.strategy, "budget": float(budget)},
+                                progress=scaled(progress, 0.05, 1.0))
+                    counts["done"] += 1
+                except Exception:  # recorded as failed by execute_run; the other runs go on
+                    counts["failed"] += 1
+        check_stop()
+        summary = f"{counts['done']} run(s) done" + (f", {counts['failed']} failed" if counts["failed"] else "")
+        store.update_sweep(sweep_id, runs_done=counts["done"] + counts["failed"])
+        store.end_sweep(sweep_id, "done", message=summary)
+        return counts
+    except Exception as err:
+        store.end_sweep(sweep_id, "failed", error=f"{type(err).__name__}: {err}", message="failed")
+        raise
+    except BaseException as err:
+        store.end_sweep(sweep_id, "interrupted", error=f"interrupted ({type(err).__name__})", message="interrupted")
+        raise
+
+
+def _record_failure(store: RunStore, loaded, spec: SweepSpec, method: str, budget: float, common: dict, error: Exception):
+    """A failed row for a run that could not start (e.g. a budget below the smallest possible plan)."""
+    row = {**run_fields(loaded, spec.task, spec.split, spec.eval_limit), **common, "method": method,
+           "strategy": spec.strategy, "budget": float(budget), "options": spec.options.get(method) or {},
+           "solver": (spec.options.get(method) or {}).get("solver")}
+    run_id = store.start_run(**row)
+    store.fail_run(run_id, f"{type(error).__name__}: {error}")
+
+
+def log_path(store: RunStore, sweep_id: int) -> Path:
+    return store.path.parent / "sweeps" / f"sweep-{sweep_id}.log"
+
+
+def start_sweep(spec: SweepSpec, store: Optional[RunStore] = None) -> int:
+    """Validate ``spec``, record the sweep and run it in a detached process; returns the sweep id at once."""
+    spec.validate()
+    store = store or RunStore()
+    sweep_id = store.create_sweep(spec.to_dict(), label=spec.label, runs_total=spec.runs_total)
+    log = log_path(store, sweep_id)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)}
+    # busy-waiting OpenMP threads slow MKL's SVD down badly when the worker shares the cores with the dashboard
+    # (measured: docs/results/dashboard.md)
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "lowrank.experiments.worker", "--db", str(store.path), "--sweep", str(sweep_id)],
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=root,
+                                start_new_session=True)
+    store.claim_sweep(sweep_id, proc.pid)
+    threading.Thread(target=proc.wait, name=f"sweep-{sweep_id}-reaper", daemon=True).start()
+    return sweep_id
+
+
+def cancel_sweep(store: RunStore, sweep_id: int) -> bool:
+    """Ask a running sweep's process to stop (SIGTERM); False when it is not running."""
+    sweep = store.get_sweep(sweep_id)
+    if sweep["status"] != "running" or not process_alive(sweep["pid"], sweep["pid_started"]):
+        return False
+    os.kill(int(sweep["pid"]), signal.SIGTERM)
+    return True

@@ -1,0 +1,215 @@
+"""The registry of factorization methods and the contract every method follows.
+
+Every method solves (exactly or approximately) a weighted low-rank problem for one weight
+``W`` (out, in), returning ``U`` (out, r) and ``V`` (r, in) with ``U V ~ W``. What the
+weighting is made of differs: nothing (plain SVD), an element-wise importance such as the
+Fisher information (FWSVD, TFWSVD), a pruning mask, or statistics of the layer's inputs and
+output gradients (activation-aware methods). A method therefore *declares* what it needs:
+
+* ``needs``: statistic kinds from :data:`STATISTICS` (``fisher``, ``mask``...). The one
+  resolver (:func:`lowrank.statistics.statistics_for`) turns them into per-layer tensors;
+  :func:`lowrank.compress` hands each layer its own ``stats`` mapping.
+* ``options``: its keyword options with defaults and, for choices, the allowed values
+  (CLI validation and dashboard widgets are generated from them).
+
+A method is a function ``fn(W, rank, stats, **options) -> Factorization`` registered with
+:func:`register_method`; a new file in this package that does so appears in the CLI, the
+sweeps and the dashboard with no other edit.
+
+``factorize`` returns a :class:`Factorization`, which unpacks like a pair::
+
+    U, V = factorize(W, rank=16)
+    result = factorize(W, 16, method="tfwsvd", importance=F); result.history
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Mapping, Optional
+
+import torch
+
+# Statistic kinds a method may need, and the per-layer tensors each kind provides.
+STATISTICS: dict[str, str] = {
+    "fisher": "'fisher': empirical/true Fisher information of the weight, (out, in)",
+    "mask": "'mask': non-negative weights that are zero on pruned entries (a 0/1 mask or mask x scores), (out, in)",
+    "activations": "'input_moment': E[x x^T] of the layer input, (in, in); 'input_abs_mean': E|x|, (in,)",
+    "gradients": "'grad_moment': E[g g^T] of the output gradient, (out, out)",
+}
+
+
+@dataclass
+class Factorization:
+    """Factors ``U`` (out, r) and ``V`` (r, in) with ``U @ V`` approximating ``W``.
+
+    ``history`` holds the weighted error ``E`` per iteration for iterative
+    methods (first entry: the starting point), empty for closed forms.
+    ``info`` holds method-specific facts (e.g. the FWSVD orientation used).
+    """
+
+    U: torch.Tensor
+    V: torch.Tensor
+    history: list[float] = field(default_factory=list)
+    info: dict = field(default_factory=dict)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        return iter((self.U, self.V))
+
+    @property
+    def rank(self) -> int:
+        return self.U.shape[1]
+
+    def matrix(self) -> torch.Tensor:
+        return self.U @ self.V
+
+
+@dataclass(frozen=True)
+class Option:
+    """A keyword option of a method: its default and, for a choice, the allowed values."""
+
+    default: Any
+    choices: Optional[tuple] = None
+    help: str = ""
+
+    def check(self, method: str, name: str, value) -> None:
+        if self.choices is not None and value not in self.choices:
+            raise ValueError(f"unknown {name} {value!r} for method {method!r}; choose one of {', '.join(map(str, self.choices))}")
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registered factorization method: ``fn(W, rank, stats, **options)``."""
+
+    name: str
+    fn: Callable[..., Factorization]
+    description: str
+    needs: tuple[str, ...] = ()
+    options: Mapping[str, Option] = field(default_factory=dict)
+    # extra option names passed through to a solver, validated there (e.g. tfwsvd's per-solver options)
+    open_options: bool = False
+
+    @property
+    def needs_importance(self) -> bool:
+        """True when the method takes an element-wise weight tensor (``fisher`` or ``mask``)."""
+        return self.importance_key is not None
+
+    @property
+    def importance_key(self) -> Optional[str]:
+        """The per-layer statistic that the legacy ``importance=`` argument stands for."""
+        return next((k for k in self.needs if k in ("fisher", "mask")), None)
+
+    def check_options(self, options: Mapping) -> None:
+        """Raise ``ValueError`` for unknown options (unless the method passes them on) or a bad choice."""
+        unknown = sorted(set(options) - set(self.options))
+        if unknown and not self.open_options:
+            known = ", ".join(self.options) or "none"
+            raise ValueError(f"unknown option(s) {', '.join(unknown)} for method {self.name!r}; known: {known}")
+        for name, value in options.items():
+            if name in self.options:
+                self.options[name].check(self.name, name, value)
+
+    def check_stats(self, stats: Mapping[str, torch.Tensor], layer: str = "") -> None:
+        missing = [k for k in self.needs if not _provides(stats, k)]
+        if missing:
+            where = f" for layer {layer}" if layer else ""
+            raise ValueError(f"method {self.name!r} needs {', '.join(missing)} statistics{where} (stats=, or importance= "
+                             "for its element-wise weights; lowrank.statistics.statistics_for computes them)")
+
+
+def _provides(stats: Mapping, kind: str) -> bool:
+    keys = {"activations": ("input_moment", "input_abs_mean"), "gradients": ("grad_moment",)}.get(kind, (kind,))
+    return all(k in stats for k in keys)
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register_method(name: str, description: str, needs: tuple[str, ...] = (), options: Optional[dict] = None,
+                    open_options: bool = False):
+    """Decorator registering ``fn(W, rank, stats, **options) -> Factorization``.
+
+    ``needs``: statistic kinds (keys of :data:`STATISTICS`); ``options``: ``{name: Option}``.
+    """
+    unknown = sorted(set(needs) - set(STATISTICS))
+    if unknown:
+        raise ValueError(f"unknown statistic kind(s) {unknown}; known: {', '.join(STATISTICS)}")
+
+    def decorate(fn):
+        METHODS[name] = Method(name, fn, description, tuple(needs), dict(options or {}), open_options)
+        return fn
+
+    return decorate
+
+
+def available_methods() -> list[str]:
+    return sorted(METHODS)
+
+
+def get_method(name: str) -> Method:
+    if name not in METHODS:
+        raise ValueError(f"unknown factorization method {name!r}; available: {', '.join(sorted(METHODS))}")
+    return METHODS[name]
+
+
+def check_weight(W: torch.Tensor, rank: int) -> None:
+    """Raise ``ValueError`` for a non-matrix, non-finite weight or a rank outside [1, min(out, in)]."""
+    if W.ndim != 2:
+        raise ValueError(f"expected a 2-D weight (out, in), got shape {tuple(W.shape)}")
+    if not torch.isfinite(W).all():
+        bad = (~torch.isfinite(W)).sum().item()
+        raise ValueError(f"weight has {bad} non-finite entries (NaN/inf); refusing to factorize")
+    if isinstance(rank, bool) or not isinstance(rank, int):
+        raise ValueError(f"rank must be an integer, got {rank!r}")
+    limit = min(W.shape)
+    if not 1 <= rank <= limit:
+        raise ValueError(f"rank {rank} out of range for a {W.shape[0]}x{W.shape[1]} matrix (1..{limit})")
+
+
+def check_elementwise(name: str, tensor: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    """An element-wise statistic (Fisher, mask) must have ``W``'s shape, be finite and non-negative."""
+    tensor = torch.as_tensor(tensor)
+    if tensor.shape != W.shape:
+        raise ValueError(f"{name} shape {tuple(tensor.shape)} does not match weight shape {tuple(W.shape)}")
+    if not torch.isfinite(tensor).all() or (tensor < 0).any():
+        raise ValueError(f"{name} must be finite and non-negative")
+    return tensor.to(device=W.device, dtype=W.dtype)
+
+
+def layer_stats(method: Method, W: torch.Tensor, importance: Optional[torch.Tensor] = None,
+                stats: Optional[Mapping[str, torch.Tensor]] = None, layer: str = "") -> dict[str, torch.Tensor]:
+    """The statistics ``method`` gets for one layer: ``stats``, plus ``importance`` under the method's
+    element-wise key; element-wise tensors are checked against ``W`` and moved to its device/dtype."""
+    merged = dict(stats or {})
+    if importance is not None:
+        if method.importance_key is None:
+            raise ValueError(f"method {method.name!r} takes no importance tensor")
+        merged[method.importance_key] = importance
+    method.check_stats(merged, layer)
+    for key in ("fisher", "mask"):
+        if key in merged:
+            merged[key] = check_elementwise(key, merged[key], W)
+    return merged
+
+
+def factorize(W: torch.Tensor, rank: int, method: str = "svd", importance: Optional[torch.Tensor] = None,
+              stats: Optional[Mapping[str, torch.Tensor]] = None, **options) -> Factorization:
+    """Rank-``rank`` factorization of ``W`` (out, in) with a registered ``method``.
+
+    ``stats``: the layer's statistics (see :data:`STATISTICS`); ``importance`` is shorthand
+    for the method's element-wise statistic (``fisher`` for fwsvd/tfwsvd, ``mask`` for
+    sparsity_aware). ``options`` go to the method (e.g. ``solver="als"`` for ``tfwsvd``).
+    The factors have ``W``'s dtype and device.
+    """
+    spec = get_method(method)
+    W = torch.as_tensor(W)
+    check_weight(W, rank)
+    spec.check_options(options)
+    return spec.fn(W, rank, layer_stats(spec, W, importance, stats), **options)
+
+
+def weighted_error(W: torch.Tensor, U: torch.Tensor, V: torch.Tensor, importance: Optional[torch.Tensor] = None) -> float:
+    """``E = sum_ij F_ij (W - U V)_ij^2`` (``F = 1`` when ``importance`` is None)."""
+    residual = (W - U @ V) ** 2
+    if importance is not None:
+        residual = residual * importance
+    return float(residual.sum())

@@ -1,0 +1,238 @@
+"""Element-wise weighted low-rank solvers: minimize ``E(U, V) = sum_ij F_ij (W - U V)_ij^2``
+for a full non-negative ``F`` (out, in) from a given start ``(U, V)``.
+
+Used by ``tfwsvd`` (start: FWSVD) and ``sparsity_aware`` (start: SVD of the pruned matrix).
+The solvers are the standard ones Hua et al. (2022) name; their details are reconstructions:
+
+* ``als``: alternating weighted least squares. With ``V`` fixed, row ``i`` of ``U``
+  minimizes ``E_i(u) = sum_j F_ij (W_ij - u . v_j)^2``, i.e. solves the r x r system
+  ``A_i u = b_i`` with ``A_i = V diag(F_i) V^T``, ``b_i = V diag(F_i) w_i``; then the
+  columns of ``V`` likewise with ``U`` fixed. Two inner solvers:
+
+  - ``cg_steps=k > 0`` (default 5): ``k`` Jacobi-preconditioned conjugate-gradient steps
+    per system, started from the current row. Every product ``A_i p_i`` for all rows at
+    once is ``((P V) * F) V^T``, two GEMMs, so a half-iteration costs
+    O(k * out * in * r) and memory O(out * in). CG from the current point minimizes the
+    convex quadratic ``E_i`` over a Krylov space containing that point, so ``E`` cannot
+    increase (inexact block-coordinate descent).
+  - ``cg_steps=0``: exact solves, ``(A_i + lam_i I) u_i = b_i`` with the tiny ridge
+    ``lam_i = ridge * mean diag(A_i)`` (default ``1e-8``), all rows in one batched
+    ``torch.linalg.solve`` (Grams built in chunks of at most ``ALS_CHUNK`` elements).
+    Cost per iteration O(out * in * r^2), against O(k * out * in * r) for CG, so exact
+    solves cost relatively more as ``r`` grows.
+
+  How CG and exact solves compare per unit of time, and what an ALS iteration costs
+  relative to one dense SVD, was measured on MiniLM-sized matrices: ``docs/methods.md``
+  (``tfwsvd``) and ``docs/results/weighted.md``. An iteration that raises ``E``
+  (floating point only) ends the run.
+* ``em`` (Srebro & Jaakkola 2003): ``X <- SVD_r(Wn * W + (1 - Wn) * X)`` with
+  ``Wn = F / max F`` in [0, 1]: each step fills the low-weight entries with the current
+  estimate. Cost per iteration: one SVD. ``E`` is non-increasing (a majorize-minimize
+  step), but an entry moves only in proportion to its ``Wn``: with heavy-tailed ``F``
+  (most ``Wn`` near the floor) it lowers ``E`` far more slowly than ALS (measured:
+  ``docs/methods.md``, ``tfwsvd``).
+* ``adam``: Adam on (U, V) with the gradient of ``E``; cost per iteration O(out * in * r).
+  Default step ``lr = 1e-2 * rms(U, V) / sqrt(r)``: Adam moves every coordinate by about
+  ``lr``, and with coherent signs that changes ``(U V)_ij`` by up to ``2 lr r rms`` against
+  a typical ``|(U V)_ij| ~ sqrt(r) rms^2``, i.e. by about 2% per step whatever ``r``.
+  (A step ``1e-2 * rms`` independent of ``r`` overshoots at large ``r`` with heavy-tailed
+  weights, so that no iterate beats the start; measured: ``docs/methods.md``, ``tfwsvd``.)
+  Heuristic, tuned on random matrices from 40 x 24 to 384 x 1536.
+* ``adam_sgd``: Adam, then plain (full-batch) gradient descent after ``switch_at`` of the
+  iterations, with step ``1 / (2 * max(||U||_2^2, ||V||_2^2))`` (the Lipschitz bound of the
+  gradient for weights <= 1).
+
+Normalization: real Fisher values span many orders of magnitude. Solvers work with
+``Fn = max(F / max F, floor)`` (``floor = 1e-6`` by default): scale-free, and no zero
+weight makes an ALS system singular. ``history`` reports ``E`` under ``Fn``; multiply by
+``info["scale"] = max F`` for (approximately, because of the floor) the original units.
+Every solver tracks its best iterate, so the result is never worse than the start.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional
+
+import torch
+
+from lowrank.methods.registry import Factorization, weighted_error
+from lowrank.methods.svd import truncated_svd
+from lowrank.progress import Progress, report
+
+FLOOR = 1e-6
+# Default iteration caps: chosen so that each solver's whole run (FWSVD start included; the "best" start costs
+# 2 SVDs) stays within the time target of 10x one plain SVD of the same matrix. The per-iteration costs they were
+# chosen from are in docs/results/weighted.md ("Solver notes").
+DEFAULT_ITERS = {"als": 5, "em": 5, "adam": 40, "adam_sgd": 40}
+CG_STEPS = 5  # ALS inner conjugate-gradient steps per system; 0 = exact batched solves
+DEFAULT_TOL = 1e-4
+ALS_CHUNK = 2**24  # max elements of a batched Gram tensor (rows x r x r) built at once
+
+
+def normalize_importance(F: torch.Tensor, floor: float = FLOOR) -> tuple[torch.Tensor, float]:
+    """``(Fn, scale) = (max(F / max F, floor), max F)``: weights in [floor, 1], scale removed.
+
+    Why: Fisher values span many orders of magnitude; an exact zero would make an ALS system singular
+    and leave EM nothing to pull an entry towards ``W``. ``E`` under ``Fn`` is scale-free;
+    ``scale * E_n`` is ``E`` in original units up to the floor (entries below
+    ``floor * max F`` count as that). All-zero ``F`` (no information) gives uniform weights."""
+    scale = float(F.max())
+    if scale <= 0:
+        return torch.ones_like(F), 1.0
+    return (F / scale).clamp_(min=floor), scale
+
+
+def work_dtype(W: torch.Tensor) -> torch.dtype:
+    """float32/float64 stay; anything else (half, bfloat16) is solved in float32."""
+    return W.dtype if W.dtype in (torch.float32, torch.float64) else torch.float32
+
+
+# Each solver is a generator: given (W, Fn, U, V, options) it yields successive (U, V).
+
+
+def _weighted_grams(f: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
+    """``(c, r, r)`` stack of ``V diag(f_c) V^T``, as one GEMM ``f @ K`` with ``K_j = vec(v_j v_j^T)``,
+    built in column chunks so ``K`` stays below ``ALS_CHUNK`` elements."""
+    r, n = V.shape
+    grams = torch.zeros(f.shape[0], r * r, dtype=f.dtype, device=f.device)
+    step = max(1, ALS_CHUNK // (r * r))
+    for j in range(0, n, step):
+        Vj = V[:, j:j + step].T  # (s, r)
+        grams += f[:, j:j + step] @ (Vj[:, :, None] * Vj[:, None, :]).reshape(-1, r * r)
+    return grams.view(-1, r, r)
+
+
+def _exact_rows(W: torch.Tensor, Fn: torch.Tensor, V: torch.Tensor, ridge: float) -> torch.Tensor:
+    """Rows of ``U`` minimizing ``sum_ij Fn_ij (W - U V)_ij^2`` for fixed ``V``: batched r x r solves."""
+    out, r = W.shape[0], V.shape[0]
+    U = torch.empty(out, r, dtype=W.dtype, device=W.device)
+    eye = torch.eye(r, dtype=W.dtype, device=W.device)
+    step = max(1, ALS_CHUNK // (r * r))
+    for start in range(0, out, step):
+        f = Fn[start:start + step]  # (c, in)
+        gram = _weighted_grams(f, V)
+        lam = ridge * gram.diagonal(dim1=1, dim2=2).mean(dim=1).clamp(min=torch.finfo(W.dtype).tiny)
+        rhs = (f * W[start:start + step]) @ V.T  # (c, r)
+        U[start:start + step] = torch.linalg.solve(gram + lam[:, None, None] * eye, rhs.unsqueeze(-1)).squeeze(-1)
+    return U
+
+
+def _cg_rows(W: torch.Tensor, Fn: torch.Tensor, V: torch.Tensor, U: torch.Tensor, steps: int) -> torch.Tensor:
+    """``steps`` Jacobi-preconditioned CG iterations on every ``A_i u_i = b_i`` at once, from ``U``.
+
+    Row-wise scalars (``alpha``, ``beta``) keep the systems independent; ``A P`` for all rows
+    is ``((P V) * Fn) V^T``. Exact after ``r`` steps in exact arithmetic."""
+    tiny = torch.finfo(W.dtype).tiny
+
+    def rowdot(a, b):
+        return (a * b).sum(dim=1, keepdim=True)
+
+    residual = (Fn * (W - U @ V)) @ V.T  # b - A u
+    inv_diag = 1 / (Fn @ (V * V).T).clamp(min=tiny)
+    z = inv_diag * residual
+    direction, rz = z, rowdot(residual, z)
+    for _ in range(steps):
+        A_dir = ((direction @ V) * Fn) @ V.T
+        alpha = rz / rowdot(direction, A_dir).clamp(min=tiny)
+        U, residual = U + alpha * direction, residual - alpha * A_dir
+        z = inv_diag * residual
+        rz, rz_old = rowdot(residual, z), rz
+        direction = z + rz / rz_old.clamp(min=tiny) * direction
+    return U
+
+
+def _als(W, Fn, U, V, ridge: float = 1e-8, cg_steps: int = CG_STEPS, **_):
+    def rows(W, Fn, V, U):
+        return _cg_rows(W, Fn, V, U, cg_steps) if cg_steps > 0 else _exact_rows(W, Fn, V, ridge)
+
+    while True:
+        U = rows(W, Fn, V, U)
+        V = rows(W.T, Fn.T, U.T, V.T).T
+        yield U, V
+
+
+def _em(W, Fn, U, V, **_):
+    rank = U.shape[1]
+    X = U @ V
+    while True:
+        U, V = truncated_svd(Fn * W + (1 - Fn) * X, rank)
+        X = U @ V
+        yield U, V
+
+
+def _gradient(W, Fn, U, V):
+    """Gradients of E = sum Fn (W - U V)^2 with respect to U and V."""
+    G = -2 * Fn * (W - U @ V)
+    return G @ V.T, U.T @ G
+
+
+def _adam(W, Fn, U, V, lr: Optional[float] = None, switch_at: Optional[float] = None, max_iters: int = 100, **_):
+    U, V = U.clone(), V.clone()
+    rms = float(torch.cat([U.flatten(), V.flatten()]).square().mean().sqrt())
+    optimizer = torch.optim.Adam([U, V], lr=lr if lr is not None else 1e-2 * rms / U.shape[1] ** 0.5)
+    switch = None if switch_at is None else (int(switch_at * max_iters) if switch_at < 1 else int(switch_at))
+    step = 0
+    while True:
+        gU, gV = _gradient(W, Fn, U, V)
+        if switch is not None and step >= switch:
+            # ||U||_2^2, ||V||_2^2 from the r x r Grams: cheaper than two SVD-based norms (docs/results/weighted.md)
+            eta = 0.5 / max(float(torch.linalg.eigvalsh(U.T @ U)[-1]), float(torch.linalg.eigvalsh(V @ V.T)[-1]))
+            U, V = U - eta * gU, V - eta * gV
+        else:
+            U.grad, V.grad = gU, gV
+            optimizer.step()
+        step += 1
+        yield U.detach().clone(), V.detach().clone()
+
+
+def _adam_sgd(W, Fn, U, V, switch_at: float = 0.5, **options):
+    return _adam(W, Fn, U, V, switch_at=switch_at, **options)
+
+
+SOLVERS: dict[str, Callable] = {"als": _als, "em": _em, "adam": _adam, "adam_sgd": _adam_sgd}
+# solver-specific keyword options; anything else is rejected (a misspelt option must not be ignored silently)
+SOLVER_OPTIONS = {"als": ("ridge", "cg_steps"), "em": (), "adam": ("lr",), "adam_sgd": ("lr", "switch_at")}
+
+
+def optimize(W: torch.Tensor, importance: torch.Tensor, U: torch.Tensor, V: torch.Tensor, solver: str = "als",
+             max_iters: Optional[int] = None, tol: float = DEFAULT_TOL, floor: float = FLOOR,
+             progress: Optional[Progress] = None, **options) -> Factorization:
+    """Minimize ``sum F (W - U V)^2`` from the start ``(U, V)`` with an element-wise solver.
+
+    Stops after ``max_iters`` iterations or when the relative improvement of ``E`` falls
+    below ``tol``; returns the best iterate (never worse than the start) with
+    ``history = [E_start, E_1, ...]`` (normalized importance, see module docstring).
+    Used by ``tfwsvd`` (start: FWSVD) and ``sparsity_aware`` (start: SVD of the pruned matrix).
+    """
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown solver {solver!r}; available: {', '.join(SOLVERS)}")
+    unknown = sorted(set(options) - set(SOLVER_OPTIONS[solver]))
+    if unknown:
+        known = ", ".join(("max_iters", "tol", "floor", "progress") + SOLVER_OPTIONS[solver])
+        raise ValueError(f"unknown option(s) {', '.join(unknown)} for solver {solver!r}; known: {known}")
+    if max_iters is not None and (isinstance(max_iters, bool) or not isinstance(max_iters, int) or max_iters < 0):
+        raise ValueError(f"max_iters must be a non-negative integer, got {max_iters!r}")
+    dtype = work_dtype(W)
+    X, (Fn, scale) = W.to(dtype), normalize_importance(importance.to(dtype), floor)
+    U, V = U.to(dtype), V.to(dtype)
+    iters = DEFAULT_ITERS[solver] if max_iters is None else max_iters
+    best = (weighted_error(X, U, V, Fn), U, V)
+    history = [best[0]]
+    steps = SOLVERS[solver](X, Fn, U, V, max_iters=iters, **options)
+    for it in range(iters):
+        U, V = next(steps)
+        error = weighted_error(X, U, V, Fn)
+        if not math.isfinite(error) or (solver == "als" and error > history[-1]):
+            break  # diverged, or ALS stalled at floating-point precision: keep the best so far
+        history.append(error)
+        report(progress, it + 1, iters, f"{solver}: E = {error:.4g}")
+        improvement = (history[-2] - error) / max(history[-2], torch.finfo(dtype).tiny)
+        if error < best[0]:
+            best = (error, U, V)
+        if abs(improvement) < tol:
+            break
+    if len(history) - 1 < iters:  # stopped early: complete the progress bar
+        report(progress, iters, iters, f"{solver}: stopped after {len(history) - 1} iterations, E = {best[0]:.4g}")
+    info = {"solver": solver, "iters": len(history) - 1, "scale": scale, "start_error": history[0], "error": best[0]}
+    return Factorization(best[1].to(W.dtype), best[2].to(W.dtype), history=history, info=info)

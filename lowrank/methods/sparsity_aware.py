@@ -1,0 +1,41 @@
+"""Sparsity-aware SVD (LPAF, Ren & Zhu 2023): factorize a pruned matrix so that the *kept*
+entries are reconstructed and the pruned zeros are not treated as targets.
+
+For a pruned weight ``W`` (out, in), mask ``M`` (1 = kept) and optional importance
+``S >= 0`` (e.g. Fisher information; movement scores are signed, so pass a non-negative
+transform of them), pass ``importance = M * S`` (just ``M`` for unweighted) and solve::
+
+    min_{U, V}  sum_ij M_ij S_ij (W - U V)_ij^2
+
+with the element-wise weighted solver of :mod:`lowrank.methods.solvers` (default ALS), started from
+the plain truncated SVD of the pruned matrix ``W * M``. The mask is read off the importance
+(``M = importance > 0``). Pruned entries get the solver's weight floor (1e-6 of the largest
+importance) instead of exactly 0, which keeps every ALS system well posed even for rows
+with fewer than ``r`` kept entries. Reconstruction: the paper's exact algorithm is not
+available here; this is the weighted-least-squares reading of "reconstruct the kept entries".
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+
+from lowrank.methods.registry import Factorization, Option, register_method
+from lowrank.methods.solvers import SOLVERS, optimize
+from lowrank.methods.svd import truncated_svd
+
+
+@register_method("sparsity_aware", "Sparsity-aware SVD (LPAF): fit only the kept entries of a pruned matrix "
+                 "(importance = mask x scores), element-wise solver started from SVD of the pruned matrix.",
+                 needs=("mask",), options={"solver": Option("als", tuple(SOLVERS), "element-wise solver"),
+                                           "max_iters": Option(None, help="iteration cap (default per solver)")},
+                 open_options=True)
+def sparsity_aware(W: torch.Tensor, rank: int, stats: Mapping[str, torch.Tensor], solver: str = "als",
+                   **options) -> Factorization:
+    importance = stats["mask"]
+    pruned = W * (importance > 0)
+    U, V = truncated_svd(pruned.to(torch.float64 if W.dtype == torch.float64 else torch.float32), rank)
+    result = optimize(pruned, importance, U, V, solver=solver, **options)
+    result.info.update(init="svd of the pruned matrix", kept=float((importance > 0).float().mean()))
+    return result

@@ -1,0 +1,24 @@
+"""What statistics a job needs: the union of its methods' and its allocation strategy's declared kinds.
+
+The one place that answers "does this combination need Fisher (or activations...)?"; the
+answer goes to :func:`lowrank.statistics.statistics_for`.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Optional
+
+from lowrank.allocation import get_strategy
+from lowrank.methods import get_method
+
+
+def needs_for(methods: Iterable[str] = (), strategy: Optional[str] = None, predict: bool = False) -> tuple[str, ...]:
+    """Statistic kinds needed by ``methods`` and ``strategy`` (``predict``: Fisher for predicted losses too)."""
+    kinds: list[str] = []
+    for method in methods:
+        kinds += get_method(method).needs
+    if strategy is not None:
+        kinds += get_strategy(strategy).needs
+    if predict:
+        kinds.append("fisher")
+    return tuple(dict.fromkeys(kinds))

@@ -1,0 +1,63 @@
+"""Which ranks a model's layers get: per-layer shapes, a kept fraction turned into ranks, validation.
+
+A layer ``W`` (out, in) at rank ``r`` costs ``r (out + in)`` parameters; a kept fraction
+``f`` gives ``r = floor(f * out * in / (out + in))``. Ranks at or above break-even
+(``r (out + in) >= out * in``) are refused; such layers stay dense.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Union
+
+from torch import nn
+
+from lowrank.layers import break_even_rank, check_rank
+from lowrank.loaded import module_of
+from lowrank.models.architectures import compressible_linears
+
+Ranks = Union[dict[str, int], float]
+
+
+class NoCompressibleLayers(ValueError):
+    """The model has no layer this library can factorize."""
+
+
+def linear_shapes(model) -> dict[str, tuple[int, int]]:
+    """``{name: (out, in)}`` of every compressible dense Linear of a ``LoadedModel`` or module."""
+    return {name: tuple(m.weight.shape) for name, m in compressible_linears(module_of(model)).items()}
+
+
+def fraction_rank(out_features: int, in_features: int, fraction: float) -> Optional[int]:
+    """Rank keeping ``fraction`` of a layer's parameters, or ``None`` when that is at/above break-even."""
+    rank = max(1, int(fraction * out_features * in_features // (out_features + in_features)))
+    return None if rank >= break_even_rank(out_features, in_features) else rank
+
+
+def resolve_ranks(model: nn.Module, ranks: Ranks) -> dict[str, int]:
+    """Validate ``ranks`` against the model and turn a fraction into per-layer ranks.
+
+    Raises ``ValueError`` for a model with no compressible layer, unknown layer names, a
+    fraction outside (0, 1], or any rank that is < 1, above ``min(out, in)`` or at/above
+    break-even.
+    """
+    shapes = linear_shapes(model)
+    if not shapes:
+        module = module_of(model)
+        kind = getattr(getattr(module, "config", None), "model_type", None) or type(module).__name__
+        raise NoCompressibleLayers(f"this model ({kind}) has no compressible Linear layer: nothing to factorize")
+    if isinstance(ranks, (int, float)) and not isinstance(ranks, bool):
+        fraction = float(ranks)
+        if not 0.0 < fraction <= 1.0:
+            raise ValueError(f"a kept fraction must be in (0, 1], got {ranks}")
+        if fraction == 1.0:
+            return {}  # keep everything: the dense model
+        resolved = {n: fraction_rank(o, i, fraction) for n, (o, i) in shapes.items()}
+        return {n: r for n, r in resolved.items() if r is not None}
+    if not isinstance(ranks, dict):
+        raise ValueError(f"ranks must be a dict {{layer: rank}} or a float fraction, got {type(ranks).__name__}")
+    unknown = sorted(set(ranks) - set(shapes))
+    if unknown:
+        raise ValueError(f"not compressible Linear layers of this model: {unknown[:5]}{' ...' if len(unknown) > 5 else ''}")
+    for name, rank in ranks.items():
+        check_rank(rank, *shapes[name], name=name)
+    return {n: int(r) for n, r in ranks.items()}

@@ -1,0 +1,156 @@
+"""Empirical Fisher information of every compressible Linear weight.
+
+For a weight ``W`` (out, in) and per-example loss ``l_n``::
+
+    F_ij = (1 / N) sum_n (d l_n / d W_ij)^2
+
+the average over ``N`` training examples of the squared per-example gradient (the
+diagonal of the empirical Fisher). ``l_n`` is the cross-entropy of example ``n``
+(classification, with its label, or with a label sampled from the model's own
+prediction when ``labels="sampled"``: the true Fisher), or the mean next-token loss of
+one token block (causal LM).
+
+Per-example gradients come from hooks (:mod:`lowrank.statistics.collectors`), without
+per-batch copies of the gradient: ``dl_n/dW = g_n^T x_n`` is formed one example at a time,
+squared and added to a running sum. Memory is O(parameters) plus one
+(out, in) scratch matrix; cost is about one extra backward pass.
+
+Results are cached on disk (safetensors) under ``<cache>/fisher/`` (:mod:`lowrank.statistics.cache`).
+Sampling: a :class:`~lowrank.statistics.settings.StatisticsSettings`.
+
+:func:`loss_change_taylor` uses the same per-example pass for a given change ``dW`` of each
+layer (e.g. a truncation residual): with the per-example directional derivative
+``s_n = <dl_n/dW, dW> = sum_t g_nt^T dW x_nt``, the second-order estimate of the loss change
+with the *full* (not diagonal) empirical Fisher as the Hessian is::
+
+    dL ~= mean_n s_n + 0.5 * mean_n s_n^2          (first-order term, Fisher quadratic form)
+
+The diagonal approximation ``0.5 sum_ij F_ij dW_ij^2 = 0.5 mean_n sum_ij (G_n,ij dW_ij)^2``
+drops the cross terms of the square; the full form keeps them (correlated inputs, tokens).
+Cost: one forward/backward pass plus one extra ``(tokens, in) x (in, out)`` product per layer.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from lowrank.data.batches import batches
+from lowrank.data.batches import num_batches as count_batches
+from lowrank.data.tasks import load_task
+from lowrank.methods.svd import truncated_svd
+from lowrank.models.architectures import compressible_linears
+from lowrank.progress import Progress, report
+from lowrank.ranks import resolve_ranks
+from lowrank.statistics import cache
+from lowrank.statistics.collectors import DirectionalDerivatives, PerExampleCollector, SquaredGradients
+from lowrank.statistics.settings import DEFAULT, StatisticsSettings
+
+
+def _loss(loaded, batch: dict, labels: str, generator: torch.Generator) -> torch.Tensor:
+    if labels == "sampled" and loaded.kind == "classifier":
+        out = loaded.model(**{k: v for k, v in batch.items() if k != "labels"})
+        probs = out.logits.detach().float().softmax(-1)
+        sampled = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(probs.device)
+        return nn.functional.cross_entropy(out.logits, sampled)
+    return loaded.model(**batch).loss
+
+
+def estimate_fisher(loaded, task, settings: StatisticsSettings = DEFAULT, use_cache: bool = True,
+                    progress: Optional[Progress] = None) -> dict[str, torch.Tensor]:
+    """``{module_name: F}`` with ``F`` (out, in) the Fisher of each compressible Linear weight.
+
+    Sampling from ``settings`` (see :class:`StatisticsSettings`). Tensors are float32 on
+    the CPU. Callers outside :mod:`lowrank.statistics` use :func:`lowrank.statistics.statistics_for`.
+    """
+    task = load_task(task)
+    path = cache.entry_path("fisher", loaded, task, settings.to_dict())
+    if use_cache and (cached := cache.read(path)) is not None:
+        return cached
+    linears = compressible_linears(loaded.model)
+    if not linears:
+        raise ValueError(f"{loaded.name} has no compressible Linear layers")
+    collectors = {name: SquaredGradients(module) for name, module in linears.items()}
+    examples = _per_example_pass(loaded, task, collectors, settings, progress, "estimating Fisher information")
+    fisher = {name: (c.total / examples).cpu() for name, c in collectors.items()}
+    if use_cache:
+        cache.write(path, fisher, settings.to_dict())
+    return fisher
+
+
+def _per_example_pass(loaded, task, collectors: dict[str, PerExampleCollector], settings: StatisticsSettings,
+                      progress: Optional[Progress], message: str) -> int:
+    """Backward passes over ``settings.num_batches`` shuffled batches feeding ``collectors``; returns the example count.
+
+    The model runs in eval mode (no dropout: the deployed function); its gradients are cleared after."""
+    model = loaded.model
+    s = settings
+    total = min(s.num_batches, count_batches(task, loaded.tokenizer, s.split, s.batch_size, s.max_length))
+    generator = torch.Generator().manual_seed(s.seed)
+    was_training = model.training
+    model.eval()
+    examples = 0
+    try:
+        for step, batch in enumerate(batches(task, loaded.tokenizer, s.split, s.batch_size, s.max_length, shuffle=True,
+                                             seed=s.seed, limit=total)):
+            size = batch["input_ids"].shape[0]
+            for c in collectors.values():
+                c.scale = float(size)
+            model.zero_grad(set_to_none=True)
+            _loss(loaded, {k: v.to(loaded.device) for k, v in batch.items()}, s.labels, generator).backward()
+            examples += size
+            report(progress, step + 1, total, message)
+    finally:
+        for c in collectors.values():
+            c.remove()
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+    return examples
+
+
+def loss_change_taylor(loaded, task, deltas: dict[str, torch.Tensor], settings: StatisticsSettings = DEFAULT,
+                       progress: Optional[Progress] = None) -> dict[str, dict[str, float]]:
+    """Second-order estimate of the loss change from ``W <- W + dW``, for each layer of ``deltas`` *alone*.
+
+    ``deltas``: ``{module_name: dW}`` with ``dW`` shaped like the weight (for a rank-r
+    approximation ``W_hat``, ``dW = W_hat - W``). Returns per layer ``first_order``
+    (``mean_n s_n``), ``second_order`` (``0.5 mean_n s_n^2``, the full empirical-Fisher
+    quadratic form) and ``total`` (their sum); see the module docstring. Not cached: it
+    depends on ``dW``.
+    """
+    task = load_task(task)
+    linears = compressible_linears(loaded.model)
+    unknown = sorted(set(deltas) - set(linears))
+    if unknown:
+        raise ValueError(f"not compressible Linear layers of {loaded.name}: {unknown[:3]}")
+    for name, delta in deltas.items():
+        if tuple(delta.shape) != tuple(linears[name].weight.shape):
+            raise ValueError(f"{name}: change shape {tuple(delta.shape)} != weight {tuple(linears[name].weight.shape)}")
+    collectors = {name: DirectionalDerivatives(linears[name], delta) for name, delta in deltas.items()}
+    _per_example_pass(loaded, task, collectors, settings, progress, "Taylor estimate of the loss change")
+    estimates = {}
+    for name, c in collectors.items():
+        s = torch.cat(c.values)
+        first, second = float(s.mean()), 0.5 * float(s.square().mean())
+        estimates[name] = {"first_order": first, "second_order": second, "total": first + second}
+    return estimates
+
+
+def svd_loss_change(loaded, task, ranks, settings: StatisticsSettings = DEFAULT,
+                    progress: Optional[Progress] = None) -> dict[str, dict[str, float]]:
+    """:func:`loss_change_taylor` of each layer's plain truncated-SVD residual ``dW = SVD_r(W) - W``.
+
+    ``ranks``: ``{layer: rank}`` or a kept fraction, validated as in :func:`lowrank.compress`.
+    With ``settings.split="train"`` it needs no held-out data; computed on a labelled held-out
+    split (disjoint from the data it is judged on) its first-order term also sees the
+    generalization gap. Cost: one truncated SVD per layer plus one per-example pass.
+    """
+    linears = compressible_linears(loaded.model)
+    deltas = {}
+    for name, rank in resolve_ranks(loaded.model, ranks).items():
+        W = linears[name].weight.detach().float()
+        U, V = truncated_svd(W, rank)
+        deltas[name] = U @ V - W
+    return loss_change_taylor(loaded, task, deltas, settings, progress)

@@ -1,0 +1,83 @@
+"""The one resolver from what a method or strategy *needs* to the per-layer statistics it gets.
+
+``statistics_for(loaded, task, needs, settings)`` returns ``{layer: {key: tensor}}`` for
+every compressible layer, computing (or reading from the cache) each statistic kind once:
+
+* ``fisher``: :func:`lowrank.statistics.fisher.estimate_fisher` (key ``fisher``);
+* ``mask``: the non-zero pattern of the model's own weights (key ``mask``, 0/1): what a
+  pruned model keeps.
+
+Every caller (CLI, sweeps, LPAF, allocation, dashboard, benchmarks) goes through here, so
+which sample a statistic is computed on is decided in one place (:mod:`.settings`).
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Optional
+
+import torch
+
+from lowrank.data.tasks import load_task
+from lowrank.models.architectures import compressible_linears
+from lowrank.progress import Progress, scaled
+from lowrank.statistics import cache
+from lowrank.statistics.fisher import estimate_fisher
+from lowrank.statistics.settings import DEFAULT, StatisticsSettings
+
+Stats = dict[str, dict[str, torch.Tensor]]
+
+
+def _fisher(loaded, task, settings, use_cache, progress) -> dict[str, dict[str, torch.Tensor]]:
+    return {n: {"fisher": F} for n, F in estimate_fisher(loaded, task, settings, use_cache, progress).items()}
+
+
+def _mask(loaded, task, settings, use_cache, progress) -> dict[str, dict[str, torch.Tensor]]:
+    return {n: {"mask": (m.weight.detach() != 0).float().cpu()} for n, m in compressible_linears(loaded.model).items()}
+
+
+# kind -> (computes, needs a task, cache folder or None when never cached)
+PROVIDERS = {"fisher": (_fisher, True, "fisher"), "mask": (_mask, False, None)}
+
+
+def needs_task(needs: Iterable[str]) -> bool:
+    """True when any of ``needs`` is computed from task data (a calibration pass)."""
+    return any(PROVIDERS[kind][1] for kind in needs if kind in PROVIDERS)
+
+
+def _check(needs: Iterable[str]) -> tuple[str, ...]:
+    needs = tuple(dict.fromkeys(needs))
+    unknown = [k for k in needs if k not in PROVIDERS]
+    if unknown:
+        raise ValueError(f"no provider for statistic(s) {', '.join(unknown)}; known: {', '.join(PROVIDERS)}")
+    return needs
+
+
+def statistics_for(loaded, task, needs: Iterable[str], settings: StatisticsSettings = DEFAULT,
+                   progress: Optional[Progress] = None, use_cache: bool = True) -> Stats:
+    """``{layer: {key: tensor}}`` with every statistic kind of ``needs`` for each compressible layer.
+
+    ``task`` may be ``None`` when no kind needs data. Empty ``needs`` gives ``{}``.
+    """
+    needs = _check(needs)
+    if not needs:
+        return {}
+    task = load_task(task) if needs_task(needs) else task
+    stats: Stats = {}
+    for step, kind in enumerate(needs):
+        compute = PROVIDERS[kind][0]
+        part = compute(loaded, task, settings, use_cache, scaled(progress, step / len(needs), (step + 1) / len(needs)))
+        for name, tensors in part.items():
+            stats.setdefault(name, {}).update(tensors)
+    return stats
+
+
+def is_cached(loaded, task, needs: Iterable[str], settings: StatisticsSettings = DEFAULT) -> bool:
+    """True when every data-derived kind of ``needs`` is already in the cache (computing it is then free)."""
+    task = load_task(task)
+    folders = [PROVIDERS[k][2] for k in _check(needs) if PROVIDERS[k][2]]
+    return all(cache.entry_path(folder, loaded, task, settings.to_dict()).exists() for folder in folders)
+
+
+def select(stats: Stats, key: str) -> dict[str, torch.Tensor]:
+    """``{layer: stats[layer][key]}``, for code that works on one tensor per layer (e.g. Fisher maps)."""
+    return {name: tensors[key] for name, tensors in stats.items() if key in tensors}

@@ -1,0 +1,114 @@
+"""Home: the workflow (one link per page), the current status, and a one-click stakeholder demo
+(spectra -> statistics -> budget plan -> background sweep of plain vs weighted factorization)."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from dashboard import cache, labels, layout, plots, session, widgets  # first: sets up the environment for torch
+from lowrank.experiments.sweep import SweepSpec, start_sweep
+from lowrank.needs import needs_for
+
+DEMO_METHODS = ("svd", "fwsvd")
+DEMO_BUDGETS = (0.3, 0.5, 0.7)
+DEMO_STRATEGY = "fisher_greedy"
+DEMO_LABEL = "demo"
+
+
+def run_demo() -> None:
+    """Spectra -> the statistics the demo needs -> budget plan -> background sweep."""
+    model, task = session.default_model(), session.default_task()
+    session.set_model(model)
+    session.set_task(task)
+    needs = needs_for(DEMO_METHODS, DEMO_STRATEGY)
+    with st.status(f"Stakeholder demo on {labels.model_label(model)} · {labels.task_label(task)}", expanded=True) as status:
+        try:
+            st.write("1/4 Singular-value spectra of every compressible layer")
+            frame = cache.spectra(model, task)
+            st.write(f"{len(frame)} layers; median effective rank {frame['effective_rank'].median():.0f} "
+                     f"of {int(frame[['out', 'in']].min(axis=1).median())}")
+            st.write(f"2/4 {labels.statistics_label(needs) or 'No statistics needed'}")
+            cache.statistics(model, task, needs)
+            st.write(f"3/4 Budget plan: {DEMO_STRATEGY} at {session.DEFAULT_BUDGET:.0%} of the compressible parameters")
+            session.set_plan(cache.plan_ranks(model, task, session.DEFAULT_BUDGET, DEMO_STRATEGY))
+            st.write(f"4/4 Factorization sweep in the background: {', '.join(DEMO_METHODS)} × "
+                     f"{', '.join(f'{b:.0%}' for b in DEMO_BUDGETS)}")
+            spec = SweepSpec(model=model, task=task, methods=list(DEMO_METHODS), budgets=list(DEMO_BUDGETS),
+                             strategy=DEMO_STRATEGY, eval_limit=session.eval_limit(), label=DEMO_LABEL)
+            start_sweep(spec, cache.store())
+        except widgets.USER_ERRORS as err:
+            status.update(label="Demo failed", state="error")
+            widgets.show_error("Demo", err)
+            return
+        status.update(label="Demo started: the sweep runs in the background (you can leave this page)", state="complete",
+                      expanded=False)
+
+
+def demo_results() -> None:
+    """Live progress and trade-off plot of the latest demo sweep (polls the run store while it runs)."""
+    store = cache.store()
+    sweeps = store.sweeps()
+    demos = sweeps[sweeps["label"] == DEMO_LABEL]
+    if demos.empty:
+        return
+    sweep_id = int(demos["id"].iloc[0])
+    running = demos["status"].iloc[0] == "running"
+
+    @st.fragment(run_every=2.0 if running else None)
+    def live() -> None:
+        sweep = store.get_sweep(sweep_id)
+        if running and sweep["status"] != "running":
+            st.rerun()  # finished: redraw the page once, without polling
+        widgets.sweep_card(store, sweep)
+        spec = sweep["spec"]
+        runs = store.runs(sweep_id=sweep_id, status="done")
+        dense = store.find_run(method="dense", model=spec["model"], task=spec["task"], split=spec["split"],
+                               eval_limit=spec["eval_limit"])
+        compressed = runs[runs["method"] != "dense"]
+        if compressed.empty and dense is None:
+            return
+        st.plotly_chart(plots.tradeoff_figure(compressed, dense), key=f"demo_plot_{sweep_id}")
+        if not compressed.empty and dense is not None:
+            table = compressed.pivot_table(index="budget", columns="method", values="value", aggfunc="first")
+            reference = labels.fmt_metric(dense["metric"], dense["value"])
+            st.markdown("\n".join(
+                f"- keeping **{budget:.0%}** of the compressible parameters: "
+                + ", ".join(f"{method} **{labels.fmt_metric(dense['metric'], value)}**"
+                            for method, value in row.dropna().items())
+                + f" (dense {reference})" for budget, row in table.iterrows()))
+
+    live()
+
+
+st.title("lowrank-studio")
+st.markdown("Compress a Transformer by replacing its Linear layers with **low-rank factors**, weighted by how much "
+            "each weight matters to the task (its **Fisher information**). The workflow:")
+for number, entry in enumerate(layout.PAGES[1:], start=1):
+    cols = st.columns([1, 3], vertical_alignment="center")
+    cols[0].page_link(entry.script, label=f"{number}. {entry.title}", icon=entry.icon)
+    cols[1].caption(entry.blurb)
+
+st.subheader("Current status")
+model, task, current_plan = session.model_key(), session.task_key(), session.plan()
+dense = cache.store().find_run(method="dense", model=model, task=task)
+plan_text = ("none yet: open Ranks" if current_plan is None else
+             f"{labels.plan_fraction(current_plan):.0%} kept · {current_plan.strategy} · "
+             f"{len(current_plan.ranks)} of {len(current_plan.layers)} layers factorized")
+dense_text = (f"{dense['metric']} {labels.fmt_metric(dense['metric'], dense['value'])}" if dense
+              else "not measured yet: open Model & task")
+for col, (label, value) in zip(st.columns(4), [("Model", labels.model_label(model)), ("Task", labels.task_label(task)),
+                                               ("Rank plan", plan_text), ("Dense model", dense_text)]):
+    with col.container(border=True, height="stretch"):
+        st.caption(label)
+        st.markdown(f"**{value}**")
+
+st.subheader("Stakeholder demo")
+st.markdown(f"One click on the default model (**{labels.model_label(session.default_model())}**, "
+            f"{labels.task_label(session.default_task())}): spectra → "
+            f"{labels.statistics_label(needs_for(DEMO_METHODS, DEMO_STRATEGY))} → a {DEMO_STRATEGY} budget plan → "
+            f"{' vs '.join(DEMO_METHODS)} at "
+            f"{', '.join(f'{b:.0%}' for b in DEMO_BUDGETS)} of the parameters → the trade-off plot. "
+            "The factorizations run in the background and are stored; timings in `docs/results/dashboard.md`.")
+if st.button("Run the demo", type="primary", icon=":material/play_arrow:"):
+    run_demo()
+demo_results()
