@@ -50,6 +50,17 @@ class CompressionInfo:
     options: dict = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     history: dict[str, list[float]] = field(default_factory=dict)
+    details: dict[str, dict] = field(default_factory=dict)  # per layer: the method's scalar facts (info)
+
+    def regularizers(self) -> dict[str, int]:
+        """How many layers needed each numerical regularizer (whitening methods); empty when none was recorded."""
+        counts: dict[str, int] = {}
+        for facts in self.details.values():
+            for key in ("regularizer", "grad_regularizer"):
+                if key in facts:
+                    label = facts[key] if key == "regularizer" else f"gradients: {facts[key]}"
+                    counts[label] = counts.get(label, 0) + 1
+        return counts
 
     def to_json(self) -> dict:
         return {"format_version": FORMAT_VERSION, **asdict(self)}
@@ -98,6 +109,7 @@ def compress(model, ranks: Ranks, method: str = "svd", stats: Optional[Mapping[s
         info.seconds[name] = time.perf_counter() - start
         if result.history:
             info.history[name] = [float(e) for e in result.history]
+        info.details[name] = {k: v for k, v in result.info.items() if isinstance(v, (int, float, str, bool))}
         dtype = dense.weight.dtype
         bias = None if dense.bias is None else dense.bias.detach()
         set_module(new, name, LowRankLinear(result.U.to(dtype), result.V.to(dtype), bias, name=name))
@@ -150,7 +162,8 @@ def load_compressed(directory: Union[str, Path], device: Union[str, torch.device
     missing, unexpected = load_weights(model, str(directory / "model.safetensors"), strict=False)
     if unexpected or [m for m in missing if not _is_tied(model, m)]:
         raise ModelLoadError(f"{directory}: weights do not match the architecture (missing {missing[:3]}, unexpected {unexpected[:3]})")
-    info_fields = {k: meta[k] for k in ("base_model", "kind", "method", "ranks", "options", "seconds", "history") if k in meta}
+    info_fields = {k: meta[k] for k in ("base_model", "kind", "method", "ranks", "options", "seconds", "history", "details")
+                   if k in meta}
     model.lowrank_info = CompressionInfo(**info_fields)
     model.to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(directory) if (directory / "tokenizer_config.json").exists() else None

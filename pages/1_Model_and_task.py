@@ -7,8 +7,8 @@ import time
 
 import streamlit as st
 
-from dashboard import cache, labels, session, widgets  # first: sets up the environment for torch
 import lowrank
+from dashboard import cache, labels, session, widgets  # first: sets up the environment for torch
 
 st.title("Model & task")
 

@@ -10,9 +10,9 @@ import re
 import pandas as pd
 import streamlit as st
 
+import lowrank
 from dashboard import cache, labels, plots, session, widgets  # first: sets up the environment for torch
 from dashboard.progress import ProgressBar
-import lowrank
 from lowrank.experiments.run import execute_run
 from lowrank.io import cache_dir
 from lowrank.needs import needs_for
@@ -82,6 +82,12 @@ table = pd.DataFrame([dense, *rows])
 table["label"] = ["dense"] + [f"{r['method']} {' '.join(f'{k}={v}' for k, v in (r['options'] or {}).items())}".strip()
                               for r in rows]
 table["delta"] = table["value"] - dense["value"]
+
+for r in results:
+    regularized = r["model"].model.lowrank_info.regularizers()
+    if regularized:
+        st.caption(f"{r['method']}: numerical regularizers of the second-moment roots: "
+                   + ", ".join(f"{label} in {n} layer(s)" for label, n in regularized.items()))
 
 st.subheader("Before and after")
 cols = st.columns(len(rows) + 1)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import cache, labels, plots, session, widgets  # first: sets up the environment for torch
 import lowrank
+from dashboard import cache, labels, plots, session, widgets  # first: sets up the environment for torch
 from lowrank.allocation import available_strategies
 from lowrank.experiments.sweep import SweepSpec, start_sweep
 

@@ -55,3 +55,11 @@ def test_bad_input_exits_2_with_message(capsys, tiny_bert_dir, argv, match):
     code, _, err = run(capsys, *argv)
     last = err.strip().splitlines()[-1]
     assert code == 2 and last.startswith("error:") and re.search(match, last)
+
+
+def test_compress_reports_the_whitening_regularizers(capsys, tiny_bert_dir, sentiment_csv, tmp_path, monkeypatch):
+    monkeypatch.setenv("LOWRANK_CACHE", str(tmp_path))
+    code, out, _ = run(capsys, "compress", "--model", str(tiny_bert_dir), "--task", str(sentiment_csv), "--keep", "0.5",
+                       "--method", "svd_llm", "--fisher-batches", "1", "--fisher-batch-size", "4", "--json")
+    record = json.loads(out)
+    assert code == 0 and record["layers"] == 12 and "layer(s)" in record["regularizers"]

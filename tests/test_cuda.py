@@ -4,8 +4,8 @@ import pytest
 import torch
 
 import lowrank
-from lowrank.statistics import StatisticsSettings
-from lowrank.statistics.fisher import estimate_fisher
+from lowrank.needs import needs_for
+from lowrank.statistics import StatisticsSettings, statistics_for
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -17,10 +17,11 @@ def cuda_bert(tiny_bert_dir):
 
 def test_every_method_compresses_on_cuda(cuda_bert, sentiment_csv, tmp_path, monkeypatch):
     monkeypatch.setenv("LOWRANK_CACHE", str(tmp_path))
-    fisher = {n: f.to("cuda") for n, f in estimate_fisher(cuda_bert, sentiment_csv, StatisticsSettings(num_batches=2, batch_size=4)).items()}
+    methods = lowrank.available_methods()
+    stats = statistics_for(cuda_bert, sentiment_csv, needs_for(methods), StatisticsSettings(num_batches=2, batch_size=4))
     dense = lowrank.evaluate(cuda_bert, sentiment_csv)
-    for method in lowrank.available_methods():
-        small = lowrank.compress(cuda_bert, 0.5, method=method, importance=fisher)
+    for method in methods:
+        small = lowrank.compress(cuda_bert, 0.5, method=method, stats=stats)
         layer = next(m for m in small.model.modules() if isinstance(m, lowrank.LowRankLinear))
         assert layer.U.device.type == "cuda", method
         result = lowrank.evaluate(small, sentiment_csv)

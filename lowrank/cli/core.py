@@ -137,8 +137,10 @@ def compress(args):
     loaded = load_any(args.model, args.device)
     stats = statistics_for(loaded, args.task, spec.needs, statistics_settings(args), progress=TqdmProgress())
     small = run_compress(loaded, ranks, method=args.method, stats=stats, progress=TqdmProgress(), **options)
-    record = {"model": args.model, "method": args.method, "layers": len(small.model.lowrank_info.ranks),
-              "seconds": round(sum(small.model.lowrank_info.seconds.values()), 3)}
+    info = small.model.lowrank_info
+    record = {"model": args.model, "method": args.method, "layers": len(info.ranks), "seconds": round(sum(info.seconds.values()), 3)}
+    if info.regularizers():
+        record["regularizers"] = ", ".join(f"{label}: {n} layer(s)" for label, n in info.regularizers().items())
     if args.out:
         record["out"] = str(save_compressed(small, args.out))
     if args.evaluate:

@@ -49,7 +49,9 @@ from lowrank.statistics.collectors import DirectionalDerivatives, PerExampleColl
 from lowrank.statistics.settings import DEFAULT, StatisticsSettings
 
 
-def _loss(loaded, batch: dict, labels: str, generator: torch.Generator) -> torch.Tensor:
+def task_loss(loaded, batch: dict, labels: str, generator: torch.Generator) -> torch.Tensor:
+    """The batch's mean loss: cross-entropy with the data labels or with labels sampled from the model
+    (``labels="sampled"``, classifiers), or the next-token loss (causal LM)."""
     if labels == "sampled" and loaded.kind == "classifier":
         out = loaded.model(**{k: v for k, v in batch.items() if k != "labels"})
         probs = out.logits.detach().float().softmax(-1)
@@ -99,7 +101,7 @@ def _per_example_pass(loaded, task, collectors: dict[str, PerExampleCollector], 
             for c in collectors.values():
                 c.scale = float(size)
             model.zero_grad(set_to_none=True)
-            _loss(loaded, {k: v.to(loaded.device) for k, v in batch.items()}, s.labels, generator).backward()
+            task_loss(loaded, {k: v.to(loaded.device) for k, v in batch.items()}, s.labels, generator).backward()
             examples += size
             report(progress, step + 1, total, message)
     finally:

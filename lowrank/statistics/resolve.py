@@ -5,7 +5,10 @@ every compressible layer, computing (or reading from the cache) each statistic k
 
 * ``fisher``: :func:`lowrank.statistics.fisher.estimate_fisher` (key ``fisher``);
 * ``mask``: the non-zero pattern of the model's own weights (key ``mask``, 0/1): what a
-  pruned model keeps.
+  pruned model keeps;
+* ``activations`` / ``gradients``: input and output-gradient second moments
+  (:mod:`lowrank.statistics.moments`; keys ``input_moment``, ``input_abs_mean``,
+  ``grad_moment``), both from one calibration pass when both are needed.
 
 Every caller (CLI, sweeps, LPAF, allocation, dashboard, benchmarks) goes through here, so
 which sample a statistic is computed on is decided in one place (:mod:`.settings`).
@@ -22,21 +25,27 @@ from lowrank.models.architectures import compressible_linears
 from lowrank.progress import Progress, scaled
 from lowrank.statistics import cache
 from lowrank.statistics.fisher import estimate_fisher
+from lowrank.statistics.moments import estimate_moments
 from lowrank.statistics.settings import DEFAULT, StatisticsSettings
 
 Stats = dict[str, dict[str, torch.Tensor]]
 
 
-def _fisher(loaded, task, settings, use_cache, progress) -> dict[str, dict[str, torch.Tensor]]:
+def _fisher(loaded, task, settings, use_cache, progress, needs) -> dict[str, dict[str, torch.Tensor]]:
     return {n: {"fisher": F} for n, F in estimate_fisher(loaded, task, settings, use_cache, progress).items()}
 
 
-def _mask(loaded, task, settings, use_cache, progress) -> dict[str, dict[str, torch.Tensor]]:
+def _mask(loaded, task, settings, use_cache, progress, needs) -> dict[str, dict[str, torch.Tensor]]:
     return {n: {"mask": (m.weight.detach() != 0).float().cpu()} for n, m in compressible_linears(loaded.model).items()}
 
 
-# kind -> (computes, needs a task, cache folder or None when never cached)
-PROVIDERS = {"fisher": (_fisher, True, "fisher"), "mask": (_mask, False, None)}
+def _moments(loaded, task, settings, use_cache, progress, needs) -> dict[str, dict[str, torch.Tensor]]:
+    return estimate_moments(loaded, task, settings, "gradients" in needs, use_cache, progress)
+
+
+# kind -> (computes, needs a task, cache folder or None when never cached); kinds sharing a function share its pass
+PROVIDERS = {"fisher": (_fisher, True, "fisher"), "mask": (_mask, False, None),
+             "activations": (_moments, True, "moments"), "gradients": (_moments, True, "moments")}
 
 
 def needs_task(needs: Iterable[str]) -> bool:
@@ -63,9 +72,10 @@ def statistics_for(loaded, task, needs: Iterable[str], settings: StatisticsSetti
         return {}
     task = load_task(task) if needs_task(needs) else task
     stats: Stats = {}
-    for step, kind in enumerate(needs):
-        compute = PROVIDERS[kind][0]
-        part = compute(loaded, task, settings, use_cache, scaled(progress, step / len(needs), (step + 1) / len(needs)))
+    providers = list(dict.fromkeys(PROVIDERS[kind][0] for kind in needs))
+    for step, compute in enumerate(providers):
+        part = compute(loaded, task, settings, use_cache, scaled(progress, step / len(providers), (step + 1) / len(providers)),
+                       needs)
         for name, tensors in part.items():
             stats.setdefault(name, {}).update(tensors)
     return stats
@@ -74,8 +84,10 @@ def statistics_for(loaded, task, needs: Iterable[str], settings: StatisticsSetti
 def is_cached(loaded, task, needs: Iterable[str], settings: StatisticsSettings = DEFAULT) -> bool:
     """True when every data-derived kind of ``needs`` is already in the cache (computing it is then free)."""
     task = load_task(task)
-    folders = [PROVIDERS[k][2] for k in _check(needs) if PROVIDERS[k][2]]
-    return all(cache.entry_path(folder, loaded, task, settings.to_dict()).exists() for folder in folders)
+    needs = _check(needs)
+    keys = {"fisher": settings.to_dict(), "moments": {**settings.to_dict(), "gradients": "gradients" in needs}}
+    folders = {PROVIDERS[k][2] for k in needs if PROVIDERS[k][2]}
+    return all(cache.entry_path(folder, loaded, task, keys[folder]).exists() for folder in folders)
 
 
 def select(stats: Stats, key: str) -> dict[str, torch.Tensor]:
