@@ -18,6 +18,7 @@ from lowrank import cli
 from lowrank.cli.args import emit
 from lowrank.data.tasks import TaskError
 from lowrank.models.errors import ModelLoadError
+from lowrank.statistics.passes import init_from_env, is_main
 from lowrank.threads import set_threads
 
 NOT_COMMANDS = ("main", "args")  # modules of this package that register no sub-command
@@ -35,12 +36,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     set_threads(getattr(args, "threads", None))
+    init_from_env(getattr(args, "device", "cpu"))  # data-parallel statistics under torchrun
     try:
         data, table = args.handler(args)
     except (ModelLoadError, TaskError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    emit(args, data, table)
+    if is_main():
+        emit(args, data, table)
     return 0
 
 

@@ -37,15 +37,14 @@ from typing import Optional
 import torch
 from torch import nn
 
-from lowrank.data.batches import batches
-from lowrank.data.batches import num_batches as count_batches
 from lowrank.data.tasks import load_task
 from lowrank.methods.svd import truncated_svd
 from lowrank.models.architectures import compressible_linears
-from lowrank.progress import Progress, report
+from lowrank.progress import Progress
 from lowrank.ranks import resolve_ranks
 from lowrank.statistics import cache
-from lowrank.statistics.collectors import DirectionalDerivatives, PerExampleCollector, SquaredGradients
+from lowrank.statistics.collectors import DirectionalDerivatives, SquaredGradients
+from lowrank.statistics.passes import calibration_pass, is_main
 from lowrank.statistics.settings import DEFAULT, StatisticsSettings
 
 
@@ -75,41 +74,11 @@ def estimate_fisher(loaded, task, settings: StatisticsSettings = DEFAULT, use_ca
     if not linears:
         raise ValueError(f"{loaded.name} has no compressible Linear layers")
     collectors = {name: SquaredGradients(module) for name, module in linears.items()}
-    examples = _per_example_pass(loaded, task, collectors, settings, progress, "estimating Fisher information")
+    examples = calibration_pass(loaded, task, collectors, settings, task_loss, True, progress, "estimating Fisher information")
     fisher = {name: (c.total / examples).cpu() for name, c in collectors.items()}
-    if use_cache:
+    if use_cache and is_main():
         cache.write(path, fisher, settings.to_dict())
     return fisher
-
-
-def _per_example_pass(loaded, task, collectors: dict[str, PerExampleCollector], settings: StatisticsSettings,
-                      progress: Optional[Progress], message: str) -> int:
-    """Backward passes over ``settings.num_batches`` shuffled batches feeding ``collectors``; returns the example count.
-
-    The model runs in eval mode (no dropout: the deployed function); its gradients are cleared after."""
-    model = loaded.model
-    s = settings
-    total = min(s.num_batches, count_batches(task, loaded.tokenizer, s.split, s.batch_size, s.max_length))
-    generator = torch.Generator().manual_seed(s.seed)
-    was_training = model.training
-    model.eval()
-    examples = 0
-    try:
-        for step, batch in enumerate(batches(task, loaded.tokenizer, s.split, s.batch_size, s.max_length, shuffle=True,
-                                             seed=s.seed, limit=total)):
-            size = batch["input_ids"].shape[0]
-            for c in collectors.values():
-                c.scale = float(size)
-            model.zero_grad(set_to_none=True)
-            task_loss(loaded, {k: v.to(loaded.device) for k, v in batch.items()}, s.labels, generator).backward()
-            examples += size
-            report(progress, step + 1, total, message)
-    finally:
-        for c in collectors.values():
-            c.remove()
-        model.zero_grad(set_to_none=True)
-        model.train(was_training)
-    return examples
 
 
 def loss_change_taylor(loaded, task, deltas: dict[str, torch.Tensor], settings: StatisticsSettings = DEFAULT,
@@ -131,11 +100,11 @@ def loss_change_taylor(loaded, task, deltas: dict[str, torch.Tensor], settings: 
         if tuple(delta.shape) != tuple(linears[name].weight.shape):
             raise ValueError(f"{name}: change shape {tuple(delta.shape)} != weight {tuple(linears[name].weight.shape)}")
     collectors = {name: DirectionalDerivatives(linears[name], delta) for name, delta in deltas.items()}
-    _per_example_pass(loaded, task, collectors, settings, progress, "Taylor estimate of the loss change")
+    examples = calibration_pass(loaded, task, collectors, settings, task_loss, True, progress,
+                                "Taylor estimate of the loss change")
     estimates = {}
     for name, c in collectors.items():
-        s = torch.cat(c.values)
-        first, second = float(s.mean()), 0.5 * float(s.square().mean())
+        first, second = float(c.sums[0]) / examples, 0.5 * float(c.sums[1]) / examples
         estimates[name] = {"first_order": first, "second_order": second, "total": first + second}
     return estimates
 

@@ -26,12 +26,12 @@ from typing import Optional
 import torch
 from torch import nn
 
-from lowrank.data import batches, load_task
-from lowrank.data import num_batches as count_batches
+from lowrank.data import load_task
 from lowrank.models.architectures import compressible_linears
-from lowrank.progress import Progress, report
+from lowrank.progress import Progress
 from lowrank.statistics import cache
 from lowrank.statistics.fisher import task_loss
+from lowrank.statistics.passes import calibration_pass, is_main
 from lowrank.statistics.settings import StatisticsSettings
 
 KEYS = ("input_moment", "input_abs_mean", "grad_moment")
@@ -46,7 +46,7 @@ class MomentCollector:
         self.xx = torch.zeros(in_features, in_features, dtype=torch.float64, device=device)
         self.abs = torch.zeros(in_features, dtype=torch.float64, device=device)
         self.gg = torch.zeros(out_features, out_features, dtype=torch.float64, device=device) if gradients else None
-        self.tokens = 0
+        self.tokens = torch.zeros(1, dtype=torch.float64, device=device)
         self.mask: Optional[torch.Tensor] = None  # (batch, T) bool of real tokens, set before each forward
         self.scale = 1.0  # batch size: the batch loss is a mean over examples
         self.handle = module.register_forward_hook(self._forward)
@@ -69,8 +69,11 @@ class MomentCollector:
         g = self._select(g.detach()).double() * self.scale
         self.gg.addmm_(g.T, g)
 
+    def accumulators(self) -> list[torch.Tensor]:
+        return [self.xx, self.abs, self.tokens] + ([self.gg] if self.gg is not None else [])
+
     def result(self, examples: int) -> dict[str, torch.Tensor]:
-        tokens = max(self.tokens, 1)
+        tokens = max(float(self.tokens), 1.0)
         out = {"input_moment": (self.xx / tokens).float().cpu(), "input_abs_mean": (self.abs / tokens).float().cpu()}
         if self.gg is not None:
             out["grad_moment"] = (self.gg / max(examples, 1)).float().cpu()
@@ -94,9 +97,10 @@ def estimate_moments(loaded, task, settings: StatisticsSettings, gradients: bool
         return _unflatten(cached)
     linears = compressible_linears(loaded.model)
     collectors = {name: MomentCollector(module, gradients) for name, module in linears.items()}
-    examples = _pass(loaded, task, collectors, settings, gradients, progress)
+    examples = calibration_pass(loaded, task, collectors, settings, task_loss, gradients, progress,
+                                "input/gradient moments")
     result = {name: c.result(examples) for name, c in collectors.items()}
-    if use_cache:
+    if use_cache and is_main():
         cache.write(path, {f"{n}::{k}": v for n, t in result.items() for k, v in t.items()}, key)
     return result
 
@@ -107,35 +111,3 @@ def _unflatten(flat: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tenso
         name, _, kind = key.rpartition("::")
         out.setdefault(name, {})[kind] = tensor
     return out
-
-
-def _pass(loaded, task, collectors: dict[str, MomentCollector], settings: StatisticsSettings, gradients: bool,
-          progress: Optional[Progress]) -> int:
-    model, s = loaded.model, settings
-    total = min(s.num_batches, count_batches(task, loaded.tokenizer, s.split, s.batch_size, s.max_length))
-    generator = torch.Generator().manual_seed(s.seed)
-    was_training = model.training
-    model.eval()
-    examples = 0
-    try:
-        for step, batch in enumerate(batches(task, loaded.tokenizer, s.split, s.batch_size, s.max_length, shuffle=True,
-                                             seed=s.seed, limit=total)):
-            batch = {k: v.to(loaded.device) for k, v in batch.items()}
-            mask = batch.get("attention_mask")
-            for c in collectors.values():
-                c.mask = None if mask is None else mask.bool()
-                c.scale = float(batch["input_ids"].shape[0])
-            if gradients:
-                model.zero_grad(set_to_none=True)
-                task_loss(loaded, batch, s.labels, generator).backward()
-            else:
-                with torch.no_grad():
-                    model(**{k: v for k, v in batch.items() if k != "labels"})
-            examples += batch["input_ids"].shape[0]
-            report(progress, step + 1, total, "input/gradient moments")
-    finally:
-        for c in collectors.values():
-            c.remove()
-        model.zero_grad(set_to_none=True)
-        model.train(was_training)
-    return examples

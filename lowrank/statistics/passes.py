@@ -1,0 +1,101 @@
+"""The one calibration pass every statistic uses, data-parallel under torch.distributed.
+
+``calibration_pass`` runs ``settings.num_batches`` shuffled batches of the task through the
+model in eval mode (no dropout: the deployed function), with a backward pass of the task loss
+when the collectors need gradients, and returns the number of examples seen. Before each batch
+every collector gets the batch size (``scale``: the batch loss is a mean over examples) and the
+token mask of real (unpadded) tokens (``mask``).
+
+Data parallel: when a process group is initialized (``torchrun`` / ``accelerate launch``;
+:func:`init_from_env` does it for the CLI), rank ``k`` of ``n`` takes batches ``k, k+n, ...``
+and every collector's accumulators are all-reduced (summed) once at the end, so each rank holds
+the statistics of the whole sample; the example count is reduced too. Only rank 0 writes caches
+(:func:`is_main`). With data labels the result equals a single-process run up to summation order;
+with sampled labels the draws differ (same distribution).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterable, Optional
+
+import torch
+import torch.distributed as dist
+
+from lowrank.data import batches
+from lowrank.data import num_batches as count_batches
+from lowrank.progress import Progress, report
+from lowrank.statistics.settings import StatisticsSettings
+
+
+def world() -> tuple[int, int]:
+    """``(rank, world size)`` of the current process group, ``(0, 1)`` without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def is_main() -> bool:
+    return world()[0] == 0
+
+
+def init_from_env(device: str = "cpu") -> bool:
+    """Join the process group ``torchrun`` describes in the environment (gloo on CPU, NCCL on CUDA).
+
+    Returns True when this process is part of a group of more than one."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available():
+        return False
+    if not dist.is_initialized():
+        backend = "nccl" if str(device).startswith("cuda") and torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend)
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    return True
+
+
+def all_reduce(tensors: Iterable[torch.Tensor]) -> None:
+    """Sum each tensor over the process group, in place (nothing without a group)."""
+    if world()[1] > 1:
+        for tensor in tensors:
+            dist.all_reduce(tensor)
+
+
+def calibration_pass(loaded, task, collectors: dict, settings: StatisticsSettings, loss_fn, backward: bool,
+                     progress: Optional[Progress], message: str) -> int:
+    """Feed ``collectors`` (each with ``scale``, ``mask``, ``accumulators()`` and ``remove()``) from one pass.
+
+    ``loss_fn(loaded, batch, labels, generator)`` gives the batch loss when ``backward``. Returns
+    the example count over all ranks; the collectors' accumulators are all-reduced."""
+    model, s = loaded.model, settings
+    rank, size = world()
+    total = min(s.num_batches, count_batches(task, loaded.tokenizer, s.split, s.batch_size, s.max_length))
+    generator = torch.Generator().manual_seed(s.seed)
+    was_training = model.training
+    model.eval()
+    examples = 0
+    try:
+        for step, batch in enumerate(batches(task, loaded.tokenizer, s.split, s.batch_size, s.max_length, shuffle=True,
+                                             seed=s.seed, limit=total)):
+            if step % size != rank:
+                continue
+            batch = {k: v.to(loaded.device) for k, v in batch.items()}
+            mask = batch.get("attention_mask")
+            for c in collectors.values():
+                c.scale = float(batch["input_ids"].shape[0])
+                c.mask = None if mask is None else mask.bool()
+            if backward:
+                model.zero_grad(set_to_none=True)
+                loss_fn(loaded, batch, s.labels, generator).backward()
+            else:
+                with torch.no_grad():
+                    model(**{k: v for k, v in batch.items() if k != "labels"})
+            examples += batch["input_ids"].shape[0]
+            report(progress, step + 1, total, message)
+    finally:
+        for c in collectors.values():
+            c.remove()
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+    count = torch.tensor([float(examples)], dtype=torch.float64)
+    all_reduce([count, *(t for c in collectors.values() for t in c.accumulators())])
+    return int(count.item())
