@@ -59,6 +59,14 @@ def tiny_bert_dir(tmp_path_factory, tokenizer) -> Path:
     return folder
 
 
+def _save_causal_lm(model, folder: Path) -> Path:
+    model.save_pretrained(folder, safe_serialization=True)
+    tok = _tokenizer()
+    tok.eos_token = tok.sep_token
+    tok.save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory, tokenizer) -> Path:
     """A 2-layer Llama causal LM of width 64 (MiniLM's word-piece tokenizer, [SEP] as EOS)."""
@@ -68,21 +76,7 @@ def tiny_llama_dir(tmp_path_factory, tokenizer) -> Path:
     config = LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=64, intermediate_size=192, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                          eos_token_id=tokenizer.sep_token_id, pad_token_id=tokenizer.pad_token_id)
-    model = LlamaForCausalLM(config)
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    model.save_pretrained(folder, safe_serialization=True)
-    tok = _tokenizer()
-    tok.eos_token = tok.sep_token
-    tok.save_pretrained(folder)
-    return folder
-
-
-def _save_causal_lm(model, folder: Path) -> Path:
-    model.save_pretrained(folder, safe_serialization=True)
-    tok = _tokenizer()
-    tok.eos_token = tok.sep_token
-    tok.save_pretrained(folder)
-    return folder
+    return _save_causal_lm(LlamaForCausalLM(config), tmp_path_factory.mktemp("tiny-llama"))
 
 
 @pytest.fixture(scope="session")
