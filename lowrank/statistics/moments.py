@@ -8,7 +8,8 @@ calibration tokens (padding excluded)::
     G = E_n[sum_t g_nt g_nt^T]      (out, out)   output-gradient second moment ('grad_moment')
 
 ``g_nt = d l_n / d y_nt`` is the gradient of example ``n``'s own loss (the task loss with the
-data labels, or labels sampled from the model: :class:`~lowrank.statistics.settings.StatisticsSettings`).
+data labels, or labels sampled from the model: :class:`~lowrank.statistics.settings.StatisticsSettings`;
+with ``labels_per_example = k`` draws, ``G`` is the mean over the ``N k`` (example, label) pairs).
 With these, K-FAC approximates the Fisher of ``W`` as ``G (x) A`` (Martens & Grosse 2015): the
 second-order loss change of ``dW`` is ``0.5 tr(G dW A dW^T)`` (token-wise independence of
 ``x`` and ``g``; our normalization, a reconstruction).
@@ -31,7 +32,7 @@ from lowrank.data import num_batches as count_batches
 from lowrank.models.architectures import compressible_linears
 from lowrank.progress import Progress, report
 from lowrank.statistics import cache
-from lowrank.statistics.fisher import task_loss
+from lowrank.statistics.fisher import backward_task_losses
 from lowrank.statistics.settings import StatisticsSettings
 
 KEYS = ("input_moment", "input_abs_mean", "grad_moment")
@@ -94,8 +95,8 @@ def estimate_moments(loaded, task, settings: StatisticsSettings, gradients: bool
         return _unflatten(cached)
     linears = compressible_linears(loaded.model)
     collectors = {name: MomentCollector(module, gradients) for name, module in linears.items()}
-    examples = _pass(loaded, task, collectors, settings, gradients, progress)
-    result = {name: c.result(examples) for name, c in collectors.items()}
+    samples = _pass(loaded, task, collectors, settings, gradients, progress)
+    result = {name: c.result(samples) for name, c in collectors.items()}
     if use_cache:
         cache.write(path, {f"{n}::{k}": v for n, t in result.items() for k, v in t.items()}, key)
     return result
@@ -125,13 +126,14 @@ def _pass(loaded, task, collectors: dict[str, MomentCollector], settings: Statis
             for c in collectors.values():
                 c.mask = None if mask is None else mask.bool()
                 c.scale = float(batch["input_ids"].shape[0])
+            draws = 1
             if gradients:
                 model.zero_grad(set_to_none=True)
-                task_loss(loaded, batch, s.labels, generator).backward()
+                draws = backward_task_losses(loaded, batch, s, generator)
             else:
                 with torch.no_grad():
                     model(**{k: v for k, v in batch.items() if k != "labels"})
-            examples += batch["input_ids"].shape[0]
+            examples += batch["input_ids"].shape[0] * draws
             report(progress, step + 1, total, "input/gradient moments")
     finally:
         for c in collectors.values():
