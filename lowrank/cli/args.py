@@ -20,22 +20,30 @@ def add_common(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
-def add_statistics_options(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The calibration flags of every command that computes statistics (Fisher...): one name each."""
+def add_statistics_options(parser: argparse.ArgumentParser, aliases: bool = True) -> argparse.ArgumentParser:
+    """The calibration flags of every command that computes statistics (Fisher...): one name each.
+
+    ``aliases``: also the short forms ``--batches`` / ``--batch-size``; a command whose own
+    ``--batch-size`` means something else (``lpaf``: the training batch) passes ``False``.
+    """
     d = DEFAULT
-    parser.add_argument("--fisher-batches", "--batches", dest="fisher_batches", type=int, default=d.num_batches,
-                        help=f"calibration batches for statistics such as Fisher (default {d.num_batches})")
-    parser.add_argument("--fisher-batch-size", "--batch-size", dest="fisher_batch_size", type=int, default=d.batch_size,
-                        help=f"examples per calibration batch (default {d.batch_size})")
+    parser.add_argument("--fisher-batches", *(["--batches"] if aliases else []), dest="fisher_batches", type=int,
+                        default=d.num_batches, help=f"calibration batches for statistics such as Fisher (default {d.num_batches})")
+    parser.add_argument("--fisher-batch-size", *(["--batch-size"] if aliases else []), dest="fisher_batch_size", type=int,
+                        default=d.batch_size, help=f"examples per calibration batch (default {d.batch_size})")
     parser.add_argument("--labels", choices=LABELS, default=d.labels,
                         help="task labels (empirical Fisher) or labels sampled from the model's prediction (true Fisher)")
+    parser.add_argument("--labels-per-example", type=int, default=d.labels_per_example,
+                        help=f"with --labels sampled: labels drawn per example, squared gradients averaged "
+                             f"(default {d.labels_per_example})")
     parser.add_argument("--fisher-split", default=d.split, help=f"split the statistics are computed on (default {d.split})")
     return parser
 
 
 def statistics_settings(args) -> StatisticsSettings:
+    """The :class:`StatisticsSettings` of the flags :func:`add_statistics_options` made."""
     return DEFAULT.with_(num_batches=args.fisher_batches, batch_size=args.fisher_batch_size, labels=args.labels,
-                         split=args.fisher_split)
+                         labels_per_example=args.labels_per_example, split=args.fisher_split)
 
 
 def emit(args, data, table=None) -> None:

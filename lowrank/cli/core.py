@@ -9,7 +9,7 @@ import pandas as pd
 
 from lowrank.allocation import read_ranks
 from lowrank.analysis.spectra import spectra as compute
-from lowrank.assets import prepare_all
+from lowrank.assets import prepare_all, prepare_suite
 from lowrank.cli.args import add_common, add_statistics_options, statistics_settings
 from lowrank.compress import compress as run_compress
 from lowrank.compress import load_any, save_compressed
@@ -18,15 +18,17 @@ from lowrank.evaluate import evaluate as run_eval
 from lowrank.io import atomic_dir
 from lowrank.methods import available_methods, get_method
 from lowrank.models import load_model
-from lowrank.models.packaged import PACKAGED, minilm_rt_dir
+from lowrank.models.packaged import FINETUNED, FINETUNED_BASE, PACKAGED, finetuned_dir, is_built
 from lowrank.progress import TqdmProgress
 from lowrank.statistics import statistics_for
-from lowrank.training.finetune import MINILM_RT_CONFIG, TrainConfig, build_minilm_rt, train
+from lowrank.training.finetune import MINILM_RT_CONFIG, TrainConfig, build_finetuned, train
 
 
 def register(sub) -> None:
-    p = add_common(sub.add_parser("prepare", help="fetch the offline assets (and optionally build minilm-rt)"))
-    p.add_argument("--build-minilm-rt", action="store_true", help="also fine-tune and cache minilm-rt if missing")
+    p = add_common(sub.add_parser("prepare", help="fetch the offline assets (and optionally build fine-tuned models)"))
+    p.add_argument("--build", nargs="+", default=[], metavar="NAME", choices=[*FINETUNED, "all"],
+                   help=f"also fine-tune and cache these packaged models if missing ({', '.join(FINETUNED)}; all: every one)")
+    p.add_argument("--build-minilm-rt", action="store_true", help="same as --build minilm-rt")
     p.set_defaults(handler=prepare)
 
     p = add_common(sub.add_parser("models", help="list packaged models"))
@@ -40,10 +42,11 @@ def register(sub) -> None:
     p.add_argument("--full", action="store_true", help="include singular values and energy curves in JSON")
     p.set_defaults(handler=spectra)
 
-    p = add_common(sub.add_parser("finetune", help="fine-tune a model on a task (builds minilm-rt)"))
+    p = add_common(sub.add_parser("finetune", help="fine-tune a model on a task (builds minilm-rt, minilm-<task>)"))
     p.add_argument("--model", default="minilm")
     p.add_argument("--task", default="rotten_tomatoes")
-    p.add_argument("--out", help="output folder (default: the minilm-rt cache for minilm on rotten_tomatoes)")
+    p.add_argument("--out", help="output folder (default for minilm on a suite task: its packaged model's cache, "
+                                 "e.g. minilm-rt for rotten_tomatoes)")
     p.add_argument("--epochs", type=float)
     p.add_argument("--lr", type=float)
     p.add_argument("--max-steps", type=int)
@@ -72,12 +75,13 @@ def register(sub) -> None:
 
 
 def prepare(args):
-    paths = {k: str(v) for k, v in prepare_all().items()}
-    if args.build_minilm_rt and not (minilm_rt_dir() / "model.safetensors").exists():
-        print("building minilm-rt (one-time fine-tuning of MiniLM on Rotten Tomatoes)...")
-        build_minilm_rt(device=args.device, progress=TqdmProgress())
-    if (minilm_rt_dir() / "model.safetensors").exists():
-        paths["minilm-rt"] = str(minilm_rt_dir())
+    paths = {k: str(v) for k, v in {**prepare_all(), **prepare_suite()}.items()}
+    wanted = list(FINETUNED) if "all" in args.build else list(dict.fromkeys(args.build + ["minilm-rt"] * args.build_minilm_rt))
+    for name in wanted:
+        if not is_built(name):
+            print(f"building {name} (one-time fine-tuning of {FINETUNED_BASE} on {FINETUNED[name]})...")
+            build_finetuned(FINETUNED[name], device=args.device, progress=TqdmProgress())
+    paths |= {name: str(finetuned_dir(name)) for name in FINETUNED if is_built(name)}
     return paths, pd.DataFrame({"asset": list(paths), "path": list(paths.values())})
 
 
@@ -100,11 +104,13 @@ def spectra(args):
 
 def finetune(args):
     overrides = {k: v for k, v in {"epochs": args.epochs, "lr": args.lr, "max_steps": args.max_steps}.items() if v is not None}
-    if args.model == "minilm" and args.task == "rotten_tomatoes" and not args.out:
-        record = build_minilm_rt(TrainConfig(**{**MINILM_RT_CONFIG.__dict__, **overrides}), device=args.device, progress=TqdmProgress())
-        return record, pd.DataFrame([{"model": "minilm-rt", "validation_accuracy": record["validation_accuracy"]}])
+    if args.model == FINETUNED_BASE and args.task in FINETUNED.values() and not args.out:
+        record = build_finetuned(args.task, TrainConfig(**{**MINILM_RT_CONFIG.__dict__, **overrides}), device=args.device,
+                                 progress=TqdmProgress())
+        return record, pd.DataFrame([{"model": record["name"], "validation_accuracy": record["validation_accuracy"]}])
     if not args.out:
-        raise ValueError("--out is required unless building minilm-rt (--model minilm --task rotten_tomatoes)")
+        raise ValueError(f"--out is required unless building a packaged model (--model {FINETUNED_BASE} --task "
+                         f"{' | '.join(FINETUNED.values())})")
     task = load_task(args.task)
     loaded = load_model(args.model, task=task, device=args.device)
     losses = train(loaded.model, loaded.tokenizer, task, TrainConfig(**overrides), progress=TqdmProgress())

@@ -8,12 +8,11 @@ from pathlib import Path
 import pandas as pd
 
 from lowrank.allocation import read_ranks
-from lowrank.cli.args import add_common
+from lowrank.cli.args import add_common, add_statistics_options, statistics_settings
 from lowrank.compress import load_any, save_compressed
 from lowrank.evaluate import evaluate
 from lowrank.models.loading import load_model
 from lowrank.progress import TqdmProgress
-from lowrank.statistics import DEFAULT
 from lowrank.training.lpaf import FACTORIZATIONS, FINETUNE_CONFIG, LpafConfig, average_ranks, rank_analysis
 from lowrank.training.lpaf import lpaf as run_lpaf
 from lowrank.training.prune import MASKS_FILE, PRUNE_CONFIG, load_masks, save_pruned
@@ -50,7 +49,7 @@ def register(sub) -> None:
     p.add_argument("--factorization", choices=list(FACTORIZATIONS), default="sparsity_aware",
                    help="sparsity_aware (fit only the kept entries, default), svd of the pruned weights, or "
                         "fwsvd / tfwsvd of the pruned weights with the pruned model's Fisher")
-    p.add_argument("--fisher-batches", type=int, default=32, help="batches of 16 examples for the Fisher (fwsvd / tfwsvd)")
+    add_statistics_options(p, aliases=False)  # the pruned model's Fisher (fwsvd / tfwsvd); --batch-size is training's
     p.add_argument("--no-mixed-rank", action="store_true", help="plain fine-tuning of the factorized model instead of mixed-rank")
     p.add_argument("--score-weighting", action="store_true", help="weight kept entries by their movement-score rank (1..2)")
     p.add_argument("--p0", type=float, default=0.5, help="initial probability of the sparse path (default 0.5)")
@@ -120,7 +119,7 @@ def lpaf(args):
                         factorization=args.factorization, mixed_rank=not args.no_mixed_rank, p0=args.p0,
                         schedule=args.anneal, prune_method=args.prune_method, scope=args.scope,
                         score_update=args.score_update, score_weighting=args.score_weighting,
-                        statistics=DEFAULT.with_(num_batches=args.fisher_batches), eval_limit=args.limit)
+                        statistics=statistics_settings(args), eval_limit=args.limit)
     loaded = load_model(args.model, task=args.task, device=args.device)
     result = run_lpaf(loaded, args.task, config, masks=masks, progress=TqdmProgress())
     info = result.model.lowrank_info

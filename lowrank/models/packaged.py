@@ -1,24 +1,75 @@
-"""The packaged offline models: one table of names, what they are, and where their files come from."""
+"""The packaged offline models: one table of names, what they are, and where their files come from.
+
+Two kinds of rows in :data:`MODELS`: models shipped inside PyPI packages (``minilm``,
+``smollm2-135m``), and models fine-tuned from ``minilm`` on one task of the multi-task suite
+(:data:`lowrank.data.tasks.SUITE`), built once on demand by
+:func:`lowrank.training.finetune.build_finetuned` and cached under ``<cache>/models/<name>``:
+``minilm-rt`` for Rotten Tomatoes, ``minilm-<task>`` for every other suite task.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from lowrank import assets
+from lowrank.data.tasks import NAMED_TASKS, SUITE
 from lowrank.io import cache_dir
 from lowrank.models.errors import ModelLoadError
 
-PACKAGED = {
-    "minilm": "all-MiniLM-L6-v2 sentence encoder (BERT, 6 layers, 22.7M params), packaged offline",
-    "minilm-rt": "MiniLM fine-tuned on Rotten Tomatoes sentiment (built once, cached)",
-    "smollm2-135m": "SmolLM2-135M-Instruct (Llama, 30 layers), packaged as GGUF, converted to float once",
+FINETUNED_BASE = "minilm"  # every fine-tuned packaged model starts from this one
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    """A packaged model: ``description``; ``task`` set when it is ``minilm`` fine-tuned on that task (built on demand)."""
+
+    description: str
+    task: Optional[str] = None
+
+
+def _finetuned_name(task: str) -> str:
+    return "minilm-rt" if task == "rotten_tomatoes" else f"minilm-{task}"
+
+
+MODELS: dict[str, PackagedModel] = {
+    "minilm": PackagedModel("all-MiniLM-L6-v2 sentence encoder (BERT, 6 layers, 22.7M params), packaged offline"),
+    **{_finetuned_name(task): PackagedModel(f"MiniLM fine-tuned on {task}, built once and cached: "
+                                            f"{NAMED_TASKS[task].description}", task) for task in SUITE},
+    "smollm2-135m": PackagedModel("SmolLM2-135M-Instruct (Llama, 30 layers), packaged as GGUF, converted to float once"),
 }
 
-MINILM_RT_TASK = "rotten_tomatoes"
+PACKAGED = {name: m.description for name, m in MODELS.items()}  # name -> description, for listings
+FINETUNED = {name: m.task for name, m in MODELS.items() if m.task is not None}  # fine-tuned name -> its task
+
+
+def finetuned_model(task: str) -> str:
+    """Name of the packaged model fine-tuned on ``task`` (e.g. ``minilm-sms_spam``)."""
+    names = [name for name, t in FINETUNED.items() if t == task]
+    if not names:
+        raise ModelLoadError(f"no packaged model is fine-tuned on {task!r}; the suite's tasks are {', '.join(FINETUNED.values())}")
+    return names[0]
+
+
+def finetuned_dir(name: str) -> Path:
+    """Cache folder of a fine-tuned packaged model (built or not)."""
+    if name not in FINETUNED:
+        raise ModelLoadError(f"{name!r} is not a fine-tuned packaged model; those are {', '.join(FINETUNED)}")
+    return cache_dir() / "models" / name
+
+
+def is_built(name: str) -> bool:
+    return (finetuned_dir(name) / "model.safetensors").exists()
+
+
+def build_command(name: str) -> str:
+    """The one command that builds a fine-tuned packaged model."""
+    return f"python -m lowrank prepare --build {name}"
 
 
 def minilm_rt_dir() -> Path:
-    return cache_dir() / "models" / "minilm-rt"
+    return finetuned_dir("minilm-rt")
 
 
 def resolve_source(name_or_path: str) -> str:
@@ -27,12 +78,12 @@ def resolve_source(name_or_path: str) -> str:
         return str(assets.minilm_dir())
     if name_or_path == "smollm2-135m":
         return str(assets.smollm2_dir())
-    if name_or_path == "minilm-rt":
-        folder = minilm_rt_dir()
-        if not (folder / "model.safetensors").exists():
+    if name_or_path in FINETUNED:
+        if not is_built(name_or_path):
             raise ModelLoadError(
-                "minilm-rt is not built yet: run `python -m lowrank finetune --model minilm --task rotten_tomatoes` "
-                "(or `make run`, which builds it once)"
+                f"{name_or_path} is not built yet: run `{build_command(name_or_path)}` (a one-time fine-tuning of "
+                f"minilm on {FINETUNED[name_or_path]}; `python -m lowrank finetune --model minilm --task "
+                f"{FINETUNED[name_or_path]}` does the same)"
             )
-        return str(folder)
+        return str(finetuned_dir(name_or_path))
     return name_or_path

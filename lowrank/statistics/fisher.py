@@ -7,8 +7,8 @@ For a weight ``W`` (out, in) and per-example loss ``l_n``::
 the average over ``N`` training examples of the squared per-example gradient (the
 diagonal of the empirical Fisher). ``l_n`` is the cross-entropy of example ``n``
 (classification, with its label, or with a label sampled from the model's own
-prediction when ``labels="sampled"``: the true Fisher), or the mean next-token loss of
-one token block (causal LM).
+prediction when ``labels="sampled"``: the true Fisher, optionally with ``labels_per_example``
+draws per example, averaged), or the mean next-token loss of one token block (causal LM).
 
 Per-example gradients come from hooks (:mod:`lowrank.statistics.collectors`), without
 per-batch copies of the gradient: ``dl_n/dW = g_n^T x_n`` is formed one example at a time,
@@ -48,15 +48,25 @@ from lowrank.statistics.passes import calibration_pass, is_main
 from lowrank.statistics.settings import DEFAULT, StatisticsSettings
 
 
-def task_loss(loaded, batch: dict, labels: str, generator: torch.Generator) -> torch.Tensor:
-    """The batch's mean loss: cross-entropy with the data labels or with labels sampled from the model
-    (``labels="sampled"``, classifiers), or the next-token loss (causal LM)."""
+def task_losses(loaded, batch: dict, labels: str, generator: torch.Generator, per_example: int = 1) -> list[torch.Tensor]:
+    """The batch's mean loss, from one forward pass: cross-entropy with the data labels, or with labels
+    sampled from the model (``labels="sampled"``, classifiers: ``per_example`` draws per example, with
+    replacement, one loss per draw), or the next-token loss (causal LM). A list of one loss otherwise."""
     if labels == "sampled" and loaded.kind == "classifier":
         out = loaded.model(**{k: v for k, v in batch.items() if k != "labels"})
         probs = out.logits.detach().float().softmax(-1)
-        sampled = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(probs.device)
-        return nn.functional.cross_entropy(out.logits, sampled)
-    return loaded.model(**batch).loss
+        sampled = torch.multinomial(probs.cpu(), per_example, replacement=per_example > 1, generator=generator).to(probs.device)
+        return [nn.functional.cross_entropy(out.logits, sampled[:, s]) for s in range(per_example)]
+    return [loaded.model(**batch).loss]
+
+
+def backward_task_losses(loaded, batch: dict, settings: StatisticsSettings, generator: torch.Generator) -> int:
+    """Backward passes of :func:`task_losses` for ``settings`` (one forward; the graph is kept between the
+    ``labels_per_example`` backward passes); returns how many there were, so hooks' sums divide by it."""
+    losses = task_losses(loaded, batch, settings.labels, generator, settings.labels_per_example)
+    for index, loss in enumerate(losses):
+        loss.backward(retain_graph=index < len(losses) - 1)
+    return len(losses)
 
 
 def estimate_fisher(loaded, task, settings: StatisticsSettings = DEFAULT, use_cache: bool = True,
@@ -74,7 +84,8 @@ def estimate_fisher(loaded, task, settings: StatisticsSettings = DEFAULT, use_ca
     if not linears:
         raise ValueError(f"{loaded.name} has no compressible Linear layers")
     collectors = {name: SquaredGradients(module) for name, module in linears.items()}
-    examples = calibration_pass(loaded, task, collectors, settings, task_loss, True, progress, "estimating Fisher information")
+    examples = calibration_pass(loaded, task, collectors, settings, backward_task_losses, True, progress,
+                                "estimating Fisher information")
     fisher = {name: (c.total / examples).cpu() for name, c in collectors.items()}
     if use_cache and is_main():
         cache.write(path, fisher, settings.to_dict())
@@ -88,8 +99,8 @@ def loss_change_taylor(loaded, task, deltas: dict[str, torch.Tensor], settings: 
     ``deltas``: ``{module_name: dW}`` with ``dW`` shaped like the weight (for a rank-r
     approximation ``W_hat``, ``dW = W_hat - W``). Returns per layer ``first_order``
     (``mean_n s_n``), ``second_order`` (``0.5 mean_n s_n^2``, the full empirical-Fisher
-    quadratic form) and ``total`` (their sum); see the module docstring. Not cached: it
-    depends on ``dW``.
+    quadratic form; with ``labels="sampled"`` the true-Fisher form, the mean over every drawn
+    label) and ``total`` (their sum); see the module docstring. Not cached: it depends on ``dW``.
     """
     task = load_task(task)
     linears = compressible_linears(loaded.model)
@@ -100,7 +111,7 @@ def loss_change_taylor(loaded, task, deltas: dict[str, torch.Tensor], settings: 
         if tuple(delta.shape) != tuple(linears[name].weight.shape):
             raise ValueError(f"{name}: change shape {tuple(delta.shape)} != weight {tuple(linears[name].weight.shape)}")
     collectors = {name: DirectionalDerivatives(linears[name], delta) for name, delta in deltas.items()}
-    examples = calibration_pass(loaded, task, collectors, settings, task_loss, True, progress,
+    examples = calibration_pass(loaded, task, collectors, settings, backward_task_losses, True, progress,
                                 "Taylor estimate of the loss change")
     estimates = {}
     for name, c in collectors.items():

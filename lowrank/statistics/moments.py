@@ -8,7 +8,8 @@ calibration tokens (padding excluded)::
     G = E_n[sum_t g_nt g_nt^T]      (out, out)   output-gradient second moment ('grad_moment')
 
 ``g_nt = d l_n / d y_nt`` is the gradient of example ``n``'s own loss (the task loss with the
-data labels, or labels sampled from the model: :class:`~lowrank.statistics.settings.StatisticsSettings`).
+data labels, or labels sampled from the model: :class:`~lowrank.statistics.settings.StatisticsSettings`;
+with ``labels_per_example = k`` draws, ``G`` is the mean over the ``N k`` (example, label) pairs).
 With these, K-FAC approximates the Fisher of ``W`` as ``G (x) A`` (Martens & Grosse 2015): the
 second-order loss change of ``dW`` is ``0.5 tr(G dW A dW^T)`` (token-wise independence of
 ``x`` and ``g``; our normalization, a reconstruction).
@@ -30,7 +31,7 @@ from lowrank.data import load_task
 from lowrank.models.architectures import compressible_linears
 from lowrank.progress import Progress
 from lowrank.statistics import cache
-from lowrank.statistics.fisher import task_loss
+from lowrank.statistics.fisher import backward_task_losses
 from lowrank.statistics.passes import calibration_pass, is_main
 from lowrank.statistics.settings import StatisticsSettings
 
@@ -97,7 +98,7 @@ def estimate_moments(loaded, task, settings: StatisticsSettings, gradients: bool
         return _unflatten(cached)
     linears = compressible_linears(loaded.model)
     collectors = {name: MomentCollector(module, gradients) for name, module in linears.items()}
-    examples = calibration_pass(loaded, task, collectors, settings, task_loss, gradients, progress,
+    examples = calibration_pass(loaded, task, collectors, settings, backward_task_losses, gradients, progress,
                                 "input/gradient moments")
     result = {name: c.result(examples) for name, c in collectors.items()}
     if use_cache and is_main():

@@ -60,12 +60,13 @@ def all_reduce(tensors: Iterable[torch.Tensor]) -> None:
             dist.all_reduce(tensor)
 
 
-def calibration_pass(loaded, task, collectors: dict, settings: StatisticsSettings, loss_fn, backward: bool,
+def calibration_pass(loaded, task, collectors: dict, settings: StatisticsSettings, backward_fn, backward: bool,
                      progress: Optional[Progress], message: str) -> int:
     """Feed ``collectors`` (each with ``scale``, ``mask``, ``accumulators()`` and ``remove()``) from one pass.
 
-    ``loss_fn(loaded, batch, labels, generator)`` gives the batch loss when ``backward``. Returns
-    the example count over all ranks; the collectors' accumulators are all-reduced."""
+    With ``backward``, ``backward_fn(loaded, batch, settings, generator)`` runs the batch's backward
+    pass(es) and returns how many (one per sampled label draw). Returns the number of
+    (example, label) samples over all ranks; the collectors' accumulators are all-reduced."""
     model, s = loaded.model, settings
     rank, size = world()
     total = min(s.num_batches, count_batches(task, loaded.tokenizer, s.split, s.batch_size, s.max_length))
@@ -83,13 +84,14 @@ def calibration_pass(loaded, task, collectors: dict, settings: StatisticsSetting
             for c in collectors.values():
                 c.scale = float(batch["input_ids"].shape[0])
                 c.mask = None if mask is None else mask.bool()
+            draws = 1
             if backward:
                 model.zero_grad(set_to_none=True)
-                loss_fn(loaded, batch, s.labels, generator).backward()
+                draws = backward_fn(loaded, batch, s, generator)
             else:
                 with torch.no_grad():
                     model(**{k: v for k, v in batch.items() if k != "labels"})
-            examples += batch["input_ids"].shape[0]
+            examples += batch["input_ids"].shape[0] * draws
             report(progress, step + 1, total, message)
     finally:
         for c in collectors.values():

@@ -48,6 +48,18 @@ PROVIDERS = {"fisher": (_fisher, True, "fisher"), "mask": (_mask, False, None),
              "activations": (_moments, True, "moments"), "gradients": (_moments, True, "moments")}
 
 
+# kind -> the per-layer keys it provides
+KEYS = {"fisher": ("fisher",), "mask": ("mask",), "activations": ("input_moment", "input_abs_mean"),
+        "gradients": ("grad_moment",)}
+
+
+def restrict(stats: Stats, needs: Iterable[str]) -> Stats:
+    """Only the keys of the kinds in ``needs``: what :func:`statistics_for` returns for ``needs`` alone, taken from
+    statistics computed for more (so each method of a comparison sees exactly what it would get on its own)."""
+    keys = {key for kind in _check(needs) for key in KEYS[kind]}
+    return {name: {k: v for k, v in tensors.items() if k in keys} for name, tensors in stats.items()}
+
+
 def needs_task(needs: Iterable[str]) -> bool:
     """True when any of ``needs`` is computed from task data (a calibration pass)."""
     return any(PROVIDERS[kind][1] for kind in needs if kind in PROVIDERS)
