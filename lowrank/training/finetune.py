@@ -124,7 +124,7 @@ def build_minilm_rt(config: TrainConfig = MINILM_RT_CONFIG, device: str = "cpu",
     record = {"base": "minilm", "task": task.name, "task_source": task.source, "config": asdict(config),
               "final_loss": sum(losses[-20:]) / len(losses[-20:]),
               "validation_accuracy": accuracy(loaded, task, "validation")}
-    with atomic_dir(minilm_rt_dir()) as tmp:
+    with atomic_dir(minilm_rt_dir(), force=True) as tmp:  # our cache: a model folder there is ours
         loaded.model.save_pretrained(tmp, safe_serialization=True)
         loaded.tokenizer.save_pretrained(tmp)
         (tmp / "training.json").write_text(json.dumps(record, indent=2))
