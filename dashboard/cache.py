@@ -56,12 +56,14 @@ def store() -> RunStore:
 
 
 def save_upload(name: str, data: bytes) -> str:
-    """Keep an uploaded CSV under ``<cache>/uploads/<hash>/<name>``; returns its path (the task key)."""
+    """Keep an uploaded CSV under ``<cache>/uploads/<hash>/<name>``; returns its path (the task key).
+
+    A kept copy whose bytes differ from the upload (damaged on disk) is written again."""
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(name).name) or "upload.csv"
     if not safe.lower().endswith(".csv"):
         safe += ".csv"
     path = cache_dir() / "uploads" / hashlib.sha1(data).hexdigest()[:12] / safe
-    if not path.exists():
+    if not path.is_file() or path.read_bytes() != data:
         atomic_write_bytes(path, data)
     return str(path)
 

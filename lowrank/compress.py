@@ -25,14 +25,14 @@ from safetensors.torch import save_model
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from lowrank.io import atomic_dir
-from lowrank.layers import LowRankLinear
+from lowrank.io import atomic_dir, recover
+from lowrank.layers import LowRankLinear, check_rank
 from lowrank.loaded import LoadedModel, unwrap
 from lowrank.methods import factorize, get_method
 from lowrank.methods.registry import layer_stats
 from lowrank.models.architectures import adapt_layout, compressible_linears
 from lowrank.models.errors import ModelLoadError
-from lowrank.models.loading import load_model, model_kind
+from lowrank.models.loading import check_fits_in_memory, load_model, model_kind
 from lowrank.progress import Progress, report
 from lowrank.ranks import Ranks, resolve_ranks
 
@@ -123,8 +123,12 @@ def low_rank_layers(model: nn.Module) -> dict[str, LowRankLinear]:
     return {n: m for n, m in model.named_modules() if isinstance(m, LowRankLinear)}
 
 
-def save_compressed(model, directory: Union[str, Path], tokenizer=None) -> Path:
-    """Write config, tokenizer, ``model.safetensors`` and ``lowrank.json`` atomically to ``directory``."""
+def save_compressed(model, directory: Union[str, Path], tokenizer=None, force: bool = False) -> Path:
+    """Write config, tokenizer, ``model.safetensors`` and ``lowrank.json`` atomically to ``directory``.
+
+    An existing ``directory`` is replaced only if :func:`lowrank.io.writable_output` allows it (``force``
+    included); otherwise ``OutputError`` (a ``ValueError``) and nothing is touched.
+    """
     module, loaded = unwrap(model)
     tokenizer = tokenizer or (loaded.tokenizer if loaded else None)
     info = getattr(module, "lowrank_info", None)
@@ -132,7 +136,7 @@ def save_compressed(model, directory: Union[str, Path], tokenizer=None) -> Path:
         raise ValueError("this model was not produced by lowrank.compress (no lowrank_info); nothing to save")
     ranks = {n: m.rank for n, m in low_rank_layers(module).items()}
     directory = Path(directory)
-    with atomic_dir(directory) as tmp:
+    with atomic_dir(directory, force=force) as tmp:
         module.config.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
@@ -143,8 +147,14 @@ def save_compressed(model, directory: Union[str, Path], tokenizer=None) -> Path:
 
 
 def load_compressed(directory: Union[str, Path], device: Union[str, torch.device] = "cpu"):
-    """Rebuild a model saved by :func:`save_compressed`; returns a ``LoadedModel``."""
+    """Rebuild a model saved by :func:`save_compressed`; returns a ``LoadedModel``.
+
+    First repairs a save that was killed mid-replacement (:func:`lowrank.io.recover`). Every rank is
+    checked against its layer and the model must fit in RAM (the same estimate as ``load_model``)
+    before anything is allocated.
+    """
     directory = Path(directory)
+    recover(directory)
     meta_path = directory / "lowrank.json"
     if not meta_path.exists():
         raise ModelLoadError(f"{directory} is not a compressed model folder (no lowrank.json)")
@@ -152,11 +162,23 @@ def load_compressed(directory: Union[str, Path], device: Union[str, torch.device
     if meta.get("format_version") != FORMAT_VERSION:
         raise ModelLoadError(f"{directory}: unsupported lowrank.json format {meta.get('format_version')}")
     config = AutoConfig.from_pretrained(directory)
+    check_fits_in_memory(config, str(directory))  # ranks below break-even keep the model under its dense size
     kind = meta.get("kind") or model_kind(config)
     factory = {"causal-lm": AutoModelForCausalLM, "classifier": AutoModelForSequenceClassification}.get(kind, AutoModel)
     model = adapt_layout(factory.from_config(config))
+    if not isinstance(meta.get("ranks"), dict):
+        raise ModelLoadError(f"{meta_path}: 'ranks' must be an object {{layer: rank}}")
     for name, rank in meta["ranks"].items():
-        dense = model.get_submodule(name)
+        try:
+            dense = model.get_submodule(name)
+        except AttributeError:
+            dense = None
+        if not isinstance(dense, nn.Linear):
+            raise ModelLoadError(f"{meta_path}: {name!r} is not a Linear layer of this model")
+        try:
+            check_rank(rank, dense.out_features, dense.in_features, name)
+        except ValueError as err:
+            raise ModelLoadError(f"{meta_path}: {err}") from err
         shell = LowRankLinear.empty(dense.out_features, dense.in_features, rank, dense.bias is not None, dtype=dense.weight.dtype)
         set_module(model, name, shell)
     missing, unexpected = load_weights(model, str(directory / "model.safetensors"), strict=False)
@@ -172,6 +194,7 @@ def load_compressed(directory: Union[str, Path], device: Union[str, torch.device
 
 def load_any(name: Union[str, Path], device: Union[str, torch.device] = "cpu", task=None) -> LoadedModel:
     """A compressed folder (has ``lowrank.json``) via :func:`load_compressed`, else :func:`lowrank.load_model`."""
+    recover(Path(name))
     if (Path(name) / "lowrank.json").exists():
         return load_compressed(name, device=device)
     return load_model(str(name), task=task, device=device)

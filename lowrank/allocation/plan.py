@@ -25,7 +25,7 @@ import pandas as pd
 
 from lowrank.allocation.choices import DEFAULT_ALIGN
 from lowrank.allocation.curves import loss_at
-from lowrank.io import atomic_write_bytes, to_jsonable
+from lowrank.io import atomic_write_bytes, to_jsonable, writable_file
 from lowrank.layers import check_rank
 
 PLAN_FORMAT = "lowrank-plan"
@@ -203,8 +203,9 @@ class RankPlan:
         return plan
 
     def save(self, path: Union[str, Path]) -> Path:
-        """Write the plan as JSON, atomically."""
-        path = Path(path)
+        """Write the plan as JSON, atomically; an existing file is replaced only if it is a rank plan
+        (:func:`lowrank.io.writable_file`), so no other file is ever overwritten."""
+        path = writable_file(path, _is_plan)
         atomic_write_bytes(path, (self.to_json() + "\n").encode())
         return path
 
@@ -216,6 +217,15 @@ class RankPlan:
             return cls.from_json(data)
         except ValueError as err:
             raise ValueError(f"plan file {path}: {err}") from err
+
+
+def _is_plan(data: bytes) -> bool:
+    """True when ``data`` is a rank plan this library reads (what :meth:`RankPlan.save` may replace)."""
+    try:
+        RankPlan.from_json(data)
+    except ValueError:
+        return False
+    return True
 
 
 def _planned_layer(row: dict) -> PlannedLayer:

@@ -1,13 +1,15 @@
-"""Argument helpers every command shares: --json/--device/--threads, one set of statistics flags, output."""
+"""Argument helpers every command shares: --json/--device/--threads, one set of statistics flags, --out/--force, output."""
 
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
+from typing import Optional
 
 import pandas as pd
 
-from lowrank.io import to_jsonable
+from lowrank.io import to_jsonable, writable_output
 from lowrank.statistics import DEFAULT, StatisticsSettings
 from lowrank.statistics.settings import LABELS
 
@@ -38,6 +40,20 @@ def add_statistics_options(parser: argparse.ArgumentParser, aliases: bool = True
                              f"(default {d.labels_per_example})")
     parser.add_argument("--fisher-split", default=d.split, help=f"split the statistics are computed on (default {d.split})")
     return parser
+
+
+def add_output(parser: argparse.ArgumentParser, help: str) -> argparse.ArgumentParser:
+    """``--out FOLDER`` and ``--force`` of every command that writes a model folder."""
+    parser.add_argument("--out", help=help)
+    parser.add_argument("--force", action="store_true",
+                        help="replace an existing model folder that lowrank did not mark as its output "
+                             "(never a folder holding other files)")
+    return parser
+
+
+def output_folder(args) -> Optional[Path]:
+    """``--out`` checked before any work (:func:`lowrank.io.writable_output`), or ``None`` without one."""
+    return writable_output(Path(args.out), args.force) if args.out else None
 
 
 def statistics_settings(args) -> StatisticsSettings:

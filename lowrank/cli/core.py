@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pandas as pd
 
 from lowrank.allocation import read_ranks
 from lowrank.analysis.spectra import spectra as compute
 from lowrank.assets import prepare_all, prepare_suite
-from lowrank.cli.args import add_common, add_statistics_options, statistics_settings
+from lowrank.cli.args import add_common, add_output, add_statistics_options, output_folder, statistics_settings
 from lowrank.compress import compress as run_compress
 from lowrank.compress import load_any, save_compressed
 from lowrank.data import load_task
@@ -45,8 +44,7 @@ def register(sub) -> None:
     p = add_common(sub.add_parser("finetune", help="fine-tune a model on a task (builds minilm-rt, minilm-<task>)"))
     p.add_argument("--model", default="minilm")
     p.add_argument("--task", default="rotten_tomatoes")
-    p.add_argument("--out", help="output folder (default for minilm on a suite task: its packaged model's cache, "
-                                 "e.g. minilm-rt for rotten_tomatoes)")
+    add_output(p, "output folder (default for minilm on a suite task: its packaged model's cache, e.g. minilm-rt for rotten_tomatoes)")
     p.add_argument("--epochs", type=float)
     p.add_argument("--lr", type=float)
     p.add_argument("--max-steps", type=int)
@@ -62,7 +60,7 @@ def register(sub) -> None:
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="extra method option, repeatable")
     p.add_argument("--task", default="rotten_tomatoes", help="task for statistics (Fisher...) and evaluation")
     add_statistics_options(p)
-    p.add_argument("--out", help="folder to save the compressed model (atomic)")
+    add_output(p, "folder to save the compressed model (atomic)")
     p.add_argument("--evaluate", action="store_true", help="evaluate the compressed model on --task")
     p.set_defaults(handler=compress)
 
@@ -111,11 +109,12 @@ def finetune(args):
     if not args.out:
         raise ValueError(f"--out is required unless building a packaged model (--model {FINETUNED_BASE} --task "
                          f"{' | '.join(FINETUNED.values())})")
+    out = output_folder(args)
     task = load_task(args.task)
     loaded = load_model(args.model, task=task, device=args.device)
     losses = train(loaded.model, loaded.tokenizer, task, TrainConfig(**overrides), progress=TqdmProgress())
     result = run_eval(loaded, task, measure_latency=False)
-    with atomic_dir(Path(args.out)) as tmp:
+    with atomic_dir(out, force=args.force) as tmp:
         loaded.model.save_pretrained(tmp, safe_serialization=True)
         loaded.tokenizer.save_pretrained(tmp)
     record = {"out": args.out, "final_loss": losses[-1], result.metric: result.value}
@@ -136,6 +135,7 @@ def parse_options(pairs: list[str]) -> dict:
 
 
 def compress(args):
+    out = output_folder(args)
     spec = get_method(args.method)
     options = parse_options(args.option) | ({"solver": args.solver} if args.solver else {})
     spec.check_options(options)  # before any work: a misspelt option must not cost a Fisher pass
@@ -147,8 +147,8 @@ def compress(args):
     record = {"model": args.model, "method": args.method, "layers": len(info.ranks), "seconds": round(sum(info.seconds.values()), 3)}
     if info.regularizers():
         record["regularizers"] = ", ".join(f"{label}: {n} layer(s)" for label, n in info.regularizers().items())
-    if args.out:
-        record["out"] = str(save_compressed(small, args.out))
+    if out:
+        record["out"] = str(save_compressed(small, out, force=args.force))
     if args.evaluate:
         record |= run_eval(small, args.task, progress=TqdmProgress()).to_dict()
     return record, pd.DataFrame([record])

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from lowrank.allocation import read_ranks
-from lowrank.cli.args import add_common, add_statistics_options, statistics_settings
+from lowrank.cli.args import add_common, add_output, add_statistics_options, output_folder, statistics_settings
 from lowrank.compress import load_any, save_compressed
 from lowrank.evaluate import evaluate
 from lowrank.models.loading import load_model
@@ -31,7 +31,7 @@ def register(sub) -> None:
     p.add_argument("--cooldown-fraction", type=float, default=0.1, help="final fraction of steps held at the target (default 0.1)")
     _score_update(p)
     _train_options(p, "pruning")
-    p.add_argument("--out", help="folder for the masked model (safetensors + masks.safetensors + pruning.json, atomic)")
+    add_output(p, "folder for the masked model (safetensors + masks.safetensors + pruning.json, atomic)")
     p.add_argument("--evaluate", action="store_true", help="evaluate the pruned model on --task")
     p.set_defaults(handler=prune)
 
@@ -58,7 +58,7 @@ def register(sub) -> None:
     p.add_argument("--prune-max-steps", type=int)
     _train_options(p, "mixed-rank fine-tuning")
     p.add_argument("--limit", type=int, help="evaluate on at most this many batches")
-    p.add_argument("--out", help="folder for the compressed model (atomic; loads with load_compressed)")
+    add_output(p, "folder for the compressed model (atomic; loads with load_compressed)")
     p.set_defaults(handler=lpaf)
 
     p = add_common(sub.add_parser("ranks", help="numerical / effective / energy ranks of every compressible matrix"))
@@ -93,14 +93,15 @@ def _config(args, base, epochs: float, max_steps):
 def prune(args):
     if not 0.0 < args.sparsity < 1.0:
         raise ValueError(f"--sparsity must be in (0, 1), got {args.sparsity}")
+    out = output_folder(args)
     loaded = load_model(args.model, task=args.task, device=args.device)
     result = run_prune(loaded, args.task, args.method, args.sparsity, args.scope,
                        _config(args, PRUNE_CONFIG, args.epochs, args.max_steps), progress=TqdmProgress(),
                        warmup=args.warmup_fraction, cooldown=args.cooldown_fraction, score_update=args.score_update)
     record = {k: v for k, v in result.record().items() if k not in ("history", "layer_sparsity", "config")}
     record["model"] = args.model
-    if args.out:
-        record["out"] = str(save_pruned(loaded, result, args.out))
+    if out:
+        record["out"] = str(save_pruned(loaded, result, out, force=args.force))
     if args.evaluate:
         evaluation = evaluate(loaded, args.task, measure_latency=False, progress=TqdmProgress())
         record[evaluation.metric] = evaluation.value
@@ -108,6 +109,7 @@ def prune(args):
 
 
 def lpaf(args):
+    out = output_folder(args)
     ranks = read_ranks(args.plan) if args.plan else args.keep
     masks = load_masks(args.model) if (Path(args.model) / MASKS_FILE).exists() else None
     if masks is not None and args.sparsity is not None:
@@ -124,8 +126,8 @@ def lpaf(args):
     result = run_lpaf(loaded, args.task, config, masks=masks, progress=TqdmProgress())
     info = result.model.lowrank_info
     record = {"model": args.model, "method": info.method, "layers": len(info.ranks), **info.options}
-    if args.out:
-        record["out"] = str(save_compressed(result, args.out))
+    if out:
+        record["out"] = str(save_compressed(result, out, force=args.force))
     return record, pd.DataFrame([record]).T.rename(columns={0: "value"}).reset_index(names="field")
 
 

@@ -19,6 +19,8 @@ Splits are deterministic for a given ``seed``.
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import os
 import socket
 from dataclasses import dataclass, field
@@ -78,6 +80,14 @@ class Task:
 
     def sizes(self) -> dict[str, int]:
         return {s: len(t) for s, t in self.texts.items()}
+
+    def content_hash(self) -> str:
+        """SHA-256 of the task's data: its kind and every split's texts and labels (computed once per task)."""
+        if "_content_hash" not in self.__dict__:
+            data = json.dumps({"kind": self.kind, "texts": self.texts, "labels": self.labels}, sort_keys=True,
+                              ensure_ascii=False)
+            self.__dict__["_content_hash"] = hashlib.sha256(data.encode("utf-8", "surrogatepass")).hexdigest()
+        return self.__dict__["_content_hash"]
 
 
 def seeded_split(n: int, seed: int = 0, fractions=(0.8, 0.1, 0.1)) -> dict[str, np.ndarray]:

@@ -15,7 +15,9 @@ Sweeps (see :mod:`lowrank.experiments.sweep`) have their own table with progress
 Default file: ``<cache>/runs.sqlite`` (``lowrank.io.cache_dir()``, overridable with
 ``LOWRANK_CACHE``). Every call opens its own connection, the journal is in WAL mode and
 writes take the write lock up front (``BEGIN IMMEDIATE``), so several processes (the
-dashboard, background sweeps, the CLI) can write to one file at the same time.
+dashboard, background sweeps, the CLI) can write to one file at the same time. A file that is
+not a valid SQLite database (or fails SQLite's quick check) is moved aside to
+``<file>.corrupt-<timestamp>`` (never deleted) and a fresh store is started, with a one-line notice.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ from typing import Iterator, Optional, Union
 
 import pandas as pd
 
-from lowrank.io import cache_dir
+from lowrank.io import cache_dir, notice
+from lowrank.processes import process_alive, process_started
 
 STATUSES = ("running", "done", "failed", "interrupted")
 
@@ -97,27 +100,6 @@ def default_path() -> Path:
     return cache_dir() / "runs.sqlite"
 
 
-def process_started(pid: int) -> Optional[float]:
-    """Creation time of process ``pid`` (seconds since the epoch), ``None`` if there is no such live process."""
-    import psutil
-
-    try:
-        proc = psutil.Process(pid)
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return None
-        return proc.create_time()
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return None
-
-
-def process_alive(pid: Optional[int], started: Optional[float]) -> bool:
-    """True when ``pid`` is a live process created at ``started`` (guards against recycled ids)."""
-    if pid is None:
-        return False
-    now = process_started(int(pid))
-    return now is not None and (started is None or abs(now - float(started)) < 1.0)
-
-
 def _owner() -> dict:
     pid = os.getpid()
     return {"host": socket.gethostname(), "pid": pid, "pid_started": process_started(pid)}
@@ -156,11 +138,38 @@ class RunStore:
     def __init__(self, path: Union[str, Path, None] = None):
         self.path = Path(path) if path is not None else default_path()
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._open()
+        except sqlite3.DatabaseError as err:
+            if not _is_corrupt(err):
+                raise
+            aside = self._move_aside()
+            notice(f"{self.path} is not a valid run database ({err}); moved it to {aside.name} and started a new one")
+            self._open()
+
+    def _open(self) -> None:
+        """Check the file and create the tables (``sqlite3.DatabaseError`` when the file is corrupt)."""
         with self._connect() as conn:
             conn.execute("PRAGMA journal_mode=WAL")
+            problem = conn.execute("PRAGMA quick_check").fetchone()[0]
+            if problem != "ok":
+                raise CorruptStore(f"quick check: {problem}")
         with self._write() as conn:
             self._create(conn, "runs", RUN_COLUMNS)
             self._create(conn, "sweeps", SWEEP_COLUMNS)
+
+    def _move_aside(self) -> Path:
+        """Rename the database (and its -wal / -shm files) to ``<name>.corrupt-<timestamp>``; returns the new path."""
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        aside, n = self.path.with_name(f"{self.path.name}.corrupt-{stamp}"), 1
+        while aside.exists():
+            aside, n = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{n}"), n + 1
+        for suffix in ("-wal", "-shm"):
+            companion = self.path.with_name(self.path.name + suffix)
+            if companion.exists():
+                companion.rename(aside.with_name(aside.name + suffix))
+        self.path.rename(aside)
+        return aside
 
     # ------------------------------------------------------------ connections
 
@@ -368,6 +377,20 @@ class RunStore:
         for column in ("created", "updated", "finished"):
             frame[column] = pd.to_datetime(frame[column], unit="s")
         return frame
+
+
+class CorruptStore(sqlite3.DatabaseError):
+    """The run database failed SQLite's integrity check."""
+
+
+def _is_corrupt(err: sqlite3.DatabaseError) -> bool:
+    """True for a damaged file (not a database, malformed), false for a busy or unreachable one."""
+    if isinstance(err, CorruptStore):
+        return True
+    name = getattr(err, "sqlite_errorname", None)
+    if name is not None:
+        return name in ("SQLITE_CORRUPT", "SQLITE_NOTADB")
+    return not isinstance(err, sqlite3.OperationalError)
 
 
 def _decode(row: dict) -> dict:

@@ -15,7 +15,7 @@ from typing import Optional
 
 from lowrank import assets
 from lowrank.data.tasks import NAMED_TASKS, SUITE
-from lowrank.io import cache_dir
+from lowrank.io import cache_dir, recover
 from lowrank.models.errors import ModelLoadError
 
 FINETUNED_BASE = "minilm"  # every fine-tuned packaged model starts from this one
@@ -73,12 +73,16 @@ def minilm_rt_dir() -> Path:
 
 
 def resolve_source(name_or_path: str) -> str:
-    """Local folder for packaged names and paths; the id itself for hub models."""
+    """Local folder for packaged names and paths; the id itself for hub models.
+
+    A local folder left missing by a killed save is restored first (:func:`lowrank.io.recover`).
+    """
     if name_or_path == "minilm":
         return str(assets.minilm_dir())
     if name_or_path == "smollm2-135m":
         return str(assets.smollm2_dir())
     if name_or_path in FINETUNED:
+        recover(finetuned_dir(name_or_path))
         if not is_built(name_or_path):
             raise ModelLoadError(
                 f"{name_or_path} is not built yet: run `{build_command(name_or_path)}` (a one-time fine-tuning of "
@@ -86,4 +90,5 @@ def resolve_source(name_or_path: str) -> str:
                 f"{FINETUNED[name_or_path]}` does the same)"
             )
         return str(finetuned_dir(name_or_path))
+    recover(Path(name_or_path))
     return name_or_path

@@ -1,8 +1,10 @@
 """One cache-key scheme for every statistic: the model's weights, the task's data and the sampling settings.
 
 Entries live under ``<cache>/<kind>/<key>.safetensors``; the key hashes the model name, a
-fingerprint of its compressible weights, the task's name, source and split sizes, and the
-settings, so a changed model, task or setting never reads another's entry.
+fingerprint of its compressible weights, the task's name, source and the hash of its data
+(:meth:`lowrank.data.tasks.Task.content_hash`), and the settings, so a changed model, task or
+setting never reads another's entry. Each entry stores the SHA-256 of its tensors; an entry that
+is unreadable or fails that check is deleted (with a one-line notice) and recomputed.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from safetensors.torch import load_file, save
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save
 from torch import nn
 
-from lowrank.io import atomic_write_bytes, cache_dir
+from lowrank.io import atomic_write_bytes, cache_dir, notice
 from lowrank.models.architectures import compressible_linears
 
 
@@ -34,15 +37,43 @@ def weights_fingerprint(model: nn.Module) -> str:
 def entry_path(kind: str, loaded, task, settings: dict) -> Path:
     """Cache file of statistic ``kind`` for ``loaded`` on ``task`` sampled with ``settings``."""
     key = json.dumps({"model": loaded.name, "weights": weights_fingerprint(loaded.model), "task": task.name,
-                      "task_source": task.source, "sizes": task.sizes(), **settings}, sort_keys=True)
+                      "task_source": task.source, "task_data": task.content_hash(), **settings}, sort_keys=True)
     return cache_dir() / kind / f"{hashlib.sha1(key.encode()).hexdigest()[:20]}.safetensors"
 
 
+def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of every tensor's name, dtype, shape and bytes (in name order)."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
 def read(path: Path) -> Optional[dict[str, torch.Tensor]]:
-    """The tensors stored at ``path``, or ``None`` when there is no entry."""
-    return load_file(str(path)) if path.exists() else None
+    """The tensors stored at ``path``; ``None`` when there is no entry, or when the entry is unreadable
+    or fails its checksum (it is then deleted with a one-line notice, so the caller recomputes it)."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            recorded = (fh.metadata() or {}).get("sha256")
+            tensors = {name: fh.get_tensor(name) for name in fh.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        problem = f"unreadable: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+    else:
+        if recorded is not None and recorded == tensors_digest(tensors):
+            return tensors
+        problem = "no checksum" if recorded is None else "checksum mismatch"
+    path.unlink(missing_ok=True)
+    notice(f"cache entry {path} cannot be trusted ({problem}); recomputing it")
+    return None
 
 
 def write(path: Path, tensors: dict[str, torch.Tensor], settings: dict) -> None:
-    atomic_write_bytes(path, save({k: v.contiguous() for k, v in tensors.items()},
-                                  metadata={k: str(v) for k, v in settings.items()}))
+    """Store ``tensors`` at ``path`` atomically, with ``settings`` and the tensors' checksum as metadata."""
+    tensors = {k: v.contiguous() for k, v in tensors.items()}
+    metadata = {k: str(v) for k, v in settings.items()} | {"sha256": tensors_digest(tensors)}
+    atomic_write_bytes(path, save(tensors, metadata=metadata))

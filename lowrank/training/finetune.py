@@ -133,7 +133,7 @@ def build_finetuned(task: str, config: TrainConfig = MINILM_RT_CONFIG, device: s
               "sizes": task_obj.sizes(), "config": asdict(config),
               "final_loss": sum(losses[-20:]) / len(losses[-20:]),
               "validation_accuracy": accuracy(loaded, task_obj, "validation")}
-    with atomic_dir(finetuned_dir(name)) as tmp:
+    with atomic_dir(finetuned_dir(name), force=True) as tmp:  # our cache: a model folder there is ours
         loaded.model.save_pretrained(tmp, safe_serialization=True)
         loaded.tokenizer.save_pretrained(tmp)
         (tmp / "training.json").write_text(json.dumps(record, indent=2))

@@ -320,16 +320,17 @@ def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
             weight.mul_(mask.to(weight.device))
 
 
-def save_pruned(loaded, result: PruneResult, directory: Union[str, Path]) -> Path:
+def save_pruned(loaded, result: PruneResult, directory: Union[str, Path], force: bool = False) -> Path:
     """Write the masked model (safetensors), tokenizer, ``masks.safetensors`` and ``pruning.json`` atomically.
 
-    The folder loads with ``lowrank.load_model(directory)``; masks with :func:`load_masks`.
+    The folder loads with ``lowrank.load_model(directory)``; masks with :func:`load_masks`. An existing
+    ``directory`` is replaced only if :func:`lowrank.io.writable_output` allows it (``force`` included).
     """
     from safetensors.torch import save_file
 
 
     directory = Path(directory)
-    with atomic_dir(directory) as tmp:
+    with atomic_dir(directory, force=force) as tmp:
         loaded.model.save_pretrained(tmp, safe_serialization=True)
         if loaded.tokenizer is not None:
             loaded.tokenizer.save_pretrained(tmp)
