@@ -10,17 +10,17 @@ import pandas as pd
 from lowrank.allocation import read_ranks
 from lowrank.analysis.spectra import spectra as compute
 from lowrank.assets import prepare_all
-from lowrank.cli.args import add_common, add_statistics_options, statistics_settings
+from lowrank.cli.args import add_common, add_statistics_options, add_task, model_and_task, statistics_settings, task_of
 from lowrank.compress import compress as run_compress
 from lowrank.compress import load_any, save_compressed
 from lowrank.data import load_task
 from lowrank.evaluate import evaluate as run_eval
 from lowrank.io import atomic_dir
 from lowrank.methods import available_methods, get_method
-from lowrank.models import load_model
-from lowrank.models.packaged import PACKAGED, minilm_rt_dir
+from lowrank.models.packaged import MINILM_RT_TASK, PACKAGED, minilm_rt_dir
 from lowrank.progress import TqdmProgress
-from lowrank.statistics import statistics_for
+from lowrank.ranks import resolve_ranks
+from lowrank.statistics import needs_task, statistics_for
 from lowrank.training.finetune import MINILM_RT_CONFIG, TrainConfig, build_minilm_rt, train
 
 
@@ -42,7 +42,7 @@ def register(sub) -> None:
 
     p = add_common(sub.add_parser("finetune", help="fine-tune a model on a task (builds minilm-rt)"))
     p.add_argument("--model", default="minilm")
-    p.add_argument("--task", default="rotten_tomatoes")
+    add_task(p, "task to fine-tune on (recorded in the saved model)")
     p.add_argument("--out", help="output folder (default: the minilm-rt cache for minilm on rotten_tomatoes)")
     p.add_argument("--epochs", type=float)
     p.add_argument("--lr", type=float)
@@ -57,7 +57,7 @@ def register(sub) -> None:
     p.add_argument("--method", default="svd")
     p.add_argument("--solver", help="solver for iterative methods (e.g. als, em, adam, adam_sgd)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="extra method option, repeatable")
-    p.add_argument("--task", default="rotten_tomatoes", help="task for statistics (Fisher...) and evaluation")
+    add_task(p, "task for statistics (Fisher...) and evaluation")
     add_statistics_options(p)
     p.add_argument("--out", help="folder to save the compressed model (atomic)")
     p.add_argument("--evaluate", action="store_true", help="evaluate the compressed model on --task")
@@ -65,7 +65,7 @@ def register(sub) -> None:
 
     p = add_common(sub.add_parser("evaluate", help="accuracy/perplexity, size and latency of a model"))
     p.add_argument("--model", default="minilm-rt", help="packaged name, hub id, model folder or compressed folder")
-    p.add_argument("--task", default="rotten_tomatoes")
+    add_task(p)
     p.add_argument("--split", default="validation")
     p.add_argument("--limit", type=int, help="evaluate on at most this many batches")
     p.set_defaults(handler=evaluate)
@@ -100,13 +100,15 @@ def spectra(args):
 
 def finetune(args):
     overrides = {k: v for k, v in {"epochs": args.epochs, "lr": args.lr, "max_steps": args.max_steps}.items() if v is not None}
-    if args.model == "minilm" and args.task == "rotten_tomatoes" and not args.out:
+    if (args.epochs is not None and args.epochs <= 0) or (args.max_steps is not None and args.max_steps < 1):
+        raise ValueError("--epochs and --max-steps must be positive")
+    if args.model == "minilm" and args.task == MINILM_RT_TASK and not args.out:
         record = build_minilm_rt(TrainConfig(**{**MINILM_RT_CONFIG.__dict__, **overrides}), device=args.device, progress=TqdmProgress())
         return record, pd.DataFrame([{"model": "minilm-rt", "validation_accuracy": record["validation_accuracy"]}])
     if not args.out:
-        raise ValueError("--out is required unless building minilm-rt (--model minilm --task rotten_tomatoes)")
-    task = load_task(args.task)
-    loaded = load_model(args.model, task=task, device=args.device)
+        raise ValueError(f"--out is required unless building minilm-rt (--model minilm --task {MINILM_RT_TASK})")
+    loaded, task = model_and_task(args)
+    task = load_task(task)
     losses = train(loaded.model, loaded.tokenizer, task, TrainConfig(**overrides), progress=TqdmProgress())
     result = run_eval(loaded, task, measure_latency=False)
     with atomic_dir(Path(args.out)) as tmp:
@@ -135,7 +137,9 @@ def compress(args):
     spec.check_options(options)  # before any work: a misspelt option must not cost a Fisher pass
     ranks = read_ranks(args.plan) if args.plan else args.keep
     loaded = load_any(args.model, args.device)
-    stats = statistics_for(loaded, args.task, spec.needs, statistics_settings(args), progress=TqdmProgress())
+    task = task_of(args, loaded) if args.evaluate or needs_task(spec.needs) else None
+    resolve_ranks(loaded.model, ranks)  # a bad --keep or plan is refused before the statistics pass
+    stats = statistics_for(loaded, task, spec.needs, statistics_settings(args), progress=TqdmProgress())
     small = run_compress(loaded, ranks, method=args.method, stats=stats, progress=TqdmProgress(), **options)
     info = small.model.lowrank_info
     record = {"model": args.model, "method": args.method, "layers": len(info.ranks), "seconds": round(sum(info.seconds.values()), 3)}
@@ -144,11 +148,11 @@ def compress(args):
     if args.out:
         record["out"] = str(save_compressed(small, args.out))
     if args.evaluate:
-        record |= run_eval(small, args.task, progress=TqdmProgress()).to_dict()
+        record |= run_eval(small, task, progress=TqdmProgress()).to_dict()
     return record, pd.DataFrame([record])
 
 
 def evaluate(args):
     loaded = load_any(args.model, args.device, task=None)
-    result = run_eval(loaded, args.task, args.split, limit=args.limit, progress=TqdmProgress())
+    result = run_eval(loaded, task_of(args, loaded), args.split, limit=args.limit, progress=TqdmProgress())
     return result.to_dict(), pd.DataFrame([result.to_dict()])

@@ -26,9 +26,10 @@ from typing import Optional
 import torch
 from torch import nn
 
-from lowrank.data import batches, load_task
+from lowrank.data import batches
 from lowrank.data import num_batches as count_batches
 from lowrank.models.architectures import compressible_linears
+from lowrank.models.labels import check_labels
 from lowrank.progress import Progress, report
 from lowrank.statistics import cache
 from lowrank.statistics.fisher import task_loss
@@ -87,7 +88,7 @@ def estimate_moments(loaded, task, settings: StatisticsSettings, gradients: bool
     One calibration pass of ``settings.num_batches`` batches; forward only unless ``gradients``.
     Cached under ``<cache>/moments/``. Callers use :func:`lowrank.statistics.statistics_for`.
     """
-    task = load_task(task)
+    task = check_labels(loaded, task)
     key = {**settings.to_dict(), "gradients": gradients}
     path = cache.entry_path("moments", loaded, task, key)
     if use_cache and (cached := cache.read(path)) is not None:
