@@ -5,6 +5,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements-stamp
 PORT ?= 8501
+# The dashboard has no authentication: it listens on this machine only unless ADDRESS says otherwise (0.0.0.0).
+ADDRESS ?= 127.0.0.1
 
 .PHONY: run test venv assets benchmarks clean chromium install-check
 
@@ -22,7 +24,7 @@ assets: venv
 
 run: venv
 	$(PY) -m lowrank prepare --build-minilm-rt
-	$(PY) -m streamlit run app.py --server.port $(PORT) --server.headless true --browser.gatherUsageStats false
+	$(PY) -m streamlit run app.py --server.address $(ADDRESS) --server.port $(PORT) --server.headless true --browser.gatherUsageStats false
 
 test: assets
 	$(PY) -m pytest -q

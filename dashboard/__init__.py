@@ -4,6 +4,7 @@
 * ``cache``: the cached ``lowrank`` calls (models, tasks, spectra, statistics, the run store);
 * ``layout``: the page table and the sidebar;
 * ``widgets``: option widgets, error display, statistics buttons, sweep cards;
+* ``inputs``: what a browser may ask for: model folders under allowed roots, bounded and expiring uploads;
 * ``progress``: a progress bar for the library's progress callbacks;
 * ``labels``: names of models, tasks, statistics and needs; number formats;
 * ``plots``: plotly figure builders (no Streamlit);

@@ -10,6 +10,7 @@ disk cache.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from pathlib import Path
 from typing import Iterable, Optional
@@ -32,6 +33,7 @@ from lowrank.statistics import DEFAULT, Stats, select, statistics_for
 from lowrank.statistics.fisher import svd_loss_change
 from lowrank.threads import set_threads
 
+from .inputs import check_upload, expire_uploads
 from .labels import is_csv, statistics_label
 from .progress import ProgressBar
 
@@ -58,13 +60,18 @@ def store() -> RunStore:
 def save_upload(name: str, data: bytes) -> str:
     """Keep an uploaded CSV under ``<cache>/uploads/<hash>/<name>``; returns its path (the task key).
 
-    A kept copy whose bytes differ from the upload (damaged on disk) is written again."""
+    A kept copy whose bytes differ from the upload (damaged on disk) is written again.
+    Refuses files over :data:`dashboard.inputs.MAX_UPLOAD_MB`; uploads untouched for
+    :data:`dashboard.inputs.UPLOAD_DAYS` days are deleted."""
+    check_upload(name, data)
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(name).name) or "upload.csv"
     if not safe.lower().endswith(".csv"):
         safe += ".csv"
     path = cache_dir() / "uploads" / hashlib.sha1(data).hexdigest()[:12] / safe
     if not path.is_file() or path.read_bytes() != data:
         atomic_write_bytes(path, data)
+    os.utime(path.parent)  # used now: expires UPLOAD_DAYS after its last upload
+    expire_uploads(path.parent.parent, keep=path.parent)
     return str(path)
 
 

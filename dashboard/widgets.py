@@ -10,15 +10,16 @@ from typing import Iterable
 
 import streamlit as st
 
-from lowrank.experiments.sweep import cancel_sweep, log_path
+from lowrank import errors
+from lowrank.experiments.sweep import cancel_sweep, log_path, resume_sweep
 from lowrank.methods import Option, get_method
 
 from . import cache
 from .labels import statistics_label
 
-# Errors a user's input can cause (TaskError and ModelLoadError are ValueErrors, AssetError a RuntimeError);
-# pages show them with st.error instead of a traceback.
-USER_ERRORS = (ValueError, OSError, RuntimeError, LookupError)
+# Errors a user's input can cause: the CLI's (lowrank.errors.USER_ERRORS: the library's own types and OSError), and
+# RuntimeError / LookupError too, since a page must never show a traceback; pages show them with st.error.
+USER_ERRORS = (*errors.USER_ERRORS, RuntimeError, LookupError)
 
 # Column formats shared by every table of stored runs (Factorize results, Trade-offs run list).
 RUN_COLUMNS = {
@@ -33,7 +34,7 @@ RUN_COLUMNS = {
 
 def show_error(prefix: str, err: BaseException) -> None:
     """One-line error on the page (never a traceback)."""
-    message = str(err).strip() or type(err).__name__
+    message = errors.describe(err)
     st.error(f"{prefix}: {message}" if prefix else message, icon=":material/error:")
 
 
@@ -107,8 +108,17 @@ def sweep_card(store, sweep: dict) -> None:
     elif sweep["status"] == "done":
         st.success(f"{title} — {sweep.get('message') or 'done'}", icon=":material/check_circle:")
     else:
-        st.warning(f"{title} — {sweep['status']}: {sweep.get('error') or ''} (log: {log_path(store, int(sweep['id']))})",
-                   icon=":material/warning:")
+        cols = st.columns([5, 1], vertical_alignment="center")
+        cols[0].warning(f"{title} — {sweep['status']}: {sweep.get('error') or ''} "
+                        f"(log: {log_path(store, int(sweep['id']))})", icon=":material/warning:")
+        if cols[1].button("Resume", key=f"resume_sweep_{sweep['id']}", icon=":material/replay:",
+                          help="run what is missing: runs already stored are not run again"):
+            try:
+                resume_sweep(store, int(sweep["id"]))
+            except USER_ERRORS as err:
+                show_error("Cannot resume the sweep", err)
+            else:
+                st.rerun()
     if total and sweep["status"] == "running":
         st.caption(f"{done} of {total} runs finished")
 

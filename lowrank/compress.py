@@ -32,7 +32,7 @@ from lowrank.methods import factorize, get_method
 from lowrank.methods.registry import layer_stats
 from lowrank.models.architectures import adapt_layout, compressible_linears
 from lowrank.models.errors import ModelLoadError
-from lowrank.models.loading import check_fits_in_memory, load_model, model_kind
+from lowrank.models.loading import READ_ERRORS, check_finite, check_fits_in_memory, load_model, model_kind, read_error
 from lowrank.progress import Progress, report
 from lowrank.ranks import Ranks, resolve_ranks
 
@@ -151,42 +151,49 @@ def load_compressed(directory: Union[str, Path], device: Union[str, torch.device
 
     First repairs a save that was killed mid-replacement (:func:`lowrank.io.recover`). Every rank is
     checked against its layer and the model must fit in RAM (the same estimate as ``load_model``)
-    before anything is allocated.
+    before anything is allocated. A broken folder (unreadable ``lowrank.json`` or weights, ranks that
+    disagree with the weights, NaN or infinite values) raises :class:`ModelLoadError` naming the folder.
     """
     directory = Path(directory)
     recover(directory)
     meta_path = directory / "lowrank.json"
-    if not meta_path.exists():
+    if not meta_path.is_file():
         raise ModelLoadError(f"{directory} is not a compressed model folder (no lowrank.json)")
-    meta = json.loads(meta_path.read_text())
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise ModelLoadError(f"{directory}: unsupported lowrank.json format {meta.get('format_version')}")
-    config = AutoConfig.from_pretrained(directory)
-    check_fits_in_memory(config, str(directory))  # ranks below break-even keep the model under its dense size
-    kind = meta.get("kind") or model_kind(config)
-    factory = {"causal-lm": AutoModelForCausalLM, "classifier": AutoModelForSequenceClassification}.get(kind, AutoModel)
-    model = adapt_layout(factory.from_config(config))
-    if not isinstance(meta.get("ranks"), dict):
-        raise ModelLoadError(f"{meta_path}: 'ranks' must be an object {{layer: rank}}")
-    for name, rank in meta["ranks"].items():
-        try:
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelLoadError(f"{meta_path}: not readable JSON ({err})") from err
+    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+        version = meta.get("format_version") if isinstance(meta, dict) else None
+        raise ModelLoadError(f"{directory}: unsupported lowrank.json format {version}")
+    if not isinstance(meta.get("ranks"), dict) or "base_model" not in meta:
+        raise ModelLoadError(f"{meta_path}: needs 'base_model' and a 'ranks' object")
+    try:
+        config = AutoConfig.from_pretrained(directory)
+        check_fits_in_memory(config, str(directory))  # ranks below break-even keep the model under its dense size
+        kind = meta.get("kind") or model_kind(config)
+        factory = {"causal-lm": AutoModelForCausalLM, "classifier": AutoModelForSequenceClassification}.get(kind, AutoModel)
+        model = adapt_layout(factory.from_config(config))
+        for name, rank in meta["ranks"].items():
             dense = model.get_submodule(name)
-        except AttributeError:
-            dense = None
-        if not isinstance(dense, nn.Linear):
-            raise ModelLoadError(f"{meta_path}: {name!r} is not a Linear layer of this model")
-        try:
+            if not isinstance(dense, nn.Linear):
+                raise ModelLoadError(f"{meta_path}: {name!r} is not a Linear layer of this model")
             check_rank(rank, dense.out_features, dense.in_features, name)
-        except ValueError as err:
-            raise ModelLoadError(f"{meta_path}: {err}") from err
-        shell = LowRankLinear.empty(dense.out_features, dense.in_features, rank, dense.bias is not None, dtype=dense.weight.dtype)
-        set_module(model, name, shell)
-    missing, unexpected = load_weights(model, str(directory / "model.safetensors"), strict=False)
-    if unexpected or [m for m in missing if not _is_tied(model, m)]:
-        raise ModelLoadError(f"{directory}: weights do not match the architecture (missing {missing[:3]}, unexpected {unexpected[:3]})")
+            shell = LowRankLinear.empty(dense.out_features, dense.in_features, int(rank), dense.bias is not None,
+                                        dtype=dense.weight.dtype)
+            set_module(model, name, shell)
+        missing, unexpected = load_weights(model, str(directory / "model.safetensors"), strict=False)
+    except (*READ_ERRORS, AttributeError, TypeError, RuntimeError) as err:  # a layer or shape lowrank.json invents
+        raise ModelLoadError(f"{directory}: cannot rebuild the compressed model: {read_error(err, directory)}") from err
+    missing = sorted(m for m in missing if not _is_tied(model, m))  # safetensors returns sets
+    unexpected = sorted(unexpected)
+    if missing or unexpected:
+        raise ModelLoadError(f"{directory}: weights do not match lowrank.json (missing {missing[:3]}, "
+                             f"unexpected {unexpected[:3]})")
+    check_finite(model, str(directory))
     info_fields = {k: meta[k] for k in ("base_model", "kind", "method", "ranks", "options", "seconds", "history", "details")
                    if k in meta}
-    model.lowrank_info = CompressionInfo(**info_fields)
+    model.lowrank_info = CompressionInfo(**{"kind": kind, "method": "", **info_fields})
     model.to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(directory) if (directory / "tokenizer_config.json").exists() else None
     return LoadedModel(model, tokenizer, kind, meta["base_model"], str(directory))

@@ -21,11 +21,13 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+from safetensors.torch import save_model
 
 from lowrank.data.batches import batches, encode, num_batches
-from lowrank.data.tasks import Task, load_task
+from lowrank.data.tasks import Task
 from lowrank.layers import LowRankLinear
 from lowrank.models.architectures import compressible_linears
+from lowrank.models.labels import check_labels
 from lowrank.progress import Progress, report
 
 
@@ -47,7 +49,13 @@ class Evaluation:
         return asdict(self)
 
 
+def check_limit(limit: Optional[int]) -> None:
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit must be a positive number of batches (or None for the whole split), got {limit!r}")
+
+
 def _forward_batches(loaded, task: Task, split: str, batch_size: int, max_length: int, limit: Optional[int], progress):
+    check_limit(limit)
     model, device = loaded.model, loaded.device
     total = num_batches(task, loaded.tokenizer, split, batch_size, max_length)
     total = min(total, limit) if limit else total
@@ -59,14 +67,10 @@ def _forward_batches(loaded, task: Task, split: str, batch_size: int, max_length
             report(progress, i + 1, total, f"evaluating {split}")
 
 
-def _require_classifier(loaded) -> None:
-    if loaded.kind != "classifier":
-        raise ValueError(f"{loaded.name} is a {loaded.kind}, not a classifier: load it with a task to attach a head, then fine-tune")
-
-
 def classification_scores(loaded, task, split="validation", batch_size=64, max_length=128, limit=None, progress=None):
-    """(accuracy, mean cross-entropy, n examples) of a classifier on a split."""
-    _require_classifier(loaded)
+    """(accuracy, mean cross-entropy, n examples) of a classifier on a split (labels checked by
+    :func:`lowrank.models.labels.check_labels`)."""
+    task = check_labels(loaded, task)
     correct, loss_sum, n = 0, 0.0, 0
     for batch, out in _forward_batches(loaded, task, split, batch_size, max_length, limit, progress):
         labels = batch["labels"]
@@ -79,8 +83,7 @@ def classification_scores(loaded, task, split="validation", batch_size=64, max_l
 def class_log_probabilities(loaded, task, split="validation", batch_size=64, max_length=128, limit=None,
                             progress=None) -> torch.Tensor:
     """``log p(c | x_n)`` of a classifier for every example of a split: (n, classes), float64 on the CPU, split order."""
-    _require_classifier(loaded)
-    task = load_task(task)
+    task = check_labels(loaded, task)
     return torch.cat([torch.log_softmax(out.logits.double(), -1).cpu()
                       for _, out in _forward_batches(loaded, task, split, batch_size, max_length, limit, progress)])
 
@@ -98,13 +101,12 @@ def prediction_kl(reference: torch.Tensor, other: torch.Tensor) -> float:
 
 
 def accuracy(loaded, task, split="validation", **kwargs) -> float:
-    return classification_scores(loaded, load_task(task), split, **kwargs)[0]
+    return classification_scores(loaded, task, split, **kwargs)[0]
 
 
 def lm_scores(loaded, task, split="validation", batch_size=8, block_size=256, limit=None, progress=None):
     """(perplexity, mean NLL per predicted token, n tokens) of a causal LM on a split."""
-    if loaded.kind != "causal-lm":
-        raise ValueError(f"{loaded.name} is a {loaded.kind}; perplexity needs a causal language model")
+    task = check_labels(loaded, task)
     nll, tokens = 0.0, 0
     for batch, out in _forward_batches(loaded, task, split, batch_size, block_size, limit, progress):
         count = batch["labels"][:, 1:].numel()
@@ -124,8 +126,6 @@ def parameter_counts(model: torch.nn.Module) -> tuple[int, int]:
 
 def safetensors_size(model: torch.nn.Module) -> int:
     """Bytes of the model's safetensors file, measured by writing it to a temporary folder."""
-    from safetensors.torch import save_model
-
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.safetensors"
         save_model(model, str(path))
@@ -153,7 +153,8 @@ def latency_ms(loaded, texts: list, batch_size: int, max_length: int = 128, repe
 def evaluate(loaded, task, split: str = "validation", batch_size: Optional[int] = None, max_length: Optional[int] = None,
              limit: Optional[int] = None, measure_latency: bool = True, progress: Optional[Progress] = None) -> Evaluation:
     """Quality, size and latency of a ``LoadedModel`` on a task split (all measured, none estimated)."""
-    task = load_task(task)
+    check_limit(limit)
+    task = check_labels(loaded, task)
     if task.kind == "classification":
         value, loss, n = classification_scores(loaded, task, split, batch_size or 64, max_length or 128, limit, progress)
         metric = "accuracy"

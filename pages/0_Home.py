@@ -6,7 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import cache, labels, layout, plots, session, widgets  # first: sets up the environment for torch
-from lowrank.experiments.sweep import SweepSpec, start_sweep
+from lowrank.experiments.sweep import SweepSpec, reap_stale, start_sweep
 from lowrank.needs import needs_for
 
 DEMO_METHODS = ("svd", "fwsvd")
@@ -56,6 +56,7 @@ def demo_results() -> None:
 
     @st.fragment(run_every=2.0 if running else None)
     def live() -> None:
+        reap_stale(store)
         sweep = store.get_sweep(sweep_id)
         if running and sweep["status"] != "running":
             st.rerun()  # finished: redraw the page once, without polling

@@ -8,7 +8,7 @@ import time
 import streamlit as st
 
 import lowrank
-from dashboard import cache, labels, session, widgets  # first: sets up the environment for torch
+from dashboard import cache, inputs, labels, session, widgets  # first: sets up the environment for torch
 
 st.title("Model & task")
 
@@ -48,8 +48,14 @@ with left:
             typed = typed.strip()
             if not typed:
                 st.error("Enter a Hugging Face model id or the path of a local model folder.", icon=":material/error:")
-            elif typed != model and try_select(typed, task):
-                st.rerun()
+            else:
+                try:
+                    source = inputs.model_source(typed)  # a path only under the allowed roots
+                except ValueError as err:
+                    widgets.show_error("", err)
+                else:
+                    if source != model and try_select(source, task):
+                        st.rerun()
 
 with right:
     st.subheader("Task")
@@ -64,8 +70,8 @@ with right:
         uploaded = st.file_uploader("CSV with columns text,label (optional split column: train/validation/test)",
                                     type=["csv"], key="task_upload")
         if uploaded is not None:
-            path = cache.save_upload(uploaded.name, uploaded.getvalue())
             try:
+                path = cache.save_upload(uploaded.name, uploaded.getvalue())
                 cache.get_task(path)
             except widgets.USER_ERRORS as err:
                 widgets.show_error(f"Cannot use {uploaded.name}", err)

@@ -8,7 +8,7 @@ import streamlit as st
 import lowrank
 from dashboard import cache, labels, plots, session, widgets  # first: sets up the environment for torch
 from lowrank.allocation import available_strategies
-from lowrank.experiments.sweep import SweepSpec, start_sweep
+from lowrank.experiments.sweep import SweepSpec, reap_stale, running_sweeps, start_sweep
 
 st.title("Trade-offs")
 store = cache.store()
@@ -24,11 +24,12 @@ selection = runs[(runs["model"] == shown_model) & (runs["task"] == shown_task)]
 strategies = sorted(selection.loc[selection["method"] != "dense", "strategy"].dropna().unique())
 shown_strategies = cols[2].multiselect("Strategies", strategies, default=strategies,  # a new key when new ones appear
                                       key=f"tradeoff_strategies_{'_'.join(strategies)}")
-running = not store.sweeps(status="running").empty
+running = not running_sweeps(store).empty  # a sweep whose owner stopped reporting is no longer running
 
 
 @st.fragment(run_every=2.0 if running else None)
 def live() -> None:
+    reap_stale(store)
     sweeps = store.sweeps()
     if running and (sweeps["status"] != "running").all():
         st.rerun()  # the last sweep finished: redraw once, stop polling

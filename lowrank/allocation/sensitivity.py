@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from lowrank.data.batches import batches
-from lowrank.data.tasks import load_task
 from lowrank.models.architectures import compressible_linears
+from lowrank.models.labels import check_labels
 from lowrank.progress import Progress, report
 from lowrank.ranks import fraction_rank
 from lowrank.statistics import cache
@@ -105,7 +105,7 @@ def measure_sensitivity(loaded, task, fractions=DEFAULT_FRACTIONS, num_batches: 
         raise ValueError("strategy 'sensitivity' needs a task for its calibration batches (e.g. task='rotten_tomatoes')")
     settings = sensitivity_settings(fractions, num_batches, batch_size, max_length, seed)
     fractions = tuple(settings["fractions"])
-    task = load_task(task)
+    task = check_labels(loaded, task)
     if loaded.kind not in ("classifier", "causal-lm"):
         raise ValueError(f"{loaded.name} is a {loaded.kind}: sensitivity needs a loss (a classifier or a causal LM)")
     model, device = loaded.model, loaded.device

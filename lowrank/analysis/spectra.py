@@ -91,6 +91,8 @@ def spectra(model, progress: Optional[Progress] = None) -> pd.DataFrame:
     linears = compressible_linears(model)
     for i, (name, module) in enumerate(linears.items()):
         report(progress, i, len(linears), f"spectrum of {name}")
+        if not bool(torch.isfinite(module.weight).all()):
+            raise ValueError(f"{name}: the weight holds NaN or infinite values; its spectrum is undefined")
         s = singular_values(module.weight)
         out_f, in_f = module.weight.shape
         rows.append({

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from lowrank.allocation import DEFAULT_ALIGN, STRATEGIES, available_strategies, get_strategy, parse_budget
 from lowrank.allocation import allocate as run_allocate
-from lowrank.cli.args import add_common, add_statistics_options, statistics_settings
+from lowrank.allocation.choices import layer_choices, resolve_budget
+from lowrank.cli.args import add_common, add_statistics_options, add_task, statistics_settings, task_of
 from lowrank.compress import load_any
 from lowrank.needs import needs_for
 from lowrank.progress import TqdmProgress
-from lowrank.statistics import statistics_for
+from lowrank.ranks import linear_shapes
+from lowrank.statistics import needs_task, statistics_for
 
 
 def register(sub) -> None:
@@ -25,7 +27,7 @@ def register(sub) -> None:
                    help="fraction of the compressible parameters to keep (0.5 or 50%%) or a parameter count (4000000)")
     p.add_argument("--strategy", default="fisher_greedy", choices=available_strategies())
     p.add_argument("--align", type=int, default=DEFAULT_ALIGN, help=f"ranks are multiples of this (default {DEFAULT_ALIGN})")
-    p.add_argument("--task", default="rotten_tomatoes", help="task for Fisher estimation / sensitivity calibration")
+    add_task(p, "task for Fisher estimation / sensitivity calibration")
     p.add_argument("--calibration-batches", type=int, default=4, help="batches for the sensitivity strategy (default 4)")
     p.add_argument("--predict", action="store_true",
                    help="estimate Fisher to report predicted loss increases for any strategy (fisher_greedy always does)")
@@ -36,12 +38,15 @@ def register(sub) -> None:
 def allocate(args):
     budget = parse_budget(args.budget)
     spec = get_strategy(args.strategy)
+    if args.align < 1 or args.calibration_batches < 1:
+        raise ValueError("--align and --calibration-batches must be at least 1")
     loaded = load_any(args.model, args.device)
+    resolve_budget(budget, layer_choices(linear_shapes(loaded.model), args.align))  # a bad budget costs no Fisher pass
     needs = needs_for(strategy=args.strategy, predict=args.predict)
-    stats = statistics_for(loaded, args.task, needs, statistics_settings(args), progress=TqdmProgress()) if needs else {}
+    task = task_of(args, loaded) if spec.needs_task or needs_task(needs) else None
+    stats = statistics_for(loaded, task, needs, statistics_settings(args), progress=TqdmProgress()) if needs else {}
     options = {"num_batches": args.calibration_batches} if args.strategy == "sensitivity" else {}
-    task = args.task if spec.needs_task else None
-    plan = run_allocate(loaded, budget, args.strategy, align=args.align, stats=stats, task=task,
+    plan = run_allocate(loaded, budget, args.strategy, align=args.align, stats=stats, task=task if spec.needs_task else None,
                         progress=TqdmProgress(), **options)
     data = plan.to_dict()
     if args.out:

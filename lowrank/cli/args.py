@@ -1,4 +1,5 @@
-"""Argument helpers every command shares: --json/--device/--threads, one set of statistics flags, --out/--force, output."""
+"""Argument helpers every command shares: --json/--device/--threads, --task and its default, one set of
+statistics flags, --out/--force, the checks of shared options before any work, output."""
 
 from __future__ import annotations
 
@@ -8,10 +9,25 @@ from pathlib import Path
 from typing import Optional
 
 import pandas as pd
+import torch
 
 from lowrank.io import to_jsonable, writable_output
+from lowrank.loaded import LoadedModel
+from lowrank.models import load_model
+from lowrank.models.labels import default_task
 from lowrank.statistics import DEFAULT, StatisticsSettings
 from lowrank.statistics.settings import LABELS
+
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+TASK_HELP = ("task name (rotten_tomatoes, lee, glue/<name>) or a CSV path (default: the task the model records: "
+             "the one it was fine-tuned on; lee for a causal LM)")
+
+
+class Parser(argparse.ArgumentParser):
+    """``argparse`` whose usage errors are one ``error: ...`` line (exit 2), like every other bad input."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
 
 
 def add_common(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -20,6 +36,57 @@ def add_common(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: $LOWRANK_THREADS or every core)")
     return parser
+
+
+def add_task(parser: argparse.ArgumentParser, what: str = "") -> argparse.ArgumentParser:
+    parser.add_argument("--task", help=f"{what}{'; ' if what else ''}{TASK_HELP}")
+    return parser
+
+
+def task_of(args, loaded) -> str:
+    """``--task``, else the task ``loaded`` records (:func:`lowrank.models.labels.default_task`): never an unrelated one."""
+    if getattr(args, "task", None):
+        return args.task
+    task = default_task(loaded)
+    if task is None:
+        raise ValueError(f"--task is required: {args.model} records no task")
+    return task
+
+
+def model_and_task(args) -> tuple[LoadedModel, str]:
+    """``--model`` loaded for ``--task`` (an encoder gets a head), or, without ``--task``, as it is with the
+    task it records (an encoder records none: the error asks for ``--task``)."""
+    if args.task:
+        return load_model(args.model, task=args.task, device=args.device), args.task
+    loaded = load_model(args.model, device=args.device)
+    return loaded, task_of(args, loaded)
+
+
+def check_device(text: str) -> str:
+    """``text`` when it names a device this machine has; ``ValueError`` otherwise (before any work)."""
+    try:
+        device = torch.device(text)
+    except (RuntimeError, TypeError, ValueError) as err:
+        raise ValueError(f"--device {text!r} is not a device; use cpu, cuda or cuda:N") from err
+    if device.type not in DEVICE_TYPES:
+        raise ValueError(f"--device {text!r}: unsupported device type {device.type!r}; use {', '.join(DEVICE_TYPES)}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {text}: CUDA is not available on this machine; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {text}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {text}: MPS is not available on this machine; use --device cpu")
+    return text
+
+
+def check_common(args) -> None:
+    """The shared options, checked once before a command does any work."""
+    check_device(args.device)
+    for name in ("limit", "threads"):
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name} must be at least 1, got {value}")
 
 
 def add_statistics_options(parser: argparse.ArgumentParser, aliases: bool = True) -> argparse.ArgumentParser:

@@ -9,17 +9,26 @@ import pandas as pd
 from lowrank.allocation import read_ranks
 from lowrank.analysis.spectra import spectra as compute
 from lowrank.assets import prepare_all, prepare_suite
-from lowrank.cli.args import add_common, add_output, add_statistics_options, output_folder, statistics_settings
+from lowrank.cli.args import (
+    add_common,
+    add_output,
+    add_statistics_options,
+    add_task,
+    model_and_task,
+    output_folder,
+    statistics_settings,
+    task_of,
+)
 from lowrank.compress import compress as run_compress
 from lowrank.compress import load_any, save_compressed
 from lowrank.data import load_task
 from lowrank.evaluate import evaluate as run_eval
 from lowrank.io import atomic_dir
 from lowrank.methods import available_methods, get_method
-from lowrank.models import load_model
 from lowrank.models.packaged import FINETUNED, FINETUNED_BASE, PACKAGED, finetuned_dir, is_built
 from lowrank.progress import TqdmProgress
-from lowrank.statistics import statistics_for
+from lowrank.ranks import resolve_ranks
+from lowrank.statistics import needs_task, statistics_for
 from lowrank.training.finetune import MINILM_RT_CONFIG, TrainConfig, build_finetuned, train
 
 
@@ -43,7 +52,7 @@ def register(sub) -> None:
 
     p = add_common(sub.add_parser("finetune", help="fine-tune a model on a task (builds minilm-rt, minilm-<task>)"))
     p.add_argument("--model", default="minilm")
-    p.add_argument("--task", default="rotten_tomatoes")
+    add_task(p, "task to fine-tune on (recorded in the saved model)")
     add_output(p, "output folder (default for minilm on a suite task: its packaged model's cache, e.g. minilm-rt for rotten_tomatoes)")
     p.add_argument("--epochs", type=float)
     p.add_argument("--lr", type=float)
@@ -58,7 +67,7 @@ def register(sub) -> None:
     p.add_argument("--method", default="svd")
     p.add_argument("--solver", help="solver for iterative methods (e.g. als, em, adam, adam_sgd)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="extra method option, repeatable")
-    p.add_argument("--task", default="rotten_tomatoes", help="task for statistics (Fisher...) and evaluation")
+    add_task(p, "task for statistics (Fisher...) and evaluation")
     add_statistics_options(p)
     add_output(p, "folder to save the compressed model (atomic)")
     p.add_argument("--evaluate", action="store_true", help="evaluate the compressed model on --task")
@@ -66,7 +75,7 @@ def register(sub) -> None:
 
     p = add_common(sub.add_parser("evaluate", help="accuracy/perplexity, size and latency of a model"))
     p.add_argument("--model", default="minilm-rt", help="packaged name, hub id, model folder or compressed folder")
-    p.add_argument("--task", default="rotten_tomatoes")
+    add_task(p)
     p.add_argument("--split", default="validation")
     p.add_argument("--limit", type=int, help="evaluate on at most this many batches")
     p.set_defaults(handler=evaluate)
@@ -102,6 +111,8 @@ def spectra(args):
 
 def finetune(args):
     overrides = {k: v for k, v in {"epochs": args.epochs, "lr": args.lr, "max_steps": args.max_steps}.items() if v is not None}
+    if (args.epochs is not None and args.epochs <= 0) or (args.max_steps is not None and args.max_steps < 1):
+        raise ValueError("--epochs and --max-steps must be positive")
     if args.model == FINETUNED_BASE and args.task in FINETUNED.values() and not args.out:
         record = build_finetuned(args.task, TrainConfig(**{**MINILM_RT_CONFIG.__dict__, **overrides}), device=args.device,
                                  progress=TqdmProgress())
@@ -110,8 +121,8 @@ def finetune(args):
         raise ValueError(f"--out is required unless building a packaged model (--model {FINETUNED_BASE} --task "
                          f"{' | '.join(FINETUNED.values())})")
     out = output_folder(args)
-    task = load_task(args.task)
-    loaded = load_model(args.model, task=task, device=args.device)
+    loaded, task = model_and_task(args)
+    task = load_task(task)
     losses = train(loaded.model, loaded.tokenizer, task, TrainConfig(**overrides), progress=TqdmProgress())
     result = run_eval(loaded, task, measure_latency=False)
     with atomic_dir(out, force=args.force) as tmp:
@@ -141,7 +152,9 @@ def compress(args):
     spec.check_options(options)  # before any work: a misspelt option must not cost a Fisher pass
     ranks = read_ranks(args.plan) if args.plan else args.keep
     loaded = load_any(args.model, args.device)
-    stats = statistics_for(loaded, args.task, spec.needs, statistics_settings(args), progress=TqdmProgress())
+    task = task_of(args, loaded) if args.evaluate or needs_task(spec.needs) else None
+    resolve_ranks(loaded.model, ranks)  # a bad --keep or plan is refused before the statistics pass
+    stats = statistics_for(loaded, task, spec.needs, statistics_settings(args), progress=TqdmProgress())
     small = run_compress(loaded, ranks, method=args.method, stats=stats, progress=TqdmProgress(), **options)
     info = small.model.lowrank_info
     record = {"model": args.model, "method": args.method, "layers": len(info.ranks), "seconds": round(sum(info.seconds.values()), 3)}
@@ -150,11 +163,11 @@ def compress(args):
     if out:
         record["out"] = str(save_compressed(small, out, force=args.force))
     if args.evaluate:
-        record |= run_eval(small, args.task, progress=TqdmProgress()).to_dict()
+        record |= run_eval(small, task, progress=TqdmProgress()).to_dict()
     return record, pd.DataFrame([record])
 
 
 def evaluate(args):
     loaded = load_any(args.model, args.device, task=None)
-    result = run_eval(loaded, args.task, args.split, limit=args.limit, progress=TqdmProgress())
+    result = run_eval(loaded, task_of(args, loaded), args.split, limit=args.limit, progress=TqdmProgress())
     return result.to_dict(), pd.DataFrame([result.to_dict()])

@@ -8,10 +8,17 @@ from pathlib import Path
 import pandas as pd
 
 from lowrank.allocation import read_ranks
-from lowrank.cli.args import add_common, add_output, add_statistics_options, output_folder, statistics_settings
+from lowrank.cli.args import (
+    add_common,
+    add_output,
+    add_statistics_options,
+    add_task,
+    model_and_task,
+    output_folder,
+    statistics_settings,
+)
 from lowrank.compress import load_any, save_compressed
 from lowrank.evaluate import evaluate
-from lowrank.models.loading import load_model
 from lowrank.progress import TqdmProgress
 from lowrank.training.lpaf import FACTORIZATIONS, FINETUNE_CONFIG, LpafConfig, average_ranks, rank_analysis
 from lowrank.training.lpaf import lpaf as run_lpaf
@@ -23,7 +30,7 @@ from lowrank.training.prune import prune as run_prune
 def register(sub) -> None:
     p = add_common(sub.add_parser("prune", help="fine-tune while pruning (movement, taylor or magnitude) and save a masked model"))
     p.add_argument("--model", default="minilm-rt")
-    p.add_argument("--task", default="rotten_tomatoes")
+    add_task(p, "task to fine-tune on while pruning")
     p.add_argument("--method", choices=list(PRUNE_METHODS), default="movement")
     p.add_argument("--sparsity", type=float, default=0.7, help="target fraction of compressible weights set to zero")
     p.add_argument("--scope", choices=["global", "layer"], default="global", help="one threshold for all layers, or per layer")
@@ -38,7 +45,7 @@ def register(sub) -> None:
     p = add_common(sub.add_parser("lpaf", help="low-rank prune-and-factorize: prune, sparsity-aware SVD, mixed-rank fine-tuning"))
     p.add_argument("--model", default="minilm-rt", help="dense model to prune while fine-tuning (pre-trained with a head, e.g. minilm, "
                    "or fine-tuned), or a folder written by `prune` (skips pruning)")
-    p.add_argument("--task", default="rotten_tomatoes")
+    add_task(p, "task to prune and fine-tune on")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--keep", type=float, default=0.5, help="fraction of each layer's parameters kept (default 0.5)")
     group.add_argument("--plan", help="JSON file with a 'ranks' object {layer: rank}")
@@ -94,16 +101,17 @@ def prune(args):
     if not 0.0 < args.sparsity < 1.0:
         raise ValueError(f"--sparsity must be in (0, 1), got {args.sparsity}")
     out = output_folder(args)
-    loaded = load_model(args.model, task=args.task, device=args.device)
-    result = run_prune(loaded, args.task, args.method, args.sparsity, args.scope,
-                       _config(args, PRUNE_CONFIG, args.epochs, args.max_steps), progress=TqdmProgress(),
+    config = _config(args, PRUNE_CONFIG, args.epochs, args.max_steps)
+    loaded, task = model_and_task(args)
+    result = run_prune(loaded, task, args.method, args.sparsity, args.scope,
+                       config, progress=TqdmProgress(),
                        warmup=args.warmup_fraction, cooldown=args.cooldown_fraction, score_update=args.score_update)
     record = {k: v for k, v in result.record().items() if k not in ("history", "layer_sparsity", "config")}
     record["model"] = args.model
     if out:
         record["out"] = str(save_pruned(loaded, result, out, force=args.force))
     if args.evaluate:
-        evaluation = evaluate(loaded, args.task, measure_latency=False, progress=TqdmProgress())
+        evaluation = evaluate(loaded, task, measure_latency=False, progress=TqdmProgress())
         record[evaluation.metric] = evaluation.value
     return record, pd.DataFrame([record])
 
@@ -122,8 +130,8 @@ def lpaf(args):
                         schedule=args.anneal, prune_method=args.prune_method, scope=args.scope,
                         score_update=args.score_update, score_weighting=args.score_weighting,
                         statistics=statistics_settings(args), eval_limit=args.limit)
-    loaded = load_model(args.model, task=args.task, device=args.device)
-    result = run_lpaf(loaded, args.task, config, masks=masks, progress=TqdmProgress())
+    loaded, task = model_and_task(args)
+    result = run_lpaf(loaded, task, config, masks=masks, progress=TqdmProgress())
     info = result.model.lowrank_info
     record = {"model": args.model, "method": info.method, "layers": len(info.ranks), **info.options}
     if out:

@@ -15,17 +15,16 @@ import sys
 from typing import Optional, Sequence
 
 from lowrank import cli
-from lowrank.cli.args import emit
-from lowrank.data.tasks import TaskError
-from lowrank.models.errors import ModelLoadError
-from lowrank.statistics.passes import init_from_env, is_main
+from lowrank.cli.args import Parser, check_common, emit
+from lowrank.errors import USER_ERRORS, describe
+from lowrank.statistics.passes import is_main
 from lowrank.threads import set_threads
 
 NOT_COMMANDS = ("main", "args")  # modules of this package that register no sub-command
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lowrank", description="Weighted low-rank compression of Transformer models.")
+    parser = Parser(prog="lowrank", description="Weighted low-rank compression of Transformer models.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for info in sorted(pkgutil.iter_modules(cli.__path__), key=lambda m: m.name):
         if info.name not in NOT_COMMANDS:
@@ -34,13 +33,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    set_threads(getattr(args, "threads", None))
-    init_from_env(getattr(args, "device", "cpu"))  # data-parallel statistics under torchrun
+    """Run one command; bad input (:data:`lowrank.errors.USER_ERRORS`) ends with one ``error: ...`` line and 2."""
     try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as stop:  # --help (0) or a usage error (2, already printed as one line)
+        return stop.code if isinstance(stop.code, int) else 2
+    try:
+        check_common(args)
+        set_threads(getattr(args, "threads", None))
+        init_from_env(args.device)  # data-parallel statistics under torchrun
         data, table = args.handler(args)
-    except (ModelLoadError, TaskError, ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except USER_ERRORS as err:
+        print(f"error: {describe(err)}", file=sys.stderr)
         return 2
     if is_main():
         emit(args, data, table)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pandas as pd
 
 from lowrank.analysis.metrics import fisher_dispersion, risk_summary, risk_table
-from lowrank.cli.args import add_common, add_statistics_options, statistics_settings
+from lowrank.cli.args import add_common, add_statistics_options, add_task, statistics_settings, task_of
 from lowrank.compress import load_any
+from lowrank.methods import get_method
 from lowrank.models.architectures import compressible_linears
 from lowrank.progress import TqdmProgress
 from lowrank.ranks import resolve_ranks
@@ -31,31 +32,37 @@ def register(sub) -> None:
 
 def _fisher_options(p) -> None:
     p.add_argument("--model", default="minilm-rt")
-    p.add_argument("--task", default="rotten_tomatoes")
+    add_task(p, "task the Fisher information is estimated on")
     add_statistics_options(p)
 
 
-def _estimate(args):
-    loaded = load_any(args.model, args.device)
-    stats = statistics_for(loaded, args.task, ("fisher",), statistics_settings(args), progress=TqdmProgress())
-    return loaded, select(stats, "fisher")
+def _estimate(loaded, task: str, args) -> dict:
+    stats = statistics_for(loaded, task, ("fisher",), statistics_settings(args), progress=TqdmProgress())
+    return select(stats, "fisher")
 
 
 def fisher(args):
-    loaded, importance = _estimate(args)
+    loaded = load_any(args.model, args.device)
+    importance = _estimate(loaded, task_of(args, loaded), args)
     rows = [{"name": n, "shape": "x".join(map(str, F.shape)), "total": float(F.sum()), "max": float(F.max()),
              "dispersion": fisher_dispersion(F)} for n, F in importance.items()]
     return rows, pd.DataFrame(rows)
 
 
 def risk(args):
-    loaded, importance = _estimate(args)
+    spec = get_method(args.method)  # checked before the Fisher pass, like --keep
+    if spec.importance_key != "fisher":
+        raise ValueError(f"--method {args.method}: risk compares plain SVD with a Fisher-weighted method "
+                         "(e.g. fwsvd or tfwsvd)")
+    loaded = load_any(args.model, args.device)
+    task = task_of(args, loaded)
     ranks = resolve_ranks(loaded.model, args.keep)
+    importance = _estimate(loaded, task, args)
     weights = {n: m.weight.detach() for n, m in compressible_linears(loaded.model).items() if n in ranks}
     table = risk_table(weights, {n: importance[n] for n in weights}, ranks, method=args.method)
     if args.taylor_split:
         settings = statistics_settings(args).with_(split=args.taylor_split)
-        taylor = svd_loss_change(loaded, args.task, ranks, settings, progress=TqdmProgress())
+        taylor = svd_loss_change(loaded, task, ranks, settings, progress=TqdmProgress())
         table["taylor_first"] = [taylor[n]["first_order"] for n in table["name"]]
         table["taylor_total"] = [taylor[n]["total"] for n in table["name"]]
     summary = risk_summary(table)

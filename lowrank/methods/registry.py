@@ -72,8 +72,25 @@ class Option:
     help: str = ""
 
     def check(self, method: str, name: str, value) -> None:
-        if self.choices is not None and value not in self.choices:
-            raise ValueError(f"unknown {name} {value!r} for method {method!r}; choose one of {', '.join(map(str, self.choices))}")
+        """A choice must be one of ``choices``; otherwise the value must have the default's type
+        (an int is a float too); a ``None`` default takes anything (the method checks it)."""
+        if self.choices is not None:
+            if value not in self.choices:
+                raise ValueError(f"unknown {name} {value!r} for method {method!r}; choose one of {', '.join(map(str, self.choices))}")
+            return
+        default = self.default
+        if isinstance(default, bool):
+            ok, kind = isinstance(value, bool), "true or false"
+        elif isinstance(default, int):
+            ok, kind = isinstance(value, int) and not isinstance(value, bool), "an integer"
+        elif isinstance(default, float):
+            ok, kind = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+        elif isinstance(default, str):
+            ok, kind = isinstance(value, str), "text"
+        else:
+            return
+        if not ok:
+            raise ValueError(f"option {name} of method {method!r} must be {kind}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -85,8 +102,10 @@ class Method:
     description: str
     needs: tuple[str, ...] = ()
     options: Mapping[str, Option] = field(default_factory=dict)
-    # extra option names passed through to a solver, validated there (e.g. tfwsvd's per-solver options)
+    # extra option names passed through to a solver (e.g. tfwsvd's per-solver options), checked by ``validate``
     open_options: bool = False
+    # checks the whole option set before any work (e.g. a solver's own options); raises ValueError
+    validate: Optional[Callable[[Mapping], None]] = None
 
     @property
     def needs_importance(self) -> bool:
@@ -99,7 +118,8 @@ class Method:
         return next((k for k in self.needs if k in ("fisher", "mask")), None)
 
     def check_options(self, options: Mapping) -> None:
-        """Raise ``ValueError`` for unknown options (unless the method passes them on) or a bad choice."""
+        """Raise ``ValueError`` for unknown options (unless the method passes them on, to its ``validate``),
+        a bad choice or a value of the wrong type: before any work, so a misspelt option costs nothing."""
         unknown = sorted(set(options) - set(self.options))
         if unknown and not self.open_options:
             known = ", ".join(self.options) or "none"
@@ -107,6 +127,8 @@ class Method:
         for name, value in options.items():
             if name in self.options:
                 self.options[name].check(self.name, name, value)
+        if self.validate is not None:
+            self.validate(options)
 
     def check_stats(self, stats: Mapping[str, torch.Tensor], layer: str = "") -> None:
         missing = [k for k in self.needs if not _provides(stats, k)]
@@ -125,17 +147,18 @@ METHODS: dict[str, Method] = {}
 
 
 def register_method(name: str, description: str, needs: tuple[str, ...] = (), options: Optional[dict] = None,
-                    open_options: bool = False):
+                    open_options: bool = False, validate: Optional[Callable[[Mapping], None]] = None):
     """Decorator registering ``fn(W, rank, stats, **options) -> Factorization``.
 
-    ``needs``: statistic kinds (keys of :data:`STATISTICS`); ``options``: ``{name: Option}``.
+    ``needs``: statistic kinds (keys of :data:`STATISTICS`); ``options``: ``{name: Option}``;
+    ``validate(options)``: a check of the whole option set run by :meth:`Method.check_options`.
     """
     unknown = sorted(set(needs) - set(STATISTICS))
     if unknown:
         raise ValueError(f"unknown statistic kind(s) {unknown}; known: {', '.join(STATISTICS)}")
 
     def decorate(fn):
-        METHODS[name] = Method(name, fn, description, tuple(needs), dict(options or {}), open_options)
+        METHODS[name] = Method(name, fn, description, tuple(needs), dict(options or {}), open_options, validate)
         return fn
 
     return decorate

@@ -195,6 +195,23 @@ SOLVERS: dict[str, Callable] = {"als": _als, "em": _em, "adam": _adam, "adam_sgd
 SOLVER_OPTIONS = {"als": ("ridge", "cg_steps"), "em": (), "adam": ("lr",), "adam_sgd": ("lr", "switch_at")}
 
 
+def check_solver_options(solver: str = "als", max_iters: Optional[int] = None, tol: float = DEFAULT_TOL,
+                         floor: float = FLOOR, progress: Optional[Progress] = None, **options) -> None:
+    """Raise ``ValueError`` for an unknown solver, an option it does not take, or a bad ``max_iters`` /
+    ``tol`` / ``floor``; :func:`optimize` and the methods' ``validate`` (before any work) call it."""
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown solver {solver!r}; available: {', '.join(SOLVERS)}")
+    unknown = sorted(set(options) - set(SOLVER_OPTIONS[solver]))
+    if unknown:
+        known = ", ".join(("max_iters", "tol", "floor", "progress") + SOLVER_OPTIONS[solver])
+        raise ValueError(f"unknown option(s) {', '.join(unknown)} for solver {solver!r}; known: {known}")
+    if max_iters is not None and (isinstance(max_iters, bool) or not isinstance(max_iters, int) or max_iters < 0):
+        raise ValueError(f"max_iters must be a non-negative integer, got {max_iters!r}")
+    for name, value in (("tol", tol), ("floor", floor)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise ValueError(f"{name} must be a non-negative number, got {value!r}")
+
+
 def optimize(W: torch.Tensor, importance: torch.Tensor, U: torch.Tensor, V: torch.Tensor, solver: str = "als",
              max_iters: Optional[int] = None, tol: float = DEFAULT_TOL, floor: float = FLOOR,
              progress: Optional[Progress] = None, **options) -> Factorization:
@@ -205,14 +222,7 @@ def optimize(W: torch.Tensor, importance: torch.Tensor, U: torch.Tensor, V: torc
     ``history = [E_start, E_1, ...]`` (normalized importance, see module docstring).
     Used by ``tfwsvd`` (start: FWSVD) and ``sparsity_aware`` (start: SVD of the pruned matrix).
     """
-    if solver not in SOLVERS:
-        raise ValueError(f"unknown solver {solver!r}; available: {', '.join(SOLVERS)}")
-    unknown = sorted(set(options) - set(SOLVER_OPTIONS[solver]))
-    if unknown:
-        known = ", ".join(("max_iters", "tol", "floor", "progress") + SOLVER_OPTIONS[solver])
-        raise ValueError(f"unknown option(s) {', '.join(unknown)} for solver {solver!r}; known: {known}")
-    if max_iters is not None and (isinstance(max_iters, bool) or not isinstance(max_iters, int) or max_iters < 0):
-        raise ValueError(f"max_iters must be a non-negative integer, got {max_iters!r}")
+    check_solver_options(solver, max_iters, tol, floor, **options)
     dtype = work_dtype(W)
     X, (Fn, scale) = W.to(dtype), normalize_importance(importance.to(dtype), floor)
     U, V = U.to(dtype), V.to(dtype)

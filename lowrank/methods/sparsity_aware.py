@@ -22,7 +22,7 @@ from typing import Mapping
 import torch
 
 from lowrank.methods.registry import Factorization, Option, register_method
-from lowrank.methods.solvers import SOLVERS, optimize
+from lowrank.methods.solvers import SOLVERS, check_solver_options, optimize
 from lowrank.methods.svd import truncated_svd
 
 
@@ -30,7 +30,7 @@ from lowrank.methods.svd import truncated_svd
                  "(importance = mask x scores), element-wise solver started from SVD of the pruned matrix.",
                  needs=("mask",), options={"solver": Option("als", tuple(SOLVERS), "element-wise solver"),
                                            "max_iters": Option(None, help="iteration cap (default per solver)")},
-                 open_options=True)
+                 open_options=True, validate=lambda options: check_solver_options(**options))
 def sparsity_aware(W: torch.Tensor, rank: int, stats: Mapping[str, torch.Tensor], solver: str = "als",
                    **options) -> Factorization:
     importance = stats["mask"]

@@ -20,7 +20,7 @@ import torch
 from lowrank.methods.fwsvd import AXES, fwsvd_factors
 from lowrank.methods.kfac_svd import kfac_factors
 from lowrank.methods.registry import Factorization, Option, register_method, weighted_error
-from lowrank.methods.solvers import SOLVERS, optimize, work_dtype
+from lowrank.methods.solvers import SOLVERS, check_solver_options, optimize, work_dtype
 
 INIT_AXES = ("best",) + AXES + ("kfac",)  # the start: the closed form with the lowest E, or a fixed one
 
@@ -57,7 +57,8 @@ def _labelled(start: Factorization, name: str) -> Factorization:
                           "init_axis": Option("best", INIT_AXES, "closed-form start (best: lowest weighted error)"),
                           "max_iters": Option(None, help="iteration cap (default per solver)"),
                           "tol": Option(1e-4, help="stop below this relative improvement")},
-                 open_options=True)
+                 open_options=True,
+                 validate=lambda options: check_solver_options(**{k: v for k, v in options.items() if k != "init_axis"}))
 def tfwsvd(W: torch.Tensor, rank: int, stats: Mapping[str, torch.Tensor], solver: str = "als",
            init_axis: str = "best", **options) -> Factorization:
     """Closed-form start (:func:`fwsvd_start`), then :func:`~lowrank.methods.solvers.optimize` with the

@@ -18,12 +18,17 @@ from typing import Optional
 import psutil
 import torch
 import transformers
+from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from lowrank.data.tasks import Task, hub_reachable, load_task
+from lowrank.data.tasks import Task, TaskError, hub_reachable, load_task
 from lowrank.loaded import LoadedModel
 from lowrank.models.errors import ModelLoadError
+from lowrank.models.labels import label_mapping
 from lowrank.models.packaged import resolve_source
+
+# What a broken checkpoint raises while it is read (truncated or corrupt safetensors, bad JSON...)
+READ_ERRORS = (OSError, ValueError, KeyError, SafetensorError)
 
 
 def model_kind(config) -> str:
@@ -71,15 +76,45 @@ def check_checkpoint_format(source: str, allow_pickle: bool) -> None:
         )
 
 
+def looks_like_path(name: str) -> bool:
+    """True for names that can only mean a folder (absolute, ``./``, ``../``, ``~``), never a hub id."""
+    return name.startswith(("/", "./", "../", "~")) or name in (".", "..") or Path(name).is_absolute()
+
+
 def load_config(source: str, name: str, local_only: bool):
     folder = Path(source)
+    if folder.is_file():
+        raise ModelLoadError(f"{source} is a file, not a model folder")
     if folder.exists() and not (folder / "config.json").exists():
         raise ModelLoadError(f"{source} is not a model folder (no config.json)")
+    if not folder.exists() and looks_like_path(source):
+        raise ModelLoadError(f"cannot load model {name!r}: no such folder")
     try:
         return AutoConfig.from_pretrained(source, trust_remote_code=False, local_files_only=local_only)
-    except (OSError, ValueError, KeyError) as err:
-        hint = " (the Hugging Face hub is not reachable and the model is not in the local cache)" if local_only else ""
+    except READ_ERRORS as err:
+        hub_hint = local_only and not folder.exists()  # a local folder's problem is never the hub's
+        hint = " (the Hugging Face hub is not reachable and the model is not in the local cache)" if hub_hint else ""
         raise ModelLoadError(f"cannot load model {name!r}{hint}: {str(err).splitlines()[0]}") from err
+
+
+def read_error(err: BaseException, folder) -> str:
+    """One line about a checkpoint that could not be read; a broken safetensors file is named."""
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()] or [type(err).__name__]
+    first = next((line for line in lines if line.startswith("size mismatch")), lines[0])  # torch's load_state_dict
+    if isinstance(err, SafetensorError):
+        files = sorted(Path(folder).glob("*.safetensors")) if Path(folder).is_dir() else []
+        where = str(files[0]) if len(files) == 1 else f"a .safetensors file in {folder}"
+        return f"{where} is truncated or corrupt ({first})"
+    return first
+
+
+def check_finite(model: torch.nn.Module, name: str) -> None:
+    """Raise :class:`ModelLoadError` naming (up to 5 of) the tensors holding NaN or infinite values."""
+    bad = [key for key, tensor in model.state_dict().items()
+           if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+    if bad:
+        listed = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise ModelLoadError(f"{name}: {len(bad)} weight tensor(s) hold NaN or infinite values: {listed}")
 
 
 def load_model(name_or_path: str, task: Optional[str | Task] = None, device: str | torch.device = "cpu",
@@ -88,7 +123,8 @@ def load_model(name_or_path: str, task: Optional[str | Task] = None, device: str
 
     With a classification ``task`` an encoder gets a (freshly initialised) sequence
     classification head sized to the task's labels; a model that already is a
-    classifier must have as many labels as the task.
+    classifier keeps its own labels, which must fit the task's
+    (:func:`lowrank.models.labels.check_labels`). Weights holding NaN or infinite values are refused.
     """
     name = str(name_or_path)
     source = resolve_source(name)
@@ -99,9 +135,13 @@ def load_model(name_or_path: str, task: Optional[str | Task] = None, device: str
     kind = model_kind(config)
     task_obj = load_task(task) if task is not None else None
     kwargs = dict(trust_remote_code=False, local_files_only=local_only, use_safetensors=None if allow_pickle else True, dtype=dtype)
-    if task_obj is not None and task_obj.kind == "classification" and kind in ("encoder", "classifier"):
-        if kind == "classifier" and config.num_labels != task_obj.num_labels:
-            raise ModelLoadError(f"{name} classifies {config.num_labels} labels but task {task_obj.name!r} has {task_obj.num_labels}")
+    if task_obj is not None and task_obj.kind == "classification" and kind == "classifier":
+        try:
+            label_mapping(config, task_obj, name)  # before the weights: its labels must fit the task's
+        except TaskError as err:
+            raise ModelLoadError(str(err)) from err
+        factory = AutoModelForSequenceClassification
+    elif task_obj is not None and task_obj.kind == "classification" and kind == "encoder":
         factory, kind = AutoModelForSequenceClassification, "classifier"
         kwargs.update(num_labels=task_obj.num_labels,
                       id2label=dict(enumerate(task_obj.label_names)),
@@ -116,8 +156,9 @@ def load_model(name_or_path: str, task: Optional[str | Task] = None, device: str
         finally:
             transformers.logging.set_verbosity(verbosity)
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False, local_files_only=local_only)
-    except (OSError, ValueError) as err:
-        raise ModelLoadError(f"cannot load model {name!r}: {str(err).splitlines()[0]}") from err
+    except READ_ERRORS as err:
+        raise ModelLoadError(f"cannot load model {name!r}: {read_error(err, source)}") from err
+    check_finite(model, name)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.config.pad_token_id = tokenizer.pad_token_id

@@ -37,9 +37,9 @@ from typing import Optional
 import torch
 from torch import nn
 
-from lowrank.data.tasks import load_task
 from lowrank.methods.svd import truncated_svd
 from lowrank.models.architectures import compressible_linears
+from lowrank.models.labels import check_labels
 from lowrank.progress import Progress
 from lowrank.ranks import resolve_ranks
 from lowrank.statistics import cache
@@ -76,7 +76,7 @@ def estimate_fisher(loaded, task, settings: StatisticsSettings = DEFAULT, use_ca
     Sampling from ``settings`` (see :class:`StatisticsSettings`). Tensors are float32 on
     the CPU. Callers outside :mod:`lowrank.statistics` use :func:`lowrank.statistics.statistics_for`.
     """
-    task = load_task(task)
+    task = check_labels(loaded, task)
     path = cache.entry_path("fisher", loaded, task, settings.to_dict())
     if use_cache and (cached := cache.read(path)) is not None:
         return cached
@@ -102,7 +102,7 @@ def loss_change_taylor(loaded, task, deltas: dict[str, torch.Tensor], settings: 
     quadratic form; with ``labels="sampled"`` the true-Fisher form, the mean over every drawn
     label) and ``total`` (their sum); see the module docstring. Not cached: it depends on ``dW``.
     """
-    task = load_task(task)
+    task = check_labels(loaded, task)
     linears = compressible_linears(loaded.model)
     unknown = sorted(set(deltas) - set(linears))
     if unknown:

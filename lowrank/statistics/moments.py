@@ -27,8 +27,8 @@ from typing import Optional
 import torch
 from torch import nn
 
-from lowrank.data import load_task
 from lowrank.models.architectures import compressible_linears
+from lowrank.models.labels import check_labels
 from lowrank.progress import Progress
 from lowrank.statistics import cache
 from lowrank.statistics.fisher import backward_task_losses
@@ -91,7 +91,7 @@ def estimate_moments(loaded, task, settings: StatisticsSettings, gradients: bool
     One calibration pass of ``settings.num_batches`` batches; forward only unless ``gradients``.
     Cached under ``<cache>/moments/``. Callers use :func:`lowrank.statistics.statistics_for`.
     """
-    task = load_task(task)
+    task = check_labels(loaded, task)
     key = {**settings.to_dict(), "gradients": gradients}
     path = cache.entry_path("moments", loaded, task, key)
     if use_cache and (cached := cache.read(path)) is not None:

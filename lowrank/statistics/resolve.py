@@ -22,6 +22,7 @@ import torch
 
 from lowrank.data.tasks import load_task
 from lowrank.models.architectures import compressible_linears
+from lowrank.models.labels import check_labels
 from lowrank.progress import Progress, scaled
 from lowrank.statistics import cache
 from lowrank.statistics.fisher import estimate_fisher
@@ -82,7 +83,7 @@ def statistics_for(loaded, task, needs: Iterable[str], settings: StatisticsSetti
     needs = _check(needs)
     if not needs:
         return {}
-    task = load_task(task) if needs_task(needs) else task
+    task = check_labels(loaded, task) if needs_task(needs) else task  # before any pass: the labels fit the model
     stats: Stats = {}
     providers = list(dict.fromkeys(PROVIDERS[kind][0] for kind in needs))
     for step, compute in enumerate(providers):

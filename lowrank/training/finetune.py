@@ -23,6 +23,7 @@ from lowrank.data.batches import batches, num_batches
 from lowrank.data.tasks import Task, load_task
 from lowrank.evaluate import accuracy
 from lowrank.io import atomic_dir
+from lowrank.models.labels import check_labels, record_task
 from lowrank.models.loading import load_model
 from lowrank.models.packaged import FINETUNED_BASE, finetuned_dir, finetuned_model
 from lowrank.progress import Progress, report
@@ -62,7 +63,11 @@ def linear_schedule(step: int, total: int, warmup: int) -> float:
 
 def train(model: nn.Module, tokenizer, task: Task, config: TrainConfig = TrainConfig(),
           hooks: Sequence[TrainingHook] = (), progress: Optional[Progress] = None) -> list[float]:
-    """Train ``model`` in place on ``task``'s training split; returns the loss per step."""
+    """Train ``model`` in place on ``task``'s training split; returns the loss per step.
+
+    The task's labels are checked against the model's (:func:`lowrank.models.labels.check_labels`) and the
+    task is recorded in the model's config (``lowrank_task``, saved with it): commands default to it later."""
+    task = check_labels(model, task)
     torch.manual_seed(config.seed)
     device = next(model.parameters()).device
     per_epoch = num_batches(task, tokenizer, "train", config.batch_size, config.max_length)
@@ -99,6 +104,7 @@ def train(model: nn.Module, tokenizer, task: Task, config: TrainConfig = TrainCo
             report(progress, step + 1, total, f"fine-tuning, loss {sum(losses[-20:]) / len(losses[-20:]):.3f}")
         epoch += 1
     model.eval()
+    record_task(model, task)
     return losses
 
 
