@@ -23,7 +23,7 @@ from torch import nn
 
 from lowrank.data.tasks import Task, TaskError, load_task
 from lowrank.loaded import LoadedModel, unwrap
-from lowrank.models.packaged import MINILM_RT_TASK
+from lowrank.models.packaged import FINETUNED
 
 RECORD_KEY = "lowrank_task"  # config.json attribute written by record_task
 DEFAULT_LM_TASK = "lee"
@@ -119,13 +119,14 @@ def recorded_task(config) -> Optional[str]:
 
 
 def default_task(model: LoadedModel) -> Optional[str]:
-    """The task commands use when none is named: the recorded one, ``rotten_tomatoes`` for ``minilm-rt``
-    (also when built before tasks were recorded), ``lee`` for a causal LM; ``None`` when nothing fits."""
+    """The task commands use when none is named: the recorded one, a packaged fine-tuned model's own task
+    (``minilm-rt``: ``rotten_tomatoes``, also when built before tasks were recorded), ``lee`` for a causal LM;
+    ``None`` when nothing fits."""
     recorded = recorded_task(getattr(model.model, "config", None))
     if recorded:
         return recorded
-    if model.name == "minilm-rt":
-        return MINILM_RT_TASK
+    if model.name in FINETUNED:
+        return FINETUNED[model.name]
     if model.kind == "causal-lm":
         return DEFAULT_LM_TASK
     return None
