@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 from lowrank import cli
 from lowrank.cli.args import Parser, check_common, emit
 from lowrank.errors import USER_ERRORS, describe
-from lowrank.statistics.passes import is_main
+from lowrank.statistics.passes import init_from_env, is_main
 from lowrank.threads import set_threads
 
 NOT_COMMANDS = ("main", "args")  # modules of this package that register no sub-command
