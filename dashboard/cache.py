@@ -4,12 +4,18 @@ Models, tasks, statistics and the run store are cached across reruns and session
 ``st.cache_resource``; tables with ``st.cache_data``. Each heavy call shows a progress bar the
 first time. Statistics are resolved by :func:`lowrank.statistics.statistics_for` with the one
 :data:`lowrank.statistics.DEFAULT` sampling, so the dashboard, the CLI and the sweeps share their
-disk cache.
+disk cache. Spectra are also kept on disk (``<cache>/spectra/``), keyed by the identity of the
+model's weight files, so a fresh server paints them without loading the model.
+
+A model is only ever loaded with a task it can be measured on (:func:`check_pair`): its kind is read
+from its config first (:func:`model_kind`), without loading weights.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
+import json
 import os
 import re
 from pathlib import Path
@@ -23,18 +29,25 @@ import lowrank
 import lowrank.statistics
 from lowrank.allocation import layer_loss_curves
 from lowrank.analysis.metrics import fisher_dispersion, risk_table
+from lowrank.compress import CompressionInfo, load_info
+from lowrank.data import NAMED_TASKS, hub_reachable
+from lowrank.evaluate import chance_accuracy, check_task_fits
 from lowrank.experiments.run import dense_reference
 from lowrank.experiments.store import RunStore, default_path
 from lowrank.io import atomic_write_bytes, cache_dir
 from lowrank.layers import break_even_rank, max_useful_rank
+from lowrank.models import model_kind as config_kind
+from lowrank.models.loading import load_config
+from lowrank.models.packaged import resolve_source
 from lowrank.needs import needs_for
 from lowrank.progress import Progress
 from lowrank.statistics import DEFAULT, Stats, select, statistics_for
+from lowrank.statistics.cache import weights_fingerprint
 from lowrank.statistics.fisher import svd_loss_change
 from lowrank.threads import set_threads
 
 from .inputs import check_upload, expire_uploads
-from .labels import is_csv, statistics_label
+from .labels import is_csv, model_label, statistics_label, task_label
 from .progress import ProgressBar
 
 # What the predicted losses (loss curves, dispersion, SVD risk) are computed from.
@@ -86,18 +99,76 @@ def get_task(key: str) -> lowrank.Task:
     return _task(key, mtime)
 
 
+@st.cache_data(show_spinner=False, max_entries=32)
+def model_kind(model: str) -> str:
+    """``classifier``, ``causal-lm`` or ``encoder``, from the model's config (no weights are loaded)."""
+    source = resolve_source(model)
+    return config_kind(load_config(source, model, Path(source).exists() or not hub_reachable()))
+
+
+def task_kind(key: str) -> str:
+    """``classification`` or ``lm`` (a named task without loading it)."""
+    return NAMED_TASKS[key].kind if key in NAMED_TASKS else get_task(key).kind
+
+
+def check_pair(model: str, task: str) -> None:
+    """``ValueError``, in words, when ``model`` cannot be measured on ``task`` (a causal LM on a classification task...)."""
+    check_task_fits(model_label(model), model_kind(model), task_kind(task), task_label(task))
+
+
 @st.cache_resource(show_spinner="Loading the model...", max_entries=3)
-def load(model: str, task: str) -> lowrank.LoadedModel:
-    """The model with a head for ``task`` when it is a classification task."""
+def _load(model: str, task: str) -> lowrank.LoadedModel:
     return lowrank.load_model(model, task=get_task(task))
+
+
+def load(model: str, task: str) -> lowrank.LoadedModel:
+    """The model with a head for ``task`` when it is a classification task; refused (:func:`check_pair`)
+    before loading when the two do not fit."""
+    check_pair(model, task)
+    return _load(model, task)
+
+
+def _weights_key(model: str) -> Optional[str]:
+    """A fingerprint of a local model's weight files (folder, names, sizes, modification times); ``None`` for a
+    hub id or a model that does not resolve to a folder of safetensors files."""
+    try:
+        folder = Path(resolve_source(model))
+    except (ValueError, OSError, RuntimeError):  # not built / not fetchable: the load reports it
+        return None
+    files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+    if not files:
+        return None
+    identity = [str(folder.resolve())] + [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+    return hashlib.sha1(json.dumps(identity).encode()).hexdigest()[:20]
+
+
+def spectra_path(model: str) -> Optional[Path]:
+    key = _weights_key(model)
+    return None if key is None else cache_dir() / "spectra" / f"{key}.parquet"
 
 
 @st.cache_data(show_spinner=False, max_entries=4)
 def spectra(model: str, task: str) -> pd.DataFrame:
+    """:func:`lowrank.spectra` of the model: read from the disk cache when its weight files are unchanged
+    (no model load), else computed (with a progress bar) and written there."""
+    path = spectra_path(model)
+    if path is not None and path.exists():
+        try:
+            frame = pd.read_parquet(path)
+        except (OSError, ValueError):
+            pass  # a damaged entry: computed again below
+        else:
+            return frame.astype({c: object for c in frame.columns if pd.api.types.is_string_dtype(frame[c])})
     with ProgressBar("Computing singular values") as bar:
-        return lowrank.spectra(load(model, task), progress=bar)
+        frame = lowrank.spectra(load(model, task), progress=bar)
+    if path is not None:
+        buffer = io.BytesIO()
+        frame.to_parquet(buffer)
+        atomic_write_bytes(path, buffer.getvalue())
+    return frame
 
 
+@st.cache_data(show_spinner=False, max_entries=4)
 def layer_table(model: str, task: str) -> pd.DataFrame:
     """Compressible layers: name, type, block, out, in, params, break-even and largest useful rank."""
     frame = spectra(model, task)[["name", "type", "block", "out", "in", "params"]].copy()
@@ -115,9 +186,19 @@ def _statistic(model: str, task: str, kind: str) -> Stats:
         return statistics_for(load(model, task), get_task(task), (kind,), DEFAULT, progress=bar)
 
 
+@st.cache_resource(show_spinner=False)
+def _cached_statistics() -> set:
+    return set()
+
+
 def is_cached(model: str, task: str, needs: Iterable[str]) -> bool:
-    """True when every kind of ``needs`` costs nothing now (on disk, or needing no data)."""
-    return lowrank.statistics.is_cached(load(model, task), get_task(task), tuple(needs), DEFAULT)
+    """True when every kind of ``needs`` costs nothing now (on disk, or needing no data). A yes is remembered for
+    the process (statistics on disk stay there), so a rerun does not fingerprint the weights again."""
+    key = (model, task, tuple(needs))
+    known = _cached_statistics()
+    if key not in known and lowrank.statistics.is_cached(load(model, task), get_task(task), key[2], DEFAULT):
+        known.add(key)
+    return key in known
 
 
 def statistics(model: str, task: str, needs: Iterable[str], also_if_cached: Iterable[str] = ()) -> Stats:
@@ -176,5 +257,33 @@ def taylor(model: str, task: str, ranks_key: tuple) -> dict[str, dict[str, float
 
 def dense_evaluation(model: str, task: str, eval_limit: Optional[int]) -> dict:
     """Dense quality, size and latency: from the run store, or evaluated (with progress) and stored."""
+    loaded = load(model, task)
     with ProgressBar("Evaluating the dense model") as bar:
-        return dense_reference(store(), load(model, task), get_task(task), task, "validation", eval_limit, progress=bar)
+        return dense_reference(store(), loaded, get_task(task), task, "validation", eval_limit, progress=bar)
+
+
+def fingerprint(model: str, task: str) -> str:
+    """The weights fingerprint the run store records for the model (:func:`lowrank.statistics.cache.weights_fingerprint`)."""
+    return weights_fingerprint(load(model, task).model)
+
+
+def dense_row(task: str, weights: str, split: str = "validation", eval_limit: Optional[int] = None) -> Optional[dict]:
+    """The stored dense run of the weights with fingerprint ``weights`` on ``task`` with these settings, or ``None``."""
+    return store().find_run(method="dense", fingerprint=weights, task=task, split=split, eval_limit=eval_limit)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def chance(task: str) -> Optional[float]:
+    """Accuracy of always answering the most common validation label (``None`` for a text task)."""
+    return chance_accuracy(get_task(task), "validation")
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _compression_info(folder: str, mtime: float) -> CompressionInfo:
+    return load_info(folder)
+
+
+def compression_info(folder: str) -> Optional[CompressionInfo]:
+    """What a saved compressed model records (ranks, solver histories, per-layer facts); ``None`` when missing."""
+    meta = Path(folder) / "lowrank.json"
+    return _compression_info(folder, meta.stat().st_mtime) if meta.exists() else None

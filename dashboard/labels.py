@@ -1,19 +1,26 @@
 """How the dashboard names things: models, tasks, statistic kinds, what a method or strategy needs,
-rank plans, and number formats (pure functions; no Streamlit)."""
+rank plans, latency measurements and number formats; and how it reads a typed rank (pure functions;
+no Streamlit)."""
 
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Iterable, Optional
 
 import lowrank
+from lowrank.evaluate import latency_note as _latency_note
+from lowrank.layers import break_even_rank
 from lowrank.needs import needs_for
 
 TASK_LABELS = {
     "rotten_tomatoes": "Rotten Tomatoes (sentiment, accuracy)",
     "lee": "Lee corpus (English news text, perplexity)",
 }
+# What a model kind is and what it is measured by (lowrank.evaluate.task_kind_for pairs them).
+MODEL_KIND_LABELS = {"causal-lm": "a causal language model", "classifier": "a classifier", "encoder": "an encoder"}
+TASK_KIND_LABELS = {"lm": "perplexity on a text task", "classification": "accuracy on a classification task"}
 # Readable names of statistic kinds (lowrank.methods.STATISTICS); an unlisted kind shows as its key.
 STATISTIC_LABELS = {
     "fisher": "Fisher information",
@@ -86,3 +93,53 @@ def method_label(method: str) -> str:
 
 def strategy_label(strategy: str) -> str:
     return with_needs(strategy, needs_for(strategy=strategy))
+
+
+def latency_help(info: Optional[dict], batch: str) -> str:
+    """How a stored latency (``batch``: ``"b1"`` or ``"b32"``) was measured, for a metric's help."""
+    note = latency_note(info, batch)
+    return f"Forward pass on the CPU: {note}" if note else "Median forward pass on the CPU"
+
+
+def latency_note(info, batch: Optional[str] = None) -> str:
+    """:func:`lowrank.evaluate.latency_note` of a stored run's ``latency_info`` (empty when none was recorded)."""
+    return _latency_note(info if isinstance(info, dict) else None, batch)
+
+
+_INTEGER = re.compile(r"^[+-]?\d+$")
+
+
+class RankCellError(ValueError):
+    """A typed rank that cannot be used (the cell is refused and reverted)."""
+
+
+def read_rank(value, out_features: int, in_features: int) -> tuple[Optional[int], Optional[str]]:
+    """A rank typed into the plan table: ``(rank, note)``; ``rank`` ``None`` keeps the layer dense.
+
+    Empty keeps the layer dense; a rank at or above break-even is kept dense with a ``note``. Text, a
+    fraction, zero or a negative number and a rank above ``min(out, in)`` raise :class:`RankCellError`
+    (never coerced)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None, None
+    text = str(value).strip()
+    if not text:
+        return None, None
+    largest = min(out_features, in_features)
+    if not _INTEGER.match(text):
+        try:
+            number = float(text)
+        except ValueError:
+            raise RankCellError(f"{text!r} is not a number: type a whole number from 1 to {largest}, "
+                                "or clear the cell to keep the layer dense") from None
+        if not math.isfinite(number) or number != int(number):
+            raise RankCellError(f"{text} is not a whole number: a rank counts columns (1 to {largest})")
+        text = str(int(number))
+    rank = int(text)
+    if rank < 1:
+        raise RankCellError(f"rank {rank} is out of range 1..{largest}: clear the cell to keep the layer dense")
+    if rank > largest:
+        raise RankCellError(f"rank {rank} is out of range 1..{largest} for a {out_features}×{in_features} weight")
+    even = break_even_rank(out_features, in_features)
+    if rank >= even:
+        return None, f"rank {rank} is at or above break-even ({even}): kept dense"
+    return rank, None

@@ -61,8 +61,50 @@ def energy_figure(frame: pd.DataFrame, names: Sequence[str]) -> go.Figure:
     return _layout(fig, "Cumulative energy", legend=dict(font=dict(size=11)))
 
 
+OUTLIER_FENCE = 3.0  # a value beyond this many interquartile ranges outside the quartiles is an outlier
+
+
+def color_range(values) -> dict:
+    """A colour range for a heatmap that one outlier cannot swamp.
+
+    Values beyond :data:`OUTLIER_FENCE` interquartile ranges outside the quartiles are outliers: the
+    range spans the others (outliers take the end colours). Signed values get a diverging scale
+    centred on 0. Returns ``zmin``, ``zmax``, ``zmid`` (or ``None``), ``colorscale`` and ``high`` /
+    ``low``: masks of the outliers above / below the range (same shape as ``values``)."""
+    z = np.asarray(values, dtype=float)
+    finite = z[np.isfinite(z)]
+    high, low = np.zeros(z.shape, dtype=bool), np.zeros(z.shape, dtype=bool)
+    if finite.size == 0:
+        return dict(zmin=None, zmax=None, zmid=None, colorscale="Viridis", high=high, low=low)
+    lo, hi = float(finite.min()), float(finite.max())
+    if finite.size >= 4:
+        q1, q3 = np.percentile(finite, [25, 75])
+        spread = q3 - q1
+        top, bottom = q3 + OUTLIER_FENCE * spread, q1 - OUTLIER_FENCE * spread
+        with np.errstate(invalid="ignore"):
+            high, low = np.isfinite(z) & (z > top), np.isfinite(z) & (z < bottom)
+        inliers = finite[(finite <= top) & (finite >= bottom)]
+        if inliers.size and (high.any() or low.any()):
+            lo, hi = float(inliers.min()), float(inliers.max())
+    if lo < 0 < hi:
+        bound = max(-lo, hi)
+        return dict(zmin=-bound, zmax=bound, zmid=0.0, colorscale="RdBu_r", high=high, low=low)
+    if lo == hi:
+        return dict(zmin=None, zmax=None, zmid=None, colorscale="Viridis", high=high, low=low)
+    return dict(zmin=lo, zmax=hi, zmid=None, colorscale="Viridis", high=high, low=low)
+
+
+def _cell_text(value: float, high: bool, low: bool) -> str:
+    if not np.isfinite(value):
+        return ""
+    return f"{value:.3g}" + (" ▲" if high else " ▼" if low else "")
+
+
 def heatmap_figure(frame: pd.DataFrame, column: str, title: Optional[str] = None) -> go.Figure:
-    """Block (rows) x layer type (columns) heatmap of ``column``; hover shows the layer and the exact value."""
+    """Block (rows) x layer type (columns) heatmap of ``column``; hover shows the layer and the exact value.
+
+    The colour range is robust (:func:`color_range`): an outlier keeps its exact value in its cell, marked
+    ▲ (above the colour range) or ▼ (below), and the title says so."""
     types = list(dict.fromkeys(frame["type"]))
     blocks = sorted(frame["block"].unique())
     z = np.full((len(blocks), len(types)), np.nan)
@@ -71,14 +113,22 @@ def heatmap_figure(frame: pd.DataFrame, column: str, title: Optional[str] = None
         i, j = blocks.index(row["block"]), types.index(row["type"])
         z[i, j] = row[column]
         names[i, j] = row["name"]
+    scale = color_range(z)
+    text = [[_cell_text(z[i, j], scale["high"][i, j], scale["low"][i, j]) for j in range(len(types))]
+            for i in range(len(blocks))]
+    label = HEATMAP_METRICS.get(column, column)
     fig = go.Figure(go.Heatmap(
-        z=z, x=types, y=[f"block {b}" for b in blocks], customdata=names, colorscale="Viridis",
-        texttemplate="%{z:.3g}", textfont=dict(size=11),
-        hovertemplate="%{customdata}<br>%{y} · %{x}<br>" + HEATMAP_METRICS.get(column, column) + " = %{z:.6g}<extra></extra>",
-        colorbar=dict(title=dict(text=HEATMAP_METRICS.get(column, column), side="right"))))
+        z=z, x=types, y=[f"block {b}" for b in blocks], customdata=names, text=text, colorscale=scale["colorscale"],
+        zmin=scale["zmin"], zmax=scale["zmax"], zmid=scale["zmid"], texttemplate="%{text}", textfont=dict(size=11),
+        hovertemplate="%{customdata}<br>%{y} · %{x}<br>" + label + " = %{z:.6g}<extra></extra>",
+        colorbar=dict(title=dict(text=label, side="right"), tickformat=".3~g")))
     fig.update_yaxes(autorange="reversed")
-    return _layout(fig, title or f"{HEATMAP_METRICS.get(column, column)} by block and layer type",
-                   height=max(260, 60 + 42 * len(blocks)))
+    outliers = int(scale["high"].sum() + scale["low"].sum())
+    heading = title or f"{label} by block and layer type"
+    if outliers:
+        heading += (f"<br><sup>colours span the other cells: {outliers} outlier{'s' if outliers > 1 else ''} "
+                    "(▲ above, ▼ below the colour range) show their value in the cell</sup>")
+    return _layout(fig, heading, height=max(260, 60 + 42 * len(blocks)) + (20 if outliers else 0))
 
 
 def convergence_figure(history: dict[str, list[float]], title: str) -> go.Figure:
@@ -111,9 +161,10 @@ def pareto_mask(x: Sequence[float], y: Sequence[float], higher_is_better: bool =
     return mask
 
 
-def tradeoff_figure(runs: pd.DataFrame, dense: Optional[dict] = None) -> go.Figure:
+def tradeoff_figure(runs: pd.DataFrame, dense: Optional[dict] = None, destroyed: Optional[dict] = None) -> go.Figure:
     """Metric against kept parameters of the compressible layers: one line per method (and strategy),
-    the Pareto front outlined, the dense model as a reference line."""
+    the Pareto front outlined, the dense model as a reference line, and the runs in ``destroyed``
+    (``{run id: why}``) crossed out in red. Perplexity is on a log axis."""
     metric = runs["metric"].iloc[0] if len(runs) else (dense or {}).get("metric", "accuracy")
     higher = metric != "perplexity"
     fig = go.Figure()
@@ -141,6 +192,13 @@ def tradeoff_figure(runs: pd.DataFrame, dense: Optional[dict] = None) -> go.Figu
         fig.add_trace(go.Scatter(x=[dense["params_linear"]], y=[dense["value"]], mode="markers", name="dense",
                                  marker=dict(symbol="star", size=14, color="gray"),
                                  hovertemplate="dense<br>%{x:,} linear params<br>" + metric + " %{y:.4f}<extra></extra>"))
+    flagged = runs[runs["id"].isin(list(destroyed or {}))] if len(runs) else runs
+    if len(flagged):
+        fig.add_trace(go.Scatter(x=flagged["params_linear"], y=flagged["value"], mode="markers", name="destroys the model",
+                                 marker=dict(symbol="x-thin", size=18, line=dict(width=3, color="crimson")),
+                                 customdata=[destroyed[int(i)] for i in flagged["id"]],
+                                 hovertemplate="run #%{text}: %{customdata}<extra></extra>",
+                                 text=[str(int(i)) for i in flagged["id"]]))
     fig.update_xaxes(title="kept parameters in compressible layers")
-    fig.update_yaxes(title=metric)
+    fig.update_yaxes(title=metric + (" (log scale)" if not higher else ""), type="log" if not higher else "linear")
     return _layout(fig, f"{metric.capitalize()} vs kept parameters", height=460)

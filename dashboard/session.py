@@ -3,6 +3,10 @@
 Defaults come from ``LOWRANK_DEFAULT_MODEL`` / ``LOWRANK_DEFAULT_TASK`` (tests point them at a
 tiny model and a CSV), else ``minilm-rt`` on ``rotten_tomatoes``. The heavy objects behind the
 keys are in :mod:`dashboard.cache`.
+
+The task follows the model's kind (:func:`task_for`): a causal language model is measured on a text
+task (Lee), an encoder or classifier on a classification task; choosing a model of the other kind
+switches the task, so the session never holds a pair that cannot be measured.
 """
 
 from __future__ import annotations
@@ -11,9 +15,12 @@ import os
 from typing import Optional
 
 import streamlit as st
+from streamlit.runtime.pages_manager import PagesManager
+
+from lowrank.evaluate import task_kind_for
 
 from . import cache
-from .labels import model_label, plan_fraction, task_label
+from .labels import MODEL_KIND_LABELS, TASK_KIND_LABELS, TASK_LABELS, model_label, plan_fraction, task_label
 
 DEFAULT_BUDGET = 0.5
 DEFAULT_STRATEGY = "uniform"
@@ -27,18 +34,68 @@ def default_task() -> str:
     return os.environ.get("LOWRANK_DEFAULT_TASK") or "rotten_tomatoes"
 
 
+def wanted_kind(model: str) -> str:
+    """The task kind ``model`` is measured on (``lm`` or ``classification``)."""
+    return task_kind_for(cache.model_kind(model))
+
+
+def tasks_for(model: str) -> list[str]:
+    """The named tasks ``model`` can be measured on (an uploaded CSV fits a classifier too: :func:`csv_fits`)."""
+    wanted = wanted_kind(model)
+    return [key for key in TASK_LABELS if cache.task_kind(key) == wanted]
+
+
+def csv_fits(model: str) -> bool:
+    """True when ``model`` can be measured on an uploaded ``text,label`` CSV (a classification task)."""
+    return wanted_kind(model) == "classification"
+
+
+def task_for(model: str, current: str) -> str:
+    """``current`` when ``model`` can be measured on it (or when ``current`` cannot be read: the pages show why),
+    else the default task when it fits, else the first named task of the model's kind. Raises what reading the
+    model's config raises."""
+    wanted = wanted_kind(model)
+    try:
+        if cache.task_kind(current) == wanted:
+            return current
+    except (ValueError, OSError):
+        return current
+    for key in (default_task(), *TASK_LABELS):
+        try:
+            if cache.task_kind(key) == wanted:
+                return key
+        except (ValueError, OSError):  # an unreadable default CSV fits nothing
+            continue
+    raise ValueError(f"{model_label(model)} is measured on a {wanted} task, and none is available")
+
+
+def default_task_for(model: str) -> str:
+    """The task a session starts with on ``model``: the default task when it fits (:func:`task_for`)."""
+    try:
+        return task_for(model, default_task())
+    except (ValueError, OSError, RuntimeError):  # the pages show why the model does not load
+        return default_task()
+
+
 def init() -> None:
     """Session defaults; ``app.py`` calls it before any page runs."""
     ss = st.session_state
     ss.setdefault("model", default_model())
-    ss.setdefault("task", default_task())
+    if "task" not in ss:
+        ss["task"] = default_task_for(ss["model"])
     ss.setdefault("plan", None)
     ss.setdefault("eval_limit", None)
     ss.setdefault("editor_version", 0)
-    ss.setdefault("results", [])
+    ss.setdefault("rank_messages", {})
 
 
 def model_key() -> str:
+    if "model" not in st.session_state:
+        # This run did not start in app.py: a fresh server opened on a page's URL runs that page alone (Streamlit's
+        # pages/-folder routing, in force until st.navigation first runs). Switch it off as st.navigation does and
+        # rerun, so app.py sets the session up and routes to the same page.
+        PagesManager.uses_pages_directory = False
+        st.rerun()
     return st.session_state["model"]
 
 
@@ -56,17 +113,36 @@ def set_eval_limit(limit: Optional[int]) -> None:
 
 
 def set_model(name: str) -> None:
-    """Make ``name`` the current model; drops the plan and the factorization results of the previous one."""
+    """Make ``name`` the current model; drops the plan of the previous one."""
     if name != model_key():
-        st.session_state.update(model=name, plan=None, results=[])
+        st.session_state.update(model=name, plan=None, rank_messages={})
         st.session_state["editor_version"] += 1
         render_status()
 
 
 def set_task(key: str) -> None:
     if key != task_key():
-        st.session_state.update(task=key, results=[])
+        st.session_state.update(task=key)
         render_status()
+
+
+def select(model: str, task: str) -> str:
+    """Make ``model`` current with ``task``, or with the task of its kind (:func:`task_for`) when ``task`` does not
+    fit; returns the task used and leaves a one-line notice (:func:`pop_notice`) when it switched."""
+    fitting = task_for(model, task)
+    cache.load(model, fitting)
+    set_model(model)
+    set_task(fitting)
+    if fitting != task:
+        kind = MODEL_KIND_LABELS.get(cache.model_kind(model), cache.model_kind(model))
+        st.session_state["notice"] = (f"{model_label(model)} is {kind}, measured by {TASK_KIND_LABELS[wanted_kind(model)]}: "
+                                      f"the task is now {task_label(fitting)}.")
+    return fitting
+
+
+def pop_notice() -> Optional[str]:
+    """The notice left by the last :func:`select` (once)."""
+    return st.session_state.pop("notice", None)
 
 
 def plan():

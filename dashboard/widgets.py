@@ -1,16 +1,19 @@
 """Small Streamlit building blocks: error display, option widgets generated from a method's declared
-options, a button computing statistics, the card of a sweep, the run-table column formats."""
+options, a button computing statistics, the card of a sweep, the warning on results that destroy the
+model, the run-table column formats."""
 
 from __future__ import annotations
 
 import io
 import zipfile
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Optional
 
+import pandas as pd
 import streamlit as st
 
 from lowrank import errors
+from lowrank.evaluate import destroyed
 from lowrank.experiments.sweep import cancel_sweep, log_path, resume_sweep
 from lowrank.methods import Option, get_method
 
@@ -95,9 +98,13 @@ def statistics_button(model: str, task: str, needs: Iterable[str], **button_opti
 def sweep_card(store, sweep: dict) -> None:
     """Progress (or outcome) of one sweep, with a stop button while it runs."""
     spec = sweep["spec"]
-    title = (f"Sweep #{sweep['id']}{' (' + sweep['label'] + ')' if sweep.get('label') else ''}: "
-             f"{', '.join(spec.get('methods', []))} × {', '.join(f'{b:.0%}' for b in spec.get('budgets', []))} "
-             f"· {spec.get('strategy', '')}")
+    if spec.get("ranks") is not None:  # a Factorize run: the methods on one plan
+        title = (f"Factorize #{sweep['id']}: {', '.join(spec.get('methods', []))} on the plan "
+                 f"({', '.join(f'{b:.0%}' for b in spec.get('budgets', []))} kept, {spec.get('strategy', '')})")
+    else:
+        title = (f"Sweep #{sweep['id']}{' (' + sweep['label'] + ')' if sweep.get('label') else ''}: "
+                 f"{', '.join(spec.get('methods', []))} × {', '.join(f'{b:.0%}' for b in spec.get('budgets', []))} "
+                 f"· {spec.get('strategy', '')}")
     done, total = sweep.get("runs_done") or 0, sweep.get("runs_total") or 0
     if sweep["status"] == "running":
         cols = st.columns([5, 1], vertical_alignment="bottom")
@@ -121,6 +128,33 @@ def sweep_card(store, sweep: dict) -> None:
                 st.rerun()
     if total and sweep["status"] == "running":
         st.caption(f"{done} of {total} runs finished")
+
+
+def destroyed_runs(runs: pd.DataFrame, dense: Optional[dict], task: str) -> dict[int, str]:
+    """``{run id: why}`` for the finished compressed runs of ``runs`` that destroy the model
+    (:func:`lowrank.evaluate.destroyed`: perplexity above 10x dense, accuracy at chance)."""
+    if dense is None or runs.empty:
+        return {}
+    chance = cache.chance(task)
+    flagged = {}
+    for row in runs[(runs["status"] == "done") & (runs["method"] != "dense")].to_dict("records"):
+        value = None if pd.isna(row["value"]) else float(row["value"])
+        why = destroyed(row["metric"], value, dense["value"], chance)
+        if why:
+            flagged[int(row["id"])] = why
+    return flagged
+
+
+def destroyed_warning(runs: pd.DataFrame, flagged: dict[int, str]) -> None:
+    """One warning naming every run of ``flagged`` (:func:`destroyed_runs`) and why."""
+    if not flagged:
+        return
+    by_id = runs.set_index("id")
+    lines = [f"**{by_id.loc[i, 'method']}** (run #{i}"
+             + (f", {by_id.loc[i, 'budget']:.0%} budget" if pd.notna(by_id.loc[i, 'budget']) else "") + f"): {why}"
+             for i, why in flagged.items()]
+    st.warning("Destroyed by the factorization (crossed out in the plot):  \n" + "  \n".join(lines),
+               icon=":material/dangerous:")
 
 
 def zip_folder(folder) -> bytes:

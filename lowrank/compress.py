@@ -199,6 +199,17 @@ def load_compressed(directory: Union[str, Path], device: Union[str, torch.device
     return LoadedModel(model, tokenizer, kind, meta["base_model"], str(directory))
 
 
+def load_info(directory: Union[str, Path]) -> CompressionInfo:
+    """The :class:`CompressionInfo` saved with a compressed model (``lowrank.json``: ranks, timings, solver
+    histories, per-layer facts), without loading its weights."""
+    meta_path = Path(directory) / "lowrank.json"
+    if not meta_path.exists():
+        raise ModelLoadError(f"{directory} is not a compressed model folder (no lowrank.json)")
+    meta = json.loads(meta_path.read_text())
+    return CompressionInfo(**{k: meta[k] for k in ("base_model", "kind", "method", "ranks", "options", "seconds", "history",
+                                                   "details") if k in meta})
+
+
 def load_any(name: Union[str, Path], device: Union[str, torch.device] = "cpu", task=None) -> LoadedModel:
     """A compressed folder (has ``lowrank.json``) via :func:`load_compressed`, else :func:`lowrank.load_model`."""
     recover(Path(name))

@@ -7,16 +7,24 @@
   Hessian at ``p = p_ref`` is the (true) Fisher information;
 * total parameters, parameters in compressible / low-rank Linear layers;
 * size of the safetensors file actually written (bytes);
-* median forward latency (ms) at batch 1 and batch 32 on the model's device.
+* median forward latency (ms) at batch 1 and batch 32 on the model's device, within a time budget
+  (:data:`LATENCY_BUDGET_S` per batch size: a large model gets fewer timed passes, a pass longer than
+  the budget is measured once), with the conditions it was measured under (threads, load average,
+  a quick matmul calibration) so that measurements taken under different load can be told apart.
+
+Which task kind a model kind is measured on (:func:`check_task_fits`) and when a compressed result
+has destroyed the model (:func:`destroyed`) are decided here, once.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import statistics
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from collections import Counter
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -24,11 +32,70 @@ import torch
 from safetensors.torch import save_model
 
 from lowrank.data.batches import batches, encode, num_batches
-from lowrank.data.tasks import Task
+from lowrank.data.tasks import Task, load_task
 from lowrank.layers import LowRankLinear
 from lowrank.models.architectures import compressible_linears
 from lowrank.models.labels import check_labels
 from lowrank.progress import Progress, report
+
+# The task kind each model kind is measured on: a causal LM by perplexity on text, the rest by accuracy.
+TASK_KINDS = {"causal-lm": "lm", "classifier": "classification", "encoder": "classification"}
+# A compressed model is flagged as destroyed when its perplexity exceeds this multiple of the dense model's,
+# or when its accuracy falls to within CHANCE_MARGIN of always answering the most common label.
+DESTROYED_PERPLEXITY_RATIO = 10.0
+CHANCE_MARGIN = 0.02
+# Seconds per batch size that a latency measurement may take (warm-up included).
+LATENCY_BUDGET_S = 5.0
+# Two measurements' conditions disagree when the calibration differs by this factor or the load average
+# by at least this many busy cores (or half the cores, whichever is more).
+CALIBRATION_RATIO = 1.5
+LOAD_STEP = 1.0
+
+
+def task_kind_for(model_kind: str) -> str:
+    """``"lm"`` for a causal language model, ``"classification"`` for an encoder or a classifier."""
+    return TASK_KINDS.get(model_kind, "classification")
+
+
+def check_task_fits(name: str, model_kind: str, task_kind: str, task_name: str) -> None:
+    """Raise ``ValueError`` (in words) when a model of ``model_kind`` cannot be measured on a ``task_kind`` task."""
+    if task_kind == task_kind_for(model_kind):
+        return
+    if model_kind == "causal-lm":
+        raise ValueError(f"{name} is a causal language model, not a classifier: measure it by perplexity on a text "
+                         f"task such as lee, not on the classification task {task_name}")
+    raise ValueError(f"{name} is a {model_kind}, not a causal language model: the text task {task_name} is measured "
+                     "by perplexity, which needs one; use a classification task")
+
+
+def chance_accuracy(task, split: str = "validation") -> Optional[float]:
+    """Accuracy of always answering the most common label of ``split`` (``None`` for a text task)."""
+    task = load_task(task)
+    labels = (task.labels or {}).get(split) if task.kind == "classification" else None
+    if not labels:
+        return None
+    return max(Counter(int(label) for label in labels).values()) / len(labels)
+
+
+def destroyed(metric: str, value, dense_value, chance: Optional[float] = None) -> Optional[str]:
+    """Why a compressed result has destroyed the model, or ``None`` when it has not (or cannot be told).
+
+    Perplexity: more than :data:`DESTROYED_PERPLEXITY_RATIO` times the dense model's (or not finite).
+    Accuracy: within :data:`CHANCE_MARGIN` of ``chance`` (:func:`chance_accuracy`) while the dense
+    model is clearly above it."""
+    if dense_value is None or (isinstance(dense_value, float) and math.isnan(dense_value)):
+        return None
+    if metric == "perplexity":
+        if value is None or not math.isfinite(value) or value > DESTROYED_PERPLEXITY_RATIO * dense_value:
+            shown = "not finite" if value is None or not math.isfinite(value) else f"{value:.3g}"
+            return (f"perplexity {shown} is more than {DESTROYED_PERPLEXITY_RATIO:g}x the dense model's "
+                    f"{dense_value:.3g}: this factorization destroys the model")
+        return None
+    if metric == "accuracy" and chance is not None and value is not None:
+        if dense_value > chance + CHANCE_MARGIN and value <= chance + CHANCE_MARGIN:
+            return (f"accuracy {value:.3f} is at chance ({chance:.3f} for always answering the most common label; "
+                    f"dense {dense_value:.3f}): this factorization destroys the model")
+    return None
 
 
 @dataclass
@@ -44,9 +111,14 @@ class Evaluation:
     latency_ms_b1: Optional[float]
     latency_ms_b32: Optional[float]
     examples: int
+    # how the latencies were measured: {"conditions": ..., "budget_s": ..., "b1": {"repeats", "warm_up"}, "b32": ...}
+    latency: Optional[dict] = field(default=None, repr=False)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Flat fields (the latency conditions as one line, ``latency_note``)."""
+        data = asdict(self)
+        data["latency_note"] = latency_note(data.pop("latency"))
+        return data
 
 
 def check_limit(limit: Optional[int]) -> None:
@@ -113,7 +185,7 @@ def lm_scores(loaded, task, split="validation", batch_size=8, block_size=256, li
         nll += out.loss.item() * count
         tokens += count
     mean = nll / tokens
-    return math.exp(mean), mean, tokens
+    return (math.exp(mean) if mean < 700 else math.inf), mean, tokens
 
 
 def parameter_counts(model: torch.nn.Module) -> tuple[int, int]:
@@ -132,28 +204,143 @@ def safetensors_size(model: torch.nn.Module) -> int:
         return path.stat().st_size
 
 
-def latency_ms(loaded, texts: list, batch_size: int, max_length: int = 128, repeats: int = 5) -> float:
-    """Median wall time (ms) of one forward pass on ``batch_size`` real inputs, after one warm-up."""
+def calibration_ms(device=None, size: int = 512, repeats: int = 7) -> float:
+    """Median time (ms) of one fixed ``size x size`` float32 matmul: how fast this machine is right now."""
+    device = torch.device(device or "cpu")
+    a = torch.ones(size, size, device=device)
+    times = []
+    for i in range(repeats + 1):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        a @ a
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i:
+            times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def measurement_conditions(device=None) -> dict:
+    """What a latency depends on besides the model: device, torch threads, CPU count, the 1-minute load
+    average and :func:`calibration_ms` right now."""
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    return {"device": str(torch.device(device or "cpu")), "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+            "load": None if load is None else round(load, 2), "calibration_ms": round(calibration_ms(device), 3),
+            "time": time.time()}
+
+
+def conditions_differ(recorded: Optional[dict], now: Optional[dict]) -> Optional[str]:
+    """Why latencies measured under ``recorded`` and ``now`` (:func:`measurement_conditions`) are not
+    comparable, or ``None`` when they are. Missing conditions (an older measurement) differ."""
+    if not recorded or not now:
+        return "no recorded measurement conditions"
+    for key in ("device", "threads"):
+        if recorded.get(key) != now.get(key):
+            return f"{key} {recorded.get(key)} then, {now.get(key)} now"
+    then_ms, now_ms = recorded.get("calibration_ms"), now.get("calibration_ms")
+    if then_ms and now_ms and max(then_ms, now_ms) / min(then_ms, now_ms) > CALIBRATION_RATIO:
+        return f"calibration matmul {then_ms:.1f} ms then, {now_ms:.1f} ms now"
+    then_load, now_load = recorded.get("load"), now.get("load")
+    if then_load is not None and now_load is not None:
+        if abs(then_load - now_load) >= max(LOAD_STEP, 0.5 * (now.get("cpus") or 1)):
+            return f"load average {then_load:.1f} then, {now_load:.1f} now"
+    return None
+
+
+@dataclass
+class Latency:
+    """One latency measurement: ``ms`` (median of ``repeats`` timed passes), whether a warm-up pass ran first."""
+
+    ms: float
+    repeats: int
+    warm_up: bool
+
+
+def measure_latency(loaded, texts: list, batch_size: int, max_length: int = 128, repeats: int = 5,
+                    budget_s: Optional[float] = LATENCY_BUDGET_S) -> Latency:
+    """Median wall time of forward passes on ``batch_size`` real inputs, within about ``budget_s`` seconds.
+
+    The first pass is a warm-up; as many of ``repeats`` timed passes follow as the budget leaves room for
+    (at the warm-up's speed). A pass that alone uses half the budget or more is the measurement itself
+    (``repeats=1, warm_up=False``): a large model is measured once rather than six times."""
     sample = (texts * (batch_size // max(1, len(texts)) + 1))[:batch_size]
     inputs = {k: v.to(loaded.device) for k, v in encode(loaded.tokenizer, sample, max_length).items()}
-    times = []
+    cuda = loaded.device.type == "cuda"
+
+    def timed() -> float:
+        if cuda:
+            torch.cuda.synchronize(loaded.device)
+        start = time.perf_counter()
+        loaded.model(**inputs)
+        if cuda:
+            torch.cuda.synchronize(loaded.device)
+        return time.perf_counter() - start
+
     with torch.inference_mode():
-        for i in range(repeats + 1):
-            if loaded.device.type == "cuda":
-                torch.cuda.synchronize(loaded.device)
-            start = time.perf_counter()
-            loaded.model(**inputs)
-            if loaded.device.type == "cuda":
-                torch.cuda.synchronize(loaded.device)
-            if i:
-                times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
+        first = timed()
+        if budget_s is not None and first >= budget_s / 2:
+            return Latency(first * 1000, 1, False)
+        count = repeats if budget_s is None else max(1, min(repeats, int((budget_s - first) / max(first, 1e-9))))
+        times = [timed() for _ in range(count)]
+    return Latency(statistics.median(times) * 1000, len(times), True)
+
+
+def latency_ms(loaded, texts: list, batch_size: int, max_length: int = 128, repeats: int = 5,
+               budget_s: Optional[float] = LATENCY_BUDGET_S) -> float:
+    """:func:`measure_latency` in milliseconds."""
+    return measure_latency(loaded, texts, batch_size, max_length, repeats, budget_s).ms
+
+
+def measure_latencies(loaded, task, split: str = "validation", budget_s: Optional[float] = LATENCY_BUDGET_S,
+                      progress: Optional[Progress] = None) -> tuple[float, float, dict]:
+    """``(ms at batch 1, ms at batch 32, how)`` on the first 32 texts of ``split``; ``how`` holds the
+    :func:`measurement_conditions` and each measurement's repeats (stored with the run)."""
+    task = load_task(task)
+    texts = list(task.split_texts(split)[:32])
+    report(progress, 0, 2, "measuring latency")
+    conditions = measurement_conditions(loaded.device)
+    b1 = measure_latency(loaded, texts, 1, budget_s=budget_s)
+    report(progress, 1, 2, "measuring latency (batch 32)")
+    b32 = measure_latency(loaded, texts, 32, budget_s=budget_s)
+    report(progress, 2, 2, "latency measured")
+    how = {"conditions": conditions, "budget_s": budget_s,
+           "b1": {"repeats": b1.repeats, "warm_up": b1.warm_up}, "b32": {"repeats": b32.repeats, "warm_up": b32.warm_up}}
+    return b1.ms, b32.ms, how
+
+
+def latency_note(how: Optional[dict], batch: Optional[str] = None) -> str:
+    """One line on how latencies were measured, e.g. ``"median of 5 passes after a warm-up; 2 threads, load 1.9"``
+    (``batch``: ``"b1"`` or ``"b32"`` for one of them)."""
+    if not how:
+        return ""
+
+    def passes(entry: dict) -> str:
+        if not entry.get("warm_up"):
+            budget = how.get("budget_s")
+            return f"a single pass (longer than half the {budget:g} s budget)" if budget else "a single pass"
+        if entry["repeats"] == 1:
+            return "one pass after a warm-up"
+        return f"median of {entry['repeats']} passes after a warm-up"
+
+    parts = [f"batch {key[1:]}: {passes(how[key])}" for key in ("b1", "b32") if key in how and (batch in (None, key))]
+    if batch is not None:
+        parts = [part.split(": ", 1)[1] for part in parts]
+    conditions = how.get("conditions") or {}
+    where = ", ".join(x for x in (
+        f"{conditions['threads']} thread{'s' if conditions['threads'] != 1 else ''}" if conditions.get("threads") else "",
+        f"load average {conditions['load']:.1f}" if conditions.get("load") is not None else "",
+        f"calibration {conditions['calibration_ms']:.1f} ms" if conditions.get("calibration_ms") else "") if x)
+    return "; ".join(parts) + (f" ({where})" if where else "") + (
+        f"; re-measured: {how['remeasured']}" if how.get("remeasured") else "")
 
 
 def evaluate(loaded, task, split: str = "validation", batch_size: Optional[int] = None, max_length: Optional[int] = None,
              limit: Optional[int] = None, measure_latency: bool = True, progress: Optional[Progress] = None) -> Evaluation:
     """Quality, size and latency of a ``LoadedModel`` on a task split (all measured, none estimated)."""
     check_limit(limit)
+    task = load_task(task)
+    check_task_fits(loaded.name, loaded.kind, task.kind, task.name)
     task = check_labels(loaded, task)
     if task.kind == "classification":
         value, loss, n = classification_scores(loaded, task, split, batch_size or 64, max_length or 128, limit, progress)
@@ -162,10 +349,7 @@ def evaluate(loaded, task, split: str = "validation", batch_size: Optional[int] 
         value, loss, n = lm_scores(loaded, task, split, batch_size or 8, max_length or 256, limit, progress)
         metric = "perplexity"
     total, linear = parameter_counts(loaded.model)
-    b1 = b32 = None
+    b1 = b32 = how = None
     if measure_latency:
-        texts = [t for t in task.split_texts(split)[:32]]
-        report(progress, 0, 1, "measuring latency")
-        b1 = latency_ms(loaded, texts, 1)
-        b32 = latency_ms(loaded, texts, 32)
-    return Evaluation(task.name, split, metric, value, loss, total, linear, safetensors_size(loaded.model), b1, b32, n)
+        b1, b32, how = measure_latencies(loaded, task, split, progress=progress)
+    return Evaluation(task.name, split, metric, value, loss, total, linear, safetensors_size(loaded.model), b1, b32, n, how)

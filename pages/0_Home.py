@@ -17,9 +17,12 @@ DEMO_LABEL = "demo"
 
 def run_demo() -> None:
     """Spectra -> the statistics the demo needs -> budget plan -> background sweep."""
-    model, task = session.default_model(), session.default_task()
-    session.set_model(model)
-    session.set_task(task)
+    model = session.default_model()
+    try:
+        task = session.select(model, session.default_task_for(model))
+    except widgets.USER_ERRORS as err:
+        widgets.show_error("Demo", err)
+        return
     needs = needs_for(DEMO_METHODS, DEMO_STRATEGY)
     with st.status(f"Stakeholder demo on {labels.model_label(model)} · {labels.task_label(task)}", expanded=True) as status:
         try:
@@ -63,20 +66,25 @@ def demo_results() -> None:
         widgets.sweep_card(store, sweep)
         spec = sweep["spec"]
         runs = store.runs(sweep_id=sweep_id, status="done")
-        dense = store.find_run(method="dense", model=spec["model"], task=spec["task"], split=spec["split"],
-                               eval_limit=spec["eval_limit"])
         compressed = runs[runs["method"] != "dense"]
+        weights = runs["fingerprint"].dropna()
+        dense = (cache.dense_row(spec["task"], weights.iloc[0], spec["split"], spec["eval_limit"]) if len(weights) else
+                 store.find_run(method="dense", model=spec["model"], task=spec["task"], split=spec["split"],
+                                eval_limit=spec["eval_limit"]))
         if compressed.empty and dense is None:
             return
-        st.plotly_chart(plots.tradeoff_figure(compressed, dense), key=f"demo_plot_{sweep_id}")
+        flagged = widgets.destroyed_runs(compressed, dense, spec["task"])
+        widgets.destroyed_warning(compressed, flagged)
+        st.plotly_chart(plots.tradeoff_figure(compressed, dense, flagged), key=f"demo_plot_{sweep_id}")
         if not compressed.empty and dense is not None:
-            table = compressed.pivot_table(index="budget", columns="method", values="value", aggfunc="first")
             reference = labels.fmt_metric(dense["metric"], dense["value"])
-            st.markdown("\n".join(
-                f"- keeping **{budget:.0%}** of the compressible parameters: "
-                + ", ".join(f"{method} **{labels.fmt_metric(dense['metric'], value)}**"
-                            for method, value in row.dropna().items())
-                + f" (dense {reference})" for budget, row in table.iterrows()))
+            lines = []
+            for budget, group in compressed.sort_values("budget").groupby("budget", sort=True):
+                results = ", ".join(f"{row['method']} **{labels.fmt_metric(row['metric'], row['value'])}**"
+                                    + (" (✕ destroys the model)" if row["id"] in flagged else "")
+                                    for row in group.drop_duplicates("method").sort_values("method").to_dict("records"))
+                lines.append(f"- keeping **{budget:.0%}** of the compressible parameters: {results} (dense {reference})")
+            st.markdown("\n".join(lines))
 
     live()
 
@@ -105,11 +113,28 @@ for col, (label, value) in zip(st.columns(4), [("Model", labels.model_label(mode
 
 st.subheader("Stakeholder demo")
 st.markdown(f"One click on the default model (**{labels.model_label(session.default_model())}**, "
-            f"{labels.task_label(session.default_task())}): spectra → "
+            f"{labels.task_label(session.default_task_for(session.default_model()))}): spectra → "
             f"{labels.statistics_label(needs_for(DEMO_METHODS, DEMO_STRATEGY))} → a {DEMO_STRATEGY} budget plan → "
             f"{' vs '.join(DEMO_METHODS)} at "
             f"{', '.join(f'{b:.0%}' for b in DEMO_BUDGETS)} of the parameters → the trade-off plot. "
             "The factorizations run in the background and are stored; timings in `docs/results/dashboard.md`.")
+hand_edited = current_plan is not None and bool(current_plan.meta.get("edited"))
 if st.button("Run the demo", type="primary", icon=":material/play_arrow:"):
-    run_demo()
+    if hand_edited:
+        st.session_state["demo_confirm"] = True  # the demo would replace a plan edited by hand: ask first
+    else:
+        run_demo()
+if st.session_state.get("demo_confirm") and hand_edited:
+    with st.container(border=True):
+        st.warning(f"The demo replaces your hand-edited rank plan ({labels.plan_fraction(current_plan):.0%} kept) with a "
+                   f"{DEMO_STRATEGY} plan. Export it on the Ranks page first to keep it.", icon=":material/warning:")
+        cols = st.columns([1, 1, 3])
+        replace = cols[0].button("Replace it and run the demo", type="primary", key="demo_replace")
+        keep = cols[1].button("Keep my plan", key="demo_keep")
+    if replace or keep:
+        st.session_state["demo_confirm"] = False
+        if replace:
+            run_demo()
+        else:
+            st.rerun()
 demo_results()

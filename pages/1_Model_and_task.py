@@ -14,17 +14,19 @@ st.title("Model & task")
 
 
 def try_select(model: str, task: str) -> bool:
-    """Make (model, task) current if the model loads with that task; otherwise show why not."""
+    """Make ``model`` current with ``task``, or with a task of its kind when ``task`` does not fit; otherwise
+    show why not."""
     try:
-        cache.load(model, task)
+        session.select(model, task)
     except widgets.USER_ERRORS as err:
-        widgets.show_error(f"Cannot use {labels.model_label(model)} with {labels.task_label(task)}", err)
+        widgets.show_error(f"Cannot use {labels.model_label(model)}", err)
         return False
-    session.set_model(model)
-    session.set_task(task)
     return True
 
 
+notice = session.pop_notice()
+if notice:
+    st.info(notice, icon=":material/swap_horiz:")
 model, task = session.model_key(), session.task_key()
 left, right = st.columns(2, gap="large")
 
@@ -59,11 +61,18 @@ with left:
 
 with right:
     st.subheader("Task")
-    options = list(labels.TASK_LABELS)
-    if labels.is_csv(task):
+    try:
+        options, csv_fits = session.tasks_for(model), session.csv_fits(model)
+    except widgets.USER_ERRORS:  # the model's config is unreadable: shown below
+        options, csv_fits = list(labels.TASK_LABELS), True
+    if labels.is_csv(task) and csv_fits:
         options.append(task)
     upload = "upload"
-    options.append(upload)
+    if csv_fits:
+        options.append(upload)
+    else:
+        st.caption(f"{labels.model_label(model)} is a causal language model: it is measured by perplexity on a text "
+                   "task (classification tasks and CSV uploads need a classifier).")
     picked = st.radio("Task", options, index=options.index(task) if task in options else 0, key="task_choice",
                       format_func=lambda k: "Upload a CSV (columns text,label)" if k == upload else labels.task_label(k))
     if picked == upload:
@@ -132,9 +141,18 @@ with st.expander("Evaluation settings"):
     if (limit or None) != session.eval_limit():
         session.set_eval_limit(int(limit) or None)
         st.rerun()
+# A failed evaluation is not retried on every rerun (each try records a failed run): only on request.
+attempt = (model, task, session.eval_limit(), cache.fingerprint(model, task))
+failed = st.session_state.setdefault("dense_failures", {})
+if attempt in failed:
+    st.error(f"Cannot evaluate the dense model: {failed[attempt]}", icon=":material/error:")
+    if not st.button("Try again", icon=":material/refresh:"):
+        st.stop()
+    del failed[attempt]
 try:
     dense = cache.dense_evaluation(model, task, session.eval_limit())
 except widgets.USER_ERRORS as err:
+    failed[attempt] = str(err).strip() or type(err).__name__
     widgets.show_error("Cannot evaluate the dense model", err)
     st.stop()
 cols = st.columns(5)
@@ -142,8 +160,10 @@ cols[0].metric(dense["metric"].capitalize(), labels.fmt_metric(dense["metric"], 
                help=f"{dense['examples']:,} {'examples' if dense['metric'] == 'accuracy' else 'tokens'} of the validation split")
 cols[1].metric("Loss", f"{dense['loss']:.4f}")
 cols[2].metric("Size on disk", labels.fmt_bytes(dense["size_bytes"]), help="safetensors file, float32")
-cols[3].metric("Latency, batch 1", labels.fmt_ms(dense["latency_ms_b1"]), help="median CPU forward pass")
-cols[4].metric("Latency, batch 32", labels.fmt_ms(dense["latency_ms_b32"]))
+cols[3].metric("Latency, batch 1", labels.fmt_ms(dense["latency_ms_b1"]),
+               help=labels.latency_help(dense.get("latency_info"), "b1"))
+cols[4].metric("Latency, batch 32", labels.fmt_ms(dense["latency_ms_b32"]),
+               help=labels.latency_help(dense.get("latency_info"), "b32"))
 measured = time.strftime("%Y-%m-%d %H:%M", time.localtime(dense["finished"]))
 st.caption(f"Run #{dense['id']} in the run store, measured {measured}; reused until the weights, task or evaluation "
            "settings change.")

@@ -17,13 +17,19 @@ RESULTS = "docs/results/predictor.md"  # how well each estimate ranks layers, me
 
 st.title("Spectra")
 model, task = session.model_key(), session.task_key()
-try:
-    loaded = cache.load(model, task)
-    frame = cache.spectra(model, task)
-except widgets.USER_ERRORS as err:
-    widgets.show_error(f"Cannot compute the spectra of {labels.model_label(model)}", err)
+
+
+def cannot(what: str, err: BaseException) -> None:
+    widgets.show_error(f"Cannot {what} {labels.model_label(model)}", err)
     st.page_link("pages/1_Model_and_task.py", label="Choose another model", icon=":material/dataset:")
     st.stop()
+
+
+try:
+    cache.check_pair(model, task)
+    frame = cache.spectra(model, task)  # from the disk cache when the weights are unchanged: no model load
+except widgets.USER_ERRORS as err:
+    cannot("compute the spectra of", err)
 
 
 def plan_ranks() -> tuple[dict[str, int], str]:
@@ -42,6 +48,10 @@ selected = st.multiselect("Layers", list(layer_names), default=list(frame.loc[fr
 left, right = st.columns(2)
 left.plotly_chart(plots.spectrum_figure(frame, selected), key="spectrum")
 right.plotly_chart(plots.energy_figure(frame, selected), key="energy")
+try:
+    loaded = cache.load(model, task)  # the heatmaps below need the model (and its statistics)
+except widgets.USER_ERRORS as err:
+    cannot("load", err)
 
 st.subheader("By block and layer type")
 have_statistics = cache.is_cached(model, task, cache.PREDICTION_NEEDS)

@@ -12,7 +12,6 @@ import streamlit as st
 from dashboard import cache, labels, session, widgets  # first: sets up the environment for torch
 from dashboard.progress import ProgressBar
 from lowrank.allocation import RankPlan, available_strategies, get_strategy
-from lowrank.layers import break_even_rank
 from lowrank.needs import needs_for
 
 st.title("Ranks")
@@ -54,118 +53,127 @@ if fill:
 curves = cache.loss_curves(model, task) if cache.is_cached(model, task, cache.PREDICTION_NEEDS) else None
 
 
-def plan_frame(p: RankPlan) -> pd.DataFrame:
+def plan_frame(p: RankPlan, messages: dict[str, str]) -> pd.DataFrame:
     frame = p.to_frame().merge(layers[["name", "type", "block", "break_even"]], on="name")
     frame["kept"] = frame["params"] / frame["dense_params"]
     frame["predicted_loss"] = [(0.0 if pd.isna(r) else float(curves[n][int(r)])) if curves is not None else math.nan
                                for n, r in zip(frame["name"], frame["rank"])]
     frame["shape"] = [f"{o}×{i}" for o, i in zip(frame["out"], frame["in"])]
     frame["layer"] = [re.sub(r"^.*?\.\d+\.", "", n) for n in frame["name"]]  # without the block prefix
-    return frame[["name", "layer", "block", "type", "shape", "rank", "break_even", "params", "kept", "predicted_loss", "dense"]]
+    frame["rank"] = ["" if pd.isna(r) else str(int(r)) for r in frame["rank"]]  # text: every typed value is checked
+    frame["message"] = [messages.get(n, "") for n in frame["name"]]
+    return frame[["name", "layer", "block", "type", "shape", "rank", "message", "break_even", "params", "kept",
+                  "predicted_loss", "dense"]]
 
 
 # ---------------------------------------------------------------- the editable table
-# Cell edits are applied before the table is drawn (the editor's state holds them when this run starts),
-# so one run shows the new totals and derived columns.
+# A fragment: a cell edit reruns the table, its totals and the export, not the whole page. Cell edits are applied
+# before the table is drawn (the editor's state holds them when this run starts), so one run shows the new totals
+# and derived columns. A refused cell (or one kept dense at break-even) gets a fresh editor, which shows the plan's
+# rank again, and a message at its row until the next edit.
 shapes = dict(zip(layers["name"], zip(layers["out"], layers["in"])))
-names = [layer.name for layer in plan.layers]
-editor_key = f"rank_editor_{st.session_state['editor_version']}"
-changes, problems, normalized = {}, [], []
-for row, edit in (st.session_state.get(editor_key) or {}).get("edited_rows", {}).items():
-    if "rank" not in edit:
-        continue
-    name, new = names[int(row)], edit["rank"]
-    out_f, in_f = shapes[name]
-    if new is None or pd.isna(new):
-        rank = None
-    elif new != int(new) or not 1 <= new <= min(out_f, in_f):
-        problems.append(f"{name}: rank {new:g} is out of range 1..{min(out_f, in_f)} for a {out_f}×{in_f} weight")
-        continue
-    elif new >= break_even_rank(out_f, in_f):
-        rank = None
-        normalized.append(f"{name}: rank {int(new)} is at or above break-even ({break_even_rank(out_f, in_f)}), kept dense")
-    else:
-        rank = int(new)
-    if rank != plan.layer(name).rank:
-        changes[name] = rank
-if changes:
-    try:
-        plan = plan.with_ranks(changes, curves)
-    except ValueError as err:
-        widgets.show_error("Invalid rank", err)
-    else:
-        st.session_state["plan"] = plan
-        session.render_status()
-        if normalized:
-            session.set_plan(plan)  # a fresh editor, showing the ranks as kept
-for problem in problems:
-    st.error(problem, icon=":material/error:")
-for note in normalized:
-    st.warning(note, icon=":material/info:")
 
-totals = st.container()
-frame = plan_frame(plan)
-st.data_editor(
-    frame, key=f"rank_editor_{st.session_state['editor_version']}", hide_index=True, height=min(35 * len(frame) + 38, 560),
-    disabled=[c for c in frame.columns if c != "rank"],
-    column_order=[c for c in frame.columns if c != "name" and (c != "predicted_loss" or curves is not None)],
-    column_config={
-        "layer": st.column_config.TextColumn("layer", width="medium", pinned=True),
-        "block": st.column_config.NumberColumn("block", width="small"),
-        "rank": st.column_config.NumberColumn("rank", min_value=1, step=1, format="%d",
-                                              help="Rank of U (out×r) V (r×in); empty: keep the layer dense"),
-        "break_even": st.column_config.NumberColumn("break-even", help="At or above this rank the factors are not smaller "
-                                                    "than the dense matrix"),
-        "params": st.column_config.NumberColumn("kept params", format="localized"),
-        "kept": st.column_config.ProgressColumn("kept", format="percent", min_value=0.0, max_value=1.0),
-        "predicted_loss": st.column_config.NumberColumn("predicted loss ↑", format="%.5f",
-                                                        help="Second-order estimate from the Fisher information (nats)"),
-        "dense": st.column_config.CheckboxColumn("dense", help="Break-even flag: the layer stays dense because a useful "
-                                                 "rank would be at or above break-even (or you cleared its rank)"),
-    })
 
-with totals:
-    fraction = labels.plan_fraction(plan)
-    cols = st.columns(5)
-    cols[0].metric("Kept parameters", f"{plan.params:,}", f"{fraction:.1%} of {labels.fmt_params(plan.dense_params)}",
-                   delta_color="off", delta_arrow="off", help=f"{plan.params:,} of {plan.dense_params:,} in compressible layers")
-    over = plan.params - plan.budget
-    cols[1].metric("Budget", labels.fmt_params(plan.budget),
-                   f"{'over' if over > 0 else 'within'} by {labels.fmt_params(abs(over))}",
-                   delta_color="inverse" if over > 0 else "normal", delta_arrow="off",
-                   help=f"{plan.budget:,} parameters ({plan.budget / plan.dense_params:.1%}); strategy {plan.strategy}"
-                   + (", edited by hand" if plan.meta.get("edited") else ""))
-    cols[2].metric("Factorized layers", f"{len(plan.ranks)} / {len(plan.layers)}")
-    predicted = frame["predicted_loss"].sum(min_count=1)
-    cols[3].metric("Predicted loss increase", "–" if pd.isna(predicted) else f"{predicted:.4f}",
-                   help="Sum over layers of the Fisher-predicted loss increase (nats)")
-    cols[4].metric("Whole model", labels.fmt_params(loaded.num_parameters() - plan.dense_params + plan.params),
-                   help="All parameters after factorization (embeddings, norms and heads stay dense)")
-    if curves is None:
-        st.caption(f"Predicted loss increases need the {labels.statistics_label(cache.PREDICTION_NEEDS)}.")
-        widgets.statistics_button(model, task, cache.PREDICTION_NEEDS)
-
-# ---------------------------------------------------------------- import / export
-cols = st.columns(2)
-with cols[0]:
-    st.download_button("Export plan (JSON)", plan.to_json(), file_name=f"{labels.model_label(model)}-rank-plan.json",
-                       mime="application/json", icon=":material/download:")
-with cols[1]:
-    uploaded = st.file_uploader("Import a plan (JSON)", type=["json"], key="plan_upload")
-    if uploaded is not None and uploaded.file_id != st.session_state.get("imported_plan"):
-        st.session_state["imported_plan"] = uploaded.file_id
+@st.fragment
+def plan_editor() -> None:
+    plan = session.plan()
+    names = [layer.name for layer in plan.layers]
+    editor_key = f"rank_editor_{st.session_state['editor_version']}"
+    edits = {int(row): edit["rank"] for row, edit in (st.session_state.get(editor_key) or {}).get("edited_rows", {}).items()
+             if "rank" in edit}
+    changes, refused, normalized = {}, {}, {}
+    for row, typed in edits.items():
+        name = names[row]
         try:
-            imported = RankPlan.from_json(uploaded.getvalue())
-            imported_names = {layer.name for layer in imported.layers}
-            if imported_names != set(shapes):
-                raise ValueError(f"the plan's layers do not match {labels.model_label(model)} "
-                                 f"({len(imported_names & set(shapes))} of {len(shapes)} layer names in common)")
-            for layer in imported.layers:
-                if (layer.out_features, layer.in_features) != shapes[layer.name]:
-                    raise ValueError(f"{layer.name} is {layer.out_features}×{layer.in_features} in the plan but "
-                                     f"{shapes[layer.name][0]}×{shapes[layer.name][1]} in the model")
-        except ValueError as err:
-            widgets.show_error(f"Cannot import {uploaded.name}", err)
-        else:
-            session.set_plan(imported)
-            st.rerun()
+            rank, note = labels.read_rank(typed, *shapes[name])
+        except labels.RankCellError as err:
+            refused[name] = str(err)
+            continue
+        if note:
+            normalized[name] = note
+        if rank != plan.layer(name).rank:
+            changes[name] = rank
+    if changes:
+        plan = plan.with_ranks(changes, curves)  # read_rank checked every rank as with_ranks does
+        st.session_state["plan"] = plan
+    session.render_status()  # the sidebar line; written on every run, so fragment reruns may write it too
+    if edits:
+        st.session_state["rank_messages"] = {**{n: f"refused: {m}" for n, m in refused.items()},
+                                             **{n: f"note: {m}" for n, m in normalized.items()}}
+        if refused or normalized:
+            st.session_state["editor_version"] += 1  # a fresh editor, showing the ranks as kept
+    for name, message in refused.items():
+        st.error(f"{name}: {message} (the cell is back to its previous rank)", icon=":material/error:")
+    for name, message in normalized.items():
+        st.warning(f"{name}: {message}", icon=":material/info:")
+
+    totals = st.container()
+    messages = st.session_state["rank_messages"]
+    frame = plan_frame(plan, messages)
+    st.data_editor(
+        frame, key=f"rank_editor_{st.session_state['editor_version']}", hide_index=True,
+        height=min(35 * len(frame) + 38, 560),
+        disabled=[c for c in frame.columns if c != "rank"],
+        column_order=[c for c in frame.columns if c != "name" and (c != "predicted_loss" or curves is not None)
+                      and (c != "message" or messages)],
+        column_config={
+            "layer": st.column_config.TextColumn("layer", width="medium", pinned=True),
+            "block": st.column_config.NumberColumn("block", width="small"),
+            "rank": st.column_config.TextColumn("rank", help="Rank of U (out×r) V (r×in): a whole number from 1 to "
+                                                "min(out, in); empty: keep the layer dense"),
+            "message": st.column_config.TextColumn("message", width="large",
+                                                   help="Why the last edit of this row's rank was refused or changed"),
+            "break_even": st.column_config.NumberColumn("break-even", help="At or above this rank the factors are not "
+                                                        "smaller than the dense matrix"),
+            "params": st.column_config.NumberColumn("kept params", format="localized"),
+            "kept": st.column_config.ProgressColumn("kept", format="percent", min_value=0.0, max_value=1.0),
+            "predicted_loss": st.column_config.NumberColumn("predicted loss ↑", format="%.5f",
+                                                            help="Second-order estimate from the Fisher information (nats)"),
+            "dense": st.column_config.CheckboxColumn("dense", help="Break-even flag: the layer stays dense because a "
+                                                     "useful rank would be at or above break-even (or you cleared its "
+                                                     "rank)"),
+        })
+
+    with totals:
+        fraction = labels.plan_fraction(plan)
+        cols = st.columns(5)
+        cols[0].metric("Kept parameters", f"{plan.params:,}", f"{fraction:.1%} of {labels.fmt_params(plan.dense_params)}",
+                       delta_color="off", delta_arrow="off",
+                       help=f"{plan.params:,} of {plan.dense_params:,} in compressible layers")
+        over = plan.params - plan.budget
+        cols[1].metric("Budget", labels.fmt_params(plan.budget),
+                       f"{'over' if over > 0 else 'within'} by {labels.fmt_params(abs(over))}",
+                       delta_color="inverse" if over > 0 else "normal", delta_arrow="off",
+                       help=f"{plan.budget:,} parameters ({plan.budget / plan.dense_params:.1%}); strategy {plan.strategy}"
+                       + (", edited by hand" if plan.meta.get("edited") else ""))
+        cols[2].metric("Factorized layers", f"{len(plan.ranks)} / {len(plan.layers)}")
+        predicted = frame["predicted_loss"].sum(min_count=1)
+        cols[3].metric("Predicted loss increase", "–" if pd.isna(predicted) else f"{predicted:.4f}",
+                       help="Sum over layers of the Fisher-predicted loss increase (nats)")
+        cols[4].metric("Whole model", labels.fmt_params(loaded.num_parameters() - plan.dense_params + plan.params),
+                       help="All parameters after factorization (embeddings, norms and heads stay dense)")
+        if curves is None:
+            st.caption(f"Predicted loss increases need the {labels.statistics_label(cache.PREDICTION_NEEDS)}.")
+            widgets.statistics_button(model, task, cache.PREDICTION_NEEDS)
+
+    # import / export (here, so the exported plan is the edited one)
+    cols = st.columns(2)
+    with cols[0]:
+        st.download_button("Export plan (JSON)", plan.to_json(),
+                           file_name=f"{labels.model_label(model)}-rank-plan.json", mime="application/json",
+                           icon=":material/download:")
+    with cols[1]:
+        uploaded = st.file_uploader("Import a plan (JSON)", type=["json"], key="plan_upload")
+        if uploaded is not None and uploaded.file_id != st.session_state.get("imported_plan"):
+            st.session_state["imported_plan"] = uploaded.file_id
+            try:
+                imported = RankPlan.from_json(uploaded.getvalue())
+                imported.check_layers(shapes, labels.model_label(model))
+            except ValueError as err:
+                widgets.show_error(f"Cannot import {uploaded.name}", err)
+            else:
+                session.set_plan(imported)
+                st.rerun()
+
+
+plan_editor()

@@ -1,32 +1,41 @@
-"""Factorize: run one or more registered methods on the current rank plan (a progress bar per method,
-advancing layer by layer), compare quality, size and latency with the dense model, inspect solver
-convergence, save the compressed model and download it as a zip."""
+"""Factorize: run one or more registered methods on the current rank plan in the background (a one-budget
+sweep with the plan's ranks, so leaving or reloading the page loses nothing), then compare quality, size
+and latency with the dense model, inspect solver convergence and download the compressed models."""
 
 from __future__ import annotations
 
 import functools
-import re
+from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
 import lowrank
 from dashboard import cache, labels, plots, session, widgets  # first: sets up the environment for torch
-from dashboard.progress import ProgressBar
-from lowrank.experiments.run import execute_run
-from lowrank.io import cache_dir
-from lowrank.needs import needs_for
+from lowrank.experiments.sweep import SweepSpec, start_sweep
+
+LABEL = "factorize"  # the sweeps this page starts
 
 st.title("Factorize")
 model, task = session.model_key(), session.task_key()
 try:
     loaded = cache.load(model, task)
-    task_obj = cache.get_task(task)
     plan = session.ensure_plan()
 except widgets.USER_ERRORS as err:
     widgets.show_error(f"Cannot factorize {labels.model_label(model)}", err)
     st.page_link("pages/1_Model_and_task.py", label="Choose another model", icon=":material/dataset:")
     st.stop()
+store = cache.store()
+
+
+def latest_run() -> dict | None:
+    """The newest run this page started for the current model and task (from the store: survives a reload)."""
+    sweeps = store.sweeps()
+    for sweep in sweeps[sweeps["label"] == LABEL].to_dict("records"):
+        if sweep["spec"].get("model") == model and sweep["spec"].get("task") == task:
+            return sweep
+    return None
+
 
 edited = bool(plan.meta.get("edited"))
 st.markdown(f"Plan: **{labels.plan_fraction(plan):.0%}** of the compressible parameters kept, strategy **{plan.strategy}**"
@@ -44,95 +53,118 @@ if chosen:
             st.markdown(f"**{method}**")
             st.caption(lowrank.get_method(method).description)
             options[method] = widgets.option_widgets(method, "factorize")
-run = st.button("Factorize and evaluate", type="primary", icon=":material/play_arrow:", disabled=not chosen)
+current = latest_run()
+running = current is not None and current["status"] == "running"
+run = st.button("Factorize and evaluate", type="primary", icon=":material/play_arrow:", disabled=not chosen or running,
+                help="Runs in the background: you can leave or reload this page" + (" (one run at a time)" if running else ""))
 
 if run:
     if not plan.ranks:
         st.error("The plan keeps every layer dense: nothing to factorize. Lower the budget on the Ranks page.",
                  icon=":material/error:")
         st.stop()
-    results = []
+    spec = SweepSpec(model=model, task=task, methods=list(chosen), budgets=[plan.budget / plan.dense_params],
+                     strategy="manual" if edited else plan.strategy, align=plan.align, eval_limit=session.eval_limit(),
+                     options={m: options[m] for m in chosen if options.get(m)}, label=LABEL,
+                     ranks={name: int(rank) for name, rank in plan.ranks.items()}, save=True)
     try:
-        cache.dense_evaluation(model, task, session.eval_limit())
-        stats = cache.statistics(model, task, needs_for(chosen))
+        start_sweep(spec, store)
     except widgets.USER_ERRORS as err:
-        widgets.show_error("Cannot prepare the run", err)
+        widgets.show_error("Cannot start the run", err)
         st.stop()
-    fields = {"strategy": "manual" if edited else plan.strategy, "budget": plan.budget / plan.dense_params,
-              "align": plan.align}
-    for method in chosen:
-        with ProgressBar(f"{method}", keep=True, done_text=f"{method}: factorized and evaluated") as bar:
-            try:
-                result = execute_run(cache.store(), loaded, task_obj, task, method, plan.ranks, stats=stats,
-                                     options=options[method], eval_limit=session.eval_limit(), fields=fields, progress=bar)
-            except widgets.USER_ERRORS as err:
-                widgets.show_error(f"{method} failed (recorded as a failed run)", err)
-                continue
-        results.append({"run_id": result.run_id, "method": method, "model": result.model, "saved": None})
-    st.session_state["results"] = results
+    st.rerun()
 
-results = st.session_state["results"]
-if not results:
+if current is None:
     st.stop()
 
-store = cache.store()
-dense = cache.dense_evaluation(model, task, session.eval_limit())
-rows = [store.get_run(r["run_id"]) for r in results]
-table = pd.DataFrame([dense, *rows])
-table["label"] = ["dense"] + [f"{r['method']} {' '.join(f'{k}={v}' for k, v in (r['options'] or {}).items())}".strip()
-                              for r in rows]
-table["delta"] = table["value"] - dense["value"]
 
-for r in results:
-    regularized = r["model"].model.lowrank_info.regularizers()
+@st.fragment(run_every=2.0 if running else None)
+def progress() -> None:
+    sweep = store.get_sweep(int(current["id"]))
+    if running and sweep["status"] != "running":
+        st.rerun()  # finished: draw the results once, stop polling
+    widgets.sweep_card(store, sweep)
+
+
+progress()
+if running:
+    st.caption("The run goes on in the background when you leave this page; its results appear here when it is done.")
+    st.stop()
+
+spec = current["spec"]
+runs = store.runs(sweep_id=int(current["id"]))
+compressed = runs[runs["method"] != "dense"]
+for row in compressed[compressed["status"] != "done"].to_dict("records"):
+    st.warning(f"{row['method']}: {row['status']}: {row['error'] if pd.notna(row['error']) else 'no message'}",
+               icon=":material/warning:")
+rows = compressed[compressed["status"] == "done"].iloc[::-1].to_dict("records")  # in the order they ran
+if not rows:
+    st.stop()
+dense = cache.dense_row(spec["task"], rows[0]["fingerprint"], spec["split"], spec["eval_limit"])
+if dense is None:
+    st.warning("The dense reference of this run is no longer in the run store.", icon=":material/warning:")
+    st.stop()
+flagged = widgets.destroyed_runs(compressed, dense, spec["task"])
+widgets.destroyed_warning(compressed, flagged)
+
+infos = {row["id"]: cache.compression_info(row["output_dir"]) if pd.notna(row["output_dir"]) else None for row in rows}
+for row in rows:
+    regularized = infos[row["id"]].regularizers() if infos[row["id"]] else {}
     if regularized:
-        st.caption(f"{r['method']}: numerical regularizers of the second-moment roots: "
+        st.caption(f"{row['method']}: numerical regularizers of the second-moment roots: "
                    + ", ".join(f"{label} in {n} layer(s)" for label, n in regularized.items()))
 
 st.subheader("Before and after")
 cols = st.columns(len(rows) + 1)
 cols[0].metric(f"dense {dense['metric']}", labels.fmt_metric(dense["metric"], dense["value"]),
-               help=f"{labels.fmt_bytes(dense['size_bytes'])}, {labels.fmt_ms(dense['latency_ms_b1'])} at batch 1")
+               help=f"{labels.fmt_bytes(dense['size_bytes'])}, {labels.fmt_ms(dense['latency_ms_b1'])} at batch 1 "
+                    f"({labels.latency_help(dense.get('latency_info'), 'b1')})")
 for col, row in zip(cols[1:], rows):
-    col.metric(row["method"], labels.fmt_metric(row["metric"], row["value"]),
-               f"{row['value'] - dense['value']:+.3f}", delta_color="inverse" if row["metric"] == "perplexity" else "normal",
-               help=f"run #{row['id']}: {labels.fmt_bytes(row['size_bytes'])}, {labels.fmt_ms(row['latency_ms_b1'])} at batch 1")
+    value = row["value"]
+    col.metric(row["method"] + (" ✕ destroyed" if row["id"] in flagged else ""), labels.fmt_metric(row["metric"], value),
+               "–" if pd.isna(value) else f"{value - dense['value']:+.3g}",
+               delta_color="inverse" if row["metric"] == "perplexity" else "normal",
+               help=f"run #{row['id']}: {labels.fmt_bytes(row['size_bytes'])}, {labels.fmt_ms(row['latency_ms_b1'])} at "
+                    f"batch 1 ({labels.latency_help(row.get('latency_info'), 'b1')})")
+table = pd.DataFrame([dense, *rows])
+table["label"] = ["dense"] + [f"{r['method']} {' '.join(f'{k}={v}' for k, v in (r['options'] or {}).items())}".strip()
+                              for r in rows]  # options: always a JSON object in the store
+table["delta"] = table["value"] - dense["value"]
+table["destroyed"] = [""] + [flagged.get(r["id"], "") for r in rows]
 st.dataframe(
     table[["label", "value", "delta", "params_linear", "params_total", "size_bytes", "latency_ms_b1", "latency_ms_b32",
-           "factorize_s", "wall_s", "id"]],
+           "factorize_s", "wall_s", "id", "destroyed"]],
     hide_index=True,
     column_config={
         "label": st.column_config.TextColumn("model"),
-        "value": st.column_config.NumberColumn(dense["metric"], format="%.4f"),
-        "delta": st.column_config.NumberColumn("Δ vs dense", format="%+.4f"),
+        "value": st.column_config.NumberColumn(dense["metric"], format="%.4g"),
+        "delta": st.column_config.NumberColumn("Δ vs dense", format="%+.4g"),
         **widgets.RUN_COLUMNS,
         "factorize_s": st.column_config.NumberColumn("factorize (s)", format="%.2f"),
         "id": st.column_config.NumberColumn("run"),
+        "destroyed": st.column_config.TextColumn("destroys the model?"),
     })
+st.caption("How the batch-32 latencies were measured: "
+           + "; ".join(f"**{label}** {labels.latency_note(r.get('latency_info'), 'b32') or 'not recorded'}"
+                       for label, r in zip(table["label"], [dense, *rows]))
+           + ". The dense latency is measured again before a run when the conditions (load, threads) have changed.")
 
-histories = [(r, r["model"].model.lowrank_info.history) for r in results if r["model"].model.lowrank_info.history]
+histories = [(row, infos[row["id"]].history) for row in rows if infos[row["id"]] and infos[row["id"]].history]
 if histories:
     st.subheader("Convergence of iterative solvers")
-    for result, history in histories:
-        solver = (store.get_run(result["run_id"])["options"] or {}).get("solver", "")
-        st.plotly_chart(plots.convergence_figure(history, f"{result['method']} {solver}: weighted error per iteration"),
-                        key=f"convergence_{result['run_id']}")
+    for row, history in histories:
+        solver = (row["options"] if isinstance(row["options"], dict) else {}).get("solver", "")
+        st.plotly_chart(plots.convergence_figure(history, f"{row['method']} {solver}: weighted error per iteration"),
+                        key=f"convergence_{row['id']}")
 
-st.subheader("Save and download")
-for result in results:
-    cols = st.columns([2, 3], vertical_alignment="center")
-    folder = cache_dir() / "compressed" / f"{re.sub(r'[^A-Za-z0-9._-]+', '_', labels.model_label(model))}-{result['method']}-run{result['run_id']}"
-    if cols[0].button(f"Save {result['method']} model", key=f"save_{result['run_id']}", icon=":material/save:",
-                      disabled=result["saved"] is not None):
-        try:
-            lowrank.save_compressed(result["model"], folder)
-        except widgets.USER_ERRORS as err:
-            widgets.show_error(f"Cannot save {result['method']}", err)
-        else:
-            store.update_run(result["run_id"], output_dir=str(folder))
-            result["saved"] = str(folder)
-    if result["saved"] is not None:
-        cols[1].download_button(f"Download {folder.name}.zip", functools.partial(widgets.zip_folder, result["saved"]),
-                                file_name=f"{folder.name}.zip", mime="application/zip", on_click="ignore",
-                                icon=":material/download:", key=f"download_{result['run_id']}")
-        st.caption(f"Saved to `{result['saved']}` (load it with `lowrank.load_compressed`).")
+st.subheader("Download")
+for row in rows:
+    folder = Path(row["output_dir"]) if pd.notna(row["output_dir"]) else None
+    if folder is None or not folder.exists():
+        st.caption(f"{row['method']}: not saved ({row['error'] if pd.notna(row['error']) else 'the folder is gone'}).")
+        continue
+    st.download_button(f"Download {folder.name}.zip", functools.partial(widgets.zip_folder, folder),
+                       file_name=f"{folder.name}.zip", mime="application/zip", on_click="ignore",
+                       icon=":material/download:", key=f"download_{row['id']}")
+st.caption("Each compressed model is saved in the cache (`compressed/` next to the run store); load one with "
+           "`lowrank.load_compressed`.")

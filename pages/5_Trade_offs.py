@@ -44,7 +44,9 @@ def live() -> None:
         st.info("No finished runs for this model and task yet: run a sweep below, or factorize on the Factorize page.",
                 icon=":material/info:")
     else:
-        st.plotly_chart(plots.tradeoff_figure(done, dense), key="tradeoff")
+        flagged = widgets.destroyed_runs(done, dense, shown_task)
+        widgets.destroyed_warning(done, flagged)
+        st.plotly_chart(plots.tradeoff_figure(done, dense, flagged), key="tradeoff")
         st.caption("Circled points are on the Pareto front: no other run has at most as many parameters and a better "
                    f"{(dense or done.iloc[0])['metric']}. Hover a point for its budget, size and latency.")
     with st.expander(f"All runs for this model and task ({len(current)})"):

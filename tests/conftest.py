@@ -103,6 +103,31 @@ def tiny_qwen2_dir(tmp_path_factory, tokenizer) -> Path:
     return _save_causal_lm(Qwen2ForCausalLM(config), tmp_path_factory.mktemp("tiny-qwen2"))
 
 
+@pytest.fixture(scope="session")
+def lee_file() -> Path:
+    """The offline Lee corpus (lowrank.assets, in the cache the session started with; fetched once if missing)."""
+    from lowrank.assets import GENSIM_WHEEL, wheel_member
+
+    try:
+        return wheel_member(*GENSIM_WHEEL)
+    except Exception as err:  # no package index reachable and not cached
+        pytest.skip(f"the Lee corpus is not available offline: {err}")
+
+
+@pytest.fixture()
+def seed_lee(lee_file):
+    """``seed_lee(cache)`` puts the Lee corpus into another cache folder (a test's ``LOWRANK_CACHE``), where
+    ``lowrank.assets`` looks for it, so the text task loads offline there."""
+    from lowrank.assets import GENSIM_WHEEL
+
+    def seed(cache: Path) -> None:
+        dest = Path(cache) / "assets" / f"{GENSIM_WHEEL[0]}-{GENSIM_WHEEL[1]}" / GENSIM_WHEEL[2]
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(Path(lee_file).read_bytes())
+
+    return seed
+
+
 @pytest.fixture()
 def tiny_bert(tiny_bert_dir):
     from lowrank import load_model

@@ -1,9 +1,11 @@
 """The dashboard in headless Chromium: a real ``streamlit run`` on the tiny BERT and a CSV task.
 
 Visits every page through the sidebar (one browser session), edits a rank in the table, runs a
-tiny factorization, saves the model, and writes screenshots to ``tests/artifacts/``. Needs the
-Debian ``chromium`` package (``.ci/run`` installs it); Playwright's own browsers are never
-downloaded.
+tiny factorization (in the background), downloads nothing but checks the download is offered, and
+writes screenshots to ``tests/artifacts/``; then the decoder path: a tiny Llama chosen on Model &
+task (the task follows: Lee), through Spectra, Ranks and Factorize to the trade-off plot, with no
+error box on the way. Needs the Debian ``chromium`` package (``.ci/run`` installs it); Playwright's
+own browsers are never downloaded.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ TIMEOUT = 180_000  # ms
 
 
 @pytest.fixture()
-def server(tmp_path, tiny_bert_dir, sentiment_csv):
+def server(tmp_path, tiny_bert_dir, sentiment_csv, seed_lee):
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium; .ci/run does it)")
+    seed_lee(tmp_path / "cache")  # the decoder path measures perplexity on Lee, offline
     env = {"LOWRANK_DEFAULT_MODEL": str(tiny_bert_dir), "LOWRANK_DEFAULT_TASK": str(sentiment_csv),
            "LOWRANK_CACHE": str(tmp_path / "cache"), "LOWRANK_OFFLINE": "1"}
     with DashboardServer(env, log_path=tmp_path / "server.log") as running:
@@ -51,6 +54,11 @@ def check_clean(page, name: str) -> None:
     assert page.locator('[data-testid="stException"]').count() == 0, f"{name}: an exception is shown"
 
 
+def no_error_box(page, where: str) -> None:
+    errors = page.locator('[data-testid="stAlertContentError"]')
+    assert errors.count() == 0, f"{where}: {errors.all_inner_texts()}"
+
+
 def metric_value(page, label: str) -> str:
     return metric(page, label).inner_text()
 
@@ -61,7 +69,7 @@ def metric(page, label: str):
     return page.locator('[data-testid="stMetric"]', has=name).first.locator('[data-testid="stMetricValue"]')
 
 
-def test_every_page_and_a_tiny_factorization(server):
+def test_every_page_a_tiny_factorization_and_the_decoder_path(server, tiny_llama_dir):
     from playwright.sync_api import expect, sync_playwright
 
     with sync_playwright() as p:
@@ -103,12 +111,10 @@ def test_every_page_and_a_tiny_factorization(server):
 
         go(page, "Factorize", "Factorize")
         page.get_by_role("button", name=re.compile("Factorize and evaluate")).click()
-        page.get_by_role("heading", name="Before and after").wait_for(timeout=TIMEOUT)
+        page.get_by_role("heading", name="Before and after").wait_for(timeout=TIMEOUT)  # the background run is done
         wait_idle(page, TIMEOUT)
-        assert page.locator('[data-testid="stAlertContentError"]').count() == 0
-        page.get_by_role("button", name=re.compile("Save svd model")).click()
-        expect(page.get_by_role("button", name=re.compile(r"Download .*svd.*\.zip"))).to_be_visible(timeout=TIMEOUT)
-        wait_idle(page, TIMEOUT)
+        no_error_box(page, "factorize")
+        expect(page.get_by_role("button", name=re.compile(r"Download .*-svd-run\d+\.zip"))).to_be_visible(timeout=TIMEOUT)
         check_clean(page, "05-factorize")
 
         go(page, "Trade-offs", "Trade-offs")
@@ -117,6 +123,40 @@ def test_every_page_and_a_tiny_factorization(server):
         legend = chart.locator(".legendtext").all_text_contents()
         assert {"svd", "fwsvd", "Pareto front", "dense"} <= set(legend), legend
         check_clean(page, "06-trade-offs")
+
+        # the decoder path: a causal LM, chosen by folder; the task follows it
+        go(page, "Model & task", "Model & task")
+        page.get_by_text("Hugging Face id or local folder", exact=True).first.click()
+        box = page.get_by_role("textbox", name="Hugging Face id or local folder")
+        box.wait_for(timeout=TIMEOUT)
+        box.fill(str(tiny_llama_dir))
+        page.get_by_role("button", name=re.compile("Load model")).click()
+        metric(page, "Perplexity").wait_for(timeout=TIMEOUT)
+        wait_idle(page, TIMEOUT)
+        expect(page.get_by_text(re.compile("the task is now Lee"))).to_be_visible()
+        no_error_box(page, "model & task (decoder)")
+        check_clean(page, "07-decoder-model-and-task")
+
+        go(page, "Spectra", "Spectra")
+        expect(page.locator(".js-plotly-plot")).to_have_count(3, timeout=TIMEOUT)
+        no_error_box(page, "spectra (decoder)")
+        go(page, "Ranks", "Ranks")
+        expect(page.locator('[data-testid="stDataFrame"]').first).to_be_visible(timeout=TIMEOUT)
+        no_error_box(page, "ranks (decoder)")
+        go(page, "Factorize", "Factorize")
+        page.get_by_role("button", name=re.compile("Factorize and evaluate")).click()
+        page.get_by_role("heading", name="Before and after").wait_for(timeout=TIMEOUT)
+        wait_idle(page, TIMEOUT)
+        no_error_box(page, "factorize (decoder)")
+        expect(metric(page, "dense perplexity")).to_be_visible()
+        check_clean(page, "08-decoder-factorize")
+        go(page, "Trade-offs", "Trade-offs")
+        chart = page.locator(".js-plotly-plot").first
+        expect(chart).to_be_visible(timeout=TIMEOUT)
+        legend = chart.locator(".legendtext").all_text_contents()
+        assert {"svd", "fwsvd", "dense"} <= set(legend), legend
+        no_error_box(page, "trade-offs (decoder)")
+        check_clean(page, "09-decoder-trade-offs")
 
         browser.close()
     assert not page_errors, page_errors

@@ -7,11 +7,15 @@
 from __future__ import annotations
 
 import base64
+import importlib
 import json
+import os
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,6 +62,12 @@ def plotly_specs(at) -> list[dict]:
 
 def trace_names(at) -> set[str]:
     return {trace.get("name") for spec in plotly_specs(at) for trace in spec["data"]}
+
+
+def click(at, label: str):
+    next(b for b in at.button if b.label == label).click().run()
+    assert not at.exception, [e.message for e in at.exception]
+    return at
 
 
 def wait_for_sweep(store, sweep_id: int, timeout: float = 240.0) -> dict:
@@ -127,38 +137,59 @@ def test_bad_inputs_show_messages_not_tracebacks(env, tmp_path, monkeypatch):
         assert any("empty" in e.value for e in at.error), (page, [e.value for e in at.error])
 
 
-def test_rank_edits_update_the_plan_and_reject_bad_ranks(env):
+def edit_rank(at, row: int, typed):
+    """Type ``typed`` into the rank cell of ``row`` of the current rank editor and rerun."""
+    key = f"rank_editor_{at.session_state['editor_version']}"
+    at.session_state[key] = {"edited_rows": {row: {"rank": typed}}, "added_rows": [], "deleted_rows": []}
+    at.run()
+    assert not at.exception, [e.message for e in at.exception]
+    return at
+
+
+def shown_row(at, row: int) -> tuple[str, str]:
+    """(rank shown, message shown) in ``row`` of the rank editor."""
+    frame = at.data_editor[0].value
+    return str(frame["rank"].iloc[row]), str(frame["message"].iloc[row])
+
+
+@pytest.mark.parametrize("typed, words", [("abc", "not a number"), ("-5", "out of range"), ("2.5", "not a whole number"),
+                                          ("99999", "out of range"), (10_000, "out of range")])
+def test_rank_editor_refuses_an_invalid_cell_at_its_row_and_reverts_it(env, typed, words):
     at = new_app().run()
     visit(at, "ranks")
     plan = at.session_state["plan"]
-    first = plan.layers[0]
-    key = f"rank_editor_{at.session_state['editor_version']}"
+    before = shown_row(at, 0)[0]
+    kept = next(m.value for m in at.metric if m.label == "Kept parameters")
+    edit_rank(at, 0, typed)
+    assert at.session_state["plan"].ranks == plan.ranks  # nothing coerced: the plan is unchanged
+    rank, message = shown_row(at, 0)
+    assert rank == before  # the cell shows the plan's rank again
+    assert message.startswith("refused") and words in message
+    assert any(words in e.value for e in at.error)
+    assert next(m.value for m in at.metric if m.label == "Kept parameters") == kept
 
-    at.session_state[key] = {"edited_rows": {0: {"rank": 10_000}}, "added_rows": [], "deleted_rows": []}
-    at.run()
-    assert not at.exception
-    assert any("out of range" in e.value for e in at.error)
-    assert at.session_state["plan"].layers[0].rank == first.rank
+    edit_rank(at, 0, "3")  # a valid edit clears the message
+    assert at.session_state["plan"].layers[0].rank == 3
+    assert shown_row(at, 0) == ("3", "") and not at.error
 
-    at.session_state[key] = {"edited_rows": {0: {"rank": 3}}, "added_rows": [], "deleted_rows": []}
-    at.run()
-    assert not at.exception
+
+def test_rank_edits_update_the_plan_fill_import_and_export(env):
+    at = new_app().run()
+    visit(at, "ranks")
+    edit_rank(at, 0, "3")
     assert at.session_state["plan"].layers[0].rank == 3
     totals = {m.label: m.value for m in at.metric}
     assert totals["Kept parameters"] == f"{at.session_state['plan'].params:,}"
 
-    # at or above break-even (64x64: 32) -> kept dense, with a note
-    key = f"rank_editor_{at.session_state['editor_version']}"
-    at.session_state[key] = {"edited_rows": {0: {"rank": 40}}, "added_rows": [], "deleted_rows": []}
-    at.run()
+    edit_rank(at, 0, "40")  # at or above break-even (64x64: 32) -> kept dense, with a note at the row
     assert at.session_state["plan"].layers[0].rank is None
     assert any("break-even" in w.value for w in at.warning)
+    assert shown_row(at, 0)[1].startswith("note") and shown_row(at, 0)[0] == ""
 
     # fill from a budget and a strategy, export, re-import
     at.slider(key="ranks_budget").set_value(0.3)
     at.selectbox(key="ranks_strategy").set_value("energy")
-    next(b for b in at.button if b.label == "Fill ranks").click().run()
-    assert not at.exception
+    click(at, "Fill ranks")
     filled = at.session_state["plan"]
     assert filled.strategy == "energy" and filled.params <= filled.budget
     exported = filled.to_json().encode()
@@ -209,18 +240,30 @@ def test_spectra_taylor_heatmaps_show_the_library_estimate(env, tiny_bert_dir, s
         assert shown[name] == pytest.approx(estimate[term], rel=1e-4, abs=1e-9)
 
 
-def test_a_new_method_appears_with_widgets_from_its_options(env):
-    """A method registered anywhere (here: in the test) is offered on the Factorize and Trade-offs pages,
-    with one widget per declared option, and runs with the chosen values."""
+PLUGIN = """
+from lowrank.methods import Factorization, Option, register_method, truncated_svd
+
+
+@register_method("dummy_test", "Plain SVD under another name (a test method).",
+                 options={"mode": Option("a", ("a", "b"), "a choice"), "scale": Option(1.0, help="a number"),
+                          "steps": Option(None, help="empty: the default")})
+def dummy(W, rank, stats, mode="a", scale=1.0, steps=None):
+    return Factorization(*truncated_svd(W, rank), info={"mode": mode, "scale": scale, "steps": steps})
+"""
+
+
+def test_a_new_method_appears_with_widgets_from_its_options(env, tmp_path, monkeypatch):
+    """A method registered outside lowrank (here: a plugin module) is offered on the Factorize and Trade-offs pages,
+    with one widget per declared option, and runs in the background worker with the chosen values."""
     from lowrank.experiments.store import RunStore
-    from lowrank.methods import METHODS, Factorization, Option, register_method, truncated_svd
+    from lowrank.methods import METHODS
 
-    @register_method("dummy_test", "Plain SVD under another name (a test method).",
-                     options={"mode": Option("a", ("a", "b"), "a choice"), "scale": Option(1.0, help="a number"),
-                              "steps": Option(None, help="empty: the default")})
-    def dummy(W, rank, stats, mode="a", scale=1.0, steps=None):
-        return Factorization(*truncated_svd(W, rank), info={"mode": mode, "scale": scale, "steps": steps})
-
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "dummy_test_plugin.py").write_text(PLUGIN)
+    monkeypatch.syspath_prepend(str(plugins))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(plugins), os.environ.get("PYTHONPATH")) if p))
+    importlib.import_module("dummy_test_plugin")
     try:
         at = new_app().run()
         visit(at, "factorize")
@@ -232,16 +275,18 @@ def test_a_new_method_appears_with_widgets_from_its_options(env):
         assert at.text_input(key="factorize_dummy_test_steps").value == ""
         at.selectbox(key="factorize_dummy_test_mode").set_value("b")
         at.text_input(key="factorize_dummy_test_steps").input("3")
-        next(b for b in at.button if b.label == "Factorize and evaluate").click().run()
-        assert not at.exception, [e.message for e in at.exception]
+        click(at, "Factorize and evaluate")
         assert not at.error, [e.value for e in at.error]
-        run = RunStore(env / "runs.sqlite").runs(method="dummy_test", status="done").iloc[0]
+        store = RunStore(env / "runs.sqlite")
+        assert wait_for_sweep(store, int(store.sweeps().iloc[0]["id"]))["status"] == "done"
+        run = store.runs(method="dummy_test", status="done").iloc[0]
         assert run["options"] == {"mode": "b", "scale": 1.0, "steps": 3}
 
         visit(at, "tradeoffs")
         assert "dummy_test" in [o.split(" ")[0] for o in at.form[0].multiselect[0].options]
     finally:
         METHODS.pop("dummy_test", None)
+        sys.modules.pop("dummy_test_plugin", None)
 
 
 def test_full_flow_load_plan_factorize_store_plot(env):
@@ -256,23 +301,24 @@ def test_full_flow_load_plan_factorize_store_plot(env):
     visit(at, "factorize")
     at.multiselect(key="factorize_methods").set_value(["svd", "tfwsvd"]).run()
     at.selectbox(key="factorize_tfwsvd_solver").set_value("em")
-    next(b for b in at.button if b.label == "Factorize and evaluate").click().run()
-    assert not at.exception, [e.message for e in at.exception]
+    click(at, "Factorize and evaluate")
     assert not at.error, [e.value for e in at.error]
-
     store = RunStore(env / "runs.sqlite")
+    assert wait_for_sweep(store, int(store.sweeps().iloc[0]["id"]))["status"] == "done"
+    at.run()
+    assert not at.exception, [e.message for e in at.exception]
+
     runs = store.runs(status="done")
     assert set(runs["method"]) == {"dense", "svd", "tfwsvd"}
     tfwsvd = runs[runs["method"] == "tfwsvd"].iloc[0]
     assert tfwsvd["solver"] == "em" and tfwsvd["strategy"] == "uniform" and tfwsvd["budget"] == pytest.approx(0.5, abs=0.02)
     assert 0 < tfwsvd["kept_fraction"] < 0.55 and tfwsvd["size_bytes"] > 0 and tfwsvd["latency_ms_b1"] > 0
+    assert tfwsvd["latency_info"]["conditions"]["threads"] >= 1  # how the latency was measured is stored with it
     assert any("weighted error per iteration" in s["layout"]["title"]["text"] for s in plotly_specs(at))  # convergence
 
-    next(b for b in at.button if b.label == "Save svd model").click().run()
-    assert not at.exception
-    saved = Path(store.runs(method="svd")["output_dir"].iloc[0])
+    saved = Path(store.runs(method="svd")["output_dir"].iloc[0])  # the worker saved every compressed model
     assert (saved / "lowrank.json").exists() and (saved / "model.safetensors").exists()
-    assert any(d.label.startswith("Download") for d in at.download_button)
+    assert sum(d.label.startswith("Download") for d in at.download_button) == 2
 
     visit(at, "tradeoffs")
     assert {"svd", "tfwsvd", "dense", "Pareto front"} <= trace_names(at)
@@ -296,9 +342,19 @@ def test_background_sweep_and_demo(env):
     assert {"svd", "dense"} <= trace_names(at)
     assert set(store.runs(sweep_id=int(sweep["id"]))["strategy"].dropna()) == {"energy"}
 
-    at = new_app().run()  # a fresh session on the Home page
-    next(b for b in at.button if b.label == "Run the demo").click().run()
-    assert not at.exception, [e.message for e in at.exception]
+    at = new_app().run()  # a fresh session: a hand-edited plan, then the demo
+    visit(at, "ranks")
+    edit_rank(at, 0, "3")
+    edited = at.session_state["plan"]
+    visit(at, "home")
+    click(at, "Run the demo")
+    assert any("replaces your hand-edited rank plan" in w.value for w in at.warning)
+    assert at.session_state["plan"] is edited and len(store.sweeps()) == 1  # nothing replaced, nothing started
+    click(at, "Keep my plan")
+    assert at.session_state["plan"] is edited and len(store.sweeps()) == 1
+    assert not any("replaces your hand-edited" in w.value for w in at.warning)
+    click(at, "Run the demo")
+    click(at, "Replace it and run the demo")
     demo = store.sweeps().iloc[0]
     assert demo["label"] == "demo"
     assert at.session_state["plan"].strategy == "fisher_greedy"
@@ -306,3 +362,144 @@ def test_background_sweep_and_demo(env):
     at.run()
     assert {"svd", "fwsvd", "dense", "Pareto front"} <= trace_names(at)
     assert any("keeping" in m.value for m in at.markdown)
+
+
+def test_a_causal_lm_gets_a_text_task_and_rendering_stores_no_failed_run(env, seed_lee, tiny_llama_dir, sentiment_csv,
+                                                                         monkeypatch):
+    from lowrank.experiments.store import RunStore
+
+    seed_lee(env)
+    store = RunStore(env / "runs.sqlite")
+    at = new_app().run()
+    visit(at, "model")
+    at.radio(key="model_source").set_value("Hugging Face id or local folder").run()
+    at.text_input[0].input(str(tiny_llama_dir))
+    at.form_submit_button[0].click().run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    assert at.session_state["model"] == str(tiny_llama_dir) and at.session_state["task"] == "lee"
+    assert any("causal language model" in i.value and "Lee" in i.value for i in at.info)  # says why the task changed
+    offered = at.radio(key="task_choice").options
+    assert len(offered) == 1 and "Lee" in offered[0]  # no classification task, no CSV upload
+    assert {m.label for m in at.metric} >= {"Perplexity", "Latency, batch 32"}
+    for _ in range(2):  # render every page twice
+        for page in ("spectra", "ranks", "factorize", "tradeoffs", "home", "model"):
+            visit(at, page)
+            assert not at.error, (page, [e.value for e in at.error])
+    assert store.runs(status=["failed", "interrupted"]).empty
+
+    # a session that starts on an incompatible pair (the environment's defaults) gets the text task
+    monkeypatch.setenv("LOWRANK_DEFAULT_MODEL", str(tiny_llama_dir))
+    at = new_app().run()
+    assert at.session_state["task"] == "lee"
+    # and a pair that cannot be measured is refused in words on every page, recording nothing
+    at.session_state["task"] = str(sentiment_csv)
+    for page in ("spectra", "ranks", "factorize"):
+        visit(at, page)
+        assert any("causal language model, not a classifier" in e.value for e in at.error), (page, [e.value for e in at.error])
+    assert store.runs(status=["failed", "interrupted"]).empty
+
+
+def test_a_factorize_run_goes_on_when_the_page_is_left_and_its_result_appears_on_return(env):
+    from lowrank.experiments.store import RunStore
+
+    at = new_app().run()
+    visit(at, "factorize")
+    plan = at.session_state["plan"]
+    at.multiselect(key="factorize_methods").set_value(["svd"]).run()
+    click(at, "Factorize and evaluate")
+    assert not at.error, [e.value for e in at.error]
+    visit(at, "spectra")  # leave the page while the run goes on
+    store = RunStore(env / "runs.sqlite")
+    sweep = store.sweeps().iloc[0]
+    assert sweep["label"] == "factorize" and sweep["spec"]["ranks"] == plan.ranks
+    assert wait_for_sweep(store, int(sweep["id"]))["status"] == "done"
+    assert store.runs(status=["failed", "interrupted"]).empty
+    run = store.runs(method="svd").iloc[0]
+    assert run["status"] == "done" and run["ranks"] == plan.ranks
+
+    for session in (at, new_app().run()):  # the same session coming back, and a reload
+        visit(session, "factorize")
+        assert any(h.value == "Before and after" for h in session.subheader)
+        assert "svd" in {m.label for m in session.metric}
+        assert any(d.label.startswith("Download") for d in session.download_button)
+
+
+def _fake_runs(store, model: str, task: str, label: str, values: dict, ranks=None) -> int:
+    """A finished sweep ``label`` with a dense run and one run per method at the given accuracies."""
+    import lowrank
+    from lowrank.experiments.run import run_fields
+    from lowrank.experiments.sweep import SweepSpec
+
+    spec = SweepSpec(model=model, task=task, methods=[m for m in values if m != "dense"], budgets=[0.5], label=label,
+                     ranks=ranks)
+    sweep_id = store.create_sweep(spec.to_dict(), label=label, runs_total=len(values))
+    fields = run_fields(lowrank.load_model(model, task=task), task, "validation", None)
+    for method, value in values.items():
+        run_id = store.start_run(**fields, sweep_id=sweep_id, method=method, strategy="uniform", ranks=ranks or {},
+                                 options={}, budget=1.0 if method == "dense" else 0.5)
+        store.finish_run(run_id, metric="accuracy", value=value, params_linear=10_000 if method == "dense" else 5_000,
+                         kept_fraction=1.0 if method == "dense" else 0.5, size_bytes=1000, latency_ms_b1=1.0)
+    store.end_sweep(sweep_id, "done", message=f"{len(values)} run(s) done")
+    return sweep_id
+
+
+def test_a_result_that_destroys_the_model_is_flagged_on_every_page_showing_it(env, tiny_bert_dir, sentiment_csv):
+    from lowrank.experiments.store import RunStore
+
+    store = RunStore(env / "runs.sqlite")
+    model, task = str(tiny_bert_dir), str(sentiment_csv)
+    _fake_runs(store, model, task, "demo", {"dense": 0.9, "svd": 0.375, "fwsvd": 0.85})
+    at = new_app().run()
+    visit(at, "ranks")
+    plan = at.session_state["plan"]
+    _fake_runs(store, model, task, "factorize", {"dense": 0.9, "svd": 0.375, "fwsvd": 0.85}, ranks=plan.ranks)
+
+    for page in ("home", "factorize", "tradeoffs"):
+        visit(at, page)
+        warnings = [w.value for w in at.warning if "Destroyed by the factorization" in w.value]
+        assert len(warnings) == 1 and "svd" in warnings[0] and "at chance" in warnings[0], (page, warnings)
+        assert "fwsvd" not in warnings[0].replace("**svd**", "")
+        if page != "factorize":
+            assert "destroys the model" in trace_names(at), page
+    visit(at, "factorize")
+    assert "svd ✕ destroyed" in {m.label for m in at.metric} and "fwsvd" in {m.label for m in at.metric}
+
+
+def test_heatmap_colours_are_not_swamped_by_one_outlier():
+    from dashboard import plots
+
+    rng = np.random.default_rng(0)
+    rows = [{"name": f"layer{b}.{t}", "block": b, "type": t, "risk": float(rng.uniform(0.8, 1.6))}
+            for b in range(6) for t in ("q", "k", "v", "o", "up", "down")]
+    rows[7]["risk"] = 28.2
+    heat = plots.heatmap_figure(pd.DataFrame(rows), "risk").data[0]
+    assert heat.zmax < 2.0 and heat.zmin >= 0.8  # the colours span the 35 other cells
+    text = [cell for line in heat.text for cell in line]
+    assert text[7] == "28.2 ▲" and sum("▲" in cell for cell in text) == 1
+    assert "outlier" in plots.heatmap_figure(pd.DataFrame(rows), "risk").layout.title.text
+
+    signed = [{**row, "taylor": float(rng.normal(0, 2e-4))} for row in rows]  # Taylor estimates: both signs
+    fig = plots.heatmap_figure(pd.DataFrame(signed), "taylor")
+    assert fig.data[0].zmid == 0.0 and fig.data[0].zmax == -fig.data[0].zmin
+    assert fig.data[0].colorbar.tickformat == ".3~g"  # no SI prefixes such as -500μ
+
+
+def test_spectra_are_painted_from_the_disk_cache_by_a_fresh_server(env, monkeypatch):
+    import streamlit as st
+
+    import lowrank
+
+    at = new_app().run()
+    visit(at, "spectra")
+    assert list((env / "spectra").glob("*.parquet"))
+    st.cache_data.clear()
+    st.cache_resource.clear()  # as a fresh server
+
+    def no_svd(*args, **kwargs):
+        raise AssertionError("spectra computed again")
+
+    monkeypatch.setattr(lowrank, "spectra", no_svd)
+    at = new_app().run()
+    visit(at, "spectra")
+    assert len(plotly_specs(at)) == 3 and not at.error

@@ -1,23 +1,30 @@
 """One recorded run: compress a model with one method at given ranks, evaluate it, store the row.
 
 * :func:`execute_run`: a failure or an interruption leaves its row ``failed`` / ``interrupted``;
-  nothing is written to disk but the row.
+  nothing is written to disk but the row. A model that cannot be measured on the task (a causal
+  LM on a classification task...) is refused before any row is written.
 * :func:`dense_reference`: the dense run for these weights, task and settings, reused from the
   store when one exists.
 * :func:`find_same_run`: a finished run with the same key (weights, task, evaluation settings, method,
   options, ranks, strategy, budget and, for a method that needs statistics, their sampling settings), so
   a resumed or repeated sweep does not run it again.
+  store when one exists; with ``check_latency`` its latencies are measured again when the
+  conditions they were measured under differ from now (another load, other thread count).
+* :func:`output_folder`: where a run's compressed model is saved, next to the run store.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 from lowrank.compress import compress
-from lowrank.evaluate import evaluate
+from lowrank.data.tasks import load_task
+from lowrank.evaluate import check_task_fits, conditions_differ, evaluate, measure_latencies, measurement_conditions
 from lowrank.experiments.store import RunStore
 from lowrank.methods import get_method
 from lowrank.progress import Progress, report, scaled
@@ -54,6 +61,8 @@ def execute_run(store: RunStore, loaded, task, task_key: str, method: str, ranks
     evaluation raises, after marking the row failed / interrupted.
     """
     options = dict(options or {})
+    task = load_task(task)
+    check_task_fits(loaded.name, loaded.kind, task.kind, task_key)
     row = {**run_fields(loaded, task_key, split, eval_limit), "method": method, "solver": options.get("solver"),
            "ranks": ranks, "options": options, **(fields or {})}
     start = time.perf_counter()
@@ -70,7 +79,8 @@ def execute_run(store: RunStore, loaded, task, task_key: str, method: str, ranks
                    params_total=evaluation.params_total, params_linear=evaluation.params_linear,
                    kept_fraction=evaluation.params_linear / row["dense_params_linear"],
                    size_bytes=evaluation.size_bytes, latency_ms_b1=evaluation.latency_ms_b1,
-                   latency_ms_b32=evaluation.latency_ms_b32, factorize_s=factorize_s, wall_s=seconds)
+                   latency_ms_b32=evaluation.latency_ms_b32, latency_info=evaluation.latency, factorize_s=factorize_s,
+                   wall_s=seconds)
     return RunResult(run.id, model, evaluation, seconds)
 
 
@@ -119,13 +129,29 @@ def find_same_run(store: RunStore, loaded, task_key: str, method: str, ranks: di
 
 def dense_reference(store: RunStore, loaded, task, task_key: str, split: str = "validation",
                     eval_limit: Optional[int] = None, fields: Optional[dict] = None,
-                    progress: Optional[Progress] = None) -> dict:
-    """The stored dense run for these weights, task and settings; evaluated and recorded if there is none."""
+                    progress: Optional[Progress] = None, check_latency: bool = False) -> dict:
+    """The stored dense run for these weights, task and settings; evaluated and recorded if there is none.
+
+    ``check_latency`` (before measuring other runs beside it): when the stored latencies were measured
+    under other conditions than now (:func:`lowrank.evaluate.conditions_differ`), measure them again and
+    update the row, so that the dense and the compressed latencies shown together are comparable."""
     key = run_fields(loaded, task_key, split, eval_limit)
     found = store.find_run(method=DENSE, fingerprint=key["fingerprint"], task=task_key, split=split, eval_limit=eval_limit)
     if found is not None:
-        report(progress, 1, 1, "dense reference from the run store")
-        return found
+        reason = conditions_differ((found.get("latency_info") or {}).get("conditions"),
+                                   measurement_conditions(loaded.device)) if check_latency else None
+        if reason is None:
+            report(progress, 1, 1, "dense reference from the run store")
+            return found
+        b1, b32, how = measure_latencies(loaded, task, split, progress=progress)
+        store.update_run(found["id"], latency_ms_b1=b1, latency_ms_b32=b32, latency_info={**how, "remeasured": reason})
+        return store.get_run(found["id"])
     result = execute_run(store, loaded, task, task_key, DENSE, {}, split=split, eval_limit=eval_limit,
                          fields={"budget": 1.0, **(fields or {})}, progress=progress)
     return store.get_run(result.run_id)
+
+
+def output_folder(store: RunStore, model_name: str, method: str, run_id: int) -> Path:
+    """``<store folder>/compressed/<model>-<method>-run<id>``: where a run's compressed model is saved."""
+    label = Path(model_name).name or model_name
+    return store.path.parent / "compressed" / f"{re.sub(r'[^A-Za-z0-9._-]+', '_', label)}-{method}-run{run_id}"

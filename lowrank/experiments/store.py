@@ -68,6 +68,7 @@ RUN_COLUMNS = {
     "size_bytes": "INTEGER",
     "latency_ms_b1": "REAL",
     "latency_ms_b32": "REAL",
+    "latency_info": "TEXT",  # how the latencies were measured (lowrank.evaluate.measure_latencies), JSON
     "factorize_s": "REAL",
     "wall_s": "REAL",
     "output_dir": "TEXT",
@@ -76,7 +77,7 @@ RUN_COLUMNS = {
     "pid": "INTEGER",
     "pid_started": "REAL",
 }
-JSON_COLUMNS = ("ranks", "options")
+JSON_COLUMNS = ("ranks", "options", "latency_info")
 
 SWEEP_COLUMNS = {
     "status": "TEXT",

@@ -6,6 +6,9 @@
   sweep's row, throttled to a few writes per second. A run already stored with the same key
   (:func:`lowrank.experiments.run.find_same_run`) is not run again, so a repeated sweep, or one
   resumed with :func:`resume_sweep` after it was killed, only runs what is missing.
+  (its latency is measured again when the conditions changed). A spec with explicit ``ranks`` (a hand-edited plan: the dashboard's
+  Factorize page) runs every method on those ranks instead, at its one budget; with ``save``
+  every compressed model is saved (:func:`lowrank.experiments.run.output_folder`).
 * :func:`start_sweep`: the same in a detached background process
   (``python -m lowrank.experiments.worker --db FILE --sweep ID``), so a closed browser tab or a
   restarted dashboard loses nothing; :func:`cancel_sweep` stops it (SIGTERM: the current
@@ -23,6 +26,7 @@ Methods and strategies get the statistics they need from :func:`lowrank.statisti
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 import socket
@@ -35,11 +39,13 @@ from pathlib import Path
 from typing import Optional
 
 from lowrank.allocation import allocate, get_strategy
+from lowrank.compress import save_compressed
 from lowrank.data.tasks import load_task
-from lowrank.experiments.run import dense_reference, execute_run, find_same_run, run_fields
+from lowrank.evaluate import check_task_fits
+from lowrank.experiments.run import dense_reference, execute_run, find_same_run, output_folder, run_fields
 from lowrank.experiments.stop import check_stop, request_stop, stoppable
 from lowrank.experiments.store import RunStore, process_alive, process_started
-from lowrank.methods import available_methods
+from lowrank.methods import available_methods, get_method
 from lowrank.models.loading import load_model
 from lowrank.needs import needs_for
 from lowrank.progress import Progress, scaled
@@ -66,6 +72,9 @@ class SweepSpec:
     dense: bool = True  # also record the dense reference
     label: str = ""
     statistics: dict = field(default_factory=dict)  # StatisticsSettings fields (defaults when empty)
+    ranks: Optional[dict[str, int]] = None  # explicit ranks (a hand-edited plan) instead of allocating per budget
+    save: bool = False  # save every compressed model next to the run store (output_dir of its row)
+    modules: list[str] = field(default_factory=list)  # imported first: they register methods outside lowrank.methods
 
     @property
     def settings(self) -> StatisticsSettings:
@@ -78,6 +87,11 @@ class SweepSpec:
     def validate(self) -> "SweepSpec":
         if not self.methods:
             raise ValueError("choose at least one method")
+        for module in self.modules:
+            try:
+                importlib.import_module(module)
+            except ImportError as err:
+                raise ValueError(f"cannot import {module}, which registers a method of this sweep: {err}") from err
         unknown = sorted(set(self.methods) - set(available_methods()))
         if unknown:
             raise ValueError(f"unknown method(s) {unknown}; available: {', '.join(available_methods())}")
@@ -86,7 +100,16 @@ class SweepSpec:
         for budget in self.budgets:
             if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0.0 < float(budget) <= 1.0:
                 raise ValueError(f"a budget is a kept fraction in (0, 1], got {budget!r}")
-        get_strategy(self.strategy)
+        if self.ranks is None:
+            get_strategy(self.strategy)
+        else:
+            if len(self.budgets) != 1:
+                raise ValueError("a sweep with explicit ranks has one budget (the plan's kept fraction)")
+            if not self.ranks:
+                raise ValueError("the plan keeps every layer dense: nothing to factorize")
+            for name, rank in self.ranks.items():
+                if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+                    raise ValueError(f"rank of {name} must be a positive integer, got {rank!r}")
         extra = sorted(set(self.options) - set(self.methods))
         if extra:
             raise ValueError(f"options given for method(s) not in the sweep: {extra}")
@@ -99,7 +122,7 @@ class SweepSpec:
 
     def needs(self) -> tuple[str, ...]:
         """Statistic kinds the sweep's methods and strategy need."""
-        return needs_for(self.methods, self.strategy)
+        return needs_for(self.methods, None if self.ranks is not None else self.strategy)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -196,6 +219,7 @@ def _run_units(spec: SweepSpec, store: RunStore, sweep_id: int, counts: dict, re
     spec.validate()
     task = load_task(spec.task)
     loaded = load_model(spec.model, task=task)
+    check_task_fits(loaded.name, loaded.kind, task.kind, spec.task)
     needs = spec.needs()
     bar = _SweepProgress(store, sweep_id, spec.runs_total + int(bool(needs)))
     unit = 0
@@ -205,11 +229,12 @@ def _run_units(spec: SweepSpec, store: RunStore, sweep_id: int, counts: dict, re
         unit += 1
     common = {"sweep_id": sweep_id, "align": spec.align}
     if spec.dense:
-        dense_reference(store, loaded, task, spec.task, spec.split, spec.eval_limit, common, bar.unit(unit, "dense reference"))
+        dense_reference(store, loaded, task, spec.task, spec.split, spec.eval_limit, common,
+                        bar.unit(unit, "dense reference"), check_latency=True)
         counts["done"] += 1
         unit += 1
     for budget in spec.budgets:
-        plan, plan_error = None, None
+        plan, plan_error = (_Ranks(dict(spec.ranks)) if spec.ranks is not None else None), None
         for method in spec.methods:
             progress = bar.unit(unit, f"{method} at {budget:.0%}", runs_done=counts["done"] + counts["failed"])
             unit += 1
@@ -225,20 +250,45 @@ def _run_units(spec: SweepSpec, store: RunStore, sweep_id: int, counts: dict, re
                     counts["failed"] += 1
                     continue
                 options = spec.options.get(method) or {}
-                found = find_same_run(store, loaded, spec.task, method, plan.ranks, options=options, split=spec.split,
-                                      eval_limit=spec.eval_limit, strategy=spec.strategy, budget=float(budget),
-                                      statistics=spec.statistics)
+                found = None if spec.save else find_same_run(
+                    store, loaded, spec.task, method, plan.ranks, options=options, split=spec.split,
+                    eval_limit=spec.eval_limit, strategy=spec.strategy, budget=float(budget), statistics=spec.statistics)
                 if found is not None:  # stored by an earlier (or this, killed and resumed) sweep
                     reused.append(found["id"])
                     counts["done"] += 1
                     continue
-                execute_run(store, loaded, task, spec.task, method, plan.ranks, stats=stats,
-                            options=options, split=spec.split, eval_limit=spec.eval_limit,
-                            fields={**common, "strategy": spec.strategy, "budget": float(budget)},
-                            progress=scaled(progress, 0.05, 1.0))
+                result = execute_run(store, loaded, task, spec.task, method, plan.ranks, stats=stats,
+                                     options=options, split=spec.split, eval_limit=spec.eval_limit,
+                                     fields={**common, "strategy": spec.strategy, "budget": float(budget)},
+                                     progress=scaled(progress, 0.05, 0.97 if spec.save else 1.0))
                 counts["done"] += 1
+                if spec.save:
+                    _save(store, result, method)
             except Exception:  # recorded as failed by execute_run; the other runs go on
                 counts["failed"] += 1
+
+@dataclass
+class _Ranks:
+    """Explicit ranks standing in for an allocated plan."""
+
+    ranks: dict[str, int]
+
+
+def _save(store: RunStore, result, method: str) -> None:
+    """Save a run's compressed model and record where (a failure to save is noted on the run, which stays done)."""
+    folder = output_folder(store, result.model.name, method, result.run_id)
+    try:
+        save_compressed(result.model, folder)
+    except (OSError, ValueError, RuntimeError) as err:
+        store.update_run(result.run_id, error=f"not saved: {type(err).__name__}: {err}")
+    else:
+        store.update_run(result.run_id, output_dir=str(folder))
+
+
+def plugin_modules(methods) -> list[str]:
+    """Modules outside ``lowrank`` that registered any of ``methods`` (a worker imports them first)."""
+    modules = {get_method(m).fn.__module__ for m in methods}
+    return sorted(m for m in modules if m and m != "__main__" and m.split(".")[0] != "lowrank")
 
 
 def _record_failure(store: RunStore, loaded, spec: SweepSpec, method: str, budget: float, common: dict, error: Exception):
@@ -255,8 +305,12 @@ def log_path(store: RunStore, sweep_id: int) -> Path:
 
 
 def start_sweep(spec: SweepSpec, store: Optional[RunStore] = None) -> int:
-    """Validate ``spec``, record the sweep and run it in a detached process; returns the sweep id at once."""
+    """Validate ``spec``, record the sweep and run it in a detached process; returns the sweep id at once.
+
+    Methods registered outside :mod:`lowrank.methods` travel as the modules that registered them
+    (:func:`plugin_modules`), which the worker imports; they must be importable there (``PYTHONPATH``)."""
     spec.validate()
+    spec.modules = sorted(set(spec.modules) | set(plugin_modules(spec.methods)))
     store = store or RunStore()
     sweep_id = store.create_sweep(spec.to_dict(), label=spec.label, runs_total=spec.runs_total)
     _launch(store, sweep_id)
