@@ -75,7 +75,7 @@ def estimate_fisher(loaded, task, settings: StatisticsSettings = DEFAULT, use_ca
         raise ValueError(f"{loaded.name} has no compressible Linear layers")
     collectors = {name: SquaredGradients(module) for name, module in linears.items()}
     examples = calibration_pass(loaded, task, collectors, settings, task_loss, True, progress, "estimating Fisher information")
-    fisher = {name: (c.total / examples).cpu() for name, c in collectors.items()}
+    fisher = {name: c.result(examples) for name, c in collectors.items()}
     if use_cache and is_main():
         cache.write(path, fisher, settings.to_dict())
     return fisher
