@@ -10,6 +10,7 @@ Library API (the CLI ``lowrank`` and the dashboard mirror it)::
     lowrank.save_compressed(small, "out/minilm-rt-50")
     stats = lowrank.statistics_for(m, "rotten_tomatoes", ("fisher",))   # what weighted methods need
     lowrank.compress(m, 0.5, method="tfwsvd", stats=stats)
+    lowrank.compress_sequential("big-llama/", 0.5, "svd_llm", out="out/big-50", task="lee")  # one block in memory
 """
 
 from lowrank.allocation import RankPlan, allocate, available_strategies
@@ -22,13 +23,14 @@ from lowrank.loaded import LoadedModel
 from lowrank.methods import Factorization, available_methods, factorize, get_method, register_method
 from lowrank.models import PACKAGED, ModelLoadError, compressible_linears, load_model
 from lowrank.ranks import resolve_ranks
+from lowrank.sequential import compress_sequential
 from lowrank.statistics import StatisticsSettings, statistics_for
 from lowrank.training.finetune import TrainConfig, finetune
 
 __all__ = [
     "CompressionInfo", "Evaluation", "Factorization", "LoadedModel", "LowRankLinear", "ModelLoadError",
     "PACKAGED", "RankPlan", "StatisticsSettings", "Task", "TaskError", "TrainConfig", "allocate", "available_methods",
-    "available_strategies", "compress", "compressible_linears", "evaluate", "factorize", "finetune", "get_method",
-    "load_compressed", "load_model", "load_task", "register_method", "resolve_ranks", "save_compressed", "spectra",
-    "statistics_for",
+    "available_strategies", "compress", "compress_sequential", "compressible_linears", "evaluate", "factorize", "finetune",
+    "get_method", "load_compressed", "load_model", "load_task", "register_method", "resolve_ranks", "save_compressed",
+    "spectra", "statistics_for",
 ]

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Mapping, Optional, Union
 
 import torch
-from safetensors.torch import load_model as load_weights
 from safetensors.torch import save_model
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
@@ -33,6 +32,7 @@ from lowrank.methods.registry import layer_stats
 from lowrank.models.architectures import adapt_layout, compressible_linears
 from lowrank.models.errors import ModelLoadError
 from lowrank.models.loading import READ_ERRORS, check_finite, check_fits_in_memory, load_model, model_kind, read_error
+from lowrank.models.shards import load_into
 from lowrank.progress import Progress, report
 from lowrank.ranks import Ranks, resolve_ranks
 
@@ -182,7 +182,7 @@ def load_compressed(directory: Union[str, Path], device: Union[str, torch.device
             shell = LowRankLinear.empty(dense.out_features, dense.in_features, int(rank), dense.bias is not None,
                                         dtype=dense.weight.dtype)
             set_module(model, name, shell)
-        missing, unexpected = load_weights(model, str(directory / "model.safetensors"), strict=False)
+        missing, unexpected = load_into(model, directory)  # model.safetensors, or shards with their index
     except (*READ_ERRORS, AttributeError, TypeError, RuntimeError) as err:  # a layer or shape lowrank.json invents
         raise ModelLoadError(f"{directory}: cannot rebuild the compressed model: {read_error(err, directory)}") from err
     missing = sorted(m for m in missing if not _is_tied(model, m))  # safetensors returns sets

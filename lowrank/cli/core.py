@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import sys
+from dataclasses import fields
 
 import pandas as pd
 
@@ -19,8 +21,8 @@ from lowrank.cli.args import (
     statistics_settings,
     task_of,
 )
+from lowrank.compress import CompressionInfo, load_any, load_compressed, save_compressed
 from lowrank.compress import compress as run_compress
-from lowrank.compress import load_any, save_compressed
 from lowrank.data import load_task
 from lowrank.evaluate import evaluate as run_eval
 from lowrank.io import atomic_dir
@@ -28,7 +30,9 @@ from lowrank.methods import available_methods, get_method
 from lowrank.models.packaged import FINETUNED, FINETUNED_BASE, PACKAGED, finetuned_dir, is_built
 from lowrank.progress import TqdmProgress
 from lowrank.ranks import resolve_ranks
+from lowrank.sequential import compress_sequential, sequential_reason
 from lowrank.statistics import needs_task, statistics_for
+from lowrank.statistics.blockwise import INPUTS
 from lowrank.training.finetune import MINILM_RT_CONFIG, TrainConfig, build_finetuned, train
 
 
@@ -71,6 +75,12 @@ def register(sub) -> None:
     add_statistics_options(p)
     add_output(p, "folder to save the compressed model (atomic)")
     p.add_argument("--evaluate", action="store_true", help="evaluate the compressed model on --task")
+    p.add_argument("--sequential", action="store_true",
+                   help="causal LMs: one decoder block in memory at a time, written to --out as shards (automatic "
+                        "when the model's float32 size is above half the available RAM)")
+    p.add_argument("--sequential-inputs", choices=INPUTS, default="compressed",
+                   help="with --sequential: block inputs for activation statistics, from the blocks already "
+                        "compressed (default) or the dense ones")
     p.set_defaults(handler=compress)
 
     p = add_common(sub.add_parser("evaluate", help="accuracy/perplexity, size and latency of a model"))
@@ -151,6 +161,9 @@ def compress(args):
     options = parse_options(args.option) | ({"solver": args.solver} if args.solver else {})
     spec.check_options(options)  # before any work: a misspelt option must not cost a Fisher pass
     ranks = read_ranks(args.plan) if args.plan else args.keep
+    reason = None if args.sequential else sequential_reason(args.model)
+    if args.sequential or reason:
+        return compress_streamed(args, ranks, options, reason)
     loaded = load_any(args.model, args.device)
     task = task_of(args, loaded) if args.evaluate or needs_task(spec.needs) else None
     resolve_ranks(loaded.model, ranks)  # a bad --keep or plan is refused before the statistics pass
@@ -164,6 +177,25 @@ def compress(args):
         record["out"] = str(save_compressed(small, out, force=args.force))
     if args.evaluate:
         record |= run_eval(small, task, progress=TqdmProgress()).to_dict()
+    return record, pd.DataFrame([record])
+
+
+def compress_streamed(args, ranks, options: dict, reason):
+    """``compress`` one decoder block at a time (:func:`lowrank.compress_sequential`), into ``--out``."""
+    if reason:
+        print(f"notice: {reason}", file=sys.stderr)
+    if not args.out:
+        raise ValueError("sequential compression writes the model to a folder: pass --out")
+    out = compress_sequential(args.model, ranks, args.method, args.out, args.task, statistics_settings(args),
+                              progress=TqdmProgress(), inputs=args.sequential_inputs, device=args.device, **options)
+    meta = json.loads((out / "lowrank.json").read_text())
+    info = CompressionInfo(**{f.name: meta[f.name] for f in fields(CompressionInfo) if f.name in meta})
+    record = {"model": args.model, "method": args.method, "layers": len(info.ranks),
+              "seconds": round(sum(info.seconds.values()), 3), "sequential": meta["sequential"]["statistics"], "out": str(out)}
+    if info.regularizers():
+        record["regularizers"] = ", ".join(f"{label}: {n} layer(s)" for label, n in info.regularizers().items())
+    if args.evaluate:
+        record |= run_eval(load_compressed(out, args.device), args.task, progress=TqdmProgress()).to_dict()
     return record, pd.DataFrame([record])
 
 

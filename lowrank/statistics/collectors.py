@@ -60,6 +60,10 @@ class SquaredGradients(PerExampleCollector):
     def accumulators(self) -> list[torch.Tensor]:
         return [self.total]
 
+    def result(self, examples: int) -> torch.Tensor:
+        """The Fisher ``F = (1 / N) sum_n (g_n^T x_n)^2`` over the ``examples`` seen, on the CPU."""
+        return (self.total / max(examples, 1)).cpu()
+
 
 class DirectionalDerivatives(PerExampleCollector):
     """Sums ``s_n = sum_t g_nt^T dW x_nt`` and ``s_n^2`` over examples for a fixed change ``dW`` (out, in)."""

@@ -86,7 +86,7 @@ def estimate_fisher(loaded, task, settings: StatisticsSettings = DEFAULT, use_ca
     collectors = {name: SquaredGradients(module) for name, module in linears.items()}
     examples = calibration_pass(loaded, task, collectors, settings, backward_task_losses, True, progress,
                                 "estimating Fisher information")
-    fisher = {name: (c.total / examples).cpu() for name, c in collectors.items()}
+    fisher = {name: c.result(examples) for name, c in collectors.items()}
     if use_cache and is_main():
         cache.write(path, fisher, settings.to_dict())
     return fisher

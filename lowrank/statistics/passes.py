@@ -17,7 +17,7 @@ with sampled labels the draws differ (same distribution).
 from __future__ import annotations
 
 import os
-from typing import Iterable, Optional
+from typing import Iterable, Iterator, Optional
 
 import torch
 import torch.distributed as dist
@@ -60,6 +60,14 @@ def all_reduce(tensors: Iterable[torch.Tensor]) -> None:
             dist.all_reduce(tensor)
 
 
+def calibration_batches(task, tokenizer, settings: StatisticsSettings) -> tuple[int, Iterator[dict]]:
+    """The sample every statistic is computed on: ``(count, batches)``, at most ``settings.num_batches``
+    shuffled batches of ``settings.split`` (seed ``settings.seed``)."""
+    s = settings
+    total = min(s.num_batches, count_batches(task, tokenizer, s.split, s.batch_size, s.max_length))
+    return total, batches(task, tokenizer, s.split, s.batch_size, s.max_length, shuffle=True, seed=s.seed, limit=total)
+
+
 def calibration_pass(loaded, task, collectors: dict, settings: StatisticsSettings, backward_fn, backward: bool,
                      progress: Optional[Progress], message: str) -> int:
     """Feed ``collectors`` (each with ``scale``, ``mask``, ``accumulators()`` and ``remove()``) from one pass.
@@ -69,14 +77,13 @@ def calibration_pass(loaded, task, collectors: dict, settings: StatisticsSetting
     (example, label) samples over all ranks; the collectors' accumulators are all-reduced."""
     model, s = loaded.model, settings
     rank, size = world()
-    total = min(s.num_batches, count_batches(task, loaded.tokenizer, s.split, s.batch_size, s.max_length))
+    total, sample = calibration_batches(task, loaded.tokenizer, s)
     generator = torch.Generator().manual_seed(s.seed)
     was_training = model.training
     model.eval()
     examples = 0
     try:
-        for step, batch in enumerate(batches(task, loaded.tokenizer, s.split, s.batch_size, s.max_length, shuffle=True,
-                                             seed=s.seed, limit=total)):
+        for step, batch in enumerate(sample):
             if step % size != rank:
                 continue
             batch = {k: v.to(loaded.device) for k, v in batch.items()}

@@ -1,0 +1,126 @@
+"""A causal LM whose weights live on disk and are loaded one decoder block at a time.
+
+The architecture is built from its config without weights (accelerate's ``init_empty_weights``:
+every parameter on the meta device, buffers such as the rotary frequencies real). The modules
+outside the blocks (embedding, final norm, LM head) are loaded once; each block is loaded from the
+safetensors checkpoint when asked (its tensors only, memory-mapped) and sent back to the meta
+device when released, so memory holds one block plus the resident modules, never the model.
+Weights are cast to ``dtype`` (float32, as :func:`lowrank.load_model` does). A tied LM head
+(``tie_word_embeddings``) shares the embedding matrix, as ``from_pretrained`` ties it.
+
+After each released block the C heap's free pages go back to the system (glibc ``malloc_trim``):
+without it, freed factorization temporaries stay mapped and the process grows by about a block
+per block.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+from typing import Union
+
+import torch
+from accelerate import init_empty_weights
+from torch import nn
+from transformers import AutoModelForCausalLM
+
+from lowrank.models.decoders import BlockContext, DecoderLayout
+from lowrank.models.errors import ModelLoadError
+from lowrank.models.shards import Checkpoint
+
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c") or None)
+
+
+def return_free_memory() -> None:
+    """Give the C heap's free pages back to the system (glibc ``malloc_trim``; nothing elsewhere)."""
+    trim = getattr(_LIBC, "malloc_trim", None)
+    if trim is not None:
+        trim(0)
+
+
+def empty_model(config) -> nn.Module:
+    """The causal LM of ``config`` with every parameter on the meta device (no memory), in eval mode."""
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(config)
+    model.requires_grad_(False)
+    return model.eval()
+
+
+class StreamedModel:
+    """``model`` (a meta skeleton) filled from ``checkpoint`` one module at a time; see the module docstring."""
+
+    def __init__(self, config, checkpoint: Checkpoint, layout: DecoderLayout, device: Union[str, torch.device] = "cpu",
+                 dtype: torch.dtype = torch.float32):
+        self.model = empty_model(config)
+        self.checkpoint, self.layout = checkpoint, layout
+        self.device, self.dtype = torch.device(device), dtype
+        self.model.get_submodule(layout.rotary).to(self.device)
+        self.num_blocks = layout.num_blocks(self.model)
+
+    @property
+    def tied_head(self) -> bool:
+        return bool(getattr(self.model.config, "tie_word_embeddings", False))
+
+    def _load(self, name: str, skip: tuple[str, ...] = ()) -> nn.Module:
+        module = self.model.get_submodule(name)
+        tensors = self.checkpoint.read(f"{name}.", self.dtype, self.device)
+        expected = [k for k in module.state_dict() if k not in skip]
+        missing = [k for k in expected if k not in tensors]
+        if missing:
+            raise ModelLoadError(f"{self.checkpoint.folder}: the checkpoint has no tensor {name}.{missing[0]}")
+        module.load_state_dict({k: tensors[k] for k in expected}, strict=False, assign=True)
+        return module.requires_grad_(False)
+
+    def load_resident(self) -> None:
+        """Load the embedding, final norm and LM head (tied to the embedding when the config says so)."""
+        embed = self._load(self.layout.embed)
+        self._load(self.layout.norm)
+        if self.tied_head:
+            self.model.get_submodule(self.layout.head).weight = embed.weight
+            self._load(self.layout.head, skip=("weight",))
+        else:
+            self._load(self.layout.head)
+        blocks = f"{self.layout.blocks}."
+        left = [n for n, p in self.model.named_parameters() if p.is_meta and not n.startswith(blocks)]
+        if left:
+            raise ModelLoadError(f"{self.model.config.model_type}: parameter {left[0]} is outside the known layout")
+
+    def resident_state(self) -> dict[str, torch.Tensor]:
+        """The resident modules' tensors under their full names (a tied head is stored once, as the embedding)."""
+        state = {}
+        for name in self.layout.resident:
+            for key, tensor in self.model.get_submodule(name).state_dict().items():
+                if not (self.tied_head and name == self.layout.head and key == "weight"):
+                    state[f"{name}.{key}"] = tensor
+        return state
+
+    def load_block(self, index: int) -> nn.Module:
+        return self._load(self.layout.block_name(index))
+
+    def release_block(self, index: int) -> None:
+        """Free block ``index``'s memory (its parameters go back to the meta device)."""
+        self.model.get_submodule(self.layout.block_name(index)).to("meta")
+        return_free_memory()
+
+    def block(self, index: int) -> nn.Module:
+        return self.model.get_submodule(self.layout.block_name(index))
+
+    def block_state(self, index: int) -> dict[str, torch.Tensor]:
+        prefix = self.layout.block_name(index)
+        return {f"{prefix}.{k}": v for k, v in self.block(index).state_dict().items()}
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.layout.embed_tokens(self.model, input_ids.to(self.device))
+
+    def context(self, hidden: torch.Tensor, attention_mask) -> BlockContext:
+        mask = None if attention_mask is None else attention_mask.to(self.device)
+        return self.layout.context(self.model, hidden, mask)
+
+    def run_block(self, index: int, hidden: torch.Tensor, context: BlockContext) -> torch.Tensor:
+        return self.layout.run_block(self.model, index, hidden, context)
+
+    def loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.layout.loss(self.model, hidden, labels.to(self.device))
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.layout.logits(self.model, hidden)

@@ -1,0 +1,186 @@
+"""Statistics of a causal LM computed one decoder block at a time, for layer-sequential compression.
+
+Both sweeps run over a :class:`~lowrank.models.streamed.StreamedModel` (one block in memory) and
+yield each block while it is loaded, with its layers' statistics in the format of
+:func:`lowrank.statistics.statistics_for` (same collectors, same sample: :func:`calibration_batches`),
+so the caller can factorize it before the sweep moves on:
+
+* :func:`forward_sweep` (``activations``, or nothing): the calibration batch goes through the
+  blocks in order; block ``i``'s inputs are the outputs of blocks ``0..i-1``, either as compressed
+  by the caller (``inputs="compressed"``, as SVD-LLM and GPTQ do: each block is fitted to the
+  errors of the ones before it) or dense (``inputs="dense"``: exactly the in-memory statistics).
+  Cost: one block forward per block (two with compressed inputs), no backward.
+* :func:`gradient_sweep` (``fisher``, ``gradients``): a streaming forward/backward pass of the
+  *dense* model. The forward sweep stores each block's input ``h_i`` (batch, T, hidden) on disk;
+  at the head ``g_L = dl/dh_L``; then from the last block down, block ``i`` is reloaded, its forward
+  recomputed from ``h_i`` with autograd, ``g_{i+1}`` back-propagated through it (the collectors'
+  hooks see every Linear's per-example ``(x, g)``), and ``g_i = dl/dh_i`` passed down. By the chain
+  rule these are the gradients of the in-memory pass, so Fisher and gradient moments equal the
+  in-memory ones (up to summation order) with one block in memory. Cost: two forwards and one
+  backward per block; disk: ``blocks x tokens x hidden x 4`` bytes; memory: one block, one
+  boundary of hidden states and its gradient.
+
+Single process (no data-parallel reduction); statistics are not cached.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from lowrank.models.streamed import StreamedModel
+from lowrank.statistics.collectors import SquaredGradients
+from lowrank.statistics.moments import MomentCollector
+from lowrank.statistics.passes import calibration_batches
+
+KINDS = ("fisher", "activations", "gradients")  # what the sweeps compute (``mask`` needs a pruned model in memory)
+INPUTS = ("compressed", "dense")
+GRADIENT_KINDS = ("fisher", "gradients")
+
+
+@dataclass
+class BlockStep:
+    """Block ``index`` while it is loaded: the module (compress it in place) and its layers' statistics."""
+
+    index: int
+    block: nn.Module
+    stats: dict[str, dict[str, torch.Tensor]]
+
+
+class BlockStatistics:
+    """The collectors of ``statistics_for`` on one block's Linears: SquaredGradients for ``fisher``,
+    MomentCollector for ``activations``/``gradients`` (with ``sum g g^T`` when ``gradients``)."""
+
+    def __init__(self, linears: dict[str, nn.Linear], needs: Sequence[str]):
+        self.fisher = {n: SquaredGradients(m) for n, m in linears.items()} if "fisher" in needs else {}
+        moments = "activations" in needs or "gradients" in needs
+        self.moments = {n: MomentCollector(m, "gradients" in needs) for n, m in linears.items()} if moments else {}
+
+    def collectors(self) -> list:
+        return [*self.fisher.values(), *self.moments.values()]
+
+    def batch(self, size: int, mask: Optional[torch.Tensor]) -> None:
+        for c in self.collectors():
+            c.scale, c.mask = float(size), mask
+
+    def result(self, examples: int) -> dict[str, dict[str, torch.Tensor]]:
+        out: dict[str, dict[str, torch.Tensor]] = {}
+        for name, c in self.fisher.items():
+            out.setdefault(name, {})["fisher"] = c.result(examples)
+        for name, c in self.moments.items():
+            out.setdefault(name, {}).update(c.result(examples))
+        return out
+
+    def remove(self) -> None:
+        for c in self.collectors():
+            c.remove()
+
+
+def sample(task, tokenizer, settings) -> list[dict]:
+    """The calibration batches (the sample of :func:`lowrank.statistics.passes.calibration_pass`), as a list."""
+    return list(calibration_batches(task, tokenizer, settings)[1])
+
+
+def _mask(batch: dict) -> Optional[torch.Tensor]:
+    mask = batch.get("attention_mask")
+    return None if mask is None else mask.bool()
+
+
+def _block_linears(stream: StreamedModel, index: int, names: Sequence[str]) -> dict[str, nn.Linear]:
+    prefix = stream.layout.block_name(index) + "."
+    block = stream.block(index)
+    return {name: block.get_submodule(name[len(prefix):]) for name in names if name.startswith(prefix)}
+
+
+def forward_sweep(stream: StreamedModel, batches: list[dict], layers: Sequence[str], needs: Sequence[str],
+                  inputs: str = "compressed") -> Iterator[BlockStep]:
+    """Yield each block with its statistics (see the module docstring); ``layers``: full names of the
+    Linears to collect for. Without ``needs`` nothing is run (the blocks are only loaded)."""
+    if inputs not in INPUTS:
+        raise ValueError(f"inputs must be one of {', '.join(INPUTS)}, got {inputs!r}")
+    examples = sum(int(b["input_ids"].shape[0]) for b in batches)
+    run = bool(needs) and bool(batches)
+    with torch.no_grad():
+        hidden = [stream.embed(b["input_ids"]) for b in batches] if run else []
+        contexts = [stream.context(h, b.get("attention_mask")) for h, b in zip(hidden, batches)]
+    for index in range(stream.num_blocks):
+        stream.load_block(index)
+        stats: dict = {}
+        outputs = []
+        if run:
+            collectors = BlockStatistics(_block_linears(stream, index, layers), needs)
+            try:
+                with torch.no_grad():
+                    for h, ctx, b in zip(hidden, contexts, batches):
+                        collectors.batch(b["input_ids"].shape[0], _mask(b))
+                        out = stream.run_block(index, h, ctx)
+                        if inputs == "dense":
+                            outputs.append(out)
+            finally:
+                collectors.remove()
+            stats = collectors.result(examples)
+        yield BlockStep(index, stream.block(index), stats)
+        if run and inputs == "compressed":
+            with torch.no_grad():
+                outputs = [stream.run_block(index, h, ctx) for h, ctx in zip(hidden, contexts)]
+        hidden = outputs
+        stream.release_block(index)
+
+
+def _save_boundary(folder: Path, index: int, hidden: list[torch.Tensor]) -> None:
+    save_file({str(k): h.detach().contiguous().cpu() for k, h in enumerate(hidden)}, str(folder / f"input-{index}.safetensors"))
+
+
+def _read_boundary(folder: Path, index: int, count: int, device: torch.device) -> list[torch.Tensor]:
+    with safe_open(str(folder / f"input-{index}.safetensors"), framework="pt") as handle:
+        return [handle.get_tensor(str(k)).to(device) for k in range(count)]
+
+
+def gradient_sweep(stream: StreamedModel, batches: list[dict], layers: Sequence[str], needs: Sequence[str],
+                   workdir: Path) -> Iterator[BlockStep]:
+    """Yield each block, last to first, with dense-model statistics including gradients (see the module
+    docstring). Block inputs are kept in ``workdir`` (removed at the end); batches need ``labels``."""
+    if not batches:
+        raise ValueError("the gradient sweep needs at least one calibration batch")
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    examples = sum(int(b["input_ids"].shape[0]) for b in batches)
+    try:
+        with torch.no_grad():
+            hidden = [stream.embed(b["input_ids"]) for b in batches]
+            contexts = [stream.context(h, b.get("attention_mask")) for h, b in zip(hidden, batches)]
+            for index in range(stream.num_blocks):
+                _save_boundary(workdir, index, hidden)
+                stream.load_block(index)
+                hidden = [stream.run_block(index, h, ctx) for h, ctx in zip(hidden, contexts)]
+                stream.release_block(index)
+        grads = []
+        for h, b in zip(hidden, batches):
+            x = h.detach().requires_grad_(True)
+            grads.append(torch.autograd.grad(stream.loss(x, b["labels"]), x)[0])
+        del hidden
+        for index in reversed(range(stream.num_blocks)):
+            inputs = _read_boundary(workdir, index, len(batches), stream.device)
+            stream.load_block(index)
+            collectors = BlockStatistics(_block_linears(stream, index, layers), needs)
+            below = []
+            try:
+                for x, g, ctx, b in zip(inputs, grads, contexts, batches):
+                    collectors.batch(b["input_ids"].shape[0], _mask(b))
+                    x = x.detach().requires_grad_(True)
+                    below.append(torch.autograd.grad(stream.run_block(index, x, ctx), x, grad_outputs=g)[0])
+            finally:
+                collectors.remove()
+            del inputs
+            grads = below
+            yield BlockStep(index, stream.block(index), collectors.result(examples))
+            stream.release_block(index)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)

@@ -1,0 +1,312 @@
+"""Layer-sequential compression: equal to the in-memory run, sharded atomic output, refusals, CLI, peak memory."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+import lowrank.sequential
+from lowrank import compress, compress_sequential, get_method, load_compressed, load_model
+from lowrank.cli.main import main
+from lowrank.data import load_task
+from lowrank.models import ModelLoadError
+from lowrank.models.decoders import LLAMA
+from lowrank.models.loading import load_config
+from lowrank.models.shards import INDEX, Checkpoint
+from lowrank.models.streamed import StreamedModel
+from lowrank.sequential import sequential_reason
+from lowrank.statistics import StatisticsSettings, statistics_for
+from lowrank.statistics.blockwise import forward_sweep, gradient_sweep, sample
+
+ROOT = Path(__file__).resolve().parents[1]
+SETTINGS = StatisticsSettings(num_batches=2, batch_size=2, max_length=16)
+METHODS = ["svd", "asvd", "svd_llm", "fwsvd", "tfwsvd", "kfac_svd"]
+
+
+@pytest.fixture(scope="module")
+def sharded_llama(tmp_path_factory, tiny_llama_dir) -> Path:
+    """A 3-block Llama of width 64 saved by transformers as several shards with an index."""
+    torch.manual_seed(1)
+    base = LlamaForCausalLM.from_pretrained(tiny_llama_dir)
+    config = base.config
+    config.num_hidden_layers = 3
+    folder = tmp_path_factory.mktemp("sharded-llama")
+    LlamaForCausalLM(config).save_pretrained(folder, max_shard_size="1MB")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tiny_llama_dir / name, folder / name)
+    assert (folder / INDEX).exists()
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tied_llama(tmp_path_factory, tiny_llama_dir) -> Path:
+    """A 2-block Llama whose LM head is the embedding, saved as one model.safetensors."""
+    torch.manual_seed(2)
+    config = LlamaForCausalLM.from_pretrained(tiny_llama_dir).config
+    config.tie_word_embeddings = True
+    folder = tmp_path_factory.mktemp("tied-llama")
+    LlamaForCausalLM(config).save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tiny_llama_dir / name, folder / name)
+    assert not (folder / INDEX).exists()
+    return folder
+
+
+def in_memory(folder, method, task, settings=SETTINGS, **options):
+    loaded = load_model(str(folder))
+    stats = statistics_for(loaded, task, get_method(method).needs, settings, use_cache=False)
+    return compress(loaded, 0.5, method, stats=stats, **options)
+
+
+def logit_gap(a, b, vocab: int) -> float:
+    ids = torch.randint(0, vocab, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        return float((a.model(ids).logits - b.model(ids).logits).abs().max())
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_sequential_output_equals_in_memory(method, sharded_llama, text_task, tmp_path):
+    ref = in_memory(sharded_llama, method, text_task)
+    out = compress_sequential(sharded_llama, 0.5, method, tmp_path / "out", text_task, SETTINGS, inputs="dense")
+    back = load_compressed(out)
+    assert logit_gap(ref, back, ref.model.config.vocab_size) < 1e-5
+    assert back.model.lowrank_info.ranks == ref.model.lowrank_info.ranks
+    assert set(back.model.lowrank_info.details) == set(ref.model.lowrank_info.ranks)
+    index = json.loads((out / INDEX).read_text())
+    assert len(set(index["weight_map"].values())) == 4  # resident modules + one shard per block
+    assert not (out / lowrank.sequential.WORKDIR).exists()
+
+
+def test_streamed_statistics_equal_in_memory(sharded_llama, text_task, tmp_path):
+    loaded = load_model(str(sharded_llama))
+    needs = ("fisher", "activations", "gradients")
+    ref = statistics_for(loaded, text_task, needs, SETTINGS, use_cache=False)
+    stream = StreamedModel(load_config(str(sharded_llama), "tiny", True), Checkpoint(sharded_llama), LLAMA)
+    stream.load_resident()
+    batches = sample(load_task(text_task), loaded.tokenizer, SETTINGS)
+    streamed = {}
+    for step in gradient_sweep(stream, batches, list(ref), needs, tmp_path / "hidden"):
+        assert all(name.startswith(f"model.layers.{step.index}.") for name in step.stats)
+        streamed.update(step.stats)
+    assert not (tmp_path / "hidden").exists()
+    forward = {}
+    for step in forward_sweep(stream, batches, list(ref), ("activations",), inputs="dense"):
+        forward.update(step.stats)
+    assert set(streamed) == set(forward) == set(ref)
+    for name, tensors in ref.items():
+        assert set(streamed[name]) == {"fisher", "input_moment", "input_abs_mean", "grad_moment"}
+        for key, expected in tensors.items():
+            assert (streamed[name][key] - expected).abs().max() <= 1e-5 * expected.abs().max()
+            if key in forward[name]:
+                assert (forward[name][key] - expected).abs().max() <= 1e-5 * expected.abs().max()
+
+
+def test_compressed_inputs_fit_each_block_to_the_compressed_ones_before_it(sharded_llama, text_task, tmp_path):
+    ref = in_memory(sharded_llama, "svd_llm", text_task)
+    out = compress_sequential(sharded_llama, 0.5, "svd_llm", tmp_path / "out", text_task, SETTINGS)
+    assert json.loads((out / "lowrank.json").read_text())["sequential"]["statistics"] == "forward sweep (compressed inputs)"
+    back = load_compressed(out)
+
+    def product(model, name):
+        layer = model.get_submodule(name)
+        return (layer.U @ layer.V).detach()
+
+    first, last = "model.layers.0.mlp.down_proj", "model.layers.2.mlp.down_proj"
+    assert torch.allclose(product(back.model, first), product(ref.model, first), atol=1e-5)  # same inputs: the embeddings
+    assert not torch.allclose(product(back.model, last), product(ref.model, last), atol=1e-4)
+
+
+@pytest.mark.parametrize("fixture", ["tied_llama", "tiny_qwen2_dir"])
+def test_single_file_checkpoints_tied_heads_and_qwen2(fixture, request, text_task, tmp_path):
+    folder = request.getfixturevalue(fixture)
+    ref = in_memory(folder, "svd_llm", text_task)
+    out = compress_sequential(folder, 0.5, "svd_llm", tmp_path / "out", text_task, SETTINGS, inputs="dense")
+    back = load_compressed(out)
+    assert logit_gap(ref, back, ref.model.config.vocab_size) < 1e-5
+    if fixture == "tied_llama":
+        assert "lm_head.weight" not in json.loads((out / INDEX).read_text())["weight_map"]
+        assert back.model.lm_head.weight.data_ptr() == back.model.model.embed_tokens.weight.data_ptr()
+
+
+@pytest.mark.parametrize("method", ["svd", "fwsvd"])
+def test_an_interrupted_run_leaves_no_folder(method, sharded_llama, text_task, tmp_path):
+    def stop(done, total, message):
+        if done == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        compress_sequential(sharded_llama, 0.5, method, tmp_path / "out", text_task, SETTINGS, progress=stop)
+    assert list(tmp_path.iterdir()) == []  # neither the folder nor its temporary sibling (with the hidden states)
+
+
+@pytest.mark.parametrize("changes, match", [
+    ({"method": "sparsity_aware"}, "cannot compute mask statistics"),
+    ({"method": "svd_llm", "task": None}, "needs statistics from calibration data"),
+    ({"method": "fwsvd", "task": "sentiment"}, "need a language-modelling task"),
+    ({"inputs": "later"}, "inputs must be one of"),
+    ({"out": None}, "pass out="),
+    ({"method": "nope"}, "unknown factorization method"),
+    ({"ranks": {"nope": 3}}, "not compressible"),
+    ({"method": "svd", "solver": "als"}, "unknown option"),
+])
+def test_bad_input_is_refused_in_one_line_before_any_work(changes, match, sharded_llama, text_task, sentiment_csv, tmp_path):
+    kwargs = {"ranks": 0.5, "method": "svd_llm", "out": tmp_path / "out", "task": text_task} | changes
+    if kwargs["task"] == "sentiment":
+        kwargs["task"] = str(sentiment_csv)
+    with pytest.raises(ValueError, match=match) as err:
+        compress_sequential(sharded_llama, settings=SETTINGS, **kwargs)
+    assert "\n" not in str(err.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_encoders_and_incomplete_checkpoints_are_refused(tiny_bert_dir, sharded_llama, tmp_path):
+    with pytest.raises(ModelLoadError, match="compresses causal LMs"):
+        compress_sequential(tiny_bert_dir, 0.5, "svd", tmp_path / "out")
+    broken = tmp_path / "broken"
+    shutil.copytree(sharded_llama, broken)
+    index = json.loads((broken / INDEX).read_text())
+    del index["weight_map"]["model.layers.1.mlp.up_proj.weight"]
+    (broken / INDEX).write_text(json.dumps(index))
+    with pytest.raises(ModelLoadError, match="no tensor model.layers.1.mlp.up_proj.weight"):
+        compress_sequential(broken, 0.5, "svd", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_size_threshold_decides_in_one_place(sharded_llama, tiny_bert_dir, monkeypatch, tmp_path):
+    assert sequential_reason(sharded_llama) is None  # a few MB: in memory
+    monkeypatch.setattr(lowrank.sequential, "available_ram_bytes", lambda: 1_000_000)
+    assert "one decoder block at a time" in sequential_reason(sharded_llama)
+    assert sequential_reason(tiny_bert_dir) is None  # not a causal LM
+    out = compress_sequential(sharded_llama, 0.5, "svd", tmp_path / "out")
+    assert sequential_reason(out) is None  # already compressed
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_sequential_flag_and_automatic_mode(capsys, sharded_llama, monkeypatch, tmp_path):
+    code, out, err = run(capsys, "compress", "--model", str(sharded_llama), "--keep", "0.5", "--sequential",
+                         "--out", str(tmp_path / "a"), "--json")
+    assert code == 0, err
+    record = json.loads(out)
+    assert record["out"] == str(tmp_path / "a") and record["layers"] == 21 and "notice" not in err
+    assert load_compressed(tmp_path / "a").model.lowrank_info.method == "svd"
+    code, out, err = run(capsys, "compress", "--model", str(sharded_llama), "--keep", "0.5", "--json")  # in memory
+    assert code == 0 and "notice" not in err and "sequential" not in json.loads(out)
+    code, _, err = run(capsys, "compress", "--model", str(sharded_llama), "--sequential")
+    assert code == 2 and err.startswith("error:") and "--out" in err and err.count("\n") == 1
+    monkeypatch.setattr(lowrank.sequential, "available_ram_bytes", lambda: 1_000_000)
+    code, out, err = run(capsys, "compress", "--model", str(sharded_llama), "--out", str(tmp_path / "b"), "--json")
+    assert code == 0 and "notice:" in err and "one decoder block at a time" in err
+    assert (tmp_path / "b" / INDEX).exists()
+
+
+# --- peak memory on a synthetic model of at least 1.5 GB ------------------------------------------------------
+
+BIG = {"hidden": 256, "intermediate": 704, "layers": 640, "per_shard": 40}  # 2.06e9 bytes (1.92 GiB) in float32
+SMALL = BIG | {"layers": 2}  # the same config, two blocks
+# asvd: the forward sweep and collectors of svd_llm with an SVD-cost factorization, ~3 min on one core. svd_llm
+# passes too (peak 628 MiB = 32% of this model) but takes ~8 min: its float64 whitening costs ~0.5 s per block here.
+BIG_METHOD = "asvd"
+# The child's own peak RSS is VmHWM: getrusage's ru_maxrss survives exec and would include the parent's.
+CHILD = """
+import json, re, sys
+from pathlib import Path
+from lowrank.data.tasks import Task
+from lowrank.sequential import compress_sequential
+from lowrank.statistics import StatisticsSettings
+def peak_kib():
+    return int(re.search(r"VmHWM:\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1))
+folder, out, method, docs = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+imported = peak_kib()
+task = Task("toy-text", "lm", {"train": docs, "validation": docs[:1], "test": docs[:1]})
+compress_sequential(folder, 0.5, method, out, task, StatisticsSettings(num_batches=1, batch_size=2, max_length=32))
+print(json.dumps({"imported_kib": imported, "peak_kib": peak_kib()}))
+"""
+
+
+def word_tokenizer(texts) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over ``texts``' words: a vocabulary of a few dozen tokens."""
+    split = pre_tokenizers.Whitespace()
+    words = sorted({w for t in texts for w, _ in split.pre_tokenize_str(t)})
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[EOS]", *words])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = split
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[PAD]", unk_token="[UNK]", eos_token="[EOS]")
+
+
+def random_llama(folder: Path, texts, hidden: int, intermediate: int, layers: int, per_shard: int) -> int:
+    """Write a random Llama (tied head, 64-token vocabulary) shard by shard, never whole in memory; returns its bytes."""
+    folder.mkdir(parents=True)
+    tokenizer = word_tokenizer(texts)
+    tokenizer.save_pretrained(folder)
+    config = LlamaConfig(vocab_size=64, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
+                         num_attention_heads=hidden // 64, num_key_value_heads=hidden // 64, tie_word_embeddings=True,
+                         max_position_embeddings=64, pad_token_id=0, eos_token_id=2, architectures=["LlamaForCausalLM"])
+    assert len(tokenizer) <= config.vocab_size
+    config.save_pretrained(folder)
+    shapes = {"self_attn.q_proj": (hidden, hidden), "self_attn.k_proj": (hidden, hidden), "self_attn.v_proj": (hidden, hidden),
+              "self_attn.o_proj": (hidden, hidden), "mlp.gate_proj": (intermediate, hidden),
+              "mlp.up_proj": (intermediate, hidden), "mlp.down_proj": (hidden, intermediate)}
+    groups = [range(start, min(start + per_shard, layers)) for start in range(0, layers, per_shard)]
+    generator = torch.Generator().manual_seed(0)
+    files, total = {}, 0
+    for shard in range(len(groups) + 1):
+        if shard == 0:
+            tensors = {"model.embed_tokens.weight": torch.randn(64, hidden, generator=generator),
+                       "model.norm.weight": torch.ones(hidden)}
+        else:
+            tensors = {}
+            for i in groups[shard - 1]:
+                for name, (rows, cols) in shapes.items():
+                    tensors[f"model.layers.{i}.{name}.weight"] = torch.randn(rows, cols, generator=generator) * cols ** -0.5
+                for norm in ("input_layernorm", "post_attention_layernorm"):
+                    tensors[f"model.layers.{i}.{norm}.weight"] = torch.ones(hidden)
+        file = f"model-{shard + 1:05d}-of-{len(groups) + 1:05d}.safetensors"
+        save_file(tensors, str(folder / file))
+        files.update(dict.fromkeys(tensors, file))
+        total += sum(t.numel() * 4 for t in tensors.values())
+        del tensors
+    (folder / INDEX).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": files}))
+    return total
+
+
+def test_a_smaller_copy_of_the_big_config_equals_in_memory(text_task, tmp_path):
+    random_llama(tmp_path / "small", text_task.texts["train"], **SMALL)
+    settings = StatisticsSettings(num_batches=1, batch_size=2, max_length=32)
+    for method in ("svd_llm", "asvd"):
+        ref = in_memory(tmp_path / "small", method, text_task, settings)
+        out = compress_sequential(tmp_path / "small", 0.5, method, tmp_path / method, text_task, settings, inputs="dense")
+        assert logit_gap(ref, load_compressed(out), 64) < 1e-5
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the peak RSS from /proc (Linux)")
+def test_sequential_peak_memory_is_a_fraction_of_the_model(text_task, tmp_path):
+    size = random_llama(tmp_path / "big", text_task.texts["train"], **BIG)
+    assert size >= 1.5e9
+    env = os.environ | {"OMP_NUM_THREADS": "1", "LOWRANK_THREADS": "1", "LOWRANK_OFFLINE": "1",
+                        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", CHILD, str(tmp_path / "big"), str(tmp_path / "out"), BIG_METHOD,
+                           json.dumps(text_task.texts["train"])], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    peak = figures["peak_kib"] * 1024
+    print(f"model {size / 2**30:.2f} GiB; peak RSS {peak / 2**20:.0f} MiB = {peak / size:.1%} of the model "
+          f"({figures['imported_kib'] / 1024:.0f} MiB after imports)")
+    assert peak < 0.35 * size
+    index = json.loads((tmp_path / "out" / INDEX).read_text())
+    assert len(set(index["weight_map"].values())) == BIG["layers"] + 1
+    meta = json.loads((tmp_path / "out" / "lowrank.json").read_text())
+    assert len(meta["ranks"]) == 7 * BIG["layers"] and meta["sequential"]["examples"] == 2
