@@ -37,6 +37,7 @@ from lowrank.experiments.store import RunStore, default_path
 from lowrank.io import atomic_write_bytes, cache_dir
 from lowrank.layers import break_even_rank, max_useful_rank
 from lowrank.models import model_kind as config_kind
+from lowrank.models.labels import head_untrained as _head_untrained
 from lowrank.models.loading import load_config
 from lowrank.models.packaged import resolve_source
 from lowrank.needs import needs_for
@@ -109,6 +110,15 @@ def model_kind(model: str) -> str:
 def task_kind(key: str) -> str:
     """``classification`` or ``lm`` (a named task without loading it)."""
     return NAMED_TASKS[key].kind if key in NAMED_TASKS else get_task(key).kind
+
+
+def head_untrained(model: str, task: str) -> bool:
+    """True when ``model`` measured on ``task`` gets a freshly initialised classification head
+    (:func:`lowrank.models.labels.head_untrained`); False when either cannot be read (the pages show why)."""
+    try:
+        return _head_untrained(model_kind(model), task_kind(task))
+    except (ValueError, OSError, RuntimeError):
+        return False
 
 
 def check_pair(model: str, task: str) -> None:

@@ -13,6 +13,9 @@ import lowrank
 from lowrank.evaluate import latency_note as _latency_note
 from lowrank.layers import break_even_rank
 from lowrank.needs import needs_for
+from lowrank.report import format_bytes as fmt_bytes  # noqa: F401  (one format for the dashboard and the report)
+from lowrank.report import format_metric as fmt_metric  # noqa: F401
+from lowrank.report import format_ms as fmt_ms  # noqa: F401
 
 TASK_LABELS = {
     "rotten_tomatoes": "Rotten Tomatoes (sentiment, accuracy)",
@@ -73,18 +76,37 @@ def fmt_params(n) -> str:
     return f"{n:.0f}"
 
 
-def fmt_metric(metric: Optional[str], value) -> str:
+# Column format of values that may be far below 1 (predicted loss increases): scientific, never a row of zeros.
+SMALL_NUMBER_FORMAT = "%.2e"
+
+
+def fmt_small(value, unit: str = "") -> str:
+    """A value that may be tiny or huge: ``"0"``, ``"3.2e-06 nats"``, ``"0.0412 nats"`` (never rounded to zero)."""
     if _missing(value):
         return "–"
-    return f"{value:.2f}" if metric == "perplexity" else f"{value:.3f}"
+    value = float(value)
+    if value == 0:
+        text = "0"
+    elif abs(value) < 1e-3 or abs(value) >= 1e5:
+        text = f"{value:.2e}"
+    else:
+        text = f"{value:.4g}"
+    return f"{text} {unit}" if unit else text
 
 
-def fmt_bytes(n) -> str:
-    return "–" if _missing(n) else f"{float(n) / 1e6:.1f} MB"
+UNTRAINED_HEAD = "untrained head"
 
 
-def fmt_ms(v) -> str:
-    return "–" if _missing(v) else f"{float(v):.1f} ms"
+def quality_label(metric: str, untrained: bool = False) -> str:
+    """``"Accuracy"``, or ``"Accuracy (untrained head)"`` for a model whose classification head is fresh."""
+    return metric.capitalize() + (f" ({UNTRAINED_HEAD})" if untrained else "")
+
+
+def untrained_head_text(model: str, task: str) -> str:
+    """Why the accuracy of ``model`` on ``task`` means little, and the command that fine-tunes it."""
+    return (f"{model_label(model)} has no trained classification head for {task_label(task)}: its head is freshly "
+            "initialised, so its accuracy (dense or compressed) is near chance and says nothing about a method. "
+            f"Fine-tune it first: `lowrank finetune --model {model} --task {task} --out <folder>`, then choose that folder.")
 
 
 def method_label(method: str) -> str:

@@ -41,7 +41,7 @@ def spectrum_figure(frame: pd.DataFrame, names: Sequence[str]) -> go.Figure:
                                  customdata=[row["name"]] * len(s),
                                  hovertemplate="%{customdata}<br>σ<sub>%{x}</sub> = %{y:.6g}<extra></extra>"))
     fig.update_yaxes(type="log", title="singular value")
-    fig.update_xaxes(title="index")
+    fig.update_xaxes(title="singular value index (largest first)")
     return _layout(fig, "Singular values", legend=dict(font=dict(size=11)))
 
 
@@ -122,7 +122,8 @@ def heatmap_figure(frame: pd.DataFrame, column: str, title: Optional[str] = None
         zmin=scale["zmin"], zmax=scale["zmax"], zmid=scale["zmid"], texttemplate="%{text}", textfont=dict(size=11),
         hovertemplate="%{customdata}<br>%{y} · %{x}<br>" + label + " = %{z:.6g}<extra></extra>",
         colorbar=dict(title=dict(text=label, side="right"), tickformat=".3~g")))
-    fig.update_yaxes(autorange="reversed")
+    fig.update_yaxes(autorange="reversed", title="Transformer block")
+    fig.update_xaxes(title="layer type")
     outliers = int(scale["high"].sum() + scale["low"].sum())
     heading = title or f"{label} by block and layer type"
     if outliers:
@@ -131,19 +132,42 @@ def heatmap_figure(frame: pd.DataFrame, column: str, title: Optional[str] = None
     return _layout(fig, heading, height=max(260, 60 + 42 * len(blocks)) + (20 if outliers else 0))
 
 
-def convergence_figure(history: dict[str, list[float]], title: str) -> go.Figure:
-    """Weighted error per iteration relative to the start (``E_k / E_0``, log scale), one line per layer."""
+CONVERGENCE_WORST = 5  # layers drawn by name in a convergence plot; the others are summarised
+
+
+def convergence_figure(history: dict[str, list[float]], title: str, worst: int = CONVERGENCE_WORST) -> go.Figure:
+    """Weighted error per iteration relative to the start (``E_k / E_0``, log scale).
+
+    With at most ``worst`` layers, one line each. With more: the median over layers and the band between
+    the 10th and 90th percentiles (a layer that stopped early keeps its last value), and the ``worst`` layers
+    with the highest final ``E / E_0`` drawn by name."""
+    curves = {name: np.asarray(errors, dtype=float) for name, errors in history.items()}
+    curves = {name: errors / errors[0] for name, errors in curves.items() if len(errors) and errors[0] > 0}
     fig = go.Figure()
-    for name, errors in history.items():
-        errors = np.asarray(errors, dtype=float)
-        if len(errors) == 0 or errors[0] <= 0:
-            continue
-        fig.add_trace(go.Scatter(x=np.arange(len(errors)), y=errors / errors[0], mode="lines+markers", name=name,
-                                 customdata=errors,
-                                 hovertemplate=name + "<br>iteration %{x}<br>E/E₀ = %{y:.6f}<br>E = %{customdata:.6g}<extra></extra>"))
-    fig.update_yaxes(type="log", title="E / E₀")
-    fig.update_xaxes(title="iteration", dtick=1)
-    return _layout(fig, title, showlegend=len(history) <= 12)
+    shown = curves
+    if len(curves) > worst:
+        length = max(len(c) for c in curves.values())
+        padded = np.stack([np.pad(c, (0, length - len(c)), mode="edge") for c in curves.values()])
+        low, median, high = np.percentile(padded, [10, 50, 90], axis=0)
+        x = np.arange(length)
+        fig.add_trace(go.Scatter(x=x, y=high, mode="lines", line=dict(width=0), showlegend=False, hoverinfo="skip"))
+        fig.add_trace(go.Scatter(x=x, y=low, mode="lines", line=dict(width=0), fill="tonexty",
+                                 fillcolor="rgba(120,120,120,0.25)", name=f"10th–90th percentile of {len(curves)} layers",
+                                 hovertemplate="iteration %{x}<br>10th percentile E/E₀ = %{y:.3g}<extra></extra>"))
+        fig.add_trace(go.Scatter(x=x, y=median, mode="lines", line=dict(color="black", width=2),
+                                 name=f"median of {len(curves)} layers",
+                                 hovertemplate="iteration %{x}<br>median E/E₀ = %{y:.3g}<extra></extra>"))
+        shown = dict(sorted(curves.items(), key=lambda item: -item[1][-1])[:worst])
+    for name, relative in shown.items():
+        fig.add_trace(go.Scatter(x=np.arange(len(relative)), y=relative, mode="lines+markers", name=name,
+                                 customdata=np.asarray(history[name], dtype=float),
+                                 hovertemplate=name + "<br>iteration %{x}<br>E/E₀ = %{y:.3g}<br>"
+                                 "E = %{customdata:.3g}<extra></extra>"))
+    if len(curves) > worst:
+        title += f"<br><sup>median and spread of {len(curves)} layers; the {worst} with the highest final error by name</sup>"
+    fig.update_yaxes(type="log", title="weighted error relative to the start, E / E₀ (log scale)")
+    fig.update_xaxes(title="solver iteration", dtick=1)
+    return _layout(fig, title, height=420 if len(curves) > worst else 380)
 
 
 def pareto_mask(x: Sequence[float], y: Sequence[float], higher_is_better: bool = True) -> np.ndarray:

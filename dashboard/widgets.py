@@ -18,7 +18,7 @@ from lowrank.experiments.sweep import cancel_sweep, log_path, resume_sweep
 from lowrank.methods import Option, get_method
 
 from . import cache
-from .labels import statistics_label
+from .labels import statistics_label, untrained_head_text
 
 # Errors a user's input can cause: the CLI's (lowrank.errors.USER_ERRORS: the library's own types and OSError), and
 # RuntimeError / LookupError too, since a page must never show a traceback; pages show them with st.error.
@@ -155,6 +155,15 @@ def destroyed_warning(runs: pd.DataFrame, flagged: dict[int, str]) -> None:
              for i, why in flagged.items()]
     st.warning("Destroyed by the factorization (crossed out in the plot):  \n" + "  \n".join(lines),
                icon=":material/dangerous:")
+
+
+def untrained_head_warning(model: str, task: str) -> bool:
+    """A warning when ``model`` has an untrained head on ``task`` (:func:`dashboard.cache.head_untrained`); returns
+    whether it has."""
+    untrained = cache.head_untrained(model, task)
+    if untrained:
+        st.warning(untrained_head_text(model, task), icon=":material/school:")
+    return untrained
 
 
 def zip_folder(folder) -> bytes:

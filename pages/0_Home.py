@@ -90,6 +90,7 @@ def demo_results() -> None:
 
 
 st.title("lowrank-studio")
+st.caption(layout.entry_for(__file__).next)
 st.markdown("Compress a Transformer by replacing its Linear layers with **low-rank factors**, weighted by how much "
             "each weight matters to the task (its **Fisher information**). The workflow:")
 for number, entry in enumerate(layout.PAGES[1:], start=1):
@@ -103,8 +104,8 @@ dense = cache.store().find_run(method="dense", model=model, task=task)
 plan_text = ("none yet: open Ranks" if current_plan is None else
              f"{labels.plan_fraction(current_plan):.0%} kept · {current_plan.strategy} · "
              f"{len(current_plan.ranks)} of {len(current_plan.layers)} layers factorized")
-dense_text = (f"{dense['metric']} {labels.fmt_metric(dense['metric'], dense['value'])}" if dense
-              else "not measured yet: open Model & task")
+dense_text = (f"{labels.quality_label(dense['metric'], cache.head_untrained(model, task)).lower()} "
+              f"{labels.fmt_metric(dense['metric'], dense['value'])}" if dense else "not measured yet: open Model & task")
 for col, (label, value) in zip(st.columns(4), [("Model", labels.model_label(model)), ("Task", labels.task_label(task)),
                                                ("Rank plan", plan_text), ("Dense model", dense_text)]):
     with col.container(border=True, height="stretch"):

@@ -8,9 +8,9 @@ import time
 import streamlit as st
 
 import lowrank
-from dashboard import cache, inputs, labels, session, widgets  # first: sets up the environment for torch
+from dashboard import cache, inputs, labels, layout, session, widgets  # first: sets up the environment for torch
 
-st.title("Model & task")
+layout.header(__file__)
 
 
 def try_select(model: str, task: str) -> bool:
@@ -155,8 +155,9 @@ except widgets.USER_ERRORS as err:
     failed[attempt] = str(err).strip() or type(err).__name__
     widgets.show_error("Cannot evaluate the dense model", err)
     st.stop()
+untrained = widgets.untrained_head_warning(model, task)
 cols = st.columns(5)
-cols[0].metric(dense["metric"].capitalize(), labels.fmt_metric(dense["metric"], dense["value"]),
+cols[0].metric(labels.quality_label(dense["metric"], untrained), labels.fmt_metric(dense["metric"], dense["value"]),
                help=f"{dense['examples']:,} {'examples' if dense['metric'] == 'accuracy' else 'tokens'} of the validation split")
 cols[1].metric("Loss", f"{dense['loss']:.4f}")
 cols[2].metric("Size on disk", labels.fmt_bytes(dense["size_bytes"]), help="safetensors file, float32")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import cache, labels, plots, session, widgets  # first: sets up the environment for torch
+from dashboard import cache, labels, layout, plots, session, widgets  # first: sets up the environment for torch
 from lowrank.analysis.metrics import RISK_THRESHOLD, risk_summary
 from lowrank.ranks import resolve_ranks
 from lowrank.statistics import DEFAULT
@@ -15,7 +15,7 @@ TAYLOR_TERMS = {"taylor": "total", "output_change": "second_order"}  # heatmap s
 FISHER_STATISTICS = ("dispersion", "risk")  # heatmap statistics computed from the predictions' statistics
 RESULTS = "docs/results/predictor.md"  # how well each estimate ranks layers, measured
 
-st.title("Spectra")
+layout.header(__file__)
 model, task = session.model_key(), session.task_key()
 
 

@@ -9,12 +9,12 @@ import re
 import pandas as pd
 import streamlit as st
 
-from dashboard import cache, labels, session, widgets  # first: sets up the environment for torch
+from dashboard import cache, labels, layout, session, widgets  # first: sets up the environment for torch
 from dashboard.progress import ProgressBar
 from lowrank.allocation import RankPlan, available_strategies, get_strategy
 from lowrank.needs import needs_for
 
-st.title("Ranks")
+layout.header(__file__)
 model, task = session.model_key(), session.task_key()
 try:
     loaded = cache.load(model, task)
@@ -127,7 +127,7 @@ def plan_editor() -> None:
                                                         "smaller than the dense matrix"),
             "params": st.column_config.NumberColumn("kept params", format="localized"),
             "kept": st.column_config.ProgressColumn("kept", format="percent", min_value=0.0, max_value=1.0),
-            "predicted_loss": st.column_config.NumberColumn("predicted loss ↑", format="%.5f",
+            "predicted_loss": st.column_config.NumberColumn("predicted loss ↑ (nats)", format=labels.SMALL_NUMBER_FORMAT,
                                                             help="Second-order estimate from the Fisher information (nats)"),
             "dense": st.column_config.CheckboxColumn("dense", help="Break-even flag: the layer stays dense because a "
                                                      "useful rank would be at or above break-even (or you cleared its "
@@ -148,7 +148,7 @@ def plan_editor() -> None:
                        + (", edited by hand" if plan.meta.get("edited") else ""))
         cols[2].metric("Factorized layers", f"{len(plan.ranks)} / {len(plan.layers)}")
         predicted = frame["predicted_loss"].sum(min_count=1)
-        cols[3].metric("Predicted loss increase", "–" if pd.isna(predicted) else f"{predicted:.4f}",
+        cols[3].metric("Predicted loss increase", labels.fmt_small(predicted, "nats"),
                        help="Sum over layers of the Fisher-predicted loss increase (nats)")
         cols[4].metric("Whole model", labels.fmt_params(loaded.num_parameters() - plan.dense_params + plan.params),
                        help="All parameters after factorization (embeddings, norms and heads stay dense)")

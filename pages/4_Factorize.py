@@ -11,12 +11,12 @@ import pandas as pd
 import streamlit as st
 
 import lowrank
-from dashboard import cache, labels, plots, session, widgets  # first: sets up the environment for torch
+from dashboard import cache, labels, layout, plots, session, widgets  # first: sets up the environment for torch
 from lowrank.experiments.sweep import SweepSpec, start_sweep
 
 LABEL = "factorize"  # the sweeps this page starts
 
-st.title("Factorize")
+layout.header(__file__)
 model, task = session.model_key(), session.task_key()
 try:
     loaded = cache.load(model, task)
@@ -115,8 +115,9 @@ for row in rows:
                    + ", ".join(f"{label} in {n} layer(s)" for label, n in regularized.items()))
 
 st.subheader("Before and after")
+untrained = widgets.untrained_head_warning(model, task)
 cols = st.columns(len(rows) + 1)
-cols[0].metric(f"dense {dense['metric']}", labels.fmt_metric(dense["metric"], dense["value"]),
+cols[0].metric(f"dense {labels.quality_label(dense['metric'], untrained).lower()}", labels.fmt_metric(dense["metric"], dense["value"]),
                help=f"{labels.fmt_bytes(dense['size_bytes'])}, {labels.fmt_ms(dense['latency_ms_b1'])} at batch 1 "
                     f"({labels.latency_help(dense.get('latency_info'), 'b1')})")
 for col, row in zip(cols[1:], rows):

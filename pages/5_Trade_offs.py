@@ -6,11 +6,11 @@ from __future__ import annotations
 import streamlit as st
 
 import lowrank
-from dashboard import cache, labels, plots, session, widgets  # first: sets up the environment for torch
+from dashboard import cache, labels, layout, plots, session, widgets  # first: sets up the environment for torch
 from lowrank.allocation import available_strategies
 from lowrank.experiments.sweep import SweepSpec, reap_stale, running_sweeps, start_sweep
 
-st.title("Trade-offs")
+layout.header(__file__)
 store = cache.store()
 model, task = session.model_key(), session.task_key()
 
@@ -21,6 +21,7 @@ cols = st.columns([2, 2, 3])
 shown_model = cols[0].selectbox("Model", models, format_func=labels.model_label, key="tradeoff_model")
 shown_task = cols[1].selectbox("Task", tasks, format_func=labels.task_label, key="tradeoff_task")
 selection = runs[(runs["model"] == shown_model) & (runs["task"] == shown_task)]
+widgets.untrained_head_warning(shown_model, shown_task)
 strategies = sorted(selection.loc[selection["method"] != "dense", "strategy"].dropna().unique())
 shown_strategies = cols[2].multiselect("Strategies", strategies, default=strategies,  # a new key when new ones appear
                                       key=f"tradeoff_strategies_{'_'.join(strategies)}")

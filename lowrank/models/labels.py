@@ -10,6 +10,8 @@
   by :func:`record_task` (``lowrank_task`` in its ``config.json``, so compressed copies keep it);
   ``rotten_tomatoes`` for the packaged ``minilm-rt``; ``lee`` for a causal LM; ``None`` otherwise.
 * :func:`task_key` ``(task)``: how a task is named again later (a CSV by its absolute path).
+* :func:`head_untrained` ``(model_kind, task_kind)``: does measuring the model on the task give it a
+  freshly initialised classification head (an encoder such as ``minilm`` on a classification task)?
 """
 
 from __future__ import annotations
@@ -28,6 +30,13 @@ from lowrank.models.packaged import FINETUNED
 RECORD_KEY = "lowrank_task"  # config.json attribute written by record_task
 DEFAULT_LM_TASK = "lee"
 _GENERIC = re.compile(r"(label_?)?\d+", re.IGNORECASE)
+
+
+def head_untrained(model_kind: str, task_kind: str) -> bool:
+    """True when a checkpoint of ``model_kind`` (:func:`lowrank.models.model_kind` of its config) measured on a task of
+    ``task_kind`` gets a freshly initialised classification head: an encoder on a classification task. Its accuracy is
+    near chance until it is fine-tuned (``lowrank finetune``), so it says nothing about a compression method."""
+    return model_kind == "encoder" and task_kind == "classification"
 
 
 def module_kind(module: nn.Module) -> str:

@@ -24,7 +24,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelF
 from lowrank.data.tasks import Task, TaskError, hub_reachable, load_task
 from lowrank.loaded import LoadedModel
 from lowrank.models.errors import ModelLoadError
-from lowrank.models.labels import label_mapping
+from lowrank.models.labels import head_untrained, label_mapping
 from lowrank.models.packaged import resolve_source
 
 # What a broken checkpoint raises while it is read (truncated or corrupt safetensors, bad JSON...)
@@ -141,7 +141,7 @@ def load_model(name_or_path: str, task: Optional[str | Task] = None, device: str
         except TaskError as err:
             raise ModelLoadError(str(err)) from err
         factory = AutoModelForSequenceClassification
-    elif task_obj is not None and task_obj.kind == "classification" and kind == "encoder":
+    elif task_obj is not None and head_untrained(kind, task_obj.kind):
         factory, kind = AutoModelForSequenceClassification, "classifier"
         kwargs.update(num_labels=task_obj.num_labels,
                       id2label=dict(enumerate(task_obj.label_names)),

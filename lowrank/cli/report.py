@@ -1,0 +1,44 @@
+"""Report command: ``report`` (the result story of a model and task from the stored runs, as a self-contained HTML file).
+
+    python -m lowrank report --model minilm-rt --task rotten_tomatoes --out report.html
+"""
+
+from __future__ import annotations
+
+from lowrank.cli.args import add_common
+from lowrank.experiments.store import RunStore
+from lowrank.report import summary, write_report
+
+
+def register(sub) -> None:
+    p = sub.add_parser("report", help="summarise the stored runs of a model and task (best method per budget), as HTML",
+                       description="Best method at each budget against dense and plain SVD: quality, size on disk and "
+                                   "measured latency, from the run store only (nothing is run).")
+    add_common(p)
+    p.add_argument("--model", default="minilm-rt", help="the model key the runs were stored under (default minilm-rt)")
+    p.add_argument("--task", help="the task key the runs were stored under (default: the task of the model's newest run)")
+    p.add_argument("--store", help="run store file (default: runs.sqlite in the cache, $LOWRANK_CACHE)")
+    p.add_argument("--out", help="write the HTML report here (atomic; replaces only a report this command wrote)")
+    p.set_defaults(handler=report)
+
+
+def report(args):
+    store = RunStore(args.store)
+    task = args.task
+    if task is None:
+        runs = store.runs(model=args.model, status="done")
+        if runs.empty:
+            raise ValueError(f"no finished runs of {args.model} in {store.path}: give --model as the runs were stored")
+        task = str(runs["task"].iloc[0])
+    result = summary(store, args.model, task)
+    if result.empty:
+        raise ValueError(f"no finished runs of {args.model} on {task} in {store.path}")
+    data = {"model": result.model, "task": result.task, "metric": result.metric, "headlines": list(result.headlines),
+            "rows": result.table().to_dict("records")}
+    text = "\n".join(result.headlines) or "no compressed runs yet (only the dense reference)"
+    if len(result.rows):
+        text = f"{result.table().to_string(index=False)}\n\n{text}"
+    if args.out:
+        data["out"] = str(write_report(result, args.out))
+        text += f"\nreport written to {data['out']}"
+    return data, text

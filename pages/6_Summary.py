@@ -1,0 +1,62 @@
+"""Summary: the result of the stored runs of the current model and task in one view (lowrank.report): the best
+method at each budget against dense and plain SVD, size on disk, measured latency and quality, headline sentences,
+one chart, and the whole as a self-contained HTML report."""
+
+from __future__ import annotations
+
+import functools
+
+import streamlit as st
+
+from dashboard import cache, labels, layout, session, widgets  # first: sets up the environment for torch
+from lowrank import report
+
+layout.header(__file__)
+model, task = session.model_key(), session.task_key()
+result = report.summary(cache.store(), model, task)
+untrained = widgets.untrained_head_warning(model, task)
+st.markdown(f"**{labels.model_label(model)}** on **{labels.task_label(task)}**, from the stored runs "
+            f"({len(result.runs)} compared).")
+row = result.headline
+if row is None:
+    st.info("No finished compressed runs of this model and task yet: run the demo on Home, or a sweep on Trade-offs.",
+            icon=":material/info:")
+    st.page_link("pages/5_Trade_offs.py", label="Start a sweep", icon=":material/insights:")
+    st.stop()
+
+for line in result.headlines:
+    st.markdown(f"- {line}")
+dense = result.dense or {}
+metric = result.metric or "value"
+cols = st.columns(4)
+cols[0].metric(f"{row.method} {labels.quality_label(metric, untrained).lower()} at {row.budget:.0%}", labels.fmt_metric(result.metric, row.value),
+               None if not dense else f"{row.value - dense['value']:+.3g} vs dense",
+               delta_color="inverse" if metric == "perplexity" else "normal",
+               help=f"run #{row.run_id}; dense {labels.fmt_metric(result.metric, dense.get('value'))}, plain SVD "
+                    f"{labels.fmt_metric(result.metric, row.svd_value)}")
+cols[1].metric("size on disk", labels.fmt_bytes(row.size_bytes), help=f"dense {labels.fmt_bytes(dense.get('size_bytes'))}")
+cols[2].metric("latency, batch 1", labels.fmt_ms(row.latency_ms_b1),
+               help=f"dense {labels.fmt_ms(dense.get('latency_ms_b1'))}; forward pass on the CPU, "
+                    f"{row.latency_note or 'conditions not recorded'}")
+cols[3].metric("latency, batch 32", labels.fmt_ms(row.latency_ms_b32),
+               help=f"dense {labels.fmt_ms(dense.get('latency_ms_b32'))}; forward pass on the CPU, "
+                    f"{row.latency_note or 'conditions not recorded'}")
+
+figure = report.summary_figure(result)
+st.plotly_chart(figure, key="summary_chart")
+st.dataframe(result.table(), hide_index=True, column_config={
+    "budget": st.column_config.NumberColumn("budget", format="percent"),
+    metric: st.column_config.NumberColumn(metric, format="%.4g"),
+    "vs dense": st.column_config.NumberColumn("vs dense", format="%+.4g"),
+    "plain SVD": st.column_config.NumberColumn("plain SVD", format="%.4g"),
+    "vs plain SVD": st.column_config.NumberColumn("vs plain SVD", format="%+.4g"),
+    "size (MB)": st.column_config.NumberColumn("size (MB)", format="%.1f"),
+    "latency b1 (ms)": st.column_config.NumberColumn("latency b1 (ms)", format="%.1f"),
+    "latency b32 (ms)": st.column_config.NumberColumn("latency b32 (ms)", format="%.1f"),
+})
+st.download_button("Export the report (HTML)", functools.partial(report.render_html, result, [figure]),
+                   file_name=f"{labels.model_label(model)}-summary.html", mime="text/html", on_click="ignore",
+                   icon=":material/download:", type="primary")
+st.caption("One self-contained file (charts, runs, settings, versions; opens offline). A chart's PNG: the camera button "
+           "at its top right, here and in the report. The same report from the command line: `lowrank report --model "
+           "... --task ... --out report.html`.")
