@@ -28,7 +28,8 @@ def server(tmp_path, tiny_bert_dir, sentiment_csv, seed_lee):
         pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium; .ci/run does it)")
     seed_lee(tmp_path / "cache")  # the decoder path measures perplexity on Lee, offline
     env = {"LOWRANK_DEFAULT_MODEL": str(tiny_bert_dir), "LOWRANK_DEFAULT_TASK": str(sentiment_csv),
-           "LOWRANK_CACHE": str(tmp_path / "cache"), "LOWRANK_OFFLINE": "1"}
+           "LOWRANK_CACHE": str(tmp_path / "cache"), "LOWRANK_OFFLINE": "1",
+           "LOWRANK_MODEL_ROOTS": str(tiny_bert_dir.parent)}  # the test models may be typed in the model box
     with DashboardServer(env, log_path=tmp_path / "server.log") as running:
         running.wait_healthy()
         yield running

@@ -39,6 +39,7 @@ def env(monkeypatch, tmp_path, tiny_bert_dir, sentiment_csv):
     monkeypatch.setenv("LOWRANK_DEFAULT_MODEL", str(tiny_bert_dir))
     monkeypatch.setenv("LOWRANK_DEFAULT_TASK", str(sentiment_csv))
     monkeypatch.setenv("LOWRANK_CACHE", str(cache))
+    monkeypatch.setenv("LOWRANK_MODEL_ROOTS", str(tiny_bert_dir.parent))  # the test models may be typed in the model box
     st.cache_data.clear()
     st.cache_resource.clear()
     return cache
