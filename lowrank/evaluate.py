@@ -231,21 +231,21 @@ def measurement_conditions(device=None) -> dict:
 
 
 def conditions_differ(recorded: Optional[dict], now: Optional[dict]) -> Optional[str]:
-    """Why latencies measured under ``recorded`` and ``now`` (:func:`measurement_conditions`) are not
-    comparable, or ``None`` when they are. Missing conditions (an older measurement) differ."""
+    """Every reason why latencies measured under ``recorded`` and ``now`` (:func:`measurement_conditions`)
+    are not comparable (joined by "; "), or ``None`` when they are. Missing conditions (an older
+    measurement) differ."""
     if not recorded or not now:
         return "no recorded measurement conditions"
-    for key in ("device", "threads"):
-        if recorded.get(key) != now.get(key):
-            return f"{key} {recorded.get(key)} then, {now.get(key)} now"
+    reasons = [f"{key} {recorded.get(key)} then, {now.get(key)} now" for key in ("device", "threads")
+               if recorded.get(key) != now.get(key)]
     then_ms, now_ms = recorded.get("calibration_ms"), now.get("calibration_ms")
     if then_ms and now_ms and max(then_ms, now_ms) / min(then_ms, now_ms) > CALIBRATION_RATIO:
-        return f"calibration matmul {then_ms:.1f} ms then, {now_ms:.1f} ms now"
+        reasons.append(f"calibration matmul {then_ms:.1f} ms then, {now_ms:.1f} ms now")
     then_load, now_load = recorded.get("load"), now.get("load")
     if then_load is not None and now_load is not None:
         if abs(then_load - now_load) >= max(LOAD_STEP, 0.5 * (now.get("cpus") or 1)):
-            return f"load average {then_load:.1f} then, {now_load:.1f} now"
-    return None
+            reasons.append(f"load average {then_load:.1f} then, {now_load:.1f} now")
+    return "; ".join(reasons) or None
 
 
 @dataclass
