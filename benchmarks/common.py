@@ -17,6 +17,17 @@ from lowrank.models.packaged import build_command, finetuned_model, is_built
 from lowrank.statistics import DEFAULT, StatisticsSettings, select, statistics_for
 from lowrank.threads import set_threads
 
+# Every method side by side (benchmarks/methods.py, benchmarks/suite.py): fwsvd in both orientations.
+METHOD_CONFIGS = [
+    ("svd", {}),
+    ("fwsvd", {"axis": "in"}),
+    ("fwsvd", {"axis": "out"}),
+    ("tfwsvd", {}),
+    ("asvd", {}),
+    ("svd_llm", {}),
+    ("kfac_svd", {}),
+]
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 

@@ -15,21 +15,11 @@ from __future__ import annotations
 
 import time
 
+from common import METHOD_CONFIGS as CONFIGS
 from common import parser, write
 
 import lowrank
 from lowrank.statistics import StatisticsSettings, statistics_for
-
-CONFIGS = [
-    ("svd", {}),
-    ("fwsvd", {"axis": "in"}),
-    ("fwsvd", {"axis": "out"}),
-    ("tfwsvd", {}),
-    ("asvd", {}),
-    ("svd_llm", {}),
-    ("kfac_svd", {}),
-]
-
 
 def label(method: str, options: dict) -> str:
     return method + "".join(f"[{v}]" for v in options.values())

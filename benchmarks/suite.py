@@ -30,6 +30,7 @@ from __future__ import annotations
 import time
 
 import pandas as pd
+from common import METHOD_CONFIGS as CONFIGS
 from common import RESULTS, settings_tag, suite_models, suite_parser, write
 
 import lowrank
@@ -37,15 +38,6 @@ from lowrank.cli.args import statistics_settings
 from lowrank.needs import needs_for
 from lowrank.statistics import restrict, statistics_for
 
-CONFIGS = [
-    ("svd", {}),
-    ("fwsvd", {"axis": "in"}),
-    ("fwsvd", {"axis": "out"}),
-    ("tfwsvd", {}),
-    ("asvd", {}),
-    ("svd_llm", {}),
-    ("kfac_svd", {}),
-]
 SUMMARY_METHODS = ("svd", "fwsvd", "tfwsvd", "asvd", "svd_llm", "kfac_svd")  # fwsvd: the better axis
 
 
