@@ -19,7 +19,8 @@ from common import METHOD_CONFIGS as CONFIGS
 from common import parser, write
 
 import lowrank
-from lowrank.statistics import StatisticsSettings, statistics_for
+from lowrank.statistics import StatisticsSettings, restrict, statistics_for
+
 
 def label(method: str, options: dict) -> str:
     return method + "".join(f"[{v}]" for v in options.values())
@@ -59,7 +60,8 @@ def main() -> None:
             if method == "tfwsvd" and args.tfwsvd_iters is not None:
                 options = {"max_iters": args.tfwsvd_iters}
             start = time.perf_counter()
-            small = lowrank.compress(loaded, keep, method=method, stats=stats, **options)
+            small = lowrank.compress(loaded, keep, method=method, stats=restrict(stats, lowrank.get_method(method).needs),
+                                     **options)
             seconds = time.perf_counter() - start
             svd_seconds = svd_seconds or seconds
             result = lowrank.evaluate(small, args.task, limit=args.limit, measure_latency=False)

@@ -29,7 +29,7 @@ from lowrank.experiments.store import RunStore
 from lowrank.methods import get_method
 from lowrank.progress import Progress, report, scaled
 from lowrank.ranks import linear_shapes
-from lowrank.statistics import DEFAULT, needs_task
+from lowrank.statistics import DEFAULT, needs_task, restrict
 from lowrank.statistics.cache import weights_fingerprint
 
 DENSE = "dense"
@@ -71,7 +71,8 @@ def execute_run(store: RunStore, loaded, task, task_key: str, method: str, ranks
             model, factorize_s = loaded, 0.0
             evaluation = evaluate(model, task, split, limit=eval_limit, progress=progress)
         else:
-            model = compress(loaded, ranks, method, stats=stats, progress=scaled(progress, 0.0, 0.3), **options)
+            stats_of_method = restrict(stats or {}, get_method(method).needs)  # what `lowrank compress` would give it
+            model = compress(loaded, ranks, method, stats=stats_of_method, progress=scaled(progress, 0.0, 0.3), **options)
             factorize_s = sum(model.model.lowrank_info.seconds.values())
             evaluation = evaluate(model, task, split, limit=eval_limit, progress=scaled(progress, 0.3, 1.0))
         seconds = time.perf_counter() - start
