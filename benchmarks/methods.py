@@ -71,8 +71,9 @@ def main() -> None:
                          "statistics_x_svd": statistics_seconds(method, stat_seconds) / svd_seconds,
                          "regularizers": ", ".join(f"{k}: {n}" for k, n in regularized.items())})
             print(rows[-1], flush=True)
-    extra = {"statistics_seconds": {"+".join(k): v for k, v in stat_seconds.items()}, "settings": settings.to_dict()}
-    write(f"methods_{args.model}", args, rows, extra)
+        extra = {"statistics_seconds": {"+".join(k): v for k, v in stat_seconds.items()}, "settings": settings.to_dict(),
+                 "complete": keep == args.keeps[-1]}
+        write(f"methods_{args.model}", args, rows, extra)  # after every budget: a stopped run keeps what it measured
 
 
 if __name__ == "__main__":
