@@ -24,7 +24,7 @@ assets: venv
 
 run: venv
 	$(PY) -m lowrank prepare --build-minilm-rt
-	$(PY) -m streamlit run app.py --server.address $(ADDRESS) --server.port $(PORT) --server.headless true --browser.gatherUsageStats false
+	$(PY) -m dashboard.launch --server.address $(ADDRESS) --server.port $(PORT) --server.headless true --browser.gatherUsageStats false
 
 test: assets
 	$(PY) -m pytest -q

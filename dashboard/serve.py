@@ -26,7 +26,7 @@ def free_port() -> int:
 
 
 class DashboardServer:
-    """``streamlit run app.py`` on a free localhost port, with extra environment; a context manager.
+    """The dashboard (:mod:`dashboard.launch`, as ``make run`` starts it) on a free localhost port, with extra environment; a context manager.
 
     ``started`` is the ``time.perf_counter()`` at spawn; the log goes to ``log_path``.
     """
@@ -43,7 +43,7 @@ class DashboardServer:
         out = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL
         self.started = time.perf_counter()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(self.port), "--server.address",
+            [sys.executable, "-m", "dashboard.launch", "--server.port", str(self.port), "--server.address",
              "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false"],
             cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         if out is not subprocess.DEVNULL:
