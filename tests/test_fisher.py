@@ -42,6 +42,24 @@ def test_hook_fisher_equals_per_example_gradients(tiny_bert, sentiment_csv):
         torch.testing.assert_close(fisher[name], expected[name], rtol=1e-3, atol=1e-12)
 
 
+def test_statistics_pass_computes_no_weight_gradients_and_restores_the_flags(tiny_bert, sentiment_csv):
+    """The pass freezes the weights (activation gradients only, lowrank.statistics.passes) and gives every
+    parameter its requires_grad back: a parameter frozen by the user stays frozen, the others train again."""
+    model = tiny_bert.model
+    first, second = list(compressible_linears(model).values())[:2]
+    first.weight.requires_grad_(False)
+    formed = []
+    handle = second.weight.register_hook(formed.append)  # fires whenever autograd forms this dW
+    try:
+        estimate_fisher(tiny_bert, sentiment_csv, StatisticsSettings(num_batches=1, batch_size=4), use_cache=False)
+        assert formed == []
+        assert not first.weight.requires_grad
+        assert all(p.requires_grad for p in model.parameters() if p is not first.weight)
+    finally:
+        handle.remove()
+        first.weight.requires_grad_(True)
+
+
 def test_lm_fisher_and_sampled_labels(tiny_llama, text_task, tiny_bert, sentiment_csv):
     fisher = estimate_fisher(tiny_llama, text_task, StatisticsSettings(num_batches=1, batch_size=2, max_length=16), use_cache=False)
     assert len(fisher) == 14 and all((f >= 0).all() and f.sum() > 0 for f in fisher.values())

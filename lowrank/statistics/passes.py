@@ -17,6 +17,7 @@ with sampled labels the draws differ (same distribution).
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager, nullcontext
 from typing import Iterable, Iterator, Optional
 
 import torch
@@ -68,6 +69,25 @@ def calibration_batches(task, tokenizer, settings: StatisticsSettings) -> tuple[
     return total, batches(task, tokenizer, s.split, s.batch_size, s.max_length, shuffle=True, seed=s.seed, limit=total)
 
 
+@contextmanager
+def activation_gradients_only(model: torch.nn.Module) -> Iterator[None]:
+    """Backward passes inside compute activation gradients only, no weight gradients.
+
+    The statistics need each Linear's input ``x`` and output gradient ``g``; autograd's weight
+    gradient ``dW = sum_t g_t x_t^T`` would cost as much as the rest of the backward pass and be
+    thrown away. So the parameters are frozen for the pass and the input embeddings' output is
+    made to require grad, which keeps every layer above it on the autograd tape."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    model.requires_grad_(False)
+    handle = model.get_input_embeddings().register_forward_hook(lambda module, inputs, output: output.requires_grad_())
+    try:
+        yield
+    finally:
+        handle.remove()
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
 def calibration_pass(loaded, task, collectors: dict, settings: StatisticsSettings, backward_fn, backward: bool,
                      progress: Optional[Progress], message: str) -> int:
     """Feed ``collectors`` (each with ``scale``, ``mask``, ``accumulators()`` and ``remove()``) from one pass.
@@ -83,23 +103,24 @@ def calibration_pass(loaded, task, collectors: dict, settings: StatisticsSetting
     model.eval()
     examples = 0
     try:
-        for step, batch in enumerate(sample):
-            if step % size != rank:
-                continue
-            batch = {k: v.to(loaded.device) for k, v in batch.items()}
-            mask = batch.get("attention_mask")
-            for c in collectors.values():
-                c.scale = float(batch["input_ids"].shape[0])
-                c.mask = None if mask is None else mask.bool()
-            draws = 1
-            if backward:
-                model.zero_grad(set_to_none=True)
-                draws = backward_fn(loaded, batch, s, generator)
-            else:
-                with torch.no_grad():
-                    model(**{k: v for k, v in batch.items() if k != "labels"})
-            examples += batch["input_ids"].shape[0] * draws
-            report(progress, step + 1, total, message)
+        with activation_gradients_only(model) if backward else nullcontext():
+            for step, batch in enumerate(sample):
+                if step % size != rank:
+                    continue
+                batch = {k: v.to(loaded.device) for k, v in batch.items()}
+                mask = batch.get("attention_mask")
+                for c in collectors.values():
+                    c.scale = float(batch["input_ids"].shape[0])
+                    c.mask = None if mask is None else mask.bool()
+                draws = 1
+                if backward:
+                    model.zero_grad(set_to_none=True)
+                    draws = backward_fn(loaded, batch, s, generator)
+                else:
+                    with torch.no_grad():
+                        model(**{k: v for k, v in batch.items() if k != "labels"})
+                examples += batch["input_ids"].shape[0] * draws
+                report(progress, step + 1, total, message)
     finally:
         for c in collectors.values():
             c.remove()
