@@ -80,6 +80,16 @@ def test_one_build_per_model_at_a_time(cache, spawned):
     assert build.start_build(recipe, store) is None and len(spawned) == 3  # built: nothing to start
 
 
+def test_a_build_whose_process_cannot_start_ends_failed_saying_why(cache, monkeypatch):
+    def refuse(args, log):
+        raise PermissionError(13, "Permission denied", str(log))
+
+    monkeypatch.setattr(build, "spawn", refuse)
+    store = RunStore(cache / "runs.sqlite")
+    row = store.get_build(build.start_build(recipe_for("minilm-rt"), store))
+    assert row["status"] == "failed" and "cannot start its process" in row["error"] and "Permission denied" in row["error"]
+
+
 def test_a_build_of_another_host_that_stopped_reporting_ends_interrupted(cache, spawned):
     store = RunStore(cache / "runs.sqlite")
     build_id = build.start_build(recipe_for("minilm-rt"), store)

@@ -45,7 +45,7 @@ def reap_stale_builds(store: RunStore, stale_after: float = STALE_S) -> list[int
 
 def start_build(recipe: Recipe, store: Optional[RunStore] = None) -> Optional[int]:
     """Build ``recipe`` in a detached process; returns the id of its build (a new one, or the one already running),
-    ``None`` when the model is built."""
+    ``None`` when the model is built. A process that cannot be started ends the build ``failed``, saying why."""
     store = store or RunStore()
     reap_stale_builds(store)
     build_id, new = store.start_build(recipe.name, recipe.to_dict(), needed=lambda: not recipe.built)
@@ -53,9 +53,9 @@ def start_build(recipe: Recipe, store: Optional[RunStore] = None) -> Optional[in
         try:
             pid = spawn(["--db", str(store.path), "--build", str(build_id)], log_path(store, build_id))
         except OSError as err:
-            store.end_build(build_id, "failed", "failed", error=f"cannot start the build: {err}")
-            raise
-        store.claim_build(build_id, pid)
+            store.end_build(build_id, "failed", "failed", error=f"cannot start its process: {err}")
+        else:
+            store.claim_build(build_id, pid)
     return build_id
 
 
