@@ -22,8 +22,8 @@ venv: $(STAMP)
 assets: venv
 	$(PY) -m lowrank prepare
 
-run: venv
-	$(PY) -m lowrank prepare --build-minilm-rt
+# The dashboard comes up at once: on a first run it builds the default model (minilm-rt) in the background itself.
+run: assets
 	$(PY) -m streamlit run app.py --server.address $(ADDRESS) --server.port $(PORT) --server.headless true --browser.gatherUsageStats false
 
 test: assets
