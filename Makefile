@@ -22,8 +22,9 @@ venv: $(STAMP)
 assets: venv
 	$(PY) -m lowrank prepare
 
+# The dashboard comes up at once: on a first run it builds the default model (minilm-rt) in the background itself,
+# and data sets are fetched when first used.
 run: venv
-	$(PY) -m lowrank prepare --build-minilm-rt
 	$(PY) -m dashboard.launch --server.address $(ADDRESS) --server.port $(PORT) --server.headless true --browser.gatherUsageStats false
 
 test: assets

@@ -102,11 +102,21 @@ def quality_label(metric: str, untrained: bool = False) -> str:
     return metric.capitalize() + (f" ({UNTRAINED_HEAD})" if untrained else "")
 
 
-def untrained_head_text(model: str, task: str) -> str:
-    """Why the accuracy of ``model`` on ``task`` means little, and the command that fine-tunes it."""
+def untrained_head_text(model: str, task: str, command: str) -> str:
+    """Why the accuracy of ``model`` on ``task`` means little, and how to fine-tune it (``command``: the command line)."""
     return (f"{model_label(model)} has no trained classification head for {task_label(task)}: its head is freshly "
             "initialised, so its accuracy (dense or compressed) is near chance and says nothing about a method. "
-            f"Fine-tune it first: `lowrank finetune --model {model} --task {task} --out <folder>`, then choose that folder.")
+            f"Fine-tune it first, in the background below or with `{command}`.")
+
+
+def fmt_duration(seconds: float) -> str:
+    """``"45 s"``, ``"12 min"``, ``"1 h 05 min"``."""
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{round(seconds / 60)} min"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
 def method_label(method: str) -> str:

@@ -1,8 +1,11 @@
 """Session state: the current model, task, evaluation limit and rank plan, and the sidebar line showing them.
 
 Defaults come from ``LOWRANK_DEFAULT_MODEL`` / ``LOWRANK_DEFAULT_TASK`` (tests point them at a
-tiny model and a CSV), else ``minilm-rt`` on ``rotten_tomatoes``. The heavy objects behind the
-keys are in :mod:`dashboard.cache`.
+tiny model and a CSV), else ``minilm-rt`` on ``rotten_tomatoes``. While that default is a fine-tuned
+packaged model not built yet (the first run on a machine), a new session starts on the model it is
+built from (``minilm``: it loads, its untrained head is labelled) and the build runs in the background
+(:func:`init`); sessions started after it finished start on the built model. The heavy objects behind
+the keys are in :mod:`dashboard.cache`.
 
 The task follows the model's kind (:func:`task_for`): a causal language model is measured on a text
 task (Lee), an encoder or classifier on a classification task; choosing a model of the other kind
@@ -18,6 +21,9 @@ import streamlit as st
 from streamlit.runtime.pages_manager import PagesManager
 
 from lowrank.evaluate import task_kind_for
+from lowrank.experiments.build import latest_build, start_build
+from lowrank.models.packaged import FINETUNED
+from lowrank.training.finetune import Recipe, recipe_for
 
 from . import cache
 from .labels import MODEL_KIND_LABELS, TASK_KIND_LABELS, TASK_LABELS, model_label, plan_fraction, task_label
@@ -26,8 +32,27 @@ DEFAULT_BUDGET = 0.5
 DEFAULT_STRATEGY = "uniform"
 
 
-def default_model() -> str:
+def wanted_model() -> str:
+    """The default model once it exists: ``LOWRANK_DEFAULT_MODEL``, else ``minilm-rt``."""
     return os.environ.get("LOWRANK_DEFAULT_MODEL") or "minilm-rt"
+
+
+def default_recipe() -> Optional[Recipe]:
+    """The recipe of :func:`wanted_model` when it is a fine-tuned packaged model (built or not), else ``None``."""
+    wanted = wanted_model()
+    return recipe_for(wanted) if wanted in FINETUNED else None
+
+
+def default_build() -> Optional[Recipe]:
+    """The recipe of :func:`wanted_model` while it is a fine-tuned packaged model not built yet, else ``None``."""
+    recipe = default_recipe()
+    return recipe if recipe is not None and not recipe.built else None
+
+
+def default_model() -> str:
+    """The model a new session starts with: :func:`wanted_model`, or the model it is built from until it is built."""
+    building = default_build()
+    return building.base if building is not None else wanted_model()
 
 
 def default_task() -> str:
@@ -77,10 +102,33 @@ def default_task_for(model: str) -> str:
         return default_task()
 
 
+def finetune_recipe(model: str, task: str) -> Recipe:
+    """How ``model`` gets a trained head for ``task``: the default model's recipe when ``model`` on ``task`` is what
+    it is built from (:func:`default_recipe`), else :func:`lowrank.training.finetune.recipe_for`."""
+    default = default_recipe()
+    if default is not None and (model, task) == (default.base, default.task):
+        return default
+    return recipe_for(model, task)
+
+
+def start_default_build() -> None:
+    """Build :func:`wanted_model` in the background when it is missing (:func:`default_build`), unless its last build
+    failed (Home shows why, with a button to try again); a build already running anywhere is not started twice."""
+    building = default_build()
+    if building is None:
+        return
+    last = latest_build(cache.store(), building.name)
+    if last is None or last["status"] != "failed":
+        start_build(building, cache.store())
+
+
 def init() -> None:
-    """Session defaults; ``app.py`` calls it before any page runs."""
+    """Session defaults; ``app.py`` calls it before any page runs. A new session starts the default model's build
+    when it is missing (:func:`start_default_build`)."""
     ss = st.session_state
-    ss.setdefault("model", default_model())
+    if "model" not in ss:
+        ss["model"] = default_model()
+        start_default_build()
     if "task" not in ss:
         ss["task"] = default_task_for(ss["model"])
     ss.setdefault("plan", None)

@@ -1,6 +1,6 @@
 """Small Streamlit building blocks: error display, option widgets generated from a method's declared
-options, a button computing statistics, the card of a sweep, the warning on results that destroy the
-model, the run-table column formats."""
+options, a button computing statistics, the cards of a sweep and of a model build, the warnings on results
+that destroy the model and on an untrained head, the run-table column formats."""
 
 from __future__ import annotations
 
@@ -14,15 +14,20 @@ import streamlit as st
 
 from lowrank import errors
 from lowrank.evaluate import destroyed
+from lowrank.experiments.build import eta_s, latest_build, start_build
+from lowrank.experiments.build import log_path as build_log
 from lowrank.experiments.sweep import cancel_sweep, log_path, resume_sweep
 from lowrank.methods import Option, get_method
+from lowrank.training.finetune import Recipe
 
-from . import cache
-from .labels import statistics_label, untrained_head_text
+from . import cache, session
+from .labels import fmt_duration, model_label, statistics_label, untrained_head_text
 
 # Errors a user's input can cause: the CLI's (lowrank.errors.USER_ERRORS: the library's own types and OSError), and
 # RuntimeError / LookupError too, since a page must never show a traceback; pages show them with st.error.
 USER_ERRORS = (*errors.USER_ERRORS, RuntimeError, LookupError)
+
+POLL_S = 2.0  # how often a card of a running background job reads its progress
 
 # Column formats shared by every table of stored runs (Factorize results, Trade-offs run list).
 RUN_COLUMNS = {
@@ -157,12 +162,73 @@ def destroyed_warning(runs: pd.DataFrame, flagged: dict[int, str]) -> None:
                icon=":material/dangerous:")
 
 
+def build_card(recipe: Recipe) -> None:
+    """The background build of ``recipe``'s model (:mod:`lowrank.experiments.build`): a button starting it, its
+    progress (step of total, time left, message) polled every :data:`POLL_S` seconds while it runs (the page is
+    drawn again once when it ends), then a button switching to the built model, or why it stopped with a button
+    to build it again."""
+    store = cache.store()
+    running = (latest_build(store, recipe.name) or {}).get("status") == "running"
+    label = model_label(recipe.name)
+
+    @st.fragment(run_every=POLL_S if running else None)
+    def card() -> None:
+        row = latest_build(store, recipe.name)
+        if running and (row or {}).get("status") != "running":
+            st.rerun()  # ended: draw the page once more, without polling
+        if row is not None and row["status"] == "running":
+            st.progress(min(1.0, (row["step"] or 0) / row["total"]) if row["total"] else 0.0, text=build_text(row))
+        elif recipe.built:
+            if session.model_key() != recipe.name:
+                cols = st.columns([4, 1], vertical_alignment="center")
+                cols[0].success(f"{label} is built" + (f" ({row['message']})" if row else ""),
+                                icon=":material/check_circle:")
+                if cols[1].button(f"Use {label}", key=f"use_{recipe.name}", icon=":material/swap_horiz:"):
+                    try:
+                        session.select(recipe.name, recipe.task)
+                    except USER_ERRORS as err:
+                        show_error(f"Cannot use {label}", err)
+                    else:
+                        st.rerun()
+        else:
+            if row is not None:  # failed or interrupted
+                st.warning(f"Building {label} {row['status']}: {row.get('error') or row.get('message') or ''} "
+                           f"(log: {build_log(store, int(row['id']))})", icon=":material/warning:")
+            again = row is not None
+            if st.button(f"Build {label} again" if again else "Fine-tune in the background", key=f"build_{recipe.name}",
+                         icon=":material/replay:" if again else ":material/school:", help=f"builds {recipe.out}"):
+                try:
+                    start_build(recipe, store)
+                except USER_ERRORS as err:
+                    show_error(f"Cannot build {label}", err)
+                else:
+                    st.rerun()
+
+    card()
+
+
+def build_text(row: dict) -> str:
+    """What a running build is doing: ``Building minilm-rt: fine-tuning, loss 0.41 · step 120 of 638 · about 8 min
+    left``."""
+    text = f"Building {model_label(row['name'])}: {row.get('message') or 'starting'}"
+    if row.get("total"):
+        text += f" · step {row['step'] or 0} of {row['total']}"
+    left = eta_s(row)
+    return text + (f" · about {fmt_duration(left)} left" if left is not None else "")
+
+
 def untrained_head_warning(model: str, task: str) -> bool:
-    """A warning when ``model`` has an untrained head on ``task`` (:func:`dashboard.cache.head_untrained`); returns
-    whether it has."""
+    """A warning when ``model`` has an untrained head on ``task`` (:func:`dashboard.cache.head_untrained`), with the
+    card fine-tuning it in the background (:func:`build_card`); returns whether the head is untrained."""
     untrained = cache.head_untrained(model, task)
     if untrained:
-        st.warning(untrained_head_text(model, task), icon=":material/school:")
+        try:
+            recipe = session.finetune_recipe(model, task)
+        except USER_ERRORS as err:
+            show_error(f"Cannot fine-tune {model_label(model)}", err)
+            return untrained
+        st.warning(untrained_head_text(model, task, recipe.command), icon=":material/school:")
+        build_card(recipe)
     return untrained
 
 

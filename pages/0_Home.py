@@ -1,5 +1,6 @@
 """Home: the workflow (one link per page), the current status, and a one-click stakeholder demo
-(spectra -> statistics -> budget plan -> background sweep of plain vs weighted factorization)."""
+(spectra -> statistics -> budget plan -> background sweep of plain vs weighted factorization), which waits
+for a trained classification head (on a first run: the default model's build in the background)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,26 @@ DEMO_METHODS = ("svd", "fwsvd")
 DEMO_BUDGETS = (0.3, 0.5, 0.7)
 DEMO_STRATEGY = "fisher_greedy"
 DEMO_LABEL = "demo"
+
+
+def demo_wait(model: str, task: str, current: bool) -> bool:
+    """When the demo's ``model`` has an untrained head on ``task``: why the demo waits and, unless it is the ``current``
+    model (whose card is above), the card of the build it waits for; returns whether it waits."""
+    if not cache.head_untrained(model, task):
+        return False
+    recipe = session.finetune_recipe(model, task)
+    where = "above" if current else "below"
+    if recipe.name == session.wanted_model():
+        why = (f"The demo runs on {labels.model_label(recipe.name)}, which is not built yet (its progress is {where}); "
+               f"meanwhile the pages work on {labels.model_label(model)}, whose classification head is untrained.")
+    else:
+        why = (f"The demo is off: the default model {labels.model_label(model)} has no trained classification head "
+               f"for {labels.task_label(task)}, so its accuracies would say nothing about a method. Fine-tune it "
+               f"({where}) and make the result the default (`LOWRANK_DEFAULT_MODEL`).")
+    st.info(why, icon=":material/hourglass_top:")
+    if not current:
+        widgets.build_card(recipe)
+    return True
 
 
 def run_demo() -> None:
@@ -57,7 +78,7 @@ def demo_results() -> None:
     sweep_id = int(demos["id"].iloc[0])
     running = demos["status"].iloc[0] == "running"
 
-    @st.fragment(run_every=2.0 if running else None)
+    @st.fragment(run_every=widgets.POLL_S if running else None)
     def live() -> None:
         reap_stale(store)
         sweep = store.get_sweep(sweep_id)
@@ -111,21 +132,26 @@ for col, (label, value) in zip(st.columns(4), [("Model", labels.model_label(mode
     with col.container(border=True, height="stretch"):
         st.caption(label)
         st.markdown(f"**{value}**")
+widgets.untrained_head_warning(model, task)
 
 st.subheader("Stakeholder demo")
-st.markdown(f"One click on the default model (**{labels.model_label(session.default_model())}**, "
-            f"{labels.task_label(session.default_task_for(session.default_model()))}): spectra → "
+st.markdown(f"One click on the default model (**{labels.model_label(session.wanted_model())}**, "
+            f"{labels.task_label(session.default_task_for(session.wanted_model()))}): spectra → "
             f"{labels.statistics_label(needs_for(DEMO_METHODS, DEMO_STRATEGY))} → a {DEMO_STRATEGY} budget plan → "
             f"{' vs '.join(DEMO_METHODS)} at "
             f"{', '.join(f'{b:.0%}' for b in DEMO_BUDGETS)} of the parameters → the trade-off plot. "
             "The factorizations run in the background and are stored; timings in `docs/results/dashboard.md`.")
+demo_model = session.default_model()
+demo_task = session.default_task_for(demo_model)
+waits = demo_wait(demo_model, demo_task, (demo_model, demo_task) == (model, task))
 hand_edited = current_plan is not None and bool(current_plan.meta.get("edited"))
-if st.button("Run the demo", type="primary", icon=":material/play_arrow:"):
+if st.button("Run the demo", type="primary", icon=":material/play_arrow:", disabled=waits,
+             help="needs a trained classification head (see above)" if waits else None):
     if hand_edited:
         st.session_state["demo_confirm"] = True  # the demo would replace a plan edited by hand: ask first
     else:
         run_demo()
-if st.session_state.get("demo_confirm") and hand_edited:
+if st.session_state.get("demo_confirm") and hand_edited and not waits:
     with st.container(border=True):
         st.warning(f"The demo replaces your hand-edited rank plan ({labels.plan_fraction(current_plan):.0%} kept) with a "
                    f"{DEMO_STRATEGY} plan. Export it on the Ranks page first to keep it.", icon=":material/warning:")

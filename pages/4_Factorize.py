@@ -78,7 +78,7 @@ if current is None:
     st.stop()
 
 
-@st.fragment(run_every=2.0 if running else None)
+@st.fragment(run_every=widgets.POLL_S if running else None)
 def progress() -> None:
     sweep = store.get_sweep(int(current["id"]))
     if running and sweep["status"] != "running":

@@ -28,7 +28,7 @@ shown_strategies = cols[2].multiselect("Strategies", strategies, default=strateg
 running = not running_sweeps(store).empty  # a sweep whose owner stopped reporting is no longer running
 
 
-@st.fragment(run_every=2.0 if running else None)
+@st.fragment(run_every=widgets.POLL_S if running else None)
 def live() -> None:
     reap_stale(store)
     sweeps = store.sweeps()

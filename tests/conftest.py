@@ -59,6 +59,20 @@ def tiny_bert_dir(tmp_path_factory, tokenizer) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def tiny_encoder_dir(tmp_path_factory, tokenizer) -> Path:
+    """A 2-layer BERT encoder without a classification head (like ``minilm``)."""
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=256, max_position_embeddings=128)
+    folder = tmp_path_factory.mktemp("tiny-encoder")
+    BertModel(config).save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 def _save_causal_lm(model, folder: Path) -> Path:
     model.save_pretrained(folder, safe_serialization=True)
     tok = _tokenizer()
@@ -148,3 +162,28 @@ def text_task():
 
     docs = [" ".join(POSITIVE + NEGATIVE)] * 6
     return Task("toy-text", "lm", {"train": docs[:4], "validation": docs[4:5], "test": docs[5:]})
+
+
+def _fake_runs(store, model: str, task: str, label: str, values: dict, ranks=None) -> int:
+    """A finished sweep ``label`` with a dense run and one run per method at the given accuracies."""
+    import lowrank
+    from lowrank.experiments.run import run_fields
+    from lowrank.experiments.sweep import SweepSpec
+
+    spec = SweepSpec(model=model, task=task, methods=[m for m in values if m != "dense"], budgets=[0.5], label=label,
+                     ranks=ranks)
+    sweep_id = store.create_sweep(spec.to_dict(), label=label, runs_total=len(values))
+    fields = run_fields(lowrank.load_model(model, task=task), task, "validation", None)
+    for method, value in values.items():
+        run_id = store.start_run(**fields, sweep_id=sweep_id, method=method, strategy="uniform", ranks=ranks or {},
+                                 options={}, budget=1.0 if method == "dense" else 0.5)
+        store.finish_run(run_id, metric="accuracy", value=value, params_linear=10_000 if method == "dense" else 5_000,
+                         kept_fraction=1.0 if method == "dense" else 0.5, size_bytes=1000, latency_ms_b1=1.0)
+    store.end_sweep(sweep_id, "done", message=f"{len(values)} run(s) done")
+    return sweep_id
+
+
+@pytest.fixture()
+def fake_runs():
+    """``fake_runs(store, model, task, label, {method: accuracy}, ranks=None)``: a finished sweep of stored runs."""
+    return _fake_runs

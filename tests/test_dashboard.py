@@ -426,35 +426,17 @@ def test_a_factorize_run_goes_on_when_the_page_is_left_and_its_result_appears_on
         assert any(d.label.startswith("Download") for d in session.download_button)
 
 
-def _fake_runs(store, model: str, task: str, label: str, values: dict, ranks=None) -> int:
-    """A finished sweep ``label`` with a dense run and one run per method at the given accuracies."""
-    import lowrank
-    from lowrank.experiments.run import run_fields
-    from lowrank.experiments.sweep import SweepSpec
-
-    spec = SweepSpec(model=model, task=task, methods=[m for m in values if m != "dense"], budgets=[0.5], label=label,
-                     ranks=ranks)
-    sweep_id = store.create_sweep(spec.to_dict(), label=label, runs_total=len(values))
-    fields = run_fields(lowrank.load_model(model, task=task), task, "validation", None)
-    for method, value in values.items():
-        run_id = store.start_run(**fields, sweep_id=sweep_id, method=method, strategy="uniform", ranks=ranks or {},
-                                 options={}, budget=1.0 if method == "dense" else 0.5)
-        store.finish_run(run_id, metric="accuracy", value=value, params_linear=10_000 if method == "dense" else 5_000,
-                         kept_fraction=1.0 if method == "dense" else 0.5, size_bytes=1000, latency_ms_b1=1.0)
-    store.end_sweep(sweep_id, "done", message=f"{len(values)} run(s) done")
-    return sweep_id
-
-
-def test_a_result_that_destroys_the_model_is_flagged_on_every_page_showing_it(env, tiny_bert_dir, sentiment_csv):
+def test_a_result_that_destroys_the_model_is_flagged_on_every_page_showing_it(env, tiny_bert_dir, sentiment_csv,
+                                                                              fake_runs):
     from lowrank.experiments.store import RunStore
 
     store = RunStore(env / "runs.sqlite")
     model, task = str(tiny_bert_dir), str(sentiment_csv)
-    _fake_runs(store, model, task, "demo", {"dense": 0.9, "svd": 0.375, "fwsvd": 0.85})
+    fake_runs(store, model, task, "demo", {"dense": 0.9, "svd": 0.375, "fwsvd": 0.85})
     at = new_app().run()
     visit(at, "ranks")
     plan = at.session_state["plan"]
-    _fake_runs(store, model, task, "factorize", {"dense": 0.9, "svd": 0.375, "fwsvd": 0.85}, ranks=plan.ranks)
+    fake_runs(store, model, task, "factorize", {"dense": 0.9, "svd": 0.375, "fwsvd": 0.85}, ranks=plan.ranks)
 
     for page in ("home", "factorize", "tradeoffs"):
         visit(at, page)

@@ -215,21 +215,6 @@ def test_convergence_of_many_layers_is_summarised():
 # ---------------------------------------------------------------- an untrained classification head
 
 
-@pytest.fixture()
-def tiny_encoder_dir(tmp_path, tokenizer) -> Path:
-    """A 2-layer BERT encoder without a classification head (like ``minilm``)."""
-    import torch
-    from transformers import BertConfig, BertModel
-
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=256, max_position_embeddings=128)
-    folder = tmp_path / "tiny-encoder"
-    BertModel(config).save_pretrained(folder, safe_serialization=True)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 def test_head_untrained_is_an_encoder_on_a_classification_task():
     from lowrank.models.labels import head_untrained
 

@@ -10,7 +10,10 @@ parameters, size, latency, wall time, timestamps) with a ``status``:
 * ``interrupted``: stopped from outside (Ctrl-C, SIGTERM, a dashboard rerun) or its
   process died.
 
-Sweeps (see :mod:`lowrank.experiments.sweep`) have their own table with progress and a message.
+Sweeps (see :mod:`lowrank.experiments.sweep`) have their own table with progress and a message, and so
+have builds of fine-tuned models (:mod:`lowrank.experiments.build`): the model's ``name``, its recipe,
+``step`` of ``total`` and the time the steps ``started``; at most one runs per name
+(:meth:`RunStore.start_build`).
 
 Default file: ``<cache>/runs.sqlite`` (``lowrank.io.cache_dir()``, overridable with
 ``LOWRANK_CACHE``). Every call opens its own connection, the journal is in WAL mode and
@@ -30,7 +33,7 @@ import sqlite3
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional, Union
+from typing import Callable, Iterator, Optional, Union
 
 import pandas as pd
 
@@ -96,6 +99,24 @@ SWEEP_COLUMNS = {
     "pid_started": "REAL",
 }
 
+BUILD_COLUMNS = {
+    "status": "TEXT",
+    "name": "TEXT",  # the model the build makes (a packaged name or a folder)
+    "spec": "TEXT",  # its recipe (lowrank.training.finetune.Recipe), JSON
+    "created": "REAL",
+    "updated": "REAL",
+    "started": "REAL",  # when the steps began (ETA: from here)
+    "finished": "REAL",
+    "step": "INTEGER",
+    "total": "INTEGER",
+    "message": "TEXT",
+    "error": "TEXT",
+    "host": "TEXT",
+    "pid": "INTEGER",
+    "pid_started": "REAL",
+}
+TABLES = {"runs": RUN_COLUMNS, "sweeps": SWEEP_COLUMNS, "builds": BUILD_COLUMNS}
+
 
 def default_path() -> Path:
     return cache_dir() / "runs.sqlite"
@@ -156,8 +177,8 @@ class RunStore:
             if problem != "ok":
                 raise CorruptStore(f"quick check: {problem}")
         with self._write() as conn:
-            self._create(conn, "runs", RUN_COLUMNS)
-            self._create(conn, "sweeps", SWEEP_COLUMNS)
+            for table, columns in TABLES.items():
+                self._create(conn, table, columns)
 
     def _move_aside(self) -> Path:
         """Rename the database (and its -wal / -shm files) to ``<name>.corrupt-<timestamp>``; returns the new path."""
@@ -214,13 +235,16 @@ class RunStore:
             raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
         return {k: _clean(v) for k, v in fields.items()}
 
-    def _insert(self, table: str, columns: dict[str, str], fields: dict) -> int:
+    def _insert(self, table: str, columns: dict[str, str], fields: dict, conn: Optional[sqlite3.Connection] = None) -> int:
+        """Insert a row; inside the write transaction ``conn`` when given, else in one of its own."""
+        if conn is None:
+            with self._write() as conn:
+                return self._insert(table, columns, fields, conn)
         fields = self._check(fields, columns)
         names = ", ".join(f'"{k}"' for k in fields)
         marks = ", ".join("?" for _ in fields)
-        with self._write() as conn:
-            cursor = conn.execute(f"INSERT INTO {table} ({names}) VALUES ({marks})", tuple(fields.values()))
-            return int(cursor.lastrowid)
+        cursor = conn.execute(f"INSERT INTO {table} ({names}) VALUES ({marks})", tuple(fields.values()))
+        return int(cursor.lastrowid)
 
     def _update(self, table: str, columns: dict[str, str], row_id: int, fields: dict) -> None:
         fields = self._check(fields, columns)
@@ -307,10 +331,10 @@ class RunStore:
         return None if frame.empty else self.get_run(int(frame["id"].iloc[0]))
 
     def reap(self) -> int:
-        """Mark ``running`` runs and sweeps of dead processes on this host ``interrupted``; returns how many."""
+        """Mark ``running`` runs, sweeps and builds of dead processes on this host ``interrupted``; returns how many."""
         host = socket.gethostname()
         count = 0
-        for table in ("runs", "sweeps"):
+        for table in TABLES:
             with self._connect() as conn:
                 rows = conn.execute(f"SELECT id, pid, pid_started FROM {table} WHERE status = 'running' AND host = ?",
                                     (host,)).fetchall()
@@ -359,9 +383,7 @@ class RunStore:
             row = conn.execute("SELECT * FROM sweeps WHERE id = ?", (int(sweep_id),)).fetchone()
         if row is None:
             raise KeyError(f"no sweep with id {sweep_id} in {self.path}")
-        data = dict(row)
-        data["spec"] = json.loads(data["spec"]) if data["spec"] else {}
-        return data
+        return _decode_spec(dict(row))
 
     def sweeps(self, status: Optional[Union[str, list]] = None) -> pd.DataFrame:
         self.reap()
@@ -371,13 +393,60 @@ class RunStore:
             query += f" WHERE status IN ({', '.join('?' for _ in wanted)})"
             params = wanted
         with self._connect() as conn:
-            rows = [dict(r) for r in conn.execute(query + " ORDER BY id DESC", params)]
-        for row in rows:
-            row["spec"] = json.loads(row["spec"]) if row["spec"] else {}
+            rows = [_decode_spec(dict(r)) for r in conn.execute(query + " ORDER BY id DESC", params)]
         frame = pd.DataFrame(rows, columns=["id", *SWEEP_COLUMNS])
         for column in ("created", "updated", "finished"):
             frame[column] = pd.to_datetime(frame[column], unit="s")
         return frame
+
+    # ------------------------------------------------------------ builds
+
+    def start_build(self, name: str, spec: dict, needed: Callable[[], bool]) -> tuple[Optional[int], bool]:
+        """Claim the build of model ``name`` in one write transaction, so two processes never both start one.
+
+        Returns ``(id, False)`` for the build of ``name`` already running, ``(None, False)`` when ``needed()`` says
+        there is nothing to build, else ``(id, True)`` for a new ``running`` build of ``spec`` (a JSON-able dict)
+        owned by this process until :meth:`claim_build` hands it to a worker."""
+        self.reap()
+        now = time.time()
+        with self._write() as conn:
+            row = conn.execute("SELECT id FROM builds WHERE name = ? AND status = 'running' ORDER BY id DESC LIMIT 1",
+                               (name,)).fetchone()
+            if row is not None:
+                return int(row["id"]), False
+            if not needed():
+                return None, False
+            fields = {"status": "running", "name": name, "spec": json.dumps(spec, sort_keys=True), "created": now,
+                      "updated": now, "step": 0, "message": "starting", **_owner()}
+            return self._insert("builds", BUILD_COLUMNS, fields, conn), True
+
+    def claim_build(self, build_id: int, pid: int) -> None:
+        """Record ``pid`` (a live process on this host) as the build's owner."""
+        self.update_build(build_id, pid=pid, pid_started=process_started(pid), host=socket.gethostname())
+
+    def update_build(self, build_id: int, **fields) -> None:
+        self._update("builds", BUILD_COLUMNS, build_id, {**fields, "updated": time.time()})
+
+    def end_build(self, build_id: int, status: str, message: str, error: Optional[str] = None) -> None:
+        if status not in ("done", "failed", "interrupted"):
+            raise ValueError(f"a build ends as done, failed or interrupted, not {status!r}")
+        self.update_build(build_id, status=status, message=message, error=error, finished=time.time())
+
+    def get_build(self, build_id: int) -> dict:
+        self.reap()
+        with self._connect() as conn:
+            row = conn.execute("SELECT * FROM builds WHERE id = ?", (int(build_id),)).fetchone()
+        if row is None:
+            raise KeyError(f"no build with id {build_id} in {self.path}")
+        return _decode_spec(dict(row))
+
+    def builds(self, name: Optional[str] = None, status: Optional[str] = None) -> list[dict]:
+        """The builds (newest first), of model ``name`` and with ``status`` when given."""
+        self.reap()
+        where = [(column, value) for column, value in (("name", name), ("status", status)) if value is not None]
+        query = "SELECT * FROM builds" + (" WHERE " + " AND ".join(f'"{c}" = ?' for c, _ in where) if where else "")
+        with self._connect() as conn:
+            return [_decode_spec(dict(r)) for r in conn.execute(query + " ORDER BY id DESC", [v for _, v in where])]
 
 
 class CorruptStore(sqlite3.DatabaseError):
@@ -392,6 +461,11 @@ def _is_corrupt(err: sqlite3.DatabaseError) -> bool:
     if name is not None:
         return name in ("SQLITE_CORRUPT", "SQLITE_NOTADB")
     return not isinstance(err, sqlite3.OperationalError)
+
+
+def _decode_spec(row: dict) -> dict:
+    row["spec"] = json.loads(row["spec"]) if row["spec"] else {}
+    return row
 
 
 def _decode(row: dict) -> dict:

@@ -14,8 +14,8 @@
   restarted dashboard loses nothing; :func:`cancel_sweep` stops it (SIGTERM: the current
   run and the sweep end ``interrupted``).
 * Ownership: while a sweep runs, its process writes the row's ``updated`` time every
-  :data:`HEARTBEAT_S` seconds. A ``running`` sweep of another host whose heartbeat is older than
-  :data:`STALE_S` has lost its owner: :func:`reap_stale` (called by :func:`running_sweeps` and
+  :data:`lowrank.experiments.jobs.HEARTBEAT_S` seconds. A ``running`` sweep of another host whose heartbeat is older than
+  :data:`lowrank.experiments.jobs.STALE_S` has lost its owner: :func:`reap_stale` (called by :func:`running_sweeps` and
   :func:`cancel_sweep`) ends it ``interrupted`` with its running runs. (Sweeps of this host are
   checked by process id, :meth:`RunStore.reap`.) Cancelling a live sweep of another host leaves a
   stop request in its row, which the owner's heartbeat reads.
@@ -30,9 +30,6 @@ import importlib
 import os
 import signal
 import socket
-import subprocess
-import sys
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,8 +39,9 @@ from lowrank.allocation import allocate, get_strategy
 from lowrank.compress import save_compressed
 from lowrank.data.tasks import load_task
 from lowrank.evaluate import check_task_fits
+from lowrank.experiments.jobs import HEARTBEAT_S, STALE_S, Heartbeat, heartbeat_age, spawn
 from lowrank.experiments.run import dense_reference, execute_run, find_same_run, output_folder, run_fields
-from lowrank.experiments.stop import check_stop, request_stop, stoppable
+from lowrank.experiments.stop import check_stop, stoppable
 from lowrank.experiments.store import RunStore, process_alive, process_started
 from lowrank.methods import available_methods, get_method
 from lowrank.models.loading import load_model
@@ -51,8 +49,6 @@ from lowrank.needs import needs_for
 from lowrank.progress import Progress, scaled
 from lowrank.statistics import DEFAULT, StatisticsSettings, statistics_for
 
-HEARTBEAT_S = 10.0  # a running sweep's process writes its row at least this often
-STALE_S = 120.0  # a running sweep of another host not written for this long has lost its owner
 STOP_REQUEST = "stop requested"  # the row's error while running: the owner's heartbeat stops the sweep
 
 
@@ -159,34 +155,19 @@ class _SweepProgress:
         return stoppable(progress)
 
 
-class _Heartbeat:
-    """While a sweep runs: writes its row's ``updated`` time every ``interval`` seconds (a thread), and
-    stops the sweep (:func:`lowrank.experiments.stop.request_stop`) when the row asks for it or is no
-    longer ``running`` (another host declared it stale)."""
+class _Heartbeat(Heartbeat):
+    """While a sweep runs: writes its row's ``updated`` time every ``interval`` seconds, and stops the sweep when
+    the row asks for it or is no longer ``running`` (another host declared it stale)."""
 
     def __init__(self, store: RunStore, sweep_id: int, interval: float = HEARTBEAT_S):
-        self.store, self.sweep_id, self.interval = store, sweep_id, interval
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name=f"sweep-{sweep_id}-heartbeat", daemon=True)
+        def beat() -> bool:
+            row = store.get_sweep(sweep_id)
+            if row["status"] != "running" or str(row.get("error") or "").startswith(STOP_REQUEST):
+                return False
+            store.update_sweep(sweep_id)  # only `updated`: the heartbeat
+            return True
 
-    def _beat(self) -> None:
-        while not self._done.wait(self.interval):
-            try:
-                row = self.store.get_sweep(self.sweep_id)
-                if row["status"] != "running" or str(row.get("error") or "").startswith(STOP_REQUEST):
-                    request_stop()
-                    return
-                self.store.update_sweep(self.sweep_id)  # only `updated`: the heartbeat
-            except Exception:  # noqa: BLE001 - a busy or briefly unreadable store: the next beat retries
-                continue
-
-    def __enter__(self) -> "_Heartbeat":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._done.set()
-        self._thread.join()
+        super().__init__(beat, f"sweep-{sweep_id}-heartbeat", interval)
 
 
 def run_sweep(spec: SweepSpec, store: RunStore, sweep_id: int) -> dict:
@@ -334,25 +315,8 @@ def resume_sweep(store: RunStore, sweep_id: int) -> int:
 
 def _launch(store: RunStore, sweep_id: int) -> None:
     """Start the detached worker process of a recorded sweep and make it the sweep's owner."""
-    log = log_path(store, sweep_id)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    root = str(Path(__file__).resolve().parents[2])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)}
-    # busy-waiting OpenMP threads slow MKL's SVD down badly when the worker shares the cores with the dashboard
-    # (measured: docs/results/dashboard.md)
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    with open(log, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "lowrank.experiments.worker", "--db", str(store.path), "--sweep", str(sweep_id)],
-                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=root,
-                                start_new_session=True)
-    store.claim_sweep(sweep_id, proc.pid)
-    threading.Thread(target=proc.wait, name=f"sweep-{sweep_id}-reaper", daemon=True).start()
-
-
-def heartbeat_age(sweep: dict, now: Optional[float] = None) -> float:
-    """Seconds since a sweep row was last written (its heartbeat), from the row's raw ``updated`` time."""
-    updated = sweep.get("updated")
-    return float("inf") if updated is None else (now or time.time()) - float(updated)
+    pid = spawn(["--db", str(store.path), "--sweep", str(sweep_id)], log_path(store, sweep_id))
+    store.claim_sweep(sweep_id, pid)
 
 
 def _end_lost(store: RunStore, sweep: dict, reason: str) -> None:
@@ -398,9 +362,10 @@ def cancel_sweep(store: RunStore, sweep_id: int) -> bool:
             return False
         os.kill(int(sweep["pid"]), signal.SIGTERM)
         return True
-    if heartbeat_age(sweep) > 3 * HEARTBEAT_S:
+    age = heartbeat_age(sweep, time.time())
+    if age > 3 * HEARTBEAT_S:
         _end_lost(store, sweep, f"stopped from {socket.gethostname()}: its owner on host {sweep.get('host')} "
-                                f"stopped reporting {heartbeat_age(sweep):.0f} s ago")
+                                f"stopped reporting {age:.0f} s ago")
     else:
         store.update_sweep(sweep_id, error=f"{STOP_REQUEST} from {socket.gethostname()}")
     return True

@@ -1,4 +1,5 @@
-"""``python -m lowrank.experiments.worker --db FILE --sweep ID``: the detached process that runs a recorded sweep."""
+"""``python -m lowrank.experiments.worker --db FILE (--sweep ID | --build ID)``: the detached process that runs a
+recorded sweep or model build."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import signal
 import sys
 from typing import Optional, Sequence
 
+from lowrank.experiments.build import run_build
 from lowrank.experiments.stop import interrupt
 from lowrank.experiments.store import RunStore
 from lowrank.experiments.sweep import SweepSpec, run_sweep
@@ -15,24 +17,31 @@ from lowrank.threads import set_threads
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lowrank.experiments.worker", description="Run a recorded sweep (started by start_sweep).")
+    parser = argparse.ArgumentParser(prog="python -m lowrank.experiments.worker",
+                                     description="Run a recorded sweep (started by start_sweep) or build (start_build).")
     parser.add_argument("--db", required=True, help="the run store (SQLite file)")
-    parser.add_argument("--sweep", type=int, required=True, help="id of the sweep row to run")
+    job = parser.add_mutually_exclusive_group(required=True)
+    job.add_argument("--sweep", type=int, help="id of the sweep row to run")
+    job.add_argument("--build", type=int, help="id of the build row to run")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, interrupt)
     set_threads()
     store = RunStore(args.db)
-    store.claim_sweep(args.sweep, os.getpid())
-    spec = SweepSpec.from_dict(store.get_sweep(args.sweep)["spec"])
+    name = f"sweep {args.sweep}" if args.sweep is not None else f"build {args.build}"
     try:
-        counts = run_sweep(spec, store, args.sweep)
+        if args.sweep is not None:
+            store.claim_sweep(args.sweep, os.getpid())
+            result = run_sweep(SweepSpec.from_dict(store.get_sweep(args.sweep)["spec"]), store, args.sweep)
+        else:
+            store.claim_build(args.build, os.getpid())
+            result = run_build(store, args.build)
     except KeyboardInterrupt:
-        print(f"sweep {args.sweep} interrupted", flush=True)
+        print(f"{name} interrupted", flush=True)
         return 130
     except Exception as err:
-        print(f"sweep {args.sweep} failed: {type(err).__name__}: {err}", flush=True)
+        print(f"{name} failed: {type(err).__name__}: {err}", flush=True)
         return 1
-    print(f"sweep {args.sweep}: {counts}", flush=True)
+    print(f"{name}: {result}", flush=True)
     return 0
 
 

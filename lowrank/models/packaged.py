@@ -59,8 +59,13 @@ def finetuned_dir(name: str) -> Path:
     return cache_dir() / "models" / name
 
 
+def has_weights(folder: Path) -> bool:
+    """True when ``folder`` holds a saved model's weights (a build finished there)."""
+    return (folder / "model.safetensors").exists()
+
+
 def is_built(name: str) -> bool:
-    return (finetuned_dir(name) / "model.safetensors").exists()
+    return has_weights(finetuned_dir(name))
 
 
 def build_command(name: str) -> str:

@@ -7,13 +7,22 @@ scores and re-applies masks, and how mixed-rank training anneals its probability
     hook.on_start(model, total_steps)
     loss.backward(); hook.after_backward(model, step)
     optimizer.step(); hook.after_step(model, step)
+
+A :class:`Recipe` (base model, task, settings, output folder) is what :func:`build` fine-tunes and saves: the
+fine-tuned packaged models (``minilm-rt``...) and the fine-tuned copy of any model whose head is untrained
+(:func:`recipe_for`); :mod:`lowrank.experiments.build` runs one in the background.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass
+import os
+import re
+import shlex
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
@@ -22,10 +31,10 @@ from torch import nn
 from lowrank.data.batches import batches, num_batches
 from lowrank.data.tasks import Task, load_task
 from lowrank.evaluate import accuracy
-from lowrank.io import atomic_dir
+from lowrank.io import atomic_dir, cache_dir
 from lowrank.models.labels import check_labels, record_task
 from lowrank.models.loading import load_model
-from lowrank.models.packaged import FINETUNED_BASE, finetuned_dir, finetuned_model
+from lowrank.models.packaged import FINETUNED, FINETUNED_BASE, build_command, finetuned_dir, finetuned_model, has_weights
 from lowrank.progress import Progress, report
 
 
@@ -82,6 +91,7 @@ def train(model: nn.Module, tokenizer, task: Task, config: TrainConfig = TrainCo
         hook.on_start(model, total)
     model.train()
     losses: list[float] = []
+    report(progress, 0, total, "fine-tuning")
     epoch = 0
     while len(losses) < total:
         for batch in batches(task, tokenizer, "train", config.batch_size, config.max_length, shuffle=True, seed=config.seed + epoch):
@@ -119,31 +129,107 @@ def finetune(loaded, task, config: TrainConfig = TrainConfig(), hooks: Sequence[
 # same kind): 64 tokens covers nearly all; 2 epochs are enough (the resulting accuracy: the dense rows of
 # docs/results/svd_baseline.md and docs/results/weighted.md).
 MINILM_RT_CONFIG = TrainConfig(epochs=2.0, lr=8e-5, batch_size=32, max_length=64)
+# Tests and quick trials: a JSON object whose fields (base, task, config: TrainConfig fields) replace those of every
+# recipe recipe_for gives, e.g. '{"base": "/tmp/tiny-bert", "config": {"max_steps": 2}}'.
+RECIPE_ENV = "LOWRANK_FINETUNE_RECIPE"
 
 
-def build_finetuned(task: str, config: TrainConfig = MINILM_RT_CONFIG, device: str = "cpu",
-                    progress: Optional[Progress] = None) -> dict:
-    """Fine-tune packaged MiniLM on a suite ``task`` and cache it as its packaged model (atomic write).
+@dataclass
+class Recipe:
+    """How a fine-tuned model is built: ``base`` with a fresh classification head trained on ``task`` with ``config``
+    (:class:`TrainConfig` fields), saved to the folder ``out``; ``name`` is how it is loaded afterwards (a packaged
+    name, or ``out``)."""
 
-    ``minilm-rt`` for ``rotten_tomatoes``, ``minilm-<task>`` otherwise
-    (:data:`lowrank.models.packaged.MODELS`), under ``<cache>/models/<name>``; a build that
-    stops half-way leaves no folder. A fresh classification head on ``minilm``, then
-    :func:`train` with ``config``. Returns the training record (name, task, config, final
-    training loss, validation accuracy), also saved as ``training.json``.
-    """
-    name = finetuned_model(task)
-    task_obj = load_task(task)
-    loaded = load_model(FINETUNED_BASE, task=task_obj, device=device)
+    name: str
+    base: str
+    task: str
+    out: str
+    config: dict
+
+    @property
+    def built(self) -> bool:
+        return has_weights(Path(self.out))
+
+    @property
+    def command(self) -> str:
+        """The command line that builds the same model in the foreground."""
+        if self.name in FINETUNED:
+            return build_command(self.name)
+        return f"lowrank finetune --model {shlex.quote(self.base)} --task {shlex.quote(self.task)} --out {shlex.quote(self.out)}"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Recipe":
+        return cls(**data)
+
+
+def _packaged_recipe(name: str, config: TrainConfig = MINILM_RT_CONFIG) -> Recipe:
+    """The recipe of the fine-tuned packaged model ``name``."""
+    return Recipe(name, FINETUNED_BASE, FINETUNED[name], str(finetuned_dir(name)), asdict(config))
+
+
+def recipe_for(model: str, task: Optional[str] = None) -> Recipe:
+    """The recipe that gives ``model`` a trained head for ``task``.
+
+    A fine-tuned packaged name is its own recipe (``task`` is its own); ``minilm`` on a suite task builds that task's
+    packaged model (``minilm-rt``...); any other model is fine-tuned into ``<cache>/finetuned/<model>-<task>-<hash>``
+    with the default :class:`TrainConfig` (what ``lowrank finetune --out`` does). ``$LOWRANK_FINETUNE_RECIPE``
+    (:data:`RECIPE_ENV`) replaces fields."""
+    if model in FINETUNED:
+        recipe = _packaged_recipe(model)
+    elif task is None:
+        raise ValueError(f"fine-tuning {model} needs a task")
+    elif model == FINETUNED_BASE and task in FINETUNED.values():
+        recipe = _packaged_recipe(finetuned_model(task))
+    else:
+        task = str(Path(task).resolve()) if Path(task).suffix.lower() == ".csv" else task
+        digest = hashlib.sha1(f"{model}\n{task}".encode()).hexdigest()[:8]
+        slug = re.sub(r"[^A-Za-z0-9._-]+", "-", f"{Path(model).name or model}-{Path(task).stem}")
+        out = cache_dir() / "finetuned" / f"{slug}-{digest}"
+        recipe = Recipe(str(out), model, task, str(out), asdict(TrainConfig()))
+    override = os.environ.get(RECIPE_ENV)
+    if not override:
+        return recipe
+    try:
+        fields = json.loads(override)
+    except ValueError as err:
+        raise ValueError(f"${RECIPE_ENV} is not JSON: {err}") from err
+    if not isinstance(fields, dict) or not isinstance(fields.get("config", {}), dict):
+        raise ValueError(f"${RECIPE_ENV} must be a JSON object (its config one too), got {override!r}")
+    unknown = sorted(set(fields) - {"base", "task", "config"})
+    if unknown:
+        raise ValueError(f"${RECIPE_ENV} may set base, task and config, not {', '.join(unknown)}")
+    return replace(recipe, **{**fields, "config": {**recipe.config, **fields.get("config", {})}})
+
+
+def build(recipe: Recipe, device: str = "cpu", progress: Optional[Progress] = None) -> dict:
+    """Fine-tune ``recipe.base`` with a fresh head on ``recipe.task`` and save it to ``recipe.out`` (atomic write: a
+    build that stops half-way leaves no folder). Returns the training record (name, base, task, config, final
+    training loss, validation accuracy), also saved as ``training.json``."""
+    task_obj = load_task(recipe.task)
+    config = TrainConfig(**recipe.config)
+    loaded = load_model(recipe.base, task=task_obj, device=device)
     losses = train(loaded.model, loaded.tokenizer, task_obj, config, progress=progress)
-    record = {"name": name, "base": FINETUNED_BASE, "task": task_obj.name, "task_source": task_obj.source,
+    report(progress, len(losses), len(losses), "measuring the validation accuracy")
+    record = {"name": recipe.name, "base": recipe.base, "task": task_obj.name, "task_source": task_obj.source,
               "sizes": task_obj.sizes(), "config": asdict(config),
               "final_loss": sum(losses[-20:]) / len(losses[-20:]),
               "validation_accuracy": accuracy(loaded, task_obj, "validation")}
-    with atomic_dir(finetuned_dir(name), force=True) as tmp:  # our cache: a model folder there is ours
+    report(progress, len(losses), len(losses), "saving")
+    with atomic_dir(Path(recipe.out), force=True) as tmp:  # our cache: a model folder there is ours
         loaded.model.save_pretrained(tmp, safe_serialization=True)
         loaded.tokenizer.save_pretrained(tmp)
         (tmp / "training.json").write_text(json.dumps(record, indent=2))
     return record
+
+
+def build_finetuned(task: str, config: TrainConfig = MINILM_RT_CONFIG, device: str = "cpu",
+                    progress: Optional[Progress] = None) -> dict:
+    """:func:`build` of the packaged model fine-tuned on the suite ``task`` (:data:`lowrank.models.packaged.MODELS`):
+    ``minilm-rt`` for ``rotten_tomatoes``, ``minilm-<task>`` otherwise, under ``<cache>/models/<name>``."""
+    return build(_packaged_recipe(finetuned_model(task), config), device, progress)
 
 
 def build_minilm_rt(config: TrainConfig = MINILM_RT_CONFIG, device: str = "cpu", progress: Optional[Progress] = None) -> dict:
