@@ -27,6 +27,7 @@ import streamlit as st
 
 import lowrank
 import lowrank.statistics
+from lowrank import report
 from lowrank.allocation import layer_loss_curves
 from lowrank.analysis.metrics import fisher_dispersion, risk_table
 from lowrank.compress import CompressionInfo, load_info
@@ -229,6 +230,13 @@ def plan_ranks(model: str, task: str, budget: float, strategy: str,
     when missing) and those of the predicted losses when they cost nothing."""
     stats = statistics(model, task, needs_for(strategy=strategy), also_if_cached=PREDICTION_NEEDS)
     return lowrank.allocate(load(model, task), budget, strategy, stats=stats, task=get_task(task), progress=progress)
+
+
+@st.cache_data(show_spinner="The SVD-drop metric on the plain-SVD runs...", max_entries=8)
+def drop_checks(model: str, task: str, run_ids: tuple, _summary: report.Summary) -> tuple:
+    """:func:`lowrank.report.drop_checks` of ``_summary``; ``run_ids`` (its dense and plain-SVD runs) is the cache key."""
+    weights = {n: m.weight for n, m in lowrank.compressible_linears(load(model, task).model).items()}
+    return report.drop_checks(_summary, weights, _fisher(model, task))
 
 
 def _fisher(model: str, task: str) -> dict:

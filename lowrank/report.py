@@ -5,7 +5,9 @@ each budget and compares it with the dense model and with plain SVD (quality, si
 
 Which runs. The newest finished dense run of the model and task is the reference; compressed runs count when
 they were measured on the same split with the same evaluation limit. Of several runs of one method at one
-budget (e.g. two strategies), the newest counts. Nothing is measured or estimated here.
+budget (e.g. two strategies), the newest counts. Nothing is measured here; :func:`with_drop_checks` adds the
+SVD-drop metric's prediction for each stored plain-SVD run (from its ranks, the weights and the Fisher), next to
+what that run measured.
 
 The dashboard's Summary page and ``lowrank report`` both use this module; the number formats here are the
 dashboard's too (:mod:`dashboard.labels` re-exports them).
@@ -26,6 +28,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from lowrank.analysis.metrics import risk_summary, risk_table
 from lowrank.evaluate import latency_note
 from lowrank.io import atomic_write_bytes, writable_file
 
@@ -80,6 +83,19 @@ class SummaryRow:
 
 
 @dataclass(frozen=True)
+class DropCheck:
+    """The SVD-drop metric (:func:`lowrank.analysis.metrics.risk_summary`) on one stored plain-SVD run, beside what
+    the run measured against dense: the predicted and measured loss increase (nats) and quality change."""
+
+    budget: float
+    run_id: int
+    predicted_loss_increase: float  # sum over layers of the predicted loss increase of their truncation
+    expected_to_drop: bool  # the metric's verdict
+    measured_loss_increase: Optional[float]  # the run's loss minus the dense loss
+    measured_change: Optional[float]  # the run's metric minus dense (accuracy: < 0 is a drop)
+
+
+@dataclass(frozen=True)
 class Summary:
     model: str
     task: str
@@ -91,6 +107,7 @@ class Summary:
     runs: pd.DataFrame = field(repr=False)  # the finished runs compared (dense first)
     headlines: tuple[str, ...] = ()
     created: float = 0.0
+    drop_checks: tuple[DropCheck, ...] = ()  # :func:`with_drop_checks`
 
     @property
     def higher_is_better(self) -> bool:
@@ -104,6 +121,15 @@ class Summary:
     @property
     def empty(self) -> bool:
         return not self.rows and self.dense is None
+
+    def drop_table(self) -> pd.DataFrame:
+        """One line per plain-SVD run: the SVD-drop metric's prediction and what was measured."""
+        return pd.DataFrame([{
+            "budget": c.budget, "predicted loss increase (nats)": c.predicted_loss_increase,
+            "measured loss increase (nats)": c.measured_loss_increase,
+            "predicted": "drop" if c.expected_to_drop else "no drop",
+            f"measured {self.metric or 'value'} change": c.measured_change, "run": c.run_id,
+        } for c in self.drop_checks])
 
     def table(self) -> pd.DataFrame:
         """One line per budget: the best method, its quality against dense and plain SVD, size and latency."""
@@ -168,6 +194,46 @@ def summary(store, model: str, task: str) -> Summary:
     return replace(result, headlines=tuple(headlines(result)))
 
 
+def drop_checks(s: Summary, weights: dict, fishers: dict) -> tuple[DropCheck, ...]:
+    """A :class:`DropCheck` for every plain-SVD run of ``s``'s rows, at that run's ranks (``weights`` and ``fishers``:
+    ``{layer: tensor}`` of the model). Costs one weighted and one plain truncation per factorized layer and run."""
+    checks = []
+    dense = s.dense or {}
+    for row in s.rows:
+        if row.svd_run_id is None:
+            continue
+        run = s.runs[s.runs["id"] == row.svd_run_id].iloc[0]
+        ranks = run["ranks"] if isinstance(run["ranks"], dict) else {}
+        verdict = risk_summary(risk_table(weights, fishers, {k: int(v) for k, v in ranks.items()}))
+        checks.append(DropCheck(budget=row.budget, run_id=row.svd_run_id,
+                                predicted_loss_increase=verdict["total_loss_svd"],
+                                expected_to_drop=verdict["svd_expected_to_drop"],
+                                measured_loss_increase=_difference(run["loss"], dense.get("loss")),
+                                measured_change=_difference(run["value"], dense.get("value"))))
+    return tuple(checks)
+
+
+def with_drop_checks(s: Summary, checks: Sequence[DropCheck]) -> Summary:
+    """``s`` with ``checks`` (:func:`drop_checks`) and their headline sentence."""
+    checked = replace(s, drop_checks=tuple(checks))
+    return replace(checked, headlines=tuple(headlines(checked)))
+
+
+def _drop_sentence(s: Summary) -> Optional[str]:
+    """The SVD-drop metric's verdict at the headline budget, next to what plain SVD measured."""
+    row = s.headline
+    check = next((c for c in s.drop_checks if row is not None and c.budget == row.budget), None)
+    if check is None:
+        return None
+    measured = [f"{value:+.3g}{unit}" for value, unit in ((check.measured_loss_increase, " nats"),
+                                                            (check.measured_change, f" {s.metric or 'value'}"))
+                if value is not None]
+    measured = f" (measured: {', '.join(measured)})" if measured else ""
+    verdict = "a drop" if check.expected_to_drop else "no drop"
+    return (f"From the weights and the Fisher alone, the SVD-drop metric predicts {verdict} for plain SVD at "
+            f"{check.budget:.0%}: a loss increase of {check.predicted_loss_increase:.3g} nats{measured}.")
+
+
 def _int(value) -> Optional[int]:
     value = _number(value)
     return None if value is None else int(value)
@@ -211,7 +277,8 @@ def headlines(s: Summary) -> list[str]:
                    f"(dense {format_ms(dense.get('latency_ms_b1'))} and {format_ms(dense.get('latency_ms_b32'))})")
         note = row.latency_note
         lines.append(f"The {row.method} model is {size}; it runs in {latency}" + (f"; measured {note}" if note else "") + ".")
-    return lines
+    drop = _drop_sentence(s)
+    return lines + ([drop] if drop else [])
 
 
 # ---------------------------------------------------------------- the chart
@@ -309,6 +376,7 @@ def render_html(s: Summary, figures: Sequence[go.Figure]) -> str:
         + (f" ({e(latency_note(dense.get('latency_info')))})" if isinstance(dense.get("latency_info"), dict) else "")
         + ". Latency: forward pass on the CPU.</p>",
         *charts,
+        *(["<h2>The SVD-drop metric: predicted and measured</h2>", _table(s.drop_table())] if s.drop_checks else []),
         '<p class="note">Each chart: hover for the budget and latencies; the camera button (top right) downloads it as PNG.</p>',
         "<h2>Runs compared</h2>",
         _table(s.runs[[c for c in RUN_TABLE_COLUMNS if c in s.runs.columns]]) if len(s.runs) else "<p>–</p>",

@@ -10,9 +10,11 @@ from dashboard import cache, labels, layout, plots, session, widgets  # first: s
 from lowrank.experiments.sweep import SweepSpec, reap_stale, start_sweep
 from lowrank.needs import needs_for
 
-DEMO_METHODS = ("svd", "fwsvd")
+# Plain SVD against the method that was best on both packaged models, on a plan that never loses to uniform (uniform
+# itself): docs/results/methods.md and docs/results/allocation.md.
+DEMO_METHODS = ("svd", "kfac_svd")
 DEMO_BUDGETS = (0.3, 0.5, 0.7)
-DEMO_STRATEGY = "fisher_greedy"
+DEMO_STRATEGY = "uniform"
 DEMO_LABEL = "demo"
 
 

@@ -24,6 +24,11 @@ if row is None:
     st.page_link("pages/5_Trade_offs.py", label="Start a sweep", icon=":material/insights:")
     st.stop()
 
+svd_runs = tuple(r.svd_run_id for r in result.rows if r.svd_run_id is not None)
+predicted = bool(svd_runs) and cache.is_cached(model, task, cache.PREDICTION_NEEDS)
+if predicted:
+    compared = ((result.dense or {}).get("id"), *svd_runs)
+    result = report.with_drop_checks(result, cache.drop_checks(model, task, compared, result))
 for line in result.headlines:
     st.markdown(f"- {line}")
 dense = result.dense or {}
@@ -54,6 +59,23 @@ st.dataframe(result.table(), hide_index=True, column_config={
     "latency b1 (ms)": st.column_config.NumberColumn("latency b1 (ms)", format="%.1f"),
     "latency b32 (ms)": st.column_config.NumberColumn("latency b32 (ms)", format="%.1f"),
 })
+st.subheader("Did the SVD-drop metric see it coming?")
+if predicted:
+    st.caption("The metric's whole-model prediction for each plain-SVD run (from the weights and the Fisher, without "
+               "running it) next to what the run measured against dense; how well it ranks layers and models: "
+               "`docs/results/predictor.md`.")
+    st.dataframe(result.drop_table(), hide_index=True, column_config={
+        "budget": st.column_config.NumberColumn("budget", format="percent"),
+        "predicted loss increase (nats)": st.column_config.NumberColumn(format="%.3g"),
+        "measured loss increase (nats)": st.column_config.NumberColumn(format="%+.3g"),
+        f"measured {metric} change": st.column_config.NumberColumn(format="%+.3g")})
+elif svd_runs:
+    st.info(f"The metric needs the {labels.statistics_label(cache.PREDICTION_NEEDS)} of the model on the task "
+            "(one pass, cached on disk).", icon=":material/info:")
+    widgets.statistics_button(model, task, cache.PREDICTION_NEEDS)
+else:
+    st.caption("No plain-SVD run is stored at these budgets: nothing to compare the metric with.")
+
 st.download_button("Export the report (HTML)", functools.partial(report.render_html, result, [figure]),
                    file_name=f"{labels.model_label(model)}-summary.html", mime="text/html", on_click="ignore",
                    icon=":material/download:", type="primary")

@@ -4,12 +4,16 @@ Visits every page through the sidebar (one browser session), edits a rank in the
 tiny factorization (in the background), downloads nothing but checks the download is offered, and
 writes screenshots to ``tests/artifacts/``; then the decoder path: a tiny Llama chosen on Model &
 task (the task follows: Lee), through Spectra, Ranks and Factorize to the trade-off plot, with no
-error box on the way. Needs the Debian ``chromium`` package (``.ci/run`` installs it); Playwright's
+error box on the way. A second test starts the server on a fresh cache, as a first ``make run`` does: it answers
+within 60 s while the default model builds in the background (the build made a few steps of the tiny encoder by
+``LOWRANK_FINETUNE_RECIPE``), Home shows the build's progress, then the stakeholder demo runs on the built model and
+the Summary renders. Needs the Debian ``chromium`` package (``.ci/run`` installs it); Playwright's
 own browsers are never downloaded.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -32,6 +36,20 @@ def server(tmp_path, tiny_bert_dir, sentiment_csv, seed_lee):
            "LOWRANK_MODEL_ROOTS": str(tiny_bert_dir.parent)}  # the test models may be typed in the model box
     with DashboardServer(env, log_path=tmp_path / "server.log") as running:
         running.wait_healthy()
+        yield running
+
+
+@pytest.fixture()
+def first_run_server(tmp_path, tiny_encoder_dir, sentiment_csv):
+    """A fresh cache and no LOWRANK_DEFAULT_MODEL: the default model (minilm-rt) is not built."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium; .ci/run does it)")
+    recipe = {"base": str(tiny_encoder_dir), "task": str(sentiment_csv),
+              "config": {"max_steps": 40, "batch_size": 4, "max_length": 16}}
+    env = {"LOWRANK_DEFAULT_TASK": str(sentiment_csv), "LOWRANK_CACHE": str(tmp_path / "cache"), "LOWRANK_OFFLINE": "1",
+           "LOWRANK_FINETUNE_RECIPE": json.dumps(recipe)}
+    with DashboardServer(env, log_path=tmp_path / "server.log") as running:
+        running.health_s = running.wait_healthy(timeout=120)
         yield running
 
 
@@ -159,5 +177,42 @@ def test_every_page_a_tiny_factorization_and_the_decoder_path(server, tiny_llama
         no_error_box(page, "trade-offs (decoder)")
         check_clean(page, "09-decoder-trade-offs")
 
+        browser.close()
+    assert not page_errors, page_errors
+
+
+def test_first_run_serves_at_once_builds_in_the_background_then_the_demo_and_summary(first_run_server):
+    from playwright.sync_api import expect, sync_playwright
+
+    assert first_run_server.health_s < 60
+    with sync_playwright() as p:
+        browser = launch_chromium(p)
+        page = browser.new_page(viewport={"width": 1440, "height": 1000})
+        page_errors = []
+        page.on("pageerror", lambda err: page_errors.append(str(err)))
+        page.goto(first_run_server.url, timeout=TIMEOUT)
+        page.get_by_role("heading", name="lowrank-studio", exact=True).wait_for(timeout=TIMEOUT)
+        expect(page.locator('[data-testid="stProgress"]').first).to_be_visible(timeout=TIMEOUT)  # the build's card
+        expect(page.get_by_role("button", name=re.compile("Run the demo"))).to_be_disabled()
+        check_clean(page, "10-first-run-building")
+
+        use = page.get_by_role("button", name=re.compile("^Use "))
+        use.wait_for(timeout=TIMEOUT)  # built: the card offers the model
+        use.click()
+        wait_idle(page, TIMEOUT)
+        demo = page.get_by_role("button", name=re.compile("Run the demo"))
+        expect(demo).to_be_enabled(timeout=TIMEOUT)
+        demo.click()
+        page.get_by_text(re.compile("keeping 70% of the compressible parameters")).wait_for(timeout=TIMEOUT)
+        page.get_by_text(re.compile("Sweep .*done|done", re.IGNORECASE)).first.wait_for(timeout=TIMEOUT)
+        wait_idle(page, TIMEOUT)
+        no_error_box(page, "demo")
+        check_clean(page, "11-first-run-demo")
+
+        go(page, "Summary", "Summary")
+        expect(page.locator(".js-plotly-plot").first).to_be_visible(timeout=TIMEOUT)
+        expect(page.get_by_role("button", name=re.compile("Export the report"))).to_be_visible()
+        no_error_box(page, "summary")
+        check_clean(page, "12-first-run-summary")
         browser.close()
     assert not page_errors, page_errors

@@ -358,10 +358,10 @@ def test_background_sweep_and_demo(env):
     click(at, "Replace it and run the demo")
     demo = store.sweeps().iloc[0]
     assert demo["label"] == "demo"
-    assert at.session_state["plan"].strategy == "fisher_greedy"
+    assert at.session_state["plan"].strategy == "uniform"
     assert wait_for_sweep(store, int(demo["id"]))["status"] == "done"
     at.run()
-    assert {"svd", "fwsvd", "dense", "Pareto front"} <= trace_names(at)
+    assert {"svd", "kfac_svd", "dense", "Pareto front"} <= trace_names(at)
     assert any("keeping" in m.value for m in at.markdown)
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from lowrank.experiments.store import RunStore
-from lowrank.report import is_report, render_html, summary, summary_figure, write_report
+from lowrank.report import drop_checks, is_report, render_html, summary, summary_figure, with_drop_checks, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 LATENCY = {"b1": {"warm_up": True, "repeats": 5}, "b32": {"warm_up": True, "repeats": 3},
@@ -72,6 +72,39 @@ def test_summary_of_perplexity_prefers_lower(tmp_path):
     assert summary(store, "lm", "nothing").empty
 
 
+def seed_svd_with_ranks(store: RunStore, model: str, task: str, ranks: dict) -> tuple[int, int]:
+    """A dense run (loss 0.40) and a plain-SVD run at 50% with ``ranks`` (loss 0.90): ids."""
+    dense = add_run(store, model, task, "dense", 0.85, size=10)
+    store.update_run(dense, loss=0.40)
+    svd = add_run(store, model, task, "svd", 0.60, 0.5, size=5, ranks=ranks)
+    store.update_run(svd, loss=0.90)
+    return dense, svd
+
+
+def test_drop_checks_predict_at_each_runs_ranks_beside_what_it_measured(tmp_path):
+    import torch
+
+    from lowrank.analysis.metrics import risk_summary, risk_table
+
+    torch.manual_seed(0)
+    weights = {"a": torch.randn(12, 8), "b": torch.randn(6, 10)}
+    fishers = {name: torch.rand_like(w) ** 4 for name, w in weights.items()}
+    ranks = {"a": 3, "b": 2}
+    store = RunStore(tmp_path / "runs.sqlite")
+    _, svd = seed_svd_with_ranks(store, "m", "t", ranks)
+    s = summary(store, "m", "t")
+    (check,) = drop_checks(s, weights, fishers)
+    expected = risk_summary(risk_table(weights, fishers, ranks))
+    assert check.run_id == svd and check.budget == 0.5
+    assert check.predicted_loss_increase == pytest.approx(expected["total_loss_svd"]) and check.predicted_loss_increase > 0
+    assert check.expected_to_drop == expected["svd_expected_to_drop"]
+    assert check.measured_loss_increase == pytest.approx(0.50) and check.measured_change == pytest.approx(-0.25)
+    checked = with_drop_checks(s, [check])
+    assert any("SVD-drop metric predicts" in line and "+0.5 nats" in line for line in checked.headlines)
+    page = render_html(checked, [summary_figure(checked)])
+    assert "The SVD-drop metric: predicted and measured" in page and f"{check.predicted_loss_increase:.4g}" in page
+
+
 def values(data) -> np.ndarray:
     """A plotly array as written to HTML: a list, or a typed array (``{"dtype", "bdata"}``, base64)."""
     if isinstance(data, dict):
@@ -127,6 +160,22 @@ def test_cli_report(tmp_path, capsys):
     assert main(["report", "--model", "absent", "--store", str(path)]) == 2
 
 
+def test_cli_report_predict_adds_the_drop_metric(tmp_path, capsys, monkeypatch, tiny_bert, tiny_bert_dir, sentiment_csv):
+    from lowrank import compressible_linears
+    from lowrank.cli.main import main
+
+    monkeypatch.setenv("LOWRANK_CACHE", str(tmp_path / "cache"))
+    ranks = {name: 2 for name in list(compressible_linears(tiny_bert.model))[:2]}
+    path = tmp_path / "runs.sqlite"
+    _, svd = seed_svd_with_ranks(RunStore(path), str(tiny_bert_dir), str(sentiment_csv), ranks)
+    args = ["report", "--model", str(tiny_bert_dir), "--task", str(sentiment_csv), "--store", str(path), "--json"]
+    assert main(args + ["--predict", "--fisher-batches", "2"]) == 0
+    (check,) = json.loads(capsys.readouterr().out)["drop_checks"]
+    assert check["run"] == svd and check["predicted loss increase (nats)"] > 0
+    assert check["measured loss increase (nats)"] == pytest.approx(0.5)
+    assert main(args) == 0 and "drop_checks" not in json.loads(capsys.readouterr().out)
+
+
 # ---------------------------------------------------------------- the dashboard
 
 
@@ -167,6 +216,28 @@ def test_summary_page_shows_the_stored_values(env, tiny_bert_dir, sentiment_csv)
     table = at.dataframe[0].value
     assert list(table["best method"]) == ["fwsvd", "fwsvd", "svd"] and list(table["accuracy"]) == [0.70, 0.80, 0.84]
     assert any(b.label == "Export the report (HTML)" for b in at.get("download_button"))
+
+
+def test_summary_page_shows_the_drop_metric_once_the_fisher_is_computed(env, tiny_bert, tiny_bert_dir, sentiment_csv):
+    from lowrank import compressible_linears
+    from lowrank.analysis.metrics import risk_summary, risk_table
+    from lowrank.statistics import DEFAULT, select, statistics_for
+
+    linears = dict(list(compressible_linears(tiny_bert.model).items())[:3])
+    ranks = {name: 2 for name in linears}
+    _, svd = seed_svd_with_ranks(RunStore(env / "runs.sqlite"), str(tiny_bert_dir), str(sentiment_csv), ranks)
+    at = app("pages/6_Summary.py")
+    assert any("The metric needs" in i.value for i in at.info)  # no Fisher on disk yet: nothing computed
+    next(b for b in at.button if b.label.startswith("Compute ")).click().run()
+    assert not at.exception, [e.message for e in at.exception]
+    table = at.dataframe[-1].value
+    fishers = select(statistics_for(tiny_bert, sentiment_csv, ("fisher",), DEFAULT), "fisher")
+    weights = {name: module.weight for name, module in linears.items()}
+    expected = risk_summary(risk_table(weights, fishers, ranks))["total_loss_svd"]
+    assert list(table["run"]) == [svd]
+    assert table["predicted loss increase (nats)"].iloc[0] == pytest.approx(expected, rel=1e-4)
+    assert table["measured loss increase (nats)"].iloc[0] == pytest.approx(0.50)
+    assert any("SVD-drop metric predicts" in m.value for m in at.markdown)
 
 
 def test_summary_page_without_runs_says_what_to_do(env):
