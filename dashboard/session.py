@@ -20,6 +20,7 @@ from typing import Optional
 import streamlit as st
 from streamlit.runtime.pages_manager import PagesManager
 
+from lowrank.allocation import DEFAULT_STRATEGY
 from lowrank.evaluate import task_kind_for
 from lowrank.experiments.build import latest_build, start_build
 from lowrank.models.packaged import FINETUNED
@@ -29,7 +30,6 @@ from . import cache
 from .labels import MODEL_KIND_LABELS, TASK_KIND_LABELS, TASK_LABELS, model_label, plan_fraction, task_label
 
 DEFAULT_BUDGET = 0.5
-DEFAULT_STRATEGY = "uniform"
 
 
 def wanted_model() -> str:

@@ -7,7 +7,7 @@ import streamlit as st
 
 import lowrank
 from dashboard import cache, labels, layout, plots, session, widgets  # first: sets up the environment for torch
-from lowrank.allocation import available_strategies
+from lowrank.allocation import DEFAULT_STRATEGY, available_strategies
 from lowrank.experiments.sweep import SweepSpec, reap_stale, running_sweeps, start_sweep
 
 layout.header(__file__)
@@ -74,7 +74,7 @@ with st.form("sweep_form"):
     budgets = cols[1].multiselect("Budgets (kept fraction)", [round(0.1 * k, 1) for k in range(1, 10)], default=[0.3, 0.5, 0.7],
                                   format_func=lambda b: f"{b:.0%}")
     strategy_names = available_strategies()
-    strategy = cols[2].selectbox("Strategy", strategy_names, index=strategy_names.index(session.DEFAULT_STRATEGY),
+    strategy = cols[2].selectbox("Strategy", strategy_names, index=strategy_names.index(DEFAULT_STRATEGY),
                                  format_func=labels.strategy_label)
     tunable = [m for m in methods if lowrank.get_method(m).options]
     options = {}

@@ -489,3 +489,13 @@ def test_cli_allocate_predict_uses_the_shared_statistics_flags(capsys, tiny_bert
     assert code == 0, err
     record = json.loads(out)
     assert record["strategy"] == "uniform" and math.isfinite(record["predicted_loss"])
+
+
+def test_the_default_strategy_is_uniform_everywhere(tiny_bert):
+    """fisher_greedy lost to uniform on an untuned task: allocate, the CLI and sweeps default to uniform."""
+    from lowrank.cli.main import build_parser
+    from lowrank.experiments.sweep import SweepSpec
+
+    assert allocate(tiny_bert, 0.5).strategy == "uniform"
+    assert build_parser().parse_args(["allocate", "--model", "m", "--budget", "0.5"]).strategy == "uniform"
+    assert SweepSpec("m", "t", ["svd"], [0.5]).strategy == "uniform"

@@ -17,6 +17,7 @@ from lowrank.allocation.curves import layer_loss_curves, predicted_loss_curve
 from lowrank.allocation.plan import PlannedLayer, RankPlan, read_ranks
 from lowrank.allocation.sensitivity import measure_sensitivity, sensitivity_cache_path, sensitivity_settings
 from lowrank.allocation.strategies import (
+    DEFAULT_STRATEGY,
     STRATEGIES,
     Strategy,
     allocate,
@@ -25,6 +26,6 @@ from lowrank.allocation.strategies import (
     register_strategy,
 )
 
-__all__ = ["DEFAULT_ALIGN", "STRATEGIES", "PlannedLayer", "RankPlan", "Strategy", "allocate", "available_strategies",
+__all__ = ["DEFAULT_ALIGN", "DEFAULT_STRATEGY", "STRATEGIES", "PlannedLayer", "RankPlan", "Strategy", "allocate", "available_strategies",
            "get_strategy", "layer_loss_curves", "measure_sensitivity", "parse_budget", "predicted_loss_curve",
            "read_ranks", "register_strategy", "sensitivity_cache_path", "sensitivity_settings"]

@@ -1,12 +1,12 @@
 """Rank allocation command: ``allocate`` (per-layer ranks under a global parameter budget, saved as a plan).
 
-    python -m lowrank allocate --model minilm-rt --budget 0.5 --strategy fisher_greedy --out plan.json
+    python -m lowrank allocate --model minilm-rt --budget 0.5 --strategy uniform --out plan.json
     python -m lowrank compress --model minilm-rt --plan plan.json --method fwsvd
 """
 
 from __future__ import annotations
 
-from lowrank.allocation import DEFAULT_ALIGN, STRATEGIES, available_strategies, get_strategy, parse_budget
+from lowrank.allocation import DEFAULT_ALIGN, DEFAULT_STRATEGY, STRATEGIES, available_strategies, get_strategy, parse_budget
 from lowrank.allocation import allocate as run_allocate
 from lowrank.allocation.choices import layer_choices, resolve_budget
 from lowrank.cli.args import add_common, add_statistics_options, add_task, statistics_settings, task_of
@@ -25,7 +25,8 @@ def register(sub) -> None:
     p.add_argument("--model", default="minilm-rt")
     p.add_argument("--budget", required=True,
                    help="fraction of the compressible parameters to keep (0.5 or 50%%) or a parameter count (4000000)")
-    p.add_argument("--strategy", default="fisher_greedy", choices=available_strategies())
+    p.add_argument("--strategy", default=DEFAULT_STRATEGY, choices=available_strategies(),
+                   help=f"allocation strategy (default {DEFAULT_STRATEGY})")
     p.add_argument("--align", type=int, default=DEFAULT_ALIGN, help=f"ranks are multiples of this (default {DEFAULT_ALIGN})")
     add_task(p, "task for Fisher estimation / sensitivity calibration")
     p.add_argument("--calibration-batches", type=int, default=4, help="batches for the sensitivity strategy (default 4)")

@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from lowrank.allocation import allocate, get_strategy
+from lowrank.allocation import DEFAULT_STRATEGY, allocate, get_strategy
 from lowrank.compress import save_compressed
 from lowrank.data.tasks import load_task
 from lowrank.evaluate import check_task_fits
@@ -60,7 +60,7 @@ class SweepSpec:
     task: str
     methods: list[str]
     budgets: list[float]
-    strategy: str = "uniform"
+    strategy: str = DEFAULT_STRATEGY
     options: dict[str, dict] = field(default_factory=dict)  # per method, e.g. {"tfwsvd": {"solver": "em"}}
     align: int = 8
     split: str = "validation"
