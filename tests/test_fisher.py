@@ -196,3 +196,19 @@ def test_gradient_moments_average_the_drawn_labels_too(tiny_bert, sentiment_csv)
     G1, G8 = one[name]["grad_moment"], many[name]["grad_moment"]
     assert torch.isfinite(G8).all() and not torch.equal(G1, G8)
     assert 0.2 < float(G8.trace() / G1.trace()) < 5  # a mean over draws, not a sum
+
+
+def test_a_causal_lms_backward_passes_are_split_without_changing_its_fisher(tiny_llama, text_task, monkeypatch):
+    """backward_parts bounds a causal LM's autograd graph: one example per backward pass gives the Fisher of
+    whole-batch passes (the per-example gradients are the same)."""
+    from lowrank.statistics import passes
+
+    settings = StatisticsSettings(num_batches=2, batch_size=4, max_length=16)
+    monkeypatch.setattr(passes, "BACKWARD_TOKENS", 10**6)
+    whole = estimate_fisher(tiny_llama, text_task, settings, use_cache=False)
+    monkeypatch.setattr(passes, "BACKWARD_TOKENS", 16)
+    batch = next(iter(batches(load_task(text_task), tiny_llama.tokenizer, "train", 4, 16)))
+    assert [len(part["input_ids"]) for part in passes.backward_parts(tiny_llama, batch)] == [1, 1, 1, 1]
+    split = estimate_fisher(tiny_llama, text_task, settings, use_cache=False)
+    for name in whole:
+        torch.testing.assert_close(split[name], whole[name], rtol=1e-4, atol=1e-10)

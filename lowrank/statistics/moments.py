@@ -100,7 +100,9 @@ def estimate_moments(loaded, task, settings: StatisticsSettings, gradients: bool
     collectors = {name: MomentCollector(module, gradients) for name, module in linears.items()}
     examples = calibration_pass(loaded, task, collectors, settings, backward_task_losses, gradients, progress,
                                 "input/gradient moments")
-    result = {name: c.result(examples) for name, c in collectors.items()}
+    result = {}
+    for name in list(collectors):  # each float64 accumulator is freed once its float32 result exists
+        result[name] = collectors.pop(name).result(examples)
     if use_cache and is_main():
         cache.write(path, {f"{n}::{k}": v for n, t in result.items() for k, v in t.items()}, key)
     return result

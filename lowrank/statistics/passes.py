@@ -28,6 +28,8 @@ from lowrank.data import num_batches as count_batches
 from lowrank.progress import Progress, report
 from lowrank.statistics.settings import StatisticsSettings
 
+BACKWARD_TOKENS = 512  # tokens of a causal LM per backward pass (backward_parts)
+
 
 def world() -> tuple[int, int]:
     """``(rank, world size)`` of the current process group, ``(0, 1)`` without one."""
@@ -88,6 +90,33 @@ def activation_gradients_only(model: torch.nn.Module) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
+def backward_parts(loaded, batch: dict) -> list[dict]:
+    """``batch`` split for its backward passes: a causal LM's into parts of at most :data:`BACKWARD_TOKENS` tokens
+    (whole examples), so the autograd graph and the logits (tokens x vocabulary) of one backward pass stay
+    bounded; a classifier's whole. Per-example statistics do not depend on the split."""
+    examples, length = batch["input_ids"].shape[:2]
+    if loaded.kind != "causal-lm":
+        return [batch]
+    step = max(1, BACKWARD_TOKENS // length)
+    return [{k: v[start:start + step] for k, v in batch.items()} for start in range(0, examples, step)]
+
+
+def _feed(loaded, batch: dict, collectors: dict, settings: StatisticsSettings, backward_fn, generator) -> int:
+    """One forward (and, with ``backward_fn``, backward) pass of ``batch`` into ``collectors``; returns its
+    (example, label) samples."""
+    batch = {k: v.to(loaded.device) for k, v in batch.items()}
+    mask = batch.get("attention_mask")
+    for c in collectors.values():
+        c.scale = float(batch["input_ids"].shape[0])
+        c.mask = None if mask is None else mask.bool()
+    if backward_fn is None:
+        with torch.no_grad():
+            loaded.model(**{k: v for k, v in batch.items() if k != "labels"})
+        return batch["input_ids"].shape[0]
+    loaded.model.zero_grad(set_to_none=True)
+    return batch["input_ids"].shape[0] * backward_fn(loaded, batch, settings, generator)
+
+
 def calibration_pass(loaded, task, collectors: dict, settings: StatisticsSettings, backward_fn, backward: bool,
                      progress: Optional[Progress], message: str) -> int:
     """Feed ``collectors`` (each with ``scale``, ``mask``, ``accumulators()`` and ``remove()``) from one pass.
@@ -107,19 +136,8 @@ def calibration_pass(loaded, task, collectors: dict, settings: StatisticsSetting
             for step, batch in enumerate(sample):
                 if step % size != rank:
                     continue
-                batch = {k: v.to(loaded.device) for k, v in batch.items()}
-                mask = batch.get("attention_mask")
-                for c in collectors.values():
-                    c.scale = float(batch["input_ids"].shape[0])
-                    c.mask = None if mask is None else mask.bool()
-                draws = 1
-                if backward:
-                    model.zero_grad(set_to_none=True)
-                    draws = backward_fn(loaded, batch, s, generator)
-                else:
-                    with torch.no_grad():
-                        model(**{k: v for k, v in batch.items() if k != "labels"})
-                examples += batch["input_ids"].shape[0] * draws
+                for part in backward_parts(loaded, batch) if backward else [batch]:
+                    examples += _feed(loaded, part, collectors, s, backward_fn if backward else None, generator)
                 report(progress, step + 1, total, message)
     finally:
         for c in collectors.values():
