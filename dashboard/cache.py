@@ -37,6 +37,7 @@ from lowrank.experiments.run import dense_reference
 from lowrank.experiments.store import RunStore, default_path
 from lowrank.io import atomic_write_bytes, cache_dir
 from lowrank.layers import break_even_rank, max_useful_rank
+from lowrank.models import compressible_weights
 from lowrank.models import model_kind as config_kind
 from lowrank.models.labels import head_untrained as _head_untrained
 from lowrank.models.loading import load_config
@@ -235,8 +236,7 @@ def plan_ranks(model: str, task: str, budget: float, strategy: str,
 @st.cache_data(show_spinner="The SVD-drop metric on the plain-SVD runs...", max_entries=8)
 def drop_checks(model: str, task: str, run_ids: tuple, _summary: report.Summary) -> tuple:
     """:func:`lowrank.report.drop_checks` of ``_summary``; ``run_ids`` (its dense and plain-SVD runs) is the cache key."""
-    weights = {n: m.weight for n, m in lowrank.compressible_linears(load(model, task).model).items()}
-    return report.drop_checks(_summary, weights, _fisher(model, task))
+    return report.drop_checks(_summary, compressible_weights(load(model, task).model), _fisher(model, task))
 
 
 def _fisher(model: str, task: str) -> dict:
@@ -258,8 +258,7 @@ def dispersion(model: str, task: str) -> dict[str, float]:
 @st.cache_data(show_spinner="Predicted SVD risk per layer...", max_entries=8)
 def risk(model: str, task: str, ranks_key: tuple) -> pd.DataFrame:
     """:func:`lowrank.analysis.metrics.risk_table` at the given ``(name, rank)`` pairs."""
-    weights = {n: m.weight for n, m in lowrank.compressible_linears(load(model, task).model).items()}
-    return risk_table(weights, _fisher(model, task), dict(ranks_key))
+    return risk_table(compressible_weights(load(model, task).model), _fisher(model, task), dict(ranks_key))
 
 
 @st.cache_data(show_spinner=False, max_entries=8)

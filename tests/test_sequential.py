@@ -305,7 +305,9 @@ def test_sequential_peak_memory_is_a_fraction_of_the_model(text_task, tmp_path):
     peak = figures["peak_kib"] * 1024
     print(f"model {size / 2**30:.2f} GiB; peak RSS {peak / 2**20:.0f} MiB = {peak / size:.1%} of the model "
           f"({figures['imported_kib'] / 1024:.0f} MiB after imports)")
-    assert peak < 0.35 * size
+    # What compressing adds above the interpreter and its imports (~500 MiB, which varies by machine, not by model):
+    # one shard in, one block's statistics and factors out; in memory it would be more than the whole model.
+    assert peak - figures["imported_kib"] * 1024 < 0.2 * size
     index = json.loads((tmp_path / "out" / INDEX).read_text())
     assert len(set(index["weight_map"].values())) == BIG["layers"] + 1
     meta = json.loads((tmp_path / "out" / "lowrank.json").read_text())

@@ -22,7 +22,7 @@ from lowrank.training import finetune
 from lowrank.training.finetune import TrainConfig, build_finetuned
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-STATISTICS_COMMANDS = {"compress", "fisher", "risk", "allocate", "lpaf"}
+STATISTICS_COMMANDS = {"compress", "fisher", "risk", "allocate", "lpaf", "report"}  # report: its --predict
 
 
 def readme_sizes(name: str) -> tuple[int, int, int]:

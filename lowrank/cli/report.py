@@ -9,7 +9,7 @@ from lowrank.cli.args import add_common, add_statistics_options, statistics_sett
 from lowrank.compress import load_any
 from lowrank.data import load_task
 from lowrank.experiments.store import RunStore
-from lowrank.models import compressible_linears
+from lowrank.models import compressible_weights
 from lowrank.needs import needs_for
 from lowrank.progress import TqdmProgress
 from lowrank.report import drop_checks, summary, with_drop_checks, write_report
@@ -65,5 +65,4 @@ def predictions(args, result, task: str):
     loaded = load_any(args.model, args.device, task=task)
     fishers = select(statistics_for(loaded, task, needs_for(predict=True), statistics_settings(args),
                                     progress=TqdmProgress()), "fisher")
-    weights = {name: module.weight for name, module in compressible_linears(loaded.model).items()}
-    return drop_checks(result, weights, fishers)
+    return drop_checks(result, compressible_weights(loaded.model), fishers)

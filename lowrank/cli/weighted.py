@@ -8,7 +8,7 @@ from lowrank.analysis.metrics import fisher_dispersion, risk_summary, risk_table
 from lowrank.cli.args import add_common, add_statistics_options, add_task, statistics_settings, task_of
 from lowrank.compress import load_any
 from lowrank.methods import get_method
-from lowrank.models.architectures import compressible_linears
+from lowrank.models.architectures import compressible_weights
 from lowrank.progress import TqdmProgress
 from lowrank.ranks import resolve_ranks
 from lowrank.statistics import select, statistics_for
@@ -58,7 +58,7 @@ def risk(args):
     task = task_of(args, loaded)
     ranks = resolve_ranks(loaded.model, args.keep)
     importance = _estimate(loaded, task, args)
-    weights = {n: m.weight.detach() for n, m in compressible_linears(loaded.model).items() if n in ranks}
+    weights = {n: w.detach() for n, w in compressible_weights(loaded.model).items() if n in ranks}
     table = risk_table(weights, {n: importance[n] for n in weights}, ranks, method=args.method)
     if args.taylor_split:
         settings = statistics_settings(args).with_(split=args.taylor_split)

@@ -293,13 +293,17 @@ class RunStore:
         if not handle.finished:
             handle.finish()
 
-    def get_run(self, run_id: int) -> dict:
+    def _row(self, table: str, kind: str, row_id: int) -> dict:
+        """The row ``row_id`` of ``table`` (after :meth:`reap`), undecoded; ``KeyError`` naming the ``kind`` when absent."""
         self.reap()
         with self._connect() as conn:
-            row = conn.execute("SELECT * FROM runs WHERE id = ?", (int(run_id),)).fetchone()
+            row = conn.execute(f"SELECT * FROM {table} WHERE id = ?", (int(row_id),)).fetchone()
         if row is None:
-            raise KeyError(f"no run with id {run_id} in {self.path}")
-        return _decode(dict(row))
+            raise KeyError(f"no {kind} with id {row_id} in {self.path}")
+        return dict(row)
+
+    def get_run(self, run_id: int) -> dict:
+        return _decode(self._row("runs", "run", run_id))
 
     def runs(self, **filters) -> pd.DataFrame:
         """All runs (newest first) as a DataFrame, optionally filtered by equality on columns
@@ -378,12 +382,7 @@ class RunStore:
         self.update_sweep(sweep_id, **fields)
 
     def get_sweep(self, sweep_id: int) -> dict:
-        self.reap()
-        with self._connect() as conn:
-            row = conn.execute("SELECT * FROM sweeps WHERE id = ?", (int(sweep_id),)).fetchone()
-        if row is None:
-            raise KeyError(f"no sweep with id {sweep_id} in {self.path}")
-        return _decode_spec(dict(row))
+        return _decode_spec(self._row("sweeps", "sweep", sweep_id))
 
     def sweeps(self, status: Optional[Union[str, list]] = None) -> pd.DataFrame:
         self.reap()
@@ -433,12 +432,7 @@ class RunStore:
         self.update_build(build_id, status=status, message=message, error=error, finished=time.time())
 
     def get_build(self, build_id: int) -> dict:
-        self.reap()
-        with self._connect() as conn:
-            row = conn.execute("SELECT * FROM builds WHERE id = ?", (int(build_id),)).fetchone()
-        if row is None:
-            raise KeyError(f"no build with id {build_id} in {self.path}")
-        return _decode_spec(dict(row))
+        return _decode_spec(self._row("builds", "build", build_id))
 
     def builds(self, name: Optional[str] = None, status: Optional[str] = None) -> list[dict]:
         """The builds (newest first), of model ``name`` and with ``status`` when given."""

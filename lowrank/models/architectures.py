@@ -139,6 +139,11 @@ def compressible_linears(model: nn.Module) -> dict[str, nn.Linear]:
     return {name: m for name, m in model.named_modules() if is_compressible(model, name, m)}
 
 
+def compressible_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``{module_name: weight}`` (out, in) of every compressible Linear (:func:`compressible_linears`)."""
+    return {name: module.weight for name, module in compressible_linears(model).items()}
+
+
 def layer_type(model: nn.Module, name: str) -> str:
     """Short type label (``query``, ``ffn_up``, ``q_proj``...) of a compressible module."""
     arch = architecture_of(model)
