@@ -29,7 +29,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from lowrank.analysis.metrics import risk_summary, risk_table
-from lowrank.evaluate import latency_note
+from lowrank.evaluate import chance_accuracy, destroyed, latency_note
 from lowrank.io import atomic_write_bytes, writable_file
 
 BASELINE = "svd"  # plain SVD: what the weighted methods are compared with
@@ -80,6 +80,15 @@ class SummaryRow:
     latency_note: str
     svd_value: Optional[float] = None
     svd_run_id: Optional[int] = None
+    destroyed: Optional[str] = None  # why the best run destroys the model (lowrank.evaluate.destroyed), or None
+    svd_destroyed: Optional[str] = None  # the same for plain SVD's run
+
+    @property
+    def warning(self) -> str:
+        """The destroyed-model flags of this budget in words ("" when neither run destroys the model)."""
+        runs = [(self.method, self.destroyed)] + ([(BASELINE, self.svd_destroyed)] if self.method != BASELINE else [])
+        flags = [f"{who}: {why}" for who, why in runs if why]
+        return "; ".join(flags)
 
 
 @dataclass(frozen=True)
@@ -139,6 +148,7 @@ class Summary:
             "vs dense": _difference(row.value, dense.get("value")), "plain SVD": row.svd_value,
             "vs plain SVD": _difference(row.value, row.svd_value), "size (MB)": _mb(row.size_bytes),
             "latency b1 (ms)": row.latency_ms_b1, "latency b32 (ms)": row.latency_ms_b32, "run": row.run_id,
+            "destroys the model?": row.warning,
         } for row in self.rows])
 
 
@@ -175,6 +185,11 @@ def summary(store, model: str, task: str) -> Summary:
     compressed = compressed.assign(budget=compressed["budget"].round(4)).drop_duplicates(["method", "budget"])
     metric = reference["metric"] if reference is not None else None
     higher = metric != "perplexity"
+    chance = _chance(task, reference["split"]) if reference is not None and metric == "accuracy" else None
+
+    def ruined(value) -> Optional[str]:
+        return destroyed(metric, value, None if dense is None else _number(dense["value"]), chance)
+
     rows = []
     for budget, group in compressed.groupby("budget", sort=True):
         best = group.loc[group["value"].idxmax() if higher else group["value"].idxmin()]
@@ -186,12 +201,21 @@ def summary(store, model: str, task: str) -> Summary:
             latency_ms_b32=_number(best["latency_ms_b32"]),
             latency_note=latency_note(best["latency_info"] if isinstance(best["latency_info"], dict) else None),
             svd_value=float(svd["value"].iloc[0]) if len(svd) else None,
-            svd_run_id=int(svd["id"].iloc[0]) if len(svd) else None))
+            svd_run_id=int(svd["id"].iloc[0]) if len(svd) else None,
+            destroyed=ruined(float(best["value"])), svd_destroyed=ruined(float(svd["value"].iloc[0])) if len(svd) else None))
     shown = pd.concat([frame for frame in (dense_runs.iloc[:1], compressed) if len(frame)]) if len(runs) else runs
     result = Summary(model=model, task=task, metric=metric, split=None if reference is None else reference["split"],
                      eval_limit=None if reference is None else _int(reference["eval_limit"]), dense=dense,
                      rows=tuple(rows), runs=shown, created=time.time())
     return replace(result, headlines=tuple(headlines(result)))
+
+
+def _chance(task: str, split: str) -> Optional[float]:
+    """:func:`lowrank.evaluate.chance_accuracy` of the stored task key, ``None`` when the task cannot be read now."""
+    try:
+        return chance_accuracy(task, split)
+    except (ValueError, OSError, KeyError):
+        return None
 
 
 def drop_checks(s: Summary, weights: dict, fishers: dict) -> tuple[DropCheck, ...]:
@@ -277,8 +301,36 @@ def headlines(s: Summary) -> list[str]:
                    f"(dense {format_ms(dense.get('latency_ms_b1'))} and {format_ms(dense.get('latency_ms_b32'))})")
         note = row.latency_note
         lines.append(f"The {row.method} model is {size}; it runs in {latency}" + (f"; measured {note}" if note else "") + ".")
+        slower = slower_sentence(row, dense)
+        if slower:
+            lines.append(slower)
+    if row.destroyed:
+        lines.append(f"Warning: even the best stored method destroys the model at {row.budget:.0%}: {row.destroyed}.")
+    elif row.svd_destroyed and row.method != BASELINE:
+        lines.append(f"Plain SVD destroys the model at {row.budget:.0%}: {row.svd_destroyed}.")
     drop = _drop_sentence(s)
     return lines + ([drop] if drop else [])
+
+
+def slower_sentence(row: SummaryRow, dense: dict) -> Optional[str]:
+    """Why ``row``'s model reads slower than dense at a batch size where it does, or ``None``.
+
+    A factorized layer does ``r (out + in)`` multiply-adds per token instead of ``out in``, so the linear layers do
+    ``kept_fraction`` of the dense work; a slower measurement then comes from running two thin matrix products
+    where one wide one ran (each with its own memory traffic and per-call overhead), which costs more per
+    multiply-add at small batches and small ranks than the work saved. The numbers are the run's own (measured
+    under the conditions recorded with them, which are re-measured when they disagree with dense's)."""
+    slower = [f"batch {b}" for b, mine, theirs in ((1, row.latency_ms_b1, dense.get("latency_ms_b1")),
+                                                   (32, row.latency_ms_b32, dense.get("latency_ms_b32")))
+              if _number(mine) is not None and _number(theirs) is not None and float(mine) > float(theirs)]
+    if not slower:
+        return None
+    work = f"{row.kept_fraction:.0%} of the dense multiply-adds in its linear layers" if row.kept_fraction else \
+        "fewer multiply-adds in its linear layers"
+    return (f"It reads slower than dense at {' and '.join(slower)} although it does {work}: each factorized layer runs "
+            "two thin matrix products where the dense model runs one wide one, and at this batch size and rank their "
+            "per-call overhead and memory traffic cost more than the work saved (a larger batch, fewer and larger "
+            "ranks, or keeping small layers dense helps).")
 
 
 # ---------------------------------------------------------------- the chart

@@ -31,6 +31,10 @@ if predicted:
     result = report.with_drop_checks(result, cache.drop_checks(model, task, compared, result))
 for line in result.headlines:
     st.markdown(f"- {line}")
+flagged = [f"at {r.budget:.0%}, {r.warning}" for r in result.rows if r.warning]
+if flagged:
+    st.warning("Destroyed models (quality at chance or perplexity far above dense): " + "; ".join(flagged) + ".",
+               icon=":material/warning:")
 dense = result.dense or {}
 metric = result.metric or "value"
 cols = st.columns(4)
@@ -58,6 +62,7 @@ st.dataframe(result.table(), hide_index=True, column_config={
     "size (MB)": st.column_config.NumberColumn("size (MB)", format="%.1f"),
     "latency b1 (ms)": st.column_config.NumberColumn("latency b1 (ms)", format="%.1f"),
     "latency b32 (ms)": st.column_config.NumberColumn("latency b32 (ms)", format="%.1f"),
+    "destroys the model?": st.column_config.TextColumn("destroys the model?"),
 })
 st.subheader("Did the SVD-drop metric see it coming?")
 if predicted:

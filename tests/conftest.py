@@ -9,8 +9,26 @@ import pandas as pd
 import pytest
 import torch
 
+from lowrank.experiments import build, sweep
+from lowrank.io import cache_dir
+
 os.environ.setdefault("LOWRANK_OFFLINE", "1")  # tests never probe the hub
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+USER_CACHE = cache_dir().resolve()  # the cache of whoever runs the tests, before any test points LOWRANK_CACHE elsewhere
+
+
+@pytest.fixture(autouse=True)
+def no_background_job_in_the_users_cache(monkeypatch):
+    """A test may start background builds and sweeps only in a cache of its own: one that reached the user's run store
+    once fine-tuned the real minilm-rt for minutes behind the test run (regression)."""
+    for module in (build, sweep):
+        def guarded(args, log, spawn=module.spawn):
+            db = Path(args[args.index("--db") + 1]).resolve()
+            if db.is_relative_to(USER_CACHE):
+                raise AssertionError(f"a test started a background job in the user's cache ({db}): set LOWRANK_CACHE")
+            return spawn(args, log)
+
+        monkeypatch.setattr(module, "spawn", guarded)
 
 POSITIVE = ["a good film", "great acting and a fine story", "wonderful, moving and funny", "I loved it", "a delight",
             "brilliant work", "superb and warm", "charming and clever", "a joy to watch", "beautifully made"]

@@ -20,12 +20,14 @@ from lowrank.allocation import (
     register_strategy,
 )
 from lowrank.allocation.choices import layer_choices
+from lowrank.allocation.curves import kfac_loss_curve, kfac_loss_curves
 from lowrank.allocation.sensitivity import Sensitivity
 from lowrank.allocation.solvers import greedy_allocation, threshold_allocation
 from lowrank.analysis.spectra import energy_curve, singular_values
 from lowrank.cli.main import main
 from lowrank.data.batches import batches
 from lowrank.layers import break_even_rank
+from lowrank.methods.kfac_svd import kfac_svd
 from lowrank.ranks import linear_shapes
 from lowrank.statistics import StatisticsSettings, select, statistics_for
 
@@ -293,6 +295,54 @@ def test_fisher_greedy_predicts_no_more_loss_than_uniform_or_energy(tiny_bert, s
                 plan = allocate(tiny_bert, budget, other, importance=importance, align=align)
                 assert math.isfinite(plan.predicted_loss)
                 assert greedy.predicted_loss <= plan.predicted_loss * (1 + 1e-9)
+
+
+def kfac_loss(W, A, G, W_hat) -> float:
+    dW = (W - W_hat).double()
+    return 0.5 * float(torch.trace(G.double() @ dW @ A.double() @ dW.T))
+
+
+def test_kfac_loss_curve_is_the_loss_kfac_svd_attains_and_no_rank_r_matrix_does_better():
+    generator = torch.Generator().manual_seed(3)
+    W = torch.randn(9, 7, generator=generator)
+    X, Y = torch.randn(7, 40, generator=generator), torch.randn(9, 30, generator=generator)
+    A, G = X @ X.T / 40, Y @ Y.T / 30
+    curve = kfac_loss_curve(W, A, G)
+    assert curve.shape == (8,) and curve[-1] == 0 and np.all(np.diff(curve) <= 1e-12)
+    assert curve[0] == pytest.approx(kfac_loss(W, A, G, torch.zeros_like(W)), rel=1e-9)
+    for rank in (1, 3, 5):
+        U, V = kfac_factors(W, rank, A, G)
+        assert kfac_loss(W, A, G, U @ V) == pytest.approx(curve[rank], rel=1e-6)
+        for _ in range(5):  # other rank-r matrices: perturbed factors of the optimum, and the plain SVD
+            other = (U + 1e-2 * torch.randn(U.shape, generator=generator)) @ (V + 1e-2 * torch.randn(V.shape, generator=generator))
+            assert kfac_loss(W, A, G, other) >= curve[rank] - 1e-9
+        U, S, Vh = torch.linalg.svd(W, full_matrices=False)
+        assert kfac_loss(W, A, G, U[:, :rank] * S[:rank] @ Vh[:rank]) >= curve[rank] - 1e-9
+    with pytest.raises(ValueError, match="do not fit"):
+        kfac_loss_curve(W, G, A)
+
+
+def kfac_factors(W, rank, A, G):
+    f = kfac_svd(W.double(), rank, {"input_moment": A.double(), "grad_moment": G.double()})
+    return f.U, f.V
+
+
+def test_kfac_greedy_predicts_no_more_kfac_loss_than_uniform_and_needs_the_moments(tiny_bert, sentiment_csv):
+    stats = statistics_for(tiny_bert, sentiment_csv, ("activations", "gradients"),
+                           StatisticsSettings(num_batches=2, batch_size=8), use_cache=False)
+    curves = kfac_loss_curves(tiny_bert, stats)
+
+    def predicted(plan):
+        return sum(curves[n][r] for n, r in plan.ranks.items())
+
+    for budget in (0.3, 0.5, 0.7):
+        greedy = allocate(tiny_bert, budget, "kfac_greedy", stats=stats, align=4)
+        assert greedy.params <= greedy.budget
+        assert greedy.meta["kfac_loss_lower_bound"] <= predicted(greedy) * (1 + 1e-9)
+        for other in ("uniform", "energy"):
+            assert predicted(greedy) <= predicted(allocate(tiny_bert, budget, other, align=4)) * (1 + 1e-9)
+    with pytest.raises(ValueError, match="input and gradient moments"):
+        allocate(tiny_bert, 0.5, "kfac_greedy", stats={n: {"input_moment": v["input_moment"]} for n, v in stats.items()})
 
 
 def test_threshold_allocation_treats_a_choice_as_bad_as_any_larger_one():

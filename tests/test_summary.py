@@ -72,6 +72,29 @@ def test_summary_of_perplexity_prefers_lower(tmp_path):
     assert summary(store, "lm", "nothing").empty
 
 
+def test_a_destroyed_result_is_flagged_in_the_summary_and_the_report(tmp_path):
+    store = RunStore(tmp_path / "runs.sqlite")
+    add_run(store, "lm", "lee", "dense", 20.0, metric="perplexity", size=10, b1=10.0, b32=100.0)
+    add_run(store, "lm", "lee", "svd", 900.0, 0.5, metric="perplexity", size=5, b1=9.0, b32=90.0)
+    add_run(store, "lm", "lee", "kfac_svd", 30.0, 0.5, metric="perplexity", size=5, b1=12.0, b32=80.0)
+    s = summary(store, "lm", "lee")
+    row = s.headline
+    assert row.method == "kfac_svd" and row.destroyed is None and "more than 10x" in row.svd_destroyed
+    assert row.warning.startswith("svd: perplexity 900")
+    assert any(line.startswith("Plain SVD destroys the model at 50%") for line in s.headlines)
+    # slower than dense at batch 1 only, with half the multiply-adds: said, and why
+    (slower,) = [line for line in s.headlines if "reads slower than dense" in line]
+    assert "at batch 1 although it does 50% of the dense multiply-adds" in slower and "batch 32" not in slower
+    assert s.table()["destroys the model?"].iloc[0] == row.warning
+    assert "svd: perplexity 900" in render_html(s, [summary_figure(s)])
+    store = RunStore(tmp_path / "worse.sqlite")
+    add_run(store, "lm", "lee", "dense", 20.0, metric="perplexity")
+    add_run(store, "lm", "lee", "svd", 900.0, 0.5, metric="perplexity")
+    only = summary(store, "lm", "lee")
+    assert only.headline.destroyed and only.headline.warning.count("perplexity 900") == 1
+    assert any(line.startswith("Warning: even the best stored method destroys the model") for line in only.headlines)
+
+
 def seed_svd_with_ranks(store: RunStore, model: str, task: str, ranks: dict) -> tuple[int, int]:
     """A dense run (loss 0.40) and a plain-SVD run at 50% with ``ranks`` (loss 0.90): ids."""
     dense = add_run(store, model, task, "dense", 0.85, size=10)
@@ -238,6 +261,19 @@ def test_summary_page_shows_the_drop_metric_once_the_fisher_is_computed(env, tin
     assert table["predicted loss increase (nats)"].iloc[0] == pytest.approx(expected, rel=1e-4)
     assert table["measured loss increase (nats)"].iloc[0] == pytest.approx(0.50)
     assert any("SVD-drop metric predicts" in m.value for m in at.markdown)
+
+
+def test_summary_page_flags_a_result_at_chance(env, tiny_bert_dir, sentiment_csv):
+    from lowrank.evaluate import chance_accuracy
+
+    store = RunStore(env / "runs.sqlite")
+    seed(store, str(tiny_bert_dir), str(sentiment_csv))
+    add_run(store, str(tiny_bert_dir), str(sentiment_csv), "svd", chance_accuracy(str(sentiment_csv)), 0.2)
+    at = app("pages/6_Summary.py")
+    (warning,) = [w.value for w in at.warning if "Destroyed models" in w.value]
+    assert "at 20%, svd: accuracy" in warning and "at chance" in warning
+    table = at.dataframe[0].value
+    assert list(table["destroys the model?"] != "") == [True, False, False, False]
 
 
 def test_summary_page_without_runs_says_what_to_do(env):

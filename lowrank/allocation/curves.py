@@ -7,6 +7,13 @@ minimized at rank ``r`` by the truncated SVD of ``W diag(d)`` (FWSVD) with value
 ``curve[r] = 0.5 * sum_{k > r} s_k^2``, ``s`` the singular values of ``W diag(d)``
 (:func:`predicted_loss_curve`). The mean (not the sum) over rows keeps curves of layers
 with different heights on the same scale, so they can be compared across layers.
+
+Second order, K-FAC (:func:`kfac_loss_curve`): with the Kronecker-factored Fisher ``G (x) A``
+(:mod:`lowrank.statistics.moments`) the loss increase of ``W' = W - dW`` is
+``0.5 tr(G dW A dW^T) = 0.5 ||L_G^T dW L_A||_F^2`` (``A = L_A L_A^T``, ``G = L_G L_G^T``), minimized at
+rank ``r`` by ``kfac_svd`` with value ``curve[r] = 0.5 * sum_{k > r} s_k^2``, ``s`` the singular values
+of ``L_G^T W L_A``. Unlike the diagonal it keeps the correlations of a layer's inputs (and of its
+output gradients), which decide how much of a truncation the data excite.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import numpy as np
 import torch
 
 from lowrank.loaded import module_of
+from lowrank.methods.roots import psd_root
 from lowrank.models.architectures import compressible_linears
 from lowrank.progress import Progress, report
 
@@ -44,7 +52,27 @@ def predicted_loss_curve(W: torch.Tensor, F: Optional[torch.Tensor] = None, axis
         if not torch.isfinite(F).all() or (F < 0).any():
             raise ValueError("importance must be finite and non-negative")
         scaled = W * F.mean(0).sqrt()[None, :] if axis == "in" else F.mean(1).sqrt()[:, None] * W
-    s2 = torch.linalg.svdvals(scaled).double().numpy() ** 2
+    return _tail_curve(torch.linalg.svdvals(scaled))
+
+
+def kfac_loss_curve(W: torch.Tensor, A: torch.Tensor, G: torch.Tensor) -> np.ndarray:
+    """``curve[r]`` (r = 0 .. min(out, in)): K-FAC-predicted loss increase of the best rank-r truncation.
+
+    ``curve[r] = 0.5 * sum_{k > r} s_k^2``, ``s`` the singular values of ``L_G^T W L_A`` with the
+    safeguarded roots of ``A = E[x x^T]`` (in, in) and ``G = E[g g^T]`` (out, out)
+    (:func:`lowrank.methods.roots.psd_root`); the value ``kfac_svd`` attains at rank r. Non-increasing,
+    ``curve[min(out, in)] = 0``. Cost: two roots O(in^3 + out^3) and the singular values of one matrix.
+    """
+    W = torch.as_tensor(W).detach()
+    if W.ndim != 2 or tuple(A.shape) != (W.shape[1],) * 2 or tuple(G.shape) != (W.shape[0],) * 2:
+        raise ValueError(f"moments of shapes {tuple(G.shape)} and {tuple(A.shape)} do not fit a weight {tuple(W.shape)}")
+    right, left = psd_root(A.to(W.device)), psd_root(G.to(W.device))
+    return _tail_curve(torch.linalg.svdvals(left.L.T @ W.double() @ right.L))
+
+
+def _tail_curve(s: torch.Tensor) -> np.ndarray:
+    """``0.5 * [sum_{k >= r} s_k^2 for r = 0 .. len(s)]`` (0-based), ending at 0."""
+    s2 = s.detach().double().cpu().numpy() ** 2
     tail = np.cumsum(s2[::-1])[::-1]  # tail[k] = sum_{j >= k} s_j^2 (0-based)
     return 0.5 * np.append(tail, 0.0)
 
@@ -62,6 +90,22 @@ def layer_loss_curves(model, importance: dict[str, torch.Tensor], axis: str = "i
         report(progress, step, len(linears), f"loss curve of {name}")
         curves[name] = predicted_loss_curve(layer.weight, importance[name], axis)
     report(progress, len(linears), len(linears), "loss curves done")
+    return curves
+
+
+def kfac_loss_curves(model, stats: dict[str, dict], progress: Optional[Progress] = None) -> dict[str, np.ndarray]:
+    """``{name: curve}`` (:func:`kfac_loss_curve`) for every compressible layer; ``stats[name]`` holds its
+    ``input_moment`` and ``grad_moment`` (:func:`lowrank.statistics.statistics_for` with activations and gradients)."""
+    linears = compressible_linears(module_of(model))
+    missing = [n for n in linears if not {"input_moment", "grad_moment"} <= set(stats.get(n, {}))]
+    if missing:
+        raise ValueError(f"K-FAC loss curves need the input and gradient moments of every layer (statistics "
+                         f"'activations' and 'gradients'); missing for {len(missing)}: {missing[:3]}")
+    curves = {}
+    for step, (name, layer) in enumerate(linears.items()):
+        report(progress, step, len(linears), f"K-FAC loss curve of {name}")
+        curves[name] = kfac_loss_curve(layer.weight, stats[name]["input_moment"], stats[name]["grad_moment"])
+    report(progress, len(linears), len(linears), "K-FAC loss curves done")
     return curves
 
 

@@ -10,6 +10,9 @@ whose ``ranks`` go straight to ``compress(model, plan.ranks, method=...)``. Buil
 * ``fisher_greedy``: global greedy on the predicted loss increase
   (:mod:`~lowrank.allocation.curves`), taking the rank step with the largest predicted loss
   decrease per parameter until the budget is spent;
+* ``kfac_greedy``: the same greedy on the K-FAC-predicted loss increase
+  ``0.5 tr(G dW A dW^T)`` of ``kfac_svd``'s truncation (input and gradient correlations kept,
+  which the diagonal of ``fisher_greedy`` drops);
 * ``sensitivity``: measured loss on a few calibration batches, one layer compressed at a
   time with plain SVD at a few kept fractions (:mod:`~lowrank.allocation.sensitivity`),
   interpolated in rank. Ranks below a layer's smallest measured fraction are not measured:
@@ -17,7 +20,7 @@ whose ``ranks`` go straight to ``compress(model, plan.ranks, method=...)``. Buil
   every layer at its smallest measured fraction (then all layers shrink by about the same
   relative amount).
 
-``uniform``, ``energy`` and ``sensitivity`` use the common-threshold solver, ``fisher_greedy``
+``uniform``, ``energy`` and ``sensitivity`` use the common-threshold solver, the greedy strategies
 the convex-hull greedy (:mod:`~lowrank.allocation.solvers`); every strategy ends with the
 fill step, so ``plan.params <= budget`` and ``budget - plan.params < max_l align * (out_l + in_l)``.
 """
@@ -34,7 +37,7 @@ import torch
 from torch import nn
 
 from lowrank.allocation.choices import DEFAULT_ALIGN, Budget, LayerChoices, layer_choices, resolve_budget
-from lowrank.allocation.curves import layer_loss_curves, loss_at
+from lowrank.allocation.curves import kfac_loss_curves, layer_loss_curves, loss_at
 from lowrank.allocation.plan import PlannedLayer, RankPlan
 from lowrank.allocation.sensitivity import DEFAULT_FRACTIONS, measure_sensitivity
 from lowrank.allocation.solvers import greedy_allocation, threshold_allocation
@@ -63,6 +66,7 @@ class AllocationContext:
     task: object = None
     progress: Optional[Progress] = None
     axis: str = "in"
+    stats: Optional[dict] = None  # {layer: {key: tensor}} from statistics_for (moments for kfac_greedy)
     _curves: Optional[dict[str, np.ndarray]] = None
 
     def weight(self, name: str) -> torch.Tensor:
@@ -152,6 +156,15 @@ def _fisher_greedy(ctx: AllocationContext):
     return choice, {"predicted_loss_lower_bound": bound}
 
 
+@register_strategy("kfac_greedy", "Global greedy on the K-FAC-predicted loss increase per parameter (kfac_svd spectrum: "
+                   "input and gradient correlations).", needs=("activations", "gradients"))
+def _kfac_greedy(ctx: AllocationContext):
+    curves = kfac_loss_curves(ctx.model, ctx.stats or {}, ctx.progress)
+    losses = {n: ctx.curve_choices(curves, n) for n in ctx.layers}
+    choice, bound = greedy_allocation(ctx.layers, ctx.budget, losses)
+    return choice, {"kfac_loss_lower_bound": bound}
+
+
 @register_strategy("sensitivity", "Measured calibration loss per layer at a few kept fractions (plain SVD, cached); "
                    "common loss threshold.", needs_task=True)
 def _sensitivity(ctx: AllocationContext, fractions=DEFAULT_FRACTIONS, num_batches: int = 4, batch_size: int = 32,
@@ -184,7 +197,7 @@ def allocate(model, budget: Budget, strategy: str = DEFAULT_STRATEGY, importance
     statistics ``{layer: {"fisher": F, ...}}`` from :func:`lowrank.statistics.statistics_for`
     (or the legacy ``importance``, ``{layer: F}``, which wins when both are given): the Fisher
     maps are needed by ``fisher_greedy`` and used by every strategy to report predicted
-    losses. ``align``: ranks are multiples of it (1 allowed); a layer whose choice is at/above
+    losses; the moments by ``kfac_greedy``. ``align``: ranks are multiples of it (1 allowed); a layer whose choice is at/above
     break-even stays dense. ``task``: calibration data for ``sensitivity``. ``axis``: FWSVD
     orientation of the predicted loss. ``options`` go to the strategy (``sensitivity``:
     fractions, num_batches, batch_size, max_length, seed, use_cache).
@@ -216,7 +229,7 @@ def allocate(model, budget: Budget, strategy: str = DEFAULT_STRATEGY, importance
         inspect.signature(spec.fn).bind(None, **options)
     except TypeError as err:
         raise ValueError(f"strategy {strategy!r} does not take option(s) {sorted(options)}: {err}") from err
-    ctx = AllocationContext(module, loaded, layers, absolute, int(align), importance, task, progress, axis)
+    ctx = AllocationContext(module, loaded, layers, absolute, int(align), importance, task, progress, axis, stats)
     start = time.perf_counter()
     result = spec.fn(ctx, **options)
     seconds = time.perf_counter() - start
