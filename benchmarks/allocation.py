@@ -18,7 +18,8 @@ from common import RESULTS, parser, write
 import lowrank
 from lowrank.allocation import allocate, available_strategies, measure_sensitivity, sensitivity_cache_path, sensitivity_settings
 from lowrank.data.tasks import load_task
-from lowrank.statistics import StatisticsSettings, is_cached, statistics_for
+from lowrank.needs import needs_for
+from lowrank.statistics import StatisticsSettings, is_cached, restrict, statistics_for
 
 METHODS = ("svd", "fwsvd", "tfwsvd")
 
@@ -52,9 +53,10 @@ def main() -> None:
     print(f"dense {args.model}: {dense.metric} {dense.value:.4f}")
 
     fisher_settings = StatisticsSettings(num_batches=args.fisher_batches, batch_size=16)
-    fisher_cached = is_cached(loaded, task, ("fisher",), fisher_settings)
+    needs = tuple(dict.fromkeys(k for s in strategies for k in needs_for(methods, s, predict=True)))
+    fisher_cached = is_cached(loaded, task, needs, fisher_settings)
     start = time.perf_counter()
-    stats = statistics_for(loaded, task, ("fisher",), fisher_settings)
+    stats = statistics_for(loaded, task, needs, fisher_settings)
     fisher_seconds = time.perf_counter() - start
 
     sensitivity = {}
@@ -74,8 +76,7 @@ def main() -> None:
             alloc_seconds = time.perf_counter() - start
             for method in methods:
                 start = time.perf_counter()
-                small = lowrank.compress(loaded, plan.ranks, method=method,
-                                         stats=stats if lowrank.get_method(method).needs else None)
+                small = lowrank.compress(loaded, plan.ranks, method=method, stats=restrict(stats, needs_for([method])))
                 compress_seconds = time.perf_counter() - start
                 result = lowrank.evaluate(small, task, limit=args.limit, measure_latency=False)
                 rows.append({"budget": budget, "strategy": strategy, "method": method, result.metric: result.value,
@@ -97,7 +98,7 @@ def main() -> None:
                 best = max(others, key=others.get)
                 gains.append({"budget": budget, "method": method, "uniform": by_strategy["uniform"], "best": best,
                               "best_value": others[best], "gain_points": 100 * (others[best] - by_strategy["uniform"])})
-    fisher = {"seconds": fisher_seconds, "cached": fisher_cached, **fisher_settings.to_dict()}
+    fisher = {"seconds": fisher_seconds, "cached": fisher_cached, "statistics": list(needs), **fisher_settings.to_dict()}
     extra = {"dense": dense.to_dict(), "fisher": fisher,
              "sensitivity": sensitivity, "methods": methods, "strategies": strategies, "gains_over_uniform": gains}
     write("allocation", args, rows, extra)

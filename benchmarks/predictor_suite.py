@@ -14,6 +14,8 @@ others; ``R = SVD_r(W) - W`` per layer, ``F`` the diagonal Fisher):
   ``predicted_loss_increase(W, F, r, "svd")`` summed (``risk_table``'s ``loss_svd`` column);
 * ``full_fisher_svd``: ``sum_l 0.5 mean_n <dl_n/dW, R>^2``, the full-Fisher quadratic form of
   ``lowrank.statistics.fisher.svd_loss_change(...)["second_order"]`` summed;
+* ``kfac_svd_loss``: ``sum_l 0.5 tr(G R A R^T)``, the Kronecker-factored form
+  (``lowrank.analysis.metrics.kfac_loss_increase``; moments from the same statistics settings);
 * ``predicted_rescue_fwsvd``: ``sum_l (loss_svd - loss_fwsvd)``, the metric's own weighted
   comparison (``risk_table`` with fwsvd), the predicted loss the weighting saves;
 * ``predicted_rescue_tfwsvd``: the same with the measured tfwsvd's own factors,
@@ -24,11 +26,13 @@ predictor with ``svd_drop`` (and with the measured KL of the SVD model to dense)
 predictor with ``rescue``; the accuracy of the library's verdict
 ``risk_summary(...)["svd_expected_to_drop"]`` on the event "plain SVD loses more than 2 points";
 and each loss predictor's AUC for that event (threshold free: the probability that a case that
-loses > 2 points is ranked above one that does not).
+loses > 2 points is ranked above one that does not); the threshold on each loss predictor that
+calibrates the verdict on the suite (the best accuracy of ``predicted > t``), with its accuracy
+when each task is judged by a threshold calibrated on the other tasks.
 
 **Layer level** (per task, ``--layer-keep`` 30%): each layer alone replaced by its plain SVD,
 measured ``KL(p_dense || p)`` on the evaluation split (``lowrank.evaluate.prediction_kl``,
-no labels), against the full-Fisher form and the diagonal ``predicted_loss_increase``: Spearman
+no labels), against the full-Fisher form, the K-FAC form and the diagonal ``predicted_loss_increase``: Spearman
 per task and the median of ``predicted / measured`` (1 = the right size; the quadratic forms
 estimate the KL itself when the Fisher is the true one, ``--labels sampled``). ``--layers N``
 takes N evenly spaced layers instead of all 36. A correlation or AUC that is undefined (fewer than
@@ -47,7 +51,7 @@ from common import RESULTS, settings_tag, suite_models, suite_parser, write
 from scipy.stats import spearmanr
 
 import lowrank
-from lowrank.analysis.metrics import predicted_loss_increase, risk_summary, risk_table
+from lowrank.analysis.metrics import kfac_loss_increase, predicted_loss_increase, risk_summary, risk_table
 from lowrank.cli.args import statistics_settings
 from lowrank.compress import low_rank_layers
 from lowrank.evaluate import class_log_probabilities, prediction_kl
@@ -55,9 +59,10 @@ from lowrank.statistics import select, statistics_for
 from lowrank.statistics.fisher import svd_loss_change
 
 DROP_POINTS = 2.0  # the verdict's event: plain SVD loses more than this many accuracy points
-LOSS_PREDICTORS = ("predicted_svd_loss", "full_fisher_svd")
+LOSS_PREDICTORS = ("predicted_svd_loss", "full_fisher_svd", "kfac_svd_loss")
 RESCUE_PREDICTORS = ("predicted_rescue_fwsvd", "predicted_rescue_tfwsvd")
-LAYER_PREDICTORS = ("full_fisher", "diagonal")
+LAYER_PREDICTORS = ("full_fisher", "kfac", "diagonal")
+STATISTICS = ("fisher", "activations", "gradients")
 
 
 def scores(log_probs: torch.Tensor, labels: list[int]) -> tuple[float, float]:
@@ -70,7 +75,13 @@ def diagonal_form(W: torch.Tensor, F: torch.Tensor, W_hat: torch.Tensor) -> floa
     return 0.5 * float((F.to(W.device).double() * (W.double() - W_hat.double()) ** 2).sum())
 
 
-def model_cases(task_name, model, loaded, task, fisher, settings, dense_lp, args) -> list[dict]:
+def svd_residual_kfac(W: torch.Tensor, rank: int, moments: dict) -> float:
+    """``0.5 tr(G R A R^T)`` of the plain rank-``rank`` truncation of ``W``."""
+    U, S, Vh = torch.linalg.svd(W.double(), full_matrices=False)
+    return kfac_loss_increase(W, (U[:, :rank] * S[:rank]) @ Vh[:rank], moments["input_moment"], moments["grad_moment"])
+
+
+def model_cases(task_name, model, loaded, task, fisher, moments, settings, dense_lp, args) -> list[dict]:
     labels = task.labels[args.split]
     dense_acc, _ = scores(dense_lp, labels)
     linears = lowrank.compressible_linears(loaded.model)
@@ -92,6 +103,7 @@ def model_cases(task_name, model, loaded, task, fisher, settings, dense_lp, args
                       "svd_kl": prediction_kl(dense_lp, svd_lp),
                       "predicted_svd_loss": float(table["loss_svd"].sum()),
                       "full_fisher_svd": sum(t["second_order"] for t in taylor.values()),
+                      "kfac_svd_loss": sum(svd_residual_kfac(weights[n], r, moments[n]) for n, r in ranks.items()),
                       "predicted_rescue_fwsvd": float((table["loss_svd"] - table["loss_weighted"]).sum()),
                       "predicted_rescue_tfwsvd": float(table["loss_svd"].sum()) - tf_loss,
                       "svd_expected_to_drop": verdict["svd_expected_to_drop"]})
@@ -105,7 +117,7 @@ def evenly_spaced(names: list[str], count: int | None) -> list[str]:
     return [names[round(i * (len(names) - 1) / max(count - 1, 1))] for i in range(count)]
 
 
-def layer_rows(task_name, loaded, task, fisher, settings, dense_lp, args) -> list[dict]:
+def layer_rows(task_name, loaded, task, fisher, moments, settings, dense_lp, args) -> list[dict]:
     ranks = lowrank.resolve_ranks(loaded.model, args.layer_keep)
     chosen = {n: ranks[n] for n in evenly_spaced(list(ranks), args.layers)}
     taylor = svd_loss_change(loaded, task, chosen, settings)
@@ -116,10 +128,10 @@ def layer_rows(task_name, loaded, task, fisher, settings, dense_lp, args) -> lis
         small = lowrank.compress(loaded, {name: rank}, method="svd")
         rows.append({"task": task_name, "layer": name, "rank": rank,
                      "measured_kl": prediction_kl(dense_lp, class_log_probabilities(small, task, args.split, limit=args.limit)),
-                     "full_fisher": taylor[name]["second_order"],
+                     "full_fisher": taylor[name]["second_order"], "kfac": svd_residual_kfac(W, rank, moments[name]),
                      "diagonal": predicted_loss_increase(W, fisher[name].to(W.device), rank, "svd")})
         print(f"{task_name} {name}: KL {rows[-1]['measured_kl']:.3g}, full {rows[-1]['full_fisher']:.3g}, "
-              f"diagonal {rows[-1]['diagonal']:.3g}", flush=True)
+              f"kfac {rows[-1]['kfac']:.3g}, diagonal {rows[-1]['diagonal']:.3g}", flush=True)
     return rows
 
 
@@ -138,6 +150,27 @@ def auc(scores_: list[float], events: list[bool]) -> float:
     return float(np.mean([1.0 if p > n else 0.5 if p == n else 0.0 for p in pos for n in neg]))
 
 
+def calibrated_threshold(scores_: list[float], events: list[bool]) -> tuple[float, float]:
+    """The threshold ``t`` on a predictor maximizing the accuracy of the verdict ``score > t`` on these cases (the
+    midpoint between neighbouring scores; ties broken towards the larger ``t``), and that accuracy."""
+    values = sorted(set(scores_))
+    candidates = [values[0] - 1.0] + [(a + b) / 2 for a, b in zip(values, values[1:])] + [values[-1]]
+    best = max(candidates, key=lambda t: (np.mean([(x > t) == e for x, e in zip(scores_, events)]), t))
+    return float(best), float(np.mean([(x > best) == e for x, e in zip(scores_, events)]))
+
+
+def held_out_accuracy(cases: list[dict], key: str) -> float:
+    """Leave one task out: the threshold calibrated on the other tasks, judged on the left-out task's cases."""
+    right = []
+    for task in dict.fromkeys(c["task"] for c in cases):
+        train = [c for c in cases if c["task"] != task]
+        if not train:
+            return float("nan")
+        t, _ = calibrated_threshold([c[key] for c in train], [c["svd_drop"] > DROP_POINTS for c in train])
+        right += [(c[key] > t) == (c["svd_drop"] > DROP_POINTS) for c in cases if c["task"] == task]
+    return float(np.mean(right))
+
+
 def model_summary(cases: list[dict]) -> dict:
     events = [c["svd_drop"] > DROP_POINTS for c in cases]
 
@@ -150,7 +183,10 @@ def model_summary(cases: list[dict]) -> dict:
             "auc_svd_loses_more_than_2_points": {k: auc(col(k), events) for k in LOSS_PREDICTORS},
             "verdict_accuracy": float(np.mean([c["svd_expected_to_drop"] == e for c, e in zip(cases, events)]))
             if cases else float("nan"),
-            "spearman_vs_rescue": {k: rho(col(k), col("rescue")) for k in RESCUE_PREDICTORS}}
+            "spearman_vs_rescue": {k: rho(col(k), col("rescue")) for k in RESCUE_PREDICTORS},
+            "calibrated_threshold": {k: dict(zip(("nats", "accuracy"), calibrated_threshold(col(k), events)),
+                                             held_out_task_accuracy=held_out_accuracy(cases, k))
+                                     for k in LOSS_PREDICTORS} if cases else {}}
 
 
 def layer_summary(rows: list[dict]) -> dict:
@@ -177,10 +213,11 @@ def main() -> None:
     for task_name, model in suite_models(args.tasks):
         task = lowrank.load_task(task_name)
         loaded = lowrank.load_model(model, device=args.device)
-        fisher = select(statistics_for(loaded, task, ("fisher",), settings), "fisher")
+        stats = statistics_for(loaded, task, STATISTICS, settings)
+        fisher = select(stats, "fisher")
         dense_lp = class_log_probabilities(loaded, task, args.split, limit=args.limit)
-        cases += model_cases(task_name, model, loaded, task, fisher, settings, dense_lp, args)
-        rows += layer_rows(task_name, loaded, task, fisher, settings, dense_lp, args)
+        cases += model_cases(task_name, model, loaded, task, fisher, stats, settings, dense_lp, args)
+        rows += layer_rows(task_name, loaded, task, fisher, stats, settings, dense_lp, args)
     if not cases:
         raise SystemExit("no suite model is built: nothing to run")
     summary = {"model_level": model_summary(cases), "layer_level": layer_summary(rows)}

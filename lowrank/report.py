@@ -34,6 +34,7 @@ from lowrank.io import atomic_write_bytes, writable_file
 
 BASELINE = "svd"  # plain SVD: what the weighted methods are compared with
 HEADLINE_BUDGET = 0.5  # the budget the headline figures are taken at (the nearest stored one)
+SLOWER_RATIO = 1.1  # a compressed model "reads slower" than dense above this multiple of dense's latency
 GENERATOR = "lowrank-studio report"  # marks an HTML file as ours (write_report replaces only those)
 VERSIONED = ("lowrank-studio", "torch", "transformers", "plotly", "pandas", "numpy")
 RUN_TABLE_COLUMNS = ("id", "method", "solver", "strategy", "budget", "kept_fraction", "metric", "value",
@@ -185,7 +186,7 @@ def summary(store, model: str, task: str) -> Summary:
     compressed = compressed.assign(budget=compressed["budget"].round(4)).drop_duplicates(["method", "budget"])
     metric = reference["metric"] if reference is not None else None
     higher = metric != "perplexity"
-    chance = _chance(task, reference["split"]) if reference is not None and metric == "accuracy" else None
+    chance = _chance(task, reference["split"]) if len(compressed) and metric == "accuracy" else None
 
     def ruined(value) -> Optional[str]:
         return destroyed(metric, value, None if dense is None else _number(dense["value"]), chance)
@@ -214,7 +215,7 @@ def _chance(task: str, split: str) -> Optional[float]:
     """:func:`lowrank.evaluate.chance_accuracy` of the stored task key, ``None`` when the task cannot be read now."""
     try:
         return chance_accuracy(task, split)
-    except (ValueError, OSError, KeyError):
+    except (ValueError, OSError, KeyError, RuntimeError):  # a CSV gone, an asset not fetchable now: chance unknown
         return None
 
 
@@ -313,7 +314,7 @@ def headlines(s: Summary) -> list[str]:
 
 
 def slower_sentence(row: SummaryRow, dense: dict) -> Optional[str]:
-    """Why ``row``'s model reads slower than dense at a batch size where it does, or ``None``.
+    """Why ``row``'s model reads slower than dense (by more than :data:`SLOWER_RATIO`) at a batch size, or ``None``.
 
     A factorized layer does ``r (out + in)`` multiply-adds per token instead of ``out in``, so the linear layers do
     ``kept_fraction`` of the dense work; a slower measurement then comes from running two thin matrix products
@@ -322,7 +323,7 @@ def slower_sentence(row: SummaryRow, dense: dict) -> Optional[str]:
     under the conditions recorded with them, which are re-measured when they disagree with dense's)."""
     slower = [f"batch {b}" for b, mine, theirs in ((1, row.latency_ms_b1, dense.get("latency_ms_b1")),
                                                    (32, row.latency_ms_b32, dense.get("latency_ms_b32")))
-              if _number(mine) is not None and _number(theirs) is not None and float(mine) > float(theirs)]
+              if _number(mine) is not None and _number(theirs) is not None and float(mine) > SLOWER_RATIO * float(theirs)]
     if not slower:
         return None
     work = f"{row.kept_fraction:.0%} of the dense multiply-adds in its linear layers" if row.kept_fraction else \

@@ -75,3 +75,19 @@ def test_summary_flags_a_large_predicted_increase_even_at_risk_one():
 def test_empty_risk_table_keeps_its_columns():
     assert list(risk_table({}, {}, {}).columns) == ["name", "shape", "rank", "dispersion", "loss_svd",
                                                   "loss_weighted", "risk"]
+
+
+def test_kfac_loss_increase_is_the_kronecker_quadratic_form():
+    from lowrank.analysis.metrics import kfac_loss_increase
+
+    g = torch.Generator().manual_seed(5)
+    W, W_hat = torch.randn(5, 4, generator=g), torch.randn(5, 4, generator=g)
+    X, Y = torch.randn(4, 9, generator=g), torch.randn(5, 7, generator=g)
+    A, G = X @ X.T, Y @ Y.T
+    dW = (W - W_hat).double()
+    vec = dW.T.reshape(-1)  # column-major vec: vec(G dW A) = (A (x) G) vec(dW)
+    expected = 0.5 * float(vec @ torch.kron(A.double(), G.double()) @ vec)
+    assert kfac_loss_increase(W, W_hat, A, G) == pytest.approx(expected, rel=1e-6)
+    assert kfac_loss_increase(W, W, A, G) == 0.0
+    with pytest.raises(ValueError, match="do not fit"):
+        kfac_loss_increase(W, W_hat, G, A)

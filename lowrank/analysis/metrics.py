@@ -17,6 +17,10 @@ exact formula is not available here; these are reconstructions.
 
 * ``svd_risk(W, F, r)``: ``dL(svd) / dL(weighted)``, how much worse plain SVD is expected
   to be than the weighted solution. Large risk: use a weighted method for that layer.
+* ``kfac_loss_increase(W, W_hat, A, G)`` (ours): the same second-order estimate with the
+  Kronecker-factored Fisher ``G (x) A`` instead of the diagonal (input and gradient correlations
+  kept), ``0.5 tr(G dW A dW^T)`` with ``dW = W - W_hat``; the K-FAC estimate of the KL between the
+  dense and the changed model's predictions.
 
 ``risk_summary`` flags the model (heuristic, documented there).
 """
@@ -52,6 +56,16 @@ def predicted_loss_increase(W: torch.Tensor, F: torch.Tensor, rank: int, method:
     importance = F if get_method(method).needs_importance else None
     U, V = factorize(W, rank, method, importance=importance, **options)
     return 0.5 * float((F.double() * (W.double() - (U @ V).double()) ** 2).sum())
+
+
+def kfac_loss_increase(W: torch.Tensor, W_hat: torch.Tensor, A: torch.Tensor, G: torch.Tensor) -> float:
+    """``0.5 tr(G dW A dW^T)``, ``dW = W - W_hat`` (out, in), ``A = E[x x^T]`` (in, in), ``G`` (out, out) the
+    gradient moment (:mod:`lowrank.statistics.moments`); nats. Cost: O(out in (out + in)) in float64."""
+    if tuple(A.shape) != (W.shape[1],) * 2 or tuple(G.shape) != (W.shape[0],) * 2 or W_hat.shape != W.shape:
+        raise ValueError(f"moments {tuple(G.shape)}, {tuple(A.shape)} and approximation {tuple(W_hat.shape)} do not "
+                         f"fit a weight {tuple(W.shape)}")
+    dW = W.double() - W_hat.to(W.device).double()
+    return 0.5 * float(((G.to(W.device).double() @ dW) * (dW @ A.to(W.device).double())).sum())
 
 
 def _losses(W: torch.Tensor, F: torch.Tensor, rank: int, method: str, **options) -> tuple[float, float, float]:
