@@ -1,6 +1,11 @@
 import json
 
+import pytest
+
+from lowrank import load_model, resolve_ranks
 from lowrank.cli.main import main
+from lowrank.statistics import StatisticsSettings
+from lowrank.statistics.fisher import svd_loss_change
 
 
 def test_fisher_risk_and_weighted_compress(capsys, tmp_path, monkeypatch, tiny_bert_dir, sentiment_csv):
@@ -13,6 +18,13 @@ def test_fisher_risk_and_weighted_compress(capsys, tmp_path, monkeypatch, tiny_b
     risk = json.loads(capsys.readouterr().out)
     assert len(risk["layers"]) == 12 and isinstance(risk["summary"]["svd_expected_to_drop"], bool)
     assert all(layer["risk"] >= 0.99 for layer in risk["layers"])  # FWSVD never predicted worse than SVD by much
+    # the default layer predictor: the full-Fisher form of plain SVD's residual, with the same statistics settings
+    loaded = load_model(str(tiny_bert_dir))
+    ranks = resolve_ranks(loaded.model, 0.3)
+    expected = svd_loss_change(loaded, str(sentiment_csv), ranks, StatisticsSettings(num_batches=2, batch_size=4))
+    assert [layer["output_change"] for layer in risk["layers"]] == pytest.approx(
+        [expected[layer["name"]]["second_order"] for layer in risk["layers"]], rel=1e-5)
+    assert all(layer["output_change"] > 0 for layer in risk["layers"])
     assert main(["risk", *common, "--keep", "0.3", "--taylor-split", "validation", "--json"]) == 0
     layers = json.loads(capsys.readouterr().out)["layers"]
     assert all(layer["taylor_total"] >= layer["taylor_first"] for layer in layers)  # + 0.5 mean s^2 >= 0

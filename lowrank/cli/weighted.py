@@ -20,7 +20,14 @@ def register(sub) -> None:
     _fisher_options(p)
     p.set_defaults(handler=fisher)
 
-    p = add_common(sub.add_parser("risk", help="per-layer predictive SVD-drop metric (needs Fisher)"))
+    p = add_common(sub.add_parser("risk", help="per-layer predictive SVD-drop metric (needs Fisher)",
+                                  description="Per layer at --keep: the predicted loss increase of plain SVD and of "
+                                              "the weighted method (diagonal Fisher), their ratio (risk), and "
+                                              "output_change, the full-Fisher quadratic form 0.5 mean_n <g_n, dW>^2 "
+                                              "of plain SVD's residual (a second-order estimate of the KL between "
+                                              "dense and compressed predictions; the per-layer predictor that ranks "
+                                              "single-layer damage best across the task suite: "
+                                              "docs/results/predictor.md)."))
     _fisher_options(p)
     p.add_argument("--keep", type=float, default=0.3, help="fraction of each layer's parameters kept (default 0.3)")
     p.add_argument("--method", default="fwsvd", help="weighted method compared with plain SVD (default fwsvd)")
@@ -60,9 +67,12 @@ def risk(args):
     importance = _estimate(loaded, task, args)
     weights = {n: w.detach() for n, w in compressible_weights(loaded.model).items() if n in ranks}
     table = risk_table(weights, {n: importance[n] for n in weights}, ranks, method=args.method)
+    settings = statistics_settings(args)
+    change = svd_loss_change(loaded, task, ranks, settings, progress=TqdmProgress())
+    table["output_change"] = [change[n]["second_order"] for n in table["name"]]
     if args.taylor_split:
-        settings = statistics_settings(args).with_(split=args.taylor_split)
-        taylor = svd_loss_change(loaded, task, ranks, settings, progress=TqdmProgress())
+        taylor = change if args.taylor_split == settings.split else svd_loss_change(
+            loaded, task, ranks, settings.with_(split=args.taylor_split), progress=TqdmProgress())
         table["taylor_first"] = [taylor[n]["first_order"] for n in table["name"]]
         table["taylor_total"] = [taylor[n]["total"] for n in table["name"]]
     summary = risk_summary(table)
