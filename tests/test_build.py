@@ -146,3 +146,13 @@ def test_a_stopped_build_ends_interrupted_and_leaves_no_folder(cache, tiny_encod
     row = store.get_build(build_id)
     assert row["status"] == "interrupted" and not recipe.built and not (cache / "tiny-rt").exists()
     assert row["host"] == socket.gethostname()
+
+
+def test_a_test_cannot_start_a_background_job_in_the_users_cache(cache, monkeypatch):
+    import conftest  # the guard of every test (tests/conftest.py), pointed at this test's cache as if it were the user's
+
+    monkeypatch.setattr(conftest, "USER_CACHE", cache.resolve())
+    cache.mkdir(parents=True, exist_ok=True)
+    store = RunStore(cache / "runs.sqlite")
+    row = store.get_build(build.start_build(recipe_for("minilm-rt"), store))
+    assert row["status"] == "failed" and "in the user's cache" in row["error"]
