@@ -55,6 +55,7 @@ from lowrank.analysis.metrics import kfac_loss_increase, predicted_loss_increase
 from lowrank.cli.args import statistics_settings
 from lowrank.compress import low_rank_layers
 from lowrank.evaluate import class_log_probabilities, prediction_kl
+from lowrank.methods import truncated_svd
 from lowrank.statistics import select, statistics_for
 from lowrank.statistics.fisher import svd_loss_change
 
@@ -77,8 +78,8 @@ def diagonal_form(W: torch.Tensor, F: torch.Tensor, W_hat: torch.Tensor) -> floa
 
 def svd_residual_kfac(W: torch.Tensor, rank: int, moments: dict) -> float:
     """``0.5 tr(G R A R^T)`` of the plain rank-``rank`` truncation of ``W``."""
-    U, S, Vh = torch.linalg.svd(W.double(), full_matrices=False)
-    return kfac_loss_increase(W, (U[:, :rank] * S[:rank]) @ Vh[:rank], moments["input_moment"], moments["grad_moment"])
+    U, V = truncated_svd(W.double(), rank)
+    return kfac_loss_increase(W, U @ V, moments["input_moment"], moments["grad_moment"])
 
 
 def model_cases(task_name, model, loaded, task, fisher, moments, settings, dense_lp, args) -> list[dict]:

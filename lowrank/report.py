@@ -195,15 +195,15 @@ def summary(store, model: str, task: str) -> Summary:
     for budget, group in compressed.groupby("budget", sort=True):
         best = group.loc[group["value"].idxmax() if higher else group["value"].idxmin()]
         svd = group[group["method"] == BASELINE]
+        svd_value = float(svd["value"].iloc[0]) if len(svd) else None
         rows.append(SummaryRow(
             budget=float(budget), method=str(best["method"]), run_id=int(best["id"]), value=float(best["value"]),
             params_linear=_int(best["params_linear"]), kept_fraction=_number(best["kept_fraction"]),
             size_bytes=_int(best["size_bytes"]), latency_ms_b1=_number(best["latency_ms_b1"]),
             latency_ms_b32=_number(best["latency_ms_b32"]),
             latency_note=latency_note(best["latency_info"] if isinstance(best["latency_info"], dict) else None),
-            svd_value=float(svd["value"].iloc[0]) if len(svd) else None,
-            svd_run_id=int(svd["id"].iloc[0]) if len(svd) else None,
-            destroyed=ruined(float(best["value"])), svd_destroyed=ruined(float(svd["value"].iloc[0])) if len(svd) else None))
+            svd_value=svd_value, svd_run_id=int(svd["id"].iloc[0]) if len(svd) else None,
+            destroyed=ruined(float(best["value"])), svd_destroyed=None if svd_value is None else ruined(svd_value)))
     shown = pd.concat([frame for frame in (dense_runs.iloc[:1], compressed) if len(frame)]) if len(runs) else runs
     result = Summary(model=model, task=task, metric=metric, split=None if reference is None else reference["split"],
                      eval_limit=None if reference is None else _int(reference["eval_limit"]), dense=dense,
