@@ -28,15 +28,22 @@ run: venv
 	$(PY) -m dashboard.launch --server.address $(ADDRESS) --server.port $(PORT) --server.headless true --browser.gatherUsageStats false
 
 test: assets
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m pytest -q
 
 # `pip install .` into a fresh venv (its dependencies from pip's cache), then the console script and the
-# import from another folder: the package is installable on its own.
+# import from another folder: the package is installable on its own, without the dashboard's or the tests'
+# packages; `pip install .[dashboard]` adds streamlit.
+CHECK_VENV := /tmp/lowrank-install-check
 install-check: venv
-	rm -rf /tmp/lowrank-install-check && $(PYTHON) -m venv /tmp/lowrank-install-check
-	/tmp/lowrank-install-check/bin/python -m pip install -q . 2>&1 | grep -v '^WARNING: Location' || true
-	cd /tmp && /tmp/lowrank-install-check/bin/lowrank --help > /dev/null && /tmp/lowrank-install-check/bin/python -c "import lowrank; print('lowrank', lowrank.__file__)"
-	rm -rf /tmp/lowrank-install-check
+	rm -rf $(CHECK_VENV) && $(PYTHON) -m venv $(CHECK_VENV)
+	$(CHECK_VENV)/bin/python -m pip install -q . 2>&1 | grep -v '^WARNING: Location' || true
+	cd /tmp && $(CHECK_VENV)/bin/lowrank --help > /dev/null && $(CHECK_VENV)/bin/python -c "import lowrank; print('lowrank', lowrank.__file__)"
+	for p in streamlit pytest playwright; do ! $(CHECK_VENV)/bin/python -m pip show -q $$p 2>/dev/null || { echo "error: pip install . pulled in $$p"; exit 1; }; done
+	$(CHECK_VENV)/bin/python -m pip install -q '.[dashboard]' 2>&1 | grep -v '^WARNING: Location' || true
+	$(CHECK_VENV)/bin/python -m pip show -q streamlit || { echo "error: pip install .[dashboard] did not install streamlit"; exit 1; }
+	rm -rf $(CHECK_VENV)
 
 # System Chromium for tests/test_browser.py (Playwright drives it; no browser download). Needs root for apt-get.
 chromium:

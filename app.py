@@ -11,7 +11,12 @@ from dashboard import cache, layout, session  # first: sets up the environment f
 st.set_page_config(page_icon=":material/compress:", layout="wide")
 cache.threads()
 session.init()
-page = st.navigation([st.Page(entry.script, title=entry.title, icon=entry.icon, default=index == 0)
-                      for index, entry in enumerate(layout.PAGES)], position="hidden")
+page = st.navigation(
+    [
+        st.Page(entry.script, title=entry.title, icon=entry.icon, default=index == 0)
+        for index, entry in enumerate(layout.PAGES)
+    ],
+    position="hidden",
+)
 layout.sidebar()
 page.run()

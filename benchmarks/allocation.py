@@ -16,7 +16,13 @@ import time
 from common import RESULTS, parser, write
 
 import lowrank
-from lowrank.allocation import allocate, available_strategies, measure_sensitivity, sensitivity_cache_path, sensitivity_settings
+from lowrank.allocation import (
+    allocate,
+    available_strategies,
+    measure_sensitivity,
+    sensitivity_cache_path,
+    sensitivity_settings,
+)
 from lowrank.data.tasks import load_task
 from lowrank.needs import needs_for
 from lowrank.statistics import StatisticsSettings, is_cached, restrict, statistics_for
@@ -79,11 +85,22 @@ def main() -> None:
                 small = lowrank.compress(loaded, plan.ranks, method=method, stats=restrict(stats, needs_for([method])))
                 compress_seconds = time.perf_counter() - start
                 result = lowrank.evaluate(small, task, limit=args.limit, measure_latency=False)
-                rows.append({"budget": budget, "strategy": strategy, "method": method, result.metric: result.value,
-                             "loss": result.loss, "params": plan.params, "used": plan.params / plan.budget,
-                             "factorized": len(plan.ranks), "dense": len(plan.layers) - len(plan.ranks),
-                             "predicted_loss": plan.predicted_loss, "alloc_s": alloc_seconds,
-                             "compress_s": compress_seconds})
+                rows.append(
+                    {
+                        "budget": budget,
+                        "strategy": strategy,
+                        "method": method,
+                        result.metric: result.value,
+                        "loss": result.loss,
+                        "params": plan.params,
+                        "used": plan.params / plan.budget,
+                        "factorized": len(plan.ranks),
+                        "dense": len(plan.layers) - len(plan.ranks),
+                        "predicted_loss": plan.predicted_loss,
+                        "alloc_s": alloc_seconds,
+                        "compress_s": compress_seconds,
+                    }
+                )
                 print(f"budget {budget} {strategy:14s} {method:7s} {result.metric} {result.value:.4f}", flush=True)
 
     metric = dense.metric
@@ -96,16 +113,37 @@ def main() -> None:
             others = {s: v for s, v in by_strategy.items() if s != "uniform"}
             if others:
                 best = max(others, key=others.get)
-                gains.append({"budget": budget, "method": method, "uniform": by_strategy["uniform"], "best": best,
-                              "best_value": others[best], "gain_points": 100 * (others[best] - by_strategy["uniform"])})
-    fisher = {"seconds": fisher_seconds, "cached": fisher_cached, "statistics": list(needs), **fisher_settings.to_dict()}
-    extra = {"dense": dense.to_dict(), "fisher": fisher,
-             "sensitivity": sensitivity, "methods": methods, "strategies": strategies, "gains_over_uniform": gains}
+                gains.append(
+                    {
+                        "budget": budget,
+                        "method": method,
+                        "uniform": by_strategy["uniform"],
+                        "best": best,
+                        "best_value": others[best],
+                        "gain_points": 100 * (others[best] - by_strategy["uniform"]),
+                    }
+                )
+    fisher = {
+        "seconds": fisher_seconds,
+        "cached": fisher_cached,
+        "statistics": list(needs),
+        **fisher_settings.to_dict(),
+    }
+    extra = {
+        "dense": dense.to_dict(),
+        "fisher": fisher,
+        "sensitivity": sensitivity,
+        "methods": methods,
+        "strategies": strategies,
+        "gains_over_uniform": gains,
+    }
     write("allocation", args, rows, extra)
     print("\nbest non-uniform strategy vs uniform (accuracy points):")
     for g in gains:
-        print(f"  budget {g['budget']} {g['method']:7s}: {g['best']} {g['best_value']:.4f} vs uniform {g['uniform']:.4f} "
-              f"({g['gain_points']:+.1f})")
+        print(
+            f"  budget {g['budget']} {g['method']:7s}: {g['best']} {g['best_value']:.4f} vs uniform {g['uniform']:.4f} "
+            f"({g['gain_points']:+.1f})"
+        )
 
 
 if __name__ == "__main__":

@@ -41,8 +41,17 @@ def run_task(task_name: str, model: str, args, settings, strategies: list[str]) 
     needs = tuple(dict.fromkeys(k for s in strategies for k in needs_for(args.methods, s, predict=True)))
     stats = statistics_for(loaded, task, needs, settings)
     dense = lowrank.evaluate(loaded, task, args.split, limit=args.limit, measure_latency=False)
-    rows = [{"task": task_name, "model": model, "budget": 1.0, "strategy": "dense", "method": "dense",
-             "accuracy": dense.value, "loss": dense.loss}]
+    rows = [
+        {
+            "task": task_name,
+            "model": model,
+            "budget": 1.0,
+            "strategy": "dense",
+            "method": "dense",
+            "accuracy": dense.value,
+            "loss": dense.loss,
+        }
+    ]
     for budget in args.budgets:
         for strategy in strategies:
             options = {"num_batches": args.calibration_batches} if strategy == "sensitivity" else {}
@@ -52,10 +61,22 @@ def run_task(task_name: str, model: str, args, settings, strategies: list[str]) 
             for method in args.methods:
                 small = lowrank.compress(loaded, plan.ranks, method=method, stats=restrict(stats, needs_for([method])))
                 result = lowrank.evaluate(small, task, args.split, limit=args.limit, measure_latency=False)
-                rows.append({"task": task_name, "model": model, "budget": budget, "strategy": strategy, "method": method,
-                             "accuracy": result.value, "loss": result.loss, "params": plan.params,
-                             "used": plan.params / plan.budget, "factorized": len(plan.ranks),
-                             "predicted_loss": plan.predicted_loss, "alloc_s": alloc_seconds})
+                rows.append(
+                    {
+                        "task": task_name,
+                        "model": model,
+                        "budget": budget,
+                        "strategy": strategy,
+                        "method": method,
+                        "accuracy": result.value,
+                        "loss": result.loss,
+                        "params": plan.params,
+                        "used": plan.params / plan.budget,
+                        "factorized": len(plan.ranks),
+                        "predicted_loss": plan.predicted_loss,
+                        "alloc_s": alloc_seconds,
+                    }
+                )
                 print(f"{task_name} budget {budget} {strategy:14s} {method:7s} accuracy {result.value:.4f}", flush=True)
     return rows
 
@@ -66,14 +87,30 @@ def summarize(rows: list[dict]) -> dict:
     for (task, budget, method), part in frame.groupby(["task", "budget", "method"], sort=False):
         by = dict(zip(part["strategy"], part["accuracy"]))
         if "uniform" in by:
-            gains += [{"task": task, "budget": budget, "method": method, "strategy": s, "uniform": by["uniform"],
-                       "accuracy": v, "gain_points": 100 * (v - by["uniform"])} for s, v in by.items() if s != "uniform"]
+            gains += [
+                {
+                    "task": task,
+                    "budget": budget,
+                    "method": method,
+                    "strategy": s,
+                    "uniform": by["uniform"],
+                    "accuracy": v,
+                    "gain_points": 100 * (v - by["uniform"]),
+                }
+                for s, v in by.items()
+                if s != "uniform"
+            ]
     per_strategy = {}
     for strategy in dict.fromkeys(g["strategy"] for g in gains):
         points = [g["gain_points"] for g in gains if g["strategy"] == strategy]
-        per_strategy[strategy] = {"cases": len(points), "beats_uniform": sum(p > 0 for p in points),
-                                  "ties": sum(p == 0 for p in points), "loses": sum(p < 0 for p in points),
-                                  "mean_gain_points": float(np.mean(points)), "median_gain_points": float(np.median(points))}
+        per_strategy[strategy] = {
+            "cases": len(points),
+            "beats_uniform": sum(p > 0 for p in points),
+            "ties": sum(p == 0 for p in points),
+            "loses": sum(p < 0 for p in points),
+            "mean_gain_points": float(np.mean(points)),
+            "median_gain_points": float(np.median(points)),
+        }
     return {"gains_over_uniform": gains, "per_strategy": per_strategy}
 
 
@@ -99,15 +136,21 @@ def main() -> None:
     for task, part in frame.groupby("task", sort=False):
         dense = part.loc[part["strategy"] == "dense", "accuracy"].iloc[0]
         print(f"\n{task}, dense accuracy {dense:.4f}:")
-        print(part[part["strategy"] != "dense"].pivot_table(index=["budget", "method"], columns="strategy",
-                                                            values="accuracy", sort=False)
-              .to_string(float_format=lambda v: f"{v:.4f}"))
+        print(
+            part[part["strategy"] != "dense"]
+            .pivot_table(index=["budget", "method"], columns="strategy", values="accuracy", sort=False)
+            .to_string(float_format=lambda v: f"{v:.4f}")
+        )
     print("\nagainst uniform (accuracy points), over task x budget x method:")
     for strategy, s in summary["per_strategy"].items():
-        print(f"  {strategy:14s} beats {s['beats_uniform']}/{s['cases']}, ties {s['ties']}, loses {s['loses']}; "
-              f"mean {s['mean_gain_points']:+.2f}, median {s['median_gain_points']:+.2f}")
+        print(
+            f"  {strategy:14s} beats {s['beats_uniform']}/{s['cases']}, ties {s['ties']}, loses {s['loses']}; "
+            f"mean {s['mean_gain_points']:+.2f}, median {s['median_gain_points']:+.2f}"
+        )
     args.out = args.out or str(RESULTS / f"allocation_suite_{settings_tag(settings)}.json")
-    write("allocation_suite", args, rows, {"settings": settings.to_dict(), "strategies": strategies, "summary": summary})
+    write(
+        "allocation_suite", args, rows, {"settings": settings.to_dict(), "strategies": strategies, "summary": summary}
+    )
 
 
 if __name__ == "__main__":

@@ -43,9 +43,14 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 
 def environment(device: str) -> dict:
-    info = {"python": platform.python_version(), "torch": torch.__version__, "device": device,
-            "cpu_threads": torch.get_num_threads(), "machine": platform.machine(),
-            "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "device": device,
+        "cpu_threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
     if device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
@@ -58,7 +63,13 @@ def write(name: str, args, rows: list[dict], extra: dict | None = None) -> Path:
         print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     path = Path(args.out) if args.out else RESULTS / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"benchmark": name, "args": vars(args), "environment": environment(args.device), "rows": rows, **(extra or {})}
+    payload = {
+        "benchmark": name,
+        "args": vars(args),
+        "environment": environment(args.device),
+        "rows": rows,
+        **(extra or {}),
+    }
     path.write_text(json.dumps(payload, indent=2, default=str))
     print(f"wrote {path}")
     return path
@@ -74,8 +85,13 @@ def suite_parser(description: str) -> argparse.ArgumentParser:
     """:func:`parser` plus the suite's ``--tasks`` and the library's statistics flags (one set of names, one set of
     defaults: :func:`lowrank.cli.args.add_statistics_options`)."""
     p = parser(description)
-    p.add_argument("--tasks", nargs="+", default=list(SUITE), choices=list(SUITE),
-                   help=f"suite tasks, each with its fine-tuned MiniLM (default: {' '.join(SUITE)})")
+    p.add_argument(
+        "--tasks",
+        nargs="+",
+        default=list(SUITE),
+        choices=list(SUITE),
+        help=f"suite tasks, each with its fine-tuned MiniLM (default: {' '.join(SUITE)})",
+    )
     p.add_argument("--split", default="validation", help="evaluation split (default validation)")
     add_statistics_options(p)
     return p
@@ -95,6 +111,13 @@ def suite_models(tasks: list[str]) -> list[tuple[str, str]]:
 
 def settings_tag(settings: StatisticsSettings) -> str:
     """A file-name tag for the statistics settings: the labels, then whatever differs from the library's defaults."""
-    short = {"num_batches": "b", "batch_size": "bs", "labels_per_example": "k", "max_length": "len", "split": "", "seed": "seed"}
+    short = {
+        "num_batches": "b",
+        "batch_size": "bs",
+        "labels_per_example": "k",
+        "max_length": "len",
+        "split": "",
+        "seed": "seed",
+    }
     changed = [f"{short[k]}{v}" for k, v in settings.to_dict().items() if k != "labels" and v != getattr(DEFAULT, k)]
     return "_".join([settings.labels, *changed])

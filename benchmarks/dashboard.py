@@ -124,9 +124,17 @@ def decoder_evaluation(model: str, task: str, limit) -> dict:
     result = lowrank.evaluate(loaded, task, limit=limit, progress=progress)
     end = time.perf_counter()
     latency_start = marks.get("latency", end)
-    return {"load_s": loaded_s, "evaluation_s": end - start, "quality_s": latency_start - start,
-            "latency_s": end - latency_start, "perplexity": result.value, "latency_ms_b1": result.latency_ms_b1,
-            "latency_ms_b32": result.latency_ms_b32, "latency": result.latency, "note": latency_note(result.latency)}
+    return {
+        "load_s": loaded_s,
+        "evaluation_s": end - start,
+        "quality_s": latency_start - start,
+        "latency_s": end - latency_start,
+        "perplexity": result.value,
+        "latency_ms_b1": result.latency_ms_b1,
+        "latency_ms_b32": result.latency_ms_b32,
+        "latency": result.latency,
+        "note": latency_note(result.latency),
+    }
 
 
 def main() -> None:
@@ -157,24 +165,49 @@ def main() -> None:
         starts = []
         for k in range(max(1, args.cold_starts)):
             starts.append(cold_spectra(browser, env, log))
-            print(f"cold start {k + 1}: health {starts[-1][0]:.1f} s, spectra {starts[-1][1]:.1f} s, "
-                  f"heatmap {starts[-1][2]:.1f} s", flush=True)
+            print(
+                f"cold start {k + 1}: health {starts[-1][0]:.1f} s, spectra {starts[-1][1]:.1f} s, "
+                f"heatmap {starts[-1][2]:.1f} s",
+                flush=True,
+            )
         extra["cold_starts"] = [{"health_s": h, "spectra_s": c, "heatmap_s": m} for h, c, m in starts]
-        rows.append({"measurement": "server answering health check (median)",
-                     "seconds": statistics.median(s[0] for s in starts), "target_s": None})
-        rows.append({"measurement": f"cold start -> spectra visible (median of {len(starts)})",
-                     "seconds": statistics.median(s[1] for s in starts), "target_s": 10.0})
-        rows.append({"measurement": "cold start -> spectra visible (first start)", "seconds": starts[0][1],
-                     "target_s": 10.0})
-        rows.append({"measurement": "cold start -> heatmap visible (median)",
-                     "seconds": statistics.median(s[2] for s in starts), "target_s": None})
+        rows.append(
+            {
+                "measurement": "server answering health check (median)",
+                "seconds": statistics.median(s[0] for s in starts),
+                "target_s": None,
+            }
+        )
+        rows.append(
+            {
+                "measurement": f"cold start -> spectra visible (median of {len(starts)})",
+                "seconds": statistics.median(s[1] for s in starts),
+                "target_s": 10.0,
+            }
+        )
+        rows.append(
+            {"measurement": "cold start -> spectra visible (first start)", "seconds": starts[0][1], "target_s": 10.0}
+        )
+        rows.append(
+            {
+                "measurement": "cold start -> heatmap visible (median)",
+                "seconds": statistics.median(s[2] for s in starts),
+                "target_s": None,
+            }
+        )
 
         firsts = [first_run(browser, log) for _ in range(args.first_runs)]
         if firsts:
             print(f"first run -> Home with the build's progress: {', '.join(f'{s:.1f} s' for s in firsts)}", flush=True)
             extra["first_run_seconds"] = firsts
-            rows.append({"measurement": f"first run (empty cache) -> Home with the build's progress (median of "
-                                        f"{len(firsts)})", "seconds": statistics.median(firsts), "target_s": 60.0})
+            rows.append(
+                {
+                    "measurement": f"first run (empty cache) -> Home with the build's progress (median of "
+                    f"{len(firsts)})",
+                    "seconds": statistics.median(firsts),
+                    "target_s": 60.0,
+                }
+            )
 
         page = browser.new_page(viewport={"width": 1440, "height": 1000})
         with DashboardServer(env, log_path=log) as server:
@@ -188,8 +221,13 @@ def main() -> None:
                 edits.append(edit_first_rank(page, 40 + 8 * (k % 2)))
                 print(f"rank edit {k + 1}: {edits[-1]:.2f} s", flush=True)
             extra["rank_edit_seconds"] = edits
-            rows.append({"measurement": f"rank edit -> totals updated (median of {len(edits)})",
-                         "seconds": statistics.median(edits), "target_s": 1.0})
+            rows.append(
+                {
+                    "measurement": f"rank edit -> totals updated (median of {len(edits)})",
+                    "seconds": statistics.median(edits),
+                    "target_s": 1.0,
+                }
+            )
             rows.append({"measurement": "rank edit -> totals updated (max)", "seconds": max(edits), "target_s": 1.0})
 
             if args.demo:
@@ -204,19 +242,37 @@ def main() -> None:
                     replace.click()
                 page.get_by_text("keeping 70%", exact=False).wait_for(timeout=TIMEOUT)
                 page.locator('[data-testid="stAlertContentSuccess"]', has_text="Sweep").first.wait_for(timeout=TIMEOUT)
-                rows.append({"measurement": "stakeholder demo (click -> final trade-off plot)",
-                             "seconds": time.perf_counter() - start, "target_s": 300.0})
+                rows.append(
+                    {
+                        "measurement": "stakeholder demo (click -> final trade-off plot)",
+                        "seconds": time.perf_counter() - start,
+                        "target_s": 300.0,
+                    }
+                )
         browser.close()
 
     if not args.no_decoder:
         decoder = decoder_evaluation(args.decoder_model, args.decoder_task, args.limit)
         extra["decoder"] = {"model": args.decoder_model, "task": args.decoder_task, **decoder}
-        print(f"decoder dense evaluation: {decoder['evaluation_s']:.1f} s ({decoder['latency_s']:.1f} s latency: "
-              f"{decoder['note']}), perplexity {decoder['perplexity']:.2f}", flush=True)
-        rows.append({"measurement": f"{args.decoder_model} dense evaluation on {args.decoder_task} (quality + latency)",
-                     "seconds": decoder["evaluation_s"], "target_s": None})
-        rows.append({"measurement": f"{args.decoder_model} latency measurement (budgeted)", "seconds": decoder["latency_s"],
-                     "target_s": None})
+        print(
+            f"decoder dense evaluation: {decoder['evaluation_s']:.1f} s ({decoder['latency_s']:.1f} s latency: "
+            f"{decoder['note']}), perplexity {decoder['perplexity']:.2f}",
+            flush=True,
+        )
+        rows.append(
+            {
+                "measurement": f"{args.decoder_model} dense evaluation on {args.decoder_task} (quality + latency)",
+                "seconds": decoder["evaluation_s"],
+                "target_s": None,
+            }
+        )
+        rows.append(
+            {
+                "measurement": f"{args.decoder_model} latency measurement (budgeted)",
+                "seconds": decoder["latency_s"],
+                "target_s": None,
+            }
+        )
     write("dashboard", args, rows, extra)
 
 

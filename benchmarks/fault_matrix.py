@@ -31,9 +31,9 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
 
 import pandas as pd
 import torch
@@ -44,16 +44,36 @@ from lowrank.io import cache_dir
 OUTCOMES = ("clear error", "handled", "traceback", "silent wrong", "data lost")
 SHARED_CACHE = ("assets", "wheels")  # linked from the real cache into each row's private one
 QUERY = "bert.encoder.layer.0.attention.self.query.weight"
-POSITIVE = ["a good film", "great acting and a fine story", "wonderful, moving and funny", "I loved it", "a delight",
-            "brilliant work", "superb and warm", "charming and clever", "a joy to watch", "beautifully made"]
-NEGATIVE = ["a bad film", "awful acting and a dull story", "boring, flat and silly", "I hated it", "a mess",
-            "terrible work", "weak and cold", "tedious and stupid", "a pain to watch", "badly made"]
+POSITIVE = [
+    "a good film",
+    "great acting and a fine story",
+    "wonderful, moving and funny",
+    "I loved it",
+    "a delight",
+    "brilliant work",
+    "superb and warm",
+    "charming and clever",
+    "a joy to watch",
+    "beautifully made",
+]
+NEGATIVE = [
+    "a bad film",
+    "awful acting and a dull story",
+    "boring, flat and silly",
+    "I hated it",
+    "a mess",
+    "terrible work",
+    "weak and cold",
+    "tedious and stupid",
+    "a pain to watch",
+    "badly made",
+]
 STATS = ["--fisher-batches", "1", "--fisher-batch-size", "4"]
 
 
 @dataclass
 class Result:
-    code: Optional[int]
+    code: int | None
     out: str
     err: str
     seconds: float
@@ -76,10 +96,10 @@ class Row:
     case: str
     argv: list
     expect: str = "error"  # error | ok | any
-    check: Optional[Callable[[Result], bool]] = None  # exit 0: is the result right?
+    check: Callable[[Result], bool] | None = None  # exit 0: is the result right?
     keep: list = field(default_factory=list)  # files that must still exist afterwards
     before: list = field(default_factory=list)
-    setup: Optional[Callable[[Path], None]] = None  # gets the row's cache folder
+    setup: Callable[[Path], None] | None = None  # gets the row's cache folder
     timeout: float = 180.0
 
 
@@ -99,9 +119,17 @@ def _bert(folder: Path, names: list[str]) -> Path:
 
     tok = _tokenizer()
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=tok.vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=256, max_position_embeddings=128, num_labels=len(names),
-                        id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
+    config = BertConfig(
+        vocab_size=tok.vocab_size,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=256,
+        max_position_embeddings=128,
+        num_labels=len(names),
+        id2label=dict(enumerate(names)),
+        label2id={n: i for i, n in enumerate(names)},
+    )
     BertForSequenceClassification(config).save_pretrained(folder, safe_serialization=True)
     tok.save_pretrained(folder)
     return folder
@@ -113,9 +141,17 @@ def _llama(folder: Path) -> Path:
     tok = _tokenizer()
     tok.eos_token = tok.sep_token
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=tok.vocab_size, hidden_size=64, intermediate_size=192, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         eos_token_id=tok.sep_token_id, pad_token_id=tok.pad_token_id)
+    config = LlamaConfig(
+        vocab_size=tok.vocab_size,
+        hidden_size=64,
+        intermediate_size=192,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        eos_token_id=tok.sep_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
     tok.save_pretrained(folder)
     return folder
@@ -162,6 +198,7 @@ def build_fixtures(root: Path) -> dict:
     def poison(value):
         def edit(t):
             t[QUERY][0, 0] = value
+
         return edit
 
     f["nan"] = _edit_tensors(f["bert"], root / "nan", poison(float("nan")))
@@ -218,8 +255,10 @@ def build_fixtures(root: Path) -> dict:
     f["small"] = save_compressed(compress(loaded, 0.5), root / "small")
     meta = json.loads((f["small"] / "lowrank.json").read_text())
     first = next(iter(meta["ranks"]))
-    for name, ranks in (("small_missing", {k: v for k, v in meta["ranks"].items() if k != first}),
-                        ("small_rank", {**meta["ranks"], first: meta["ranks"][first] + 1})):
+    for name, ranks in (
+        ("small_missing", {k: v for k, v in meta["ranks"].items() if k != first}),
+        ("small_rank", {**meta["ranks"], first: meta["ranks"][first] + 1}),
+    ):
         f[name] = shutil.copytree(f["small"], root / name)
         (f[name] / "lowrank.json").write_text(json.dumps({**meta, "ranks": ranks}))
     f["small_badjson"] = shutil.copytree(f["small"], root / "small_badjson")
@@ -241,6 +280,7 @@ def foreign_folder(path: Path) -> Path:
 
 def corrupt_statistics(kind: str, model: Path, task: Path, gradients: bool = False):
     """A setup writing garbage at the cache entry the command will read (``fisher`` or ``moments``)."""
+
     def setup(cache: Path) -> None:
         os.environ["LOWRANK_CACHE"] = str(cache)
         try:
@@ -255,6 +295,7 @@ def corrupt_statistics(kind: str, model: Path, task: Path, gradients: bool = Fal
             path.write_bytes(b"\x00garbage, not safetensors" * 10)
         finally:
             os.environ.pop("LOWRANK_CACHE", None)
+
     return setup
 
 
@@ -287,108 +328,297 @@ def rows(f: dict, work: Path) -> list[Row]:
 
     return [
         # paths and folders
-        Row("model_missing", "5", "--model is a path that does not exist",
-            ["evaluate", "--model", str(work / "nope"), "--task", csv]),
+        Row(
+            "model_missing",
+            "5",
+            "--model is a path that does not exist",
+            ["evaluate", "--model", str(work / "nope"), "--task", csv],
+        ),
         Row("model_is_file", "5", "--model is a file (a CSV)", ["evaluate", "--model", csv, "--task", csv]),
-        Row("model_no_config", "5", "--model is a folder without config.json", ["spectra", "--model", str(f["no_config"])]),
+        Row(
+            "model_no_config",
+            "5",
+            "--model is a folder without config.json",
+            ["spectra", "--model", str(f["no_config"])],
+        ),
         Row("model_pickle_only", "5", "--model holds only pickle weights", ["spectra", "--model", str(f["pickled"])]),
-        Row("csv_missing", "5", "--task CSV does not exist", ["evaluate", "--model", bert, "--task", str(work / "nope.csv")]),
-        Row("csv_is_folder", "5", "--task CSV path is a folder", ["evaluate", "--model", bert, "--task", str(f["dir_csv"])]),
+        Row(
+            "csv_missing",
+            "5",
+            "--task CSV does not exist",
+            ["evaluate", "--model", bert, "--task", str(work / "nope.csv")],
+        ),
+        Row(
+            "csv_is_folder",
+            "5",
+            "--task CSV path is a folder",
+            ["evaluate", "--model", bert, "--task", str(f["dir_csv"])],
+        ),
         Row("plan_is_folder", "5", "--plan is a folder", ["compress", "--model", bert, "--plan", str(f["dir_plan"])]),
-        Row("plan_missing", "5", "--plan does not exist", ["compress", "--model", bert, "--plan", str(work / "nope.json")]),
-        Row("plan_not_json", "5", "--plan is not JSON", ["compress", "--model", bert, "--plan", str(f["bad_json_plan"])]),
-        Row("plan_unknown_layer", "5", "--plan names a layer the model lacks",
-            ["compress", "--model", bert, "--plan", str(f["unknown_layer_plan"])]),
-        Row("plan_rank_zero", "5", "--plan holds a rank of 0", ["compress", "--model", bert, "--plan", str(f["zero_rank_plan"])]),
+        Row(
+            "plan_missing",
+            "5",
+            "--plan does not exist",
+            ["compress", "--model", bert, "--plan", str(work / "nope.json")],
+        ),
+        Row(
+            "plan_not_json", "5", "--plan is not JSON", ["compress", "--model", bert, "--plan", str(f["bad_json_plan"])]
+        ),
+        Row(
+            "plan_unknown_layer",
+            "5",
+            "--plan names a layer the model lacks",
+            ["compress", "--model", bert, "--plan", str(f["unknown_layer_plan"])],
+        ),
+        Row(
+            "plan_rank_zero",
+            "5",
+            "--plan holds a rank of 0",
+            ["compress", "--model", bert, "--plan", str(f["zero_rank_plan"])],
+        ),
         # CSV contents
         Row("csv_empty_file", "5", "CSV file is empty", ["evaluate", "--model", bert, "--task", str(f["empty_csv"])]),
-        Row("csv_no_columns", "5", "CSV lacks text/label columns", ["evaluate", "--model", bert, "--task", str(f["no_columns"])]),
+        Row(
+            "csv_no_columns",
+            "5",
+            "CSV lacks text/label columns",
+            ["evaluate", "--model", bert, "--task", str(f["no_columns"])],
+        ),
         Row("csv_binary", "5", "CSV is binary garbage", ["evaluate", "--model", bert, "--task", str(f["binary_csv"])]),
-        Row("csv_na_texts", "11", "texts 'NA', 'None', 'null', 'NaN' are reviews", ["evaluate", "--model", bert, "--task",
-            str(f["na"]), "--json"], expect="ok",  # all 80 rows kept: 8 validation examples, as without the NA texts
-            check=lambda r: (r.json() or {}).get("examples") == 8),
-        Row("csv_huge_row", "10", "one 4.8 MB CSV cell (bounded time)", ["evaluate", "--model", bert, "--task", str(f["huge"]),
-            "--split", "train", "--limit", "1", "--json"], expect="ok", check=metric("accuracy"), timeout=60),
-        Row("split_empty", "5", "the validation split is empty (4 rows)", ["evaluate", "--model", bert, "--task", str(f["few"])]),
-        Row("split_unknown", "5", "--split names no split", ["evaluate", "--model", bert, "--task", csv, "--split", "dev"]),
+        Row(
+            "csv_na_texts",
+            "11",
+            "texts 'NA', 'None', 'null', 'NaN' are reviews",
+            ["evaluate", "--model", bert, "--task", str(f["na"]), "--json"],
+            expect="ok",  # all 80 rows kept: 8 validation examples, as without the NA texts
+            check=lambda r: (r.json() or {}).get("examples") == 8,
+        ),
+        Row(
+            "csv_huge_row",
+            "10",
+            "one 4.8 MB CSV cell (bounded time)",
+            ["evaluate", "--model", bert, "--task", str(f["huge"]), "--split", "train", "--limit", "1", "--json"],
+            expect="ok",
+            check=metric("accuracy"),
+            timeout=60,
+        ),
+        Row(
+            "split_empty",
+            "5",
+            "the validation split is empty (4 rows)",
+            ["evaluate", "--model", bert, "--task", str(f["few"])],
+        ),
+        Row(
+            "split_unknown",
+            "5",
+            "--split names no split",
+            ["evaluate", "--model", bert, "--task", csv, "--split", "dev"],
+        ),
         # labels and tasks
-        Row("labels_other_names", "3", "fresh/rotten CSV on a negative/positive model",
-            ["evaluate", "--model", bert, "--task", str(f["fresh_rotten"]), "--json"]),
-        Row("labels_more_classes", "3", "3-class CSV on a 2-label model",
-            ["evaluate", "--model", bert, "--task", str(f["three"])]),
-        Row("labels_fewer_classes", "3", "2-class CSV on a 6-label model",
-            ["evaluate", "--model", str(f["bert6"]), "--task", csv]),
-        Row("labels_other_order", "3", "model {0: positive, 1: negative} on a negative/positive CSV (mapped by name)",
-            ["evaluate", "--model", str(f["swapped"]), "--task", csv, "--json"], expect="ok",
-            check=lambda r: abs((r.json() or {}).get("loss", -1) - f["bert_loss"]) < 1e-5 * f["bert_loss"]),
-        Row("task_default_unrelated", "3", "6-label model without --task (no recorded task)",
-            ["evaluate", "--model", str(f["bert6"]), "--limit", "1"]),
-        Row("task_default_classifier", "3", "classifier without --task (no recorded task)", ["fisher", "--model", bert, *STATS]),
-        Row("task_default_recorded", "3", "a fine-tuned model evaluated without --task uses its recorded task",
-            ["evaluate", "--model", str(work / "tuned"), "--limit", "1", "--json"], expect="ok",
+        Row(
+            "labels_other_names",
+            "3",
+            "fresh/rotten CSV on a negative/positive model",
+            ["evaluate", "--model", bert, "--task", str(f["fresh_rotten"]), "--json"],
+        ),
+        Row(
+            "labels_more_classes",
+            "3",
+            "3-class CSV on a 2-label model",
+            ["evaluate", "--model", bert, "--task", str(f["three"])],
+        ),
+        Row(
+            "labels_fewer_classes",
+            "3",
+            "2-class CSV on a 6-label model",
+            ["evaluate", "--model", str(f["bert6"]), "--task", csv],
+        ),
+        Row(
+            "labels_other_order",
+            "3",
+            "model {0: positive, 1: negative} on a negative/positive CSV (mapped by name)",
+            ["evaluate", "--model", str(f["swapped"]), "--task", csv, "--json"],
+            expect="ok",
+            check=lambda r: abs((r.json() or {}).get("loss", -1) - f["bert_loss"]) < 1e-5 * f["bert_loss"],
+        ),
+        Row(
+            "task_default_unrelated",
+            "3",
+            "6-label model without --task (no recorded task)",
+            ["evaluate", "--model", str(f["bert6"]), "--limit", "1"],
+        ),
+        Row(
+            "task_default_classifier",
+            "3",
+            "classifier without --task (no recorded task)",
+            ["fisher", "--model", bert, *STATS],
+        ),
+        Row(
+            "task_default_recorded",
+            "3",
+            "a fine-tuned model evaluated without --task uses its recorded task",
+            ["evaluate", "--model", str(work / "tuned"), "--limit", "1", "--json"],
+            expect="ok",
             check=lambda r: (r.json() or {}).get("task") == "sentiment",
-            before=[["finetune", "--model", bert, "--task", csv, "--max-steps", "1", "--out", str(work / "tuned")]]),
-        Row("task_lm_on_classifier", "3", "a text task on a classifier", ["evaluate", "--model", str(f["llama"]), "--task", csv]),
+            before=[["finetune", "--model", bert, "--task", csv, "--max-steps", "1", "--out", str(work / "tuned")]],
+        ),
+        Row(
+            "task_lm_on_classifier",
+            "3",
+            "a text task on a classifier",
+            ["evaluate", "--model", str(f["llama"]), "--task", csv],
+        ),
         # devices, limits, options
         Row("device_bad", "5", "--device tpu9", ev + ["--device", "tpu9"]),
-        Row("device_cuda", "5", "--device cuda" + ("" if has_cuda else " without a GPU"), ev + ["--device", "cuda", "--json"],
-            expect="ok" if has_cuda else "error", check=metric("accuracy")),
+        Row(
+            "device_cuda",
+            "5",
+            "--device cuda" + ("" if has_cuda else " without a GPU"),
+            ev + ["--device", "cuda", "--json"],
+            expect="ok" if has_cuda else "error",
+            check=metric("accuracy"),
+        ),
         Row("limit_zero", "5", "--limit 0", ["evaluate", "--model", bert, "--task", csv, "--limit", "0"]),
         Row("limit_negative", "5", "--limit -3", ["evaluate", "--model", bert, "--task", csv, "--limit", "-3"]),
         Row("threads_zero", "5", "--threads 0", ev + ["--threads", "0"]),
-        Row("limit_not_a_number", "5", "--limit x (argparse)", ["evaluate", "--model", bert, "--task", csv, "--limit", "x"]),
-        Row("option_misspelt", "5", "--option solvr=em for tfwsvd", ["compress", "--model", bert, "--task", csv,
-            "--method", "tfwsvd", "--option", "solvr=em", *STATS]),
-        Row("option_max_iters_negative", "11", "--option max_iters=-1 for tfwsvd",
-            ["compress", "--model", bert, "--task", csv, "--method", "tfwsvd", "--option", "max_iters=-1", *STATS]),
-        Row("option_wrong_type", "5", "--option alpha=abc for asvd",
-            ["compress", "--model", bert, "--task", csv, "--method", "asvd", "--option", "alpha=abc", *STATS]),
+        Row(
+            "limit_not_a_number",
+            "5",
+            "--limit x (argparse)",
+            ["evaluate", "--model", bert, "--task", csv, "--limit", "x"],
+        ),
+        Row(
+            "option_misspelt",
+            "5",
+            "--option solvr=em for tfwsvd",
+            ["compress", "--model", bert, "--task", csv, "--method", "tfwsvd", "--option", "solvr=em", *STATS],
+        ),
+        Row(
+            "option_max_iters_negative",
+            "11",
+            "--option max_iters=-1 for tfwsvd",
+            ["compress", "--model", bert, "--task", csv, "--method", "tfwsvd", "--option", "max_iters=-1", *STATS],
+        ),
+        Row(
+            "option_wrong_type",
+            "5",
+            "--option alpha=abc for asvd",
+            ["compress", "--model", bert, "--task", csv, "--method", "asvd", "--option", "alpha=abc", *STATS],
+        ),
         Row("option_no_value", "5", "--option without '='", ["compress", "--model", bert, "--option", "solver"]),
         Row("method_unknown", "5", "--method nope", ["compress", "--model", bert, "--method", "nope"]),
         Row("keep_out_of_range", "5", "--keep 1.5", ["compress", "--model", bert, "--keep", "1.5"]),
-        Row("risk_unweighted_method", "5", "risk --method svd",
-            ["risk", "--model", bert, "--task", csv, "--method", "svd", *STATS]),
-        Row("budget_out_of_range", "5", "allocate --budget 2.0", ["allocate", "--model", bert, "--task", csv, "--budget", "2.0",
-            *STATS]),
+        Row(
+            "risk_unweighted_method",
+            "5",
+            "risk --method svd",
+            ["risk", "--model", bert, "--task", csv, "--method", "svd", *STATS],
+        ),
+        Row(
+            "budget_out_of_range",
+            "5",
+            "allocate --budget 2.0",
+            ["allocate", "--model", bert, "--task", csv, "--budget", "2.0", *STATS],
+        ),
         # weights
         Row("truncated_safetensors", "5", "model.safetensors truncated", ["spectra", "--model", str(f["truncated"])]),
-        Row("nan_weights_evaluate", "6", "a NaN weight, evaluate", ["evaluate", "--model", str(f["nan"]), "--task", csv]),
+        Row(
+            "nan_weights_evaluate", "6", "a NaN weight, evaluate", ["evaluate", "--model", str(f["nan"]), "--task", csv]
+        ),
         Row("inf_weights_spectra", "6", "an infinite weight, spectra", ["spectra", "--model", str(f["inf"])]),
-        Row("compressed_missing_layer", "5", "lowrank.json lacks a factorized layer",
-            ["evaluate", "--model", str(f["small_missing"]), "--task", csv]),
-        Row("compressed_wrong_rank", "5", "lowrank.json rank disagrees with the weights",
-            ["evaluate", "--model", str(f["small_rank"]), "--task", csv]),
-        Row("compressed_bad_json", "5", "lowrank.json is not JSON",
-            ["evaluate", "--model", str(f["small_badjson"]), "--task", csv]),
-        Row("compressed_truncated", "5", "compressed model.safetensors truncated",
-            ["evaluate", "--model", str(f["small_truncated"]), "--task", csv]),
-        Row("compressed_ram_short", "io", "load_compressed when RAM is short (library)",
-            snippet(f"import psutil\npsutil.virtual_memory = lambda: types.SimpleNamespace(available=10**6, total=2*10**6, "
-                    f"percent=50.0, used=10**6, free=10**6)\nfrom lowrank import load_compressed\n"
-                    f"load_compressed({str(f['small'])!r})")),
+        Row(
+            "compressed_missing_layer",
+            "5",
+            "lowrank.json lacks a factorized layer",
+            ["evaluate", "--model", str(f["small_missing"]), "--task", csv],
+        ),
+        Row(
+            "compressed_wrong_rank",
+            "5",
+            "lowrank.json rank disagrees with the weights",
+            ["evaluate", "--model", str(f["small_rank"]), "--task", csv],
+        ),
+        Row(
+            "compressed_bad_json",
+            "5",
+            "lowrank.json is not JSON",
+            ["evaluate", "--model", str(f["small_badjson"]), "--task", csv],
+        ),
+        Row(
+            "compressed_truncated",
+            "5",
+            "compressed model.safetensors truncated",
+            ["evaluate", "--model", str(f["small_truncated"]), "--task", csv],
+        ),
+        Row(
+            "compressed_ram_short",
+            "io",
+            "load_compressed when RAM is short (library)",
+            snippet(
+                f"import psutil\npsutil.virtual_memory = lambda: types.SimpleNamespace(available=10**6, total=2*10**6, "
+                f"percent=50.0, used=10**6, free=10**6)\nfrom lowrank import load_compressed\n"
+                f"load_compressed({str(f['small'])!r})"
+            ),
+        ),
         # outputs and caches (the other half of the issue)
-        Row("out_onto_foreign_folder", "io", "compress --out onto a folder holding a user's file",
-            ["compress", "--model", bert, "--keep", "0.5", "--out", str(work / "mine")], keep=[work / "mine" / "notes.txt"],
-            setup=lambda cache: foreign_folder(work / "mine")),
-        Row("finetune_out_onto_foreign_folder", "io", "finetune --out onto a folder holding a user's file",
+        Row(
+            "out_onto_foreign_folder",
+            "io",
+            "compress --out onto a folder holding a user's file",
+            ["compress", "--model", bert, "--keep", "0.5", "--out", str(work / "mine")],
+            keep=[work / "mine" / "notes.txt"],
+            setup=lambda cache: foreign_folder(work / "mine"),
+        ),
+        Row(
+            "finetune_out_onto_foreign_folder",
+            "io",
+            "finetune --out onto a folder holding a user's file",
             ["finetune", "--model", bert, "--task", csv, "--max-steps", "1", "--out", str(work / "mine2")],
-            keep=[work / "mine2" / "notes.txt"], setup=lambda cache: foreign_folder(work / "mine2")),
-        Row("out_onto_file", "io", "compress --out onto an existing file",
-            ["compress", "--model", bert, "--keep", "0.5", "--out", str(work / "a-file")], keep=[work / "a-file"],
-            setup=lambda cache: (work / "a-file").write_text("keep me\n")),
-        Row("plan_out_onto_folder", "io", "allocate --out onto a folder holding a user's file",
+            keep=[work / "mine2" / "notes.txt"],
+            setup=lambda cache: foreign_folder(work / "mine2"),
+        ),
+        Row(
+            "out_onto_file",
+            "io",
+            "compress --out onto an existing file",
+            ["compress", "--model", bert, "--keep", "0.5", "--out", str(work / "a-file")],
+            keep=[work / "a-file"],
+            setup=lambda cache: (work / "a-file").write_text("keep me\n"),
+        ),
+        Row(
+            "plan_out_onto_folder",
+            "io",
+            "allocate --out onto a folder holding a user's file",
             ["allocate", "--model", bert, "--budget", "0.5", "--strategy", "uniform", "--out", str(work / "plans")],
-            keep=[work / "plans" / "notes.txt"], setup=lambda cache: foreign_folder(work / "plans")),
-        Row("fisher_cache_corrupt", "io", "a corrupt Fisher cache entry",
+            keep=[work / "plans" / "notes.txt"],
+            setup=lambda cache: foreign_folder(work / "plans"),
+        ),
+        Row(
+            "fisher_cache_corrupt",
+            "io",
+            "a corrupt Fisher cache entry",
             ["fisher", "--model", bert, "--task", csv, *STATS, "--json"],
-            expect="any", check=lambda r: isinstance(r.json(), list) and len(r.json()) == 12,
-            setup=corrupt_statistics("fisher", f["bert"], f["csv"])),
-        Row("moments_cache_corrupt", "io", "a corrupt activation-moments cache entry",
-            ["compress", "--model", bert, "--task", csv, "--method", "svd_llm", *STATS, "--json"], expect="any",
-            check=lambda r: (r.json() or {}).get("layers") == 12, setup=corrupt_statistics("moments", f["bert"], f["csv"])),
-        Row("run_store_corrupt", "io", "runs.sqlite is not a database (library, as the dashboard opens it)",
-            snippet("from lowrank.experiments.store import RunStore\nprint(len(RunStore().runs()))"), expect="any",
-            setup=corrupt_store),
+            expect="any",
+            check=lambda r: isinstance(r.json(), list) and len(r.json()) == 12,
+            setup=corrupt_statistics("fisher", f["bert"], f["csv"]),
+        ),
+        Row(
+            "moments_cache_corrupt",
+            "io",
+            "a corrupt activation-moments cache entry",
+            ["compress", "--model", bert, "--task", csv, "--method", "svd_llm", *STATS, "--json"],
+            expect="any",
+            check=lambda r: (r.json() or {}).get("layers") == 12,
+            setup=corrupt_statistics("moments", f["bert"], f["csv"]),
+        ),
+        Row(
+            "run_store_corrupt",
+            "io",
+            "runs.sqlite is not a database (library, as the dashboard opens it)",
+            snippet("from lowrank.experiments.store import RunStore\nprint(len(RunStore().runs()))"),
+            expect="any",
+            setup=corrupt_store,
+        ),
     ]
 
 
@@ -405,12 +635,19 @@ def private_cache(root: Path, shared: Path) -> Path:
 
 def execute(argv: list, cache: Path, timeout: float) -> Result:
     command = list(argv) if argv and argv[0] == sys.executable else [sys.executable, "-m", "lowrank", *map(str, argv)]
-    env = {**os.environ, "LOWRANK_CACHE": str(cache), "LOWRANK_OFFLINE": "1", "LOWRANK_THREADS": "1",
-           "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
-                                                                  os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "LOWRANK_CACHE": str(cache),
+        "LOWRANK_OFFLINE": "1",
+        "LOWRANK_THREADS": "1",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]),
+    }
     start = time.perf_counter()
     try:
-        proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout, stdin=subprocess.DEVNULL)
+        proc = subprocess.run(
+            command, capture_output=True, text=True, env=env, timeout=timeout, stdin=subprocess.DEVNULL
+        )
         return Result(proc.returncode, proc.stdout, proc.stderr, time.perf_counter() - start)
     except subprocess.TimeoutExpired as err:
         out = err.stdout.decode(errors="replace") if isinstance(err.stdout, bytes) else (err.stdout or "")
@@ -440,7 +677,10 @@ def classify(row: Row, result: Result) -> tuple[str, str]:
         return "traceback", f"exit 2 without one clean error line: {last[:160]}"
     if result.code == 0:
         if row.expect == "error":
-            return "silent wrong", f"accepted: {result.out.strip().splitlines()[-1][:160] if result.out.strip() else ''}"
+            return (
+                "silent wrong",
+                f"accepted: {result.out.strip().splitlines()[-1][:160] if result.out.strip() else ''}",
+            )
         if row.check is not None and not row.check(result):
             return "silent wrong", f"wrong result: {result.out.strip()[:160]}"
         return "handled", "ok"
@@ -459,13 +699,30 @@ def run_row(row: Row, root: Path, shared: Path) -> dict:
     for step in row.before:
         prep = execute(step, cache, row.timeout)
         if prep.code != 0:
-            return {"row": row.name, "defect": row.defect, "case": row.case, "expect": row.expect, "outcome": "traceback",
-                    "pass": False, "exit": prep.code, "seconds": round(prep.seconds, 1),
-                    "detail": f"preparation failed: {error_lines(prep.err)[-1:] or prep.code}"}
+            return {
+                "row": row.name,
+                "defect": row.defect,
+                "case": row.case,
+                "expect": row.expect,
+                "outcome": "traceback",
+                "pass": False,
+                "exit": prep.code,
+                "seconds": round(prep.seconds, 1),
+                "detail": f"preparation failed: {error_lines(prep.err)[-1:] or prep.code}",
+            }
     result = execute(row.argv, cache, row.timeout)
     outcome, detail = classify(row, result)
-    return {"row": row.name, "defect": row.defect, "case": row.case, "expect": row.expect, "outcome": outcome,
-            "pass": passed(row, outcome), "exit": result.code, "seconds": round(result.seconds, 1), "detail": detail}
+    return {
+        "row": row.name,
+        "defect": row.defect,
+        "case": row.case,
+        "expect": row.expect,
+        "outcome": outcome,
+        "pass": passed(row, outcome),
+        "exit": result.code,
+        "seconds": round(result.seconds, 1),
+        "detail": detail,
+    }
 
 
 def main() -> None:
@@ -494,12 +751,20 @@ def main() -> None:
         results = []
         for index, row in enumerate(table, 1):
             results.append(run_row(row, root, shared))
-            print(f"[{index}/{len(table)}] {row.name}: {results[-1]['outcome']} ({results[-1]['seconds']} s)", flush=True)
+            print(
+                f"[{index}/{len(table)}] {row.name}: {results[-1]['outcome']} ({results[-1]['seconds']} s)", flush=True
+            )
         counts = Counter(r["outcome"] for r in results)
-        summary = {"counts": {o: counts.get(o, 0) for o in OUTCOMES}, "rows": len(results),
-                   "passed": sum(r["pass"] for r in results)}
+        summary = {
+            "counts": {o: counts.get(o, 0) for o in OUTCOMES},
+            "rows": len(results),
+            "passed": sum(r["pass"] for r in results),
+        }
         write("fault_matrix", args, results, {"summary": summary})
-        print(", ".join(f"{o}: {n}" for o, n in summary["counts"].items()) + f"; {summary['passed']}/{len(results)} as expected")
+        print(
+            ", ".join(f"{o}: {n}" for o, n in summary["counts"].items())
+            + f"; {summary['passed']}/{len(results)} as expected"
+        )
     finally:
         if args.keep_files:
             print(f"kept {root}")

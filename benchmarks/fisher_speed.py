@@ -56,10 +56,14 @@ print(json.dumps({"seconds": seconds}))
 
 
 def side(code: str, root: Path, args, out: Path) -> dict:
-    done = subprocess.run([sys.executable, "-c", code, args.model, args.task, str(args.batches), str(args.max_length),
-                           str(out)], cwd=root, env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin",
-                                                     "HOME": str(Path.home()), "OMP_WAIT_POLICY": "PASSIVE"},
-                          capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", code, args.model, args.task, str(args.batches), str(args.max_length), str(out)],
+        cwd=root,
+        env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin", "HOME": str(Path.home()), "OMP_WAIT_POLICY": "PASSIVE"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -82,9 +86,18 @@ def main() -> None:
         old = side(OLD, Path(args.old).resolve(), args, old_file)
         print(f"per-example: {old['seconds']:.1f} s", flush=True)
         difference = max_relative_difference(new_file, old_file)
-    rows = [{"model": args.model, "task": args.task, "examples": 16 * args.batches, "max_length": args.max_length,
-             "per_example_s": old["seconds"], "batched_s": new["seconds"], "speedup": old["seconds"] / new["seconds"],
-             "max_relative_difference": difference}]
+    rows = [
+        {
+            "model": args.model,
+            "task": args.task,
+            "examples": 16 * args.batches,
+            "max_length": args.max_length,
+            "per_example_s": old["seconds"],
+            "batched_s": new["seconds"],
+            "speedup": old["seconds"] / new["seconds"],
+            "max_relative_difference": difference,
+        }
+    ]
     write(f"fisher_speed_{args.model}", args, rows)
 
 

@@ -48,8 +48,8 @@ Needs no plotly. Accuracy is on the validation split (--limit batches in smoke r
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Callable
 
 import pandas as pd
 import torch
@@ -66,9 +66,23 @@ from lowrank.training.lpaf import LpafConfig, default_sparsity, lpaf, mixed_rank
 from lowrank.training.prune import METHODS as PRUNE_METHODS
 from lowrank.training.prune import prune
 
-RUNS = ("svd+ft", "fwsvd+ft", "fwsvd+mixed", "lpaf", "lpaf-no-sa", "lpaf-no-mixed", "lpaf-tfwsvd", "lpaf-tfwsvd-no-mixed")
-LPAF_RUNS = {"lpaf": ("sparsity_aware", True), "lpaf-no-sa": ("svd", True), "lpaf-no-mixed": ("sparsity_aware", False),
-             "lpaf-tfwsvd": ("tfwsvd", True), "lpaf-tfwsvd-no-mixed": ("tfwsvd", False)}  # run -> (factorization, mixed-rank fine-tuning)
+RUNS = (
+    "svd+ft",
+    "fwsvd+ft",
+    "fwsvd+mixed",
+    "lpaf",
+    "lpaf-no-sa",
+    "lpaf-no-mixed",
+    "lpaf-tfwsvd",
+    "lpaf-tfwsvd-no-mixed",
+)
+LPAF_RUNS = {
+    "lpaf": ("sparsity_aware", True),
+    "lpaf-no-sa": ("svd", True),
+    "lpaf-no-mixed": ("sparsity_aware", False),
+    "lpaf-tfwsvd": ("tfwsvd", True),
+    "lpaf-tfwsvd-no-mixed": ("tfwsvd", False),
+}  # run -> (factorization, mixed-rank fine-tuning)
 
 
 def parse_sparsities(pairs: list[str]) -> dict[float, float]:
@@ -86,8 +100,13 @@ def finetuned_row(small, task, fit: Callable[[LoadedModel], object], limit, seco
     start = time.perf_counter()
     fit(small)
     result = lowrank.evaluate(small, task, limit=limit, measure_latency=False)
-    return {"accuracy": result.value, "loss": result.loss, "params_linear": result.params_linear,
-            "params_total": result.params_total, "seconds": seconds + time.perf_counter() - start}
+    return {
+        "accuracy": result.value,
+        "loss": result.loss,
+        "params_linear": result.params_linear,
+        "params_total": result.params_total,
+        "seconds": seconds + time.perf_counter() - start,
+    }
 
 
 def main() -> None:
@@ -95,58 +114,92 @@ def main() -> None:
     p.add_argument("--keeps", type=float, nargs="+", default=[0.5, 0.3])
     p.add_argument("--runs", nargs="+", choices=RUNS, default=list(RUNS))
     p.add_argument("--sparsity", nargs="+", default=[], metavar="KEEP=SPARSITY")
-    p.add_argument("--start", default="minilm", help="model that movement pruning fine-tunes (default: pre-trained minilm)")
-    p.add_argument("--prune-epochs", type=float, default=2.0, help="epochs of fine-tuning with movement pruning (default 2)")
+    p.add_argument(
+        "--start", default="minilm", help="model that movement pruning fine-tunes (default: pre-trained minilm)"
+    )
+    p.add_argument(
+        "--prune-epochs", type=float, default=2.0, help="epochs of fine-tuning with movement pruning (default 2)"
+    )
     p.add_argument("--epochs", type=float, default=2.0, help="epochs of fine-tuning after factorization (default 2)")
     p.add_argument("--lr", type=float, default=8e-5, help="fine-tuning learning rate (baselines and LPAF)")
     p.add_argument("--prune-lr", type=float, default=8e-5)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-length", type=int, default=64)
     p.add_argument("--p0", type=float, default=0.5)
-    p.add_argument("--prune-method", choices=list(PRUNE_METHODS), default="movement",
-                   help="pruning stage of the LPAF runs (default movement, as in the issue; taylor: |W*grad|)")
-    p.add_argument("--score-update", choices=["raw", "adam"], default="raw", help="movement score update (lowrank.training.prune)")
+    p.add_argument(
+        "--prune-method",
+        choices=list(PRUNE_METHODS),
+        default="movement",
+        help="pruning stage of the LPAF runs (default movement, as in the issue; taylor: |W*grad|)",
+    )
+    p.add_argument(
+        "--score-update", choices=["raw", "adam"], default="raw", help="movement score update (lowrank.training.prune)"
+    )
     p.add_argument("--fisher-batches", type=int, default=32)
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds; each run is repeated per seed")
-    p.add_argument("--quick", action="store_true", help="smoke run: 3 steps per stage, 2 evaluation batches, 2 Fisher batches")
+    p.add_argument(
+        "--quick", action="store_true", help="smoke run: 3 steps per stage, 2 evaluation batches, 2 Fisher batches"
+    )
     args = p.parse_args()
     if args.quick:
         args.limit = args.limit or 2
         args.fisher_batches = 2
     steps = 3 if args.quick else None
     sparsities = parse_sparsities(args.sparsity)
-    prune_config = TrainConfig(epochs=args.prune_epochs, lr=args.prune_lr, batch_size=args.batch_size,
-                               max_length=args.max_length, max_steps=steps)
-    finetune_config = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, max_length=args.max_length,
-                                  max_steps=steps)
+    prune_config = TrainConfig(
+        epochs=args.prune_epochs,
+        lr=args.prune_lr,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        max_steps=steps,
+    )
+    finetune_config = TrainConfig(
+        epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, max_length=args.max_length, max_steps=steps
+    )
     # equal budgets: baselines start from an already fine-tuned model, unless pruning starts from it too
     extra = args.prune_epochs if args.start == args.model else 0.0
-    baseline_config = TrainConfig(epochs=args.epochs + extra, lr=args.lr, batch_size=args.batch_size,
-                                  max_length=args.max_length, max_steps=(2 if extra else 1) * steps if steps else None)
-
+    baseline_config = TrainConfig(
+        epochs=args.epochs + extra,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        max_steps=(2 if extra else 1) * steps if steps else None,
+    )
 
     loaded = lowrank.load_model(args.model, task=args.task, device=args.device)
     dense_linears = compressible_linears(loaded.model)
     dense = lowrank.evaluate(loaded, args.task, limit=args.limit, measure_latency=False)
-    rows = [{"keep": 1.0, "run": "dense", "accuracy": dense.value, "loss": dense.loss, "params_linear": dense.params_linear,
-             "params_total": dense.params_total, "sparsity": 0.0, "seconds": 0.0}]
+    rows = [
+        {
+            "keep": 1.0,
+            "run": "dense",
+            "accuracy": dense.value,
+            "loss": dense.loss,
+            "params_linear": dense.params_linear,
+            "params_total": dense.params_total,
+            "sparsity": 0.0,
+            "seconds": 0.0,
+        }
+    ]
     print(rows[-1], flush=True)
     fisher = None
     for keep in args.keeps:
         sparsity = sparsities.get(keep, round(default_sparsity(loaded, keep), 4))
         for seed in args.seeds:
 
-            def add(run: str, row: dict) -> None:
+            def add(run: str, row: dict, keep=keep, seed=seed) -> None:
                 rows.append({"keep": keep, "run": run, "seed": seed, "sparsity": row.pop("sparsity", 0.0), **row})
                 print(rows[-1], flush=True)
 
             baseline = replace(baseline_config, seed=seed)
 
-            def fit_plain(small):
+            def fit_plain(small, baseline=baseline):
                 return train(small.model, small.tokenizer, lowrank.load_task(args.task), baseline)
 
-            def fit_mixed(small):
-                masks = {n: torch.ones_like(dense_linears[n].weight, dtype=torch.bool) for n in low_rank_layers(small.model)}
+            def fit_mixed(small, baseline=baseline):
+                masks = {
+                    n: torch.ones_like(dense_linears[n].weight, dtype=torch.bool) for n in low_rank_layers(small.model)
+                }
                 return mixed_rank_finetune(small, loaded, masks, args.task, baseline, args.p0)
 
             if "svd+ft" in args.runs:
@@ -165,37 +218,78 @@ def main() -> None:
             if not variants:
                 continue
             pruned = lowrank.load_model(args.start, task=args.task, device=args.device)
-            result = prune(pruned, args.task, args.prune_method, sparsity, "global", replace(prune_config, seed=seed),
-                           score_update=args.score_update)
+            result = prune(
+                pruned,
+                args.task,
+                args.prune_method,
+                sparsity,
+                "global",
+                replace(prune_config, seed=seed),
+                score_update=args.score_update,
+            )
             for run in variants:
                 factorization, mixed = LPAF_RUNS[run]
-                config = LpafConfig(ranks=keep, finetune_config=replace(finetune_config, seed=seed),
-                                    factorization=factorization, mixed_rank=mixed, p0=args.p0,
-                                    statistics=DEFAULT.with_(num_batches=args.fisher_batches), eval_limit=args.limit)
+                config = LpafConfig(
+                    ranks=keep,
+                    finetune_config=replace(finetune_config, seed=seed),
+                    factorization=factorization,
+                    mixed_rank=mixed,
+                    p0=args.p0,
+                    statistics=DEFAULT.with_(num_batches=args.fisher_batches),
+                    eval_limit=args.limit,
+                )
                 small = lpaf(pruned, args.task, config, masks=result.masks)
                 options = small.model.lowrank_info.options
                 total, linear = parameter_counts(small.model)
-                add(run, {"accuracy": options["validation_accuracy"], "loss": options["validation_loss"],
-                          "params_linear": linear, "params_total": total, "sparsity": options["sparsity"],
-                          "seconds": result.seconds + options["seconds_factorize"] + options["seconds_finetune"],
-                          "prune_seconds": result.seconds})
+                add(
+                    run,
+                    {
+                        "accuracy": options["validation_accuracy"],
+                        "loss": options["validation_loss"],
+                        "params_linear": linear,
+                        "params_total": total,
+                        "sparsity": options["sparsity"],
+                        "seconds": result.seconds + options["seconds_factorize"] + options["seconds_finetune"],
+                        "prune_seconds": result.seconds,
+                    },
+                )
     extra = {}
     if len(args.seeds) > 1:
         extra["summary"] = seed_summary(rows[1:])
         with pd.option_context("display.width", 200):
             print(pd.DataFrame(extra["summary"]).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    write("lpaf", args, rows, {"dense_accuracy": dense.value, **extra,
-                               "configs": {"prune": vars(prune_config), "finetune": vars(finetune_config),
-                                           "baseline": vars(baseline_config)}})
+    write(
+        "lpaf",
+        args,
+        rows,
+        {
+            "dense_accuracy": dense.value,
+            **extra,
+            "configs": {
+                "prune": vars(prune_config),
+                "finetune": vars(finetune_config),
+                "baseline": vars(baseline_config),
+            },
+        },
+    )
 
 
 def seed_summary(rows: list[dict]) -> list[dict]:
     """Per (keep, run): number of seeds, mean and standard deviation (n - 1) of accuracy and loss."""
     frame = pd.DataFrame(rows).groupby(["keep", "run"], sort=False)[["accuracy", "loss"]]
     stats = frame.agg(["count", "mean", "std"])
-    return [{"keep": keep, "run": run, "seeds": int(s[("accuracy", "count")]),
-             "accuracy_mean": s[("accuracy", "mean")], "accuracy_std": s[("accuracy", "std")],
-             "loss_mean": s[("loss", "mean")], "loss_std": s[("loss", "std")]} for (keep, run), s in stats.iterrows()]
+    return [
+        {
+            "keep": keep,
+            "run": run,
+            "seeds": int(s[("accuracy", "count")]),
+            "accuracy_mean": s[("accuracy", "mean")],
+            "accuracy_std": s[("accuracy", "std")],
+            "loss_mean": s[("loss", "mean")],
+            "loss_std": s[("loss", "std")],
+        }
+        for (keep, run), s in stats.iterrows()
+    ]
 
 
 if __name__ == "__main__":

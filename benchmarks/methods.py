@@ -60,19 +60,32 @@ def main() -> None:
             if method == "tfwsvd" and args.tfwsvd_iters is not None:
                 options = {"max_iters": args.tfwsvd_iters}
             start = time.perf_counter()
-            small = lowrank.compress(loaded, keep, method=method, stats=restrict(stats, lowrank.get_method(method).needs),
-                                     **options)
+            small = lowrank.compress(
+                loaded, keep, method=method, stats=restrict(stats, lowrank.get_method(method).needs), **options
+            )
             seconds = time.perf_counter() - start
             svd_seconds = svd_seconds or seconds
             result = lowrank.evaluate(small, args.task, limit=args.limit, measure_latency=False)
             regularized = small.model.lowrank_info.regularizers()
-            rows.append({"keep": keep, "method": label(method, options), "metric": result.metric, "value": result.value,
-                         "loss": result.loss, "factorize_s": seconds, "factorize_x_svd": seconds / svd_seconds,
-                         "statistics_x_svd": statistics_seconds(method, stat_seconds) / svd_seconds,
-                         "regularizers": ", ".join(f"{k}: {n}" for k, n in regularized.items())})
+            rows.append(
+                {
+                    "keep": keep,
+                    "method": label(method, options),
+                    "metric": result.metric,
+                    "value": result.value,
+                    "loss": result.loss,
+                    "factorize_s": seconds,
+                    "factorize_x_svd": seconds / svd_seconds,
+                    "statistics_x_svd": statistics_seconds(method, stat_seconds) / svd_seconds,
+                    "regularizers": ", ".join(f"{k}: {n}" for k, n in regularized.items()),
+                }
+            )
             print(rows[-1], flush=True)
-        extra = {"statistics_seconds": {"+".join(k): v for k, v in stat_seconds.items()}, "settings": settings.to_dict(),
-                 "complete": keep == args.keeps[-1]}
+        extra = {
+            "statistics_seconds": {"+".join(k): v for k, v in stat_seconds.items()},
+            "settings": settings.to_dict(),
+            "complete": keep == args.keeps[-1],
+        }
         write(f"methods_{args.model}", args, rows, extra)  # after every budget: a stopped run keeps what it measured
 
 

@@ -69,61 +69,101 @@ def main() -> None:
     p = parser(__doc__)
     p.add_argument("--keep", type=float, default=0.3)
     p.add_argument("--fisher-batches", type=int, default=32)
-    p.add_argument("--train-batches", type=int, default=20, help="batches of 64 training examples for the train-split "
-                   "measurement (0 = validation only)")
-    p.add_argument("--heldout-split", default="test", help="a split used for nothing else: its measured loss increase "
-                   "gives the reliability of the validation target, its gradients the heldout_taylor predictor "
-                   "('' = skip)")
+    p.add_argument(
+        "--train-batches",
+        type=int,
+        default=20,
+        help="batches of 64 training examples for the train-split measurement (0 = validation only)",
+    )
+    p.add_argument(
+        "--heldout-split",
+        default="test",
+        help="a split used for nothing else: its measured loss increase "
+        "gives the reliability of the validation target, its gradients the heldout_taylor predictor "
+        "('' = skip)",
+    )
     args = p.parse_args()
     loaded = lowrank.load_model(args.model, device=args.device)
     fisher = fisher_maps(loaded, args.task, args.fisher_batches)
-    variants = {"diagonal_true_fisher": fisher_maps(loaded, args.task, args.fisher_batches,
-                                                        labels="sampled"),
-                "diagonal_on_validation": fisher_maps(loaded, args.task, args.fisher_batches, split="validation")}
+    variants = {
+        "diagonal_true_fisher": fisher_maps(loaded, args.task, args.fisher_batches, labels="sampled"),
+        "diagonal_on_validation": fisher_maps(loaded, args.task, args.fisher_batches, split="validation"),
+    }
     dense = lowrank.evaluate(loaded, args.task, limit=args.limit, measure_latency=False)
     dense_predictions = class_log_probabilities(loaded, args.task, limit=args.limit)
-    dense_train = lowrank.evaluate(loaded, args.task, "train", limit=args.train_batches, measure_latency=False) \
-        if args.train_batches else None
+    dense_train = (
+        lowrank.evaluate(loaded, args.task, "train", limit=args.train_batches, measure_latency=False)
+        if args.train_batches
+        else None
+    )
     linears = lowrank.compressible_linears(loaded.model)
     ranks = lowrank.resolve_ranks(loaded.model, args.keep)
-    taylor = svd_loss_change(loaded, args.task, ranks, StatisticsSettings(num_batches=args.fisher_batches, batch_size=16))
+    taylor = svd_loss_change(
+        loaded, args.task, ranks, StatisticsSettings(num_batches=args.fisher_batches, batch_size=16)
+    )
     heldout = args.heldout_split
     if heldout:
         dense_heldout = lowrank.evaluate(loaded, args.task, heldout, limit=args.limit, measure_latency=False)
-        heldout_taylor = svd_loss_change(loaded, args.task, ranks,
-                                         StatisticsSettings(num_batches=args.fisher_batches, batch_size=16, split=heldout))
+        heldout_taylor = svd_loss_change(
+            loaded, args.task, ranks, StatisticsSettings(num_batches=args.fisher_batches, batch_size=16, split=heldout)
+        )
     rows = []
     for name, rank in ranks.items():
         weight = linears[name].weight
         W, F = weight.detach().float(), fisher[name].to(weight.device)
         small = lowrank.compress(loaded, {name: rank}, method="svd")
         result = lowrank.evaluate(small, args.task, limit=args.limit, measure_latency=False)
-        rows.append({"layer": name, "rank": rank, "measured_loss_increase": result.loss - dense.loss,
-                     "measured_kl": prediction_kl(dense_predictions, class_log_probabilities(small, args.task,
-                                                                                              limit=args.limit)),
-                     "accuracy_drop": dense.value - result.value,
-                     "measured_train_loss_increase": (lowrank.evaluate(small, args.task, "train", limit=args.train_batches,
-                                                                       measure_latency=False).loss - dense_train.loss)
-                     if dense_train else None,
-                     "predicted_loss_increase": predicted_loss_increase(W, F, rank, "svd"),
-                     "fisher_quadratic": taylor[name]["second_order"], "taylor_total": taylor[name]["total"],
-                     "fisher_dispersion": fisher_dispersion(F), "svd_risk": svd_risk(W, F, rank),
-                     **{key: predicted_loss_increase(W, other[name].to(weight.device), rank, "svd")
-                        for key, other in variants.items()}})
+        rows.append(
+            {
+                "layer": name,
+                "rank": rank,
+                "measured_loss_increase": result.loss - dense.loss,
+                "measured_kl": prediction_kl(
+                    dense_predictions, class_log_probabilities(small, args.task, limit=args.limit)
+                ),
+                "accuracy_drop": dense.value - result.value,
+                "measured_train_loss_increase": (
+                    lowrank.evaluate(small, args.task, "train", limit=args.train_batches, measure_latency=False).loss
+                    - dense_train.loss
+                )
+                if dense_train
+                else None,
+                "predicted_loss_increase": predicted_loss_increase(W, F, rank, "svd"),
+                "fisher_quadratic": taylor[name]["second_order"],
+                "taylor_total": taylor[name]["total"],
+                "fisher_dispersion": fisher_dispersion(F),
+                "svd_risk": svd_risk(W, F, rank),
+                **{
+                    key: predicted_loss_increase(W, other[name].to(weight.device), rank, "svd")
+                    for key, other in variants.items()
+                },
+            }
+        )
         if heldout:
-            rows[-1].update(measured_heldout_loss_increase=lowrank.evaluate(small, args.task, heldout, limit=args.limit,
-                                                                            measure_latency=False).loss - dense_heldout.loss,
-                            heldout_taylor=heldout_taylor[name]["total"])
+            rows[-1].update(
+                measured_heldout_loss_increase=lowrank.evaluate(
+                    small, args.task, heldout, limit=args.limit, measure_latency=False
+                ).loss
+                - dense_heldout.loss,
+                heldout_taylor=heldout_taylor[name]["total"],
+            )
         print(rows[-1], flush=True)
     targets = ["measured_loss_increase", "measured_kl"] + (["measured_train_loss_increase"] if dense_train else [])
     predictors = PREDICTORS + (HELDOUT_PREDICTORS if heldout else ()) + tuple(variants)
     correlations = {target: {key: rho(rows, target, key) for key in predictors} for target in targets}
-    extra = {"dense_loss": dense.loss, "dense_accuracy": dense.value, "spearman": correlations,
-             "spearman_loss_increase_vs_kl": rho(rows, "measured_loss_increase", "measured_kl")}
+    extra = {
+        "dense_loss": dense.loss,
+        "dense_accuracy": dense.value,
+        "spearman": correlations,
+        "spearman_loss_increase_vs_kl": rho(rows, "measured_loss_increase", "measured_kl"),
+    }
     if heldout:
         reliability = rho(rows, "measured_loss_increase", "measured_heldout_loss_increase")
-        extra["reliability"] = {"split": heldout, "spearman_validation_vs_heldout": reliability,
-                                "ceiling": math.sqrt(max(reliability, 0.0))}
+        extra["reliability"] = {
+            "split": heldout,
+            "spearman_validation_vs_heldout": reliability,
+            "ceiling": math.sqrt(max(reliability, 0.0)),
+        }
     print("Spearman correlations (measured -> predictor -> rho):", correlations)
     print("reliability of the validation target:", extra.get("reliability"))
     write("predictor", args, rows, extra)

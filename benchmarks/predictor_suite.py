@@ -93,21 +93,33 @@ def model_cases(task_name, model, loaded, task, fisher, moments, settings, dense
         table = risk_table({n: weights[n] for n in ranks}, fisher, ranks, method="fwsvd")
         verdict = risk_summary(table)
         taylor = svd_loss_change(loaded, task, ranks, settings)
-        svd_lp = class_log_probabilities(lowrank.compress(loaded, ranks, method="svd"), task, args.split, limit=args.limit)
+        svd_lp = class_log_probabilities(
+            lowrank.compress(loaded, ranks, method="svd"), task, args.split, limit=args.limit
+        )
         tfwsvd = lowrank.compress(loaded, ranks, method="tfwsvd", stats={n: {"fisher": F} for n, F in fisher.items()})
         tf_lp = class_log_probabilities(tfwsvd, task, args.split, limit=args.limit)
         factors = low_rank_layers(tfwsvd.model)
         tf_loss = sum(diagonal_form(weights[n], fisher[n], (factors[n].U @ factors[n].V).detach()) for n in ranks)
         svd_acc, tf_acc = scores(svd_lp, labels)[0], scores(tf_lp, labels)[0]
-        cases.append({"task": task_name, "model": model, "keep": keep, "dense": dense_acc, "svd": svd_acc, "tfwsvd": tf_acc,
-                      "svd_drop": 100 * (dense_acc - svd_acc), "rescue": 100 * (tf_acc - svd_acc),
-                      "svd_kl": prediction_kl(dense_lp, svd_lp),
-                      "predicted_svd_loss": float(table["loss_svd"].sum()),
-                      "full_fisher_svd": sum(t["second_order"] for t in taylor.values()),
-                      "kfac_svd_loss": sum(svd_residual_kfac(weights[n], r, moments[n]) for n, r in ranks.items()),
-                      "predicted_rescue_fwsvd": float((table["loss_svd"] - table["loss_weighted"]).sum()),
-                      "predicted_rescue_tfwsvd": float(table["loss_svd"].sum()) - tf_loss,
-                      "svd_expected_to_drop": verdict["svd_expected_to_drop"]})
+        cases.append(
+            {
+                "task": task_name,
+                "model": model,
+                "keep": keep,
+                "dense": dense_acc,
+                "svd": svd_acc,
+                "tfwsvd": tf_acc,
+                "svd_drop": 100 * (dense_acc - svd_acc),
+                "rescue": 100 * (tf_acc - svd_acc),
+                "svd_kl": prediction_kl(dense_lp, svd_lp),
+                "predicted_svd_loss": float(table["loss_svd"].sum()),
+                "full_fisher_svd": sum(t["second_order"] for t in taylor.values()),
+                "kfac_svd_loss": sum(svd_residual_kfac(weights[n], r, moments[n]) for n, r in ranks.items()),
+                "predicted_rescue_fwsvd": float((table["loss_svd"] - table["loss_weighted"]).sum()),
+                "predicted_rescue_tfwsvd": float(table["loss_svd"].sum()) - tf_loss,
+                "svd_expected_to_drop": verdict["svd_expected_to_drop"],
+            }
+        )
         print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in cases[-1].items()}, flush=True)
     return cases
 
@@ -127,12 +139,24 @@ def layer_rows(task_name, loaded, task, fisher, moments, settings, dense_lp, arg
     for name, rank in chosen.items():
         W = linears[name].weight.detach().float()
         small = lowrank.compress(loaded, {name: rank}, method="svd")
-        rows.append({"task": task_name, "layer": name, "rank": rank,
-                     "measured_kl": prediction_kl(dense_lp, class_log_probabilities(small, task, args.split, limit=args.limit)),
-                     "full_fisher": taylor[name]["second_order"], "kfac": svd_residual_kfac(W, rank, moments[name]),
-                     "diagonal": predicted_loss_increase(W, fisher[name].to(W.device), rank, "svd")})
-        print(f"{task_name} {name}: KL {rows[-1]['measured_kl']:.3g}, full {rows[-1]['full_fisher']:.3g}, "
-              f"kfac {rows[-1]['kfac']:.3g}, diagonal {rows[-1]['diagonal']:.3g}", flush=True)
+        rows.append(
+            {
+                "task": task_name,
+                "layer": name,
+                "rank": rank,
+                "measured_kl": prediction_kl(
+                    dense_lp, class_log_probabilities(small, task, args.split, limit=args.limit)
+                ),
+                "full_fisher": taylor[name]["second_order"],
+                "kfac": svd_residual_kfac(W, rank, moments[name]),
+                "diagonal": predicted_loss_increase(W, fisher[name].to(W.device), rank, "svd"),
+            }
+        )
+        print(
+            f"{task_name} {name}: KL {rows[-1]['measured_kl']:.3g}, full {rows[-1]['full_fisher']:.3g}, "
+            f"kfac {rows[-1]['kfac']:.3g}, diagonal {rows[-1]['diagonal']:.3g}",
+            flush=True,
+        )
     return rows
 
 
@@ -178,16 +202,26 @@ def model_summary(cases: list[dict]) -> dict:
     def col(key: str) -> list:
         return [c[key] for c in cases]
 
-    return {"cases": len(cases), "events_svd_loses_more_than_2_points": sum(events),
-            "spearman_vs_svd_drop": {k: rho(col(k), col("svd_drop")) for k in LOSS_PREDICTORS},
-            "spearman_vs_svd_kl": {k: rho(col(k), col("svd_kl")) for k in LOSS_PREDICTORS},
-            "auc_svd_loses_more_than_2_points": {k: auc(col(k), events) for k in LOSS_PREDICTORS},
-            "verdict_accuracy": float(np.mean([c["svd_expected_to_drop"] == e for c, e in zip(cases, events)]))
-            if cases else float("nan"),
-            "spearman_vs_rescue": {k: rho(col(k), col("rescue")) for k in RESCUE_PREDICTORS},
-            "calibrated_threshold": {k: dict(zip(("nats", "accuracy"), calibrated_threshold(col(k), events)),
-                                             held_out_task_accuracy=held_out_accuracy(cases, k))
-                                     for k in LOSS_PREDICTORS} if cases else {}}
+    return {
+        "cases": len(cases),
+        "events_svd_loses_more_than_2_points": sum(events),
+        "spearman_vs_svd_drop": {k: rho(col(k), col("svd_drop")) for k in LOSS_PREDICTORS},
+        "spearman_vs_svd_kl": {k: rho(col(k), col("svd_kl")) for k in LOSS_PREDICTORS},
+        "auc_svd_loses_more_than_2_points": {k: auc(col(k), events) for k in LOSS_PREDICTORS},
+        "verdict_accuracy": float(np.mean([c["svd_expected_to_drop"] == e for c, e in zip(cases, events)]))
+        if cases
+        else float("nan"),
+        "spearman_vs_rescue": {k: rho(col(k), col("rescue")) for k in RESCUE_PREDICTORS},
+        "calibrated_threshold": {
+            k: dict(
+                zip(("nats", "accuracy"), calibrated_threshold(col(k), events)),
+                held_out_task_accuracy=held_out_accuracy(cases, k),
+            )
+            for k in LOSS_PREDICTORS
+        }
+        if cases
+        else {},
+    }
 
 
 def layer_summary(rows: list[dict]) -> dict:
@@ -195,18 +229,25 @@ def layer_summary(rows: list[dict]) -> dict:
     for task in dict.fromkeys(r["task"] for r in rows):
         part = [r for r in rows if r["task"] == task]
         kl = [r["measured_kl"] for r in part]
-        out[task] = {"layers": len(part),
-                     "spearman": {k: rho([r[k] for r in part], kl) for k in LAYER_PREDICTORS},
-                     "median_ratio": {k: float(np.median([r[k] / r["measured_kl"] for r in part if r["measured_kl"] > 0]))
-                                      if any(r["measured_kl"] > 0 for r in part) else float("nan")
-                                      for k in LAYER_PREDICTORS}}
+        out[task] = {
+            "layers": len(part),
+            "spearman": {k: rho([r[k] for r in part], kl) for k in LAYER_PREDICTORS},
+            "median_ratio": {
+                k: float(np.median([r[k] / r["measured_kl"] for r in part if r["measured_kl"] > 0]))
+                if any(r["measured_kl"] > 0 for r in part)
+                else float("nan")
+                for k in LAYER_PREDICTORS
+            },
+        }
     return out
 
 
 def main() -> None:
     p = suite_parser(__doc__)
     p.add_argument("--keeps", type=float, nargs="+", default=[0.3, 0.5, 0.7], help="model level: kept fractions")
-    p.add_argument("--layer-keep", type=float, default=0.3, help="layer level: kept fraction of the one compressed layer")
+    p.add_argument(
+        "--layer-keep", type=float, default=0.3, help="layer level: kept fraction of the one compressed layer"
+    )
     p.add_argument("--layers", type=int, help="layer level: this many evenly spaced layers per task (default all)")
     args = p.parse_args()
     settings = statistics_settings(args)
@@ -225,11 +266,17 @@ def main() -> None:
     print("\nmodel level:", summary["model_level"])
     print("layer level (Spearman with measured KL, median predicted/measured):")
     for task, s in summary["layer_level"].items():
-        print(f"  {task:16s} {s['layers']} layers: " + ", ".join(
-            f"{k} rho {s['spearman'][k]:.3f} ratio {s['median_ratio'][k]:.3g}" for k in LAYER_PREDICTORS))
+        print(
+            f"  {task:16s} {s['layers']} layers: "
+            + ", ".join(f"{k} rho {s['spearman'][k]:.3f} ratio {s['median_ratio'][k]:.3g}" for k in LAYER_PREDICTORS)
+        )
     args.out = args.out or str(RESULTS / f"predictor_suite_{settings_tag(settings)}.json")
-    write("predictor_suite", args, cases, {"settings": settings.to_dict(), "layers": rows, "summary": summary,
-                                           "drop_points": DROP_POINTS})
+    write(
+        "predictor_suite",
+        args,
+        cases,
+        {"settings": settings.to_dict(), "layers": rows, "summary": summary, "drop_points": DROP_POINTS},
+    )
 
 
 if __name__ == "__main__":

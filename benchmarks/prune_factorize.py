@@ -60,16 +60,30 @@ def main() -> None:
     if args.quick:
         args.limit = args.limit or 2
         args.fisher_batches = 2
-    config = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=32, max_length=64, seed=args.seed,
-                         max_steps=3 if args.quick else None)
+    config = TrainConfig(
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=32,
+        max_length=64,
+        seed=args.seed,
+        max_steps=3 if args.quick else None,
+    )
     loaded = lowrank.load_model(args.model, task=args.task, device=args.device)
     rows = []
     for sparsity in args.sparsities:
         start = time.perf_counter()
         model = pruned_copy(loaded, args.task, args.prune_method, sparsity, config)
         base = lowrank.evaluate(model, args.task, limit=args.limit, measure_latency=False)
-        rows.append({"sparsity": sparsity, "method": "uncompressed", "keep": 1.0, "accuracy": base.value,
-                     "loss": base.loss, "seconds": time.perf_counter() - start})
+        rows.append(
+            {
+                "sparsity": sparsity,
+                "method": "uncompressed",
+                "keep": 1.0,
+                "accuracy": base.value,
+                "loss": base.loss,
+                "seconds": time.perf_counter() - start,
+            }
+        )
         print(rows[-1], flush=True)
         fisher = None
         if {"fwsvd", "tfwsvd"} & set(args.methods):
@@ -80,8 +94,16 @@ def main() -> None:
                 options = {} if method == "svd" else {"importance": fisher}
                 small = lowrank.compress(model, keep, method=method, **options)
                 result = lowrank.evaluate(small, args.task, limit=args.limit, measure_latency=False)
-                rows.append({"sparsity": sparsity, "method": method, "keep": keep, "accuracy": result.value,
-                             "loss": result.loss, "seconds": time.perf_counter() - start})
+                rows.append(
+                    {
+                        "sparsity": sparsity,
+                        "method": method,
+                        "keep": keep,
+                        "accuracy": result.value,
+                        "loss": result.loss,
+                        "seconds": time.perf_counter() - start,
+                    }
+                )
                 print(rows[-1], flush=True)
     table = pd.DataFrame(rows).pivot_table(index="sparsity", columns=["keep", "method"], values="accuracy", sort=False)
     with pd.option_context("display.width", 200):

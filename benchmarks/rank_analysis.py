@@ -32,10 +32,18 @@ from pathlib import Path
 from common import RESULTS, parser, write
 
 # run name -> (pruning method, movement score update); see lowrank.training.prune
-PRUNERS = {"movement": ("movement", "raw"), "movement-adam": ("movement", "adam"), "taylor": ("taylor", "raw"),
-           "magnitude": ("magnitude", "raw")}
-FIGURE_METRICS = (("rel_rank90", "90% energy rank / min(out, in)"), ("rel_rank99", "99% energy rank / min(out, in)"),
-                  ("rel_effective_rank", "effective rank / min(out, in)"), ("rel_numerical_rank", "numerical rank / min(out, in)"))
+PRUNERS = {
+    "movement": ("movement", "raw"),
+    "movement-adam": ("movement", "adam"),
+    "taylor": ("taylor", "raw"),
+    "magnitude": ("magnitude", "raw"),
+}
+FIGURE_METRICS = (
+    ("rel_rank90", "90% energy rank / min(out, in)"),
+    ("rel_rank99", "99% energy rank / min(out, in)"),
+    ("rel_effective_rank", "effective rank / min(out, in)"),
+    ("rel_numerical_rank", "numerical rank / min(out, in)"),
+)
 
 
 def figure(payload: dict, path: Path) -> Path:
@@ -52,16 +60,35 @@ def figure(payload: dict, path: Path) -> Path:
             runs = sorted((r for r in rows if r["method"] == method), key=lambda r: r["target_sparsity"])
             if not runs:
                 continue
-            fig.add_trace(go.Scatter(x=[r["target_sparsity"] for r in runs], y=[r[metric] for r in runs],
-                                     mode="lines+markers", name=method, legendgroup=method, showlegend=col == 1,
-                                     line=dict(color=color)), row=1, col=col)
-        fig.add_hline(y=dense[metric], line_dash="dash", line_color="gray", row=1, col=col,
-                      annotation_text="dense" if col == 1 else None)
+            fig.add_trace(
+                go.Scatter(
+                    x=[r["target_sparsity"] for r in runs],
+                    y=[r[metric] for r in runs],
+                    mode="lines+markers",
+                    name=method,
+                    legendgroup=method,
+                    showlegend=col == 1,
+                    line=dict(color=color),
+                ),
+                row=1,
+                col=col,
+            )
+        fig.add_hline(
+            y=dense[metric],
+            line_dash="dash",
+            line_color="gray",
+            row=1,
+            col=col,
+            annotation_text="dense" if col == 1 else None,
+        )
         fig.update_xaxes(title_text="sparsity", row=1, col=col)
         fig.update_yaxes(range=[0, 1.05], row=1, col=col)
     model = payload["args"]["model"]
-    fig.update_layout(title=f"Average relative rank: fine-tuned with pruning (from {payload['args'].get('start', model)}) vs dense {model}",
-                      height=420, width=1500)
+    fig.update_layout(
+        title=f"Average relative rank: fine-tuned with pruning (from {payload['args'].get('start', model)}) vs dense {model}",
+        height=420,
+        width=1500,
+    )
     fig.write_html(str(path), include_plotlyjs="cdn")
     print(f"wrote {path}")
     return path
@@ -92,8 +119,9 @@ def main() -> None:
     from lowrank.training.lpaf import average_ranks, rank_analysis
     from lowrank.training.prune import prune
 
-    config = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, max_length=args.max_length,
-                         max_steps=args.max_steps)
+    config = TrainConfig(
+        epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, max_length=args.max_length, max_steps=args.max_steps
+    )
     dense = lowrank.load_model(args.model, task=args.task, device=args.device)
     accuracy = lowrank.evaluate(dense, args.task, limit=args.limit, measure_latency=False).value
     frame = rank_analysis(dense, tol=args.tol)
@@ -109,9 +137,19 @@ def main() -> None:
             seconds = time.perf_counter() - start
             accuracy = lowrank.evaluate(loaded, args.task, limit=args.limit, measure_latency=False).value
             frame = rank_analysis(loaded, tol=args.tol)
-            rows.append({"method": method, "target_sparsity": sparsity, "accuracy": accuracy, **average_ranks(frame),
-                         "seconds": seconds, "final_loss": result.record()["final_loss"]})
-            by_type[f"{method}@{sparsity}"] = frame.groupby("type")[["rel_rank90", "rel_effective_rank"]].mean().to_dict()
+            rows.append(
+                {
+                    "method": method,
+                    "target_sparsity": sparsity,
+                    "accuracy": accuracy,
+                    **average_ranks(frame),
+                    "seconds": seconds,
+                    "final_loss": result.record()["final_loss"],
+                }
+            )
+            by_type[f"{method}@{sparsity}"] = (
+                frame.groupby("type")[["rel_rank90", "rel_effective_rank"]].mean().to_dict()
+            )
             print(rows[-1], flush=True)
     path = write("rank_analysis", args, rows, {"by_type": by_type, "prune_config": vars(config)})
     try:

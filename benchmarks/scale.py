@@ -85,8 +85,9 @@ def run_configuration(args) -> dict:
     else:
         with tempfile.TemporaryDirectory(prefix="scale-") as folder:
             start = time.perf_counter()
-            out = lowrank.compress_sequential(args.model, args.keep, method, Path(folder) / "out", args.task, settings,
-                                              device=args.device, **options)
+            out = lowrank.compress_sequential(
+                args.model, args.keep, method, Path(folder) / "out", args.task, settings, device=args.device, **options
+            )
             total = time.perf_counter() - start
             marks["compress"] = peak_bytes()
             start = time.perf_counter()
@@ -97,9 +98,12 @@ def run_configuration(args) -> dict:
     start = time.perf_counter()
     result = lowrank.evaluate(small, args.task, limit=args.limit, measure_latency=False)
     stage("evaluate", start)
-    row |= {"perplexity": result.value, "loss": result.loss,
-            "peak_x_compress": max(v for k, v in marks.items() if k != "evaluate") / size,
-            "peak_x": max(marks.values()) / size}
+    row |= {
+        "perplexity": result.value,
+        "loss": result.loss,
+        "peak_x_compress": max(v for k, v in marks.items() if k != "evaluate") / size,
+        "peak_x": max(marks.values()) / size,
+    }
     row |= {f"peak_x_after_{k}": v / size for k, v in marks.items()}
     return row
 
@@ -112,7 +116,9 @@ def main() -> None:
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     p.add_argument("--fisher-batches", type=int, default=32, help="calibration batches of 16 for every statistic")
     p.add_argument("--tfwsvd-iters", type=int, help="iteration cap of tfwsvd (default: the solver's)")
-    p.add_argument("--worker", nargs=2, metavar=("METHOD", "MODE"), help=argparse.SUPPRESS)  # one configuration, in this process
+    p.add_argument(
+        "--worker", nargs=2, metavar=("METHOD", "MODE"), help=argparse.SUPPRESS
+    )  # one configuration, in this process
     args = p.parse_args()
     if args.worker:
         print(json.dumps(run_configuration(args)))
@@ -120,8 +126,12 @@ def main() -> None:
     rows = []
     for method in args.methods:
         for mode in args.modes:
-            done = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--worker", method, mode], capture_output=True,
-                                  text=True, check=False)
+            done = subprocess.run(
+                [sys.executable, __file__, *sys.argv[1:], "--worker", method, mode],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
             if done.returncode != 0:
                 rows.append({"method": method, "mode": mode, "error": done.stderr.strip().splitlines()[-1:]})
             else:

@@ -53,16 +53,34 @@ def run_task(task_name: str, model: str, args, settings) -> list[dict]:
     statistics_s = time.perf_counter() - start
     dense = lowrank.evaluate(loaded, task, args.split, limit=args.limit, measure_latency=False)
     base = {"task": task_name, "model": model}
-    rows = [{**base, "keep": 1.0, "method": "dense", "config": "dense", "accuracy": dense.value, "loss": dense.loss,
-             "statistics_s": statistics_s}]
+    rows = [
+        {
+            **base,
+            "keep": 1.0,
+            "method": "dense",
+            "config": "dense",
+            "accuracy": dense.value,
+            "loss": dense.loss,
+            "statistics_s": statistics_s,
+        }
+    ]
     for keep in args.keeps:
         for method, options in CONFIGS:
             start = time.perf_counter()
             small = lowrank.compress(loaded, keep, method=method, stats=restrict(stats, needs_for([method])), **options)
             seconds = time.perf_counter() - start
             result = lowrank.evaluate(small, task, args.split, limit=args.limit, measure_latency=False)
-            rows.append({**base, "keep": keep, "method": method, "config": label(method, options),
-                         "accuracy": result.value, "loss": result.loss, "factorize_s": seconds})
+            rows.append(
+                {
+                    **base,
+                    "keep": keep,
+                    "method": method,
+                    "config": label(method, options),
+                    "accuracy": result.value,
+                    "loss": result.loss,
+                    "factorize_s": seconds,
+                }
+            )
             print(f"{task_name} keep {keep} {rows[-1]['config']:12s} accuracy {result.value:.4f}", flush=True)
     return rows
 
@@ -80,16 +98,28 @@ def summarize(rows: list[dict]) -> dict:
     cases = []
     for (task, keep), accuracy in table[methods].iterrows():
         best = accuracy.max()
-        cases.append({"task": task, "keep": keep, "dense": dense[task], "best": [m for m in methods if accuracy[m] == best],
-                      "best_accuracy": best, "tfwsvd_ge_svd": bool(accuracy["tfwsvd"] >= accuracy["svd"]),
-                      "tfwsvd_ge_fwsvd": bool(accuracy["tfwsvd"] >= accuracy["fwsvd"]),
-                      "svd_drop_points": 100 * (dense[task] - accuracy["svd"]),
-                      "tfwsvd_rescue_points": 100 * (accuracy["tfwsvd"] - accuracy["svd"])})
+        cases.append(
+            {
+                "task": task,
+                "keep": keep,
+                "dense": dense[task],
+                "best": [m for m in methods if accuracy[m] == best],
+                "best_accuracy": best,
+                "tfwsvd_ge_svd": bool(accuracy["tfwsvd"] >= accuracy["svd"]),
+                "tfwsvd_ge_fwsvd": bool(accuracy["tfwsvd"] >= accuracy["fwsvd"]),
+                "svd_drop_points": 100 * (dense[task] - accuracy["svd"]),
+                "tfwsvd_rescue_points": 100 * (accuracy["tfwsvd"] - accuracy["svd"]),
+            }
+        )
     wins = {m: sum(m in c["best"] for c in cases) for m in methods}
-    return {"cases": cases, "wins": wins, "n_cases": len(cases),
-            "tfwsvd_ge_svd": sum(c["tfwsvd_ge_svd"] for c in cases),
-            "tfwsvd_ge_fwsvd": sum(c["tfwsvd_ge_fwsvd"] for c in cases),
-            "mean_accuracy": {m: float(table[m].mean()) for m in methods}}
+    return {
+        "cases": cases,
+        "wins": wins,
+        "n_cases": len(cases),
+        "tfwsvd_ge_svd": sum(c["tfwsvd_ge_svd"] for c in cases),
+        "tfwsvd_ge_fwsvd": sum(c["tfwsvd_ge_fwsvd"] for c in cases),
+        "mean_accuracy": {m: float(table[m].mean()) for m in methods},
+    }
 
 
 def print_tables(rows: list[dict], summary: dict) -> None:
@@ -97,17 +127,24 @@ def print_tables(rows: list[dict], summary: dict) -> None:
     for task, part in frame.groupby("task", sort=False):
         dense = part.loc[part["method"] == "dense", "accuracy"].iloc[0]
         print(f"\n{task} ({part['model'].iloc[0]}), dense accuracy {dense:.4f}; compressed, no fine-tuning:")
-        print(part[part["method"] != "dense"].pivot_table(index="keep", columns="config", values="accuracy", sort=False)
-              .to_string(float_format=lambda v: f"{v:.4f}"))
+        print(
+            part[part["method"] != "dense"]
+            .pivot_table(index="keep", columns="config", values="accuracy", sort=False)
+            .to_string(float_format=lambda v: f"{v:.4f}")
+        )
     print("\nbest method per task x kept fraction:")
     for c in summary["cases"]:
-        print(f"  {c['task']:16s} {c['keep']:.2f}: {', '.join(c['best']):24s} {c['best_accuracy']:.4f} "
-              f"(dense {c['dense']:.4f}; svd drop {c['svd_drop_points']:+.1f} pts, tfwsvd rescue "
-              f"{c['tfwsvd_rescue_points']:+.1f}; tfwsvd>=svd {c['tfwsvd_ge_svd']}, tfwsvd>=fwsvd {c['tfwsvd_ge_fwsvd']})")
+        print(
+            f"  {c['task']:16s} {c['keep']:.2f}: {', '.join(c['best']):24s} {c['best_accuracy']:.4f} "
+            f"(dense {c['dense']:.4f}; svd drop {c['svd_drop_points']:+.1f} pts, tfwsvd rescue "
+            f"{c['tfwsvd_rescue_points']:+.1f}; tfwsvd>=svd {c['tfwsvd_ge_svd']}, tfwsvd>=fwsvd {c['tfwsvd_ge_fwsvd']})"
+        )
     n = summary["n_cases"]
     print(f"wins (ties count for each): {summary['wins']}")
-    print(f"tfwsvd >= svd in {summary['tfwsvd_ge_svd']}/{n} cases, tfwsvd >= fwsvd (best axis) in "
-          f"{summary['tfwsvd_ge_fwsvd']}/{n}")
+    print(
+        f"tfwsvd >= svd in {summary['tfwsvd_ge_svd']}/{n} cases, tfwsvd >= fwsvd (best axis) in "
+        f"{summary['tfwsvd_ge_fwsvd']}/{n}"
+    )
     print("mean accuracy over cases:", {m: round(v, 4) for m, v in summary["mean_accuracy"].items()})
 
 

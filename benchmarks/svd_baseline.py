@@ -24,11 +24,20 @@ def main() -> None:
         model = lowrank.compress(loaded, fraction, method="svd")
         seconds = time.perf_counter() - start
         result = lowrank.evaluate(model, args.task, limit=args.limit)
-        rows.append({"kept_fraction": fraction, "layers_factorized": len(model.model.lowrank_info.ranks),
-                     "params_linear": result.params_linear, "params_total": result.params_total,
-                     result.metric: result.value, "loss": result.loss, "size_mb": result.size_bytes / 2**20,
-                     "latency_ms_b1": result.latency_ms_b1, "latency_ms_b32": result.latency_ms_b32,
-                     "svd_seconds": seconds})
+        rows.append(
+            {
+                "kept_fraction": fraction,
+                "layers_factorized": len(model.model.lowrank_info.ranks),
+                "params_linear": result.params_linear,
+                "params_total": result.params_total,
+                result.metric: result.value,
+                "loss": result.loss,
+                "size_mb": result.size_bytes / 2**20,
+                "latency_ms_b1": result.latency_ms_b1,
+                "latency_ms_b32": result.latency_ms_b32,
+                "svd_seconds": seconds,
+            }
+        )
     write("svd_baseline", args, rows)
 
 

@@ -35,22 +35,35 @@ def label(method: str, options: dict) -> str:
 
 def run(loaded, fisher, keep, method, options, args) -> dict:
     start = time.perf_counter()
-    model = lowrank.compress(loaded, keep, method=method, importance=fisher if lowrank.get_method(method).needs else None, **options)
+    model = lowrank.compress(
+        loaded, keep, method=method, importance=fisher if lowrank.get_method(method).needs else None, **options
+    )
     seconds = time.perf_counter() - start
     dense = lowrank.compressible_linears(loaded.model)
-    error = sum(weighted_error(dense[n].weight.detach().float(), m.U.detach(), m.V.detach(), fisher[n].to(m.U.device))
-                for n, m in model.model.named_modules() if isinstance(m, lowrank.LowRankLinear))
+    error = sum(
+        weighted_error(dense[n].weight.detach().float(), m.U.detach(), m.V.detach(), fisher[n].to(m.U.device))
+        for n, m in model.model.named_modules()
+        if isinstance(m, lowrank.LowRankLinear)
+    )
     result = lowrank.evaluate(model, args.task, limit=args.limit, measure_latency=False)
-    return {"keep": keep, "method": label(method, options), "accuracy": result.value, "loss": result.loss,
-            "fisher_weighted_error": error, "seconds": seconds,
-            "iterations": sum(len(h) - 1 for h in model.model.lowrank_info.history.values())}
+    return {
+        "keep": keep,
+        "method": label(method, options),
+        "accuracy": result.value,
+        "loss": result.loss,
+        "fisher_weighted_error": error,
+        "seconds": seconds,
+        "iterations": sum(len(h) - 1 for h in model.model.lowrank_info.history.values()),
+    }
 
 
 def main() -> None:
     p = parser(__doc__)
     p.add_argument("--keeps", type=float, nargs="+", default=[0.3, 0.5, 0.7])
     p.add_argument("--fisher-batches", type=int, default=32)
-    p.add_argument("--curves", action="store_true", help="also sweep iteration caps of each solver at the middle budget")
+    p.add_argument(
+        "--curves", action="store_true", help="also sweep iteration caps of each solver at the middle budget"
+    )
     args = p.parse_args()
     loaded = lowrank.load_model(args.model, device=args.device)
     fisher = fisher_maps(loaded, args.task, args.fisher_batches)

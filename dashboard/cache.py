@@ -18,8 +18,8 @@ import io
 import json
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable, Optional
 
 import numpy as np
 import pandas as pd
@@ -140,7 +140,7 @@ def load(model: str, task: str) -> lowrank.LoadedModel:
     return _load(model, task)
 
 
-def _weights_key(model: str) -> Optional[str]:
+def _weights_key(model: str) -> str | None:
     """A fingerprint of a local model's weight files (folder, names, sizes, modification times); ``None`` for a
     hub id or a model that does not resolve to a folder of safetensors files."""
     try:
@@ -154,7 +154,7 @@ def _weights_key(model: str) -> Optional[str]:
     return hashlib.sha1(json.dumps(identity).encode()).hexdigest()[:20]
 
 
-def spectra_path(model: str) -> Optional[Path]:
+def spectra_path(model: str) -> Path | None:
     key = _weights_key(model)
     return None if key is None else cache_dir() / "spectra" / f"{key}.parquet"
 
@@ -225,8 +225,9 @@ def statistics(model: str, task: str, needs: Iterable[str], also_if_cached: Iter
     return merged
 
 
-def plan_ranks(model: str, task: str, budget: float, strategy: str,
-               progress: Optional[Progress] = None) -> lowrank.RankPlan:
+def plan_ranks(
+    model: str, task: str, budget: float, strategy: str, progress: Progress | None = None
+) -> lowrank.RankPlan:
     """A rank plan from :func:`lowrank.allocation.allocate`, with the statistics ``strategy`` needs (computed
     when missing) and those of the predicted losses when they cost nothing."""
     stats = statistics(model, task, needs_for(strategy=strategy), also_if_cached=PREDICTION_NEEDS)
@@ -272,7 +273,7 @@ def taylor(model: str, task: str, ranks_key: tuple) -> dict[str, dict[str, float
 # ---------------------------------------------------------------- runs
 
 
-def dense_evaluation(model: str, task: str, eval_limit: Optional[int]) -> dict:
+def dense_evaluation(model: str, task: str, eval_limit: int | None) -> dict:
     """Dense quality, size and latency: from the run store, or evaluated (with progress) and stored."""
     loaded = load(model, task)
     with ProgressBar("Evaluating the dense model") as bar:
@@ -284,13 +285,13 @@ def fingerprint(model: str, task: str) -> str:
     return weights_fingerprint(load(model, task).model)
 
 
-def dense_row(task: str, weights: str, split: str = "validation", eval_limit: Optional[int] = None) -> Optional[dict]:
+def dense_row(task: str, weights: str, split: str = "validation", eval_limit: int | None = None) -> dict | None:
     """The stored dense run of the weights with fingerprint ``weights`` on ``task`` with these settings, or ``None``."""
     return store().find_run(method="dense", fingerprint=weights, task=task, split=split, eval_limit=eval_limit)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def chance(task: str) -> Optional[float]:
+def chance(task: str) -> float | None:
     """Accuracy of always answering the most common validation label (``None`` for a text task)."""
     return chance_accuracy(get_task(task), "validation")
 
@@ -300,7 +301,7 @@ def _compression_info(folder: str, mtime: float) -> CompressionInfo:
     return load_info(folder)
 
 
-def compression_info(folder: str) -> Optional[CompressionInfo]:
+def compression_info(folder: str) -> CompressionInfo | None:
     """What a saved compressed model records (ranks, solver histories, per-layer facts); ``None`` when missing."""
     meta = Path(folder) / "lowrank.json"
     return _compression_info(folder, meta.stat().st_mtime) if meta.exists() else None

@@ -35,8 +35,10 @@ def model_roots() -> list[Path]:
 
 
 def _refused(text: str) -> ValueError:
-    return ValueError(f"cannot load {text!r}: not a packaged model, a Hugging Face id, or a model folder under the "
-                      f"cache, the working directory or ${ROOTS_ENV}")
+    return ValueError(
+        f"cannot load {text!r}: not a packaged model, a Hugging Face id, or a model folder under the "
+        f"cache, the working directory or ${ROOTS_ENV}"
+    )
 
 
 def model_source(text: str) -> str:

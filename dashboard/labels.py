@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable, Optional
 
 import lowrank
 from lowrank.evaluate import latency_note as _latency_note
@@ -104,9 +104,11 @@ def quality_label(metric: str, untrained: bool = False) -> str:
 
 def untrained_head_text(model: str, task: str, command: str) -> str:
     """Why the accuracy of ``model`` on ``task`` means little, and how to fine-tune it (``command``: the command line)."""
-    return (f"{model_label(model)} has no trained classification head for {task_label(task)}: its head is freshly "
-            "initialised, so its accuracy (dense or compressed) is near chance and says nothing about a method. "
-            f"Fine-tune it first, in the background below or with `{command}`.")
+    return (
+        f"{model_label(model)} has no trained classification head for {task_label(task)}: its head is freshly "
+        "initialised, so its accuracy (dense or compressed) is near chance and says nothing about a method. "
+        f"Fine-tune it first, in the background below or with `{command}`."
+    )
 
 
 def fmt_duration(seconds: float) -> str:
@@ -127,13 +129,13 @@ def strategy_label(strategy: str) -> str:
     return with_needs(strategy, needs_for(strategy=strategy))
 
 
-def latency_help(info: Optional[dict], batch: str) -> str:
+def latency_help(info: dict | None, batch: str) -> str:
     """How a stored latency (``batch``: ``"b1"`` or ``"b32"``) was measured, for a metric's help."""
     note = latency_note(info, batch)
     return f"Forward pass on the CPU: {note}" if note else "Median forward pass on the CPU"
 
 
-def latency_note(info, batch: Optional[str] = None) -> str:
+def latency_note(info, batch: str | None = None) -> str:
     """:func:`lowrank.evaluate.latency_note` of a stored run's ``latency_info`` (empty when none was recorded)."""
     return _latency_note(info if isinstance(info, dict) else None, batch)
 
@@ -145,7 +147,7 @@ class RankCellError(ValueError):
     """A typed rank that cannot be used (the cell is refused and reverted)."""
 
 
-def read_rank(value, out_features: int, in_features: int) -> tuple[Optional[int], Optional[str]]:
+def read_rank(value, out_features: int, in_features: int) -> tuple[int | None, str | None]:
     """A rank typed into the plan table: ``(rank, note)``; ``rank`` ``None`` keeps the layer dense.
 
     Empty keeps the layer dense; a rank at or above break-even is kept dense with a ``note``. Text, a
@@ -161,8 +163,10 @@ def read_rank(value, out_features: int, in_features: int) -> tuple[Optional[int]
         try:
             number = float(text)
         except ValueError:
-            raise RankCellError(f"{text!r} is not a number: type a whole number from 1 to {largest}, "
-                                "or clear the cell to keep the layer dense") from None
+            raise RankCellError(
+                f"{text!r} is not a number: type a whole number from 1 to {largest}, "
+                "or clear the cell to keep the layer dense"
+            ) from None
         if not math.isfinite(number) or number != int(number):
             raise RankCellError(f"{text} is not a whole number: a rank counts columns (1 to {largest})")
         text = str(int(number))

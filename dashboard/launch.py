@@ -13,8 +13,8 @@ from __future__ import annotations
 import importlib
 import sys
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 from streamlit.web import cli
 
@@ -22,7 +22,7 @@ APP = Path(__file__).resolve().parents[1] / "app.py"
 PRELOAD = "dashboard.cache"  # imports streamlit, torch, transformers and lowrank
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     threading.Thread(target=importlib.import_module, args=(PRELOAD,), name="preload", daemon=True).start()
     sys.argv = ["streamlit", "run", str(APP), *(sys.argv[1:] if argv is None else argv)]
     cli.main(prog_name="streamlit")

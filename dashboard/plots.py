@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -23,8 +23,13 @@ HEATMAP_METRICS = {
 
 
 def _layout(fig: go.Figure, title: str, height: int = 380, **kwargs) -> go.Figure:
-    fig.update_layout(title=dict(text=title, x=0, xanchor="left"), height=height, margin=dict(l=10, r=10, t=50, b=10),
-                      hoverlabel=dict(namelength=-1), **kwargs)
+    fig.update_layout(
+        title=dict(text=title, x=0, xanchor="left"),
+        height=height,
+        margin=dict(l=10, r=10, t=50, b=10),
+        hoverlabel=dict(namelength=-1),
+        **kwargs,
+    )
     return fig
 
 
@@ -37,9 +42,16 @@ def spectrum_figure(frame: pd.DataFrame, names: Sequence[str]) -> go.Figure:
     fig = go.Figure()
     for _, row in frame[frame["name"].isin(names)].iterrows():
         s = np.asarray(row["singular_values"])
-        fig.add_trace(go.Scatter(x=np.arange(1, len(s) + 1), y=s, mode="lines", name=layer_label(row),
-                                 customdata=[row["name"]] * len(s),
-                                 hovertemplate="%{customdata}<br>σ<sub>%{x}</sub> = %{y:.6g}<extra></extra>"))
+        fig.add_trace(
+            go.Scatter(
+                x=np.arange(1, len(s) + 1),
+                y=s,
+                mode="lines",
+                name=layer_label(row),
+                customdata=[row["name"]] * len(s),
+                hovertemplate="%{customdata}<br>σ<sub>%{x}</sub> = %{y:.6g}<extra></extra>",
+            )
+        )
     fig.update_yaxes(type="log", title="singular value")
     fig.update_xaxes(title="singular value index (largest first)")
     return _layout(fig, "Singular values", legend=dict(font=dict(size=11)))
@@ -50,12 +62,23 @@ def energy_figure(frame: pd.DataFrame, names: Sequence[str]) -> go.Figure:
     fig = go.Figure()
     for _, row in frame[frame["name"].isin(names)].iterrows():
         e = np.asarray(row["energy"])
-        fig.add_trace(go.Scatter(x=np.arange(1, len(e) + 1), y=e, mode="lines", name=layer_label(row),
-                                 customdata=[row["name"]] * len(e),
-                                 hovertemplate="%{customdata}<br>rank %{x} keeps %{y:.4%} of the energy<extra></extra>"))
+        fig.add_trace(
+            go.Scatter(
+                x=np.arange(1, len(e) + 1),
+                y=e,
+                mode="lines",
+                name=layer_label(row),
+                customdata=[row["name"]] * len(e),
+                hovertemplate="%{customdata}<br>rank %{x} keeps %{y:.4%} of the energy<extra></extra>",
+            )
+        )
     for level in ENERGY_LEVELS:
-        fig.add_hline(y=level, line=dict(dash="dot", width=1, color="gray"), annotation_text=f"{level:.0%}",
-                      annotation_position="bottom right")
+        fig.add_hline(
+            y=level,
+            line=dict(dash="dot", width=1, color="gray"),
+            annotation_text=f"{level:.0%}",
+            annotation_position="bottom right",
+        )
     fig.update_yaxes(title="cumulative energy", tickformat=".0%", range=[0, 1.02])
     fig.update_xaxes(title="rank")
     return _layout(fig, "Cumulative energy", legend=dict(font=dict(size=11)))
@@ -100,7 +123,7 @@ def _cell_text(value: float, high: bool, low: bool) -> str:
     return f"{value:.3g}" + (" ▲" if high else " ▼" if low else "")
 
 
-def heatmap_figure(frame: pd.DataFrame, column: str, title: Optional[str] = None) -> go.Figure:
+def heatmap_figure(frame: pd.DataFrame, column: str, title: str | None = None) -> go.Figure:
     """Block (rows) x layer type (columns) heatmap of ``column``; hover shows the layer and the exact value.
 
     The colour range is robust (:func:`color_range`): an outlier keeps its exact value in its cell, marked
@@ -114,21 +137,37 @@ def heatmap_figure(frame: pd.DataFrame, column: str, title: Optional[str] = None
         z[i, j] = row[column]
         names[i, j] = row["name"]
     scale = color_range(z)
-    text = [[_cell_text(z[i, j], scale["high"][i, j], scale["low"][i, j]) for j in range(len(types))]
-            for i in range(len(blocks))]
+    text = [
+        [_cell_text(z[i, j], scale["high"][i, j], scale["low"][i, j]) for j in range(len(types))]
+        for i in range(len(blocks))
+    ]
     label = HEATMAP_METRICS.get(column, column)
-    fig = go.Figure(go.Heatmap(
-        z=z, x=types, y=[f"block {b}" for b in blocks], customdata=names, text=text, colorscale=scale["colorscale"],
-        zmin=scale["zmin"], zmax=scale["zmax"], zmid=scale["zmid"], texttemplate="%{text}", textfont=dict(size=11),
-        hovertemplate="%{customdata}<br>%{y} · %{x}<br>" + label + " = %{z:.6g}<extra></extra>",
-        colorbar=dict(title=dict(text=label, side="right"), tickformat=".3~g")))
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=types,
+            y=[f"block {b}" for b in blocks],
+            customdata=names,
+            text=text,
+            colorscale=scale["colorscale"],
+            zmin=scale["zmin"],
+            zmax=scale["zmax"],
+            zmid=scale["zmid"],
+            texttemplate="%{text}",
+            textfont=dict(size=11),
+            hovertemplate="%{customdata}<br>%{y} · %{x}<br>" + label + " = %{z:.6g}<extra></extra>",
+            colorbar=dict(title=dict(text=label, side="right"), tickformat=".3~g"),
+        )
+    )
     fig.update_yaxes(autorange="reversed", title="Transformer block")
     fig.update_xaxes(title="layer type")
     outliers = int(scale["high"].sum() + scale["low"].sum())
     heading = title or f"{label} by block and layer type"
     if outliers:
-        heading += (f"<br><sup>colours span the other cells: {outliers} outlier{'s' if outliers > 1 else ''} "
-                    "(▲ above, ▼ below the colour range) show their value in the cell</sup>")
+        heading += (
+            f"<br><sup>colours span the other cells: {outliers} outlier{'s' if outliers > 1 else ''} "
+            "(▲ above, ▼ below the colour range) show their value in the cell</sup>"
+        )
     return _layout(fig, heading, height=max(260, 60 + 42 * len(blocks)) + (20 if outliers else 0))
 
 
@@ -151,18 +190,40 @@ def convergence_figure(history: dict[str, list[float]], title: str, worst: int =
         low, median, high = np.percentile(padded, [10, 50, 90], axis=0)
         x = np.arange(length)
         fig.add_trace(go.Scatter(x=x, y=high, mode="lines", line=dict(width=0), showlegend=False, hoverinfo="skip"))
-        fig.add_trace(go.Scatter(x=x, y=low, mode="lines", line=dict(width=0), fill="tonexty",
-                                 fillcolor="rgba(120,120,120,0.25)", name=f"10th–90th percentile of {len(curves)} layers",
-                                 hovertemplate="iteration %{x}<br>10th percentile E/E₀ = %{y:.3g}<extra></extra>"))
-        fig.add_trace(go.Scatter(x=x, y=median, mode="lines", line=dict(color="black", width=2),
-                                 name=f"median of {len(curves)} layers",
-                                 hovertemplate="iteration %{x}<br>median E/E₀ = %{y:.3g}<extra></extra>"))
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=low,
+                mode="lines",
+                line=dict(width=0),
+                fill="tonexty",
+                fillcolor="rgba(120,120,120,0.25)",
+                name=f"10th–90th percentile of {len(curves)} layers",
+                hovertemplate="iteration %{x}<br>10th percentile E/E₀ = %{y:.3g}<extra></extra>",
+            )
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=median,
+                mode="lines",
+                line=dict(color="black", width=2),
+                name=f"median of {len(curves)} layers",
+                hovertemplate="iteration %{x}<br>median E/E₀ = %{y:.3g}<extra></extra>",
+            )
+        )
         shown = dict(sorted(curves.items(), key=lambda item: -item[1][-1])[:worst])
     for name, relative in shown.items():
-        fig.add_trace(go.Scatter(x=np.arange(len(relative)), y=relative, mode="lines+markers", name=name,
-                                 customdata=np.asarray(history[name], dtype=float),
-                                 hovertemplate=name + "<br>iteration %{x}<br>E/E₀ = %{y:.3g}<br>"
-                                 "E = %{customdata:.3g}<extra></extra>"))
+        fig.add_trace(
+            go.Scatter(
+                x=np.arange(len(relative)),
+                y=relative,
+                mode="lines+markers",
+                name=name,
+                customdata=np.asarray(history[name], dtype=float),
+                hovertemplate=name + "<br>iteration %{x}<br>E/E₀ = %{y:.3g}<br>E = %{customdata:.3g}<extra></extra>",
+            )
+        )
     if len(curves) > worst:
         title += f"<br><sup>median and spread of {len(curves)} layers; the {worst} with the highest final error by name</sup>"
     fig.update_yaxes(type="log", title="weighted error relative to the start, E / E₀ (log scale)")
@@ -185,7 +246,7 @@ def pareto_mask(x: Sequence[float], y: Sequence[float], higher_is_better: bool =
     return mask
 
 
-def tradeoff_figure(runs: pd.DataFrame, dense: Optional[dict] = None, destroyed: Optional[dict] = None) -> go.Figure:
+def tradeoff_figure(runs: pd.DataFrame, dense: dict | None = None, destroyed: dict | None = None) -> go.Figure:
     """Metric against kept parameters of the compressible layers: one line per method (and strategy),
     the Pareto front outlined, the dense model as a reference line, and the runs in ``destroyed``
     (``{run id: why}``) crossed out in red. Perplexity is on a log axis."""
@@ -196,33 +257,74 @@ def tradeoff_figure(runs: pd.DataFrame, dense: Optional[dict] = None, destroyed:
     several = runs["strategy"].nunique() > 1
     for (method, strategy), group in runs.groupby(["method", "strategy"], sort=True, dropna=False):
         label = f"{method} · {strategy}" if several else str(method)
-        fig.add_trace(go.Scatter(
-            x=group["params_linear"], y=group["value"], mode="lines+markers", name=label,
-            customdata=np.stack([group["budget"], group["kept_fraction"], group["size_bytes"] / 1e6,
-                                 group["latency_ms_b1"].astype(float), group["id"]], axis=1),
-            hovertemplate=(label + "<br>budget %{customdata[0]:.0%} · kept %{customdata[1]:.1%}<br>"
-                           "%{x:,} linear params<br>" + metric + " %{y:.4f}<br>%{customdata[2]:.1f} MB · "
-                           "%{customdata[3]:.1f} ms (batch 1)<br>run #%{customdata[4]}<extra></extra>")))
+        fig.add_trace(
+            go.Scatter(
+                x=group["params_linear"],
+                y=group["value"],
+                mode="lines+markers",
+                name=label,
+                customdata=np.stack(
+                    [
+                        group["budget"],
+                        group["kept_fraction"],
+                        group["size_bytes"] / 1e6,
+                        group["latency_ms_b1"].astype(float),
+                        group["id"],
+                    ],
+                    axis=1,
+                ),
+                hovertemplate=(
+                    label + "<br>budget %{customdata[0]:.0%} · kept %{customdata[1]:.1%}<br>"
+                    "%{x:,} linear params<br>" + metric + " %{y:.4f}<br>%{customdata[2]:.1f} MB · "
+                    "%{customdata[3]:.1f} ms (batch 1)<br>run #%{customdata[4]}<extra></extra>"
+                ),
+            )
+        )
     if len(runs):
         mask = pareto_mask(runs["params_linear"], runs["value"], higher)
         front = runs[mask].sort_values("params_linear")
-        fig.add_trace(go.Scatter(x=front["params_linear"], y=front["value"], mode="lines+markers", name="Pareto front",
-                                 line=dict(shape="hv", dash="dot", color="black", width=1),
-                                 marker=dict(symbol="circle-open", size=16, line=dict(width=2, color="black")),
-                                 hovertemplate="Pareto front<br>%{x:,} params<br>" + metric + " %{y:.4f}<extra></extra>"))
+        fig.add_trace(
+            go.Scatter(
+                x=front["params_linear"],
+                y=front["value"],
+                mode="lines+markers",
+                name="Pareto front",
+                line=dict(shape="hv", dash="dot", color="black", width=1),
+                marker=dict(symbol="circle-open", size=16, line=dict(width=2, color="black")),
+                hovertemplate="Pareto front<br>%{x:,} params<br>" + metric + " %{y:.4f}<extra></extra>",
+            )
+        )
     if dense is not None:
-        fig.add_hline(y=dense["value"], line=dict(dash="dash", color="gray"),
-                      annotation_text=f"dense {dense['value']:.4g}", annotation_position="top left")
-        fig.add_trace(go.Scatter(x=[dense["params_linear"]], y=[dense["value"]], mode="markers", name="dense",
-                                 marker=dict(symbol="star", size=14, color="gray"),
-                                 hovertemplate="dense<br>%{x:,} linear params<br>" + metric + " %{y:.4f}<extra></extra>"))
+        fig.add_hline(
+            y=dense["value"],
+            line=dict(dash="dash", color="gray"),
+            annotation_text=f"dense {dense['value']:.4g}",
+            annotation_position="top left",
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=[dense["params_linear"]],
+                y=[dense["value"]],
+                mode="markers",
+                name="dense",
+                marker=dict(symbol="star", size=14, color="gray"),
+                hovertemplate="dense<br>%{x:,} linear params<br>" + metric + " %{y:.4f}<extra></extra>",
+            )
+        )
     flagged = runs[runs["id"].isin(list(destroyed or {}))] if len(runs) else runs
     if len(flagged):
-        fig.add_trace(go.Scatter(x=flagged["params_linear"], y=flagged["value"], mode="markers", name="destroys the model",
-                                 marker=dict(symbol="x-thin", size=18, line=dict(width=3, color="crimson")),
-                                 customdata=[destroyed[int(i)] for i in flagged["id"]],
-                                 hovertemplate="run #%{text}: %{customdata}<extra></extra>",
-                                 text=[str(int(i)) for i in flagged["id"]]))
+        fig.add_trace(
+            go.Scatter(
+                x=flagged["params_linear"],
+                y=flagged["value"],
+                mode="markers",
+                name="destroys the model",
+                marker=dict(symbol="x-thin", size=18, line=dict(width=3, color="crimson")),
+                customdata=[destroyed[int(i)] for i in flagged["id"]],
+                hovertemplate="run #%{text}: %{customdata}<extra></extra>",
+                text=[str(int(i)) for i in flagged["id"]],
+            )
+        )
     fig.update_xaxes(title="kept parameters in compressible layers")
     fig.update_yaxes(title=metric + (" (log scale)" if not higher else ""), type="log" if not higher else "linear")
     return _layout(fig, f"{metric.capitalize()} vs kept parameters", height=460)

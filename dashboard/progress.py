@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import streamlit as st
 
 
@@ -15,7 +13,7 @@ class ProgressBar:
     ``done_text``.
     """
 
-    def __init__(self, label: str, keep: bool = False, done_text: Optional[str] = None):
+    def __init__(self, label: str, keep: bool = False, done_text: str | None = None):
         self.label = label
         self.keep = keep
         self.done_text = done_text or f"{label}: done"
@@ -27,7 +25,7 @@ class ProgressBar:
         text = f"{self.label}: {message}" if message else self.label
         self.slot.progress(min(1.0, max(0.0, fraction)), text=text)
 
-    def __enter__(self) -> "ProgressBar":
+    def __enter__(self) -> ProgressBar:
         return self
 
     def __exit__(self, kind, value, traceback) -> None:

@@ -15,7 +15,6 @@ switches the task, so the session never holds a pair that cannot be measured.
 from __future__ import annotations
 
 import os
-from typing import Optional
 
 import streamlit as st
 from streamlit.runtime.pages_manager import PagesManager
@@ -37,13 +36,13 @@ def wanted_model() -> str:
     return os.environ.get("LOWRANK_DEFAULT_MODEL") or "minilm-rt"
 
 
-def default_recipe() -> Optional[Recipe]:
+def default_recipe() -> Recipe | None:
     """The recipe of :func:`wanted_model` when it is a fine-tuned packaged model (built or not), else ``None``."""
     wanted = wanted_model()
     return recipe_for(wanted) if wanted in FINETUNED else None
 
 
-def default_build() -> Optional[Recipe]:
+def default_build() -> Recipe | None:
     """The recipe of :func:`wanted_model` while it is a fine-tuned packaged model not built yet, else ``None``."""
     recipe = default_recipe()
     return recipe if recipe is not None and not recipe.built else None
@@ -151,12 +150,12 @@ def task_key() -> str:
     return st.session_state["task"]
 
 
-def eval_limit() -> Optional[int]:
+def eval_limit() -> int | None:
     """Evaluate on at most this many validation batches (``None``: the whole split)."""
     return st.session_state["eval_limit"]
 
 
-def set_eval_limit(limit: Optional[int]) -> None:
+def set_eval_limit(limit: int | None) -> None:
     st.session_state["eval_limit"] = limit
 
 
@@ -183,12 +182,14 @@ def select(model: str, task: str) -> str:
     set_task(fitting)
     if fitting != task:
         kind = MODEL_KIND_LABELS.get(cache.model_kind(model), cache.model_kind(model))
-        st.session_state["notice"] = (f"{model_label(model)} is {kind}, measured by {TASK_KIND_LABELS[wanted_kind(model)]}: "
-                                      f"the task is now {task_label(fitting)}.")
+        st.session_state["notice"] = (
+            f"{model_label(model)} is {kind}, measured by {TASK_KIND_LABELS[wanted_kind(model)]}: "
+            f"the task is now {task_label(fitting)}."
+        )
     return fitting
 
 
-def pop_notice() -> Optional[str]:
+def pop_notice() -> str | None:
     """The notice left by the last :func:`select` (once)."""
     return st.session_state.pop("notice", None)
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import io
 import zipfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable, Optional
 
 import pandas as pd
 import streamlit as st
@@ -65,8 +65,9 @@ def option_widget(name: str, option: Option, key: str):
     default, help_text = option.default, option.help or None
     if option.choices is not None:
         choices = list(option.choices)
-        return st.selectbox(name, choices, index=choices.index(default) if default in choices else 0, key=key,
-                            help=help_text)
+        return st.selectbox(
+            name, choices, index=choices.index(default) if default in choices else 0, key=key, help=help_text
+        )
     if isinstance(default, bool):
         return st.checkbox(name, value=default, key=key, help=help_text)
     if isinstance(default, int):
@@ -104,12 +105,16 @@ def sweep_card(store, sweep: dict) -> None:
     """Progress (or outcome) of one sweep, with a stop button while it runs."""
     spec = sweep["spec"]
     if spec.get("ranks") is not None:  # a Factorize run: the methods on one plan
-        title = (f"Factorize #{sweep['id']}: {', '.join(spec.get('methods', []))} on the plan "
-                 f"({', '.join(f'{b:.0%}' for b in spec.get('budgets', []))} kept, {spec.get('strategy', '')})")
+        title = (
+            f"Factorize #{sweep['id']}: {', '.join(spec.get('methods', []))} on the plan "
+            f"({', '.join(f'{b:.0%}' for b in spec.get('budgets', []))} kept, {spec.get('strategy', '')})"
+        )
     else:
-        title = (f"Sweep #{sweep['id']}{' (' + sweep['label'] + ')' if sweep.get('label') else ''}: "
-                 f"{', '.join(spec.get('methods', []))} × {', '.join(f'{b:.0%}' for b in spec.get('budgets', []))} "
-                 f"· {spec.get('strategy', '')}")
+        title = (
+            f"Sweep #{sweep['id']}{' (' + sweep['label'] + ')' if sweep.get('label') else ''}: "
+            f"{', '.join(spec.get('methods', []))} × {', '.join(f'{b:.0%}' for b in spec.get('budgets', []))} "
+            f"· {spec.get('strategy', '')}"
+        )
     done, total = sweep.get("runs_done") or 0, sweep.get("runs_total") or 0
     if sweep["status"] == "running":
         cols = st.columns([5, 1], vertical_alignment="bottom")
@@ -121,10 +126,16 @@ def sweep_card(store, sweep: dict) -> None:
         st.success(f"{title} — {sweep.get('message') or 'done'}", icon=":material/check_circle:")
     else:
         cols = st.columns([5, 1], vertical_alignment="center")
-        cols[0].warning(f"{title} — {sweep['status']}: {sweep.get('error') or ''} "
-                        f"(log: {log_path(store, int(sweep['id']))})", icon=":material/warning:")
-        if cols[1].button("Resume", key=f"resume_sweep_{sweep['id']}", icon=":material/replay:",
-                          help="run what is missing: runs already stored are not run again"):
+        cols[0].warning(
+            f"{title} — {sweep['status']}: {sweep.get('error') or ''} (log: {log_path(store, int(sweep['id']))})",
+            icon=":material/warning:",
+        )
+        if cols[1].button(
+            "Resume",
+            key=f"resume_sweep_{sweep['id']}",
+            icon=":material/replay:",
+            help="run what is missing: runs already stored are not run again",
+        ):
             try:
                 resume_sweep(store, int(sweep["id"]))
             except USER_ERRORS as err:
@@ -135,7 +146,7 @@ def sweep_card(store, sweep: dict) -> None:
         st.caption(f"{done} of {total} runs finished")
 
 
-def destroyed_runs(runs: pd.DataFrame, dense: Optional[dict], task: str) -> dict[int, str]:
+def destroyed_runs(runs: pd.DataFrame, dense: dict | None, task: str) -> dict[int, str]:
     """``{run id: why}`` for the finished compressed runs of ``runs`` that destroy the model
     (:func:`lowrank.evaluate.destroyed`: perplexity above 10x dense, accuracy at chance)."""
     if dense is None or runs.empty:
@@ -155,11 +166,16 @@ def destroyed_warning(runs: pd.DataFrame, flagged: dict[int, str]) -> None:
     if not flagged:
         return
     by_id = runs.set_index("id")
-    lines = [f"**{by_id.loc[i, 'method']}** (run #{i}"
-             + (f", {by_id.loc[i, 'budget']:.0%} budget" if pd.notna(by_id.loc[i, 'budget']) else "") + f"): {why}"
-             for i, why in flagged.items()]
-    st.warning("Destroyed by the factorization (crossed out in the plot):  \n" + "  \n".join(lines),
-               icon=":material/dangerous:")
+    lines = [
+        f"**{by_id.loc[i, 'method']}** (run #{i}"
+        + (f", {by_id.loc[i, 'budget']:.0%} budget" if pd.notna(by_id.loc[i, "budget"]) else "")
+        + f"): {why}"
+        for i, why in flagged.items()
+    ]
+    st.warning(
+        "Destroyed by the factorization (crossed out in the plot):  \n" + "  \n".join(lines),
+        icon=":material/dangerous:",
+    )
 
 
 def build_card(recipe: Recipe) -> None:
@@ -181,8 +197,9 @@ def build_card(recipe: Recipe) -> None:
         elif recipe.built:
             if session.model_key() != recipe.name:
                 cols = st.columns([4, 1], vertical_alignment="center")
-                cols[0].success(f"{label} is built" + (f" ({row['message']})" if row else ""),
-                                icon=":material/check_circle:")
+                cols[0].success(
+                    f"{label} is built" + (f" ({row['message']})" if row else ""), icon=":material/check_circle:"
+                )
                 if cols[1].button(f"Use {label}", key=f"use_{recipe.name}", icon=":material/swap_horiz:"):
                     try:
                         session.select(recipe.name, recipe.task)
@@ -192,11 +209,18 @@ def build_card(recipe: Recipe) -> None:
                         st.rerun()
         else:
             if row is not None:  # failed or interrupted
-                st.warning(f"Building {label} {row['status']}: {row.get('error') or row.get('message') or ''} "
-                           f"(log: {build_log(store, int(row['id']))})", icon=":material/warning:")
+                st.warning(
+                    f"Building {label} {row['status']}: {row.get('error') or row.get('message') or ''} "
+                    f"(log: {build_log(store, int(row['id']))})",
+                    icon=":material/warning:",
+                )
             again = row is not None
-            if st.button(f"Build {label} again" if again else "Fine-tune in the background", key=f"build_{recipe.name}",
-                         icon=":material/replay:" if again else ":material/school:", help=f"builds {recipe.out}"):
+            if st.button(
+                f"Build {label} again" if again else "Fine-tune in the background",
+                key=f"build_{recipe.name}",
+                icon=":material/replay:" if again else ":material/school:",
+                help=f"builds {recipe.out}",
+            ):
                 try:
                     start_build(recipe, store)
                 except USER_ERRORS as err:

@@ -44,7 +44,18 @@ def wheel(name: str, version: str) -> Path:
     if found:
         return found[0]
     folder.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", str(folder), f"{name}=={version}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "-q",
+        "-d",
+        str(folder),
+        f"{name}=={version}",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     found = [p for p in folder.glob("*.whl") if p.name.lower().startswith(prefix)]
     if proc.returncode != 0 or not found:

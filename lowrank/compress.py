@@ -15,9 +15,9 @@ from __future__ import annotations
 import copy
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Mapping, Optional, Union
 
 import torch
 from safetensors.torch import save_model
@@ -71,9 +71,16 @@ def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
 
 
-def compress(model, ranks: Ranks, method: str = "svd", stats: Optional[Mapping[str, Mapping[str, torch.Tensor]]] = None,
-             importance: Optional[Mapping[str, torch.Tensor]] = None, progress: Optional[Progress] = None,
-             base_model: Optional[str] = None, **options):
+def compress(
+    model,
+    ranks: Ranks,
+    method: str = "svd",
+    stats: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
+    importance: Mapping[str, torch.Tensor] | None = None,
+    progress: Progress | None = None,
+    base_model: str | None = None,
+    **options,
+):
     """Return a copy of ``model`` whose selected Linear layers are ``LowRankLinear``.
 
     ``stats``: ``{layer: {key: tensor}}`` from :func:`lowrank.statistics.statistics_for`
@@ -123,7 +130,7 @@ def low_rank_layers(model: nn.Module) -> dict[str, LowRankLinear]:
     return {n: m for n, m in model.named_modules() if isinstance(m, LowRankLinear)}
 
 
-def save_compressed(model, directory: Union[str, Path], tokenizer=None, force: bool = False) -> Path:
+def save_compressed(model, directory: str | Path, tokenizer=None, force: bool = False) -> Path:
     """Write config, tokenizer, ``model.safetensors`` and ``lowrank.json`` atomically to ``directory``.
 
     An existing ``directory`` is replaced only if :func:`lowrank.io.writable_output` allows it (``force``
@@ -146,7 +153,7 @@ def save_compressed(model, directory: Union[str, Path], tokenizer=None, force: b
     return directory
 
 
-def load_compressed(directory: Union[str, Path], device: Union[str, torch.device] = "cpu"):
+def load_compressed(directory: str | Path, device: str | torch.device = "cpu"):
     """Rebuild a model saved by :func:`save_compressed`; returns a ``LoadedModel``.
 
     First repairs a save that was killed mid-replacement (:func:`lowrank.io.recover`). Every rank is
@@ -172,15 +179,18 @@ def load_compressed(directory: Union[str, Path], device: Union[str, torch.device
         config = AutoConfig.from_pretrained(directory)
         check_fits_in_memory(config, str(directory))  # ranks below break-even keep the model under its dense size
         kind = meta.get("kind") or model_kind(config)
-        factory = {"causal-lm": AutoModelForCausalLM, "classifier": AutoModelForSequenceClassification}.get(kind, AutoModel)
+        factory = {"causal-lm": AutoModelForCausalLM, "classifier": AutoModelForSequenceClassification}.get(
+            kind, AutoModel
+        )
         model = adapt_layout(factory.from_config(config))
         for name, rank in meta["ranks"].items():
             dense = model.get_submodule(name)
             if not isinstance(dense, nn.Linear):
                 raise ModelLoadError(f"{meta_path}: {name!r} is not a Linear layer of this model")
             check_rank(rank, dense.out_features, dense.in_features, name)
-            shell = LowRankLinear.empty(dense.out_features, dense.in_features, int(rank), dense.bias is not None,
-                                        dtype=dense.weight.dtype)
+            shell = LowRankLinear.empty(
+                dense.out_features, dense.in_features, int(rank), dense.bias is not None, dtype=dense.weight.dtype
+            )
             set_module(model, name, shell)
         missing, unexpected = load_into(model, directory)  # model.safetensors, or shards with their index
     except (*READ_ERRORS, AttributeError, TypeError, RuntimeError) as err:  # a layer or shape lowrank.json invents
@@ -188,29 +198,38 @@ def load_compressed(directory: Union[str, Path], device: Union[str, torch.device
     missing = sorted(m for m in missing if not _is_tied(model, m))  # safetensors returns sets
     unexpected = sorted(unexpected)
     if missing or unexpected:
-        raise ModelLoadError(f"{directory}: weights do not match lowrank.json (missing {missing[:3]}, "
-                             f"unexpected {unexpected[:3]})")
+        raise ModelLoadError(
+            f"{directory}: weights do not match lowrank.json (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
     check_finite(model, str(directory))
-    info_fields = {k: meta[k] for k in ("base_model", "kind", "method", "ranks", "options", "seconds", "history", "details")
-                   if k in meta}
+    info_fields = {
+        k: meta[k]
+        for k in ("base_model", "kind", "method", "ranks", "options", "seconds", "history", "details")
+        if k in meta
+    }
     model.lowrank_info = CompressionInfo(**{"kind": kind, "method": "", **info_fields})
     model.to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(directory) if (directory / "tokenizer_config.json").exists() else None
     return LoadedModel(model, tokenizer, kind, meta["base_model"], str(directory))
 
 
-def load_info(directory: Union[str, Path]) -> CompressionInfo:
+def load_info(directory: str | Path) -> CompressionInfo:
     """The :class:`CompressionInfo` saved with a compressed model (``lowrank.json``: ranks, timings, solver
     histories, per-layer facts), without loading its weights."""
     meta_path = Path(directory) / "lowrank.json"
     if not meta_path.exists():
         raise ModelLoadError(f"{directory} is not a compressed model folder (no lowrank.json)")
     meta = json.loads(meta_path.read_text())
-    return CompressionInfo(**{k: meta[k] for k in ("base_model", "kind", "method", "ranks", "options", "seconds", "history",
-                                                   "details") if k in meta})
+    return CompressionInfo(
+        **{
+            k: meta[k]
+            for k in ("base_model", "kind", "method", "ranks", "options", "seconds", "history", "details")
+            if k in meta
+        }
+    )
 
 
-def load_any(name: Union[str, Path], device: Union[str, torch.device] = "cpu", task=None) -> LoadedModel:
+def load_any(name: str | Path, device: str | torch.device = "cpu", task=None) -> LoadedModel:
     """A compressed folder (has ``lowrank.json``) via :func:`load_compressed`, else :func:`lowrank.load_model`."""
     recover(Path(name))
     if (Path(name) / "lowrank.json").exists():

@@ -12,8 +12,14 @@ from lowrank.assets import AssetError
 from lowrank.data.tasks import TaskError
 from lowrank.models.errors import ModelLoadError
 
-USER_ERRORS: tuple[type[BaseException], ...] = (ModelLoadError, TaskError, AssetError, ValueError, FloatingPointError,
-                                                 OSError)
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ModelLoadError,
+    TaskError,
+    AssetError,
+    ValueError,
+    FloatingPointError,
+    OSError,
+)
 
 
 def describe(err: BaseException) -> str:

@@ -26,7 +26,6 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import torch
 from safetensors.torch import save_model
@@ -62,13 +61,17 @@ def check_task_fits(name: str, model_kind: str, task_kind: str, task_name: str) 
     if task_kind == task_kind_for(model_kind):
         return
     if model_kind == "causal-lm":
-        raise ValueError(f"{name} is a causal language model, not a classifier: measure it by perplexity on a text "
-                         f"task such as lee, not on the classification task {task_name}")
-    raise ValueError(f"{name} is a {model_kind}, not a causal language model: the text task {task_name} is measured "
-                     "by perplexity, which needs one; use a classification task")
+        raise ValueError(
+            f"{name} is a causal language model, not a classifier: measure it by perplexity on a text "
+            f"task such as lee, not on the classification task {task_name}"
+        )
+    raise ValueError(
+        f"{name} is a {model_kind}, not a causal language model: the text task {task_name} is measured "
+        "by perplexity, which needs one; use a classification task"
+    )
 
 
-def chance_accuracy(task, split: str = "validation") -> Optional[float]:
+def chance_accuracy(task, split: str = "validation") -> float | None:
     """Accuracy of always answering the most common label of ``split`` (``None`` for a text task)."""
     task = load_task(task)
     labels = (task.labels or {}).get(split) if task.kind == "classification" else None
@@ -77,7 +80,7 @@ def chance_accuracy(task, split: str = "validation") -> Optional[float]:
     return max(Counter(int(label) for label in labels).values()) / len(labels)
 
 
-def destroyed(metric: str, value, dense_value, chance: Optional[float] = None) -> Optional[str]:
+def destroyed(metric: str, value, dense_value, chance: float | None = None) -> str | None:
     """Why a compressed result has destroyed the model, or ``None`` when it has not (or cannot be told).
 
     Perplexity: more than :data:`DESTROYED_PERPLEXITY_RATIO` times the dense model's (or not finite).
@@ -88,13 +91,17 @@ def destroyed(metric: str, value, dense_value, chance: Optional[float] = None) -
     if metric == "perplexity":
         if value is None or not math.isfinite(value) or value > DESTROYED_PERPLEXITY_RATIO * dense_value:
             shown = "not finite" if value is None or not math.isfinite(value) else f"{value:.3g}"
-            return (f"perplexity {shown} is more than {DESTROYED_PERPLEXITY_RATIO:g}x the dense model's "
-                    f"{dense_value:.3g}: this factorization destroys the model")
+            return (
+                f"perplexity {shown} is more than {DESTROYED_PERPLEXITY_RATIO:g}x the dense model's "
+                f"{dense_value:.3g}: this factorization destroys the model"
+            )
         return None
     if metric == "accuracy" and chance is not None and value is not None:
         if dense_value > chance + CHANCE_MARGIN and value <= chance + CHANCE_MARGIN:
-            return (f"accuracy {value:.3f} is at chance ({chance:.3f} for always answering the most common label; "
-                    f"dense {dense_value:.3f}): this factorization destroys the model")
+            return (
+                f"accuracy {value:.3f} is at chance ({chance:.3f} for always answering the most common label; "
+                f"dense {dense_value:.3f}): this factorization destroys the model"
+            )
     return None
 
 
@@ -108,11 +115,11 @@ class Evaluation:
     params_total: int
     params_linear: int
     size_bytes: int
-    latency_ms_b1: Optional[float]
-    latency_ms_b32: Optional[float]
+    latency_ms_b1: float | None
+    latency_ms_b32: float | None
     examples: int
     # how the latencies were measured: {"conditions": ..., "budget_s": ..., "b1": {"repeats", "warm_up"}, "b32": ...}
-    latency: Optional[dict] = field(default=None, repr=False)
+    latency: dict | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict:
         """Flat fields (the latency conditions as one line, ``latency_note``)."""
@@ -121,12 +128,12 @@ class Evaluation:
         return data
 
 
-def check_limit(limit: Optional[int]) -> None:
+def check_limit(limit: int | None) -> None:
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ValueError(f"limit must be a positive number of batches (or None for the whole split), got {limit!r}")
 
 
-def _forward_batches(loaded, task: Task, split: str, batch_size: int, max_length: int, limit: Optional[int], progress):
+def _forward_batches(loaded, task: Task, split: str, batch_size: int, max_length: int, limit: int | None, progress):
     check_limit(limit)
     model, device = loaded.model, loaded.device
     total = num_batches(task, loaded.tokenizer, split, batch_size, max_length)
@@ -152,12 +159,17 @@ def classification_scores(loaded, task, split="validation", batch_size=64, max_l
     return correct / n, loss_sum / n, n
 
 
-def class_log_probabilities(loaded, task, split="validation", batch_size=64, max_length=128, limit=None,
-                            progress=None) -> torch.Tensor:
+def class_log_probabilities(
+    loaded, task, split="validation", batch_size=64, max_length=128, limit=None, progress=None
+) -> torch.Tensor:
     """``log p(c | x_n)`` of a classifier for every example of a split: (n, classes), float64 on the CPU, split order."""
     task = check_labels(loaded, task)
-    return torch.cat([torch.log_softmax(out.logits.double(), -1).cpu()
-                      for _, out in _forward_batches(loaded, task, split, batch_size, max_length, limit, progress)])
+    return torch.cat(
+        [
+            torch.log_softmax(out.logits.double(), -1).cpu()
+            for _, out in _forward_batches(loaded, task, split, batch_size, max_length, limit, progress)
+        ]
+    )
 
 
 def prediction_kl(reference: torch.Tensor, other: torch.Tensor) -> float:
@@ -166,8 +178,10 @@ def prediction_kl(reference: torch.Tensor, other: torch.Tensor) -> float:
     0 exactly when the two models predict the same distributions; to second order in a weight change
     ``dW`` of the reference model it equals ``0.5 dW^T F dW`` with ``F`` the true Fisher at those inputs."""
     if reference.shape != other.shape or reference.ndim != 2:
-        raise ValueError(f"need two (examples, classes) log-probability tensors of one shape, got "
-                         f"{tuple(reference.shape)} and {tuple(other.shape)}")
+        raise ValueError(
+            f"need two (examples, classes) log-probability tensors of one shape, got "
+            f"{tuple(reference.shape)} and {tuple(other.shape)}"
+        )
     reference, other = reference.double(), other.double()
     return float((reference.exp() * (reference - other)).sum(-1).mean())
 
@@ -225,19 +239,27 @@ def measurement_conditions(device=None) -> dict:
     """What a latency depends on besides the model: device, torch threads, CPU count, the 1-minute load
     average and :func:`calibration_ms` right now."""
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    return {"device": str(torch.device(device or "cpu")), "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-            "load": None if load is None else round(load, 2), "calibration_ms": round(calibration_ms(device), 3),
-            "time": time.time()}
+    return {
+        "device": str(torch.device(device or "cpu")),
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "load": None if load is None else round(load, 2),
+        "calibration_ms": round(calibration_ms(device), 3),
+        "time": time.time(),
+    }
 
 
-def conditions_differ(recorded: Optional[dict], now: Optional[dict]) -> Optional[str]:
+def conditions_differ(recorded: dict | None, now: dict | None) -> str | None:
     """Every reason why latencies measured under ``recorded`` and ``now`` (:func:`measurement_conditions`)
     are not comparable (joined by "; "), or ``None`` when they are. Missing conditions (an older
     measurement) differ."""
     if not recorded or not now:
         return "no recorded measurement conditions"
-    reasons = [f"{key} {recorded.get(key)} then, {now.get(key)} now" for key in ("device", "threads")
-               if recorded.get(key) != now.get(key)]
+    reasons = [
+        f"{key} {recorded.get(key)} then, {now.get(key)} now"
+        for key in ("device", "threads")
+        if recorded.get(key) != now.get(key)
+    ]
     then_ms, now_ms = recorded.get("calibration_ms"), now.get("calibration_ms")
     if then_ms and now_ms and max(then_ms, now_ms) / min(then_ms, now_ms) > CALIBRATION_RATIO:
         reasons.append(f"calibration matmul {then_ms:.1f} ms then, {now_ms:.1f} ms now")
@@ -257,8 +279,14 @@ class Latency:
     warm_up: bool
 
 
-def measure_latency(loaded, texts: list, batch_size: int, max_length: int = 128, repeats: int = 5,
-                    budget_s: Optional[float] = LATENCY_BUDGET_S) -> Latency:
+def measure_latency(
+    loaded,
+    texts: list,
+    batch_size: int,
+    max_length: int = 128,
+    repeats: int = 5,
+    budget_s: float | None = LATENCY_BUDGET_S,
+) -> Latency:
     """Median wall time of forward passes on ``batch_size`` real inputs, within about ``budget_s`` seconds.
 
     The first pass is a warm-up; as many of ``repeats`` timed passes follow as the budget leaves room for
@@ -286,14 +314,21 @@ def measure_latency(loaded, texts: list, batch_size: int, max_length: int = 128,
     return Latency(statistics.median(times) * 1000, len(times), True)
 
 
-def latency_ms(loaded, texts: list, batch_size: int, max_length: int = 128, repeats: int = 5,
-               budget_s: Optional[float] = LATENCY_BUDGET_S) -> float:
+def latency_ms(
+    loaded,
+    texts: list,
+    batch_size: int,
+    max_length: int = 128,
+    repeats: int = 5,
+    budget_s: float | None = LATENCY_BUDGET_S,
+) -> float:
     """:func:`measure_latency` in milliseconds."""
     return measure_latency(loaded, texts, batch_size, max_length, repeats, budget_s).ms
 
 
-def measure_latencies(loaded, task, split: str = "validation", budget_s: Optional[float] = LATENCY_BUDGET_S,
-                      progress: Optional[Progress] = None) -> tuple[float, float, dict]:
+def measure_latencies(
+    loaded, task, split: str = "validation", budget_s: float | None = LATENCY_BUDGET_S, progress: Progress | None = None
+) -> tuple[float, float, dict]:
     """``(ms at batch 1, ms at batch 32, how)`` on the first 32 texts of ``split``; ``how`` holds the
     :func:`measurement_conditions` and each measurement's repeats (stored with the run)."""
     task = load_task(task)
@@ -304,12 +339,16 @@ def measure_latencies(loaded, task, split: str = "validation", budget_s: Optiona
     report(progress, 1, 2, "measuring latency (batch 32)")
     b32 = measure_latency(loaded, texts, 32, budget_s=budget_s)
     report(progress, 2, 2, "latency measured")
-    how = {"conditions": conditions, "budget_s": budget_s,
-           "b1": {"repeats": b1.repeats, "warm_up": b1.warm_up}, "b32": {"repeats": b32.repeats, "warm_up": b32.warm_up}}
+    how = {
+        "conditions": conditions,
+        "budget_s": budget_s,
+        "b1": {"repeats": b1.repeats, "warm_up": b1.warm_up},
+        "b32": {"repeats": b32.repeats, "warm_up": b32.warm_up},
+    }
     return b1.ms, b32.ms, how
 
 
-def latency_note(how: Optional[dict], batch: Optional[str] = None) -> str:
+def latency_note(how: dict | None, batch: str | None = None) -> str:
     """One line on how latencies were measured, e.g. ``"median of 5 passes after a warm-up; 2 threads, load 1.9"``
     (``batch``: ``"b1"`` or ``"b32"`` for one of them)."""
     if not how:
@@ -327,23 +366,43 @@ def latency_note(how: Optional[dict], batch: Optional[str] = None) -> str:
     if batch is not None:
         parts = [part.split(": ", 1)[1] for part in parts]
     conditions = how.get("conditions") or {}
-    where = ", ".join(x for x in (
-        f"{conditions['threads']} thread{'s' if conditions['threads'] != 1 else ''}" if conditions.get("threads") else "",
-        f"load average {conditions['load']:.1f}" if conditions.get("load") is not None else "",
-        f"calibration {conditions['calibration_ms']:.1f} ms" if conditions.get("calibration_ms") else "") if x)
-    return "; ".join(parts) + (f" ({where})" if where else "") + (
-        f"; re-measured: {how['remeasured']}" if how.get("remeasured") else "")
+    where = ", ".join(
+        x
+        for x in (
+            f"{conditions['threads']} thread{'s' if conditions['threads'] != 1 else ''}"
+            if conditions.get("threads")
+            else "",
+            f"load average {conditions['load']:.1f}" if conditions.get("load") is not None else "",
+            f"calibration {conditions['calibration_ms']:.1f} ms" if conditions.get("calibration_ms") else "",
+        )
+        if x
+    )
+    return (
+        "; ".join(parts)
+        + (f" ({where})" if where else "")
+        + (f"; re-measured: {how['remeasured']}" if how.get("remeasured") else "")
+    )
 
 
-def evaluate(loaded, task, split: str = "validation", batch_size: Optional[int] = None, max_length: Optional[int] = None,
-             limit: Optional[int] = None, measure_latency: bool = True, progress: Optional[Progress] = None) -> Evaluation:
+def evaluate(
+    loaded,
+    task,
+    split: str = "validation",
+    batch_size: int | None = None,
+    max_length: int | None = None,
+    limit: int | None = None,
+    measure_latency: bool = True,
+    progress: Progress | None = None,
+) -> Evaluation:
     """Quality, size and latency of a ``LoadedModel`` on a task split (all measured, none estimated)."""
     check_limit(limit)
     task = load_task(task)
     check_task_fits(loaded.name, loaded.kind, task.kind, task.name)
     task = check_labels(loaded, task)
     if task.kind == "classification":
-        value, loss, n = classification_scores(loaded, task, split, batch_size or 64, max_length or 128, limit, progress)
+        value, loss, n = classification_scores(
+            loaded, task, split, batch_size or 64, max_length or 128, limit, progress
+        )
         metric = "accuracy"
     else:
         value, loss, n = lm_scores(loaded, task, split, batch_size or 8, max_length or 256, limit, progress)
@@ -352,4 +411,6 @@ def evaluate(loaded, task, split: str = "validation", batch_size: Optional[int] 
     b1 = b32 = how = None
     if measure_latency:
         b1, b32, how = measure_latencies(loaded, task, split, progress=progress)
-    return Evaluation(task.name, split, metric, value, loss, total, linear, safetensors_size(loaded.model), b1, b32, n, how)
+    return Evaluation(
+        task.name, split, metric, value, loss, total, linear, safetensors_size(loaded.model), b1, b32, n, how
+    )

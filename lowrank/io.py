@@ -25,10 +25,10 @@ import re
 import secrets
 import shutil
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from fnmatch import fnmatch
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Union
 
 import numpy as np
 import pandas as pd
@@ -39,10 +39,24 @@ from lowrank.processes import own_start, process_alive
 MARKER = ".lowrank-output"
 # Files this tool writes into a model folder; a folder written before markers existed is ours when it
 # holds only these and at least one of RECORD_FILES (only lowrank writes those).
-MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "model-*-of-*.safetensors",
-               "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-               "vocab.txt", "vocab.json", "merges.txt", "added_tokens.json", "tokenizer.model", "spiece.model",
-               "chat_template.jinja", "chat_template.json")
+MODEL_FILES = (
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "model-*-of-*.safetensors",
+    "model.safetensors.index.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "tokenizer.model",
+    "spiece.model",
+    "chat_template.jinja",
+    "chat_template.json",
+)
 RECORD_FILES = ("lowrank.json", "masks.safetensors", "pruning.json", "training.json")
 # Tests only: seconds atomic_dir sleeps between renaming the old folder aside and the new one in, so a
 # test can kill the process inside that window deterministically.
@@ -74,7 +88,7 @@ def cache_dir() -> Path:
 # ---------------------------------------------------------------- may this path be written?
 
 
-def writable_output(target: Union[str, Path], force: bool = False) -> Path:
+def writable_output(target: str | Path, force: bool = False) -> Path:
     """``target`` if the folder may be (re)written, else :class:`OutputError` (one line, naming it).
 
     Allowed: a missing path, an empty folder, a folder whose marker lists everything in it, and a
@@ -104,15 +118,19 @@ def writable_output(target: Union[str, Path], force: bool = False) -> Path:
         foreign = [n for n in entries if not any(fnmatch(n, p) for p in (*MODEL_FILES, *RECORD_FILES))]
     if foreign:
         more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
-        raise OutputError(f"{target} holds {', '.join(foreign[:3])}{more}, which lowrank did not write; refusing to "
-                          "replace it (move those away or give another output folder)")
+        raise OutputError(
+            f"{target} holds {', '.join(foreign[:3])}{more}, which lowrank did not write; refusing to "
+            "replace it (move those away or give another output folder)"
+        )
     if entries and listed is None and not any(n in RECORD_FILES for n in entries) and not force:
-        raise OutputError(f"{target} holds a model that lowrank did not mark as its output; "
-                          "replace it with --force (force=True) or give another output folder")
+        raise OutputError(
+            f"{target} holds a model that lowrank did not mark as its output; "
+            "replace it with --force (force=True) or give another output folder"
+        )
     return target
 
 
-def writable_file(path: Union[str, Path], ours: Callable[[bytes], bool]) -> Path:
+def writable_file(path: str | Path, ours: Callable[[bytes], bool]) -> Path:
     """``path`` if the file may be (re)written: missing, or a regular file whose bytes ``ours`` recognises
     as this tool's; :class:`OutputError` (one line) otherwise."""
     path = Path(path)
@@ -123,12 +141,14 @@ def writable_file(path: Union[str, Path], ours: Callable[[bytes], bool]) -> Path
     if not path.is_file():
         raise OutputError(f"{path} is a folder, not a file; refusing to replace it (give another file name)")
     if not ours(path.read_bytes()):
-        raise OutputError(f"{path} exists and was not written by lowrank; refusing to overwrite it "
-                          "(remove it or give another file name)")
+        raise OutputError(
+            f"{path} exists and was not written by lowrank; refusing to overwrite it "
+            "(remove it or give another file name)"
+        )
     return path
 
 
-def _marker_files(folder: Path) -> Optional[list[str]]:
+def _marker_files(folder: Path) -> list[str] | None:
     """The files the marker in ``folder`` lists, or ``None`` when there is no readable marker."""
     try:
         data = json.loads((folder / MARKER).read_text())
@@ -140,7 +160,7 @@ def _marker_files(folder: Path) -> Optional[list[str]]:
     return [str(f) for f in files] if isinstance(files, list) else []
 
 
-def _write_marker(folder: Path, files: Optional[list[str]]) -> None:
+def _write_marker(folder: Path, files: list[str] | None) -> None:
     (folder / MARKER).write_text(json.dumps({"written_by": "lowrank", "files": files}) + "\n")
 
 
@@ -182,7 +202,7 @@ def _pause_for_tests() -> None:
 
 
 @contextmanager
-def atomic_dir(target: Union[str, Path], force: bool = False) -> Iterator[Path]:
+def atomic_dir(target: str | Path, force: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling folder; when the block succeeds it replaces ``target``.
 
     ``target`` must pass :func:`writable_output` (checked before the block and again after it).
@@ -221,7 +241,7 @@ def atomic_dir(target: Union[str, Path], force: bool = False) -> Iterator[Path]:
         raise
 
 
-def atomic_write_bytes(path: Union[str, Path], data: bytes) -> None:
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary sibling and ``os.replace`` (the user's umask, not 0600)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -237,7 +257,7 @@ def atomic_write_bytes(path: Union[str, Path], data: bytes) -> None:
         raise
 
 
-def recover(target: Union[str, Path]) -> None:
+def recover(target: str | Path) -> None:
     """Repair what killed writers left at ``target``: if it is missing, restore the copy a killed
     replacement set aside; remove its temporary and set-aside copies of dead processes."""
     target = Path(target)
@@ -245,7 +265,7 @@ def recover(target: Union[str, Path]) -> None:
         _sweep(target.parent, target.name)
 
 
-def _leftover(entry: Path) -> Optional[tuple[str, str]]:
+def _leftover(entry: Path) -> tuple[str, str] | None:
     """``(target name, "tmp" | "old")`` when ``entry`` is a leftover of a dead writer of this tool, else ``None``."""
     if match := _HIDDEN.match(entry.name):
         if process_alive(int(match["pid"]), float(match["start"])):
@@ -265,7 +285,7 @@ def _leftover(entry: Path) -> Optional[tuple[str, str]]:
     return match["name"], match["kind"]
 
 
-def _sweep(parent: Path, name: Optional[str] = None) -> None:
+def _sweep(parent: Path, name: str | None = None) -> None:
     """Restore or remove leftovers of dead writers in ``parent`` (only those of target ``name`` when given)."""
     try:
         entries = [e for e in parent.iterdir() if e.name.startswith(".")]

@@ -7,8 +7,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -50,7 +48,7 @@ class LowRankLinear(nn.Module):
     Cost per token: ``r * (out + in)`` multiply-adds instead of ``out * in``.
     """
 
-    def __init__(self, U: torch.Tensor, V: torch.Tensor, bias: Optional[torch.Tensor] = None, name: str = "layer"):
+    def __init__(self, U: torch.Tensor, V: torch.Tensor, bias: torch.Tensor | None = None, name: str = "layer"):
         super().__init__()
         if U.ndim != 2 or V.ndim != 2 or U.shape[1] != V.shape[0]:
             raise ValueError(f"{name}: factors must be (out, r) and (r, in), got {tuple(U.shape)} and {tuple(V.shape)}")

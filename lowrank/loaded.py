@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Optional
 
 import torch
 from torch import nn
@@ -18,7 +17,7 @@ class LoadedModel:
     tokenizer: object
     kind: str  # "classifier" | "causal-lm" | "encoder"
     name: str
-    path: Optional[str] = None
+    path: str | None = None
 
     @property
     def device(self) -> torch.device:
@@ -27,12 +26,12 @@ class LoadedModel:
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
 
-    def with_model(self, model: nn.Module) -> "LoadedModel":
+    def with_model(self, model: nn.Module) -> LoadedModel:
         """The same tokenizer, kind and name around another module (e.g. its compressed copy)."""
         return replace(self, model=model)
 
 
-def unwrap(model) -> tuple[nn.Module, Optional[LoadedModel]]:
+def unwrap(model) -> tuple[nn.Module, LoadedModel | None]:
     """``(module, loaded)`` for a :class:`LoadedModel` (``loaded`` is it) or a bare ``nn.Module`` (``loaded`` is None).
 
     A bare Hugging Face model is used as it is, never replaced by an inner submodule, so

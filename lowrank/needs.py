@@ -6,13 +6,13 @@ answer goes to :func:`lowrank.statistics.statistics_for`.
 
 from __future__ import annotations
 
-from typing import Iterable, Optional
+from collections.abc import Iterable
 
 from lowrank.allocation import get_strategy
 from lowrank.methods import get_method
 
 
-def needs_for(methods: Iterable[str] = (), strategy: Optional[str] = None, predict: bool = False) -> tuple[str, ...]:
+def needs_for(methods: Iterable[str] = (), strategy: str | None = None, predict: bool = False) -> tuple[str, ...]:
     """Statistic kinds needed by ``methods`` and ``strategy`` (``predict``: Fisher for predicted losses too)."""
     kinds: list[str] = []
     for method in methods:

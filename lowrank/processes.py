@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import os
-from typing import Optional
 
 import psutil
 
 
-def process_started(pid: int) -> Optional[float]:
+def process_started(pid: int) -> float | None:
     """Creation time of process ``pid`` (seconds since the epoch), ``None`` if there is no such live process."""
     try:
         proc = psutil.Process(pid)
@@ -19,7 +18,7 @@ def process_started(pid: int) -> Optional[float]:
         return None
 
 
-def process_alive(pid: Optional[int], started: Optional[float]) -> bool:
+def process_alive(pid: int | None, started: float | None) -> bool:
     """True when ``pid`` is a live process created at ``started`` (guards against recycled ids)."""
     if pid is None:
         return False

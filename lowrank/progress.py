@@ -7,17 +7,17 @@ Library functions take ``progress=None`` and call :func:`report`; the CLI passes
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 Progress = Callable[[int, int, str], None]
 
 
-def report(progress: Optional[Progress], done: int, total: int, message: str = "") -> None:
+def report(progress: Progress | None, done: int, total: int, message: str = "") -> None:
     if progress is not None:
         progress(done, total, message)
 
 
-def scaled(progress: Optional[Progress], start: float, stop: float) -> Optional[Progress]:
+def scaled(progress: Progress | None, start: float, stop: float) -> Progress | None:
     """A callback mapping a sub-task's [0, total] onto the [start, stop] fraction of ``progress`` (out of 1000)."""
     if progress is None:
         return None

@@ -7,15 +7,13 @@ A layer ``W`` (out, in) at rank ``r`` costs ``r (out + in)`` parameters; a kept 
 
 from __future__ import annotations
 
-from typing import Optional, Union
-
 from torch import nn
 
 from lowrank.layers import break_even_rank, check_rank
 from lowrank.loaded import module_of
 from lowrank.models.architectures import compressible_linears
 
-Ranks = Union[dict[str, int], float]
+Ranks = dict[str, int] | float
 
 
 class NoCompressibleLayers(ValueError):
@@ -27,7 +25,7 @@ def linear_shapes(model) -> dict[str, tuple[int, int]]:
     return {name: tuple(m.weight.shape) for name, m in compressible_linears(module_of(model)).items()}
 
 
-def fraction_rank(out_features: int, in_features: int, fraction: float) -> Optional[int]:
+def fraction_rank(out_features: int, in_features: int, fraction: float) -> int | None:
     """Rank keeping ``fraction`` of a layer's parameters, or ``None`` when that is at/above break-even."""
     rank = max(1, int(fraction * out_features * in_features // (out_features + in_features)))
     return None if rank >= break_even_rank(out_features, in_features) else rank
@@ -57,7 +55,9 @@ def resolve_ranks(model: nn.Module, ranks: Ranks) -> dict[str, int]:
         raise ValueError(f"ranks must be a dict {{layer: rank}} or a float fraction, got {type(ranks).__name__}")
     unknown = sorted(set(ranks) - set(shapes))
     if unknown:
-        raise ValueError(f"not compressible Linear layers of this model: {unknown[:5]}{' ...' if len(unknown) > 5 else ''}")
+        raise ValueError(
+            f"not compressible Linear layers of this model: {unknown[:5]}{' ...' if len(unknown) > 5 else ''}"
+        )
     for name, rank in ranks.items():
         check_rank(rank, *shapes[name], name=name)
     return {n: int(r) for n, r in ranks.items()}

@@ -19,10 +19,10 @@ import html
 import math
 import platform
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
-from typing import Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
@@ -37,8 +37,21 @@ HEADLINE_BUDGET = 0.5  # the budget the headline figures are taken at (the neare
 SLOWER_RATIO = 1.1  # a compressed model "reads slower" than dense above this multiple of dense's latency
 GENERATOR = "lowrank-studio report"  # marks an HTML file as ours (write_report replaces only those)
 VERSIONED = ("lowrank-studio", "torch", "transformers", "plotly", "pandas", "numpy")
-RUN_TABLE_COLUMNS = ("id", "method", "solver", "strategy", "budget", "kept_fraction", "metric", "value",
-                     "params_linear", "size_bytes", "latency_ms_b1", "latency_ms_b32", "created")
+RUN_TABLE_COLUMNS = (
+    "id",
+    "method",
+    "solver",
+    "strategy",
+    "budget",
+    "kept_fraction",
+    "metric",
+    "value",
+    "params_linear",
+    "size_bytes",
+    "latency_ms_b1",
+    "latency_ms_b32",
+    "created",
+)
 
 
 # ---------------------------------------------------------------- number formats (shared with the dashboard)
@@ -48,7 +61,7 @@ def _missing(value) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-def format_metric(metric: Optional[str], value) -> str:
+def format_metric(metric: str | None, value) -> str:
     if _missing(value):
         return "–"
     return f"{value:.2f}" if metric == "perplexity" else f"{value:.3f}"
@@ -73,16 +86,16 @@ class SummaryRow:
     method: str
     run_id: int
     value: float
-    params_linear: Optional[int]
-    kept_fraction: Optional[float]
-    size_bytes: Optional[int]
-    latency_ms_b1: Optional[float]
-    latency_ms_b32: Optional[float]
+    params_linear: int | None
+    kept_fraction: float | None
+    size_bytes: int | None
+    latency_ms_b1: float | None
+    latency_ms_b32: float | None
     latency_note: str
-    svd_value: Optional[float] = None
-    svd_run_id: Optional[int] = None
-    destroyed: Optional[str] = None  # why the best run destroys the model (lowrank.evaluate.destroyed), or None
-    svd_destroyed: Optional[str] = None  # the same for plain SVD's run
+    svd_value: float | None = None
+    svd_run_id: int | None = None
+    destroyed: str | None = None  # why the best run destroys the model (lowrank.evaluate.destroyed), or None
+    svd_destroyed: str | None = None  # the same for plain SVD's run
 
     @property
     def warning(self) -> str:
@@ -101,18 +114,18 @@ class DropCheck:
     run_id: int
     predicted_loss_increase: float  # sum over layers of the predicted loss increase of their truncation
     expected_to_drop: bool  # the metric's verdict
-    measured_loss_increase: Optional[float]  # the run's loss minus the dense loss
-    measured_change: Optional[float]  # the run's metric minus dense (accuracy: < 0 is a drop)
+    measured_loss_increase: float | None  # the run's loss minus the dense loss
+    measured_change: float | None  # the run's metric minus dense (accuracy: < 0 is a drop)
 
 
 @dataclass(frozen=True)
 class Summary:
     model: str
     task: str
-    metric: Optional[str]
-    split: Optional[str]
-    eval_limit: Optional[int]
-    dense: Optional[dict]  # the dense run (a row of the store), or None
+    metric: str | None
+    split: str | None
+    eval_limit: int | None
+    dense: dict | None  # the dense run (a row of the store), or None
     rows: tuple[SummaryRow, ...]  # by budget
     runs: pd.DataFrame = field(repr=False)  # the finished runs compared (dense first)
     headlines: tuple[str, ...] = ()
@@ -124,7 +137,7 @@ class Summary:
         return self.metric != "perplexity"
 
     @property
-    def headline(self) -> Optional[SummaryRow]:
+    def headline(self) -> SummaryRow | None:
         """The row at the stored budget nearest :data:`HEADLINE_BUDGET` (the headline figures), or ``None``."""
         return min(self.rows, key=lambda row: (abs(row.budget - HEADLINE_BUDGET), row.budget)) if self.rows else None
 
@@ -134,35 +147,53 @@ class Summary:
 
     def drop_table(self) -> pd.DataFrame:
         """One line per plain-SVD run: the SVD-drop metric's prediction and what was measured."""
-        return pd.DataFrame([{
-            "budget": c.budget, "predicted loss increase (nats)": c.predicted_loss_increase,
-            "measured loss increase (nats)": c.measured_loss_increase,
-            "predicted": "drop" if c.expected_to_drop else "no drop",
-            f"measured {self.metric or 'value'} change": c.measured_change, "run": c.run_id,
-        } for c in self.drop_checks])
+        return pd.DataFrame(
+            [
+                {
+                    "budget": c.budget,
+                    "predicted loss increase (nats)": c.predicted_loss_increase,
+                    "measured loss increase (nats)": c.measured_loss_increase,
+                    "predicted": "drop" if c.expected_to_drop else "no drop",
+                    f"measured {self.metric or 'value'} change": c.measured_change,
+                    "run": c.run_id,
+                }
+                for c in self.drop_checks
+            ]
+        )
 
     def table(self) -> pd.DataFrame:
         """One line per budget: the best method, its quality against dense and plain SVD, size and latency."""
         dense = self.dense or {}
-        return pd.DataFrame([{
-            "budget": row.budget, "best method": row.method, self.metric or "value": row.value,
-            "vs dense": _difference(row.value, dense.get("value")), "plain SVD": row.svd_value,
-            "vs plain SVD": _difference(row.value, row.svd_value), "size (MB)": _mb(row.size_bytes),
-            "latency b1 (ms)": row.latency_ms_b1, "latency b32 (ms)": row.latency_ms_b32, "run": row.run_id,
-            "destroys the model?": row.warning,
-        } for row in self.rows])
+        return pd.DataFrame(
+            [
+                {
+                    "budget": row.budget,
+                    "best method": row.method,
+                    self.metric or "value": row.value,
+                    "vs dense": _difference(row.value, dense.get("value")),
+                    "plain SVD": row.svd_value,
+                    "vs plain SVD": _difference(row.value, row.svd_value),
+                    "size (MB)": _mb(row.size_bytes),
+                    "latency b1 (ms)": row.latency_ms_b1,
+                    "latency b32 (ms)": row.latency_ms_b32,
+                    "run": row.run_id,
+                    "destroys the model?": row.warning,
+                }
+                for row in self.rows
+            ]
+        )
 
 
-def _number(value) -> Optional[float]:
+def _number(value) -> float | None:
     return None if value is None or pd.isna(value) else float(value)
 
 
-def _difference(a, b) -> Optional[float]:
+def _difference(a, b) -> float | None:
     a, b = _number(a), _number(b)
     return None if a is None or b is None else a - b
 
 
-def _mb(n) -> Optional[float]:
+def _mb(n) -> float | None:
     n = _number(n)
     return None if n is None else n / 1e6
 
@@ -181,14 +212,15 @@ def summary(store, model: str, task: str) -> Summary:
     compressed = runs[(runs["method"] != "dense") & runs["budget"].notna()]
     reference = dense if dense is not None else (compressed.iloc[0].to_dict() if len(compressed) else None)
     if reference is not None:
-        compressed = compressed[_same(compressed["split"], reference["split"])
-                                & _same(compressed["eval_limit"], reference["eval_limit"])]
+        compressed = compressed[
+            _same(compressed["split"], reference["split"]) & _same(compressed["eval_limit"], reference["eval_limit"])
+        ]
     compressed = compressed.assign(budget=compressed["budget"].round(4)).drop_duplicates(["method", "budget"])
     metric = reference["metric"] if reference is not None else None
     higher = metric != "perplexity"
     chance = _chance(task, reference["split"]) if len(compressed) and metric == "accuracy" else None
 
-    def ruined(value) -> Optional[str]:
+    def ruined(value) -> str | None:
         return destroyed(metric, value, None if dense is None else _number(dense["value"]), chance)
 
     rows = []
@@ -196,22 +228,40 @@ def summary(store, model: str, task: str) -> Summary:
         best = group.loc[group["value"].idxmax() if higher else group["value"].idxmin()]
         svd = group[group["method"] == BASELINE]
         svd_value = float(svd["value"].iloc[0]) if len(svd) else None
-        rows.append(SummaryRow(
-            budget=float(budget), method=str(best["method"]), run_id=int(best["id"]), value=float(best["value"]),
-            params_linear=_int(best["params_linear"]), kept_fraction=_number(best["kept_fraction"]),
-            size_bytes=_int(best["size_bytes"]), latency_ms_b1=_number(best["latency_ms_b1"]),
-            latency_ms_b32=_number(best["latency_ms_b32"]),
-            latency_note=latency_note(best["latency_info"] if isinstance(best["latency_info"], dict) else None),
-            svd_value=svd_value, svd_run_id=int(svd["id"].iloc[0]) if len(svd) else None,
-            destroyed=ruined(float(best["value"])), svd_destroyed=None if svd_value is None else ruined(svd_value)))
+        rows.append(
+            SummaryRow(
+                budget=float(budget),
+                method=str(best["method"]),
+                run_id=int(best["id"]),
+                value=float(best["value"]),
+                params_linear=_int(best["params_linear"]),
+                kept_fraction=_number(best["kept_fraction"]),
+                size_bytes=_int(best["size_bytes"]),
+                latency_ms_b1=_number(best["latency_ms_b1"]),
+                latency_ms_b32=_number(best["latency_ms_b32"]),
+                latency_note=latency_note(best["latency_info"] if isinstance(best["latency_info"], dict) else None),
+                svd_value=svd_value,
+                svd_run_id=int(svd["id"].iloc[0]) if len(svd) else None,
+                destroyed=ruined(float(best["value"])),
+                svd_destroyed=None if svd_value is None else ruined(svd_value),
+            )
+        )
     shown = pd.concat([frame for frame in (dense_runs.iloc[:1], compressed) if len(frame)]) if len(runs) else runs
-    result = Summary(model=model, task=task, metric=metric, split=None if reference is None else reference["split"],
-                     eval_limit=None if reference is None else _int(reference["eval_limit"]), dense=dense,
-                     rows=tuple(rows), runs=shown, created=time.time())
+    result = Summary(
+        model=model,
+        task=task,
+        metric=metric,
+        split=None if reference is None else reference["split"],
+        eval_limit=None if reference is None else _int(reference["eval_limit"]),
+        dense=dense,
+        rows=tuple(rows),
+        runs=shown,
+        created=time.time(),
+    )
     return replace(result, headlines=tuple(headlines(result)))
 
 
-def _chance(task: str, split: str) -> Optional[float]:
+def _chance(task: str, split: str) -> float | None:
     """:func:`lowrank.evaluate.chance_accuracy` of the stored task key, ``None`` when the task cannot be read now."""
     try:
         return chance_accuracy(task, split)
@@ -230,11 +280,16 @@ def drop_checks(s: Summary, weights: dict, fishers: dict) -> tuple[DropCheck, ..
         run = s.runs[s.runs["id"] == row.svd_run_id].iloc[0]
         ranks = run["ranks"] if isinstance(run["ranks"], dict) else {}
         verdict = risk_summary(risk_table(weights, fishers, {k: int(v) for k, v in ranks.items()}))
-        checks.append(DropCheck(budget=row.budget, run_id=row.svd_run_id,
-                                predicted_loss_increase=verdict["total_loss_svd"],
-                                expected_to_drop=verdict["svd_expected_to_drop"],
-                                measured_loss_increase=_difference(run["loss"], dense.get("loss")),
-                                measured_change=_difference(run["value"], dense.get("value"))))
+        checks.append(
+            DropCheck(
+                budget=row.budget,
+                run_id=row.svd_run_id,
+                predicted_loss_increase=verdict["total_loss_svd"],
+                expected_to_drop=verdict["svd_expected_to_drop"],
+                measured_loss_increase=_difference(run["loss"], dense.get("loss")),
+                measured_change=_difference(run["value"], dense.get("value")),
+            )
+        )
     return tuple(checks)
 
 
@@ -244,22 +299,26 @@ def with_drop_checks(s: Summary, checks: Sequence[DropCheck]) -> Summary:
     return replace(checked, headlines=tuple(headlines(checked)))
 
 
-def _drop_sentence(s: Summary) -> Optional[str]:
+def _drop_sentence(s: Summary) -> str | None:
     """The SVD-drop metric's verdict at the headline budget, next to what plain SVD measured."""
     row = s.headline
     check = next((c for c in s.drop_checks if row is not None and c.budget == row.budget), None)
     if check is None:
         return None
-    measured = [f"{value:+.3g}{unit}" for value, unit in ((check.measured_loss_increase, " nats"),
-                                                            (check.measured_change, f" {s.metric or 'value'}"))
-                if value is not None]
+    measured = [
+        f"{value:+.3g}{unit}"
+        for value, unit in ((check.measured_loss_increase, " nats"), (check.measured_change, f" {s.metric or 'value'}"))
+        if value is not None
+    ]
     measured = f" (measured: {', '.join(measured)})" if measured else ""
     verdict = "a drop" if check.expected_to_drop else "no drop"
-    return (f"From the weights and the Fisher alone, the SVD-drop metric predicts {verdict} for plain SVD at "
-            f"{check.budget:.0%}: a loss increase of {check.predicted_loss_increase:.3g} nats{measured}.")
+    return (
+        f"From the weights and the Fisher alone, the SVD-drop metric predicts {verdict} for plain SVD at "
+        f"{check.budget:.0%}: a loss increase of {check.predicted_loss_increase:.3g} nats{measured}."
+    )
 
 
-def _int(value) -> Optional[int]:
+def _int(value) -> int | None:
     value = _number(value)
     return None if value is None else int(value)
 
@@ -281,7 +340,9 @@ def headlines(s: Summary) -> list[str]:
     if row.method == BASELINE:
         lines.append(f"{where}, plain SVD is the best stored method: {quality}.")
     elif row.svd_value is None or d is None:
-        lines.append(f"{where}, {quality}" + ("" if row.svd_value is not None else "; plain SVD was not run here") + ".")
+        lines.append(
+            f"{where}, {quality}" + ("" if row.svd_value is not None else "; plain SVD was not run here") + "."
+        )
     else:
         # points: accuracy in percentage points; perplexity in its own units (lower is better)
         scale, unit = (100.0, "points") if s.higher_is_better else (1.0, f"{metric} points")
@@ -290,18 +351,26 @@ def headlines(s: Summary) -> list[str]:
         kept = sign * (row.value - row.svd_value) * scale  # what the best method wins back
         if lost > 0:
             verb = "loses" if s.higher_is_better else "adds"
-            lines.append(f"{where}, {row.method} keeps {min(kept, lost):.1f} of the {lost:.1f} {unit} that plain "
-                         f"SVD {verb}: {quality}.")
+            lines.append(
+                f"{where}, {row.method} keeps {min(kept, lost):.1f} of the {lost:.1f} {unit} that plain "
+                f"SVD {verb}: {quality}."
+            )
         else:
             lines.append(f"{where}, plain SVD loses nothing against dense; {quality}.")
     if dense is not None:
-        size = (f"{format_bytes(row.size_bytes)} on disk against {format_bytes(dense.get('size_bytes'))} dense"
-                + (f" ({row.size_bytes / dense['size_bytes']:.0%})" if row.size_bytes and _number(dense.get('size_bytes'))
-                   else ""))
-        latency = (f"{format_ms(row.latency_ms_b1)} at batch 1 and {format_ms(row.latency_ms_b32)} at batch 32 "
-                   f"(dense {format_ms(dense.get('latency_ms_b1'))} and {format_ms(dense.get('latency_ms_b32'))})")
+        size = f"{format_bytes(row.size_bytes)} on disk against {format_bytes(dense.get('size_bytes'))} dense" + (
+            f" ({row.size_bytes / dense['size_bytes']:.0%})"
+            if row.size_bytes and _number(dense.get("size_bytes"))
+            else ""
+        )
+        latency = (
+            f"{format_ms(row.latency_ms_b1)} at batch 1 and {format_ms(row.latency_ms_b32)} at batch 32 "
+            f"(dense {format_ms(dense.get('latency_ms_b1'))} and {format_ms(dense.get('latency_ms_b32'))})"
+        )
         note = row.latency_note
-        lines.append(f"The {row.method} model is {size}; it runs in {latency}" + (f"; measured {note}" if note else "") + ".")
+        lines.append(
+            f"The {row.method} model is {size}; it runs in {latency}" + (f"; measured {note}" if note else "") + "."
+        )
         slower = slower_sentence(row, dense)
         if slower:
             lines.append(slower)
@@ -313,7 +382,7 @@ def headlines(s: Summary) -> list[str]:
     return lines + ([drop] if drop else [])
 
 
-def slower_sentence(row: SummaryRow, dense: dict) -> Optional[str]:
+def slower_sentence(row: SummaryRow, dense: dict) -> str | None:
     """Why ``row``'s model reads slower than dense (by more than :data:`SLOWER_RATIO`) at a batch size, or ``None``.
 
     A factorized layer does ``r (out + in)`` multiply-adds per token instead of ``out in``, so the linear layers do
@@ -321,17 +390,27 @@ def slower_sentence(row: SummaryRow, dense: dict) -> Optional[str]:
     where one wide one ran (each with its own memory traffic and per-call overhead), which costs more per
     multiply-add at small batches and small ranks than the work saved. The numbers are the run's own (measured
     under the conditions recorded with them, which are re-measured when they disagree with dense's)."""
-    slower = [f"batch {b}" for b, mine, theirs in ((1, row.latency_ms_b1, dense.get("latency_ms_b1")),
-                                                   (32, row.latency_ms_b32, dense.get("latency_ms_b32")))
-              if _number(mine) is not None and _number(theirs) is not None and float(mine) > SLOWER_RATIO * float(theirs)]
+    slower = [
+        f"batch {b}"
+        for b, mine, theirs in (
+            (1, row.latency_ms_b1, dense.get("latency_ms_b1")),
+            (32, row.latency_ms_b32, dense.get("latency_ms_b32")),
+        )
+        if _number(mine) is not None and _number(theirs) is not None and float(mine) > SLOWER_RATIO * float(theirs)
+    ]
     if not slower:
         return None
-    work = f"{row.kept_fraction:.0%} of the dense multiply-adds in its linear layers" if row.kept_fraction else \
-        "fewer multiply-adds in its linear layers"
-    return (f"It reads slower than dense at {' and '.join(slower)} although it does {work}: each factorized layer runs "
-            "two thin matrix products where the dense model runs one wide one, and at this batch size and rank their "
-            "per-call overhead and memory traffic cost more than the work saved (a larger batch, fewer and larger "
-            "ranks, or keeping small layers dense helps).")
+    work = (
+        f"{row.kept_fraction:.0%} of the dense multiply-adds in its linear layers"
+        if row.kept_fraction
+        else "fewer multiply-adds in its linear layers"
+    )
+    return (
+        f"It reads slower than dense at {' and '.join(slower)} although it does {work}: each factorized layer runs "
+        "two thin matrix products where the dense model runs one wide one, and at this batch size and rank their "
+        "per-call overhead and memory traffic cost more than the work saved (a larger batch, fewer and larger "
+        "ranks, or keeping small layers dense helps)."
+    )
 
 
 # ---------------------------------------------------------------- the chart
@@ -344,25 +423,52 @@ def summary_figure(s: Summary) -> go.Figure:
     fig = go.Figure()
     compressed = s.runs[s.runs["method"] != "dense"].sort_values("size_bytes") if len(s.runs) else s.runs
     for method, group in compressed.groupby("method", sort=True):
-        fig.add_trace(go.Scatter(
-            x=group["size_bytes"] / 1e6, y=group["value"], mode="lines+markers", name=str(method),
-            customdata=np.stack([group["budget"], group["latency_ms_b1"].astype(float),
-                                 group["latency_ms_b32"].astype(float), group["id"]], axis=1),
-            hovertemplate=(f"{method}<br>budget %{{customdata[0]:.0%}}<br>%{{x:.1f}} MB<br>{metric} %{{y:.4f}}<br>"
-                           "latency %{customdata[1]:.1f} ms (batch 1), %{customdata[2]:.1f} ms (batch 32)"
-                           "<br>run #%{customdata[3]}<extra></extra>")))
+        fig.add_trace(
+            go.Scatter(
+                x=group["size_bytes"] / 1e6,
+                y=group["value"],
+                mode="lines+markers",
+                name=str(method),
+                customdata=np.stack(
+                    [
+                        group["budget"],
+                        group["latency_ms_b1"].astype(float),
+                        group["latency_ms_b32"].astype(float),
+                        group["id"],
+                    ],
+                    axis=1,
+                ),
+                hovertemplate=(
+                    f"{method}<br>budget %{{customdata[0]:.0%}}<br>%{{x:.1f}} MB<br>{metric} %{{y:.4f}}<br>"
+                    "latency %{customdata[1]:.1f} ms (batch 1), %{customdata[2]:.1f} ms (batch 32)"
+                    "<br>run #%{customdata[3]}<extra></extra>"
+                ),
+            )
+        )
     if s.dense is not None:
         d = s.dense
-        fig.add_trace(go.Scatter(
-            x=[_mb(d.get("size_bytes"))], y=[d["value"]], mode="markers", name="dense",
-            marker=dict(symbol="star", size=14, color="gray"),
-            customdata=[[_number(d.get("latency_ms_b1")), _number(d.get("latency_ms_b32"))]],
-            hovertemplate=(f"dense<br>%{{x:.1f}} MB<br>{metric} %{{y:.4f}}<br>latency %{{customdata[0]:.1f}} ms "
-                           "(batch 1), %{customdata[1]:.1f} ms (batch 32)<extra></extra>")))
+        fig.add_trace(
+            go.Scatter(
+                x=[_mb(d.get("size_bytes"))],
+                y=[d["value"]],
+                mode="markers",
+                name="dense",
+                marker=dict(symbol="star", size=14, color="gray"),
+                customdata=[[_number(d.get("latency_ms_b1")), _number(d.get("latency_ms_b32"))]],
+                hovertemplate=(
+                    f"dense<br>%{{x:.1f}} MB<br>{metric} %{{y:.4f}}<br>latency %{{customdata[0]:.1f}} ms "
+                    "(batch 1), %{customdata[1]:.1f} ms (batch 32)<extra></extra>"
+                ),
+            )
+        )
     fig.update_xaxes(title="size on disk (MB)")
     fig.update_yaxes(title=metric + ("" if s.higher_is_better else " (lower is better)"))
-    fig.update_layout(title=dict(text=f"{metric.capitalize()} against size on disk", x=0, xanchor="left"), height=440,
-                      margin=dict(l=10, r=10, t=50, b=10), hoverlabel=dict(namelength=-1))
+    fig.update_layout(
+        title=dict(text=f"{metric.capitalize()} against size on disk", x=0, xanchor="left"),
+        height=440,
+        margin=dict(l=10, r=10, t=50, b=10),
+        hoverlabel=dict(namelength=-1),
+    )
     return fig
 
 
@@ -389,10 +495,15 @@ def _settings(s: Summary) -> pd.DataFrame:
     rows = []
     for method, group in compressed.groupby("method", sort=True):
         options = sorted({str(o) for o in group["options"] if isinstance(o, dict) and o})
-        rows.append({"method": method, "solver": ", ".join(sorted(group["solver"].dropna().astype(str).unique())) or "–",
-                     "strategies": ", ".join(sorted(group["strategy"].dropna().astype(str).unique())) or "–",
-                     "options": "; ".join(options) or "defaults",
-                     "budgets": ", ".join(f"{b:.0%}" for b in sorted(group["budget"].dropna().unique()))})
+        rows.append(
+            {
+                "method": method,
+                "solver": ", ".join(sorted(group["solver"].dropna().astype(str).unique())) or "–",
+                "strategies": ", ".join(sorted(group["strategy"].dropna().astype(str).unique())) or "–",
+                "options": "; ".join(options) or "defaults",
+                "budgets": ", ".join(f"{b:.0%}" for b in sorted(group["budget"].dropna().unique())),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -410,22 +521,28 @@ def render_html(s: Summary, figures: Sequence[go.Figure]) -> str:
     title = f"Compression summary: {s.model} on {s.task}"
     when = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(s.created or time.time()))
     config = {"displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2}}
-    charts = [fig.to_html(full_html=False, include_plotlyjs=index == 0, config=config)
-              for index, fig in enumerate(figures)]
+    charts = [
+        fig.to_html(full_html=False, include_plotlyjs=index == 0, config=config) for index, fig in enumerate(figures)
+    ]
     dense = s.dense or {}
-    evaluated = (f"{s.metric or '–'} on the {s.split or '–'} split"
-                 + (f", first {s.eval_limit} batches" if s.eval_limit else ", whole split"))
+    evaluated = f"{s.metric or '–'} on the {s.split or '–'} split" + (
+        f", first {s.eval_limit} batches" if s.eval_limit else ", whole split"
+    )
     parts = [
-        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', f'<meta name="generator" content="{GENERATOR}">',
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f'<meta name="generator" content="{GENERATOR}">',
         f"<title>{e(title)}</title><style>{STYLE}</style></head><body>",
-        f"<h1>{e(title)}</h1>", f'<p class="note">Written {e(when)} from the stored runs; {e(evaluated)}.</p>',
-        "<ul>" + "".join(f"<li>{e(line)}</li>" for line in s.headlines) + "</ul>" if s.headlines
+        f"<h1>{e(title)}</h1>",
+        f'<p class="note">Written {e(when)} from the stored runs; {e(evaluated)}.</p>',
+        "<ul>" + "".join(f"<li>{e(line)}</li>" for line in s.headlines) + "</ul>"
+        if s.headlines
         else "<p>No finished compressed runs of this model and task yet.</p>",
         "<h2>Best method at each budget</h2>",
         _table(s.table()) if s.rows else "<p>–</p>",
         f'<p class="note">Dense: {e(s.metric or "value")} {e(format_metric(s.metric, dense.get("value")))}, '
-        f'{e(format_bytes(dense.get("size_bytes")))}, {e(format_ms(dense.get("latency_ms_b1")))} at batch 1, '
-        f'{e(format_ms(dense.get("latency_ms_b32")))} at batch 32'
+        f"{e(format_bytes(dense.get('size_bytes')))}, {e(format_ms(dense.get('latency_ms_b1')))} at batch 1, "
+        f"{e(format_ms(dense.get('latency_ms_b32')))} at batch 32"
         + (f" ({e(latency_note(dense.get('latency_info')))})" if isinstance(dense.get("latency_info"), dict) else "")
         + ". Latency: forward pass on the CPU.</p>",
         *charts,
@@ -448,7 +565,7 @@ def is_report(data: bytes) -> bool:
     return f'<meta name="generator" content="{GENERATOR}">'.encode() in data[:4096]
 
 
-def write_report(s: Summary, path: Union[str, Path], figures: Optional[Sequence[go.Figure]] = None) -> Path:
+def write_report(s: Summary, path: str | Path, figures: Sequence[go.Figure] | None = None) -> Path:
     """Write :func:`render_html` of ``s`` (default figure: :func:`summary_figure`) to ``path`` atomically; an existing
     file is replaced only when it is a report of ours (:func:`lowrank.io.writable_file`)."""
     path = writable_file(path, is_report)

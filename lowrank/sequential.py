@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional, Union
 
 import torch
 from huggingface_hub import snapshot_download
@@ -45,7 +44,13 @@ from lowrank.io import atomic_dir
 from lowrank.methods import get_method
 from lowrank.models.decoders import decoder_layout, supported_types
 from lowrank.models.errors import ModelLoadError
-from lowrank.models.loading import available_ram_bytes, check_checkpoint_format, estimate_parameters, load_config, model_kind
+from lowrank.models.loading import (
+    available_ram_bytes,
+    check_checkpoint_format,
+    estimate_parameters,
+    load_config,
+    model_kind,
+)
 from lowrank.models.packaged import resolve_source
 from lowrank.models.shards import Checkpoint, ShardWriter
 from lowrank.models.streamed import StreamedModel
@@ -68,10 +73,12 @@ def source_folder(name: str) -> Path:
     try:
         return Path(snapshot_download(source, local_files_only=not hub_reachable(), allow_patterns=HUB_FILES))
     except (OSError, ValueError) as err:
-        raise ModelLoadError(f"cannot find model {name!r} as a folder or on the hub: {str(err).splitlines()[0]}") from err
+        raise ModelLoadError(
+            f"cannot find model {name!r} as a folder or on the hub: {str(err).splitlines()[0]}"
+        ) from err
 
 
-def sequential_reason(name_or_path: Union[str, Path], fraction: float = AUTO_FRACTION) -> Optional[str]:
+def sequential_reason(name_or_path: str | Path, fraction: float = AUTO_FRACTION) -> str | None:
     """Why ``name_or_path`` should be compressed sequentially (a one-line notice), or None.
 
     True for a causal LM with a known decoder layout whose float32 size (estimated from the config
@@ -90,8 +97,10 @@ def sequential_reason(name_or_path: Union[str, Path], fraction: float = AUTO_FRA
     need, have = 4 * estimate_parameters(config), available_ram_bytes()
     if need <= fraction * have:
         return None
-    return (f"{name} takes {need / 2**30:.1f} GiB in float32, more than {fraction:.0%} of the {have / 2**30:.1f} GiB "
-            "of available RAM: compressing it one decoder block at a time (--sequential)")
+    return (
+        f"{name} takes {need / 2**30:.1f} GiB in float32, more than {fraction:.0%} of the {have / 2**30:.1f} GiB "
+        "of available RAM: compressing it one decoder block at a time (--sequential)"
+    )
 
 
 def _tokenizer(folder: Path):
@@ -104,17 +113,24 @@ def _tokenizer(folder: Path):
     return tokenizer
 
 
-def _compress_block(step: BlockStep, prefix: str, plan: dict[str, int], method: str, options: dict,
-                    info: CompressionInfo) -> None:
+def _compress_block(
+    step: BlockStep, prefix: str, plan: dict[str, int], method: str, options: dict, info: CompressionInfo
+) -> None:
     """Factorize the planned layers of the loaded block in place, one :func:`lowrank.compress` call per layer
     (a one-layer module, so only that layer is copied), and record their facts under their full names."""
     for name, rank in plan.items():
         if not name.startswith(prefix):
             continue
-        local = name[len(prefix):]
+        local = name[len(prefix) :]
         stats = step.stats.get(name)
-        small = compress(nn.ModuleDict({"layer": step.block.get_submodule(local)}), {"layer": rank}, method,
-                         stats={"layer": stats} if stats else None, base_model=info.base_model, **options)
+        small = compress(
+            nn.ModuleDict({"layer": step.block.get_submodule(local)}),
+            {"layer": rank},
+            method,
+            stats={"layer": stats} if stats else None,
+            base_model=info.base_model,
+            **options,
+        )
         set_module(step.block, local, small["layer"])
         facts = small.lowrank_info
         info.options = facts.options
@@ -124,10 +140,18 @@ def _compress_block(step: BlockStep, prefix: str, plan: dict[str, int], method: 
             info.history[name] = facts.history["layer"]
 
 
-def compress_sequential(path_or_name: Union[str, Path], ranks: Ranks, method: str = "svd",
-                        out: Optional[Union[str, Path]] = None, task=None, settings: StatisticsSettings = DEFAULT,
-                        progress: Optional[Progress] = None, inputs: str = "compressed",
-                        device: Union[str, torch.device] = "cpu", **options) -> Path:
+def compress_sequential(
+    path_or_name: str | Path,
+    ranks: Ranks,
+    method: str = "svd",
+    out: str | Path | None = None,
+    task=None,
+    settings: StatisticsSettings = DEFAULT,
+    progress: Progress | None = None,
+    inputs: str = "compressed",
+    device: str | torch.device = "cpu",
+    **options,
+) -> Path:
     """Compress a causal LM block by block into the folder ``out``; returns ``out`` (see the module docstring).
 
     ``ranks``, ``method`` and ``options`` as in :func:`lowrank.compress`; ``task`` and ``settings``:
@@ -141,8 +165,10 @@ def compress_sequential(path_or_name: Union[str, Path], ranks: Ranks, method: st
     spec.check_options(options)
     unsupported = [kind for kind in spec.needs if kind not in KINDS]
     if unsupported:
-        raise ValueError(f"sequential mode cannot compute {', '.join(unsupported)} statistics (method {method!r}); "
-                         "compress this model in memory")
+        raise ValueError(
+            f"sequential mode cannot compute {', '.join(unsupported)} statistics (method {method!r}); "
+            "compress this model in memory"
+        )
     if inputs not in INPUTS:
         raise ValueError(f"inputs must be one of {', '.join(INPUTS)}, got {inputs!r}")
     name = str(path_or_name)
@@ -151,8 +177,10 @@ def compress_sequential(path_or_name: Union[str, Path], ranks: Ranks, method: st
     config = load_config(str(folder), name, True)
     layout = decoder_layout(config)
     if model_kind(config) != "causal-lm" or layout is None:
-        raise ModelLoadError(f"sequential mode compresses causal LMs of type {', '.join(supported_types())}; "
-                             f"{name} is a {model_kind(config)} of type {config.model_type!r}")
+        raise ModelLoadError(
+            f"sequential mode compresses causal LMs of type {', '.join(supported_types())}; "
+            f"{name} is a {model_kind(config)} of type {config.model_type!r}"
+        )
     checkpoint = Checkpoint(folder)
     tokenizer = _tokenizer(folder)
     config.pad_token_id = tokenizer.pad_token_id  # as load_model sets it
@@ -165,8 +193,10 @@ def compress_sequential(path_or_name: Union[str, Path], ranks: Ranks, method: st
             raise ValueError(f"method {method!r} needs statistics from calibration data: pass a task")
         task = load_task(task)
         if gradients and task.kind != "lm":
-            raise ValueError(f"the gradients of a causal LM need a language-modelling task (e.g. lee); {task.name!r} "
-                             f"is a {task.kind} task")
+            raise ValueError(
+                f"the gradients of a causal LM need a language-modelling task (e.g. lee); {task.name!r} "
+                f"is a {task.kind} task"
+            )
         batches = sample(task, tokenizer, settings)
     stream.load_resident()
     info = CompressionInfo(base_model=name, kind="causal-lm", method=method, ranks=plan)
@@ -175,8 +205,11 @@ def compress_sequential(path_or_name: Union[str, Path], ranks: Ranks, method: st
         writer = ShardWriter(tmp, stream.num_blocks + 1)
         writer.write(0, stream.resident_state())
         layers = list(plan)
-        sweep = (gradient_sweep(stream, batches, layers, spec.needs, tmp / WORKDIR) if gradients
-                 else forward_sweep(stream, batches, layers, spec.needs, inputs))
+        sweep = (
+            gradient_sweep(stream, batches, layers, spec.needs, tmp / WORKDIR)
+            if gradients
+            else forward_sweep(stream, batches, layers, spec.needs, inputs)
+        )
         for done, step in enumerate(sweep):
             report(progress, done, stream.num_blocks, f"{method}: block {step.index}")
             _compress_block(step, layout.block_name(step.index) + ".", plan, method, options, info)
@@ -185,8 +218,15 @@ def compress_sequential(path_or_name: Union[str, Path], ranks: Ranks, method: st
         writer.finish()
         stream.model.config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        statistics = "gradient sweep (dense model)" if gradients else (f"forward sweep ({inputs} inputs)" if batches else "none")
-        meta = info.to_json() | {"sequential": {"statistics": statistics, "examples": sum(len(b["input_ids"]) for b in batches),
-                                                "blocks": stream.num_blocks}}
+        statistics = (
+            "gradient sweep (dense model)" if gradients else (f"forward sweep ({inputs} inputs)" if batches else "none")
+        )
+        meta = info.to_json() | {
+            "sequential": {
+                "statistics": statistics,
+                "examples": sum(len(b["input_ids"]) for b in batches),
+                "blocks": stream.num_blocks,
+            }
+        }
         (tmp / "lowrank.json").write_text(json.dumps(meta, indent=2))
     return out

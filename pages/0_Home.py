@@ -26,12 +26,16 @@ def demo_wait(model: str, task: str, current: bool) -> bool:
     recipe = session.finetune_recipe(model, task)
     where = "above" if current else "below"
     if recipe.name == session.wanted_model():
-        why = (f"The demo runs on {labels.model_label(recipe.name)}, which is not built yet (its progress is {where}); "
-               f"meanwhile the pages work on {labels.model_label(model)}, whose classification head is untrained.")
+        why = (
+            f"The demo runs on {labels.model_label(recipe.name)}, which is not built yet (its progress is {where}); "
+            f"meanwhile the pages work on {labels.model_label(model)}, whose classification head is untrained."
+        )
     else:
-        why = (f"The demo is off: the default model {labels.model_label(model)} has no trained classification head "
-               f"for {labels.task_label(task)}, so its accuracies would say nothing about a method. Fine-tune it "
-               f"({where}) and make the result the default (`LOWRANK_DEFAULT_MODEL`).")
+        why = (
+            f"The demo is off: the default model {labels.model_label(model)} has no trained classification head "
+            f"for {labels.task_label(task)}, so its accuracies would say nothing about a method. Fine-tune it "
+            f"({where}) and make the result the default (`LOWRANK_DEFAULT_MODEL`)."
+        )
     st.info(why, icon=":material/hourglass_top:")
     if not current:
         widgets.build_card(recipe)
@@ -47,27 +51,43 @@ def run_demo() -> None:
         widgets.show_error("Demo", err)
         return
     needs = needs_for(DEMO_METHODS, DEMO_STRATEGY)
-    with st.status(f"Stakeholder demo on {labels.model_label(model)} · {labels.task_label(task)}", expanded=True) as status:
+    with st.status(
+        f"Stakeholder demo on {labels.model_label(model)} · {labels.task_label(task)}", expanded=True
+    ) as status:
         try:
             st.write("1/4 Singular-value spectra of every compressible layer")
             frame = cache.spectra(model, task)
-            st.write(f"{len(frame)} layers; median effective rank {frame['effective_rank'].median():.0f} "
-                     f"of {int(frame[['out', 'in']].min(axis=1).median())}")
+            st.write(
+                f"{len(frame)} layers; median effective rank {frame['effective_rank'].median():.0f} "
+                f"of {int(frame[['out', 'in']].min(axis=1).median())}"
+            )
             st.write(f"2/4 {labels.statistics_label(needs) or 'No statistics needed'}")
             cache.statistics(model, task, needs)
             st.write(f"3/4 Budget plan: {DEMO_STRATEGY} at {session.DEFAULT_BUDGET:.0%} of the compressible parameters")
             session.set_plan(cache.plan_ranks(model, task, session.DEFAULT_BUDGET, DEMO_STRATEGY))
-            st.write(f"4/4 Factorization sweep in the background: {', '.join(DEMO_METHODS)} × "
-                     f"{', '.join(f'{b:.0%}' for b in DEMO_BUDGETS)}")
-            spec = SweepSpec(model=model, task=task, methods=list(DEMO_METHODS), budgets=list(DEMO_BUDGETS),
-                             strategy=DEMO_STRATEGY, eval_limit=session.eval_limit(), label=DEMO_LABEL)
+            st.write(
+                f"4/4 Factorization sweep in the background: {', '.join(DEMO_METHODS)} × "
+                f"{', '.join(f'{b:.0%}' for b in DEMO_BUDGETS)}"
+            )
+            spec = SweepSpec(
+                model=model,
+                task=task,
+                methods=list(DEMO_METHODS),
+                budgets=list(DEMO_BUDGETS),
+                strategy=DEMO_STRATEGY,
+                eval_limit=session.eval_limit(),
+                label=DEMO_LABEL,
+            )
             start_sweep(spec, cache.store())
         except widgets.USER_ERRORS as err:
             status.update(label="Demo failed", state="error")
             widgets.show_error("Demo", err)
             return
-        status.update(label="Demo started: the sweep runs in the background (you can leave this page)", state="complete",
-                      expanded=False)
+        status.update(
+            label="Demo started: the sweep runs in the background (you can leave this page)",
+            state="complete",
+            expanded=False,
+        )
 
 
 def demo_results() -> None:
@@ -91,9 +111,17 @@ def demo_results() -> None:
         runs = store.runs(sweep_id=sweep_id, status="done")
         compressed = runs[runs["method"] != "dense"]
         weights = runs["fingerprint"].dropna()
-        dense = (cache.dense_row(spec["task"], weights.iloc[0], spec["split"], spec["eval_limit"]) if len(weights) else
-                 store.find_run(method="dense", model=spec["model"], task=spec["task"], split=spec["split"],
-                                eval_limit=spec["eval_limit"]))
+        dense = (
+            cache.dense_row(spec["task"], weights.iloc[0], spec["split"], spec["eval_limit"])
+            if len(weights)
+            else store.find_run(
+                method="dense",
+                model=spec["model"],
+                task=spec["task"],
+                split=spec["split"],
+                eval_limit=spec["eval_limit"],
+            )
+        )
         if compressed.empty and dense is None:
             return
         flagged = widgets.destroyed_runs(compressed, dense, spec["task"])
@@ -103,10 +131,14 @@ def demo_results() -> None:
             reference = labels.fmt_metric(dense["metric"], dense["value"])
             lines = []
             for budget, group in compressed.sort_values("budget").groupby("budget", sort=True):
-                results = ", ".join(f"{row['method']} **{labels.fmt_metric(row['metric'], row['value'])}**"
-                                    + (" (✕ destroys the model)" if row["id"] in flagged else "")
-                                    for row in group.drop_duplicates("method").sort_values("method").to_dict("records"))
-                lines.append(f"- keeping **{budget:.0%}** of the compressible parameters: {results} (dense {reference})")
+                results = ", ".join(
+                    f"{row['method']} **{labels.fmt_metric(row['metric'], row['value'])}**"
+                    + (" (✕ destroys the model)" if row["id"] in flagged else "")
+                    for row in group.drop_duplicates("method").sort_values("method").to_dict("records")
+                )
+                lines.append(
+                    f"- keeping **{budget:.0%}** of the compressible parameters: {results} (dense {reference})"
+                )
             st.markdown("\n".join(lines))
 
     live()
@@ -114,8 +146,10 @@ def demo_results() -> None:
 
 st.title("lowrank-studio")
 st.caption(layout.entry_for(__file__).next)
-st.markdown("Compress a Transformer by replacing its Linear layers with **low-rank factors**, weighted by how much "
-            "each weight matters to the task (its **Fisher information**). The workflow:")
+st.markdown(
+    "Compress a Transformer by replacing its Linear layers with **low-rank factors**, weighted by how much "
+    "each weight matters to the task (its **Fisher information**). The workflow:"
+)
 for number, entry in enumerate(layout.PAGES[1:], start=1):
     cols = st.columns([1, 3], vertical_alignment="center")
     cols[0].page_link(entry.script, label=f"{number}. {entry.title}", icon=entry.icon)
@@ -124,39 +158,63 @@ for number, entry in enumerate(layout.PAGES[1:], start=1):
 st.subheader("Current status")
 model, task, current_plan = session.model_key(), session.task_key(), session.plan()
 dense = cache.store().find_run(method="dense", model=model, task=task)
-plan_text = ("none yet: open Ranks" if current_plan is None else
-             f"{labels.plan_fraction(current_plan):.0%} kept · {current_plan.strategy} · "
-             f"{len(current_plan.ranks)} of {len(current_plan.layers)} layers factorized")
-dense_text = (f"{labels.quality_label(dense['metric'], cache.head_untrained(model, task)).lower()} "
-              f"{labels.fmt_metric(dense['metric'], dense['value'])}" if dense else "not measured yet: open Model & task")
-for col, (label, value) in zip(st.columns(4), [("Model", labels.model_label(model)), ("Task", labels.task_label(task)),
-                                               ("Rank plan", plan_text), ("Dense model", dense_text)]):
+plan_text = (
+    "none yet: open Ranks"
+    if current_plan is None
+    else f"{labels.plan_fraction(current_plan):.0%} kept · {current_plan.strategy} · "
+    f"{len(current_plan.ranks)} of {len(current_plan.layers)} layers factorized"
+)
+dense_text = (
+    f"{labels.quality_label(dense['metric'], cache.head_untrained(model, task)).lower()} "
+    f"{labels.fmt_metric(dense['metric'], dense['value'])}"
+    if dense
+    else "not measured yet: open Model & task"
+)
+for col, (label, value) in zip(
+    st.columns(4),
+    [
+        ("Model", labels.model_label(model)),
+        ("Task", labels.task_label(task)),
+        ("Rank plan", plan_text),
+        ("Dense model", dense_text),
+    ],
+):
     with col.container(border=True, height="stretch"):
         st.caption(label)
         st.markdown(f"**{value}**")
 widgets.untrained_head_warning(model, task)
 
 st.subheader("Stakeholder demo")
-st.markdown(f"One click on the default model (**{labels.model_label(session.wanted_model())}**, "
-            f"{labels.task_label(session.default_task_for(session.wanted_model()))}): spectra → "
-            f"{labels.statistics_label(needs_for(DEMO_METHODS, DEMO_STRATEGY))} → a {DEMO_STRATEGY} budget plan → "
-            f"{' vs '.join(DEMO_METHODS)} at "
-            f"{', '.join(f'{b:.0%}' for b in DEMO_BUDGETS)} of the parameters → the trade-off plot. "
-            "The factorizations run in the background and are stored; timings in `docs/results/dashboard.md`.")
+st.markdown(
+    f"One click on the default model (**{labels.model_label(session.wanted_model())}**, "
+    f"{labels.task_label(session.default_task_for(session.wanted_model()))}): spectra → "
+    f"{labels.statistics_label(needs_for(DEMO_METHODS, DEMO_STRATEGY))} → a {DEMO_STRATEGY} budget plan → "
+    f"{' vs '.join(DEMO_METHODS)} at "
+    f"{', '.join(f'{b:.0%}' for b in DEMO_BUDGETS)} of the parameters → the trade-off plot. "
+    "The factorizations run in the background and are stored; timings in `docs/results/dashboard.md`."
+)
 demo_model = session.default_model()
 demo_task = session.default_task_for(demo_model)
 waits = demo_wait(demo_model, demo_task, (demo_model, demo_task) == (model, task))
 hand_edited = current_plan is not None and bool(current_plan.meta.get("edited"))
-if st.button("Run the demo", type="primary", icon=":material/play_arrow:", disabled=waits,
-             help="needs a trained classification head (see above)" if waits else None):
+if st.button(
+    "Run the demo",
+    type="primary",
+    icon=":material/play_arrow:",
+    disabled=waits,
+    help="needs a trained classification head (see above)" if waits else None,
+):
     if hand_edited:
         st.session_state["demo_confirm"] = True  # the demo would replace a plan edited by hand: ask first
     else:
         run_demo()
 if st.session_state.get("demo_confirm") and hand_edited and not waits:
     with st.container(border=True):
-        st.warning(f"The demo replaces your hand-edited rank plan ({labels.plan_fraction(current_plan):.0%} kept) with a "
-                   f"{DEMO_STRATEGY} plan. Export it on the Ranks page first to keep it.", icon=":material/warning:")
+        st.warning(
+            f"The demo replaces your hand-edited rank plan ({labels.plan_fraction(current_plan):.0%} kept) with a "
+            f"{DEMO_STRATEGY} plan. Export it on the Ranks page first to keep it.",
+            icon=":material/warning:",
+        )
         cols = st.columns([1, 1, 3])
         replace = cols[0].button("Replace it and run the demo", type="primary", key="demo_replace")
         keep = cols[1].button("Keep my plan", key="demo_keep")

@@ -37,14 +37,22 @@ with left:
     source = st.radio("Source", sources, index=0 if packaged else 1, horizontal=True, key="model_source")
     if source == sources[0]:
         names = list(lowrank.PACKAGED)
-        choice = st.selectbox("Packaged model", names, index=names.index(model) if packaged else 0,
-                              format_func=lambda n: f"{n}: {lowrank.PACKAGED[n]}", key="packaged_model")
+        choice = st.selectbox(
+            "Packaged model",
+            names,
+            index=names.index(model) if packaged else 0,
+            format_func=lambda n: f"{n}: {lowrank.PACKAGED[n]}",
+            key="packaged_model",
+        )
         if choice != model and try_select(choice, task):
             st.rerun()
     else:
         with st.form("custom_model", border=False):
-            typed = st.text_input("Hugging Face id or local folder", value="" if packaged else model,
-                                  placeholder="e.g. prajjwal1/bert-tiny or /data/models/my-bert")
+            typed = st.text_input(
+                "Hugging Face id or local folder",
+                value="" if packaged else model,
+                placeholder="e.g. prajjwal1/bert-tiny or /data/models/my-bert",
+            )
             submitted = st.form_submit_button("Load model", icon=":material/download:")
         if submitted:
             typed = typed.strip()
@@ -71,13 +79,23 @@ with right:
     if csv_fits:
         options.append(upload)
     else:
-        st.caption(f"{labels.model_label(model)} is a causal language model: it is measured by perplexity on a text "
-                   "task (classification tasks and CSV uploads need a classifier).")
-    picked = st.radio("Task", options, index=options.index(task) if task in options else 0, key="task_choice",
-                      format_func=lambda k: "Upload a CSV (columns text,label)" if k == upload else labels.task_label(k))
+        st.caption(
+            f"{labels.model_label(model)} is a causal language model: it is measured by perplexity on a text "
+            "task (classification tasks and CSV uploads need a classifier)."
+        )
+    picked = st.radio(
+        "Task",
+        options,
+        index=options.index(task) if task in options else 0,
+        key="task_choice",
+        format_func=lambda k: "Upload a CSV (columns text,label)" if k == upload else labels.task_label(k),
+    )
     if picked == upload:
-        uploaded = st.file_uploader("CSV with columns text,label (optional split column: train/validation/test)",
-                                    type=["csv"], key="task_upload")
+        uploaded = st.file_uploader(
+            "CSV with columns text,label (optional split column: train/validation/test)",
+            type=["csv"],
+            key="task_upload",
+        )
         if uploaded is not None:
             try:
                 path = cache.save_upload(uploaded.name, uploaded.getvalue())
@@ -105,28 +123,45 @@ layers = cache.layer_table(model, task)
 total = loaded.num_parameters()
 linear = int(layers["params"].sum())
 architecture = (getattr(config, "architectures", None) or [type(loaded.model).__name__])[0]
-st.markdown(f"**{architecture}** (`{config.model_type}`, {loaded.kind}) · "
-            f"{getattr(config, 'num_hidden_layers', '?')} blocks · hidden size {getattr(config, 'hidden_size', '?')} · "
-            f"{getattr(config, 'num_attention_heads', '?')} attention heads · vocabulary {getattr(config, 'vocab_size', 0):,}")
+st.markdown(
+    f"**{architecture}** (`{config.model_type}`, {loaded.kind}) · "
+    f"{getattr(config, 'num_hidden_layers', '?')} blocks · hidden size {getattr(config, 'hidden_size', '?')} · "
+    f"{getattr(config, 'num_attention_heads', '?')} attention heads · vocabulary {getattr(config, 'vocab_size', 0):,}"
+)
 cols = st.columns(4)
 cols[0].metric("Parameters", labels.fmt_params(total), help=f"{total:,}")
-cols[1].metric("In compressible layers", labels.fmt_params(linear), f"{linear / total:.0%} of all", delta_color="off",
-               delta_arrow="off", help=f"{linear:,}; embeddings, norms and heads stay dense")
+cols[1].metric(
+    "In compressible layers",
+    labels.fmt_params(linear),
+    f"{linear / total:.0%} of all",
+    delta_color="off",
+    delta_arrow="off",
+    help=f"{linear:,}; embeddings, norms and heads stay dense",
+)
 cols[2].metric("Elsewhere", labels.fmt_params(total - linear), help="embeddings, norms, biases and heads")
 cols[3].metric("Compressible layers", len(layers))
 with st.expander(f"Compressible layers ({len(layers)})"):
-    st.dataframe(layers, hide_index=True, column_config={
-        "name": st.column_config.TextColumn("layer", width="large"),
-        "params": st.column_config.NumberColumn("params", format="localized"),
-        "break_even": st.column_config.NumberColumn("break-even rank", help="r (out + in) >= out x in: no saving at or above"),
-        "max_rank": st.column_config.NumberColumn("largest useful rank"),
-    })
+    st.dataframe(
+        layers,
+        hide_index=True,
+        column_config={
+            "name": st.column_config.TextColumn("layer", width="large"),
+            "params": st.column_config.NumberColumn("params", format="localized"),
+            "break_even": st.column_config.NumberColumn(
+                "break-even rank", help="r (out + in) >= out x in: no saving at or above"
+            ),
+            "max_rank": st.column_config.NumberColumn("largest useful rank"),
+        },
+    )
 
 st.subheader("Task")
 sizes = task_obj.sizes()
 label_names = ", ".join(task_obj.label_names) if task_obj.label_names else "none (next-token prediction)"
-st.markdown(f"**{labels.task_label(task)}** · {task_obj.kind} · "
-            + " / ".join(f"{sizes[s]:,} {s}" for s in sizes) + f" · labels: {label_names}")
+st.markdown(
+    f"**{labels.task_label(task)}** · {task_obj.kind} · "
+    + " / ".join(f"{sizes[s]:,} {s}" for s in sizes)
+    + f" · labels: {label_names}"
+)
 with st.expander("Examples from the validation split"):
     texts = task_obj.split_texts("validation")[:5]
     rows = {"text": [str(t) for t in texts]}
@@ -136,8 +171,12 @@ with st.expander("Examples from the validation split"):
 
 st.subheader("Dense model quality")
 with st.expander("Evaluation settings"):
-    limit = st.number_input("Evaluate on at most this many batches of the validation split (0 = all of it)",
-                            min_value=0, value=session.eval_limit() or 0, step=1)
+    limit = st.number_input(
+        "Evaluate on at most this many batches of the validation split (0 = all of it)",
+        min_value=0,
+        value=session.eval_limit() or 0,
+        step=1,
+    )
     if (limit or None) != session.eval_limit():
         session.set_eval_limit(int(limit) or None)
         st.rerun()
@@ -157,14 +196,23 @@ except widgets.USER_ERRORS as err:
     st.stop()
 untrained = widgets.untrained_head_warning(model, task)
 cols = st.columns(5)
-cols[0].metric(labels.quality_label(dense["metric"], untrained), labels.fmt_metric(dense["metric"], dense["value"]),
-               help=f"{dense['examples']:,} {'examples' if dense['metric'] == 'accuracy' else 'tokens'} of the validation split")
+cols[0].metric(
+    labels.quality_label(dense["metric"], untrained),
+    labels.fmt_metric(dense["metric"], dense["value"]),
+    help=f"{dense['examples']:,} {'examples' if dense['metric'] == 'accuracy' else 'tokens'} of the validation split",
+)
 cols[1].metric("Loss", f"{dense['loss']:.4f}")
 cols[2].metric("Size on disk", labels.fmt_bytes(dense["size_bytes"]), help="safetensors file, float32")
-cols[3].metric("Latency, batch 1", labels.fmt_ms(dense["latency_ms_b1"]),
-               help=labels.latency_help(dense.get("latency_info"), "b1"))
-cols[4].metric("Latency, batch 32", labels.fmt_ms(dense["latency_ms_b32"]),
-               help=labels.latency_help(dense.get("latency_info"), "b32"))
+cols[3].metric(
+    "Latency, batch 1", labels.fmt_ms(dense["latency_ms_b1"]), help=labels.latency_help(dense.get("latency_info"), "b1")
+)
+cols[4].metric(
+    "Latency, batch 32",
+    labels.fmt_ms(dense["latency_ms_b32"]),
+    help=labels.latency_help(dense.get("latency_info"), "b32"),
+)
 measured = time.strftime("%Y-%m-%d %H:%M", time.localtime(dense["finished"]))
-st.caption(f"Run #{dense['id']} in the run store, measured {measured}; reused until the weights, task or evaluation "
-           "settings change.")
+st.caption(
+    f"Run #{dense['id']} in the run store, measured {measured}; reused until the weights, task or evaluation "
+    "settings change."
+)

@@ -42,9 +42,14 @@ def plan_ranks() -> tuple[dict[str, int], str]:
 
 layer_names = {row["name"]: plots.layer_label(row) for _, row in frame.iterrows()}
 first_block = frame["block"].min()
-selected = st.multiselect("Layers", list(layer_names), default=list(frame.loc[frame["block"] == first_block, "name"]),
-                          format_func=lambda n: layer_names[n], key="spectra_layers",
-                          help="Singular values and energy curves of these layers")
+selected = st.multiselect(
+    "Layers",
+    list(layer_names),
+    default=list(frame.loc[frame["block"] == first_block, "name"]),
+    format_func=lambda n: layer_names[n],
+    key="spectra_layers",
+    help="Singular values and energy curves of these layers",
+)
 left, right = st.columns(2)
 left.plotly_chart(plots.spectrum_figure(frame, selected), key="spectrum")
 right.plotly_chart(plots.energy_figure(frame, selected), key="energy")
@@ -57,18 +62,29 @@ st.subheader("By block and layer type")
 have_statistics = cache.is_cached(model, task, cache.PREDICTION_NEEDS)
 needed = labels.statistics_label(cache.PREDICTION_NEEDS)
 examples = f"{DEFAULT.num_batches * DEFAULT.batch_size} {DEFAULT.split} examples"
-column = st.segmented_control("Statistic", list(plots.HEATMAP_METRICS), default="effective_rank",
-                              format_func=plots.HEATMAP_METRICS.get, required=True, key="heatmap_metric")
+column = st.segmented_control(
+    "Statistic",
+    list(plots.HEATMAP_METRICS),
+    default="effective_rank",
+    format_func=plots.HEATMAP_METRICS.get,
+    required=True,
+    key="heatmap_metric",
+)
 stats = frame.drop(columns=["singular_values", "energy"])
 if column in FISHER_STATISTICS and not have_statistics:
-    st.info(f"Fisher dispersion and SVD risk need the {needed} of the model on the task "
-            f"(one pass over {examples}, cached on disk).", icon=":material/info:")
+    st.info(
+        f"Fisher dispersion and SVD risk need the {needed} of the model on the task "
+        f"(one pass over {examples}, cached on disk).",
+        icon=":material/info:",
+    )
     widgets.statistics_button(model, task, cache.PREDICTION_NEEDS, type="primary")
 elif column == "dispersion":
     stats["dispersion"] = stats["name"].map(cache.dispersion(model, task))
     st.plotly_chart(plots.heatmap_figure(stats, "dispersion"), key="heatmap")
-    st.caption("Coefficient of variation of the Fisher information summed per input feature: 0 when every input "
-               "matters equally; large where plain SVD spends its rank on the wrong directions.")
+    st.caption(
+        "Coefficient of variation of the Fisher information summed per input feature: 0 when every input "
+        "matters equally; large where plain SVD spends its rank on the wrong directions."
+    )
 elif column == "risk":
     ranks, source = plan_ranks()
     table = cache.risk(model, task, tuple(sorted(ranks.items())))
@@ -76,12 +92,15 @@ elif column == "risk":
     st.plotly_chart(plots.heatmap_figure(stats, "risk"), key="heatmap")
     summary = risk_summary(table)
     verdict = "plain SVD is expected to lose accuracy" if summary["svd_expected_to_drop"] else "plain SVD looks safe"
-    st.caption(f"Predicted loss increase of plain SVD divided by that of Fisher-weighted SVD, at the ranks of {source} "
-               "(empty cells: layers kept dense).")
+    st.caption(
+        f"Predicted loss increase of plain SVD divided by that of Fisher-weighted SVD, at the ranks of {source} "
+        "(empty cells: layers kept dense)."
+    )
     (st.warning if summary["svd_expected_to_drop"] else st.success)(
         f"{verdict}: predicted loss increase {summary['total_loss_svd']:.4g} (SVD) vs {summary['total_loss_weighted']:.4g} "
         f"(weighted); {len(summary['flagged'])} layer(s) flagged with risk ≥ {RISK_THRESHOLD:g}"
-        + (f": {', '.join(layer_names[n] for n in summary['flagged'][:8])}" if summary["flagged"] else ""))
+        + (f": {', '.join(layer_names[n] for n in summary['flagged'][:8])}" if summary["flagged"] else "")
+    )
 elif column in TAYLOR_TERMS:
     ranks, source = plan_ranks()
     try:
@@ -92,16 +111,20 @@ elif column in TAYLOR_TERMS:
     stats[column] = stats["name"].map({name: e[TAYLOR_TERMS[column]] for name, e in estimates.items()})
     st.plotly_chart(plots.heatmap_figure(stats, column), key="heatmap")
     if column == "taylor":
-        st.caption(f"Loss change (nats) predicted for replacing each layer alone by its plain-SVD approximation at the "
-                   f"ranks of {source}: the first-order term plus the full empirical-Fisher quadratic form over "
-                   f"{examples} (lowrank.statistics.fisher.svd_loss_change). Negative: the change is expected "
-                   f"to lower the loss. How well it ranks layers: `{RESULTS}`.")
+        st.caption(
+            f"Loss change (nats) predicted for replacing each layer alone by its plain-SVD approximation at the "
+            f"ranks of {source}: the first-order term plus the full empirical-Fisher quadratic form over "
+            f"{examples} (lowrank.statistics.fisher.svd_loss_change). Negative: the change is expected "
+            f"to lower the loss. How well it ranks layers: `{RESULTS}`."
+        )
     else:
-        st.caption(f"How much replacing each layer alone by its plain-SVD approximation at the ranks of {source} "
-                   "changes the model: the full empirical-Fisher quadratic form 0.5 mean_n <g_n, dW>^2 over "
-                   f"{examples}, a second-order estimate of the mean KL divergence between the dense and the "
-                   "compressed predictions (nats); whether a change raises or lowers the validation loss it cannot "
-                   f"say. How well it ranks layers: `{RESULTS}`.")
+        st.caption(
+            f"How much replacing each layer alone by its plain-SVD approximation at the ranks of {source} "
+            "changes the model: the full empirical-Fisher quadratic form 0.5 mean_n <g_n, dW>^2 over "
+            f"{examples}, a second-order estimate of the mean KL divergence between the dense and the "
+            "compressed predictions (nats); whether a change raises or lowers the validation loss it cannot "
+            f"say. How well it ranks layers: `{RESULTS}`."
+        )
 else:
     st.plotly_chart(plots.heatmap_figure(stats, column), key="heatmap")
     if not have_statistics:

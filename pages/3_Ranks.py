@@ -29,11 +29,21 @@ except widgets.USER_ERRORS as err:
 with st.container(border=True):
     strategies = available_strategies()
     cols = st.columns([3, 2, 1], vertical_alignment="bottom")
-    budget = cols[0].slider("Budget: kept fraction of the compressible parameters", 0.05, 1.0, session.DEFAULT_BUDGET,
-                            0.01, format="%.2f", key="ranks_budget")
-    strategy = cols[1].selectbox("Strategy", strategies,
-                                 index=strategies.index(plan.strategy) if plan.strategy in strategies else 0,
-                                 key="ranks_strategy")
+    budget = cols[0].slider(
+        "Budget: kept fraction of the compressible parameters",
+        0.05,
+        1.0,
+        session.DEFAULT_BUDGET,
+        0.01,
+        format="%.2f",
+        key="ranks_budget",
+    )
+    strategy = cols[1].selectbox(
+        "Strategy",
+        strategies,
+        index=strategies.index(plan.strategy) if plan.strategy in strategies else 0,
+        key="ranks_strategy",
+    )
     fill = cols[2].button("Fill ranks", type="primary", icon=":material/auto_fix_high:", width="stretch")
     spec = get_strategy(strategy)
     needs = needs_for(strategy=strategy)
@@ -56,14 +66,30 @@ curves = cache.loss_curves(model, task) if cache.is_cached(model, task, cache.PR
 def plan_frame(p: RankPlan, messages: dict[str, str]) -> pd.DataFrame:
     frame = p.to_frame().merge(layers[["name", "type", "block", "break_even"]], on="name")
     frame["kept"] = frame["params"] / frame["dense_params"]
-    frame["predicted_loss"] = [(0.0 if pd.isna(r) else float(curves[n][int(r)])) if curves is not None else math.nan
-                               for n, r in zip(frame["name"], frame["rank"])]
+    frame["predicted_loss"] = [
+        (0.0 if pd.isna(r) else float(curves[n][int(r)])) if curves is not None else math.nan
+        for n, r in zip(frame["name"], frame["rank"])
+    ]
     frame["shape"] = [f"{o}×{i}" for o, i in zip(frame["out"], frame["in"])]
     frame["layer"] = [re.sub(r"^.*?\.\d+\.", "", n) for n in frame["name"]]  # without the block prefix
     frame["rank"] = ["" if pd.isna(r) else str(int(r)) for r in frame["rank"]]  # text: every typed value is checked
     frame["message"] = [messages.get(n, "") for n in frame["name"]]
-    return frame[["name", "layer", "block", "type", "shape", "rank", "message", "break_even", "params", "kept",
-                  "predicted_loss", "dense"]]
+    return frame[
+        [
+            "name",
+            "layer",
+            "block",
+            "type",
+            "shape",
+            "rank",
+            "message",
+            "break_even",
+            "params",
+            "kept",
+            "predicted_loss",
+            "dense",
+        ]
+    ]
 
 
 # ---------------------------------------------------------------- the editable table
@@ -79,8 +105,11 @@ def plan_editor() -> None:
     plan = session.plan()
     names = [layer.name for layer in plan.layers]
     editor_key = f"rank_editor_{st.session_state['editor_version']}"
-    edits = {int(row): edit["rank"] for row, edit in (st.session_state.get(editor_key) or {}).get("edited_rows", {}).items()
-             if "rank" in edit}
+    edits = {
+        int(row): edit["rank"]
+        for row, edit in (st.session_state.get(editor_key) or {}).get("edited_rows", {}).items()
+        if "rank" in edit
+    }
     changes, refused, normalized = {}, {}, {}
     for row, typed in edits.items():
         name = names[row]
@@ -98,8 +127,10 @@ def plan_editor() -> None:
         st.session_state["plan"] = plan
     session.render_status()  # the sidebar line; written on every run, so fragment reruns may write it too
     if edits:
-        st.session_state["rank_messages"] = {**{n: f"refused: {m}" for n, m in refused.items()},
-                                             **{n: f"note: {m}" for n, m in normalized.items()}}
+        st.session_state["rank_messages"] = {
+            **{n: f"refused: {m}" for n, m in refused.items()},
+            **{n: f"note: {m}" for n, m in normalized.items()},
+        }
         if refused or normalized:
             st.session_state["editor_version"] += 1  # a fresh editor, showing the ranks as kept
     for name, message in refused.items():
@@ -111,47 +142,78 @@ def plan_editor() -> None:
     messages = st.session_state["rank_messages"]
     frame = plan_frame(plan, messages)
     st.data_editor(
-        frame, key=f"rank_editor_{st.session_state['editor_version']}", hide_index=True,
+        frame,
+        key=f"rank_editor_{st.session_state['editor_version']}",
+        hide_index=True,
         height=min(35 * len(frame) + 38, 560),
         disabled=[c for c in frame.columns if c != "rank"],
-        column_order=[c for c in frame.columns if c != "name" and (c != "predicted_loss" or curves is not None)
-                      and (c != "message" or messages)],
+        column_order=[
+            c
+            for c in frame.columns
+            if c != "name" and (c != "predicted_loss" or curves is not None) and (c != "message" or messages)
+        ],
         column_config={
             "layer": st.column_config.TextColumn("layer", width="medium", pinned=True),
             "block": st.column_config.NumberColumn("block", width="small"),
-            "rank": st.column_config.TextColumn("rank", help="Rank of U (out×r) V (r×in): a whole number from 1 to "
-                                                "min(out, in); empty: keep the layer dense"),
-            "message": st.column_config.TextColumn("message", width="large",
-                                                   help="Why the last edit of this row's rank was refused or changed"),
-            "break_even": st.column_config.NumberColumn("break-even", help="At or above this rank the factors are not "
-                                                        "smaller than the dense matrix"),
+            "rank": st.column_config.TextColumn(
+                "rank",
+                help="Rank of U (out×r) V (r×in): a whole number from 1 to min(out, in); empty: keep the layer dense",
+            ),
+            "message": st.column_config.TextColumn(
+                "message", width="large", help="Why the last edit of this row's rank was refused or changed"
+            ),
+            "break_even": st.column_config.NumberColumn(
+                "break-even", help="At or above this rank the factors are not smaller than the dense matrix"
+            ),
             "params": st.column_config.NumberColumn("kept params", format="localized"),
             "kept": st.column_config.ProgressColumn("kept", format="percent", min_value=0.0, max_value=1.0),
-            "predicted_loss": st.column_config.NumberColumn("predicted loss ↑ (nats)", format=labels.SMALL_NUMBER_FORMAT,
-                                                            help="Second-order estimate from the Fisher information (nats)"),
-            "dense": st.column_config.CheckboxColumn("dense", help="Break-even flag: the layer stays dense because a "
-                                                     "useful rank would be at or above break-even (or you cleared its "
-                                                     "rank)"),
-        })
+            "predicted_loss": st.column_config.NumberColumn(
+                "predicted loss ↑ (nats)",
+                format=labels.SMALL_NUMBER_FORMAT,
+                help="Second-order estimate from the Fisher information (nats)",
+            ),
+            "dense": st.column_config.CheckboxColumn(
+                "dense",
+                help="Break-even flag: the layer stays dense because a "
+                "useful rank would be at or above break-even (or you cleared its "
+                "rank)",
+            ),
+        },
+    )
 
     with totals:
         fraction = labels.plan_fraction(plan)
         cols = st.columns(5)
-        cols[0].metric("Kept parameters", f"{plan.params:,}", f"{fraction:.1%} of {labels.fmt_params(plan.dense_params)}",
-                       delta_color="off", delta_arrow="off",
-                       help=f"{plan.params:,} of {plan.dense_params:,} in compressible layers")
+        cols[0].metric(
+            "Kept parameters",
+            f"{plan.params:,}",
+            f"{fraction:.1%} of {labels.fmt_params(plan.dense_params)}",
+            delta_color="off",
+            delta_arrow="off",
+            help=f"{plan.params:,} of {plan.dense_params:,} in compressible layers",
+        )
         over = plan.params - plan.budget
-        cols[1].metric("Budget", labels.fmt_params(plan.budget),
-                       f"{'over' if over > 0 else 'within'} by {labels.fmt_params(abs(over))}",
-                       delta_color="inverse" if over > 0 else "normal", delta_arrow="off",
-                       help=f"{plan.budget:,} parameters ({plan.budget / plan.dense_params:.1%}); strategy {plan.strategy}"
-                       + (", edited by hand" if plan.meta.get("edited") else ""))
+        cols[1].metric(
+            "Budget",
+            labels.fmt_params(plan.budget),
+            f"{'over' if over > 0 else 'within'} by {labels.fmt_params(abs(over))}",
+            delta_color="inverse" if over > 0 else "normal",
+            delta_arrow="off",
+            help=f"{plan.budget:,} parameters ({plan.budget / plan.dense_params:.1%}); strategy {plan.strategy}"
+            + (", edited by hand" if plan.meta.get("edited") else ""),
+        )
         cols[2].metric("Factorized layers", f"{len(plan.ranks)} / {len(plan.layers)}")
         predicted = frame["predicted_loss"].sum(min_count=1)
-        cols[3].metric("Predicted loss increase", labels.fmt_small(predicted, "nats"),
-                       help="Sum over layers of the Fisher-predicted loss increase (nats)")
-        cols[4].metric("Whole model", labels.fmt_params(loaded.num_parameters() - plan.dense_params + plan.params),
-                       help="All parameters after factorization (embeddings, norms and heads stay dense)")
+        cols[3].metric(
+            "Predicted loss increase",
+            labels.fmt_small(predicted, "nats"),
+            help="Sum over layers of the Fisher-predicted loss increase (nats)",
+        )
+        cols[4].metric(
+            "Whole model",
+            labels.fmt_params(loaded.num_parameters() - plan.dense_params + plan.params),
+            help="All parameters after factorization (embeddings, norms and heads stay dense)",
+        )
         if curves is None:
             st.caption(f"Predicted loss increases need the {labels.statistics_label(cache.PREDICTION_NEEDS)}.")
             widgets.statistics_button(model, task, cache.PREDICTION_NEEDS)
@@ -159,9 +221,13 @@ def plan_editor() -> None:
     # import / export (here, so the exported plan is the edited one)
     cols = st.columns(2)
     with cols[0]:
-        st.download_button("Export plan (JSON)", plan.to_json(),
-                           file_name=f"{labels.model_label(model)}-rank-plan.json", mime="application/json",
-                           icon=":material/download:")
+        st.download_button(
+            "Export plan (JSON)",
+            plan.to_json(),
+            file_name=f"{labels.model_label(model)}-rank-plan.json",
+            mime="application/json",
+            icon=":material/download:",
+        )
     with cols[1]:
         uploaded = st.file_uploader("Import a plan (JSON)", type=["json"], key="plan_upload")
         if uploaded is not None and uploaded.file_id != st.session_state.get("imported_plan"):

@@ -38,13 +38,20 @@ def latest_run() -> dict | None:
 
 
 edited = bool(plan.meta.get("edited"))
-st.markdown(f"Plan: **{labels.plan_fraction(plan):.0%}** of the compressible parameters kept, strategy **{plan.strategy}**"
-            f"{' (edited by hand)' if edited else ''}, {len(plan.ranks)} of {len(plan.layers)} layers factorized.")
+st.markdown(
+    f"Plan: **{labels.plan_fraction(plan):.0%}** of the compressible parameters kept, strategy **{plan.strategy}**"
+    f"{' (edited by hand)' if edited else ''}, {len(plan.ranks)} of {len(plan.layers)} layers factorized."
+)
 st.page_link("pages/3_Ranks.py", label="Change the plan", icon=":material/tune:")
 
 methods = lowrank.available_methods()
-chosen = st.multiselect("Methods", methods, default=[m for m in ("svd", "fwsvd") if m in methods],
-                        format_func=labels.method_label, key="factorize_methods")
+chosen = st.multiselect(
+    "Methods",
+    methods,
+    default=[m for m in ("svd", "fwsvd") if m in methods],
+    format_func=labels.method_label,
+    key="factorize_methods",
+)
 options = {}
 if chosen:
     cols = st.columns(len(chosen))
@@ -55,18 +62,34 @@ if chosen:
             options[method] = widgets.option_widgets(method, "factorize")
 current = latest_run()
 running = current is not None and current["status"] == "running"
-run = st.button("Factorize and evaluate", type="primary", icon=":material/play_arrow:", disabled=not chosen or running,
-                help="Runs in the background: you can leave or reload this page" + (" (one run at a time)" if running else ""))
+run = st.button(
+    "Factorize and evaluate",
+    type="primary",
+    icon=":material/play_arrow:",
+    disabled=not chosen or running,
+    help="Runs in the background: you can leave or reload this page" + (" (one run at a time)" if running else ""),
+)
 
 if run:
     if not plan.ranks:
-        st.error("The plan keeps every layer dense: nothing to factorize. Lower the budget on the Ranks page.",
-                 icon=":material/error:")
+        st.error(
+            "The plan keeps every layer dense: nothing to factorize. Lower the budget on the Ranks page.",
+            icon=":material/error:",
+        )
         st.stop()
-    spec = SweepSpec(model=model, task=task, methods=list(chosen), budgets=[plan.budget / plan.dense_params],
-                     strategy="manual" if edited else plan.strategy, align=plan.align, eval_limit=session.eval_limit(),
-                     options={m: options[m] for m in chosen if options.get(m)}, label=LABEL,
-                     ranks={name: int(rank) for name, rank in plan.ranks.items()}, save=True)
+    spec = SweepSpec(
+        model=model,
+        task=task,
+        methods=list(chosen),
+        budgets=[plan.budget / plan.dense_params],
+        strategy="manual" if edited else plan.strategy,
+        align=plan.align,
+        eval_limit=session.eval_limit(),
+        options={m: options[m] for m in chosen if options.get(m)},
+        label=LABEL,
+        ranks={name: int(rank) for name, rank in plan.ranks.items()},
+        save=True,
+    )
     try:
         start_sweep(spec, store)
     except widgets.USER_ERRORS as err:
@@ -95,8 +118,10 @@ spec = current["spec"]
 runs = store.runs(sweep_id=int(current["id"]))
 compressed = runs[runs["method"] != "dense"]
 for row in compressed[compressed["status"] != "done"].to_dict("records"):
-    st.warning(f"{row['method']}: {row['status']}: {row['error'] if pd.notna(row['error']) else 'no message'}",
-               icon=":material/warning:")
+    st.warning(
+        f"{row['method']}: {row['status']}: {row['error'] if pd.notna(row['error']) else 'no message'}",
+        icon=":material/warning:",
+    )
 rows = compressed[compressed["status"] == "done"].iloc[::-1].to_dict("records")  # in the order they ran
 if not rows:
     st.stop()
@@ -111,30 +136,53 @@ infos = {row["id"]: cache.compression_info(row["output_dir"]) if pd.notna(row["o
 for row in rows:
     regularized = infos[row["id"]].regularizers() if infos[row["id"]] else {}
     if regularized:
-        st.caption(f"{row['method']}: numerical regularizers of the second-moment roots: "
-                   + ", ".join(f"{label} in {n} layer(s)" for label, n in regularized.items()))
+        st.caption(
+            f"{row['method']}: numerical regularizers of the second-moment roots: "
+            + ", ".join(f"{label} in {n} layer(s)" for label, n in regularized.items())
+        )
 
 st.subheader("Before and after")
 untrained = widgets.untrained_head_warning(model, task)
 cols = st.columns(len(rows) + 1)
-cols[0].metric(f"dense {labels.quality_label(dense['metric'], untrained).lower()}", labels.fmt_metric(dense["metric"], dense["value"]),
-               help=f"{labels.fmt_bytes(dense['size_bytes'])}, {labels.fmt_ms(dense['latency_ms_b1'])} at batch 1 "
-                    f"({labels.latency_help(dense.get('latency_info'), 'b1')})")
+cols[0].metric(
+    f"dense {labels.quality_label(dense['metric'], untrained).lower()}",
+    labels.fmt_metric(dense["metric"], dense["value"]),
+    help=f"{labels.fmt_bytes(dense['size_bytes'])}, {labels.fmt_ms(dense['latency_ms_b1'])} at batch 1 "
+    f"({labels.latency_help(dense.get('latency_info'), 'b1')})",
+)
 for col, row in zip(cols[1:], rows):
     value = row["value"]
-    col.metric(row["method"] + (" ✕ destroyed" if row["id"] in flagged else ""), labels.fmt_metric(row["metric"], value),
-               "–" if pd.isna(value) else f"{value - dense['value']:+.3g}",
-               delta_color="inverse" if row["metric"] == "perplexity" else "normal",
-               help=f"run #{row['id']}: {labels.fmt_bytes(row['size_bytes'])}, {labels.fmt_ms(row['latency_ms_b1'])} at "
-                    f"batch 1 ({labels.latency_help(row.get('latency_info'), 'b1')})")
+    col.metric(
+        row["method"] + (" ✕ destroyed" if row["id"] in flagged else ""),
+        labels.fmt_metric(row["metric"], value),
+        "–" if pd.isna(value) else f"{value - dense['value']:+.3g}",
+        delta_color="inverse" if row["metric"] == "perplexity" else "normal",
+        help=f"run #{row['id']}: {labels.fmt_bytes(row['size_bytes'])}, {labels.fmt_ms(row['latency_ms_b1'])} at "
+        f"batch 1 ({labels.latency_help(row.get('latency_info'), 'b1')})",
+    )
 table = pd.DataFrame([dense, *rows])
-table["label"] = ["dense"] + [f"{r['method']} {' '.join(f'{k}={v}' for k, v in (r['options'] or {}).items())}".strip()
-                              for r in rows]  # options: always a JSON object in the store
+table["label"] = ["dense"] + [
+    f"{r['method']} {' '.join(f'{k}={v}' for k, v in (r['options'] or {}).items())}".strip() for r in rows
+]  # options: always a JSON object in the store
 table["delta"] = table["value"] - dense["value"]
 table["destroyed"] = [""] + [flagged.get(r["id"], "") for r in rows]
 st.dataframe(
-    table[["label", "value", "delta", "params_linear", "params_total", "size_bytes", "latency_ms_b1", "latency_ms_b32",
-           "factorize_s", "wall_s", "id", "destroyed"]],
+    table[
+        [
+            "label",
+            "value",
+            "delta",
+            "params_linear",
+            "params_total",
+            "size_bytes",
+            "latency_ms_b1",
+            "latency_ms_b32",
+            "factorize_s",
+            "wall_s",
+            "id",
+            "destroyed",
+        ]
+    ],
     hide_index=True,
     column_config={
         "label": st.column_config.TextColumn("model"),
@@ -144,19 +192,26 @@ st.dataframe(
         "factorize_s": st.column_config.NumberColumn("factorize (s)", format="%.2f"),
         "id": st.column_config.NumberColumn("run"),
         "destroyed": st.column_config.TextColumn("destroys the model?"),
-    })
-st.caption("How the batch-32 latencies were measured: "
-           + "; ".join(f"**{label}** {labels.latency_note(r.get('latency_info'), 'b32') or 'not recorded'}"
-                       for label, r in zip(table["label"], [dense, *rows]))
-           + ". The dense latency is measured again before a run when the conditions (load, threads) have changed.")
+    },
+)
+st.caption(
+    "How the batch-32 latencies were measured: "
+    + "; ".join(
+        f"**{label}** {labels.latency_note(r.get('latency_info'), 'b32') or 'not recorded'}"
+        for label, r in zip(table["label"], [dense, *rows])
+    )
+    + ". The dense latency is measured again before a run when the conditions (load, threads) have changed."
+)
 
 histories = [(row, infos[row["id"]].history) for row in rows if infos[row["id"]] and infos[row["id"]].history]
 if histories:
     st.subheader("Convergence of iterative solvers")
     for row, history in histories:
         solver = (row["options"] if isinstance(row["options"], dict) else {}).get("solver", "")
-        st.plotly_chart(plots.convergence_figure(history, f"{row['method']} {solver}: weighted error per iteration"),
-                        key=f"convergence_{row['id']}")
+        st.plotly_chart(
+            plots.convergence_figure(history, f"{row['method']} {solver}: weighted error per iteration"),
+            key=f"convergence_{row['id']}",
+        )
 
 st.subheader("Download")
 for row in rows:
@@ -164,8 +219,16 @@ for row in rows:
     if folder is None or not folder.exists():
         st.caption(f"{row['method']}: not saved ({row['error'] if pd.notna(row['error']) else 'the folder is gone'}).")
         continue
-    st.download_button(f"Download {folder.name}.zip", functools.partial(widgets.zip_folder, folder),
-                       file_name=f"{folder.name}.zip", mime="application/zip", on_click="ignore",
-                       icon=":material/download:", key=f"download_{row['id']}")
-st.caption("Each compressed model is saved in the cache (`compressed/` next to the run store); load one with "
-           "`lowrank.load_compressed`.")
+    st.download_button(
+        f"Download {folder.name}.zip",
+        functools.partial(widgets.zip_folder, folder),
+        file_name=f"{folder.name}.zip",
+        mime="application/zip",
+        on_click="ignore",
+        icon=":material/download:",
+        key=f"download_{row['id']}",
+    )
+st.caption(
+    "Each compressed model is saved in the cache (`compressed/` next to the run store); load one with "
+    "`lowrank.load_compressed`."
+)

@@ -23,8 +23,12 @@ shown_task = cols[1].selectbox("Task", tasks, format_func=labels.task_label, key
 selection = runs[(runs["model"] == shown_model) & (runs["task"] == shown_task)]
 widgets.untrained_head_warning(shown_model, shown_task)
 strategies = sorted(selection.loc[selection["method"] != "dense", "strategy"].dropna().unique())
-shown_strategies = cols[2].multiselect("Strategies", strategies, default=strategies,  # a new key when new ones appear
-                                      key=f"tradeoff_strategies_{'_'.join(strategies)}")
+shown_strategies = cols[2].multiselect(
+    "Strategies",
+    strategies,
+    default=strategies,  # a new key when new ones appear
+    key=f"tradeoff_strategies_{'_'.join(strategies)}",
+)
 running = not running_sweeps(store).empty  # a sweep whose owner stopped reporting is no longer running
 
 
@@ -37,45 +41,79 @@ def live() -> None:
     for sweep in sweeps[(sweeps["status"] == "running") | (sweeps.index == 0)].to_dict("records"):
         widgets.sweep_card(store, sweep)  # the running sweeps and the latest one
     current = store.runs(model=shown_model, task=shown_task)
-    done = current[(current["status"] == "done") & (current["method"] != "dense")
-                   & current["strategy"].isin(shown_strategies)]
+    done = current[
+        (current["status"] == "done") & (current["method"] != "dense") & current["strategy"].isin(shown_strategies)
+    ]
     dense_rows = current[(current["status"] == "done") & (current["method"] == "dense")]
     dense = dense_rows.iloc[0].to_dict() if len(dense_rows) else None
     if done.empty and dense is None:
-        st.info("No finished runs for this model and task yet: run a sweep below, or factorize on the Factorize page.",
-                icon=":material/info:")
+        st.info(
+            "No finished runs for this model and task yet: run a sweep below, or factorize on the Factorize page.",
+            icon=":material/info:",
+        )
     else:
         flagged = widgets.destroyed_runs(done, dense, shown_task)
         widgets.destroyed_warning(done, flagged)
         st.plotly_chart(plots.tradeoff_figure(done, dense, flagged), key="tradeoff")
-        st.caption("Circled points are on the Pareto front: no other run has at most as many parameters and a better "
-                   f"{(dense or done.iloc[0])['metric']}. Hover a point for its budget, size and latency.")
+        st.caption(
+            "Circled points are on the Pareto front: no other run has at most as many parameters and a better "
+            f"{(dense or done.iloc[0])['metric']}. Hover a point for its budget, size and latency."
+        )
     with st.expander(f"All runs for this model and task ({len(current)})"):
-        st.dataframe(current[["id", "status", "method", "solver", "strategy", "budget", "metric", "value", "kept_fraction",
-                              "params_linear", "size_bytes", "latency_ms_b1", "wall_s", "created", "error", "sweep_id"]],
-                     hide_index=True, column_config={
-                         "budget": st.column_config.NumberColumn("budget", format="percent"),
-                         "kept_fraction": st.column_config.NumberColumn("kept", format="percent"),
-                         "value": st.column_config.NumberColumn("value", format="%.4f"),
-                         **widgets.RUN_COLUMNS,
-                     })
+        st.dataframe(
+            current[
+                [
+                    "id",
+                    "status",
+                    "method",
+                    "solver",
+                    "strategy",
+                    "budget",
+                    "metric",
+                    "value",
+                    "kept_fraction",
+                    "params_linear",
+                    "size_bytes",
+                    "latency_ms_b1",
+                    "wall_s",
+                    "created",
+                    "error",
+                    "sweep_id",
+                ]
+            ],
+            hide_index=True,
+            column_config={
+                "budget": st.column_config.NumberColumn("budget", format="percent"),
+                "kept_fraction": st.column_config.NumberColumn("kept", format="percent"),
+                "value": st.column_config.NumberColumn("value", format="%.4f"),
+                **widgets.RUN_COLUMNS,
+            },
+        )
 
 
 live()
 
 st.subheader("New sweep")
-st.caption(f"On the current model and task ({labels.model_label(model)}, {labels.task_label(task)}). The sweep runs in a "
-           "background process and writes every run to the run store: leaving or reloading this page loses nothing.")
+st.caption(
+    f"On the current model and task ({labels.model_label(model)}, {labels.task_label(task)}). The sweep runs in a "
+    "background process and writes every run to the run store: leaving or reloading this page loses nothing."
+)
 methods = lowrank.available_methods()
 with st.form("sweep_form"):
     cols = st.columns([3, 3, 2])
-    chosen = cols[0].multiselect("Methods", methods, default=[m for m in ("svd", "fwsvd") if m in methods],
-                                 format_func=labels.method_label)
-    budgets = cols[1].multiselect("Budgets (kept fraction)", [round(0.1 * k, 1) for k in range(1, 10)], default=[0.3, 0.5, 0.7],
-                                  format_func=lambda b: f"{b:.0%}")
+    chosen = cols[0].multiselect(
+        "Methods", methods, default=[m for m in ("svd", "fwsvd") if m in methods], format_func=labels.method_label
+    )
+    budgets = cols[1].multiselect(
+        "Budgets (kept fraction)",
+        [round(0.1 * k, 1) for k in range(1, 10)],
+        default=[0.3, 0.5, 0.7],
+        format_func=lambda b: f"{b:.0%}",
+    )
     strategy_names = available_strategies()
-    strategy = cols[2].selectbox("Strategy", strategy_names, index=strategy_names.index(DEFAULT_STRATEGY),
-                                 format_func=labels.strategy_label)
+    strategy = cols[2].selectbox(
+        "Strategy", strategy_names, index=strategy_names.index(DEFAULT_STRATEGY), format_func=labels.strategy_label
+    )
     tunable = [m for m in methods if lowrank.get_method(m).options]
     options = {}
     if tunable:
@@ -87,8 +125,15 @@ with st.form("sweep_form"):
     submitted = st.form_submit_button("Start sweep", type="primary", icon=":material/play_arrow:")
 
 if submitted:
-    spec = SweepSpec(model=model, task=task, methods=chosen, budgets=sorted(budgets), strategy=strategy,
-                     options={m: options[m] for m in chosen if m in options}, eval_limit=session.eval_limit())
+    spec = SweepSpec(
+        model=model,
+        task=task,
+        methods=chosen,
+        budgets=sorted(budgets),
+        strategy=strategy,
+        options={m: options[m] for m in chosen if m in options},
+        eval_limit=session.eval_limit(),
+    )
     try:
         sweep_id = start_sweep(spec, store)
     except widgets.USER_ERRORS as err:

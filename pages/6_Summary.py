@@ -15,12 +15,16 @@ layout.header(__file__)
 model, task = session.model_key(), session.task_key()
 result = report.summary(cache.store(), model, task)
 untrained = widgets.untrained_head_warning(model, task)
-st.markdown(f"**{labels.model_label(model)}** on **{labels.task_label(task)}**, from the stored runs "
-            f"({len(result.runs)} compared).")
+st.markdown(
+    f"**{labels.model_label(model)}** on **{labels.task_label(task)}**, from the stored runs "
+    f"({len(result.runs)} compared)."
+)
 row = result.headline
 if row is None:
-    st.info("No finished compressed runs of this model and task yet: run the demo on Home, or a sweep on Trade-offs.",
-            icon=":material/info:")
+    st.info(
+        "No finished compressed runs of this model and task yet: run the demo on Home, or a sweep on Trade-offs.",
+        icon=":material/info:",
+    )
     st.page_link("pages/5_Trade_offs.py", label="Start a sweep", icon=":material/insights:")
     st.stop()
 
@@ -33,57 +37,92 @@ for line in result.headlines:
     st.markdown(f"- {line}")
 flagged = [f"at {r.budget:.0%}, {r.warning}" for r in result.rows if r.warning]
 if flagged:
-    st.warning("Destroyed models (quality at chance or perplexity far above dense): " + "; ".join(flagged) + ".",
-               icon=":material/warning:")
+    st.warning(
+        "Destroyed models (quality at chance or perplexity far above dense): " + "; ".join(flagged) + ".",
+        icon=":material/warning:",
+    )
 dense = result.dense or {}
 metric = result.metric or "value"
 cols = st.columns(4)
-cols[0].metric(f"{row.method} {labels.quality_label(metric, untrained).lower()} at {row.budget:.0%}", labels.fmt_metric(result.metric, row.value),
-               None if not dense else f"{row.value - dense['value']:+.3g} vs dense",
-               delta_color="inverse" if metric == "perplexity" else "normal",
-               help=f"run #{row.run_id}; dense {labels.fmt_metric(result.metric, dense.get('value'))}, plain SVD "
-                    f"{labels.fmt_metric(result.metric, row.svd_value)}")
-cols[1].metric("size on disk", labels.fmt_bytes(row.size_bytes), help=f"dense {labels.fmt_bytes(dense.get('size_bytes'))}")
-cols[2].metric("latency, batch 1", labels.fmt_ms(row.latency_ms_b1),
-               help=f"dense {labels.fmt_ms(dense.get('latency_ms_b1'))}; forward pass on the CPU, "
-                    f"{row.latency_note or 'conditions not recorded'}")
-cols[3].metric("latency, batch 32", labels.fmt_ms(row.latency_ms_b32),
-               help=f"dense {labels.fmt_ms(dense.get('latency_ms_b32'))}; forward pass on the CPU, "
-                    f"{row.latency_note or 'conditions not recorded'}")
+cols[0].metric(
+    f"{row.method} {labels.quality_label(metric, untrained).lower()} at {row.budget:.0%}",
+    labels.fmt_metric(result.metric, row.value),
+    None if not dense else f"{row.value - dense['value']:+.3g} vs dense",
+    delta_color="inverse" if metric == "perplexity" else "normal",
+    help=f"run #{row.run_id}; dense {labels.fmt_metric(result.metric, dense.get('value'))}, plain SVD "
+    f"{labels.fmt_metric(result.metric, row.svd_value)}",
+)
+cols[1].metric(
+    "size on disk", labels.fmt_bytes(row.size_bytes), help=f"dense {labels.fmt_bytes(dense.get('size_bytes'))}"
+)
+cols[2].metric(
+    "latency, batch 1",
+    labels.fmt_ms(row.latency_ms_b1),
+    help=f"dense {labels.fmt_ms(dense.get('latency_ms_b1'))}; forward pass on the CPU, "
+    f"{row.latency_note or 'conditions not recorded'}",
+)
+cols[3].metric(
+    "latency, batch 32",
+    labels.fmt_ms(row.latency_ms_b32),
+    help=f"dense {labels.fmt_ms(dense.get('latency_ms_b32'))}; forward pass on the CPU, "
+    f"{row.latency_note or 'conditions not recorded'}",
+)
 
 figure = report.summary_figure(result)
 st.plotly_chart(figure, key="summary_chart")
-st.dataframe(result.table(), hide_index=True, column_config={
-    "budget": st.column_config.NumberColumn("budget", format="percent"),
-    metric: st.column_config.NumberColumn(metric, format="%.4g"),
-    "vs dense": st.column_config.NumberColumn("vs dense", format="%+.4g"),
-    "plain SVD": st.column_config.NumberColumn("plain SVD", format="%.4g"),
-    "vs plain SVD": st.column_config.NumberColumn("vs plain SVD", format="%+.4g"),
-    "size (MB)": st.column_config.NumberColumn("size (MB)", format="%.1f"),
-    "latency b1 (ms)": st.column_config.NumberColumn("latency b1 (ms)", format="%.1f"),
-    "latency b32 (ms)": st.column_config.NumberColumn("latency b32 (ms)", format="%.1f"),
-    "destroys the model?": st.column_config.TextColumn("destroys the model?"),
-})
+st.dataframe(
+    result.table(),
+    hide_index=True,
+    column_config={
+        "budget": st.column_config.NumberColumn("budget", format="percent"),
+        metric: st.column_config.NumberColumn(metric, format="%.4g"),
+        "vs dense": st.column_config.NumberColumn("vs dense", format="%+.4g"),
+        "plain SVD": st.column_config.NumberColumn("plain SVD", format="%.4g"),
+        "vs plain SVD": st.column_config.NumberColumn("vs plain SVD", format="%+.4g"),
+        "size (MB)": st.column_config.NumberColumn("size (MB)", format="%.1f"),
+        "latency b1 (ms)": st.column_config.NumberColumn("latency b1 (ms)", format="%.1f"),
+        "latency b32 (ms)": st.column_config.NumberColumn("latency b32 (ms)", format="%.1f"),
+        "destroys the model?": st.column_config.TextColumn("destroys the model?"),
+    },
+)
 st.subheader("Did the SVD-drop metric see it coming?")
 if predicted:
-    st.caption("The metric's whole-model prediction for each plain-SVD run (from the weights and the Fisher, without "
-               "running it) next to what the run measured against dense; how well it ranks layers and models: "
-               "`docs/results/predictor.md`.")
-    st.dataframe(result.drop_table(), hide_index=True, column_config={
-        "budget": st.column_config.NumberColumn("budget", format="percent"),
-        "predicted loss increase (nats)": st.column_config.NumberColumn(format="%.3g"),
-        "measured loss increase (nats)": st.column_config.NumberColumn(format="%+.3g"),
-        f"measured {metric} change": st.column_config.NumberColumn(format="%+.3g")})
+    st.caption(
+        "The metric's whole-model prediction for each plain-SVD run (from the weights and the Fisher, without "
+        "running it) next to what the run measured against dense; how well it ranks layers and models: "
+        "`docs/results/predictor.md`."
+    )
+    st.dataframe(
+        result.drop_table(),
+        hide_index=True,
+        column_config={
+            "budget": st.column_config.NumberColumn("budget", format="percent"),
+            "predicted loss increase (nats)": st.column_config.NumberColumn(format="%.3g"),
+            "measured loss increase (nats)": st.column_config.NumberColumn(format="%+.3g"),
+            f"measured {metric} change": st.column_config.NumberColumn(format="%+.3g"),
+        },
+    )
 elif svd_runs:
-    st.info(f"The metric needs the {labels.statistics_label(cache.PREDICTION_NEEDS)} of the model on the task "
-            "(one pass, cached on disk).", icon=":material/info:")
+    st.info(
+        f"The metric needs the {labels.statistics_label(cache.PREDICTION_NEEDS)} of the model on the task "
+        "(one pass, cached on disk).",
+        icon=":material/info:",
+    )
     widgets.statistics_button(model, task, cache.PREDICTION_NEEDS)
 else:
     st.caption("No plain-SVD run is stored at these budgets: nothing to compare the metric with.")
 
-st.download_button("Export the report (HTML)", functools.partial(report.render_html, result, [figure]),
-                   file_name=f"{labels.model_label(model)}-summary.html", mime="text/html", on_click="ignore",
-                   icon=":material/download:", type="primary")
-st.caption("One self-contained file (charts, runs, settings, versions; opens offline). A chart's PNG: the camera button "
-           "at its top right, here and in the report. The same report from the command line: `lowrank report --model "
-           "... --task ... --out report.html`.")
+st.download_button(
+    "Export the report (HTML)",
+    functools.partial(report.render_html, result, [figure]),
+    file_name=f"{labels.model_label(model)}-summary.html",
+    mime="text/html",
+    on_click="ignore",
+    icon=":material/download:",
+    type="primary",
+)
+st.caption(
+    "One self-contained file (charts, runs, settings, versions; opens offline). A chart's PNG: the camera button "
+    "at its top right, here and in the report. The same report from the command line: `lowrank report --model "
+    "... --task ... --out report.html`."
+)

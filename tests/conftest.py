@@ -22,6 +22,7 @@ def no_background_job_in_the_users_cache(monkeypatch):
     """A test may start background builds and sweeps only in a cache of its own: one that reached the user's run store
     once fine-tuned the real minilm-rt for minutes behind the test run (regression)."""
     for module in (build, sweep):
+
         def guarded(args, log, spawn=module.spawn):
             db = Path(args[args.index("--db") + 1]).resolve()
             if db.parent == USER_CACHE:  # the run store of that cache
@@ -31,10 +32,31 @@ def no_background_job_in_the_users_cache(monkeypatch):
 
         monkeypatch.setattr(module, "spawn", guarded)
 
-POSITIVE = ["a good film", "great acting and a fine story", "wonderful, moving and funny", "I loved it", "a delight",
-            "brilliant work", "superb and warm", "charming and clever", "a joy to watch", "beautifully made"]
-NEGATIVE = ["a bad film", "awful acting and a dull story", "boring, flat and silly", "I hated it", "a mess",
-            "terrible work", "weak and cold", "tedious and stupid", "a pain to watch", "badly made"]
+
+POSITIVE = [
+    "a good film",
+    "great acting and a fine story",
+    "wonderful, moving and funny",
+    "I loved it",
+    "a delight",
+    "brilliant work",
+    "superb and warm",
+    "charming and clever",
+    "a joy to watch",
+    "beautifully made",
+]
+NEGATIVE = [
+    "a bad film",
+    "awful acting and a dull story",
+    "boring, flat and silly",
+    "I hated it",
+    "a mess",
+    "terrible work",
+    "weak and cold",
+    "tedious and stupid",
+    "a pain to watch",
+    "badly made",
+]
 
 
 def _tokenizer():
@@ -68,9 +90,17 @@ def tiny_bert_dir(tmp_path_factory, tokenizer) -> Path:
     from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=256, max_position_embeddings=128, num_labels=2,
-                        id2label={0: "negative", 1: "positive"}, label2id={"negative": 0, "positive": 1})
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=256,
+        max_position_embeddings=128,
+        num_labels=2,
+        id2label={0: "negative", 1: "positive"},
+        label2id={"negative": 0, "positive": 1},
+    )
     model = BertForSequenceClassification(config)
     folder = tmp_path_factory.mktemp("tiny-bert")
     model.save_pretrained(folder, safe_serialization=True)
@@ -84,8 +114,14 @@ def tiny_encoder_dir(tmp_path_factory, tokenizer) -> Path:
     from transformers import BertConfig, BertModel
 
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=256, max_position_embeddings=128)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=256,
+        max_position_embeddings=128,
+    )
     folder = tmp_path_factory.mktemp("tiny-encoder")
     BertModel(config).save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
@@ -106,9 +142,17 @@ def tiny_llama_dir(tmp_path_factory, tokenizer) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=64, intermediate_size=192, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         eos_token_id=tokenizer.sep_token_id, pad_token_id=tokenizer.pad_token_id)
+    config = LlamaConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=64,
+        intermediate_size=192,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        eos_token_id=tokenizer.sep_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     return _save_causal_lm(LlamaForCausalLM(config), tmp_path_factory.mktemp("tiny-llama"))
 
 
@@ -118,9 +162,16 @@ def tiny_gpt2_dir(tmp_path_factory, tokenizer) -> Path:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
-    config = GPT2Config(vocab_size=tokenizer.vocab_size, n_embd=64, n_layer=2, n_head=4, n_positions=256,
-                        eos_token_id=tokenizer.sep_token_id, bos_token_id=tokenizer.cls_token_id,
-                        pad_token_id=tokenizer.pad_token_id)
+    config = GPT2Config(
+        vocab_size=tokenizer.vocab_size,
+        n_embd=64,
+        n_layer=2,
+        n_head=4,
+        n_positions=256,
+        eos_token_id=tokenizer.sep_token_id,
+        bos_token_id=tokenizer.cls_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     return _save_causal_lm(GPT2LMHeadModel(config), tmp_path_factory.mktemp("tiny-gpt2"))
 
 
@@ -130,9 +181,17 @@ def tiny_qwen2_dir(tmp_path_factory, tokenizer) -> Path:
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(0)
-    config = Qwen2Config(vocab_size=tokenizer.vocab_size, hidden_size=64, intermediate_size=192, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         eos_token_id=tokenizer.sep_token_id, pad_token_id=tokenizer.pad_token_id)
+    config = Qwen2Config(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=64,
+        intermediate_size=192,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        eos_token_id=tokenizer.sep_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     return _save_causal_lm(Qwen2ForCausalLM(config), tmp_path_factory.mktemp("tiny-qwen2"))
 
 
@@ -189,15 +248,30 @@ def _fake_runs(store, model: str, task: str, label: str, values: dict, ranks=Non
     from lowrank.experiments.run import run_fields
     from lowrank.experiments.sweep import SweepSpec
 
-    spec = SweepSpec(model=model, task=task, methods=[m for m in values if m != "dense"], budgets=[0.5], label=label,
-                     ranks=ranks)
+    spec = SweepSpec(
+        model=model, task=task, methods=[m for m in values if m != "dense"], budgets=[0.5], label=label, ranks=ranks
+    )
     sweep_id = store.create_sweep(spec.to_dict(), label=label, runs_total=len(values))
     fields = run_fields(lowrank.load_model(model, task=task), task, "validation", None)
     for method, value in values.items():
-        run_id = store.start_run(**fields, sweep_id=sweep_id, method=method, strategy="uniform", ranks=ranks or {},
-                                 options={}, budget=1.0 if method == "dense" else 0.5)
-        store.finish_run(run_id, metric="accuracy", value=value, params_linear=10_000 if method == "dense" else 5_000,
-                         kept_fraction=1.0 if method == "dense" else 0.5, size_bytes=1000, latency_ms_b1=1.0)
+        run_id = store.start_run(
+            **fields,
+            sweep_id=sweep_id,
+            method=method,
+            strategy="uniform",
+            ranks=ranks or {},
+            options={},
+            budget=1.0 if method == "dense" else 0.5,
+        )
+        store.finish_run(
+            run_id,
+            metric="accuracy",
+            value=value,
+            params_linear=10_000 if method == "dense" else 5_000,
+            kept_fraction=1.0 if method == "dense" else 0.5,
+            size_bytes=1000,
+            latency_ms_b1=1.0,
+        )
     store.end_sweep(sweep_id, "done", message=f"{len(values)} run(s) done")
     return sweep_id
 

@@ -13,7 +13,10 @@ from lowrank.statistics import StatisticsSettings, statistics_for
 def problem(out=12, inp=9, tokens=40, seed=0):
     g = torch.Generator().manual_seed(seed)
     W = torch.randn(out, inp, generator=g, dtype=torch.float64)
-    X = torch.randn(inp, tokens, generator=g, dtype=torch.float64) * torch.linspace(0.1, 3.0, inp, dtype=torch.float64)[:, None]
+    X = (
+        torch.randn(inp, tokens, generator=g, dtype=torch.float64)
+        * torch.linspace(0.1, 3.0, inp, dtype=torch.float64)[:, None]
+    )
     Gf = torch.randn(out, 3 * out, generator=g, dtype=torch.float64)
     return W, X, X @ X.T / tokens, Gf @ Gf.T / (3 * out)
 
@@ -41,8 +44,9 @@ def test_svd_llm_is_exact_for_output_reconstruction():
 def test_svd_llm_with_identity_is_svd_and_kfac_with_identity_gradients_is_svd_llm():
     W, _, A, _ = problem()
     eye_in, eye_out = torch.eye(W.shape[1], dtype=W.dtype), torch.eye(W.shape[0], dtype=W.dtype)
-    assert torch.allclose(factorize(W, 3, "svd_llm", stats=acts(eye_in)).matrix(),
-                          factorize(W, 3, "svd").matrix(), atol=1e-10)
+    assert torch.allclose(
+        factorize(W, 3, "svd_llm", stats=acts(eye_in)).matrix(), factorize(W, 3, "svd").matrix(), atol=1e-10
+    )
     kfac = factorize(W, 3, "kfac_svd", stats={**acts(A), "grad_moment": eye_out}).matrix()
     assert torch.allclose(kfac, factorize(W, 3, "svd_llm", stats=acts(A)).matrix(), atol=1e-9)
 
@@ -72,10 +76,13 @@ def test_asvd_is_exact_for_its_scaled_objective_and_alpha_zero_is_svd():
     m = X.abs().mean(dim=1)
     r = 3
     result = factorize(W, r, "asvd", stats=acts(torch.eye(W.shape[1], dtype=W.dtype), m), alpha=0.5)
-    S = torch.diag(m ** 0.5)
+    S = torch.diag(m**0.5)
     assert float(((W - result.matrix()) @ S).square().sum()) == pytest.approx(tail(W @ S, r), rel=1e-8)
-    assert torch.allclose(factorize(W, r, "asvd", stats=acts(torch.eye(W.shape[1], dtype=W.dtype), m), alpha=0.0).matrix(),
-                          factorize(W, r, "svd").matrix(), atol=1e-10)
+    assert torch.allclose(
+        factorize(W, r, "asvd", stats=acts(torch.eye(W.shape[1], dtype=W.dtype), m), alpha=0.0).matrix(),
+        factorize(W, r, "svd").matrix(),
+        atol=1e-10,
+    )
 
 
 def test_rank_deficient_and_indefinite_moments_are_regularized_not_errors():
@@ -86,7 +93,12 @@ def test_rank_deficient_and_indefinite_moments_are_regularized_not_errors():
     indefinite = A - 0.5 * torch.eye(9, dtype=A.dtype)  # a negative eigenvalue: no jitter that small fixes it
     root = psd_root(indefinite)
     assert root.regularizer.startswith("eigen") and torch.isfinite(root.L_inv).all()
-    out = factorize(W, 3, "kfac_svd", stats={**acts(indefinite, torch.ones(9, dtype=A.dtype)), "grad_moment": torch.zeros(12, 12, dtype=A.dtype)})
+    out = factorize(
+        W,
+        3,
+        "kfac_svd",
+        stats={**acts(indefinite, torch.ones(9, dtype=A.dtype)), "grad_moment": torch.zeros(12, 12, dtype=A.dtype)},
+    )
     assert torch.isfinite(out.matrix()).all() and out.info["grad_regularizer"] == "identity (no data)"
 
 
@@ -107,14 +119,19 @@ def test_moments_of_a_real_pass_and_compression(tiny_bert, sentiment_csv, tmp_pa
     stats = statistics_for(tiny_bert, sentiment_csv, ("activations", "gradients"), settings)
     name, module = next(iter(lowrank.compressible_linears(tiny_bert.model).items()))
     A, G, m = stats[name]["input_moment"], stats[name]["grad_moment"], stats[name]["input_abs_mean"]
-    assert A.shape == (module.in_features,) * 2 and G.shape == (module.out_features,) * 2 and m.shape == (module.in_features,)
+    assert (
+        A.shape == (module.in_features,) * 2
+        and G.shape == (module.out_features,) * 2
+        and m.shape == (module.in_features,)
+    )
     assert torch.allclose(A, A.T) and torch.linalg.eigvalsh(A.double()).min() > -1e-5 and (m >= 0).all()
     # A is the mean over real (unpadded) tokens of x x^T: check against a direct hook on the same batches
     seen = []
     handle = module.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].detach()))
     with torch.no_grad():
-        for batch in batches(lowrank.load_task(sentiment_csv), tiny_bert.tokenizer, "train", 4, 128, shuffle=True, seed=0,
-                             limit=2):
+        for batch in batches(
+            lowrank.load_task(sentiment_csv), tiny_bert.tokenizer, "train", 4, 128, shuffle=True, seed=0, limit=2
+        ):
             tiny_bert.model(**{k: v for k, v in batch.items() if k != "labels"})
             seen[-1] = seen[-1][batch["attention_mask"].bool()]
     handle.remove()
@@ -136,7 +153,9 @@ def test_tfwsvd_best_start_includes_kfac_when_the_moments_are_there():
         return float((F * (W - r.matrix()) ** 2).sum())
 
     stats = {"fisher": F, **acts(A), "grad_moment": G}
-    starts = {init: factorize(W, 4, "tfwsvd", stats=stats, init_axis=init, max_iters=0) for init in ("in", "out", "kfac")}
+    starts = {
+        init: factorize(W, 4, "tfwsvd", stats=stats, init_axis=init, max_iters=0) for init in ("in", "out", "kfac")
+    }
     best = factorize(W, 4, "tfwsvd", stats=stats, max_iters=0)
     assert error(best) == pytest.approx(min(error(r) for r in starts.values()), rel=1e-12)
     assert starts["kfac"].info["init"] == "kfac_svd"

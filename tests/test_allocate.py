@@ -130,8 +130,10 @@ def test_budget_is_never_exceeded_and_the_rest_is_too_small_for_any_step(strateg
     assert plan.params <= plan.budget
     assert plan.budget - plan.params < largest_step(plan)
     assert_maximal(plan)
-    assert all(r % align == 0 and r * (o + i) < o * i for (o, i), r in
-               ((linear_shapes(model)[n], r) for n, r in plan.ranks.items()))
+    assert all(
+        r % align == 0 and r * (o + i) < o * i
+        for (o, i), r in ((linear_shapes(model)[n], r) for n, r in plan.ranks.items())
+    )
     if largest_step(plan) <= 0.01 * plan.budget:
         assert plan.params >= 0.99 * plan.budget
     assert align == 8 or largest_step(plan) <= 0.01 * plan.budget  # the 99% case is exercised with align 1
@@ -172,17 +174,20 @@ def test_ranks_feed_compress_directly(tiny_bert):
     assert low_rank + dense == plan.params
 
 
-@pytest.mark.parametrize("budget, match", [
-    (0, r"count must be > 1"),
-    (-0.5, r"fraction must be in \(0, 1\]"),
-    (1.5, r"fraction must be in \(0, 1\].*int for an absolute"),
-    (float("nan"), r"fraction must be in \(0, 1\]"),
-    (True, "budget must be a fraction"),
-    ("0.5", "budget must be a fraction"),
-    (10**9, "exceeds the .* parameters of the dense"),
-    (0.01, "below the smallest possible plan"),
-    (2_000, "below the smallest possible plan"),
-])
+@pytest.mark.parametrize(
+    "budget, match",
+    [
+        (0, r"count must be > 1"),
+        (-0.5, r"fraction must be in \(0, 1\]"),
+        (1.5, r"fraction must be in \(0, 1\].*int for an absolute"),
+        (float("nan"), r"fraction must be in \(0, 1\]"),
+        (True, "budget must be a fraction"),
+        ("0.5", "budget must be a fraction"),
+        (10**9, "exceeds the .* parameters of the dense"),
+        (0.01, "below the smallest possible plan"),
+        (2_000, "below the smallest possible plan"),
+    ],
+)
 def test_bad_budgets_raise_clear_errors(budget, match):
     model = linear_model([(64, 48), (48, 96)])
     with pytest.raises(ValueError, match=match):
@@ -280,8 +285,9 @@ def test_greedy_takes_a_non_convex_jump_to_dense_as_one_step_and_fills_the_rest(
 
 
 def test_fisher_greedy_predicts_no_more_loss_than_uniform_or_energy(tiny_bert, sentiment_csv):
-    stats = statistics_for(tiny_bert, sentiment_csv, ("fisher",), StatisticsSettings(num_batches=2, batch_size=8),
-                           use_cache=False)
+    stats = statistics_for(
+        tiny_bert, sentiment_csv, ("fisher",), StatisticsSettings(num_batches=2, batch_size=8), use_cache=False
+    )
     importance = select(stats, "fisher")
     # per-layer statistics and the legacy {layer: F} give the same plan
     from_stats = allocate(tiny_bert, 0.5, "fisher_greedy", stats=stats)
@@ -290,7 +296,9 @@ def test_fisher_greedy_predicts_no_more_loss_than_uniform_or_energy(tiny_bert, s
     for budget in (0.3, 0.5, 0.7):
         for align in (1, 4):
             greedy = allocate(tiny_bert, budget, "fisher_greedy", importance=importance, align=align)
-            assert greedy.meta["predicted_loss_lower_bound"] <= greedy.predicted_loss * (1 + 1e-9)  # equal up to rounding
+            assert greedy.meta["predicted_loss_lower_bound"] <= greedy.predicted_loss * (
+                1 + 1e-9
+            )  # equal up to rounding
             for other in ("uniform", "energy"):
                 plan = allocate(tiny_bert, budget, other, importance=importance, align=align)
                 assert math.isfinite(plan.predicted_loss)
@@ -314,7 +322,9 @@ def test_kfac_loss_curve_is_the_loss_kfac_svd_attains_and_no_rank_r_matrix_does_
         U, V = kfac_factors(W, rank, A, G)
         assert kfac_loss(W, A, G, U @ V) == pytest.approx(curve[rank], rel=1e-6)
         for _ in range(5):  # other rank-r matrices: perturbed factors of the optimum, and the plain SVD
-            other = (U + 1e-2 * torch.randn(U.shape, generator=generator)) @ (V + 1e-2 * torch.randn(V.shape, generator=generator))
+            other = (U + 1e-2 * torch.randn(U.shape, generator=generator)) @ (
+                V + 1e-2 * torch.randn(V.shape, generator=generator)
+            )
             assert kfac_loss(W, A, G, other) >= curve[rank] - 1e-9
         U, S, Vh = torch.linalg.svd(W, full_matrices=False)
         assert kfac_loss(W, A, G, U[:, :rank] * S[:rank] @ Vh[:rank]) >= curve[rank] - 1e-9
@@ -328,8 +338,13 @@ def kfac_factors(W, rank, A, G):
 
 
 def test_kfac_greedy_predicts_no_more_kfac_loss_than_uniform_and_needs_the_moments(tiny_bert, sentiment_csv):
-    stats = statistics_for(tiny_bert, sentiment_csv, ("activations", "gradients"),
-                           StatisticsSettings(num_batches=2, batch_size=8), use_cache=False)
+    stats = statistics_for(
+        tiny_bert,
+        sentiment_csv,
+        ("activations", "gradients"),
+        StatisticsSettings(num_batches=2, batch_size=8),
+        use_cache=False,
+    )
     curves = kfac_loss_curves(tiny_bert, stats)
 
     def predicted(plan):
@@ -342,7 +357,9 @@ def test_kfac_greedy_predicts_no_more_kfac_loss_than_uniform_and_needs_the_momen
         for other in ("uniform", "energy"):
             assert predicted(greedy) <= predicted(allocate(tiny_bert, budget, other, align=4)) * (1 + 1e-9)
     with pytest.raises(ValueError, match="input and gradient moments"):
-        allocate(tiny_bert, 0.5, "kfac_greedy", stats={n: {"input_moment": v["input_moment"]} for n, v in stats.items()})
+        allocate(
+            tiny_bert, 0.5, "kfac_greedy", stats={n: {"input_moment": v["input_moment"]} for n, v in stats.items()}
+        )
 
 
 def test_threshold_allocation_treats_a_choice_as_bad_as_any_larger_one():
@@ -407,8 +424,14 @@ def test_plan_from_bad_json_raises():
         RankPlan.from_json("{nope")
     with pytest.raises(ValueError, match="not a rank plan"):
         RankPlan.from_json({"ranks": {"a": 4}})
-    bad = {"format": "lowrank-plan", "version": 1, "strategy": "x", "budget": 10, "ranks": {"a": 4},
-           "layers": [{"name": "a", "out": 16, "in": 16, "rank": 6}]}
+    bad = {
+        "format": "lowrank-plan",
+        "version": 1,
+        "strategy": "x",
+        "budget": 10,
+        "ranks": {"a": 4},
+        "layers": [{"name": "a", "out": 16, "in": 16, "rank": 6}],
+    }
     with pytest.raises(ValueError, match="disagrees"):
         RankPlan.from_json(bad)
     bad["ranks"] = {"a": 6}
@@ -462,8 +485,14 @@ def test_sensitivity_measures_real_loss_and_is_cached(tiny_bert, sentiment_csv, 
     task = load_task(sentiment_csv)
     before = {n: p.detach().clone() for n, p in tiny_bert.model.named_parameters()}
     calls = []
-    table = measure_sensitivity(tiny_bert, task, fractions=(0.25, 0.5), num_batches=2, batch_size=8,
-                                progress=lambda done, total, message: calls.append((done, total)))
+    table = measure_sensitivity(
+        tiny_bert,
+        task,
+        fractions=(0.25, 0.5),
+        num_batches=2,
+        batch_size=8,
+        progress=lambda done, total, message: calls.append((done, total)),
+    )
     assert all(torch.equal(p, before[n]) for n, p in tiny_bert.model.named_parameters())  # weights restored
     assert calls[-1] == (12, 12) and table.examples == 16
     # one measured point, recomputed by compressing that layer alone with plain SVD
@@ -477,8 +506,14 @@ def test_sensitivity_measures_real_loss_and_is_cached(tiny_bert, sentiment_csv, 
     assert table.losses[name][0] == pytest.approx(expected, rel=1e-4)
     files = list((tmp_path / "cache" / "sensitivity").glob("*.safetensors"))
     assert len(files) == 1
-    again = measure_sensitivity(tiny_bert, task, fractions=(0.5, 0.25), num_batches=2, batch_size=8,
-                                progress=lambda *a: pytest.fail("a cached table must not be measured again"))
+    again = measure_sensitivity(
+        tiny_bert,
+        task,
+        fractions=(0.5, 0.25),
+        num_batches=2,
+        batch_size=8,
+        progress=lambda *a: pytest.fail("a cached table must not be measured again"),
+    )
     assert again.losses == table.losses and again.baseline_loss == table.baseline_loss
 
 
@@ -498,7 +533,9 @@ def test_sensitivity_interpolation():
 
 def test_sensitivity_goes_below_measured_ranks_only_when_the_budget_requires_it(tiny_bert, sentiment_csv):
     options = dict(task=sentiment_csv, align=1, num_batches=1, batch_size=8, fractions=(0.25, 0.5))
-    smallest_measured = {n: max(1, int(0.25 * o * i // (o + i))) for n, (o, i) in linear_shapes(tiny_bert.model).items()}
+    smallest_measured = {
+        n: max(1, int(0.25 * o * i // (o + i))) for n, (o, i) in linear_shapes(tiny_bert.model).items()
+    }
     floor = sum(r * sum(linear_shapes(tiny_bert.model)[n]) for n, r in smallest_measured.items())
     above = allocate(tiny_bert, floor + 1000, "sensitivity", **options)
     assert all(layer.dense or layer.rank >= smallest_measured[layer.name] for layer in above.layers)
@@ -512,8 +549,26 @@ def test_sensitivity_goes_below_measured_ranks_only_when_the_budget_requires_it(
 
 def test_cli_allocate_then_compress_with_plan(capsys, tmp_path, tiny_bert_dir, sentiment_csv):
     plan_path = tmp_path / "plan.json"
-    code = main(["allocate", "--model", str(tiny_bert_dir), "--budget", "0.5", "--strategy", "fisher_greedy",
-                 "--task", str(sentiment_csv), "--fisher-batches", "2", "--align", "4", "--out", str(plan_path), "--json"])
+    code = main(
+        [
+            "allocate",
+            "--model",
+            str(tiny_bert_dir),
+            "--budget",
+            "0.5",
+            "--strategy",
+            "fisher_greedy",
+            "--task",
+            str(sentiment_csv),
+            "--fisher-batches",
+            "2",
+            "--align",
+            "4",
+            "--out",
+            str(plan_path),
+            "--json",
+        ]
+    )
     out, err = capsys.readouterr()
     assert code == 0, err
     record = json.loads(out)
@@ -533,8 +588,25 @@ def test_cli_allocate_then_compress_with_plan(capsys, tmp_path, tiny_bert_dir, s
 
 
 def test_cli_allocate_predict_uses_the_shared_statistics_flags(capsys, tiny_bert_dir, sentiment_csv):
-    code = main(["allocate", "--model", str(tiny_bert_dir), "--budget", "0.5", "--strategy", "uniform", "--predict",
-                 "--task", str(sentiment_csv), "--fisher-batches", "1", "--batch-size", "4", "--json"])
+    code = main(
+        [
+            "allocate",
+            "--model",
+            str(tiny_bert_dir),
+            "--budget",
+            "0.5",
+            "--strategy",
+            "uniform",
+            "--predict",
+            "--task",
+            str(sentiment_csv),
+            "--fisher-batches",
+            "1",
+            "--batch-size",
+            "4",
+            "--json",
+        ]
+    )
     out, err = capsys.readouterr()
     assert code == 0, err
     record = json.loads(out)

@@ -9,8 +9,15 @@ from lowrank.allocation import PlannedLayer, RankPlan, read_ranks
 
 
 def plan_dict(**changes):
-    data = {"format": "lowrank-plan", "version": 1, "strategy": "x", "budget": 1000, "align": 2, "ranks": {"a": 6},
-            "layers": [{"name": "a", "out": 16, "in": 16, "rank": 6}, {"name": "b", "out": 8, "in": 4, "rank": None}]}
+    data = {
+        "format": "lowrank-plan",
+        "version": 1,
+        "strategy": "x",
+        "budget": 1000,
+        "align": 2,
+        "ranks": {"a": 6},
+        "layers": [{"name": "a", "out": 16, "in": 16, "rank": 6}, {"name": "b", "out": 8, "in": 4, "rank": None}],
+    }
     return data | changes
 
 
@@ -68,24 +75,29 @@ def test_read_ranks_of_a_bare_mapping_and_of_a_saved_plan(tmp_path):
 
 @pytest.mark.parametrize("budget", [0.5, 1e-9, 999.5, float("nan"), float("inf")])
 def test_a_fractional_budget_is_refused_not_truncated(budget):
-    with pytest.raises(ValueError, match=r"malformed rank plan: the budget \(a parameter count\) must be a whole number"):
+    with pytest.raises(
+        ValueError, match=r"malformed rank plan: the budget \(a parameter count\) must be a whole number"
+    ):
         RankPlan.from_json(plan_dict(budget=budget))
     with pytest.raises(ValueError, match="budget .* must be a whole number"):
         RankPlan([PlannedLayer("a", 16, 16, 4)], budget, "x")
     assert RankPlan.from_json(plan_dict(budget=1000.0)).budget == 1000  # a whole float loses nothing
 
 
-@pytest.mark.parametrize("changes, match", [
-    ({"budget": -10}, "budget .* >= 1, got -10"),
-    ({"budget": 0}, "budget .* >= 1, got 0"),
-    ({"budget": "1000"}, "budget .* got '1000'"),
-    ({"align": 0}, "align must be a whole number >= 1, got 0"),
-    ({"align": -8}, "align must be a whole number >= 1"),
-    ({"align": 2.5}, "align must be a whole number >= 1"),
-    ({"layers": [{"name": "a", "out": 16, "in": 16, "rank": 6.5}]}, "the rank of a must be a whole number"),
-    ({"layers": [{"name": "a", "out": 16, "rank": 6}]}, "missing 'in'"),
-    ({"ranks": [6]}, "'ranks' must be an object"),
-])
+@pytest.mark.parametrize(
+    "changes, match",
+    [
+        ({"budget": -10}, "budget .* >= 1, got -10"),
+        ({"budget": 0}, "budget .* >= 1, got 0"),
+        ({"budget": "1000"}, "budget .* got '1000'"),
+        ({"align": 0}, "align must be a whole number >= 1, got 0"),
+        ({"align": -8}, "align must be a whole number >= 1"),
+        ({"align": 2.5}, "align must be a whole number >= 1"),
+        ({"layers": [{"name": "a", "out": 16, "in": 16, "rank": 6.5}]}, "the rank of a must be a whole number"),
+        ({"layers": [{"name": "a", "out": 16, "rank": 6}]}, "missing 'in'"),
+        ({"ranks": [6]}, "'ranks' must be an object"),
+    ],
+)
 def test_bad_plan_numbers_are_refused(changes, match):
     with pytest.raises(ValueError, match=match):
         RankPlan.from_json(plan_dict(**changes))

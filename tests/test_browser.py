@@ -31,9 +31,13 @@ def server(tmp_path, tiny_bert_dir, sentiment_csv, seed_lee):
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium; .ci/run does it)")
     seed_lee(tmp_path / "cache")  # the decoder path measures perplexity on Lee, offline
-    env = {"LOWRANK_DEFAULT_MODEL": str(tiny_bert_dir), "LOWRANK_DEFAULT_TASK": str(sentiment_csv),
-           "LOWRANK_CACHE": str(tmp_path / "cache"), "LOWRANK_OFFLINE": "1",
-           "LOWRANK_MODEL_ROOTS": str(tiny_bert_dir.parent)}  # the test models may be typed in the model box
+    env = {
+        "LOWRANK_DEFAULT_MODEL": str(tiny_bert_dir),
+        "LOWRANK_DEFAULT_TASK": str(sentiment_csv),
+        "LOWRANK_CACHE": str(tmp_path / "cache"),
+        "LOWRANK_OFFLINE": "1",
+        "LOWRANK_MODEL_ROOTS": str(tiny_bert_dir.parent),
+    }  # the test models may be typed in the model box
     with DashboardServer(env, log_path=tmp_path / "server.log") as running:
         running.wait_healthy()
         yield running
@@ -44,10 +48,17 @@ def first_run_server(tmp_path, tiny_encoder_dir, sentiment_csv):
     """A fresh cache and no LOWRANK_DEFAULT_MODEL: the default model (minilm-rt) is not built."""
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium; .ci/run does it)")
-    recipe = {"base": str(tiny_encoder_dir), "task": str(sentiment_csv),
-              "config": {"max_steps": 40, "batch_size": 4, "max_length": 16}}
-    env = {"LOWRANK_DEFAULT_TASK": str(sentiment_csv), "LOWRANK_CACHE": str(tmp_path / "cache"), "LOWRANK_OFFLINE": "1",
-           "LOWRANK_FINETUNE_RECIPE": json.dumps(recipe)}
+    recipe = {
+        "base": str(tiny_encoder_dir),
+        "task": str(sentiment_csv),
+        "config": {"max_steps": 40, "batch_size": 4, "max_length": 16},
+    }
+    env = {
+        "LOWRANK_DEFAULT_TASK": str(sentiment_csv),
+        "LOWRANK_CACHE": str(tmp_path / "cache"),
+        "LOWRANK_OFFLINE": "1",
+        "LOWRANK_FINETUNE_RECIPE": json.dumps(recipe),
+    }
     with DashboardServer(env, log_path=tmp_path / "server.log") as running:
         running.health_s = running.wait_healthy(timeout=120)
         yield running
@@ -133,7 +144,9 @@ def test_every_page_a_tiny_factorization_and_the_decoder_path(server, tiny_llama
         page.get_by_role("heading", name="Before and after").wait_for(timeout=TIMEOUT)  # the background run is done
         wait_idle(page, TIMEOUT)
         no_error_box(page, "factorize")
-        expect(page.get_by_role("button", name=re.compile(r"Download .*-svd-run\d+\.zip"))).to_be_visible(timeout=TIMEOUT)
+        expect(page.get_by_role("button", name=re.compile(r"Download .*-svd-run\d+\.zip"))).to_be_visible(
+            timeout=TIMEOUT
+        )
         check_clean(page, "05-factorize")
 
         go(page, "Trade-offs", "Trade-offs")

@@ -36,12 +36,19 @@ def spawned(monkeypatch) -> list:
 
 def test_recipes_of_packaged_and_other_models(cache, tiny_encoder_dir, sentiment_csv, monkeypatch):
     rt = recipe_for("minilm-rt")
-    assert (rt.name, rt.base, rt.task, rt.out) == ("minilm-rt", "minilm", "rotten_tomatoes", str(finetuned_dir("minilm-rt")))
+    assert (rt.name, rt.base, rt.task, rt.out) == (
+        "minilm-rt",
+        "minilm",
+        "rotten_tomatoes",
+        str(finetuned_dir("minilm-rt")),
+    )
     assert rt.config == TrainConfig(**rt.config).__dict__ == MINILM_RT_CONFIG.__dict__
     assert recipe_for("minilm", "rotten_tomatoes") == rt and recipe_for("minilm", "sms_spam").name == "minilm-sms_spam"
     assert rt.command == "python -m lowrank prepare --build minilm-rt" and not rt.built
     other = recipe_for(str(tiny_encoder_dir), str(sentiment_csv))
-    assert other.name == other.out and other.out.startswith(str(cache / "finetuned" / f"{tiny_encoder_dir.name}-sentiment-"))
+    assert other.name == other.out and other.out.startswith(
+        str(cache / "finetuned" / f"{tiny_encoder_dir.name}-sentiment-")
+    )
     assert other.config == TrainConfig().__dict__  # what `lowrank finetune --out` trains with
     assert other.command.startswith(f"lowrank finetune --model {tiny_encoder_dir} --task {sentiment_csv} --out ")
     assert recipe_for(str(tiny_encoder_dir), "rotten_tomatoes").out != other.out  # one folder per model and task
@@ -87,7 +94,9 @@ def test_a_build_whose_process_cannot_start_ends_failed_saying_why(cache, monkey
     monkeypatch.setattr(build, "spawn", refuse)
     store = RunStore(cache / "runs.sqlite")
     row = store.get_build(build.start_build(recipe_for("minilm-rt"), store))
-    assert row["status"] == "failed" and "cannot start its process" in row["error"] and "Permission denied" in row["error"]
+    assert (
+        row["status"] == "failed" and "cannot start its process" in row["error"] and "Permission denied" in row["error"]
+    )
 
 
 def test_a_build_of_another_host_that_stopped_reporting_ends_interrupted(cache, spawned):
@@ -124,8 +133,9 @@ def test_progress_writes_are_throttled(cache):
 
 def test_run_build_fine_tunes_records_progress_and_ends_done(cache, tiny_encoder_dir, sentiment_csv):
     store = RunStore(cache / "runs.sqlite")
-    recipe = Recipe("tiny-rt", str(tiny_encoder_dir), str(sentiment_csv), str(cache / "tiny-rt"),
-                    {**TrainConfig().__dict__, **TINY})
+    recipe = Recipe(
+        "tiny-rt", str(tiny_encoder_dir), str(sentiment_csv), str(cache / "tiny-rt"), {**TrainConfig().__dict__, **TINY}
+    )
     build_id, _ = store.start_build(recipe.name, recipe.to_dict(), needed=lambda: not recipe.built)
     record = build.run_build(store, build_id)
     row = store.get_build(build_id)
@@ -136,8 +146,9 @@ def test_run_build_fine_tunes_records_progress_and_ends_done(cache, tiny_encoder
 
 def test_a_stopped_build_ends_interrupted_and_leaves_no_folder(cache, tiny_encoder_dir, sentiment_csv, monkeypatch):
     store = RunStore(cache / "runs.sqlite")
-    recipe = Recipe("tiny-rt", str(tiny_encoder_dir), str(sentiment_csv), str(cache / "tiny-rt"),
-                    {**TrainConfig().__dict__, **TINY})
+    recipe = Recipe(
+        "tiny-rt", str(tiny_encoder_dir), str(sentiment_csv), str(cache / "tiny-rt"), {**TrainConfig().__dict__, **TINY}
+    )
     build_id, _ = store.start_build(recipe.name, recipe.to_dict(), needed=lambda: True)
     monkeypatch.setattr(stop, "_STOP", stop.threading.Event())
     stop.request_stop()  # what SIGTERM or a lost heartbeat does: the next progress tick stops it

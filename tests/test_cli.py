@@ -21,8 +21,20 @@ def test_methods_and_models_json(capsys):
 
 def test_compress_save_and_evaluate_round_trip(capsys, tmp_path, tiny_bert_dir, sentiment_csv):
     out_dir = tmp_path / "small"
-    code, out, err = run(capsys, "compress", "--model", str(tiny_bert_dir), "--keep", "0.3", "--out", str(out_dir),
-                         "--task", str(sentiment_csv), "--evaluate", "--json")
+    code, out, err = run(
+        capsys,
+        "compress",
+        "--model",
+        str(tiny_bert_dir),
+        "--keep",
+        "0.3",
+        "--out",
+        str(out_dir),
+        "--task",
+        str(sentiment_csv),
+        "--evaluate",
+        "--json",
+    )
     assert code == 0, err
     record = json.loads(out)
     assert record["layers"] == 12 and record["metric"] == "accuracy" and (out_dir / "lowrank.json").exists()
@@ -44,12 +56,15 @@ def test_spectra_table(capsys, tiny_bert_dir):
     assert code == 0 and "effective_rank" in out and "attention.self.query" in out
 
 
-@pytest.mark.parametrize("argv, match", [
-    (["evaluate", "--model", "/no/such/dir-or-id"], "error:"),
-    (["compress", "--model", "TINY", "--keep", "1.5"], r"\(0, 1\]"),
-    (["compress", "--model", "TINY", "--method", "nope"], "unknown factorization method"),
-    (["compress", "--model", "TINY", "--plan", "/no/plan.json"], "plan file not found"),
-])
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["evaluate", "--model", "/no/such/dir-or-id"], "error:"),
+        (["compress", "--model", "TINY", "--keep", "1.5"], r"\(0, 1\]"),
+        (["compress", "--model", "TINY", "--method", "nope"], "unknown factorization method"),
+        (["compress", "--model", "TINY", "--plan", "/no/plan.json"], "plan file not found"),
+    ],
+)
 def test_bad_input_exits_2_with_message(capsys, tiny_bert_dir, argv, match):
     argv = [str(tiny_bert_dir) if a == "TINY" else a for a in argv]
     code, _, err = run(capsys, *argv)
@@ -59,7 +74,22 @@ def test_bad_input_exits_2_with_message(capsys, tiny_bert_dir, argv, match):
 
 def test_compress_reports_the_whitening_regularizers(capsys, tiny_bert_dir, sentiment_csv, tmp_path, monkeypatch):
     monkeypatch.setenv("LOWRANK_CACHE", str(tmp_path))
-    code, out, _ = run(capsys, "compress", "--model", str(tiny_bert_dir), "--task", str(sentiment_csv), "--keep", "0.5",
-                       "--method", "svd_llm", "--fisher-batches", "1", "--fisher-batch-size", "4", "--json")
+    code, out, _ = run(
+        capsys,
+        "compress",
+        "--model",
+        str(tiny_bert_dir),
+        "--task",
+        str(sentiment_csv),
+        "--keep",
+        "0.5",
+        "--method",
+        "svd_llm",
+        "--fisher-batches",
+        "1",
+        "--fisher-batch-size",
+        "4",
+        "--json",
+    )
     record = json.loads(out)
     assert code == 0 and record["layers"] == 12 and "layer(s)" in record["regularizers"]

@@ -23,14 +23,37 @@ def test_fisher_risk_and_weighted_compress(capsys, tmp_path, monkeypatch, tiny_b
     ranks = resolve_ranks(loaded.model, 0.3)
     expected = svd_loss_change(loaded, str(sentiment_csv), ranks, StatisticsSettings(num_batches=2, batch_size=4))
     assert [layer["output_change"] for layer in risk["layers"]] == pytest.approx(
-        [expected[layer["name"]]["second_order"] for layer in risk["layers"]], rel=1e-5)
+        [expected[layer["name"]]["second_order"] for layer in risk["layers"]], rel=1e-5
+    )
     assert all(layer["output_change"] > 0 for layer in risk["layers"])
     assert main(["risk", *common, "--keep", "0.3", "--taylor-split", "validation", "--json"]) == 0
     layers = json.loads(capsys.readouterr().out)["layers"]
     assert all(layer["taylor_total"] >= layer["taylor_first"] for layer in layers)  # + 0.5 mean s^2 >= 0
-    assert main(["compress", "--model", str(tiny_bert_dir), "--task", str(sentiment_csv), "--method", "tfwsvd",
-                 "--solver", "als", "--option", "max_iters=2", "--fisher-batches", "2", "--keep", "0.3",
-                 "--out", str(tmp_path / "out"), "--json"]) == 0
+    assert (
+        main(
+            [
+                "compress",
+                "--model",
+                str(tiny_bert_dir),
+                "--task",
+                str(sentiment_csv),
+                "--method",
+                "tfwsvd",
+                "--solver",
+                "als",
+                "--option",
+                "max_iters=2",
+                "--fisher-batches",
+                "2",
+                "--keep",
+                "0.3",
+                "--out",
+                str(tmp_path / "out"),
+                "--json",
+            ]
+        )
+        == 0
+    )
     record = json.loads(capsys.readouterr().out)
     assert record["method"] == "tfwsvd" and record["layers"] == 12
     meta = json.loads((tmp_path / "out" / "lowrank.json").read_text())

@@ -33,13 +33,18 @@ def test_fraction_resolves_to_ranks_below_break_even(tiny_bert):
     assert resolve_ranks(tiny_bert.model, 1.0) == {}  # keeping everything means nothing is factorized
 
 
-@pytest.mark.parametrize("bad, match", [
-    (0.0, r"\(0, 1\]"), (1.5, r"\(0, 1\]"), ({"nope": 3}, "not compressible"),
-    ({"bert.encoder.layer.0.attention.self.query": 0}, "at least 1"),
-    ({"bert.encoder.layer.0.attention.self.query": 32}, "break-even"),
-    ({"bert.encoder.layer.0.attention.self.query": 65}, "exceeds"),
-    ("half", "dict"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (0.0, r"\(0, 1\]"),
+        (1.5, r"\(0, 1\]"),
+        ({"nope": 3}, "not compressible"),
+        ({"bert.encoder.layer.0.attention.self.query": 0}, "at least 1"),
+        ({"bert.encoder.layer.0.attention.self.query": 32}, "break-even"),
+        ({"bert.encoder.layer.0.attention.self.query": 65}, "exceeds"),
+        ("half", "dict"),
+    ],
+)
 def test_bad_ranks_raise(tiny_bert, bad, match):
     with pytest.raises(ValueError, match=match):
         resolve_ranks(tiny_bert.model, bad)

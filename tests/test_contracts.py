@@ -37,10 +37,18 @@ def test_a_method_is_one_new_file(tmp_path):
     (copy / "methods" / "probe.py").write_text(NEW_METHOD)
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
     code = "import lowrank; print(lowrank.__file__); print(lowrank.available_methods())"
-    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True, check=True
+    )
     assert str(copy) in out.stdout and "'probe'" in out.stdout
-    cli = subprocess.run([sys.executable, "-m", "lowrank", "methods", "--json"], env=env, cwd=tmp_path, capture_output=True,
-                         text=True, check=True)
+    cli = subprocess.run(
+        [sys.executable, "-m", "lowrank", "methods", "--json"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     rows = {r["name"]: r for r in json.loads(cli.stdout)}
     assert rows["probe"]["options"] == "scale=2.0" and rows["probe"]["needs"] == "-"
 
@@ -69,7 +77,9 @@ def test_no_function_local_imports_of_the_package():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 for inner in ast.walk(node):
-                    if isinstance(inner, ast.ImportFrom) and (inner.level or (inner.module or "").startswith("lowrank")):
+                    if isinstance(inner, ast.ImportFrom) and (
+                        inner.level or (inner.module or "").startswith("lowrank")
+                    ):
                         local.append(f"{path.relative_to(PACKAGE)}:{inner.lineno}")
     assert local == []
 

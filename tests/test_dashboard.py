@@ -39,7 +39,9 @@ def env(monkeypatch, tmp_path, tiny_bert_dir, sentiment_csv):
     monkeypatch.setenv("LOWRANK_DEFAULT_MODEL", str(tiny_bert_dir))
     monkeypatch.setenv("LOWRANK_DEFAULT_TASK", str(sentiment_csv))
     monkeypatch.setenv("LOWRANK_CACHE", str(cache))
-    monkeypatch.setenv("LOWRANK_MODEL_ROOTS", str(tiny_bert_dir.parent))  # the test models may be typed in the model box
+    monkeypatch.setenv(
+        "LOWRANK_MODEL_ROOTS", str(tiny_bert_dir.parent)
+    )  # the test models may be typed in the model box
     st.cache_data.clear()
     st.cache_resource.clear()
     return cache
@@ -122,7 +124,9 @@ def test_bad_inputs_show_messages_not_tracebacks(env, tmp_path, monkeypatch):
     at.text_input[0].input(str(tmp_path / "no-such-model"))
     at.form_submit_button[0].click().run()
     assert not at.exception
-    assert any("not a model folder" in e.value or "cannot load" in e.value.lower() for e in at.error), [e.value for e in at.error]
+    assert any("not a model folder" in e.value or "cannot load" in e.value.lower() for e in at.error), [
+        e.value for e in at.error
+    ]
 
     at.radio(key="task_choice").set_value("upload").run()
     at.file_uploader[0].upload("broken.csv", b"sentence,score\nhello,1\n", "text/csv").run()
@@ -153,8 +157,16 @@ def shown_row(at, row: int) -> tuple[str, str]:
     return str(frame["rank"].iloc[row]), str(frame["message"].iloc[row])
 
 
-@pytest.mark.parametrize("typed, words", [("abc", "not a number"), ("-5", "out of range"), ("2.5", "not a whole number"),
-                                          ("99999", "out of range"), (10_000, "out of range")])
+@pytest.mark.parametrize(
+    "typed, words",
+    [
+        ("abc", "not a number"),
+        ("-5", "out of range"),
+        ("2.5", "not a whole number"),
+        ("99999", "out of range"),
+        (10_000, "out of range"),
+    ],
+)
 def test_rank_editor_refuses_an_invalid_cell_at_its_row_and_reverts_it(env, typed, words):
     at = new_app().run()
     visit(at, "ranks")
@@ -209,16 +221,20 @@ def test_spectra_fisher_heatmaps(env):
     at.segmented_control(key="heatmap_metric").set_value("dispersion").run()
     next(b for b in at.button if b.label == "Compute Fisher information").click().run()
     assert not at.exception
-    assert any(spec["data"][0]["type"] == "heatmap" and "Fisher dispersion" in spec["data"][0]["hovertemplate"]
-               for spec in plotly_specs(at))
+    assert any(
+        spec["data"][0]["type"] == "heatmap" and "Fisher dispersion" in spec["data"][0]["hovertemplate"]
+        for spec in plotly_specs(at)
+    )
     at.segmented_control(key="heatmap_metric").set_value("risk").run()
     assert not at.exception
     assert any("SVD risk" in spec["data"][0].get("hovertemplate", "") for spec in plotly_specs(at))
     assert at.success or at.warning  # the whole-model verdict
 
 
-@pytest.mark.parametrize("statistic, label, term", [("taylor", "Taylor loss change", "total"),
-                                                     ("output_change", "predicted output change", "second_order")])
+@pytest.mark.parametrize(
+    "statistic, label, term",
+    [("taylor", "Taylor loss change", "total"), ("output_change", "predicted output change", "second_order")],
+)
 def test_spectra_taylor_heatmaps_show_the_library_estimate(env, tiny_bert_dir, sentiment_csv, statistic, label, term):
     import lowrank
     from lowrank.statistics.fisher import svd_loss_change
@@ -312,7 +328,11 @@ def test_full_flow_load_plan_factorize_store_plot(env):
     runs = store.runs(status="done")
     assert set(runs["method"]) == {"dense", "svd", "tfwsvd"}
     tfwsvd = runs[runs["method"] == "tfwsvd"].iloc[0]
-    assert tfwsvd["solver"] == "em" and tfwsvd["strategy"] == "uniform" and tfwsvd["budget"] == pytest.approx(0.5, abs=0.02)
+    assert (
+        tfwsvd["solver"] == "em"
+        and tfwsvd["strategy"] == "uniform"
+        and tfwsvd["budget"] == pytest.approx(0.5, abs=0.02)
+    )
     assert 0 < tfwsvd["kept_fraction"] < 0.55 and tfwsvd["size_bytes"] > 0 and tfwsvd["latency_ms_b1"] > 0
     assert tfwsvd["latency_info"]["conditions"]["threads"] >= 1  # how the latency was measured is stored with it
     assert any("weighted error per iteration" in s["layout"]["title"]["text"] for s in plotly_specs(at))  # convergence
@@ -365,8 +385,9 @@ def test_background_sweep_and_demo(env):
     assert any("keeping" in m.value for m in at.markdown)
 
 
-def test_a_causal_lm_gets_a_text_task_and_rendering_stores_no_failed_run(env, seed_lee, tiny_llama_dir, sentiment_csv,
-                                                                         monkeypatch):
+def test_a_causal_lm_gets_a_text_task_and_rendering_stores_no_failed_run(
+    env, seed_lee, tiny_llama_dir, sentiment_csv, monkeypatch
+):
     from lowrank.experiments.store import RunStore
 
     seed_lee(env)
@@ -397,7 +418,10 @@ def test_a_causal_lm_gets_a_text_task_and_rendering_stores_no_failed_run(env, se
     at.session_state["task"] = str(sentiment_csv)
     for page in ("spectra", "ranks", "factorize"):
         visit(at, page)
-        assert any("causal language model, not a classifier" in e.value for e in at.error), (page, [e.value for e in at.error])
+        assert any("causal language model, not a classifier" in e.value for e in at.error), (
+            page,
+            [e.value for e in at.error],
+        )
     assert store.runs(status=["failed", "interrupted"]).empty
 
 
@@ -426,8 +450,9 @@ def test_a_factorize_run_goes_on_when_the_page_is_left_and_its_result_appears_on
         assert any(d.label.startswith("Download") for d in session.download_button)
 
 
-def test_a_result_that_destroys_the_model_is_flagged_on_every_page_showing_it(env, tiny_bert_dir, sentiment_csv,
-                                                                              fake_runs):
+def test_a_result_that_destroys_the_model_is_flagged_on_every_page_showing_it(
+    env, tiny_bert_dir, sentiment_csv, fake_runs
+):
     from lowrank.experiments.store import RunStore
 
     store = RunStore(env / "runs.sqlite")
@@ -453,8 +478,11 @@ def test_heatmap_colours_are_not_swamped_by_one_outlier():
     from dashboard import plots
 
     rng = np.random.default_rng(0)
-    rows = [{"name": f"layer{b}.{t}", "block": b, "type": t, "risk": float(rng.uniform(0.8, 1.6))}
-            for b in range(6) for t in ("q", "k", "v", "o", "up", "down")]
+    rows = [
+        {"name": f"layer{b}.{t}", "block": b, "type": t, "risk": float(rng.uniform(0.8, 1.6))}
+        for b in range(6)
+        for t in ("q", "k", "v", "o", "up", "down")
+    ]
     rows[7]["risk"] = 28.2
     heat = plots.heatmap_figure(pd.DataFrame(rows), "risk").data[0]
     assert heat.zmax < 2.0 and heat.zmin >= 0.8  # the colours span the 35 other cells

@@ -20,8 +20,14 @@ from lowrank.experiments.store import RunStore
 from lowrank.training.finetune import RECIPE_ENV, recipe_for
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = {"home": "pages/0_Home.py", "model": "pages/1_Model_and_task.py", "ranks": "pages/3_Ranks.py",
-         "factorize": "pages/4_Factorize.py", "tradeoffs": "pages/5_Trade_offs.py", "summary": "pages/6_Summary.py"}
+PAGES = {
+    "home": "pages/0_Home.py",
+    "model": "pages/1_Model_and_task.py",
+    "ranks": "pages/3_Ranks.py",
+    "factorize": "pages/4_Factorize.py",
+    "tradeoffs": "pages/5_Trade_offs.py",
+    "summary": "pages/6_Summary.py",
+}
 TINY = {"max_steps": 3, "batch_size": 4, "max_length": 16}
 DEAD_PID = 2**22 + 1  # above the largest pid Linux allows: never a live process
 FINETUNE = "Fine-tune in the background"
@@ -38,7 +44,9 @@ def first_run(monkeypatch, tmp_path, tiny_encoder_dir, sentiment_csv):
     monkeypatch.delenv("LOWRANK_DEFAULT_MODEL", raising=False)
     monkeypatch.setenv("LOWRANK_DEFAULT_TASK", str(sentiment_csv))
     monkeypatch.setenv("LOWRANK_CACHE", str(cache))
-    monkeypatch.setenv(RECIPE_ENV, json.dumps({"base": str(tiny_encoder_dir), "task": str(sentiment_csv), "config": TINY}))
+    monkeypatch.setenv(
+        RECIPE_ENV, json.dumps({"base": str(tiny_encoder_dir), "task": str(sentiment_csv), "config": TINY})
+    )
     st.cache_data.clear()
     st.cache_resource.clear()
     return cache
@@ -87,8 +95,10 @@ def wait_for_build(store: RunStore, build_id: int, timeout: float = 240.0) -> di
         if row["status"] != "running":
             return row
         time.sleep(0.5)
-    raise AssertionError(f"build {build_id} still running after {timeout} s: "
-                         f"{build.log_path(store, build_id).read_text(errors='replace')[-2000:]}")
+    raise AssertionError(
+        f"build {build_id} still running after {timeout} s: "
+        f"{build.log_path(store, build_id).read_text(errors='replace')[-2000:]}"
+    )
 
 
 def test_a_first_run_builds_the_default_model_once_and_new_sessions_start_on_it(first_run, tiny_encoder_dir):
@@ -115,7 +125,9 @@ def test_a_first_run_builds_the_default_model_once_and_new_sessions_start_on_it(
 
     third = new_app()  # a session opened after the build starts on it; nothing is built again
     assert third.session_state["model"] == "minilm-rt" and len(store.builds()) == 1
-    assert not button(third, "Run the demo").disabled and not any("classification head" in w.value for w in third.warning)
+    assert not button(third, "Run the demo").disabled and not any(
+        "classification head" in w.value for w in third.warning
+    )
 
 
 def test_the_home_card_shows_step_and_time_left_and_a_dead_build_is_started_again(first_run, spawned):
@@ -147,7 +159,8 @@ def test_the_home_card_shows_step_and_time_left_and_a_dead_build_is_started_agai
 
 
 def test_an_untrained_head_is_labelled_with_a_fine_tune_button_wherever_its_accuracy_is_shown(
-        first_run, spawned, monkeypatch, tiny_encoder_dir, sentiment_csv, fake_runs):
+    first_run, spawned, monkeypatch, tiny_encoder_dir, sentiment_csv, fake_runs
+):
     model, task = str(tiny_encoder_dir), str(sentiment_csv)
     monkeypatch.setenv("LOWRANK_DEFAULT_MODEL", model)  # a default model without a trained head: nothing is built
     store = RunStore(first_run / "runs.sqlite")
@@ -160,7 +173,9 @@ def test_an_untrained_head_is_labelled_with_a_fine_tune_button_wherever_its_accu
         if page != "model":
             visit(at, page)
         if page == "ranks":  # stored runs of a plan, for the pages that show compressed accuracies
-            fake_runs(store, model, task, "factorize", {"dense": 0.5, "svd": 0.45}, ranks=at.session_state["plan"].ranks)
+            fake_runs(
+                store, model, task, "factorize", {"dense": 0.5, "svd": 0.45}, ranks=at.session_state["plan"].ranks
+            )
             continue
         if page == "factorize":
             assert any(m.label == "dense accuracy (untrained head)" for m in at.metric)

@@ -24,15 +24,18 @@ def test_seeded_split_is_a_partition():
     assert joined == list(range(101))
 
 
-@pytest.mark.parametrize("content, match", [
-    ("", "empty"),
-    ("text,label\n", "no rows"),
-    ("sentence,label\nhi,1\n", "missing \\['text'\\]"),
-    ("text,target\nhi,1\n", "missing \\['label'\\]"),
-    ("text,label\nhi,\nho,1\n", "missing label"),
-    ("text,label\nhi,1\nho,1\n", "at least two labels"),
-    ("text,label,split\nhi,1,train\nho,0,dev\n", "unknown split"),
-])
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        ("", "empty"),
+        ("text,label\n", "no rows"),
+        ("sentence,label\nhi,1\n", "missing \\['text'\\]"),
+        ("text,target\nhi,1\n", "missing \\['label'\\]"),
+        ("text,label\nhi,\nho,1\n", "missing label"),
+        ("text,label\nhi,1\nho,1\n", "at least two labels"),
+        ("text,label,split\nhi,1,train\nho,0,dev\n", "unknown split"),
+    ],
+)
 def test_bad_csv_gives_clear_error(tmp_path, content, match):
     with pytest.raises(TaskError, match=match):
         load_task(write(tmp_path, content))

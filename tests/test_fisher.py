@@ -20,7 +20,7 @@ def brute_force_fisher(loaded, task, batch_size, num_batches):
     count = 0
     for batch in batches(task, loaded.tokenizer, "train", batch_size, 128, shuffle=True, seed=0, limit=num_batches):
         for i in range(batch["input_ids"].shape[0]):
-            one = {k: v[i:i + 1] for k, v in batch.items()}
+            one = {k: v[i : i + 1] for k, v in batch.items()}
             if "attention_mask" in one:  # drop this example's padding
                 keep = one["attention_mask"][0].bool()
                 one = {k: (v[:, keep] if v.ndim == 2 and k != "labels" else v) for k, v in one.items()}
@@ -61,9 +61,13 @@ def test_statistics_pass_computes_no_weight_gradients_and_restores_the_flags(tin
 
 
 def test_lm_fisher_and_sampled_labels(tiny_llama, text_task, tiny_bert, sentiment_csv):
-    fisher = estimate_fisher(tiny_llama, text_task, StatisticsSettings(num_batches=1, batch_size=2, max_length=16), use_cache=False)
+    fisher = estimate_fisher(
+        tiny_llama, text_task, StatisticsSettings(num_batches=1, batch_size=2, max_length=16), use_cache=False
+    )
     assert len(fisher) == 14 and all((f >= 0).all() and f.sum() > 0 for f in fisher.values())
-    sampled = estimate_fisher(tiny_bert, sentiment_csv, StatisticsSettings(num_batches=1, batch_size=4, labels="sampled"), use_cache=False)
+    sampled = estimate_fisher(
+        tiny_bert, sentiment_csv, StatisticsSettings(num_batches=1, batch_size=4, labels="sampled"), use_cache=False
+    )
     data = estimate_fisher(tiny_bert, sentiment_csv, StatisticsSettings(num_batches=1, batch_size=4), use_cache=False)
     name = next(iter(sampled))
     assert sampled[name].sum() > 0 and not torch.equal(sampled[name], data[name])
@@ -95,7 +99,7 @@ def per_example_gradients(loaded, task, name, batch_size, num_batches):
     for batch in batches(task, loaded.tokenizer, "train", batch_size, 128, shuffle=True, seed=0, limit=num_batches):
         for i in range(batch["input_ids"].shape[0]):
             loaded.model.zero_grad()
-            loaded.model(**{k: v[i:i + 1] for k, v in batch.items()}).loss.backward()
+            loaded.model(**{k: v[i : i + 1] for k, v in batch.items()}).loss.backward()
             grads.append(weight.grad.detach().clone())
     return torch.stack(grads)
 
@@ -122,7 +126,9 @@ def test_taylor_estimate_is_the_full_fisher_quadratic_form(tiny_bert, sentiment_
     with pytest.raises(ValueError, match="shape"):
         loss_change_taylor(tiny_bert, task, {name: delta.T}, StatisticsSettings(num_batches=1, batch_size=4))
     with pytest.raises(ValueError, match="not compressible"):
-        loss_change_taylor(tiny_bert, task, {"bert.pooler.dense": delta}, StatisticsSettings(num_batches=1, batch_size=4))
+        loss_change_taylor(
+            tiny_bert, task, {"bert.pooler.dense": delta}, StatisticsSettings(num_batches=1, batch_size=4)
+        )
 
 
 def test_svd_loss_change_is_the_taylor_estimate_of_the_truncation_residual(tiny_bert, sentiment_csv):
@@ -157,7 +163,7 @@ def brute_force_sampled_fisher(loaded, task, batch_size, num_batches, per_exampl
         for i in range(batch["input_ids"].shape[0]):
             for label in drawn[i]:
                 loaded.model.zero_grad()
-                logits = loaded.model(**{k: v[i:i + 1] for k, v in inputs.items()}).logits
+                logits = loaded.model(**{k: v[i : i + 1] for k, v in inputs.items()}).logits
                 torch.nn.functional.cross_entropy(logits, label.view(1)).backward()
                 for n, m in linears.items():
                     sums[n] += m.weight.grad.square()
@@ -190,7 +196,9 @@ def test_gradient_moments_average_the_drawn_labels_too(tiny_bert, sentiment_csv)
 
     settings = StatisticsSettings(num_batches=1, batch_size=4, labels="sampled")
     one = estimate_moments(tiny_bert, sentiment_csv, settings, gradients=True, use_cache=False)
-    many = estimate_moments(tiny_bert, sentiment_csv, settings.with_(labels_per_example=8), gradients=True, use_cache=False)
+    many = estimate_moments(
+        tiny_bert, sentiment_csv, settings.with_(labels_per_example=8), gradients=True, use_cache=False
+    )
     name = "bert.encoder.layer.0.output.dense"
     torch.testing.assert_close(many[name]["input_moment"], one[name]["input_moment"])  # one forward pass either way
     G1, G8 = one[name]["grad_moment"], many[name]["grad_moment"]

@@ -139,11 +139,17 @@ def test_lpaf_config_defaults_and_validation():
     copied = LpafConfig(options=options)
     options["iterations"] = 4
     assert copied.options == {"iterations": 3}
-    for bad, match in (({"factorization": "qr"}, "factorization must be one of"),
-                       ({"score_weighting": True, "factorization": "svd"}, "score weighting applies"),
-                       ({"sparsity": 1.0}, "sparsity must be in"), ({"prune_method": "random"}, "prune_method"),
-                       ({"scope": "row"}, "scope"), ({"score_update": "sgd"}, "score_update"),
-                       ({"schedule": "step"}, "schedule"), ({"p0": 1.5}, "p0"), ({"eval_limit": 0}, "eval_limit")):
+    for bad, match in (
+        ({"factorization": "qr"}, "factorization must be one of"),
+        ({"score_weighting": True, "factorization": "svd"}, "score weighting applies"),
+        ({"sparsity": 1.0}, "sparsity must be in"),
+        ({"prune_method": "random"}, "prune_method"),
+        ({"scope": "row"}, "scope"),
+        ({"score_update": "sgd"}, "score_update"),
+        ({"schedule": "step"}, "schedule"),
+        ({"p0": 1.5}, "p0"),
+        ({"eval_limit": 0}, "eval_limit"),
+    ):
         with pytest.raises(ValueError, match=match):
             LpafConfig(**bad)
     with pytest.raises(ValueError, match="positive integer"):
@@ -157,8 +163,9 @@ def test_lpaf_config_defaults_and_validation():
 def test_lpaf_pipeline_end_to_end(tiny_bert, sentiment_csv, tmp_path):
     before = {k: v.clone() for k, v in tiny_bert.model.state_dict().items()}
     calls = []
-    config = LpafConfig(sparsity=0.6, ranks=0.3, prune_config=FAST, finetune_config=FAST, factorization="svd",
-                        mixed_rank=True, p0=0.5)
+    config = LpafConfig(
+        sparsity=0.6, ranks=0.3, prune_config=FAST, finetune_config=FAST, factorization="svd", mixed_rank=True, p0=0.5
+    )
     small = lpaf(tiny_bert, sentiment_csv, config, progress=lambda d, t, m: calls.append((d, t, m)))
     assert all(torch.equal(before[k], v) for k, v in tiny_bert.model.state_dict().items())  # input untouched
     modules = list(small.model.modules())
@@ -180,8 +187,12 @@ def test_lpaf_pipeline_end_to_end(tiny_bert, sentiment_csv, tmp_path):
 
 def test_lpaf_with_given_masks_skips_pruning(tiny_bert, sentiment_csv):
     masks = magnitude_prune(tiny_bert, 0.5)
-    small = lpaf(tiny_bert, sentiment_csv, LpafConfig(ranks=0.5, finetune_config=FAST, factorization="svd",
-                                                      mixed_rank=False), masks=masks)
+    small = lpaf(
+        tiny_bert,
+        sentiment_csv,
+        LpafConfig(ranks=0.5, finetune_config=FAST, factorization="svd", mixed_rank=False),
+        masks=masks,
+    )
     options = small.model.lowrank_info.options
     assert "seconds_prune" not in options and options["prune_scope"] == "given" and not options["mixed_rank"]
     assert options["sparsity"] == pytest.approx(0.5, abs=1e-3)
@@ -193,22 +204,70 @@ def test_lpaf_with_given_masks_skips_pruning(tiny_bert, sentiment_csv):
 
 def test_lpaf_with_sparsity_aware_factorization(tiny_bert, sentiment_csv):
     pytest.importorskip("lowrank.methods.sparsity_aware")
-    small = lpaf(tiny_bert, sentiment_csv, LpafConfig(sparsity=0.5, ranks=0.5, prune_config=FAST, finetune_config=FAST,
-                                                      prune_method="magnitude", score_weighting=True))
+    small = lpaf(
+        tiny_bert,
+        sentiment_csv,
+        LpafConfig(
+            sparsity=0.5,
+            ranks=0.5,
+            prune_config=FAST,
+            finetune_config=FAST,
+            prune_method="magnitude",
+            score_weighting=True,
+        ),
+    )
     info = small.model.lowrank_info
-    assert info.method == "sparsity_aware" and info.options["factorization"] == "sparsity_aware" and info.options["score_weighting"]
+    assert (
+        info.method == "sparsity_aware"
+        and info.options["factorization"] == "sparsity_aware"
+        and info.options["score_weighting"]
+    )
     assert info.options["prune_method"] == "magnitude" and info.options["sparsity"] == pytest.approx(0.5, abs=1e-3)
 
 
 def test_cli_lpaf_on_a_pruned_folder_and_ranks(capsys, tmp_path, tiny_bert_dir, sentiment_csv):
     pruned, out = tmp_path / "pruned", tmp_path / "lpaf"
     common = ["--task", str(sentiment_csv), "--batch-size", "8", "--max-length", "16", "--lr", "1e-3"]
-    assert main(["prune", "--model", str(tiny_bert_dir), "--sparsity", "0.6", "--max-steps", "4", "--out", str(pruned),
-                 "--json", *common]) == 0
+    assert (
+        main(
+            [
+                "prune",
+                "--model",
+                str(tiny_bert_dir),
+                "--sparsity",
+                "0.6",
+                "--max-steps",
+                "4",
+                "--out",
+                str(pruned),
+                "--json",
+                *common,
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
-    code = main(["lpaf", "--model", str(pruned), "--keep", "0.4", "--max-steps", "4", "--factorization", "fwsvd",
-                 "--fisher-batches", "2",
-                 "--anneal", "cosine", "--out", str(out), "--json", *common])
+    code = main(
+        [
+            "lpaf",
+            "--model",
+            str(pruned),
+            "--keep",
+            "0.4",
+            "--max-steps",
+            "4",
+            "--factorization",
+            "fwsvd",
+            "--fisher-batches",
+            "2",
+            "--anneal",
+            "cosine",
+            "--out",
+            str(out),
+            "--json",
+            *common,
+        ]
+    )
     stdout, err = capsys.readouterr()
     assert code == 0, err
     record = json.loads(stdout)

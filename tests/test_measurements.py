@@ -21,7 +21,9 @@ from lowrank.experiments.store import RunStore
 from lowrank.experiments.sweep import SweepSpec, run_sweep
 
 
-def test_a_causal_lm_is_refused_a_classification_task_in_words_and_no_row_is_written(tiny_llama, sentiment_csv, tmp_path):
+def test_a_causal_lm_is_refused_a_classification_task_in_words_and_no_row_is_written(
+    tiny_llama, sentiment_csv, tmp_path
+):
     check_task_fits("m", "causal-lm", "lm", "lee")
     check_task_fits("m", "encoder", "classification", "rotten_tomatoes")
     with pytest.raises(ValueError, match="causal language model, not a classifier: measure it by perplexity"):
@@ -51,10 +53,16 @@ def test_latency_fits_a_time_budget_and_says_how_it_was_measured(tiny_bert, monk
     texts = ["a good film", "a bad film"]
     quick = measure_latency(tiny_bert, texts, 2, max_length=16, repeats=3, budget_s=30.0)
     assert quick.warm_up and quick.repeats == 3 and quick.ms > 0
-    once = measure_latency(tiny_bert, texts, 2, max_length=16, repeats=5, budget_s=1e-9)  # a pass longer than the budget
+    once = measure_latency(
+        tiny_bert, texts, 2, max_length=16, repeats=5, budget_s=1e-9
+    )  # a pass longer than the budget
     assert once.repeats == 1 and not once.warm_up
-    how = {"conditions": measurement_conditions(), "budget_s": 5.0, "b1": {"repeats": 5, "warm_up": True},
-           "b32": {"repeats": 1, "warm_up": False}}
+    how = {
+        "conditions": measurement_conditions(),
+        "budget_s": 5.0,
+        "b1": {"repeats": 5, "warm_up": True},
+        "b32": {"repeats": 1, "warm_up": False},
+    }
     assert "median of 5 passes" in latency_note(how, "b1") and "single pass" in latency_note(how, "b32")
     assert "thread" in latency_note(how)
 
@@ -75,7 +83,9 @@ def test_a_dense_latency_measured_under_other_conditions_is_measured_again(tiny_
     assert dense_reference(store, tiny_bert, sentiment_csv, str(sentiment_csv))["id"] == first["id"]  # reused as is
     busy = {**first["latency_info"], "conditions": {**first["latency_info"]["conditions"], "load": 40.0}}
     store.update_run(first["id"], latency_info=busy, latency_ms_b1=1639.0)  # as if measured under heavy load
-    assert dense_reference(store, tiny_bert, sentiment_csv, str(sentiment_csv))["latency_ms_b1"] == 1639.0  # not checked
+    assert (
+        dense_reference(store, tiny_bert, sentiment_csv, str(sentiment_csv))["latency_ms_b1"] == 1639.0
+    )  # not checked
     again = dense_reference(store, tiny_bert, sentiment_csv, str(sentiment_csv), check_latency=True)
     assert again["id"] == first["id"] and again["latency_ms_b1"] != 1639.0
     assert "load average" in again["latency_info"]["remeasured"]
@@ -87,15 +97,26 @@ def test_a_sweep_with_explicit_ranks_runs_them_and_saves_the_models(tiny_bert_di
 
     store = RunStore(tmp_path / "runs.sqlite")
     ranks = {"bert.encoder.layer.0.attention.self.query": 4, "bert.encoder.layer.1.output.dense": 7}
-    spec = SweepSpec(model=str(tiny_bert_dir), task=str(sentiment_csv), methods=["svd"], budgets=[0.9], strategy="manual",
-                     ranks=ranks, save=True, label="factorize")
+    spec = SweepSpec(
+        model=str(tiny_bert_dir),
+        task=str(sentiment_csv),
+        methods=["svd"],
+        budgets=[0.9],
+        strategy="manual",
+        ranks=ranks,
+        save=True,
+        label="factorize",
+    )
     with pytest.raises(ValueError, match="one budget"):
         SweepSpec(**{**spec.to_dict(), "budgets": [0.3, 0.5]}).validate()
     with pytest.raises(ValueError, match="positive integer"):
         SweepSpec(**{**spec.to_dict(), "ranks": {"x": 2.5}}).validate()
     assert spec.needs() == ()  # the strategy is not run: only the methods' statistics
     sweep_id = store.create_sweep(spec.to_dict(), label=spec.label, runs_total=spec.runs_total)
-    assert run_sweep(SweepSpec.from_dict(store.get_sweep(sweep_id)["spec"]), store, sweep_id) == {"done": 2, "failed": 0}
+    assert run_sweep(SweepSpec.from_dict(store.get_sweep(sweep_id)["spec"]), store, sweep_id) == {
+        "done": 2,
+        "failed": 0,
+    }
     run = store.runs(sweep_id=sweep_id, method="svd").iloc[0]
     assert run["ranks"] == ranks and run["strategy"] == "manual" and run["budget"] == pytest.approx(0.9)
     assert load_info(run["output_dir"]).ranks == ranks

@@ -41,7 +41,7 @@ def test_svd_risk():
 def test_svd_risk_is_one_when_both_losses_are_rounding_noise(dtype):
     """An exactly rank-r matrix loses nothing either way: risk 1, not a ratio of two rounding errors."""
     g = torch.Generator().manual_seed(3)
-    W = (torch.randn(30, 4, generator=g, dtype=torch.float64) @ torch.randn(4, 20, generator=g, dtype=torch.float64))
+    W = torch.randn(30, 4, generator=g, dtype=torch.float64) @ torch.randn(4, 20, generator=g, dtype=torch.float64)
     F = torch.exp(3 * torch.randn(30, 20, generator=g, dtype=torch.float64))
     for method in ("fwsvd", "tfwsvd"):
         assert svd_risk(W.to(dtype), F.to(dtype), 4, method=method) == 1.0
@@ -73,8 +73,15 @@ def test_summary_flags_a_large_predicted_increase_even_at_risk_one():
 
 
 def test_empty_risk_table_keeps_its_columns():
-    assert list(risk_table({}, {}, {}).columns) == ["name", "shape", "rank", "dispersion", "loss_svd",
-                                                  "loss_weighted", "risk"]
+    assert list(risk_table({}, {}, {}).columns) == [
+        "name",
+        "shape",
+        "rank",
+        "dispersion",
+        "loss_svd",
+        "loss_weighted",
+        "risk",
+    ]
 
 
 def test_kfac_loss_increase_is_the_kronecker_quadratic_form():

@@ -5,7 +5,14 @@ import torch.nn.functional as F
 from lowrank import LowRankLinear, compress, compressible_linears, load_compressed, save_compressed
 from lowrank.data.tasks import load_task
 from lowrank.training.finetune import TrainConfig, train
-from lowrank.training.mixed import MixedRankAnnealing, MixedRankLinear, anneal, finalize, mixed_rank_layers, to_mixed_rank
+from lowrank.training.mixed import (
+    MixedRankAnnealing,
+    MixedRankLinear,
+    anneal,
+    finalize,
+    mixed_rank_layers,
+    to_mixed_rank,
+)
 from lowrank.training.prune import apply_masks, compute_masks
 
 FAST = TrainConfig(epochs=1.0, lr=1e-3, batch_size=8, max_length=16, max_steps=8)
@@ -106,7 +113,10 @@ def test_finalize_save_load_round_trip(tiny_bert, sentiment_csv, tmp_path):
     train(small.model, small.tokenizer, load_task(sentiment_csv), FAST, hooks=[MixedRankAnnealing(0.5)])
     eval_logits = logits(small)  # eval mode: the low-rank path
     assert finalize(small.model) == 12
-    assert not mixed_rank_layers(small.model) and len([m for m in small.model.modules() if isinstance(m, LowRankLinear)]) == 12
+    assert (
+        not mixed_rank_layers(small.model)
+        and len([m for m in small.model.modules() if isinstance(m, LowRankLinear)]) == 12
+    )
     assert torch.equal(logits(small), eval_logits)
     assert small.model.lowrank_info.ranks == {n: m.rank for n, m in mixed.items()}
     save_compressed(small, tmp_path / "out")

@@ -44,8 +44,15 @@ def test_cubic_schedule_start_warmup_end_and_monotone():
     assert cubic_sparsity(50, 100, 0.9, initial=0.3, warmup=0.0, cooldown=0.0) == pytest.approx(0.9 - 0.6 * 0.125)
 
 
-@pytest.mark.parametrize("kwargs", [dict(final=1.0), dict(final=0.5, initial=0.6), dict(final=0.5, warmup=0.6, cooldown=0.4),
-                                    dict(final=0.5, warmup=-0.1)])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(final=1.0),
+        dict(final=0.5, initial=0.6),
+        dict(final=0.5, warmup=0.6, cooldown=0.4),
+        dict(final=0.5, warmup=-0.1),
+    ],
+)
 def test_cubic_schedule_rejects_bad_arguments(kwargs):
     with pytest.raises(ValueError):
         cubic_sparsity(1, 100, **kwargs)
@@ -240,7 +247,9 @@ def test_masks_respected_after_every_optimizer_step(tiny_bert, sentiment_csv, me
     checker = MaskChecker(hook)
     train(tiny_bert.model, tiny_bert.tokenizer, load_task(sentiment_csv), FAST, hooks=[hook, checker])
     assert checker.checked == FAST.max_steps
-    assert hook.history[-1] == pytest.approx(int(0.6 * sum(m.numel() for m in hook.masks.values())) / sum(m.numel() for m in hook.masks.values()))
+    assert hook.history[-1] == pytest.approx(
+        int(0.6 * sum(m.numel() for m in hook.masks.values())) / sum(m.numel() for m in hook.masks.values())
+    )
     assert hook.history[0] == 0.0 and all(b >= a for a, b in zip(hook.history, hook.history[1:]))
 
 
@@ -257,20 +266,50 @@ def test_prune_result_and_save_load_round_trip(tiny_bert, sentiment_csv, tmp_pat
     assert set(masks) == set(result.masks) and all(torch.equal(masks[n], result.masks[n]) for n in masks)
     assert torch.allclose(logits(again), logits(tiny_bert), atol=1e-6)
     record = json.loads((out / "pruning.json").read_text())
-    assert record["method"] == "movement" and record["scope"] == "layer" and record["sparsity"] == pytest.approx(0.5, abs=1e-3)
+    assert (
+        record["method"] == "movement"
+        and record["scope"] == "layer"
+        and record["sparsity"] == pytest.approx(0.5, abs=1e-3)
+    )
     with pytest.raises(FileNotFoundError, match="masks"):
         load_masks(tmp_path)
 
 
 def test_cli_prune_writes_a_loadable_masked_model(capsys, tmp_path, tiny_bert_dir, sentiment_csv):
     out = tmp_path / "pruned"
-    code = main(["prune", "--model", str(tiny_bert_dir), "--task", str(sentiment_csv), "--method", "magnitude",
-                 "--sparsity", "0.7", "--max-steps", "6", "--batch-size", "8", "--max-length", "16", "--lr", "1e-3",
-                 "--out", str(out), "--evaluate", "--json"])
+    code = main(
+        [
+            "prune",
+            "--model",
+            str(tiny_bert_dir),
+            "--task",
+            str(sentiment_csv),
+            "--method",
+            "magnitude",
+            "--sparsity",
+            "0.7",
+            "--max-steps",
+            "6",
+            "--batch-size",
+            "8",
+            "--max-length",
+            "16",
+            "--lr",
+            "1e-3",
+            "--out",
+            str(out),
+            "--evaluate",
+            "--json",
+        ]
+    )
     stdout, err = capsys.readouterr()
     assert code == 0, err
     record = json.loads(stdout)
-    assert record["method"] == "magnitude" and record["sparsity"] == pytest.approx(0.7, abs=1e-4) and 0 <= record["accuracy"] <= 1
+    assert (
+        record["method"] == "magnitude"
+        and record["sparsity"] == pytest.approx(0.7, abs=1e-4)
+        and 0 <= record["accuracy"] <= 1
+    )
     loaded = load_model(str(out))
     masks = load_masks(out)
     for name, module in compressible_linears(loaded.model).items():

@@ -98,6 +98,7 @@ def copy_model(source: Path, folder: Path, edit=None, config_edit=None) -> Path:
 @pytest.fixture()
 def swapped_bert_dir(tmp_path, tiny_bert_dir) -> Path:
     """The tiny classifier with its two output rows swapped and named so: {0: positive, 1: negative}."""
+
     def swap(tensors):
         for key in ("classifier.weight", "classifier.bias"):
             tensors[key] = tensors[key].flip(0).contiguous()
@@ -156,8 +157,9 @@ def test_commands_default_to_the_task_the_model_records(capsys, tmp_path, tiny_b
     assert_clear_error(code, err, "--task is required")
 
     tuned = tmp_path / "tuned"
-    code, _, err = run(capsys, "finetune", "--model", tiny_bert_dir, "--task", sentiment_csv, "--max-steps", "1",
-                       "--out", tuned)
+    code, _, err = run(
+        capsys, "finetune", "--model", tiny_bert_dir, "--task", sentiment_csv, "--max-steps", "1", "--out", tuned
+    )
     assert code == 0, err
     assert json.loads((tuned / "config.json").read_text())["lowrank_task"] == str(sentiment_csv.resolve())
     code, out, err = run(capsys, "evaluate", "--model", tuned, "--limit", "1", "--json")
@@ -202,11 +204,14 @@ def test_an_empty_validation_split_is_a_clear_error(capsys, tmp_path, tiny_bert_
     assert_clear_error(code, err, "'validation'", "empty")
 
 
-@pytest.mark.parametrize("argv, needle", [
-    (["--limit", "0"], "--limit"),
-    (["--device", "tpu9"], "tpu9"),
-    (["--limit", "x"], "invalid int value"),
-])
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["--limit", "0"], "--limit"),
+        (["--device", "tpu9"], "tpu9"),
+        (["--limit", "x"], "invalid int value"),
+    ],
+)
 def test_bad_shared_options_are_clear_errors(capsys, tiny_bert_dir, sentiment_csv, argv, needle):
     code, _, err = run(capsys, "evaluate", "--model", tiny_bert_dir, "--task", sentiment_csv, *argv)
     assert_clear_error(code, err, needle)
@@ -226,18 +231,25 @@ def test_a_compressed_folder_whose_ranks_disagree_with_its_weights(tmp_path, tin
     (folder / "lowrank.json").write_text(json.dumps(missing))
     with pytest.raises(ModelLoadError, match="do not match lowrank.json"):
         load_compressed(folder)
-    (folder / "lowrank.json").write_text(json.dumps(dict(meta, ranks={**meta["ranks"], first: meta["ranks"][first] + 1})))
+    (folder / "lowrank.json").write_text(
+        json.dumps(dict(meta, ranks={**meta["ranks"], first: meta["ranks"][first] + 1}))
+    )
     with pytest.raises(ModelLoadError, match="size mismatch"):
         load_compressed(folder)
 
 
-@pytest.mark.parametrize("command", [
-    ["compress", "--method", "tfwsvd", "--option", "solvr=em"],  # a misspelt solver option
-    ["compress", "--method", "tfwsvd", "--option", "max_iters=-1"],
-    ["compress", "--method", "asvd", "--option", "alpha=abc"],  # an option of the wrong type
-    ["risk", "--method", "svd"],  # risk compares SVD with a Fisher-weighted method
-])
-def test_bad_options_are_refused_before_any_statistics_pass(capsys, private_cache, tiny_bert_dir, sentiment_csv, command):
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["compress", "--method", "tfwsvd", "--option", "solvr=em"],  # a misspelt solver option
+        ["compress", "--method", "tfwsvd", "--option", "max_iters=-1"],
+        ["compress", "--method", "asvd", "--option", "alpha=abc"],  # an option of the wrong type
+        ["risk", "--method", "svd"],  # risk compares SVD with a Fisher-weighted method
+    ],
+)
+def test_bad_options_are_refused_before_any_statistics_pass(
+    capsys, private_cache, tiny_bert_dir, sentiment_csv, command
+):
     code, _, err = run(capsys, *command, "--model", tiny_bert_dir, "--task", sentiment_csv, "--fisher-batches", "1")
     assert_clear_error(code, err)
     assert not list(private_cache.glob("fisher/*")) and not list(private_cache.glob("moments/*"))  # no pass was paid
@@ -249,7 +261,9 @@ def test_the_dashboard_shows_every_error_the_command_line_reports():
 
     assert set(errors.USER_ERRORS) <= set(widgets.USER_ERRORS)
     assert ModelLoadError in errors.USER_ERRORS and OSError in errors.USER_ERRORS
-    assert errors.describe(IsADirectoryError(21, "Is a directory", "/some/plan.json")) == "/some/plan.json: Is a directory"
+    assert (
+        errors.describe(IsADirectoryError(21, "Is a directory", "/some/plan.json")) == "/some/plan.json: Is a directory"
+    )
 
 
 # ---------------------------------------------------------------- 6. non-finite weights
@@ -302,7 +316,9 @@ def test_the_model_box_does_not_reveal_which_server_paths_exist(tmp_path, monkey
         model_source(str(outside_existing))
     with pytest.raises(ValueError) as missing:
         model_source(str(outside_missing))
-    assert str(existing.value).replace(str(outside_existing), "X") == str(missing.value).replace(str(outside_missing), "X")
+    assert str(existing.value).replace(str(outside_existing), "X") == str(missing.value).replace(
+        str(outside_missing), "X"
+    )
     with pytest.raises(ValueError):
         model_source("../" * 12 + str(tiny_bert_dir).lstrip("/"))  # climbing out of the working directory
     assert model_source("minilm") == "minilm" and model_source("org/some-model") == "org/some-model"  # hub ids

@@ -60,8 +60,21 @@ def command(name: str, model: Path, task: Path, out: Path) -> list:
         "compress": ["compress", "--model", model, "--keep", "0.5"],
         "finetune": ["finetune", "--model", model, "--task", task, "--max-steps", "1"],
         "prune": ["prune", "--model", model, "--task", task, "--sparsity", "0.5", "--max-steps", "2"],
-        "lpaf": ["lpaf", "--model", model, "--task", task, "--keep", "0.5", "--prune-max-steps", "1", "--max-steps", "1",
-                 "--limit", "1"],
+        "lpaf": [
+            "lpaf",
+            "--model",
+            model,
+            "--task",
+            task,
+            "--keep",
+            "0.5",
+            "--prune-max-steps",
+            "1",
+            "--max-steps",
+            "1",
+            "--limit",
+            "1",
+        ],
     }[name] + ["--out", out]
 
 
@@ -155,8 +168,14 @@ def start_saver(tiny_bert_dir, target: Path, mode: str, log: Path) -> subprocess
     its stdin replaces it again and again (``mode="pause"``: sleeping between the two renames)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     with open(log, "w") as err:
-        proc = subprocess.Popen([sys.executable, "-c", CHILD, str(tiny_bert_dir), str(target), mode], env=env,
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", CHILD, str(tiny_bert_dir), str(target), mode],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
     line = proc.stdout.readline()
     assert line == "ready\n", log.read_text()
     return proc

@@ -17,17 +17,35 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_python(code: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_round_trip_and_restart(tmp_path):
     path = tmp_path / "runs.sqlite"
     store = RunStore(path)
-    run_id = store.start_run(model="tiny", task="toy.csv", method="svd", strategy="uniform", budget=0.5,
-                             ranks={"a.b": 8, "c.d": 16}, options={"solver": "als"}, solver="als")
+    run_id = store.start_run(
+        model="tiny",
+        task="toy.csv",
+        method="svd",
+        strategy="uniform",
+        budget=0.5,
+        ranks={"a.b": 8, "c.d": 16},
+        options={"solver": "als"},
+        solver="als",
+    )
     assert store.get_run(run_id)["status"] == "running"
-    store.finish_run(run_id, metric="accuracy", value=0.75, params_linear=1234, size_bytes=10_000, latency_ms_b1=1.5,
-                     wall_s=2.0, loss=float("nan"))
+    store.finish_run(
+        run_id,
+        metric="accuracy",
+        value=0.75,
+        params_linear=1234,
+        size_bytes=10_000,
+        latency_ms_b1=1.5,
+        wall_s=2.0,
+        loss=float("nan"),
+    )
     row = store.get_run(run_id)
     assert row["status"] == "done" and row["value"] == 0.75 and row["loss"] is None
     assert row["ranks"] == {"a.b": 8, "c.d": 16} and row["options"] == {"solver": "als"}
@@ -94,8 +112,10 @@ def test_concurrent_writers(tmp_path):
             run = store.start_run(model="proc", method="svd", budget=i / 40)
             store.finish_run(run, value=i)
     """
-    procs = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, stderr=subprocess.PIPE, text=True)
-             for _ in range(3)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
     errors = []
 
     def thread_writer():
@@ -161,8 +181,9 @@ def test_run_sweep_records_runs_and_failures(tmp_path, tiny_bert_dir, sentiment_
     assert (store.runs(method="dense")["status"] == "done").sum() == 1
 
 
-def test_a_stop_signal_that_python_swallowed_still_interrupts_the_sweep(tmp_path, tiny_bert_dir, sentiment_csv,
-                                                                       monkeypatch):
+def test_a_stop_signal_that_python_swallowed_still_interrupts_the_sweep(
+    tmp_path, tiny_bert_dir, sentiment_csv, monkeypatch
+):
     """A SIGTERM landing inside a ``__del__`` raises there, and Python only prints it ("Exception
     ignored in ..."): the sweep must still notice the request at its next progress write."""
     import signal
@@ -194,8 +215,14 @@ def test_background_sweep_can_be_cancelled(tmp_path, tiny_bert_dir, sentiment_cs
 
     monkeypatch.setenv("LOWRANK_CACHE", str(tmp_path / "cache"))
     store = RunStore(tmp_path / "runs.sqlite")
-    spec = SweepSpec(str(tiny_bert_dir), str(sentiment_csv), ["tfwsvd"], [0.3, 0.5, 0.7], strategy="uniform",
-                     options={"tfwsvd": {"solver": "adam", "max_iters": 2000, "tol": 0.0}})
+    spec = SweepSpec(
+        str(tiny_bert_dir),
+        str(sentiment_csv),
+        ["tfwsvd"],
+        [0.3, 0.5, 0.7],
+        strategy="uniform",
+        options={"tfwsvd": {"solver": "adam", "max_iters": 2000, "tol": 0.0}},
+    )
     sweep_id = start_sweep(spec, store)
     deadline = time.monotonic() + 120
     while store.runs(sweep_id=sweep_id, status="running").empty and store.get_sweep(sweep_id)["status"] == "running":

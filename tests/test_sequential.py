@@ -112,7 +112,10 @@ def test_streamed_statistics_equal_in_memory(sharded_llama, text_task, tmp_path)
 def test_compressed_inputs_fit_each_block_to_the_compressed_ones_before_it(sharded_llama, text_task, tmp_path):
     ref = in_memory(sharded_llama, "svd_llm", text_task)
     out = compress_sequential(sharded_llama, 0.5, "svd_llm", tmp_path / "out", text_task, SETTINGS)
-    assert json.loads((out / "lowrank.json").read_text())["sequential"]["statistics"] == "forward sweep (compressed inputs)"
+    assert (
+        json.loads((out / "lowrank.json").read_text())["sequential"]["statistics"]
+        == "forward sweep (compressed inputs)"
+    )
     back = load_compressed(out)
 
     def product(model, name):
@@ -120,7 +123,9 @@ def test_compressed_inputs_fit_each_block_to_the_compressed_ones_before_it(shard
         return (layer.U @ layer.V).detach()
 
     first, last = "model.layers.0.mlp.down_proj", "model.layers.2.mlp.down_proj"
-    assert torch.allclose(product(back.model, first), product(ref.model, first), atol=1e-5)  # same inputs: the embeddings
+    assert torch.allclose(
+        product(back.model, first), product(ref.model, first), atol=1e-5
+    )  # same inputs: the embeddings
     assert not torch.allclose(product(back.model, last), product(ref.model, last), atol=1e-4)
 
 
@@ -147,17 +152,22 @@ def test_an_interrupted_run_leaves_no_folder(method, sharded_llama, text_task, t
     assert list(tmp_path.iterdir()) == []  # neither the folder nor its temporary sibling (with the hidden states)
 
 
-@pytest.mark.parametrize("changes, match", [
-    ({"method": "sparsity_aware"}, "cannot compute mask statistics"),
-    ({"method": "svd_llm", "task": None}, "needs statistics from calibration data"),
-    ({"method": "fwsvd", "task": "sentiment"}, "need a language-modelling task"),
-    ({"inputs": "later"}, "inputs must be one of"),
-    ({"out": None}, "pass out="),
-    ({"method": "nope"}, "unknown factorization method"),
-    ({"ranks": {"nope": 3}}, "not compressible"),
-    ({"method": "svd", "solver": "als"}, "unknown option"),
-])
-def test_bad_input_is_refused_in_one_line_before_any_work(changes, match, sharded_llama, text_task, sentiment_csv, tmp_path):
+@pytest.mark.parametrize(
+    "changes, match",
+    [
+        ({"method": "sparsity_aware"}, "cannot compute mask statistics"),
+        ({"method": "svd_llm", "task": None}, "needs statistics from calibration data"),
+        ({"method": "fwsvd", "task": "sentiment"}, "need a language-modelling task"),
+        ({"inputs": "later"}, "inputs must be one of"),
+        ({"out": None}, "pass out="),
+        ({"method": "nope"}, "unknown factorization method"),
+        ({"ranks": {"nope": 3}}, "not compressible"),
+        ({"method": "svd", "solver": "als"}, "unknown option"),
+    ],
+)
+def test_bad_input_is_refused_in_one_line_before_any_work(
+    changes, match, sharded_llama, text_task, sentiment_csv, tmp_path
+):
     kwargs = {"ranks": 0.5, "method": "svd_llm", "out": tmp_path / "out", "task": text_task} | changes
     if kwargs["task"] == "sentiment":
         kwargs["task"] = str(sentiment_csv)
@@ -196,8 +206,18 @@ def run(capsys, *argv):
 
 
 def test_cli_sequential_flag_and_automatic_mode(capsys, sharded_llama, monkeypatch, tmp_path):
-    code, out, err = run(capsys, "compress", "--model", str(sharded_llama), "--keep", "0.5", "--sequential",
-                         "--out", str(tmp_path / "a"), "--json")
+    code, out, err = run(
+        capsys,
+        "compress",
+        "--model",
+        str(sharded_llama),
+        "--keep",
+        "0.5",
+        "--sequential",
+        "--out",
+        str(tmp_path / "a"),
+        "--json",
+    )
     assert code == 0, err
     record = json.loads(out)
     assert record["out"] == str(tmp_path / "a") and record["layers"] == 21 and "notice" not in err
@@ -251,26 +271,46 @@ def random_llama(folder: Path, texts, hidden: int, intermediate: int, layers: in
     folder.mkdir(parents=True)
     tokenizer = word_tokenizer(texts)
     tokenizer.save_pretrained(folder)
-    config = LlamaConfig(vocab_size=64, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
-                         num_attention_heads=hidden // 64, num_key_value_heads=hidden // 64, tie_word_embeddings=True,
-                         max_position_embeddings=64, pad_token_id=0, eos_token_id=2, architectures=["LlamaForCausalLM"])
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=hidden // 64,
+        num_key_value_heads=hidden // 64,
+        tie_word_embeddings=True,
+        max_position_embeddings=64,
+        pad_token_id=0,
+        eos_token_id=2,
+        architectures=["LlamaForCausalLM"],
+    )
     assert len(tokenizer) <= config.vocab_size
     config.save_pretrained(folder)
-    shapes = {"self_attn.q_proj": (hidden, hidden), "self_attn.k_proj": (hidden, hidden), "self_attn.v_proj": (hidden, hidden),
-              "self_attn.o_proj": (hidden, hidden), "mlp.gate_proj": (intermediate, hidden),
-              "mlp.up_proj": (intermediate, hidden), "mlp.down_proj": (hidden, intermediate)}
+    shapes = {
+        "self_attn.q_proj": (hidden, hidden),
+        "self_attn.k_proj": (hidden, hidden),
+        "self_attn.v_proj": (hidden, hidden),
+        "self_attn.o_proj": (hidden, hidden),
+        "mlp.gate_proj": (intermediate, hidden),
+        "mlp.up_proj": (intermediate, hidden),
+        "mlp.down_proj": (hidden, intermediate),
+    }
     groups = [range(start, min(start + per_shard, layers)) for start in range(0, layers, per_shard)]
     generator = torch.Generator().manual_seed(0)
     files, total = {}, 0
     for shard in range(len(groups) + 1):
         if shard == 0:
-            tensors = {"model.embed_tokens.weight": torch.randn(64, hidden, generator=generator),
-                       "model.norm.weight": torch.ones(hidden)}
+            tensors = {
+                "model.embed_tokens.weight": torch.randn(64, hidden, generator=generator),
+                "model.norm.weight": torch.ones(hidden),
+            }
         else:
             tensors = {}
             for i in groups[shard - 1]:
                 for name, (rows, cols) in shapes.items():
-                    tensors[f"model.layers.{i}.{name}.weight"] = torch.randn(rows, cols, generator=generator) * cols ** -0.5
+                    tensors[f"model.layers.{i}.{name}.weight"] = (
+                        torch.randn(rows, cols, generator=generator) * cols**-0.5
+                    )
                 for norm in ("input_layernorm", "post_attention_layernorm"):
                     tensors[f"model.layers.{i}.{norm}.weight"] = torch.ones(hidden)
         file = f"model-{shard + 1:05d}-of-{len(groups) + 1:05d}.safetensors"
@@ -287,7 +327,9 @@ def test_a_smaller_copy_of_the_big_config_equals_in_memory(text_task, tmp_path):
     settings = StatisticsSettings(num_batches=1, batch_size=2, max_length=32)
     for method in ("svd_llm", "asvd"):
         ref = in_memory(tmp_path / "small", method, text_task, settings)
-        out = compress_sequential(tmp_path / "small", 0.5, method, tmp_path / method, text_task, settings, inputs="dense")
+        out = compress_sequential(
+            tmp_path / "small", 0.5, method, tmp_path / method, text_task, settings, inputs="dense"
+        )
         assert logit_gap(ref, load_compressed(out), 64) < 1e-5
 
 
@@ -296,15 +338,34 @@ def test_a_smaller_copy_of_the_big_config_equals_in_memory(text_task, tmp_path):
 def test_sequential_peak_memory_is_a_fraction_of_the_model(text_task, tmp_path):
     size = random_llama(tmp_path / "big", text_task.texts["train"], **BIG)
     assert size >= 1.5e9
-    env = os.environ | {"OMP_NUM_THREADS": "1", "LOWRANK_THREADS": "1", "LOWRANK_OFFLINE": "1",
-                        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, "-c", CHILD, str(tmp_path / "big"), str(tmp_path / "out"), BIG_METHOD,
-                           json.dumps(text_task.texts["train"])], capture_output=True, text=True, env=env, cwd=ROOT)
+    env = os.environ | {
+        "OMP_NUM_THREADS": "1",
+        "LOWRANK_THREADS": "1",
+        "LOWRANK_OFFLINE": "1",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            CHILD,
+            str(tmp_path / "big"),
+            str(tmp_path / "out"),
+            BIG_METHOD,
+            json.dumps(text_task.texts["train"]),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     figures = json.loads(done.stdout.strip().splitlines()[-1])
     peak = figures["peak_kib"] * 1024
-    print(f"model {size / 2**30:.2f} GiB; peak RSS {peak / 2**20:.0f} MiB = {peak / size:.1%} of the model "
-          f"({figures['imported_kib'] / 1024:.0f} MiB after imports)")
+    print(
+        f"model {size / 2**30:.2f} GiB; peak RSS {peak / 2**20:.0f} MiB = {peak / size:.1%} of the model "
+        f"({figures['imported_kib'] / 1024:.0f} MiB after imports)"
+    )
     # What compressing adds above the interpreter and its imports (~500 MiB, which varies by machine, not by model):
     # one shard in, one block's statistics and factors out; in memory it would be more than the whole model.
     assert peak - figures["imported_kib"] * 1024 < 0.2 * size

@@ -25,7 +25,9 @@ def test_rank_statistics_of_low_rank_matrix():
 def test_spectra_table_and_cache(tiny_bert):
     table = spectra(tiny_bert)
     assert len(table) == 12
-    assert {"name", "type", "block", "singular_values", "energy", "effective_rank", "stable_rank", "rank90"} <= set(table.columns)
+    assert {"name", "type", "block", "singular_values", "energy", "effective_rank", "stable_rank", "rank90"} <= set(
+        table.columns
+    )
     row = table.iloc[0]
     assert row["energy"][-1] == pytest.approx(1.0) and len(row["singular_values"]) == min(row["out"], row["in"])
     assert set(table["type"]) == {"query", "key", "value", "attn_out", "ffn_up", "ffn_down"}

@@ -42,8 +42,12 @@ def _worker(rank, world, init_file, model_dir, csv, out_dir):
 
 
 def test_two_processes_all_reduce_to_the_single_process_statistics(tiny_bert_dir, sentiment_csv, tmp_path):
-    mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(tiny_bert_dir), str(sentiment_csv), str(tmp_path)), nprocs=2,
-             join=True)
+    mp.spawn(
+        _worker,
+        args=(2, str(tmp_path / "init"), str(tiny_bert_dir), str(sentiment_csv), str(tmp_path)),
+        nprocs=2,
+        join=True,
+    )
     parallel = torch.load(tmp_path / "parallel.pt")
     loaded = lowrank.load_model(str(tiny_bert_dir))
     fisher = estimate_fisher(loaded, sentiment_csv, SETTINGS, use_cache=False)

@@ -54,8 +54,13 @@ def test_sms_spam_recovers_the_messages_a_broken_row_swallowed(tmp_path, monkeyp
     monkeypatch.setattr(assets, "sms_spam_csv", lambda: path)
     task = tasks.sms_spam_local()
     messages = {t: task.label_names[y] for s in task.texts for t, y in zip(task.texts[s], task.labels[s])}
-    assert messages == {"hello there": "ham", "FREE entry": "spam", 'Gimme a few" was minutes ago': "ham",
-                        "WIN a prize now": "spam", "see you soon": "ham"}
+    assert messages == {
+        "hello there": "ham",
+        "FREE entry": "spam",
+        'Gimme a few" was minutes ago': "ham",
+        "WIN a prize now": "spam",
+        "see you soon": "ham",
+    }
     pd.DataFrame({"spam": [0], "text": ["ok\nnot a labelled line"]}).to_csv(path)
     with pytest.raises(tasks.TaskError, match="not <label><TAB><text>"):
         tasks.sms_spam_local()
@@ -63,15 +68,29 @@ def test_sms_spam_recovers_the_messages_a_broken_row_swallowed(tmp_path, monkeyp
 
 def test_vader_labels_are_the_sign_of_the_mean_rating_outside_the_neutral_band(tmp_path, monkeypatch):
     path = tmp_path / "ground_truth.txt"
-    rows = [("1", 2.1, 'great "fun"'), ("2", -0.6, "meh, bad"), ("3", 0.49, "a table"), ("4", -0.3, "slightly off"),
-            ("5", 0.5, "fine"), ("6", 1.0, "twice"), ("7", -2.0, "twice"), ("8", -1.0, "again"), ("9", -0.5, "again")]
+    rows = [
+        ("1", 2.1, 'great "fun"'),
+        ("2", -0.6, "meh, bad"),
+        ("3", 0.49, "a table"),
+        ("4", -0.3, "slightly off"),
+        ("5", 0.5, "fine"),
+        ("6", 1.0, "twice"),
+        ("7", -2.0, "twice"),
+        ("8", -1.0, "again"),
+        ("9", -0.5, "again"),
+    ]
     path.write_text("id\tsentiment\ttext\r\n" + "".join(f"{i}\t{s}\t{t}\r\n" for i, s, t in rows))
     monkeypatch.setattr(assets, "vader_ground_truth", lambda corpus: path)
     task = tasks.vader_task("toy", "tweets")
     got = {t: task.label_names[y] for s in task.texts for t, y in zip(task.texts[s], task.labels[s])}
     # |mean| < 0.5 dropped; a repeated text gets the mean of its ratings: "twice" (1 - 2) / 2 = -0.5, "again" -0.75
-    assert got == {'great "fun"': "positive", "meh, bad": "negative", "fine": "positive", "twice": "negative",
-                   "again": "negative"}
+    assert got == {
+        'great "fun"': "positive",
+        "meh, bad": "negative",
+        "fine": "positive",
+        "twice": "negative",
+        "again": "negative",
+    }
     assert task.meta["neutral_band"] == VADER_NEUTRAL_BAND == 0.5
 
 
@@ -96,14 +115,19 @@ def test_an_unbuilt_finetuned_model_names_the_command_that_builds_it(tmp_path, m
     assert build_command("minilm-tweets") == "python -m lowrank prepare --build minilm-tweets"
 
 
-def test_build_finetuned_caches_the_model_with_its_task_and_accuracy(tmp_path, monkeypatch, tiny_bert_dir, sentiment_csv):
+def test_build_finetuned_caches_the_model_with_its_task_and_accuracy(
+    tmp_path, monkeypatch, tiny_bert_dir, sentiment_csv
+):
     monkeypatch.setenv("LOWRANK_CACHE", str(tmp_path))
     monkeypatch.setattr(finetune, "FINETUNED_BASE", str(tiny_bert_dir))  # the recipe, on a tiny model
     toy = replace(load_task(sentiment_csv), name="tweets")
     monkeypatch.setattr(finetune, "load_task", lambda name: toy)
     steps = []
-    record = build_finetuned("tweets", TrainConfig(max_steps=2, batch_size=4, max_length=16),
-                             progress=lambda done, total, message="": steps.append((done, total)))
+    record = build_finetuned(
+        "tweets",
+        TrainConfig(max_steps=2, batch_size=4, max_length=16),
+        progress=lambda done, total, message="": steps.append((done, total)),
+    )
     assert steps[-1] == (2, 2)
     assert record["name"] == "minilm-tweets" and record["task"] == "tweets" and 0 <= record["validation_accuracy"] <= 1
     folder = finetuned_dir("minilm-tweets")
@@ -118,8 +142,13 @@ def test_prepare_and_finetune_build_the_packaged_models(monkeypatch, capsys):
     monkeypatch.setattr(core, "prepare_all", dict)
     monkeypatch.setattr(core, "prepare_suite", dict)
     monkeypatch.setattr(core, "is_built", lambda name: name == "minilm-amazon")
-    monkeypatch.setattr(core, "build_finetuned", lambda task, config=None, device="cpu", progress=None:
-                        built.append((task, config)) or {"name": finetuned_model(task), "validation_accuracy": 0.5})
+    monkeypatch.setattr(
+        core,
+        "build_finetuned",
+        lambda task, config=None, device="cpu", progress=None: (
+            built.append((task, config)) or {"name": finetuned_model(task), "validation_accuracy": 0.5}
+        ),
+    )
     assert main(["prepare", "--build", "minilm-sms_spam", "--build-minilm-rt"]) == 0
     assert [t for t, _ in built] == ["sms_spam", "rotten_tomatoes"]
     built.clear()
@@ -135,8 +164,18 @@ def test_prepare_and_finetune_build_the_packaged_models(monkeypatch, capsys):
     assert "--out is required" in capsys.readouterr().err
 
 
-FLAGS = ["--fisher-batches", "3", "--fisher-batch-size", "5", "--labels", "sampled", "--labels-per-example", "2",
-         "--fisher-split", "validation"]
+FLAGS = [
+    "--fisher-batches",
+    "3",
+    "--fisher-batch-size",
+    "5",
+    "--labels",
+    "sampled",
+    "--labels-per-example",
+    "2",
+    "--fisher-split",
+    "validation",
+]
 EXPECTED = StatisticsSettings(num_batches=3, batch_size=5, labels="sampled", labels_per_example=2, split="validation")
 REQUIRED = {"allocate": ["--budget", "0.5"]}
 
@@ -148,7 +187,9 @@ def _subcommands():
 
 def test_every_statistics_command_accepts_the_same_settings_flags():
     commands = _subcommands()
-    with_flags = {name for name, p in commands.items() if any("--fisher-batches" in a.option_strings for a in p._actions)}
+    with_flags = {
+        name for name, p in commands.items() if any("--fisher-batches" in a.option_strings for a in p._actions)
+    }
     assert with_flags == STATISTICS_COMMANDS
     parser = build_parser()
     for name in sorted(STATISTICS_COMMANDS):
@@ -172,8 +213,18 @@ def test_a_sweep_spec_takes_the_same_settings():
 
 def test_the_fisher_command_computes_with_the_flags(tmp_path, monkeypatch, capsys, tiny_bert_dir, sentiment_csv):
     monkeypatch.setenv("LOWRANK_CACHE", str(tmp_path))
-    argv = ["fisher", "--model", str(tiny_bert_dir), "--task", str(sentiment_csv), "--fisher-batches", "1",
-            "--fisher-batch-size", "4", "--json"]
+    argv = [
+        "fisher",
+        "--model",
+        str(tiny_bert_dir),
+        "--task",
+        str(sentiment_csv),
+        "--fisher-batches",
+        "1",
+        "--fisher-batch-size",
+        "4",
+        "--json",
+    ]
     assert main([*argv, "--labels", "sampled", "--labels-per-example", "3"]) == 0
     capsys.readouterr()
     from safetensors import safe_open

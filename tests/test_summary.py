@@ -16,16 +16,48 @@ from lowrank.experiments.store import RunStore
 from lowrank.report import drop_checks, is_report, render_html, summary, summary_figure, with_drop_checks, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
-LATENCY = {"b1": {"warm_up": True, "repeats": 5}, "b32": {"warm_up": True, "repeats": 3},
-           "conditions": {"threads": 1, "load": 1.5}}
+LATENCY = {
+    "b1": {"warm_up": True, "repeats": 5},
+    "b32": {"warm_up": True, "repeats": 3},
+    "conditions": {"threads": 1, "load": 1.5},
+}
 
 
-def add_run(store: RunStore, model: str, task: str, method: str, value: float, budget=None, metric="accuracy",
-            size=None, b1=None, b32=None, eval_limit=None, **extra) -> int:
-    run_id = store.start_run(model=model, task=task, split="validation", eval_limit=eval_limit, method=method,
-                             budget=budget, strategy=None if method == "dense" else "uniform", **extra)
-    store.finish_run(run_id, metric=metric, value=value, size_bytes=size, latency_ms_b1=b1, latency_ms_b32=b32,
-                     latency_info=LATENCY, params_linear=int(1000 * (budget or 1.0)), kept_fraction=budget)
+def add_run(
+    store: RunStore,
+    model: str,
+    task: str,
+    method: str,
+    value: float,
+    budget=None,
+    metric="accuracy",
+    size=None,
+    b1=None,
+    b32=None,
+    eval_limit=None,
+    **extra,
+) -> int:
+    run_id = store.start_run(
+        model=model,
+        task=task,
+        split="validation",
+        eval_limit=eval_limit,
+        method=method,
+        budget=budget,
+        strategy=None if method == "dense" else "uniform",
+        **extra,
+    )
+    store.finish_run(
+        run_id,
+        metric=metric,
+        value=value,
+        size_bytes=size,
+        latency_ms_b1=b1,
+        latency_ms_b32=b32,
+        latency_info=LATENCY,
+        params_linear=int(1000 * (budget or 1.0)),
+        kept_fraction=budget,
+    )
     return run_id
 
 
@@ -33,10 +65,20 @@ def seed(store: RunStore, model: str, task: str) -> dict:
     """A dense run, svd and fwsvd at three budgets, and runs that must not count (other limit, failed)."""
     ids = {"dense": add_run(store, model, task, "dense", 0.85, size=40_000_000, b1=10.0, b32=120.0)}
     for budget, svd, fwsvd in ((0.3, 0.55, 0.70), (0.5, 0.70, 0.80), (0.7, 0.84, 0.83)):
-        ids[("svd", budget)] = add_run(store, model, task, "svd", svd, budget, size=int(40e6 * budget),
-                                       b1=8.0 * budget + 2, b32=100.0 * budget)
-        ids[("fwsvd", budget)] = add_run(store, model, task, "fwsvd", fwsvd, budget, size=int(40e6 * budget) + 1000,
-                                         b1=8.0 * budget + 3, b32=100.0 * budget + 1)
+        ids[("svd", budget)] = add_run(
+            store, model, task, "svd", svd, budget, size=int(40e6 * budget), b1=8.0 * budget + 2, b32=100.0 * budget
+        )
+        ids[("fwsvd", budget)] = add_run(
+            store,
+            model,
+            task,
+            "fwsvd",
+            fwsvd,
+            budget,
+            size=int(40e6 * budget) + 1000,
+            b1=8.0 * budget + 3,
+            b32=100.0 * budget + 1,
+        )
     add_run(store, model, task, "fwsvd", 0.99, 0.5, eval_limit=2)  # another evaluation limit: not comparable
     failed = store.start_run(model=model, task=task, split="validation", method="fwsvd", budget=0.5)
     store.fail_run(failed, "boom")
@@ -49,7 +91,10 @@ def test_summary_best_method_per_budget_against_dense_and_svd(tmp_path):
     ids = seed(store, "m", "t")
     s = summary(store, "m", "t")
     assert [(r.budget, r.method, r.value, r.svd_value) for r in s.rows] == [
-        (0.3, "fwsvd", 0.70, 0.55), (0.5, "fwsvd", 0.80, 0.70), (0.7, "svd", 0.84, 0.84)]
+        (0.3, "fwsvd", 0.70, 0.55),
+        (0.5, "fwsvd", 0.80, 0.70),
+        (0.7, "svd", 0.84, 0.84),
+    ]
     head = s.headline
     assert head.budget == 0.5 and head.run_id == ids[("fwsvd", 0.5)]
     assert (head.size_bytes, head.latency_ms_b1, head.latency_ms_b32) == (20_001_000, 7.0, 51.0)
@@ -119,7 +164,9 @@ def test_drop_checks_predict_at_each_runs_ranks_beside_what_it_measured(tmp_path
     (check,) = drop_checks(s, weights, fishers)
     expected = risk_summary(risk_table(weights, fishers, ranks))
     assert check.run_id == svd and check.budget == 0.5
-    assert check.predicted_loss_increase == pytest.approx(expected["total_loss_svd"]) and check.predicted_loss_increase > 0
+    assert (
+        check.predicted_loss_increase == pytest.approx(expected["total_loss_svd"]) and check.predicted_loss_increase > 0
+    )
     assert check.expected_to_drop == expected["svd_expected_to_drop"]
     assert check.measured_loss_increase == pytest.approx(0.50) and check.measured_change == pytest.approx(-0.25)
     checked = with_drop_checks(s, [check])
@@ -183,7 +230,9 @@ def test_cli_report(tmp_path, capsys):
     assert main(["report", "--model", "absent", "--store", str(path)]) == 2
 
 
-def test_cli_report_predict_adds_the_drop_metric(tmp_path, capsys, monkeypatch, tiny_bert, tiny_bert_dir, sentiment_csv):
+def test_cli_report_predict_adds_the_drop_metric(
+    tmp_path, capsys, monkeypatch, tiny_bert, tiny_bert_dir, sentiment_csv
+):
     from lowrank import compressible_linears
     from lowrank.cli.main import main
 
@@ -231,8 +280,12 @@ def test_summary_page_shows_the_stored_values(env, tiny_bert_dir, sentiment_csv)
     seed(store, str(tiny_bert_dir), str(sentiment_csv))
     at = app("pages/6_Summary.py")
     metrics = {m.label: m.value for m in at.metric}
-    assert metrics == {"fwsvd accuracy at 50%": "0.800", "size on disk": "20.0 MB", "latency, batch 1": "7.0 ms",
-                       "latency, batch 32": "51.0 ms"}
+    assert metrics == {
+        "fwsvd accuracy at 50%": "0.800",
+        "size on disk": "20.0 MB",
+        "latency, batch 1": "7.0 ms",
+        "latency, batch 32": "51.0 ms",
+    }
     assert any("keeps 10.0 of the 15.0 points that plain SVD loses" in m.value for m in at.markdown)
     spec = json.loads(at.get("plotly_chart")[0].proto.spec)
     assert {t["name"] for t in spec["data"]} == {"svd", "fwsvd", "dense"}

@@ -39,7 +39,9 @@ def test_fwsvd_is_optimal_for_separable_weights(axis):
     F = (d[None, :] ** 2).expand(40, 24) if axis == "in" else (d[:, None] ** 2).expand(40, 24)
     scaled = W * d if axis == "in" else d[:, None] * W
     s = torch.linalg.svdvals(scaled)
-    result = factorize(W, 5, "fwsvd", importance=F.contiguous() / 40 if axis == "in" else F.contiguous() / 24, axis=axis)
+    result = factorize(
+        W, 5, "fwsvd", importance=F.contiguous() / 40 if axis == "in" else F.contiguous() / 24, axis=axis
+    )
     assert E(W, result, F) == pytest.approx(float((s[5:] ** 2).sum()), rel=1e-9)
     assert result.info["axis"] == axis
 
@@ -47,7 +49,9 @@ def test_fwsvd_is_optimal_for_separable_weights(axis):
 def test_fwsvd_uniform_equals_svd_and_bad_axis():
     W, _ = problem()
     ones = torch.ones_like(W)
-    assert E(W, factorize(W, 4, "fwsvd", importance=ones), ones) == pytest.approx(E(W, factorize(W, 4), ones), rel=1e-10)
+    assert E(W, factorize(W, 4, "fwsvd", importance=ones), ones) == pytest.approx(
+        E(W, factorize(W, 4), ones), rel=1e-10
+    )
     with pytest.raises(ValueError, match="axis"):
         factorize(W, 4, "fwsvd", importance=ones, axis="rows")
     with pytest.raises(ValueError, match="importance"):
@@ -61,7 +65,9 @@ def test_tfwsvd_never_worse_than_fwsvd_start(solver, options):
     result = factorize(W, 4, "tfwsvd", importance=F, solver=solver, max_iters=30, **options)
     assert E(W, result, F) <= start * (1 + 1e-12)
     # history is in normalized units, with weights below the 1e-6 floor raised to it
-    assert result.info["solver"] == solver and result.history[0] == pytest.approx(start / result.info["scale"], rel=1e-4)
+    assert result.info["solver"] == solver and result.history[0] == pytest.approx(
+        start / result.info["scale"], rel=1e-4
+    )
     assert min(result.history) == pytest.approx(E(W, result, normalize_importance(F)[0]), rel=1e-9)
 
 
@@ -152,10 +158,19 @@ def test_stopping_rules():
 def test_float32_and_progress():
     W, F = problem(seed=8)
     calls = []
-    result = factorize(W.float(), 4, "tfwsvd", importance=F.float(), solver="als", max_iters=3, tol=0,
-                       progress=lambda d, t, m: calls.append((d, t)))
+    result = factorize(
+        W.float(),
+        4,
+        "tfwsvd",
+        importance=F.float(),
+        solver="als",
+        max_iters=3,
+        tol=0,
+        progress=lambda d, t, m: calls.append((d, t)),
+    )
     assert result.U.dtype == torch.float32 and calls == [(1, 3), (2, 3), (3, 3)]
     calls.clear()
-    early = factorize(W, 4, "tfwsvd", importance=F, solver="als", max_iters=50, tol=0.5,
-                      progress=lambda d, t, m: calls.append((d, t)))
+    early = factorize(
+        W, 4, "tfwsvd", importance=F, solver="als", max_iters=50, tol=0.5, progress=lambda d, t, m: calls.append((d, t))
+    )
     assert early.info["iters"] < 50 and calls[-1] == (50, 50)  # an early stop still completes the bar

@@ -26,6 +26,22 @@ from lowrank.allocation.strategies import (
     register_strategy,
 )
 
-__all__ = ["DEFAULT_ALIGN", "DEFAULT_STRATEGY", "STRATEGIES", "PlannedLayer", "RankPlan", "Strategy", "allocate", "available_strategies",
-           "get_strategy", "layer_loss_curves", "measure_sensitivity", "parse_budget", "predicted_loss_curve",
-           "read_ranks", "register_strategy", "sensitivity_cache_path", "sensitivity_settings"]
+__all__ = [
+    "DEFAULT_ALIGN",
+    "DEFAULT_STRATEGY",
+    "STRATEGIES",
+    "PlannedLayer",
+    "RankPlan",
+    "Strategy",
+    "allocate",
+    "available_strategies",
+    "get_strategy",
+    "layer_loss_curves",
+    "measure_sensitivity",
+    "parse_budget",
+    "predicted_loss_curve",
+    "read_ranks",
+    "register_strategy",
+    "sensitivity_cache_path",
+    "sensitivity_settings",
+]

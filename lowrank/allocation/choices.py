@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Union
 
 import numpy as np
 
@@ -22,7 +21,7 @@ from lowrank.layers import max_useful_rank
 
 DEFAULT_ALIGN = 8
 
-Budget = Union[float, int]
+Budget = float | int
 
 
 @dataclass(frozen=True)
@@ -46,14 +45,14 @@ class LayerChoices:
     def dense_params(self) -> int:
         return self.out_features * self.in_features
 
-    def rank(self, choice: int) -> Optional[int]:
+    def rank(self, choice: int) -> int | None:
         return self.ranks[choice] if choice < len(self.ranks) else None
 
     def costs(self) -> np.ndarray:
         width = self.out_features + self.in_features
         return np.array([r * width for r in self.ranks] + [self.dense_params], dtype=np.int64)
 
-    def choice_of(self, rank: Optional[int]) -> int:
+    def choice_of(self, rank: int | None) -> int:
         return len(self.ranks) if rank is None else self.ranks.index(rank)
 
 
@@ -61,7 +60,9 @@ def layer_choices(shapes: dict[str, tuple[int, int]], align: int) -> dict[str, L
     """``{name: LayerChoices}`` for ``{name: (out, in)}`` with ranks rounded to multiples of ``align``."""
     if isinstance(align, bool) or not isinstance(align, (int, np.integer)) or align < 1:
         raise ValueError(f"align must be a positive integer, got {align!r}")
-    return {n: LayerChoices(n, o, i, tuple(range(align, max_useful_rank(o, i) + 1, align))) for n, (o, i) in shapes.items()}
+    return {
+        n: LayerChoices(n, o, i, tuple(range(align, max_useful_rank(o, i) + 1, align))) for n, (o, i) in shapes.items()
+    }
 
 
 def resolve_budget(budget: Budget, layers: dict[str, LayerChoices]) -> int:
@@ -72,14 +73,20 @@ def resolve_budget(budget: Budget, layers: dict[str, LayerChoices]) -> int:
         raise ValueError(f"budget must be a fraction in (0, 1] (float) or a parameter count (int), got {budget!r}")
     if isinstance(budget, (float, np.floating)):
         if not math.isfinite(budget) or not 0.0 < budget <= 1.0:
-            raise ValueError(f"a budget fraction must be in (0, 1], got {budget}; pass an int for an absolute parameter count")
+            raise ValueError(
+                f"a budget fraction must be in (0, 1], got {budget}; pass an int for an absolute parameter count"
+            )
         count = int(math.floor(float(budget) * dense))
     else:
         count = int(budget)
         if count <= 1:
-            raise ValueError(f"a budget parameter count must be > 1, got {count}; pass a float in (0, 1] for a fraction")
+            raise ValueError(
+                f"a budget parameter count must be > 1, got {count}; pass a float in (0, 1] for a fraction"
+            )
         if count > dense:
-            raise ValueError(f"budget of {count:,} parameters exceeds the {dense:,} parameters of the dense compressible layers")
+            raise ValueError(
+                f"budget of {count:,} parameters exceeds the {dense:,} parameters of the dense compressible layers"
+            )
     if count < smallest:
         raise ValueError(
             f"budget of {count:,} parameters ({count / dense:.1%}) is below the smallest possible plan, "
@@ -99,5 +106,6 @@ def parse_budget(text: str) -> Budget:
             return int(value)
         return float(value)
     except ValueError as err:
-        raise ValueError("budget must be a fraction (0.5), a percentage (50%) or a parameter count (4000000), "
-                         f"got {text!r}") from err
+        raise ValueError(
+            f"budget must be a fraction (0.5), a percentage (50%) or a parameter count (4000000), got {text!r}"
+        ) from err

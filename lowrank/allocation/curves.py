@@ -19,7 +19,6 @@ output gradients), which decide how much of a truncation the data excite.
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import numpy as np
 import torch
@@ -30,7 +29,7 @@ from lowrank.models.architectures import compressible_linears
 from lowrank.progress import Progress, report
 
 
-def predicted_loss_curve(W: torch.Tensor, F: Optional[torch.Tensor] = None, axis: str = "in") -> np.ndarray:
+def predicted_loss_curve(W: torch.Tensor, F: torch.Tensor | None = None, axis: str = "in") -> np.ndarray:
     """``curve[r]`` (r = 0 .. min(out, in)): predicted loss increase of the best rank-r FWSVD truncation.
 
     ``curve[r] = 0.5 * sum_{k > r} s_k^2`` with ``s`` the singular values of ``W diag(d)``,
@@ -65,7 +64,9 @@ def kfac_loss_curve(W: torch.Tensor, A: torch.Tensor, G: torch.Tensor) -> np.nda
     """
     W = torch.as_tensor(W).detach()
     if W.ndim != 2 or tuple(A.shape) != (W.shape[1],) * 2 or tuple(G.shape) != (W.shape[0],) * 2:
-        raise ValueError(f"moments of shapes {tuple(G.shape)} and {tuple(A.shape)} do not fit a weight {tuple(W.shape)}")
+        raise ValueError(
+            f"moments of shapes {tuple(G.shape)} and {tuple(A.shape)} do not fit a weight {tuple(W.shape)}"
+        )
     right, left = psd_root(A.to(W.device)), psd_root(G.to(W.device))
     return _tail_curve(torch.linalg.svdvals(left.L.T @ W.double() @ right.L))
 
@@ -77,8 +78,9 @@ def _tail_curve(s: torch.Tensor) -> np.ndarray:
     return 0.5 * np.append(tail, 0.0)
 
 
-def layer_loss_curves(model, importance: dict[str, torch.Tensor], axis: str = "in",
-                      progress: Optional[Progress] = None) -> dict[str, np.ndarray]:
+def layer_loss_curves(
+    model, importance: dict[str, torch.Tensor], axis: str = "in", progress: Progress | None = None
+) -> dict[str, np.ndarray]:
     """``{name: curve}`` for every compressible layer that has an importance tensor (see :func:`predicted_loss_curve`).
 
     The dashboard's rank editor reads ``curve[r]`` for any rank without refactorizing.
@@ -93,14 +95,16 @@ def layer_loss_curves(model, importance: dict[str, torch.Tensor], axis: str = "i
     return curves
 
 
-def kfac_loss_curves(model, stats: dict[str, dict], progress: Optional[Progress] = None) -> dict[str, np.ndarray]:
+def kfac_loss_curves(model, stats: dict[str, dict], progress: Progress | None = None) -> dict[str, np.ndarray]:
     """``{name: curve}`` (:func:`kfac_loss_curve`) for every compressible layer; ``stats[name]`` holds its
     ``input_moment`` and ``grad_moment`` (:func:`lowrank.statistics.statistics_for` with activations and gradients)."""
     linears = compressible_linears(module_of(model))
     missing = [n for n in linears if not {"input_moment", "grad_moment"} <= set(stats.get(n, {}))]
     if missing:
-        raise ValueError(f"K-FAC loss curves need the input and gradient moments of every layer (statistics "
-                         f"'activations' and 'gradients'); missing for {len(missing)}: {missing[:3]}")
+        raise ValueError(
+            f"K-FAC loss curves need the input and gradient moments of every layer (statistics "
+            f"'activations' and 'gradients'); missing for {len(missing)}: {missing[:3]}"
+        )
     curves = {}
     for step, (name, layer) in enumerate(linears.items()):
         report(progress, step, len(linears), f"K-FAC loss curve of {name}")
@@ -109,7 +113,7 @@ def kfac_loss_curves(model, stats: dict[str, dict], progress: Optional[Progress]
     return curves
 
 
-def loss_at(curves: Optional[dict[str, np.ndarray]], name: str, rank: Optional[int]) -> float:
+def loss_at(curves: dict[str, np.ndarray] | None, name: str, rank: int | None) -> float:
     """Predicted loss increase of layer ``name`` at ``rank``: ``curves[name][rank]``, 0 for a dense
     layer (``rank`` None), NaN when the layer has no curve."""
     if curves is None or name not in curves:

@@ -18,7 +18,6 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Union
 
 import numpy as np
 import pandas as pd
@@ -47,7 +46,7 @@ class PlannedLayer:
     name: str
     out_features: int
     in_features: int
-    rank: Optional[int]
+    rank: int | None
     predicted_loss: float = math.nan
 
     @property
@@ -109,7 +108,7 @@ class RankPlan:
                 return layer
         raise KeyError(f"no layer {name!r} in this plan")
 
-    def with_ranks(self, changes: dict[str, Optional[int]], curves: Optional[dict[str, np.ndarray]] = None) -> "RankPlan":
+    def with_ranks(self, changes: dict[str, int | None], curves: dict[str, np.ndarray] | None = None) -> RankPlan:
         """A copy with some ranks changed (None: dense), e.g. from the dashboard's rank editor.
 
         Ranks are checked like ``compress`` does (1 <= r, below break-even); alignment is not
@@ -128,47 +127,78 @@ class RankPlan:
             rank = changes[layer.name]
             if rank is not None:
                 check_rank(rank, layer.out_features, layer.in_features, layer.name)
-            layers.append(PlannedLayer(layer.name, layer.out_features, layer.in_features, rank,
-                                       loss_at(curves, layer.name, rank)))
+            layers.append(
+                PlannedLayer(layer.name, layer.out_features, layer.in_features, rank, loss_at(curves, layer.name, rank))
+            )
         return RankPlan(layers, self.budget, self.strategy, self.align, {**self.meta, "edited": True})
 
     def check_layers(self, shapes: dict[str, tuple[int, int]], model: str = "the model") -> None:
         """``ValueError`` unless the plan has exactly the layers of ``shapes`` ({name: (out, in)}), with those shapes."""
         names = {layer.name for layer in self.layers}
         if names != set(shapes):
-            raise ValueError(f"the plan's layers do not match {model} "
-                             f"({len(names & set(shapes))} of {len(shapes)} layer names in common)")
+            raise ValueError(
+                f"the plan's layers do not match {model} "
+                f"({len(names & set(shapes))} of {len(shapes)} layer names in common)"
+            )
         for layer in self.layers:
             out_f, in_f = shapes[layer.name]
             if (layer.out_features, layer.in_features) != (out_f, in_f):
-                raise ValueError(f"{layer.name} is {layer.out_features}×{layer.in_features} in the plan but "
-                                 f"{out_f}×{in_f} in {model}")
+                raise ValueError(
+                    f"{layer.name} is {layer.out_features}×{layer.in_features} in the plan but "
+                    f"{out_f}×{in_f} in {model}"
+                )
 
     def to_frame(self) -> pd.DataFrame:
         """One row per layer: name, out, in, rank (None = dense), params, dense_params, predicted_loss, dense."""
-        rows = [{"name": layer.name, "out": layer.out_features, "in": layer.in_features,
-                 "rank": layer.rank, "params": layer.params, "dense_params": layer.dense_params,
-                 "predicted_loss": layer.predicted_loss, "dense": layer.dense} for layer in self.layers]
+        rows = [
+            {
+                "name": layer.name,
+                "out": layer.out_features,
+                "in": layer.in_features,
+                "rank": layer.rank,
+                "params": layer.params,
+                "dense_params": layer.dense_params,
+                "predicted_loss": layer.predicted_loss,
+                "dense": layer.dense,
+            }
+            for layer in self.layers
+        ]
         columns = ["name", "out", "in", "rank", "params", "dense_params", "predicted_loss", "dense"]
         frame = pd.DataFrame(rows, columns=columns)
         frame["rank"] = frame["rank"].astype("Int64")
         return frame
 
     def to_dict(self) -> dict:
-        return to_jsonable({
-            "format": PLAN_FORMAT, "version": PLAN_VERSION, "strategy": self.strategy, "budget": self.budget,
-            "align": self.align, "params": self.params, "dense_params": self.dense_params,
-            "predicted_loss": self.predicted_loss, "ranks": self.ranks,
-            "layers": [{"name": layer.name, "out": layer.out_features, "in": layer.in_features, "rank": layer.rank,
-                        "predicted_loss": layer.predicted_loss} for layer in self.layers],
-            "meta": self.meta,
-        })
+        return to_jsonable(
+            {
+                "format": PLAN_FORMAT,
+                "version": PLAN_VERSION,
+                "strategy": self.strategy,
+                "budget": self.budget,
+                "align": self.align,
+                "params": self.params,
+                "dense_params": self.dense_params,
+                "predicted_loss": self.predicted_loss,
+                "ranks": self.ranks,
+                "layers": [
+                    {
+                        "name": layer.name,
+                        "out": layer.out_features,
+                        "in": layer.in_features,
+                        "rank": layer.rank,
+                        "predicted_loss": layer.predicted_loss,
+                    }
+                    for layer in self.layers
+                ],
+                "meta": self.meta,
+            }
+        )
 
-    def to_json(self, indent: Optional[int] = 2) -> str:
+    def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent)
 
     @classmethod
-    def from_json(cls, data: Union[str, bytes, dict]) -> "RankPlan":
+    def from_json(cls, data: str | bytes | dict) -> RankPlan:
         """Rebuild a plan from :meth:`to_json` output (a JSON string) or :meth:`to_dict` output (a dict).
 
         Checks the format and version, that every number is a whole number (a budget of 0.5 is
@@ -181,13 +211,20 @@ class RankPlan:
             except (json.JSONDecodeError, UnicodeDecodeError) as err:
                 raise ValueError(f"a rank plan must be JSON: {err}") from err
         if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT:
-            raise ValueError(f"not a rank plan (expected an object with \"format\": \"{PLAN_FORMAT}\")")
+            raise ValueError(f'not a rank plan (expected an object with "format": "{PLAN_FORMAT}")')
         if data.get("version") != PLAN_VERSION:
-            raise ValueError(f"unsupported rank plan version {data.get('version')!r} (this library reads {PLAN_VERSION})")
+            raise ValueError(
+                f"unsupported rank plan version {data.get('version')!r} (this library reads {PLAN_VERSION})"
+            )
         try:
             layers = [_planned_layer(row) for row in data["layers"]]
-            plan = cls(layers, data["budget"], str(data["strategy"]), data.get("align", DEFAULT_ALIGN),
-                       dict(data.get("meta") or {}))
+            plan = cls(
+                layers,
+                data["budget"],
+                str(data["strategy"]),
+                data.get("align", DEFAULT_ALIGN),
+                dict(data.get("meta") or {}),
+            )
         except KeyError as err:
             raise ValueError(f"malformed rank plan: missing {err}") from err
         except (TypeError, ValueError) as err:
@@ -202,7 +239,7 @@ class RankPlan:
                 raise ValueError("malformed rank plan: its 'ranks' object disagrees with its 'layers' list")
         return plan
 
-    def save(self, path: Union[str, Path]) -> Path:
+    def save(self, path: str | Path) -> Path:
         """Write the plan as JSON, atomically; an existing file is replaced only if it is a rank plan
         (:func:`lowrank.io.writable_file`), so no other file is ever overwritten."""
         path = writable_file(path, _is_plan)
@@ -210,7 +247,7 @@ class RankPlan:
         return path
 
     @classmethod
-    def load(cls, path: Union[str, Path]) -> "RankPlan":
+    def load(cls, path: str | Path) -> RankPlan:
         """The whole plan saved at ``path`` (:meth:`save`), checked like :meth:`from_json`."""
         data = _read_json(path)
         try:
@@ -232,11 +269,16 @@ def _planned_layer(row: dict) -> PlannedLayer:
     name = str(row["name"])
     rank = None if row["rank"] is None else _whole(row["rank"], f"the rank of {name}", 1)
     loss = math.nan if row.get("predicted_loss") is None else float(row["predicted_loss"])
-    return PlannedLayer(name, _whole(row["out"], f"the out size of {name}", 1),
-                        _whole(row["in"], f"the in size of {name}", 1), rank, loss)
+    return PlannedLayer(
+        name,
+        _whole(row["out"], f"the out size of {name}", 1),
+        _whole(row["in"], f"the in size of {name}", 1),
+        rank,
+        loss,
+    )
 
 
-def _read_json(path: Union[str, Path]):
+def _read_json(path: str | Path):
     """The JSON value in the file at ``path``; a one-line ``ValueError`` naming the file otherwise."""
     path = Path(path)
     if path.is_dir():
@@ -255,7 +297,7 @@ def _read_json(path: Union[str, Path]):
         raise ValueError(f"plan file {path} is not valid JSON: {err}") from err
 
 
-def read_ranks(path: Union[str, Path]) -> dict[str, int]:
+def read_ranks(path: str | Path) -> dict[str, int]:
     """``{layer: rank}`` from a plan file: a saved :class:`RankPlan` (checked whole, see
     :meth:`RankPlan.from_json`) or any JSON object with a ``"ranks"`` mapping of whole ranks >= 1.
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -56,9 +55,11 @@ class Sensitivity:
 
     def to_tensors(self) -> dict[str, torch.Tensor]:
         """The table as tensors for the cache (float64 losses: read back exactly)."""
-        tensors = {"baseline_loss": torch.tensor(self.baseline_loss, dtype=torch.float64),
-                   "fractions": torch.tensor(self.fractions, dtype=torch.float64),
-                   "examples": torch.tensor(self.examples, dtype=torch.int64)}
+        tensors = {
+            "baseline_loss": torch.tensor(self.baseline_loss, dtype=torch.float64),
+            "fractions": torch.tensor(self.fractions, dtype=torch.float64),
+            "examples": torch.tensor(self.examples, dtype=torch.int64),
+        }
         for name in self.ranks:
             tensors[f"ranks/{name}"] = torch.tensor(self.ranks[name], dtype=torch.int64)
             tensors[f"losses/{name}"] = torch.tensor(self.losses[name], dtype=torch.float64)
@@ -66,23 +67,35 @@ class Sensitivity:
         return tensors
 
     @classmethod
-    def from_tensors(cls, tensors: dict[str, torch.Tensor], names: list[str]) -> "Sensitivity":
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], names: list[str]) -> Sensitivity:
         """The table of :meth:`to_tensors`, its layers in the order of ``names``."""
-        return cls(float(tensors["baseline_loss"]), tuple(tensors["fractions"].tolist()),
-                   {n: tensors[f"ranks/{n}"].tolist() for n in names}, {n: tensors[f"losses/{n}"].tolist() for n in names},
-                   {n: tuple(tensors[f"shape/{n}"].tolist()) for n in names}, int(tensors["examples"]))
+        return cls(
+            float(tensors["baseline_loss"]),
+            tuple(tensors["fractions"].tolist()),
+            {n: tensors[f"ranks/{n}"].tolist() for n in names},
+            {n: tensors[f"losses/{n}"].tolist() for n in names},
+            {n: tuple(tensors[f"shape/{n}"].tolist()) for n in names},
+            int(tensors["examples"]),
+        )
 
 
-def sensitivity_settings(fractions=DEFAULT_FRACTIONS, num_batches: int = 4, batch_size: int = 32,
-                         max_length: int = 128, seed: int = 0) -> dict:
+def sensitivity_settings(
+    fractions=DEFAULT_FRACTIONS, num_batches: int = 4, batch_size: int = 32, max_length: int = 128, seed: int = 0
+) -> dict:
     """The checked settings of a measurement (fractions sorted), which are also its cache key."""
     fractions = tuple(sorted(float(f) for f in fractions))
     if not fractions or not all(0.0 < f < 1.0 for f in fractions):
         raise ValueError(f"sensitivity fractions must be in (0, 1), got {fractions}")
     if num_batches < 1 or batch_size < 1:
         raise ValueError("num_batches and batch_size must be positive")
-    return {"fractions": list(fractions), "num_batches": num_batches, "batch_size": batch_size,
-            "max_length": max_length, "seed": seed, "split": "train"}
+    return {
+        "fractions": list(fractions),
+        "num_batches": num_batches,
+        "batch_size": batch_size,
+        "max_length": max_length,
+        "seed": seed,
+        "split": "train",
+    }
 
 
 def sensitivity_cache_path(loaded, task, settings: dict) -> Path:
@@ -91,9 +104,17 @@ def sensitivity_cache_path(loaded, task, settings: dict) -> Path:
     return cache.entry_path("sensitivity", loaded, task, settings)
 
 
-def measure_sensitivity(loaded, task, fractions=DEFAULT_FRACTIONS, num_batches: int = 4, batch_size: int = 32,
-                        max_length: int = 128, seed: int = 0, use_cache: bool = True,
-                        progress: Optional[Progress] = None) -> Sensitivity:
+def measure_sensitivity(
+    loaded,
+    task,
+    fractions=DEFAULT_FRACTIONS,
+    num_batches: int = 4,
+    batch_size: int = 32,
+    max_length: int = 128,
+    seed: int = 0,
+    use_cache: bool = True,
+    progress: Progress | None = None,
+) -> Sensitivity:
     """Measure, for every compressible layer alone and every kept ``fraction``, the mean loss of
     ``num_batches`` shuffled batches of the task's train split with that layer replaced by its
     plain SVD truncation (rank ``floor(f * out * in / (out + in))``, skipped at/above break-even).
@@ -102,7 +123,9 @@ def measure_sensitivity(loaded, task, fractions=DEFAULT_FRACTIONS, num_batches: 
     are restored exactly afterwards (also on error).
     """
     if task is None:
-        raise ValueError("strategy 'sensitivity' needs a task for its calibration batches (e.g. task='rotten_tomatoes')")
+        raise ValueError(
+            "strategy 'sensitivity' needs a task for its calibration batches (e.g. task='rotten_tomatoes')"
+        )
     settings = sensitivity_settings(fractions, num_batches, batch_size, max_length, seed)
     fractions = tuple(settings["fractions"])
     task = check_labels(loaded, task)
@@ -113,9 +136,12 @@ def measure_sensitivity(loaded, task, fractions=DEFAULT_FRACTIONS, num_batches: 
     path = sensitivity_cache_path(loaded, task, settings)
     if use_cache and (cached := cache.read(path)) is not None:
         return Sensitivity.from_tensors(cached, list(linears))
-    calibration = [{k: v.to(device) for k, v in b.items()}
-                   for b in batches(task, loaded.tokenizer, "train", batch_size, max_length, shuffle=True, seed=seed,
-                                    limit=num_batches)]
+    calibration = [
+        {k: v.to(device) for k, v in b.items()}
+        for b in batches(
+            task, loaded.tokenizer, "train", batch_size, max_length, shuffle=True, seed=seed, limit=num_batches
+        )
+    ]
     sizes = [int(b["input_ids"].shape[0]) for b in calibration]
 
     def mean_loss() -> float:
@@ -148,7 +174,9 @@ def measure_sensitivity(loaded, task, fractions=DEFAULT_FRACTIONS, num_batches: 
     report(progress, len(linears), len(linears), "sensitivity done")
     missing = [n for n, r in ranks.items() if not r]
     if missing:
-        raise ValueError(f"no sensitivity fraction gives a rank below break-even for {missing[:3]}; use smaller fractions")
+        raise ValueError(
+            f"no sensitivity fraction gives a rank below break-even for {missing[:3]}; use smaller fractions"
+        )
     table = Sensitivity(baseline, fractions, ranks, losses, shapes, sum(sizes))
     if use_cache:
         cache.write(path, table.to_tensors(), settings)

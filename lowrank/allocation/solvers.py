@@ -21,7 +21,7 @@ the budget is used whenever that step is at most 1% of the budget (e.g. MiniLM w
 from __future__ import annotations
 
 import heapq
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -39,8 +39,9 @@ def _as_scores(layers: dict[str, LayerChoices], scores: dict[str, np.ndarray]) -
     return result
 
 
-def fill_budget(layers: dict[str, LayerChoices], choice: dict[str, int], budget: int,
-                priority: Callable[[str, int], float]) -> dict[str, int]:
+def fill_budget(
+    layers: dict[str, LayerChoices], choice: dict[str, int], budget: int, priority: Callable[[str, int], float]
+) -> dict[str, int]:
     """Spend what ``choice`` leaves of ``budget``: repeatedly move the layer of highest ``priority(name, k)``
     (k: its current choice) to its next choice if that fits, until no layer's next choice fits.
 
@@ -66,8 +67,9 @@ def fill_budget(layers: dict[str, LayerChoices], choice: dict[str, int], budget:
     return choice
 
 
-def threshold_allocation(layers: dict[str, LayerChoices], budget: int,
-                         scores: dict[str, np.ndarray]) -> tuple[dict[str, int], float]:
+def threshold_allocation(
+    layers: dict[str, LayerChoices], budget: int, scores: dict[str, np.ndarray]
+) -> tuple[dict[str, int], float]:
     """Common-threshold allocation: each layer takes its smallest choice whose score is <= ``t``.
 
     ``scores[name][k]``: badness of choice ``k`` (made non-increasing in ``k``; dense is usually 0).
@@ -97,8 +99,9 @@ def threshold_allocation(layers: dict[str, LayerChoices], budget: int,
     return choice, threshold
 
 
-def greedy_allocation(layers: dict[str, LayerChoices], budget: int,
-                      losses: dict[str, np.ndarray]) -> tuple[dict[str, int], float]:
+def greedy_allocation(
+    layers: dict[str, LayerChoices], budget: int, losses: dict[str, np.ndarray]
+) -> tuple[dict[str, int], float]:
     """Global greedy on convex loss-vs-parameters curves: from every layer's smallest choice,
     repeatedly take the step with the largest loss decrease per added parameter that fits.
 
@@ -146,14 +149,17 @@ def greedy_allocation(layers: dict[str, LayerChoices], budget: int,
     return fill_budget(layers, choice, budget, rate), _relaxed_optimum(layers, budget, losses, hulls)
 
 
-def _relaxed_optimum(layers: dict[str, LayerChoices], budget: int, losses: dict[str, np.ndarray],
-                     hulls: dict[str, list[int]]) -> float:
+def _relaxed_optimum(
+    layers: dict[str, LayerChoices], budget: int, losses: dict[str, np.ndarray], hulls: dict[str, list[int]]
+) -> float:
     """Lowest loss of the convex relaxation within ``budget``: all hull steps by decreasing rate, the last one in part."""
     steps = []
     for name, hull in hulls.items():
         cost, loss = layers[name].costs(), losses[name]
-        steps += [((loss[a] - loss[b]) / (cost[b] - cost[a]), int(cost[b] - cost[a]), loss[a] - loss[b])
-                  for a, b in zip(hull, hull[1:])]
+        steps += [
+            ((loss[a] - loss[b]) / (cost[b] - cost[a]), int(cost[b] - cost[a]), loss[a] - loss[b])
+            for a, b in zip(hull, hull[1:])
+        ]
     total = float(sum(losses[n][0] for n in layers))
     left = budget - sum(int(layers[n].costs()[0]) for n in layers)
     for _, cost, gain in sorted(steps, key=lambda step: -step[0]):

@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import inspect
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -62,17 +62,17 @@ class AllocationContext:
     layers: dict[str, LayerChoices]
     budget: int
     align: int
-    importance: Optional[dict[str, torch.Tensor]] = None
+    importance: dict[str, torch.Tensor] | None = None
     task: object = None
-    progress: Optional[Progress] = None
+    progress: Progress | None = None
     axis: str = "in"
-    stats: Optional[dict] = None  # {layer: {key: tensor}} from statistics_for (moments for kfac_greedy)
-    _curves: Optional[dict[str, np.ndarray]] = None
+    stats: dict | None = None  # {layer: {key: tensor}} from statistics_for (moments for kfac_greedy)
+    _curves: dict[str, np.ndarray] | None = None
 
     def weight(self, name: str) -> torch.Tensor:
         return self.model.get_submodule(name).weight.detach()
 
-    def loss_curves(self) -> Optional[dict[str, np.ndarray]]:
+    def loss_curves(self) -> dict[str, np.ndarray] | None:
         """Predicted loss curves of every layer (None without importance); computed once."""
         if self.importance is None:
             return None
@@ -137,7 +137,9 @@ def _uniform(ctx: AllocationContext):
     return choice, {"kept_fraction": 1.0 - threshold}
 
 
-@register_strategy("energy", "Smallest rank keeping a common fraction of each layer's squared Frobenius norm (SVD energy).")
+@register_strategy(
+    "energy", "Smallest rank keeping a common fraction of each layer's squared Frobenius norm (SVD energy)."
+)
 def _energy(ctx: AllocationContext):
     scores = {}
     for name, choices in ctx.layers.items():
@@ -147,8 +149,11 @@ def _energy(ctx: AllocationContext):
     return choice, {"energy": 1.0 - threshold}
 
 
-@register_strategy("fisher_greedy", "Global greedy on the Fisher-predicted loss increase per parameter (FWSVD spectrum).",
-                   needs=("fisher",))
+@register_strategy(
+    "fisher_greedy",
+    "Global greedy on the Fisher-predicted loss increase per parameter (FWSVD spectrum).",
+    needs=("fisher",),
+)
 def _fisher_greedy(ctx: AllocationContext):
     curves = ctx.loss_curves()
     losses = {n: ctx.curve_choices(curves, n) for n in ctx.layers}
@@ -156,8 +161,12 @@ def _fisher_greedy(ctx: AllocationContext):
     return choice, {"predicted_loss_lower_bound": bound}
 
 
-@register_strategy("kfac_greedy", "Global greedy on the K-FAC-predicted loss increase per parameter (kfac_svd spectrum: "
-                   "input and gradient correlations).", needs=("activations", "gradients"))
+@register_strategy(
+    "kfac_greedy",
+    "Global greedy on the K-FAC-predicted loss increase per parameter (kfac_svd spectrum: "
+    "input and gradient correlations).",
+    needs=("activations", "gradients"),
+)
 def _kfac_greedy(ctx: AllocationContext):
     curves = kfac_loss_curves(ctx.model, ctx.stats or {}, ctx.progress)
     losses = {n: ctx.curve_choices(curves, n) for n in ctx.layers}
@@ -165,14 +174,25 @@ def _kfac_greedy(ctx: AllocationContext):
     return choice, {"kfac_loss_lower_bound": bound}
 
 
-@register_strategy("sensitivity", "Measured calibration loss per layer at a few kept fractions (plain SVD, cached); "
-                   "common loss threshold.", needs_task=True)
-def _sensitivity(ctx: AllocationContext, fractions=DEFAULT_FRACTIONS, num_batches: int = 4, batch_size: int = 32,
-                 max_length: int = 128, seed: int = 0, use_cache: bool = True):
+@register_strategy(
+    "sensitivity",
+    "Measured calibration loss per layer at a few kept fractions (plain SVD, cached); common loss threshold.",
+    needs_task=True,
+)
+def _sensitivity(
+    ctx: AllocationContext,
+    fractions=DEFAULT_FRACTIONS,
+    num_batches: int = 4,
+    batch_size: int = 32,
+    max_length: int = 128,
+    seed: int = 0,
+    use_cache: bool = True,
+):
     if ctx.loaded is None:
         raise ValueError("strategy 'sensitivity' needs a LoadedModel (with its tokenizer), not a bare nn.Module")
-    table = measure_sensitivity(ctx.loaded, ctx.task, fractions, num_batches, batch_size, max_length, seed, use_cache,
-                                ctx.progress)
+    table = measure_sensitivity(
+        ctx.loaded, ctx.task, fractions, num_batches, batch_size, max_length, seed, use_cache, ctx.progress
+    )
     measured = {n: table.increase_at(n, list(c.ranks)) for n, c in ctx.layers.items()}
     worst = max(float(np.nanmax(np.append(s, 0.0))) for s in measured.values())
     scores = {}
@@ -182,14 +202,30 @@ def _sensitivity(ctx: AllocationContext, fractions=DEFAULT_FRACTIONS, num_batche
         s[below] = worst + 1.0 + (smallest - np.asarray(ctx.layers[name].ranks)[below]) / smallest
         scores[name] = np.append(s, 0.0)
     choice, threshold = threshold_allocation(ctx.layers, ctx.budget, scores)
-    return choice, {"loss_threshold": threshold, "baseline_loss": table.baseline_loss,
-                    "calibration": {"fractions": list(table.fractions), "num_batches": num_batches,
-                                    "batch_size": batch_size, "examples": table.examples}}
+    return choice, {
+        "loss_threshold": threshold,
+        "baseline_loss": table.baseline_loss,
+        "calibration": {
+            "fractions": list(table.fractions),
+            "num_batches": num_batches,
+            "batch_size": batch_size,
+            "examples": table.examples,
+        },
+    }
 
 
-def allocate(model, budget: Budget, strategy: str = DEFAULT_STRATEGY, importance: Optional[dict[str, torch.Tensor]] = None,
-             align: int = DEFAULT_ALIGN, stats: Optional[dict] = None, task=None, axis: str = "in",
-             progress: Optional[Progress] = None, **options) -> RankPlan:
+def allocate(
+    model,
+    budget: Budget,
+    strategy: str = DEFAULT_STRATEGY,
+    importance: dict[str, torch.Tensor] | None = None,
+    align: int = DEFAULT_ALIGN,
+    stats: dict | None = None,
+    task=None,
+    axis: str = "in",
+    progress: Progress | None = None,
+    **options,
+) -> RankPlan:
     """Per-layer ranks for the compressible layers of ``model`` (a ``LoadedModel`` or ``nn.Module``).
 
     ``budget``: fraction in (0, 1] (float) of the dense compressible parameters, or an absolute
@@ -221,10 +257,14 @@ def allocate(model, budget: Budget, strategy: str = DEFAULT_STRATEGY, importance
     if spec.needs_importance:
         missing = [n for n in shapes if importance is None or n not in importance]
         if missing:
-            raise ValueError(f"strategy {strategy!r} needs importance (Fisher information, from "
-                             f"lowrank.statistics.statistics_for) for every layer; missing {len(missing)}: {missing[:3]}")
+            raise ValueError(
+                f"strategy {strategy!r} needs importance (Fisher information, from "
+                f"lowrank.statistics.statistics_for) for every layer; missing {len(missing)}: {missing[:3]}"
+            )
     if spec.needs_task and task is None:
-        raise ValueError(f"strategy {strategy!r} needs a task for its calibration batches (e.g. task='rotten_tomatoes')")
+        raise ValueError(
+            f"strategy {strategy!r} needs a task for its calibration batches (e.g. task='rotten_tomatoes')"
+        )
     try:
         inspect.signature(spec.fn).bind(None, **options)
     except TypeError as err:
@@ -246,8 +286,14 @@ def allocate(model, budget: Budget, strategy: str = DEFAULT_STRATEGY, importance
         rank = choices.rank(k)
         planned.append(PlannedLayer(name, choices.out_features, choices.in_features, rank, loss_at(curves, name, rank)))
     dense = sum(c.dense_params for c in layers.values())
-    meta = {"model": getattr(loaded, "name", "") or getattr(getattr(module, "config", None), "_name_or_path", ""),
-            "budget_fraction": absolute / dense, "seconds": seconds, "axis": axis, **info, "options": dict(options)}
+    meta = {
+        "model": getattr(loaded, "name", "") or getattr(getattr(module, "config", None), "_name_or_path", ""),
+        "budget_fraction": absolute / dense,
+        "seconds": seconds,
+        "axis": axis,
+        **info,
+        "options": dict(options),
+    }
     if task is not None:
         meta["task"] = getattr(task, "name", str(task))
     plan = RankPlan(planned, absolute, strategy, int(align), meta)

@@ -62,8 +62,10 @@ def kfac_loss_increase(W: torch.Tensor, W_hat: torch.Tensor, A: torch.Tensor, G:
     """``0.5 tr(G dW A dW^T)``, ``dW = W - W_hat`` (out, in), ``A = E[x x^T]`` (in, in), ``G`` (out, out) the
     gradient moment (:mod:`lowrank.statistics.moments`); nats. Cost: O(out in (out + in)) in float64."""
     if tuple(A.shape) != (W.shape[1],) * 2 or tuple(G.shape) != (W.shape[0],) * 2 or W_hat.shape != W.shape:
-        raise ValueError(f"moments {tuple(G.shape)}, {tuple(A.shape)} and approximation {tuple(W_hat.shape)} do not "
-                         f"fit a weight {tuple(W.shape)}")
+        raise ValueError(
+            f"moments {tuple(G.shape)}, {tuple(A.shape)} and approximation {tuple(W_hat.shape)} do not "
+            f"fit a weight {tuple(W.shape)}"
+        )
     dW = W.double() - W_hat.to(W.device).double()
     return 0.5 * float(((G.to(W.device).double() @ dW) * (dW @ A.to(W.device).double())).sum())
 
@@ -86,20 +88,35 @@ def svd_risk(W: torch.Tensor, F: torch.Tensor, rank: int, method: str = "fwsvd",
     return _losses(W, F, rank, method, **options)[2]
 
 
-def risk_table(weights: dict[str, torch.Tensor], fishers: dict[str, torch.Tensor], ranks: dict[str, int],
-               method: str = "fwsvd", **options) -> pd.DataFrame:
+def risk_table(
+    weights: dict[str, torch.Tensor],
+    fishers: dict[str, torch.Tensor],
+    ranks: dict[str, int],
+    method: str = "fwsvd",
+    **options,
+) -> pd.DataFrame:
     """One row per layer in ``ranks``: name, shape, rank, dispersion, loss_svd, loss_weighted, risk."""
     rows = []
     for name, rank in ranks.items():
         W, F = weights[name].detach().float(), fishers[name].to(weights[name].device).float()
         plain, weighted, risk = _losses(W, F, rank, method, **options)
-        rows.append({"name": name, "shape": f"{W.shape[0]}x{W.shape[1]}", "rank": rank,
-                     "dispersion": fisher_dispersion(F), "loss_svd": plain, "loss_weighted": weighted, "risk": risk})
+        rows.append(
+            {
+                "name": name,
+                "shape": f"{W.shape[0]}x{W.shape[1]}",
+                "rank": rank,
+                "dispersion": fisher_dispersion(F),
+                "loss_svd": plain,
+                "loss_weighted": weighted,
+                "risk": risk,
+            }
+        )
     return pd.DataFrame(rows, columns=["name", "shape", "rank", "dispersion", "loss_svd", "loss_weighted", "risk"])
 
 
-def risk_summary(table: pd.DataFrame, risk_threshold: float = RISK_THRESHOLD,
-                 loss_threshold: float = LOSS_THRESHOLD) -> dict:
+def risk_summary(
+    table: pd.DataFrame, risk_threshold: float = RISK_THRESHOLD, loss_threshold: float = LOSS_THRESHOLD
+) -> dict:
     """Whole-model verdict: totals, max/median risk, flagged layers and ``svd_expected_to_drop``.
 
     Heuristic: plain SVD is expected to drop accuracy significantly when its total

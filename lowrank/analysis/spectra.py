@@ -16,7 +16,6 @@ recomputed only when a weight has changed (tracked by the tensors' version count
 from __future__ import annotations
 
 import weakref
-from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -29,7 +28,7 @@ from lowrank.progress import Progress, report
 
 ENERGY_LEVELS = (0.90, 0.95, 0.99)
 
-_CACHE: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+_CACHE: weakref.WeakKeyDictionary[nn.Module, tuple] = weakref.WeakKeyDictionary()
 
 
 def singular_values(W: torch.Tensor) -> np.ndarray:
@@ -76,7 +75,7 @@ def _fingerprint(model: nn.Module) -> tuple:
     return tuple((n, m.weight._version, m.weight.data_ptr()) for n, m in compressible_linears(model).items())
 
 
-def spectra(model, progress: Optional[Progress] = None) -> pd.DataFrame:
+def spectra(model, progress: Progress | None = None) -> pd.DataFrame:
     """One row per compressible matrix: name, type, block, out, in, params, singular_values,
     energy (cumulative curve), effective_rank, stable_rank, numerical_rank, rank90/95/99.
 
@@ -95,11 +94,19 @@ def spectra(model, progress: Optional[Progress] = None) -> pd.DataFrame:
             raise ValueError(f"{name}: the weight holds NaN or infinite values; its spectrum is undefined")
         s = singular_values(module.weight)
         out_f, in_f = module.weight.shape
-        rows.append({
-            "name": name, "type": layer_type(model, name), "block": block_index(name),
-            "out": out_f, "in": in_f, "params": out_f * in_f,
-            "singular_values": s, "energy": energy_curve(s), **rank_statistics(s),
-        })
+        rows.append(
+            {
+                "name": name,
+                "type": layer_type(model, name),
+                "block": block_index(name),
+                "out": out_f,
+                "in": in_f,
+                "params": out_f * in_f,
+                "singular_values": s,
+                "energy": energy_curve(s),
+                **rank_statistics(s),
+            }
+        )
     report(progress, len(linears), len(linears), "spectra done")
     frame = pd.DataFrame(rows)
     _CACHE[model] = (key, frame)

@@ -38,8 +38,14 @@ from lowrank.training.finetune import MINILM_RT_CONFIG, TrainConfig, build_finet
 
 def register(sub) -> None:
     p = add_common(sub.add_parser("prepare", help="fetch the offline assets (and optionally build fine-tuned models)"))
-    p.add_argument("--build", nargs="+", default=[], metavar="NAME", choices=[*FINETUNED, "all"],
-                   help=f"also fine-tune and cache these packaged models if missing ({', '.join(FINETUNED)}; all: every one)")
+    p.add_argument(
+        "--build",
+        nargs="+",
+        default=[],
+        metavar="NAME",
+        choices=[*FINETUNED, "all"],
+        help=f"also fine-tune and cache these packaged models if missing ({', '.join(FINETUNED)}; all: every one)",
+    )
     p.add_argument("--build-minilm-rt", action="store_true", help="same as --build minilm-rt")
     p.set_defaults(handler=prepare)
 
@@ -57,7 +63,10 @@ def register(sub) -> None:
     p = add_common(sub.add_parser("finetune", help="fine-tune a model on a task (builds minilm-rt, minilm-<task>)"))
     p.add_argument("--model", default="minilm")
     add_task(p, "task to fine-tune on (recorded in the saved model)")
-    add_output(p, "output folder (default for minilm on a suite task: its packaged model's cache, e.g. minilm-rt for rotten_tomatoes)")
+    add_output(
+        p,
+        "output folder (default for minilm on a suite task: its packaged model's cache, e.g. minilm-rt for rotten_tomatoes)",
+    )
     p.add_argument("--epochs", type=float)
     p.add_argument("--lr", type=float)
     p.add_argument("--max-steps", type=int)
@@ -66,7 +75,9 @@ def register(sub) -> None:
     p = add_common(sub.add_parser("compress", help="factorize a model's Linear layers and save it"))
     p.add_argument("--model", default="minilm-rt")
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--keep", type=float, default=0.5, help="fraction of each layer's parameters to keep (default 0.5)")
+    group.add_argument(
+        "--keep", type=float, default=0.5, help="fraction of each layer's parameters to keep (default 0.5)"
+    )
     group.add_argument("--plan", help="JSON file with a 'ranks' object {layer: rank} (e.g. from `allocate`)")
     p.add_argument("--method", default="svd")
     p.add_argument("--solver", help="solver for iterative methods (e.g. als, em, adam, adam_sgd)")
@@ -75,12 +86,19 @@ def register(sub) -> None:
     add_statistics_options(p)
     add_output(p, "folder to save the compressed model (atomic)")
     p.add_argument("--evaluate", action="store_true", help="evaluate the compressed model on --task")
-    p.add_argument("--sequential", action="store_true",
-                   help="causal LMs: one decoder block in memory at a time, written to --out as shards (automatic "
-                        "when the model's float32 size is above half the available RAM)")
-    p.add_argument("--sequential-inputs", choices=INPUTS, default="compressed",
-                   help="with --sequential: block inputs for activation statistics, from the blocks already "
-                        "compressed (default) or the dense ones")
+    p.add_argument(
+        "--sequential",
+        action="store_true",
+        help="causal LMs: one decoder block in memory at a time, written to --out as shards (automatic "
+        "when the model's float32 size is above half the available RAM)",
+    )
+    p.add_argument(
+        "--sequential-inputs",
+        choices=INPUTS,
+        default="compressed",
+        help="with --sequential: block inputs for activation statistics, from the blocks already "
+        "compressed (default) or the dense ones",
+    )
     p.set_defaults(handler=compress)
 
     p = add_common(sub.add_parser("evaluate", help="accuracy/perplexity, size and latency of a model"))
@@ -93,7 +111,11 @@ def register(sub) -> None:
 
 def prepare(args):
     paths = {k: str(v) for k, v in {**prepare_all(), **prepare_suite()}.items()}
-    wanted = list(FINETUNED) if "all" in args.build else list(dict.fromkeys(args.build + ["minilm-rt"] * args.build_minilm_rt))
+    wanted = (
+        list(FINETUNED)
+        if "all" in args.build
+        else list(dict.fromkeys(args.build + ["minilm-rt"] * args.build_minilm_rt))
+    )
     for name in wanted:
         if not is_built(name):
             print(f"building {name} (one-time fine-tuning of {FINETUNED_BASE} on {FINETUNED[name]})...")
@@ -107,9 +129,15 @@ def models(args):
 
 
 def methods(args):
-    rows = [{"name": n, "needs": ", ".join(get_method(n).needs) or "-",
-             "options": ", ".join(f"{k}={o.default}" for k, o in get_method(n).options.items()) or "-",
-             "description": get_method(n).description} for n in available_methods()]
+    rows = [
+        {
+            "name": n,
+            "needs": ", ".join(get_method(n).needs) or "-",
+            "options": ", ".join(f"{k}={o.default}" for k, o in get_method(n).options.items()) or "-",
+            "description": get_method(n).description,
+        }
+        for n in available_methods()
+    ]
     return rows, pd.DataFrame(rows)
 
 
@@ -120,16 +148,24 @@ def spectra(args):
 
 
 def finetune(args):
-    overrides = {k: v for k, v in {"epochs": args.epochs, "lr": args.lr, "max_steps": args.max_steps}.items() if v is not None}
+    overrides = {
+        k: v for k, v in {"epochs": args.epochs, "lr": args.lr, "max_steps": args.max_steps}.items() if v is not None
+    }
     if (args.epochs is not None and args.epochs <= 0) or (args.max_steps is not None and args.max_steps < 1):
         raise ValueError("--epochs and --max-steps must be positive")
     if args.model == FINETUNED_BASE and args.task in FINETUNED.values() and not args.out:
-        record = build_finetuned(args.task, TrainConfig(**{**MINILM_RT_CONFIG.__dict__, **overrides}), device=args.device,
-                                 progress=TqdmProgress())
+        record = build_finetuned(
+            args.task,
+            TrainConfig(**{**MINILM_RT_CONFIG.__dict__, **overrides}),
+            device=args.device,
+            progress=TqdmProgress(),
+        )
         return record, pd.DataFrame([{"model": record["name"], "validation_accuracy": record["validation_accuracy"]}])
     if not args.out:
-        raise ValueError(f"--out is required unless building a packaged model (--model {FINETUNED_BASE} --task "
-                         f"{' | '.join(FINETUNED.values())})")
+        raise ValueError(
+            f"--out is required unless building a packaged model (--model {FINETUNED_BASE} --task "
+            f"{' | '.join(FINETUNED.values())})"
+        )
     out = output_folder(args)
     loaded, task = model_and_task(args)
     task = load_task(task)
@@ -170,7 +206,12 @@ def compress(args):
     stats = statistics_for(loaded, task, spec.needs, statistics_settings(args), progress=TqdmProgress())
     small = run_compress(loaded, ranks, method=args.method, stats=stats, progress=TqdmProgress(), **options)
     info = small.model.lowrank_info
-    record = {"model": args.model, "method": args.method, "layers": len(info.ranks), "seconds": round(sum(info.seconds.values()), 3)}
+    record = {
+        "model": args.model,
+        "method": args.method,
+        "layers": len(info.ranks),
+        "seconds": round(sum(info.seconds.values()), 3),
+    }
     if info.regularizers():
         record["regularizers"] = ", ".join(f"{label}: {n} layer(s)" for label, n in info.regularizers().items())
     if out:
@@ -186,12 +227,28 @@ def compress_streamed(args, ranks, options: dict, reason):
         print(f"notice: {reason}", file=sys.stderr)
     if not args.out:
         raise ValueError("sequential compression writes the model to a folder: pass --out")
-    out = compress_sequential(args.model, ranks, args.method, args.out, args.task, statistics_settings(args),
-                              progress=TqdmProgress(), inputs=args.sequential_inputs, device=args.device, **options)
+    out = compress_sequential(
+        args.model,
+        ranks,
+        args.method,
+        args.out,
+        args.task,
+        statistics_settings(args),
+        progress=TqdmProgress(),
+        inputs=args.sequential_inputs,
+        device=args.device,
+        **options,
+    )
     meta = json.loads((out / "lowrank.json").read_text())
     info = CompressionInfo(**{f.name: meta[f.name] for f in fields(CompressionInfo) if f.name in meta})
-    record = {"model": args.model, "method": args.method, "layers": len(info.ranks),
-              "seconds": round(sum(info.seconds.values()), 3), "sequential": meta["sequential"]["statistics"], "out": str(out)}
+    record = {
+        "model": args.model,
+        "method": args.method,
+        "layers": len(info.ranks),
+        "seconds": round(sum(info.seconds.values()), 3),
+        "sequential": meta["sequential"]["statistics"],
+        "out": str(out),
+    }
     if info.regularizers():
         record["regularizers"] = ", ".join(f"{label}: {n} layer(s)" for label, n in info.regularizers().items())
     if args.evaluate:

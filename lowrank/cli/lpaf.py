@@ -28,23 +28,37 @@ from lowrank.training.prune import prune as run_prune
 
 
 def register(sub) -> None:
-    p = add_common(sub.add_parser("prune", help="fine-tune while pruning (movement, taylor or magnitude) and save a masked model"))
+    p = add_common(
+        sub.add_parser("prune", help="fine-tune while pruning (movement, taylor or magnitude) and save a masked model")
+    )
     p.add_argument("--model", default="minilm-rt")
     add_task(p, "task to fine-tune on while pruning")
     p.add_argument("--method", choices=list(PRUNE_METHODS), default="movement")
     p.add_argument("--sparsity", type=float, default=0.7, help="target fraction of compressible weights set to zero")
-    p.add_argument("--scope", choices=["global", "layer"], default="global", help="one threshold for all layers, or per layer")
-    p.add_argument("--warmup-fraction", type=float, default=0.1, help="fraction of steps before pruning starts (default 0.1)")
-    p.add_argument("--cooldown-fraction", type=float, default=0.1, help="final fraction of steps held at the target (default 0.1)")
+    p.add_argument(
+        "--scope", choices=["global", "layer"], default="global", help="one threshold for all layers, or per layer"
+    )
+    p.add_argument(
+        "--warmup-fraction", type=float, default=0.1, help="fraction of steps before pruning starts (default 0.1)"
+    )
+    p.add_argument(
+        "--cooldown-fraction", type=float, default=0.1, help="final fraction of steps held at the target (default 0.1)"
+    )
     _score_update(p)
     _train_options(p, "pruning")
     add_output(p, "folder for the masked model (safetensors + masks.safetensors + pruning.json, atomic)")
     p.add_argument("--evaluate", action="store_true", help="evaluate the pruned model on --task")
     p.set_defaults(handler=prune)
 
-    p = add_common(sub.add_parser("lpaf", help="low-rank prune-and-factorize: prune, sparsity-aware SVD, mixed-rank fine-tuning"))
-    p.add_argument("--model", default="minilm-rt", help="dense model to prune while fine-tuning (pre-trained with a head, e.g. minilm, "
-                   "or fine-tuned), or a folder written by `prune` (skips pruning)")
+    p = add_common(
+        sub.add_parser("lpaf", help="low-rank prune-and-factorize: prune, sparsity-aware SVD, mixed-rank fine-tuning")
+    )
+    p.add_argument(
+        "--model",
+        default="minilm-rt",
+        help="dense model to prune while fine-tuning (pre-trained with a head, e.g. minilm, "
+        "or fine-tuned), or a folder written by `prune` (skips pruning)",
+    )
     add_task(p, "task to prune and fine-tune on")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--keep", type=float, default=0.5, help="fraction of each layer's parameters kept (default 0.5)")
@@ -53,12 +67,20 @@ def register(sub) -> None:
     p.add_argument("--prune-method", choices=list(PRUNE_METHODS), default="movement")
     p.add_argument("--scope", choices=["global", "layer"], default="global")
     _score_update(p)
-    p.add_argument("--factorization", choices=list(FACTORIZATIONS), default="sparsity_aware",
-                   help="sparsity_aware (fit only the kept entries, default), svd of the pruned weights, or "
-                        "fwsvd / tfwsvd of the pruned weights with the pruned model's Fisher")
+    p.add_argument(
+        "--factorization",
+        choices=list(FACTORIZATIONS),
+        default="sparsity_aware",
+        help="sparsity_aware (fit only the kept entries, default), svd of the pruned weights, or "
+        "fwsvd / tfwsvd of the pruned weights with the pruned model's Fisher",
+    )
     add_statistics_options(p, aliases=False)  # the pruned model's Fisher (fwsvd / tfwsvd); --batch-size is training's
-    p.add_argument("--no-mixed-rank", action="store_true", help="plain fine-tuning of the factorized model instead of mixed-rank")
-    p.add_argument("--score-weighting", action="store_true", help="weight kept entries by their movement-score rank (1..2)")
+    p.add_argument(
+        "--no-mixed-rank", action="store_true", help="plain fine-tuning of the factorized model instead of mixed-rank"
+    )
+    p.add_argument(
+        "--score-weighting", action="store_true", help="weight kept entries by their movement-score rank (1..2)"
+    )
     p.add_argument("--p0", type=float, default=0.5, help="initial probability of the sparse path (default 0.5)")
     p.add_argument("--anneal", choices=["linear", "cosine"], default="linear")
     p.add_argument("--prune-epochs", type=float, default=2.0)
@@ -76,8 +98,12 @@ def register(sub) -> None:
 
 
 def _score_update(p) -> None:
-    p.add_argument("--score-update", choices=["raw", "adam"], default="raw",
-                   help="movement scores: raw sum of -W*grad, or Adam-normalized updates (see lowrank.training.prune)")
+    p.add_argument(
+        "--score-update",
+        choices=["raw", "adam"],
+        default="raw",
+        help="movement scores: raw sum of -W*grad, or Adam-normalized updates (see lowrank.training.prune)",
+    )
 
 
 def _train_options(p, what: str) -> None:
@@ -103,9 +129,18 @@ def prune(args):
     out = output_folder(args)
     config = _config(args, PRUNE_CONFIG, args.epochs, args.max_steps)
     loaded, task = model_and_task(args)
-    result = run_prune(loaded, task, args.method, args.sparsity, args.scope,
-                       config, progress=TqdmProgress(),
-                       warmup=args.warmup_fraction, cooldown=args.cooldown_fraction, score_update=args.score_update)
+    result = run_prune(
+        loaded,
+        task,
+        args.method,
+        args.sparsity,
+        args.scope,
+        config,
+        progress=TqdmProgress(),
+        warmup=args.warmup_fraction,
+        cooldown=args.cooldown_fraction,
+        score_update=args.score_update,
+    )
     record = {k: v for k, v in result.record().items() if k not in ("history", "layer_sparsity", "config")}
     record["model"] = args.model
     if out:
@@ -122,14 +157,29 @@ def lpaf(args):
     masks = load_masks(args.model) if (Path(args.model) / MASKS_FILE).exists() else None
     if masks is not None and args.sparsity is not None:
         raise ValueError(f"{args.model} is already pruned (it has {MASKS_FILE}); drop --sparsity")
-    prune_config = replace(PRUNE_CONFIG, epochs=args.prune_epochs, max_steps=args.prune_max_steps,
-                           batch_size=args.batch_size, max_length=args.max_length)
-    config = LpafConfig(sparsity=args.sparsity, ranks=ranks, prune_config=prune_config,
-                        finetune_config=_config(args, FINETUNE_CONFIG, args.epochs, args.max_steps),
-                        factorization=args.factorization, mixed_rank=not args.no_mixed_rank, p0=args.p0,
-                        schedule=args.anneal, prune_method=args.prune_method, scope=args.scope,
-                        score_update=args.score_update, score_weighting=args.score_weighting,
-                        statistics=statistics_settings(args), eval_limit=args.limit)
+    prune_config = replace(
+        PRUNE_CONFIG,
+        epochs=args.prune_epochs,
+        max_steps=args.prune_max_steps,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+    )
+    config = LpafConfig(
+        sparsity=args.sparsity,
+        ranks=ranks,
+        prune_config=prune_config,
+        finetune_config=_config(args, FINETUNE_CONFIG, args.epochs, args.max_steps),
+        factorization=args.factorization,
+        mixed_rank=not args.no_mixed_rank,
+        p0=args.p0,
+        schedule=args.anneal,
+        prune_method=args.prune_method,
+        scope=args.scope,
+        score_update=args.score_update,
+        score_weighting=args.score_weighting,
+        statistics=statistics_settings(args),
+        eval_limit=args.limit,
+    )
     loaded, task = model_and_task(args)
     result = run_lpaf(loaded, task, config, masks=masks, progress=TqdmProgress())
     info = result.model.lowrank_info

@@ -12,7 +12,7 @@ import argparse
 import importlib
 import pkgutil
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 from lowrank import cli
 from lowrank.cli.args import Parser, check_common, emit
@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; bad input (:data:`lowrank.errors.USER_ERRORS`) ends with one ``error: ...`` line and 2."""
     try:
         args = build_parser().parse_args(argv)

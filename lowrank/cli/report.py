@@ -1,6 +1,6 @@
 """Report command: ``report`` (the result story of a model and task from the stored runs, as a self-contained HTML file).
 
-    python -m lowrank report --model minilm-rt --task rotten_tomatoes --out report.html
+python -m lowrank report --model minilm-rt --task rotten_tomatoes --out report.html
 """
 
 from __future__ import annotations
@@ -17,17 +17,25 @@ from lowrank.statistics import select, statistics_for
 
 
 def register(sub) -> None:
-    p = sub.add_parser("report", help="summarise the stored runs of a model and task (best method per budget), as HTML",
-                       description="Best method at each budget against dense and plain SVD: quality, size on disk and "
-                                   "measured latency, from the run store only (nothing is run).")
+    p = sub.add_parser(
+        "report",
+        help="summarise the stored runs of a model and task (best method per budget), as HTML",
+        description="Best method at each budget against dense and plain SVD: quality, size on disk and "
+        "measured latency, from the run store only (nothing is run).",
+    )
     add_common(p)
     p.add_argument("--model", default="minilm-rt", help="the model key the runs were stored under (default minilm-rt)")
-    p.add_argument("--task", help="the task key the runs were stored under (default: the task of the model's newest run)")
+    p.add_argument(
+        "--task", help="the task key the runs were stored under (default: the task of the model's newest run)"
+    )
     p.add_argument("--store", help="run store file (default: runs.sqlite in the cache, $LOWRANK_CACHE)")
     p.add_argument("--out", help="write the HTML report here (atomic; replaces only a report this command wrote)")
-    p.add_argument("--predict", action="store_true",
-                   help="also the SVD-drop metric's prediction for each plain-SVD run, next to what it measured "
-                        "(loads the model; its Fisher from the cache, or computed once with these settings)")
+    p.add_argument(
+        "--predict",
+        action="store_true",
+        help="also the SVD-drop metric's prediction for each plain-SVD run, next to what it measured "
+        "(loads the model; its Fisher from the cache, or computed once with these settings)",
+    )
     add_statistics_options(p)
     p.set_defaults(handler=report)
 
@@ -45,8 +53,13 @@ def report(args):
         raise ValueError(f"no finished runs of {args.model} on {task} in {store.path}")
     if args.predict:
         result = with_drop_checks(result, predictions(args, result, task))
-    data = {"model": result.model, "task": result.task, "metric": result.metric, "headlines": list(result.headlines),
-            "rows": result.table().to_dict("records")}
+    data = {
+        "model": result.model,
+        "task": result.task,
+        "metric": result.metric,
+        "headlines": list(result.headlines),
+        "rows": result.table().to_dict("records"),
+    }
     text = "\n".join(result.headlines) or "no compressed runs yet (only the dense reference)"
     if len(result.rows):
         text = f"{result.table().to_string(index=False)}\n\n{text}"
@@ -63,6 +76,8 @@ def predictions(args, result, task: str):
     """:func:`lowrank.report.drop_checks` of ``result``: the model loaded, its Fisher from :func:`statistics_for`."""
     task = load_task(task)
     loaded = load_any(args.model, args.device, task=task)
-    fishers = select(statistics_for(loaded, task, needs_for(predict=True), statistics_settings(args),
-                                    progress=TqdmProgress()), "fisher")
+    fishers = select(
+        statistics_for(loaded, task, needs_for(predict=True), statistics_settings(args), progress=TqdmProgress()),
+        "fisher",
+    )
     return drop_checks(result, compressible_weights(loaded.model), fishers)

@@ -20,20 +20,28 @@ def register(sub) -> None:
     _fisher_options(p)
     p.set_defaults(handler=fisher)
 
-    p = add_common(sub.add_parser("risk", help="per-layer predictive SVD-drop metric (needs Fisher)",
-                                  description="Per layer at --keep: the predicted loss increase of plain SVD and of "
-                                              "the weighted method (diagonal Fisher), their ratio (risk), and "
-                                              "output_change, the full-Fisher quadratic form 0.5 mean_n <g_n, dW>^2 "
-                                              "of plain SVD's residual (a second-order estimate of the KL between "
-                                              "dense and compressed predictions; the per-layer predictor that ranks "
-                                              "single-layer damage best across the task suite: "
-                                              "docs/results/predictor.md)."))
+    p = add_common(
+        sub.add_parser(
+            "risk",
+            help="per-layer predictive SVD-drop metric (needs Fisher)",
+            description="Per layer at --keep: the predicted loss increase of plain SVD and of "
+            "the weighted method (diagonal Fisher), their ratio (risk), and "
+            "output_change, the full-Fisher quadratic form 0.5 mean_n <g_n, dW>^2 "
+            "of plain SVD's residual (a second-order estimate of the KL between "
+            "dense and compressed predictions; the per-layer predictor that ranks "
+            "single-layer damage best across the task suite: "
+            "docs/results/predictor.md).",
+        )
+    )
     _fisher_options(p)
     p.add_argument("--keep", type=float, default=0.3, help="fraction of each layer's parameters kept (default 0.3)")
     p.add_argument("--method", default="fwsvd", help="weighted method compared with plain SVD (default fwsvd)")
-    p.add_argument("--taylor-split", metavar="SPLIT",
-                   help="also estimate each layer's SVD loss change with first-order + full-Fisher terms on SPLIT "
-                        "(train, or a labelled held-out split such as test; columns taylor_first, taylor_total)")
+    p.add_argument(
+        "--taylor-split",
+        metavar="SPLIT",
+        help="also estimate each layer's SVD loss change with first-order + full-Fisher terms on SPLIT "
+        "(train, or a labelled held-out split such as test; columns taylor_first, taylor_total)",
+    )
     p.set_defaults(handler=risk)
 
 
@@ -51,16 +59,25 @@ def _estimate(loaded, task: str, args) -> dict:
 def fisher(args):
     loaded = load_any(args.model, args.device)
     importance = _estimate(loaded, task_of(args, loaded), args)
-    rows = [{"name": n, "shape": "x".join(map(str, F.shape)), "total": float(F.sum()), "max": float(F.max()),
-             "dispersion": fisher_dispersion(F)} for n, F in importance.items()]
+    rows = [
+        {
+            "name": n,
+            "shape": "x".join(map(str, F.shape)),
+            "total": float(F.sum()),
+            "max": float(F.max()),
+            "dispersion": fisher_dispersion(F),
+        }
+        for n, F in importance.items()
+    ]
     return rows, pd.DataFrame(rows)
 
 
 def risk(args):
     spec = get_method(args.method)  # checked before the Fisher pass, like --keep
     if spec.importance_key != "fisher":
-        raise ValueError(f"--method {args.method}: risk compares plain SVD with a Fisher-weighted method "
-                         "(e.g. fwsvd or tfwsvd)")
+        raise ValueError(
+            f"--method {args.method}: risk compares plain SVD with a Fisher-weighted method (e.g. fwsvd or tfwsvd)"
+        )
     loaded = load_any(args.model, args.device)
     task = task_of(args, loaded)
     ranks = resolve_ranks(loaded.model, args.keep)
@@ -71,8 +88,11 @@ def risk(args):
     change = svd_loss_change(loaded, task, ranks, settings, progress=TqdmProgress())
     table["output_change"] = [change[n]["second_order"] for n in table["name"]]
     if args.taylor_split:
-        taylor = change if args.taylor_split == settings.split else svd_loss_change(
-            loaded, task, ranks, settings.with_(split=args.taylor_split), progress=TqdmProgress())
+        taylor = (
+            change
+            if args.taylor_split == settings.split
+            else svd_loss_change(loaded, task, ranks, settings.with_(split=args.taylor_split), progress=TqdmProgress())
+        )
         table["taylor_first"] = [taylor[n]["first_order"] for n in table["name"]]
         table["taylor_total"] = [taylor[n]["total"] for n in table["name"]]
     summary = risk_summary(table)

@@ -3,4 +3,14 @@
 from lowrank.data.batches import batches, encode, num_batches
 from lowrank.data.tasks import NAMED_TASKS, SPLITS, Task, TaskError, hub_reachable, load_task
 
-__all__ = ["NAMED_TASKS", "SPLITS", "Task", "TaskError", "batches", "encode", "hub_reachable", "load_task", "num_batches"]
+__all__ = [
+    "NAMED_TASKS",
+    "SPLITS",
+    "Task",
+    "TaskError",
+    "batches",
+    "encode",
+    "hub_reachable",
+    "load_task",
+    "num_batches",
+]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterator, Optional, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -23,14 +23,29 @@ def encode(tokenizer, texts: Sequence[Text], max_length: int) -> dict[str, torch
     """Tokenize texts (or text pairs) into padded tensors; each text is clipped first (:func:`clip`)."""
     if texts and isinstance(texts[0], tuple):
         first, second = zip(*texts)
-        return tokenizer([clip(t, max_length) for t in first], [clip(t, max_length) for t in second], padding=True,
-                         truncation=True, max_length=max_length, return_tensors="pt")
-    return tokenizer([clip(t, max_length) for t in texts], padding=True, truncation=True, max_length=max_length,
-                     return_tensors="pt")
+        return tokenizer(
+            [clip(t, max_length) for t in first],
+            [clip(t, max_length) for t in second],
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            return_tensors="pt",
+        )
+    return tokenizer(
+        [clip(t, max_length) for t in texts], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+    )
 
 
-def classification_batches(task: Task, tokenizer, split: str, batch_size: int = 32, max_length: int = 128,
-                           shuffle: bool = False, seed: int = 0, limit: Optional[int] = None) -> Iterator[dict]:
+def classification_batches(
+    task: Task,
+    tokenizer,
+    split: str,
+    batch_size: int = 32,
+    max_length: int = 128,
+    shuffle: bool = False,
+    seed: int = 0,
+    limit: int | None = None,
+) -> Iterator[dict]:
     """Yield tokenized batches with a ``labels`` tensor; ``limit`` caps the number of batches."""
     if task.kind != "classification":
         raise TaskError(f"task {task.name!r} is not a classification task")
@@ -39,7 +54,7 @@ def classification_batches(task: Task, tokenizer, split: str, batch_size: int = 
     for count, start in enumerate(range(0, len(order), batch_size)):
         if limit is not None and count >= limit:
             return
-        idx = order[start:start + batch_size]
+        idx = order[start : start + batch_size]
         batch = dict(encode(tokenizer, [texts[i] for i in idx], max_length))
         batch["labels"] = torch.tensor([labels[i] for i in idx])
         yield batch
@@ -59,20 +74,38 @@ def lm_blocks(task: Task, tokenizer, split: str, block_size: int = 256) -> torch
     return torch.tensor(ids[: n * block_size]).view(n, block_size)
 
 
-def lm_batches(task: Task, tokenizer, split: str, batch_size: int = 8, block_size: int = 256,
-               shuffle: bool = False, seed: int = 0, limit: Optional[int] = None) -> Iterator[dict]:
+def lm_batches(
+    task: Task,
+    tokenizer,
+    split: str,
+    batch_size: int = 8,
+    block_size: int = 256,
+    shuffle: bool = False,
+    seed: int = 0,
+    limit: int | None = None,
+) -> Iterator[dict]:
     """Yield ``{"input_ids", "labels"}`` batches of token blocks for next-token loss."""
     blocks = lm_blocks(task, tokenizer, split, block_size)
-    order = torch.from_numpy(np.random.default_rng(seed).permutation(len(blocks))) if shuffle else torch.arange(len(blocks))
+    order = (
+        torch.from_numpy(np.random.default_rng(seed).permutation(len(blocks))) if shuffle else torch.arange(len(blocks))
+    )
     for count, start in enumerate(range(0, len(order), batch_size)):
         if limit is not None and count >= limit:
             return
-        chunk = blocks[order[start:start + batch_size]]
+        chunk = blocks[order[start : start + batch_size]]
         yield {"input_ids": chunk, "labels": chunk.clone()}
 
 
-def batches(task: Task, tokenizer, split: str, batch_size: int = 32, max_length: int = 128,
-            shuffle: bool = False, seed: int = 0, limit: Optional[int] = None) -> Iterator[dict]:
+def batches(
+    task: Task,
+    tokenizer,
+    split: str,
+    batch_size: int = 32,
+    max_length: int = 128,
+    shuffle: bool = False,
+    seed: int = 0,
+    limit: int | None = None,
+) -> Iterator[dict]:
     """Task-appropriate batches: labelled sentences, or token blocks of ``max_length`` for LM tasks."""
     if task.kind == "lm":
         return lm_batches(task, tokenizer, split, batch_size, max_length, shuffle, seed, limit)

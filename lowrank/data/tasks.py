@@ -23,10 +23,10 @@ import hashlib
 import json
 import os
 import socket
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache, partial
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Union
 
 import datasets
 import numpy as np
@@ -36,7 +36,7 @@ from lowrank import assets
 
 SPLITS = ("train", "validation", "test")
 ROTTEN_TOMATOES_LABELS = ("negative", "positive")  # ids 0, 1 (rotten, fresh), offline and from the hub
-Text = Union[str, tuple[str, str]]
+Text = str | tuple[str, str]
 
 # GLUE configs: (text column(s), label column)
 GLUE_FIELDS = {
@@ -62,8 +62,8 @@ class Task:
     name: str
     kind: str  # "classification" or "lm"
     texts: dict[str, list[Text]]
-    labels: Optional[dict[str, list[int]]] = None
-    label_names: Optional[list[str]] = None
+    labels: dict[str, list[int]] | None = None
+    label_names: list[str] | None = None
     source: str = "local"
     meta: dict = field(default_factory=dict)
 
@@ -79,8 +79,10 @@ class Task:
         if split not in self.texts:
             raise TaskError(f"task {self.name!r} has no split {split!r}; available: {', '.join(self.texts)}")
         if not self.texts[split]:
-            raise TaskError(f"split {split!r} of task {self.name!r} is empty ({self.total()} examples in all); "
-                            "add rows or give the CSV a split column")
+            raise TaskError(
+                f"split {split!r} of task {self.name!r} is empty ({self.total()} examples in all); "
+                "add rows or give the CSV a split column"
+            )
         return self.texts[split]
 
     def total(self) -> int:
@@ -92,8 +94,9 @@ class Task:
     def content_hash(self) -> str:
         """SHA-256 of the task's data: its kind and every split's texts and labels (computed once per task)."""
         if "_content_hash" not in self.__dict__:
-            data = json.dumps({"kind": self.kind, "texts": self.texts, "labels": self.labels}, sort_keys=True,
-                              ensure_ascii=False)
+            data = json.dumps(
+                {"kind": self.kind, "texts": self.texts, "labels": self.labels}, sort_keys=True, ensure_ascii=False
+            )
             self.__dict__["_content_hash"] = hashlib.sha256(data.encode("utf-8", "surrogatepass")).hexdigest()
         return self.__dict__["_content_hash"]
 
@@ -103,15 +106,19 @@ def seeded_split(n: int, seed: int = 0, fractions=(0.8, 0.1, 0.1)) -> dict[str, 
     order = np.random.default_rng(seed).permutation(n)
     n_val, n_test = int(round(n * fractions[1])), int(round(n * fractions[2]))
     return {
-        "train": np.sort(order[n_val + n_test:]),
+        "train": np.sort(order[n_val + n_test :]),
         "validation": np.sort(order[:n_val]),
-        "test": np.sort(order[n_val:n_val + n_test]),
+        "test": np.sort(order[n_val : n_val + n_test]),
     }
 
 
 def hub_reachable(timeout: float = 1.5) -> bool:
     """True when the Hugging Face hub answers a TCP connect (and offline mode is not forced)."""
-    if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("LOWRANK_OFFLINE") == "1":
+    if (
+        os.environ.get("HF_HUB_OFFLINE") == "1"
+        or os.environ.get("HF_DATASETS_OFFLINE") == "1"
+        or os.environ.get("LOWRANK_OFFLINE") == "1"
+    ):
         return False
     try:
         with socket.create_connection(("huggingface.co", 443), timeout=timeout):
@@ -120,12 +127,16 @@ def hub_reachable(timeout: float = 1.5) -> bool:
         return False
 
 
-def classification_task(name: str, frame: pd.DataFrame, seed: int, label_names: Optional[Sequence[str]] = None, source="local") -> Task:
+def classification_task(
+    name: str, frame: pd.DataFrame, seed: int, label_names: Sequence[str] | None = None, source="local"
+) -> Task:
     """Build a classification task from a frame with ``text``, ``label`` and optional ``split`` columns."""
     frame = frame.reset_index(drop=True)
     bad_text = frame.index[frame["text"].isna() | (frame["text"].astype(str).str.strip() == "")].tolist()
     if bad_text:
-        raise TaskError(f"{name}: empty text in {len(bad_text)} row(s), first data rows {[i + 2 for i in bad_text[:5]]}")
+        raise TaskError(
+            f"{name}: empty text in {len(bad_text)} row(s), first data rows {[i + 2 for i in bad_text[:5]]}"
+        )
     raw = frame["label"].astype(str).str.strip()
     no_label = frame["label"].isna() | (raw == "")
     if no_label.any():
@@ -165,7 +176,7 @@ def _label_order(raw: pd.Series) -> list[str]:
         return values
 
 
-def read_csv_task(path: Union[str, Path], seed: int = 0, label_names: Optional[Sequence[str]] = None) -> Task:
+def read_csv_task(path: str | Path, seed: int = 0, label_names: Sequence[str] | None = None) -> Task:
     """A user CSV with ``text,label`` columns (labels may be strings or integers)."""
     path = Path(path)
     if not path.exists():
@@ -183,7 +194,9 @@ def read_csv_task(path: Union[str, Path], seed: int = 0, label_names: Optional[S
         raise TaskError(f"{path}: cannot read ({err.strerror or err})") from err
     missing = {"text", "label"} - set(frame.columns)
     if missing:
-        raise TaskError(f"{path.name}: needs columns 'text' and 'label'; missing {sorted(missing)}, found {list(frame.columns)}")
+        raise TaskError(
+            f"{path.name}: needs columns 'text' and 'label'; missing {sorted(missing)}, found {list(frame.columns)}"
+        )
     if frame.empty:
         raise TaskError(f"{path.name}: has a header but no rows")
     task = classification_task(path.stem, frame, seed, label_names)
@@ -208,7 +221,7 @@ def rotten_tomatoes_hub() -> Task:
     return task
 
 
-def from_hf_dataset(name: str, dataset_dict, text_columns: Sequence[str], label_column: Optional[str]) -> Task:
+def from_hf_dataset(name: str, dataset_dict, text_columns: Sequence[str], label_column: str | None) -> Task:
     """Convert a ``datasets.DatasetDict`` to a :class:`Task` (labels ``-1`` mark unlabelled splits, dropped)."""
     texts, labels = {}, {}
     for split in SPLITS:
@@ -275,7 +288,9 @@ def sms_spam_local(seed: int = 0) -> Task:
         for line in rest:
             name, tab, message = line.partition("\t")
             if not tab or name not in SMS_LABELS:
-                raise TaskError(f"sms-spam.csv: a message runs on over a line that is not <label><TAB><text>: {line[:60]!r}")
+                raise TaskError(
+                    f"sms-spam.csv: a message runs on over a line that is not <label><TAB><text>: {line[:60]!r}"
+                )
             rows.append((SMS_LABELS.index(name), message))
     messages = pd.DataFrame(rows, columns=["label", "text"])
     messages["text"] = messages["text"].str.strip()
@@ -320,20 +335,28 @@ class NamedTask:
     description: str
     kind: str  # "classification" or "lm"
     offline: Callable[[int], Task]
-    hub: Optional[Callable[[], Task]] = None
+    hub: Callable[[], Task] | None = None
 
 
 NAMED_TASKS: dict[str, NamedTask] = {
-    "rotten_tomatoes": NamedTask("Binary movie-review sentiment (accuracy)", "classification", rotten_tomatoes_local,
-                                 rotten_tomatoes_hub),
+    "rotten_tomatoes": NamedTask(
+        "Binary movie-review sentiment (accuracy)", "classification", rotten_tomatoes_local, rotten_tomatoes_hub
+    ),
     "lee": NamedTask("Lee background corpus, English news text (perplexity)", "lm", lee_local),
     "sms_spam": NamedTask("SMS spam detection, ham vs spam (accuracy)", "classification", sms_spam_local),
-    "tweets": NamedTask("Tweet sentiment, VADER's human ratings (accuracy)", "classification",
-                        partial(vader_task, "tweets", "tweets")),
-    "amazon": NamedTask("Amazon product-review sentiment, VADER's human ratings (accuracy)", "classification",
-                        partial(vader_task, "amazon", "amazonReviewSnippets")),
-    "nyt": NamedTask("New York Times editorial sentiment, VADER's human ratings (accuracy)", "classification",
-                     partial(vader_task, "nyt", "nytEditorialSnippets")),
+    "tweets": NamedTask(
+        "Tweet sentiment, VADER's human ratings (accuracy)", "classification", partial(vader_task, "tweets", "tweets")
+    ),
+    "amazon": NamedTask(
+        "Amazon product-review sentiment, VADER's human ratings (accuracy)",
+        "classification",
+        partial(vader_task, "amazon", "amazonReviewSnippets"),
+    ),
+    "nyt": NamedTask(
+        "New York Times editorial sentiment, VADER's human ratings (accuracy)",
+        "classification",
+        partial(vader_task, "nyt", "nytEditorialSnippets"),
+    ),
 }
 
 # The multi-task suite: the classification tasks every default is chosen on (never on one task alone).
@@ -356,7 +379,9 @@ def _load_named(name: str, source: str, seed: int) -> Task:
     raise TaskError(f"unknown task {name!r}: use {', '.join(NAMED_TASKS)}, glue/<name> or a path to a .csv file")
 
 
-def load_task(name: Union[str, Path, Task], source: str = "auto", seed: int = 0, label_names: Optional[Sequence[str]] = None) -> Task:
+def load_task(
+    name: str | Path | Task, source: str = "auto", seed: int = 0, label_names: Sequence[str] | None = None
+) -> Task:
     """Load a task by name or CSV path (see module docstring). A :class:`Task` is returned unchanged."""
     if isinstance(name, Task):
         return name

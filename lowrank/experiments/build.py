@@ -16,7 +16,6 @@ from __future__ import annotations
 import socket
 import time
 from pathlib import Path
-from typing import Optional
 
 from lowrank.experiments.jobs import STALE_S, Heartbeat, heartbeat_age, spawn
 from lowrank.experiments.stop import stoppable
@@ -37,13 +36,17 @@ def reap_stale_builds(store: RunStore, stale_after: float = STALE_S) -> list[int
     for row in store.builds(status="running"):
         age = heartbeat_age(row, now)
         if row.get("host") != host and age > stale_after:
-            store.end_build(int(row["id"]), "interrupted", "interrupted",
-                            error=f"its owner on host {row.get('host')} stopped reporting {age:.0f} s ago")
+            store.end_build(
+                int(row["id"]),
+                "interrupted",
+                "interrupted",
+                error=f"its owner on host {row.get('host')} stopped reporting {age:.0f} s ago",
+            )
             ended.append(int(row["id"]))
     return ended
 
 
-def start_build(recipe: Recipe, store: Optional[RunStore] = None) -> Optional[int]:
+def start_build(recipe: Recipe, store: RunStore | None = None) -> int | None:
     """Build ``recipe`` in a detached process; returns the id of its build (a new one, or the one already running),
     ``None`` when the model is built. A process that cannot be started ends the build ``failed``, saying why."""
     store = store or RunStore()
@@ -59,14 +62,14 @@ def start_build(recipe: Recipe, store: Optional[RunStore] = None) -> Optional[in
     return build_id
 
 
-def latest_build(store: RunStore, name: str) -> Optional[dict]:
+def latest_build(store: RunStore, name: str) -> dict | None:
     """The newest build of model ``name`` (after :func:`reap_stale_builds`), or ``None``."""
     reap_stale_builds(store)
     rows = store.builds(name=name)
     return rows[0] if rows else None
 
 
-def eta_s(row: dict, now: Optional[float] = None) -> Optional[float]:
+def eta_s(row: dict, now: float | None = None) -> float | None:
     """Seconds a running build has left, elapsed / done * (total - done) since its steps started; ``None`` before its
     first step."""
     step, total, started = row.get("step") or 0, row.get("total") or 0, row.get("started")
@@ -81,7 +84,7 @@ class _BuildProgress:
 
     def __init__(self, store: RunStore, build_id: int, interval: float = PROGRESS_S):
         self.store, self.build_id, self.interval = store, build_id, interval
-        self.last: Optional[float] = None
+        self.last: float | None = None
 
     def __call__(self, done: int, total: int, message: str = "") -> None:
         now = time.monotonic()

@@ -14,8 +14,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 from lowrank.experiments.stop import request_stop
 
@@ -32,13 +32,20 @@ def spawn(args: list[str], log: Path) -> int:
     # (measured: docs/results/dashboard.md)
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     with open(log, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "lowrank.experiments.worker", *args], stdin=subprocess.DEVNULL,
-                                stdout=out, stderr=subprocess.STDOUT, env=env, cwd=root, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "lowrank.experiments.worker", *args],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=root,
+            start_new_session=True,
+        )
     threading.Thread(target=proc.wait, name=f"worker-{proc.pid}-reaper", daemon=True).start()  # no zombie left
     return proc.pid
 
 
-def heartbeat_age(row: dict, now: Optional[float] = None) -> float:
+def heartbeat_age(row: dict, now: float | None = None) -> float:
     """Seconds since a job's row was last written (its heartbeat), from the row's raw ``updated`` time."""
     updated = row.get("updated")
     return float("inf") if updated is None else (now or time.time()) - float(updated)
@@ -59,10 +66,10 @@ class Heartbeat:
                 if not self.beat():
                     request_stop()
                     return
-            except Exception:  # noqa: BLE001 - a busy or briefly unreadable store: the next beat retries
+            except Exception:
                 continue
 
-    def __enter__(self) -> "Heartbeat":
+    def __enter__(self) -> Heartbeat:
         self._thread.start()
         return self
 

@@ -20,7 +20,6 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 from lowrank.compress import compress
 from lowrank.data.tasks import load_task
@@ -43,16 +42,33 @@ class RunResult:
     seconds: float
 
 
-def run_fields(loaded, task_key: str, split: str, eval_limit: Optional[int]) -> dict:
+def run_fields(loaded, task_key: str, split: str, eval_limit: int | None) -> dict:
     """Row fields identifying a model, its weights and the evaluation settings."""
-    return {"model": loaded.name, "fingerprint": weights_fingerprint(loaded.model), "task": task_key, "split": split,
-            "eval_limit": eval_limit, "dense_params_linear": sum(o * i for o, i in linear_shapes(loaded).values())}
+    return {
+        "model": loaded.name,
+        "fingerprint": weights_fingerprint(loaded.model),
+        "task": task_key,
+        "split": split,
+        "eval_limit": eval_limit,
+        "dense_params_linear": sum(o * i for o, i in linear_shapes(loaded).values()),
+    }
 
 
-def execute_run(store: RunStore, loaded, task, task_key: str, method: str, ranks: dict[str, int], *,
-                stats=None, options: Optional[dict] = None, split: str = "validation",
-                eval_limit: Optional[int] = None, fields: Optional[dict] = None,
-                progress: Optional[Progress] = None) -> RunResult:
+def execute_run(
+    store: RunStore,
+    loaded,
+    task,
+    task_key: str,
+    method: str,
+    ranks: dict[str, int],
+    *,
+    stats=None,
+    options: dict | None = None,
+    split: str = "validation",
+    eval_limit: int | None = None,
+    fields: dict | None = None,
+    progress: Progress | None = None,
+) -> RunResult:
     """Compress ``loaded`` with ``method`` at ``ranks`` (``method="dense"``: no compression), evaluate, record.
 
     ``stats``: per-layer statistics for the method (:func:`lowrank.statistics.statistics_for`).
@@ -63,8 +79,14 @@ def execute_run(store: RunStore, loaded, task, task_key: str, method: str, ranks
     options = dict(options or {})
     task = load_task(task)
     check_task_fits(loaded.name, loaded.kind, task.kind, task_key)
-    row = {**run_fields(loaded, task_key, split, eval_limit), "method": method, "solver": options.get("solver"),
-           "ranks": ranks, "options": options, **(fields or {})}
+    row = {
+        **run_fields(loaded, task_key, split, eval_limit),
+        "method": method,
+        "solver": options.get("solver"),
+        "ranks": ranks,
+        "options": options,
+        **(fields or {}),
+    }
     start = time.perf_counter()
     with store.record(**row) as run:
         if method == DENSE:
@@ -72,16 +94,27 @@ def execute_run(store: RunStore, loaded, task, task_key: str, method: str, ranks
             evaluation = evaluate(model, task, split, limit=eval_limit, progress=progress)
         else:
             stats_of_method = restrict(stats or {}, get_method(method).needs)  # what `lowrank compress` would give it
-            model = compress(loaded, ranks, method, stats=stats_of_method, progress=scaled(progress, 0.0, 0.3), **options)
+            model = compress(
+                loaded, ranks, method, stats=stats_of_method, progress=scaled(progress, 0.0, 0.3), **options
+            )
             factorize_s = sum(model.model.lowrank_info.seconds.values())
             evaluation = evaluate(model, task, split, limit=eval_limit, progress=scaled(progress, 0.3, 1.0))
         seconds = time.perf_counter() - start
-        run.finish(metric=evaluation.metric, value=evaluation.value, loss=evaluation.loss, examples=evaluation.examples,
-                   params_total=evaluation.params_total, params_linear=evaluation.params_linear,
-                   kept_fraction=evaluation.params_linear / row["dense_params_linear"],
-                   size_bytes=evaluation.size_bytes, latency_ms_b1=evaluation.latency_ms_b1,
-                   latency_ms_b32=evaluation.latency_ms_b32, latency_info=evaluation.latency, factorize_s=factorize_s,
-                   wall_s=seconds)
+        run.finish(
+            metric=evaluation.metric,
+            value=evaluation.value,
+            loss=evaluation.loss,
+            examples=evaluation.examples,
+            params_total=evaluation.params_total,
+            params_linear=evaluation.params_linear,
+            kept_fraction=evaluation.params_linear / row["dense_params_linear"],
+            size_bytes=evaluation.size_bytes,
+            latency_ms_b1=evaluation.latency_ms_b1,
+            latency_ms_b32=evaluation.latency_ms_b32,
+            latency_info=evaluation.latency,
+            factorize_s=factorize_s,
+            wall_s=seconds,
+        )
     return RunResult(run.id, model, evaluation, seconds)
 
 
@@ -90,12 +123,12 @@ def _plain(value):
     return json.loads(json.dumps(value or {}, sort_keys=True))
 
 
-def statistics_key(settings: Optional[dict]) -> dict:
+def statistics_key(settings: dict | None) -> dict:
     """Statistics settings in one normal form (``DEFAULT`` filled in), for comparing runs."""
     return DEFAULT.with_(**(settings or {})).to_dict()
 
 
-def _run_statistics(store: RunStore, row: dict) -> Optional[dict]:
+def _run_statistics(store: RunStore, row: dict) -> dict | None:
     """The statistics settings a stored run was computed with: its sweep's (``None`` when it has no sweep)."""
     if row.get("sweep_id") is None or row["sweep_id"] != row["sweep_id"]:  # None or NaN
         return None
@@ -106,17 +139,35 @@ def _run_statistics(store: RunStore, row: dict) -> Optional[dict]:
     return statistics_key(spec.get("statistics"))
 
 
-def find_same_run(store: RunStore, loaded, task_key: str, method: str, ranks: dict[str, int], *,
-                  options: Optional[dict] = None, split: str = "validation", eval_limit: Optional[int] = None,
-                  strategy: Optional[str] = None, budget: Optional[float] = None,
-                  statistics: Optional[dict] = None) -> Optional[dict]:
+def find_same_run(
+    store: RunStore,
+    loaded,
+    task_key: str,
+    method: str,
+    ranks: dict[str, int],
+    *,
+    options: dict | None = None,
+    split: str = "validation",
+    eval_limit: int | None = None,
+    strategy: str | None = None,
+    budget: float | None = None,
+    statistics: dict | None = None,
+) -> dict | None:
     """The newest ``done`` run with this key (see the module docstring), or ``None``.
 
     ``statistics``: the sampling settings of the statistics the method is given; compared only for
     methods that need data statistics, against the settings of the stored run's sweep."""
     key = run_fields(loaded, task_key, split, eval_limit)
-    frame = store.runs(status="done", fingerprint=key["fingerprint"], task=task_key, split=split, eval_limit=eval_limit,
-                       method=method, strategy=strategy, budget=None if budget is None else float(budget))
+    frame = store.runs(
+        status="done",
+        fingerprint=key["fingerprint"],
+        task=task_key,
+        split=split,
+        eval_limit=eval_limit,
+        method=method,
+        strategy=strategy,
+        budget=None if budget is None else float(budget),
+    )
     wanted_ranks, wanted_options = _plain(ranks), _plain(options)
     compare_statistics = method != DENSE and needs_task(get_method(method).needs)
     for row in frame.to_dict("records"):
@@ -128,27 +179,52 @@ def find_same_run(store: RunStore, loaded, task_key: str, method: str, ranks: di
     return None
 
 
-def dense_reference(store: RunStore, loaded, task, task_key: str, split: str = "validation",
-                    eval_limit: Optional[int] = None, fields: Optional[dict] = None,
-                    progress: Optional[Progress] = None, check_latency: bool = False) -> dict:
+def dense_reference(
+    store: RunStore,
+    loaded,
+    task,
+    task_key: str,
+    split: str = "validation",
+    eval_limit: int | None = None,
+    fields: dict | None = None,
+    progress: Progress | None = None,
+    check_latency: bool = False,
+) -> dict:
     """The stored dense run for these weights, task and settings; evaluated and recorded if there is none.
 
     ``check_latency`` (before measuring other runs beside it): when the stored latencies were measured
     under other conditions than now (:func:`lowrank.evaluate.conditions_differ`), measure them again and
     update the row, so that the dense and the compressed latencies shown together are comparable."""
     key = run_fields(loaded, task_key, split, eval_limit)
-    found = store.find_run(method=DENSE, fingerprint=key["fingerprint"], task=task_key, split=split, eval_limit=eval_limit)
+    found = store.find_run(
+        method=DENSE, fingerprint=key["fingerprint"], task=task_key, split=split, eval_limit=eval_limit
+    )
     if found is not None:
-        reason = conditions_differ((found.get("latency_info") or {}).get("conditions"),
-                                   measurement_conditions(loaded.device)) if check_latency else None
+        reason = (
+            conditions_differ(
+                (found.get("latency_info") or {}).get("conditions"), measurement_conditions(loaded.device)
+            )
+            if check_latency
+            else None
+        )
         if reason is None:
             report(progress, 1, 1, "dense reference from the run store")
             return found
         b1, b32, how = measure_latencies(loaded, task, split, progress=progress)
         store.update_run(found["id"], latency_ms_b1=b1, latency_ms_b32=b32, latency_info={**how, "remeasured": reason})
         return store.get_run(found["id"])
-    result = execute_run(store, loaded, task, task_key, DENSE, {}, split=split, eval_limit=eval_limit,
-                         fields={"budget": 1.0, **(fields or {})}, progress=progress)
+    result = execute_run(
+        store,
+        loaded,
+        task,
+        task_key,
+        DENSE,
+        {},
+        split=split,
+        eval_limit=eval_limit,
+        fields={"budget": 1.0, **(fields or {})},
+        progress=progress,
+    )
     return store.get_run(result.run_id)
 
 

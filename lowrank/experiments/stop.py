@@ -32,9 +32,9 @@ def request_stop() -> None:
     _STOP.set()
 
 
-
 def stoppable(progress: Progress) -> Progress:
     """``progress`` that first checks for a stop request (see :func:`check_stop`)."""
+
     def checked(done: int, total: int, message: str = "") -> None:
         check_stop()
         progress(done, total, message)

@@ -31,9 +31,9 @@ import os
 import socket
 import sqlite3
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Union
 
 import pandas as pd
 
@@ -141,7 +141,7 @@ def _clean(value):
 class RunHandle:
     """A started run: :meth:`update` measurements, :meth:`finish` when done."""
 
-    def __init__(self, store: "RunStore", run_id: int):
+    def __init__(self, store: RunStore, run_id: int):
         self.store = store
         self.id = run_id
         self.finished = False
@@ -157,7 +157,7 @@ class RunHandle:
 class RunStore:
     """Runs and sweeps in one SQLite file (see module docstring). Cheap to create: no open connection is kept."""
 
-    def __init__(self, path: Union[str, Path, None] = None):
+    def __init__(self, path: str | Path | None = None):
         self.path = Path(path) if path is not None else default_path()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -235,7 +235,7 @@ class RunStore:
             raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
         return {k: _clean(v) for k, v in fields.items()}
 
-    def _insert(self, table: str, columns: dict[str, str], fields: dict, conn: Optional[sqlite3.Connection] = None) -> int:
+    def _insert(self, table: str, columns: dict[str, str], fields: dict, conn: sqlite3.Connection | None = None) -> int:
         """Insert a row; inside the write transaction ``conn`` when given, else in one of its own."""
         if conn is None:
             with self._write() as conn:
@@ -329,7 +329,7 @@ class RunStore:
             frame[column] = pd.to_datetime(frame[column], unit="s")
         return frame
 
-    def find_run(self, **filters) -> Optional[dict]:
+    def find_run(self, **filters) -> dict | None:
         """The newest ``done`` run matching ``filters`` (e.g. a dense reference), or ``None``."""
         frame = self.runs(status="done", **filters)
         return None if frame.empty else self.get_run(int(frame["id"].iloc[0]))
@@ -340,38 +340,58 @@ class RunStore:
         count = 0
         for table in TABLES:
             with self._connect() as conn:
-                rows = conn.execute(f"SELECT id, pid, pid_started FROM {table} WHERE status = 'running' AND host = ?",
-                                    (host,)).fetchall()
+                rows = conn.execute(
+                    f"SELECT id, pid, pid_started FROM {table} WHERE status = 'running' AND host = ?", (host,)
+                ).fetchall()
             dead = [r["id"] for r in rows if not process_alive(r["pid"], r["pid_started"])]
             if dead:
                 with self._write() as conn:
                     marks = ", ".join("?" for _ in dead)
-                    conn.execute(f"UPDATE {table} SET status = 'interrupted', finished = ?, "
-                                 f"error = COALESCE(error, 'its process ended without finishing') "
-                                 f"WHERE status = 'running' AND id IN ({marks})", (time.time(), *dead))
+                    conn.execute(
+                        f"UPDATE {table} SET status = 'interrupted', finished = ?, "
+                        f"error = COALESCE(error, 'its process ended without finishing') "
+                        f"WHERE status = 'running' AND id IN ({marks})",
+                        (time.time(), *dead),
+                    )
                 count += len(dead)
         return count
 
     # ------------------------------------------------------------ sweeps
 
-    def create_sweep(self, spec: dict, label: str = "", runs_total: Optional[int] = None) -> int:
+    def create_sweep(self, spec: dict, label: str = "", runs_total: int | None = None) -> int:
         """Insert a ``running`` sweep for ``spec`` (a JSON-able dict), owned by this process until
         :meth:`claim_sweep` hands it to the worker process."""
         now = time.time()
-        return self._insert("sweeps", SWEEP_COLUMNS, {"status": "running", "created": now, "updated": now, "label": label,
-                                                       "spec": json.dumps(spec, sort_keys=True), "progress": 0.0,
-                                                       "message": "starting", "runs_done": 0, "runs_total": runs_total,
-                                                       **_owner()})
+        return self._insert(
+            "sweeps",
+            SWEEP_COLUMNS,
+            {
+                "status": "running",
+                "created": now,
+                "updated": now,
+                "label": label,
+                "spec": json.dumps(spec, sort_keys=True),
+                "progress": 0.0,
+                "message": "starting",
+                "runs_done": 0,
+                "runs_total": runs_total,
+                **_owner(),
+            },
+        )
 
     def claim_sweep(self, sweep_id: int, pid: int) -> None:
         """Record ``pid`` (a live process on this host) as the sweep's owner."""
-        self._update("sweeps", SWEEP_COLUMNS, sweep_id, {"pid": pid, "pid_started": process_started(pid),
-                                                          "host": socket.gethostname(), "updated": time.time()})
+        self._update(
+            "sweeps",
+            SWEEP_COLUMNS,
+            sweep_id,
+            {"pid": pid, "pid_started": process_started(pid), "host": socket.gethostname(), "updated": time.time()},
+        )
 
     def update_sweep(self, sweep_id: int, **fields) -> None:
         self._update("sweeps", SWEEP_COLUMNS, sweep_id, {**fields, "updated": time.time()})
 
-    def end_sweep(self, sweep_id: int, status: str, error: Optional[str] = None, message: Optional[str] = None) -> None:
+    def end_sweep(self, sweep_id: int, status: str, error: str | None = None, message: str | None = None) -> None:
         if status not in ("done", "failed", "interrupted"):
             raise ValueError(f"a sweep ends as done, failed or interrupted, not {status!r}")
         fields = {"status": status, "finished": time.time(), "error": error}
@@ -384,7 +404,7 @@ class RunStore:
     def get_sweep(self, sweep_id: int) -> dict:
         return _decode_spec(self._row("sweeps", "sweep", sweep_id))
 
-    def sweeps(self, status: Optional[Union[str, list]] = None) -> pd.DataFrame:
+    def sweeps(self, status: str | list | None = None) -> pd.DataFrame:
         self.reap()
         query, params = "SELECT * FROM sweeps", []
         if status is not None:
@@ -400,7 +420,7 @@ class RunStore:
 
     # ------------------------------------------------------------ builds
 
-    def start_build(self, name: str, spec: dict, needed: Callable[[], bool]) -> tuple[Optional[int], bool]:
+    def start_build(self, name: str, spec: dict, needed: Callable[[], bool]) -> tuple[int | None, bool]:
         """Claim the build of model ``name`` in one write transaction, so two processes never both start one.
 
         Returns ``(id, False)`` for the build of ``name`` already running, ``(None, False)`` when ``needed()`` says
@@ -409,14 +429,23 @@ class RunStore:
         self.reap()
         now = time.time()
         with self._write() as conn:
-            row = conn.execute("SELECT id FROM builds WHERE name = ? AND status = 'running' ORDER BY id DESC LIMIT 1",
-                               (name,)).fetchone()
+            row = conn.execute(
+                "SELECT id FROM builds WHERE name = ? AND status = 'running' ORDER BY id DESC LIMIT 1", (name,)
+            ).fetchone()
             if row is not None:
                 return int(row["id"]), False
             if not needed():
                 return None, False
-            fields = {"status": "running", "name": name, "spec": json.dumps(spec, sort_keys=True), "created": now,
-                      "updated": now, "step": 0, "message": "starting", **_owner()}
+            fields = {
+                "status": "running",
+                "name": name,
+                "spec": json.dumps(spec, sort_keys=True),
+                "created": now,
+                "updated": now,
+                "step": 0,
+                "message": "starting",
+                **_owner(),
+            }
             return self._insert("builds", BUILD_COLUMNS, fields, conn), True
 
     def claim_build(self, build_id: int, pid: int) -> None:
@@ -426,7 +455,7 @@ class RunStore:
     def update_build(self, build_id: int, **fields) -> None:
         self._update("builds", BUILD_COLUMNS, build_id, {**fields, "updated": time.time()})
 
-    def end_build(self, build_id: int, status: str, message: str, error: Optional[str] = None) -> None:
+    def end_build(self, build_id: int, status: str, message: str, error: str | None = None) -> None:
         if status not in ("done", "failed", "interrupted"):
             raise ValueError(f"a build ends as done, failed or interrupted, not {status!r}")
         self.update_build(build_id, status=status, message=message, error=error, finished=time.time())
@@ -434,7 +463,7 @@ class RunStore:
     def get_build(self, build_id: int) -> dict:
         return _decode_spec(self._row("builds", "build", build_id))
 
-    def builds(self, name: Optional[str] = None, status: Optional[str] = None) -> list[dict]:
+    def builds(self, name: str | None = None, status: str | None = None) -> list[dict]:
         """The builds (newest first), of model ``name`` and with ``status`` when given."""
         self.reap()
         where = [(column, value) for column, value in (("name", name), ("status", status)) if value is not None]

@@ -33,7 +33,6 @@ import socket
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
 
 from lowrank.allocation import DEFAULT_STRATEGY, allocate, get_strategy
 from lowrank.compress import save_compressed
@@ -64,11 +63,11 @@ class SweepSpec:
     options: dict[str, dict] = field(default_factory=dict)  # per method, e.g. {"tfwsvd": {"solver": "em"}}
     align: int = 8
     split: str = "validation"
-    eval_limit: Optional[int] = None  # evaluate on at most this many batches (None: the whole split)
+    eval_limit: int | None = None  # evaluate on at most this many batches (None: the whole split)
     dense: bool = True  # also record the dense reference
     label: str = ""
     statistics: dict = field(default_factory=dict)  # StatisticsSettings fields (defaults when empty)
-    ranks: Optional[dict[str, int]] = None  # explicit ranks (a hand-edited plan) instead of allocating per budget
+    ranks: dict[str, int] | None = None  # explicit ranks (a hand-edited plan) instead of allocating per budget
     save: bool = False  # save every compressed model next to the run store (output_dir of its row)
     modules: list[str] = field(default_factory=list)  # imported first: they register methods outside lowrank.methods
 
@@ -80,7 +79,7 @@ class SweepSpec:
     def runs_total(self) -> int:
         return len(self.methods) * len(self.budgets) + int(self.dense)
 
-    def validate(self) -> "SweepSpec":
+    def validate(self) -> SweepSpec:
         if not self.methods:
             raise ValueError("choose at least one method")
         for module in self.modules:
@@ -113,7 +112,7 @@ class SweepSpec:
             raise ValueError(f"eval_limit must be a positive number of batches or None, got {self.eval_limit}")
         if int(self.align) < 1:
             raise ValueError(f"align must be a positive integer, got {self.align}")
-        self.settings  # raises for bad statistics settings
+        _ = self.settings  # raises for bad statistics settings
         return self
 
     def needs(self) -> tuple[str, ...]:
@@ -124,7 +123,7 @@ class SweepSpec:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "SweepSpec":
+    def from_dict(cls, data: dict) -> SweepSpec:
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(data) - known)
         if unknown:
@@ -147,6 +146,7 @@ class _SweepProgress:
 
     def unit(self, index: int, label: str, **fields) -> Progress:
         """Start work unit ``index`` (writes ``fields`` too); returns the unit's progress callback."""
+
         def progress(done: int, total: int, message: str = "") -> None:
             inner = done / total if total else 1.0
             self.write((index + inner) / self.units, f"{label}: {message}" if message else label)
@@ -183,8 +183,11 @@ def run_sweep(spec: SweepSpec, store: RunStore, sweep_id: int) -> dict:
         with _Heartbeat(store, sweep_id):
             _run_units(spec, store, sweep_id, counts, reused)
             check_stop()
-        summary = (f"{counts['done']} run(s) done" + (f" ({len(reused)} already stored)" if reused else "")
-                   + (f", {counts['failed']} failed" if counts["failed"] else ""))
+        summary = (
+            f"{counts['done']} run(s) done"
+            + (f" ({len(reused)} already stored)" if reused else "")
+            + (f", {counts['failed']} failed" if counts["failed"] else "")
+        )
         store.update_sweep(sweep_id, runs_done=counts["done"] + counts["failed"])
         store.end_sweep(sweep_id, "done", message=summary)
         return counts
@@ -210,8 +213,17 @@ def _run_units(spec: SweepSpec, store: RunStore, sweep_id: int, counts: dict, re
         unit += 1
     common = {"sweep_id": sweep_id, "align": spec.align}
     if spec.dense:
-        dense_reference(store, loaded, task, spec.task, spec.split, spec.eval_limit, common,
-                        bar.unit(unit, "dense reference"), check_latency=True)
+        dense_reference(
+            store,
+            loaded,
+            task,
+            spec.task,
+            spec.split,
+            spec.eval_limit,
+            common,
+            bar.unit(unit, "dense reference"),
+            check_latency=True,
+        )
         counts["done"] += 1
         unit += 1
     for budget in spec.budgets:
@@ -222,8 +234,15 @@ def _run_units(spec: SweepSpec, store: RunStore, sweep_id: int, counts: dict, re
             try:
                 if plan is None and plan_error is None:
                     try:
-                        plan = allocate(loaded, float(budget), spec.strategy, stats=stats, align=spec.align,
-                                        task=task, progress=scaled(progress, 0.0, 0.05))
+                        plan = allocate(
+                            loaded,
+                            float(budget),
+                            spec.strategy,
+                            stats=stats,
+                            align=spec.align,
+                            task=task,
+                            progress=scaled(progress, 0.0, 0.05),
+                        )
                     except ValueError as err:
                         plan_error = err
                 if plan_error is not None:
@@ -231,22 +250,47 @@ def _run_units(spec: SweepSpec, store: RunStore, sweep_id: int, counts: dict, re
                     counts["failed"] += 1
                     continue
                 options = spec.options.get(method) or {}
-                found = None if spec.save else find_same_run(
-                    store, loaded, spec.task, method, plan.ranks, options=options, split=spec.split,
-                    eval_limit=spec.eval_limit, strategy=spec.strategy, budget=float(budget), statistics=spec.statistics)
+                found = (
+                    None
+                    if spec.save
+                    else find_same_run(
+                        store,
+                        loaded,
+                        spec.task,
+                        method,
+                        plan.ranks,
+                        options=options,
+                        split=spec.split,
+                        eval_limit=spec.eval_limit,
+                        strategy=spec.strategy,
+                        budget=float(budget),
+                        statistics=spec.statistics,
+                    )
+                )
                 if found is not None:  # stored by an earlier (or this, killed and resumed) sweep
                     reused.append(found["id"])
                     counts["done"] += 1
                     continue
-                result = execute_run(store, loaded, task, spec.task, method, plan.ranks, stats=stats,
-                                     options=options, split=spec.split, eval_limit=spec.eval_limit,
-                                     fields={**common, "strategy": spec.strategy, "budget": float(budget)},
-                                     progress=scaled(progress, 0.05, 0.97 if spec.save else 1.0))
+                result = execute_run(
+                    store,
+                    loaded,
+                    task,
+                    spec.task,
+                    method,
+                    plan.ranks,
+                    stats=stats,
+                    options=options,
+                    split=spec.split,
+                    eval_limit=spec.eval_limit,
+                    fields={**common, "strategy": spec.strategy, "budget": float(budget)},
+                    progress=scaled(progress, 0.05, 0.97 if spec.save else 1.0),
+                )
                 counts["done"] += 1
                 if spec.save:
                     _save(store, result, method)
             except Exception:  # recorded as failed by execute_run; the other runs go on
                 counts["failed"] += 1
+
 
 @dataclass
 class _Ranks:
@@ -272,11 +316,19 @@ def plugin_modules(methods) -> list[str]:
     return sorted(m for m in modules if m and m != "__main__" and m.split(".")[0] != "lowrank")
 
 
-def _record_failure(store: RunStore, loaded, spec: SweepSpec, method: str, budget: float, common: dict, error: Exception):
+def _record_failure(
+    store: RunStore, loaded, spec: SweepSpec, method: str, budget: float, common: dict, error: Exception
+):
     """A failed row for a run that could not start (e.g. a budget below the smallest possible plan)."""
-    row = {**run_fields(loaded, spec.task, spec.split, spec.eval_limit), **common, "method": method,
-           "strategy": spec.strategy, "budget": float(budget), "options": spec.options.get(method) or {},
-           "solver": (spec.options.get(method) or {}).get("solver")}
+    row = {
+        **run_fields(loaded, spec.task, spec.split, spec.eval_limit),
+        **common,
+        "method": method,
+        "strategy": spec.strategy,
+        "budget": float(budget),
+        "options": spec.options.get(method) or {},
+        "solver": (spec.options.get(method) or {}).get("solver"),
+    }
     run_id = store.start_run(**row)
     store.fail_run(run_id, f"{type(error).__name__}: {error}")
 
@@ -285,7 +337,7 @@ def log_path(store: RunStore, sweep_id: int) -> Path:
     return store.path.parent / "sweeps" / f"sweep-{sweep_id}.log"
 
 
-def start_sweep(spec: SweepSpec, store: Optional[RunStore] = None) -> int:
+def start_sweep(spec: SweepSpec, store: RunStore | None = None) -> int:
     """Validate ``spec``, record the sweep and run it in a detached process; returns the sweep id at once.
 
     Methods registered outside :mod:`lowrank.methods` travel as the modules that registered them
@@ -307,8 +359,17 @@ def resume_sweep(store: RunStore, sweep_id: int) -> int:
         raise ValueError(f"sweep {sweep_id} is still running")
     SweepSpec.from_dict(sweep["spec"]).validate()
     pid = os.getpid()  # owned by this process until the worker claims it: a reader never sees a dead owner
-    store.update_sweep(sweep_id, status="running", finished=None, error=None, progress=0.0, message="resuming",
-                       host=socket.gethostname(), pid=pid, pid_started=process_started(pid))
+    store.update_sweep(
+        sweep_id,
+        status="running",
+        finished=None,
+        error=None,
+        progress=0.0,
+        message="resuming",
+        host=socket.gethostname(),
+        pid=pid,
+        pid_started=process_started(pid),
+    )
     _launch(store, sweep_id)
     return sweep_id
 
@@ -334,7 +395,9 @@ def reap_stale(store: RunStore, stale_after: float = STALE_S) -> list[int]:
         sweep = store.get_sweep(int(sweep_id))
         age = heartbeat_age(sweep, now)
         # a live owner answers a stop request within a heartbeat: after a few, it is gone
-        limit = min(stale_after, 3 * HEARTBEAT_S) if str(sweep.get("error") or "").startswith(STOP_REQUEST) else stale_after
+        limit = (
+            min(stale_after, 3 * HEARTBEAT_S) if str(sweep.get("error") or "").startswith(STOP_REQUEST) else stale_after
+        )
         if sweep["status"] == "running" and sweep.get("host") != host and age > limit:
             _end_lost(store, sweep, f"its owner on host {sweep.get('host')} stopped reporting {age:.0f} s ago")
             ended.append(int(sweep_id))
@@ -364,8 +427,12 @@ def cancel_sweep(store: RunStore, sweep_id: int) -> bool:
         return True
     age = heartbeat_age(sweep, time.time())
     if age > 3 * HEARTBEAT_S:
-        _end_lost(store, sweep, f"stopped from {socket.gethostname()}: its owner on host {sweep.get('host')} "
-                                f"stopped reporting {age:.0f} s ago")
+        _end_lost(
+            store,
+            sweep,
+            f"stopped from {socket.gethostname()}: its owner on host {sweep.get('host')} "
+            f"stopped reporting {age:.0f} s ago",
+        )
     else:
         store.update_sweep(sweep_id, error=f"{STOP_REQUEST} from {socket.gethostname()}")
     return True

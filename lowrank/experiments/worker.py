@@ -7,7 +7,7 @@ import argparse
 import os
 import signal
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 from lowrank.experiments.build import run_build
 from lowrank.experiments.stop import interrupt
@@ -16,9 +16,11 @@ from lowrank.experiments.sweep import SweepSpec, run_sweep
 from lowrank.threads import set_threads
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lowrank.experiments.worker",
-                                     description="Run a recorded sweep (started by start_sweep) or build (start_build).")
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m lowrank.experiments.worker",
+        description="Run a recorded sweep (started by start_sweep) or build (start_build).",
+    )
     parser.add_argument("--db", required=True, help="the run store (SQLite file)")
     job = parser.add_mutually_exclusive_group(required=True)
     job.add_argument("--sweep", type=int, help="id of the sweep row to run")

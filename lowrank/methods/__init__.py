@@ -24,5 +24,16 @@ from lowrank.methods.svd import truncated_svd
 for _info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
     importlib.import_module(f"{__name__}.{_info.name}")
 
-__all__ = ["METHODS", "STATISTICS", "Factorization", "Method", "Option", "available_methods", "factorize", "get_method",
-           "register_method", "truncated_svd", "weighted_error"]
+__all__ = [
+    "METHODS",
+    "STATISTICS",
+    "Factorization",
+    "Method",
+    "Option",
+    "available_methods",
+    "factorize",
+    "get_method",
+    "register_method",
+    "truncated_svd",
+    "weighted_error",
+]

@@ -13,7 +13,7 @@ floored at ``floor * max m``. Cost: one thin SVD.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 
@@ -22,12 +22,18 @@ from lowrank.methods.solvers import work_dtype
 from lowrank.methods.svd import truncated_svd
 
 
-@register_method("asvd", "Activation-aware SVD (Yuan et al. 2023): SVD of W diag(E|x|)^alpha, scaled back.",
-                 needs=("activations",),
-                 options={"alpha": Option(0.5, help="exponent of the mean absolute input"),
-                          "floor": Option(1e-6, help="floor of the scales, relative to the largest")})
-def asvd(W: torch.Tensor, rank: int, stats: Mapping[str, torch.Tensor], alpha: float = 0.5,
-         floor: float = 1e-6) -> Factorization:
+@register_method(
+    "asvd",
+    "Activation-aware SVD (Yuan et al. 2023): SVD of W diag(E|x|)^alpha, scaled back.",
+    needs=("activations",),
+    options={
+        "alpha": Option(0.5, help="exponent of the mean absolute input"),
+        "floor": Option(1e-6, help="floor of the scales, relative to the largest"),
+    },
+)
+def asvd(
+    W: torch.Tensor, rank: int, stats: Mapping[str, torch.Tensor], alpha: float = 0.5, floor: float = 1e-6
+) -> Factorization:
     dtype = work_dtype(W)
     m = stats["input_abs_mean"].to(W.device, dtype)
     if m.shape != (W.shape[1],):

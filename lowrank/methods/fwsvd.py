@@ -21,7 +21,7 @@ paper's description (its full text is not available here), hence both are offere
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 
@@ -50,9 +50,17 @@ def fwsvd_factors(W: torch.Tensor, rank: int, F: torch.Tensor, axis: str = "in",
     return Factorization(U.to(W.dtype), V.to(W.dtype), info={"axis": axis})
 
 
-@register_method("fwsvd", "Fisher-weighted SVD (Hsu et al. 2022): closed form with Fisher summed per input feature "
-                 "(axis='in', default) or per output row (axis='out').", needs=("fisher",),
-                 options={"axis": Option("in", AXES, "which Fisher sums weight the SVD"),
-                          "floor": Option(FLOOR, help="floor of the weights, relative to the largest")})
-def fwsvd(W: torch.Tensor, rank: int, stats: Mapping[str, torch.Tensor], axis: str = "in", floor: float = FLOOR) -> Factorization:
+@register_method(
+    "fwsvd",
+    "Fisher-weighted SVD (Hsu et al. 2022): closed form with Fisher summed per input feature "
+    "(axis='in', default) or per output row (axis='out').",
+    needs=("fisher",),
+    options={
+        "axis": Option("in", AXES, "which Fisher sums weight the SVD"),
+        "floor": Option(FLOOR, help="floor of the weights, relative to the largest"),
+    },
+)
+def fwsvd(
+    W: torch.Tensor, rank: int, stats: Mapping[str, torch.Tensor], axis: str = "in", floor: float = FLOOR
+) -> Factorization:
     return fwsvd_factors(W, rank, stats["fisher"], axis, floor)

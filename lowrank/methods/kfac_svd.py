@@ -15,7 +15,7 @@ factorizations O(in^3 + out^3) and one thin SVD.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 
@@ -27,14 +27,20 @@ from lowrank.methods.svd_llm import whitened_factors
 def kfac_factors(W: torch.Tensor, rank: int, A: torch.Tensor, G: torch.Tensor) -> Factorization:
     """The exact minimizer of ``tr(G dW A dW^T)`` at rank ``rank``; see the module docstring."""
     if A.shape != (W.shape[1], W.shape[1]) or G.shape != (W.shape[0], W.shape[0]):
-        raise ValueError(f"moments of shapes {tuple(G.shape)} and {tuple(A.shape)} do not fit a weight {tuple(W.shape)}")
+        raise ValueError(
+            f"moments of shapes {tuple(G.shape)} and {tuple(A.shape)} do not fit a weight {tuple(W.shape)}"
+        )
     right, left = psd_root(A.to(W.device)), psd_root(G.to(W.device))
     U, V = whitened_factors(W, rank, left.L.T, left.L_inv.T, right.L, right.L_inv)
     info = {"regularizer": right.regularizer, "grad_regularizer": left.regularizer}
     return Factorization(U.to(W.dtype), V.to(W.dtype), info=info)
 
 
-@register_method("kfac_svd", "K-FAC-weighted SVD (ours): exact minimizer of the Kronecker-factored Fisher loss "
-                 "0.5 tr(G dW A dW^T), A = E[x x^T], G = E[g g^T].", needs=("activations", "gradients"))
+@register_method(
+    "kfac_svd",
+    "K-FAC-weighted SVD (ours): exact minimizer of the Kronecker-factored Fisher loss "
+    "0.5 tr(G dW A dW^T), A = E[x x^T], G = E[g g^T].",
+    needs=("activations", "gradients"),
+)
 def kfac_svd(W: torch.Tensor, rank: int, stats: Mapping[str, torch.Tensor]) -> Factorization:
     return kfac_factors(W, rank, stats["input_moment"], stats["grad_moment"])

@@ -24,8 +24,9 @@ sweeps and the dashboard with no other edit.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping, Optional
+from typing import Any
 
 import torch
 
@@ -68,7 +69,7 @@ class Option:
     """A keyword option of a method: its default and, for a choice, the allowed values."""
 
     default: Any
-    choices: Optional[tuple] = None
+    choices: tuple | None = None
     help: str = ""
 
     def check(self, method: str, name: str, value) -> None:
@@ -76,7 +77,9 @@ class Option:
         (an int is a float too); a ``None`` default takes anything (the method checks it)."""
         if self.choices is not None:
             if value not in self.choices:
-                raise ValueError(f"unknown {name} {value!r} for method {method!r}; choose one of {', '.join(map(str, self.choices))}")
+                raise ValueError(
+                    f"unknown {name} {value!r} for method {method!r}; choose one of {', '.join(map(str, self.choices))}"
+                )
             return
         default = self.default
         if isinstance(default, bool):
@@ -105,7 +108,7 @@ class Method:
     # extra option names passed through to a solver (e.g. tfwsvd's per-solver options), checked by ``validate``
     open_options: bool = False
     # checks the whole option set before any work (e.g. a solver's own options); raises ValueError
-    validate: Optional[Callable[[Mapping], None]] = None
+    validate: Callable[[Mapping], None] | None = None
 
     @property
     def needs_importance(self) -> bool:
@@ -113,7 +116,7 @@ class Method:
         return self.importance_key is not None
 
     @property
-    def importance_key(self) -> Optional[str]:
+    def importance_key(self) -> str | None:
         """The per-layer statistic that the legacy ``importance=`` argument stands for."""
         return next((k for k in self.needs if k in ("fisher", "mask")), None)
 
@@ -134,8 +137,10 @@ class Method:
         missing = [k for k in self.needs if not _provides(stats, k)]
         if missing:
             where = f" for layer {layer}" if layer else ""
-            raise ValueError(f"method {self.name!r} needs {', '.join(missing)} statistics{where} (stats=, or importance= "
-                             "for its element-wise weights; lowrank.statistics.statistics_for computes them)")
+            raise ValueError(
+                f"method {self.name!r} needs {', '.join(missing)} statistics{where} (stats=, or importance= "
+                "for its element-wise weights; lowrank.statistics.statistics_for computes them)"
+            )
 
 
 def _provides(stats: Mapping, kind: str) -> bool:
@@ -146,8 +151,14 @@ def _provides(stats: Mapping, kind: str) -> bool:
 METHODS: dict[str, Method] = {}
 
 
-def register_method(name: str, description: str, needs: tuple[str, ...] = (), options: Optional[dict] = None,
-                    open_options: bool = False, validate: Optional[Callable[[Mapping], None]] = None):
+def register_method(
+    name: str,
+    description: str,
+    needs: tuple[str, ...] = (),
+    options: dict | None = None,
+    open_options: bool = False,
+    validate: Callable[[Mapping], None] | None = None,
+):
     """Decorator registering ``fn(W, rank, stats, **options) -> Factorization``.
 
     ``needs``: statistic kinds (keys of :data:`STATISTICS`); ``options``: ``{name: Option}``;
@@ -198,8 +209,13 @@ def check_elementwise(name: str, tensor: torch.Tensor, W: torch.Tensor) -> torch
     return tensor.to(device=W.device, dtype=W.dtype)
 
 
-def layer_stats(method: Method, W: torch.Tensor, importance: Optional[torch.Tensor] = None,
-                stats: Optional[Mapping[str, torch.Tensor]] = None, layer: str = "") -> dict[str, torch.Tensor]:
+def layer_stats(
+    method: Method,
+    W: torch.Tensor,
+    importance: torch.Tensor | None = None,
+    stats: Mapping[str, torch.Tensor] | None = None,
+    layer: str = "",
+) -> dict[str, torch.Tensor]:
     """The statistics ``method`` gets for one layer: ``stats``, plus ``importance`` under the method's
     element-wise key; element-wise tensors are checked against ``W`` and moved to its device/dtype."""
     merged = dict(stats or {})
@@ -214,8 +230,14 @@ def layer_stats(method: Method, W: torch.Tensor, importance: Optional[torch.Tens
     return merged
 
 
-def factorize(W: torch.Tensor, rank: int, method: str = "svd", importance: Optional[torch.Tensor] = None,
-              stats: Optional[Mapping[str, torch.Tensor]] = None, **options) -> Factorization:
+def factorize(
+    W: torch.Tensor,
+    rank: int,
+    method: str = "svd",
+    importance: torch.Tensor | None = None,
+    stats: Mapping[str, torch.Tensor] | None = None,
+    **options,
+) -> Factorization:
     """Rank-``rank`` factorization of ``W`` (out, in) with a registered ``method``.
 
     ``stats``: the layer's statistics (see :data:`STATISTICS`); ``importance`` is shorthand
@@ -230,7 +252,7 @@ def factorize(W: torch.Tensor, rank: int, method: str = "svd", importance: Optio
     return spec.fn(W, rank, layer_stats(spec, W, importance, stats), **options)
 
 
-def weighted_error(W: torch.Tensor, U: torch.Tensor, V: torch.Tensor, importance: Optional[torch.Tensor] = None) -> float:
+def weighted_error(W: torch.Tensor, U: torch.Tensor, V: torch.Tensor, importance: torch.Tensor | None = None) -> float:
     """``E = sum_ij F_ij (W - U V)_ij^2`` (``F = 1`` when ``importance`` is None)."""
     residual = (W - U @ V) ** 2
     if importance is not None:

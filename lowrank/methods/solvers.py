@@ -52,7 +52,7 @@ Every solver tracks its best iterate, so the result is never worse than the star
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 
@@ -98,8 +98,8 @@ def _weighted_grams(f: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
     grams = torch.zeros(f.shape[0], r * r, dtype=f.dtype, device=f.device)
     step = max(1, ALS_CHUNK // (r * r))
     for j in range(0, n, step):
-        Vj = V[:, j:j + step].T  # (s, r)
-        grams += f[:, j:j + step] @ (Vj[:, :, None] * Vj[:, None, :]).reshape(-1, r * r)
+        Vj = V[:, j : j + step].T  # (s, r)
+        grams += f[:, j : j + step] @ (Vj[:, :, None] * Vj[:, None, :]).reshape(-1, r * r)
     return grams.view(-1, r, r)
 
 
@@ -110,11 +110,11 @@ def _exact_rows(W: torch.Tensor, Fn: torch.Tensor, V: torch.Tensor, ridge: float
     eye = torch.eye(r, dtype=W.dtype, device=W.device)
     step = max(1, ALS_CHUNK // (r * r))
     for start in range(0, out, step):
-        f = Fn[start:start + step]  # (c, in)
+        f = Fn[start : start + step]  # (c, in)
         gram = _weighted_grams(f, V)
         lam = ridge * gram.diagonal(dim1=1, dim2=2).mean(dim=1).clamp(min=torch.finfo(W.dtype).tiny)
-        rhs = (f * W[start:start + step]) @ V.T  # (c, r)
-        U[start:start + step] = torch.linalg.solve(gram + lam[:, None, None] * eye, rhs.unsqueeze(-1)).squeeze(-1)
+        rhs = (f * W[start : start + step]) @ V.T  # (c, r)
+        U[start : start + step] = torch.linalg.solve(gram + lam[:, None, None] * eye, rhs.unsqueeze(-1)).squeeze(-1)
     return U
 
 
@@ -167,7 +167,7 @@ def _gradient(W, Fn, U, V):
     return G @ V.T, U.T @ G
 
 
-def _adam(W, Fn, U, V, lr: Optional[float] = None, switch_at: Optional[float] = None, max_iters: int = 100, **_):
+def _adam(W, Fn, U, V, lr: float | None = None, switch_at: float | None = None, max_iters: int = 100, **_):
     U, V = U.clone(), V.clone()
     rms = float(torch.cat([U.flatten(), V.flatten()]).square().mean().sqrt())
     optimizer = torch.optim.Adam([U, V], lr=lr if lr is not None else 1e-2 * rms / U.shape[1] ** 0.5)
@@ -195,8 +195,14 @@ SOLVERS: dict[str, Callable] = {"als": _als, "em": _em, "adam": _adam, "adam_sgd
 SOLVER_OPTIONS = {"als": ("ridge", "cg_steps"), "em": (), "adam": ("lr",), "adam_sgd": ("lr", "switch_at")}
 
 
-def check_solver_options(solver: str = "als", max_iters: Optional[int] = None, tol: float = DEFAULT_TOL,
-                         floor: float = FLOOR, progress: Optional[Progress] = None, **options) -> None:
+def check_solver_options(
+    solver: str = "als",
+    max_iters: int | None = None,
+    tol: float = DEFAULT_TOL,
+    floor: float = FLOOR,
+    progress: Progress | None = None,
+    **options,
+) -> None:
     """Raise ``ValueError`` for an unknown solver, an option it does not take, or a bad ``max_iters`` /
     ``tol`` / ``floor``; :func:`optimize` and the methods' ``validate`` (before any work) call it."""
     if solver not in SOLVERS:
@@ -212,9 +218,18 @@ def check_solver_options(solver: str = "als", max_iters: Optional[int] = None, t
             raise ValueError(f"{name} must be a non-negative number, got {value!r}")
 
 
-def optimize(W: torch.Tensor, importance: torch.Tensor, U: torch.Tensor, V: torch.Tensor, solver: str = "als",
-             max_iters: Optional[int] = None, tol: float = DEFAULT_TOL, floor: float = FLOOR,
-             progress: Optional[Progress] = None, **options) -> Factorization:
+def optimize(
+    W: torch.Tensor,
+    importance: torch.Tensor,
+    U: torch.Tensor,
+    V: torch.Tensor,
+    solver: str = "als",
+    max_iters: int | None = None,
+    tol: float = DEFAULT_TOL,
+    floor: float = FLOOR,
+    progress: Progress | None = None,
+    **options,
+) -> Factorization:
     """Minimize ``sum F (W - U V)^2`` from the start ``(U, V)`` with an element-wise solver.
 
     Stops after ``max_iters`` iterations or when the relative improvement of ``E`` falls

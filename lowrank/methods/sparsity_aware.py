@@ -17,7 +17,7 @@ available here; this is the weighted-least-squares reading of "reconstruct the k
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 
@@ -26,13 +26,21 @@ from lowrank.methods.solvers import SOLVERS, check_solver_options, optimize
 from lowrank.methods.svd import truncated_svd
 
 
-@register_method("sparsity_aware", "Sparsity-aware SVD (LPAF): fit only the kept entries of a pruned matrix "
-                 "(importance = mask x scores), element-wise solver started from SVD of the pruned matrix.",
-                 needs=("mask",), options={"solver": Option("als", tuple(SOLVERS), "element-wise solver"),
-                                           "max_iters": Option(None, help="iteration cap (default per solver)")},
-                 open_options=True, validate=lambda options: check_solver_options(**options))
-def sparsity_aware(W: torch.Tensor, rank: int, stats: Mapping[str, torch.Tensor], solver: str = "als",
-                   **options) -> Factorization:
+@register_method(
+    "sparsity_aware",
+    "Sparsity-aware SVD (LPAF): fit only the kept entries of a pruned matrix "
+    "(importance = mask x scores), element-wise solver started from SVD of the pruned matrix.",
+    needs=("mask",),
+    options={
+        "solver": Option("als", tuple(SOLVERS), "element-wise solver"),
+        "max_iters": Option(None, help="iteration cap (default per solver)"),
+    },
+    open_options=True,
+    validate=lambda options: check_solver_options(**options),
+)
+def sparsity_aware(
+    W: torch.Tensor, rank: int, stats: Mapping[str, torch.Tensor], solver: str = "als", **options
+) -> Factorization:
     importance = stats["mask"]
     pruned = W * (importance > 0)
     U, V = truncated_svd(pruned.to(torch.float64 if W.dtype == torch.float64 else torch.float32), rank)

@@ -6,7 +6,7 @@ Objective ``min ||W - U V||_F^2`` over rank-r factors; optimal by Eckart-Young, 
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 

@@ -13,7 +13,7 @@ used is recorded in ``info["regularizer"]``. Cost: a Cholesky O(in^3) and one th
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 
@@ -22,15 +22,20 @@ from lowrank.methods.roots import psd_root
 from lowrank.methods.svd import truncated_svd
 
 
-def whitened_factors(W: torch.Tensor, rank: int, left: torch.Tensor, left_inv: torch.Tensor, right: torch.Tensor,
-                     right_inv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def whitened_factors(
+    W: torch.Tensor, rank: int, left: torch.Tensor, left_inv: torch.Tensor, right: torch.Tensor, right_inv: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(U, V)`` with ``U V = left_inv SVD_r(left W right) right_inv`` (float64)."""
     U, V = truncated_svd(left @ W.double() @ right, rank)
     return left_inv @ U, V @ right_inv
 
 
-@register_method("svd_llm", "SVD-LLM (Wang et al. 2025): SVD of W L with A = E[x x^T] = L L^T (data whitening), "
-                 "exact for the output reconstruction error.", needs=("activations",))
+@register_method(
+    "svd_llm",
+    "SVD-LLM (Wang et al. 2025): SVD of W L with A = E[x x^T] = L L^T (data whitening), "
+    "exact for the output reconstruction error.",
+    needs=("activations",),
+)
 def svd_llm(W: torch.Tensor, rank: int, stats: Mapping[str, torch.Tensor]) -> Factorization:
     A = stats["input_moment"].to(W.device)
     if A.shape != (W.shape[1], W.shape[1]):

@@ -13,7 +13,7 @@ the standard ones it names, and their details are reconstructions.
 
 from __future__ import annotations
 
-from typing import Mapping, Optional
+from collections.abc import Mapping
 
 import torch
 
@@ -25,8 +25,13 @@ from lowrank.methods.solvers import SOLVERS, check_solver_options, optimize, wor
 INIT_AXES = ("best",) + AXES + ("kfac",)  # the start: the closed form with the lowest E, or a fixed one
 
 
-def fwsvd_start(W: torch.Tensor, rank: int, importance: torch.Tensor, axis: str = "best",
-                stats: Optional[Mapping[str, torch.Tensor]] = None) -> Factorization:
+def fwsvd_start(
+    W: torch.Tensor,
+    rank: int,
+    importance: torch.Tensor,
+    axis: str = "best",
+    stats: Mapping[str, torch.Tensor] | None = None,
+) -> Factorization:
     """Closed-form start for the element-wise solvers: ``axis="in"``/``"out"`` (FWSVD), ``"kfac"``
     (:func:`~lowrank.methods.kfac_svd.kfac_factors`, needs the moments in ``stats``), or ``"best"``:
     every available closed form, keeping the one with the lowest element-wise error ``E`` (the
@@ -35,7 +40,9 @@ def fwsvd_start(W: torch.Tensor, rank: int, importance: torch.Tensor, axis: str 
         raise ValueError(f"init_axis must be one of {INIT_AXES}, got {axis!r}")
     has_moments = stats is not None and "input_moment" in stats and "grad_moment" in stats
     if axis == "kfac" and not has_moments:
-        raise ValueError("init_axis='kfac' needs input_moment and grad_moment statistics (kinds activations, gradients)")
+        raise ValueError(
+            "init_axis='kfac' needs input_moment and grad_moment statistics (kinds activations, gradients)"
+        )
     candidates = {a: (lambda a=a: fwsvd_factors(W, rank, importance, axis=a)) for a in AXES}
     if has_moments:
         candidates["kfac"] = lambda: kfac_factors(W, rank, stats["input_moment"], stats["grad_moment"])
@@ -51,16 +58,28 @@ def _labelled(start: Factorization, name: str) -> Factorization:
     return start
 
 
-@register_method("tfwsvd", "Element-wise Fisher-weighted factorization (Hua et al. 2022), started from FWSVD; "
-                 "solver='als' (default), 'em', 'adam' or 'adam_sgd'.", needs=("fisher",),
-                 options={"solver": Option("als", tuple(SOLVERS), "element-wise solver"),
-                          "init_axis": Option("best", INIT_AXES, "closed-form start (best: lowest weighted error)"),
-                          "max_iters": Option(None, help="iteration cap (default per solver)"),
-                          "tol": Option(1e-4, help="stop below this relative improvement")},
-                 open_options=True,
-                 validate=lambda options: check_solver_options(**{k: v for k, v in options.items() if k != "init_axis"}))
-def tfwsvd(W: torch.Tensor, rank: int, stats: Mapping[str, torch.Tensor], solver: str = "als",
-           init_axis: str = "best", **options) -> Factorization:
+@register_method(
+    "tfwsvd",
+    "Element-wise Fisher-weighted factorization (Hua et al. 2022), started from FWSVD; "
+    "solver='als' (default), 'em', 'adam' or 'adam_sgd'.",
+    needs=("fisher",),
+    options={
+        "solver": Option("als", tuple(SOLVERS), "element-wise solver"),
+        "init_axis": Option("best", INIT_AXES, "closed-form start (best: lowest weighted error)"),
+        "max_iters": Option(None, help="iteration cap (default per solver)"),
+        "tol": Option(1e-4, help="stop below this relative improvement"),
+    },
+    open_options=True,
+    validate=lambda options: check_solver_options(**{k: v for k, v in options.items() if k != "init_axis"}),
+)
+def tfwsvd(
+    W: torch.Tensor,
+    rank: int,
+    stats: Mapping[str, torch.Tensor],
+    solver: str = "als",
+    init_axis: str = "best",
+    **options,
+) -> Factorization:
     """Closed-form start (:func:`fwsvd_start`), then :func:`~lowrank.methods.solvers.optimize` with the
     element-wise Fisher; solver-specific options (``ridge``, ``cg_steps``, ``lr``...) are checked there."""
     importance = stats["fisher"]

@@ -22,8 +22,8 @@ Adding an architecture is one :class:`Architecture` row in :data:`ARCHITECTURES`
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 import torch
 from torch import nn
@@ -39,7 +39,7 @@ class Architecture:
     # module-path suffix -> type label
     linears: tuple[tuple[str, str], ...]
     # converts the model's projection modules to nn.Linear in place (None: they already are)
-    layout: Optional[Callable[[nn.Module], None]] = None
+    layout: Callable[[nn.Module], None] | None = None
 
     def layer_type(self, module_name: str) -> str | None:
         for suffix, label in self.linears:
@@ -74,7 +74,6 @@ LLAMA = Architecture(
         ("mlp.down_proj", "down_proj"),
     ),
 )
-
 
 
 def conv1d_to_linear(model: nn.Module) -> None:

@@ -21,7 +21,6 @@ Adding a family with this layout is one row of :data:`LAYOUTS`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 from torch import nn
@@ -36,7 +35,7 @@ class BlockContext:
 
     position_ids: torch.Tensor
     position_embeddings: tuple[torch.Tensor, torch.Tensor]
-    masks: dict[str, Optional[torch.Tensor]]
+    masks: dict[str, torch.Tensor | None]
 
 
 @dataclass(frozen=True)
@@ -73,21 +72,34 @@ class DecoderLayout:
     def embed_tokens(self, model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
         return model.get_submodule(self.embed)(input_ids)
 
-    def context(self, model: nn.Module, hidden: torch.Tensor, attention_mask: Optional[torch.Tensor]) -> BlockContext:
+    def context(self, model: nn.Module, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> BlockContext:
         """Positions, rotary embeddings and the causal mask of each attention type for a batch whose
         embeddings are ``hidden`` (batch, T, hidden) and padding mask ``attention_mask`` (batch, T) or None."""
         position_ids = torch.arange(hidden.shape[1], device=hidden.device).unsqueeze(0)
         cos_sin = model.get_submodule(self.rotary)(hidden, position_ids=position_ids)
         types = {self.attention_type(model.config, i) for i in range(self.num_blocks(model))}
-        masks = {kind: MASKS[kind](config=model.config, inputs_embeds=hidden, attention_mask=attention_mask,
-                                   past_key_values=None, position_ids=position_ids) for kind in types}
+        masks = {
+            kind: MASKS[kind](
+                config=model.config,
+                inputs_embeds=hidden,
+                attention_mask=attention_mask,
+                past_key_values=None,
+                position_ids=position_ids,
+            )
+            for kind in types
+        }
         return BlockContext(position_ids, cos_sin, masks)
 
     def run_block(self, model: nn.Module, index: int, hidden: torch.Tensor, context: BlockContext) -> torch.Tensor:
         block = model.get_submodule(self.block_name(index))
-        out = block(hidden, attention_mask=context.masks[self.attention_type(model.config, index)],
-                    position_ids=context.position_ids, position_embeddings=context.position_embeddings,
-                    past_key_values=None, use_cache=False)
+        out = block(
+            hidden,
+            attention_mask=context.masks[self.attention_type(model.config, index)],
+            position_ids=context.position_ids,
+            position_embeddings=context.position_embeddings,
+            past_key_values=None,
+            use_cache=False,
+        )
         return out[0] if isinstance(out, tuple) else out
 
     def logits(self, model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
@@ -104,7 +116,7 @@ MISTRAL = DecoderLayout("mistral", ("mistral",), sliding_from_config=True)
 LAYOUTS = (LLAMA, MISTRAL)
 
 
-def decoder_layout(config) -> Optional[DecoderLayout]:
+def decoder_layout(config) -> DecoderLayout | None:
     """The layout of a causal LM's ``config`` (``model_type``), or None for a family without one."""
     model_type = getattr(config, "model_type", None)
     return next((layout for layout in LAYOUTS if model_type in layout.model_types), None)

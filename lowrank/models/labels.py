@@ -19,7 +19,6 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 from pathlib import Path
-from typing import Optional, Union
 
 from torch import nn
 
@@ -66,19 +65,23 @@ def _show(names) -> str:
     return ", ".join(names[:10]) + (f", ... ({len(names)} in all)" if len(names) > 10 else "")
 
 
-def label_mapping(config, task: Task, model_name: str) -> Optional[list[int]]:
+def label_mapping(config, task: Task, model_name: str) -> list[int] | None:
     """The model's id for each of the task's label ids (``None``: the same ids); raises :class:`TaskError`."""
     model_names, task_names = model_label_names(config), list(task.label_names or [])
     if len(model_names) != len(task_names):
-        raise TaskError(f"{model_name} classifies {len(model_names)} labels ({_show(model_names)}) but task "
-                        f"{task.name!r} has {len(task_names)} ({_show(task_names)})")
+        raise TaskError(
+            f"{model_name} classifies {len(model_names)} labels ({_show(model_names)}) but task "
+            f"{task.name!r} has {len(task_names)} ({_show(task_names)})"
+        )
     if not (has_real_names(model_names) and has_real_names(task_names)):
         return None
     key = lambda n: str(n).strip().lower()  # noqa: E731
     index = {key(n): i for i, n in enumerate(model_names)}
     if len(index) != len(model_names) or set(index) != {key(n) for n in task_names}:
-        raise TaskError(f"task {task.name!r} has labels {_show(task_names)} but {model_name} classifies "
-                        f"{_show(model_names)}; rename the task's labels to the model's (or fine-tune on the task)")
+        raise TaskError(
+            f"task {task.name!r} has labels {_show(task_names)} but {model_name} classifies "
+            f"{_show(model_names)}; rename the task's labels to the model's (or fine-tune on the task)"
+        )
     mapping = [index[key(n)] for n in task_names]
     return None if mapping == list(range(len(mapping))) else mapping
 
@@ -91,7 +94,7 @@ def _remap(task: Task, mapping: list[int]) -> Task:
     return replace(task, labels=labels, label_names=names, meta={**task.meta, "label_map": mapping})
 
 
-def check_labels(model, task: Union[str, Path, Task]) -> Task:
+def check_labels(model, task: str | Path | Task) -> Task:
     """``task`` (loaded by name or path when needed), checked against ``model`` (a ``LoadedModel`` or a
     Hugging Face module); a classification task comes back with label ids in the model's order."""
     task = load_task(task)
@@ -100,13 +103,17 @@ def check_labels(model, task: Union[str, Path, Task]) -> Task:
     name = loaded.name if loaded is not None else type(module).__name__
     if task.kind == "classification":
         if kind != "classifier":
-            raise TaskError(f"{name} is a {kind}, not a classifier: task {task.name!r} needs one (load it with the task "
-                            "to attach a head, then fine-tune)")
+            raise TaskError(
+                f"{name} is a {kind}, not a classifier: task {task.name!r} needs one (load it with the task "
+                "to attach a head, then fine-tune)"
+            )
         config = getattr(module, "config", None)
         mapping = label_mapping(config, task, name) if config is not None else None
         return task if mapping is None else _remap(task, mapping)
     if kind != "causal-lm":
-        raise TaskError(f"{name} is a {kind}; task {task.name!r} (next-token text, perplexity) needs a causal language model")
+        raise TaskError(
+            f"{name} is a {kind}; task {task.name!r} (next-token text, perplexity) needs a causal language model"
+        )
     return task
 
 
@@ -122,12 +129,12 @@ def record_task(module: nn.Module, task: Task) -> None:
         setattr(config, RECORD_KEY, task_key(task))
 
 
-def recorded_task(config) -> Optional[str]:
+def recorded_task(config) -> str | None:
     value = getattr(config, RECORD_KEY, None)
     return str(value) if value else None
 
 
-def default_task(model: LoadedModel) -> Optional[str]:
+def default_task(model: LoadedModel) -> str | None:
     """The task commands use when none is named: the recorded one, a packaged fine-tuned model's own task
     (``minilm-rt``: ``rotten_tomatoes``, also when built before tasks were recorded), ``lee`` for a causal LM;
     ``None`` when nothing fits."""

@@ -13,7 +13,6 @@ fit in available RAM.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import psutil
 import torch
@@ -110,15 +109,23 @@ def read_error(err: BaseException, folder) -> str:
 
 def check_finite(model: torch.nn.Module, name: str) -> None:
     """Raise :class:`ModelLoadError` naming (up to 5 of) the tensors holding NaN or infinite values."""
-    bad = [key for key, tensor in model.state_dict().items()
-           if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+    bad = [
+        key
+        for key, tensor in model.state_dict().items()
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+    ]
     if bad:
         listed = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
         raise ModelLoadError(f"{name}: {len(bad)} weight tensor(s) hold NaN or infinite values: {listed}")
 
 
-def load_model(name_or_path: str, task: Optional[str | Task] = None, device: str | torch.device = "cpu",
-               allow_pickle: bool = False, dtype: torch.dtype = torch.float32) -> LoadedModel:
+def load_model(
+    name_or_path: str,
+    task: str | Task | None = None,
+    device: str | torch.device = "cpu",
+    allow_pickle: bool = False,
+    dtype: torch.dtype = torch.float32,
+) -> LoadedModel:
     """Load a packaged name (``minilm``, ``minilm-rt``, ``smollm2-135m``), a hub id or a local folder.
 
     With a classification ``task`` an encoder gets a (freshly initialised) sequence
@@ -134,7 +141,12 @@ def load_model(name_or_path: str, task: Optional[str | Task] = None, device: str
     check_fits_in_memory(config, name)
     kind = model_kind(config)
     task_obj = load_task(task) if task is not None else None
-    kwargs = dict(trust_remote_code=False, local_files_only=local_only, use_safetensors=None if allow_pickle else True, dtype=dtype)
+    kwargs = dict(
+        trust_remote_code=False,
+        local_files_only=local_only,
+        use_safetensors=None if allow_pickle else True,
+        dtype=dtype,
+    )
     if task_obj is not None and task_obj.kind == "classification" and kind == "classifier":
         try:
             label_mapping(config, task_obj, name)  # before the weights: its labels must fit the task's
@@ -143,11 +155,15 @@ def load_model(name_or_path: str, task: Optional[str | Task] = None, device: str
         factory = AutoModelForSequenceClassification
     elif task_obj is not None and head_untrained(kind, task_obj.kind):
         factory, kind = AutoModelForSequenceClassification, "classifier"
-        kwargs.update(num_labels=task_obj.num_labels,
-                      id2label=dict(enumerate(task_obj.label_names)),
-                      label2id={n: i for i, n in enumerate(task_obj.label_names)})
+        kwargs.update(
+            num_labels=task_obj.num_labels,
+            id2label=dict(enumerate(task_obj.label_names)),
+            label2id={n: i for i, n in enumerate(task_obj.label_names)},
+        )
     else:
-        factory = {"causal-lm": AutoModelForCausalLM, "classifier": AutoModelForSequenceClassification}.get(kind, AutoModel)
+        factory = {"causal-lm": AutoModelForCausalLM, "classifier": AutoModelForSequenceClassification}.get(
+            kind, AutoModel
+        )
     try:
         verbosity = transformers.logging.get_verbosity()
         transformers.logging.set_verbosity_error()  # the "newly initialized head" notice is expected

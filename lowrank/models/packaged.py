@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 from lowrank import assets
 from lowrank.data.tasks import NAMED_TASKS, SUITE
@@ -26,7 +25,7 @@ class PackagedModel:
     """A packaged model: ``description``; ``task`` set when it is ``minilm`` fine-tuned on that task (built on demand)."""
 
     description: str
-    task: Optional[str] = None
+    task: str | None = None
 
 
 def _finetuned_name(task: str) -> str:
@@ -35,9 +34,15 @@ def _finetuned_name(task: str) -> str:
 
 MODELS: dict[str, PackagedModel] = {
     "minilm": PackagedModel("all-MiniLM-L6-v2 sentence encoder (BERT, 6 layers, 22.7M params), packaged offline"),
-    **{_finetuned_name(task): PackagedModel(f"MiniLM fine-tuned on {task}, built once and cached: "
-                                            f"{NAMED_TASKS[task].description}", task) for task in SUITE},
-    "smollm2-135m": PackagedModel("SmolLM2-135M-Instruct (Llama, 30 layers), packaged as GGUF, converted to float once"),
+    **{
+        _finetuned_name(task): PackagedModel(
+            f"MiniLM fine-tuned on {task}, built once and cached: {NAMED_TASKS[task].description}", task
+        )
+        for task in SUITE
+    },
+    "smollm2-135m": PackagedModel(
+        "SmolLM2-135M-Instruct (Llama, 30 layers), packaged as GGUF, converted to float once"
+    ),
 }
 
 PACKAGED = {name: m.description for name, m in MODELS.items()}  # name -> description, for listings
@@ -48,7 +53,9 @@ def finetuned_model(task: str) -> str:
     """Name of the packaged model fine-tuned on ``task`` (e.g. ``minilm-sms_spam``)."""
     names = [name for name, t in FINETUNED.items() if t == task]
     if not names:
-        raise ModelLoadError(f"no packaged model is fine-tuned on {task!r}; the suite's tasks are {', '.join(FINETUNED.values())}")
+        raise ModelLoadError(
+            f"no packaged model is fine-tuned on {task!r}; the suite's tasks are {', '.join(FINETUNED.values())}"
+        )
     return names[0]
 
 

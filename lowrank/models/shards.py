@@ -14,8 +14,8 @@ A folder holds ``model.safetensors``, or shards ``model-00001-of-0000N.safetenso
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping, Optional, Union
 
 import torch
 from safetensors import safe_open
@@ -29,7 +29,7 @@ SINGLE = "model.safetensors"
 INDEX = "model.safetensors.index.json"
 
 
-def weight_map(folder: Union[str, Path]) -> dict[str, str]:
+def weight_map(folder: str | Path) -> dict[str, str]:
     """``{tensor name: file name}`` of a checkpoint folder (sharded index, else the single file)."""
     folder = Path(folder)
     if (folder / INDEX).exists():
@@ -46,15 +46,16 @@ def weight_map(folder: Union[str, Path]) -> dict[str, str]:
 class Checkpoint:
     """The tensors of a checkpoint folder, read by module prefix without loading the rest."""
 
-    def __init__(self, folder: Union[str, Path]):
+    def __init__(self, folder: str | Path):
         self.folder = Path(folder)
         self.files = weight_map(self.folder)
 
     def __contains__(self, name: str) -> bool:
         return name in self.files
 
-    def read(self, prefix: str, dtype: Optional[torch.dtype] = None, device: Union[str, torch.device] = "cpu"
-             ) -> dict[str, torch.Tensor]:
+    def read(
+        self, prefix: str, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"
+    ) -> dict[str, torch.Tensor]:
         """The tensors named ``prefix + key``, as ``{key: tensor}`` (memory-mapped on the CPU; cast to ``dtype``)."""
         by_file: dict[str, list[str]] = {}
         for name, file in self.files.items():
@@ -70,7 +71,7 @@ class Checkpoint:
                     tensor = handle.get_tensor(name)
                     if dtype is not None and tensor.is_floating_point():
                         tensor = tensor.to(dtype)
-                    out[name[len(prefix):]] = tensor.to(device)
+                    out[name[len(prefix) :]] = tensor.to(device)
         return out
 
 
@@ -82,7 +83,7 @@ def shard_name(index: int, count: int) -> str:
 class ShardWriter:
     """Writes ``count`` shards into ``folder`` (one :meth:`write` each, any order), then the index (:meth:`finish`)."""
 
-    def __init__(self, folder: Union[str, Path], count: int):
+    def __init__(self, folder: str | Path, count: int):
         self.folder, self.count = Path(folder), count
         self.files: dict[str, str] = {}
         self.written: set[int] = set()
@@ -92,8 +93,11 @@ class ShardWriter:
         if not 0 <= index < self.count or index in self.written:
             raise ValueError(f"shard {index} is out of range 0..{self.count - 1} or already written")
         name = shard_name(index, self.count)
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(self.folder / name),
-                  metadata={"format": "pt"})
+        save_file(
+            {k: v.detach().contiguous().cpu() for k, v in tensors.items()},
+            str(self.folder / name),
+            metadata={"format": "pt"},
+        )
         self.files.update({key: name for key in tensors})
         self.total_size += sum(v.numel() * v.element_size() for v in tensors.values())
         self.written.add(index)
@@ -109,7 +113,7 @@ class ShardWriter:
         return path
 
 
-def load_into(model: nn.Module, folder: Union[str, Path]) -> tuple[list[str], list[str]]:
+def load_into(model: nn.Module, folder: str | Path) -> tuple[list[str], list[str]]:
     """Load a checkpoint folder's tensors into ``model`` (``strict=False``); returns ``(missing, unexpected)``.
 
     The single-file layout goes through safetensors' ``load_model`` (tied duplicates are not

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-from typing import Union
 
 import torch
 from accelerate import init_empty_weights
@@ -49,8 +48,14 @@ def empty_model(config) -> nn.Module:
 class StreamedModel:
     """``model`` (a meta skeleton) filled from ``checkpoint`` one module at a time; see the module docstring."""
 
-    def __init__(self, config, checkpoint: Checkpoint, layout: DecoderLayout, device: Union[str, torch.device] = "cpu",
-                 dtype: torch.dtype = torch.float32):
+    def __init__(
+        self,
+        config,
+        checkpoint: Checkpoint,
+        layout: DecoderLayout,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ):
         self.model = empty_model(config)
         self.checkpoint, self.layout = checkpoint, layout
         self.device, self.dtype = torch.device(device), dtype

@@ -26,9 +26,9 @@ Single process (no data-parallel reduction); statistics are not cached.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
 
 import torch
 from safetensors import safe_open
@@ -66,7 +66,7 @@ class BlockStatistics:
     def collectors(self) -> list:
         return [*self.fisher.values(), *self.moments.values()]
 
-    def batch(self, size: int, mask: Optional[torch.Tensor]) -> None:
+    def batch(self, size: int, mask: torch.Tensor | None) -> None:
         for c in self.collectors():
             c.scale, c.mask = float(size), mask
 
@@ -88,7 +88,7 @@ def sample(task, tokenizer, settings) -> list[dict]:
     return list(calibration_batches(task, tokenizer, settings)[1])
 
 
-def _mask(batch: dict) -> Optional[torch.Tensor]:
+def _mask(batch: dict) -> torch.Tensor | None:
     mask = batch.get("attention_mask")
     return None if mask is None else mask.bool()
 
@@ -96,11 +96,12 @@ def _mask(batch: dict) -> Optional[torch.Tensor]:
 def _block_linears(stream: StreamedModel, index: int, names: Sequence[str]) -> dict[str, nn.Linear]:
     prefix = stream.layout.block_name(index) + "."
     block = stream.block(index)
-    return {name: block.get_submodule(name[len(prefix):]) for name in names if name.startswith(prefix)}
+    return {name: block.get_submodule(name[len(prefix) :]) for name in names if name.startswith(prefix)}
 
 
-def forward_sweep(stream: StreamedModel, batches: list[dict], layers: Sequence[str], needs: Sequence[str],
-                  inputs: str = "compressed") -> Iterator[BlockStep]:
+def forward_sweep(
+    stream: StreamedModel, batches: list[dict], layers: Sequence[str], needs: Sequence[str], inputs: str = "compressed"
+) -> Iterator[BlockStep]:
     """Yield each block with its statistics (see the module docstring); ``layers``: full names of the
     Linears to collect for. Without ``needs`` nothing is run (the blocks are only loaded)."""
     if inputs not in INPUTS:
@@ -135,7 +136,10 @@ def forward_sweep(stream: StreamedModel, batches: list[dict], layers: Sequence[s
 
 
 def _save_boundary(folder: Path, index: int, hidden: list[torch.Tensor]) -> None:
-    save_file({str(k): h.detach().contiguous().cpu() for k, h in enumerate(hidden)}, str(folder / f"input-{index}.safetensors"))
+    save_file(
+        {str(k): h.detach().contiguous().cpu() for k, h in enumerate(hidden)},
+        str(folder / f"input-{index}.safetensors"),
+    )
 
 
 def _read_boundary(folder: Path, index: int, count: int, device: torch.device) -> list[torch.Tensor]:
@@ -143,8 +147,9 @@ def _read_boundary(folder: Path, index: int, count: int, device: torch.device) -
         return [handle.get_tensor(str(k)).to(device) for k in range(count)]
 
 
-def gradient_sweep(stream: StreamedModel, batches: list[dict], layers: Sequence[str], needs: Sequence[str],
-                   workdir: Path) -> Iterator[BlockStep]:
+def gradient_sweep(
+    stream: StreamedModel, batches: list[dict], layers: Sequence[str], needs: Sequence[str], workdir: Path
+) -> Iterator[BlockStep]:
     """Yield each block, last to first, with dense-model statistics including gradients (see the module
     docstring). Block inputs are kept in ``workdir`` (removed at the end); batches need ``labels``."""
     if not batches:

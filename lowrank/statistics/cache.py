@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Optional
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -36,8 +35,17 @@ def weights_fingerprint(model: nn.Module) -> str:
 
 def entry_path(kind: str, loaded, task, settings: dict) -> Path:
     """Cache file of statistic ``kind`` for ``loaded`` on ``task`` sampled with ``settings``."""
-    key = json.dumps({"model": loaded.name, "weights": weights_fingerprint(loaded.model), "task": task.name,
-                      "task_source": task.source, "task_data": task.content_hash(), **settings}, sort_keys=True)
+    key = json.dumps(
+        {
+            "model": loaded.name,
+            "weights": weights_fingerprint(loaded.model),
+            "task": task.name,
+            "task_source": task.source,
+            "task_data": task.content_hash(),
+            **settings,
+        },
+        sort_keys=True,
+    )
     return cache_dir() / kind / f"{hashlib.sha1(key.encode()).hexdigest()[:20]}.safetensors"
 
 
@@ -51,7 +59,7 @@ def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def read(path: Path) -> Optional[dict[str, torch.Tensor]]:
+def read(path: Path) -> dict[str, torch.Tensor] | None:
     """The tensors stored at ``path``; ``None`` when there is no entry, or when the entry is unreadable
     or fails its checksum (it is then deleted with a one-line notice, so the caller recomputes it)."""
     path = Path(path)

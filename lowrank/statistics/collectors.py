@@ -54,7 +54,7 @@ class SquaredGradients(PerExampleCollector):
     def consume(self, x: torch.Tensor, g: torch.Tensor) -> None:
         step = max(1, CHUNK // self.total.numel())
         for start in range(0, x.shape[0], step):
-            grads = torch.bmm(g[start:start + step].transpose(1, 2), x[start:start + step])  # (chunk, out, in)
+            grads = torch.bmm(g[start : start + step].transpose(1, 2), x[start : start + step])  # (chunk, out, in)
             self.total.add_(grads.square_().sum(dim=0))
 
     def accumulators(self) -> list[torch.Tensor]:

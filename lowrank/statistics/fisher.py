@@ -32,8 +32,6 @@ Cost: one forward/backward pass plus one extra ``(tokens, in) x (in, out)`` prod
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import nn
 
@@ -48,14 +46,18 @@ from lowrank.statistics.passes import calibration_pass, is_main
 from lowrank.statistics.settings import DEFAULT, StatisticsSettings
 
 
-def task_losses(loaded, batch: dict, labels: str, generator: torch.Generator, per_example: int = 1) -> list[torch.Tensor]:
+def task_losses(
+    loaded, batch: dict, labels: str, generator: torch.Generator, per_example: int = 1
+) -> list[torch.Tensor]:
     """The batch's mean loss, from one forward pass: cross-entropy with the data labels, or with labels
     sampled from the model (``labels="sampled"``, classifiers: ``per_example`` draws per example, with
     replacement, one loss per draw), or the next-token loss (causal LM). A list of one loss otherwise."""
     if labels == "sampled" and loaded.kind == "classifier":
         out = loaded.model(**{k: v for k, v in batch.items() if k != "labels"})
         probs = out.logits.detach().float().softmax(-1)
-        sampled = torch.multinomial(probs.cpu(), per_example, replacement=per_example > 1, generator=generator).to(probs.device)
+        sampled = torch.multinomial(probs.cpu(), per_example, replacement=per_example > 1, generator=generator).to(
+            probs.device
+        )
         return [nn.functional.cross_entropy(out.logits, sampled[:, s]) for s in range(per_example)]
     return [loaded.model(**batch).loss]
 
@@ -69,8 +71,9 @@ def backward_task_losses(loaded, batch: dict, settings: StatisticsSettings, gene
     return len(losses)
 
 
-def estimate_fisher(loaded, task, settings: StatisticsSettings = DEFAULT, use_cache: bool = True,
-                    progress: Optional[Progress] = None) -> dict[str, torch.Tensor]:
+def estimate_fisher(
+    loaded, task, settings: StatisticsSettings = DEFAULT, use_cache: bool = True, progress: Progress | None = None
+) -> dict[str, torch.Tensor]:
     """``{module_name: F}`` with ``F`` (out, in) the Fisher of each compressible Linear weight.
 
     Sampling from ``settings`` (see :class:`StatisticsSettings`). Tensors are float32 on
@@ -84,16 +87,22 @@ def estimate_fisher(loaded, task, settings: StatisticsSettings = DEFAULT, use_ca
     if not linears:
         raise ValueError(f"{loaded.name} has no compressible Linear layers")
     collectors = {name: SquaredGradients(module) for name, module in linears.items()}
-    examples = calibration_pass(loaded, task, collectors, settings, backward_task_losses, True, progress,
-                                "estimating Fisher information")
+    examples = calibration_pass(
+        loaded, task, collectors, settings, backward_task_losses, True, progress, "estimating Fisher information"
+    )
     fisher = {name: c.result(examples) for name, c in collectors.items()}
     if use_cache and is_main():
         cache.write(path, fisher, settings.to_dict())
     return fisher
 
 
-def loss_change_taylor(loaded, task, deltas: dict[str, torch.Tensor], settings: StatisticsSettings = DEFAULT,
-                       progress: Optional[Progress] = None) -> dict[str, dict[str, float]]:
+def loss_change_taylor(
+    loaded,
+    task,
+    deltas: dict[str, torch.Tensor],
+    settings: StatisticsSettings = DEFAULT,
+    progress: Progress | None = None,
+) -> dict[str, dict[str, float]]:
     """Second-order estimate of the loss change from ``W <- W + dW``, for each layer of ``deltas`` *alone*.
 
     ``deltas``: ``{module_name: dW}`` with ``dW`` shaped like the weight (for a rank-r
@@ -111,8 +120,9 @@ def loss_change_taylor(loaded, task, deltas: dict[str, torch.Tensor], settings: 
         if tuple(delta.shape) != tuple(linears[name].weight.shape):
             raise ValueError(f"{name}: change shape {tuple(delta.shape)} != weight {tuple(linears[name].weight.shape)}")
     collectors = {name: DirectionalDerivatives(linears[name], delta) for name, delta in deltas.items()}
-    examples = calibration_pass(loaded, task, collectors, settings, backward_task_losses, True, progress,
-                                "Taylor estimate of the loss change")
+    examples = calibration_pass(
+        loaded, task, collectors, settings, backward_task_losses, True, progress, "Taylor estimate of the loss change"
+    )
     estimates = {}
     for name, c in collectors.items():
         first, second = float(c.sums[0]) / examples, 0.5 * float(c.sums[1]) / examples
@@ -120,8 +130,9 @@ def loss_change_taylor(loaded, task, deltas: dict[str, torch.Tensor], settings: 
     return estimates
 
 
-def svd_loss_change(loaded, task, ranks, settings: StatisticsSettings = DEFAULT,
-                    progress: Optional[Progress] = None) -> dict[str, dict[str, float]]:
+def svd_loss_change(
+    loaded, task, ranks, settings: StatisticsSettings = DEFAULT, progress: Progress | None = None
+) -> dict[str, dict[str, float]]:
     """:func:`loss_change_taylor` of each layer's plain truncated-SVD residual ``dW = SVD_r(W) - W``.
 
     ``ranks``: ``{layer: rank}`` or a kept fraction, validated as in :func:`lowrank.compress`.

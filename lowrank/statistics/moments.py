@@ -22,8 +22,6 @@ alone need forward passes only; ``G`` needs one backward pass per batch.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import nn
 
@@ -48,7 +46,7 @@ class MomentCollector:
         self.abs = torch.zeros(in_features, dtype=torch.float64, device=device)
         self.gg = torch.zeros(out_features, out_features, dtype=torch.float64, device=device) if gradients else None
         self.tokens = torch.zeros(1, dtype=torch.float64, device=device)
-        self.mask: Optional[torch.Tensor] = None  # (batch, T) bool of real tokens, set before each forward
+        self.mask: torch.Tensor | None = None  # (batch, T) bool of real tokens, set before each forward
         self.scale = 1.0  # batch size: the batch loss is a mean over examples
         self.handle = module.register_forward_hook(self._forward)
 
@@ -84,8 +82,14 @@ class MomentCollector:
         self.handle.remove()
 
 
-def estimate_moments(loaded, task, settings: StatisticsSettings, gradients: bool, use_cache: bool = True,
-                     progress: Optional[Progress] = None) -> dict[str, dict[str, torch.Tensor]]:
+def estimate_moments(
+    loaded,
+    task,
+    settings: StatisticsSettings,
+    gradients: bool,
+    use_cache: bool = True,
+    progress: Progress | None = None,
+) -> dict[str, dict[str, torch.Tensor]]:
     """``{layer: {"input_moment": A, "input_abs_mean": m[, "grad_moment": G]}}`` for every compressible Linear.
 
     One calibration pass of ``settings.num_batches`` batches; forward only unless ``gradients``.
@@ -98,8 +102,9 @@ def estimate_moments(loaded, task, settings: StatisticsSettings, gradients: bool
         return _unflatten(cached)
     linears = compressible_linears(loaded.model)
     collectors = {name: MomentCollector(module, gradients) for name, module in linears.items()}
-    examples = calibration_pass(loaded, task, collectors, settings, backward_task_losses, gradients, progress,
-                                "input/gradient moments")
+    examples = calibration_pass(
+        loaded, task, collectors, settings, backward_task_losses, gradients, progress, "input/gradient moments"
+    )
     result = {}
     for name in list(collectors):  # each float64 accumulator is freed once its float32 result exists
         result[name] = collectors.pop(name).result(examples)

@@ -17,8 +17,8 @@ with sampled labels the draws differ (same distribution).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, nullcontext
-from typing import Iterable, Iterator, Optional
 
 import torch
 import torch.distributed as dist
@@ -98,7 +98,7 @@ def backward_parts(loaded, batch: dict) -> list[dict]:
     if loaded.kind != "causal-lm":
         return [batch]
     step = max(1, BACKWARD_TOKENS // length)
-    return [{k: v[start:start + step] for k, v in batch.items()} for start in range(0, examples, step)]
+    return [{k: v[start : start + step] for k, v in batch.items()} for start in range(0, examples, step)]
 
 
 def _feed(loaded, batch: dict, collectors: dict, settings: StatisticsSettings, backward_fn, generator) -> int:
@@ -117,8 +117,16 @@ def _feed(loaded, batch: dict, collectors: dict, settings: StatisticsSettings, b
     return batch["input_ids"].shape[0] * backward_fn(loaded, batch, settings, generator)
 
 
-def calibration_pass(loaded, task, collectors: dict, settings: StatisticsSettings, backward_fn, backward: bool,
-                     progress: Optional[Progress], message: str) -> int:
+def calibration_pass(
+    loaded,
+    task,
+    collectors: dict,
+    settings: StatisticsSettings,
+    backward_fn,
+    backward: bool,
+    progress: Progress | None,
+    message: str,
+) -> int:
     """Feed ``collectors`` (each with ``scale``, ``mask``, ``accumulators()`` and ``remove()``) from one pass.
 
     With ``backward``, ``backward_fn(loaded, batch, settings, generator)`` runs the batch's backward

@@ -16,7 +16,7 @@ which sample a statistic is computed on is decided in one place (:mod:`.settings
 
 from __future__ import annotations
 
-from typing import Iterable, Optional
+from collections.abc import Iterable
 
 import torch
 
@@ -45,13 +45,21 @@ def _moments(loaded, task, settings, use_cache, progress, needs) -> dict[str, di
 
 
 # kind -> (computes, needs a task, cache folder or None when never cached); kinds sharing a function share its pass
-PROVIDERS = {"fisher": (_fisher, True, "fisher"), "mask": (_mask, False, None),
-             "activations": (_moments, True, "moments"), "gradients": (_moments, True, "moments")}
+PROVIDERS = {
+    "fisher": (_fisher, True, "fisher"),
+    "mask": (_mask, False, None),
+    "activations": (_moments, True, "moments"),
+    "gradients": (_moments, True, "moments"),
+}
 
 
 # kind -> the per-layer keys it provides
-KEYS = {"fisher": ("fisher",), "mask": ("mask",), "activations": ("input_moment", "input_abs_mean"),
-        "gradients": ("grad_moment",)}
+KEYS = {
+    "fisher": ("fisher",),
+    "mask": ("mask",),
+    "activations": ("input_moment", "input_abs_mean"),
+    "gradients": ("grad_moment",),
+}
 
 
 def restrict(stats: Stats, needs: Iterable[str]) -> Stats:
@@ -74,8 +82,14 @@ def _check(needs: Iterable[str]) -> tuple[str, ...]:
     return needs
 
 
-def statistics_for(loaded, task, needs: Iterable[str], settings: StatisticsSettings = DEFAULT,
-                   progress: Optional[Progress] = None, use_cache: bool = True) -> Stats:
+def statistics_for(
+    loaded,
+    task,
+    needs: Iterable[str],
+    settings: StatisticsSettings = DEFAULT,
+    progress: Progress | None = None,
+    use_cache: bool = True,
+) -> Stats:
     """``{layer: {key: tensor}}`` with every statistic kind of ``needs`` for each compressible layer.
 
     ``task`` may be ``None`` when no kind needs data. Empty ``needs`` gives ``{}``.
@@ -87,8 +101,14 @@ def statistics_for(loaded, task, needs: Iterable[str], settings: StatisticsSetti
     stats: Stats = {}
     providers = list(dict.fromkeys(PROVIDERS[kind][0] for kind in needs))
     for step, compute in enumerate(providers):
-        part = compute(loaded, task, settings, use_cache, scaled(progress, step / len(providers), (step + 1) / len(providers)),
-                       needs)
+        part = compute(
+            loaded,
+            task,
+            settings,
+            use_cache,
+            scaled(progress, step / len(providers), (step + 1) / len(providers)),
+            needs,
+        )
         for name, tensors in part.items():
             stats.setdefault(name, {}).update(tensors)
     return stats

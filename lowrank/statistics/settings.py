@@ -44,8 +44,10 @@ class StatisticsSettings:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.labels_per_example > 1 and self.labels != "sampled":
-            raise ValueError(f"labels_per_example={self.labels_per_example} needs labels='sampled' "
-                             "(the data labels give the same gradient every time)")
+            raise ValueError(
+                f"labels_per_example={self.labels_per_example} needs labels='sampled' "
+                "(the data labels give the same gradient every time)"
+            )
 
     def to_dict(self) -> dict:
         """The fields as a dict (cache keys, records). ``labels_per_example`` is left out at 1, its value
@@ -55,7 +57,7 @@ class StatisticsSettings:
             del data["labels_per_example"]
         return data
 
-    def with_(self, **changes) -> "StatisticsSettings":
+    def with_(self, **changes) -> StatisticsSettings:
         return replace(self, **changes)
 
 

@@ -21,9 +21,9 @@ import math
 import os
 import re
 import shlex
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Optional, Sequence
 
 import torch
 from torch import nn
@@ -34,7 +34,14 @@ from lowrank.evaluate import accuracy
 from lowrank.io import atomic_dir, cache_dir
 from lowrank.models.labels import check_labels, record_task
 from lowrank.models.loading import load_model
-from lowrank.models.packaged import FINETUNED, FINETUNED_BASE, build_command, finetuned_dir, finetuned_model, has_weights
+from lowrank.models.packaged import (
+    FINETUNED,
+    FINETUNED_BASE,
+    build_command,
+    finetuned_dir,
+    finetuned_model,
+    has_weights,
+)
 from lowrank.progress import Progress, report
 
 
@@ -47,7 +54,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup: float = 0.06
     seed: int = 0
-    max_steps: Optional[int] = None
+    max_steps: int | None = None
 
 
 class TrainingHook:
@@ -70,12 +77,20 @@ def linear_schedule(step: int, total: int, warmup: int) -> float:
     return max(0.0, (total - step) / max(1, total - warmup))
 
 
-def train(model: nn.Module, tokenizer, task: Task, config: TrainConfig = TrainConfig(),
-          hooks: Sequence[TrainingHook] = (), progress: Optional[Progress] = None) -> list[float]:
+def train(
+    model: nn.Module,
+    tokenizer,
+    task: Task,
+    config: TrainConfig | None = None,
+    hooks: Sequence[TrainingHook] = (),
+    progress: Progress | None = None,
+) -> list[float]:
     """Train ``model`` in place on ``task``'s training split; returns the loss per step.
 
     The task's labels are checked against the model's (:func:`lowrank.models.labels.check_labels`) and the
-    task is recorded in the model's config (``lowrank_task``, saved with it): commands default to it later."""
+    task is recorded in the model's config (``lowrank_task``, saved with it): commands default to it later.
+    ``config``: :class:`TrainConfig` (its defaults when ``None``)."""
+    config = config or TrainConfig()
     task = check_labels(model, task)
     torch.manual_seed(config.seed)
     device = next(model.parameters()).device
@@ -83,8 +98,10 @@ def train(model: nn.Module, tokenizer, task: Task, config: TrainConfig = TrainCo
     total = config.max_steps or max(1, math.ceil(config.epochs * per_epoch))
     decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=config.lr,
+    )
     warmup = int(config.warmup * total)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: linear_schedule(s, total, warmup))
     for hook in hooks:
@@ -94,7 +111,9 @@ def train(model: nn.Module, tokenizer, task: Task, config: TrainConfig = TrainCo
     report(progress, 0, total, "fine-tuning")
     epoch = 0
     while len(losses) < total:
-        for batch in batches(task, tokenizer, "train", config.batch_size, config.max_length, shuffle=True, seed=config.seed + epoch):
+        for batch in batches(
+            task, tokenizer, "train", config.batch_size, config.max_length, shuffle=True, seed=config.seed + epoch
+        ):
             step = len(losses)
             if step >= total:
                 break
@@ -118,8 +137,13 @@ def train(model: nn.Module, tokenizer, task: Task, config: TrainConfig = TrainCo
     return losses
 
 
-def finetune(loaded, task, config: TrainConfig = TrainConfig(), hooks: Sequence[TrainingHook] = (),
-             progress: Optional[Progress] = None) -> list[float]:
+def finetune(
+    loaded,
+    task,
+    config: TrainConfig | None = None,
+    hooks: Sequence[TrainingHook] = (),
+    progress: Progress | None = None,
+) -> list[float]:
     """Fine-tune a ``LoadedModel`` in place on ``task`` (name or :class:`Task`)."""
     return train(loaded.model, loaded.tokenizer, load_task(task), config, hooks, progress)
 
@@ -161,7 +185,7 @@ class Recipe:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Recipe":
+    def from_dict(cls, data: dict) -> Recipe:
         return cls(**data)
 
 
@@ -170,7 +194,7 @@ def _packaged_recipe(name: str, config: TrainConfig = MINILM_RT_CONFIG) -> Recip
     return Recipe(name, FINETUNED_BASE, FINETUNED[name], str(finetuned_dir(name)), asdict(config))
 
 
-def recipe_for(model: str, task: Optional[str] = None) -> Recipe:
+def recipe_for(model: str, task: str | None = None) -> Recipe:
     """The recipe that gives ``model`` a trained head for ``task``.
 
     A fine-tuned packaged name is its own recipe (``task`` is its own); ``minilm`` on a suite task builds that task's
@@ -204,7 +228,7 @@ def recipe_for(model: str, task: Optional[str] = None) -> Recipe:
     return replace(recipe, **{**fields, "config": {**recipe.config, **fields.get("config", {})}})
 
 
-def build(recipe: Recipe, device: str = "cpu", progress: Optional[Progress] = None) -> dict:
+def build(recipe: Recipe, device: str = "cpu", progress: Progress | None = None) -> dict:
     """Fine-tune ``recipe.base`` with a fresh head on ``recipe.task`` and save it to ``recipe.out`` (atomic write: a
     build that stops half-way leaves no folder). Returns the training record (name, base, task, config, final
     training loss, validation accuracy), also saved as ``training.json``."""
@@ -213,10 +237,16 @@ def build(recipe: Recipe, device: str = "cpu", progress: Optional[Progress] = No
     loaded = load_model(recipe.base, task=task_obj, device=device)
     losses = train(loaded.model, loaded.tokenizer, task_obj, config, progress=progress)
     report(progress, len(losses), len(losses), "measuring the validation accuracy")
-    record = {"name": recipe.name, "base": recipe.base, "task": task_obj.name, "task_source": task_obj.source,
-              "sizes": task_obj.sizes(), "config": asdict(config),
-              "final_loss": sum(losses[-20:]) / len(losses[-20:]),
-              "validation_accuracy": accuracy(loaded, task_obj, "validation")}
+    record = {
+        "name": recipe.name,
+        "base": recipe.base,
+        "task": task_obj.name,
+        "task_source": task_obj.source,
+        "sizes": task_obj.sizes(),
+        "config": asdict(config),
+        "final_loss": sum(losses[-20:]) / len(losses[-20:]),
+        "validation_accuracy": accuracy(loaded, task_obj, "validation"),
+    }
     report(progress, len(losses), len(losses), "saving")
     with atomic_dir(Path(recipe.out), force=True) as tmp:  # our cache: a model folder there is ours
         loaded.model.save_pretrained(tmp, safe_serialization=True)
@@ -225,13 +255,16 @@ def build(recipe: Recipe, device: str = "cpu", progress: Optional[Progress] = No
     return record
 
 
-def build_finetuned(task: str, config: TrainConfig = MINILM_RT_CONFIG, device: str = "cpu",
-                    progress: Optional[Progress] = None) -> dict:
+def build_finetuned(
+    task: str, config: TrainConfig = MINILM_RT_CONFIG, device: str = "cpu", progress: Progress | None = None
+) -> dict:
     """:func:`build` of the packaged model fine-tuned on the suite ``task`` (:data:`lowrank.models.packaged.MODELS`):
     ``minilm-rt`` for ``rotten_tomatoes``, ``minilm-<task>`` otherwise, under ``<cache>/models/<name>``."""
     return build(_packaged_recipe(finetuned_model(task), config), device, progress)
 
 
-def build_minilm_rt(config: TrainConfig = MINILM_RT_CONFIG, device: str = "cpu", progress: Optional[Progress] = None) -> dict:
+def build_minilm_rt(
+    config: TrainConfig = MINILM_RT_CONFIG, device: str = "cpu", progress: Progress | None = None
+) -> dict:
     """:func:`build_finetuned` on Rotten Tomatoes: the default model ``minilm-rt``."""
     return build_finetuned("rotten_tomatoes", config, device, progress)

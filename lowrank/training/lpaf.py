@@ -48,7 +48,6 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass, field, replace
-from typing import Optional
 
 import pandas as pd
 import torch
@@ -76,7 +75,7 @@ FISHER_FACTORIZATIONS = ("fwsvd", "tfwsvd")
 # ----------------------------------------------------------------------------- rank analysis
 
 
-def rank_analysis(model, tol: float = 1e-3, progress: Optional[Progress] = None) -> pd.DataFrame:
+def rank_analysis(model, tol: float = 1e-3, progress: Progress | None = None) -> pd.DataFrame:
     """One row per compressible matrix: name, type, out, in, sparsity (fraction of exact zeros),
     the rank statistics of :func:`lowrank.analysis.spectra.rank_statistics` at relative tolerance ``tol``
     (numerical rank ``#{s_i > tol s_1}``, effective, stable, 90/95/99% energy ranks) and each
@@ -90,9 +89,17 @@ def rank_analysis(model, tol: float = 1e-3, progress: Optional[Progress] = None)
         weight = module.weight.detach()
         full = min(weight.shape)
         stats = rank_statistics(singular_values(weight), tol)
-        rows.append({"name": name, "type": layer_type(model, name), "out": weight.shape[0], "in": weight.shape[1],
-                     "sparsity": float((weight == 0).float().mean()), **stats,
-                     **{f"rel_{k}": stats[k] / full for k in RANK_COLUMNS}})
+        rows.append(
+            {
+                "name": name,
+                "type": layer_type(model, name),
+                "out": weight.shape[0],
+                "in": weight.shape[1],
+                "sparsity": float((weight == 0).float().mean()),
+                **stats,
+                **{f"rel_{k}": stats[k] / full for k in RANK_COLUMNS},
+            }
+        )
     report(progress, len(linears), len(linears), "ranks done")
     return pd.DataFrame(rows)
 
@@ -102,7 +109,10 @@ def average_ranks(frame: pd.DataFrame) -> dict:
     fraction of zeros (weighted by matrix size)."""
     columns = [*RANK_COLUMNS, *(f"rel_{k}" for k in RANK_COLUMNS)]
     size = frame["out"] * frame["in"]
-    return {"sparsity": float((frame["sparsity"] * size).sum() / size.sum()), **{c: float(frame[c].mean()) for c in columns}}
+    return {
+        "sparsity": float((frame["sparsity"] * size).sum() / size.sum()),
+        **{c: float(frame[c].mean()) for c in columns},
+    }
 
 
 # ----------------------------------------------------------------------------- pipeline stages
@@ -125,7 +135,9 @@ def default_sparsity(model, ranks: Ranks) -> float:
     return 1.0 - kept_fraction(model, plan)
 
 
-def sparsity_importance(masks: dict[str, torch.Tensor], scores: Optional[dict[str, torch.Tensor]] = None) -> dict[str, torch.Tensor]:
+def sparsity_importance(
+    masks: dict[str, torch.Tensor], scores: dict[str, torch.Tensor] | None = None
+) -> dict[str, torch.Tensor]:
     """Importance ``M ⊙ S`` for the ``sparsity_aware`` method: exactly 0 on pruned entries.
 
     Without ``scores``: the mask itself (``S = 1``). With scores (movement scores may be
@@ -155,9 +167,16 @@ def _check_factorization(factorization: str, score_weighting: bool) -> None:
         raise ValueError("score weighting applies to the sparsity_aware factorization only")
 
 
-def factorize_pruned(pruned, masks: dict[str, torch.Tensor], ranks: Ranks, factorization: str = "sparsity_aware",
-                     scores: Optional[dict[str, torch.Tensor]] = None, importance: Optional[dict[str, torch.Tensor]] = None,
-                     progress: Optional[Progress] = None, **options):
+def factorize_pruned(
+    pruned,
+    masks: dict[str, torch.Tensor],
+    ranks: Ranks,
+    factorization: str = "sparsity_aware",
+    scores: dict[str, torch.Tensor] | None = None,
+    importance: dict[str, torch.Tensor] | None = None,
+    progress: Progress | None = None,
+    **options,
+):
     """Factorize a pruned model (returns a new ``LoadedModel``; ``pruned`` is untouched).
 
     ``factorization`` (see the module docstring): ``"sparsity_aware"`` with importance from
@@ -177,13 +196,23 @@ def factorize_pruned(pruned, masks: dict[str, torch.Tensor], ranks: Ranks, facto
     missing = [n for n in plan if n not in masks]
     if missing:
         raise ValueError(f"no pruning mask for layers {missing[:3]}; prune every layer that is factorized")
-    importance = sparsity_importance({n: masks[n] for n in plan}, None if scores is None else {n: scores[n] for n in plan})
+    importance = sparsity_importance(
+        {n: masks[n] for n in plan}, None if scores is None else {n: scores[n] for n in plan}
+    )
     return compress(pruned, plan, method="sparsity_aware", importance=importance, progress=progress, **options)
 
 
-def mixed_rank_finetune(compressed, pruned, masks: dict[str, torch.Tensor], task, config: TrainConfig,
-                        p0: float = 0.5, schedule: str = "linear", until: float = 1.0,
-                        progress: Optional[Progress] = None) -> tuple[list[float], list[float]]:
+def mixed_rank_finetune(
+    compressed,
+    pruned,
+    masks: dict[str, torch.Tensor],
+    task,
+    config: TrainConfig,
+    p0: float = 0.5,
+    schedule: str = "linear",
+    until: float = 1.0,
+    progress: Progress | None = None,
+) -> tuple[list[float], list[float]]:
     """Mixed-rank fine-tuning of ``compressed`` in place, then :func:`lowrank.training.mixed.finalize`.
 
     ``pruned``: the pruned model whose sparse weights give the sparse paths.
@@ -222,7 +251,7 @@ class LpafConfig:
     * ``options``: keyword arguments of the factorization method (copied; not mutated).
     """
 
-    sparsity: Optional[float] = None
+    sparsity: float | None = None
     ranks: Ranks = 0.5
     prune_config: TrainConfig = field(default_factory=lambda: replace(PRUNE_CONFIG))
     finetune_config: TrainConfig = field(default_factory=lambda: replace(FINETUNE_CONFIG))
@@ -235,7 +264,7 @@ class LpafConfig:
     score_update: str = "raw"
     score_weighting: bool = False
     statistics: StatisticsSettings = DEFAULT
-    eval_limit: Optional[int] = None
+    eval_limit: int | None = None
     options: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -247,18 +276,24 @@ class LpafConfig:
                 raise TypeError(f"{name} must be a TrainConfig, got {type(getattr(self, name)).__name__}")
         if not isinstance(self.statistics, StatisticsSettings):
             raise TypeError(f"statistics must be a StatisticsSettings, got {type(self.statistics).__name__}")
-        for name, value, allowed in (("prune_method", self.prune_method, PRUNE_METHODS), ("scope", self.scope, SCOPES),
-                                     ("score_update", self.score_update, SCORE_UPDATES),
-                                     ("schedule", self.schedule, SCHEDULES)):
+        for name, value, allowed in (
+            ("prune_method", self.prune_method, PRUNE_METHODS),
+            ("scope", self.scope, SCOPES),
+            ("score_update", self.score_update, SCORE_UPDATES),
+            ("schedule", self.schedule, SCHEDULES),
+        ):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
         if not 0.0 <= self.p0 <= 1.0:
             raise ValueError(f"p0 must be in [0, 1], got {self.p0}")
-        if self.eval_limit is not None and (isinstance(self.eval_limit, bool) or not isinstance(self.eval_limit, int)
-                                            or self.eval_limit < 1):
+        if self.eval_limit is not None and (
+            isinstance(self.eval_limit, bool) or not isinstance(self.eval_limit, int) or self.eval_limit < 1
+        ):
             raise ValueError(f"eval_limit must be a positive integer or None, got {self.eval_limit!r}")
         if not isinstance(self.options, dict):
-            raise TypeError(f"options must be a dict of factorization keyword arguments, got {type(self.options).__name__}")
+            raise TypeError(
+                f"options must be a dict of factorization keyword arguments, got {type(self.options).__name__}"
+            )
         object.__setattr__(self, "options", dict(self.options))
 
     def with_(self, **changes) -> LpafConfig:
@@ -266,8 +301,13 @@ class LpafConfig:
         return replace(self, **changes)
 
 
-def lpaf(loaded, task, config: LpafConfig = LpafConfig(), masks: Optional[dict[str, torch.Tensor]] = None,
-         progress: Optional[Progress] = None):
+def lpaf(
+    loaded,
+    task,
+    config: LpafConfig = LpafConfig(),
+    masks: dict[str, torch.Tensor] | None = None,
+    progress: Progress | None = None,
+):
     """Prune -> (sparsity-aware) factorization -> mixed-rank fine-tuning -> evaluation.
 
     ``loaded``: a dense fine-tuned ``LoadedModel`` (left untouched: pruning runs on a copy), or,
@@ -287,8 +327,16 @@ def lpaf(loaded, task, config: LpafConfig = LpafConfig(), masks: Optional[dict[s
     if masks is None:
         sparsity = default_sparsity(loaded, plan) if c.sparsity is None else c.sparsity
         pruned = loaded.with_model(copy.deepcopy(loaded.model))
-        result = prune(pruned, task, c.prune_method, sparsity, c.scope, c.prune_config,
-                       progress=scaled(progress, 0.0, 0.45), score_update=c.score_update)
+        result = prune(
+            pruned,
+            task,
+            c.prune_method,
+            sparsity,
+            c.scope,
+            c.prune_config,
+            progress=scaled(progress, 0.0, 0.45),
+            score_update=c.score_update,
+        )
         masks, scores, seconds["prune"] = result.masks, result.scores, result.seconds
         bands = (0.45, 0.55, 0.97)
     else:
@@ -303,8 +351,16 @@ def lpaf(loaded, task, config: LpafConfig = LpafConfig(), masks: Optional[dict[s
         stats = statistics_for(pruned, task, ("fisher",), c.statistics, progress=scaled(progress, bands[0], middle))
         importance = select(stats, "fisher")
         bands = (middle, *bands[1:])
-    compressed = factorize_pruned(pruned, masks, plan, c.factorization, scores if c.score_weighting else None, importance,
-                                  progress=scaled(progress, bands[0], bands[1]), **c.options)
+    compressed = factorize_pruned(
+        pruned,
+        masks,
+        plan,
+        c.factorization,
+        scores if c.score_weighting else None,
+        importance,
+        progress=scaled(progress, bands[0], bands[1]),
+        **c.options,
+    )
     seconds["factorize"] = time.perf_counter() - start
     start = time.perf_counter()
     stage = scaled(progress, bands[1], bands[2])
@@ -313,17 +369,26 @@ def lpaf(loaded, task, config: LpafConfig = LpafConfig(), masks: Optional[dict[s
     else:
         train(compressed.model, compressed.tokenizer, load_task(task), c.finetune_config, progress=stage)
     seconds["finetune"] = time.perf_counter() - start
-    evaluation = evaluate(compressed, task, limit=c.eval_limit, measure_latency=False,
-                          progress=scaled(progress, bands[2], 1.0))
+    evaluation = evaluate(
+        compressed, task, limit=c.eval_limit, measure_latency=False, progress=scaled(progress, bands[2], 1.0)
+    )
     realized = 1.0 - sum(int(masks[n].sum()) for n in plan) / sum(masks[n].numel() for n in plan)
     info = compressed.model.lowrank_info
-    info.options.update({
-        "pipeline": "lpaf", "sparsity": realized, "prune_method": c.prune_method if result else "given",
-        "prune_scope": c.scope if result else "given",
-        "score_update": c.score_update if result else "given",
-        "factorization": c.factorization, "mixed_rank": c.mixed_rank, "p0": c.p0 if c.mixed_rank else 0.0,
-        "anneal": c.schedule if c.mixed_rank else "none", "score_weighting": c.score_weighting,
-        **{f"seconds_{k}": v for k, v in seconds.items()},
-        f"validation_{evaluation.metric}": evaluation.value, "validation_loss": evaluation.loss,
-    })
+    info.options.update(
+        {
+            "pipeline": "lpaf",
+            "sparsity": realized,
+            "prune_method": c.prune_method if result else "given",
+            "prune_scope": c.scope if result else "given",
+            "score_update": c.score_update if result else "given",
+            "factorization": c.factorization,
+            "mixed_rank": c.mixed_rank,
+            "p0": c.p0 if c.mixed_rank else 0.0,
+            "anneal": c.schedule if c.mixed_rank else "none",
+            "score_weighting": c.score_weighting,
+            **{f"seconds_{k}": v for k, v in seconds.items()},
+            f"validation_{evaluation.metric}": evaluation.value,
+            "validation_loss": evaluation.loss,
+        }
+    )
     return compressed

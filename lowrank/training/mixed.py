@@ -31,7 +31,6 @@ the whole model, as in module replacing) and the two schedules are choices of th
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -47,14 +46,24 @@ SCHEDULES = ("linear", "cosine")
 class MixedRankLinear(nn.Module):
     """A Linear layer with a sparse path (``weight * mask``) and a low-rank path (``U V``); see module docstring."""
 
-    def __init__(self, U: torch.Tensor, V: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor,
-                 bias: Optional[torch.Tensor] = None, p: float = 0.0, name: str = "layer"):
+    def __init__(
+        self,
+        U: torch.Tensor,
+        V: torch.Tensor,
+        weight: torch.Tensor,
+        mask: torch.Tensor,
+        bias: torch.Tensor | None = None,
+        p: float = 0.0,
+        name: str = "layer",
+    ):
         super().__init__()
         if U.ndim != 2 or V.ndim != 2 or U.shape[1] != V.shape[0]:
             raise ValueError(f"{name}: factors must be (out, r) and (r, in), got {tuple(U.shape)} and {tuple(V.shape)}")
         if weight.shape != (U.shape[0], V.shape[1]) or mask.shape != weight.shape:
-            raise ValueError(f"{name}: weight {tuple(weight.shape)} and mask {tuple(mask.shape)} must be "
-                             f"({U.shape[0]}, {V.shape[1]}) like U V")
+            raise ValueError(
+                f"{name}: weight {tuple(weight.shape)} and mask {tuple(mask.shape)} must be "
+                f"({U.shape[0]}, {V.shape[1]}) like U V"
+            )
         check_rank(U.shape[1], U.shape[0], V.shape[1], name)
         self.U = nn.Parameter(U.detach().clone())
         self.V = nn.Parameter(V.detach().clone())
@@ -90,19 +99,24 @@ class MixedRankLinear(nn.Module):
         return self.low_rank_forward(x)
 
     def to_low_rank(self) -> LowRankLinear:
-        return LowRankLinear(self.U.detach(), self.V.detach(), None if self.bias is None else self.bias.detach(), name=self.name)
+        return LowRankLinear(
+            self.U.detach(), self.V.detach(), None if self.bias is None else self.bias.detach(), name=self.name
+        )
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.V.shape[1]}, out_features={self.U.shape[0]}, rank={self.rank}, "
-                f"density={float(self.mask.float().mean()):.3f}, p={self._p:.3f}")
+        return (
+            f"in_features={self.V.shape[1]}, out_features={self.U.shape[0]}, rank={self.rank}, "
+            f"density={float(self.mask.float().mean()):.3f}, p={self._p:.3f}"
+        )
 
 
 def mixed_rank_layers(model: nn.Module) -> dict[str, MixedRankLinear]:
     return {n: m for n, m in model.named_modules() if isinstance(m, MixedRankLinear)}
 
 
-def to_mixed_rank(model: nn.Module, weights: dict[str, torch.Tensor], masks: dict[str, torch.Tensor],
-                  p: float = 0.0) -> dict[str, MixedRankLinear]:
+def to_mixed_rank(
+    model: nn.Module, weights: dict[str, torch.Tensor], masks: dict[str, torch.Tensor], p: float = 0.0
+) -> dict[str, MixedRankLinear]:
     """Replace, in place, every ``LowRankLinear`` of ``model`` by a ``MixedRankLinear``.
 
     ``weights``/``masks``: ``{name: tensor}`` the pruned full weight and its mask for each
@@ -115,8 +129,15 @@ def to_mixed_rank(model: nn.Module, weights: dict[str, torch.Tensor], masks: dic
     mixed = {}
     for name, layer in layers.items():
         device = layer.U.device
-        mixed[name] = MixedRankLinear(layer.U, layer.V, weights[name].to(device=device, dtype=layer.U.dtype),
-                                      masks[name].to(device), layer.bias, p=p, name=name)
+        mixed[name] = MixedRankLinear(
+            layer.U,
+            layer.V,
+            weights[name].to(device=device, dtype=layer.U.dtype),
+            masks[name].to(device),
+            layer.bias,
+            p=p,
+            name=name,
+        )
         set_module(model, name, mixed[name])
     return mixed
 

@@ -62,7 +62,6 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional, Union
 
 import torch
 from torch import nn
@@ -85,8 +84,9 @@ RECORD_FILE = "pruning.json"
 PRUNE_CONFIG = TrainConfig(epochs=2.0, lr=8e-5, batch_size=32, max_length=64)
 
 
-def cubic_sparsity(step: int, total: int, final: float, initial: float = 0.0, warmup: float = 0.1,
-                   cooldown: float = 0.1) -> float:
+def cubic_sparsity(
+    step: int, total: int, final: float, initial: float = 0.0, warmup: float = 0.1, cooldown: float = 0.1
+) -> float:
     """Sparsity after ``step`` of ``total`` optimizer steps (cubic schedule, see module docstring).
 
     ``warmup`` and ``cooldown`` are fractions of ``total``; sparsity is ``initial`` up to the end
@@ -156,7 +156,7 @@ def compute_masks(scores: dict[str, torch.Tensor], sparsity: float, scope: str =
     masks, offset = {}, 0
     for name in names:
         n = scores[name].numel()
-        masks[name] = keep[offset:offset + n].view_as(scores[name])
+        masks[name] = keep[offset : offset + n].view_as(scores[name])
         offset += n
     return masks
 
@@ -176,9 +176,17 @@ class PruningHook(TrainingHook):
     and taylor pruning also keep ``dense`` (the weights' dense copies ``D``, see module docstring).
     """
 
-    def __init__(self, method: str = "movement", sparsity: float = 0.7, scope: str = "global", warmup: float = 0.1,
-                 cooldown: float = 0.1, initial: float = 0.0, layers: Optional[list[str]] = None,
-                 score_update: str = "raw"):
+    def __init__(
+        self,
+        method: str = "movement",
+        sparsity: float = 0.7,
+        scope: str = "global",
+        warmup: float = 0.1,
+        cooldown: float = 0.1,
+        initial: float = 0.0,
+        layers: list[str] | None = None,
+        score_update: str = "raw",
+    ):
         if method not in METHODS:
             raise ValueError(f"pruning method must be one of {METHODS}, got {method!r}")
         if scope not in SCOPES:
@@ -287,15 +295,34 @@ class PruneResult:
 
     def record(self) -> dict:
         """JSON-able summary (no tensors)."""
-        return {"method": self.method, "scope": self.scope, "target": self.target, "sparsity": self.sparsity,
-                "warmup": self.warmup, "cooldown": self.cooldown, "config": self.config, "seconds": self.seconds,
-                "final_loss": sum(self.losses[-20:]) / max(1, len(self.losses[-20:])),
-                "layer_sparsity": self.layer_sparsity(), "history": self.history}
+        return {
+            "method": self.method,
+            "scope": self.scope,
+            "target": self.target,
+            "sparsity": self.sparsity,
+            "warmup": self.warmup,
+            "cooldown": self.cooldown,
+            "config": self.config,
+            "seconds": self.seconds,
+            "final_loss": sum(self.losses[-20:]) / max(1, len(self.losses[-20:])),
+            "layer_sparsity": self.layer_sparsity(),
+            "history": self.history,
+        }
 
 
-def prune(loaded, task, method: str = "movement", sparsity: float = 0.7, scope: str = "global",
-          config: Optional[TrainConfig] = None, progress: Optional[Progress] = None, warmup: float = 0.1,
-          cooldown: float = 0.1, layers: Optional[list[str]] = None, score_update: str = "raw") -> PruneResult:
+def prune(
+    loaded,
+    task,
+    method: str = "movement",
+    sparsity: float = 0.7,
+    scope: str = "global",
+    config: TrainConfig | None = None,
+    progress: Progress | None = None,
+    warmup: float = 0.1,
+    cooldown: float = 0.1,
+    layers: list[str] | None = None,
+    score_update: str = "raw",
+) -> PruneResult:
     """Fine-tune ``loaded`` (a ``LoadedModel``) on ``task`` while pruning it to ``sparsity``.
 
     The model's compressible weights end multiplied by their masks, in place. ``config``
@@ -306,8 +333,20 @@ def prune(loaded, task, method: str = "movement", sparsity: float = 0.7, scope: 
     config = config or PRUNE_CONFIG
     start = time.perf_counter()
     losses = train(loaded.model, loaded.tokenizer, load_task(task), config, hooks=[hook], progress=progress)
-    return PruneResult(method, scope, sparsity, hook.masks, hook.scores, hook.history, hook.schedule, losses,
-                       warmup, cooldown, asdict(config), time.perf_counter() - start)
+    return PruneResult(
+        method,
+        scope,
+        sparsity,
+        hook.masks,
+        hook.scores,
+        hook.history,
+        hook.schedule,
+        losses,
+        warmup,
+        cooldown,
+        asdict(config),
+        time.perf_counter() - start,
+    )
 
 
 def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
@@ -320,14 +359,13 @@ def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
             weight.mul_(mask.to(weight.device))
 
 
-def save_pruned(loaded, result: PruneResult, directory: Union[str, Path], force: bool = False) -> Path:
+def save_pruned(loaded, result: PruneResult, directory: str | Path, force: bool = False) -> Path:
     """Write the masked model (safetensors), tokenizer, ``masks.safetensors`` and ``pruning.json`` atomically.
 
     The folder loads with ``lowrank.load_model(directory)``; masks with :func:`load_masks`. An existing
     ``directory`` is replaced only if :func:`lowrank.io.writable_output` allows it (``force`` included).
     """
     from safetensors.torch import save_file
-
 
     directory = Path(directory)
     with atomic_dir(directory, force=force) as tmp:
@@ -339,11 +377,13 @@ def save_pruned(loaded, result: PruneResult, directory: Union[str, Path], force:
     return directory
 
 
-def load_masks(directory: Union[str, Path]) -> dict[str, torch.Tensor]:
+def load_masks(directory: str | Path) -> dict[str, torch.Tensor]:
     """``{name: bool mask}`` saved next to a pruned model by :func:`save_pruned`."""
     from safetensors.torch import load_file
 
     path = Path(directory) / MASKS_FILE
     if not path.exists():
-        raise FileNotFoundError(f"{directory} holds no pruning masks ({MASKS_FILE}); prune it first with `python -m lowrank prune`")
+        raise FileNotFoundError(
+            f"{directory} holds no pruning masks ({MASKS_FILE}); prune it first with `python -m lowrank prune`"
+        )
     return {n: m.bool() for n, m in load_file(str(path)).items()}
