@@ -28,14 +28,13 @@ NEW = """
 import json, sys, time
 from safetensors.torch import save_file
 import lowrank
-from lowrank.statistics import StatisticsSettings
-from lowrank.statistics.fisher import estimate_fisher
+from lowrank.statistics import StatisticsSettings, select, statistics_for
 from lowrank.threads import set_threads
 set_threads()
 model, task, batches, length, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 loaded = lowrank.load_model(model)
 start = time.perf_counter()
-fisher = estimate_fisher(loaded, task, StatisticsSettings(num_batches=batches, batch_size=16, max_length=length), use_cache=False)
+fisher = select(statistics_for(loaded, task, ("fisher",), StatisticsSettings(num_batches=batches, batch_size=16, max_length=length), use_cache=False), "fisher")
 seconds = time.perf_counter() - start
 save_file({k: v.contiguous() for k, v in fisher.items()}, out)
 print(json.dumps({"seconds": seconds}))

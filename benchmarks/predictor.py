@@ -8,7 +8,7 @@ validation loss, and compare (Spearman rank correlation) with
 * ``fisher_dispersion``: the coefficient of variation of the FWSVD-axis Fisher sums;
 * ``fisher_quadratic``: 0.5 * mean_n <dl_n/dW, dW>^2, the same second-order estimate with the
   full (not diagonal) empirical Fisher, on the same training examples
-  (``lowrank.statistics.fisher.svd_loss_change``), and ``taylor_total``: that plus the first-order
+  (``lowrank.statistics.taylor.svd_loss_change``), and ``taylor_total``: that plus the first-order
   term mean_n <dl_n/dW, dW> on the training examples.
 
 Target: >= 0.8 for the better of the two.
@@ -59,7 +59,7 @@ import lowrank
 from lowrank.analysis.metrics import fisher_dispersion, predicted_loss_increase, svd_risk
 from lowrank.evaluate import class_log_probabilities, prediction_kl
 from lowrank.statistics import StatisticsSettings
-from lowrank.statistics.fisher import svd_loss_change
+from lowrank.statistics.taylor import svd_loss_change
 
 PREDICTORS = ("predicted_loss_increase", "fisher_dispersion", "svd_risk", "fisher_quadratic", "taylor_total")
 HELDOUT_PREDICTORS = ("heldout_taylor",)

@@ -13,7 +13,7 @@ others; ``R = SVD_r(W) - W`` per layer, ``F`` the diagonal Fisher):
 * ``predicted_svd_loss``: ``sum_l 0.5 sum_ij F_ij R_ij^2``, the metric's
   ``predicted_loss_increase(W, F, r, "svd")`` summed (``risk_table``'s ``loss_svd`` column);
 * ``full_fisher_svd``: ``sum_l 0.5 mean_n <dl_n/dW, R>^2``, the full-Fisher quadratic form of
-  ``lowrank.statistics.fisher.svd_loss_change(...)["second_order"]`` summed;
+  ``lowrank.statistics.taylor.svd_loss_change(...)["second_order"]`` summed;
 * ``kfac_svd_loss``: ``sum_l 0.5 tr(G R A R^T)``, the Kronecker-factored form
   (``lowrank.analysis.metrics.kfac_loss_increase``; moments from the same statistics settings);
 * ``predicted_rescue_fwsvd``: ``sum_l (loss_svd - loss_fwsvd)``, the metric's own weighted
@@ -57,7 +57,7 @@ from lowrank.compress import low_rank_layers
 from lowrank.evaluate import class_log_probabilities, prediction_kl
 from lowrank.methods import truncated_svd
 from lowrank.statistics import select, statistics_for
-from lowrank.statistics.fisher import svd_loss_change
+from lowrank.statistics.taylor import svd_loss_change
 
 DROP_POINTS = 2.0  # the verdict's event: plain SVD loses more than this many accuracy points
 LOSS_PREDICTORS = ("predicted_svd_loss", "full_fisher_svd", "kfac_svd_loss")

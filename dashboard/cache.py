@@ -44,13 +44,14 @@ from lowrank.models.loading import load_config
 from lowrank.models.packaged import resolve_source
 from lowrank.needs import needs_for
 from lowrank.progress import Progress
-from lowrank.statistics import DEFAULT, Stats, select, statistics_for
+from lowrank.statistics import DEFAULT, Stats, select, statistics_for, statistics_label
 from lowrank.statistics.cache import weights_fingerprint
-from lowrank.statistics.fisher import svd_loss_change
+from lowrank.statistics.resolve import computations
+from lowrank.statistics.taylor import svd_loss_change
 from lowrank.threads import set_threads
 
 from .inputs import check_upload, expire_uploads
-from .labels import is_csv, model_label, statistics_label, task_label
+from .labels import is_csv, model_label, task_label
 from .progress import ProgressBar
 
 # What the predicted losses (loss curves, dispersion, SVD risk) are computed from.
@@ -193,9 +194,9 @@ def layer_table(model: str, task: str) -> pd.DataFrame:
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)
-def _statistic(model: str, task: str, kind: str) -> Stats:
-    with ProgressBar(f"Computing the {statistics_label((kind,))}") as bar:
-        return statistics_for(load(model, task), get_task(task), (kind,), DEFAULT, progress=bar)
+def _statistics(model: str, task: str, needs: tuple[str, ...]) -> Stats:
+    with ProgressBar(f"Computing the {statistics_label(needs)}") as bar:
+        return statistics_for(load(model, task), get_task(task), needs, DEFAULT, progress=bar)
 
 
 @st.cache_resource(show_spinner=False)
@@ -215,12 +216,13 @@ def is_cached(model: str, task: str, needs: Iterable[str]) -> bool:
 
 def statistics(model: str, task: str, needs: Iterable[str], also_if_cached: Iterable[str] = ()) -> Stats:
     """``{layer: {key: tensor}}`` with every kind of ``needs`` (computed with a progress bar the first
-    time), plus those of ``also_if_cached`` that cost nothing now."""
-    needs = tuple(needs)
-    kinds = needs + tuple(k for k in also_if_cached if k not in needs and is_cached(model, task, (k,)))
+    time; the kinds of one calibration pass in one call, kept together), plus those of ``also_if_cached`` that
+    cost nothing now."""
+    needs = tuple(dict.fromkeys(needs))
+    extra = tuple(k for k in dict.fromkeys(also_if_cached) if k not in needs and is_cached(model, task, (k,)))
     merged: Stats = {}
-    for kind in kinds:
-        for layer, tensors in _statistic(model, task, kind).items():
+    for group in computations(needs + extra):
+        for layer, tensors in _statistics(model, task, group).items():
             merged.setdefault(layer, {}).update(tensors)
     return merged
 
@@ -265,7 +267,7 @@ def risk(model: str, task: str, ranks_key: tuple) -> pd.DataFrame:
 @st.cache_data(show_spinner=False, max_entries=8)
 def taylor(model: str, task: str, ranks_key: tuple) -> dict[str, dict[str, float]]:
     """Per layer: ``{"first_order", "second_order", "total"}``, the Taylor estimate of the loss change of
-    its plain SVD alone (:func:`lowrank.statistics.fisher.svd_loss_change` on the default sample)."""
+    its plain SVD alone (:func:`lowrank.statistics.taylor.svd_loss_change` on the default sample)."""
     with ProgressBar("Taylor estimate of the SVD loss change") as bar:
         return svd_loss_change(load(model, task), get_task(task), dict(ranks_key), DEFAULT, progress=bar)
 

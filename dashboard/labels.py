@@ -16,6 +16,7 @@ from lowrank.needs import needs_for
 from lowrank.report import format_bytes as fmt_bytes  # noqa: F401  (one format for the dashboard and the report)
 from lowrank.report import format_metric as fmt_metric  # noqa: F401
 from lowrank.report import format_ms as fmt_ms  # noqa: F401
+from lowrank.statistics import statistics_label
 
 TASK_LABELS = {
     "rotten_tomatoes": "Rotten Tomatoes (sentiment, accuracy)",
@@ -24,13 +25,6 @@ TASK_LABELS = {
 # What a model kind is and what it is measured by (lowrank.evaluate.task_kind_for pairs them).
 MODEL_KIND_LABELS = {"causal-lm": "a causal language model", "classifier": "a classifier", "encoder": "an encoder"}
 TASK_KIND_LABELS = {"lm": "perplexity on a text task", "classification": "accuracy on a classification task"}
-# Readable names of statistic kinds (lowrank.methods.STATISTICS); an unlisted kind shows as its key.
-STATISTIC_LABELS = {
-    "fisher": "Fisher information",
-    "mask": "pruning mask",
-    "activations": "input activation statistics",
-    "gradients": "output gradient statistics",
-}
 
 
 def is_csv(key: str) -> bool:
@@ -43,11 +37,6 @@ def task_label(key: str) -> str:
 
 def model_label(key: str) -> str:
     return key if key in lowrank.PACKAGED else Path(key).name or key
-
-
-def statistics_label(needs: Iterable[str]) -> str:
-    """``("fisher", "mask")`` -> ``"Fisher information and pruning mask"``."""
-    return " and ".join(STATISTIC_LABELS.get(kind, kind) for kind in needs)
 
 
 def with_needs(name: str, needs: Iterable[str]) -> str:

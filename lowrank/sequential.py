@@ -56,7 +56,15 @@ from lowrank.models.shards import Checkpoint, ShardWriter
 from lowrank.models.streamed import StreamedModel
 from lowrank.progress import Progress, report
 from lowrank.ranks import Ranks, resolve_ranks
-from lowrank.statistics.blockwise import GRADIENT_KINDS, INPUTS, KINDS, BlockStep, forward_sweep, gradient_sweep, sample
+from lowrank.statistics.blockwise import (
+    INPUTS,
+    BlockStep,
+    forward_sweep,
+    gradient_sweep,
+    needs_gradients,
+    sample,
+    unsupported,
+)
 from lowrank.statistics.resolve import needs_task
 from lowrank.statistics.settings import DEFAULT, StatisticsSettings
 
@@ -163,10 +171,10 @@ def compress_sequential(
         raise ValueError("compress_sequential writes the compressed model to a folder: pass out=")
     spec = get_method(method)
     spec.check_options(options)
-    unsupported = [kind for kind in spec.needs if kind not in KINDS]
-    if unsupported:
+    missing = unsupported(spec.needs)
+    if missing:
         raise ValueError(
-            f"sequential mode cannot compute {', '.join(unsupported)} statistics (method {method!r}); "
+            f"sequential mode cannot compute {', '.join(missing)} statistics (method {method!r}); "
             "compress this model in memory"
         )
     if inputs not in INPUTS:
@@ -186,7 +194,7 @@ def compress_sequential(
     config.pad_token_id = tokenizer.pad_token_id  # as load_model sets it
     stream = StreamedModel(config, checkpoint, layout, device)
     plan = resolve_ranks(stream.model, ranks)
-    gradients = any(kind in GRADIENT_KINDS for kind in spec.needs)
+    gradients = needs_gradients(spec.needs)
     batches: list[dict] = []
     if needs_task(spec.needs):
         if task is None:

@@ -114,7 +114,7 @@ elif column in TAYLOR_TERMS:
         st.caption(
             f"Loss change (nats) predicted for replacing each layer alone by its plain-SVD approximation at the "
             f"ranks of {source}: the first-order term plus the full empirical-Fisher quadratic form over "
-            f"{examples} (lowrank.statistics.fisher.svd_loss_change). Negative: the change is expected "
+            f"{examples} (lowrank.statistics.taylor.svd_loss_change). Negative: the change is expected "
             f"to lower the loss. How well it ranks layers: `{RESULTS}`."
         )
     else:

@@ -5,7 +5,7 @@ import pytest
 from lowrank import load_model, resolve_ranks
 from lowrank.cli.main import main
 from lowrank.statistics import StatisticsSettings
-from lowrank.statistics.fisher import svd_loss_change
+from lowrank.statistics.taylor import svd_loss_change
 
 
 def test_fisher_risk_and_weighted_compress(capsys, tmp_path, monkeypatch, tiny_bert_dir, sentiment_csv):

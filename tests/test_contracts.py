@@ -103,7 +103,7 @@ def test_resolver_gives_every_layer_its_own_statistics(tiny_bert, sentiment_csv,
         assert stats[name]["fisher"].shape == module.weight.shape and stats[name]["mask"].all()
     assert is_cached(tiny_bert, sentiment_csv, ("fisher",), settings)
     assert statistics_for(tiny_bert, None, ()) == {}
-    with pytest.raises(ValueError, match="no provider"):
+    with pytest.raises(ValueError, match="unknown statistic kind"):
         statistics_for(tiny_bert, sentiment_csv, ("telepathy",))
 
 

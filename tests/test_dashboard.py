@@ -237,7 +237,7 @@ def test_spectra_fisher_heatmaps(env):
 )
 def test_spectra_taylor_heatmaps_show_the_library_estimate(env, tiny_bert_dir, sentiment_csv, statistic, label, term):
     import lowrank
-    from lowrank.statistics.fisher import svd_loss_change
+    from lowrank.statistics.taylor import svd_loss_change
 
     at = new_app().run()
     visit(at, "spectra")

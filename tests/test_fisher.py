@@ -4,8 +4,7 @@ import torch
 from lowrank import load_task
 from lowrank.data.batches import batches
 from lowrank.models.architectures import compressible_linears
-from lowrank.statistics import StatisticsSettings
-from lowrank.statistics.fisher import estimate_fisher
+from lowrank.statistics import StatisticsSettings, select, statistics_for
 
 
 @pytest.fixture(autouse=True)
@@ -34,7 +33,10 @@ def brute_force_fisher(loaded, task, batch_size, num_batches):
 
 def test_hook_fisher_equals_per_example_gradients(tiny_bert, sentiment_csv):
     task = load_task(sentiment_csv)
-    fisher = estimate_fisher(tiny_bert, task, StatisticsSettings(num_batches=2, batch_size=4), use_cache=False)
+    fisher = select(
+        statistics_for(tiny_bert, task, ("fisher",), StatisticsSettings(num_batches=2, batch_size=4), use_cache=False),
+        "fisher",
+    )
     expected = brute_force_fisher(tiny_bert, task, 4, 2)
     assert set(fisher) == set(expected)
     for name in fisher:
@@ -51,7 +53,12 @@ def test_statistics_pass_computes_no_weight_gradients_and_restores_the_flags(tin
     formed = []
     handle = second.weight.register_hook(formed.append)  # fires whenever autograd forms this dW
     try:
-        estimate_fisher(tiny_bert, sentiment_csv, StatisticsSettings(num_batches=1, batch_size=4), use_cache=False)
+        select(
+            statistics_for(
+                tiny_bert, sentiment_csv, ("fisher",), StatisticsSettings(num_batches=1, batch_size=4), use_cache=False
+            ),
+            "fisher",
+        )
         assert formed == []
         assert not first.weight.requires_grad
         assert all(p.requires_grad for p in model.parameters() if p is not first.weight)
@@ -61,35 +68,60 @@ def test_statistics_pass_computes_no_weight_gradients_and_restores_the_flags(tin
 
 
 def test_lm_fisher_and_sampled_labels(tiny_llama, text_task, tiny_bert, sentiment_csv):
-    fisher = estimate_fisher(
-        tiny_llama, text_task, StatisticsSettings(num_batches=1, batch_size=2, max_length=16), use_cache=False
+    fisher = select(
+        statistics_for(
+            tiny_llama,
+            text_task,
+            ("fisher",),
+            StatisticsSettings(num_batches=1, batch_size=2, max_length=16),
+            use_cache=False,
+        ),
+        "fisher",
     )
     assert len(fisher) == 14 and all((f >= 0).all() and f.sum() > 0 for f in fisher.values())
-    sampled = estimate_fisher(
-        tiny_bert, sentiment_csv, StatisticsSettings(num_batches=1, batch_size=4, labels="sampled"), use_cache=False
+    sampled = select(
+        statistics_for(
+            tiny_bert,
+            sentiment_csv,
+            ("fisher",),
+            StatisticsSettings(num_batches=1, batch_size=4, labels="sampled"),
+            use_cache=False,
+        ),
+        "fisher",
     )
-    data = estimate_fisher(tiny_bert, sentiment_csv, StatisticsSettings(num_batches=1, batch_size=4), use_cache=False)
+    data = select(
+        statistics_for(
+            tiny_bert, sentiment_csv, ("fisher",), StatisticsSettings(num_batches=1, batch_size=4), use_cache=False
+        ),
+        "fisher",
+    )
     name = next(iter(sampled))
     assert sampled[name].sum() > 0 and not torch.equal(sampled[name], data[name])
 
 
 def test_fisher_is_cached_on_disk(tiny_bert, sentiment_csv, tmp_path):
-    first = estimate_fisher(tiny_bert, sentiment_csv, StatisticsSettings(num_batches=1, batch_size=4))
+    first = select(
+        statistics_for(tiny_bert, sentiment_csv, ("fisher",), StatisticsSettings(num_batches=1, batch_size=4)), "fisher"
+    )
     files = list((tmp_path / "fisher").glob("*.safetensors"))
     assert len(files) == 1
-    again = estimate_fisher(tiny_bert, sentiment_csv, StatisticsSettings(num_batches=1, batch_size=4))
+    again = select(
+        statistics_for(tiny_bert, sentiment_csv, ("fisher",), StatisticsSettings(num_batches=1, batch_size=4)), "fisher"
+    )
     assert all(torch.equal(first[n], again[n]) for n in first)
     with torch.no_grad():  # a changed model gets its own cache entry
         next(iter(compressible_linears(tiny_bert.model).values())).weight.mul_(2)
-    estimate_fisher(tiny_bert, sentiment_csv, StatisticsSettings(num_batches=1, batch_size=4))
+    select(
+        statistics_for(tiny_bert, sentiment_csv, ("fisher",), StatisticsSettings(num_batches=1, batch_size=4)), "fisher"
+    )
     assert len(list((tmp_path / "fisher").glob("*.safetensors"))) == 2
 
 
 def test_bad_arguments(tiny_bert, sentiment_csv):
     with pytest.raises(ValueError, match="labels"):
-        estimate_fisher(tiny_bert, sentiment_csv, StatisticsSettings(labels="guess"))
+        select(statistics_for(tiny_bert, sentiment_csv, ("fisher",), StatisticsSettings(labels="guess")), "fisher")
     with pytest.raises(ValueError, match="positive"):
-        estimate_fisher(tiny_bert, sentiment_csv, StatisticsSettings(num_batches=0))
+        select(statistics_for(tiny_bert, sentiment_csv, ("fisher",), StatisticsSettings(num_batches=0)), "fisher")
 
 
 def per_example_gradients(loaded, task, name, batch_size, num_batches):
@@ -105,7 +137,7 @@ def per_example_gradients(loaded, task, name, batch_size, num_batches):
 
 
 def test_taylor_estimate_is_the_full_fisher_quadratic_form(tiny_bert, sentiment_csv):
-    from lowrank.statistics.fisher import loss_change_taylor
+    from lowrank.statistics.taylor import loss_change_taylor
 
     task = load_task(sentiment_csv)
     name = "bert.encoder.layer.1.intermediate.dense"
@@ -120,7 +152,10 @@ def test_taylor_estimate_is_the_full_fisher_quadratic_form(tiny_bert, sentiment_
     # a change of one entry: the full quadratic form is the diagonal Fisher's 0.5 F_ij dW_ij^2
     single = torch.zeros_like(delta)
     single[3, 5] = 0.1
-    fisher = estimate_fisher(tiny_bert, task, StatisticsSettings(num_batches=2, batch_size=4), use_cache=False)[name]
+    fisher = select(
+        statistics_for(tiny_bert, task, ("fisher",), StatisticsSettings(num_batches=2, batch_size=4), use_cache=False),
+        "fisher",
+    )[name]
     one = loss_change_taylor(tiny_bert, task, {name: single}, StatisticsSettings(num_batches=2, batch_size=4))[name]
     assert one["second_order"] == pytest.approx(0.5 * float(fisher[3, 5]) * 0.01, rel=1e-4)
     with pytest.raises(ValueError, match="shape"):
@@ -132,7 +167,7 @@ def test_taylor_estimate_is_the_full_fisher_quadratic_form(tiny_bert, sentiment_
 
 
 def test_svd_loss_change_is_the_taylor_estimate_of_the_truncation_residual(tiny_bert, sentiment_csv):
-    from lowrank.statistics.fisher import loss_change_taylor, svd_loss_change
+    from lowrank.statistics.taylor import loss_change_taylor, svd_loss_change
 
     name = "bert.encoder.layer.0.attention.self.query"
     W = tiny_bert.model.get_submodule(name).weight.detach()
@@ -174,11 +209,13 @@ def brute_force_sampled_fisher(loaded, task, batch_size, num_batches, per_exampl
 def test_sampled_fisher_averages_several_labels_per_example(tiny_bert, sentiment_csv):
     task = load_task(sentiment_csv)
     settings = StatisticsSettings(num_batches=2, batch_size=4, labels="sampled", labels_per_example=3)
-    fisher = estimate_fisher(tiny_bert, task, settings, use_cache=False)
+    fisher = select(statistics_for(tiny_bert, task, ("fisher",), settings, use_cache=False), "fisher")
     expected = brute_force_sampled_fisher(tiny_bert, task, 4, 2, 3)
     for name in fisher:
         torch.testing.assert_close(fisher[name], expected[name], rtol=1e-3, atol=1e-12)
-    one = estimate_fisher(tiny_bert, task, settings.with_(labels_per_example=1), use_cache=False)
+    one = select(
+        statistics_for(tiny_bert, task, ("fisher",), settings.with_(labels_per_example=1), use_cache=False), "fisher"
+    )
     assert not torch.equal(one[name], fisher[name])
 
 
@@ -192,12 +229,11 @@ def test_labels_per_example_settings_and_cache_keys(tiny_bert, sentiment_csv):
 
 
 def test_gradient_moments_average_the_drawn_labels_too(tiny_bert, sentiment_csv):
-    from lowrank.statistics.moments import estimate_moments
 
     settings = StatisticsSettings(num_batches=1, batch_size=4, labels="sampled")
-    one = estimate_moments(tiny_bert, sentiment_csv, settings, gradients=True, use_cache=False)
-    many = estimate_moments(
-        tiny_bert, sentiment_csv, settings.with_(labels_per_example=8), gradients=True, use_cache=False
+    one = statistics_for(tiny_bert, sentiment_csv, ("activations", "gradients"), settings, use_cache=False)
+    many = statistics_for(
+        tiny_bert, sentiment_csv, ("activations", "gradients"), settings.with_(labels_per_example=8), use_cache=False
     )
     name = "bert.encoder.layer.0.output.dense"
     torch.testing.assert_close(many[name]["input_moment"], one[name]["input_moment"])  # one forward pass either way
@@ -213,10 +249,10 @@ def test_a_causal_lms_backward_passes_are_split_without_changing_its_fisher(tiny
 
     settings = StatisticsSettings(num_batches=2, batch_size=4, max_length=16)
     monkeypatch.setattr(passes, "BACKWARD_TOKENS", 10**6)
-    whole = estimate_fisher(tiny_llama, text_task, settings, use_cache=False)
+    whole = select(statistics_for(tiny_llama, text_task, ("fisher",), settings, use_cache=False), "fisher")
     monkeypatch.setattr(passes, "BACKWARD_TOKENS", 16)
     batch = next(iter(batches(load_task(text_task), tiny_llama.tokenizer, "train", 4, 16)))
     assert [len(part["input_ids"]) for part in passes.backward_parts(tiny_llama, batch)] == [1, 1, 1, 1]
-    split = estimate_fisher(tiny_llama, text_task, settings, use_cache=False)
+    split = select(statistics_for(tiny_llama, text_task, ("fisher",), settings, use_cache=False), "fisher")
     for name in whole:
         torch.testing.assert_close(split[name], whole[name], rtol=1e-4, atol=1e-10)

@@ -17,8 +17,8 @@ from dashboard.cache import save_upload
 from lowrank import assets, load_task
 from lowrank.data.tasks import Task, lee_local
 from lowrank.experiments.store import RunStore
-from lowrank.statistics import StatisticsSettings, cache
-from lowrank.statistics.fisher import estimate_fisher
+from lowrank.statistics import StatisticsSettings, cache, select, statistics_for
+from lowrank.statistics.resolve import cache_entries
 
 SETTINGS = StatisticsSettings(num_batches=1, batch_size=4)
 
@@ -43,15 +43,15 @@ def flip_last_byte(path: Path) -> None:
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "garbage"])
 def test_a_damaged_statistics_entry_is_recomputed_with_a_notice(tiny_bert, sentiment_csv, caplog, damage):
-    first = estimate_fisher(tiny_bert, sentiment_csv, SETTINGS)
-    path = cache.entry_path("fisher", tiny_bert, load_task(sentiment_csv), SETTINGS.to_dict())
+    first = select(statistics_for(tiny_bert, sentiment_csv, ("fisher",), SETTINGS), "fisher")
+    (path,) = cache_entries(tiny_bert, load_task(sentiment_csv), ("fisher",), SETTINGS)
     if damage == "truncate":
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     elif damage == "flip":  # a bit flip in the last tensor's data: still a valid safetensors file
         flip_last_byte(path)
     else:
         path.write_bytes(b"not a safetensors file")
-    again = estimate_fisher(tiny_bert, sentiment_csv, SETTINGS)
+    again = select(statistics_for(tiny_bert, sentiment_csv, ("fisher",), SETTINGS), "fisher")
     assert set(again) == set(first) and all(torch.equal(first[n], again[n]) for n in first)
     (message,) = notices(caplog)
     assert str(path) in message and "\n" not in message

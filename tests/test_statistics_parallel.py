@@ -7,10 +7,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import lowrank
-from lowrank.statistics import StatisticsSettings
+from lowrank.statistics import StatisticsSettings, select, statistics_for
 from lowrank.statistics.collectors import SquaredGradients
-from lowrank.statistics.fisher import estimate_fisher
-from lowrank.statistics.moments import estimate_moments
 
 SETTINGS = StatisticsSettings(num_batches=4, batch_size=3)
 
@@ -33,8 +31,8 @@ def _worker(rank, world, init_file, model_dir, csv, out_dir):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         loaded = lowrank.load_model(model_dir)
-        fisher = estimate_fisher(loaded, csv, SETTINGS, use_cache=False)
-        moments = estimate_moments(loaded, csv, SETTINGS, gradients=True, use_cache=False)
+        fisher = select(statistics_for(loaded, csv, ("fisher",), SETTINGS, use_cache=False), "fisher")
+        moments = statistics_for(loaded, csv, ("activations", "gradients"), SETTINGS, use_cache=False)
         if rank == 0:
             torch.save({"fisher": fisher, "moments": moments}, os.path.join(out_dir, "parallel.pt"))
     finally:
@@ -50,8 +48,8 @@ def test_two_processes_all_reduce_to_the_single_process_statistics(tiny_bert_dir
     )
     parallel = torch.load(tmp_path / "parallel.pt")
     loaded = lowrank.load_model(str(tiny_bert_dir))
-    fisher = estimate_fisher(loaded, sentiment_csv, SETTINGS, use_cache=False)
-    moments = estimate_moments(loaded, sentiment_csv, SETTINGS, gradients=True, use_cache=False)
+    fisher = select(statistics_for(loaded, sentiment_csv, ("fisher",), SETTINGS, use_cache=False), "fisher")
+    moments = statistics_for(loaded, sentiment_csv, ("activations", "gradients"), SETTINGS, use_cache=False)
     for name, F in fisher.items():
         assert torch.allclose(parallel["fisher"][name], F, rtol=1e-6, atol=1e-12), name
         for key, tensor in moments[name].items():

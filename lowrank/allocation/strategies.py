@@ -94,7 +94,7 @@ class Strategy:
     name: str
     fn: Callable
     description: str
-    needs: tuple[str, ...]  # statistic kinds (lowrank.methods.STATISTICS), e.g. ("fisher",)
+    needs: tuple[str, ...]  # statistic kinds (lowrank.statistics.STATISTIC_KINDS), e.g. ("fisher",)
     needs_task: bool  # calibration batches of its own (sensitivity)
 
     @property

@@ -12,7 +12,7 @@ from lowrank.models.architectures import compressible_weights
 from lowrank.progress import TqdmProgress
 from lowrank.ranks import resolve_ranks
 from lowrank.statistics import select, statistics_for
-from lowrank.statistics.fisher import svd_loss_change
+from lowrank.statistics.taylor import svd_loss_change
 
 
 def register(sub) -> None:

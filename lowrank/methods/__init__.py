@@ -9,7 +9,6 @@ import pkgutil
 
 from lowrank.methods.registry import (
     METHODS,
-    STATISTICS,
     Factorization,
     Method,
     Option,
@@ -26,7 +25,6 @@ for _info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
 
 __all__ = [
     "METHODS",
-    "STATISTICS",
     "Factorization",
     "Method",
     "Option",

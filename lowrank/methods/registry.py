@@ -6,7 +6,7 @@ weighting is made of differs: nothing (plain SVD), an element-wise importance su
 Fisher information (FWSVD, TFWSVD), a pruning mask, or statistics of the layer's inputs and
 output gradients (activation-aware methods). A method therefore *declares* what it needs:
 
-* ``needs``: statistic kinds from :data:`STATISTICS` (``fisher``, ``mask``...). The one
+* ``needs``: statistic kinds from :data:`lowrank.statistics.kinds.STATISTIC_KINDS` (``fisher``, ``mask``...). The one
   resolver (:func:`lowrank.statistics.statistics_for`) turns them into per-layer tensors;
   :func:`lowrank.compress` hands each layer its own ``stats`` mapping.
 * ``options``: its keyword options with defaults and, for choices, the allowed values
@@ -30,13 +30,7 @@ from typing import Any
 
 import torch
 
-# Statistic kinds a method may need, and the per-layer tensors each kind provides.
-STATISTICS: dict[str, str] = {
-    "fisher": "'fisher': empirical/true Fisher information of the weight, (out, in)",
-    "mask": "'mask': non-negative weights that are zero on pruned entries (a 0/1 mask or mask x scores), (out, in)",
-    "activations": "'input_moment': E[x x^T] of the layer input, (in, in); 'input_abs_mean': E|x|, (in,)",
-    "gradients": "'grad_moment': E[g g^T] of the output gradient, (out, out)",
-}
+from lowrank.statistics.kinds import STATISTIC_KINDS, check_kinds
 
 
 @dataclass
@@ -144,8 +138,7 @@ class Method:
 
 
 def _provides(stats: Mapping, kind: str) -> bool:
-    keys = {"activations": ("input_moment", "input_abs_mean"), "gradients": ("grad_moment",)}.get(kind, (kind,))
-    return all(k in stats for k in keys)
+    return all(k in stats for k in STATISTIC_KINDS[kind].keys)
 
 
 METHODS: dict[str, Method] = {}
@@ -161,12 +154,10 @@ def register_method(
 ):
     """Decorator registering ``fn(W, rank, stats, **options) -> Factorization``.
 
-    ``needs``: statistic kinds (keys of :data:`STATISTICS`); ``options``: ``{name: Option}``;
+    ``needs``: statistic kinds (keys of :data:`~lowrank.statistics.kinds.STATISTIC_KINDS`); ``options``: ``{name: Option}``;
     ``validate(options)``: a check of the whole option set run by :meth:`Method.check_options`.
     """
-    unknown = sorted(set(needs) - set(STATISTICS))
-    if unknown:
-        raise ValueError(f"unknown statistic kind(s) {unknown}; known: {', '.join(STATISTICS)}")
+    check_kinds(needs)
 
     def decorate(fn):
         METHODS[name] = Method(name, fn, description, tuple(needs), dict(options or {}), open_options, validate)
@@ -240,7 +231,7 @@ def factorize(
 ) -> Factorization:
     """Rank-``rank`` factorization of ``W`` (out, in) with a registered ``method``.
 
-    ``stats``: the layer's statistics (see :data:`STATISTICS`); ``importance`` is shorthand
+    ``stats``: the layer's statistics (``{key: tensor}``, keys from the kinds it needs); ``importance`` is shorthand
     for the method's element-wise statistic (``fisher`` for fwsvd/tfwsvd, ``mask`` for
     sparsity_aware). ``options`` go to the method (e.g. ``solver="als"`` for ``tfwsvd``).
     The factors have ``W``'s dtype and device.

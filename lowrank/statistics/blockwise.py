@@ -36,13 +36,11 @@ from safetensors.torch import save_file
 from torch import nn
 
 from lowrank.models.streamed import StreamedModel
-from lowrank.statistics.collectors import SquaredGradients
-from lowrank.statistics.moments import MomentCollector
+from lowrank.statistics.kinds import STATISTIC_KINDS
 from lowrank.statistics.passes import calibration_batches
+from lowrank.statistics.resolve import passes, restrict
 
-KINDS = ("fisher", "activations", "gradients")  # what the sweeps compute (``mask`` needs a pruned model in memory)
 INPUTS = ("compressed", "dense")
-GRADIENT_KINDS = ("fisher", "gradients")
 
 
 @dataclass
@@ -54,32 +52,39 @@ class BlockStep:
     stats: dict[str, dict[str, torch.Tensor]]
 
 
+def unsupported(needs: Sequence[str]) -> list[str]:
+    """The kinds of ``needs`` a sweep cannot compute: those read off a whole model rather than collected."""
+    return [kind for kind in needs if STATISTIC_KINDS[kind].collector is None]
+
+
+def needs_gradients(needs: Sequence[str]) -> bool:
+    """True when a kind of ``needs`` back-propagates (the sweep is then :func:`gradient_sweep`)."""
+    return any(STATISTIC_KINDS[kind].backward for kind in needs)
+
+
 class BlockStatistics:
-    """The collectors of ``statistics_for`` on one block's Linears: SquaredGradients for ``fisher``,
-    MomentCollector for ``activations``/``gradients`` (with ``sum g g^T`` when ``gradients``)."""
+    """The collectors of ``statistics_for`` on one block's Linears: one per collector of ``needs`` and layer."""
 
     def __init__(self, linears: dict[str, nn.Linear], needs: Sequence[str]):
-        self.fisher = {n: SquaredGradients(m) for n, m in linears.items()} if "fisher" in needs else {}
-        moments = "activations" in needs or "gradients" in needs
-        self.moments = {n: MomentCollector(m, "gradients" in needs) for n, m in linears.items()} if moments else {}
-
-    def collectors(self) -> list:
-        return [*self.fisher.values(), *self.moments.values()]
+        self.needs = tuple(needs)
+        self.hooks = {
+            (collector, name): collector.make(module, any(k.backward for k in kinds))
+            for collector, kinds in passes(needs).items()
+            for name, module in linears.items()
+        }
 
     def batch(self, size: int, mask: torch.Tensor | None) -> None:
-        for c in self.collectors():
+        for c in self.hooks.values():
             c.scale, c.mask = float(size), mask
 
     def result(self, examples: int) -> dict[str, dict[str, torch.Tensor]]:
         out: dict[str, dict[str, torch.Tensor]] = {}
-        for name, c in self.fisher.items():
-            out.setdefault(name, {})["fisher"] = c.result(examples)
-        for name, c in self.moments.items():
+        for (_, name), c in self.hooks.items():
             out.setdefault(name, {}).update(c.result(examples))
-        return out
+        return restrict(out, self.needs)
 
     def remove(self) -> None:
-        for c in self.collectors():
+        for c in self.hooks.values():
             c.remove()
 
 

@@ -60,9 +60,9 @@ class SquaredGradients(PerExampleCollector):
     def accumulators(self) -> list[torch.Tensor]:
         return [self.total]
 
-    def result(self, examples: int) -> torch.Tensor:
-        """The Fisher ``F = (1 / N) sum_n (g_n^T x_n)^2`` over the ``examples`` seen, on the CPU."""
-        return (self.total / max(examples, 1)).cpu()
+    def result(self, examples: int) -> dict[str, torch.Tensor]:
+        """``{"fisher": F}``, ``F = (1 / N) sum_n (g_n^T x_n)^2`` over the ``examples`` seen, on the CPU."""
+        return {"fisher": (self.total / max(examples, 1)).cpu()}
 
 
 class DirectionalDerivatives(PerExampleCollector):

@@ -25,16 +25,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lowrank.models.architectures import compressible_linears
-from lowrank.models.labels import check_labels
-from lowrank.progress import Progress
-from lowrank.statistics import cache
-from lowrank.statistics.fisher import backward_task_losses
-from lowrank.statistics.passes import calibration_pass, is_main
-from lowrank.statistics.settings import StatisticsSettings
-
-KEYS = ("input_moment", "input_abs_mean", "grad_moment")
-
 
 class MomentCollector:
     """Hooks accumulating ``sum x x^T``, ``sum |x|`` (token-masked) and, with ``gradients``, ``sum g g^T``."""
@@ -80,42 +70,3 @@ class MomentCollector:
 
     def remove(self) -> None:
         self.handle.remove()
-
-
-def estimate_moments(
-    loaded,
-    task,
-    settings: StatisticsSettings,
-    gradients: bool,
-    use_cache: bool = True,
-    progress: Progress | None = None,
-) -> dict[str, dict[str, torch.Tensor]]:
-    """``{layer: {"input_moment": A, "input_abs_mean": m[, "grad_moment": G]}}`` for every compressible Linear.
-
-    One calibration pass of ``settings.num_batches`` batches; forward only unless ``gradients``.
-    Cached under ``<cache>/moments/``. Callers use :func:`lowrank.statistics.statistics_for`.
-    """
-    task = check_labels(loaded, task)
-    key = {**settings.to_dict(), "gradients": gradients}
-    path = cache.entry_path("moments", loaded, task, key)
-    if use_cache and (cached := cache.read(path)) is not None:
-        return _unflatten(cached)
-    linears = compressible_linears(loaded.model)
-    collectors = {name: MomentCollector(module, gradients) for name, module in linears.items()}
-    examples = calibration_pass(
-        loaded, task, collectors, settings, backward_task_losses, gradients, progress, "input/gradient moments"
-    )
-    result = {}
-    for name in list(collectors):  # each float64 accumulator is freed once its float32 result exists
-        result[name] = collectors.pop(name).result(examples)
-    if use_cache and is_main():
-        cache.write(path, {f"{n}::{k}": v for n, t in result.items() for k, v in t.items()}, key)
-    return result
-
-
-def _unflatten(flat: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
-    out: dict[str, dict[str, torch.Tensor]] = {}
-    for key, tensor in flat.items():
-        name, _, kind = key.rpartition("::")
-        out.setdefault(name, {})[kind] = tensor
-    return out

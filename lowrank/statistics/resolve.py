@@ -1,22 +1,17 @@
 """The one resolver from what a method or strategy *needs* to the per-layer statistics it gets.
 
-``statistics_for(loaded, task, needs, settings)`` returns ``{layer: {key: tensor}}`` for
-every compressible layer, computing (or reading from the cache) each statistic kind once:
-
-* ``fisher``: :func:`lowrank.statistics.fisher.estimate_fisher` (key ``fisher``);
-* ``mask``: the non-zero pattern of the model's own weights (key ``mask``, 0/1): what a
-  pruned model keeps;
-* ``activations`` / ``gradients``: input and output-gradient second moments
-  (:mod:`lowrank.statistics.moments`; keys ``input_moment``, ``input_abs_mean``,
-  ``grad_moment``), both from one calibration pass when both are needed.
-
-Every caller (CLI, sweeps, LPAF, allocation, dashboard, benchmarks) goes through here, so
-which sample a statistic is computed on is decided in one place (:mod:`.settings`).
+``statistics_for(loaded, task, needs, settings)`` returns ``{layer: {key: tensor}}`` for every
+compressible layer. Each kind of ``needs`` is computed as its row of :data:`.kinds.STATISTIC_KINDS`
+says: read off the weights, or collected in a calibration pass (:func:`.passes.calibration_pass`) of
+``settings``' sample, one pass for all kinds that share a collector, cached on disk under a key of the
+model's weights, the task's data, the settings and whether the pass back-propagates
+(:mod:`.cache`). Cost: one forward (and, for a backward kind, one backward) pass per collector.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 
 import torch
 
@@ -25,61 +20,75 @@ from lowrank.models.architectures import compressible_linears
 from lowrank.models.labels import check_labels
 from lowrank.progress import Progress, scaled
 from lowrank.statistics import cache
-from lowrank.statistics.fisher import estimate_fisher
-from lowrank.statistics.moments import estimate_moments
+from lowrank.statistics.fisher import backward_task_losses
+from lowrank.statistics.kinds import STATISTIC_KINDS, Collector, StatisticKind, check_kinds
+from lowrank.statistics.passes import calibration_pass, is_main
 from lowrank.statistics.settings import DEFAULT, StatisticsSettings
 
 Stats = dict[str, dict[str, torch.Tensor]]
 
 
-def _fisher(loaded, task, settings, use_cache, progress, needs) -> dict[str, dict[str, torch.Tensor]]:
-    return {n: {"fisher": F} for n, F in estimate_fisher(loaded, task, settings, use_cache, progress).items()}
-
-
-def _mask(loaded, task, settings, use_cache, progress, needs) -> dict[str, dict[str, torch.Tensor]]:
-    return {n: {"mask": (m.weight.detach() != 0).float().cpu()} for n, m in compressible_linears(loaded.model).items()}
-
-
-def _moments(loaded, task, settings, use_cache, progress, needs) -> dict[str, dict[str, torch.Tensor]]:
-    return estimate_moments(loaded, task, settings, "gradients" in needs, use_cache, progress)
-
-
-# kind -> (computes, needs a task, cache folder or None when never cached); kinds sharing a function share its pass
-PROVIDERS = {
-    "fisher": (_fisher, True, "fisher"),
-    "mask": (_mask, False, None),
-    "activations": (_moments, True, "moments"),
-    "gradients": (_moments, True, "moments"),
-}
-
-
-# kind -> the per-layer keys it provides
-KEYS = {
-    "fisher": ("fisher",),
-    "mask": ("mask",),
-    "activations": ("input_moment", "input_abs_mean"),
-    "gradients": ("grad_moment",),
-}
-
-
 def restrict(stats: Stats, needs: Iterable[str]) -> Stats:
     """Only the keys of the kinds in ``needs``: what :func:`statistics_for` returns for ``needs`` alone, taken from
     statistics computed for more (so each method of a comparison sees exactly what it would get on its own)."""
-    keys = {key for kind in _check(needs) for key in KEYS[kind]}
+    keys = {key for kind in check_kinds(needs) for key in STATISTIC_KINDS[kind].keys}
     return {name: {k: v for k, v in tensors.items() if k in keys} for name, tensors in stats.items()}
 
 
 def needs_task(needs: Iterable[str]) -> bool:
     """True when any of ``needs`` is computed from task data (a calibration pass)."""
-    return any(PROVIDERS[kind][1] for kind in needs if kind in PROVIDERS)
+    return any(STATISTIC_KINDS[kind].needs_task for kind in check_kinds(needs))
 
 
-def _check(needs: Iterable[str]) -> tuple[str, ...]:
-    needs = tuple(dict.fromkeys(needs))
-    unknown = [k for k in needs if k not in PROVIDERS]
-    if unknown:
-        raise ValueError(f"no provider for statistic(s) {', '.join(unknown)}; known: {', '.join(PROVIDERS)}")
-    return needs
+def passes(needs: Iterable[str]) -> dict[Collector, tuple[StatisticKind, ...]]:
+    """The calibration passes ``needs`` takes: each collector with the kinds it computes."""
+    groups: dict[Collector, tuple[StatisticKind, ...]] = {}
+    for name in check_kinds(needs):
+        kind = STATISTIC_KINDS[name]
+        if kind.collector is not None:
+            groups[kind.collector] = groups.get(kind.collector, ()) + (kind,)
+    return groups
+
+
+def computations(needs: Iterable[str]) -> list[tuple[str, ...]]:
+    """``needs`` grouped by what computes them: the kinds of one calibration pass together, each kind read off
+    the weights alone (so a caller caching per group never runs one pass twice)."""
+    needs = check_kinds(needs)
+    alone = [(k,) for k in needs if STATISTIC_KINDS[k].collector is None]
+    return alone + [tuple(k.name for k in kinds) for kinds in passes(needs).values()]
+
+
+def _entry(collector: Collector, kinds: tuple[StatisticKind, ...], loaded, task, settings: StatisticsSettings):
+    """The pass's cache key (settings and whether it back-propagates) and its cache file."""
+    key = {**settings.to_dict(), "gradients": any(k.backward for k in kinds)}
+    return key, cache.entry_path(collector.folder, loaded, task, key)
+
+
+def _collect(collector, kinds, loaded, task, settings, use_cache: bool, progress: Progress | None) -> Stats:
+    """One calibration pass with ``collector``'s hooks on every compressible Linear (or its cache entry)."""
+    key, path = _entry(collector, kinds, loaded, task, settings)
+    if use_cache and (cached := cache.read(path)) is not None:
+        return _unflatten(cached)
+    linears = compressible_linears(loaded.model)
+    if not linears:
+        raise ValueError(f"{loaded.name} has no compressible Linear layers")
+    backward = key["gradients"]
+    hooks = {name: collector.make(module, backward) for name, module in linears.items()}
+    examples = calibration_pass(loaded, task, hooks, settings, backward_task_losses, backward, progress, collector.what)
+    result = {}
+    for name in list(hooks):  # each accumulator is freed once its result exists
+        result[name] = hooks.pop(name).result(examples)
+    if use_cache and is_main():
+        cache.write(path, {f"{n}::{k}": v for n, t in result.items() for k, v in t.items()}, key)
+    return result
+
+
+def _unflatten(flat: dict[str, torch.Tensor]) -> Stats:
+    out: Stats = {}
+    for key, tensor in flat.items():
+        name, _, kind = key.rpartition("::")
+        out.setdefault(name, {})[kind] = tensor
+    return out
 
 
 def statistics_for(
@@ -92,35 +101,39 @@ def statistics_for(
 ) -> Stats:
     """``{layer: {key: tensor}}`` with every statistic kind of ``needs`` for each compressible layer.
 
-    ``task`` may be ``None`` when no kind needs data. Empty ``needs`` gives ``{}``.
+    ``task`` may be ``None`` when no kind needs data. Empty ``needs`` gives ``{}``. Tensors are float32 on
+    the CPU.
     """
-    needs = _check(needs)
+    needs = check_kinds(needs)
     if not needs:
         return {}
     task = check_labels(loaded, task) if needs_task(needs) else task  # before any pass: the labels fit the model
     stats: Stats = {}
-    providers = list(dict.fromkeys(PROVIDERS[kind][0] for kind in needs))
-    for step, compute in enumerate(providers):
-        part = compute(
-            loaded,
-            task,
-            settings,
-            use_cache,
-            scaled(progress, step / len(providers), (step + 1) / len(providers)),
-            needs,
-        )
+    parts = [
+        STATISTIC_KINDS[k].from_model(compressible_linears(loaded.model))
+        for k in needs
+        if STATISTIC_KINDS[k].from_model
+    ]
+    groups = passes(needs)
+    for step, (collector, kinds) in enumerate(groups.items()):
+        part_progress = scaled(progress, step / len(groups), (step + 1) / len(groups))
+        collected = _collect(collector, kinds, loaded, task, settings, use_cache, part_progress)
+        parts.append(restrict(collected, (k.name for k in kinds)))
+    for part in parts:
         for name, tensors in part.items():
             stats.setdefault(name, {}).update(tensors)
     return stats
 
 
+def cache_entries(loaded, task, needs: Iterable[str], settings: StatisticsSettings = DEFAULT) -> list[Path]:
+    """The cache files :func:`statistics_for` reads and writes for ``needs``: one per calibration pass."""
+    task = load_task(task)
+    return [_entry(c, kinds, loaded, task, settings)[1] for c, kinds in passes(needs).items()]
+
+
 def is_cached(loaded, task, needs: Iterable[str], settings: StatisticsSettings = DEFAULT) -> bool:
     """True when every data-derived kind of ``needs`` is already in the cache (computing it is then free)."""
-    task = load_task(task)
-    needs = _check(needs)
-    keys = {"fisher": settings.to_dict(), "moments": {**settings.to_dict(), "gradients": "gradients" in needs}}
-    folders = {PROVIDERS[k][2] for k in needs if PROVIDERS[k][2]}
-    return all(cache.entry_path(folder, loaded, task, keys[folder]).exists() for folder in folders)
+    return all(path.exists() for path in cache_entries(loaded, task, needs, settings))
 
 
 def select(stats: Stats, key: str) -> dict[str, torch.Tensor]:
