@@ -42,7 +42,7 @@ from lowrank.compress import CompressionInfo, compress, set_module
 from lowrank.data.tasks import hub_reachable, load_task
 from lowrank.io import atomic_dir
 from lowrank.methods import get_method
-from lowrank.models.decoders import decoder_layout, supported_types
+from lowrank.models.architectures import decoder_layout, supported_types
 from lowrank.models.errors import ModelLoadError
 from lowrank.models.loading import (
     available_ram_bytes,

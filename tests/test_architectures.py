@@ -6,7 +6,8 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from lowrank import LowRankLinear, compress, compressible_linears, load_compressed, load_model, save_compressed
-from lowrank.models.architectures import conv1d_to_linear, layer_type
+from lowrank.models.architectures import layer_type
+from lowrank.models.families.gpt2 import conv1d_to_linear
 from lowrank.ranks import NoCompressibleLayers, resolve_ranks
 
 

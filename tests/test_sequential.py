@@ -18,7 +18,7 @@ from lowrank import compress, compress_sequential, get_method, load_compressed, 
 from lowrank.cli.main import main
 from lowrank.data import load_task
 from lowrank.models import ModelLoadError
-from lowrank.models.decoders import LLAMA
+from lowrank.models.families.llama import DECODER as LLAMA
 from lowrank.models.loading import load_config
 from lowrank.models.shards import INDEX, Checkpoint
 from lowrank.models.streamed import StreamedModel

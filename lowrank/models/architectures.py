@@ -1,115 +1,33 @@
-"""The one place that knows which ``nn.Linear`` modules of each architecture are compressible.
+"""Which ``nn.Linear`` modules of a model are compressible, read from its architecture family.
 
-An :class:`Architecture` names the Linear modules inside a Transformer block by the
-suffix of their module path, and gives each a short *type* label (``query``,
-``ffn_up``...) used to group layers in tables and heatmaps. Everything else in the
-library is generic over ``nn.Linear``. Embeddings, poolers and classifier / LM heads
-are never listed, so they stay dense by default.
+A model's family is the one registered for its ``config.model_type`` (:mod:`lowrank.models.families`,
+one module per family). The family's table names the compressible Linears of a block by module-path
+suffix and gives each a type label (``query``, ``ffn_up``...) that groups layers in tables and
+heatmaps; its layout hook first turns projections stored another way into ``nn.Linear`` with weight
+(out, in) (GPT-2's ``Conv1D``, weight (in, out)), in place, idempotent, exact. The rest of the
+library is generic over ``nn.Linear``; embeddings, poolers and heads stay dense.
 
-Unknown architectures fall back to every ``nn.Linear`` inside the model except
-heads (``classifier``, ``score``, ``lm_head``, ``pooler``); their type is the last
-path component.
-
-Weights that are not stored as ``nn.Linear`` are converted at the edge by the row's
-``layout`` hook, so the rest of the library only ever sees ``nn.Linear``: GPT-2 keeps its
-projections as ``Conv1D`` with a transposed (in, out) weight, which :func:`conv1d_to_linear`
-turns into an equivalent ``nn.Linear`` (as nanoGPT's ``from_pretrained`` transposes them).
-:func:`compressible_linears` applies the hook (in place, idempotent, exact).
-
-Adding an architecture is one :class:`Architecture` row in :data:`ARCHITECTURES`.
+A model of no registered family: every ``nn.Linear`` except heads (:data:`HEAD_NAMES`), typed by the
+last path component. A causal LM's family may give the :class:`~lowrank.models.decoders.DecoderLayout`
+that runs it one block at a time. Cost: one pass over ``named_modules``, a suffix match per module.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers.pytorch_utils import Conv1D
+
+from lowrank.models.decoders import DecoderLayout
+from lowrank.models.families import FAMILIES, Family, family_of
 
 HEAD_NAMES = ("classifier", "score", "lm_head", "pooler", "qa_outputs", "cls")
 
 
-@dataclass(frozen=True)
-class Architecture:
-    name: str
-    model_types: tuple[str, ...]
-    # module-path suffix -> type label
-    linears: tuple[tuple[str, str], ...]
-    # converts the model's projection modules to nn.Linear in place (None: they already are)
-    layout: Callable[[nn.Module], None] | None = None
-
-    def layer_type(self, module_name: str) -> str | None:
-        for suffix, label in self.linears:
-            if module_name.endswith(suffix):
-                return label
-        return None
-
-
-BERT = Architecture(
-    "bert",
-    ("bert", "roberta", "xlm-roberta", "electra", "camembert"),
-    (
-        ("attention.self.query", "query"),
-        ("attention.self.key", "key"),
-        ("attention.self.value", "value"),
-        ("attention.output.dense", "attn_out"),
-        ("intermediate.dense", "ffn_up"),
-        ("output.dense", "ffn_down"),
-    ),
-)
-
-LLAMA = Architecture(
-    "llama",
-    ("llama", "mistral", "qwen2", "qwen3", "smollm3"),
-    (
-        ("self_attn.q_proj", "q_proj"),
-        ("self_attn.k_proj", "k_proj"),
-        ("self_attn.v_proj", "v_proj"),
-        ("self_attn.o_proj", "o_proj"),
-        ("mlp.gate_proj", "gate_proj"),
-        ("mlp.up_proj", "up_proj"),
-        ("mlp.down_proj", "down_proj"),
-    ),
-)
-
-
-def conv1d_to_linear(model: nn.Module) -> None:
-    """Replace every ``Conv1D`` (``y = x W + b`` with ``W`` (in, out)) by the equivalent ``nn.Linear``."""
-    for name, module in list(model.named_modules()):
-        if isinstance(module, Conv1D):
-            in_features, out_features = module.weight.shape
-            linear = nn.Linear(in_features, out_features, device=module.weight.device, dtype=module.weight.dtype)
-            with torch.no_grad():
-                linear.weight.copy_(module.weight.T)
-                linear.bias.copy_(module.bias)
-            parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent) if parent else model, child, linear)
-
-
-GPT2 = Architecture(
-    "gpt2",
-    ("gpt2",),
-    (
-        ("attn.c_attn", "qkv"),
-        ("attn.c_proj", "attn_out"),
-        ("mlp.c_fc", "ffn_up"),
-        ("mlp.c_proj", "ffn_down"),
-    ),
-    layout=conv1d_to_linear,
-)
-
-ARCHITECTURES = (BERT, LLAMA, GPT2)
-
-
-def architecture_of(model: nn.Module) -> Architecture | None:
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
-    for arch in ARCHITECTURES:
-        if model_type in arch.model_types:
-            return arch
-    return None
+def architecture_of(model: nn.Module) -> Family | None:
+    """The registered family of ``model`` (by ``model.config.model_type``), or None."""
+    return family_of(getattr(getattr(model, "config", None), "model_type", None))
 
 
 def _is_head(name: str) -> bool:
@@ -124,7 +42,7 @@ def is_compressible(model: nn.Module, name: str, module: nn.Module) -> bool:
 
 
 def adapt_layout(model: nn.Module) -> nn.Module:
-    """Apply the architecture's layout hook (e.g. GPT-2 ``Conv1D`` -> ``nn.Linear``) in place; returns ``model``."""
+    """Apply the family's layout hook (e.g. GPT-2 ``Conv1D`` -> ``nn.Linear``) in place; returns ``model``."""
     arch = architecture_of(model)
     if arch is not None and arch.layout is not None:
         arch.layout(model)
@@ -154,3 +72,14 @@ def block_index(name: str) -> int:
     """Index of the Transformer block containing ``name`` (the first integer in its path), -1 if none."""
     match = re.search(r"\.(\d+)\.", f".{name}.")
     return int(match.group(1)) if match else -1
+
+
+def decoder_layout(config) -> DecoderLayout | None:
+    """The decoder layout of a causal LM's ``config`` (``model_type``), or None for a family without one."""
+    family = family_of(getattr(config, "model_type", None))
+    return family.decoder if family else None
+
+
+def supported_types() -> list[str]:
+    """The model types that run one decoder block at a time (a family with a decoder layout)."""
+    return sorted(t for family in FAMILIES.values() if family.decoder for t in family.model_types)

@@ -1,4 +1,4 @@
-"""How to run a causal LM one decoder block at a time: a small description per architecture family.
+"""How to run a causal LM one decoder block at a time: the layout a causal-LM family declares.
 
 A :class:`DecoderLayout` names the embedding, the list of blocks, the final norm, the LM head
 and the rotary embedding, and calls a block the way the model's own ``forward`` does
@@ -15,7 +15,7 @@ same order. The attention type of block ``i`` is ``config.layer_types[i]`` when 
 one (Qwen2/Qwen3: full or sliding-window attention), ``sliding_attention`` for every block of a
 Mistral with ``sliding_window`` set, else ``full_attention``.
 
-Adding a family with this layout is one row of :data:`LAYOUTS`.
+Each family module of :mod:`lowrank.models.families` that runs this way gives its ``decoder``.
 """
 
 from __future__ import annotations
@@ -40,8 +40,6 @@ class BlockContext:
 
 @dataclass(frozen=True)
 class DecoderLayout:
-    name: str
-    model_types: tuple[str, ...]
     embed: str = "model.embed_tokens"
     blocks: str = "model.layers"
     norm: str = "model.norm"
@@ -108,19 +106,3 @@ class DecoderLayout:
     def loss(self, model: nn.Module, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The model's own next-token loss (mean over the batch's predicted tokens) from the last block's output."""
         return model.loss_function(logits=self.logits(model, hidden), labels=labels, vocab_size=model.config.vocab_size)
-
-
-LLAMA = DecoderLayout("llama", ("llama", "qwen2", "qwen3"))
-MISTRAL = DecoderLayout("mistral", ("mistral",), sliding_from_config=True)
-
-LAYOUTS = (LLAMA, MISTRAL)
-
-
-def decoder_layout(config) -> DecoderLayout | None:
-    """The layout of a causal LM's ``config`` (``model_type``), or None for a family without one."""
-    model_type = getattr(config, "model_type", None)
-    return next((layout for layout in LAYOUTS if model_type in layout.model_types), None)
-
-
-def supported_types() -> list[str]:
-    return sorted(t for layout in LAYOUTS for t in layout.model_types)
