@@ -12,7 +12,7 @@ import streamlit as st
 
 import lowrank
 from dashboard import cache, labels, layout, plots, session, widgets  # first: sets up the environment for torch
-from lowrank.experiments.compare import metric_info, reference_run
+from lowrank.experiments.compare import DENSE, metric_info, reference_run
 from lowrank.experiments.sweep import SweepSpec, start_sweep
 from lowrank.report import formats
 
@@ -111,7 +111,7 @@ if running:
 
 spec = current["spec"]
 runs = store.runs(sweep_id=int(current["id"]))
-compressed = runs[runs["method"] != "dense"]
+compressed = runs[runs["method"] != DENSE]
 for row in compressed[compressed["status"] != "done"].to_dict("records"):
     st.warning(
         f"{row['method']}: {row['status']}: {row['error'] if pd.notna(row['error']) else 'no message'}",
@@ -154,8 +154,8 @@ for col, row in zip(cols[1:], rows):
         formats.format_metric(row["metric"], value),
         "–" if pd.isna(value) else f"{value - dense['value']:+.3g}",
         delta_color="normal" if metric_info(row["metric"]).higher_is_better else "inverse",
-        help=f"run #{row['id']}: {formats.format_bytes(row['size_bytes'])}, {formats.format_ms(row['latency_ms_b1'])} at "
-        f"batch 1 ({labels.latency_help(row.get('latency_info'), 'b1')})",
+        help=f"run #{row['id']}: {formats.format_bytes(row['size_bytes'])}, "
+        f"{formats.format_ms(row['latency_ms_b1'])} at batch 1 ({labels.latency_help(row.get('latency_info'), 'b1')})",
     )
 table = pd.DataFrame([dense, *rows])
 table["label"] = ["dense"] + [
