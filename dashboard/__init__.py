@@ -2,11 +2,12 @@
 
 * ``session``: session state (current model, task, evaluation limit, rank plan);
 * ``cache``: the cached ``lowrank`` calls (models, tasks, spectra, statistics, the run store);
-* ``layout``: the page table and the sidebar;
-* ``widgets``: option widgets, error display, statistics buttons, sweep cards;
+* ``layout``: the page table (pages link by its keys) and the sidebar;
+* ``widgets``: option widgets, error display and the pages' guard, statistics buttons, sweep cards;
 * ``inputs``: what a browser may ask for: model folders under allowed roots, bounded and expiring uploads;
 * ``progress``: a progress bar for the library's progress callbacks;
-* ``labels``: names of models, tasks, statistics and needs; number formats;
+* ``labels``: names of models, tasks, statistics and needs (numbers as text: ``lowrank.report.formats``);
+* ``rank_table``: the Ranks page's table and how typed ranks are read (no Streamlit);
 * ``plots``: plotly figure builders (no Streamlit);
 * ``serve``: a server + headless-browser harness for tests and benchmarks.
 

@@ -8,7 +8,7 @@ disk cache. Spectra are also kept on disk (``<cache>/spectra/``), keyed by the i
 model's weight files, so a fresh server paints them without loading the model.
 
 A model is only ever loaded with a task it can be measured on (:func:`check_pair`): its kind is read
-from its config first (:func:`model_kind`), without loading weights.
+from its config first (:func:`read_model_kind`), without loading weights.
 """
 
 from __future__ import annotations
@@ -37,8 +37,7 @@ from lowrank.experiments.run import dense_reference
 from lowrank.experiments.store import RunStore, default_path
 from lowrank.io import atomic_write_bytes, cache_dir
 from lowrank.layers import break_even_rank, max_useful_rank
-from lowrank.models import compressible_weights
-from lowrank.models import model_kind as config_kind
+from lowrank.models import compressible_weights, model_kind
 from lowrank.models.labels import head_untrained as _head_untrained
 from lowrank.models.loading import load_config
 from lowrank.models.packaged import resolve_source
@@ -104,10 +103,11 @@ def get_task(key: str) -> lowrank.Task:
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def model_kind(model: str) -> str:
-    """``classifier``, ``causal-lm`` or ``encoder``, from the model's config (no weights are loaded)."""
+def read_model_kind(model: str) -> str:
+    """``classifier``, ``causal-lm`` or ``encoder``: :func:`lowrank.models.model_kind` of the model's config, read
+    without loading the weights."""
     source = resolve_source(model)
-    return config_kind(load_config(source, model, Path(source).exists() or not hub_reachable()))
+    return model_kind(load_config(source, model, Path(source).exists() or not hub_reachable()))
 
 
 def task_kind(key: str) -> str:
@@ -119,14 +119,14 @@ def head_untrained(model: str, task: str) -> bool:
     """True when ``model`` measured on ``task`` gets a freshly initialised classification head
     (:func:`lowrank.models.labels.head_untrained`); False when either cannot be read (the pages show why)."""
     try:
-        return _head_untrained(model_kind(model), task_kind(task))
+        return _head_untrained(read_model_kind(model), task_kind(task))
     except (ValueError, OSError, RuntimeError):
         return False
 
 
 def check_pair(model: str, task: str) -> None:
     """``ValueError``, in words, when ``model`` cannot be measured on ``task`` (a causal LM on a classification task...)."""
-    check_task_fits(model_label(model), model_kind(model), task_kind(task), task_label(task))
+    check_task_fits(model_label(model), read_model_kind(model), task_kind(task), task_label(task))
 
 
 @st.cache_resource(show_spinner="Loading the model...", max_entries=3)
@@ -285,11 +285,6 @@ def dense_evaluation(model: str, task: str, eval_limit: int | None) -> dict:
 def fingerprint(model: str, task: str) -> str:
     """The weights fingerprint the run store records for the model (:func:`lowrank.statistics.cache.weights_fingerprint`)."""
     return weights_fingerprint(load(model, task).model)
-
-
-def dense_row(task: str, weights: str, split: str = "validation", eval_limit: int | None = None) -> dict | None:
-    """The stored dense run of the weights with fingerprint ``weights`` on ``task`` with these settings, or ``None``."""
-    return store().find_run(method="dense", fingerprint=weights, task=task, split=split, eval_limit=eval_limit)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)

@@ -1,21 +1,15 @@
 """How the dashboard names things: models, tasks, statistic kinds, what a method or strategy needs,
-rank plans, latency measurements and number formats; and how it reads a typed rank (pure functions;
-no Streamlit)."""
+rank plans and latency measurements (pure functions; no Streamlit). Numbers as text are
+:mod:`lowrank.report.formats`, shared with the report."""
 
 from __future__ import annotations
 
-import math
-import re
 from collections.abc import Iterable
 from pathlib import Path
 
 import lowrank
 from lowrank.evaluate import latency_note as _latency_note
-from lowrank.layers import break_even_rank
 from lowrank.needs import needs_for
-from lowrank.report import format_bytes as fmt_bytes  # noqa: F401  (one format for the dashboard and the report)
-from lowrank.report import format_metric as fmt_metric  # noqa: F401
-from lowrank.report import format_ms as fmt_ms  # noqa: F401
 from lowrank.statistics import statistics_label
 
 TASK_LABELS = {
@@ -50,39 +44,6 @@ def plan_fraction(plan) -> float:
     return plan.params / plan.dense_params if plan.dense_params else float("nan")
 
 
-def _missing(value) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
-
-
-def fmt_params(n) -> str:
-    if _missing(n):
-        return "–"
-    n = float(n)
-    if abs(n) >= 1e6:
-        return f"{n / 1e6:.2f}M"
-    if abs(n) >= 1e3:
-        return f"{n / 1e3:.1f}k"
-    return f"{n:.0f}"
-
-
-# Column format of values that may be far below 1 (predicted loss increases): scientific, never a row of zeros.
-SMALL_NUMBER_FORMAT = "%.2e"
-
-
-def fmt_small(value, unit: str = "") -> str:
-    """A value that may be tiny or huge: ``"0"``, ``"3.2e-06 nats"``, ``"0.0412 nats"`` (never rounded to zero)."""
-    if _missing(value):
-        return "–"
-    value = float(value)
-    if value == 0:
-        text = "0"
-    elif abs(value) < 1e-3 or abs(value) >= 1e5:
-        text = f"{value:.2e}"
-    else:
-        text = f"{value:.4g}"
-    return f"{text} {unit}" if unit else text
-
-
 UNTRAINED_HEAD = "untrained head"
 
 
@@ -98,16 +59,6 @@ def untrained_head_text(model: str, task: str, command: str) -> str:
         "initialised, so its accuracy (dense or compressed) is near chance and says nothing about a method. "
         f"Fine-tune it first, in the background below or with `{command}`."
     )
-
-
-def fmt_duration(seconds: float) -> str:
-    """``"45 s"``, ``"12 min"``, ``"1 h 05 min"``."""
-    seconds = max(0, int(round(seconds)))
-    if seconds < 60:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{round(seconds / 60)} min"
-    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
 def method_label(method: str) -> str:
@@ -127,44 +78,3 @@ def latency_help(info: dict | None, batch: str) -> str:
 def latency_note(info, batch: str | None = None) -> str:
     """:func:`lowrank.evaluate.latency_note` of a stored run's ``latency_info`` (empty when none was recorded)."""
     return _latency_note(info if isinstance(info, dict) else None, batch)
-
-
-_INTEGER = re.compile(r"^[+-]?\d+$")
-
-
-class RankCellError(ValueError):
-    """A typed rank that cannot be used (the cell is refused and reverted)."""
-
-
-def read_rank(value, out_features: int, in_features: int) -> tuple[int | None, str | None]:
-    """A rank typed into the plan table: ``(rank, note)``; ``rank`` ``None`` keeps the layer dense.
-
-    Empty keeps the layer dense; a rank at or above break-even is kept dense with a ``note``. Text, a
-    fraction, zero or a negative number and a rank above ``min(out, in)`` raise :class:`RankCellError`
-    (never coerced)."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None, None
-    text = str(value).strip()
-    if not text:
-        return None, None
-    largest = min(out_features, in_features)
-    if not _INTEGER.match(text):
-        try:
-            number = float(text)
-        except ValueError:
-            raise RankCellError(
-                f"{text!r} is not a number: type a whole number from 1 to {largest}, "
-                "or clear the cell to keep the layer dense"
-            ) from None
-        if not math.isfinite(number) or number != int(number):
-            raise RankCellError(f"{text} is not a whole number: a rank counts columns (1 to {largest})")
-        text = str(int(number))
-    rank = int(text)
-    if rank < 1:
-        raise RankCellError(f"rank {rank} is out of range 1..{largest}: clear the cell to keep the layer dense")
-    if rank > largest:
-        raise RankCellError(f"rank {rank} is out of range 1..{largest} for a {out_features}×{in_features} weight")
-    even = break_even_rank(out_features, in_features)
-    if rank >= even:
-        return None, f"rank {rank} is at or above break-even ({even}): kept dense"
-    return rank, None

@@ -10,6 +10,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from lowrank.analysis.spectra import ENERGY_LEVELS
+from lowrank.experiments.compare import metric_info
 
 HEATMAP_METRICS = {
     "effective_rank": "effective rank",
@@ -249,9 +250,10 @@ def pareto_mask(x: Sequence[float], y: Sequence[float], higher_is_better: bool =
 def tradeoff_figure(runs: pd.DataFrame, dense: dict | None = None, destroyed: dict | None = None) -> go.Figure:
     """Metric against kept parameters of the compressible layers: one line per method (and strategy),
     the Pareto front outlined, the dense model as a reference line, and the runs in ``destroyed``
-    (``{run id: why}``) crossed out in red. Perplexity is on a log axis."""
+    (``{run id: why}``) crossed out in red. Which way is better and whether the axis is logarithmic come from
+    :data:`lowrank.experiments.compare.METRICS` (perplexity: lower, log axis)."""
     metric = runs["metric"].iloc[0] if len(runs) else (dense or {}).get("metric", "accuracy")
-    higher = metric != "perplexity"
+    reads = metric_info(metric)
     fig = go.Figure()
     runs = runs.sort_values("params_linear")
     several = runs["strategy"].nunique() > 1
@@ -281,7 +283,7 @@ def tradeoff_figure(runs: pd.DataFrame, dense: dict | None = None, destroyed: di
             )
         )
     if len(runs):
-        mask = pareto_mask(runs["params_linear"], runs["value"], higher)
+        mask = pareto_mask(runs["params_linear"], runs["value"], reads.higher_is_better)
         front = runs[mask].sort_values("params_linear")
         fig.add_trace(
             go.Scatter(
@@ -326,5 +328,7 @@ def tradeoff_figure(runs: pd.DataFrame, dense: dict | None = None, destroyed: di
             )
         )
     fig.update_xaxes(title="kept parameters in compressible layers")
-    fig.update_yaxes(title=metric + (" (log scale)" if not higher else ""), type="log" if not higher else "linear")
+    fig.update_yaxes(
+        title=metric + (" (log scale)" if reads.log_axis else ""), type="log" if reads.log_axis else "linear"
+    )
     return _layout(fig, f"{metric.capitalize()} vs kept parameters", height=460)

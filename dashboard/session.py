@@ -1,11 +1,11 @@
 """Session state: the current model, task, evaluation limit and rank plan, and the sidebar line showing them.
 
-Defaults come from ``LOWRANK_DEFAULT_MODEL`` / ``LOWRANK_DEFAULT_TASK`` (tests point them at a
-tiny model and a CSV), else ``minilm-rt`` on ``rotten_tomatoes``. While that default is a fine-tuned
-packaged model not built yet (the first run on a machine), a new session starts on the model it is
-built from (``minilm``: it loads, its untrained head is labelled) and the build runs in the background
-(:func:`init`); sessions started after it finished start on the built model. The heavy objects behind
-the keys are in :mod:`dashboard.cache`.
+A new session starts from :func:`defaults`: ``LOWRANK_DEFAULT_MODEL`` / ``LOWRANK_DEFAULT_TASK`` (tests
+point them at a tiny model and a CSV), else ``minilm-rt`` on ``rotten_tomatoes``. While that default is a
+fine-tuned packaged model not built yet (the first run on a machine), a new session starts on the model it
+is built from (``minilm``: it loads, its untrained head is labelled) and the build runs in the background
+(:func:`init`); sessions started after it finished start on the built model. The rest of the state starts
+as :data:`STATE_DEFAULTS`. The heavy objects behind the keys are in :mod:`dashboard.cache`.
 
 The task follows the model's kind (:func:`task_for`): a causal language model is measured on a text
 task (Lee), an encoder or classifier on a classification task; choosing a model of the other kind
@@ -14,7 +14,9 @@ switches the task, so the session never holds a pair that cannot be measured.
 
 from __future__ import annotations
 
+import copy
 import os
+from dataclasses import dataclass
 
 import streamlit as st
 from streamlit.runtime.pages_manager import PagesManager
@@ -29,62 +31,70 @@ from . import cache
 from .labels import MODEL_KIND_LABELS, TASK_KIND_LABELS, TASK_LABELS, model_label, plan_fraction, task_label
 
 DEFAULT_BUDGET = 0.5
+# The session state besides the model and task, as a new session starts it (:func:`init`).
+STATE_DEFAULTS = {"plan": None, "eval_limit": None, "editor_version": 0, "rank_messages": {}}
 
 
-def wanted_model() -> str:
-    """The default model once it exists: ``LOWRANK_DEFAULT_MODEL``, else ``minilm-rt``."""
-    return os.environ.get("LOWRANK_DEFAULT_MODEL") or "minilm-rt"
+@dataclass(frozen=True)
+class Defaults:
+    """What a new session starts on (:func:`defaults`)."""
+
+    model: str  # the default model once it exists
+    task: str  # the default task
+    recipe: Recipe | None  # how ``model`` is built when it is a fine-tuned packaged model (built or not)
+
+    @property
+    def building(self) -> Recipe | None:
+        """:attr:`recipe` while ``model`` is not built yet, else ``None``."""
+        return self.recipe if self.recipe is not None and not self.recipe.built else None
+
+    @property
+    def first_model(self) -> str:
+        """The model a new session starts with: ``model``, or the model it is built from until it is built."""
+        return self.building.base if self.building is not None else self.model
+
+    def first_task(self, model: str) -> str:
+        """The task a session starts with on ``model``: the default task when it fits (:func:`task_for`)."""
+        try:
+            return task_for(model, self.task)
+        except (ValueError, OSError, RuntimeError):  # the pages show why the model does not load
+            return self.task
 
 
-def default_recipe() -> Recipe | None:
-    """The recipe of :func:`wanted_model` when it is a fine-tuned packaged model (built or not), else ``None``."""
-    wanted = wanted_model()
-    return recipe_for(wanted) if wanted in FINETUNED else None
+def defaults() -> Defaults:
+    """The session defaults from the environment (read on every call)."""
+    model = os.environ.get("LOWRANK_DEFAULT_MODEL") or "minilm-rt"
+    task = os.environ.get("LOWRANK_DEFAULT_TASK") or "rotten_tomatoes"
+    return Defaults(model, task, recipe_for(model) if model in FINETUNED else None)
 
 
-def default_build() -> Recipe | None:
-    """The recipe of :func:`wanted_model` while it is a fine-tuned packaged model not built yet, else ``None``."""
-    recipe = default_recipe()
-    return recipe if recipe is not None and not recipe.built else None
-
-
-def default_model() -> str:
-    """The model a new session starts with: :func:`wanted_model`, or the model it is built from until it is built."""
-    building = default_build()
-    return building.base if building is not None else wanted_model()
-
-
-def default_task() -> str:
-    return os.environ.get("LOWRANK_DEFAULT_TASK") or "rotten_tomatoes"
-
-
-def wanted_kind(model: str) -> str:
+def _measured_on(model: str) -> str:
     """The task kind ``model`` is measured on (``lm`` or ``classification``)."""
-    return task_kind_for(cache.model_kind(model))
+    return task_kind_for(cache.read_model_kind(model))
 
 
 def tasks_for(model: str) -> list[str]:
     """The named tasks ``model`` can be measured on (an uploaded CSV fits a classifier too: :func:`csv_fits`)."""
-    wanted = wanted_kind(model)
+    wanted = _measured_on(model)
     return [key for key in TASK_LABELS if cache.task_kind(key) == wanted]
 
 
 def csv_fits(model: str) -> bool:
     """True when ``model`` can be measured on an uploaded ``text,label`` CSV (a classification task)."""
-    return wanted_kind(model) == "classification"
+    return _measured_on(model) == "classification"
 
 
 def task_for(model: str, current: str) -> str:
     """``current`` when ``model`` can be measured on it (or when ``current`` cannot be read: the pages show why),
     else the default task when it fits, else the first named task of the model's kind. Raises what reading the
     model's config raises."""
-    wanted = wanted_kind(model)
+    wanted = _measured_on(model)
     try:
         if cache.task_kind(current) == wanted:
             return current
     except (ValueError, OSError):
         return current
-    for key in (default_task(), *TASK_LABELS):
+    for key in (defaults().task, *TASK_LABELS):
         try:
             if cache.task_kind(key) == wanted:
                 return key
@@ -93,47 +103,32 @@ def task_for(model: str, current: str) -> str:
     raise ValueError(f"{model_label(model)} is measured on a {wanted} task, and none is available")
 
 
-def default_task_for(model: str) -> str:
-    """The task a session starts with on ``model``: the default task when it fits (:func:`task_for`)."""
-    try:
-        return task_for(model, default_task())
-    except (ValueError, OSError, RuntimeError):  # the pages show why the model does not load
-        return default_task()
-
-
 def finetune_recipe(model: str, task: str) -> Recipe:
     """How ``model`` gets a trained head for ``task``: the default model's recipe when ``model`` on ``task`` is what
-    it is built from (:func:`default_recipe`), else :func:`lowrank.training.finetune.recipe_for`."""
-    default = default_recipe()
+    it is built from (:attr:`Defaults.recipe`), else :func:`lowrank.training.finetune.recipe_for`."""
+    default = defaults().recipe
     if default is not None and (model, task) == (default.base, default.task):
         return default
     return recipe_for(model, task)
 
 
-def start_default_build() -> None:
-    """Build :func:`wanted_model` in the background when it is missing (:func:`default_build`), unless its last build
-    failed (Home shows why, with a button to try again); a build already running anywhere is not started twice."""
-    building = default_build()
-    if building is None:
-        return
-    last = latest_build(cache.store(), building.name)
-    if last is None or last["status"] != "failed":
-        start_build(building, cache.store())
-
-
 def init() -> None:
-    """Session defaults; ``app.py`` calls it before any page runs. A new session starts the default model's build
-    when it is missing (:func:`start_default_build`)."""
+    """Session defaults; ``app.py`` calls it before any page runs. A new session starts the build of the default
+    model when it is missing (:attr:`Defaults.building`), unless its last build failed (Home shows why, with a
+    button to try again); a build already running anywhere is not started twice."""
     ss = st.session_state
     if "model" not in ss:
-        ss["model"] = default_model()
-        start_default_build()
+        start = defaults()
+        ss["model"] = start.first_model
+        building = start.building
+        if building is not None:
+            last = latest_build(cache.store(), building.name)
+            if last is None or last["status"] != "failed":
+                start_build(building, cache.store())
     if "task" not in ss:
-        ss["task"] = default_task_for(ss["model"])
-    ss.setdefault("plan", None)
-    ss.setdefault("eval_limit", None)
-    ss.setdefault("editor_version", 0)
-    ss.setdefault("rank_messages", {})
+        ss["task"] = defaults().first_task(ss["model"])
+    for key, value in STATE_DEFAULTS.items():
+        ss.setdefault(key, copy.copy(value))
 
 
 def model_key() -> str:
@@ -181,9 +176,9 @@ def select(model: str, task: str) -> str:
     set_model(model)
     set_task(fitting)
     if fitting != task:
-        kind = MODEL_KIND_LABELS.get(cache.model_kind(model), cache.model_kind(model))
+        kind = MODEL_KIND_LABELS.get(cache.read_model_kind(model), cache.read_model_kind(model))
         st.session_state["notice"] = (
-            f"{model_label(model)} is {kind}, measured by {TASK_KIND_LABELS[wanted_kind(model)]}: "
+            f"{model_label(model)} is {kind}, measured by {TASK_KIND_LABELS[_measured_on(model)]}: "
             f"the task is now {task_label(fitting)}."
         )
     return fitting

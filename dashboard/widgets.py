@@ -1,12 +1,13 @@
-"""Small Streamlit building blocks: error display, option widgets generated from a method's declared
-options, a button computing statistics, the cards of a sweep and of a model build, the warnings on results
-that destroy the model and on an untrained head, the run-table column formats."""
+"""Small Streamlit building blocks: error display and a page's guard (:func:`stop_on_error`), option widgets
+generated from a method's declared options, a button computing statistics, the cards of a sweep and of a model
+build, the warnings on results that destroy the model and on an untrained head, the run-table column formats."""
 
 from __future__ import annotations
 
 import io
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -18,10 +19,12 @@ from lowrank.experiments.build import eta_s, latest_build, start_build
 from lowrank.experiments.build import log_path as build_log
 from lowrank.experiments.sweep import cancel_sweep, log_path, resume_sweep
 from lowrank.methods import Option, get_method
+from lowrank.report.formats import format_duration
+from lowrank.statistics import statistics_label
 from lowrank.training.finetune import Recipe
 
-from . import cache, session
-from .labels import fmt_duration, model_label, statistics_label, untrained_head_text
+from . import cache, layout, session
+from .labels import model_label, untrained_head_text
 
 # Errors a user's input can cause: the CLI's (lowrank.errors.USER_ERRORS: the library's own types and OSError), and
 # RuntimeError / LookupError too, since a page must never show a traceback; pages show them with st.error.
@@ -44,6 +47,19 @@ def show_error(prefix: str, err: BaseException) -> None:
     """One-line error on the page (never a traceback)."""
     message = errors.describe(err)
     st.error(f"{prefix}: {message}" if prefix else message, icon=":material/error:")
+
+
+@contextmanager
+def stop_on_error(prefix: str, choose_model: bool = False) -> Iterator[None]:
+    """A page's guard: a :data:`USER_ERRORS` error in the block is shown (:func:`show_error` with ``prefix``), with
+    a link to the Model & task page when ``choose_model``, and the page stops there."""
+    try:
+        yield
+    except USER_ERRORS as err:
+        show_error(prefix, err)
+        if choose_model:
+            layout.link("model", "Choose another model")
+        st.stop()
 
 
 def _parse(text: str):
@@ -238,7 +254,7 @@ def build_text(row: dict) -> str:
     if row.get("total"):
         text += f" · step {row['step'] or 0} of {row['total']}"
     left = eta_s(row)
-    return text + (f" · about {fmt_duration(left)} left" if left is not None else "")
+    return text + (f" · about {format_duration(left)} left" if left is not None else "")
 
 
 def untrained_head_warning(model: str, task: str) -> bool:

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import ast
 import base64
 import importlib
 import json
@@ -18,15 +19,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from dashboard import layout
+
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = {
-    "home": "pages/0_Home.py",
-    "model": "pages/1_Model_and_task.py",
-    "spectra": "pages/2_Spectra.py",
-    "ranks": "pages/3_Ranks.py",
-    "factorize": "pages/4_Factorize.py",
-    "tradeoffs": "pages/5_Trade_offs.py",
-}
 
 
 @pytest.fixture()
@@ -53,8 +48,8 @@ def new_app():
     return AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
 
 
-def visit(at, page: str):
-    at.switch_page(PAGES[page]).run()
+def visit(at, key: str):
+    at.switch_page(layout.page(key).script).run()
     assert not at.exception, [e.message for e in at.exception]
     return at
 
@@ -405,9 +400,9 @@ def test_a_causal_lm_gets_a_text_task_and_rendering_stores_no_failed_run(
     assert len(offered) == 1 and "Lee" in offered[0]  # no classification task, no CSV upload
     assert {m.label for m in at.metric} >= {"Perplexity", "Latency, batch 32"}
     for _ in range(2):  # render every page twice
-        for page in ("spectra", "ranks", "factorize", "tradeoffs", "home", "model"):
-            visit(at, page)
-            assert not at.error, (page, [e.value for e in at.error])
+        for entry in layout.PAGES:
+            visit(at, entry.key)
+            assert not at.error, (entry.key, [e.value for e in at.error])
     assert store.runs(status=["failed", "interrupted"]).empty
 
     # a session that starts on an incompatible pair (the environment's defaults) gets the text task
@@ -472,6 +467,124 @@ def test_a_result_that_destroys_the_model_is_flagged_on_every_page_showing_it(
             assert "destroys the model" in trace_names(at), page
     visit(at, "factorize")
     assert "svd ✕ destroyed" in {m.label for m in at.metric} and "fwsvd" in {m.label for m in at.metric}
+
+
+def plotted(trace: dict) -> list[float]:
+    """The y values of a plotly trace (a list, or plotly's typed array: ``{"dtype", "bdata"}``, base64)."""
+    y = trace["y"]
+    if isinstance(y, dict):
+        return list(np.frombuffer(base64.b64decode(y["bdata"]), dtype=np.dtype(y["dtype"])))
+    return [float(v) for v in y]
+
+
+def dense_plotted(at) -> list[float]:
+    """The dense references drawn on the page (the star)."""
+    return [
+        v for spec in plotly_specs(at) for trace in spec["data"] if trace.get("name") == "dense" for v in plotted(trace)
+    ]
+
+
+def test_every_page_and_the_summary_compare_with_the_same_dense_run(env, tiny_bert_dir, sentiment_csv, fake_runs):
+    """Two dense runs of the model and task measured otherwise (the test split; two batches) and a compressed run
+    on two batches are stored first, then two sweeps on the whole validation split. Every page that shows a dense
+    reference shows lowrank.experiments.compare.reference_run's, as the report's summary does, and compares it only
+    with runs measured like it (the Trade-offs page once plotted the two-batch run too)."""
+    import lowrank
+    from lowrank.experiments.compare import comparable, reference_run
+    from lowrank.experiments.run import run_fields
+    from lowrank.experiments.store import RunStore
+    from lowrank.report import summary
+    from lowrank.report.formats import format_metric
+
+    store = RunStore(env / "runs.sqlite")
+    model, task = str(tiny_bert_dir), str(sentiment_csv)
+    loaded = lowrank.load_model(model, task=task)
+    for split, limit, method, value in (
+        ("test", None, "dense", 0.55),
+        ("validation", 2, "dense", 0.6),
+        ("validation", 2, "svd", 0.99),
+    ):
+        run_id = store.start_run(
+            **run_fields(loaded, task, split, limit), method=method, strategy="uniform", budget=0.5
+        )
+        store.finish_run(
+            run_id, metric="accuracy", value=value, params_linear=5_000, size_bytes=1000, latency_ms_b1=1.0
+        )
+    fake_runs(store, model, task, "demo", {"dense": 0.88, "svd": 0.8, "fwsvd": 0.85})
+    fake_runs(store, model, task, "factorize", {"dense": 0.9, "svd": 0.8, "fwsvd": 0.85})
+    for run_id in store.runs(method="dense", eval_limit=None, split="validation")["id"]:
+        store.update_run(int(run_id), loss=0.3, examples=40)  # what the Model & task page shows beside the accuracy
+
+    reference = reference_run(store, task, model=model)
+    result = summary(store, model, task)
+    assert reference["value"] == 0.9 and result.dense["id"] == reference["id"]
+    compared = sorted(result.runs.loc[result.runs["method"] != "dense", "value"])
+    assert compared == [0.8, 0.85]  # the newest run of each method and budget measured like the reference
+    shown = format_metric("accuracy", reference["value"])
+
+    def metrics(at) -> dict[str, str]:
+        return {m.label: m.value for m in at.metric}
+
+    def home(at):
+        assert any(m.value == f"**accuracy {shown}**" for m in at.markdown)  # the status card
+        assert any(f"(dense {shown})" in m.value for m in at.markdown) and dense_plotted(at) == [0.9]  # the demo
+
+    def model_and_task(at):
+        assert metrics(at)["Accuracy"] == shown
+
+    def factorize(at):
+        assert metrics(at)["dense accuracy"] == shown
+
+    def tradeoffs(at):
+        assert dense_plotted(at) == [0.9]
+        runs = [trace for spec in plotly_specs(at) for trace in spec["data"] if trace.get("name") in ("svd", "fwsvd")]
+        done = store.runs(model=model, task=task, status="done")
+        measured_alike = comparable(done[done["method"] != "dense"], reference)
+        assert sorted(v for trace in runs for v in plotted(trace)) == sorted(measured_alike["value"])
+        assert 0.99 not in measured_alike["value"].tolist()
+
+    def summary_page(at):
+        assert dense_plotted(at) == [0.9]
+        assert list(at.dataframe[0].value["vs dense"]) == pytest.approx([0.85 - 0.9])
+        assert f"dense {shown}" in next(m.help for m in at.metric if m.label.startswith("fwsvd"))
+
+    checks = {
+        "home": home,
+        "model": model_and_task,
+        "factorize": factorize,
+        "tradeoffs": tradeoffs,
+        "summary": summary_page,
+    }
+    no_reference = {"spectra", "ranks"}  # pages that show no dense run
+    assert set(checks) | no_reference == {entry.key for entry in layout.PAGES}
+    at = new_app().run()
+    for entry in layout.PAGES:
+        visit(at, entry.key)
+        if entry.key in checks:
+            checks[entry.key](at)
+
+
+def test_every_link_names_a_page_of_the_table():
+    """Pages link to each other by key through the page table (layout.link), never by file name; the table's
+    scripts are the files in pages/, one entry each."""
+    keys, paths = set(), []
+    for path in [ROOT / "app.py", *(ROOT / "dashboard").glob("*.py"), *(ROOT / "pages").glob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call) or not node.args or not isinstance(node.args[0], ast.Constant):
+                continue
+            name = getattr(node.func, "attr", getattr(node.func, "id", None))
+            if name in ("link", "page"):
+                keys.add(node.args[0].value)
+            if name in ("page_link", "switch_page", "Page"):
+                paths.append(f"{path.name}:{node.lineno}")
+    table = [entry.key for entry in layout.PAGES]
+    assert {"model", "ranks", "tradeoffs"} <= keys <= set(table) and len(set(table)) == len(table)
+    assert paths == []  # no link names a script
+    assert sorted(entry.script for entry in layout.PAGES) == sorted(
+        f"pages/{p.name}" for p in (ROOT / "pages").glob("*.py")
+    )
+    with pytest.raises(KeyError, match="no page 'nope'"):
+        layout.page("nope")
 
 
 def test_heatmap_colours_are_not_swamped_by_one_outlier():

@@ -15,19 +15,12 @@ from pathlib import Path
 
 import pytest
 
+from dashboard import layout
 from lowrank.experiments import build
 from lowrank.experiments.store import RunStore
 from lowrank.training.finetune import RECIPE_ENV, recipe_for
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = {
-    "home": "pages/0_Home.py",
-    "model": "pages/1_Model_and_task.py",
-    "ranks": "pages/3_Ranks.py",
-    "factorize": "pages/4_Factorize.py",
-    "tradeoffs": "pages/5_Trade_offs.py",
-    "summary": "pages/6_Summary.py",
-}
 TINY = {"max_steps": 3, "batch_size": 4, "max_length": 16}
 DEAD_PID = 2**22 + 1  # above the largest pid Linux allows: never a live process
 FINETUNE = "Fine-tune in the background"
@@ -68,8 +61,8 @@ def new_app():
     return at
 
 
-def visit(at, page: str):
-    at.switch_page(PAGES[page]).run()
+def visit(at, key: str):
+    at.switch_page(layout.page(key).script).run()
     assert not at.exception, [e.message for e in at.exception]
     return at
 

@@ -13,6 +13,7 @@ import streamlit as st
 import torch
 from streamlit.testing.v1 import AppTest
 
+from dashboard import layout
 from dashboard.cache import save_upload
 from lowrank import assets, load_task
 from lowrank.data.tasks import Task, lee_local
@@ -156,5 +157,5 @@ def test_dashboard_pages_work_on_a_corrupt_run_store(monkeypatch, tmp_path, tiny
     st.cache_resource.clear()
     at = AppTest.from_file(str(root / "app.py"), default_timeout=180).run()
     assert not at.exception, [e.message for e in at.exception]
-    at.switch_page("pages/5_Trade_offs.py").run()
+    at.switch_page(layout.page("tradeoffs").script).run()
     assert not at.exception, [e.message for e in at.exception]

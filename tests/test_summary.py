@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dashboard import layout
 from lowrank.experiments.store import RunStore
 from lowrank.report import drop_checks, is_report, render_html, summary, summary_figure, with_drop_checks, write_report
 
@@ -266,11 +267,12 @@ def env(monkeypatch, tmp_path, tiny_bert_dir, sentiment_csv):
     return cache
 
 
-def app(page: str):
+def app(key: str):
+    """The app, on the page ``key`` of the page table."""
     from streamlit.testing.v1 import AppTest
 
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180).run()
-    at.switch_page(page).run()
+    at.switch_page(layout.page(key).script).run()
     assert not at.exception, [e.message for e in at.exception]
     return at
 
@@ -278,7 +280,7 @@ def app(page: str):
 def test_summary_page_shows_the_stored_values(env, tiny_bert_dir, sentiment_csv):
     store = RunStore(env / "runs.sqlite")
     seed(store, str(tiny_bert_dir), str(sentiment_csv))
-    at = app("pages/6_Summary.py")
+    at = app("summary")
     metrics = {m.label: m.value for m in at.metric}
     assert metrics == {
         "fwsvd accuracy at 50%": "0.800",
@@ -302,7 +304,7 @@ def test_summary_page_shows_the_drop_metric_once_the_fisher_is_computed(env, tin
     linears = dict(list(compressible_linears(tiny_bert.model).items())[:3])
     ranks = {name: 2 for name in linears}
     _, svd = seed_svd_with_ranks(RunStore(env / "runs.sqlite"), str(tiny_bert_dir), str(sentiment_csv), ranks)
-    at = app("pages/6_Summary.py")
+    at = app("summary")
     assert any("The metric needs" in i.value for i in at.info)  # no Fisher on disk yet: nothing computed
     next(b for b in at.button if b.label.startswith("Compute ")).click().run()
     assert not at.exception, [e.message for e in at.exception]
@@ -322,7 +324,7 @@ def test_summary_page_flags_a_result_at_chance(env, tiny_bert_dir, sentiment_csv
     store = RunStore(env / "runs.sqlite")
     seed(store, str(tiny_bert_dir), str(sentiment_csv))
     add_run(store, str(tiny_bert_dir), str(sentiment_csv), "svd", chance_accuracy(str(sentiment_csv)), 0.2)
-    at = app("pages/6_Summary.py")
+    at = app("summary")
     (warning,) = [w.value for w in at.warning if "Destroyed models" in w.value]
     assert "at 20%, svd: accuracy" in warning and "at chance" in warning
     table = at.dataframe[0].value
@@ -330,23 +332,23 @@ def test_summary_page_flags_a_result_at_chance(env, tiny_bert_dir, sentiment_csv
 
 
 def test_summary_page_without_runs_says_what_to_do(env):
-    at = app("pages/6_Summary.py")
+    at = app("summary")
     assert any("No finished compressed runs" in i.value for i in at.info)
 
 
 def test_every_page_says_what_to_do_next(env):
-    from dashboard.layout import PAGES
-
-    at = app("pages/4_Factorize.py")
-    assert any(PAGES[4].next in c.value for c in at.caption)
-    assert all(entry.next for entry in PAGES) and PAGES[-1].script == "pages/6_Summary.py"
+    at = app("factorize")
+    assert any(layout.page("factorize").next in c.value for c in at.caption)
+    assert all(entry.next for entry in layout.PAGES) and layout.PAGES[-1].script == "pages/Summary.py"
 
 
 def test_small_predicted_losses_render_non_zero(env):
-    from dashboard.labels import SMALL_NUMBER_FORMAT, fmt_small
+    from lowrank.report.formats import SMALL_NUMBER_FORMAT, format_small
 
-    assert fmt_small(3.2e-7, "nats") == "3.20e-07 nats" and fmt_small(0.0412) == "0.0412" and fmt_small(0) == "0"
-    at = app("pages/3_Ranks.py")
+    assert (
+        format_small(3.2e-7, "nats") == "3.20e-07 nats" and format_small(0.0412) == "0.0412" and format_small(0) == "0"
+    )
+    at = app("ranks")
     next(b for b in at.button if b.label.startswith("Compute ")).click().run()
     assert not at.exception
     frame = at.data_editor[0].value
@@ -384,14 +386,14 @@ def test_head_untrained_is_an_encoder_on_a_classification_task():
 
 def test_untrained_head_is_labelled_where_its_accuracy_appears(env, monkeypatch, tiny_encoder_dir, sentiment_csv):
     monkeypatch.setenv("LOWRANK_DEFAULT_MODEL", str(tiny_encoder_dir))
-    at = app("pages/1_Model_and_task.py")
+    at = app("model")
     assert any(m.label == "Accuracy (untrained head)" for m in at.metric)
     assert any("no trained classification head" in w.value and "lowrank finetune" in w.value for w in at.warning)
-    at.switch_page("pages/0_Home.py").run()
+    at.switch_page(layout.page("home").script).run()
     assert any("accuracy (untrained head)" in m.value for m in at.markdown)
 
 
 def test_a_trained_classifier_is_not_labelled(env):
-    at = app("pages/1_Model_and_task.py")
+    at = app("model")
     assert any(m.label == "Accuracy" for m in at.metric)
     assert not any("classification head" in w.value for w in at.warning)

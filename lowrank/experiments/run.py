@@ -3,13 +3,13 @@
 * :func:`execute_run`: a failure or an interruption leaves its row ``failed`` / ``interrupted``;
   nothing is written to disk but the row. A model that cannot be measured on the task (a causal
   LM on a classification task...) is refused before any row is written.
-* :func:`dense_reference`: the dense run for these weights, task and settings, reused from the
-  store when one exists.
+* :func:`dense_reference`: the dense run for these weights, task and settings
+  (:func:`lowrank.experiments.compare.reference_run`), reused from the store when one exists; with
+  ``check_latency`` its latencies are measured again when the conditions they were measured under
+  differ from now (another load, other thread count).
 * :func:`find_same_run`: a finished run with the same key (weights, task, evaluation settings, method,
   options, ranks, strategy, budget and, for a method that needs statistics, their sampling settings), so
   a resumed or repeated sweep does not run it again.
-  store when one exists; with ``check_latency`` its latencies are measured again when the
-  conditions they were measured under differ from now (another load, other thread count).
 * :func:`output_folder`: where a run's compressed model is saved, next to the run store.
 """
 
@@ -24,14 +24,13 @@ from pathlib import Path
 from lowrank.compress import compress
 from lowrank.data.tasks import load_task
 from lowrank.evaluate import check_task_fits, conditions_differ, evaluate, measure_latencies, measurement_conditions
+from lowrank.experiments.compare import DENSE, reference_run
 from lowrank.experiments.store import RunStore
 from lowrank.methods import get_method
 from lowrank.progress import Progress, report, scaled
 from lowrank.ranks import linear_shapes
 from lowrank.statistics import DEFAULT, needs_task, restrict
 from lowrank.statistics.cache import weights_fingerprint
-
-DENSE = "dense"
 
 
 @dataclass
@@ -196,9 +195,7 @@ def dense_reference(
     under other conditions than now (:func:`lowrank.evaluate.conditions_differ`), measure them again and
     update the row, so that the dense and the compressed latencies shown together are comparable."""
     key = run_fields(loaded, task_key, split, eval_limit)
-    found = store.find_run(
-        method=DENSE, fingerprint=key["fingerprint"], task=task_key, split=split, eval_limit=eval_limit
-    )
+    found = reference_run(store, task_key, fingerprint=key["fingerprint"], split=split, eval_limit=eval_limit)
     if found is not None:
         reason = (
             conditions_differ(

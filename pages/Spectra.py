@@ -9,7 +9,7 @@ import streamlit as st
 from dashboard import cache, labels, layout, plots, session, widgets  # first: sets up the environment for torch
 from lowrank.analysis.metrics import RISK_THRESHOLD, risk_summary
 from lowrank.ranks import resolve_ranks
-from lowrank.statistics import DEFAULT
+from lowrank.statistics import DEFAULT, statistics_label
 
 TAYLOR_TERMS = {"taylor": "total", "output_change": "second_order"}  # heatmap statistic -> svd_loss_change term
 FISHER_STATISTICS = ("dispersion", "risk")  # heatmap statistics computed from the predictions' statistics
@@ -18,18 +18,9 @@ RESULTS = "docs/results/predictor.md"  # how well each estimate ranks layers, me
 layout.header(__file__)
 model, task = session.model_key(), session.task_key()
 
-
-def cannot(what: str, err: BaseException) -> None:
-    widgets.show_error(f"Cannot {what} {labels.model_label(model)}", err)
-    st.page_link("pages/1_Model_and_task.py", label="Choose another model", icon=":material/dataset:")
-    st.stop()
-
-
-try:
+with widgets.stop_on_error(f"Cannot compute the spectra of {labels.model_label(model)}", choose_model=True):
     cache.check_pair(model, task)
     frame = cache.spectra(model, task)  # from the disk cache when the weights are unchanged: no model load
-except widgets.USER_ERRORS as err:
-    cannot("compute the spectra of", err)
 
 
 def plan_ranks() -> tuple[dict[str, int], str]:
@@ -53,14 +44,12 @@ selected = st.multiselect(
 left, right = st.columns(2)
 left.plotly_chart(plots.spectrum_figure(frame, selected), key="spectrum")
 right.plotly_chart(plots.energy_figure(frame, selected), key="energy")
-try:
+with widgets.stop_on_error(f"Cannot load {labels.model_label(model)}", choose_model=True):
     loaded = cache.load(model, task)  # the heatmaps below need the model (and its statistics)
-except widgets.USER_ERRORS as err:
-    cannot("load", err)
 
 st.subheader("By block and layer type")
 have_statistics = cache.is_cached(model, task, cache.PREDICTION_NEEDS)
-needed = labels.statistics_label(cache.PREDICTION_NEEDS)
+needed = statistics_label(cache.PREDICTION_NEEDS)
 examples = f"{DEFAULT.num_batches * DEFAULT.batch_size} {DEFAULT.split} examples"
 column = st.segmented_control(
     "Statistic",
@@ -103,11 +92,8 @@ elif column == "risk":
     )
 elif column in TAYLOR_TERMS:
     ranks, source = plan_ranks()
-    try:
+    with widgets.stop_on_error("Cannot compute the Taylor estimate"):
         estimates = cache.taylor(model, task, tuple(sorted(ranks.items())))
-    except widgets.USER_ERRORS as err:
-        widgets.show_error("Cannot compute the Taylor estimate", err)
-        st.stop()
     stats[column] = stats["name"].map({name: e[TAYLOR_TERMS[column]] for name, e in estimates.items()})
     st.plotly_chart(plots.heatmap_figure(stats, column), key="heatmap")
     if column == "taylor":

@@ -1,81 +1,32 @@
 """The result story of one model and task, from the stored runs only: :func:`summary` picks the best method at
 each budget and compares it with the dense model and with plain SVD (quality, size on disk, measured latency);
-:func:`summary_figure` draws quality against size; :func:`render_html` makes a self-contained HTML report
-(plotly.js inline once, so it opens offline) and :func:`write_report` writes it atomically.
+:func:`headlines` says it in plain sentences.
 
-Which runs. The newest finished dense run of the model and task is the reference; compressed runs count when
-they were measured on the same split with the same evaluation limit. Of several runs of one method at one
-budget (e.g. two strategies), the newest counts. Nothing is measured here; :func:`with_drop_checks` adds the
-SVD-drop metric's prediction for each stored plain-SVD run (from its ranks, the weights and the Fisher), next to
-what that run measured.
-
-The dashboard's Summary page and ``lowrank report`` both use this module; the number formats here are the
-dashboard's too (:mod:`dashboard.labels` re-exports them).
+Which runs. The reference is :func:`lowrank.experiments.compare.reference_run` of the model and task (the newest
+finished dense run); compressed runs count when they were measured on its split with its evaluation limit
+(:func:`lowrank.experiments.compare.comparable`). Of several runs of one method at one budget (e.g. two
+strategies), the newest counts; the best is the highest value, or the lowest for a metric where lower is better
+(:data:`lowrank.experiments.compare.METRICS`). Nothing is measured here: the rows come from the run store.
+:func:`drop_checks` adds the SVD-drop metric's prediction for each stored plain-SVD run (from its ranks, the
+weights and the Fisher: one weighted and one plain truncation per layer and run), next to what that run measured.
 """
 
 from __future__ import annotations
 
-import html
-import math
-import platform
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from importlib import metadata
-from pathlib import Path
 
-import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
 
 from lowrank.analysis.metrics import risk_summary, risk_table
 from lowrank.evaluate import chance_accuracy, destroyed, latency_note
-from lowrank.io import atomic_write_bytes, writable_file
+from lowrank.experiments.compare import DENSE, comparable, metric_info, reference_run
+from lowrank.report.formats import format_bytes, format_metric, format_ms, number
 
 BASELINE = "svd"  # plain SVD: what the weighted methods are compared with
 HEADLINE_BUDGET = 0.5  # the budget the headline figures are taken at (the nearest stored one)
 SLOWER_RATIO = 1.1  # a compressed model "reads slower" than dense above this multiple of dense's latency
-GENERATOR = "lowrank-studio report"  # marks an HTML file as ours (write_report replaces only those)
-VERSIONED = ("lowrank-studio", "torch", "transformers", "plotly", "pandas", "numpy")
-RUN_TABLE_COLUMNS = (
-    "id",
-    "method",
-    "solver",
-    "strategy",
-    "budget",
-    "kept_fraction",
-    "metric",
-    "value",
-    "params_linear",
-    "size_bytes",
-    "latency_ms_b1",
-    "latency_ms_b32",
-    "created",
-)
-
-
-# ---------------------------------------------------------------- number formats (shared with the dashboard)
-
-
-def _missing(value) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
-
-
-def format_metric(metric: str | None, value) -> str:
-    if _missing(value):
-        return "–"
-    return f"{value:.2f}" if metric == "perplexity" else f"{value:.3f}"
-
-
-def format_bytes(n) -> str:
-    return "–" if _missing(n) else f"{float(n) / 1e6:.1f} MB"
-
-
-def format_ms(v) -> str:
-    return "–" if _missing(v) else f"{float(v):.1f} ms"
-
-
-# ---------------------------------------------------------------- the summary
 
 
 @dataclass(frozen=True)
@@ -134,7 +85,7 @@ class Summary:
 
     @property
     def higher_is_better(self) -> bool:
-        return self.metric != "perplexity"
+        return metric_info(self.metric).higher_is_better
 
     @property
     def headline(self) -> SummaryRow | None:
@@ -184,22 +135,14 @@ class Summary:
         )
 
 
-def _number(value) -> float | None:
-    return None if value is None or pd.isna(value) else float(value)
-
-
 def _difference(a, b) -> float | None:
-    a, b = _number(a), _number(b)
+    a, b = number(a), number(b)
     return None if a is None or b is None else a - b
 
 
 def _mb(n) -> float | None:
-    n = _number(n)
+    n = number(n)
     return None if n is None else n / 1e6
-
-
-def _same(column: pd.Series, value) -> pd.Series:
-    return column.isna() if _missing(value) else column == value
 
 
 def summary(store, model: str, task: str) -> Summary:
@@ -207,21 +150,16 @@ def summary(store, model: str, task: str) -> Summary:
     :class:`lowrank.experiments.store.RunStore`), against the dense model and plain SVD (see the module docstring)."""
     runs = store.runs(model=model, task=task, status="done")
     runs = runs[runs["value"].notna()]
-    dense_runs = runs[runs["method"] == "dense"]
-    dense = dense_runs.iloc[0].to_dict() if len(dense_runs) else None
-    compressed = runs[(runs["method"] != "dense") & runs["budget"].notna()]
+    dense = reference_run(store, task, model=model)
+    compressed = comparable(runs[(runs["method"] != DENSE) & runs["budget"].notna()], dense)
     reference = dense if dense is not None else (compressed.iloc[0].to_dict() if len(compressed) else None)
-    if reference is not None:
-        compressed = compressed[
-            _same(compressed["split"], reference["split"]) & _same(compressed["eval_limit"], reference["eval_limit"])
-        ]
     compressed = compressed.assign(budget=compressed["budget"].round(4)).drop_duplicates(["method", "budget"])
     metric = reference["metric"] if reference is not None else None
-    higher = metric != "perplexity"
+    higher = metric_info(metric).higher_is_better
     chance = _chance(task, reference["split"]) if len(compressed) and metric == "accuracy" else None
 
     def ruined(value) -> str | None:
-        return destroyed(metric, value, None if dense is None else _number(dense["value"]), chance)
+        return destroyed(metric, value, None if dense is None else number(dense["value"]), chance)
 
     rows = []
     for budget, group in compressed.groupby("budget", sort=True):
@@ -235,10 +173,10 @@ def summary(store, model: str, task: str) -> Summary:
                 run_id=int(best["id"]),
                 value=float(best["value"]),
                 params_linear=_int(best["params_linear"]),
-                kept_fraction=_number(best["kept_fraction"]),
+                kept_fraction=number(best["kept_fraction"]),
                 size_bytes=_int(best["size_bytes"]),
-                latency_ms_b1=_number(best["latency_ms_b1"]),
-                latency_ms_b32=_number(best["latency_ms_b32"]),
+                latency_ms_b1=number(best["latency_ms_b1"]),
+                latency_ms_b32=number(best["latency_ms_b32"]),
                 latency_note=latency_note(best["latency_info"] if isinstance(best["latency_info"], dict) else None),
                 svd_value=svd_value,
                 svd_run_id=int(svd["id"].iloc[0]) if len(svd) else None,
@@ -246,7 +184,8 @@ def summary(store, model: str, task: str) -> Summary:
                 svd_destroyed=None if svd_value is None else ruined(svd_value),
             )
         )
-    shown = pd.concat([frame for frame in (dense_runs.iloc[:1], compressed) if len(frame)]) if len(runs) else runs
+    dense_row = runs[runs["id"] == dense["id"]] if dense is not None else runs.iloc[:0]
+    shown = pd.concat([frame for frame in (dense_row, compressed) if len(frame)]) if len(runs) else runs
     result = Summary(
         model=model,
         task=task,
@@ -319,7 +258,7 @@ def _drop_sentence(s: Summary) -> str | None:
 
 
 def _int(value) -> int | None:
-    value = _number(value)
+    value = number(value)
     return None if value is None else int(value)
 
 
@@ -331,7 +270,7 @@ def headlines(s: Summary) -> list[str]:
         return []
     metric = s.metric or "value"
     where = f"At {row.budget:.0%} of the compressible parameters"
-    d = _number((dense or {}).get("value"))
+    d = number((dense or {}).get("value"))
     quality = f"{row.method} gives {metric} {format_metric(s.metric, row.value)}"
     if d is not None:
         quality += f" (dense {format_metric(s.metric, d)}"
@@ -360,7 +299,7 @@ def headlines(s: Summary) -> list[str]:
     if dense is not None:
         size = f"{format_bytes(row.size_bytes)} on disk against {format_bytes(dense.get('size_bytes'))} dense" + (
             f" ({row.size_bytes / dense['size_bytes']:.0%})"
-            if row.size_bytes and _number(dense.get("size_bytes"))
+            if row.size_bytes and number(dense.get("size_bytes"))
             else ""
         )
         latency = (
@@ -396,7 +335,7 @@ def slower_sentence(row: SummaryRow, dense: dict) -> str | None:
             (1, row.latency_ms_b1, dense.get("latency_ms_b1")),
             (32, row.latency_ms_b32, dense.get("latency_ms_b32")),
         )
-        if _number(mine) is not None and _number(theirs) is not None and float(mine) > SLOWER_RATIO * float(theirs)
+        if number(mine) is not None and number(theirs) is not None and float(mine) > SLOWER_RATIO * float(theirs)
     ]
     if not slower:
         return None
@@ -411,163 +350,3 @@ def slower_sentence(row: SummaryRow, dense: dict) -> str | None:
         "per-call overhead and memory traffic cost more than the work saved (a larger batch, fewer and larger "
         "ranks, or keeping small layers dense helps)."
     )
-
-
-# ---------------------------------------------------------------- the chart
-
-
-def summary_figure(s: Summary) -> go.Figure:
-    """Quality against size on disk: one line per method (every stored budget), the dense model as a star;
-    hover shows the budget and the measured latencies."""
-    metric = s.metric or "value"
-    fig = go.Figure()
-    compressed = s.runs[s.runs["method"] != "dense"].sort_values("size_bytes") if len(s.runs) else s.runs
-    for method, group in compressed.groupby("method", sort=True):
-        fig.add_trace(
-            go.Scatter(
-                x=group["size_bytes"] / 1e6,
-                y=group["value"],
-                mode="lines+markers",
-                name=str(method),
-                customdata=np.stack(
-                    [
-                        group["budget"],
-                        group["latency_ms_b1"].astype(float),
-                        group["latency_ms_b32"].astype(float),
-                        group["id"],
-                    ],
-                    axis=1,
-                ),
-                hovertemplate=(
-                    f"{method}<br>budget %{{customdata[0]:.0%}}<br>%{{x:.1f}} MB<br>{metric} %{{y:.4f}}<br>"
-                    "latency %{customdata[1]:.1f} ms (batch 1), %{customdata[2]:.1f} ms (batch 32)"
-                    "<br>run #%{customdata[3]}<extra></extra>"
-                ),
-            )
-        )
-    if s.dense is not None:
-        d = s.dense
-        fig.add_trace(
-            go.Scatter(
-                x=[_mb(d.get("size_bytes"))],
-                y=[d["value"]],
-                mode="markers",
-                name="dense",
-                marker=dict(symbol="star", size=14, color="gray"),
-                customdata=[[_number(d.get("latency_ms_b1")), _number(d.get("latency_ms_b32"))]],
-                hovertemplate=(
-                    f"dense<br>%{{x:.1f}} MB<br>{metric} %{{y:.4f}}<br>latency %{{customdata[0]:.1f}} ms "
-                    "(batch 1), %{customdata[1]:.1f} ms (batch 32)<extra></extra>"
-                ),
-            )
-        )
-    fig.update_xaxes(title="size on disk (MB)")
-    fig.update_yaxes(title=metric + ("" if s.higher_is_better else " (lower is better)"))
-    fig.update_layout(
-        title=dict(text=f"{metric.capitalize()} against size on disk", x=0, xanchor="left"),
-        height=440,
-        margin=dict(l=10, r=10, t=50, b=10),
-        hoverlabel=dict(namelength=-1),
-    )
-    return fig
-
-
-# ---------------------------------------------------------------- the HTML report
-
-
-def versions() -> dict[str, str]:
-    """Python and the installed versions of the packages the results depend on."""
-    found = {"python": platform.python_version()}
-    for name in VERSIONED:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = "not installed"
-    return found
-
-
-def _table(frame: pd.DataFrame) -> str:
-    return frame.to_html(index=False, na_rep="–", float_format=lambda v: f"{v:.4g}", border=0, classes="runs")
-
-
-def _settings(s: Summary) -> pd.DataFrame:
-    compressed = s.runs[s.runs["method"] != "dense"] if len(s.runs) else s.runs
-    rows = []
-    for method, group in compressed.groupby("method", sort=True):
-        options = sorted({str(o) for o in group["options"] if isinstance(o, dict) and o})
-        rows.append(
-            {
-                "method": method,
-                "solver": ", ".join(sorted(group["solver"].dropna().astype(str).unique())) or "–",
-                "strategies": ", ".join(sorted(group["strategy"].dropna().astype(str).unique())) or "–",
-                "options": "; ".join(options) or "defaults",
-                "budgets": ", ".join(f"{b:.0%}" for b in sorted(group["budget"].dropna().unique())),
-            }
-        )
-    return pd.DataFrame(rows)
-
-
-STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:1em 0;font-size:0.9em}th,td{padding:4px 10px;border-bottom:1px solid #ddd;
-text-align:right}th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}.note{color:#666;font-size:0.9em}
-li{margin:0.4em 0}"""
-
-
-def render_html(s: Summary, figures: Sequence[go.Figure]) -> str:
-    """A self-contained HTML report of ``s``: headlines, the table per budget, ``figures`` (plotly.js embedded
-    inline once: the file opens offline; each chart's camera button downloads it as PNG), the runs compared,
-    the methods' settings, the date and the software versions."""
-    e = html.escape
-    title = f"Compression summary: {s.model} on {s.task}"
-    when = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(s.created or time.time()))
-    config = {"displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2}}
-    charts = [
-        fig.to_html(full_html=False, include_plotlyjs=index == 0, config=config) for index, fig in enumerate(figures)
-    ]
-    dense = s.dense or {}
-    evaluated = f"{s.metric or '–'} on the {s.split or '–'} split" + (
-        f", first {s.eval_limit} batches" if s.eval_limit else ", whole split"
-    )
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f'<meta name="generator" content="{GENERATOR}">',
-        f"<title>{e(title)}</title><style>{STYLE}</style></head><body>",
-        f"<h1>{e(title)}</h1>",
-        f'<p class="note">Written {e(when)} from the stored runs; {e(evaluated)}.</p>',
-        "<ul>" + "".join(f"<li>{e(line)}</li>" for line in s.headlines) + "</ul>"
-        if s.headlines
-        else "<p>No finished compressed runs of this model and task yet.</p>",
-        "<h2>Best method at each budget</h2>",
-        _table(s.table()) if s.rows else "<p>–</p>",
-        f'<p class="note">Dense: {e(s.metric or "value")} {e(format_metric(s.metric, dense.get("value")))}, '
-        f"{e(format_bytes(dense.get('size_bytes')))}, {e(format_ms(dense.get('latency_ms_b1')))} at batch 1, "
-        f"{e(format_ms(dense.get('latency_ms_b32')))} at batch 32"
-        + (f" ({e(latency_note(dense.get('latency_info')))})" if isinstance(dense.get("latency_info"), dict) else "")
-        + ". Latency: forward pass on the CPU.</p>",
-        *charts,
-        *(["<h2>The SVD-drop metric: predicted and measured</h2>", _table(s.drop_table())] if s.drop_checks else []),
-        '<p class="note">Each chart: hover for the budget and latencies; the camera button (top right) downloads it as PNG.</p>',
-        "<h2>Runs compared</h2>",
-        _table(s.runs[[c for c in RUN_TABLE_COLUMNS if c in s.runs.columns]]) if len(s.runs) else "<p>–</p>",
-        "<h2>Settings</h2>",
-        f"<p>Model <code>{e(s.model)}</code>, task <code>{e(s.task)}</code>, {e(evaluated)}.</p>",
-        _table(_settings(s)) if len(s.runs) else "",
-        "<h2>Software</h2>",
-        _table(pd.DataFrame([versions()])),
-        "</body></html>",
-    ]
-    return "\n".join(parts)
-
-
-def is_report(data: bytes) -> bool:
-    """True when ``data`` is an HTML report this module wrote (:data:`GENERATOR` in its head)."""
-    return f'<meta name="generator" content="{GENERATOR}">'.encode() in data[:4096]
-
-
-def write_report(s: Summary, path: str | Path, figures: Sequence[go.Figure] | None = None) -> Path:
-    """Write :func:`render_html` of ``s`` (default figure: :func:`summary_figure`) to ``path`` atomically; an existing
-    file is replaced only when it is a report of ours (:func:`lowrank.io.writable_file`)."""
-    path = writable_file(path, is_report)
-    atomic_write_bytes(path, render_html(s, [summary_figure(s)] if figures is None else figures).encode("utf-8"))
-    return path

@@ -10,6 +10,8 @@ import streamlit as st
 
 from dashboard import cache, labels, layout, session, widgets  # first: sets up the environment for torch
 from lowrank import report
+from lowrank.report import formats
+from lowrank.statistics import statistics_label
 
 layout.header(__file__)
 model, task = session.model_key(), session.task_key()
@@ -25,7 +27,7 @@ if row is None:
         "No finished compressed runs of this model and task yet: run the demo on Home, or a sweep on Trade-offs.",
         icon=":material/info:",
     )
-    st.page_link("pages/5_Trade_offs.py", label="Start a sweep", icon=":material/insights:")
+    layout.link("tradeoffs", "Start a sweep")
     st.stop()
 
 svd_runs = tuple(r.svd_run_id for r in result.rows if r.svd_run_id is not None)
@@ -46,25 +48,25 @@ metric = result.metric or "value"
 cols = st.columns(4)
 cols[0].metric(
     f"{row.method} {labels.quality_label(metric, untrained).lower()} at {row.budget:.0%}",
-    labels.fmt_metric(result.metric, row.value),
+    formats.format_metric(result.metric, row.value),
     None if not dense else f"{row.value - dense['value']:+.3g} vs dense",
-    delta_color="inverse" if metric == "perplexity" else "normal",
-    help=f"run #{row.run_id}; dense {labels.fmt_metric(result.metric, dense.get('value'))}, plain SVD "
-    f"{labels.fmt_metric(result.metric, row.svd_value)}",
+    delta_color="normal" if result.higher_is_better else "inverse",
+    help=f"run #{row.run_id}; dense {formats.format_metric(result.metric, dense.get('value'))}, plain SVD "
+    f"{formats.format_metric(result.metric, row.svd_value)}",
 )
 cols[1].metric(
-    "size on disk", labels.fmt_bytes(row.size_bytes), help=f"dense {labels.fmt_bytes(dense.get('size_bytes'))}"
+    "size on disk", formats.format_bytes(row.size_bytes), help=f"dense {formats.format_bytes(dense.get('size_bytes'))}"
 )
 cols[2].metric(
     "latency, batch 1",
-    labels.fmt_ms(row.latency_ms_b1),
-    help=f"dense {labels.fmt_ms(dense.get('latency_ms_b1'))}; forward pass on the CPU, "
+    formats.format_ms(row.latency_ms_b1),
+    help=f"dense {formats.format_ms(dense.get('latency_ms_b1'))}; forward pass on the CPU, "
     f"{row.latency_note or 'conditions not recorded'}",
 )
 cols[3].metric(
     "latency, batch 32",
-    labels.fmt_ms(row.latency_ms_b32),
-    help=f"dense {labels.fmt_ms(dense.get('latency_ms_b32'))}; forward pass on the CPU, "
+    formats.format_ms(row.latency_ms_b32),
+    help=f"dense {formats.format_ms(dense.get('latency_ms_b32'))}; forward pass on the CPU, "
     f"{row.latency_note or 'conditions not recorded'}",
 )
 
@@ -104,7 +106,7 @@ if predicted:
     )
 elif svd_runs:
     st.info(
-        f"The metric needs the {labels.statistics_label(cache.PREDICTION_NEEDS)} of the model on the task "
+        f"The metric needs the {statistics_label(cache.PREDICTION_NEEDS)} of the model on the task "
         "(one pass, cached on disk).",
         icon=":material/info:",
     )

@@ -3,27 +3,21 @@ break-even flag), filled from a budget and an allocation strategy, imported or e
 
 from __future__ import annotations
 
-import math
-import re
-
-import pandas as pd
 import streamlit as st
 
-from dashboard import cache, labels, layout, session, widgets  # first: sets up the environment for torch
+from dashboard import cache, labels, layout, rank_table, session, widgets  # first: sets up the environment for torch
 from dashboard.progress import ProgressBar
 from lowrank.allocation import RankPlan, available_strategies, get_strategy
 from lowrank.needs import needs_for
+from lowrank.report import formats
+from lowrank.statistics import statistics_label
 
 layout.header(__file__)
 model, task = session.model_key(), session.task_key()
-try:
+with widgets.stop_on_error(f"Cannot plan ranks for {labels.model_label(model)}", choose_model=True):
     loaded = cache.load(model, task)
     layers = cache.layer_table(model, task)
     plan = session.ensure_plan()
-except widgets.USER_ERRORS as err:
-    widgets.show_error(f"Cannot plan ranks for {labels.model_label(model)}", err)
-    st.page_link("pages/1_Model_and_task.py", label="Choose another model", icon=":material/dataset:")
-    st.stop()
 
 # ---------------------------------------------------------------- fill from a budget and a strategy
 with st.container(border=True):
@@ -47,7 +41,7 @@ with st.container(border=True):
     fill = cols[2].button("Fill ranks", type="primary", icon=":material/auto_fix_high:", width="stretch")
     spec = get_strategy(strategy)
     needs = needs_for(strategy=strategy)
-    inputs = ([labels.statistics_label(needs)] if needs else []) + (["calibration batches"] if spec.needs_task else [])
+    inputs = ([statistics_label(needs)] if needs else []) + (["calibration batches"] if spec.needs_task else [])
     st.caption(spec.description + (f" Needs {' and '.join(inputs)} (computed on first use, cached)." if inputs else ""))
 
 if fill:
@@ -63,35 +57,6 @@ if fill:
 curves = cache.loss_curves(model, task) if cache.is_cached(model, task, cache.PREDICTION_NEEDS) else None
 
 
-def plan_frame(p: RankPlan, messages: dict[str, str]) -> pd.DataFrame:
-    frame = p.to_frame().merge(layers[["name", "type", "block", "break_even"]], on="name")
-    frame["kept"] = frame["params"] / frame["dense_params"]
-    frame["predicted_loss"] = [
-        (0.0 if pd.isna(r) else float(curves[n][int(r)])) if curves is not None else math.nan
-        for n, r in zip(frame["name"], frame["rank"])
-    ]
-    frame["shape"] = [f"{o}×{i}" for o, i in zip(frame["out"], frame["in"])]
-    frame["layer"] = [re.sub(r"^.*?\.\d+\.", "", n) for n in frame["name"]]  # without the block prefix
-    frame["rank"] = ["" if pd.isna(r) else str(int(r)) for r in frame["rank"]]  # text: every typed value is checked
-    frame["message"] = [messages.get(n, "") for n in frame["name"]]
-    return frame[
-        [
-            "name",
-            "layer",
-            "block",
-            "type",
-            "shape",
-            "rank",
-            "message",
-            "break_even",
-            "params",
-            "kept",
-            "predicted_loss",
-            "dense",
-        ]
-    ]
-
-
 # ---------------------------------------------------------------- the editable table
 # A fragment: a cell edit reruns the table, its totals and the export, not the whole page. Cell edits are applied
 # before the table is drawn (the editor's state holds them when this run starts), so one run shows the new totals
@@ -103,55 +68,31 @@ shapes = dict(zip(layers["name"], zip(layers["out"], layers["in"])))
 @st.fragment
 def plan_editor() -> None:
     plan = session.plan()
-    names = [layer.name for layer in plan.layers]
-    editor_key = f"rank_editor_{st.session_state['editor_version']}"
-    edits = {
-        int(row): edit["rank"]
-        for row, edit in (st.session_state.get(editor_key) or {}).get("edited_rows", {}).items()
-        if "rank" in edit
-    }
-    changes, refused, normalized = {}, {}, {}
-    for row, typed in edits.items():
-        name = names[row]
-        try:
-            rank, note = labels.read_rank(typed, *shapes[name])
-        except labels.RankCellError as err:
-            refused[name] = str(err)
-            continue
-        if note:
-            normalized[name] = note
-        if rank != plan.layer(name).rank:
-            changes[name] = rank
-    if changes:
-        plan = plan.with_ranks(changes, curves)  # read_rank checked every rank as with_ranks does
+    editor_key = f"rank_editor_{st.session_state['editor_version']}"  # the editor drawn on the last run
+    edits = rank_table.read_edits(plan, st.session_state.get(editor_key), shapes)
+    if edits.changes:
+        plan = plan.with_ranks(edits.changes, curves)  # read_rank checked every rank as with_ranks does
         st.session_state["plan"] = plan
     session.render_status()  # the sidebar line; written on every run, so fragment reruns may write it too
-    if edits:
-        st.session_state["rank_messages"] = {
-            **{n: f"refused: {m}" for n, m in refused.items()},
-            **{n: f"note: {m}" for n, m in normalized.items()},
-        }
-        if refused or normalized:
+    if edits.edited:
+        st.session_state["rank_messages"] = edits.messages
+        if edits.refused or edits.notes:
             st.session_state["editor_version"] += 1  # a fresh editor, showing the ranks as kept
-    for name, message in refused.items():
+    for name, message in edits.refused.items():
         st.error(f"{name}: {message} (the cell is back to its previous rank)", icon=":material/error:")
-    for name, message in normalized.items():
+    for name, message in edits.notes.items():
         st.warning(f"{name}: {message}", icon=":material/info:")
 
     totals = st.container()
     messages = st.session_state["rank_messages"]
-    frame = plan_frame(plan, messages)
+    frame = rank_table.plan_frame(plan, layers, curves, messages)
     st.data_editor(
         frame,
         key=f"rank_editor_{st.session_state['editor_version']}",
         hide_index=True,
         height=min(35 * len(frame) + 38, 560),
         disabled=[c for c in frame.columns if c != "rank"],
-        column_order=[
-            c
-            for c in frame.columns
-            if c != "name" and (c != "predicted_loss" or curves is not None) and (c != "message" or messages)
-        ],
+        column_order=rank_table.shown_columns(frame, predicted=curves is not None, messages=bool(messages)),
         column_config={
             "layer": st.column_config.TextColumn("layer", width="medium", pinned=True),
             "block": st.column_config.NumberColumn("block", width="small"),
@@ -169,7 +110,7 @@ def plan_editor() -> None:
             "kept": st.column_config.ProgressColumn("kept", format="percent", min_value=0.0, max_value=1.0),
             "predicted_loss": st.column_config.NumberColumn(
                 "predicted loss ↑ (nats)",
-                format=labels.SMALL_NUMBER_FORMAT,
+                format=formats.SMALL_NUMBER_FORMAT,
                 help="Second-order estimate from the Fisher information (nats)",
             ),
             "dense": st.column_config.CheckboxColumn(
@@ -187,7 +128,7 @@ def plan_editor() -> None:
         cols[0].metric(
             "Kept parameters",
             f"{plan.params:,}",
-            f"{fraction:.1%} of {labels.fmt_params(plan.dense_params)}",
+            f"{fraction:.1%} of {formats.format_params(plan.dense_params)}",
             delta_color="off",
             delta_arrow="off",
             help=f"{plan.params:,} of {plan.dense_params:,} in compressible layers",
@@ -195,8 +136,8 @@ def plan_editor() -> None:
         over = plan.params - plan.budget
         cols[1].metric(
             "Budget",
-            labels.fmt_params(plan.budget),
-            f"{'over' if over > 0 else 'within'} by {labels.fmt_params(abs(over))}",
+            formats.format_params(plan.budget),
+            f"{'over' if over > 0 else 'within'} by {formats.format_params(abs(over))}",
             delta_color="inverse" if over > 0 else "normal",
             delta_arrow="off",
             help=f"{plan.budget:,} parameters ({plan.budget / plan.dense_params:.1%}); strategy {plan.strategy}"
@@ -206,16 +147,16 @@ def plan_editor() -> None:
         predicted = frame["predicted_loss"].sum(min_count=1)
         cols[3].metric(
             "Predicted loss increase",
-            labels.fmt_small(predicted, "nats"),
+            formats.format_small(predicted, "nats"),
             help="Sum over layers of the Fisher-predicted loss increase (nats)",
         )
         cols[4].metric(
             "Whole model",
-            labels.fmt_params(loaded.num_parameters() - plan.dense_params + plan.params),
+            formats.format_params(loaded.num_parameters() - plan.dense_params + plan.params),
             help="All parameters after factorization (embeddings, norms and heads stay dense)",
         )
         if curves is None:
-            st.caption(f"Predicted loss increases need the {labels.statistics_label(cache.PREDICTION_NEEDS)}.")
+            st.caption(f"Predicted loss increases need the {statistics_label(cache.PREDICTION_NEEDS)}.")
             widgets.statistics_button(model, task, cache.PREDICTION_NEEDS)
 
     # import / export (here, so the exported plan is the edited one)

@@ -7,8 +7,11 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import cache, labels, layout, plots, session, widgets  # first: sets up the environment for torch
+from lowrank.experiments.compare import DENSE, reference_run
 from lowrank.experiments.sweep import SweepSpec, reap_stale, start_sweep
 from lowrank.needs import needs_for
+from lowrank.report import formats
+from lowrank.statistics import statistics_label
 
 # Plain SVD against the method that was best on both packaged models, on a plan that never loses to uniform (uniform
 # itself): docs/results/methods.md and docs/results/allocation.md.
@@ -25,7 +28,7 @@ def demo_wait(model: str, task: str, current: bool) -> bool:
         return False
     recipe = session.finetune_recipe(model, task)
     where = "above" if current else "below"
-    if recipe.name == session.wanted_model():
+    if recipe.name == session.defaults().model:
         why = (
             f"The demo runs on {labels.model_label(recipe.name)}, which is not built yet (its progress is {where}); "
             f"meanwhile the pages work on {labels.model_label(model)}, whose classification head is untrained."
@@ -44,9 +47,10 @@ def demo_wait(model: str, task: str, current: bool) -> bool:
 
 def run_demo() -> None:
     """Spectra -> the statistics the demo needs -> budget plan -> background sweep."""
-    model = session.default_model()
+    start = session.defaults()
+    model = start.first_model
     try:
-        task = session.select(model, session.default_task_for(model))
+        task = session.select(model, start.first_task(model))
     except widgets.USER_ERRORS as err:
         widgets.show_error("Demo", err)
         return
@@ -61,7 +65,7 @@ def run_demo() -> None:
                 f"{len(frame)} layers; median effective rank {frame['effective_rank'].median():.0f} "
                 f"of {int(frame[['out', 'in']].min(axis=1).median())}"
             )
-            st.write(f"2/4 {labels.statistics_label(needs) or 'No statistics needed'}")
+            st.write(f"2/4 {statistics_label(needs) or 'No statistics needed'}")
             cache.statistics(model, task, needs)
             st.write(f"3/4 Budget plan: {DEMO_STRATEGY} at {session.DEFAULT_BUDGET:.0%} of the compressible parameters")
             session.set_plan(cache.plan_ranks(model, task, session.DEFAULT_BUDGET, DEMO_STRATEGY))
@@ -109,18 +113,16 @@ def demo_results() -> None:
         widgets.sweep_card(store, sweep)
         spec = sweep["spec"]
         runs = store.runs(sweep_id=sweep_id, status="done")
-        compressed = runs[runs["method"] != "dense"]
+        compressed = runs[runs["method"] != DENSE]
         weights = runs["fingerprint"].dropna()
-        dense = (
-            cache.dense_row(spec["task"], weights.iloc[0], spec["split"], spec["eval_limit"])
-            if len(weights)
-            else store.find_run(
-                method="dense",
-                model=spec["model"],
-                task=spec["task"],
-                split=spec["split"],
-                eval_limit=spec["eval_limit"],
-            )
+        fingerprint = str(weights.iloc[0]) if len(weights) else None
+        dense = reference_run(
+            store,
+            spec["task"],
+            model=None if fingerprint else spec["model"],
+            fingerprint=fingerprint,
+            split=spec["split"],
+            eval_limit=spec["eval_limit"],
         )
         if compressed.empty and dense is None:
             return
@@ -128,11 +130,11 @@ def demo_results() -> None:
         widgets.destroyed_warning(compressed, flagged)
         st.plotly_chart(plots.tradeoff_figure(compressed, dense, flagged), key=f"demo_plot_{sweep_id}")
         if not compressed.empty and dense is not None:
-            reference = labels.fmt_metric(dense["metric"], dense["value"])
+            reference = formats.format_metric(dense["metric"], dense["value"])
             lines = []
             for budget, group in compressed.sort_values("budget").groupby("budget", sort=True):
                 results = ", ".join(
-                    f"{row['method']} **{labels.fmt_metric(row['metric'], row['value'])}**"
+                    f"{row['method']} **{formats.format_metric(row['metric'], row['value'])}**"
                     + (" (✕ destroys the model)" if row["id"] in flagged else "")
                     for row in group.drop_duplicates("method").sort_values("method").to_dict("records")
                 )
@@ -152,12 +154,12 @@ st.markdown(
 )
 for number, entry in enumerate(layout.PAGES[1:], start=1):
     cols = st.columns([1, 3], vertical_alignment="center")
-    cols[0].page_link(entry.script, label=f"{number}. {entry.title}", icon=entry.icon)
+    layout.link(entry.key, f"{number}. {entry.title}", cols[0])
     cols[1].caption(entry.blurb)
 
 st.subheader("Current status")
 model, task, current_plan = session.model_key(), session.task_key(), session.plan()
-dense = cache.store().find_run(method="dense", model=model, task=task)
+dense = reference_run(cache.store(), task, model=model)
 plan_text = (
     "none yet: open Ranks"
     if current_plan is None
@@ -166,7 +168,7 @@ plan_text = (
 )
 dense_text = (
     f"{labels.quality_label(dense['metric'], cache.head_untrained(model, task)).lower()} "
-    f"{labels.fmt_metric(dense['metric'], dense['value'])}"
+    f"{formats.format_metric(dense['metric'], dense['value'])}"
     if dense
     else "not measured yet: open Model & task"
 )
@@ -185,16 +187,17 @@ for col, (label, value) in zip(
 widgets.untrained_head_warning(model, task)
 
 st.subheader("Stakeholder demo")
+defaults = session.defaults()
 st.markdown(
-    f"One click on the default model (**{labels.model_label(session.wanted_model())}**, "
-    f"{labels.task_label(session.default_task_for(session.wanted_model()))}): spectra → "
-    f"{labels.statistics_label(needs_for(DEMO_METHODS, DEMO_STRATEGY))} → a {DEMO_STRATEGY} budget plan → "
+    f"One click on the default model (**{labels.model_label(defaults.model)}**, "
+    f"{labels.task_label(defaults.first_task(defaults.model))}): spectra → "
+    f"{statistics_label(needs_for(DEMO_METHODS, DEMO_STRATEGY))} → a {DEMO_STRATEGY} budget plan → "
     f"{' vs '.join(DEMO_METHODS)} at "
     f"{', '.join(f'{b:.0%}' for b in DEMO_BUDGETS)} of the parameters → the trade-off plot. "
     "The factorizations run in the background and are stored; timings in `docs/results/dashboard.md`."
 )
-demo_model = session.default_model()
-demo_task = session.default_task_for(demo_model)
+demo_model = defaults.first_model
+demo_task = defaults.first_task(demo_model)
 waits = demo_wait(demo_model, demo_task, (demo_model, demo_task) == (model, task))
 hand_edited = current_plan is not None and bool(current_plan.meta.get("edited"))
 if st.button(

@@ -12,19 +12,17 @@ import streamlit as st
 
 import lowrank
 from dashboard import cache, labels, layout, plots, session, widgets  # first: sets up the environment for torch
+from lowrank.experiments.compare import DENSE, metric_info, reference_run
 from lowrank.experiments.sweep import SweepSpec, start_sweep
+from lowrank.report import formats
 
 LABEL = "factorize"  # the sweeps this page starts
 
 layout.header(__file__)
 model, task = session.model_key(), session.task_key()
-try:
+with widgets.stop_on_error(f"Cannot factorize {labels.model_label(model)}", choose_model=True):
     loaded = cache.load(model, task)
     plan = session.ensure_plan()
-except widgets.USER_ERRORS as err:
-    widgets.show_error(f"Cannot factorize {labels.model_label(model)}", err)
-    st.page_link("pages/1_Model_and_task.py", label="Choose another model", icon=":material/dataset:")
-    st.stop()
 store = cache.store()
 
 
@@ -42,7 +40,7 @@ st.markdown(
     f"Plan: **{labels.plan_fraction(plan):.0%}** of the compressible parameters kept, strategy **{plan.strategy}**"
     f"{' (edited by hand)' if edited else ''}, {len(plan.ranks)} of {len(plan.layers)} layers factorized."
 )
-st.page_link("pages/3_Ranks.py", label="Change the plan", icon=":material/tune:")
+layout.link("ranks", "Change the plan")
 
 methods = lowrank.available_methods()
 chosen = st.multiselect(
@@ -90,11 +88,8 @@ if run:
         ranks={name: int(rank) for name, rank in plan.ranks.items()},
         save=True,
     )
-    try:
+    with widgets.stop_on_error("Cannot start the run"):
         start_sweep(spec, store)
-    except widgets.USER_ERRORS as err:
-        widgets.show_error("Cannot start the run", err)
-        st.stop()
     st.rerun()
 
 if current is None:
@@ -116,7 +111,7 @@ if running:
 
 spec = current["spec"]
 runs = store.runs(sweep_id=int(current["id"]))
-compressed = runs[runs["method"] != "dense"]
+compressed = runs[runs["method"] != DENSE]
 for row in compressed[compressed["status"] != "done"].to_dict("records"):
     st.warning(
         f"{row['method']}: {row['status']}: {row['error'] if pd.notna(row['error']) else 'no message'}",
@@ -125,7 +120,9 @@ for row in compressed[compressed["status"] != "done"].to_dict("records"):
 rows = compressed[compressed["status"] == "done"].iloc[::-1].to_dict("records")  # in the order they ran
 if not rows:
     st.stop()
-dense = cache.dense_row(spec["task"], rows[0]["fingerprint"], spec["split"], spec["eval_limit"])
+dense = reference_run(
+    store, spec["task"], fingerprint=rows[0]["fingerprint"], split=spec["split"], eval_limit=spec["eval_limit"]
+)
 if dense is None:
     st.warning("The dense reference of this run is no longer in the run store.", icon=":material/warning:")
     st.stop()
@@ -146,19 +143,19 @@ untrained = widgets.untrained_head_warning(model, task)
 cols = st.columns(len(rows) + 1)
 cols[0].metric(
     f"dense {labels.quality_label(dense['metric'], untrained).lower()}",
-    labels.fmt_metric(dense["metric"], dense["value"]),
-    help=f"{labels.fmt_bytes(dense['size_bytes'])}, {labels.fmt_ms(dense['latency_ms_b1'])} at batch 1 "
+    formats.format_metric(dense["metric"], dense["value"]),
+    help=f"{formats.format_bytes(dense['size_bytes'])}, {formats.format_ms(dense['latency_ms_b1'])} at batch 1 "
     f"({labels.latency_help(dense.get('latency_info'), 'b1')})",
 )
 for col, row in zip(cols[1:], rows):
     value = row["value"]
     col.metric(
         row["method"] + (" ✕ destroyed" if row["id"] in flagged else ""),
-        labels.fmt_metric(row["metric"], value),
+        formats.format_metric(row["metric"], value),
         "–" if pd.isna(value) else f"{value - dense['value']:+.3g}",
-        delta_color="inverse" if row["metric"] == "perplexity" else "normal",
-        help=f"run #{row['id']}: {labels.fmt_bytes(row['size_bytes'])}, {labels.fmt_ms(row['latency_ms_b1'])} at "
-        f"batch 1 ({labels.latency_help(row.get('latency_info'), 'b1')})",
+        delta_color="normal" if metric_info(row["metric"]).higher_is_better else "inverse",
+        help=f"run #{row['id']}: {formats.format_bytes(row['size_bytes'])}, "
+        f"{formats.format_ms(row['latency_ms_b1'])} at batch 1 ({labels.latency_help(row.get('latency_info'), 'b1')})",
     )
 table = pd.DataFrame([dense, *rows])
 table["label"] = ["dense"] + [

@@ -1,5 +1,6 @@
-"""Trade-offs: quality against kept parameters for every stored run (one line per method, Pareto front,
-dense reference), and a form that starts a background sweep (methods x budgets x strategy)."""
+"""Trade-offs: quality against kept parameters for every stored run measured like the dense reference (one line
+per method, Pareto front, the reference of lowrank.experiments.compare.reference_run), and a form that starts a
+background sweep (methods x budgets x strategy)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import streamlit as st
 import lowrank
 from dashboard import cache, labels, layout, plots, session, widgets  # first: sets up the environment for torch
 from lowrank.allocation import DEFAULT_STRATEGY, available_strategies
+from lowrank.experiments.compare import DENSE, comparable, reference_run
 from lowrank.experiments.sweep import SweepSpec, reap_stale, running_sweeps, start_sweep
 
 layout.header(__file__)
@@ -22,7 +24,7 @@ shown_model = cols[0].selectbox("Model", models, format_func=labels.model_label,
 shown_task = cols[1].selectbox("Task", tasks, format_func=labels.task_label, key="tradeoff_task")
 selection = runs[(runs["model"] == shown_model) & (runs["task"] == shown_task)]
 widgets.untrained_head_warning(shown_model, shown_task)
-strategies = sorted(selection.loc[selection["method"] != "dense", "strategy"].dropna().unique())
+strategies = sorted(selection.loc[selection["method"] != DENSE, "strategy"].dropna().unique())
 shown_strategies = cols[2].multiselect(
     "Strategies",
     strategies,
@@ -41,11 +43,9 @@ def live() -> None:
     for sweep in sweeps[(sweeps["status"] == "running") | (sweeps.index == 0)].to_dict("records"):
         widgets.sweep_card(store, sweep)  # the running sweeps and the latest one
     current = store.runs(model=shown_model, task=shown_task)
-    done = current[
-        (current["status"] == "done") & (current["method"] != "dense") & current["strategy"].isin(shown_strategies)
-    ]
-    dense_rows = current[(current["status"] == "done") & (current["method"] == "dense")]
-    dense = dense_rows.iloc[0].to_dict() if len(dense_rows) else None
+    dense = reference_run(store, shown_task, model=shown_model)
+    done = comparable(current[(current["status"] == "done") & (current["method"] != DENSE)], dense)
+    done = done[done["strategy"].isin(shown_strategies)]
     if done.empty and dense is None:
         st.info(
             "No finished runs for this model and task yet: run a sweep below, or factorize on the Factorize page.",

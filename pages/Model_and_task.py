@@ -9,6 +9,7 @@ import streamlit as st
 
 import lowrank
 from dashboard import cache, inputs, labels, layout, session, widgets  # first: sets up the environment for torch
+from lowrank.report import formats
 
 layout.header(__file__)
 
@@ -109,12 +110,9 @@ with right:
         st.rerun()
 
 model, task = session.model_key(), session.task_key()
-try:
+with widgets.stop_on_error(f"Cannot load {labels.model_label(model)}"):
     loaded = cache.load(model, task)
     task_obj = cache.get_task(task)
-except widgets.USER_ERRORS as err:
-    widgets.show_error(f"Cannot load {labels.model_label(model)}", err)
-    st.stop()
 
 st.divider()
 st.subheader("Architecture")
@@ -129,16 +127,16 @@ st.markdown(
     f"{getattr(config, 'num_attention_heads', '?')} attention heads · vocabulary {getattr(config, 'vocab_size', 0):,}"
 )
 cols = st.columns(4)
-cols[0].metric("Parameters", labels.fmt_params(total), help=f"{total:,}")
+cols[0].metric("Parameters", formats.format_params(total), help=f"{total:,}")
 cols[1].metric(
     "In compressible layers",
-    labels.fmt_params(linear),
+    formats.format_params(linear),
     f"{linear / total:.0%} of all",
     delta_color="off",
     delta_arrow="off",
     help=f"{linear:,}; embeddings, norms and heads stay dense",
 )
-cols[2].metric("Elsewhere", labels.fmt_params(total - linear), help="embeddings, norms, biases and heads")
+cols[2].metric("Elsewhere", formats.format_params(total - linear), help="embeddings, norms, biases and heads")
 cols[3].metric("Compressible layers", len(layers))
 with st.expander(f"Compressible layers ({len(layers)})"):
     st.dataframe(
@@ -198,17 +196,19 @@ untrained = widgets.untrained_head_warning(model, task)
 cols = st.columns(5)
 cols[0].metric(
     labels.quality_label(dense["metric"], untrained),
-    labels.fmt_metric(dense["metric"], dense["value"]),
+    formats.format_metric(dense["metric"], dense["value"]),
     help=f"{dense['examples']:,} {'examples' if dense['metric'] == 'accuracy' else 'tokens'} of the validation split",
 )
 cols[1].metric("Loss", f"{dense['loss']:.4f}")
-cols[2].metric("Size on disk", labels.fmt_bytes(dense["size_bytes"]), help="safetensors file, float32")
+cols[2].metric("Size on disk", formats.format_bytes(dense["size_bytes"]), help="safetensors file, float32")
 cols[3].metric(
-    "Latency, batch 1", labels.fmt_ms(dense["latency_ms_b1"]), help=labels.latency_help(dense.get("latency_info"), "b1")
+    "Latency, batch 1",
+    formats.format_ms(dense["latency_ms_b1"]),
+    help=labels.latency_help(dense.get("latency_info"), "b1"),
 )
 cols[4].metric(
     "Latency, batch 32",
-    labels.fmt_ms(dense["latency_ms_b32"]),
+    formats.format_ms(dense["latency_ms_b32"]),
     help=labels.latency_help(dense.get("latency_info"), "b32"),
 )
 measured = time.strftime("%Y-%m-%d %H:%M", time.localtime(dense["finished"]))

@@ -1,0 +1,70 @@
+"""Which stored runs are compared with which, and which way a task metric is better.
+
+A compressed run is compared with a dense run of the same model on the same task, measured the same way (same
+split, same evaluation limit). :func:`reference_run` is that dense run: the newest finished dense run of a model
+(by name, or by its weights fingerprint) on a task with the settings asked for; a setting left at :data:`ANY`
+is that of the newest dense run, and :func:`comparable` then keeps the runs measured like it. The report, every
+dashboard page and :func:`lowrank.experiments.run.dense_reference` pick their reference here, so they agree.
+
+:data:`METRICS` says how each task metric reads: whether higher is better, how many decimals it is shown with,
+whether it is plotted on a log axis (perplexity: the exponential of a loss). Cost: one run-store query per
+:func:`reference_run`; :func:`comparable` is a filter of the rows it is given.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import pandas as pd
+
+DENSE = "dense"  # the method name of an uncompressed run
+ANY = object()  # a setting :func:`reference_run` does not pin
+
+
+class Metric(NamedTuple):
+    higher_is_better: bool
+    decimals: int  # shown with this many decimals
+    log_axis: bool  # plotted on a log axis
+
+
+METRICS = {
+    "accuracy": Metric(higher_is_better=True, decimals=3, log_axis=False),
+    "perplexity": Metric(higher_is_better=False, decimals=2, log_axis=True),
+}
+OTHER_METRIC = Metric(higher_is_better=True, decimals=3, log_axis=False)  # not in the table, or none (no runs yet)
+
+
+def metric_info(name) -> Metric:
+    """The :data:`METRICS` row of ``name`` (:data:`OTHER_METRIC` when it has none)."""
+    return METRICS.get(name, OTHER_METRIC)
+
+
+def reference_run(
+    store, task: str, *, model: str | None = None, fingerprint: str | None = None, split=ANY, eval_limit=ANY
+) -> dict | None:
+    """The dense run compressed runs of ``model`` (its stored name) or of the weights with ``fingerprint`` on ``task``
+    are compared with: the newest finished dense run measured on ``split`` with ``eval_limit`` (``None``: the whole
+    split; :data:`ANY`: whichever the newest has). ``None`` when there is none. ``store``: a
+    :class:`lowrank.experiments.store.RunStore`."""
+    filters = {"method": DENSE, "task": task}
+    for name, value in (("model", model), ("fingerprint", fingerprint)):
+        if value is not None:
+            filters[name] = value
+    for name, value in (("split", split), ("eval_limit", eval_limit)):
+        if value is not ANY:
+            filters[name] = value
+    return store.find_run(**filters)
+
+
+def _same(column: pd.Series, value) -> pd.Series:
+    return column.isna() if pd.isna(value) else column == value
+
+
+def comparable(runs: pd.DataFrame, reference: dict | None) -> pd.DataFrame:
+    """The rows of ``runs`` (newest first, as the store lists them) measured on the split and with the evaluation
+    limit of ``reference`` (:func:`reference_run`); with no reference, those of the newest row."""
+    if reference is None:
+        if runs.empty:
+            return runs
+        reference = runs.iloc[0]
+    return runs[_same(runs["split"], reference["split"]) & _same(runs["eval_limit"], reference["eval_limit"])]

@@ -1,0 +1,28 @@
+"""The result story of one model and task, from the stored runs only, for ``lowrank report`` and the dashboard.
+
+* :mod:`lowrank.report.summarize`: the best method at each budget against the dense model and plain SVD
+  (:func:`summary`), the SVD-drop metric's prediction beside what was measured (:func:`drop_checks`), and the
+  headline sentences;
+* :mod:`lowrank.report.render`: the figure (:func:`summary_figure`) and the self-contained HTML report
+  (:func:`render_html`, :func:`write_report`);
+* :mod:`lowrank.report.formats`: numbers as text, shared with the dashboard.
+
+Which dense run the runs are compared with is :func:`lowrank.experiments.compare.reference_run`.
+"""
+
+from lowrank.report.render import is_report, render_html, summary_figure, write_report
+from lowrank.report.summarize import DropCheck, Summary, SummaryRow, drop_checks, headlines, summary, with_drop_checks
+
+__all__ = [
+    "DropCheck",
+    "Summary",
+    "SummaryRow",
+    "drop_checks",
+    "headlines",
+    "is_report",
+    "render_html",
+    "summary",
+    "summary_figure",
+    "with_drop_checks",
+    "write_report",
+]
