@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import lowrank
-from lowrank.evaluate import latency_note as _latency_note
+from lowrank.evaluation.latency import latency_note as _latency_note
 from lowrank.layers import break_even_rank
 from lowrank.needs import needs_for
 from lowrank.report import format_bytes as fmt_bytes  # noqa: F401  (one format for the dashboard and the report)

@@ -29,8 +29,10 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from lowrank.analysis.metrics import risk_summary, risk_table
-from lowrank.evaluate import chance_accuracy, destroyed, latency_note
-from lowrank.io import atomic_write_bytes, writable_file
+from lowrank.evaluation.latency import latency_note
+from lowrank.evaluation.quality import chance_accuracy, destroyed
+from lowrank.files.atomic import atomic_write_bytes
+from lowrank.files.outputs import writable_file
 
 BASELINE = "svd"  # plain SVD: what the weighted methods are compared with
 HEADLINE_BUDGET = 0.5  # the budget the headline figures are taken at (the nearest stored one)

@@ -37,8 +37,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from lowrank.io import cache_dir, notice
+from lowrank.files.cache import cache_dir
 from lowrank.processes import process_alive, process_started
+from lowrank.progress import notice
 
 STATUSES = ("running", "done", "failed", "interrupted")
 
