@@ -3,12 +3,13 @@
 The model is built without weights (:mod:`lowrank.models.streamed`); each decoder block in turn is
 loaded from the safetensors checkpoint, its layers' statistics collected (:mod:`lowrank.statistics.blockwise`:
 none for ``svd``; a forward sweep for activations, on the outputs of the blocks already compressed or of
-the dense ones; a streaming gradient sweep of the dense model for Fisher and gradient moments), each
-planned ``W`` (out, in) replaced by ``U`` (out, r) ``V`` (r, in) by :func:`lowrank.compress.factorize_layer`
-(the step :func:`lowrank.compress` takes), and the block written as one shard of the output. Peak memory:
-one block and its factorization workspace, the calibration hidden states, the embedding, norm and head.
-Output: the folder :func:`lowrank.load_compressed` reads, written atomically. :func:`sequential_reason`
-decides when ``lowrank compress`` streams on its own (float32 size above :data:`AUTO_FRACTION` of free RAM).
+the dense ones; a streaming gradient sweep of the dense model for Fisher and gradient moments; a pruning
+mask is refused), each planned ``W`` (out, in) replaced by ``U`` (out, r) ``V`` (r, in) by
+:func:`lowrank.compress.factorize_layer` (the step :func:`lowrank.compress` takes), and the block written
+as one shard of the output. Peak memory: one block and its factorization workspace, the calibration hidden
+states, the embedding, norm and head. Output: the folder :func:`lowrank.load_compressed` reads, written
+atomically. :func:`sequential_reason` decides when ``lowrank compress`` streams on its own (float32 size
+above :data:`AUTO_FRACTION` of the available RAM).
 """
 
 from __future__ import annotations
