@@ -55,7 +55,7 @@ def main() -> None:
 
     task = load_task(args.task)
     loaded = lowrank.load_model(args.model, device=args.device)
-    dense = lowrank.evaluate(loaded, task, limit=args.limit, measure_latency=False)
+    dense = lowrank.evaluate(loaded, task, limit=args.limit, latency=False)
     print(f"dense {args.model}: {dense.metric} {dense.value:.4f}")
 
     fisher_settings = StatisticsSettings(num_batches=args.fisher_batches, batch_size=16)
@@ -84,7 +84,7 @@ def main() -> None:
                 start = time.perf_counter()
                 small = lowrank.compress(loaded, plan.ranks, method=method, stats=restrict(stats, needs_for([method])))
                 compress_seconds = time.perf_counter() - start
-                result = lowrank.evaluate(small, task, limit=args.limit, measure_latency=False)
+                result = lowrank.evaluate(small, task, limit=args.limit, latency=False)
                 rows.append(
                     {
                         "budget": budget,

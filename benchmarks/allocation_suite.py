@@ -40,7 +40,7 @@ def run_task(task_name: str, model: str, args, settings, strategies: list[str]) 
     loaded = lowrank.load_model(model, device=args.device)
     needs = tuple(dict.fromkeys(k for s in strategies for k in needs_for(args.methods, s, predict=True)))
     stats = statistics_for(loaded, task, needs, settings)
-    dense = lowrank.evaluate(loaded, task, args.split, limit=args.limit, measure_latency=False)
+    dense = lowrank.evaluate(loaded, task, args.split, limit=args.limit, latency=False)
     rows = [
         {
             "task": task_name,
@@ -60,7 +60,7 @@ def run_task(task_name: str, model: str, args, settings, strategies: list[str]) 
             alloc_seconds = time.perf_counter() - start
             for method in args.methods:
                 small = lowrank.compress(loaded, plan.ranks, method=method, stats=restrict(stats, needs_for([method])))
-                result = lowrank.evaluate(small, task, args.split, limit=args.limit, measure_latency=False)
+                result = lowrank.evaluate(small, task, args.split, limit=args.limit, latency=False)
                 rows.append(
                     {
                         "task": task_name,

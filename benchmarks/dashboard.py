@@ -13,7 +13,7 @@ and the decoder path's dense evaluation.
   to its worker) and the temporary cache removed;
 * decoder dense evaluation (``--decoder-model``, default smollm2-135m, on ``--decoder-task`` lee): what
   the Model & task page does for a causal LM: perplexity on the validation split, then the latencies
-  within their time budget (``lowrank.evaluate.LATENCY_BUDGET_S`` per batch size), reported with their
+  within their time budget (``lowrank.evaluation.latency.LATENCY_BUDGET_S`` per batch size), reported with their
   repeats and conditions; ``--no-decoder`` skips it;
 * demo (``--demo``): from clicking "Run the demo" on Home to the trade-off plot with every demo run
   finished (target: under 5 minutes).
@@ -109,7 +109,7 @@ def first_run(browser, log) -> float:
 def decoder_evaluation(model: str, task: str, limit) -> dict:
     """Seconds of the dense evaluation of a causal LM (quality, then latency), with what was measured."""
     import lowrank
-    from lowrank.evaluate import latency_note
+    from lowrank.evaluation.latency import latency_note
 
     start = time.perf_counter()
     loaded = lowrank.load_model(model, task=task)

@@ -39,7 +39,7 @@ import pandas as pd
 import torch
 from common import write
 
-from lowrank.io import cache_dir
+from lowrank.files.cache import cache_dir
 
 OUTCOMES = ("clear error", "handled", "traceback", "silent wrong", "data lost")
 SHARED_CACHE = ("assets", "wheels")  # linked from the real cache into each row's private one
@@ -267,7 +267,7 @@ def build_fixtures(root: Path) -> dict:
     _truncate(f["small_truncated"] / "model.safetensors")
 
     task = str(f["csv"])
-    f["bert_loss"] = evaluate(loaded, task, measure_latency=False).loss  # what the swapped model must score
+    f["bert_loss"] = evaluate(loaded, task, latency=False).loss  # what the swapped model must score
     return f
 
 

@@ -57,7 +57,7 @@ from common import fisher_maps, parser, write
 
 import lowrank
 from lowrank.compress import low_rank_layers
-from lowrank.evaluate import parameter_counts
+from lowrank.evaluation.size import parameter_counts
 from lowrank.loaded import LoadedModel
 from lowrank.models.architectures import compressible_linears
 from lowrank.statistics import DEFAULT
@@ -99,7 +99,7 @@ def finetuned_row(small, task, fit: Callable[[LoadedModel], object], limit, seco
     """Fine-tune ``small`` in place with ``fit``, evaluate; ``seconds`` already spent is added to the wall time."""
     start = time.perf_counter()
     fit(small)
-    result = lowrank.evaluate(small, task, limit=limit, measure_latency=False)
+    result = lowrank.evaluate(small, task, limit=limit, latency=False)
     return {
         "accuracy": result.value,
         "loss": result.loss,
@@ -168,7 +168,7 @@ def main() -> None:
 
     loaded = lowrank.load_model(args.model, task=args.task, device=args.device)
     dense_linears = compressible_linears(loaded.model)
-    dense = lowrank.evaluate(loaded, args.task, limit=args.limit, measure_latency=False)
+    dense = lowrank.evaluate(loaded, args.task, limit=args.limit, latency=False)
     rows = [
         {
             "keep": 1.0,

@@ -52,7 +52,7 @@ def main() -> None:
     loaded = lowrank.load_model(args.model, device=args.device)
     settings = StatisticsSettings(num_batches=args.fisher_batches, batch_size=16)
     stats, stat_seconds = collect(loaded, args.task, settings)
-    dense = lowrank.evaluate(loaded, args.task, limit=args.limit, measure_latency=False)
+    dense = lowrank.evaluate(loaded, args.task, limit=args.limit, latency=False)
     rows = [{"keep": 1.0, "method": "dense", "metric": dense.metric, "value": dense.value, "loss": dense.loss}]
     for keep in args.keeps:
         svd_seconds = None
@@ -65,7 +65,7 @@ def main() -> None:
             )
             seconds = time.perf_counter() - start
             svd_seconds = svd_seconds or seconds
-            result = lowrank.evaluate(small, args.task, limit=args.limit, measure_latency=False)
+            result = lowrank.evaluate(small, args.task, limit=args.limit, latency=False)
             regularized = small.model.lowrank_info.regularizers()
             rows.append(
                 {

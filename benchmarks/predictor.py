@@ -33,7 +33,7 @@ a user with a labelled calibration set, disjoint from training and validation, c
 What does a second-order estimate predict? Its expansion ``dL ~= g . dW + 0.5 dW^T H dW`` is
 around the *training* minimum; the quantity with no first-order term and the Fisher as its exact
 Hessian is the change of the model's predictions, ``measured_kl``: the mean over validation
-examples of ``KL(p_dense || p_compressed)`` (``lowrank.evaluate.prediction_kl``, no labels used).
+examples of ``KL(p_dense || p_compressed)`` (``lowrank.evaluation.quality.prediction_kl``, no labels used).
 Its second-order expansion is ``0.5 dW^T F dW`` with the *true* Fisher ``F`` (labels drawn from the
 model), so the correlations of the Fisher predictors with ``measured_kl`` say how well they rank
 layers by how much compressing them changes the function, apart from whether that change
@@ -57,7 +57,7 @@ from scipy.stats import spearmanr
 
 import lowrank
 from lowrank.analysis.metrics import fisher_dispersion, predicted_loss_increase, svd_risk
-from lowrank.evaluate import class_log_probabilities, prediction_kl
+from lowrank.evaluation.quality import class_log_probabilities, prediction_kl
 from lowrank.statistics import StatisticsSettings
 from lowrank.statistics.taylor import svd_loss_change
 
@@ -89,10 +89,10 @@ def main() -> None:
         "diagonal_true_fisher": fisher_maps(loaded, args.task, args.fisher_batches, labels="sampled"),
         "diagonal_on_validation": fisher_maps(loaded, args.task, args.fisher_batches, split="validation"),
     }
-    dense = lowrank.evaluate(loaded, args.task, limit=args.limit, measure_latency=False)
+    dense = lowrank.evaluate(loaded, args.task, limit=args.limit, latency=False)
     dense_predictions = class_log_probabilities(loaded, args.task, limit=args.limit)
     dense_train = (
-        lowrank.evaluate(loaded, args.task, "train", limit=args.train_batches, measure_latency=False)
+        lowrank.evaluate(loaded, args.task, "train", limit=args.train_batches, latency=False)
         if args.train_batches
         else None
     )
@@ -103,7 +103,7 @@ def main() -> None:
     )
     heldout = args.heldout_split
     if heldout:
-        dense_heldout = lowrank.evaluate(loaded, args.task, heldout, limit=args.limit, measure_latency=False)
+        dense_heldout = lowrank.evaluate(loaded, args.task, heldout, limit=args.limit, latency=False)
         heldout_taylor = svd_loss_change(
             loaded, args.task, ranks, StatisticsSettings(num_batches=args.fisher_batches, batch_size=16, split=heldout)
         )
@@ -112,7 +112,7 @@ def main() -> None:
         weight = linears[name].weight
         W, F = weight.detach().float(), fisher[name].to(weight.device)
         small = lowrank.compress(loaded, {name: rank}, method="svd")
-        result = lowrank.evaluate(small, args.task, limit=args.limit, measure_latency=False)
+        result = lowrank.evaluate(small, args.task, limit=args.limit, latency=False)
         rows.append(
             {
                 "layer": name,
@@ -123,7 +123,7 @@ def main() -> None:
                 ),
                 "accuracy_drop": dense.value - result.value,
                 "measured_train_loss_increase": (
-                    lowrank.evaluate(small, args.task, "train", limit=args.train_batches, measure_latency=False).loss
+                    lowrank.evaluate(small, args.task, "train", limit=args.train_batches, latency=False).loss
                     - dense_train.loss
                 )
                 if dense_train
@@ -142,7 +142,7 @@ def main() -> None:
         if heldout:
             rows[-1].update(
                 measured_heldout_loss_increase=lowrank.evaluate(
-                    small, args.task, heldout, limit=args.limit, measure_latency=False
+                    small, args.task, heldout, limit=args.limit, latency=False
                 ).loss
                 - dense_heldout.loss,
                 heldout_taylor=heldout_taylor[name]["total"],

@@ -31,7 +31,7 @@ calibrates the verdict on the suite (the best accuracy of ``predicted > t``), wi
 when each task is judged by a threshold calibrated on the other tasks.
 
 **Layer level** (per task, ``--layer-keep`` 30%): each layer alone replaced by its plain SVD,
-measured ``KL(p_dense || p)`` on the evaluation split (``lowrank.evaluate.prediction_kl``,
+measured ``KL(p_dense || p)`` on the evaluation split (``lowrank.evaluation.quality.prediction_kl``,
 no labels), against the full-Fisher form, the K-FAC form and the diagonal ``predicted_loss_increase``: Spearman
 per task and the median of ``predicted / measured`` (1 = the right size; the quadratic forms
 estimate the KL itself when the Fisher is the true one, ``--labels sampled``). ``--layers N``
@@ -54,7 +54,7 @@ import lowrank
 from lowrank.analysis.metrics import kfac_loss_increase, predicted_loss_increase, risk_summary, risk_table
 from lowrank.cli.args import statistics_settings
 from lowrank.compress import low_rank_layers
-from lowrank.evaluate import class_log_probabilities, prediction_kl
+from lowrank.evaluation.quality import class_log_probabilities, prediction_kl
 from lowrank.methods import truncated_svd
 from lowrank.statistics import select, statistics_for
 from lowrank.statistics.taylor import svd_loss_change

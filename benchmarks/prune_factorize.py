@@ -73,7 +73,7 @@ def main() -> None:
     for sparsity in args.sparsities:
         start = time.perf_counter()
         model = pruned_copy(loaded, args.task, args.prune_method, sparsity, config)
-        base = lowrank.evaluate(model, args.task, limit=args.limit, measure_latency=False)
+        base = lowrank.evaluate(model, args.task, limit=args.limit, latency=False)
         rows.append(
             {
                 "sparsity": sparsity,
@@ -93,7 +93,7 @@ def main() -> None:
                 start = time.perf_counter()
                 options = {} if method == "svd" else {"importance": fisher}
                 small = lowrank.compress(model, keep, method=method, **options)
-                result = lowrank.evaluate(small, args.task, limit=args.limit, measure_latency=False)
+                result = lowrank.evaluate(small, args.task, limit=args.limit, latency=False)
                 rows.append(
                     {
                         "sparsity": sparsity,

@@ -123,7 +123,7 @@ def main() -> None:
         epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, max_length=args.max_length, max_steps=args.max_steps
     )
     dense = lowrank.load_model(args.model, task=args.task, device=args.device)
-    accuracy = lowrank.evaluate(dense, args.task, limit=args.limit, measure_latency=False).value
+    accuracy = lowrank.evaluate(dense, args.task, limit=args.limit, latency=False).value
     frame = rank_analysis(dense, tol=args.tol)
     rows = [{"method": "dense", "target_sparsity": 0.0, "accuracy": accuracy, **average_ranks(frame), "seconds": 0.0}]
     by_type = {"dense": frame.groupby("type")[["rel_rank90", "rel_effective_rank"]].mean().to_dict()}
@@ -135,7 +135,7 @@ def main() -> None:
             kind, update = PRUNERS[method]
             result = prune(loaded, args.task, kind, sparsity, args.scope, config, score_update=update)
             seconds = time.perf_counter() - start
-            accuracy = lowrank.evaluate(loaded, args.task, limit=args.limit, measure_latency=False).value
+            accuracy = lowrank.evaluate(loaded, args.task, limit=args.limit, latency=False).value
             frame = rank_analysis(loaded, tol=args.tol)
             rows.append(
                 {

@@ -96,7 +96,7 @@ def run_configuration(args) -> dict:
         factorize = sum(small.model.lowrank_info.seconds.values())
         row |= {"statistics_s": total - factorize, "compress_s": factorize}
     start = time.perf_counter()
-    result = lowrank.evaluate(small, args.task, limit=args.limit, measure_latency=False)
+    result = lowrank.evaluate(small, args.task, limit=args.limit, latency=False)
     stage("evaluate", start)
     row |= {
         "perplexity": result.value,

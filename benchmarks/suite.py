@@ -51,7 +51,7 @@ def run_task(task_name: str, model: str, args, settings) -> list[dict]:
     start = time.perf_counter()
     stats = statistics_for(loaded, task, needs_for(m for m, _ in CONFIGS), settings)
     statistics_s = time.perf_counter() - start
-    dense = lowrank.evaluate(loaded, task, args.split, limit=args.limit, measure_latency=False)
+    dense = lowrank.evaluate(loaded, task, args.split, limit=args.limit, latency=False)
     base = {"task": task_name, "model": model}
     rows = [
         {
@@ -69,7 +69,7 @@ def run_task(task_name: str, model: str, args, settings) -> list[dict]:
             start = time.perf_counter()
             small = lowrank.compress(loaded, keep, method=method, stats=restrict(stats, needs_for([method])), **options)
             seconds = time.perf_counter() - start
-            result = lowrank.evaluate(small, task, args.split, limit=args.limit, measure_latency=False)
+            result = lowrank.evaluate(small, task, args.split, limit=args.limit, latency=False)
             rows.append(
                 {
                     **base,

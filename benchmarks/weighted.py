@@ -45,7 +45,7 @@ def run(loaded, fisher, keep, method, options, args) -> dict:
         for n, m in model.model.named_modules()
         if isinstance(m, lowrank.LowRankLinear)
     )
-    result = lowrank.evaluate(model, args.task, limit=args.limit, measure_latency=False)
+    result = lowrank.evaluate(model, args.task, limit=args.limit, latency=False)
     return {
         "keep": keep,
         "method": label(method, options),
@@ -67,7 +67,7 @@ def main() -> None:
     args = p.parse_args()
     loaded = lowrank.load_model(args.model, device=args.device)
     fisher = fisher_maps(loaded, args.task, args.fisher_batches)
-    dense = lowrank.evaluate(loaded, args.task, limit=args.limit, measure_latency=False)
+    dense = lowrank.evaluate(loaded, args.task, limit=args.limit, latency=False)
     rows = []
     for keep in args.keeps:
         for method, options in CONFIGS:

@@ -30,12 +30,13 @@ import lowrank.statistics
 from lowrank import report
 from lowrank.allocation import layer_loss_curves
 from lowrank.analysis.metrics import fisher_dispersion, risk_table
-from lowrank.compress import CompressionInfo, load_info
 from lowrank.data import NAMED_TASKS, hub_reachable
-from lowrank.evaluate import chance_accuracy, check_task_fits
+from lowrank.evaluation.quality import chance_accuracy, check_task_fits
 from lowrank.experiments.run import dense_reference
 from lowrank.experiments.store import RunStore, default_path
-from lowrank.io import atomic_write_bytes, cache_dir
+from lowrank.files.atomic import atomic_write_bytes
+from lowrank.files.cache import cache_dir
+from lowrank.info import CompressionInfo, load_info
 from lowrank.layers import break_even_rank, max_useful_rank
 from lowrank.models import compressible_weights, model_kind
 from lowrank.models.labels import head_untrained as _head_untrained

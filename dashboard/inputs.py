@@ -19,7 +19,7 @@ import shutil
 import time
 from pathlib import Path
 
-from lowrank.io import cache_dir
+from lowrank.files.cache import cache_dir
 from lowrank.models import PACKAGED
 from lowrank.models.loading import looks_like_path
 

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import lowrank
-from lowrank.evaluate import latency_note as _latency_note
+from lowrank.evaluation.latency import latency_note as _latency_note
 from lowrank.needs import needs_for
 from lowrank.statistics import statistics_label
 

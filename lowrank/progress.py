@@ -1,15 +1,25 @@
-"""Progress reporting shared by the library, the CLI (tqdm) and the dashboard (st.progress).
+"""What a long call tells its caller while it runs: progress, and one-line notices.
 
 A progress callback is any ``fn(done: int, total: int, message: str) -> None``.
 Library functions take ``progress=None`` and call :func:`report`; the CLI passes a
-:class:`TqdmProgress`, the dashboard an adapter around ``st.progress``.
+:class:`TqdmProgress`, the dashboard an adapter around ``st.progress``. :func:`notice`
+says something the caller did not ask about (a restored folder, a cache it could not use)
+on the ``lowrank`` logger.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 Progress = Callable[[int, int, str], None]
+
+logger = logging.getLogger("lowrank")
+
+
+def notice(message: str) -> None:
+    """A one-line notice on stderr (the ``lowrank`` logger at warning level)."""
+    logger.warning(message)
 
 
 def report(progress: Progress | None, done: int, total: int, message: str = "") -> None:

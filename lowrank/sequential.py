@@ -1,46 +1,29 @@
 """Layer-sequential compression of a causal LM: one decoder block in memory at a time.
 
-``compress_sequential(path_or_name, ranks, method, out, task, settings, progress)`` builds the model
-without weights (:mod:`lowrank.models.streamed`), then for each decoder block: loads its tensors
-from the safetensors checkpoint, collects its layers' statistics (:mod:`lowrank.statistics.blockwise`),
-factorizes its layers with :func:`lowrank.compress`, writes the compressed block as one shard of
-the output and frees it. Peak memory: one block and its factorization workspace, the calibration
-hidden states, and the embedding, final norm and head; never the model.
-
-Statistics, by what the method needs:
-
-* nothing (``svd``): the blocks are only loaded, factorized and written;
-* ``activations`` (``asvd``, ``svd_llm``): the forward sweep; block ``i``'s inputs are the outputs
-  of the blocks already compressed (``inputs="compressed"``, the default, as SVD-LLM and GPTQ do),
-  or of the dense blocks (``inputs="dense"``: the in-memory statistics exactly);
-* ``fisher`` / ``gradients`` (``fwsvd``, ``tfwsvd``, ``kfac_svd``): the gradient sweep, a streaming
-  forward/backward pass of the dense model (hidden states at block boundaries kept on disk, inside
-  the output's temporary folder): the same Fisher and gradient moments as the in-memory pass;
-* ``mask`` (``sparsity_aware``): refused (it needs a pruned model in memory).
-
-Output: the folder of :func:`lowrank.save_compressed` (config, tokenizer, ``lowrank.json``) with
-the weights as safetensors shards (the resident modules, then one shard per block) and
-``model.safetensors.index.json``; :func:`lowrank.load_compressed` reads it. It is written
-atomically (:func:`lowrank.io.atomic_dir`): an interrupted run leaves no folder at ``out``.
-
-:func:`sequential_reason` is the one place that decides when ``lowrank compress`` streams on its
-own: a causal LM of a known layout whose float32 size is above :data:`AUTO_FRACTION` of the
-available RAM.
+The model is built without weights (:mod:`lowrank.models.streamed`); each decoder block in turn is
+loaded from the safetensors checkpoint, its layers' statistics collected (:mod:`lowrank.statistics.blockwise`:
+none for ``svd``; a forward sweep for activations, on the outputs of the blocks already compressed or of
+the dense ones; a streaming gradient sweep of the dense model for Fisher and gradient moments; a pruning
+mask is refused), each planned ``W`` (out, in) replaced by ``U`` (out, r) ``V`` (r, in) by
+:func:`lowrank.compress.factorize_layer` (the step :func:`lowrank.compress` takes), and the block written
+as one shard of the output. Peak memory: one block and its factorization workspace, the calibration hidden
+states, the embedding, norm and head. Output: the folder :func:`lowrank.load_compressed` reads, written
+atomically. :func:`sequential_reason` decides when ``lowrank compress`` streams on its own (float32 size
+above :data:`AUTO_FRACTION` of the available RAM).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from huggingface_hub import snapshot_download
-from torch import nn
 from transformers import AutoTokenizer
 
-from lowrank.compress import CompressionInfo, compress, set_module
+from lowrank.compress import factorize_layer, set_module
 from lowrank.data.tasks import hub_reachable, load_task
-from lowrank.io import atomic_dir
+from lowrank.files.atomic import atomic_dir
+from lowrank.info import INFO_FILE, CompressionInfo, save_info, scalars
 from lowrank.methods import get_method
 from lowrank.models.architectures import decoder_layout, supported_types
 from lowrank.models.errors import ModelLoadError
@@ -50,6 +33,7 @@ from lowrank.models.loading import (
     estimate_parameters,
     load_config,
     model_kind,
+    prepare_tokenizer,
 )
 from lowrank.models.packaged import resolve_source
 from lowrank.models.shards import Checkpoint, ShardWriter
@@ -58,7 +42,6 @@ from lowrank.progress import Progress, report
 from lowrank.ranks import Ranks, resolve_ranks
 from lowrank.statistics.blockwise import (
     INPUTS,
-    BlockStep,
     forward_sweep,
     gradient_sweep,
     needs_gradients,
@@ -93,7 +76,7 @@ def sequential_reason(name_or_path: str | Path, fraction: float = AUTO_FRACTION)
     on the meta device) is above ``fraction`` of the available RAM; never for a compressed folder
     or a model whose config cannot be read (the in-memory path reports that)."""
     name = str(name_or_path)
-    if (Path(name) / "lowrank.json").exists():
+    if (Path(name) / INFO_FILE).exists():
         return None
     try:
         source = resolve_source(name)
@@ -113,39 +96,9 @@ def sequential_reason(name_or_path: str | Path, fraction: float = AUTO_FRACTION)
 
 def _tokenizer(folder: Path):
     try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False, local_files_only=True)
+        return AutoTokenizer.from_pretrained(folder, trust_remote_code=False, local_files_only=True)
     except (OSError, ValueError) as err:
         raise ModelLoadError(f"cannot load the tokenizer of {folder}: {str(err).splitlines()[0]}") from err
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
-def _compress_block(
-    step: BlockStep, prefix: str, plan: dict[str, int], method: str, options: dict, info: CompressionInfo
-) -> None:
-    """Factorize the planned layers of the loaded block in place, one :func:`lowrank.compress` call per layer
-    (a one-layer module, so only that layer is copied), and record their facts under their full names."""
-    for name, rank in plan.items():
-        if not name.startswith(prefix):
-            continue
-        local = name[len(prefix) :]
-        stats = step.stats.get(name)
-        small = compress(
-            nn.ModuleDict({"layer": step.block.get_submodule(local)}),
-            {"layer": rank},
-            method,
-            stats={"layer": stats} if stats else None,
-            base_model=info.base_model,
-            **options,
-        )
-        set_module(step.block, local, small["layer"])
-        facts = small.lowrank_info
-        info.options = facts.options
-        info.seconds[name] = facts.seconds["layer"]
-        info.details[name] = facts.details["layer"]
-        if "layer" in facts.history:
-            info.history[name] = facts.history["layer"]
 
 
 def compress_sequential(
@@ -191,7 +144,7 @@ def compress_sequential(
         )
     checkpoint = Checkpoint(folder)
     tokenizer = _tokenizer(folder)
-    config.pad_token_id = tokenizer.pad_token_id  # as load_model sets it
+    prepare_tokenizer(tokenizer, config)
     stream = StreamedModel(config, checkpoint, layout, device)
     plan = resolve_ranks(stream.model, ranks)
     gradients = needs_gradients(spec.needs)
@@ -207,7 +160,7 @@ def compress_sequential(
             )
         batches = sample(task, tokenizer, settings)
     stream.load_resident()
-    info = CompressionInfo(base_model=name, kind="causal-lm", method=method, ranks=plan)
+    info = CompressionInfo(base_model=name, kind="causal-lm", method=method, ranks=plan, options=scalars(options))
     out = Path(out)
     with atomic_dir(out) as tmp:
         writer = ShardWriter(tmp, stream.num_blocks + 1)
@@ -220,7 +173,13 @@ def compress_sequential(
         )
         for done, step in enumerate(sweep):
             report(progress, done, stream.num_blocks, f"{method}: block {step.index}")
-            _compress_block(step, layout.block_name(step.index) + ".", plan, method, options, info)
+            prefix = layout.block_name(step.index) + "."
+            for layer in [layer for layer in plan if layer.startswith(prefix)]:
+                local = layer.removeprefix(prefix)
+                dense = step.block.get_submodule(local)
+                set_module(
+                    step.block, local, factorize_layer(layer, dense, plan[layer], info, step.stats.get(layer), options)
+                )
             writer.write(step.index + 1, stream.block_state(step.index))
         report(progress, stream.num_blocks, stream.num_blocks, f"{method}: done")
         writer.finish()
@@ -229,12 +188,10 @@ def compress_sequential(
         statistics = (
             "gradient sweep (dense model)" if gradients else (f"forward sweep ({inputs} inputs)" if batches else "none")
         )
-        meta = info.to_json() | {
-            "sequential": {
-                "statistics": statistics,
-                "examples": sum(len(b["input_ids"]) for b in batches),
-                "blocks": stream.num_blocks,
-            }
+        info.sequential = {
+            "statistics": statistics,
+            "examples": sum(len(b["input_ids"]) for b in batches),
+            "blocks": stream.num_blocks,
         }
-        (tmp / "lowrank.json").write_text(json.dumps(meta, indent=2))
+        save_info(info, tmp)
     return out

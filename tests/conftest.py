@@ -13,7 +13,7 @@ from lowrank.experiments import build, sweep
 
 os.environ.setdefault("LOWRANK_OFFLINE", "1")  # tests never probe the hub
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
-# The cache of whoever runs the tests (as lowrank.io.cache_dir reads it), before any test points LOWRANK_CACHE elsewhere.
+# The cache of whoever runs the tests (as lowrank.files.cache.cache_dir reads it), before any test points LOWRANK_CACHE elsewhere.
 USER_CACHE = Path(os.environ.get("LOWRANK_CACHE", Path.home() / ".cache" / "lowrank")).expanduser().resolve()
 
 

@@ -1,10 +1,20 @@
 import json
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
 
-from lowrank import LowRankLinear, compress, compressible_linears, load_compressed, resolve_ranks, save_compressed
+from lowrank import (
+    CompressionInfo,
+    LowRankLinear,
+    compress,
+    compressible_linears,
+    load_compressed,
+    resolve_ranks,
+    save_compressed,
+)
+from lowrank.info import load_info
 from lowrank.ranks import fraction_rank, linear_shapes
 
 
@@ -105,3 +115,40 @@ def test_save_is_atomic(tiny_bert, tmp_path, monkeypatch):
 def test_save_requires_compressed_model(tiny_bert, tmp_path):
     with pytest.raises(ValueError, match="not produced by lowrank.compress"):
         save_compressed(tiny_bert, tmp_path / "x")
+
+
+def test_compression_info_round_trips_through_its_json(tiny_llama, tmp_path):
+    small = compress(tiny_llama, 0.3)
+    info = small.model.lowrank_info
+    assert load_info(save_compressed(small, tmp_path / "small")) == info
+    assert load_compressed(tmp_path / "small").model.lowrank_info == info
+    info.history["model.layers.0.mlp.up_proj"] = [2.0, 1.5, 1.25]
+    info.options = {"solver": "als", "max_iters": 3}
+    assert CompressionInfo.from_json(info.to_json()) == info
+    assert "sequential" not in info.to_json()  # only a model compressed block by block records it
+    streamed = replace(info, sequential={"statistics": "none", "examples": 0, "blocks": 2})
+    assert CompressionInfo.from_json(json.loads(json.dumps(streamed.to_json()))) == streamed
+
+
+@pytest.mark.parametrize(
+    "tamper, match",
+    [
+        (lambda meta: "{", "not readable JSON"),
+        (lambda meta: "[1, 2]", "unsupported lowrank.json format None"),
+        (lambda meta: json.dumps(meta | {"format_version": 2}), "unsupported lowrank.json format 2"),
+        (lambda meta: json.dumps({k: v for k, v in meta.items() if k != "ranks"}), "needs 'base_model'"),
+        (lambda meta: json.dumps(meta | {"ranks": {k: str(v) for k, v in meta["ranks"].items()}}), "an integer"),
+        (lambda meta: json.dumps(meta | {"ranks": {k: True for k in meta["ranks"]}}), "an integer"),
+        (lambda meta: json.dumps(meta | {"seconds": "fast"}), "'seconds' must be an object"),
+        (lambda meta: json.dumps(meta | {"history": {"x": [1.0, "nan"]}}), "list of numbers"),
+        (lambda meta: json.dumps(meta | {"method": 3}), "'method' must be a string"),
+    ],
+)
+def test_a_tampered_lowrank_json_is_a_one_line_value_error(tiny_bert, tmp_path, tamper, match):
+    folder = save_compressed(compress(tiny_bert, 0.3), tmp_path / "small")
+    meta = json.loads((folder / "lowrank.json").read_text())
+    (folder / "lowrank.json").write_text(tamper(meta))
+    for read in (load_info, load_compressed):
+        with pytest.raises(ValueError, match=match) as err:
+            read(folder)
+        assert "\n" not in str(err.value) and "lowrank.json" in str(err.value)

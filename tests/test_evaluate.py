@@ -4,12 +4,13 @@ import pytest
 import torch
 
 from lowrank import compress, evaluate, load_task
-from lowrank.evaluate import class_log_probabilities, parameter_counts, prediction_kl
+from lowrank.evaluation.quality import class_log_probabilities, prediction_kl
+from lowrank.evaluation.size import parameter_counts
 
 
 def test_classification_accuracy_matches_manual(tiny_bert, sentiment_csv):
     task = load_task(sentiment_csv)
-    result = evaluate(tiny_bert, task, "validation", measure_latency=False)
+    result = evaluate(tiny_bert, task, "validation", latency=False)
     texts, labels = task.texts["validation"], torch.tensor(task.labels["validation"])
     batch = tiny_bert.tokenizer(texts, padding=True, return_tensors="pt")
     with torch.no_grad():
@@ -19,7 +20,7 @@ def test_classification_accuracy_matches_manual(tiny_bert, sentiment_csv):
 
 
 def test_perplexity_is_exp_of_loss(tiny_llama, text_task):
-    result = evaluate(tiny_llama, text_task, "validation", max_length=16, measure_latency=False)
+    result = evaluate(tiny_llama, text_task, "validation", max_length=16, latency=False)
     assert result.metric == "perplexity" and result.value == pytest.approx(math.exp(result.loss))
     assert result.value > 1
 
@@ -83,3 +84,18 @@ def test_prediction_kl_refuses_mismatched_predictions(tiny_llama, sentiment_csv)
         prediction_kl(torch.zeros(4, 2), torch.zeros(5, 2))
     with pytest.raises(ValueError, match="not a classifier"):
         class_log_probabilities(tiny_llama, sentiment_csv)
+
+
+def test_the_latency_keyword_switches_the_latency_measurement(tiny_bert, sentiment_csv, monkeypatch):
+    calls = []
+    monkeypatch.setattr(
+        "lowrank.evaluation.evaluation.measure_latencies",
+        lambda *args, **kwargs: calls.append(args) or (1.5, 2.5, {"budget_s": 5.0}),
+    )
+    skipped = evaluate(tiny_bert, sentiment_csv, latency=False)
+    assert calls == [] and skipped.latency_ms_b1 is skipped.latency_ms_b32 is skipped.latency is None
+    timed = evaluate(tiny_bert, sentiment_csv, latency=True)
+    assert len(calls) == 1 and (timed.latency_ms_b1, timed.latency_ms_b32) == (1.5, 2.5)
+    assert timed.value == skipped.value and timed.loss == skipped.loss
+    with pytest.raises(TypeError, match="measure_latency"):
+        evaluate(tiny_bert, sentiment_csv, measure_latency=False)

@@ -6,16 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from lowrank.evaluate import (
-    chance_accuracy,
-    check_task_fits,
-    conditions_differ,
-    destroyed,
-    evaluate,
-    latency_note,
-    measure_latency,
-    measurement_conditions,
-)
+from lowrank.evaluation import evaluate
+from lowrank.evaluation.latency import conditions_differ, latency_note, measure_latency, measurement_conditions
+from lowrank.evaluation.quality import chance_accuracy, check_task_fits, destroyed
 from lowrank.experiments.run import dense_reference, execute_run
 from lowrank.experiments.store import RunStore
 from lowrank.experiments.sweep import SweepSpec, run_sweep
@@ -93,7 +86,7 @@ def test_a_dense_latency_measured_under_other_conditions_is_measured_again(tiny_
 
 
 def test_a_sweep_with_explicit_ranks_runs_them_and_saves_the_models(tiny_bert_dir, sentiment_csv, tmp_path):
-    from lowrank.compress import load_info
+    from lowrank.info import load_info
 
     store = RunStore(tmp_path / "runs.sqlite")
     ranks = {"bert.encoder.layer.0.attention.self.query": 4, "bert.encoder.layer.1.output.dense": 7}

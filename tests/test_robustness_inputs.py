@@ -25,7 +25,7 @@ from conftest import sentiment_frame
 from lowrank.cli.main import main
 from lowrank.compress import compress, load_compressed, save_compressed
 from lowrank.data import load_task
-from lowrank.evaluate import evaluate
+from lowrank.evaluation import evaluate
 from lowrank.experiments.store import RunStore
 from lowrank.models import ModelLoadError, load_model
 from lowrank.models.labels import check_labels, default_task
@@ -131,7 +131,7 @@ def test_labels_are_mapped_to_the_model_by_name_whatever_their_order(tiny_bert_d
     assert mapped.label_names == ["positive", "negative"]
     names = [task.label_names[y] for y in task.labels["validation"]]
     assert [mapped.label_names[y] for y in mapped.labels["validation"]] == names
-    a, b = evaluate(original, task, measure_latency=False), evaluate(swapped, task, measure_latency=False)
+    a, b = evaluate(original, task, latency=False), evaluate(swapped, task, latency=False)
     assert b.value == a.value and b.loss == pytest.approx(a.loss, rel=1e-6)  # the same predictions, the same score
 
 

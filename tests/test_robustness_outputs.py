@@ -17,7 +17,8 @@ import torch
 from lowrank.allocation import allocate
 from lowrank.cli.main import main
 from lowrank.compress import compress, load_compressed, save_compressed
-from lowrank.io import MARKER, PAUSE_ENV, OutputError, atomic_write_bytes, recover
+from lowrank.files.atomic import PAUSE_ENV, atomic_write_bytes, recover
+from lowrank.files.outputs import MARKER, OutputError
 from lowrank.models.errors import ModelLoadError
 from lowrank.processes import own_start
 

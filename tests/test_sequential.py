@@ -16,6 +16,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 import lowrank.sequential
 from lowrank import compress, compress_sequential, get_method, load_compressed, load_model
 from lowrank.cli.main import main
+from lowrank.compress import factorize_layer
 from lowrank.data import load_task
 from lowrank.models import ModelLoadError
 from lowrank.models.families.llama import DECODER as LLAMA
@@ -83,6 +84,31 @@ def test_sequential_output_equals_in_memory(method, sharded_llama, text_task, tm
     index = json.loads((out / INDEX).read_text())
     assert len(set(index["weight_map"].values())) == 4  # resident modules + one shard per block
     assert not (out / lowrank.sequential.WORKDIR).exists()
+
+
+def test_both_paths_factorize_each_layer_with_the_one_factorize_layer(sharded_llama, text_task, tmp_path, monkeypatch):
+    calls = {"in memory": [], "sequential": []}
+
+    def spy(path):
+        def counted(name, dense, rank, info, stats=None, options=None):
+            calls[path].append((name, rank))
+            return factorize_layer(name, dense, rank, info, stats, options)
+
+        return counted
+
+    assert lowrank.sequential.factorize_layer is factorize_layer
+    monkeypatch.setattr(lowrank.sequential, "factorize_layer", spy("sequential"))
+    out = compress_sequential(sharded_llama, 0.5, "svd", tmp_path / "out", text_task, SETTINGS)
+    monkeypatch.setattr(sys.modules["lowrank.compress"], "factorize_layer", spy("in memory"))
+    ref = in_memory(sharded_llama, "svd", text_task)
+    back = load_compressed(out)
+    assert calls["sequential"] == calls["in memory"] == list(ref.model.lowrank_info.ranks.items())
+    for name, _ in calls["sequential"]:
+        streamed, held = back.model.get_submodule(name), ref.model.get_submodule(name)
+        assert torch.equal(streamed.U, held.U) and torch.equal(streamed.V, held.V)
+    info = back.model.lowrank_info
+    assert set(info.seconds) == set(info.details) == set(ref.model.lowrank_info.details)
+    assert info.sequential == {"statistics": "none", "examples": 0, "blocks": 3}
 
 
 def test_streamed_statistics_equal_in_memory(sharded_llama, text_task, tmp_path):

@@ -319,7 +319,7 @@ def test_summary_page_shows_the_drop_metric_once_the_fisher_is_computed(env, tin
 
 
 def test_summary_page_flags_a_result_at_chance(env, tiny_bert_dir, sentiment_csv):
-    from lowrank.evaluate import chance_accuracy
+    from lowrank.evaluation.quality import chance_accuracy
 
     store = RunStore(env / "runs.sqlite")
     seed(store, str(tiny_bert_dir), str(sentiment_csv))

@@ -24,7 +24,9 @@ import pandas as pd
 
 from lowrank.allocation.choices import DEFAULT_ALIGN
 from lowrank.allocation.curves import loss_at
-from lowrank.io import atomic_write_bytes, to_jsonable, writable_file
+from lowrank.files.atomic import atomic_write_bytes
+from lowrank.files.jsonable import to_jsonable
+from lowrank.files.outputs import writable_file
 from lowrank.layers import check_rank
 
 PLAN_FORMAT = "lowrank-plan"
@@ -241,7 +243,7 @@ class RankPlan:
 
     def save(self, path: str | Path) -> Path:
         """Write the plan as JSON, atomically; an existing file is replaced only if it is a rank plan
-        (:func:`lowrank.io.writable_file`), so no other file is ever overwritten."""
+        (:func:`lowrank.files.outputs.writable_file`), so no other file is ever overwritten."""
         path = writable_file(path, _is_plan)
         atomic_write_bytes(path, (self.to_json() + "\n").encode())
         return path

@@ -1,4 +1,5 @@
-"""Rank allocation command: ``allocate`` (per-layer ranks under a global parameter budget, saved as a plan).
+"""Rank allocation command: ``allocate_command`` chooses per-layer ranks under a global parameter budget
+(:func:`lowrank.allocate`) and saves them as a plan that ``compress --plan`` reads.
 
 python -m lowrank allocate --model minilm-rt --budget 0.5 --strategy uniform --out plan.json
 python -m lowrank compress --model minilm-rt --plan plan.json --method fwsvd
@@ -10,11 +11,11 @@ from lowrank.allocation import (
     DEFAULT_ALIGN,
     DEFAULT_STRATEGY,
     STRATEGIES,
+    allocate,
     available_strategies,
     get_strategy,
     parse_budget,
 )
-from lowrank.allocation import allocate as run_allocate
 from lowrank.allocation.choices import layer_choices, resolve_budget
 from lowrank.cli.args import add_common, add_statistics_options, add_task, statistics_settings, task_of
 from lowrank.compress import load_any
@@ -57,10 +58,10 @@ def register(sub) -> None:
         help="estimate Fisher to report predicted loss increases for any strategy (fisher_greedy always does)",
     )
     p.add_argument("--out", help="write the plan JSON here (atomic); use it with `compress --plan`")
-    p.set_defaults(handler=allocate)
+    p.set_defaults(handler=allocate_command)
 
 
-def allocate(args):
+def allocate_command(args):
     budget = parse_budget(args.budget)
     spec = get_strategy(args.strategy)
     if args.align < 1 or args.calibration_batches < 1:
@@ -71,7 +72,7 @@ def allocate(args):
     task = task_of(args, loaded) if spec.needs_task or needs_task(needs) else None
     stats = statistics_for(loaded, task, needs, statistics_settings(args), progress=TqdmProgress()) if needs else {}
     options = {"num_batches": args.calibration_batches} if args.strategy == "sensitivity" else {}
-    plan = run_allocate(
+    plan = allocate(
         loaded,
         budget,
         args.strategy,

@@ -10,7 +10,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from lowrank.io import to_jsonable, writable_output
+from lowrank.files.jsonable import to_jsonable
+from lowrank.files.outputs import writable_output
 from lowrank.loaded import LoadedModel
 from lowrank.models import load_model
 from lowrank.models.labels import default_task
@@ -145,7 +146,7 @@ def add_output(parser: argparse.ArgumentParser, help: str) -> argparse.ArgumentP
 
 
 def output_folder(args) -> Path | None:
-    """``--out`` checked before any work (:func:`lowrank.io.writable_output`), or ``None`` without one."""
+    """``--out`` checked before any work (:func:`lowrank.files.outputs.writable_output`), or ``None`` without one."""
     return writable_output(Path(args.out), args.force) if args.out else None
 
 

@@ -1,15 +1,22 @@
-"""Core commands: prepare, models, methods, spectra, finetune, compress, evaluate."""
+"""Core commands: prepare, models, methods, spectra, finetune, compress, evaluate.
+
+Each ``<name>_command(args)`` turns parsed arguments into one library call and returns ``(data, table)``
+(:mod:`lowrank.cli.main` prints one of them). ``compress`` has one path with two settings: in memory
+(:func:`lowrank.compress`, then :func:`lowrank.save_compressed` with ``--out``) or block by block
+(:func:`lowrank.compress_sequential`, always into ``--out``; chosen by ``--sequential`` or when the model's
+float32 size is above half the free RAM); both report the :class:`lowrank.CompressionInfo` they produced.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
-from dataclasses import fields
+from pathlib import Path
 
 import pandas as pd
 
 from lowrank.allocation import read_ranks
-from lowrank.analysis.spectra import spectra as compute
+from lowrank.analysis.spectra import spectra
 from lowrank.assets import prepare_all, prepare_suite
 from lowrank.cli.args import (
     add_common,
@@ -21,11 +28,11 @@ from lowrank.cli.args import (
     statistics_settings,
     task_of,
 )
-from lowrank.compress import CompressionInfo, load_any, load_compressed, save_compressed
-from lowrank.compress import compress as run_compress
+from lowrank.compress import compress, load_any, load_compressed, save_compressed
 from lowrank.data import load_task
-from lowrank.evaluate import evaluate as run_eval
-from lowrank.io import atomic_dir
+from lowrank.evaluation import evaluate
+from lowrank.files.atomic import atomic_dir
+from lowrank.info import load_info
 from lowrank.methods import available_methods, get_method
 from lowrank.models.packaged import FINETUNED, FINETUNED_BASE, PACKAGED, finetuned_dir, is_built
 from lowrank.progress import TqdmProgress
@@ -47,18 +54,18 @@ def register(sub) -> None:
         help=f"also fine-tune and cache these packaged models if missing ({', '.join(FINETUNED)}; all: every one)",
     )
     p.add_argument("--build-minilm-rt", action="store_true", help="same as --build minilm-rt")
-    p.set_defaults(handler=prepare)
+    p.set_defaults(handler=prepare_command)
 
     p = add_common(sub.add_parser("models", help="list packaged models"))
-    p.set_defaults(handler=models)
+    p.set_defaults(handler=models_command)
 
     p = add_common(sub.add_parser("methods", help="list registered factorization methods"))
-    p.set_defaults(handler=methods)
+    p.set_defaults(handler=methods_command)
 
     p = add_common(sub.add_parser("spectra", help="per-layer singular values and rank statistics"))
     p.add_argument("--model", default="minilm-rt")
     p.add_argument("--full", action="store_true", help="include singular values and energy curves in JSON")
-    p.set_defaults(handler=spectra)
+    p.set_defaults(handler=spectra_command)
 
     p = add_common(sub.add_parser("finetune", help="fine-tune a model on a task (builds minilm-rt, minilm-<task>)"))
     p.add_argument("--model", default="minilm")
@@ -70,7 +77,7 @@ def register(sub) -> None:
     p.add_argument("--epochs", type=float)
     p.add_argument("--lr", type=float)
     p.add_argument("--max-steps", type=int)
-    p.set_defaults(handler=finetune)
+    p.set_defaults(handler=finetune_command)
 
     p = add_common(sub.add_parser("compress", help="factorize a model's Linear layers and save it"))
     p.add_argument("--model", default="minilm-rt")
@@ -99,17 +106,17 @@ def register(sub) -> None:
         help="with --sequential: block inputs for activation statistics, from the blocks already "
         "compressed (default) or the dense ones",
     )
-    p.set_defaults(handler=compress)
+    p.set_defaults(handler=compress_command)
 
     p = add_common(sub.add_parser("evaluate", help="accuracy/perplexity, size and latency of a model"))
     p.add_argument("--model", default="minilm-rt", help="packaged name, hub id, model folder or compressed folder")
     add_task(p)
     p.add_argument("--split", default="validation")
     p.add_argument("--limit", type=int, help="evaluate on at most this many batches")
-    p.set_defaults(handler=evaluate)
+    p.set_defaults(handler=evaluate_command)
 
 
-def prepare(args):
+def prepare_command(args):
     paths = {k: str(v) for k, v in {**prepare_all(), **prepare_suite()}.items()}
     wanted = (
         list(FINETUNED)
@@ -124,11 +131,11 @@ def prepare(args):
     return paths, pd.DataFrame({"asset": list(paths), "path": list(paths.values())})
 
 
-def models(args):
+def models_command(args):
     return PACKAGED, pd.DataFrame({"name": list(PACKAGED), "description": list(PACKAGED.values())})
 
 
-def methods(args):
+def methods_command(args):
     rows = [
         {
             "name": n,
@@ -141,13 +148,13 @@ def methods(args):
     return rows, pd.DataFrame(rows)
 
 
-def spectra(args):
-    frame = compute(load_any(args.model, args.device), progress=TqdmProgress())
+def spectra_command(args):
+    frame = spectra(load_any(args.model, args.device), progress=TqdmProgress())
     summary = frame.drop(columns=["singular_values", "energy"])
     return (frame if args.full else summary), summary.round(2)
 
 
-def finetune(args):
+def finetune_command(args):
     overrides = {
         k: v for k, v in {"epochs": args.epochs, "lr": args.lr, "max_steps": args.max_steps}.items() if v is not None
     }
@@ -170,7 +177,7 @@ def finetune(args):
     loaded, task = model_and_task(args)
     task = load_task(task)
     losses = train(loaded.model, loaded.tokenizer, task, TrainConfig(**overrides), progress=TqdmProgress())
-    result = run_eval(loaded, task, measure_latency=False)
+    result = evaluate(loaded, task, latency=False)
     with atomic_dir(out, force=args.force) as tmp:
         loaded.model.save_pretrained(tmp, safe_serialization=True)
         loaded.tokenizer.save_pretrained(tmp)
@@ -191,7 +198,7 @@ def parse_options(pairs: list[str]) -> dict:
     return options
 
 
-def compress(args):
+def compress_command(args):
     out = output_folder(args)
     spec = get_method(args.method)
     options = parse_options(args.option) | ({"solver": args.solver} if args.solver else {})
@@ -199,35 +206,43 @@ def compress(args):
     ranks = read_ranks(args.plan) if args.plan else args.keep
     reason = None if args.sequential else sequential_reason(args.model)
     if args.sequential or reason:
-        return compress_streamed(args, ranks, options, reason)
-    loaded = load_any(args.model, args.device)
-    task = task_of(args, loaded) if args.evaluate or needs_task(spec.needs) else None
-    resolve_ranks(loaded.model, ranks)  # a bad --keep or plan is refused before the statistics pass
-    stats = statistics_for(loaded, task, spec.needs, statistics_settings(args), progress=TqdmProgress())
-    small = run_compress(loaded, ranks, method=args.method, stats=stats, progress=TqdmProgress(), **options)
-    info = small.model.lowrank_info
+        out = compress_streamed(args, ranks, options, reason)
+        small, task, info = None, args.task, load_info(out)
+    else:
+        loaded = load_any(args.model, args.device)
+        task = task_of(args, loaded) if args.evaluate or needs_task(spec.needs) else None
+        resolve_ranks(loaded.model, ranks)  # a bad --keep or plan is refused before the statistics pass
+        stats = statistics_for(loaded, task, spec.needs, statistics_settings(args), progress=TqdmProgress())
+        small = compress(loaded, ranks, method=args.method, stats=stats, progress=TqdmProgress(), **options)
+        info = small.model.lowrank_info
+        if out:
+            out = save_compressed(small, out, force=args.force)
     record = {
         "model": args.model,
         "method": args.method,
         "layers": len(info.ranks),
         "seconds": round(sum(info.seconds.values()), 3),
     }
+    if info.sequential:
+        record |= {"sequential": info.sequential["statistics"], "out": str(out)}
     if info.regularizers():
         record["regularizers"] = ", ".join(f"{label}: {n} layer(s)" for label, n in info.regularizers().items())
     if out:
-        record["out"] = str(save_compressed(small, out, force=args.force))
+        record["out"] = str(out)
     if args.evaluate:
-        record |= run_eval(small, task, progress=TqdmProgress()).to_dict()
+        record |= evaluate(
+            small if small is not None else load_compressed(out, args.device), task, progress=TqdmProgress()
+        ).to_dict()
     return record, pd.DataFrame([record])
 
 
-def compress_streamed(args, ranks, options: dict, reason):
-    """``compress`` one decoder block at a time (:func:`lowrank.compress_sequential`), into ``--out``."""
+def compress_streamed(args, ranks, options: dict, reason) -> Path:
+    """The compressed folder ``--out``, written one decoder block at a time (:func:`lowrank.compress_sequential`)."""
     if reason:
         print(f"notice: {reason}", file=sys.stderr)
     if not args.out:
         raise ValueError("sequential compression writes the model to a folder: pass --out")
-    out = compress_sequential(
+    return compress_sequential(
         args.model,
         ranks,
         args.method,
@@ -239,24 +254,9 @@ def compress_streamed(args, ranks, options: dict, reason):
         device=args.device,
         **options,
     )
-    meta = json.loads((out / "lowrank.json").read_text())
-    info = CompressionInfo(**{f.name: meta[f.name] for f in fields(CompressionInfo) if f.name in meta})
-    record = {
-        "model": args.model,
-        "method": args.method,
-        "layers": len(info.ranks),
-        "seconds": round(sum(info.seconds.values()), 3),
-        "sequential": meta["sequential"]["statistics"],
-        "out": str(out),
-    }
-    if info.regularizers():
-        record["regularizers"] = ", ".join(f"{label}: {n} layer(s)" for label, n in info.regularizers().items())
-    if args.evaluate:
-        record |= run_eval(load_compressed(out, args.device), args.task, progress=TqdmProgress()).to_dict()
-    return record, pd.DataFrame([record])
 
 
-def evaluate(args):
+def evaluate_command(args):
     loaded = load_any(args.model, args.device, task=None)
-    result = run_eval(loaded, task_of(args, loaded), args.split, limit=args.limit, progress=TqdmProgress())
+    result = evaluate(loaded, task_of(args, loaded), args.split, limit=args.limit, progress=TqdmProgress())
     return result.to_dict(), pd.DataFrame([result.to_dict()])

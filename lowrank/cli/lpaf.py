@@ -1,4 +1,10 @@
-"""Pruning and LPAF commands: ``prune`` (movement/taylor/magnitude), ``lpaf`` (prune-and-factorize), ``ranks``."""
+"""Pruning and LPAF commands, one ``<name>_command`` handler each.
+
+``prune``: :func:`lowrank.training.prune.prune` (movement, taylor or magnitude scores while fine-tuning),
+saved as a masked model; ``lpaf``: :func:`lowrank.training.lpaf.lpaf` (prune, sparsity-aware SVD,
+mixed-rank fine-tuning), saved as a compressed model; ``ranks``: numerical / effective / energy ranks of
+every compressible matrix (one SVD each). Cost: the fine-tuning runs dominate; ``ranks`` is one SVD per layer.
+"""
 
 from __future__ import annotations
 
@@ -18,13 +24,10 @@ from lowrank.cli.args import (
     statistics_settings,
 )
 from lowrank.compress import load_any, save_compressed
-from lowrank.evaluate import evaluate
+from lowrank.evaluation import evaluate
 from lowrank.progress import TqdmProgress
-from lowrank.training.lpaf import FACTORIZATIONS, FINETUNE_CONFIG, LpafConfig, average_ranks, rank_analysis
-from lowrank.training.lpaf import lpaf as run_lpaf
-from lowrank.training.prune import MASKS_FILE, PRUNE_CONFIG, load_masks, save_pruned
-from lowrank.training.prune import METHODS as PRUNE_METHODS
-from lowrank.training.prune import prune as run_prune
+from lowrank.training.lpaf import FACTORIZATIONS, FINETUNE_CONFIG, LpafConfig, average_ranks, lpaf, rank_analysis
+from lowrank.training.prune import MASKS_FILE, METHODS, PRUNE_CONFIG, load_masks, prune, save_pruned
 
 
 def register(sub) -> None:
@@ -33,7 +36,7 @@ def register(sub) -> None:
     )
     p.add_argument("--model", default="minilm-rt")
     add_task(p, "task to fine-tune on while pruning")
-    p.add_argument("--method", choices=list(PRUNE_METHODS), default="movement")
+    p.add_argument("--method", choices=list(METHODS), default="movement")
     p.add_argument("--sparsity", type=float, default=0.7, help="target fraction of compressible weights set to zero")
     p.add_argument(
         "--scope", choices=["global", "layer"], default="global", help="one threshold for all layers, or per layer"
@@ -48,7 +51,7 @@ def register(sub) -> None:
     _train_options(p, "pruning")
     add_output(p, "folder for the masked model (safetensors + masks.safetensors + pruning.json, atomic)")
     p.add_argument("--evaluate", action="store_true", help="evaluate the pruned model on --task")
-    p.set_defaults(handler=prune)
+    p.set_defaults(handler=prune_command)
 
     p = add_common(
         sub.add_parser("lpaf", help="low-rank prune-and-factorize: prune, sparsity-aware SVD, mixed-rank fine-tuning")
@@ -64,7 +67,7 @@ def register(sub) -> None:
     group.add_argument("--keep", type=float, default=0.5, help="fraction of each layer's parameters kept (default 0.5)")
     group.add_argument("--plan", help="JSON file with a 'ranks' object {layer: rank}")
     p.add_argument("--sparsity", type=float, help="pruning target (default: 1 - kept parameter fraction)")
-    p.add_argument("--prune-method", choices=list(PRUNE_METHODS), default="movement")
+    p.add_argument("--prune-method", choices=list(METHODS), default="movement")
     p.add_argument("--scope", choices=["global", "layer"], default="global")
     _score_update(p)
     p.add_argument(
@@ -88,13 +91,13 @@ def register(sub) -> None:
     _train_options(p, "mixed-rank fine-tuning")
     p.add_argument("--limit", type=int, help="evaluate on at most this many batches")
     add_output(p, "folder for the compressed model (atomic; loads with load_compressed)")
-    p.set_defaults(handler=lpaf)
+    p.set_defaults(handler=lpaf_command)
 
     p = add_common(sub.add_parser("ranks", help="numerical / effective / energy ranks of every compressible matrix"))
     p.add_argument("--model", default="minilm-rt")
     p.add_argument("--tol", type=float, default=1e-3, help="relative tolerance of the numerical rank (default 1e-3)")
     p.add_argument("--summary", action="store_true", help="print only the averages over matrices")
-    p.set_defaults(handler=ranks)
+    p.set_defaults(handler=ranks_command)
 
 
 def _score_update(p) -> None:
@@ -123,13 +126,13 @@ def _config(args, base, epochs: float, max_steps):
     return replace(base, **overrides)
 
 
-def prune(args):
+def prune_command(args):
     if not 0.0 < args.sparsity < 1.0:
         raise ValueError(f"--sparsity must be in (0, 1), got {args.sparsity}")
     out = output_folder(args)
     config = _config(args, PRUNE_CONFIG, args.epochs, args.max_steps)
     loaded, task = model_and_task(args)
-    result = run_prune(
+    result = prune(
         loaded,
         task,
         args.method,
@@ -146,12 +149,12 @@ def prune(args):
     if out:
         record["out"] = str(save_pruned(loaded, result, out, force=args.force))
     if args.evaluate:
-        evaluation = evaluate(loaded, task, measure_latency=False, progress=TqdmProgress())
+        evaluation = evaluate(loaded, task, latency=False, progress=TqdmProgress())
         record[evaluation.metric] = evaluation.value
     return record, pd.DataFrame([record])
 
 
-def lpaf(args):
+def lpaf_command(args):
     out = output_folder(args)
     ranks = read_ranks(args.plan) if args.plan else args.keep
     masks = load_masks(args.model) if (Path(args.model) / MASKS_FILE).exists() else None
@@ -181,7 +184,7 @@ def lpaf(args):
         eval_limit=args.limit,
     )
     loaded, task = model_and_task(args)
-    result = run_lpaf(loaded, task, config, masks=masks, progress=TqdmProgress())
+    result = lpaf(loaded, task, config, masks=masks, progress=TqdmProgress())
     info = result.model.lowrank_info
     record = {"model": args.model, "method": info.method, "layers": len(info.ranks), **info.options}
     if out:
@@ -189,7 +192,7 @@ def lpaf(args):
     return record, pd.DataFrame([record]).T.rename(columns={0: "value"}).reset_index(names="field")
 
 
-def ranks(args):
+def ranks_command(args):
     frame = rank_analysis(load_any(args.model, args.device), tol=args.tol, progress=TqdmProgress())
     summary = average_ranks(frame)
     if args.summary:

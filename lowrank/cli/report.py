@@ -1,4 +1,5 @@
-"""Report command: ``report`` (the result story of a model and task from the stored runs, as a self-contained HTML file).
+"""Report command: ``report_command`` writes the result story of a model and task from the stored runs as a
+self-contained HTML file (:func:`lowrank.report.write_report`).
 
 python -m lowrank report --model minilm-rt --task rotten_tomatoes --out report.html
 """
@@ -37,10 +38,10 @@ def register(sub) -> None:
         "(loads the model; its Fisher from the cache, or computed once with these settings)",
     )
     add_statistics_options(p)
-    p.set_defaults(handler=report)
+    p.set_defaults(handler=report_command)
 
 
-def report(args):
+def report_command(args):
     store = RunStore(args.store)
     task = args.task
     if task is None:

@@ -1,4 +1,11 @@
-"""Fisher-weighted commands: ``fisher`` (estimate importance) and ``risk`` (predictive SVD-drop metric)."""
+"""Fisher-weighted commands, one ``<name>_command`` handler each.
+
+``fisher``: the diagonal Fisher ``F`` (out, in) of every compressible weight ``W`` (cached), summarized per
+layer (total, max, dispersion). ``risk``: per layer at ``--keep``, the predicted loss increase
+``0.5 sum_ij F_ij (W - W_r)_ij^2`` of plain SVD and of a Fisher-weighted method, their ratio, and
+``output_change``, the full-Fisher form ``0.5 mean_n <g_n, dW>^2`` of plain SVD's residual.
+Cost: one Fisher pass unless cached, two factorizations per layer, one gradient pass for the full-Fisher form.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +25,7 @@ from lowrank.statistics.taylor import svd_loss_change
 def register(sub) -> None:
     p = add_common(sub.add_parser("fisher", help="estimate Fisher information of every compressible weight (cached)"))
     _fisher_options(p)
-    p.set_defaults(handler=fisher)
+    p.set_defaults(handler=fisher_command)
 
     p = add_common(
         sub.add_parser(
@@ -42,7 +49,7 @@ def register(sub) -> None:
         help="also estimate each layer's SVD loss change with first-order + full-Fisher terms on SPLIT "
         "(train, or a labelled held-out split such as test; columns taylor_first, taylor_total)",
     )
-    p.set_defaults(handler=risk)
+    p.set_defaults(handler=risk_command)
 
 
 def _fisher_options(p) -> None:
@@ -56,7 +63,7 @@ def _estimate(loaded, task: str, args) -> dict:
     return select(stats, "fisher")
 
 
-def fisher(args):
+def fisher_command(args):
     loaded = load_any(args.model, args.device)
     importance = _estimate(loaded, task_of(args, loaded), args)
     rows = [
@@ -72,7 +79,7 @@ def fisher(args):
     return rows, pd.DataFrame(rows)
 
 
-def risk(args):
+def risk_command(args):
     spec = get_method(args.method)  # checked before the Fisher pass, like --keep
     if spec.importance_key != "fisher":
         raise ValueError(

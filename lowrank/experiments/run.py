@@ -23,7 +23,9 @@ from pathlib import Path
 
 from lowrank.compress import compress
 from lowrank.data.tasks import load_task
-from lowrank.evaluate import check_task_fits, conditions_differ, evaluate, measure_latencies, measurement_conditions
+from lowrank.evaluation import evaluate
+from lowrank.evaluation.latency import conditions_differ, measure_latencies, measurement_conditions
+from lowrank.evaluation.quality import check_task_fits
 from lowrank.experiments.compare import DENSE, reference_run
 from lowrank.experiments.store import RunStore
 from lowrank.methods import get_method

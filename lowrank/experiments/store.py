@@ -15,7 +15,7 @@ have builds of fine-tuned models (:mod:`lowrank.experiments.build`): the model's
 ``step`` of ``total`` and the time the steps ``started``; at most one runs per name
 (:meth:`RunStore.start_build`).
 
-Default file: ``<cache>/runs.sqlite`` (``lowrank.io.cache_dir()``, overridable with
+Default file: ``<cache>/runs.sqlite`` (``lowrank.files.cache.cache_dir()``, overridable with
 ``LOWRANK_CACHE``). Every call opens its own connection, the journal is in WAL mode and
 writes take the write lock up front (``BEGIN IMMEDIATE``), so several processes (the
 dashboard, background sweeps, the CLI) can write to one file at the same time. A file that is
@@ -37,8 +37,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from lowrank.io import cache_dir, notice
+from lowrank.files.cache import cache_dir
 from lowrank.processes import process_alive, process_started
+from lowrank.progress import notice
 
 STATUSES = ("running", "done", "failed", "interrupted")
 

@@ -37,7 +37,7 @@ from pathlib import Path
 from lowrank.allocation import DEFAULT_STRATEGY, allocate, get_strategy
 from lowrank.compress import save_compressed
 from lowrank.data.tasks import load_task
-from lowrank.evaluate import check_task_fits
+from lowrank.evaluation.quality import check_task_fits
 from lowrank.experiments.jobs import HEARTBEAT_S, STALE_S, Heartbeat, heartbeat_age, spawn
 from lowrank.experiments.run import dense_reference, execute_run, find_same_run, output_folder, run_fields
 from lowrank.experiments.stop import check_stop, stoppable

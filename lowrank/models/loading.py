@@ -7,7 +7,8 @@ with ``.model``, ``.tokenizer``, ``.kind`` (``classifier``, ``causal-lm`` or
 Safety: safetensors only (pickle checkpoints need ``allow_pickle=True``),
 ``trust_remote_code=False``, and the parameter count is estimated from the config
 (on the meta device, no weights) before loading, refusing models that would not
-fit in available RAM.
+fit in available RAM. Each model kind is built by one Auto class (:func:`auto_class`),
+and every tokenizer is prepared once (:func:`prepare_tokenizer`: a padding token).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from lowrank.models.packaged import resolve_source
 
 # What a broken checkpoint raises while it is read (truncated or corrupt safetensors, bad JSON...)
 READ_ERRORS = (OSError, ValueError, KeyError, SafetensorError)
+# The transformers class that builds a model of each kind with its head; an encoder is an AutoModel.
+AUTO_CLASSES = {"causal-lm": AutoModelForCausalLM, "classifier": AutoModelForSequenceClassification}
 
 
 def model_kind(config) -> str:
@@ -37,6 +40,19 @@ def model_kind(config) -> str:
     if any(a.endswith("ForSequenceClassification") for a in archs):
         return "classifier"
     return "encoder"
+
+
+def auto_class(kind: str):
+    """The Auto class of :data:`AUTO_CLASSES` for a model ``kind`` (``AutoModel`` for an encoder)."""
+    return AUTO_CLASSES.get(kind, AutoModel)
+
+
+def prepare_tokenizer(tokenizer, config) -> None:
+    """Batches need a padding token: a tokenizer without one pads with its end-of-sequence token, and
+    ``config`` records the padding id (the model masks those positions)."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    config.pad_token_id = tokenizer.pad_token_id
 
 
 def available_ram_bytes() -> int:
@@ -161,9 +177,7 @@ def load_model(
             label2id={n: i for i, n in enumerate(task_obj.label_names)},
         )
     else:
-        factory = {"causal-lm": AutoModelForCausalLM, "classifier": AutoModelForSequenceClassification}.get(
-            kind, AutoModel
-        )
+        factory = auto_class(kind)
     try:
         verbosity = transformers.logging.get_verbosity()
         transformers.logging.set_verbosity_error()  # the "newly initialized head" notice is expected
@@ -175,8 +189,6 @@ def load_model(
     except READ_ERRORS as err:
         raise ModelLoadError(f"cannot load model {name!r}: {read_error(err, source)}") from err
     check_finite(model, name)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model.config.pad_token_id = tokenizer.pad_token_id
+    prepare_tokenizer(tokenizer, model.config)
     model.to(device).eval()
     return LoadedModel(model, tokenizer, kind, name, source)

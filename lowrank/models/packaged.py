@@ -14,7 +14,8 @@ from pathlib import Path
 
 from lowrank import assets
 from lowrank.data.tasks import NAMED_TASKS, SUITE
-from lowrank.io import cache_dir, recover
+from lowrank.files.atomic import recover
+from lowrank.files.cache import cache_dir
 from lowrank.models.errors import ModelLoadError
 
 FINETUNED_BASE = "minilm"  # every fine-tuned packaged model starts from this one
@@ -87,7 +88,7 @@ def minilm_rt_dir() -> Path:
 def resolve_source(name_or_path: str) -> str:
     """Local folder for packaged names and paths; the id itself for hub models.
 
-    A local folder left missing by a killed save is restored first (:func:`lowrank.io.recover`).
+    A local folder left missing by a killed save is restored first (:func:`lowrank.files.atomic.recover`).
     """
     if name_or_path == "minilm":
         return str(assets.minilm_dir())

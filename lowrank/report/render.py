@@ -20,9 +20,10 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from lowrank.evaluate import latency_note
+from lowrank.evaluation.latency import latency_note
 from lowrank.experiments.compare import DENSE
-from lowrank.io import atomic_write_bytes, writable_file
+from lowrank.files.atomic import atomic_write_bytes
+from lowrank.files.outputs import writable_file
 from lowrank.report.formats import format_bytes, format_metric, format_ms, number
 from lowrank.report.summarize import Summary
 
@@ -194,7 +195,7 @@ def is_report(data: bytes) -> bool:
 
 def write_report(s: Summary, path: str | Path, figures: Sequence[go.Figure] | None = None) -> Path:
     """Write :func:`render_html` of ``s`` (default figure: :func:`summary_figure`) to ``path`` atomically; an existing
-    file is replaced only when it is a report of ours (:func:`lowrank.io.writable_file`)."""
+    file is replaced only when it is a report of ours (:func:`lowrank.files.outputs.writable_file`)."""
     path = writable_file(path, is_report)
     atomic_write_bytes(path, render_html(s, [summary_figure(s)] if figures is None else figures).encode("utf-8"))
     return path

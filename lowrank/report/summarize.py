@@ -20,7 +20,8 @@ from dataclasses import dataclass, field, replace
 import pandas as pd
 
 from lowrank.analysis.metrics import risk_summary, risk_table
-from lowrank.evaluate import chance_accuracy, destroyed, latency_note
+from lowrank.evaluation.latency import latency_note
+from lowrank.evaluation.quality import chance_accuracy, destroyed
 from lowrank.experiments.compare import DENSE, comparable, metric_info, reference_run
 from lowrank.report.formats import format_bytes, format_metric, format_ms, number
 

@@ -18,8 +18,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 from torch import nn
 
-from lowrank.io import atomic_write_bytes, cache_dir, notice
+from lowrank.files.atomic import atomic_write_bytes
+from lowrank.files.cache import cache_dir
 from lowrank.models.architectures import compressible_linears
+from lowrank.progress import notice
 
 
 def weights_fingerprint(model: nn.Module) -> str:

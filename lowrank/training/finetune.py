@@ -30,8 +30,9 @@ from torch import nn
 
 from lowrank.data.batches import batches, num_batches
 from lowrank.data.tasks import Task, load_task
-from lowrank.evaluate import accuracy
-from lowrank.io import atomic_dir, cache_dir
+from lowrank.evaluation.quality import accuracy
+from lowrank.files.atomic import atomic_dir
+from lowrank.files.cache import cache_dir
 from lowrank.models.labels import check_labels, record_task
 from lowrank.models.loading import load_model
 from lowrank.models.packaged import (

@@ -55,7 +55,7 @@ import torch
 from lowrank.analysis.spectra import rank_statistics, singular_values
 from lowrank.compress import compress, low_rank_layers
 from lowrank.data.tasks import load_task
-from lowrank.evaluate import evaluate
+from lowrank.evaluation import evaluate
 from lowrank.loaded import module_of
 from lowrank.models.architectures import compressible_linears, layer_type
 from lowrank.progress import Progress, report, scaled
@@ -369,9 +369,7 @@ def lpaf(
     else:
         train(compressed.model, compressed.tokenizer, load_task(task), c.finetune_config, progress=stage)
     seconds["finetune"] = time.perf_counter() - start
-    evaluation = evaluate(
-        compressed, task, limit=c.eval_limit, measure_latency=False, progress=scaled(progress, bands[2], 1.0)
-    )
+    evaluation = evaluate(compressed, task, limit=c.eval_limit, latency=False, progress=scaled(progress, bands[2], 1.0))
     realized = 1.0 - sum(int(masks[n].sum()) for n in plan) / sum(masks[n].numel() for n in plan)
     info = compressed.model.lowrank_info
     info.options.update(

@@ -67,7 +67,7 @@ import torch
 from torch import nn
 
 from lowrank.data.tasks import load_task
-from lowrank.io import atomic_dir
+from lowrank.files.atomic import atomic_dir
 from lowrank.models.architectures import compressible_linears
 from lowrank.progress import Progress
 from lowrank.training.finetune import TrainConfig, TrainingHook, train
@@ -363,7 +363,7 @@ def save_pruned(loaded, result: PruneResult, directory: str | Path, force: bool 
     """Write the masked model (safetensors), tokenizer, ``masks.safetensors`` and ``pruning.json`` atomically.
 
     The folder loads with ``lowrank.load_model(directory)``; masks with :func:`load_masks`. An existing
-    ``directory`` is replaced only if :func:`lowrank.io.writable_output` allows it (``force`` included).
+    ``directory`` is replaced only if :func:`lowrank.files.outputs.writable_output` allows it (``force`` included).
     """
     from safetensors.torch import save_file
 

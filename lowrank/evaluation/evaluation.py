@@ -1,0 +1,77 @@
+"""``evaluate``: quality, size and latency of one model on a task split, all measured.
+
+Quality (:mod:`lowrank.evaluation.quality`): accuracy or perplexity and the mean loss; size
+(:mod:`lowrank.evaluation.size`): parameters, compressible parameters and safetensors bytes; latency
+(:mod:`lowrank.evaluation.latency`): median ms at batch 1 and 32 with how it was measured, unless
+``latency=False``. The result is one flat :class:`Evaluation` (``to_dict`` for the CLI and the run store).
+Cost: one inference pass over the split, one write of the model, and the latency budget.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from lowrank.data.tasks import load_task
+from lowrank.evaluation.latency import latency_note, measure_latencies
+from lowrank.evaluation.quality import check_limit, check_task_fits, classification_scores, lm_scores
+from lowrank.evaluation.size import parameter_counts, safetensors_size
+from lowrank.models.labels import check_labels
+from lowrank.progress import Progress
+
+
+@dataclass
+class Evaluation:
+    task: str
+    split: str
+    metric: str  # "accuracy" or "perplexity"
+    value: float
+    loss: float
+    params_total: int
+    params_linear: int
+    size_bytes: int
+    latency_ms_b1: float | None
+    latency_ms_b32: float | None
+    examples: int
+    # how the latencies were measured: {"conditions": ..., "budget_s": ..., "b1": {"repeats", "warm_up"}, "b32": ...}
+    latency: dict | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict:
+        """Flat fields (the latency conditions as one line, ``latency_note``)."""
+        data = asdict(self)
+        data["latency_note"] = latency_note(data.pop("latency"))
+        return data
+
+
+def evaluate(
+    loaded,
+    task,
+    split: str = "validation",
+    batch_size: int | None = None,
+    max_length: int | None = None,
+    limit: int | None = None,
+    latency: bool = True,
+    progress: Progress | None = None,
+) -> Evaluation:
+    """Quality, size and latency of a ``LoadedModel`` on a task split (all measured, none estimated).
+
+    ``latency=False`` skips the latency measurement (``latency_ms_b1``, ``latency_ms_b32`` and ``latency`` are None).
+    """
+    check_limit(limit)
+    task = load_task(task)
+    check_task_fits(loaded.name, loaded.kind, task.kind, task.name)
+    task = check_labels(loaded, task)
+    if task.kind == "classification":
+        value, loss, n = classification_scores(
+            loaded, task, split, batch_size or 64, max_length or 128, limit, progress
+        )
+        metric = "accuracy"
+    else:
+        value, loss, n = lm_scores(loaded, task, split, batch_size or 8, max_length or 256, limit, progress)
+        metric = "perplexity"
+    total, linear = parameter_counts(loaded.model)
+    b1 = b32 = how = None
+    if latency:
+        b1, b32, how = measure_latencies(loaded, task, split, progress=progress)
+    return Evaluation(
+        task.name, split, metric, value, loss, total, linear, safetensors_size(loaded.model), b1, b32, n, how
+    )
