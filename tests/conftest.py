@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from lowrank.experiments import build, sweep
+from lowrank.experiments import jobs
 
 os.environ.setdefault("LOWRANK_OFFLINE", "1")  # tests never probe the hub
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
@@ -17,20 +17,22 @@ torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 USER_CACHE = Path(os.environ.get("LOWRANK_CACHE", Path.home() / ".cache" / "lowrank")).expanduser().resolve()
 
 
-@pytest.fixture(autouse=True)
-def no_background_job_in_the_users_cache(monkeypatch):
+@pytest.fixture(autouse=True, scope="session")
+def no_background_job_in_the_users_cache():
     """A test may start background builds and sweeps only in a cache of its own: one that reached the user's run store
-    once fine-tuned the real minilm-rt for minutes behind the test run (regression)."""
-    for module in (build, sweep):
+    once fine-tuned the real minilm-rt for minutes behind the test run (regression). For the whole session, so that a
+    thread a test leaves running (a dashboard script past its timeout, its LOWRANK_CACHE restored) is guarded too."""
 
-        def guarded(args, log, spawn=module.spawn):
-            db = Path(args[args.index("--db") + 1]).resolve()
-            if db.parent == USER_CACHE:  # the run store of that cache
-                # an OSError, as a process that cannot start: a build ends "failed" saying why instead of running
-                raise PermissionError(f"a test started a background job in the user's cache ({db}): set LOWRANK_CACHE")
-            return spawn(args, log)
+    def guarded(args, log, spawn=jobs.spawn):  # every background job starts here (jobs.Job.launch)
+        db = Path(args[args.index("--db") + 1]).resolve()
+        if db.parent == USER_CACHE:  # the run store of that cache
+            # an OSError, as a process that cannot start: the job ends "failed" saying why instead of running
+            raise PermissionError(f"a test started a background job in the user's cache ({db}): set LOWRANK_CACHE")
+        return spawn(args, log)
 
-        monkeypatch.setattr(module, "spawn", guarded)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(jobs, "spawn", guarded)
+        yield
 
 
 POSITIVE = [

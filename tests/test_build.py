@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from lowrank.experiments import build, stop
+from lowrank.experiments import build, jobs, stop
 from lowrank.experiments.store import RunStore
 from lowrank.models.packaged import finetuned_dir
 from lowrank.training.finetune import MINILM_RT_CONFIG, RECIPE_ENV, Recipe, TrainConfig, recipe_for
@@ -30,7 +30,7 @@ def cache(tmp_path, monkeypatch):
 def spawned(monkeypatch) -> list:
     """No worker process: start_build records its arguments, and this test process owns the build."""
     calls = []
-    monkeypatch.setattr(build, "spawn", lambda args, log: calls.append(args) or os.getpid())
+    monkeypatch.setattr(jobs, "spawn", lambda args, log: calls.append(args) or os.getpid())
     return calls
 
 
@@ -91,7 +91,7 @@ def test_a_build_whose_process_cannot_start_ends_failed_saying_why(cache, monkey
     def refuse(args, log):
         raise PermissionError(13, "Permission denied", str(log))
 
-    monkeypatch.setattr(build, "spawn", refuse)
+    monkeypatch.setattr(jobs, "spawn", refuse)
     store = RunStore(cache / "runs.sqlite")
     row = store.get_build(build.start_build(recipe_for("minilm-rt"), store))
     assert (
@@ -103,8 +103,8 @@ def test_a_build_of_another_host_that_stopped_reporting_ends_interrupted(cache, 
     store = RunStore(cache / "runs.sqlite")
     build_id = build.start_build(recipe_for("minilm-rt"), store)
     store.update_build(build_id, host="another-host", pid=DEAD_PID)
-    assert build.reap_stale_builds(store) == []  # its heartbeat is fresh
-    assert build.reap_stale_builds(store, stale_after=-1.0) == [build_id]
+    assert jobs.reap_stale(store) == []  # its heartbeat is fresh
+    assert jobs.reap_stale(store, stale_after=-1.0) == [("builds", build_id)]
     row = store.get_build(build_id)
     assert row["status"] == "interrupted" and "another-host" in row["error"]
 

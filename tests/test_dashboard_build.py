@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from dashboard import layout
-from lowrank.experiments import build
+from lowrank.experiments import build, jobs
 from lowrank.experiments.store import RunStore
 from lowrank.training.finetune import RECIPE_ENV, recipe_for
 
@@ -49,7 +49,7 @@ def first_run(monkeypatch, tmp_path, tiny_encoder_dir, sentiment_csv):
 def spawned(monkeypatch) -> list:
     """No worker process: every build start is recorded, and this test process owns the build."""
     calls = []
-    monkeypatch.setattr(build, "spawn", lambda args, log: calls.append(args) or os.getpid())
+    monkeypatch.setattr(jobs, "spawn", lambda args, log: calls.append(args) or os.getpid())
     return calls
 
 

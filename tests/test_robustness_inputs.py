@@ -345,11 +345,11 @@ def foreign_sweep(store: RunStore, tiny_bert_dir, sentiment_csv) -> tuple[int, i
 
 
 def later(monkeypatch, seconds: float) -> None:
-    """The sweep module's clock, ``seconds`` ahead (the store keeps the real one)."""
-    from lowrank.experiments import sweep
+    """The job lifecycle's clock (lowrank.experiments.jobs), ``seconds`` ahead (the store keeps the real one)."""
+    from lowrank.experiments import jobs
 
     fake = types.SimpleNamespace(time=lambda: time.time() + seconds, monotonic=time.monotonic, sleep=time.sleep)
-    monkeypatch.setattr(sweep, "time", fake)
+    monkeypatch.setattr(jobs, "time", fake)
 
 
 def test_a_sweep_whose_owner_stopped_reporting_ends_interrupted(tmp_path, monkeypatch, tiny_bert_dir, sentiment_csv):
@@ -367,24 +367,24 @@ def test_a_sweep_whose_owner_stopped_reporting_ends_interrupted(tmp_path, monkey
 
 
 def test_a_live_sweep_of_another_host_can_be_cancelled(tmp_path, monkeypatch, tiny_bert_dir, sentiment_csv):
-    from lowrank.experiments import stop, sweep
+    from lowrank.experiments import jobs, stop, sweep
 
     store = RunStore(tmp_path / "runs.sqlite")
     sweep_id, _ = foreign_sweep(store, tiny_bert_dir, sentiment_csv)
     assert sweep.cancel_sweep(store, sweep_id)  # alive elsewhere: a stop request in its row
-    assert sweep.STOP_REQUEST in store.get_sweep(sweep_id)["error"]
+    assert jobs.STOP_REQUEST in store.get_sweep(sweep_id)["error"]
     monkeypatch.setattr(stop, "_STOP", threading.Event())
-    with sweep._Heartbeat(store, sweep_id, interval=0.05):  # what the owner runs: it reads the request
+    with jobs.Heartbeat(jobs.Job(store, "sweeps", sweep_id), interval=0.05):  # the owner's: it reads the request
         deadline = time.monotonic() + 10
         while not stop._STOP.is_set() and time.monotonic() < deadline:
             time.sleep(0.05)
     assert stop._STOP.is_set()
-    later(monkeypatch, 4 * sweep.HEARTBEAT_S)  # an owner that never answers is gone after a few beats
+    later(monkeypatch, 4 * jobs.HEARTBEAT_S)  # an owner that never answers is gone after a few beats
     assert sweep.running_sweeps(store).empty and store.get_sweep(sweep_id)["status"] == "interrupted"
 
 
 def test_a_repeated_or_resumed_sweep_skips_the_runs_already_stored(tmp_path, monkeypatch, tiny_bert_dir, sentiment_csv):
-    from lowrank.experiments import sweep
+    from lowrank.experiments import jobs, sweep
 
     store = RunStore(tmp_path / "runs.sqlite")
     spec = sweep.SweepSpec(str(tiny_bert_dir), str(sentiment_csv), ["svd"], [0.5], eval_limit=1)
@@ -400,7 +400,7 @@ def test_a_repeated_or_resumed_sweep_skips_the_runs_already_stored(tmp_path, mon
     assert len(store.runs(method="svd")) == 2
 
     launched = []
-    monkeypatch.setattr(sweep, "_launch", lambda s, sweep_id: launched.append(sweep_id))
+    monkeypatch.setattr(jobs.Job, "launch", lambda job: launched.append(job.id))
     store.end_sweep(second, "interrupted", error="killed")
     assert sweep.resume_sweep(store, second) == second and launched == [second]
     row = store.get_sweep(second)

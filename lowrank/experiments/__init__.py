@@ -1,1 +1,1 @@
-"""Recorded experiments: the SQLite run store, single runs, background sweeps and their worker."""
+"""Recorded experiments: the SQLite run store, single runs, and background jobs (sweeps, model builds) with their worker."""

@@ -1,16 +1,13 @@
 """One recorded run: compress a model with one method at given ranks, evaluate it, store the row.
 
-* :func:`execute_run`: a failure or an interruption leaves its row ``failed`` / ``interrupted``;
-  nothing is written to disk but the row. A model that cannot be measured on the task (a causal
-  LM on a classification task...) is refused before any row is written.
-* :func:`dense_reference`: the dense run for these weights, task and settings
-  (:func:`lowrank.experiments.compare.reference_run`), reused from the store when one exists; with
-  ``check_latency`` its latencies are measured again when the conditions they were measured under
-  differ from now (another load, other thread count).
-* :func:`find_same_run`: a finished run with the same key (weights, task, evaluation settings, method,
-  options, ranks, strategy, budget and, for a method that needs statistics, their sampling settings), so
-  a resumed or repeated sweep does not run it again.
-* :func:`output_folder`: where a run's compressed model is saved, next to the run store.
+:func:`execute_run` writes the row ``running``, then ``done`` with the measurements, or ``failed`` / ``interrupted``
+as every job ends (:func:`lowrank.experiments.jobs.ending`); nothing but the row is written, and a model that cannot
+be measured on the task is refused before any row. A run's key is its weights, task, evaluation settings, method,
+options, ranks, strategy, budget and, for a method that needs statistics, their sampling settings:
+:func:`find_same_run` finds a done run with the same key, so a repeated sweep does not run it again, and
+:func:`dense_reference` reuses the stored dense run (:func:`lowrank.experiments.compare.reference_run`) (measuring its latencies again, with ``check_latency``, when the
+conditions differ from now). :func:`output_folder`: where a run's compressed model is saved, next to the run store.
+Cost: one compression and one evaluation per run.
 """
 
 from __future__ import annotations

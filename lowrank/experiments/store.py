@@ -1,26 +1,13 @@
-"""Run store: every compression run and sweep, persisted in SQLite.
+"""Run store: every compression run, sweep and model build, persisted in one SQLite file.
 
-One row per run (model, task, method, solver, strategy, budget, ranks, metric value,
-parameters, size, latency, wall time, timestamps) with a ``status``:
-
-* ``running``: started, not finished; a row whose process has died is reported (and
-  rewritten) as ``interrupted`` by :meth:`RunStore.reap`, which every read calls first;
-* ``done``: finished, measurements filled in;
-* ``failed``: the run raised; ``error`` holds the message;
-* ``interrupted``: stopped from outside (Ctrl-C, SIGTERM, a dashboard rerun) or its
-  process died.
-
-Sweeps (see :mod:`lowrank.experiments.sweep`) have their own table with progress and a message, and so
-have builds of fine-tuned models (:mod:`lowrank.experiments.build`): the model's ``name``, its recipe,
-``step`` of ``total`` and the time the steps ``started``; at most one runs per name
-(:meth:`RunStore.start_build`).
-
-Default file: ``<cache>/runs.sqlite`` (``lowrank.files.cache.cache_dir()``, overridable with
-``LOWRANK_CACHE``). Every call opens its own connection, the journal is in WAL mode and
-writes take the write lock up front (``BEGIN IMMEDIATE``), so several processes (the
-dashboard, background sweeps, the CLI) can write to one file at the same time. A file that is
-not a valid SQLite database (or fails SQLite's quick check) is moved aside to
-``<file>.corrupt-<timestamp>`` (never deleted) and a fresh store is started, with a one-line notice.
+One row per run (model, task, method, ranks, measurements, timings), per sweep and per build (the background jobs
+of :mod:`lowrank.experiments.jobs`: spec, progress, message, heartbeat). A row is ``running`` while the process that
+owns it (host, pid, start time) is alive, then ``done``, ``failed`` (``error`` holds the message) or ``interrupted``
+(stopped from outside, or its process died: :meth:`RunStore.reap`, which every read calls first). At most one build
+runs per model (:meth:`RunStore.start_build`). Default file ``<cache>/runs.sqlite`` (``LOWRANK_CACHE``). Every call
+opens its own connection, in WAL mode, writes take the lock up front (``BEGIN IMMEDIATE``), so the dashboard, workers
+and the CLI write one file at the same time; a file that fails SQLite's quick check is moved aside to
+``<file>.corrupt-<timestamp>`` (never deleted) and a fresh store started. Cost: a connection per call.
 """
 
 from __future__ import annotations
@@ -37,6 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from lowrank.experiments.jobs import ending
 from lowrank.files.cache import cache_dir
 from lowrank.processes import process_alive, process_started
 from lowrank.progress import notice
@@ -116,7 +104,8 @@ BUILD_COLUMNS = {
     "pid": "INTEGER",
     "pid_started": "REAL",
 }
-TABLES = {"runs": RUN_COLUMNS, "sweeps": SWEEP_COLUMNS, "builds": BUILD_COLUMNS}
+JOB_COLUMNS = {"sweeps": SWEEP_COLUMNS, "builds": BUILD_COLUMNS}  # the tables of jobs (lowrank.experiments.jobs)
+TABLES = {"runs": RUN_COLUMNS, **JOB_COLUMNS}
 
 
 def default_path() -> Path:
@@ -154,9 +143,16 @@ class RunHandle:
         self.store.finish_run(self.id, **fields)
         self.finished = True
 
+    def end(self, status: str, error: str | None = None) -> None:
+        """End the run as :func:`lowrank.experiments.jobs.ending` decided (``done``: unless :meth:`finish` did)."""
+        if status != "done":
+            self.store.fail_run(self.id, error, status)
+        elif not self.finished:
+            self.finish()
+
 
 class RunStore:
-    """Runs and sweeps in one SQLite file (see module docstring). Cheap to create: no open connection is kept."""
+    """Runs, sweeps and builds in one SQLite file (see module docstring). Cheap to create: no connection is kept."""
 
     def __init__(self, path: str | Path | None = None):
         self.path = Path(path) if path is not None else default_path()
@@ -276,23 +272,12 @@ class RunStore:
 
     @contextmanager
     def record(self, **fields) -> Iterator[RunHandle]:
-        """Start a run; the block calls ``handle.finish(**measurements)``.
-
-        An exception marks the row ``failed`` (``Exception``) or ``interrupted``
-        (``KeyboardInterrupt``, ``SystemExit``, Streamlit's stop/rerun) and propagates.
-        A block that ends without calling ``finish`` marks it ``done`` with what was updated.
-        """
+        """Start a run; the block calls ``handle.finish(**measurements)``. The run ends as every job does
+        (:func:`lowrank.experiments.jobs.ending`): ``failed`` or ``interrupted`` when the block raises (the exception
+        propagates), else ``done``, with what was updated when the block did not call ``finish``."""
         handle = RunHandle(self, self.start_run(**fields))
-        try:
+        with ending(handle.end):
             yield handle
-        except Exception as err:
-            self.fail_run(handle.id, f"{type(err).__name__}: {err}", "failed")
-            raise
-        except BaseException as err:
-            self.fail_run(handle.id, f"interrupted ({type(err).__name__})", "interrupted")
-            raise
-        if not handle.finished:
-            handle.finish()
 
     def _row(self, table: str, kind: str, row_id: int) -> dict:
         """The row ``row_id`` of ``table`` (after :meth:`reap`), undecoded; ``KeyError`` naming the ``kind`` when absent."""
@@ -357,11 +342,54 @@ class RunStore:
                 count += len(dead)
         return count
 
+    # ------------------------------------------------------------ jobs: sweeps and builds
+
+    def get_job(self, table: str, job_id: int) -> dict:
+        return _decode_spec(self._row(table, table[:-1], job_id))
+
+    def jobs(self, table: str, **filters) -> list[dict]:
+        """The rows of job table ``table`` (newest first) whose columns equal ``filters`` (a list: any of its values;
+        ``None``: not filtered), after :meth:`reap`."""
+        unknown = sorted(set(filters) - set(JOB_COLUMNS[table]))
+        if unknown:
+            raise ValueError(f"cannot filter {table} by {unknown}")
+        self.reap()
+        where, params = [], []
+        for column, value in filters.items():
+            if value is not None:
+                values = list(value) if isinstance(value, (list, tuple, set)) else [value]
+                where.append(f'"{column}" IN ({", ".join("?" for _ in values)})')
+                params.extend(values)
+        query = f"SELECT * FROM {table}" + (f" WHERE {' AND '.join(where)}" if where else "") + " ORDER BY id DESC"
+        with self._connect() as conn:
+            return [_decode_spec(dict(r)) for r in conn.execute(query, params)]
+
+    def update_job(self, table: str, job_id: int, **fields) -> None:
+        """Write ``fields`` and the row's ``updated`` time (with no fields: the job's heartbeat)."""
+        self._update(table, JOB_COLUMNS[table], job_id, {**fields, "updated": time.time()})
+
+    def claim_job(self, table: str, job_id: int, pid: int, **fields) -> None:
+        """Record ``pid`` (a live process on this host) as the job's owner, and ``fields`` in the same write."""
+        self.update_job(table, job_id, **fields, pid=pid, pid_started=process_started(pid), host=socket.gethostname())
+
+    def end_job(
+        self, table: str, job_id: int, status: str, message: str | None = None, error: str | None = None, **fields
+    ) -> None:
+        """End a job ``done``, ``failed`` or ``interrupted`` (a done sweep's progress is 1), writing ``fields`` too."""
+        if status not in ("done", "failed", "interrupted"):
+            raise ValueError(f"a {table[:-1]} ends as done, failed or interrupted, not {status!r}")
+        fields.update(status=status, finished=time.time(), error=error)
+        if message is not None:
+            fields["message"] = message
+        if status == "done" and "progress" in JOB_COLUMNS[table]:
+            fields["progress"] = 1.0
+        self.update_job(table, job_id, **fields)
+
     # ------------------------------------------------------------ sweeps
 
     def create_sweep(self, spec: dict, label: str = "", runs_total: int | None = None) -> int:
-        """Insert a ``running`` sweep for ``spec`` (a JSON-able dict), owned by this process until
-        :meth:`claim_sweep` hands it to the worker process."""
+        """Insert a ``running`` sweep for ``spec`` (a JSON-able dict), owned by this process until its worker claims
+        it (:meth:`claim_job`)."""
         now = time.time()
         return self._insert(
             "sweeps",
@@ -380,41 +408,18 @@ class RunStore:
             },
         )
 
-    def claim_sweep(self, sweep_id: int, pid: int) -> None:
-        """Record ``pid`` (a live process on this host) as the sweep's owner."""
-        self._update(
-            "sweeps",
-            SWEEP_COLUMNS,
-            sweep_id,
-            {"pid": pid, "pid_started": process_started(pid), "host": socket.gethostname(), "updated": time.time()},
-        )
-
     def update_sweep(self, sweep_id: int, **fields) -> None:
-        self._update("sweeps", SWEEP_COLUMNS, sweep_id, {**fields, "updated": time.time()})
+        self.update_job("sweeps", sweep_id, **fields)
 
     def end_sweep(self, sweep_id: int, status: str, error: str | None = None, message: str | None = None) -> None:
-        if status not in ("done", "failed", "interrupted"):
-            raise ValueError(f"a sweep ends as done, failed or interrupted, not {status!r}")
-        fields = {"status": status, "finished": time.time(), "error": error}
-        if message is not None:
-            fields["message"] = message
-        if status == "done":
-            fields["progress"] = 1.0
-        self.update_sweep(sweep_id, **fields)
+        self.end_job("sweeps", sweep_id, status, message, error)
 
     def get_sweep(self, sweep_id: int) -> dict:
-        return _decode_spec(self._row("sweeps", "sweep", sweep_id))
+        return self.get_job("sweeps", sweep_id)
 
     def sweeps(self, status: str | list | None = None) -> pd.DataFrame:
-        self.reap()
-        query, params = "SELECT * FROM sweeps", []
-        if status is not None:
-            wanted = [status] if isinstance(status, str) else list(status)
-            query += f" WHERE status IN ({', '.join('?' for _ in wanted)})"
-            params = wanted
-        with self._connect() as conn:
-            rows = [_decode_spec(dict(r)) for r in conn.execute(query + " ORDER BY id DESC", params)]
-        frame = pd.DataFrame(rows, columns=["id", *SWEEP_COLUMNS])
+        """The sweeps (newest first, with ``status`` when given: one or a list) as a DataFrame, times as datetimes."""
+        frame = pd.DataFrame(self.jobs("sweeps", status=status), columns=["id", *SWEEP_COLUMNS])
         for column in ("created", "updated", "finished"):
             frame[column] = pd.to_datetime(frame[column], unit="s")
         return frame
@@ -426,7 +431,7 @@ class RunStore:
 
         Returns ``(id, False)`` for the build of ``name`` already running, ``(None, False)`` when ``needed()`` says
         there is nothing to build, else ``(id, True)`` for a new ``running`` build of ``spec`` (a JSON-able dict)
-        owned by this process until :meth:`claim_build` hands it to a worker."""
+        owned by this process until its worker claims it (:meth:`claim_job`)."""
         self.reap()
         now = time.time()
         with self._write() as conn:
@@ -449,28 +454,18 @@ class RunStore:
             }
             return self._insert("builds", BUILD_COLUMNS, fields, conn), True
 
-    def claim_build(self, build_id: int, pid: int) -> None:
-        """Record ``pid`` (a live process on this host) as the build's owner."""
-        self.update_build(build_id, pid=pid, pid_started=process_started(pid), host=socket.gethostname())
-
     def update_build(self, build_id: int, **fields) -> None:
-        self._update("builds", BUILD_COLUMNS, build_id, {**fields, "updated": time.time()})
+        self.update_job("builds", build_id, **fields)
 
     def end_build(self, build_id: int, status: str, message: str, error: str | None = None) -> None:
-        if status not in ("done", "failed", "interrupted"):
-            raise ValueError(f"a build ends as done, failed or interrupted, not {status!r}")
-        self.update_build(build_id, status=status, message=message, error=error, finished=time.time())
+        self.end_job("builds", build_id, status, message, error)
 
     def get_build(self, build_id: int) -> dict:
-        return _decode_spec(self._row("builds", "build", build_id))
+        return self.get_job("builds", build_id)
 
     def builds(self, name: str | None = None, status: str | None = None) -> list[dict]:
         """The builds (newest first), of model ``name`` and with ``status`` when given."""
-        self.reap()
-        where = [(column, value) for column, value in (("name", name), ("status", status)) if value is not None]
-        query = "SELECT * FROM builds" + (" WHERE " + " AND ".join(f'"{c}" = ?' for c, _ in where) if where else "")
-        with self._connect() as conn:
-            return [_decode_spec(dict(r)) for r in conn.execute(query + " ORDER BY id DESC", [v for _, v in where])]
+        return self.jobs("builds", name=name, status=status)
 
 
 class CorruptStore(sqlite3.DatabaseError):

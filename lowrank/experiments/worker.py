@@ -1,5 +1,8 @@
-"""``python -m lowrank.experiments.worker --db FILE (--sweep ID | --build ID)``: the detached process that runs a
-recorded sweep or model build."""
+"""``python -m lowrank.experiments.worker --db FILE (--sweep ID | --build ID)``: the process that runs a recorded job.
+
+It claims the job's row (:mod:`lowrank.experiments.jobs`), runs it, and exits 0 when it is done, 1 when it failed and
+130 when it was interrupted (SIGTERM raises ``KeyboardInterrupt``, :func:`lowrank.experiments.stop.interrupt`).
+"""
 
 from __future__ import annotations
 
@@ -10,9 +13,11 @@ import sys
 from collections.abc import Sequence
 
 from lowrank.experiments.build import run_build
+from lowrank.experiments.jobs import Job
 from lowrank.experiments.stop import interrupt
 from lowrank.experiments.store import RunStore
-from lowrank.experiments.sweep import SweepSpec, run_sweep
+from lowrank.experiments.sweep import run_sweep
+from lowrank.experiments.sweep_spec import SweepSpec
 from lowrank.threads import set_threads
 
 
@@ -22,21 +27,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Run a recorded sweep (started by start_sweep) or build (start_build).",
     )
     parser.add_argument("--db", required=True, help="the run store (SQLite file)")
-    job = parser.add_mutually_exclusive_group(required=True)
-    job.add_argument("--sweep", type=int, help="id of the sweep row to run")
-    job.add_argument("--build", type=int, help="id of the build row to run")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--sweep", type=int, help="id of the sweep row to run")
+    which.add_argument("--build", type=int, help="id of the build row to run")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, interrupt)
     set_threads()
     store = RunStore(args.db)
-    name = f"sweep {args.sweep}" if args.sweep is not None else f"build {args.build}"
+    job = Job(store, "sweeps", args.sweep) if args.sweep is not None else Job(store, "builds", args.build)
+    name = f"{job.kind} {job.id}"
     try:
-        if args.sweep is not None:
-            store.claim_sweep(args.sweep, os.getpid())
-            result = run_sweep(SweepSpec.from_dict(store.get_sweep(args.sweep)["spec"]), store, args.sweep)
+        job.claim(os.getpid())
+        if job.table == "sweeps":
+            result = run_sweep(SweepSpec.from_dict(job.row()["spec"]), store, job.id)
         else:
-            store.claim_build(args.build, os.getpid())
-            result = run_build(store, args.build)
+            result = run_build(store, job.id)
     except KeyboardInterrupt:
         print(f"{name} interrupted", flush=True)
         return 130
