@@ -247,3 +247,26 @@ def test_restricted_statistics_are_what_each_kind_alone_gives(tiny_bert, sentime
         alone = statistics_for(tiny_bert, sentiment_csv, needs, settings)
         picked = restrict(every, needs)
         assert {n: set(t) for n, t in alone.items()} == {n: set(t) for n, t in picked.items() if t}, needs
+
+
+def test_the_readme_headline_is_read_from_the_results_it_cites():
+    """The README's headline figures are those of benchmarks/results/suite_data.json: the best method on
+    rotten_tomatoes at 30% kept, plain SVD and dense, and the count of cases where the best holds against SVD."""
+    results = json.loads((README.parent / "benchmarks" / "results" / "suite_data.json").read_text())
+    rows = [r for r in results["rows"] if r["task"] == "rotten_tomatoes" and r["keep"] in (0.3, 1.0)]
+    best = max((r for r in rows if r["keep"] == 0.3), key=lambda r: r["accuracy"])
+    value = {r["method"]: r["accuracy"] for r in rows if r["method"] in ("svd", "dense")}
+    cases = {(r["task"], r["keep"]): {} for r in results["rows"] if r["keep"] < 1.0}
+    for r in results["rows"]:
+        if r["keep"] < 1.0:
+            cases[r["task"], r["keep"]][r["method"]] = max(
+                r["accuracy"], cases[r["task"], r["keep"]].get(r["method"], 0)
+            )
+    holds = sum(case[best["method"]] >= case["svd"] for case in cases.values())
+    headline = " ".join(README.read_text().split("Headline", 1)[1].split("\n\n", 1)[0].split())
+    expected = (
+        f"`{best['method']}` keeps {best['accuracy']:.3f} validation accuracy where plain SVD falls to "
+        f"{value['svd']:.3f} (dense {value['dense']:.3f}); it is at or above plain SVD in {holds} of the suite's "
+        f"{len(cases)} task x budget cases"
+    )
+    assert expected in headline, (expected, headline)
