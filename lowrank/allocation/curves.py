@@ -1,19 +1,12 @@
-"""Per-layer predicted loss curves: the loss increase of truncating a layer to each rank.
+"""Per-layer predicted loss curves: ``curve[r]``, the loss increase of truncating a layer to rank ``r``.
 
-Second order, FWSVD: with the empirical Fisher ``F`` as a diagonal Hessian and ``F_ij``
-replaced by its mean over the output rows, ``d_j^2 = mean_i F_ij``, the loss increase of
-replacing ``W`` by ``W'`` is ``0.5 * sum_ij F_ij (W - W')_ij^2 ~= 0.5 ||(W - W') diag(d)||^2``,
-minimized at rank ``r`` by the truncated SVD of ``W diag(d)`` (FWSVD) with value
-``curve[r] = 0.5 * sum_{k > r} s_k^2``, ``s`` the singular values of ``W diag(d)``
-(:func:`predicted_loss_curve`). The mean (not the sum) over rows keeps curves of layers
-with different heights on the same scale, so they can be compared across layers.
-
-Second order, K-FAC (:func:`kfac_loss_curve`): with the Kronecker-factored Fisher ``G (x) A``
-(:mod:`lowrank.statistics.moments`) the loss increase of ``W' = W - dW`` is
-``0.5 tr(G dW A dW^T) = 0.5 ||L_G^T dW L_A||_F^2`` (``A = L_A L_A^T``, ``G = L_G L_G^T``), minimized at
-rank ``r`` by ``kfac_svd`` with value ``curve[r] = 0.5 * sum_{k > r} s_k^2``, ``s`` the singular values
-of ``L_G^T W L_A``. Unlike the diagonal it keeps the correlations of a layer's inputs (and of its
-output gradients), which decide how much of a truncation the data excite.
+FWSVD (:func:`predicted_loss_curve`): the Fisher as a diagonal Hessian, ``F_ij`` replaced by its mean over
+the rows, ``d_j^2 = mean_i F_ij`` (one scale for layers of different heights), gives
+``0.5 ||(W - W') diag(d)||^2``, minimized by the truncated SVD of ``W diag(d)``: ``curve[r] = 0.5 sum_{k>r} s_k^2``
+of ``W diag(d)``. K-FAC (:func:`kfac_loss_curve`): ``0.5 tr(G dW A dW^T) = 0.5 ||L_G^T dW L_A||_F^2``, minimized
+by ``kfac_svd``: ``curve[r] = 0.5 sum_{k>r} s_k^2`` of ``L_G^T W L_A``, keeping the correlations of a layer's
+inputs and output gradients. Cost: one set of singular values per layer (K-FAC: two roots, O(in^3 + out^3),
+besides). Details: docs/methods.md#rank-allocation-lowrankallocation.
 """
 
 from __future__ import annotations
@@ -83,7 +76,7 @@ def layer_loss_curves(
 ) -> dict[str, np.ndarray]:
     """``{name: curve}`` for every compressible layer that has an importance tensor (see :func:`predicted_loss_curve`).
 
-    The dashboard's rank editor reads ``curve[r]`` for any rank without refactorizing.
+    ``curve[r]`` prices any rank without refactorizing.
     """
     module = module_of(model)
     linears = {n: m for n, m in compressible_linears(module).items() if n in importance}

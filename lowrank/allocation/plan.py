@@ -111,7 +111,7 @@ class RankPlan:
         raise KeyError(f"no layer {name!r} in this plan")
 
     def with_ranks(self, changes: dict[str, int | None], curves: dict[str, np.ndarray] | None = None) -> RankPlan:
-        """A copy with some ranks changed (None: dense), e.g. from the dashboard's rank editor.
+        """A copy with some ranks changed (None: dense), e.g. edited by hand.
 
         Ranks are checked like ``compress`` does (1 <= r, below break-even); alignment is not
         enforced. Predicted losses come from ``curves`` (:func:`~lowrank.allocation.curves.layer_loss_curves`)

@@ -1,21 +1,13 @@
-"""Budget solvers: pick one choice per layer (see :class:`~lowrank.allocation.choices.LayerChoices`)
-so that the total cost stays within the budget.
+"""Budget solvers: pick one choice per layer (:class:`~lowrank.allocation.choices.LayerChoices`) within a budget.
 
-* :func:`threshold_allocation`: each layer has a score per choice (made non-increasing in
-  rank), every layer takes its smallest choice scoring at most a common threshold ``t``, and
-  ``t`` is the smallest one that fits the budget, found by bisection over the sorted
-  breakpoints (exact, no tolerance).
-* :func:`greedy_allocation`: global greedy on each layer's lower convex hull of (cost, loss)
-  points, taking the step with the largest loss decrease per parameter; returns a certified
-  lower bound (the convex relaxation's optimum) with the plan.
-* :func:`fill_budget`: both end with it; it spends what is left one single choice at a time
-  until no layer's next choice fits.
+* :func:`threshold_allocation`: every layer takes its smallest choice scoring at most a common threshold ``t``
+  (scores made non-increasing in rank), ``t`` the smallest that fits, by bisection over the sorted breakpoints;
+* :func:`greedy_allocation`: greedy on each layer's lower convex hull of (cost, loss) points, largest loss
+  decrease per parameter first, with a certified lower bound (the convex relaxation's optimum);
+* :func:`fill_budget`: both end with it, spending what is left one single choice at a time.
 
-Budget guarantee: the cost is ``<= budget``, and no single layer can take its next choice
-within what is left, so ``budget - cost < max_l align * (out_l + in_l)`` (the largest single
-step; moving from the largest useful rank to dense costs at most that too). At least 99% of
-the budget is used whenever that step is at most 1% of the budget (e.g. MiniLM with
-``align=8``: 15,360 parameters, 0.3% of a 40% budget).
+Guarantee: cost ``<= budget`` and ``budget - cost < max_l align (out_l + in_l)``, the largest single step.
+Cost: O(choices log choices), no refactorization. Details: docs/methods.md#rank-allocation-lowrankallocation.
 """
 
 from __future__ import annotations

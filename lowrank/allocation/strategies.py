@@ -1,28 +1,14 @@
 """Allocation strategies (registry :data:`STRATEGIES`) and :func:`allocate`, which runs one.
 
-``allocate(model, budget, strategy)`` returns a :class:`~lowrank.allocation.plan.RankPlan`
-whose ``ranks`` go straight to ``compress(model, plan.ranks, method=...)``. Built-in strategies
-(extend with :func:`register_strategy`):
-
-* ``uniform``: every layer keeps (about) the same fraction of its parameters;
-* ``energy``: every layer keeps the same fraction of its squared Frobenius norm (plain SVD
-  energy) with the smallest rank that reaches it;
-* ``fisher_greedy``: global greedy on the predicted loss increase
-  (:mod:`~lowrank.allocation.curves`), taking the rank step with the largest predicted loss
-  decrease per parameter until the budget is spent;
-* ``kfac_greedy``: the same greedy on the K-FAC-predicted loss increase
-  ``0.5 tr(G dW A dW^T)`` of ``kfac_svd``'s truncation (input and gradient correlations kept,
-  which the diagonal of ``fisher_greedy`` drops);
-* ``sensitivity``: measured loss on a few calibration batches, one layer compressed at a
-  time with plain SVD at a few kept fractions (:mod:`~lowrank.allocation.sensitivity`),
-  interpolated in rank. Ranks below a layer's smallest measured fraction are not measured:
-  they score above every measured value, so they are used only when the budget is below
-  every layer at its smallest measured fraction (then all layers shrink by about the same
-  relative amount).
-
-``uniform``, ``energy`` and ``sensitivity`` use the common-threshold solver, the greedy strategies
-the convex-hull greedy (:mod:`~lowrank.allocation.solvers`); every strategy ends with the
-fill step, so ``plan.params <= budget`` and ``budget - plan.params < max_l align * (out_l + in_l)``.
+``allocate(model, budget, strategy)`` returns a :class:`~lowrank.allocation.plan.RankPlan` for
+``compress(model, plan.ranks, method=...)``. Built in (extend with :func:`register_strategy`), by a common
+threshold: ``uniform`` (one kept fraction of parameters), ``energy`` (one kept fraction of SVD energy),
+``sensitivity`` (measured loss of each layer truncated alone, :mod:`~lowrank.allocation.sensitivity`); by the
+convex-hull greedy: ``fisher_greedy`` and ``kfac_greedy`` (diagonal-Fisher or K-FAC predicted loss increase,
+:mod:`~lowrank.allocation.curves`). Every plan ends with the fill step: ``plan.params <= budget`` and
+``budget - plan.params < max_l align (out_l + in_l)``. Cost: at most one set of singular values per layer
+(``sensitivity``: one calibration loss per layer and fraction).
+Details: docs/methods.md#rank-allocation-lowrankallocation.
 """
 
 from __future__ import annotations
@@ -47,7 +33,7 @@ from lowrank.progress import Progress
 from lowrank.ranks import linear_shapes
 from lowrank.statistics.resolve import select
 
-# The default of allocate(), the CLI and sweeps. fisher_greedy lost to uniform on a task it was not tuned on
+# The default strategy. fisher_greedy lost to uniform on a task it was not tuned on
 # (docs/results/allocation.md); a strategy becomes the default only once it is at least as accurate as uniform on
 # every task of the suite.
 DEFAULT_STRATEGY = "uniform"
@@ -231,7 +217,7 @@ def allocate(
     ``budget``: fraction in (0, 1] (float) of the dense compressible parameters, or an absolute
     count (int). ``strategy``: one of :func:`available_strategies`. ``stats``: per-layer
     statistics ``{layer: {"fisher": F, ...}}`` from :func:`lowrank.statistics.statistics_for`
-    (or the legacy ``importance``, ``{layer: F}``, which wins when both are given): the Fisher
+    (or the shorthand ``importance``, ``{layer: F}``, which wins when both are given): the Fisher
     maps are needed by ``fisher_greedy`` and used by every strategy to report predicted
     losses; the moments by ``kfac_greedy``. ``align``: ranks are multiples of it (1 allowed); a layer whose choice is at/above
     break-even stays dense. ``task``: calibration data for ``sensitivity``. ``axis``: FWSVD

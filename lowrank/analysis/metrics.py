@@ -1,28 +1,13 @@
-"""Predictive SVD-drop metric: which matrices will plain SVD hurt?
+"""Predictive SVD-drop metric: which matrices will plain SVD hurt? (reconstruction of Hua et al. 2022).
 
-Hua et al. (2022) designed a per-matrix metric, driven by how unevenly Fisher
-information is spread, that predicts when plain SVD causes a large accuracy drop. Their
-exact formula is not available here; these are reconstructions.
+* ``fisher_dispersion(F)``: ``std(s) / mean(s)`` of the Fisher sums along the FWSVD axis (0: even importance);
+* ``predicted_loss_increase(W, F, r)``: ``0.5 sum_ij F_ij (W - W_hat)_ij^2`` (nats), the Fisher as a diagonal
+  Hessian, no first-order term; ``svd_risk``: that of plain SVD over that of the weighted method;
+* ``kfac_loss_increase(W, W_hat, A, G)`` (ours): ``0.5 tr(G dW A dW^T)``, the K-FAC form;
+* ``risk_summary``: flags layers and the model (heuristic thresholds).
 
-* ``fisher_dispersion(F)``: coefficient of variation ``std(s) / mean(s)`` of the importance
-  summed along the FWSVD axis (``s_j = sum_i F_ij`` per input feature for ``axis="in"``).
-  0 for uniform importance; large when a few features carry most of the information,
-  which is where an unweighted SVD spends its rank on the wrong directions.
-* ``predicted_loss_increase(W, F, r)``: the second-order estimate of the task-loss
-  increase from replacing ``W`` by its rank-r approximation ``W_hat``, with the empirical
-  Fisher as a diagonal Hessian and no first-order term (a trained model sits near a
-  minimum)::
-
-      dL ~= 0.5 * sum_ij F_ij (W - W_hat)_ij^2        (original Fisher units, nats)
-
-* ``svd_risk(W, F, r)``: ``dL(svd) / dL(weighted)``, how much worse plain SVD is expected
-  to be than the weighted solution. Large risk: use a weighted method for that layer.
-* ``kfac_loss_increase(W, W_hat, A, G)`` (ours): the same second-order estimate with the
-  Kronecker-factored Fisher ``G (x) A`` instead of the diagonal (input and gradient correlations
-  kept), ``0.5 tr(G dW A dW^T)`` with ``dW = W - W_hat``; the K-FAC estimate of the KL between the
-  dense and the changed model's predictions.
-
-``risk_summary`` flags the model (heuristic, documented there).
+Their paper's formula is not available here: these are reconstructions. Cost: one factorization per
+matrix and method. Details: docs/methods.md#predictive-svd-drop-metric-lowrankanalysismetrics.
 """
 
 from __future__ import annotations

@@ -1,16 +1,10 @@
 """Per-matrix singular-value spectra and rank statistics.
 
-For ``W`` (out, in) with singular values ``s_1 >= ... >= s_n``:
-
-* energy curve ``e_k = sum_{i<=k} s_i^2 / sum_i s_i^2`` (the fraction of ``||W||_F^2``
-  a rank-k SVD keeps);
-* ``rank_p``: smallest ``k`` with ``e_k >= p`` for p = 90/95/99%;
-* effective rank (Roy & Vetterli 2007): ``exp(H(p))`` with ``p_i = s_i / sum s``;
-* stable rank: ``||W||_F^2 / ||W||_2^2 = sum s_i^2 / s_1^2``;
-* numerical rank at relative tolerance ``tol``: ``#{i : s_i > tol * s_1}``.
-
-Cost: one SVD per matrix (singular values only). Results are cached per model and
-recomputed only when a weight has changed (tracked by the tensors' version counters).
+For ``W`` (out, in) with singular values ``s_1 >= ... >= s_n``: energy curve
+``e_k = sum_{i<=k} s_i^2 / sum_i s_i^2``; ``rank_p`` the smallest ``k`` with ``e_k >= p`` (p = 90/95/99%);
+effective rank ``exp(H(p))``, ``p_i = s_i / sum s`` (Roy & Vetterli 2007); stable rank ``sum s_i^2 / s_1^2``;
+numerical rank ``#{i : s_i > tol * s_1}``. Cost: one SVD per matrix (singular values only), cached per
+model until a weight changes (the tensors' version counters).
 """
 
 from __future__ import annotations

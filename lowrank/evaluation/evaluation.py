@@ -3,7 +3,7 @@
 Quality (:mod:`lowrank.evaluation.quality`): accuracy or perplexity and the mean loss; size
 (:mod:`lowrank.evaluation.size`): parameters, compressible parameters and safetensors bytes; latency
 (:mod:`lowrank.evaluation.latency`): median ms at batch 1 and 32 with how it was measured, unless
-``latency=False``. The result is one flat :class:`Evaluation` (``to_dict`` for the CLI and the run store).
+``latency=False``. The result is one flat :class:`Evaluation` (``to_dict``: its flat fields).
 Cost: one inference pass over the split, one write of the model, and the latency budget.
 """
 

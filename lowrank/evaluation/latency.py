@@ -63,8 +63,8 @@ def measurement_conditions(device=None) -> dict:
 
 def conditions_differ(recorded: dict | None, now: dict | None) -> str | None:
     """Every reason why latencies measured under ``recorded`` and ``now`` (:func:`measurement_conditions`)
-    are not comparable (joined by "; "), or ``None`` when they are. Missing conditions (an older
-    measurement) differ."""
+    are not comparable (joined by "; "), or ``None`` when they are. Missing conditions (a
+    measurement that recorded none) differ."""
     if not recorded or not now:
         return "no recorded measurement conditions"
     reasons = [

@@ -3,8 +3,8 @@
 A compressed run is compared with a dense run of the same model on the same task, measured the same way (same
 split, same evaluation limit). :func:`reference_run` is that dense run: the newest finished dense run of a model
 (by name, or by its weights fingerprint) on a task with the settings asked for; a setting left at :data:`ANY`
-is that of the newest dense run, and :func:`comparable` then keeps the runs measured like it. The report, every
-dashboard page and :func:`lowrank.experiments.run.dense_reference` pick their reference here, so they agree.
+is that of the newest dense run, and :func:`comparable` then keeps the runs measured like it. Every comparison
+picks its reference here, so they all agree.
 
 :data:`METRICS` says how each task metric reads: whether higher is better, how many decimals it is shown with,
 whether it is plotted on a log axis (perplexity: the exponential of a loss). Cost: one run-store query per

@@ -191,7 +191,7 @@ def dense_reference(
     """The stored dense run for these weights, task and settings; evaluated and recorded if there is none.
 
     ``check_latency`` (before measuring other runs beside it): when the stored latencies were measured
-    under other conditions than now (:func:`lowrank.evaluate.conditions_differ`), measure them again and
+    under other conditions than now (:func:`lowrank.evaluation.latency.conditions_differ`), measure them again and
     update the row, so that the dense and the compressed latencies shown together are comparable."""
     key = run_fields(loaded, task_key, split, eval_limit)
     found = reference_run(store, task_key, fingerprint=key["fingerprint"], split=split, eval_limit=eval_limit)

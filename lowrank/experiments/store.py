@@ -60,7 +60,7 @@ RUN_COLUMNS = {
     "size_bytes": "INTEGER",
     "latency_ms_b1": "REAL",
     "latency_ms_b32": "REAL",
-    "latency_info": "TEXT",  # how the latencies were measured (lowrank.evaluate.measure_latencies), JSON
+    "latency_info": "TEXT",  # how the latencies were measured (lowrank.evaluation.latency.measure_latencies), JSON
     "factorize_s": "REAL",
     "wall_s": "REAL",
     "output_dir": "TEXT",
@@ -218,7 +218,7 @@ class RunStore:
         body = ", ".join(f'"{name}" {kind}' for name, kind in columns.items())
         conn.execute(f"CREATE TABLE IF NOT EXISTS {table} (id INTEGER PRIMARY KEY AUTOINCREMENT, {body})")
         present = {row["name"] for row in conn.execute(f"PRAGMA table_info({table})")}
-        for name, kind in columns.items():  # files written by an older version gain the new columns
+        for name, kind in columns.items():  # a file without a column gains it
             if name not in present:
                 conn.execute(f'ALTER TABLE {table} ADD COLUMN "{name}" {kind}')
 

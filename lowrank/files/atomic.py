@@ -31,7 +31,7 @@ from lowrank.progress import notice
 # Tests only: seconds atomic_dir sleeps between renaming the old folder aside and the new one in, so a
 # test can kill the process inside that window deterministically.
 PAUSE_ENV = "LOWRANK_TEST_PAUSE_BETWEEN_RENAMES"
-LEGACY_AGE_S = 24 * 3600  # temporary folders of older versions (no pid in the name) are removed after a day
+LEGACY_AGE_S = 24 * 3600  # temporary folders named without a pid are removed after a day
 
 _HIDDEN = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)-(?P<start>\d+)-[0-9a-f]+$")
 _LEGACY_OLD = re.compile(r"^\.(?P<name>.+)\.(?P<kind>old)-(?P<pid>\d+)$")

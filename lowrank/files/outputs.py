@@ -2,7 +2,7 @@
 
 Every folder the atomic writer fills holds a marker file (:data:`MARKER`) listing the files it wrote.
 :func:`writable_output` allows a folder to be replaced when it is missing, empty or the tool's own (its
-marker lists everything in it; a folder of older versions: only :data:`MODEL_FILES` plus one of
+marker lists everything in it; a folder without a marker: only :data:`MODEL_FILES` plus one of
 :data:`RECORD_FILES`), and never a file, a link, a folder holding anything else, or the working
 directory and its parents. :func:`writable_file` decides the same for single files (rank plans, reports)
 from their bytes. Cost: one listing of the folder and one read of its marker.
@@ -16,8 +16,8 @@ from fnmatch import fnmatch
 from pathlib import Path
 
 MARKER = ".lowrank-output"
-# Files this tool writes into a model folder; a folder written before markers existed is ours when it
-# holds only these and at least one of RECORD_FILES (only lowrank writes those).
+# Files this tool writes into a model folder; a folder without a marker is ours when it holds only these
+# and at least one of RECORD_FILES (only lowrank writes those).
 MODEL_FILES = (
     "config.json",
     "generation_config.json",
@@ -47,7 +47,7 @@ def writable_output(target: str | Path, force: bool = False) -> Path:
     """``target`` if the folder may be (re)written, else :class:`OutputError` (one line, naming it).
 
     Allowed: a missing path, an empty folder, a folder whose marker lists everything in it, and a
-    folder of older versions holding only model files plus one of :data:`RECORD_FILES`. ``force``
+    folder without a marker holding only model files plus one of :data:`RECORD_FILES`. ``force``
     also allows a folder of model files alone (no marker or record: it may be a model of yours).
     Never, even with ``force``: a file, a symbolic link, a folder holding other files, the working
     directory or one of its parents.

@@ -1,21 +1,12 @@
 """FWSVD (Hsu et al., ICLR 2022): Fisher-weighted SVD in closed form.
 
-Objective, for ``W`` (out, in), importance ``F >= 0`` (out, in), ``U`` (out, r), ``V`` (r, in)::
+For ``E(U, V) = sum_ij F_ij (W - U V)_ij^2`` with importance ``F >= 0`` (out, in), ``F`` is replaced by one
+weight per input column, ``d_j^2 = sum_i F_ij`` (``axis="in"``, the paper's choice), and solved exactly::
 
-    E(U, V) = sum_ij F_ij (W - U V)_ij^2
+    min_{rank r} || (W - X) diag(d) ||_F^2   is solved by   X = SVD_r(W diag(d)) diag(d)^-1
 
-``fwsvd`` (Hsu et al., ICLR 2022) replaces ``F`` by a rank-one pattern so the problem
-has a closed form. The paper stores a Linear weight as (in x out) and gives every *input
-feature* one importance, the sum of its Fisher row. In our (out, in) layout that is one
-weight per column: ``d_j = sqrt(sum_i F_ij)``, and
-
-    min_{rank r} || (W - X) diag(d) ||_F^2   is solved by   X = SVD_r(W diag(d)) diag(d)^-1,
-
-the exact optimum of ``E`` when ``F`` is replaced by its rank-one column-sum pattern
-``F_ij -> d_j^2 = sum_k F_kj`` (``axis="in"``, the default and the paper's choice).
-``axis="out"`` gives one weight per output row instead, ``d_i = sqrt(sum_j F_ij)`` and
-``X = diag(d)^-1 SVD_r(diag(d) W)``. Cost: one thin SVD. Zero sums are floored at
-``floor * max d`` so the division is defined. The orientation is our reading of the
+``axis="out"``: one weight per output row, ``d_i^2 = sum_j F_ij``, ``X = diag(d)^-1 SVD_r(diag(d) W)``. Zero sums
+are floored at ``floor * max d``. Cost: one thin SVD. Reconstruction: the orientation is our reading of the
 paper's description (its full text is not available here), hence both are offered.
 """
 

@@ -1,16 +1,13 @@
 """K-FAC-weighted SVD (ours, following the Kronecker-factored Fisher of K-FAC; GFWSVD uses the same idea).
 
-The Fisher of ``W`` (out, in) approximated as ``G (x) A`` with ``A = E[x x^T]`` (in, in) and
-``G = E[g g^T]`` (out, out) (:mod:`lowrank.statistics.moments`) gives the second-order loss
-change (the K-FAC estimate of the KL between dense and compressed predictions)::
+With the Fisher of ``W`` (out, in) approximated as ``G (x) A``, ``A = E[x x^T]`` (in, in), ``G = E[g g^T]``
+(out, out) (:mod:`lowrank.statistics.moments`), the second-order loss change is minimized at rank ``r``::
 
     min_{rank r W'} 0.5 tr(G (W - W') A (W - W')^T) = 0.5 ||L_G^T (W - W') L_A||_F^2
 
-with ``A = L_A L_A^T``, ``G = L_G L_G^T``; exactly minimized by
-``W' = L_G^-T SVD_r(L_G^T W L_A) L_A^-1`` (for symmetric roots this is the issue's
-``G^-1/2 SVD_r(G^1/2 W A^1/2) A^-1/2``). With ``G = I`` it is SVD-LLM. Both roots come from
-:func:`lowrank.methods.roots.psd_root` (regularizers recorded in ``info``). Cost: two
-factorizations O(in^3 + out^3) and one thin SVD.
+with ``A = L_A L_A^T``, ``G = L_G L_G^T``, exactly by ``W' = L_G^-T SVD_r(L_G^T W L_A) L_A^-1`` (with symmetric
+roots, ``G^-1/2 SVD_r(G^1/2 W A^1/2) A^-1/2``); with ``G = I`` it is SVD-LLM. Roots from
+:func:`lowrank.methods.roots.psd_root` (regularizers in ``info``). Cost: two roots O(in^3 + out^3), one thin SVD.
 """
 
 from __future__ import annotations

@@ -1,25 +1,14 @@
 """The registry of factorization methods and the contract every method follows.
 
-Every method solves (exactly or approximately) a weighted low-rank problem for one weight
-``W`` (out, in), returning ``U`` (out, r) and ``V`` (r, in) with ``U V ~ W``. What the
-weighting is made of differs: nothing (plain SVD), an element-wise importance such as the
-Fisher information (FWSVD, TFWSVD), a pruning mask, or statistics of the layer's inputs and
-output gradients (activation-aware methods). A method therefore *declares* what it needs:
-
-* ``needs``: statistic kinds from :data:`lowrank.statistics.kinds.STATISTIC_KINDS` (``fisher``, ``mask``...). The one
-  resolver (:func:`lowrank.statistics.statistics_for`) turns them into per-layer tensors;
-  :func:`lowrank.compress` hands each layer its own ``stats`` mapping.
-* ``options``: its keyword options with defaults and, for choices, the allowed values
-  (CLI validation and dashboard widgets are generated from them).
-
-A method is a function ``fn(W, rank, stats, **options) -> Factorization`` registered with
-:func:`register_method`; a new file in this package that does so appears in the CLI, the
-sweeps and the dashboard with no other edit.
-
+A method is a function ``fn(W, rank, stats, **options) -> Factorization`` registered with :func:`register_method`:
+for one weight ``W`` (out, in) it returns ``U`` (out, r) and ``V`` (r, in) with ``U V ~ W``, solving (exactly or
+approximately) a weighted low-rank problem. It declares ``needs``, statistic kinds of
+:data:`lowrank.statistics.kinds.STATISTIC_KINDS` that :func:`lowrank.statistics.statistics_for` turns into
+per-layer tensors, and ``options``, its keyword options with defaults and allowed values, from which option
+checks and widgets are generated; a new file in this package that registers a method needs no other edit.
 ``factorize`` returns a :class:`Factorization`, which unpacks like a pair::
 
     U, V = factorize(W, rank=16)
-    result = factorize(W, 16, method="tfwsvd", importance=F); result.history
 """
 
 from __future__ import annotations
@@ -111,7 +100,7 @@ class Method:
 
     @property
     def importance_key(self) -> str | None:
-        """The per-layer statistic that the legacy ``importance=`` argument stands for."""
+        """The per-layer statistic that the ``importance=`` shorthand (one tensor per layer) stands for."""
         return next((k for k in self.needs if k in ("fisher", "mask")), None)
 
     def check_options(self, options: Mapping) -> None:

@@ -1,16 +1,11 @@
 """Safeguarded square roots of positive semi-definite second moments (for whitening methods).
 
-Given ``A`` (n, n) symmetric PSD (an input or gradient second moment), find ``L`` with
-``A ~ L L^T`` and its inverse, in float64:
-
-1. Cholesky of ``A``;
-2. if that fails (``A`` not positive definite: rank-deficient calibration data, dead
-   features), Cholesky of ``A + eps * mean(diag A) * I`` for ``eps`` in :data:`JITTERS`;
-3. if every jitter fails, the eigen-decomposition ``A = Q diag(lam) Q^T`` with eigenvalues
-   clipped at ``CLIP * max(lam)``: ``L = Q diag(sqrt(lam_clipped))``.
-
-The regularizer used is returned (``"none"``, ``"jitter 1e-06"``, ``"eigen (k clipped)"``) so
-callers can record it per layer. A zero matrix (no data) falls back to the identity.
+Given ``A`` (n, n) symmetric PSD, find ``L`` with ``A ~ L L^T`` and its inverse, in float64: Cholesky of ``A``;
+if ``A`` is not positive definite (rank-deficient calibration data, dead features), Cholesky of
+``A + eps * mean(diag A) * I`` for ``eps`` in :data:`JITTERS`; if every jitter fails, the eigen-decomposition
+``A = Q diag(lam) Q^T`` with eigenvalues clipped at ``CLIP * max(lam)``, ``L = Q diag(sqrt(lam_clipped))``.
+The regularizer used is returned (``"none"``, ``"jitter 1e-06"``, ``"eigen (k clipped)"``); a matrix without
+data gives the identity. Cost: O(n^3).
 """
 
 from __future__ import annotations

@@ -1,52 +1,12 @@
-"""Element-wise weighted low-rank solvers: minimize ``E(U, V) = sum_ij F_ij (W - U V)_ij^2``
-for a full non-negative ``F`` (out, in) from a given start ``(U, V)``.
+"""Element-wise weighted low-rank solvers: minimize ``E(U, V) = sum_ij F_ij (W - U V)_ij^2`` from a start ``(U, V)``.
 
-Used by ``tfwsvd`` (start: FWSVD) and ``sparsity_aware`` (start: SVD of the pruned matrix).
-The solvers are the standard ones Hua et al. (2022) name; their details are reconstructions:
-
-* ``als``: alternating weighted least squares. With ``V`` fixed, row ``i`` of ``U``
-  minimizes ``E_i(u) = sum_j F_ij (W_ij - u . v_j)^2``, i.e. solves the r x r system
-  ``A_i u = b_i`` with ``A_i = V diag(F_i) V^T``, ``b_i = V diag(F_i) w_i``; then the
-  columns of ``V`` likewise with ``U`` fixed. Two inner solvers:
-
-  - ``cg_steps=k > 0`` (default 5): ``k`` Jacobi-preconditioned conjugate-gradient steps
-    per system, started from the current row. Every product ``A_i p_i`` for all rows at
-    once is ``((P V) * F) V^T``, two GEMMs, so a half-iteration costs
-    O(k * out * in * r) and memory O(out * in). CG from the current point minimizes the
-    convex quadratic ``E_i`` over a Krylov space containing that point, so ``E`` cannot
-    increase (inexact block-coordinate descent).
-  - ``cg_steps=0``: exact solves, ``(A_i + lam_i I) u_i = b_i`` with the tiny ridge
-    ``lam_i = ridge * mean diag(A_i)`` (default ``1e-8``), all rows in one batched
-    ``torch.linalg.solve`` (Grams built in chunks of at most ``ALS_CHUNK`` elements).
-    Cost per iteration O(out * in * r^2), against O(k * out * in * r) for CG, so exact
-    solves cost relatively more as ``r`` grows.
-
-  How CG and exact solves compare per unit of time, and what an ALS iteration costs
-  relative to one dense SVD, was measured on MiniLM-sized matrices: ``docs/methods.md``
-  (``tfwsvd``) and ``docs/results/weighted.md``. An iteration that raises ``E``
-  (floating point only) ends the run.
-* ``em`` (Srebro & Jaakkola 2003): ``X <- SVD_r(Wn * W + (1 - Wn) * X)`` with
-  ``Wn = F / max F`` in [0, 1]: each step fills the low-weight entries with the current
-  estimate. Cost per iteration: one SVD. ``E`` is non-increasing (a majorize-minimize
-  step), but an entry moves only in proportion to its ``Wn``: with heavy-tailed ``F``
-  (most ``Wn`` near the floor) it lowers ``E`` far more slowly than ALS (measured:
-  ``docs/methods.md``, ``tfwsvd``).
-* ``adam``: Adam on (U, V) with the gradient of ``E``; cost per iteration O(out * in * r).
-  Default step ``lr = 1e-2 * rms(U, V) / sqrt(r)``: Adam moves every coordinate by about
-  ``lr``, and with coherent signs that changes ``(U V)_ij`` by up to ``2 lr r rms`` against
-  a typical ``|(U V)_ij| ~ sqrt(r) rms^2``, i.e. by about 2% per step whatever ``r``.
-  (A step ``1e-2 * rms`` independent of ``r`` overshoots at large ``r`` with heavy-tailed
-  weights, so that no iterate beats the start; measured: ``docs/methods.md``, ``tfwsvd``.)
-  Heuristic, tuned on random matrices from 40 x 24 to 384 x 1536.
-* ``adam_sgd``: Adam, then plain (full-batch) gradient descent after ``switch_at`` of the
-  iterations, with step ``1 / (2 * max(||U||_2^2, ||V||_2^2))`` (the Lipschitz bound of the
-  gradient for weights <= 1).
-
-Normalization: real Fisher values span many orders of magnitude. Solvers work with
-``Fn = max(F / max F, floor)`` (``floor = 1e-6`` by default): scale-free, and no zero
-weight makes an ALS system singular. ``history`` reports ``E`` under ``Fn``; multiply by
-``info["scale"] = max F`` for (approximately, because of the floor) the original units.
-Every solver tracks its best iterate, so the result is never worse than the start.
+``F >= 0`` (out, in) is normalized, ``Fn = max(F / max F, floor)``; ``history`` is ``E`` under ``Fn`` (times
+``info["scale"] = max F`` for original units). ``als``: alternating weighted least squares, each r x r row system
+solved by ``cg_steps`` Jacobi-preconditioned CG steps (O(k out in r) per half-iteration) or exactly with a tiny
+ridge (``cg_steps=0``, O(out in r^2)); ``em`` (Srebro & Jaakkola 2003): ``X <- SVD_r(Wn W + (1 - Wn) X)``, one
+SVD per iteration; ``adam`` and ``adam_sgd``: gradient steps, O(out in r) per iteration. Every solver keeps its
+best iterate, so the result is never worse than the start. The solvers are the standard ones Hua et al. (2022)
+name; their details are reconstructions. Details and measurements: docs/methods.md#tfwsvd-hua-et-al-2022.
 """
 
 from __future__ import annotations
@@ -235,7 +195,6 @@ def optimize(
     Stops after ``max_iters`` iterations or when the relative improvement of ``E`` falls
     below ``tol``; returns the best iterate (never worse than the start) with
     ``history = [E_start, E_1, ...]`` (normalized importance, see module docstring).
-    Used by ``tfwsvd`` (start: FWSVD) and ``sparsity_aware`` (start: SVD of the pruned matrix).
     """
     check_solver_options(solver, max_iters, tol, floor, **options)
     dtype = work_dtype(W)

@@ -1,18 +1,14 @@
-"""Sparsity-aware SVD (LPAF, Ren & Zhu 2023): factorize a pruned matrix so that the *kept*
-entries are reconstructed and the pruned zeros are not treated as targets.
+"""Sparsity-aware SVD (LPAF, Ren & Zhu 2023): reconstruct a pruned matrix's kept entries, not its zeros.
 
-For a pruned weight ``W`` (out, in), mask ``M`` (1 = kept) and optional importance
-``S >= 0`` (e.g. Fisher information; movement scores are signed, so pass a non-negative
-transform of them), pass ``importance = M * S`` (just ``M`` for unweighted) and solve::
+For a pruned ``W`` (out, in), mask ``M`` (1 = kept) and optional importance ``S >= 0`` (movement scores are
+signed: pass a non-negative transform), pass ``importance = M * S`` (just ``M`` for unweighted) and solve::
 
     min_{U, V}  sum_ij M_ij S_ij (W - U V)_ij^2
 
-with the element-wise weighted solver of :mod:`lowrank.methods.solvers` (default ALS), started from
-the plain truncated SVD of the pruned matrix ``W * M``. The mask is read off the importance
-(``M = importance > 0``). Pruned entries get the solver's weight floor (1e-6 of the largest
-importance) instead of exactly 0, which keeps every ALS system well posed even for rows
-with fewer than ``r`` kept entries. Reconstruction: the paper's exact algorithm is not
-available here; this is the weighted-least-squares reading of "reconstruct the kept entries".
+with an element-wise solver of :mod:`lowrank.methods.solvers` (default ALS) from the truncated SVD of ``W * M``.
+``M = importance > 0``; pruned entries get the solver's floor (1e-6 of the largest importance), which keeps every
+ALS system well posed. Reconstruction: the paper's exact algorithm is not available here; this is the
+weighted-least-squares reading of "reconstruct the kept entries".
 """
 
 from __future__ import annotations

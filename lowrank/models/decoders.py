@@ -1,21 +1,14 @@
 """How to run a causal LM one decoder block at a time: the layout a causal-LM family declares.
 
-A :class:`DecoderLayout` names the embedding, the list of blocks, the final norm, the LM head
-and the rotary embedding, and calls a block the way the model's own ``forward`` does
-(transformers 5.x ``LlamaModel.forward``)::
+A :class:`DecoderLayout` names the embedding, the blocks, the final norm, the LM head and the rotary embedding,
+and calls each block as the model's own ``forward`` does (transformers 5.x)::
 
-    h_0 = embed(input_ids)
-    (cos, sin) = rotary(h_0, position_ids)            position_ids = 0 .. T-1
-    mask_k = causal mask of attention type k          (None for SDPA without padding: is_causal)
-    h_{i+1} = block_i(h_i, attention_mask=mask_{type(i)}, position_ids, position_embeddings=(cos, sin))
-    logits = head(norm(h_L)),   loss = model.loss_function(logits, labels)
+    h_{i+1} = block_i(h_i, attention_mask=mask_{type(i)}, position_ids, position_embeddings=rotary(h_0, position_ids))
+    logits = head(norm(h_L))
 
-so running the blocks one after the other is the model's forward: the same operations in the
-same order. The attention type of block ``i`` is ``config.layer_types[i]`` when the config has
-one (Qwen2/Qwen3: full or sliding-window attention), ``sliding_attention`` for every block of a
-Mistral with ``sliding_window`` set, else ``full_attention``.
-
-Each family module of :mod:`lowrank.models.families` that runs this way gives its ``decoder``.
+so running the blocks one after the other is the model's forward. A block's attention type comes from
+``config.layer_types``, else ``sliding_window`` (Mistral), else full attention.
+Protocol: docs/methods.md#scale-layer-sequential-compression-and-data-parallel-statistics.
 """
 
 from __future__ import annotations

@@ -1,17 +1,12 @@
 """The one check between a model and a task: does the task's data fit what the model predicts?
 
-* :func:`check_labels` ``(model, task) -> Task``: every consumer of labelled data (evaluation,
-  Fisher and moment statistics, Taylor estimates, sensitivity calibration, fine-tuning) goes
-  through it. A classification task needs a classifier with as many labels; when both sides
-  have real label names (not ``LABEL_0``... / ``0``, ``1``...) the two name sets must be equal,
-  and the task's label ids are mapped onto the model's by name, whatever their order. Names
-  compare case-insensitively. A text (next-token) task needs a causal LM.
-* :func:`default_task` ``(model) -> str | None``: the task a model was fine-tuned on, as recorded
-  by :func:`record_task` (``lowrank_task`` in its ``config.json``, so compressed copies keep it);
-  ``rotten_tomatoes`` for the packaged ``minilm-rt``; ``lee`` for a causal LM; ``None`` otherwise.
-* :func:`task_key` ``(task)``: how a task is named again later (a CSV by its absolute path).
-* :func:`head_untrained` ``(model_kind, task_kind)``: does measuring the model on the task give it a
-  freshly initialised classification head (an encoder such as ``minilm`` on a classification task)?
+:func:`check_labels` ``(model, task) -> Task``: a classification task needs a classifier with as many labels;
+when both sides have real label names (not ``LABEL_0``... / ``0``, ``1``...) the name sets must be equal
+(case-insensitively) and the task's label ids are mapped onto the model's by name. A text (next-token) task
+needs a causal LM. :func:`default_task`: the task a model was fine-tuned on (``lowrank_task`` in its
+``config.json``, written by :func:`record_task`), else a packaged fine-tuned model's own task, ``lee`` for a
+causal LM. :func:`task_key`: how a task is named again later (a CSV by its absolute path).
+:func:`head_untrained`: does measuring the model on the task give it a freshly initialised classification head?
 """
 
 from __future__ import annotations
@@ -136,7 +131,7 @@ def recorded_task(config) -> str | None:
 
 def default_task(model: LoadedModel) -> str | None:
     """The task commands use when none is named: the recorded one, a packaged fine-tuned model's own task
-    (``minilm-rt``: ``rotten_tomatoes``, also when built before tasks were recorded), ``lee`` for a causal LM;
+    (``minilm-rt``: ``rotten_tomatoes``, also when its config records none), ``lee`` for a causal LM;
     ``None`` when nothing fits."""
     recorded = recorded_task(getattr(model.model, "config", None))
     if recorded:

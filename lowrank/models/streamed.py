@@ -1,16 +1,11 @@
 """A causal LM whose weights live on disk and are loaded one decoder block at a time.
 
-The architecture is built from its config without weights (accelerate's ``init_empty_weights``:
-every parameter on the meta device, buffers such as the rotary frequencies real). The modules
-outside the blocks (embedding, final norm, LM head) are loaded once; each block is loaded from the
-safetensors checkpoint when asked (its tensors only, memory-mapped) and sent back to the meta
-device when released, so memory holds one block plus the resident modules, never the model.
-Weights are cast to ``dtype`` (float32, as :func:`lowrank.load_model` does). A tied LM head
-(``tie_word_embeddings``) shares the embedding matrix, as ``from_pretrained`` ties it.
-
-After each released block the C heap's free pages go back to the system (glibc ``malloc_trim``):
-without it, freed factorization temporaries stay mapped and the process grows by about a block
-per block.
+The architecture is built from its config without weights (accelerate's ``init_empty_weights``: parameters on
+the meta device, buffers such as the rotary frequencies real). The embedding, final norm and LM head are loaded
+once; each block is loaded from the safetensors checkpoint when asked (its tensors only, memory-mapped, cast to
+``dtype``) and sent back to the meta device when released, after which the C heap's free pages go back to the
+system (glibc ``malloc_trim``). A tied LM head shares the embedding matrix. Memory: one block plus the
+resident modules. Details: docs/methods.md#scale-layer-sequential-compression-and-data-parallel-statistics.
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
-"""The result story of one model and task, from the stored runs only, for ``lowrank report`` and the dashboard.
+"""The result story of one model and task, from the stored runs only.
 
 * :mod:`lowrank.report.summarize`: the best method at each budget against the dense model and plain SVD
   (:func:`summary`), the SVD-drop metric's prediction beside what was measured (:func:`drop_checks`), and the
   headline sentences;
 * :mod:`lowrank.report.render`: the figure (:func:`summary_figure`) and the self-contained HTML report
   (:func:`render_html`, :func:`write_report`);
-* :mod:`lowrank.report.formats`: numbers as text, shared with the dashboard.
+* :mod:`lowrank.report.formats`: numbers as text.
 
 Which dense run the runs are compared with is :func:`lowrank.experiments.compare.reference_run`.
 """

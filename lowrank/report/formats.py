@@ -1,4 +1,4 @@
-"""Numbers as text, one format each for the report and the dashboard.
+"""Numbers as text, one format for each kind of number, wherever it is shown.
 
 A task metric with the decimals of its row of :data:`lowrank.experiments.compare.METRICS`; sizes in MB
 (``1e6`` bytes); latencies in ms; parameter counts as ``512``, ``12.3k``, ``4.56M``; values that may be

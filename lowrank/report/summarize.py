@@ -46,7 +46,7 @@ class SummaryRow:
     latency_note: str
     svd_value: float | None = None
     svd_run_id: int | None = None
-    destroyed: str | None = None  # why the best run destroys the model (lowrank.evaluate.destroyed), or None
+    destroyed: str | None = None  # why the best run destroys the model (lowrank.evaluation.quality.destroyed), or None
     svd_destroyed: str | None = None  # the same for plain SVD's run
 
     @property
@@ -202,7 +202,7 @@ def summary(store, model: str, task: str) -> Summary:
 
 
 def _chance(task: str, split: str) -> float | None:
-    """:func:`lowrank.evaluate.chance_accuracy` of the stored task key, ``None`` when the task cannot be read now."""
+    """:func:`lowrank.evaluation.quality.chance_accuracy` of the stored task key, ``None`` when the task cannot be read now."""
     try:
         return chance_accuracy(task, split)
     except (ValueError, OSError, KeyError, RuntimeError):  # a CSV gone, an asset not fetchable now: chance unknown

@@ -1,26 +1,14 @@
 """Statistics of a causal LM computed one decoder block at a time, for layer-sequential compression.
 
-Both sweeps run over a :class:`~lowrank.models.streamed.StreamedModel` (one block in memory) and
-yield each block while it is loaded, with its layers' statistics in the format of
-:func:`lowrank.statistics.statistics_for` (same collectors, same sample: :func:`calibration_batches`),
-so the caller can factorize it before the sweep moves on:
-
-* :func:`forward_sweep` (``activations``, or nothing): the calibration batch goes through the
-  blocks in order; block ``i``'s inputs are the outputs of blocks ``0..i-1``, either as compressed
-  by the caller (``inputs="compressed"``, as SVD-LLM and GPTQ do: each block is fitted to the
-  errors of the ones before it) or dense (``inputs="dense"``: exactly the in-memory statistics).
-  Cost: one block forward per block (two with compressed inputs), no backward.
-* :func:`gradient_sweep` (``fisher``, ``gradients``): a streaming forward/backward pass of the
-  *dense* model. The forward sweep stores each block's input ``h_i`` (batch, T, hidden) on disk;
-  at the head ``g_L = dl/dh_L``; then from the last block down, block ``i`` is reloaded, its forward
-  recomputed from ``h_i`` with autograd, ``g_{i+1}`` back-propagated through it (the collectors'
-  hooks see every Linear's per-example ``(x, g)``), and ``g_i = dl/dh_i`` passed down. By the chain
-  rule these are the gradients of the in-memory pass, so Fisher and gradient moments equal the
-  in-memory ones (up to summation order) with one block in memory. Cost: two forwards and one
-  backward per block; disk: ``blocks x tokens x hidden x 4`` bytes; memory: one block, one
-  boundary of hidden states and its gradient.
-
-Single process (no data-parallel reduction); statistics are not cached.
+Both sweeps run over a :class:`~lowrank.models.streamed.StreamedModel` and yield each block while it is loaded,
+with its layers' statistics as :func:`lowrank.statistics.statistics_for` gives them (same collectors, same
+sample), so the block can be factorized before the next one loads. :func:`forward_sweep` (``activations``):
+block ``i``'s inputs are the outputs of blocks ``0..i-1``, compressed (``inputs="compressed"``) or dense; one
+block forward per block, two with compressed inputs. :func:`gradient_sweep` (``fisher``, ``gradients``): a
+streaming forward/backward pass of the dense model with each block's input ``h_i`` on disk, equal to the
+in-memory pass up to summation order; two forwards and one backward per block, disk ``blocks x tokens x hidden
+x 4`` bytes. Single process, not cached.
+Details: docs/methods.md#scale-layer-sequential-compression-and-data-parallel-statistics.
 """
 
 from __future__ import annotations

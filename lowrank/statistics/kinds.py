@@ -4,8 +4,8 @@ A kind provides per-layer tensors under its ``keys`` (``{layer: {key: tensor}}``
 off the model's weights (``from_model``: ``mask``) or collected during a calibration pass by
 per-Linear hooks (``collector``), with a backward pass of the task loss when ``backward``. Kinds with
 the same :class:`Collector` share one pass and one cache entry (``activations`` and ``gradients``: one
-:class:`~lowrank.statistics.moments.MomentCollector`). The resolver (:mod:`.resolve`), the method
-registry, the layer-sequential sweeps (:mod:`.blockwise`) and the dashboard read this table only, so a
+:class:`~lowrank.statistics.moments.MomentCollector`). Whatever computes, checks or names statistics
+(the resolver :mod:`.resolve`, the layer-sequential sweeps :mod:`.blockwise`) reads this table only, so a
 new kind is one :func:`register_statistic` call.
 """
 

@@ -1,23 +1,15 @@
 """Second moments of each Linear layer's inputs and output gradients, for activation-aware and K-FAC methods.
 
-For a compressible Linear with inputs ``x`` (in) and output gradients ``g`` (out), over the
-calibration tokens (padding excluded)::
+Over the calibration tokens (padding excluded), for inputs ``x`` (in) and output gradients ``g`` (out)::
 
     A = E_t[x x^T]                  (in, in)     input second moment ('input_moment')
     m = E_t[|x|]                    (in,)        mean absolute input ('input_abs_mean')
     G = E_n[sum_t g_nt g_nt^T]      (out, out)   output-gradient second moment ('grad_moment')
 
-``g_nt = d l_n / d y_nt`` is the gradient of example ``n``'s own loss (the task loss with the
-data labels, or labels sampled from the model: :class:`~lowrank.statistics.settings.StatisticsSettings`;
-with ``labels_per_example = k`` draws, ``G`` is the mean over the ``N k`` (example, label) pairs).
-With these, K-FAC approximates the Fisher of ``W`` as ``G (x) A`` (Martens & Grosse 2015): the
-second-order loss change of ``dW`` is ``0.5 tr(G dW A dW^T)`` (token-wise independence of
-``x`` and ``g``; our normalization, a reconstruction).
-
-Accumulated in float64 on the layer's device, batched (one matrix product per batch and layer);
-memory O(in^2 + out^2) per layer: ~2 x 19 MB for a 1536 x 1536 pair, so about 0.2 GB for MiniLM
-and 1.3 GB for SmolLM2-135M at float64 during the pass (stored as float32 in the cache). Activations
-alone need forward passes only; ``G`` needs one backward pass per batch.
+with ``g_nt`` the gradient of example ``n``'s own loss; K-FAC approximates the Fisher of ``W`` as ``G (x) A``
+(the normalization of ``G`` is a reconstruction). Cost: one float64 matrix product per batch and layer, memory
+O(in^2 + out^2) per layer.
+Details: docs/methods.md#activation-aware-and-kronecker-factored-methods-lowrankmethodsasvd-svd_llm-kfac_svd.
 """
 
 from __future__ import annotations

@@ -1,17 +1,12 @@
 """The one calibration pass every statistic uses, data-parallel under torch.distributed.
 
-``calibration_pass`` runs ``settings.num_batches`` shuffled batches of the task through the
-model in eval mode (no dropout: the deployed function), with a backward pass of the task loss
-when the collectors need gradients, and returns the number of examples seen. Before each batch
-every collector gets the batch size (``scale``: the batch loss is a mean over examples) and the
-token mask of real (unpadded) tokens (``mask``).
-
-Data parallel: when a process group is initialized (``torchrun`` / ``accelerate launch``;
-:func:`init_from_env` does it for the CLI), rank ``k`` of ``n`` takes batches ``k, k+n, ...``
-and every collector's accumulators are all-reduced (summed) once at the end, so each rank holds
-the statistics of the whole sample; the example count is reduced too. Only rank 0 writes caches
-(:func:`is_main`). With data labels the result equals a single-process run up to summation order;
-with sampled labels the draws differ (same distribution).
+``calibration_pass`` runs ``settings.num_batches`` shuffled batches of the task through the model in eval mode
+(no dropout: the deployed function), with a backward pass of the task loss when the collectors need gradients,
+and returns the number of examples seen; each collector gets the batch size (``scale``) and the mask of real
+tokens (``mask``) before each batch. Under a process group (``torchrun`` / ``accelerate launch``;
+:func:`init_from_env`) rank ``k`` of ``n`` takes batches ``k, k+n, ...`` and every accumulator and the example
+count are all-reduced once at the end; only rank 0 writes caches (:func:`is_main`). Cost: one forward (and
+backward) per batch, one all-reduce. Details: docs/methods.md#scale-layer-sequential-compression-and-data-parallel-statistics.
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
 """How statistics are sampled: the one place that holds the calibration defaults.
 
-Every command, sweep, page and benchmark that needs Fisher information (or any other
-per-layer statistic) takes a :class:`StatisticsSettings`; the CLI's flags for it are made
-by :func:`lowrank.cli.args.add_statistics_options`.
+Whatever computes Fisher information (or any other per-layer statistic) takes a
+:class:`StatisticsSettings`; its command-line flags are made by :func:`lowrank.cli.args.add_statistics_options`.
 """
 
 from __future__ import annotations
@@ -50,8 +49,8 @@ class StatisticsSettings:
             )
 
     def to_dict(self) -> dict:
-        """The fields as a dict (cache keys, records). ``labels_per_example`` is left out at 1, its value
-        before the field existed, so cache entries computed earlier keep their keys."""
+        """The fields as a dict (cache keys, records). ``labels_per_example`` is left out at 1, its
+        default, so a cache key or record without the field means 1."""
         data = asdict(self)
         if data["labels_per_example"] == 1:
             del data["labels_per_example"]

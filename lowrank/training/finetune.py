@@ -1,16 +1,14 @@
-"""Fine-tuning loop with hooks (used for the fine-tuned packaged models, pruning and mixed-rank training).
+"""Fine-tuning loop with hooks: AdamW, linear warm-up then linear decay, on the task's training split.
 
-AdamW with linear warm-up then linear decay, on the task's training split. Hooks see
-the model at three points of every step, which is how movement pruning accumulates
-scores and re-applies masks, and how mixed-rank training anneals its probability::
+Hooks see the model at three points of every step, which is how pruning accumulates scores and re-applies masks,
+and how mixed-rank training anneals its probability::
 
     hook.on_start(model, total_steps)
     loss.backward(); hook.after_backward(model, step)
     optimizer.step(); hook.after_step(model, step)
 
-A :class:`Recipe` (base model, task, settings, output folder) is what :func:`build` fine-tunes and saves: the
-fine-tuned packaged models (``minilm-rt``...) and the fine-tuned copy of any model whose head is untrained
-(:func:`recipe_for`); :mod:`lowrank.experiments.build` runs one in the background.
+A :class:`Recipe` (base model, task, settings, output folder) is what :func:`build` fine-tunes and saves;
+:func:`recipe_for` gives the recipe of a packaged model or of any model whose head is untrained.
 """
 
 from __future__ import annotations

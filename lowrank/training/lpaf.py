@@ -1,46 +1,14 @@
 """LPAF (Ren & Zhu 2023): low-rank prune-and-factorize, and the rank analysis behind it.
 
-The paper's observation: fine-tuned weights are close to full rank, so factorizing them
-directly fails at moderate-to-high compression, while first-order (movement) pruning
-yields sparse weights whose spectra are concentrated: sparse *and* low rank.
-:func:`rank_analysis` measures this for any model. Method definitions in full:
-``docs/methods.md`` ("LPAF: prune, then factorize"); measured results and ablations:
-``docs/results/lpaf.md``.
-
-Pipeline (:func:`lpaf`, settings in :class:`LpafConfig`), each stage optional where the
-paper ablates it:
-
-1. **prune**: first-order pruning during fine-tuning to sparsity ``s``
-   (:mod:`lowrank.training.prune`): ``prune_method="movement"`` (accumulated ``-W * grad``)
-   or ``"taylor"`` (accumulated ``|W * grad|``, the first-order estimate of the loss increase
-   from removing a weight); ``"magnitude"`` swaps in the zeroth-order baseline;
-2. **factorization** of each pruned weight ``W ⊙ M`` at rank ``r`` (``factorization=``):
-
-   * ``"sparsity_aware"`` (default, the paper's stage)::
-
-         min_{U,V}  sum_ij M_ij S_ij (W - U V)_ij^2
-
-     zero weight on pruned entries, ``S = 1`` by default or a score weighting (see
-     :func:`sparsity_importance`);
-   * ``"svd"``: plain truncated SVD of ``W ⊙ M`` (every entry a target, zeros included);
-   * ``"fwsvd"`` / ``"tfwsvd"``: the Fisher-weighted methods of :mod:`lowrank.methods` on
-     ``W ⊙ M`` with the empirical Fisher ``F`` of the *pruned* model::
-
-         min_{U,V}  sum_ij F_ij ((W ⊙ M) - U V)_ij^2
-
-     The pruned zeros stay targets, weighted by how much the loss cares about them
-     (``F_ij`` at a zeroed weight is its squared gradient there). This variant is ours, not
-     the paper's; why it was added: ``docs/results/lpaf.md`` ("Fisher-weighted
-     factorization of the pruned weights");
-3. **mixed-rank fine-tuning** (:mod:`lowrank.training.mixed`): each layer runs its sparse
-   weight with probability ``p(t)`` annealed from ``p0`` to 0, else its factors; at the end
-   only the factors remain (or plain fine-tuning of the factorized model, ``mixed_rank=False``);
-4. **evaluate** on the validation split.
-
-Choice of the pruning sparsity (a reconstruction; the paper's setting is not available
-here): by default ``s = 1 - f`` for a kept parameter fraction ``f`` (:func:`default_sparsity`),
-i.e. the sparse model has as many non-zeros as the factorized model has parameters, so
-both stages compress to the same budget.
+Fine-tuned weights are close to full rank, while first-order pruning leaves weights that are sparse and low
+rank (:func:`rank_analysis` measures it). :func:`lpaf` (settings :class:`LpafConfig`): prune to sparsity ``s``
+while fine-tuning (:mod:`lowrank.training.prune`) -> factorize each ``W ⊙ M`` at rank ``r``
+(``sparsity_aware``, the paper's stage: ``min sum_ij M_ij S_ij (W - U V)_ij^2``; ``svd``; or, ours, ``fwsvd`` /
+``tfwsvd`` with the pruned model's Fisher) -> mixed-rank fine-tuning (:mod:`lowrank.training.mixed`) ->
+evaluation. Reconstruction: the default sparsity ``s = 1 - f`` for a kept fraction ``f``
+(:func:`default_sparsity`) is ours. Cost: up to two fine-tuning runs (pruning, then mixed-rank)
+and one factorization per layer.
+Details: docs/methods.md#lpaf-prune-then-factorize; measurements: docs/results/lpaf.md.
 """
 
 from __future__ import annotations
@@ -128,7 +96,8 @@ def kept_fraction(model, plan: dict[str, int]) -> float:
 
 
 def default_sparsity(model, ranks: Ranks) -> float:
-    """``1 - f`` with ``f`` the parameter fraction the factorization keeps (see module docstring)."""
+    """``1 - f`` with ``f`` the parameter fraction the factorization keeps: the sparse model then has as many
+    non-zeros as the factorized model has parameters (a reconstruction; the paper's setting is not available)."""
     plan = resolve_ranks(module_of(model), ranks)
     if not plan:
         raise ValueError("the rank plan factorizes no layer (kept fraction 1.0?); nothing to prune and factorize")

@@ -1,31 +1,13 @@
 """Mixed-rank fine-tuning (LPAF, Ren & Zhu 2023): move a pruned model onto its low-rank factors.
 
-A :class:`MixedRankLinear` holds both representations of one layer:
-
-* the sparse full weight ``W ⊙ M`` (``M`` the pruning mask, kept fixed), and
-* the low-rank factors ``U`` (out, r), ``V`` (r, in) of that weight,
-
-with one shared bias. In training mode each forward pass of each layer independently
-takes the sparse path with probability ``p`` and the low-rank path otherwise::
-
-    y = x (W ⊙ M)^T + b     with probability p
-    y = (x V^T) U^T + b     with probability 1 - p
-
-Both paths are trained (each receives gradients on the passes it was used); the sparse
-weight stays exactly masked because the forward uses ``W ⊙ M``, so pruned entries get a
-zero gradient (and AdamW leaves zeros at zero). In eval mode the low-rank path is used.
-
-:class:`MixedRankAnnealing` (a :class:`~lowrank.training.finetune.TrainingHook`) anneals ``p`` from
-``p0`` to 0 over the run: with ``k`` optimizer steps done out of ``T`` and ``T_a = until * T``,
-
-    linear:  p(k) = p0 * max(0, 1 - k / T_a)
-    cosine:  p(k) = p0 * (1 + cos(pi * min(1, k / T_a))) / 2
-
-so the final steps train the low-rank model alone. :func:`finalize` then replaces every
-``MixedRankLinear`` by a plain :class:`~lowrank.layers.LowRankLinear`; the model keeps its
-``lowrank_info`` and saves/loads like any compressed model. Reconstruction notes: the paper's
-text is not available here; sampling per layer (rather than one coin per forward pass for
-the whole model, as in module replacing) and the two schedules are choices of this file.
+A :class:`MixedRankLinear` holds the sparse weight ``W ⊙ M`` (mask fixed) and factors ``U`` (out, r), ``V``
+(r, in) of it, with one bias. In training each forward of each layer takes the sparse path
+``y = x (W ⊙ M)^T + b`` with probability ``p``, else ``y = (x V^T) U^T + b``; both are trained, and eval uses
+the factors. :class:`MixedRankAnnealing` anneals ``p`` from ``p0`` to 0 (:func:`anneal`); :func:`finalize`
+leaves plain :class:`~lowrank.layers.LowRankLinear` layers. Cost per forward: one of the two paths.
+Reconstruction: the paper's text is not available here; sampling per layer (rather than one coin per forward
+pass for the whole model) and the two schedules are ours.
+Details: docs/methods.md#score-weighting-and-mixed-rank-schedule-in-full.
 """
 
 from __future__ import annotations
@@ -151,7 +133,13 @@ def finalize(model: nn.Module) -> int:
 
 
 def anneal(step: int, total: int, p0: float = 0.5, schedule: str = "linear", until: float = 1.0) -> float:
-    """Probability of the sparse path after ``step`` of ``total`` steps (see module docstring)."""
+    """Probability of the sparse path after ``k = step`` of ``total`` steps, with ``T_a = until * total``::
+
+        linear:  p(k) = p0 * max(0, 1 - k / T_a)
+        cosine:  p(k) = p0 * (1 + cos(pi * min(1, k / T_a))) / 2
+
+    so the final steps train the low-rank model alone.
+    """
     if schedule not in SCHEDULES:
         raise ValueError(f"annealing schedule must be one of {SCHEDULES}, got {schedule!r}")
     if not 0.0 <= p0 <= 1.0:

@@ -1,58 +1,13 @@
 """Unstructured pruning during fine-tuning: movement and Taylor (first-order) and magnitude (zeroth-order).
 
-All three prune the compressible Linear weights (:mod:`lowrank.models.architectures`) of a model while
-fine-tuning it with :func:`lowrank.training.finetune.train`, through a :class:`PruningHook`:
-
-* **movement pruning** (Sanh et al. 2020, the accumulated first-order score used by
-  LPAF, Ren & Zhu 2023): after every backward pass each weight's score accumulates
-  ``S <- S - W * dL/dW``, i.e. ``S_ij = -sum_t W_ij(t) g_ij(t)``. A weight moving away
-  from zero (``W`` and ``-g`` of the same sign) gains score; one moving towards zero
-  loses it. The weights with the *highest* scores are kept.
-* **first-order Taylor sensitivity** (``"taylor"``; Molchanov et al. 2019, the importance
-  of Ren & Zhu's first-order pruning, reconstructed): ``S <- S + |W * dL/dW|``, the
-  accumulated first-order estimate of the loss change from *removing* each weight. The
-  weights with the highest scores are kept. Unlike the signed movement score, whose
-  expectation is ~0 on a converged model (so its ranking is noise scaled by ``|W|``), this
-  score is positive for every weight the loss depends on.
-* **magnitude pruning** (Zhu & Gupta 2017), the baseline: the score is ``|W|`` at the
-  time of each mask update.
-
-Sparsity follows the cubic schedule of Zhu & Gupta 2017 (exact form used here, with
-``k`` the number of optimizer steps done, ``T`` the total, warm-up ``t_w = round(warmup T)``
-and end of pruning ``t_e = T - round(cooldown T)``)::
-
-    s(k) = s_i                                                  k <= t_w
-    s(k) = s_f + (s_i - s_f) (1 - (k - t_w) / (t_e - t_w))^3     t_w < k < t_e
-    s(k) = s_f                                                  k >= t_e   (cool-down: held at target)
-
-After every optimizer step (``after_step``) the masks are recomputed at sparsity
-``s(step + 1)`` from the current scores and re-applied: the weights are multiplied by
-their masks *in place*, so pruned weights are exactly zero whenever the model is run.
-
-The first-order methods (movement, taylor) keep a dense copy ``D`` of each weight (as the masked-forward
-implementation of Sanh et al. keeps the underlying weight): kept entries follow the
-optimizer (``D = W`` where ``M = 1``), pruned entries keep their value from the moment
-they were pruned, and the score update uses it, ``S <- S - D * dL/dW'`` (taylor: ``+ |D * dL/dW'|``) with ``W' = D ⊙ M``
-(``dL/dW'`` exists for pruned entries too). This is the straight-through estimator of
-hard movement pruning: a pruned weight whose removal hurts gets gradient pushing ``W'``
-back towards ``D``, its score rises, and it returns *with its old value*. (Zeroing in place
-without ``D`` would freeze pruned scores at 0 * grad and make every mask change destroy
-weights; on a converged fine-tuned model that collapsed training in our tests.)
-Magnitude pruning scores the masked weights, ``|D ⊙ M|``, so its masks only grow sparser.
-
-Score update (``score_update``): ``"raw"`` is the formula above, ``S <- S - u`` with
-``u = D * dL/dW'`` (SGD on the scores, the form analysed by Sanh et al.). ``"adam"``
-normalizes each entry's update as Adam does, ``S <- S - m_hat / (sqrt(v_hat) + eps)`` with
-``m, v`` the exponential averages (0.9, 0.999) of ``u`` and ``u^2`` -- what Sanh et al.'s
-implementation does, since it trains the scores with Adam. With raw sums the scores of a
-nearly converged model are gradient noise of size ~|W||g|: the most negative ones belong
-to the largest weights, which the first mask updates then remove. Normalized updates
-weigh every entry's evidence alike.
-
-Threshold: ``scope="global"`` ranks the scores of all compressible layers together (one
-threshold, layers end up with different sparsities); ``scope="layer"`` prunes each layer
-to the same sparsity. Exactly ``floor(s * n)`` weights are pruned (ties broken by
-position), so realized sparsities are exact.
+A :class:`PruningHook` prunes the compressible Linear weights while :func:`lowrank.training.finetune.train`
+fine-tunes the model. With ``D`` a dense copy of each weight (pruned entries keep their last value) and
+``W' = D ⊙ M``, scores accumulate ``S <- S - D * dL/dW'`` (movement, Sanh et al. 2020) or
+``S <- S + |D * dL/dW'|`` (Taylor, Molchanov et al. 2019; a reconstruction of Ren & Zhu's first-order
+importance), or are ``|D ⊙ M|`` (magnitude, Zhu & Gupta 2017); the highest are kept. ``score_update="adam"``
+normalizes each entry's update as Adam does. After every optimizer step the masks are recomputed at the cubic
+schedule's sparsity (:func:`cubic_sparsity`) and applied in place, pruning exactly ``floor(s n)`` weights over
+all layers (``scope="global"``) or per layer. Cost per step: O(n). Details: docs/methods.md#pruning-scores-in-full.
 """
 
 from __future__ import annotations
@@ -87,10 +42,13 @@ PRUNE_CONFIG = TrainConfig(epochs=2.0, lr=8e-5, batch_size=32, max_length=64)
 def cubic_sparsity(
     step: int, total: int, final: float, initial: float = 0.0, warmup: float = 0.1, cooldown: float = 0.1
 ) -> float:
-    """Sparsity after ``step`` of ``total`` optimizer steps (cubic schedule, see module docstring).
+    """Sparsity after ``step`` of ``total`` optimizer steps: the cubic schedule of Zhu & Gupta 2017.
 
-    ``warmup`` and ``cooldown`` are fractions of ``total``; sparsity is ``initial`` up to the end
-    of the warm-up, reaches ``final`` at ``total - round(cooldown * total)`` and stays there.
+    With ``k = step``, ``T = total``, ``t_w = round(warmup T)``, ``t_e = T - round(cooldown T)``::
+
+        s(k) = initial                                                      k <= t_w
+        s(k) = final + (initial - final) (1 - (k - t_w) / (t_e - t_w))^3    t_w < k < t_e
+        s(k) = final                                                        k >= t_e
     """
     if not 0.0 <= initial <= final < 1.0:
         raise ValueError(f"need 0 <= initial <= final < 1, got initial={initial}, final={final}")
@@ -243,7 +201,8 @@ class PruningHook(TrainingHook):
                 self.scores[name].sub_(self._normalized(name, update) if self.score_update == "adam" else update)
 
     def _normalized(self, name: str, update: torch.Tensor) -> torch.Tensor:
-        """Adam-normalized movement update ``m_hat / (sqrt(v_hat) + eps)`` (see module docstring)."""
+        """Adam-normalized movement update ``m_hat / (sqrt(v_hat) + eps)``, ``m, v`` the exponential averages
+        (:data:`ADAM_BETAS`) of ``update`` and ``update^2``: every entry's evidence weighs alike."""
         (b1, b2), (m, v) = ADAM_BETAS, self.moments[name]
         m.mul_(b1).add_(update, alpha=1 - b1)
         v.mul_(b2).addcmul_(update, update, value=1 - b2)

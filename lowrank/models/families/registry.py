@@ -1,16 +1,12 @@
 """The registry of architecture families and what one family declares.
 
-A :class:`Family` covers a set of ``config.model_type`` values and gives, for their models:
-
-* ``linears``: the compressible ``nn.Linear`` modules of a block, as (module-path suffix, type label)
-  pairs; the first suffix that ends a module's path names it (``query``, ``ffn_up``...);
-* ``layout``: a hook that turns projections stored another way into ``nn.Linear`` with weight
-  (out, in), in place (None: they already are);
-* ``decoder``: the :class:`~lowrank.models.decoders.DecoderLayout` that runs a causal LM one block
-  at a time (None: no layer-sequential mode).
-
-A family is one module of this package that calls :func:`register_family`. A model type belongs to
-at most one family; finding it scans every family's types, O(registered model types).
+A :class:`Family` covers a set of ``config.model_type`` values and gives ``linears``, the compressible
+``nn.Linear`` modules of a block as (module-path suffix, type label) pairs, the first suffix that ends a module's
+path naming it; ``layout``, a hook turning projections stored another way into ``nn.Linear`` with weight
+(out, in), in place (None: they already are); and ``decoder``, the
+:class:`~lowrank.models.decoders.DecoderLayout` of a causal LM run one block at a time (None: no
+layer-sequential mode). A family is one module of this package that calls :func:`register_family`; a model
+type belongs to at most one. Cost of a lookup: O(registered model types).
 """
 
 from __future__ import annotations
