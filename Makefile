@@ -40,12 +40,13 @@ install-check: venv
 	rm -rf $(CHECK_VENV) && $(PYTHON) -m venv $(CHECK_VENV)
 	$(CHECK_VENV)/bin/python -m pip install -q . 2>&1 | grep -v '^WARNING: Location' || true
 	cd /tmp && $(CHECK_VENV)/bin/lowrank --help > /dev/null && $(CHECK_VENV)/bin/python -c "import lowrank; print('lowrank', lowrank.__file__)"
+	cd /tmp && $(CHECK_VENV)/bin/python -c "import importlib, pkgutil, lowrank; mods = [m.name for m in pkgutil.walk_packages(lowrank.__path__, 'lowrank.') if not m.name.endswith('__main__')]; [importlib.import_module(m) for m in mods]; print(len(mods), 'modules import without streamlit')"
 	for p in streamlit pytest playwright; do ! $(CHECK_VENV)/bin/python -m pip show -q $$p 2>/dev/null || { echo "error: pip install . pulled in $$p"; exit 1; }; done
 	$(CHECK_VENV)/bin/python -m pip install -q '.[dashboard]' 2>&1 | grep -v '^WARNING: Location' || true
 	$(CHECK_VENV)/bin/python -m pip show -q streamlit || { echo "error: pip install .[dashboard] did not install streamlit"; exit 1; }
 	rm -rf $(CHECK_VENV)
 
-# System Chromium for tests/test_browser.py (Playwright drives it; no browser download). Needs root for apt-get.
+# System Chromium for tests/dashboard/test_browser.py (Playwright drives it; no browser download). Needs root for apt-get.
 chromium:
 	test -x /usr/bin/chromium || (apt-get update && apt-get install -y chromium)
 

@@ -1,4 +1,4 @@
-"""Dashboard responsiveness in headless Chromium (system /usr/bin/chromium, as in tests/test_browser.py),
+"""Dashboard responsiveness in headless Chromium (system /usr/bin/chromium, as in tests/dashboard/test_browser.py),
 and the decoder path's dense evaluation.
 
 * cold Spectra (``--cold-starts``, default 5, median): from spawning the server (``python -m dashboard.launch``, a fresh

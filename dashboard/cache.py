@@ -51,7 +51,7 @@ from lowrank.statistics.taylor import svd_loss_change
 from lowrank.threads import set_threads
 
 from .inputs import check_upload, expire_uploads
-from .labels import is_csv, model_label, task_label
+from .names import is_csv, model_label, task_label
 from .progress import ProgressBar
 
 # What the predicted losses (loss curves, dispersion, SVD risk) are computed from.

@@ -28,7 +28,7 @@ from lowrank.models.packaged import FINETUNED
 from lowrank.training.finetune import Recipe, recipe_for
 
 from . import cache
-from .labels import MODEL_KIND_LABELS, TASK_KIND_LABELS, TASK_LABELS, model_label, plan_fraction, task_label
+from .names import MODEL_KIND_LABELS, TASK_KIND_LABELS, TASK_LABELS, model_label, plan_fraction, task_label
 
 DEFAULT_BUDGET = 0.5
 # The session state besides the model and task, as a new session starts it (:func:`init`).
@@ -168,7 +168,7 @@ def set_task(key: str) -> None:
         render_status()
 
 
-def select(model: str, task: str) -> str:
+def make_current(model: str, task: str) -> str:
     """Make ``model`` current with ``task``, or with the task of its kind (:func:`task_for`) when ``task`` does not
     fit; returns the task used and leaves a one-line notice (:func:`pop_notice`) when it switched."""
     fitting = task_for(model, task)
@@ -185,7 +185,7 @@ def select(model: str, task: str) -> str:
 
 
 def pop_notice() -> str | None:
-    """The notice left by the last :func:`select` (once)."""
+    """The notice left by the last :func:`make_current` (once)."""
     return st.session_state.pop("notice", None)
 
 

@@ -24,7 +24,7 @@ from lowrank.statistics import statistics_label
 from lowrank.training.finetune import Recipe
 
 from . import cache, layout, session
-from .labels import model_label, untrained_head_text
+from .names import model_label, untrained_head_text
 
 # Errors a user's input can cause: the CLI's (lowrank.errors.USER_ERRORS: the library's own types and OSError), and
 # RuntimeError / LookupError too, since a page must never show a traceback; pages show them with st.error.
@@ -218,7 +218,7 @@ def build_card(recipe: Recipe) -> None:
                 )
                 if cols[1].button(f"Use {label}", key=f"use_{recipe.name}", icon=":material/swap_horiz:"):
                     try:
-                        session.select(recipe.name, recipe.task)
+                        session.make_current(recipe.name, recipe.task)
                     except USER_ERRORS as err:
                         show_error(f"Cannot use {label}", err)
                     else:

@@ -11,7 +11,7 @@ import pandas as pd
 import streamlit as st
 
 import lowrank
-from dashboard import cache, labels, layout, plots, session, widgets  # first: sets up the environment for torch
+from dashboard import cache, layout, names, plots, session, widgets  # first: sets up the environment for torch
 from lowrank.experiments.compare import DENSE, metric_info, reference_run
 from lowrank.experiments.sweep import SweepSpec, start_sweep
 from lowrank.report import formats
@@ -20,7 +20,7 @@ LABEL = "factorize"  # the sweeps this page starts
 
 layout.header(__file__)
 model, task = session.model_key(), session.task_key()
-with widgets.stop_on_error(f"Cannot factorize {labels.model_label(model)}", choose_model=True):
+with widgets.stop_on_error(f"Cannot factorize {names.model_label(model)}", choose_model=True):
     loaded = cache.load(model, task)
     plan = session.ensure_plan()
 store = cache.store()
@@ -37,7 +37,7 @@ def latest_run() -> dict | None:
 
 edited = bool(plan.meta.get("edited"))
 st.markdown(
-    f"Plan: **{labels.plan_fraction(plan):.0%}** of the compressible parameters kept, strategy **{plan.strategy}**"
+    f"Plan: **{names.plan_fraction(plan):.0%}** of the compressible parameters kept, strategy **{plan.strategy}**"
     f"{' (edited by hand)' if edited else ''}, {len(plan.ranks)} of {len(plan.layers)} layers factorized."
 )
 layout.link("ranks", "Change the plan")
@@ -47,7 +47,7 @@ chosen = st.multiselect(
     "Methods",
     methods,
     default=[m for m in ("svd", "fwsvd") if m in methods],
-    format_func=labels.method_label,
+    format_func=names.method_label,
     key="factorize_methods",
 )
 options = {}
@@ -142,10 +142,10 @@ st.subheader("Before and after")
 untrained = widgets.untrained_head_warning(model, task)
 cols = st.columns(len(rows) + 1)
 cols[0].metric(
-    f"dense {labels.quality_label(dense['metric'], untrained).lower()}",
+    f"dense {names.quality_label(dense['metric'], untrained).lower()}",
     formats.format_metric(dense["metric"], dense["value"]),
     help=f"{formats.format_bytes(dense['size_bytes'])}, {formats.format_ms(dense['latency_ms_b1'])} at batch 1 "
-    f"({labels.latency_help(dense.get('latency_info'), 'b1')})",
+    f"({names.latency_help(dense.get('latency_info'), 'b1')})",
 )
 for col, row in zip(cols[1:], rows):
     value = row["value"]
@@ -155,7 +155,7 @@ for col, row in zip(cols[1:], rows):
         "–" if pd.isna(value) else f"{value - dense['value']:+.3g}",
         delta_color="normal" if metric_info(row["metric"]).higher_is_better else "inverse",
         help=f"run #{row['id']}: {formats.format_bytes(row['size_bytes'])}, "
-        f"{formats.format_ms(row['latency_ms_b1'])} at batch 1 ({labels.latency_help(row.get('latency_info'), 'b1')})",
+        f"{formats.format_ms(row['latency_ms_b1'])} at batch 1 ({names.latency_help(row.get('latency_info'), 'b1')})",
     )
 table = pd.DataFrame([dense, *rows])
 table["label"] = ["dense"] + [
@@ -194,7 +194,7 @@ st.dataframe(
 st.caption(
     "How the batch-32 latencies were measured: "
     + "; ".join(
-        f"**{label}** {labels.latency_note(r.get('latency_info'), 'b32') or 'not recorded'}"
+        f"**{label}** {names.latency_note(r.get('latency_info'), 'b32') or 'not recorded'}"
         for label, r in zip(table["label"], [dense, *rows])
     )
     + ". The dense latency is measured again before a run when the conditions (load, threads) have changed."

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import cache, labels, layout, plots, session, widgets  # first: sets up the environment for torch
+from dashboard import cache, layout, names, plots, session, widgets  # first: sets up the environment for torch
 from lowrank.experiments.compare import DENSE, reference_run
 from lowrank.experiments.sweep import SweepSpec, reap_stale, start_sweep
 from lowrank.needs import needs_for
@@ -30,13 +30,13 @@ def demo_wait(model: str, task: str, current: bool) -> bool:
     where = "above" if current else "below"
     if recipe.name == session.defaults().model:
         why = (
-            f"The demo runs on {labels.model_label(recipe.name)}, which is not built yet (its progress is {where}); "
-            f"meanwhile the pages work on {labels.model_label(model)}, whose classification head is untrained."
+            f"The demo runs on {names.model_label(recipe.name)}, which is not built yet (its progress is {where}); "
+            f"meanwhile the pages work on {names.model_label(model)}, whose classification head is untrained."
         )
     else:
         why = (
-            f"The demo is off: the default model {labels.model_label(model)} has no trained classification head "
-            f"for {labels.task_label(task)}, so its accuracies would say nothing about a method. Fine-tune it "
+            f"The demo is off: the default model {names.model_label(model)} has no trained classification head "
+            f"for {names.task_label(task)}, so its accuracies would say nothing about a method. Fine-tune it "
             f"({where}) and make the result the default (`LOWRANK_DEFAULT_MODEL`)."
         )
     st.info(why, icon=":material/hourglass_top:")
@@ -50,13 +50,13 @@ def run_demo() -> None:
     start = session.defaults()
     model = start.first_model
     try:
-        task = session.select(model, start.first_task(model))
+        task = session.make_current(model, start.first_task(model))
     except widgets.USER_ERRORS as err:
         widgets.show_error("Demo", err)
         return
     needs = needs_for(DEMO_METHODS, DEMO_STRATEGY)
     with st.status(
-        f"Stakeholder demo on {labels.model_label(model)} · {labels.task_label(task)}", expanded=True
+        f"Stakeholder demo on {names.model_label(model)} · {names.task_label(task)}", expanded=True
     ) as status:
         try:
             st.write("1/4 Singular-value spectra of every compressible layer")
@@ -163,11 +163,11 @@ dense = reference_run(cache.store(), task, model=model)
 plan_text = (
     "none yet: open Ranks"
     if current_plan is None
-    else f"{labels.plan_fraction(current_plan):.0%} kept · {current_plan.strategy} · "
+    else f"{names.plan_fraction(current_plan):.0%} kept · {current_plan.strategy} · "
     f"{len(current_plan.ranks)} of {len(current_plan.layers)} layers factorized"
 )
 dense_text = (
-    f"{labels.quality_label(dense['metric'], cache.head_untrained(model, task)).lower()} "
+    f"{names.quality_label(dense['metric'], cache.head_untrained(model, task)).lower()} "
     f"{formats.format_metric(dense['metric'], dense['value'])}"
     if dense
     else "not measured yet: open Model & task"
@@ -175,8 +175,8 @@ dense_text = (
 for col, (label, value) in zip(
     st.columns(4),
     [
-        ("Model", labels.model_label(model)),
-        ("Task", labels.task_label(task)),
+        ("Model", names.model_label(model)),
+        ("Task", names.task_label(task)),
         ("Rank plan", plan_text),
         ("Dense model", dense_text),
     ],
@@ -189,8 +189,8 @@ widgets.untrained_head_warning(model, task)
 st.subheader("Stakeholder demo")
 defaults = session.defaults()
 st.markdown(
-    f"One click on the default model (**{labels.model_label(defaults.model)}**, "
-    f"{labels.task_label(defaults.first_task(defaults.model))}): spectra → "
+    f"One click on the default model (**{names.model_label(defaults.model)}**, "
+    f"{names.task_label(defaults.first_task(defaults.model))}): spectra → "
     f"{statistics_label(needs_for(DEMO_METHODS, DEMO_STRATEGY))} → a {DEMO_STRATEGY} budget plan → "
     f"{' vs '.join(DEMO_METHODS)} at "
     f"{', '.join(f'{b:.0%}' for b in DEMO_BUDGETS)} of the parameters → the trade-off plot. "
@@ -214,7 +214,7 @@ if st.button(
 if st.session_state.get("demo_confirm") and hand_edited and not waits:
     with st.container(border=True):
         st.warning(
-            f"The demo replaces your hand-edited rank plan ({labels.plan_fraction(current_plan):.0%} kept) with a "
+            f"The demo replaces your hand-edited rank plan ({names.plan_fraction(current_plan):.0%} kept) with a "
             f"{DEMO_STRATEGY} plan. Export it on the Ranks page first to keep it.",
             icon=":material/warning:",
         )

@@ -8,7 +8,7 @@ import time
 import streamlit as st
 
 import lowrank
-from dashboard import cache, inputs, labels, layout, session, widgets  # first: sets up the environment for torch
+from dashboard import cache, inputs, layout, names, session, widgets  # first: sets up the environment for torch
 from lowrank.report import formats
 
 layout.header(__file__)
@@ -18,9 +18,9 @@ def try_select(model: str, task: str) -> bool:
     """Make ``model`` current with ``task``, or with a task of its kind when ``task`` does not fit; otherwise
     show why not."""
     try:
-        session.select(model, task)
+        session.make_current(model, task)
     except widgets.USER_ERRORS as err:
-        widgets.show_error(f"Cannot use {labels.model_label(model)}", err)
+        widgets.show_error(f"Cannot use {names.model_label(model)}", err)
         return False
     return True
 
@@ -73,15 +73,15 @@ with right:
     try:
         options, csv_fits = session.tasks_for(model), session.csv_fits(model)
     except widgets.USER_ERRORS:  # the model's config is unreadable: shown below
-        options, csv_fits = list(labels.TASK_LABELS), True
-    if labels.is_csv(task) and csv_fits:
+        options, csv_fits = list(names.TASK_LABELS), True
+    if names.is_csv(task) and csv_fits:
         options.append(task)
     upload = "upload"
     if csv_fits:
         options.append(upload)
     else:
         st.caption(
-            f"{labels.model_label(model)} is a causal language model: it is measured by perplexity on a text "
+            f"{names.model_label(model)} is a causal language model: it is measured by perplexity on a text "
             "task (classification tasks and CSV uploads need a classifier)."
         )
     picked = st.radio(
@@ -89,7 +89,7 @@ with right:
         options,
         index=options.index(task) if task in options else 0,
         key="task_choice",
-        format_func=lambda k: "Upload a CSV (columns text,label)" if k == upload else labels.task_label(k),
+        format_func=lambda k: "Upload a CSV (columns text,label)" if k == upload else names.task_label(k),
     )
     if picked == upload:
         uploaded = st.file_uploader(
@@ -110,7 +110,7 @@ with right:
         st.rerun()
 
 model, task = session.model_key(), session.task_key()
-with widgets.stop_on_error(f"Cannot load {labels.model_label(model)}"):
+with widgets.stop_on_error(f"Cannot load {names.model_label(model)}"):
     loaded = cache.load(model, task)
     task_obj = cache.get_task(task)
 
@@ -156,7 +156,7 @@ st.subheader("Task")
 sizes = task_obj.sizes()
 label_names = ", ".join(task_obj.label_names) if task_obj.label_names else "none (next-token prediction)"
 st.markdown(
-    f"**{labels.task_label(task)}** · {task_obj.kind} · "
+    f"**{names.task_label(task)}** · {task_obj.kind} · "
     + " / ".join(f"{sizes[s]:,} {s}" for s in sizes)
     + f" · labels: {label_names}"
 )
@@ -195,7 +195,7 @@ except widgets.USER_ERRORS as err:
 untrained = widgets.untrained_head_warning(model, task)
 cols = st.columns(5)
 cols[0].metric(
-    labels.quality_label(dense["metric"], untrained),
+    names.quality_label(dense["metric"], untrained),
     formats.format_metric(dense["metric"], dense["value"]),
     help=f"{dense['examples']:,} {'examples' if dense['metric'] == 'accuracy' else 'tokens'} of the validation split",
 )
@@ -204,12 +204,12 @@ cols[2].metric("Size on disk", formats.format_bytes(dense["size_bytes"]), help="
 cols[3].metric(
     "Latency, batch 1",
     formats.format_ms(dense["latency_ms_b1"]),
-    help=labels.latency_help(dense.get("latency_info"), "b1"),
+    help=names.latency_help(dense.get("latency_info"), "b1"),
 )
 cols[4].metric(
     "Latency, batch 32",
     formats.format_ms(dense["latency_ms_b32"]),
-    help=labels.latency_help(dense.get("latency_info"), "b32"),
+    help=names.latency_help(dense.get("latency_info"), "b32"),
 )
 measured = time.strftime("%Y-%m-%d %H:%M", time.localtime(dense["finished"]))
 st.caption(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import cache, labels, layout, rank_table, session, widgets  # first: sets up the environment for torch
+from dashboard import cache, layout, names, rank_table, session, widgets  # first: sets up the environment for torch
 from dashboard.progress import ProgressBar
 from lowrank.allocation import RankPlan, available_strategies, get_strategy
 from lowrank.needs import needs_for
@@ -14,7 +14,7 @@ from lowrank.statistics import statistics_label
 
 layout.header(__file__)
 model, task = session.model_key(), session.task_key()
-with widgets.stop_on_error(f"Cannot plan ranks for {labels.model_label(model)}", choose_model=True):
+with widgets.stop_on_error(f"Cannot plan ranks for {names.model_label(model)}", choose_model=True):
     loaded = cache.load(model, task)
     layers = cache.layer_table(model, task)
     plan = session.ensure_plan()
@@ -123,7 +123,7 @@ def plan_editor() -> None:
     )
 
     with totals:
-        fraction = labels.plan_fraction(plan)
+        fraction = names.plan_fraction(plan)
         cols = st.columns(5)
         cols[0].metric(
             "Kept parameters",
@@ -165,7 +165,7 @@ def plan_editor() -> None:
         st.download_button(
             "Export plan (JSON)",
             plan.to_json(),
-            file_name=f"{labels.model_label(model)}-rank-plan.json",
+            file_name=f"{names.model_label(model)}-rank-plan.json",
             mime="application/json",
             icon=":material/download:",
         )
@@ -175,7 +175,7 @@ def plan_editor() -> None:
             st.session_state["imported_plan"] = uploaded.file_id
             try:
                 imported = RankPlan.from_json(uploaded.getvalue())
-                imported.check_layers(shapes, labels.model_label(model))
+                imported.check_layers(shapes, names.model_label(model))
             except ValueError as err:
                 widgets.show_error(f"Cannot import {uploaded.name}", err)
             else:

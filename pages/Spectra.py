@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import cache, labels, layout, plots, session, widgets  # first: sets up the environment for torch
+from dashboard import cache, layout, names, plots, session, widgets  # first: sets up the environment for torch
 from lowrank.analysis.metrics import RISK_THRESHOLD, risk_summary
 from lowrank.ranks import resolve_ranks
 from lowrank.statistics import DEFAULT, statistics_label
@@ -18,7 +18,7 @@ RESULTS = "docs/results/predictor.md"  # how well each estimate ranks layers, me
 layout.header(__file__)
 model, task = session.model_key(), session.task_key()
 
-with widgets.stop_on_error(f"Cannot compute the spectra of {labels.model_label(model)}", choose_model=True):
+with widgets.stop_on_error(f"Cannot compute the spectra of {names.model_label(model)}", choose_model=True):
     cache.check_pair(model, task)
     frame = cache.spectra(model, task)  # from the disk cache when the weights are unchanged: no model load
 
@@ -44,7 +44,7 @@ selected = st.multiselect(
 left, right = st.columns(2)
 left.plotly_chart(plots.spectrum_figure(frame, selected), key="spectrum")
 right.plotly_chart(plots.energy_figure(frame, selected), key="energy")
-with widgets.stop_on_error(f"Cannot load {labels.model_label(model)}", choose_model=True):
+with widgets.stop_on_error(f"Cannot load {names.model_label(model)}", choose_model=True):
     loaded = cache.load(model, task)  # the heatmaps below need the model (and its statistics)
 
 st.subheader("By block and layer type")

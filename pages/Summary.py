@@ -8,7 +8,7 @@ import functools
 
 import streamlit as st
 
-from dashboard import cache, labels, layout, session, widgets  # first: sets up the environment for torch
+from dashboard import cache, layout, names, session, widgets  # first: sets up the environment for torch
 from lowrank import report
 from lowrank.report import formats
 from lowrank.statistics import statistics_label
@@ -18,7 +18,7 @@ model, task = session.model_key(), session.task_key()
 result = report.summary(cache.store(), model, task)
 untrained = widgets.untrained_head_warning(model, task)
 st.markdown(
-    f"**{labels.model_label(model)}** on **{labels.task_label(task)}**, from the stored runs "
+    f"**{names.model_label(model)}** on **{names.task_label(task)}**, from the stored runs "
     f"({len(result.runs)} compared)."
 )
 row = result.headline
@@ -47,7 +47,7 @@ dense = result.dense or {}
 metric = result.metric or "value"
 cols = st.columns(4)
 cols[0].metric(
-    f"{row.method} {labels.quality_label(metric, untrained).lower()} at {row.budget:.0%}",
+    f"{row.method} {names.quality_label(metric, untrained).lower()} at {row.budget:.0%}",
     formats.format_metric(result.metric, row.value),
     None if not dense else f"{row.value - dense['value']:+.3g} vs dense",
     delta_color="normal" if result.higher_is_better else "inverse",
@@ -117,7 +117,7 @@ else:
 st.download_button(
     "Export the report (HTML)",
     functools.partial(report.render_html, result, [figure]),
-    file_name=f"{labels.model_label(model)}-summary.html",
+    file_name=f"{names.model_label(model)}-summary.html",
     mime="text/html",
     on_click="ignore",
     icon=":material/download:",

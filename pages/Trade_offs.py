@@ -7,7 +7,7 @@ from __future__ import annotations
 import streamlit as st
 
 import lowrank
-from dashboard import cache, labels, layout, plots, session, widgets  # first: sets up the environment for torch
+from dashboard import cache, layout, names, plots, session, widgets  # first: sets up the environment for torch
 from lowrank.allocation import DEFAULT_STRATEGY, available_strategies
 from lowrank.experiments.compare import DENSE, comparable, reference_run
 from lowrank.experiments.sweep import SweepSpec, reap_stale, running_sweeps, start_sweep
@@ -20,8 +20,8 @@ runs = store.runs()
 models = list(dict.fromkeys([model, *runs["model"].dropna()]))
 tasks = list(dict.fromkeys([task, *runs["task"].dropna()]))
 cols = st.columns([2, 2, 3])
-shown_model = cols[0].selectbox("Model", models, format_func=labels.model_label, key="tradeoff_model")
-shown_task = cols[1].selectbox("Task", tasks, format_func=labels.task_label, key="tradeoff_task")
+shown_model = cols[0].selectbox("Model", models, format_func=names.model_label, key="tradeoff_model")
+shown_task = cols[1].selectbox("Task", tasks, format_func=names.task_label, key="tradeoff_task")
 selection = runs[(runs["model"] == shown_model) & (runs["task"] == shown_task)]
 widgets.untrained_head_warning(shown_model, shown_task)
 strategies = sorted(selection.loc[selection["method"] != DENSE, "strategy"].dropna().unique())
@@ -95,14 +95,14 @@ live()
 
 st.subheader("New sweep")
 st.caption(
-    f"On the current model and task ({labels.model_label(model)}, {labels.task_label(task)}). The sweep runs in a "
+    f"On the current model and task ({names.model_label(model)}, {names.task_label(task)}). The sweep runs in a "
     "background process and writes every run to the run store: leaving or reloading this page loses nothing."
 )
 methods = lowrank.available_methods()
 with st.form("sweep_form"):
     cols = st.columns([3, 3, 2])
     chosen = cols[0].multiselect(
-        "Methods", methods, default=[m for m in ("svd", "fwsvd") if m in methods], format_func=labels.method_label
+        "Methods", methods, default=[m for m in ("svd", "fwsvd") if m in methods], format_func=names.method_label
     )
     budgets = cols[1].multiselect(
         "Budgets (kept fraction)",
@@ -112,7 +112,7 @@ with st.form("sweep_form"):
     )
     strategy_names = available_strategies()
     strategy = cols[2].selectbox(
-        "Strategy", strategy_names, index=strategy_names.index(DEFAULT_STRATEGY), format_func=labels.strategy_label
+        "Strategy", strategy_names, index=strategy_names.index(DEFAULT_STRATEGY), format_func=names.strategy_label
     )
     tunable = [m for m in methods if lowrank.get_method(m).options]
     options = {}

@@ -22,11 +22,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from lowrank.allocation.budget import greedy_allocation, threshold_allocation
 from lowrank.allocation.choices import DEFAULT_ALIGN, Budget, LayerChoices, layer_choices, resolve_budget
 from lowrank.allocation.curves import kfac_loss_curves, layer_loss_curves, loss_at
 from lowrank.allocation.plan import PlannedLayer, RankPlan
 from lowrank.allocation.sensitivity import DEFAULT_FRACTIONS, measure_sensitivity
-from lowrank.allocation.solvers import greedy_allocation, threshold_allocation
 from lowrank.analysis.spectra import energy_curve, singular_values
 from lowrank.loaded import unwrap
 from lowrank.progress import Progress
@@ -96,7 +96,7 @@ def register_strategy(name: str, description: str, needs: tuple[str, ...] = (), 
 
     ``fn`` returns ``{layer: choice index}`` (see :class:`~lowrank.allocation.choices.LayerChoices`)
     or a pair ``(choices, info)`` with a dict of facts stored in ``plan.meta``. Shared building
-    blocks: :mod:`lowrank.allocation.solvers`.
+    blocks: :mod:`lowrank.allocation.budget`.
     """
 
     def decorate(fn):
@@ -225,7 +225,7 @@ def allocate(
     fractions, num_batches, batch_size, max_length, seed, use_cache).
 
     Guarantee: ``plan.params <= budget`` and ``budget - plan.params`` is smaller than the
-    largest single step ``align * (out + in)`` (:mod:`lowrank.allocation.solvers`). Raises
+    largest single step ``align * (out + in)`` (:mod:`lowrank.allocation.budget`). Raises
     ``ValueError`` for an unknown strategy or option, a bad or unachievable budget, or missing
     importance / task.
     """

@@ -21,7 +21,7 @@ import pytest
 
 from dashboard import layout
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture()

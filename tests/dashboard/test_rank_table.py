@@ -15,7 +15,7 @@ import pytest
 from dashboard.rank_table import COLUMNS, RankCellError, plan_frame, read_edits, read_rank, shown_columns
 from lowrank.allocation import PlannedLayer, RankPlan
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 QUERY0, DOWN0, QUERY1 = "encoder.layer.0.attention.self.query", "encoder.layer.0.output.dense", "encoder.layer.1.q"
 SHAPES = {QUERY0: (64, 64), DOWN0: (64, 256), QUERY1: (64, 64)}  # break-even ranks 32, 52, 32
 

@@ -148,7 +148,7 @@ def test_a_corrupt_run_store_is_moved_aside_and_a_fresh_one_started(tmp_path, ca
 
 
 def test_dashboard_pages_work_on_a_corrupt_run_store(monkeypatch, tmp_path, tiny_bert_dir, sentiment_csv):
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     monkeypatch.setenv("LOWRANK_THREADS", "1")
     monkeypatch.setenv("LOWRANK_DEFAULT_MODEL", str(tiny_bert_dir))
     monkeypatch.setenv("LOWRANK_DEFAULT_TASK", str(sentiment_csv))

@@ -19,10 +19,10 @@ from lowrank.allocation import (
     predicted_loss_curve,
     register_strategy,
 )
+from lowrank.allocation.budget import greedy_allocation, threshold_allocation
 from lowrank.allocation.choices import layer_choices
 from lowrank.allocation.curves import kfac_loss_curve, kfac_loss_curves
 from lowrank.allocation.sensitivity import Sensitivity
-from lowrank.allocation.solvers import greedy_allocation, threshold_allocation
 from lowrank.analysis.spectra import energy_curve, singular_values
 from lowrank.cli.main import main
 from lowrank.data.batches import batches

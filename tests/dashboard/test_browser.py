@@ -22,7 +22,7 @@ import pytest
 from dashboard.serve import CHROMIUM, DashboardServer, launch_chromium, type_into_first_row, wait_idle
 
 pytestmark = pytest.mark.browser
-ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 TIMEOUT = 180_000  # ms
 
 

@@ -1,6 +1,6 @@
 """One comparison rule (lowrank.experiments.compare): the dense run compressed runs are compared with, which runs
 are compared with it, and the metric table saying which way a metric is better; the report, the dashboard and
-``dense_reference`` use nothing else (the pages' agreement on a run store: tests/test_dashboard.py)."""
+``dense_reference`` use nothing else (the pages' agreement on a run store: tests/dashboard/test_dashboard.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from lowrank.experiments.compare import ANY, METRICS, OTHER_METRIC, Metric, comp
 from lowrank.experiments.store import RunStore
 from lowrank.report.formats import format_metric
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def finished(store: RunStore, method: str = "dense", value: float = 0.8, **fields) -> int:

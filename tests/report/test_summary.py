@@ -16,7 +16,7 @@ from dashboard import layout
 from lowrank.experiments.store import RunStore
 from lowrank.report import drop_checks, is_report, render_html, summary, summary_figure, with_drop_checks, write_report
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LATENCY = {
     "b1": {"warm_up": True, "repeats": 5},
     "b32": {"warm_up": True, "repeats": 3},

@@ -21,7 +21,7 @@ from lowrank.statistics import StatisticsSettings
 from lowrank.training import finetune
 from lowrank.training.finetune import TrainConfig, build_finetuned
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 STATISTICS_COMMANDS = {"compress", "fisher", "risk", "allocate", "lpaf", "report"}  # report: its --predict
 
 

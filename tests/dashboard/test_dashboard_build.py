@@ -20,7 +20,7 @@ from lowrank.experiments import build, jobs
 from lowrank.experiments.store import RunStore
 from lowrank.training.finetune import RECIPE_ENV, recipe_for
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = {"max_steps": 3, "batch_size": 4, "max_length": 16}
 DEAD_PID = 2**22 + 1  # above the largest pid Linux allows: never a live process
 FINETUNE = "Fine-tune in the background"

@@ -22,7 +22,7 @@ from lowrank.files.outputs import MARKER, OutputError
 from lowrank.models.errors import ModelLoadError
 from lowrank.processes import own_start
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)

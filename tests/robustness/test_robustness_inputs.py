@@ -20,7 +20,6 @@ import pandas as pd
 import pytest
 import tomllib
 import torch
-from conftest import sentiment_frame
 
 from lowrank.cli.main import main
 from lowrank.compress import compress, load_compressed, save_compressed
@@ -29,8 +28,9 @@ from lowrank.evaluation import evaluate
 from lowrank.experiments.store import RunStore
 from lowrank.models import ModelLoadError, load_model
 from lowrank.models.labels import check_labels, default_task
+from tests.conftest import sentiment_frame
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 QUERY = "bert.encoder.layer.0.attention.self.query.weight"
 
 

@@ -14,6 +14,7 @@ from lowrank.experiments import build, jobs, stop
 from lowrank.experiments.store import RunStore
 from lowrank.models.packaged import finetuned_dir
 from lowrank.training.finetune import MINILM_RT_CONFIG, RECIPE_ENV, Recipe, TrainConfig, recipe_for
+from tests import conftest
 
 DEAD_PID = 2**22 + 1  # above the largest pid Linux allows: never a live process
 TINY = {"max_steps": 3, "batch_size": 4, "max_length": 16}
@@ -160,8 +161,7 @@ def test_a_stopped_build_ends_interrupted_and_leaves_no_folder(cache, tiny_encod
 
 
 def test_a_test_cannot_start_a_background_job_in_the_users_cache(cache, monkeypatch):
-    import conftest  # the guard of every test (tests/conftest.py), pointed at this test's cache as if it were the user's
-
+    # the guard of every test (tests/conftest.py), pointed at this test's cache as if it were the user's
     monkeypatch.setattr(conftest, "USER_CACHE", cache.resolve())
     cache.mkdir(parents=True, exist_ok=True)
     store = RunStore(cache / "runs.sqlite")

@@ -1,0 +1,1 @@
+"""Analyses of weights and statistics: singular-value spectra and the SVD-drop metric."""
