@@ -39,7 +39,7 @@ from lowrank.files.cache import cache_dir
 from lowrank.info import CompressionInfo, load_info
 from lowrank.layers import break_even_rank, max_useful_rank
 from lowrank.models import compressible_weights, model_kind
-from lowrank.models.labels import head_untrained as _head_untrained
+from lowrank.models.labels import head_untrained
 from lowrank.models.loading import load_config
 from lowrank.models.packaged import resolve_source
 from lowrank.needs import needs_for
@@ -116,11 +116,11 @@ def task_kind(key: str) -> str:
     return NAMED_TASKS[key].kind if key in NAMED_TASKS else get_task(key).kind
 
 
-def head_untrained(model: str, task: str) -> bool:
+def untrained_head(model: str, task: str) -> bool:
     """True when ``model`` measured on ``task`` gets a freshly initialised classification head
     (:func:`lowrank.models.labels.head_untrained`); False when either cannot be read (the pages show why)."""
     try:
-        return _head_untrained(read_model_kind(model), task_kind(task))
+        return head_untrained(read_model_kind(model), task_kind(task))
     except (ValueError, OSError, RuntimeError):
         return False
 

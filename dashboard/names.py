@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import lowrank
-from lowrank.evaluation.latency import latency_note as _latency_note
+from lowrank.evaluation.latency import latency_note
 from lowrank.needs import needs_for
 from lowrank.statistics import statistics_label
 
@@ -73,8 +73,3 @@ def latency_help(info: dict | None, batch: str) -> str:
     """How a stored latency (``batch``: ``"b1"`` or ``"b32"``) was measured, for a metric's help."""
     note = latency_note(info, batch)
     return f"Forward pass on the CPU: {note}" if note else "Median forward pass on the CPU"
-
-
-def latency_note(info, batch: str | None = None) -> str:
-    """:func:`lowrank.evaluation.latency.latency_note` of a stored run's ``latency_info`` (empty when none was recorded)."""
-    return _latency_note(info if isinstance(info, dict) else None, batch)

@@ -258,9 +258,9 @@ def build_text(row: dict) -> str:
 
 
 def untrained_head_warning(model: str, task: str) -> bool:
-    """A warning when ``model`` has an untrained head on ``task`` (:func:`dashboard.cache.head_untrained`), with the
+    """A warning when ``model`` has an untrained head on ``task`` (:func:`dashboard.cache.untrained_head`), with the
     card fine-tuning it in the background (:func:`build_card`); returns whether the head is untrained."""
-    untrained = cache.head_untrained(model, task)
+    untrained = cache.untrained_head(model, task)
     if untrained:
         try:
             recipe = session.finetune_recipe(model, task)

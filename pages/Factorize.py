@@ -12,6 +12,7 @@ import streamlit as st
 
 import lowrank
 from dashboard import cache, layout, names, plots, session, widgets  # first: sets up the environment for torch
+from lowrank.evaluation.latency import latency_note
 from lowrank.experiments.compare import DENSE, metric_info, reference_run
 from lowrank.experiments.sweep import SweepSpec, start_sweep
 from lowrank.report import formats
@@ -194,7 +195,7 @@ st.dataframe(
 st.caption(
     "How the batch-32 latencies were measured: "
     + "; ".join(
-        f"**{label}** {names.latency_note(r.get('latency_info'), 'b32') or 'not recorded'}"
+        f"**{label}** {latency_note(r.get('latency_info'), 'b32') or 'not recorded'}"
         for label, r in zip(table["label"], [dense, *rows])
     )
     + ". The dense latency is measured again before a run when the conditions (load, threads) have changed."

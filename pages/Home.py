@@ -24,7 +24,7 @@ DEMO_LABEL = "demo"
 def demo_wait(model: str, task: str, current: bool) -> bool:
     """When the demo's ``model`` has an untrained head on ``task``: why the demo waits and, unless it is the ``current``
     model (whose card is above), the card of the build it waits for; returns whether it waits."""
-    if not cache.head_untrained(model, task):
+    if not cache.untrained_head(model, task):
         return False
     recipe = session.finetune_recipe(model, task)
     where = "above" if current else "below"
@@ -167,7 +167,7 @@ plan_text = (
     f"{len(current_plan.ranks)} of {len(current_plan.layers)} layers factorized"
 )
 dense_text = (
-    f"{names.quality_label(dense['metric'], cache.head_untrained(model, task)).lower()} "
+    f"{names.quality_label(dense['metric'], cache.untrained_head(model, task)).lower()} "
     f"{formats.format_metric(dense['metric'], dense['value'])}"
     if dense
     else "not measured yet: open Model & task"

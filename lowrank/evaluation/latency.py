@@ -160,10 +160,11 @@ def measure_latencies(
     return b1.ms, b32.ms, how
 
 
-def latency_note(how: dict | None, batch: str | None = None) -> str:
+def latency_note(how, batch: str | None = None) -> str:
     """One line on how latencies were measured, e.g. ``"median of 5 passes after a warm-up; 2 threads, load 1.9"``
-    (``batch``: ``"b1"`` or ``"b32"`` for one of them)."""
-    if not how:
+    (``batch``: ``"b1"`` or ``"b32"`` for one of them). ``how``: the recorded conditions (a dict); anything else
+    (``None``, a stored run's missing value) gives ``""``."""
+    if not isinstance(how, dict) or not how:
         return ""
 
     def passes(entry: dict) -> str:
