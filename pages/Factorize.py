@@ -15,6 +15,7 @@ from dashboard import cache, layout, names, plots, session, widgets  # first: se
 from lowrank.evaluation.latency import latency_note
 from lowrank.experiments.compare import DENSE, metric_info, reference_run
 from lowrank.experiments.sweep import SweepSpec, start_sweep
+from lowrank.methods import COMPARISON
 from lowrank.report import formats
 
 LABEL = "factorize"  # the sweeps this page starts
@@ -47,7 +48,7 @@ methods = lowrank.available_methods()
 chosen = st.multiselect(
     "Methods",
     methods,
-    default=[m for m in ("svd", "fwsvd") if m in methods],
+    default=[m for m in COMPARISON if m in methods],
     format_func=names.method_label,
     key="factorize_methods",
 )

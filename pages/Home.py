@@ -7,17 +7,18 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import cache, layout, names, plots, session, widgets  # first: sets up the environment for torch
+from lowrank.allocation import DEFAULT_STRATEGY
 from lowrank.experiments.compare import DENSE, reference_run
 from lowrank.experiments.sweep import SweepSpec, reap_stale, start_sweep
+from lowrank.methods import COMPARISON
 from lowrank.needs import needs_for
 from lowrank.report import formats
 from lowrank.statistics import statistics_label
 
-# Plain SVD against the method that was best on both packaged models, on a plan that never loses to uniform (uniform
-# itself): docs/results/methods.md and docs/results/allocation.md.
-DEMO_METHODS = ("svd", "kfac_svd")
+# Plain SVD against the recommended method (lowrank.methods.COMPARISON), on the default plan (docs/results/allocation.md).
+DEMO_METHODS = COMPARISON
 DEMO_BUDGETS = (0.3, 0.5, 0.7)
-DEMO_STRATEGY = "uniform"
+DEMO_STRATEGY = DEFAULT_STRATEGY
 DEMO_LABEL = "demo"
 
 

@@ -11,6 +11,7 @@ from dashboard import cache, layout, names, plots, session, widgets  # first: se
 from lowrank.allocation import DEFAULT_STRATEGY, available_strategies
 from lowrank.experiments.compare import DENSE, comparable, reference_run
 from lowrank.experiments.sweep import SweepSpec, reap_stale, running_sweeps, start_sweep
+from lowrank.methods import COMPARISON
 
 layout.header(__file__)
 store = cache.store()
@@ -102,7 +103,7 @@ methods = lowrank.available_methods()
 with st.form("sweep_form"):
     cols = st.columns([3, 3, 2])
     chosen = cols[0].multiselect(
-        "Methods", methods, default=[m for m in ("svd", "fwsvd") if m in methods], format_func=names.method_label
+        "Methods", methods, default=[m for m in COMPARISON if m in methods], format_func=names.method_label
     )
     budgets = cols[1].multiselect(
         "Budgets (kept fraction)",

@@ -8,7 +8,10 @@ import importlib
 import pkgutil
 
 from lowrank.methods.registry import (
+    BASELINE,
+    COMPARISON,
     METHODS,
+    RECOMMENDED,
     Factorization,
     Method,
     Option,
@@ -24,6 +27,9 @@ for _info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
     importlib.import_module(f"{__name__}.{_info.name}")
 
 __all__ = [
+    "BASELINE",
+    "COMPARISON",
+    "RECOMMENDED",
     "METHODS",
     "Factorization",
     "Method",

@@ -23,9 +23,9 @@ from lowrank.analysis.metrics import risk_summary, risk_table
 from lowrank.evaluation.latency import latency_note
 from lowrank.evaluation.quality import chance_accuracy, destroyed
 from lowrank.experiments.compare import DENSE, comparable, metric_info, reference_run
+from lowrank.methods import BASELINE
 from lowrank.report.formats import format_bytes, format_metric, format_ms, number
 
-BASELINE = "svd"  # plain SVD: what the weighted methods are compared with
 HEADLINE_BUDGET = 0.5  # the budget the headline figures are taken at (the nearest stored one)
 SLOWER_RATIO = 1.1  # a compressed model "reads slower" than dense above this multiple of dense's latency
 

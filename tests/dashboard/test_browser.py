@@ -153,7 +153,7 @@ def test_every_page_a_tiny_factorization_and_the_decoder_path(server, tiny_llama
         chart = page.locator(".js-plotly-plot").first
         expect(chart).to_be_visible(timeout=TIMEOUT)
         legend = chart.locator(".legendtext").all_text_contents()
-        assert {"svd", "fwsvd", "Pareto front", "dense"} <= set(legend), legend
+        assert {"svd", "kfac_svd", "Pareto front", "dense"} <= set(legend), legend
         check_clean(page, "06-trade-offs")
 
         # the decoder path: a causal LM, chosen by folder; the task follows it
@@ -186,7 +186,7 @@ def test_every_page_a_tiny_factorization_and_the_decoder_path(server, tiny_llama
         chart = page.locator(".js-plotly-plot").first
         expect(chart).to_be_visible(timeout=TIMEOUT)
         legend = chart.locator(".legendtext").all_text_contents()
-        assert {"svd", "fwsvd", "dense"} <= set(legend), legend
+        assert {"svd", "kfac_svd", "dense"} <= set(legend), legend
         no_error_box(page, "trade-offs (decoder)")
         check_clean(page, "09-decoder-trade-offs")
 
