@@ -30,6 +30,7 @@ import lowrank.statistics
 from lowrank import report
 from lowrank.allocation import layer_loss_curves
 from lowrank.analysis.metrics import fisher_dispersion, risk_table
+from lowrank.analysis.spectra import PLAIN
 from lowrank.data import NAMED_TASKS, hub_reachable
 from lowrank.evaluation.quality import chance_accuracy, check_task_fits
 from lowrank.experiments.run import dense_reference
@@ -180,6 +181,17 @@ def spectra(model: str, task: str) -> pd.DataFrame:
         frame.to_parquet(buffer)
         atomic_write_bytes(path, buffer.getvalue())
     return frame
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def metric_spectra(model: str, task: str, metric: str) -> pd.DataFrame:
+    """:func:`lowrank.spectra` under ``metric`` (a closed-form method): the singular values of the matrix it
+    truncates, from its statistics (computed with a progress bar when missing); the plain spectra for ``svd``."""
+    if metric == PLAIN:
+        return spectra(model, task)
+    stats = statistics(model, task, lowrank.get_method(metric).needs)
+    with ProgressBar(f"Singular values under {metric}") as bar:
+        return lowrank.spectra(load(model, task), progress=bar, metric=metric, stats=stats)
 
 
 @st.cache_data(show_spinner=False, max_entries=4)

@@ -12,6 +12,14 @@ from lowrank.evaluation.latency import latency_note
 from lowrank.needs import needs_for
 from lowrank.statistics import statistics_label
 
+# The matrix whose singular values each metric of the Spectra page shows (lowrank.analysis.spectra.metrics()).
+SPECTRUM_METRICS = {
+    "svd": "none: W",
+    "fwsvd": "Fisher rows: W diag(d)",
+    "asvd": "mean |x|: W diag(E|x|)^a",
+    "svd_llm": "activations: W L_A",
+    "kfac_svd": "K-FAC: L_G^T W L_A",
+}
 TASK_LABELS = {
     "rotten_tomatoes": "Rotten Tomatoes (sentiment, accuracy)",
     "lee": "Lee corpus (English news text, perplexity)",
@@ -19,6 +27,11 @@ TASK_LABELS = {
 # What a model kind is and what it is measured by (lowrank.evaluation.quality.task_kind_for pairs them).
 MODEL_KIND_LABELS = {"causal-lm": "a causal language model", "classifier": "a classifier", "encoder": "an encoder"}
 TASK_KIND_LABELS = {"lm": "perplexity on a text task", "classification": "accuracy on a classification task"}
+
+
+def spectrum_metric_label(method: str) -> str:
+    """``"K-FAC: L_G^T W L_A (kfac_svd)"``; a method without a label shows as its name."""
+    return f"{SPECTRUM_METRICS[method]} ({method})" if method in SPECTRUM_METRICS else method
 
 
 def is_csv(key: str) -> bool:

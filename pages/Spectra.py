@@ -8,12 +8,16 @@ import streamlit as st
 
 from dashboard import cache, layout, names, plots, session, widgets  # first: sets up the environment for torch
 from lowrank.analysis.metrics import RISK_THRESHOLD, risk_summary
+from lowrank.analysis.spectra import PLAIN, metrics
+from lowrank.methods import get_method
 from lowrank.ranks import resolve_ranks
 from lowrank.statistics import DEFAULT, statistics_label
 
 TAYLOR_TERMS = {"taylor": "total", "output_change": "second_order"}  # heatmap statistic -> svd_loss_change term
 FISHER_STATISTICS = ("dispersion", "risk")  # heatmap statistics computed from the predictions' statistics
 RESULTS = "docs/results/predictor.md"  # how well each estimate ranks layers, measured
+
+examples = f"{DEFAULT.num_batches * DEFAULT.batch_size} {DEFAULT.split} examples"
 
 layout.header(__file__)
 model, task = session.model_key(), session.task_key()
@@ -30,6 +34,25 @@ def plan_ranks() -> tuple[dict[str, int], str]:
         return current_plan.ranks, "the current rank plan"
     return resolve_ranks(loaded.model, session.DEFAULT_BUDGET), f"{session.DEFAULT_BUDGET:.0%} kept in every layer"
 
+
+spectrum_metrics = metrics()
+metric = st.segmented_control(
+    "Metric",
+    spectrum_metrics,
+    default=PLAIN,
+    format_func=names.spectrum_metric_label,
+    required=True,
+    key="spectra_metric",
+    help="Whose singular values: W itself, or the matrix a weighted method truncates. Its squared tail "
+    "sum_{i>r} s_i^2 is that method's error at rank r, so a faster decay means each rank buys more.",
+)
+if metric != PLAIN:
+    with widgets.stop_on_error(f"Cannot compute the spectra under {metric}"):
+        frame = cache.metric_spectra(model, task, metric)
+    st.caption(
+        f"Singular values of {names.SPECTRUM_METRICS.get(metric, metric)}, the matrix {metric} truncates, from "
+        f"its {statistics_label(get_method(metric).needs)} on {examples}."
+    )
 
 layer_names = {row["name"]: plots.layer_label(row) for _, row in frame.iterrows()}
 first_block = frame["block"].min()
@@ -50,7 +73,6 @@ with widgets.stop_on_error(f"Cannot load {names.model_label(model)}", choose_mod
 st.subheader("By block and layer type")
 have_statistics = cache.is_cached(model, task, cache.PREDICTION_NEEDS)
 needed = statistics_label(cache.PREDICTION_NEEDS)
-examples = f"{DEFAULT.num_batches * DEFAULT.batch_size} {DEFAULT.split} examples"
 column = st.segmented_control(
     "Statistic",
     list(plots.HEATMAP_METRICS),

@@ -3,13 +3,16 @@
 For ``W`` (out, in) with singular values ``s_1 >= ... >= s_n``: energy curve
 ``e_k = sum_{i<=k} s_i^2 / sum_i s_i^2``; ``rank_p`` the smallest ``k`` with ``e_k >= p`` (p = 90/95/99%);
 effective rank ``exp(H(p))``, ``p_i = s_i / sum s`` (Roy & Vetterli 2007); stable rank ``sum s_i^2 / s_1^2``;
-numerical rank ``#{i : s_i > tol * s_1}``. Cost: one SVD per matrix (singular values only), cached per
-model until a weight changes (the tensors' version counters).
+numerical rank ``#{i : s_i > tol * s_1}``. Under a method's metric (``metric=``) the matrix is the one that method
+truncates (``W diag(d)`` for fwsvd, ``W L_A`` for svd_llm, ``L_G^T W L_A`` for kfac_svd: ``Method.target``), whose
+``sum_{i>r} s_i^2`` is the method's error at rank r. Cost: one SVD per matrix (singular values only), plus the
+metric's roots; the plain spectra are cached per model until a weight changes (the tensors' version counters).
 """
 
 from __future__ import annotations
 
 import weakref
+from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
@@ -17,10 +20,12 @@ import torch
 from torch import nn
 
 from lowrank.loaded import module_of
+from lowrank.methods import Method, available_methods, get_method
 from lowrank.models.architectures import block_index, compressible_linears, layer_type
 from lowrank.progress import Progress, report
 
 ENERGY_LEVELS = (0.90, 0.95, 0.99)
+PLAIN = "svd"  # the metric of the plain spectra: the singular values of W
 
 _CACHE: weakref.WeakKeyDictionary[nn.Module, tuple] = weakref.WeakKeyDictionary()
 
@@ -69,16 +74,42 @@ def _fingerprint(model: nn.Module) -> tuple:
     return tuple((n, m.weight._version, m.weight.data_ptr()) for n, m in compressible_linears(model).items())
 
 
-def spectra(model, progress: Progress | None = None) -> pd.DataFrame:
-    """One row per compressible matrix: name, type, block, out, in, params, singular_values,
-    energy (cumulative curve), effective_rank, stable_rank, numerical_rank, rank90/95/99.
+def metrics() -> list[str]:
+    """The methods a spectrum can be taken under: the registered closed forms (those with a ``target``)."""
+    return [name for name in available_methods() if get_method(name).target is not None]
 
-    Accepts a ``LoadedModel`` or an ``nn.Module``; cached until a weight changes.
+
+def metric_method(metric: str) -> Method:
+    """The registered method ``metric`` names; ``ValueError`` when it has no closed form (no ``target``)."""
+    method = get_method(metric)
+    if method.target is None:
+        raise ValueError(
+            f"method {metric!r} has no closed form to take a spectrum under; choose one of {', '.join(metrics())}"
+        )
+    return method
+
+
+def spectra(
+    model,
+    progress: Progress | None = None,
+    metric: str = PLAIN,
+    stats: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
+    options: Mapping | None = None,
+) -> pd.DataFrame:
+    """One row per compressible matrix: name, type, block, out, in, params, singular_values,
+    energy (cumulative curve), effective_rank, stable_rank, numerical_rank, rank90/95/99, metric.
+
+    ``metric``: a registered closed-form method (:data:`PLAIN` is ``"svd"``: ``W`` itself); the spectrum is that of
+    the matrix it truncates, from ``stats`` (``{layer: {key: tensor}}`` with the kinds the method needs, e.g. from
+    :func:`lowrank.statistics.statistics_for`) and its ``options``. Accepts a ``LoadedModel`` or an ``nn.Module``;
+    the plain spectra are cached until a weight changes.
     """
     model = module_of(model)
+    method = metric_method(metric)
+    method.check_options(dict(options or {}))
     key = _fingerprint(model)
     cached = _CACHE.get(model)
-    if cached is not None and cached[0] == key:
+    if metric == PLAIN and cached is not None and cached[0] == key:
         return cached[1].copy()
     rows = []
     linears = compressible_linears(model)
@@ -86,7 +117,9 @@ def spectra(model, progress: Progress | None = None) -> pd.DataFrame:
         report(progress, i, len(linears), f"spectrum of {name}")
         if not bool(torch.isfinite(module.weight).all()):
             raise ValueError(f"{name}: the weight holds NaN or infinite values; its spectrum is undefined")
-        s = singular_values(module.weight)
+        layer_stats = (stats or {}).get(name, {})
+        method.check_stats(layer_stats, name)
+        s = singular_values(method.target(module.weight.detach(), layer_stats, **dict(options or {})))
         out_f, in_f = module.weight.shape
         rows.append(
             {
@@ -99,9 +132,11 @@ def spectra(model, progress: Progress | None = None) -> pd.DataFrame:
                 "singular_values": s,
                 "energy": energy_curve(s),
                 **rank_statistics(s),
+                "metric": metric,
             }
         )
     report(progress, len(linears), len(linears), "spectra done")
     frame = pd.DataFrame(rows)
-    _CACHE[model] = (key, frame)
+    if metric == PLAIN:
+        _CACHE[model] = (key, frame)
     return frame.copy()

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from lowrank.allocation import read_ranks
-from lowrank.analysis.spectra import spectra
+from lowrank.analysis.spectra import PLAIN, metric_method, spectra
 from lowrank.assets import prepare_all, prepare_suite
 from lowrank.cli.args import (
     add_common,
@@ -65,6 +65,14 @@ def register(sub) -> None:
     p = add_common(sub.add_parser("spectra", help="per-layer singular values and rank statistics"))
     p.add_argument("--model", default="minilm-rt")
     p.add_argument("--full", action="store_true", help="include singular values and energy curves in JSON")
+    p.add_argument(
+        "--metric",
+        default=PLAIN,
+        help="a closed-form method whose truncated matrix's spectrum is shown (svd: W itself; fwsvd: W diag(d); "
+        "svd_llm: W L_A; kfac_svd: L_G^T W L_A); its statistics are computed on --task",
+    )
+    add_task(p, "task the metric's statistics are computed on")
+    add_statistics_options(p)
     p.set_defaults(handler=spectra_command)
 
     p = add_common(sub.add_parser("finetune", help="fine-tune a model on a task (builds minilm-rt, minilm-<task>)"))
@@ -149,7 +157,10 @@ def methods_command(args):
 
 
 def spectra_command(args):
-    frame = spectra(load_any(args.model, args.device), progress=TqdmProgress())
+    needs = metric_method(args.metric).needs
+    loaded, task = model_and_task(args) if needs else (load_any(args.model, args.device), None)
+    stats = statistics_for(loaded, task, needs, statistics_settings(args), progress=TqdmProgress())
+    frame = spectra(loaded, progress=TqdmProgress(), metric=args.metric, stats=stats)
     summary = frame.drop(columns=["singular_values", "energy"])
     return (frame if args.full else summary), summary.round(2)
 

@@ -22,6 +22,22 @@ from lowrank.methods.solvers import work_dtype
 from lowrank.methods.svd import truncated_svd
 
 
+def activation_scales(W: torch.Tensor, stats: Mapping[str, torch.Tensor], alpha: float, floor: float) -> torch.Tensor:
+    """``S = diag(m)^alpha`` as a vector (in,), ``m = E|x|`` floored at ``floor * max m``."""
+    dtype = work_dtype(W)
+    m = stats["input_abs_mean"].to(W.device, dtype)
+    if m.shape != (W.shape[1],):
+        raise ValueError(f"input_abs_mean has shape {tuple(m.shape)}, expected ({W.shape[1]},)")
+    return m.clamp(min=max(float(m.max()) * floor, torch.finfo(dtype).tiny)) ** alpha
+
+
+def activation_scaled(
+    W: torch.Tensor, stats: Mapping[str, torch.Tensor], alpha: float = 0.5, floor: float = 1e-6
+) -> torch.Tensor:
+    """The matrix ASVD truncates: ``W S``."""
+    return W.to(work_dtype(W)) * activation_scales(W, stats, alpha, floor)
+
+
 @register_method(
     "asvd",
     "Activation-aware SVD (Yuan et al. 2023): SVD of W diag(E|x|)^alpha, scaled back.",
@@ -30,14 +46,12 @@ from lowrank.methods.svd import truncated_svd
         "alpha": Option(0.5, help="exponent of the mean absolute input"),
         "floor": Option(1e-6, help="floor of the scales, relative to the largest"),
     },
+    target=activation_scaled,
 )
 def asvd(
     W: torch.Tensor, rank: int, stats: Mapping[str, torch.Tensor], alpha: float = 0.5, floor: float = 1e-6
 ) -> Factorization:
     dtype = work_dtype(W)
-    m = stats["input_abs_mean"].to(W.device, dtype)
-    if m.shape != (W.shape[1],):
-        raise ValueError(f"input_abs_mean has shape {tuple(m.shape)}, expected ({W.shape[1]},)")
-    s = m.clamp(min=max(float(m.max()) * floor, torch.finfo(dtype).tiny)) ** alpha
+    s = activation_scales(W, stats, alpha, floor)
     U, V = truncated_svd(W.to(dtype) * s, rank)
     return Factorization(U.to(W.dtype), (V / s).to(W.dtype), info={"alpha": alpha})

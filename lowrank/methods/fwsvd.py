@@ -23,15 +23,29 @@ from lowrank.methods.svd import truncated_svd
 AXES = ("in", "out")
 
 
-def fwsvd_factors(W: torch.Tensor, rank: int, F: torch.Tensor, axis: str = "in", floor: float = FLOOR) -> Factorization:
-    """Closed-form FWSVD of ``W`` with importance ``F`` (both (out, in)); see the module docstring."""
+def fisher_scales(F: torch.Tensor, axis: str = "in", floor: float = FLOOR) -> torch.Tensor:
+    """``d = sqrt(sum F)`` over rows (``axis="in"``: one weight per input column) or columns (per output row),
+    floored at ``floor * max d``."""
     if axis not in AXES:
         raise ValueError(f"axis must be one of {AXES}, got {axis!r}")
+    d = F.sum(dim=0 if axis == "in" else 1).sqrt()
+    return d.clamp(min=max(float(d.max()) * floor, torch.finfo(F.dtype).tiny))
+
+
+def fisher_weighted(
+    W: torch.Tensor, stats: Mapping[str, torch.Tensor], axis: str = "in", floor: float = FLOOR
+) -> torch.Tensor:
+    """The matrix FWSVD truncates: ``W diag(d)`` (``axis="in"``) or ``diag(d) W`` (``axis="out"``)."""
+    dtype = work_dtype(W)
+    d = fisher_scales(stats["fisher"].to(W.device, dtype), axis, floor)
+    return W.to(dtype) * d if axis == "in" else d[:, None] * W.to(dtype)
+
+
+def fwsvd_factors(W: torch.Tensor, rank: int, F: torch.Tensor, axis: str = "in", floor: float = FLOOR) -> Factorization:
+    """Closed-form FWSVD of ``W`` with importance ``F`` (both (out, in)); see the module docstring."""
     dtype = work_dtype(W)
     X = W.to(dtype)
-    dim = 0 if axis == "in" else 1  # axis="in": sum over rows -> one weight per input column
-    d = F.to(dtype).sum(dim=dim).sqrt()
-    d = d.clamp(min=max(float(d.max()) * floor, torch.finfo(dtype).tiny))
+    d = fisher_scales(F.to(dtype), axis, floor)
     if axis == "in":
         U, V = truncated_svd(X * d, rank)
         V = V / d
@@ -50,6 +64,7 @@ def fwsvd_factors(W: torch.Tensor, rank: int, F: torch.Tensor, axis: str = "in",
         "axis": Option("in", AXES, "which Fisher sums weight the SVD"),
         "floor": Option(FLOOR, help="floor of the weights, relative to the largest"),
     },
+    target=fisher_weighted,
 )
 def fwsvd(
     W: torch.Tensor, rank: int, stats: Mapping[str, torch.Tensor], axis: str = "in", floor: float = FLOOR

@@ -17,17 +17,28 @@ from collections.abc import Mapping
 import torch
 
 from lowrank.methods.registry import Factorization, register_method
-from lowrank.methods.roots import psd_root
+from lowrank.methods.roots import Root, psd_root
 from lowrank.methods.svd_llm import whitened_factors
 
 
-def kfac_factors(W: torch.Tensor, rank: int, A: torch.Tensor, G: torch.Tensor) -> Factorization:
-    """The exact minimizer of ``tr(G dW A dW^T)`` at rank ``rank``; see the module docstring."""
+def kfac_roots(W: torch.Tensor, A: torch.Tensor, G: torch.Tensor) -> tuple[Root, Root]:
+    """``(L_A, L_G)`` with ``A = L_A L_A^T`` (in, in) and ``G = L_G L_G^T`` (out, out), checked against ``W``."""
     if A.shape != (W.shape[1], W.shape[1]) or G.shape != (W.shape[0], W.shape[0]):
         raise ValueError(
             f"moments of shapes {tuple(G.shape)} and {tuple(A.shape)} do not fit a weight {tuple(W.shape)}"
         )
-    right, left = psd_root(A.to(W.device)), psd_root(G.to(W.device))
+    return psd_root(A.to(W.device)), psd_root(G.to(W.device))
+
+
+def kfac_whitened(W: torch.Tensor, stats: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """The matrix K-FAC-SVD truncates: ``L_G^T W L_A`` (float64)."""
+    right, left = kfac_roots(W, stats["input_moment"], stats["grad_moment"])
+    return left.L.T @ W.double() @ right.L
+
+
+def kfac_factors(W: torch.Tensor, rank: int, A: torch.Tensor, G: torch.Tensor) -> Factorization:
+    """The exact minimizer of ``tr(G dW A dW^T)`` at rank ``rank``; see the module docstring."""
+    right, left = kfac_roots(W, A, G)
     U, V = whitened_factors(W, rank, left.L.T, left.L_inv.T, right.L, right.L_inv)
     info = {"regularizer": right.regularizer, "grad_regularizer": left.regularizer}
     return Factorization(U.to(W.dtype), V.to(W.dtype), info=info)
@@ -38,6 +49,7 @@ def kfac_factors(W: torch.Tensor, rank: int, A: torch.Tensor, G: torch.Tensor) -
     "K-FAC-weighted SVD (ours): exact minimizer of the Kronecker-factored Fisher loss "
     "0.5 tr(G dW A dW^T), A = E[x x^T], G = E[g g^T].",
     needs=("activations", "gradients"),
+    target=kfac_whitened,
 )
 def kfac_svd(W: torch.Tensor, rank: int, stats: Mapping[str, torch.Tensor]) -> Factorization:
     return kfac_factors(W, rank, stats["input_moment"], stats["grad_moment"])

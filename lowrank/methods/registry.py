@@ -92,6 +92,9 @@ class Method:
     open_options: bool = False
     # checks the whole option set before any work (e.g. a solver's own options); raises ValueError
     validate: Callable[[Mapping], None] | None = None
+    # target(W, stats, **options): the matrix whose truncated SVD gives the factors (closed forms); its singular
+    # values price each rank under the method's metric (error of rank r = sum_{i>r} s_i^2). None: iterative
+    target: Callable[..., torch.Tensor] | None = None
 
     @property
     def needs_importance(self) -> bool:
@@ -145,16 +148,18 @@ def register_method(
     options: dict | None = None,
     open_options: bool = False,
     validate: Callable[[Mapping], None] | None = None,
+    target: Callable[..., torch.Tensor] | None = None,
 ):
     """Decorator registering ``fn(W, rank, stats, **options) -> Factorization``.
 
     ``needs``: statistic kinds (keys of :data:`~lowrank.statistics.kinds.STATISTIC_KINDS`); ``options``: ``{name: Option}``;
-    ``validate(options)``: a check of the whole option set run by :meth:`Method.check_options`.
+    ``validate(options)``: a check of the whole option set run by :meth:`Method.check_options`; ``target(W, stats,
+    **options)``: for a closed form ``U V = left^-1 SVD_r(left W right) right^-1``, the matrix ``left W right``.
     """
     check_kinds(needs)
 
     def decorate(fn):
-        METHODS[name] = Method(name, fn, description, tuple(needs), dict(options or {}), open_options, validate)
+        METHODS[name] = Method(name, fn, description, tuple(needs), dict(options or {}), open_options, validate, target)
         return fn
 
     return decorate

@@ -24,7 +24,12 @@ def truncated_svd(W: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tenso
     return U[:, :rank] * root, root[:, None] * Vh[:rank]
 
 
-@register_method("svd", "Plain truncated SVD: optimal for unweighted Frobenius error.")
+def weight(W: torch.Tensor, stats: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """The matrix plain SVD truncates: ``W`` itself."""
+    return W
+
+
+@register_method("svd", "Plain truncated SVD: optimal for unweighted Frobenius error.", target=weight)
 def svd(W: torch.Tensor, rank: int, stats: Mapping[str, torch.Tensor]) -> Factorization:
     U, V = truncated_svd(W, rank)
     return Factorization(U, V)

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 import torch
 
 from lowrank.methods.registry import Factorization, register_method
-from lowrank.methods.roots import psd_root
+from lowrank.methods.roots import Root, psd_root
 from lowrank.methods.svd import truncated_svd
 
 
@@ -30,17 +30,28 @@ def whitened_factors(
     return left_inv @ U, V @ right_inv
 
 
+def input_root(W: torch.Tensor, stats: Mapping[str, torch.Tensor]) -> Root:
+    """``L`` with ``A = E[x x^T] = L L^T`` (in, in), checked against ``W``'s input size."""
+    A = stats["input_moment"].to(W.device)
+    if A.shape != (W.shape[1], W.shape[1]):
+        raise ValueError(f"input_moment has shape {tuple(A.shape)}, expected {(W.shape[1], W.shape[1])}")
+    return psd_root(A)
+
+
+def whitened(W: torch.Tensor, stats: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """The matrix SVD-LLM truncates: ``W L`` (float64)."""
+    return W.double() @ input_root(W, stats).L
+
+
 @register_method(
     "svd_llm",
     "SVD-LLM (Wang et al. 2025): SVD of W L with A = E[x x^T] = L L^T (data whitening), "
     "exact for the output reconstruction error.",
     needs=("activations",),
+    target=whitened,
 )
 def svd_llm(W: torch.Tensor, rank: int, stats: Mapping[str, torch.Tensor]) -> Factorization:
-    A = stats["input_moment"].to(W.device)
-    if A.shape != (W.shape[1], W.shape[1]):
-        raise ValueError(f"input_moment has shape {tuple(A.shape)}, expected {(W.shape[1], W.shape[1])}")
-    root = psd_root(A)
+    root = input_root(W, stats)
     eye = torch.eye(W.shape[0], dtype=torch.float64, device=W.device)
     U, V = whitened_factors(W, rank, eye, eye, root.L, root.L_inv)
     return Factorization(U.to(W.dtype), V.to(W.dtype), info={"regularizer": root.regularizer})

@@ -2,7 +2,17 @@ import numpy as np
 import pytest
 import torch
 
-from lowrank.analysis.spectra import effective_rank, energy_rank, numerical_rank, rank_statistics, spectra, stable_rank
+from lowrank.analysis.spectra import (
+    effective_rank,
+    energy_rank,
+    metrics,
+    numerical_rank,
+    rank_statistics,
+    spectra,
+    stable_rank,
+)
+from lowrank.methods import factorize
+from lowrank.models.architectures import compressible_linears
 
 
 def test_statistics_on_known_spectrum():
@@ -37,3 +47,52 @@ def test_spectra_table_and_cache(tiny_bert):
         tiny_bert.model.get_submodule(row["name"]).weight.mul_(0).add_(1.0)
     changed = spectra(tiny_bert)
     assert changed.iloc[0]["numerical_rank"] == 1 and table.iloc[0]["numerical_rank"] > 1
+
+
+def _known_moments(model) -> dict:
+    """Random well-conditioned moments per compressible layer: A (in, in), G (out, out), E|x| and a Fisher map."""
+    g = torch.Generator().manual_seed(1)
+    stats = {}
+    for name, module in compressible_linears(model).items():
+        out_f, in_f = module.weight.shape
+        a, b = torch.randn(in_f, in_f, generator=g), torch.randn(out_f, out_f, generator=g)
+        stats[name] = {
+            "input_moment": a @ a.T / in_f + 0.1 * torch.eye(in_f),
+            "input_abs_mean": torch.rand(in_f, generator=g) + 0.1,
+            "grad_moment": b @ b.T / out_f + 0.1 * torch.eye(out_f),
+            "fisher": torch.rand(out_f, in_f, generator=g),
+        }
+    return stats
+
+
+def test_spectra_under_a_metric_are_those_of_the_matrix_the_method_truncates(tiny_bert):
+    stats = _known_moments(tiny_bert.model)
+    name, module = next(iter(compressible_linears(tiny_bert.model).items()))
+    W, layer = module.weight.detach().double(), {k: v.double() for k, v in stats[name].items()}
+    L_A, L_G = torch.linalg.cholesky(layer["input_moment"]), torch.linalg.cholesky(layer["grad_moment"])
+    d = layer["fisher"].sum(dim=0).sqrt()
+    expected = {
+        "svd": W,
+        "svd_llm": W @ L_A,
+        "kfac_svd": L_G.T @ W @ L_A,
+        "fwsvd": W * d,
+        "asvd": W * layer["input_abs_mean"].sqrt(),
+    }
+    assert set(metrics()) == set(expected)
+    for metric, matrix in expected.items():
+        row = spectra(tiny_bert, metric=metric, stats=stats).set_index("name").loc[name]
+        assert row["metric"] == metric
+        np.testing.assert_allclose(row["singular_values"], torch.linalg.svdvals(matrix).numpy(), rtol=1e-4, atol=1e-6)
+    # the tail of the K-FAC spectrum is kfac_svd's own loss at that rank: tr(G dW A dW^T) = sum_{i>r} s_i^2
+    s = spectra(tiny_bert, metric="kfac_svd", stats=stats).set_index("name").loc[name, "singular_values"]
+    U, V = factorize(module.weight.detach(), 5, "kfac_svd", stats=stats[name])
+    dW = W - (U @ V).double()
+    loss = torch.trace(layer["grad_moment"] @ dW @ layer["input_moment"] @ dW.T)
+    assert float(loss) == pytest.approx(float((s[5:] ** 2).sum()), rel=1e-4)
+
+
+def test_spectra_under_a_metric_refuse_an_iterative_method_and_missing_statistics(tiny_bert):
+    with pytest.raises(ValueError, match="no closed form.*choose one of"):
+        spectra(tiny_bert, metric="tfwsvd", stats={})
+    with pytest.raises(ValueError, match="needs activations, gradients statistics"):
+        spectra(tiny_bert, metric="kfac_svd", stats={})

@@ -56,6 +56,22 @@ def test_spectra_table(capsys, tiny_bert_dir):
     assert code == 0 and "effective_rank" in out and "attention.self.query" in out
 
 
+def test_spectra_under_a_metric(capsys, tmp_path, monkeypatch, tiny_bert_dir, sentiment_csv):
+    """``--metric`` prints the spectra of the matrix the method truncates, with its statistics on ``--task``."""
+    monkeypatch.setenv("LOWRANK_CACHE", str(tmp_path))
+    common = ["--model", str(tiny_bert_dir), "--json", "--full"]
+    code, out, err = run(capsys, "spectra", *common)
+    plain = {row["name"]: row["singular_values"] for row in json.loads(out)}
+    flags = ["--task", str(sentiment_csv), "--batches", "2", "--batch-size", "4"]
+    code, out, err = run(capsys, "spectra", *common, "--metric", "svd_llm", *flags)
+    assert code == 0, err
+    rows = json.loads(out)
+    assert {row["metric"] for row in rows} == {"svd_llm"}
+    assert all(row["singular_values"] != plain[row["name"]] for row in rows)
+    code, _, err = run(capsys, "spectra", "--model", str(tiny_bert_dir), "--metric", "tfwsvd")
+    assert code == 2 and "no closed form" in err and "Traceback" not in err
+
+
 @pytest.mark.parametrize(
     "argv, match",
     [

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from dashboard import layout
 
@@ -250,6 +251,34 @@ def test_spectra_taylor_heatmaps_show_the_library_estimate(env, tiny_bert_dir, s
     assert set(shown) == set(expected)
     for name, estimate in expected.items():
         assert shown[name] == pytest.approx(estimate[term], rel=1e-4, abs=1e-9)
+
+
+def test_spectra_under_the_kfac_metric_plot_the_singular_values_of_the_whitened_weight(
+    env, tiny_bert_dir, sentiment_csv
+):
+    """The metric choice replaces W by the matrix the method truncates: for kfac_svd, L_G^T W L_A from the moments of
+    the default sample (computed by the page, read back here from the same cache)."""
+    import lowrank
+    from lowrank.methods.roots import psd_root
+    from lowrank.models.architectures import compressible_linears
+    from lowrank.statistics import DEFAULT, statistics_for
+
+    at = new_app().run()
+    visit(at, "spectra")
+    plain = {trace["customdata"][0]: plotted(trace) for trace in plotly_specs(at)[0]["data"]}
+    at.segmented_control(key="spectra_metric").set_value("kfac_svd").run()
+    assert not at.exception, [e.message for e in at.exception]
+    shown = {trace["customdata"][0]: plotted(trace) for trace in plotly_specs(at)[0]["data"]}
+    assert set(shown) == set(plain) and shown != plain
+
+    loaded = lowrank.load_model(str(tiny_bert_dir), task=lowrank.load_task(str(sentiment_csv)))
+    stats = statistics_for(loaded, str(sentiment_csv), ("activations", "gradients"), DEFAULT)
+    linears = compressible_linears(loaded.model)
+    for name, values in shown.items():
+        L_A = psd_root(stats[name]["input_moment"]).L  # the safeguarded roots kfac_svd uses (moments may be singular)
+        L_G = psd_root(stats[name]["grad_moment"]).L
+        expected = torch.linalg.svdvals(L_G.T @ linears[name].weight.detach().double() @ L_A)
+        np.testing.assert_allclose(values, expected.numpy(), rtol=1e-4, atol=1e-6 * float(expected[0]))
 
 
 PLUGIN = """

@@ -22,7 +22,15 @@ from lowrank.training import finetune
 from lowrank.training.finetune import TrainConfig, build_finetuned
 
 README = Path(__file__).resolve().parents[2] / "README.md"
-STATISTICS_COMMANDS = {"compress", "fisher", "risk", "allocate", "lpaf", "report"}  # report: its --predict
+STATISTICS_COMMANDS = {
+    "compress",
+    "fisher",
+    "risk",
+    "allocate",
+    "lpaf",
+    "report",
+    "spectra",
+}  # report: --predict; spectra: --metric
 
 
 def readme_sizes(name: str) -> tuple[int, int, int]:
