@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -15,6 +18,14 @@ os.environ.setdefault("LOWRANK_OFFLINE", "1")  # tests never probe the hub
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 # The cache of whoever runs the tests (as lowrank.files.cache.cache_dir reads it), before any test points LOWRANK_CACHE elsewhere.
 USER_CACHE = Path(os.environ.get("LOWRANK_CACHE", Path.home() / ".cache" / "lowrank")).expanduser().resolve()
+# The whole session, its subprocesses and any thread a test leaves running use a cache of their own: nothing a test does
+# reaches the user's run store, statistics or models. The downloaded packages (assets, wheels) are shared, read-only use.
+SESSION_CACHE = Path(tempfile.mkdtemp(prefix="lowrank-test-cache-"))
+for shared in ("assets", "wheels"):
+    (USER_CACHE / shared).mkdir(parents=True, exist_ok=True)
+    (SESSION_CACHE / shared).symlink_to(USER_CACHE / shared, target_is_directory=True)
+os.environ["LOWRANK_CACHE"] = str(SESSION_CACHE)
+atexit.register(shutil.rmtree, SESSION_CACHE, ignore_errors=True)  # removes the links, never what they point to
 
 
 @pytest.fixture(autouse=True, scope="session")

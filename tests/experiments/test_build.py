@@ -6,12 +6,16 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from lowrank.experiments import build, jobs, stop
 from lowrank.experiments.store import RunStore
+from lowrank.files.cache import cache_dir
 from lowrank.models.packaged import finetuned_dir
 from lowrank.training.finetune import MINILM_RT_CONFIG, RECIPE_ENV, Recipe, TrainConfig, recipe_for
 from tests import conftest
@@ -167,3 +171,12 @@ def test_a_test_cannot_start_a_background_job_in_the_users_cache(cache, monkeypa
     store = RunStore(cache / "runs.sqlite")
     row = store.get_build(build.start_build(recipe_for("minilm-rt"), store))
     assert row["status"] == "failed" and "in the user's cache" in row["error"]
+
+
+def test_the_test_session_and_its_subprocesses_use_a_cache_of_their_own():
+    """Regression: a worker spawned during `make test` fine-tuned the real minilm-rt in the user's cache. Every process
+    of the session resolves the cache to the session's own folder; only the downloaded packages are shared."""
+    code = "from lowrank.files.cache import cache_dir; print(cache_dir())"
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert Path(child).resolve() == cache_dir().resolve() == conftest.SESSION_CACHE.resolve() != conftest.USER_CACHE
+    assert (cache_dir() / "assets").resolve() == conftest.USER_CACHE / "assets"
