@@ -102,6 +102,10 @@ def test_singular_moment_is_regularized_and_bad_shapes_are_refused():
     M, C = moments(X, X_hat)
     result = compensated_factors(W, 2, M, C)
     assert torch.isfinite(result.matrix()).all() and result.info["regularizer"] != "none"
+    _, C_dense = moments(X_hat, X_hat)  # X_hat = X, singular: the same regularized solution as svd_llm
+    stats = {"input_moment": C_dense, "input_abs_mean": C_dense.diagonal().sqrt()}
+    expected = factorize(W, 2, "svd_llm", stats=stats)
+    assert torch.allclose(compensated_factors(W, 2, C_dense, C_dense).matrix(), expected.matrix(), atol=1e-9)
     with pytest.raises(ValueError, match="do not fit"):
         compensated_factors(W, 2, M[:4, :4], C)
     with pytest.raises(ValueError, match="grad_moment"):
