@@ -23,7 +23,7 @@ from lowrank.loaded import LoadedModel
 from lowrank.methods import Factorization, available_methods, factorize, get_method, register_method
 from lowrank.models import PACKAGED, ModelLoadError, compressible_linears, load_model
 from lowrank.ranks import resolve_ranks
-from lowrank.sequential import compress_sequential
+from lowrank.sequential import compress_in_blocks, compress_sequential
 from lowrank.statistics import StatisticsSettings, statistics_for
 from lowrank.training.finetune import TrainConfig, finetune
 
@@ -44,6 +44,7 @@ __all__ = [
     "available_methods",
     "available_strategies",
     "compress",
+    "compress_in_blocks",
     "compress_sequential",
     "compressible_linears",
     "evaluate",

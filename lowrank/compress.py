@@ -44,6 +44,7 @@ from lowrank.models.loading import (
 from lowrank.models.shards import load_into
 from lowrank.progress import Progress, report
 from lowrank.ranks import Ranks, resolve_ranks
+from lowrank.statistics.kinds import STATISTIC_KINDS
 
 
 def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -97,6 +98,11 @@ def compress(
     module, loaded = unwrap(model)
     spec = get_method(method)
     spec.check_options(options)
+    if any(STATISTIC_KINDS[k].sweep_only for k in spec.needs):
+        raise ValueError(
+            f"method {method!r} fits each block given the blocks compressed before it: compress with "
+            "lowrank.compress_in_blocks (in memory) or lowrank.compress_sequential"
+        )
     new = adapt_layout(copy.deepcopy(module))
     plan = resolve_ranks(new, ranks)
     linears = compressible_linears(new)

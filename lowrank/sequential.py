@@ -3,17 +3,19 @@
 The model is built without weights (:mod:`lowrank.models.streamed`); each decoder block in turn is
 loaded from the safetensors checkpoint, its layers' statistics collected (:mod:`lowrank.statistics.blockwise`:
 none for ``svd``; a forward sweep for activations, on the outputs of the blocks already compressed or of
-the dense ones; a streaming gradient sweep of the dense model for Fisher and gradient moments; a pruning
-mask is refused), each planned ``W`` (out, in) replaced by ``U`` (out, r) ``V`` (r, in) by
+the dense ones, or of both for ``compensation`` statistics; a streaming gradient sweep of the dense model for
+Fisher and gradient moments; a pruning mask is refused), each planned ``W`` (out, in) replaced by ``U`` (out, r) ``V`` (r, in) by
 :func:`lowrank.compress.factorize_layer` (the step :func:`lowrank.compress` takes), and the block written
 as one shard of the output. Peak memory: one block and its factorization workspace, the calibration hidden
 states, the embedding, norm and head. Output: the folder :func:`lowrank.load_compressed` reads, written
-atomically. :func:`sequential_reason` decides when ``lowrank compress`` streams on its own (float32 size
-above :data:`AUTO_FRACTION` of the available RAM).
+atomically. :func:`compress_in_blocks` takes the same block loop over an in-memory model.
+:func:`sequential_reason` decides when ``lowrank compress`` streams on its own (float32 size above
+:data:`AUTO_FRACTION` of the available RAM).
 """
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
@@ -24,8 +26,9 @@ from lowrank.compress import factorize_layer, set_module
 from lowrank.data.tasks import hub_reachable, load_task
 from lowrank.files.atomic import atomic_dir
 from lowrank.info import INFO_FILE, CompressionInfo, save_info, scalars
+from lowrank.loaded import LoadedModel
 from lowrank.methods import get_method
-from lowrank.models.architectures import decoder_layout, supported_types
+from lowrank.models.architectures import adapt_layout, decoder_layout, supported_types
 from lowrank.models.errors import ModelLoadError
 from lowrank.models.loading import (
     available_ram_bytes,
@@ -37,17 +40,19 @@ from lowrank.models.loading import (
 )
 from lowrank.models.packaged import resolve_source
 from lowrank.models.shards import Checkpoint, ShardWriter
-from lowrank.models.streamed import StreamedModel
+from lowrank.models.streamed import Blocks, StreamedModel
 from lowrank.progress import Progress, report
 from lowrank.ranks import Ranks, resolve_ranks
 from lowrank.statistics.blockwise import (
     INPUTS,
+    BlockStep,
     forward_sweep,
     gradient_sweep,
     needs_gradients,
     sample,
     unsupported,
 )
+from lowrank.statistics.kinds import STATISTIC_KINDS
 from lowrank.statistics.resolve import needs_task
 from lowrank.statistics.settings import DEFAULT, StatisticsSettings
 
@@ -101,6 +106,88 @@ def _tokenizer(folder: Path):
         raise ModelLoadError(f"cannot load the tokenizer of {folder}: {str(err).splitlines()[0]}") from err
 
 
+def _inputs(spec, inputs: str | None) -> str:
+    """``inputs``, or by default ``"compensated"`` for a method of sweep-only statistics, else ``"compressed"``."""
+    swept = any(STATISTIC_KINDS[k].sweep_only for k in spec.needs)
+    inputs = inputs or ("compensated" if swept else "compressed")
+    if inputs not in INPUTS:
+        raise ValueError(f"inputs must be one of {', '.join(INPUTS)}, got {inputs!r}")
+    if swept != (inputs == "compensated"):
+        raise ValueError(
+            f"method {spec.name!r} takes {'only' if swept else 'no'} compensated inputs, got inputs={inputs!r}"
+        )
+    return inputs
+
+
+def _calibration(spec, task, tokenizer, settings: StatisticsSettings, gradients: bool) -> list[dict]:
+    """The calibration batches a method's statistics take (none without data-derived statistics)."""
+    if not needs_task(spec.needs):
+        return []
+    if task is None:
+        raise ValueError(f"method {spec.name!r} needs statistics from calibration data: pass a task")
+    task = load_task(task)
+    if gradients and task.kind != "lm":
+        raise ValueError(
+            f"the gradients of a causal LM need a language-modelling task (e.g. lee); {task.name!r} is a {task.kind} task"
+        )
+    return sample(task, tokenizer, settings)
+
+
+def factorize_block(step: BlockStep, plan: dict[str, int], layout, info: CompressionInfo, options: dict) -> None:
+    """Replace each planned Linear of the block ``step`` holds by its factorization, with the block's statistics."""
+    prefix = layout.block_name(step.index) + "."
+    for layer in [layer for layer in plan if layer.startswith(prefix)]:
+        local = layer.removeprefix(prefix)
+        dense = step.block.get_submodule(local)
+        set_module(step.block, local, factorize_layer(layer, dense, plan[layer], info, step.stats.get(layer), options))
+
+
+def _sweep_record(gradients: bool, inputs: str, batches: list[dict], blocks: int) -> dict:
+    statistics = (
+        "gradient sweep (dense model)" if gradients else (f"forward sweep ({inputs} inputs)" if batches else "none")
+    )
+    return {"statistics": statistics, "examples": sum(len(b["input_ids"]) for b in batches), "blocks": blocks}
+
+
+def compress_in_blocks(
+    loaded: LoadedModel,
+    ranks: Ranks,
+    method: str,
+    task=None,
+    settings: StatisticsSettings = DEFAULT,
+    progress: Progress | None = None,
+    inputs: str | None = None,
+    **options,
+) -> LoadedModel:
+    """A compressed copy of the in-memory causal LM ``loaded``, factorized block by block by the forward sweep
+    and the per-block step of :func:`compress_sequential` (:class:`~lowrank.models.streamed.Blocks` instead of
+    a checkpoint on disk): the in-memory path of methods whose statistics only a block sweep computes
+    (``compensation``); arguments as in :func:`compress_sequential`."""
+    spec = get_method(method)
+    spec.check_options(options)
+    inputs = _inputs(spec, inputs)
+    layout = decoder_layout(loaded.model.config)
+    if loaded.kind != "causal-lm" or layout is None or needs_gradients(spec.needs) or unsupported(spec.needs):
+        raise ValueError(
+            f"block-by-block compression in memory takes a causal LM of type {', '.join(supported_types())} and a "
+            f"method of forward statistics; use lowrank.compress for {method!r} on {loaded.name}"
+        )
+    new = adapt_layout(copy.deepcopy(loaded.model))
+    plan = resolve_ranks(new, ranks)
+    batches = _calibration(spec, task, loaded.tokenizer, settings, gradients=False)
+    info = CompressionInfo(
+        base_model=loaded.name, kind=loaded.kind, method=method, ranks=plan, options=scalars(options)
+    )
+    blocks = Blocks(new, layout, loaded.device)
+    for done, step in enumerate(forward_sweep(blocks, batches, list(plan), spec.needs, inputs)):
+        report(progress, done, blocks.num_blocks, f"{method}: block {step.index}")
+        factorize_block(step, plan, layout, info, options)
+    report(progress, blocks.num_blocks, blocks.num_blocks, f"{method}: done")
+    info.sequential = _sweep_record(False, inputs, batches, blocks.num_blocks)
+    new.lowrank_info = info
+    return loaded.with_model(new)
+
+
 def compress_sequential(
     path_or_name: str | Path,
     ranks: Ranks,
@@ -109,7 +196,7 @@ def compress_sequential(
     task=None,
     settings: StatisticsSettings = DEFAULT,
     progress: Progress | None = None,
-    inputs: str = "compressed",
+    inputs: str | None = None,
     device: str | torch.device = "cpu",
     **options,
 ) -> Path:
@@ -117,8 +204,9 @@ def compress_sequential(
 
     ``ranks``, ``method`` and ``options`` as in :func:`lowrank.compress`; ``task`` and ``settings``:
     the calibration sample of :func:`lowrank.statistics_for` (needed by methods with statistics);
-    ``inputs``: ``"compressed"`` or ``"dense"`` block inputs for activation statistics (gradient
-    statistics always come from the dense model). Everything is checked before the first block.
+    ``inputs``: ``"compressed"`` (default) or ``"dense"`` block inputs for activation statistics, ``"compensated"``
+    (the default and only choice for a method of ``compensation`` statistics); gradient statistics always come
+    from the dense model. Everything is checked before the first block.
     """
     if out is None:
         raise ValueError("compress_sequential writes the compressed model to a folder: pass out=")
@@ -130,8 +218,7 @@ def compress_sequential(
             f"sequential mode cannot compute {', '.join(missing)} statistics (method {method!r}); "
             "compress this model in memory"
         )
-    if inputs not in INPUTS:
-        raise ValueError(f"inputs must be one of {', '.join(INPUTS)}, got {inputs!r}")
+    inputs = _inputs(spec, inputs)
     name = str(path_or_name)
     folder = source_folder(name)
     check_checkpoint_format(str(folder), allow_pickle=False)
@@ -148,17 +235,7 @@ def compress_sequential(
     stream = StreamedModel(config, checkpoint, layout, device)
     plan = resolve_ranks(stream.model, ranks)
     gradients = needs_gradients(spec.needs)
-    batches: list[dict] = []
-    if needs_task(spec.needs):
-        if task is None:
-            raise ValueError(f"method {method!r} needs statistics from calibration data: pass a task")
-        task = load_task(task)
-        if gradients and task.kind != "lm":
-            raise ValueError(
-                f"the gradients of a causal LM need a language-modelling task (e.g. lee); {task.name!r} "
-                f"is a {task.kind} task"
-            )
-        batches = sample(task, tokenizer, settings)
+    batches = _calibration(spec, task, tokenizer, settings, gradients)
     stream.load_resident()
     info = CompressionInfo(base_model=name, kind="causal-lm", method=method, ranks=plan, options=scalars(options))
     out = Path(out)
@@ -173,25 +250,12 @@ def compress_sequential(
         )
         for done, step in enumerate(sweep):
             report(progress, done, stream.num_blocks, f"{method}: block {step.index}")
-            prefix = layout.block_name(step.index) + "."
-            for layer in [layer for layer in plan if layer.startswith(prefix)]:
-                local = layer.removeprefix(prefix)
-                dense = step.block.get_submodule(local)
-                set_module(
-                    step.block, local, factorize_layer(layer, dense, plan[layer], info, step.stats.get(layer), options)
-                )
+            factorize_block(step, plan, layout, info, options)
             writer.write(step.index + 1, stream.block_state(step.index))
         report(progress, stream.num_blocks, stream.num_blocks, f"{method}: done")
         writer.finish()
         stream.model.config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        statistics = (
-            "gradient sweep (dense model)" if gradients else (f"forward sweep ({inputs} inputs)" if batches else "none")
-        )
-        info.sequential = {
-            "statistics": statistics,
-            "examples": sum(len(b["input_ids"]) for b in batches),
-            "blocks": stream.num_blocks,
-        }
+        info.sequential = _sweep_record(gradients, inputs, batches, stream.num_blocks)
         save_info(info, tmp)
     return out

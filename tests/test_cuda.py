@@ -19,7 +19,9 @@ def cuda_bert(tiny_bert_dir):
 
 def test_every_method_compresses_on_cuda(cuda_bert, sentiment_csv, tmp_path, monkeypatch):
     monkeypatch.setenv("LOWRANK_CACHE", str(tmp_path))
-    methods = lowrank.available_methods()
+    methods = [
+        m for m in lowrank.available_methods() if "compensation" not in lowrank.get_method(m).needs
+    ]  # block loop
     stats = statistics_for(
         cuda_bert, sentiment_csv, needs_for(methods), StatisticsSettings(num_batches=2, batch_size=4)
     )

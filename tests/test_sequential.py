@@ -14,7 +14,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 import lowrank.sequential
-from lowrank import compress, compress_sequential, get_method, load_compressed, load_model
+from lowrank import compress, compress_in_blocks, compress_sequential, get_method, load_compressed, load_model
 from lowrank.cli.main import main
 from lowrank.compress import factorize_layer
 from lowrank.data import load_task
@@ -399,3 +399,55 @@ def test_sequential_peak_memory_is_a_fraction_of_the_model(text_task, tmp_path):
     assert len(set(index["weight_map"].values())) == BIG["layers"] + 1
     meta = json.loads((tmp_path / "out" / "lowrank.json").read_text())
     assert len(meta["ranks"]) == 7 * BIG["layers"] and meta["sequential"]["examples"] == 2
+
+
+def test_compensated_runs_agree_in_memory_and_sequential(sharded_llama, text_task, tmp_path):
+    loaded = load_model(str(sharded_llama))
+    held = compress_in_blocks(loaded, 0.5, "svd_llm_compensated", text_task, SETTINGS)
+    out = compress_sequential(sharded_llama, 0.5, "svd_llm_compensated", tmp_path / "out", text_task, SETTINGS)
+    back = load_compressed(out)
+    assert logit_gap(held, back, held.model.config.vocab_size) < 1e-5
+    record = {"statistics": "forward sweep (compensated inputs)", "examples": 4, "blocks": 3}
+    assert back.model.lowrank_info.sequential == held.model.lowrank_info.sequential == record
+    plain = in_memory(sharded_llama, "svd_llm", text_task)
+    on_compressed = load_compressed(
+        compress_sequential(sharded_llama, 0.5, "svd_llm", tmp_path / "svd_llm", text_task, SETTINGS)
+    )
+
+    def product(model, name):
+        layer = model.get_submodule(name)
+        return (layer.U @ layer.V).detach()
+
+    first, last = "model.layers.0.self_attn.q_proj", "model.layers.2.mlp.down_proj"
+    assert torch.allclose(product(held.model, first), product(plain.model, first), atol=1e-5)  # X_hat = X in block 0
+    for other in (plain, on_compressed):  # later blocks: fitted to the dense outputs from the compressed inputs
+        assert not torch.allclose(product(held.model, last), product(other.model, last), atol=1e-4)
+
+
+def test_compensated_statistics_only_come_from_the_block_sweep(sharded_llama, text_task, tmp_path):
+    loaded = load_model(str(sharded_llama))
+    with pytest.raises(ValueError, match="compress_in_blocks") as err:
+        compress(loaded, 0.5, "svd_llm_compensated")
+    assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match="only the block sweep"):
+        statistics_for(loaded, text_task, ("compensation",), SETTINGS, use_cache=False)
+    with pytest.raises(ValueError, match="only compensated inputs"):
+        compress_sequential(sharded_llama, 0.5, "svd_llm_compensated", tmp_path / "a", text_task, inputs="dense")
+    with pytest.raises(ValueError, match="no compensated inputs"):
+        compress_in_blocks(loaded, 0.5, "svd_llm", text_task, SETTINGS, inputs="compensated")
+    with pytest.raises(ValueError, match="pass a task"):
+        compress_in_blocks(loaded, 0.5, "svd_llm_compensated")
+
+
+def test_cli_compresses_a_compensated_method_in_memory_through_the_block_loop(
+    capsys, sharded_llama, text_task, tmp_path
+):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(text_task.texts["train"] * 3), encoding="utf-8")
+    args = ["compress", "--model", str(sharded_llama), "--keep", "0.5", "--method", "svd_llm_compensated"]
+    args += ["--task", str(corpus), "--batches", "2", "--batch-size", "2", "--out", str(tmp_path / "out"), "--json"]
+    code, out, err = run(capsys, *args)
+    assert code == 0, err
+    record = json.loads(out)
+    assert record["sequential"] == "forward sweep (compensated inputs)" and record["layers"] == 21
+    assert load_compressed(tmp_path / "out").model.lowrank_info.method == "svd_llm_compensated"

@@ -37,9 +37,10 @@ from lowrank.methods import available_methods, get_method
 from lowrank.models.packaged import FINETUNED, FINETUNED_BASE, PACKAGED, finetuned_dir, is_built
 from lowrank.progress import TqdmProgress
 from lowrank.ranks import resolve_ranks
-from lowrank.sequential import compress_sequential, sequential_reason
+from lowrank.sequential import compress_in_blocks, compress_sequential, sequential_reason
 from lowrank.statistics import needs_task, statistics_for
 from lowrank.statistics.blockwise import INPUTS
+from lowrank.statistics.kinds import STATISTIC_KINDS
 from lowrank.training.finetune import MINILM_RT_CONFIG, TrainConfig, build_finetuned, train
 
 
@@ -110,9 +111,10 @@ def register(sub) -> None:
     p.add_argument(
         "--sequential-inputs",
         choices=INPUTS,
-        default="compressed",
+        default=None,
         help="with --sequential: block inputs for activation statistics, from the blocks already "
-        "compressed (default) or the dense ones",
+        "compressed (default) or the dense ones; compensated: both (the default and only choice of a method of "
+        "compensation statistics, e.g. svd_llm_compensated)",
     )
     p.set_defaults(handler=compress_command)
 
@@ -219,6 +221,22 @@ def compress_command(args):
     if args.sequential or reason:
         out = compress_streamed(args, ranks, options, reason)
         small, task, info = None, args.task, load_info(out)
+    elif any(STATISTIC_KINDS[k].sweep_only for k in spec.needs):  # the in-memory block loop of sequential mode
+        loaded = load_any(args.model, args.device)
+        task = task_of(args, loaded)
+        small = compress_in_blocks(
+            loaded,
+            ranks,
+            args.method,
+            task,
+            statistics_settings(args),
+            TqdmProgress(),
+            args.sequential_inputs,
+            **options,
+        )
+        info = small.model.lowrank_info
+        if out:
+            out = save_compressed(small, out, force=args.force)
     else:
         loaded = load_any(args.model, args.device)
         task = task_of(args, loaded) if args.evaluate or needs_task(spec.needs) else None

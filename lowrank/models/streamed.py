@@ -40,7 +40,42 @@ def empty_model(config) -> nn.Module:
     return model.eval()
 
 
-class StreamedModel:
+class Blocks:
+    """A causal LM run one decoder block at a time through its :class:`DecoderLayout`, all blocks in memory:
+    what the block sweeps (:mod:`lowrank.statistics.blockwise`) drive; :class:`StreamedModel` loads each block
+    from disk instead. Loading and releasing a block do nothing here."""
+
+    def __init__(self, model: nn.Module, layout: DecoderLayout, device: str | torch.device = "cpu"):
+        self.model, self.layout, self.device = model, layout, torch.device(device)
+        self.num_blocks = layout.num_blocks(model)
+
+    def load_block(self, index: int) -> nn.Module:
+        return self.block(index)
+
+    def release_block(self, index: int) -> None:
+        """Nothing to free: the block stays in memory."""
+
+    def block(self, index: int) -> nn.Module:
+        return self.model.get_submodule(self.layout.block_name(index))
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.layout.embed_tokens(self.model, input_ids.to(self.device))
+
+    def context(self, hidden: torch.Tensor, attention_mask) -> BlockContext:
+        mask = None if attention_mask is None else attention_mask.to(self.device)
+        return self.layout.context(self.model, hidden, mask)
+
+    def run_block(self, index: int, hidden: torch.Tensor, context: BlockContext) -> torch.Tensor:
+        return self.layout.run_block(self.model, index, hidden, context)
+
+    def loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.layout.loss(self.model, hidden, labels.to(self.device))
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.layout.logits(self.model, hidden)
+
+
+class StreamedModel(Blocks):
     """``model`` (a meta skeleton) filled from ``checkpoint`` one module at a time; see the module docstring."""
 
     def __init__(
@@ -51,11 +86,9 @@ class StreamedModel:
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
     ):
-        self.model = empty_model(config)
-        self.checkpoint, self.layout = checkpoint, layout
-        self.device, self.dtype = torch.device(device), dtype
+        super().__init__(empty_model(config), layout, device)
+        self.checkpoint, self.dtype = checkpoint, dtype
         self.model.get_submodule(layout.rotary).to(self.device)
-        self.num_blocks = layout.num_blocks(self.model)
 
     @property
     def tied_head(self) -> bool:
@@ -102,25 +135,6 @@ class StreamedModel:
         self.model.get_submodule(self.layout.block_name(index)).to("meta")
         return_free_memory()
 
-    def block(self, index: int) -> nn.Module:
-        return self.model.get_submodule(self.layout.block_name(index))
-
     def block_state(self, index: int) -> dict[str, torch.Tensor]:
         prefix = self.layout.block_name(index)
         return {f"{prefix}.{k}": v for k, v in self.block(index).state_dict().items()}
-
-    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.layout.embed_tokens(self.model, input_ids.to(self.device))
-
-    def context(self, hidden: torch.Tensor, attention_mask) -> BlockContext:
-        mask = None if attention_mask is None else attention_mask.to(self.device)
-        return self.layout.context(self.model, hidden, mask)
-
-    def run_block(self, index: int, hidden: torch.Tensor, context: BlockContext) -> torch.Tensor:
-        return self.layout.run_block(self.model, index, hidden, context)
-
-    def loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return self.layout.loss(self.model, hidden, labels.to(self.device))
-
-    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.layout.logits(self.model, hidden)

@@ -1,10 +1,14 @@
 """Statistics of a causal LM computed one decoder block at a time, for layer-sequential compression.
 
-Both sweeps run over a :class:`~lowrank.models.streamed.StreamedModel` and yield each block while it is loaded,
-with its layers' statistics as :func:`lowrank.statistics.statistics_for` gives them (same collectors, same
-sample), so the block can be factorized before the next one loads. :func:`forward_sweep` (``activations``):
-block ``i``'s inputs are the outputs of blocks ``0..i-1``, compressed (``inputs="compressed"``) or dense; one
-block forward per block, two with compressed inputs. :func:`gradient_sweep` (``fisher``, ``gradients``): a
+Both sweeps run over a :class:`~lowrank.models.streamed.StreamedModel` (or the in-memory
+:class:`~lowrank.models.streamed.Blocks`) and yield each block while it is loaded, with its layers' statistics as
+:func:`lowrank.statistics.statistics_for` gives them (same collectors, same sample), so the block can be
+factorized before the next one loads. :func:`forward_sweep` (``activations``): block ``i``'s inputs are the
+outputs of blocks ``0..i-1``, compressed (``inputs="compressed"``) or dense; one block forward per block, two
+with compressed inputs. With ``inputs="compensated"`` (``compensation``) both streams are kept: each batch runs
+the dense block on the dense hidden states (each Linear keeps its ``x``) and on the compressed model's
+(``x_hat x_hat^T``, ``x x_hat^T`` accumulated); after factorization the dense stream moves on by the dense
+block's outputs, the compressed one by the compressed block's; three block forwards per block, two streams. :func:`gradient_sweep` (``fisher``, ``gradients``): a
 streaming forward/backward pass of the dense model with each block's input ``h_i`` on disk, equal to the
 in-memory pass up to summation order; two forwards and one backward per block, disk ``blocks x tokens x hidden
 x 4`` bytes. Single process, not cached.
@@ -23,12 +27,13 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from lowrank.models.streamed import StreamedModel
+from lowrank.models.streamed import Blocks
 from lowrank.statistics.kinds import STATISTIC_KINDS
 from lowrank.statistics.passes import calibration_batches
 from lowrank.statistics.resolve import passes, restrict
 
-INPUTS = ("compressed", "dense")
+INPUTS = ("compressed", "dense", "compensated")
+SWEEP_ONLY = tuple(name for name, kind in STATISTIC_KINDS.items() if kind.sweep_only)
 
 
 @dataclass
@@ -65,6 +70,11 @@ class BlockStatistics:
         for c in self.hooks.values():
             c.scale, c.mask = float(size), mask
 
+    def phase(self, phase: str) -> None:
+        """``"dense"`` or ``"compressed"``: which stream the next forward runs (for the cross-moment hooks)."""
+        for c in self.hooks.values():
+            c.phase = phase
+
     def result(self, examples: int) -> dict[str, dict[str, torch.Tensor]]:
         out: dict[str, dict[str, torch.Tensor]] = {}
         for (_, name), c in self.hooks.items():
@@ -86,24 +96,30 @@ def _mask(batch: dict) -> torch.Tensor | None:
     return None if mask is None else mask.bool()
 
 
-def _block_linears(stream: StreamedModel, index: int, names: Sequence[str]) -> dict[str, nn.Linear]:
+def _block_linears(stream: Blocks, index: int, names: Sequence[str]) -> dict[str, nn.Linear]:
     prefix = stream.layout.block_name(index) + "."
     block = stream.block(index)
     return {name: block.get_submodule(name[len(prefix) :]) for name in names if name.startswith(prefix)}
 
 
 def forward_sweep(
-    stream: StreamedModel, batches: list[dict], layers: Sequence[str], needs: Sequence[str], inputs: str = "compressed"
+    stream: Blocks, batches: list[dict], layers: Sequence[str], needs: Sequence[str], inputs: str = "compressed"
 ) -> Iterator[BlockStep]:
     """Yield each block with its statistics (see the module docstring); ``layers``: full names of the
-    Linears to collect for. Without ``needs`` nothing is run (the blocks are only loaded)."""
+    Linears to collect for. Without ``needs`` nothing is run (the blocks are only loaded). ``"compensated"``
+    inputs take exactly the sweep-only kinds; the other inputs none of them."""
     if inputs not in INPUTS:
         raise ValueError(f"inputs must be one of {', '.join(INPUTS)}, got {inputs!r}")
+    swept = [kind for kind in needs if STATISTIC_KINDS[kind].sweep_only]
+    compensated = inputs == "compensated"
+    if (compensated and len(swept) != len(needs)) or (swept and not compensated):
+        raise ValueError(f"compensated inputs compute exactly the {', '.join(SWEEP_ONLY)} statistics, not {needs}")
     examples = sum(int(b["input_ids"].shape[0]) for b in batches)
     run = bool(needs) and bool(batches)
     with torch.no_grad():
         hidden = [stream.embed(b["input_ids"]) for b in batches] if run else []
         contexts = [stream.context(h, b.get("attention_mask")) for h, b in zip(hidden, batches)]
+    dense = list(hidden) if compensated else []
     for index in range(stream.num_blocks):
         stream.load_block(index)
         stats: dict = {}
@@ -112,8 +128,12 @@ def forward_sweep(
             collectors = BlockStatistics(_block_linears(stream, index, layers), needs)
             try:
                 with torch.no_grad():
-                    for h, ctx, b in zip(hidden, contexts, batches):
+                    for k, (h, ctx, b) in enumerate(zip(hidden, contexts, batches)):
                         collectors.batch(b["input_ids"].shape[0], _mask(b))
+                        if compensated:
+                            collectors.phase("dense")
+                            dense[k] = stream.run_block(index, dense[k], ctx)
+                            collectors.phase("compressed")
                         out = stream.run_block(index, h, ctx)
                         if inputs == "dense":
                             outputs.append(out)
@@ -121,7 +141,7 @@ def forward_sweep(
                 collectors.remove()
             stats = collectors.result(examples)
         yield BlockStep(index, stream.block(index), stats)
-        if run and inputs == "compressed":
+        if run and inputs != "dense":
             with torch.no_grad():
                 outputs = [stream.run_block(index, h, ctx) for h, ctx in zip(hidden, contexts)]
         hidden = outputs
@@ -141,7 +161,7 @@ def _read_boundary(folder: Path, index: int, count: int, device: torch.device) -
 
 
 def gradient_sweep(
-    stream: StreamedModel, batches: list[dict], layers: Sequence[str], needs: Sequence[str], workdir: Path
+    stream: Blocks, batches: list[dict], layers: Sequence[str], needs: Sequence[str], workdir: Path
 ) -> Iterator[BlockStep]:
     """Yield each block, last to first, with dense-model statistics including gradients (see the module
     docstring). Block inputs are kept in ``workdir`` (removed at the end); batches need ``labels``."""

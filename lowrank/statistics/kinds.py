@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from lowrank.statistics.collectors import SquaredGradients
-from lowrank.statistics.moments import MomentCollector
+from lowrank.statistics.moments import CrossMomentCollector, MomentCollector
 
 LayerStats = dict[str, dict[str, torch.Tensor]]
 
@@ -38,7 +38,9 @@ class Collector:
 class StatisticKind:
     """A statistic kind: its per-layer ``keys`` (with shapes in ``description``), its ``label`` for people, and
     how it is computed: ``collector`` (a calibration pass over task data, back-propagated when ``backward``) or
-    ``from_model`` (read off the weights, no data)."""
+    ``from_model`` (read off the weights, no data). A ``sweep_only`` kind compares the dense model with the model
+    compressed so far, so only the block sweep (:func:`lowrank.statistics.blockwise.forward_sweep` with
+    ``inputs="compensated"``) computes it, never a single calibration pass."""
 
     name: str
     keys: tuple[str, ...]
@@ -47,6 +49,7 @@ class StatisticKind:
     collector: Collector | None = None
     backward: bool = False
     from_model: Callable[[nn.Module], LayerStats] | None = None
+    sweep_only: bool = False
 
     @property
     def needs_task(self) -> bool:
@@ -60,6 +63,7 @@ def _weight_mask(linears: dict[str, nn.Linear]) -> LayerStats:
 
 FISHER_PASS = Collector("fisher", lambda linear, backward: SquaredGradients(linear), "estimating Fisher information")
 MOMENT_PASS = Collector("moments", MomentCollector, "input/gradient moments")
+COMPENSATION_PASS = Collector("compensation", CrossMomentCollector, "dense/compressed input moments")
 
 STATISTIC_KINDS: dict[str, StatisticKind] = {}
 
@@ -108,6 +112,18 @@ register_statistic(
         "'grad_moment': E[g g^T] of the output gradient, (out, out)",
         MOMENT_PASS,
         backward=True,
+    )
+)
+
+register_statistic(
+    StatisticKind(
+        "compensation",
+        ("cross_moment", "compressed_moment"),
+        "dense/compressed input moments",
+        "'cross_moment': E[x x_hat^T] of the layer's dense input x and its input x_hat in the model compressed so "
+        "far, (in, in); 'compressed_moment': E[x_hat x_hat^T], (in, in)",
+        COMPENSATION_PASS,
+        sweep_only=True,
     )
 )
 

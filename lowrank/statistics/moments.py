@@ -6,7 +6,13 @@ Over the calibration tokens (padding excluded), for inputs ``x`` (in) and output
     m = E_t[|x|]                    (in,)        mean absolute input ('input_abs_mean')
     G = E_n[sum_t g_nt g_nt^T]      (out, out)   output-gradient second moment ('grad_moment')
 
-with ``g_nt`` the gradient of example ``n``'s own loss; K-FAC approximates the Fisher of ``W`` as ``G (x) A``
+with ``g_nt`` the gradient of example ``n``'s own loss. For error-compensated factorization, with ``x`` the input in
+the dense model and ``x_hat`` the input on the same token in the model compressed so far (block sweep only)::
+
+    M = E_t[x x_hat^T]              (in, in)     cross moment ('cross_moment')
+    C = E_t[x_hat x_hat^T]          (in, in)     compressed-input second moment ('compressed_moment')
+
+K-FAC approximates the Fisher of ``W`` as ``G (x) A``
 (the normalization of ``G`` is a reconstruction). Cost: one float64 matrix product per batch and layer, memory
 O(in^2 + out^2) per layer.
 Details: docs/methods.md#activation-aware-and-kronecker-factored-methods-lowrankmethodsasvd-svd_llm-kfac_svd.
@@ -59,6 +65,54 @@ class MomentCollector:
         if self.gg is not None:
             out["grad_moment"] = (self.gg / max(examples, 1)).float().cpu()
         return out
+
+    def remove(self) -> None:
+        self.handle.remove()
+
+
+class CrossMomentCollector:
+    """Hooks pairing a Linear's dense input ``x`` with its compressed-model input ``x_hat`` on the same tokens.
+
+    The block sweep runs each batch twice: with ``phase = "dense"`` the hook keeps ``x``; with
+    ``phase = "compressed"`` it accumulates ``sum x_hat x_hat^T`` and ``sum x x_hat^T`` (token-masked) against
+    the ``x`` kept for that batch. Memory: O(in^2) per layer plus one batch of inputs."""
+
+    def __init__(self, module: nn.Linear, gradients: bool):
+        in_features = module.weight.shape[1]
+        device = module.weight.device
+        self.cross = torch.zeros(in_features, in_features, dtype=torch.float64, device=device)
+        self.moment = torch.zeros(in_features, in_features, dtype=torch.float64, device=device)
+        self.tokens = torch.zeros(1, dtype=torch.float64, device=device)
+        self.mask: torch.Tensor | None = None
+        self.scale = 1.0
+        self.phase = "dense"
+        self.dense: torch.Tensor | None = None
+        self.handle = module.register_forward_hook(self._forward)
+
+    def _forward(self, module, inputs, output):
+        x = inputs[0].detach()
+        x = x.reshape(x.shape[0], -1, x.shape[-1])
+        x = x[self.mask.to(x.device)] if self.mask is not None and self.mask.shape == x.shape[:2] else x.flatten(0, 1)
+        if self.phase == "dense":
+            self.dense = x.double()
+            return
+        if self.dense is None or self.dense.shape[0] != x.shape[0]:
+            raise RuntimeError("a compressed-model input came without the dense input of the same batch")
+        x_hat = x.double()
+        self.moment.addmm_(x_hat.T, x_hat)
+        self.cross.addmm_(self.dense.T, x_hat)
+        self.tokens += x_hat.shape[0]
+        self.dense = None
+
+    def accumulators(self) -> list[torch.Tensor]:
+        return [self.cross, self.moment, self.tokens]
+
+    def result(self, examples: int) -> dict[str, torch.Tensor]:
+        tokens = max(float(self.tokens), 1.0)
+        return {
+            "cross_moment": (self.cross / tokens).float().cpu(),
+            "compressed_moment": (self.moment / tokens).float().cpu(),
+        }
 
     def remove(self) -> None:
         self.handle.remove()

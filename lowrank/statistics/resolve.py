@@ -107,6 +107,12 @@ def statistics_for(
     needs = check_kinds(needs)
     if not needs:
         return {}
+    swept = [k for k in needs if STATISTIC_KINDS[k].sweep_only]
+    if swept:
+        raise ValueError(
+            f"{', '.join(swept)} statistics compare the dense model with the model compressed so far: only the block "
+            "sweep computes them (lowrank.compress_in_blocks, lowrank.compress_sequential or --sequential)"
+        )
     task = check_labels(loaded, task) if needs_task(needs) else task  # before any pass: the labels fit the model
     stats: Stats = {}
     parts = [

@@ -1,0 +1,112 @@
+"""Error-compensated factorization: the closed form is the rank-r least-squares optimum of ||W X - B X_hat||_F
+(and of its output-gradient-weighted form), equals SVD-LLM when X_hat = X, and the unconstrained solution at full rank."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lowrank import factorize
+from lowrank.methods.compensated import compensated_factors
+
+
+def problem(out, inp, tokens, seed, noise=0.3):
+    g = torch.Generator().manual_seed(seed)
+    W = torch.randn(out, inp, generator=g, dtype=torch.float64)
+    X = (
+        torch.randn(inp, tokens, generator=g, dtype=torch.float64)
+        * torch.linspace(0.2, 2.0, inp, dtype=torch.float64)[:, None]
+    )
+    X_hat = X + noise * torch.randn(inp, tokens, generator=g, dtype=torch.float64)
+    Gf = torch.randn(out, 2 * out, generator=g, dtype=torch.float64)
+    return W, X, X_hat, Gf @ Gf.T / (2 * out)
+
+
+def moments(X, X_hat):
+    tokens = X.shape[1]
+    return X @ X_hat.T / tokens, X_hat @ X_hat.T / tokens
+
+
+def error(W, B, X, X_hat, G=None):
+    D = W @ X - B @ X_hat
+    return float(D.square().sum() if G is None else torch.trace(G @ D @ D.T))
+
+
+def alternating_least_squares(Y, Z, rank, seed, steps=500):
+    """Brute force: min ||Y - P Q Z||_F over P (out, r), Q (r, in) by exact alternating least-squares steps."""
+    g = torch.Generator().manual_seed(seed)
+    Q = torch.randn(rank, Z.shape[0], generator=g, dtype=torch.float64)
+    ZZ_inv_Z = torch.linalg.solve(Z @ Z.T, Z)  # (in, T): Z^T (Z Z^T)^-1, transposed
+    for _ in range(steps):
+        P = torch.linalg.lstsq((Q @ Z).T, Y.T).solution.T
+        Q = torch.linalg.solve(P.T @ P, P.T @ Y @ ZZ_inv_Z.T)
+    return P @ Q
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    out=st.integers(2, 7),
+    inp=st.integers(2, 7),
+    extra=st.integers(2, 10),
+    rank_frac=st.floats(0.0, 1.0),
+    seed=st.integers(0, 10_000),
+    weighted=st.booleans(),
+)
+def test_closed_form_is_the_least_squares_optimum(out, inp, extra, rank_frac, seed, weighted):
+    W, X, X_hat, G = problem(out, inp, inp + extra, seed)
+    G = G if weighted else None
+    rank = 1 + int(rank_frac * (min(out, inp) - 1))
+    M, C = moments(X, X_hat)
+    B = compensated_factors(W, rank, M, C, G).matrix()
+    assert torch.linalg.matrix_rank(B) <= rank
+    best = error(W, B, X, X_hat, G)
+    L_G = torch.eye(out, dtype=W.dtype) if G is None else torch.linalg.cholesky(G)
+    brute = alternating_least_squares(L_G.T @ W @ X, X_hat, rank, seed)  # over L_G^T B, free as B is
+    assert float((L_G.T @ W @ X - brute @ X_hat).square().sum()) == pytest.approx(best, rel=1e-6, abs=1e-9)
+    g = torch.Generator().manual_seed(seed + 1)
+    for _ in range(5):
+        P = torch.randn(out, rank, generator=g, dtype=W.dtype)
+        Q = torch.randn(rank, inp, generator=g, dtype=W.dtype)
+        U, V = compensated_factors(W, rank, M, C, G)
+        assert best <= error(W, (U + 1e-3 * P) @ (V + 1e-3 * Q), X, X_hat, G)
+    svd_llm = factorize(W, rank, "svd_llm", stats={"input_moment": C, "input_abs_mean": C.diagonal().sqrt()})
+    assert best <= error(W, svd_llm.matrix(), X, X_hat, G) * (1 + 1e-9) + 1e-9
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_full_rank_is_the_unconstrained_least_squares_solution(weighted):
+    W, X, X_hat, G = problem(6, 5, 30, seed=4)
+    M, C = moments(X, X_hat)
+    B = compensated_factors(W, 5, M, C, G if weighted else None).matrix()
+    lstsq = torch.linalg.lstsq(X_hat.T, (W @ X).T).solution.T  # argmin_B ||W X - B X_hat||, any G > 0
+    assert torch.allclose(B, lstsq, atol=1e-9)
+    assert torch.allclose(B, W @ M @ torch.linalg.inv(C), atol=1e-9)
+
+
+@pytest.mark.parametrize("rank", [1, 3, 5])
+def test_equals_svd_llm_and_kfac_svd_when_the_inputs_are_the_dense_ones(rank):
+    W, X, _, G = problem(7, 6, 40, seed=2)
+    _, C = moments(X, X)
+    stats = {"input_moment": C, "input_abs_mean": C.diagonal().sqrt()}
+    plain = compensated_factors(W, rank, C, C)
+    assert torch.allclose(plain.matrix(), factorize(W, rank, "svd_llm", stats=stats).matrix(), atol=1e-10)
+    weighted = compensated_factors(W, rank, C, C, G).matrix()
+    kfac = factorize(W, rank, "kfac_svd", stats={**stats, "grad_moment": G}).matrix()
+    assert torch.allclose(weighted, kfac, atol=1e-9)
+    assert plain.info == {"regularizer": "none"}
+
+
+def test_singular_moment_is_regularized_and_bad_shapes_are_refused():
+    W, X, X_hat, _ = problem(4, 5, 30, seed=6)
+    X_hat[2] = 0.0  # a dead feature: C is singular
+    M, C = moments(X, X_hat)
+    result = compensated_factors(W, 2, M, C)
+    assert torch.isfinite(result.matrix()).all() and result.info["regularizer"] != "none"
+    _, C_dense = moments(X_hat, X_hat)  # X_hat = X, singular: the same regularized solution as svd_llm
+    stats = {"input_moment": C_dense, "input_abs_mean": C_dense.diagonal().sqrt()}
+    expected = factorize(W, 2, "svd_llm", stats=stats)
+    assert torch.allclose(compensated_factors(W, 2, C_dense, C_dense).matrix(), expected.matrix(), atol=1e-9)
+    with pytest.raises(ValueError, match="do not fit"):
+        compensated_factors(W, 2, M[:4, :4], C)
+    with pytest.raises(ValueError, match="grad_moment"):
+        compensated_factors(W, 2, M, C, torch.eye(5, dtype=W.dtype))
