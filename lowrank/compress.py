@@ -44,7 +44,6 @@ from lowrank.models.loading import (
 from lowrank.models.shards import load_into
 from lowrank.progress import Progress, report
 from lowrank.ranks import Ranks, resolve_ranks
-from lowrank.statistics.kinds import STATISTIC_KINDS
 
 
 def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -98,7 +97,7 @@ def compress(
     module, loaded = unwrap(model)
     spec = get_method(method)
     spec.check_options(options)
-    if any(STATISTIC_KINDS[k].sweep_only for k in spec.needs):
+    if spec.block_sweep:
         raise ValueError(
             f"method {method!r} fits each block given the blocks compressed before it: compress with "
             "lowrank.compress_in_blocks (in memory) or lowrank.compress_sequential"

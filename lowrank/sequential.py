@@ -52,7 +52,6 @@ from lowrank.statistics.blockwise import (
     sample,
     unsupported,
 )
-from lowrank.statistics.kinds import STATISTIC_KINDS
 from lowrank.statistics.resolve import needs_task
 from lowrank.statistics.settings import DEFAULT, StatisticsSettings
 
@@ -108,7 +107,7 @@ def _tokenizer(folder: Path):
 
 def _inputs(spec, inputs: str | None) -> str:
     """``inputs``, or by default ``"compensated"`` for a method of sweep-only statistics, else ``"compressed"``."""
-    swept = any(STATISTIC_KINDS[k].sweep_only for k in spec.needs)
+    swept = spec.block_sweep
     inputs = inputs or ("compensated" if swept else "compressed")
     if inputs not in INPUTS:
         raise ValueError(f"inputs must be one of {', '.join(INPUTS)}, got {inputs!r}")

@@ -15,7 +15,7 @@ from dashboard import cache, layout, names, plots, session, widgets  # first: se
 from lowrank.evaluation.latency import latency_note
 from lowrank.experiments.compare import DENSE, metric_info, reference_run
 from lowrank.experiments.sweep import SweepSpec, start_sweep
-from lowrank.methods import COMPARISON
+from lowrank.methods import COMPARISON, run_methods
 from lowrank.report import formats
 
 LABEL = "factorize"  # the sweeps this page starts
@@ -44,7 +44,7 @@ st.markdown(
 )
 layout.link("ranks", "Change the plan")
 
-methods = lowrank.available_methods()
+methods = run_methods()
 chosen = st.multiselect(
     "Methods",
     methods,

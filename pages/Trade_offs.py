@@ -11,7 +11,7 @@ from dashboard import cache, layout, names, plots, session, widgets  # first: se
 from lowrank.allocation import DEFAULT_STRATEGY, available_strategies
 from lowrank.experiments.compare import DENSE, comparable, reference_run
 from lowrank.experiments.sweep import SweepSpec, reap_stale, running_sweeps, start_sweep
-from lowrank.methods import COMPARISON
+from lowrank.methods import COMPARISON, run_methods
 
 layout.header(__file__)
 store = cache.store()
@@ -99,7 +99,7 @@ st.caption(
     f"On the current model and task ({names.model_label(model)}, {names.task_label(task)}). The sweep runs in a "
     "background process and writes every run to the run store: leaving or reloading this page loses nothing."
 )
-methods = lowrank.available_methods()
+methods = run_methods()
 with st.form("sweep_form"):
     cols = st.columns([3, 3, 2])
     chosen = cols[0].multiselect(

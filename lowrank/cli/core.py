@@ -40,7 +40,6 @@ from lowrank.ranks import resolve_ranks
 from lowrank.sequential import compress_in_blocks, compress_sequential, sequential_reason
 from lowrank.statistics import needs_task, statistics_for
 from lowrank.statistics.blockwise import INPUTS
-from lowrank.statistics.kinds import STATISTIC_KINDS
 from lowrank.training.finetune import MINILM_RT_CONFIG, TrainConfig, build_finetuned, train
 
 
@@ -221,7 +220,7 @@ def compress_command(args):
     if args.sequential or reason:
         out = compress_streamed(args, ranks, options, reason)
         small, task, info = None, args.task, load_info(out)
-    elif any(STATISTIC_KINDS[k].sweep_only for k in spec.needs):  # the in-memory block loop of sequential mode
+    elif spec.block_sweep:  # the in-memory block loop of sequential mode
         loaded = load_any(args.model, args.device)
         task = task_of(args, loaded)
         small = compress_in_blocks(

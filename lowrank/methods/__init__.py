@@ -19,6 +19,7 @@ from lowrank.methods.registry import (
     factorize,
     get_method,
     register_method,
+    run_methods,
     weighted_error,
 )
 from lowrank.methods.svd import truncated_svd
@@ -38,6 +39,7 @@ __all__ = [
     "factorize",
     "get_method",
     "register_method",
+    "run_methods",
     "truncated_svd",
     "weighted_error",
 ]

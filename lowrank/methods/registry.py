@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from lowrank.statistics.kinds import STATISTIC_KINDS, check_kinds
+from lowrank.statistics.kinds import STATISTIC_KINDS, check_kinds, swept_kinds
 
 
 @dataclass
@@ -97,6 +97,12 @@ class Method:
     target: Callable[..., torch.Tensor] | None = None
 
     @property
+    def block_sweep(self) -> bool:
+        """True when its statistics only a block sweep computes: it runs through ``compress_in_blocks`` or
+        ``compress_sequential``, not ``compress``."""
+        return bool(swept_kinds(self.needs))
+
+    @property
     def needs_importance(self) -> bool:
         """True when the method takes an element-wise weight tensor (``fisher`` or ``mask``)."""
         return self.importance_key is not None
@@ -167,6 +173,11 @@ def register_method(
 
 def available_methods() -> list[str]:
     return sorted(METHODS)
+
+
+def run_methods() -> list[str]:
+    """The methods a run or sweep can use: those ``compress`` takes (a block-sweep method runs through the CLI)."""
+    return [name for name in available_methods() if not METHODS[name].block_sweep]
 
 
 def get_method(name: str) -> Method:

@@ -28,12 +28,11 @@ from safetensors.torch import save_file
 from torch import nn
 
 from lowrank.models.streamed import Blocks
-from lowrank.statistics.kinds import STATISTIC_KINDS
+from lowrank.statistics.kinds import STATISTIC_KINDS, swept_kinds
 from lowrank.statistics.passes import calibration_batches
 from lowrank.statistics.resolve import passes, restrict
 
 INPUTS = ("compressed", "dense", "compensated")
-SWEEP_ONLY = tuple(name for name, kind in STATISTIC_KINDS.items() if kind.sweep_only)
 
 
 @dataclass
@@ -110,10 +109,12 @@ def forward_sweep(
     inputs take exactly the sweep-only kinds; the other inputs none of them."""
     if inputs not in INPUTS:
         raise ValueError(f"inputs must be one of {', '.join(INPUTS)}, got {inputs!r}")
-    swept = [kind for kind in needs if STATISTIC_KINDS[kind].sweep_only]
+    swept = swept_kinds(needs)
     compensated = inputs == "compensated"
     if (compensated and len(swept) != len(needs)) or (swept and not compensated):
-        raise ValueError(f"compensated inputs compute exactly the {', '.join(SWEEP_ONLY)} statistics, not {needs}")
+        raise ValueError(
+            f"compensated inputs compute exactly the {', '.join(swept_kinds(STATISTIC_KINDS))} statistics, not {needs}"
+        )
     examples = sum(int(b["input_ids"].shape[0]) for b in batches)
     run = bool(needs) and bool(batches)
     with torch.no_grad():

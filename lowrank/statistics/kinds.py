@@ -143,6 +143,12 @@ def check_kinds(needs) -> tuple[str, ...]:
     return needs
 
 
+def swept_kinds(needs) -> list[str]:
+    """The kinds of ``needs`` only a block sweep computes (``sweep_only``: they compare the dense model with the
+    model compressed so far)."""
+    return [k for k in needs if k in STATISTIC_KINDS and STATISTIC_KINDS[k].sweep_only]
+
+
 def statistics_label(needs) -> str:
     """``("fisher", "mask")`` -> ``"Fisher information and pruning mask"`` (an unknown kind shows as its name)."""
     return " and ".join(STATISTIC_KINDS[k].label if k in STATISTIC_KINDS else k for k in needs)

@@ -21,7 +21,7 @@ from lowrank.models.labels import check_labels
 from lowrank.progress import Progress, scaled
 from lowrank.statistics import cache
 from lowrank.statistics.fisher import backward_task_losses
-from lowrank.statistics.kinds import STATISTIC_KINDS, Collector, StatisticKind, check_kinds
+from lowrank.statistics.kinds import STATISTIC_KINDS, Collector, StatisticKind, check_kinds, swept_kinds
 from lowrank.statistics.passes import calibration_pass, is_main
 from lowrank.statistics.settings import DEFAULT, StatisticsSettings
 
@@ -107,7 +107,7 @@ def statistics_for(
     needs = check_kinds(needs)
     if not needs:
         return {}
-    swept = [k for k in needs if STATISTIC_KINDS[k].sweep_only]
+    swept = swept_kinds(needs)
     if swept:
         raise ValueError(
             f"{', '.join(swept)} statistics compare the dense model with the model compressed so far: only the block "

@@ -278,3 +278,12 @@ def test_the_readme_headline_is_read_from_the_results_it_cites():
         f"{len(cases)} task x budget cases"
     )
     assert expected in headline, (expected, headline)
+
+
+def test_a_sweep_refuses_a_method_that_fits_blocks_in_order():
+    """A block-sweep method (svd_llm_compensated) is not offered to runs and a sweep spec refuses it in one line."""
+    from lowrank.methods import get_method, run_methods
+
+    assert get_method("svd_llm_compensated").block_sweep and "svd_llm_compensated" not in run_methods()
+    with pytest.raises(ValueError, match="svd_llm_compensated fit each block .* lowrank compress"):
+        SweepSpec("m", "t", ["svd", "svd_llm_compensated"], [0.5]).validate()
