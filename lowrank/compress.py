@@ -41,6 +41,7 @@ from lowrank.models.loading import (
     model_kind,
     read_error,
 )
+from lowrank.models.pretrained import from_config, from_pretrained, refuse_own_code
 from lowrank.models.shards import load_into
 from lowrank.progress import Progress, report
 from lowrank.ranks import Ranks, resolve_ranks
@@ -155,19 +156,21 @@ def save_compressed(model, directory: str | Path, tokenizer=None, force: bool = 
 def load_compressed(directory: str | Path, device: str | torch.device = "cpu"):
     """Rebuild a model saved by :func:`save_compressed`; returns a ``LoadedModel``.
 
-    First repairs a save that was killed mid-replacement (:func:`lowrank.files.atomic.recover`). Every rank is
+    First repairs a save that was killed mid-replacement (:func:`lowrank.files.atomic.recover`) and refuses a folder
+    that asks to run code of its own (:func:`lowrank.models.pretrained.refuse_own_code`). Every rank is
     checked against its layer and the model must fit in RAM (the same estimate as ``load_model``)
     before anything is allocated. A broken folder (unreadable ``lowrank.json`` or weights, ranks that
     disagree with the weights, NaN or infinite values) raises :class:`ModelLoadError` naming the folder.
     """
     directory = Path(directory)
     recover(directory)
+    refuse_own_code(directory)
     info = load_info(directory)
     try:
-        config = AutoConfig.from_pretrained(directory)
+        config = from_pretrained(AutoConfig, directory)
         check_fits_in_memory(config, str(directory))  # ranks below break-even keep the model under its dense size
         info.kind = info.kind or model_kind(config)
-        model = adapt_layout(auto_class(info.kind).from_config(config))
+        model = adapt_layout(from_config(auto_class(info.kind), config))
         for name, rank in info.ranks.items():
             dense = model.get_submodule(name)
             if not isinstance(dense, nn.Linear):
@@ -189,7 +192,7 @@ def load_compressed(directory: str | Path, device: str | torch.device = "cpu"):
     check_finite(model, str(directory))
     model.lowrank_info = info
     model.to(device).eval()
-    tokenizer = AutoTokenizer.from_pretrained(directory) if (directory / "tokenizer_config.json").exists() else None
+    tokenizer = from_pretrained(AutoTokenizer, directory) if (directory / "tokenizer_config.json").exists() else None
     return LoadedModel(model, tokenizer, info.kind, info.base_model, str(directory))
 
 

@@ -39,6 +39,7 @@ from lowrank.models.loading import (
     prepare_tokenizer,
 )
 from lowrank.models.packaged import resolve_source
+from lowrank.models.pretrained import from_pretrained
 from lowrank.models.shards import Checkpoint, ShardWriter
 from lowrank.models.streamed import Blocks, StreamedModel
 from lowrank.progress import Progress, report
@@ -100,7 +101,7 @@ def sequential_reason(name_or_path: str | Path, fraction: float = AUTO_FRACTION)
 
 def _tokenizer(folder: Path):
     try:
-        return AutoTokenizer.from_pretrained(folder, trust_remote_code=False, local_files_only=True)
+        return from_pretrained(AutoTokenizer, folder, local_files_only=True)
     except (OSError, ValueError) as err:
         raise ModelLoadError(f"cannot load the tokenizer of {folder}: {str(err).splitlines()[0]}") from err
 

@@ -2,44 +2,63 @@
 
 :func:`atomic_dir` fills a hidden temporary sibling and renames it in place of the target (the old copy
 renamed aside first, removed last); :func:`atomic_write_bytes` does the same for one file with
-``os.replace``. Temporary and set-aside copies are named with the writer's process id and start time
-(``.<name>.tmp-<pid>-<start>-<token>``, ``.<name>.old-<pid>-<start>-<token>``): when that process is
-dead, :func:`recover` (called by the loaders and by every atomic write in the same folder) restores a
-set-aside copy whose target is missing and deletes the rest. Files and folders get the user's umask
-defaults (not the 0600 / 0700 of ``tempfile`` or of safetensors). Cost: two renames per write and one
-listing of the parent folder.
+``os.replace``. Each temporary or set-aside copy is the ``content`` of a hidden holder folder
+``.<name>.tmp-<pid>-<start>-<token>`` / ``.<name>.old-<pid>-<start>-<token>`` whose :data:`OWNER` file,
+written before the copy, records that pid, start time, kind and target name. Recovery touches a hidden
+entry only when its owner file matches its name and that process is dead: :func:`recover` (the loaders:
+reading, it never deletes) puts back a set-aside copy whose target is missing; every atomic write also
+removes the other holders in its folder. A user's ``.results.old-2023`` is never ours. Files and folders
+get the user's umask defaults (not the 0600 / 0700 of ``tempfile`` or of safetensors). Cost: two renames
+per write, one small owner file, and one listing of the parent folder.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
 import shutil
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
-from fnmatch import fnmatch
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
-import psutil
-
-from lowrank.files.outputs import MARKER, MODEL_FILES, RECORD_FILES, writable_output, write_marker
+from lowrank.files.outputs import MARKER, writable_output, write_marker
 from lowrank.processes import own_start, process_alive
 from lowrank.progress import notice
 
 # Tests only: seconds atomic_dir sleeps between renaming the old folder aside and the new one in, so a
 # test can kill the process inside that window deterministically.
 PAUSE_ENV = "LOWRANK_TEST_PAUSE_BETWEEN_RENAMES"
-LEGACY_AGE_S = 24 * 3600  # temporary folders named without a pid are removed after a day
+OWNER = ".lowrank-writer"  # in every holder: {"written_by", "pid", "start", "kind", "target"}
+CONTENT = "content"  # in a holder: the temporary or set-aside copy itself
+OWNER_MAX_BYTES = 4096  # a larger owner file is not one this tool wrote
 
-_HIDDEN = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)-(?P<start>\d+)-[0-9a-f]+$")
-_LEGACY_OLD = re.compile(r"^\.(?P<name>.+)\.(?P<kind>old)-(?P<pid>\d+)$")
-_LEGACY_TMP = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp)-[a-z0-9_]{8}$")
+_HOLDER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)-(?P<start>\d+)-[0-9a-f]{8}$")
 
 
-def _hidden(target: Path, kind: str) -> Path:
-    return target.with_name(f".{target.name}.{kind}-{os.getpid()}-{own_start()}-{secrets.token_hex(4)}")
+def _holder(target: Path, kind: str) -> Path:
+    """A new hidden sibling of ``target`` holding only its :data:`OWNER` file; the copy goes in as ``CONTENT``."""
+    pid, start = os.getpid(), own_start()
+    holder = target.with_name(f".{target.name}.{kind}-{pid}-{start}-{secrets.token_hex(4)}")
+    holder.mkdir()
+    owner = {"written_by": "lowrank", "pid": pid, "start": start, "kind": kind, "target": target.name}
+    (holder / OWNER).write_text(json.dumps(owner) + "\n")
+    return holder
+
+
+def _remove(holder: Path) -> None:
+    """Delete ``holder``, its :data:`OWNER` file last (a kill midway leaves it recognisable, never orphaned)."""
+    for entry in holder.iterdir():
+        if entry.name == OWNER:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    (holder / OWNER).unlink()
+    holder.rmdir()
 
 
 def _umask() -> int:
@@ -87,29 +106,31 @@ def atomic_dir(target: str | Path, force: bool = False) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     _sweep(target.parent)
     writable_output(target, force)
-    tmp = _hidden(target, "tmp")
-    tmp.mkdir()
+    holder = _holder(target, "tmp")
     try:
+        tmp = holder / CONTENT
+        tmp.mkdir()
         write_marker(tmp, None)
         yield tmp
         write_marker(tmp, sorted(p.name for p in tmp.iterdir() if p.name != MARKER))
         _apply_umask(tmp)
         writable_output(target, force)
         if os.path.lexists(target):
-            old = _hidden(target, "old")
-            target.rename(old)
+            old = _holder(target, "old")
+            target.rename(old / CONTENT)
             _pause_for_tests()
             try:
                 tmp.rename(target)
             except BaseException:
-                old.rename(target)
+                (old / CONTENT).rename(target)
                 raise
-            shutil.rmtree(old, ignore_errors=True)
+            with suppress(OSError):
+                _remove(old)
         else:
             tmp.rename(target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    finally:
+        with suppress(OSError):
+            _remove(holder)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -117,47 +138,54 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _sweep(path.parent)
-    tmp = _hidden(path, "tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    holder = _holder(path, "tmp")
     try:
+        fd = os.open(holder / CONTENT, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        os.replace(holder / CONTENT, path)
+    finally:
+        with suppress(OSError):
+            _remove(holder)
 
 
 def recover(target: str | Path) -> None:
-    """Repair what killed writers left at ``target``: if it is missing, restore the copy a killed
-    replacement set aside; remove its temporary and set-aside copies of dead processes."""
+    """If ``target`` is missing because a killed replacement had set it aside, rename that copy back.
+
+    Only a holder whose :data:`OWNER` file proves it (:func:`_owned`) is touched, and nothing is deleted
+    but that holder once emptied: loaders call this, and a read deletes nothing of anyone's.
+    """
     target = Path(target)
     if target.name and target.parent.is_dir():
-        _sweep(target.parent, target.name)
+        _sweep(target.parent, target.name, delete=False)
 
 
-def _leftover(entry: Path) -> tuple[str, str] | None:
-    """``(target name, "tmp" | "old")`` when ``entry`` is a leftover of a dead writer of this tool, else ``None``."""
-    if match := _HIDDEN.match(entry.name):
-        if process_alive(int(match["pid"]), float(match["start"])):
-            return None
-        if match["kind"] == "tmp" and entry.is_dir() and not (entry / MARKER).exists():
-            return None
-    elif match := _LEGACY_OLD.match(entry.name):
-        if psutil.pid_exists(int(match["pid"])) or not entry.is_dir():
-            return None
-    elif match := _LEGACY_TMP.match(entry.name):
-        if not entry.is_dir() or entry.is_symlink() or time.time() - entry.stat().st_mtime < LEGACY_AGE_S:
-            return None
-        if not all(any(fnmatch(p.name, pat) for pat in (*MODEL_FILES, *RECORD_FILES)) for p in entry.iterdir()):
-            return None
-    else:
+def _owned(entry: Path) -> tuple[str, str] | None:
+    """``(target name, "tmp" | "old")`` when ``entry`` is a holder of a dead writer of this tool, else ``None``.
+
+    Its name must parse, it must be a real folder, and its :data:`OWNER` file (a regular file of at most
+    :data:`OWNER_MAX_BYTES`) must record exactly the pid, start time, kind and target its name gives.
+    """
+    match = _HOLDER.match(entry.name)
+    owner = entry / OWNER
+    if match is None or entry.is_symlink() or not entry.is_dir() or owner.is_symlink() or not owner.is_file():
+        return None
+    with owner.open("rb") as fh:
+        raw = fh.read(OWNER_MAX_BYTES + 1)
+    try:
+        recorded = json.loads(raw) if len(raw) <= OWNER_MAX_BYTES else None
+    except ValueError:
+        return None
+    pid, start = int(match["pid"]), int(match["start"])
+    expected = {"written_by": "lowrank", "pid": pid, "start": start, "kind": match["kind"], "target": match["name"]}
+    if recorded != expected or process_alive(pid, start):
         return None
     return match["name"], match["kind"]
 
 
-def _sweep(parent: Path, name: str | None = None) -> None:
-    """Restore or remove leftovers of dead writers in ``parent`` (only those of target ``name`` when given)."""
+def _sweep(parent: Path, name: str | None = None, delete: bool = True) -> None:
+    """Put back set-aside copies whose target is missing and, with ``delete``, remove the other holders of
+    dead writers in ``parent`` (only those of target ``name`` when given)."""
     try:
         entries = [e for e in parent.iterdir() if e.name.startswith(".")]
     except OSError:
@@ -165,21 +193,19 @@ def _sweep(parent: Path, name: str | None = None) -> None:
     found = []
     for entry in entries:
         try:
-            leftover = _leftover(entry)
-            if leftover is not None and (name is None or leftover[0] == name):
-                found.append((entry, *leftover, entry.lstat().st_mtime))
+            owned = _owned(entry)
+            if owned is not None and (name is None or owned[0] == name):
+                found.append((entry, *owned, entry.lstat().st_mtime))
         except OSError:
             continue
     found.sort(key=lambda item: (item[2] != "old", -item[3]))  # set-aside copies first, newest first
     for entry, base, kind, _ in found:
-        target = parent / base
+        target, content = parent / base, entry / CONTENT
         try:
-            if kind == "old" and not os.path.lexists(target):
-                entry.rename(target)
+            if kind == "old" and not os.path.lexists(target) and os.path.lexists(content):
+                content.rename(target)
                 notice(f"restored {target} from the copy an interrupted save had set aside")
-            elif entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
+            if delete or os.listdir(entry) == [OWNER]:
+                _remove(entry)
         except OSError:
             continue

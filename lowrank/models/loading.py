@@ -26,6 +26,7 @@ from lowrank.loaded import LoadedModel
 from lowrank.models.errors import ModelLoadError
 from lowrank.models.labels import head_untrained, label_mapping
 from lowrank.models.packaged import resolve_source
+from lowrank.models.pretrained import from_config, from_pretrained, load_weights
 
 # What a broken checkpoint raises while it is read (truncated or corrupt safetensors, bad JSON...)
 READ_ERRORS = (OSError, ValueError, KeyError, SafetensorError)
@@ -63,7 +64,7 @@ def estimate_parameters(config) -> int:
     """Parameter count of the architecture described by ``config``, built on the meta device (no memory)."""
     factory = AutoModelForCausalLM if model_kind(config) == "causal-lm" else AutoModel
     with torch.device("meta"):
-        shell = factory.from_config(config)
+        shell = from_config(factory, config)
     return sum(p.numel() for p in shell.parameters())
 
 
@@ -105,7 +106,7 @@ def load_config(source: str, name: str, local_only: bool):
     if not folder.exists() and looks_like_path(source):
         raise ModelLoadError(f"cannot load model {name!r}: no such folder")
     try:
-        return AutoConfig.from_pretrained(source, trust_remote_code=False, local_files_only=local_only)
+        return from_pretrained(AutoConfig, source, local_files_only=local_only)
     except READ_ERRORS as err:
         hub_hint = local_only and not folder.exists()  # a local folder's problem is never the hub's
         hint = " (the Hugging Face hub is not reachable and the model is not in the local cache)" if hub_hint else ""
@@ -147,7 +148,8 @@ def load_model(
     With a classification ``task`` an encoder gets a (freshly initialised) sequence
     classification head sized to the task's labels; a model that already is a
     classifier keeps its own labels, which must fit the task's
-    (:func:`lowrank.models.labels.check_labels`). Weights holding NaN or infinite values are refused.
+    (:func:`lowrank.models.labels.check_labels`). Weights that do not fill the model (missing, unexpected or of
+    another shape: :func:`lowrank.models.pretrained.load_weights`) or hold NaN or infinite values are refused.
     """
     name = str(name_or_path)
     source = resolve_source(name)
@@ -157,8 +159,8 @@ def load_model(
     check_fits_in_memory(config, name)
     kind = model_kind(config)
     task_obj = load_task(task) if task is not None else None
+    fresh_head = task_obj is not None and head_untrained(kind, task_obj.kind)
     kwargs = dict(
-        trust_remote_code=False,
         local_files_only=local_only,
         use_safetensors=None if allow_pickle else True,
         dtype=dtype,
@@ -169,7 +171,7 @@ def load_model(
         except TaskError as err:
             raise ModelLoadError(str(err)) from err
         factory = AutoModelForSequenceClassification
-    elif task_obj is not None and head_untrained(kind, task_obj.kind):
+    elif fresh_head:
         factory, kind = AutoModelForSequenceClassification, "classifier"
         kwargs.update(
             num_labels=task_obj.num_labels,
@@ -182,10 +184,10 @@ def load_model(
         verbosity = transformers.logging.get_verbosity()
         transformers.logging.set_verbosity_error()  # the "newly initialized head" notice is expected
         try:
-            model = factory.from_pretrained(source, **kwargs)
+            model = load_weights(factory, source, fresh_head, **kwargs)
         finally:
             transformers.logging.set_verbosity(verbosity)
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False, local_files_only=local_only)
+        tokenizer = from_pretrained(AutoTokenizer, source, local_files_only=local_only)
     except READ_ERRORS as err:
         raise ModelLoadError(f"cannot load model {name!r}: {read_error(err, source)}") from err
     check_finite(model, name)

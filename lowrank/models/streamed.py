@@ -20,6 +20,7 @@ from transformers import AutoModelForCausalLM
 
 from lowrank.models.decoders import BlockContext, DecoderLayout
 from lowrank.models.errors import ModelLoadError
+from lowrank.models.pretrained import from_config
 from lowrank.models.shards import Checkpoint
 
 _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or None)
@@ -35,7 +36,7 @@ def return_free_memory() -> None:
 def empty_model(config) -> nn.Module:
     """The causal LM of ``config`` with every parameter on the meta device (no memory), in eval mode."""
     with init_empty_weights():
-        model = AutoModelForCausalLM.from_config(config)
+        model = from_config(AutoModelForCausalLM, config)
     model.requires_grad_(False)
     return model.eval()
 
@@ -97,10 +98,17 @@ class StreamedModel(Blocks):
     def _load(self, name: str, skip: tuple[str, ...] = ()) -> nn.Module:
         module = self.model.get_submodule(name)
         tensors = self.checkpoint.read(f"{name}.", self.dtype, self.device)
-        expected = [k for k in module.state_dict() if k not in skip]
+        shapes = module.state_dict()
+        expected = [k for k in shapes if k not in skip]
         missing = [k for k in expected if k not in tensors]
         if missing:
             raise ModelLoadError(f"{self.checkpoint.folder}: the checkpoint has no tensor {name}.{missing[0]}")
+        for key in expected:
+            if tensors[key].shape != shapes[key].shape:
+                raise ModelLoadError(
+                    f"{self.checkpoint.folder}: tensor {name}.{key} has shape {tuple(tensors[key].shape)} in the checkpoint, "
+                    f"{tuple(shapes[key].shape)} in the model"
+                )
         module.load_state_dict({k: tensors[k] for k in expected}, strict=False, assign=True)
         return module.requires_grad_(False)
 

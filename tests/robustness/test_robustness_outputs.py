@@ -21,6 +21,7 @@ from lowrank.files.atomic import PAUSE_ENV, atomic_write_bytes, recover
 from lowrank.files.outputs import MARKER, OutputError
 from lowrank.models.errors import ModelLoadError
 from lowrank.processes import own_start
+from tests.robustness.leftovers import dead_pid, killed_copy
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -202,6 +203,8 @@ def test_kill_between_the_two_renames_restores_the_old_copy(tmp_path, tiny_bert_
     assert not target.exists() and any(".out.old-" in n for n in hidden(target.parent))
     again = load_compressed(target)  # repaired on load, not "hub not reachable"
     assert torch.equal(logits(again), reference)
+    assert all(".out.tmp-" in n for n in hidden(target.parent))  # a load deletes nothing: the killed save's copy
+    save_compressed(again, target)  # the next save removes it
     assert sorted(p.name for p in target.parent.iterdir()) == ["out"]  # no hidden copy left behind
 
 
@@ -216,32 +219,32 @@ def test_kill_at_any_moment_leaves_a_loadable_target_and_no_leftovers(tmp_path, 
     finally:
         proc.kill()
         proc.wait()
-    assert torch.equal(logits(load_compressed(target)), reference)
+    again = load_compressed(target)
+    assert torch.equal(logits(again), reference)
+    save_compressed(again, target)  # a load deletes nothing; the next save removes the killed save's copies
     assert sorted(p.name for p in target.parent.iterdir()) == ["out"]
 
 
 def test_stale_temporary_copies_of_dead_processes_are_cleaned(tmp_path, tiny_bert):
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
+    dead = dead_pid()
     parent = tmp_path / "outs"
     parent.mkdir()
-    stale = parent / f".a.tmp-{dead.pid}-1700000000-0badc0de"  # a killed save's half-written folder
-    stale.mkdir()
-    (stale / MARKER).write_text("{}")
-    (stale / "model.safetensors").write_bytes(b"x" * 1000)
-    (parent / f".plan.json.tmp-{dead.pid}-1700000000-0badc0de").write_bytes(b"{")  # a killed file write
-    live = parent / f".b.tmp-{os.getpid()}-{own_start()}-0badc0de"  # a save still running: kept
-    live.mkdir()
-    (live / MARKER).write_text("{}")
-    users = parent / f".c.tmp-{dead.pid}-1700000000-0badc0de"  # no marker: not ours, kept
+    stale = killed_copy(parent, "a", "tmp", dead, 1700000000)  # a killed save's half-written folder
+    live = killed_copy(parent, "b", "tmp", os.getpid(), own_start())  # a save still running: kept
+    users = parent / f".c.tmp-{dead}-1700000000-0badc0de"  # no owner file: not ours, kept
     users.mkdir()
-    legacy = parent / f".d.old-{dead.pid}"  # an older version's set-aside copy whose target is missing
+    (users / MARKER).write_text("{}")
+    legacy = parent / f".d.old-{dead}"  # named like a set-aside copy, without an owner file: not ours, kept
     legacy.mkdir()
     (legacy / "lowrank.json").write_text("{}")
+    plan = parent / f".plan.json.tmp-{dead}-1700000000-0badc0de"  # a file cannot prove it is ours: kept
+    plan.write_bytes(b"{")
+    killed_copy(parent, "f", "old", dead, 1700000000, payload="f's old copy")  # its target is missing: put back
 
     save_compressed(compress(tiny_bert, 0.5), parent / "e")
-    assert sorted(p.name for p in parent.iterdir()) == sorted([live.name, users.name, "d", "e"])
-    assert (parent / "d" / "lowrank.json").exists()
+    assert not stale.exists()
+    assert sorted(p.name for p in parent.iterdir()) == sorted([live.name, users.name, legacy.name, plan.name, "e", "f"])
+    assert (parent / "f" / "lowrank.json").read_text() == "f's old copy"
     recover(parent / "b")
     assert live.exists()
 
