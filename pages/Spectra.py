@@ -35,7 +35,8 @@ def plan_ranks() -> tuple[dict[str, int], str]:
     return resolve_ranks(loaded.model, session.DEFAULT_BUDGET), f"{session.DEFAULT_BUDGET:.0%} kept in every layer"
 
 
-spectrum_metrics = metrics()
+order = list(names.SPECTRUM_METRICS)  # plain first, then by how much of the model the metric sees
+spectrum_metrics = sorted(metrics(), key=lambda m: order.index(m) if m in order else len(order))
 metric = st.segmented_control(
     "Metric",
     spectrum_metrics,

@@ -124,6 +124,7 @@ def test_every_page_a_tiny_factorization_and_the_decoder_path(server, tiny_llama
         charts = page.locator(".js-plotly-plot")
         expect(charts).to_have_count(3, timeout=TIMEOUT)
         heatmap = charts.nth(2)
+        heatmap.scroll_into_view_if_needed()  # below the fold of a 1000-pixel window: the mouse cannot reach it there
         box = heatmap.locator(".nsewdrag").first.bounding_box()
         page.mouse.move(box["x"] + box["width"] * 0.1, box["y"] + box["height"] * 0.25)
         expect(page.locator(".hoverlayer .hovertext").first).to_contain_text("effective rank", timeout=10_000)
