@@ -12,6 +12,7 @@ listing of the parent folder.
 
 from __future__ import annotations
 
+import glob
 import os
 import re
 import secrets
@@ -134,6 +135,21 @@ def recover(target: str | Path) -> None:
     target = Path(target)
     if target.name and target.parent.is_dir():
         _sweep(target.parent, target.name)
+
+
+def replacing(target: str | Path) -> bool:
+    """True while a live process is between the two renames of :func:`atomic_dir` at ``target``: its old
+    copy set aside, the new one not yet in place (a reader finds no folder there for that moment)."""
+    target = Path(target)
+    try:
+        entries = list(target.parent.glob(f".{glob.escape(target.name)}.old-*"))
+    except OSError:
+        return False
+    for entry in entries:
+        match = _HIDDEN.match(entry.name)
+        if match and match["name"] == target.name and process_alive(int(match["pid"]), float(match["start"])):
+            return True
+    return False
 
 
 def _leftover(entry: Path) -> tuple[str, str] | None:
