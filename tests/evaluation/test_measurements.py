@@ -58,7 +58,9 @@ def test_latency_fits_a_time_budget_and_says_how_it_was_measured(tiny_bert, monk
     }
     assert "median of 5 passes" in latency_note(how, "b1") and "single pass" in latency_note(how, "b32")
     assert "thread" in latency_note(how)
-    assert latency_note(None) == latency_note(float("nan"), "b1") == latency_note({}) == ""  # a stored run's missing value
+    assert (
+        latency_note(None) == latency_note(float("nan"), "b1") == latency_note({}) == ""
+    )  # a stored run's missing value
 
 
 def test_conditions_differ_on_threads_load_or_calibration():
