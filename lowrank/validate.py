@@ -98,6 +98,7 @@ def arg_type(limits: Range, flag: str) -> Callable[[str], int | float]:
             raise argparse.ArgumentTypeError(str(err)) from err
 
     read.__name__ = flag
+    read.limits = limits  # what the flag accepts, for listings and tests
     return read
 
 

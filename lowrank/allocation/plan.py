@@ -298,8 +298,9 @@ def read_ranks(path: str | Path) -> dict[str, int]:
     """``{layer: rank}`` from a plan file: a saved :class:`RankPlan` (checked whole, see
     :meth:`RankPlan.from_json`) or any JSON object with a ``"ranks"`` mapping of whole ranks >= 1.
 
-    Raises a one-line ``ValueError`` naming the file when it is missing, a folder, not JSON,
-    without a ``ranks`` object, or holds a bad rank. Break-even is checked by ``compress``,
+    Raises a one-line ``ValueError`` naming the file when it is missing, a folder, not JSON
+    (:func:`lowrank.validate.parse_json`: a layer given twice included), without a ``ranks`` object
+    or with an empty one, or holds a bad rank. Break-even is checked by ``compress``,
     which knows the shapes.
     """
     data = _read_json(path)
@@ -307,6 +308,8 @@ def read_ranks(path: str | Path) -> dict[str, int]:
     ranks = data.get("ranks") if isinstance(data, dict) else None
     if not saved_plan and not isinstance(ranks, dict):
         raise ValueError(f"plan file {path} must hold an object with a 'ranks' mapping {{layer: rank}}")
+    if not saved_plan and not ranks:
+        raise ValueError(f"plan file {path}: its 'ranks' mapping lists no layer (nothing to factorize)")
     try:
         if saved_plan:
             return RankPlan.from_json(data).ranks

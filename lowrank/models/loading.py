@@ -18,6 +18,7 @@ from pathlib import Path
 import psutil
 import torch
 import transformers
+from huggingface_hub.errors import StrictDataclassError
 from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -29,8 +30,9 @@ from lowrank.models.labels import head_untrained, label_mapping
 from lowrank.models.packaged import resolve_source
 from lowrank.validate import Range
 
-# What a broken checkpoint raises while it is read (truncated or corrupt safetensors, bad JSON...)
-READ_ERRORS = (OSError, ValueError, KeyError, SafetensorError)
+# What a broken checkpoint raises while it is read (truncated or corrupt safetensors, bad JSON, a config field
+# of the wrong type...)
+READ_ERRORS = (OSError, ValueError, KeyError, SafetensorError, StrictDataclassError)
 # Sizes a config may set, each a whole number from 1 to its bound (a layer count beyond any real model's
 # would take minutes to build even on the meta device)
 CONFIG_SIZES = {
@@ -159,7 +161,7 @@ def load_config(source: str, name: str, local_only: bool):
         raise ModelLoadError(f"cannot load model {name!r}: no such folder")
     try:
         return AutoConfig.from_pretrained(source, trust_remote_code=False, local_files_only=local_only)
-    except READ_ERRORS as err:
+    except (*READ_ERRORS, TypeError) as err:
         hub_hint = local_only and not folder.exists()  # a local folder's problem is never the hub's
         hint = " (the Hugging Face hub is not reachable and the model is not in the local cache)" if hub_hint else ""
         raise ModelLoadError(f"cannot load model {name!r}{hint}: {str(err).splitlines()[0]}") from err
