@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 
 QUERY = "bert.encoder.layer.0.attention.self.query.weight"
 LAYER = "bert.encoder.layer.0.intermediate.dense"
+STATS = ["--fisher-batches", "1", "--fisher-batch-size", "4"]  # the statistics pass of a run that gets that far
 # A reader loading a compressed folder in a loop while a second process replaces it with another version.
 READERS = """
 import json, subprocess, sys, time
@@ -103,7 +104,7 @@ def old_looking(folder: Path):
     """A setup making the user's folder ``.<name>.old-<n>`` next to ``folder``, with a file of theirs in it."""
 
     def setup(cache: Path) -> Path:
-        mine = folder.with_name(f".{folder.name}.old-1")
+        mine = folder.with_name(f".{folder.name}.old-99999999")  # a number no live process has
         mine.mkdir(parents=True, exist_ok=True)
         (mine / "notes.txt").write_text("the user's own file\n")
         return mine
@@ -120,19 +121,19 @@ def rows(f: dict, work: Path, Row, snippet) -> list:
         Row(
             "old_named_folder_by_output",
             "1",
-            "a user's .<out>.old-1 folder next to compress --out",
+            "a user's .<out>.old-<n> folder next to compress --out",
             ["compress", "--model", bert, "--keep", "0.5", "--out", str(work / "out1")],
             expect="ok",
-            keep=[work / ".out1.old-1" / "notes.txt"],
+            keep=[work / ".out1.old-99999999" / "notes.txt"],
             setup=old_looking(work / "out1"),
         ),
         Row(
             "old_named_folder_by_model",
             "1",
-            "a user's .<model>.old-1 folder next to a loaded model",
+            "a user's .<model>.old-<n> folder next to a loaded model",
             ["spectra", "--model", str(model_copy)],
             expect="ok",
-            keep=[work / ".model-copy.old-1" / "notes.txt"],
+            keep=[work / ".model-copy.old-99999999" / "notes.txt"],
             setup=lambda cache: (shutil.copytree(f["bert"], model_copy), old_looking(model_copy)(cache)),
         ),
         # class 2: custom code asked for by a compressed folder
@@ -221,7 +222,20 @@ def rows(f: dict, work: Path, Row, snippet) -> list:
             "solver_twice",
             "5",
             "--solver als with --option solver=em",
-            ["compress", "--model", bert, "--method", "tfwsvd", "--solver", "als", "--option", "solver=em"],
+            [
+                "compress",
+                "--model",
+                bert,
+                "--task",
+                csv,
+                "--method",
+                "tfwsvd",
+                "--solver",
+                "als",
+                "--option",
+                "solver=em",
+                *STATS,
+            ],
         ),
         Row(
             "epochs_nan",
@@ -241,7 +255,7 @@ def rows(f: dict, work: Path, Row, snippet) -> list:
             "option_nan",
             "5",
             "--option alpha=NaN for asvd",
-            ["compress", "--model", bert, "--method", "asvd", "--option", "alpha=NaN"],
+            ["compress", "--model", bert, "--task", csv, "--method", "asvd", "--option", "alpha=NaN", *STATS],
         ),
         Row(
             "store_over_text_file",
