@@ -18,6 +18,11 @@ either). Prints the table and the counts, writes ``benchmarks/results/fault_matr
     python benchmarks/fault_matrix.py              # every row (a few minutes on 2 cores)
     python benchmarks/fault_matrix.py --only 3     # the first 3 rows (a smoke run)
     python benchmarks/fault_matrix.py --rows nan_weights_evaluate,truncated_safetensors
+    python benchmarks/fault_matrix.py --fuzz 200   # the generated-input tests with 200 examples each
+
+The rows of the reliability issue's classes 1-6 are in :mod:`fault_rows`. ``--fuzz N`` runs
+``tests/robustness/test_generated_inputs.py`` (hypothesis, random seeds) with ``N`` examples per test instead of
+the rows, and counts each generated case's outcome (``benchmarks/results/fault_matrix_fuzz.json``).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import fault_rows
 import pandas as pd
 import torch
 from common import write
@@ -266,6 +272,7 @@ def build_fixtures(root: Path) -> dict:
     f["small_truncated"] = shutil.copytree(f["small"], root / "small_truncated")
     _truncate(f["small_truncated"] / "model.safetensors")
 
+    fault_rows.build(f, root)
     task = str(f["csv"])
     f["bert_loss"] = evaluate(loaded, task, latency=False).loss  # what the swapped model must score
     return f
@@ -619,6 +626,7 @@ def rows(f: dict, work: Path) -> list[Row]:
             expect="any",
             setup=corrupt_store,
         ),
+        *fault_rows.rows(f, work, Row, snippet),
     ]
 
 
@@ -725,14 +733,52 @@ def run_row(row: Row, root: Path, shared: Path) -> dict:
     }
 
 
+def fuzz(args) -> None:
+    """Run the generated-input tests with ``args.fuzz`` examples each; count the outcomes of every case."""
+    root = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory() as folder:
+        log = Path(folder) / "cases.jsonl"
+        env = {
+            **os.environ,
+            "LOWRANK_FUZZ_EXAMPLES": str(args.fuzz),
+            "LOWRANK_FUZZ_LOG": str(log),
+            "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
+        }
+        test = root / "tests" / "robustness" / "test_generated_inputs.py"
+        command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(test)]
+        start = time.perf_counter()
+        proc = subprocess.run(command, env=env, cwd=root, capture_output=True, text=True)
+        cases = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    results = [
+        {"test": name, "outcome": outcome, "cases": n}
+        for (name, outcome), n in sorted(Counter((c["test"], c["outcome"]) for c in cases).items())
+    ]
+    summary = {
+        "examples_per_test": args.fuzz,
+        "cases": len(cases),
+        "counts": dict(Counter(c["outcome"] for c in cases)),
+        "pytest": proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else f"exit {proc.returncode}",
+        "failed": proc.returncode != 0,
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    if proc.returncode != 0:
+        print(proc.stdout[-4000:])
+    write("fault_matrix_fuzz", args, results, {"summary": summary})
+    print(f"{summary['cases']} generated cases: {summary['counts']}; pytest: {summary['pytest']}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--only", type=int, help="run only the first N rows")
     p.add_argument("--rows", help="comma-separated row names to run")
     p.add_argument("--keep-files", action="store_true", help="keep the temporary folder (its path is printed)")
     p.add_argument("--out", help="JSON output path (default benchmarks/results/fault_matrix.json)")
+    p.add_argument("--fuzz", type=int, metavar="N", help="run the generated-input tests with N examples each instead")
     args = p.parse_args()
     args.device = "cpu"
+    if args.fuzz:
+        return fuzz(args)
     shared = cache_dir()  # the real cache: its offline assets are linked into each row's cache
     root = Path(tempfile.mkdtemp(prefix="lowrank-faults-"))
     try:

@@ -25,6 +25,7 @@ from torch import nn
 from transformers import AutoConfig, AutoTokenizer
 
 from lowrank.files.atomic import atomic_dir, recover
+from lowrank.files.readers import read_whole
 from lowrank.info import INFO_FILE, CompressionInfo, load_info, save_info, scalars
 from lowrank.layers import LowRankLinear, check_rank
 from lowrank.loaded import LoadedModel, unwrap
@@ -37,10 +38,11 @@ from lowrank.models.loading import (
     auto_class,
     check_finite,
     check_fits_in_memory,
-    load_model,
     model_kind,
     read_error,
+    read_model,
 )
+from lowrank.models.packaged import resolve_source
 from lowrank.models.pretrained import from_config, from_pretrained, refuse_own_code
 from lowrank.models.shards import load_into
 from lowrank.progress import Progress, report
@@ -161,10 +163,16 @@ def load_compressed(directory: str | Path, device: str | torch.device = "cpu"):
     checked against its layer and the model must fit in RAM (the same estimate as ``load_model``)
     before anything is allocated. A broken folder (unreadable ``lowrank.json`` or weights, ranks that
     disagree with the weights, NaN or infinite values) raises :class:`ModelLoadError` naming the folder.
+    Every file comes from one version of a folder another process replaces meanwhile
+    (:func:`lowrank.files.readers.read_whole`: else ``FolderReplaced``, "being replaced, retry").
     """
     directory = Path(directory)
     recover(directory)
     refuse_own_code(directory)
+    return read_whole(directory, lambda: _read_compressed(directory, device))
+
+
+def _read_compressed(directory: Path, device: str | torch.device):
     info = load_info(directory)
     try:
         config = from_pretrained(AutoConfig, directory)
@@ -197,11 +205,16 @@ def load_compressed(directory: str | Path, device: str | torch.device = "cpu"):
 
 
 def load_any(name: str | Path, device: str | torch.device = "cpu", task=None) -> LoadedModel:
-    """A compressed folder (has ``lowrank.json``) via :func:`load_compressed`, else :func:`lowrank.load_model`."""
-    recover(Path(name))
-    if (Path(name) / INFO_FILE).exists():
-        return load_compressed(name, device=device)
-    return load_model(str(name), task=task, device=device)
+    """A compressed folder (has ``lowrank.json``) via :func:`load_compressed`, else :func:`lowrank.load_model`;
+    either from one version of a folder being replaced (:func:`lowrank.files.readers.read_whole`)."""
+    source = Path(resolve_source(str(name)))  # also repairs a save killed mid-replacement
+
+    def read():
+        if (source / INFO_FILE).exists():
+            return _read_compressed(source, device)
+        return read_model(str(name), str(source), task=task, device=device)
+
+    return read_whole(source, read)
 
 
 def _is_tied(model: nn.Module, key: str) -> bool:

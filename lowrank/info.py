@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from lowrank.models.errors import ModelLoadError
+from lowrank.validate import parse_json
 
 FORMAT_VERSION = 1
 INFO_FILE = "lowrank.json"
@@ -105,8 +106,10 @@ def load_info(folder: str | Path) -> CompressionInfo:
     if not path.is_file():
         raise ModelLoadError(f"{folder} is not a compressed model folder (no {INFO_FILE})")
     try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        data = parse_json(path.read_bytes(), str(path))
+    except OSError as err:
+        raise ModelLoadError(f"{path}: not readable ({err.strerror or err})") from err
+    except ValueError as err:
         raise ModelLoadError(f"{path}: not readable JSON ({err})") from err
     try:
         return CompressionInfo.from_json(data)

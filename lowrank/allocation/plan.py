@@ -28,6 +28,7 @@ from lowrank.files.atomic import atomic_write_bytes
 from lowrank.files.jsonable import to_jsonable
 from lowrank.files.outputs import writable_file
 from lowrank.layers import check_rank
+from lowrank.validate import MAX_JSON_BYTES, parse_json
 
 PLAN_FORMAT = "lowrank-plan"
 PLAN_VERSION = 1
@@ -208,10 +209,7 @@ class RankPlan:
         and that the ``ranks`` object agrees with the layers.
         """
         if isinstance(data, (str, bytes)):
-            try:
-                data = json.loads(data)
-            except (json.JSONDecodeError, UnicodeDecodeError) as err:
-                raise ValueError(f"a rank plan must be JSON: {err}") from err
+            data = parse_json(data, "a rank plan")
         if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT:
             raise ValueError(f'not a rank plan (expected an object with "format": "{PLAN_FORMAT}")')
         if data.get("version") != PLAN_VERSION:
@@ -286,25 +284,23 @@ def _read_json(path: str | Path):
     if path.is_dir():
         raise ValueError(f"plan file {path} is a folder, not a JSON file")
     try:
-        text = path.read_text()
+        if path.stat().st_size > MAX_JSON_BYTES:
+            raise ValueError(f"plan file {path} is over the {MAX_JSON_BYTES // 2**20} MB a JSON input may be")
+        text = path.read_bytes()
     except FileNotFoundError as err:
         raise ValueError(f"plan file not found: {path}") from err
-    except UnicodeDecodeError as err:
-        raise ValueError(f"plan file {path} is not valid JSON: it is not UTF-8 text") from err
     except OSError as err:
         raise ValueError(f"cannot read plan file {path}: {err.strerror}") from err
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"plan file {path} is not valid JSON: {err}") from err
+    return parse_json(text, f"plan file {path}")
 
 
 def read_ranks(path: str | Path) -> dict[str, int]:
     """``{layer: rank}`` from a plan file: a saved :class:`RankPlan` (checked whole, see
     :meth:`RankPlan.from_json`) or any JSON object with a ``"ranks"`` mapping of whole ranks >= 1.
 
-    Raises a one-line ``ValueError`` naming the file when it is missing, a folder, not JSON,
-    without a ``ranks`` object, or holds a bad rank. Break-even is checked by ``compress``,
+    Raises a one-line ``ValueError`` naming the file when it is missing, a folder, not JSON
+    (:func:`lowrank.validate.parse_json`: a layer given twice included), without a ``ranks`` object
+    or with an empty one, or holds a bad rank. Break-even is checked by ``compress``,
     which knows the shapes.
     """
     data = _read_json(path)
@@ -312,6 +308,8 @@ def read_ranks(path: str | Path) -> dict[str, int]:
     ranks = data.get("ranks") if isinstance(data, dict) else None
     if not saved_plan and not isinstance(ranks, dict):
         raise ValueError(f"plan file {path} must hold an object with a 'ranks' mapping {{layer: rank}}")
+    if not saved_plan and not ranks:
+        raise ValueError(f"plan file {path}: its 'ranks' mapping lists no layer (nothing to factorize)")
     try:
         if saved_plan:
             return RankPlan.from_json(data).ranks

@@ -23,6 +23,7 @@ from lowrank.needs import needs_for
 from lowrank.progress import TqdmProgress
 from lowrank.ranks import linear_shapes
 from lowrank.statistics import needs_task, statistics_for
+from lowrank.validate import COUNT, arg_type, path_arg
 
 
 def register(sub) -> None:
@@ -46,26 +47,32 @@ def register(sub) -> None:
         help=f"allocation strategy (default {DEFAULT_STRATEGY})",
     )
     p.add_argument(
-        "--align", type=int, default=DEFAULT_ALIGN, help=f"ranks are multiples of this (default {DEFAULT_ALIGN})"
+        "--align",
+        type=arg_type(COUNT, "--align"),
+        default=DEFAULT_ALIGN,
+        help=f"ranks are multiples of this (default {DEFAULT_ALIGN})",
     )
     add_task(p, "task for Fisher estimation / sensitivity calibration")
     p.add_argument(
-        "--calibration-batches", type=int, default=4, help="batches for the sensitivity strategy (default 4)"
+        "--calibration-batches",
+        type=arg_type(COUNT, "--calibration-batches"),
+        default=4,
+        help="batches for the sensitivity strategy (default 4)",
     )
     p.add_argument(
         "--predict",
         action="store_true",
         help="estimate Fisher to report predicted loss increases for any strategy (fisher_greedy always does)",
     )
-    p.add_argument("--out", help="write the plan JSON here (atomic); use it with `compress --plan`")
+    p.add_argument(
+        "--out", type=path_arg("--out"), help="write the plan JSON here (atomic); use it with `compress --plan`"
+    )
     p.set_defaults(handler=allocate_command)
 
 
 def allocate_command(args):
     budget = parse_budget(args.budget)
     spec = get_strategy(args.strategy)
-    if args.align < 1 or args.calibration_batches < 1:
-        raise ValueError("--align and --calibration-batches must be at least 1")
     loaded = load_any(args.model, args.device)
     resolve_budget(budget, layer_choices(linear_shapes(loaded.model), args.align))  # a bad budget costs no Fisher pass
     needs = needs_for(strategy=args.strategy, predict=args.predict)

@@ -17,6 +17,7 @@ from lowrank.models import load_model
 from lowrank.models.labels import default_task
 from lowrank.statistics import DEFAULT, StatisticsSettings
 from lowrank.statistics.settings import LABELS
+from lowrank.validate import COUNT, THREADS, arg_type, path_arg
 
 DEVICE_TYPES = ("cpu", "cuda", "mps")
 TASK_HELP = (
@@ -36,7 +37,11 @@ def add_common(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Options every command shares: --json, --device and --threads."""
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON instead of a table")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: $LOWRANK_THREADS or every core)")
+    parser.add_argument(
+        "--threads",
+        type=arg_type(THREADS, "--threads"),
+        help="torch CPU threads (default: $LOWRANK_THREADS or every core)",
+    )
     return parser
 
 
@@ -83,12 +88,8 @@ def check_device(text: str) -> str:
 
 
 def check_common(args) -> None:
-    """The shared options, checked once before a command does any work."""
+    """The shared options, checked once before a command does any work (numbers are checked by their types)."""
     check_device(args.device)
-    for name in ("limit", "threads"):
-        value = getattr(args, name, None)
-        if value is not None and value < 1:
-            raise ValueError(f"--{name} must be at least 1, got {value}")
 
 
 def add_statistics_options(parser: argparse.ArgumentParser, aliases: bool = True) -> argparse.ArgumentParser:
@@ -102,7 +103,7 @@ def add_statistics_options(parser: argparse.ArgumentParser, aliases: bool = True
         "--fisher-batches",
         *(["--batches"] if aliases else []),
         dest="fisher_batches",
-        type=int,
+        type=arg_type(COUNT, "--fisher-batches"),
         default=d.num_batches,
         help=f"calibration batches for statistics such as Fisher (default {d.num_batches})",
     )
@@ -110,7 +111,7 @@ def add_statistics_options(parser: argparse.ArgumentParser, aliases: bool = True
         "--fisher-batch-size",
         *(["--batch-size"] if aliases else []),
         dest="fisher_batch_size",
-        type=int,
+        type=arg_type(COUNT, "--fisher-batch-size"),
         default=d.batch_size,
         help=f"examples per calibration batch (default {d.batch_size})",
     )
@@ -122,7 +123,7 @@ def add_statistics_options(parser: argparse.ArgumentParser, aliases: bool = True
     )
     parser.add_argument(
         "--labels-per-example",
-        type=int,
+        type=arg_type(COUNT, "--labels-per-example"),
         default=d.labels_per_example,
         help=f"with --labels sampled: labels drawn per example, squared gradients averaged "
         f"(default {d.labels_per_example})",
@@ -135,7 +136,7 @@ def add_statistics_options(parser: argparse.ArgumentParser, aliases: bool = True
 
 def add_output(parser: argparse.ArgumentParser, help: str) -> argparse.ArgumentParser:
     """``--out FOLDER`` and ``--force`` of every command that writes a model folder."""
-    parser.add_argument("--out", help=help)
+    parser.add_argument("--out", type=path_arg("--out"), help=help)
     parser.add_argument(
         "--force",
         action="store_true",

@@ -9,7 +9,6 @@ float32 size is above half the free RAM); both report the :class:`lowrank.Compre
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -41,6 +40,7 @@ from lowrank.sequential import compress_in_blocks, compress_sequential, sequenti
 from lowrank.statistics import needs_task, statistics_for
 from lowrank.statistics.blockwise import INPUTS
 from lowrank.training.finetune import MINILM_RT_CONFIG, TrainConfig, build_finetuned, train
+from lowrank.validate import COUNT, FRACTION, POSITIVE, arg_type, finite, parse_json, path_arg
 
 
 def register(sub) -> None:
@@ -82,18 +82,23 @@ def register(sub) -> None:
         p,
         "output folder (default for minilm on a suite task: its packaged model's cache, e.g. minilm-rt for rotten_tomatoes)",
     )
-    p.add_argument("--epochs", type=float)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--max-steps", type=int)
+    p.add_argument("--epochs", type=arg_type(POSITIVE, "--epochs"))
+    p.add_argument("--lr", type=arg_type(POSITIVE, "--lr"))
+    p.add_argument("--max-steps", type=arg_type(COUNT, "--max-steps"))
     p.set_defaults(handler=finetune_command)
 
     p = add_common(sub.add_parser("compress", help="factorize a model's Linear layers and save it"))
     p.add_argument("--model", default="minilm-rt")
     group = p.add_mutually_exclusive_group()
     group.add_argument(
-        "--keep", type=float, default=0.5, help="fraction of each layer's parameters to keep (default 0.5)"
+        "--keep",
+        type=arg_type(FRACTION, "--keep"),
+        default=0.5,
+        help="fraction of each layer's parameters to keep (default 0.5)",
     )
-    group.add_argument("--plan", help="JSON file with a 'ranks' object {layer: rank} (e.g. from `allocate`)")
+    group.add_argument(
+        "--plan", type=path_arg("--plan"), help="JSON file with a 'ranks' object {layer: rank} (e.g. from `allocate`)"
+    )
     p.add_argument("--method", default="svd")
     p.add_argument("--solver", help="solver for iterative methods (e.g. als, em, adam, adam_sgd)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="extra method option, repeatable")
@@ -110,7 +115,6 @@ def register(sub) -> None:
     p.add_argument(
         "--sequential-inputs",
         choices=INPUTS,
-        default=None,
         help="with --sequential: block inputs for activation statistics, from the blocks already "
         "compressed (default) or the dense ones; compensated: both (the default and only choice of a method of "
         "compensation statistics, e.g. svd_llm_compensated)",
@@ -121,7 +125,7 @@ def register(sub) -> None:
     p.add_argument("--model", default="minilm-rt", help="packaged name, hub id, model folder or compressed folder")
     add_task(p)
     p.add_argument("--split", default="validation")
-    p.add_argument("--limit", type=int, help="evaluate on at most this many batches")
+    p.add_argument("--limit", type=arg_type(COUNT, "--limit"), help="evaluate on at most this many batches")
     p.set_defaults(handler=evaluate_command)
 
 
@@ -170,8 +174,6 @@ def finetune_command(args):
     overrides = {
         k: v for k, v in {"epochs": args.epochs, "lr": args.lr, "max_steps": args.max_steps}.items() if v is not None
     }
-    if (args.epochs is not None and args.epochs <= 0) or (args.max_steps is not None and args.max_steps < 1):
-        raise ValueError("--epochs and --max-steps must be positive")
     if args.model == FINETUNED_BASE and args.task in FINETUNED.values() and not args.out:
         record = build_finetuned(
             args.task,
@@ -197,26 +199,38 @@ def finetune_command(args):
     return record, pd.DataFrame([record])
 
 
-def parse_options(pairs: list[str]) -> dict:
+def parse_options(pairs: list[str], solver: str | None = None) -> dict:
+    """``--option KEY=VALUE`` pairs (a value read as JSON when it is, else text) and ``--solver``: each option
+    given once (``--solver als --option solver=em`` has two meanings and is refused), numbers finite."""
     options = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep:
+        if not sep or not key.strip():
             raise ValueError(f"--option expects KEY=VALUE, got {pair!r}")
+        if key in options:
+            raise ValueError(f"--option {key} is given twice ({options[key]!r} and {value!r}); give it once")
         try:
-            options[key] = json.loads(value)
-        except json.JSONDecodeError:
+            options[key] = parse_json(value, f"--option {key}")
+        except ValueError:
             options[key] = value
+        if isinstance(options[key], float):
+            finite(options[key], f"--option {key}")
+    if solver is not None:
+        if "solver" in options:
+            raise ValueError(f"--solver {solver} and --option solver={options['solver']}: give the solver once")
+        options["solver"] = solver
     return options
 
 
 def compress_command(args):
     out = output_folder(args)
     spec = get_method(args.method)
-    options = parse_options(args.option) | ({"solver": args.solver} if args.solver else {})
+    options = parse_options(args.option, args.solver)
     spec.check_options(options)  # before any work: a misspelt option must not cost a Fisher pass
     ranks = read_ranks(args.plan) if args.plan else args.keep
     reason = None if args.sequential else sequential_reason(args.model)
+    if args.sequential_inputs and not (args.sequential or reason):
+        raise ValueError("--sequential-inputs applies only to block-by-block compression: add --sequential")
     if args.sequential or reason:
         out = compress_streamed(args, ranks, options, reason)
         small, task, info = None, args.task, load_info(out)
@@ -278,7 +292,7 @@ def compress_streamed(args, ranks, options: dict, reason) -> Path:
         args.task,
         statistics_settings(args),
         progress=TqdmProgress(),
-        inputs=args.sequential_inputs,
+        inputs=args.sequential_inputs or INPUTS[0],
         device=args.device,
         **options,
     )

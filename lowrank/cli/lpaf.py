@@ -28,6 +28,7 @@ from lowrank.evaluation import evaluate
 from lowrank.progress import TqdmProgress
 from lowrank.training.lpaf import FACTORIZATIONS, FINETUNE_CONFIG, LpafConfig, average_ranks, lpaf, rank_analysis
 from lowrank.training.prune import MASKS_FILE, METHODS, PRUNE_CONFIG, load_masks, prune, save_pruned
+from lowrank.validate import COUNT, FRACTION, OPEN_FRACTION, POSITIVE, UNIT, arg_type, path_arg
 
 
 def register(sub) -> None:
@@ -37,15 +38,26 @@ def register(sub) -> None:
     p.add_argument("--model", default="minilm-rt")
     add_task(p, "task to fine-tune on while pruning")
     p.add_argument("--method", choices=list(METHODS), default="movement")
-    p.add_argument("--sparsity", type=float, default=0.7, help="target fraction of compressible weights set to zero")
+    p.add_argument(
+        "--sparsity",
+        type=arg_type(OPEN_FRACTION, "--sparsity"),
+        default=0.7,
+        help="target fraction of compressible weights set to zero",
+    )
     p.add_argument(
         "--scope", choices=["global", "layer"], default="global", help="one threshold for all layers, or per layer"
     )
     p.add_argument(
-        "--warmup-fraction", type=float, default=0.1, help="fraction of steps before pruning starts (default 0.1)"
+        "--warmup-fraction",
+        type=arg_type(UNIT, "--warmup-fraction"),
+        default=0.1,
+        help="fraction of steps before pruning starts (default 0.1)",
     )
     p.add_argument(
-        "--cooldown-fraction", type=float, default=0.1, help="final fraction of steps held at the target (default 0.1)"
+        "--cooldown-fraction",
+        type=arg_type(UNIT, "--cooldown-fraction"),
+        default=0.1,
+        help="final fraction of steps held at the target (default 0.1)",
     )
     _score_update(p)
     _train_options(p, "pruning")
@@ -64,9 +76,18 @@ def register(sub) -> None:
     )
     add_task(p, "task to prune and fine-tune on")
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--keep", type=float, default=0.5, help="fraction of each layer's parameters kept (default 0.5)")
-    group.add_argument("--plan", help="JSON file with a 'ranks' object {layer: rank}")
-    p.add_argument("--sparsity", type=float, help="pruning target (default: 1 - kept parameter fraction)")
+    group.add_argument(
+        "--keep",
+        type=arg_type(FRACTION, "--keep"),
+        default=0.5,
+        help="fraction of each layer's parameters kept (default 0.5)",
+    )
+    group.add_argument("--plan", type=path_arg("--plan"), help="JSON file with a 'ranks' object {layer: rank}")
+    p.add_argument(
+        "--sparsity",
+        type=arg_type(OPEN_FRACTION, "--sparsity"),
+        help="pruning target (default: 1 - kept parameter fraction)",
+    )
     p.add_argument("--prune-method", choices=list(METHODS), default="movement")
     p.add_argument("--scope", choices=["global", "layer"], default="global")
     _score_update(p)
@@ -84,18 +105,25 @@ def register(sub) -> None:
     p.add_argument(
         "--score-weighting", action="store_true", help="weight kept entries by their movement-score rank (1..2)"
     )
-    p.add_argument("--p0", type=float, default=0.5, help="initial probability of the sparse path (default 0.5)")
+    p.add_argument(
+        "--p0", type=arg_type(UNIT, "--p0"), default=0.5, help="initial probability of the sparse path (default 0.5)"
+    )
     p.add_argument("--anneal", choices=["linear", "cosine"], default="linear")
-    p.add_argument("--prune-epochs", type=float, default=2.0)
-    p.add_argument("--prune-max-steps", type=int)
+    p.add_argument("--prune-epochs", type=arg_type(POSITIVE, "--prune-epochs"), default=2.0)
+    p.add_argument("--prune-max-steps", type=arg_type(COUNT, "--prune-max-steps"))
     _train_options(p, "mixed-rank fine-tuning")
-    p.add_argument("--limit", type=int, help="evaluate on at most this many batches")
+    p.add_argument("--limit", type=arg_type(COUNT, "--limit"), help="evaluate on at most this many batches")
     add_output(p, "folder for the compressed model (atomic; loads with load_compressed)")
     p.set_defaults(handler=lpaf_command)
 
     p = add_common(sub.add_parser("ranks", help="numerical / effective / energy ranks of every compressible matrix"))
     p.add_argument("--model", default="minilm-rt")
-    p.add_argument("--tol", type=float, default=1e-3, help="relative tolerance of the numerical rank (default 1e-3)")
+    p.add_argument(
+        "--tol",
+        type=arg_type(OPEN_FRACTION, "--tol"),
+        default=1e-3,
+        help="relative tolerance of the numerical rank (default 1e-3)",
+    )
     p.add_argument("--summary", action="store_true", help="print only the averages over matrices")
     p.set_defaults(handler=ranks_command)
 
@@ -110,25 +138,21 @@ def _score_update(p) -> None:
 
 
 def _train_options(p, what: str) -> None:
-    p.add_argument("--epochs", type=float, default=2.0, help=f"epochs of {what} (default 2)")
-    p.add_argument("--max-steps", type=int, help=f"cap on {what} steps")
-    p.add_argument("--lr", type=float, help=f"learning rate of {what}")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-length", type=int, default=64)
+    p.add_argument("--epochs", type=arg_type(POSITIVE, "--epochs"), default=2.0, help=f"epochs of {what} (default 2)")
+    p.add_argument("--max-steps", type=arg_type(COUNT, "--max-steps"), help=f"cap on {what} steps")
+    p.add_argument("--lr", type=arg_type(POSITIVE, "--lr"), help=f"learning rate of {what}")
+    p.add_argument("--batch-size", type=arg_type(COUNT, "--batch-size"), default=32)
+    p.add_argument("--max-length", type=arg_type(COUNT, "--max-length"), default=64)
 
 
 def _config(args, base, epochs: float, max_steps):
     overrides = {"epochs": epochs, "max_steps": max_steps, "batch_size": args.batch_size, "max_length": args.max_length}
     if args.lr is not None:
         overrides["lr"] = args.lr
-    if epochs <= 0 or (max_steps is not None and max_steps < 1):
-        raise ValueError("epochs and max steps must be positive")
     return replace(base, **overrides)
 
 
 def prune_command(args):
-    if not 0.0 < args.sparsity < 1.0:
-        raise ValueError(f"--sparsity must be in (0, 1), got {args.sparsity}")
     out = output_folder(args)
     config = _config(args, PRUNE_CONFIG, args.epochs, args.max_steps)
     loaded, task = model_and_task(args)

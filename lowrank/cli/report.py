@@ -15,6 +15,7 @@ from lowrank.needs import needs_for
 from lowrank.progress import TqdmProgress
 from lowrank.report import drop_checks, summary, with_drop_checks, write_report
 from lowrank.statistics import select, statistics_for
+from lowrank.validate import path_arg
 
 
 def register(sub) -> None:
@@ -29,8 +30,14 @@ def register(sub) -> None:
     p.add_argument(
         "--task", help="the task key the runs were stored under (default: the task of the model's newest run)"
     )
-    p.add_argument("--store", help="run store file (default: runs.sqlite in the cache, $LOWRANK_CACHE)")
-    p.add_argument("--out", help="write the HTML report here (atomic; replaces only a report this command wrote)")
+    p.add_argument(
+        "--store", type=path_arg("--store"), help="run store file (default: runs.sqlite in the cache, $LOWRANK_CACHE)"
+    )
+    p.add_argument(
+        "--out",
+        type=path_arg("--out"),
+        help="write the HTML report here (atomic; replaces only a report this command wrote)",
+    )
     p.add_argument(
         "--predict",
         action="store_true",

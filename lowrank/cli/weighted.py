@@ -20,6 +20,7 @@ from lowrank.progress import TqdmProgress
 from lowrank.ranks import resolve_ranks
 from lowrank.statistics import select, statistics_for
 from lowrank.statistics.taylor import svd_loss_change
+from lowrank.validate import FRACTION, arg_type
 
 
 def register(sub) -> None:
@@ -41,7 +42,12 @@ def register(sub) -> None:
         )
     )
     _fisher_options(p)
-    p.add_argument("--keep", type=float, default=0.3, help="fraction of each layer's parameters kept (default 0.3)")
+    p.add_argument(
+        "--keep",
+        type=arg_type(FRACTION, "--keep"),
+        default=0.3,
+        help="fraction of each layer's parameters kept (default 0.3)",
+    )
     p.add_argument("--method", default="fwsvd", help="weighted method compared with plain SVD (default fwsvd)")
     p.add_argument(
         "--taylor-split",

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from lowrank import assets
+from lowrank.validate import label_name
 
 SPLITS = ("train", "validation", "test")
 TEXT_FILES = (".txt", ".jsonl")  # language-modelling corpora read from a path
@@ -127,19 +128,24 @@ def hub_reachable(timeout: float = 1.5) -> bool:
 def classification_task(
     name: str, frame: pd.DataFrame, seed: int, label_names: Sequence[str] | None = None, source="local"
 ) -> Task:
-    """Build a classification task from a frame with ``text``, ``label`` and optional ``split`` columns."""
+    """Build a classification task from a frame with ``text``, ``label`` and optional ``split`` columns.
+
+    Labels are compared in their one spelling (:func:`lowrank.validate.label_name`): ``1``, ``1.0`` and ``" 1 "``
+    are one class, named ``1``."""
     frame = frame.reset_index(drop=True)
     bad_text = frame.index[frame["text"].isna() | (frame["text"].astype(str).str.strip() == "")].tolist()
     if bad_text:
         raise TaskError(
             f"{name}: empty text in {len(bad_text)} row(s), first data rows {[i + 2 for i in bad_text[:5]]}"
         )
-    raw = frame["label"].astype(str).str.strip()
+    raw = frame["label"].map(label_name)  # one spelling per class: 1, 1.0 and " 1 " are one label
     no_label = frame["label"].isna() | (raw == "")
     if no_label.any():
         rows = frame.index[no_label].tolist()
         raise TaskError(f"{name}: missing label in {len(rows)} row(s), first data rows {[i + 2 for i in rows[:5]]}")
-    names = list(label_names) if label_names is not None else _label_order(raw)
+    names = [label_name(n) for n in label_names] if label_names is not None else _label_order(raw)
+    if len(set(names)) != len(names):
+        raise TaskError(f"{name}: the label names {list(label_names)} name one class twice")
     unknown = sorted(set(raw) - set(names))
     if unknown:
         raise TaskError(f"{name}: unknown label(s) {unknown[:10]}; expected one of {names}")

@@ -7,7 +7,9 @@ owns it (host, pid, start time) is alive, then ``done``, ``failed`` (``error`` h
 runs per model (:meth:`RunStore.start_build`). Default file ``<cache>/runs.sqlite`` (``LOWRANK_CACHE``). Every call
 opens its own connection, in WAL mode, writes take the lock up front (``BEGIN IMMEDIATE``), so the dashboard, workers
 and the CLI write one file at the same time; a file that fails SQLite's quick check is moved aside to
-``<file>.corrupt-<timestamp>`` (never deleted) and a fresh store started. Cost: a connection per call.
+``<file>.corrupt-<timestamp>`` (never deleted) and a fresh store started; a store is created only where nothing
+exists, never over a folder or another kind of file (:func:`lowrank.validate.store_path`). Cost: a connection per
+call.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from lowrank.experiments.jobs import ending
 from lowrank.files.cache import cache_dir
 from lowrank.processes import process_alive, process_started
 from lowrank.progress import notice
+from lowrank.validate import store_path
 
 STATUSES = ("running", "done", "failed", "interrupted")
 
@@ -155,13 +158,13 @@ class RunStore:
     """Runs, sweeps and builds in one SQLite file (see module docstring). Cheap to create: no connection is kept."""
 
     def __init__(self, path: str | Path | None = None):
-        self.path = Path(path) if path is not None else default_path()
+        self.path = store_path(path if path is not None else default_path())
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._open()
         except sqlite3.DatabaseError as err:
             if not _is_corrupt(err):
-                raise
+                raise ValueError(f"{self.path}: cannot open the run store ({err})") from err
             aside = self._move_aside()
             notice(f"{self.path} is not a valid run database ({err}); moved it to {aside.name} and started a new one")
             self._open()

@@ -14,6 +14,7 @@ per write, one small owner file, and one listing of the parent folder.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
@@ -158,6 +159,26 @@ def recover(target: str | Path) -> None:
     target = Path(target)
     if target.name and target.parent.is_dir():
         _sweep(target.parent, target.name, delete=False)
+
+
+def replacing(target: str | Path) -> bool:
+    """True while a live process is between the two renames of :func:`atomic_dir` at ``target``: its old
+    copy set aside in an ``old`` holder, the new one not yet in place (a reader finds no folder there then)."""
+    target = Path(target)
+    try:
+        entries = list(target.parent.glob(f".{glob.escape(target.name)}.old-*"))
+    except OSError:
+        return False
+    for entry in entries:
+        match = _HOLDER.match(entry.name)
+        if (
+            match
+            and match["name"] == target.name
+            and (entry / CONTENT).exists()
+            and process_alive(int(match["pid"]), int(match["start"]))
+        ):
+            return True
+    return False
 
 
 def _owned(entry: Path) -> tuple[str, str] | None:

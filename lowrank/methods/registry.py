@@ -13,6 +13,7 @@ checks and widgets are generated; a new file in this package that registers a me
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,7 +58,7 @@ class Option:
 
     def check(self, method: str, name: str, value) -> None:
         """A choice must be one of ``choices``; otherwise the value must have the default's type
-        (an int is a float too); a ``None`` default takes anything (the method checks it)."""
+        (an int is a float too, NaN and infinities are none); a ``None`` default takes anything (the method checks it)."""
         if self.choices is not None:
             if value not in self.choices:
                 raise ValueError(
@@ -70,7 +71,8 @@ class Option:
         elif isinstance(default, int):
             ok, kind = isinstance(value, int) and not isinstance(value, bool), "an integer"
         elif isinstance(default, float):
-            ok, kind = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+            ok, kind = isinstance(value, (int, float)) and not isinstance(value, bool), "a finite number"
+            ok = ok and math.isfinite(value)
         elif isinstance(default, str):
             ok, kind = isinstance(value, str), "text"
         else:

@@ -20,6 +20,7 @@ from torch import nn
 from lowrank.data.tasks import Task, TaskError, load_task
 from lowrank.loaded import LoadedModel, unwrap
 from lowrank.models.packaged import FINETUNED
+from lowrank.validate import label_name
 
 RECORD_KEY = "lowrank_task"  # config.json attribute written by record_task
 DEFAULT_LM_TASK = "lee"
@@ -70,7 +71,7 @@ def label_mapping(config, task: Task, model_name: str) -> list[int] | None:
         )
     if not (has_real_names(model_names) and has_real_names(task_names)):
         return None
-    key = lambda n: str(n).strip().lower()  # noqa: E731
+    key = lambda n: label_name(n).lower()  # noqa: E731
     index = {key(n): i for i, n in enumerate(model_names)}
     if len(index) != len(model_names) or set(index) != {key(n) for n in task_names}:
         raise TaskError(

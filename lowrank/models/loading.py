@@ -18,18 +18,36 @@ from pathlib import Path
 import psutil
 import torch
 import transformers
+from huggingface_hub.errors import StrictDataclassError
 from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from lowrank.data.tasks import Task, TaskError, hub_reachable, load_task
+from lowrank.files.readers import read_whole
 from lowrank.loaded import LoadedModel
 from lowrank.models.errors import ModelLoadError
 from lowrank.models.labels import head_untrained, label_mapping
 from lowrank.models.packaged import resolve_source
 from lowrank.models.pretrained import from_config, from_pretrained, load_weights
+from lowrank.validate import Range
 
-# What a broken checkpoint raises while it is read (truncated or corrupt safetensors, bad JSON...)
-READ_ERRORS = (OSError, ValueError, KeyError, SafetensorError)
+# What a broken checkpoint raises while it is read (truncated or corrupt safetensors, bad JSON, a config field
+# of the wrong type...)
+READ_ERRORS = (OSError, ValueError, KeyError, SafetensorError, StrictDataclassError)
+# Sizes a config may set, each a whole number from 1 to its bound (a layer count beyond any real model's
+# would take minutes to build even on the meta device)
+CONFIG_SIZES = {
+    "num_hidden_layers": 1024,
+    "hidden_size": 2**20,
+    "intermediate_size": 2**22,
+    "num_attention_heads": 2**14,
+    "num_key_value_heads": 2**14,
+    "head_dim": 2**16,
+    "vocab_size": 2**24,
+    "max_position_embeddings": 2**24,
+    "n_inner": 2**22,
+    "num_labels": 2**20,
+}
 # The transformers class that builds a model of each kind with its head; an encoder is an AutoModel.
 AUTO_CLASSES = {"causal-lm": AutoModelForCausalLM, "classifier": AutoModelForSequenceClassification}
 
@@ -60,18 +78,55 @@ def available_ram_bytes() -> int:
     return psutil.virtual_memory().available
 
 
-def estimate_parameters(config) -> int:
-    """Parameter count of the architecture described by ``config``, built on the meta device (no memory)."""
+def check_config_sizes(config, name: str) -> None:
+    """Refuse a config whose sizes (:data:`CONFIG_SIZES`, where set) are not whole numbers in ``[1, bound]``,
+    with :class:`ModelLoadError` naming the field: before anything is built from it. Cost: a few lookups."""
+    for field, bound in CONFIG_SIZES.items():
+        value = getattr(config, field, None)
+        if value is None:
+            continue
+        try:
+            Range(1, bound, integer=True).check(value, field)
+        except ValueError as err:
+            raise ModelLoadError(f"{name}: config.json {err}") from err
+
+
+def least_parameters(config) -> int:
+    """A lower bound on the parameters of ``config``'s model, by arithmetic: the token embedding and, per
+    layer, one hidden x hidden projection. Sizes must have passed :func:`check_config_sizes`."""
+    hidden = getattr(config, "hidden_size", None) or 0
+    layers = getattr(config, "num_hidden_layers", None) or 0
+    return layers * hidden * hidden + (getattr(config, "vocab_size", None) or 0) * hidden
+
+
+def estimate_parameters(config, name: str = "the model") -> int:
+    """Parameter count of the architecture described by ``config``, built on the meta device (no memory).
+
+    Its sizes are checked first (:func:`check_config_sizes`); a config transformers cannot build raises
+    :class:`ModelLoadError`. Cost: building the modules (milliseconds per layer), no tensor memory.
+    """
+    check_config_sizes(config, name)
     factory = AutoModelForCausalLM if model_kind(config) == "causal-lm" else AutoModel
-    with torch.device("meta"):
-        shell = from_config(factory, config)
+    try:
+        with torch.device("meta"):
+            shell = from_config(factory, config)
+    except (ValueError, TypeError, AttributeError, ArithmeticError, RuntimeError) as err:
+        raise ModelLoadError(
+            f"{name}: config.json describes no model transformers can build: {read_error(err, '')}"
+        ) from err
     return sum(p.numel() for p in shell.parameters())
 
 
 def check_fits_in_memory(config, name: str, bytes_per_param: int = 4, headroom: float = 0.8) -> int:
-    """Raise :class:`ModelLoadError` if a float32 copy needs more than ``headroom`` x available RAM."""
-    n = estimate_parameters(config)
-    need, have = n * bytes_per_param, available_ram_bytes()
+    """Raise :class:`ModelLoadError` if a float32 copy needs more than ``headroom`` x available RAM.
+
+    The sizes are checked and an arithmetic lower bound (:func:`least_parameters`) compared first, so a
+    config of absurd sizes is refused without building anything."""
+    check_config_sizes(config, name)
+    have = available_ram_bytes()
+    least = least_parameters(config) * bytes_per_param
+    n = least // bytes_per_param if least > headroom * have else estimate_parameters(config, name)
+    need = n * bytes_per_param
     if need > headroom * have:
         raise ModelLoadError(
             f"{name} has about {n / 1e6:.0f}M parameters ({need / 2**30:.1f} GiB in float32) "
@@ -107,7 +162,7 @@ def load_config(source: str, name: str, local_only: bool):
         raise ModelLoadError(f"cannot load model {name!r}: no such folder")
     try:
         return from_pretrained(AutoConfig, source, local_files_only=local_only)
-    except READ_ERRORS as err:
+    except (*READ_ERRORS, TypeError) as err:
         hub_hint = local_only and not folder.exists()  # a local folder's problem is never the hub's
         hint = " (the Hugging Face hub is not reachable and the model is not in the local cache)" if hub_hint else ""
         raise ModelLoadError(f"cannot load model {name!r}{hint}: {str(err).splitlines()[0]}") from err
@@ -117,6 +172,8 @@ def read_error(err: BaseException, folder) -> str:
     """One line about a checkpoint that could not be read; a broken safetensors file is named."""
     lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()] or [type(err).__name__]
     first = next((line for line in lines if line.startswith("size mismatch")), lines[0])  # torch's load_state_dict
+    if "ignore_mismatched_sizes" in first:  # transformers' from_pretrained: the names are only in its log
+        first = "size mismatch: a weight's shape disagrees with the sizes config.json gives"
     if isinstance(err, SafetensorError):
         files = sorted(Path(folder).glob("*.safetensors")) if Path(folder).is_dir() else []
         where = str(files[0]) if len(files) == 1 else f"a .safetensors file in {folder}"
@@ -150,9 +207,23 @@ def load_model(
     classifier keeps its own labels, which must fit the task's
     (:func:`lowrank.models.labels.check_labels`). Weights that do not fill the model (missing, unexpected or of
     another shape: :func:`lowrank.models.pretrained.load_weights`) or hold NaN or infinite values are refused.
+    A local folder another process replaces meanwhile is read whole from one version of it
+    (:func:`lowrank.files.readers.read_whole`).
     """
     name = str(name_or_path)
     source = resolve_source(name)
+    return read_whole(Path(source), lambda: read_model(name, source, task, device, allow_pickle, dtype))
+
+
+def read_model(
+    name: str,
+    source: str,
+    task: str | Task | None = None,
+    device: str | torch.device = "cpu",
+    allow_pickle: bool = False,
+    dtype: torch.dtype = torch.float32,
+) -> LoadedModel:
+    """:func:`load_model` of ``source`` (``name`` resolved) without the check for a concurrent replacement."""
     check_checkpoint_format(source, allow_pickle)
     local_only = Path(source).exists() or not hub_reachable()
     config = load_config(source, name, local_only)
@@ -188,7 +259,7 @@ def load_model(
         finally:
             transformers.logging.set_verbosity(verbosity)
         tokenizer = from_pretrained(AutoTokenizer, source, local_files_only=local_only)
-    except READ_ERRORS as err:
+    except (*READ_ERRORS, RuntimeError) as err:  # RuntimeError: a weight of the wrong shape
         raise ModelLoadError(f"cannot load model {name!r}: {read_error(err, source)}") from err
     check_finite(model, name)
     prepare_tokenizer(tokenizer, model.config)

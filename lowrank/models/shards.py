@@ -24,6 +24,7 @@ from safetensors.torch import load_model as load_single
 from torch import nn
 
 from lowrank.models.errors import ModelLoadError
+from lowrank.validate import parse_json
 
 SINGLE = "model.safetensors"
 INDEX = "model.safetensors.index.json"
@@ -34,8 +35,8 @@ def weight_map(folder: str | Path) -> dict[str, str]:
     folder = Path(folder)
     if (folder / INDEX).exists():
         try:
-            return dict(json.loads((folder / INDEX).read_text())["weight_map"])
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            return dict(parse_json((folder / INDEX).read_bytes(), str(folder / INDEX))["weight_map"])
+        except (ValueError, KeyError, TypeError) as err:
             raise ModelLoadError(f"{folder / INDEX} is not a safetensors index ({err})") from err
     if (folder / SINGLE).exists():
         with safe_open(str(folder / SINGLE), framework="pt") as handle:
