@@ -51,7 +51,7 @@ def test_a_weight_of_the_wrong_shape_is_a_clear_error(capsys, tmp_path, tiny_ber
     tensors[QUERY] = tensors[QUERY][:32].contiguous()
     save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
     code, _, err = run(capsys, "evaluate", "--model", folder, "--task", sentiment_csv, "--limit", "1")
-    assert_clear_error(code, err, "size mismatch")
+    assert_clear_error(code, err, QUERY, "another shape")  # names the tensor and both shapes
 
 
 def test_a_negative_hidden_size_is_a_clear_error(capsys, tmp_path, tiny_bert_dir, sentiment_csv):
