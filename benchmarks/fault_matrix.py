@@ -117,7 +117,7 @@ def _tokenizer():
 
     from lowrank.assets import minilm_dir
 
-    return AutoTokenizer.from_pretrained(minilm_dir())
+    return AutoTokenizer.from_pretrained(minilm_dir(), trust_remote_code=False)
 
 
 def _bert(folder: Path, names: list[str]) -> Path:

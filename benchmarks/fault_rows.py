@@ -1,9 +1,8 @@
 """Rows of the fault matrix for the reliability issue's classes 1-6 (:mod:`fault_matrix` runs them).
 
-Classes 1-3 (fixed on another branch, rel-a; these rows may fail here): user folders named like a writer's
-set-aside copy (``.<name>.old-<n>``) next to an output or a loaded model; a compressed folder whose config asks for
-custom code (``auto_map`` + its own ``model_type``); a checkpoint missing one encoder weight, a fine-tuned
-classifier missing its head. Classes 4-6: malformed models and stores, inputs that mean nothing or two things,
+Classes 1-3: user folders named like a writer's set-aside copy (``.<name>.old-<n>``) next to an output or a
+loaded model; a compressed folder whose config asks for custom code (``auto_map`` + its own ``model_type``); a
+checkpoint missing one encoder weight, a fine-tuned classifier missing its head. Classes 4-6: malformed models and stores, inputs that mean nothing or two things,
 readers during a replacement (two processes).
 """
 

@@ -30,6 +30,9 @@ class Parser(argparse.ArgumentParser):
     """``argparse`` whose usage errors are one ``error: ...`` line (exit 2), like every other bad input."""
 
     def error(self, message: str):
+        flag, _, reason = message.partition(": ")
+        if flag.startswith("argument ") and reason.startswith(flag.removeprefix("argument ").split("/")[0]):
+            message = reason  # "argument --lr: --lr must be ..." says the flag once
         self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
 
 

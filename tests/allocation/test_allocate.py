@@ -420,7 +420,7 @@ def test_plan_json_round_trip_and_file(tmp_path, tiny_bert):
 
 
 def test_plan_from_bad_json_raises():
-    with pytest.raises(ValueError, match="must be JSON"):
+    with pytest.raises(ValueError, match="rank plan is not valid JSON"):
         RankPlan.from_json("{nope")
     with pytest.raises(ValueError, match="not a rank plan"):
         RankPlan.from_json({"ranks": {"a": 4}})

@@ -26,6 +26,7 @@ print("ready", flush=True)
 while time.time() < end:
     save_compressed(versions[i % 2], target)
     i += 1
+    time.sleep(0.1 * (i % 3))  # back-to-back replacements and short gaps: a slow reader still finds a quiet moment
 print(i)
 """
 
