@@ -63,8 +63,7 @@ from lowrank.models.architectures import compressible_linears
 from lowrank.statistics import DEFAULT
 from lowrank.training.finetune import TrainConfig, train
 from lowrank.training.lpaf import LpafConfig, default_sparsity, lpaf, mixed_rank_finetune
-from lowrank.training.prune import METHODS as PRUNE_METHODS
-from lowrank.training.prune import prune
+from lowrank.training.prune import PRUNE_METHODS, prune
 
 RUNS = (
     "svd+ft",

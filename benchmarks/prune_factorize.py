@@ -30,8 +30,7 @@ from common import fisher_maps, parser, write
 
 import lowrank
 from lowrank.training.finetune import TrainConfig
-from lowrank.training.prune import METHODS as PRUNE_METHODS
-from lowrank.training.prune import prune
+from lowrank.training.prune import PRUNE_METHODS, prune
 
 METHODS = ("svd", "fwsvd", "tfwsvd")
 

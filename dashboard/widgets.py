@@ -15,8 +15,7 @@ import streamlit as st
 
 from lowrank import errors
 from lowrank.evaluation.quality import destroyed
-from lowrank.experiments.build import eta_s, latest_build, start_build
-from lowrank.experiments.build import log_path as build_log
+from lowrank.experiments import build
 from lowrank.experiments.sweep import cancel_sweep, log_path, resume_sweep
 from lowrank.methods import Option, get_method
 from lowrank.report.formats import format_duration
@@ -200,12 +199,12 @@ def build_card(recipe: Recipe) -> None:
     drawn again once when it ends), then a button switching to the built model, or why it stopped with a button
     to build it again."""
     store = cache.store()
-    running = (latest_build(store, recipe.name) or {}).get("status") == "running"
+    running = (build.latest_build(store, recipe.name) or {}).get("status") == "running"
     label = model_label(recipe.name)
 
     @st.fragment(run_every=POLL_S if running else None)
     def card() -> None:
-        row = latest_build(store, recipe.name)
+        row = build.latest_build(store, recipe.name)
         if running and (row or {}).get("status") != "running":
             st.rerun()  # ended: draw the page once more, without polling
         if row is not None and row["status"] == "running":
@@ -227,7 +226,7 @@ def build_card(recipe: Recipe) -> None:
             if row is not None:  # failed or interrupted
                 st.warning(
                     f"Building {label} {row['status']}: {row.get('error') or row.get('message') or ''} "
-                    f"(log: {build_log(store, int(row['id']))})",
+                    f"(log: {build.log_path(store, int(row['id']))})",
                     icon=":material/warning:",
                 )
             again = row is not None
@@ -238,7 +237,7 @@ def build_card(recipe: Recipe) -> None:
                 help=f"builds {recipe.out}",
             ):
                 try:
-                    start_build(recipe, store)
+                    build.start_build(recipe, store)
                 except USER_ERRORS as err:
                     show_error(f"Cannot build {label}", err)
                 else:
@@ -253,7 +252,7 @@ def build_text(row: dict) -> str:
     text = f"Building {model_label(row['name'])}: {row.get('message') or 'starting'}"
     if row.get("total"):
         text += f" · step {row['step'] or 0} of {row['total']}"
-    left = eta_s(row)
+    left = build.eta_s(row)
     return text + (f" · about {format_duration(left)} left" if left is not None else "")
 
 

@@ -27,7 +27,7 @@ from lowrank.compress import load_any, save_compressed
 from lowrank.evaluation import evaluate
 from lowrank.progress import TqdmProgress
 from lowrank.training.lpaf import FACTORIZATIONS, FINETUNE_CONFIG, LpafConfig, average_ranks, lpaf, rank_analysis
-from lowrank.training.prune import MASKS_FILE, METHODS, PRUNE_CONFIG, load_masks, prune, save_pruned
+from lowrank.training.prune import MASKS_FILE, PRUNE_CONFIG, PRUNE_METHODS, load_masks, prune, save_pruned
 from lowrank.validate import COUNT, FRACTION, OPEN_FRACTION, POSITIVE, UNIT, arg_type, path_arg
 
 
@@ -37,7 +37,7 @@ def register(sub) -> None:
     )
     p.add_argument("--model", default="minilm-rt")
     add_task(p, "task to fine-tune on while pruning")
-    p.add_argument("--method", choices=list(METHODS), default="movement")
+    p.add_argument("--method", choices=list(PRUNE_METHODS), default="movement")
     p.add_argument(
         "--sparsity",
         type=arg_type(OPEN_FRACTION, "--sparsity"),
@@ -88,7 +88,7 @@ def register(sub) -> None:
         type=arg_type(OPEN_FRACTION, "--sparsity"),
         help="pruning target (default: 1 - kept parameter fraction)",
     )
-    p.add_argument("--prune-method", choices=list(METHODS), default="movement")
+    p.add_argument("--prune-method", choices=list(PRUNE_METHODS), default="movement")
     p.add_argument("--scope", choices=["global", "layer"], default="global")
     _score_update(p)
     p.add_argument(

@@ -17,10 +17,10 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
+import safetensors.torch
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from safetensors.torch import load_model as load_single
 from torch import nn
 
 from lowrank.models.errors import ModelLoadError
@@ -123,7 +123,7 @@ def load_into(model: nn.Module, folder: str | Path) -> tuple[list[str], list[str
     if not (folder / INDEX).exists():
         if not (folder / SINGLE).exists():
             raise ModelLoadError(f"{folder} has no safetensors weights ({SINGLE} or {INDEX})")
-        missing, unexpected = load_single(model, str(folder / SINGLE), strict=False)
+        missing, unexpected = safetensors.torch.load_model(model, str(folder / SINGLE), strict=False)
         return list(missing), list(unexpected)
     expected = set(model.state_dict())
     seen: set[str] = set()

@@ -18,8 +18,7 @@ from contextlib import contextmanager, nullcontext
 import torch
 import torch.distributed as dist
 
-from lowrank.data import batches
-from lowrank.data import num_batches as count_batches
+from lowrank.data import batches, num_batches
 from lowrank.progress import Progress, report
 from lowrank.statistics.settings import StatisticsSettings
 
@@ -62,7 +61,7 @@ def calibration_batches(task, tokenizer, settings: StatisticsSettings) -> tuple[
     """The sample every statistic is computed on: ``(count, batches)``, at most ``settings.num_batches``
     shuffled batches of ``settings.split`` (seed ``settings.seed``)."""
     s = settings
-    total = min(s.num_batches, count_batches(task, tokenizer, s.split, s.batch_size, s.max_length))
+    total = min(s.num_batches, num_batches(task, tokenizer, s.split, s.batch_size, s.max_length))
     return total, batches(task, tokenizer, s.split, s.batch_size, s.max_length, shuffle=True, seed=s.seed, limit=total)
 
 

@@ -31,8 +31,7 @@ from lowrank.ranks import Ranks, resolve_ranks
 from lowrank.statistics import DEFAULT, StatisticsSettings, select, statistics_for
 from lowrank.training.finetune import TrainConfig, train
 from lowrank.training.mixed import SCHEDULES, MixedRankAnnealing, finalize, to_mixed_rank
-from lowrank.training.prune import METHODS as PRUNE_METHODS
-from lowrank.training.prune import PRUNE_CONFIG, SCOPES, SCORE_UPDATES, prune
+from lowrank.training.prune import PRUNE_CONFIG, PRUNE_METHODS, SCOPES, SCORE_UPDATES, prune
 
 RANK_COLUMNS = ("numerical_rank", "effective_rank", "stable_rank", "rank90", "rank95", "rank99")
 FINETUNE_CONFIG = TrainConfig(epochs=2.0, lr=8e-5, batch_size=32, max_length=64)

@@ -27,7 +27,7 @@ from lowrank.models.architectures import compressible_linears
 from lowrank.progress import Progress
 from lowrank.training.finetune import TrainConfig, TrainingHook, train
 
-METHODS = ("movement", "taylor", "magnitude")
+PRUNE_METHODS = ("movement", "taylor", "magnitude")
 FIRST_ORDER = ("movement", "taylor")
 SCOPES = ("global", "layer")
 SCORE_UPDATES = ("raw", "adam")
@@ -145,8 +145,8 @@ class PruningHook(TrainingHook):
         layers: list[str] | None = None,
         score_update: str = "raw",
     ):
-        if method not in METHODS:
-            raise ValueError(f"pruning method must be one of {METHODS}, got {method!r}")
+        if method not in PRUNE_METHODS:
+            raise ValueError(f"pruning method must be one of {PRUNE_METHODS}, got {method!r}")
         if scope not in SCOPES:
             raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
         if score_update not in SCORE_UPDATES:
