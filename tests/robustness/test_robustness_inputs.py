@@ -21,7 +21,6 @@ import pytest
 import tomllib
 import torch
 
-from lowrank.cli.main import main
 from lowrank.compress import compress, load_compressed, save_compressed
 from lowrank.data import load_task
 from lowrank.evaluation import evaluate
@@ -29,28 +28,10 @@ from lowrank.experiments.store import RunStore
 from lowrank.models import ModelLoadError, load_model
 from lowrank.models.labels import check_labels, default_task
 from tests.conftest import sentiment_frame
+from tests.robustness.cli_errors import assert_clear_error, run
 
 ROOT = Path(__file__).resolve().parents[2]
 QUERY = "bert.encoder.layer.0.attention.self.query.weight"
-
-
-def run(capsys, *argv) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_clear_error(code: int, err: str, *needles: str) -> str:
-    """Exit 2 and one ``error: ...`` line, the last on stderr (progress bars may come before it), with no
-    traceback; returns the line."""
-    lines = [line.strip() for line in err.replace("\r", "\n").splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("error: ")]
-    assert code == 2, err
-    assert len(errors) == 1 and lines[-1] == errors[0], err
-    assert "Traceback" not in err
-    for needle in needles:
-        assert needle in errors[0], errors[0]
-    return errors[0]
 
 
 @pytest.fixture(autouse=True)

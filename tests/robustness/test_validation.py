@@ -11,28 +11,14 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file, save_file
 
-from lowrank.cli.main import main
 from lowrank.data import load_task
 from lowrank.experiments.store import RunStore
 from lowrank.validate import label_name, parse_json
 from tests.conftest import sentiment_frame
+from tests.robustness.cli_errors import assert_clear_error, run
 
 QUERY = "bert.encoder.layer.0.attention.self.query.weight"
 LAYER = "bert.encoder.layer.0.intermediate.dense"
-
-
-def run(capsys, *argv) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_clear_error(code: int, err: str, *needles: str) -> None:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2 and "Traceback" not in err, err[-2000:]
-    assert lines[-1].startswith("error: ") and sum(x.startswith("error: ") for x in lines) == 1, err[-2000:]
-    for needle in needles:
-        assert needle in lines[-1], (needle, lines[-1])
 
 
 def edited_config(source: Path, folder: Path, **changes) -> Path:
