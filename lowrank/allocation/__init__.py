@@ -9,11 +9,13 @@
 * :mod:`.solvers`: common-threshold bisection, convex-hull greedy, and the fill step;
 * :mod:`.sensitivity`: calibration loss measured one layer at a time (cached);
 * :mod:`.strategies`: the strategy registry and :func:`allocate`;
+* :mod:`.explain`: the budget's price and a reason per layer (why each layer got its rank);
 * :mod:`.plan`: the plan, its JSON file and the one reader of it (:func:`read_ranks`, :meth:`RankPlan.load`).
 """
 
 from lowrank.allocation.choices import DEFAULT_ALIGN, parse_budget
 from lowrank.allocation.curves import layer_loss_curves, predicted_loss_curve
+from lowrank.allocation.explain import PlanExplanation, Price, explain_plan
 from lowrank.allocation.plan import PlannedLayer, RankPlan, read_ranks
 from lowrank.allocation.sensitivity import measure_sensitivity, sensitivity_cache_path, sensitivity_settings
 from lowrank.allocation.strategies import (
@@ -24,17 +26,21 @@ from lowrank.allocation.strategies import (
     available_strategies,
     get_strategy,
     register_strategy,
+    strategy_curves,
 )
 
 __all__ = [
     "DEFAULT_ALIGN",
     "DEFAULT_STRATEGY",
     "STRATEGIES",
+    "PlanExplanation",
     "PlannedLayer",
+    "Price",
     "RankPlan",
     "Strategy",
     "allocate",
     "available_strategies",
+    "explain_plan",
     "get_strategy",
     "layer_loss_curves",
     "measure_sensitivity",
@@ -44,4 +50,5 @@ __all__ = [
     "register_strategy",
     "sensitivity_cache_path",
     "sensitivity_settings",
+    "strategy_curves",
 ]

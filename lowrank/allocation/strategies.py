@@ -82,6 +82,8 @@ class Strategy:
     description: str
     needs: tuple[str, ...]  # statistic kinds (lowrank.statistics.STATISTIC_KINDS), e.g. ("fisher",)
     needs_task: bool  # calibration batches of its own (sensitivity)
+    curves: Callable | None = None  # ctx -> {layer: curve[r], r = 0 .. min(out, in)}: what it optimizes, per rank
+    metric: str = ""  # what the curves measure, in words (e.g. "K-FAC-predicted loss increase (nats)")
 
     @property
     def needs_importance(self) -> bool:
@@ -91,16 +93,25 @@ class Strategy:
 STRATEGIES: dict[str, Strategy] = {}
 
 
-def register_strategy(name: str, description: str, needs: tuple[str, ...] = (), needs_task: bool = False):
+def register_strategy(
+    name: str,
+    description: str,
+    needs: tuple[str, ...] = (),
+    needs_task: bool = False,
+    curves: Callable | None = None,
+    metric: str = "",
+):
     """Decorator registering ``fn(ctx: AllocationContext, **options)``.
 
     ``fn`` returns ``{layer: choice index}`` (see :class:`~lowrank.allocation.choices.LayerChoices`)
-    or a pair ``(choices, info)`` with a dict of facts stored in ``plan.meta``. Shared building
+    or a pair ``(choices, info)`` with a dict of facts stored in ``plan.meta``. ``curves(ctx)``, when the strategy
+    scores ranks by a per-rank curve, returns ``{layer: curve}`` with ``curve[r]`` for r = 0 .. min(out, in), the
+    one curve ``fn`` reads (:func:`strategy_curves`); ``metric`` says what it measures. Shared building
     blocks: :mod:`lowrank.allocation.budget`.
     """
 
     def decorate(fn):
-        STRATEGIES[name] = Strategy(name, fn, description, tuple(needs), needs_task)
+        STRATEGIES[name] = Strategy(name, fn, description, tuple(needs), needs_task, curves, metric)
         return fn
 
     return decorate
@@ -123,14 +134,24 @@ def _uniform(ctx: AllocationContext):
     return choice, {"kept_fraction": 1.0 - threshold}
 
 
+def _dropped_energy(ctx: AllocationContext) -> dict[str, np.ndarray]:
+    """``curve[r] = 1 - e_r``: the fraction of ``||W||_F^2`` a rank-r truncation drops (``e_0 = 0``)."""
+    return {n: 1.0 - np.append(0.0, energy_curve(singular_values(ctx.weight(n)))) for n in ctx.layers}
+
+
+def _kfac_curves(ctx: AllocationContext) -> dict[str, np.ndarray]:
+    return kfac_loss_curves(ctx.model, ctx.stats or {}, ctx.progress)
+
+
 @register_strategy(
-    "energy", "Smallest rank keeping a common fraction of each layer's squared Frobenius norm (SVD energy)."
+    "energy",
+    "Smallest rank keeping a common fraction of each layer's squared Frobenius norm (SVD energy).",
+    curves=_dropped_energy,
+    metric="fraction of the SVD energy dropped",
 )
 def _energy(ctx: AllocationContext):
-    scores = {}
-    for name, choices in ctx.layers.items():
-        energy = np.append(0.0, energy_curve(singular_values(ctx.weight(name))))  # energy[r]: kept by rank r
-        scores[name] = np.array([1.0 - energy[r] for r in choices.ranks] + [0.0])
+    curves = _dropped_energy(ctx)
+    scores = {n: ctx.curve_choices(curves, n) for n in ctx.layers}
     choice, threshold = threshold_allocation(ctx.layers, ctx.budget, scores)
     return choice, {"energy": 1.0 - threshold}
 
@@ -139,6 +160,8 @@ def _energy(ctx: AllocationContext):
     "fisher_greedy",
     "Global greedy on the Fisher-predicted loss increase per parameter (FWSVD spectrum).",
     needs=("fisher",),
+    curves=AllocationContext.loss_curves,
+    metric="diagonal-Fisher predicted loss increase (nats)",
 )
 def _fisher_greedy(ctx: AllocationContext):
     curves = ctx.loss_curves()
@@ -152,9 +175,11 @@ def _fisher_greedy(ctx: AllocationContext):
     "Global greedy on the K-FAC-predicted loss increase per parameter (kfac_svd spectrum: "
     "input and gradient correlations).",
     needs=("activations", "gradients"),
+    curves=_kfac_curves,
+    metric="K-FAC-predicted loss increase (nats)",
 )
 def _kfac_greedy(ctx: AllocationContext):
-    curves = kfac_loss_curves(ctx.model, ctx.stats or {}, ctx.progress)
+    curves = _kfac_curves(ctx)
     losses = {n: ctx.curve_choices(curves, n) for n in ctx.layers}
     choice, bound = greedy_allocation(ctx.layers, ctx.budget, losses)
     return choice, {"kfac_loss_lower_bound": bound}
@@ -236,10 +261,7 @@ def allocate(
         raise ValueError("this model has no compressible dense Linear layers to allocate ranks to")
     layers = layer_choices(shapes, align)
     absolute = resolve_budget(budget, layers)
-    if importance is None and stats:
-        importance = select(stats, "fisher") or None
-    if importance is not None:
-        importance = {n: importance[n] for n in shapes if n in importance}
+    importance = _importance(shapes, importance, stats)
     if spec.needs_importance:
         missing = [n for n in shapes if importance is None or n not in importance]
         if missing:
@@ -286,3 +308,36 @@ def allocate(
     if plan.params > absolute:
         raise ValueError(f"strategy {strategy!r} exceeded the budget: {plan.params:,} > {absolute:,} parameters")
     return plan
+
+
+def _importance(shapes: dict, importance: dict | None, stats: dict | None) -> dict | None:
+    """The Fisher maps of the layers of ``shapes``: ``importance`` when given, else those in ``stats``."""
+    if importance is None and stats:
+        importance = select(stats, "fisher") or None
+    return None if importance is None else {n: importance[n] for n in shapes if n in importance}
+
+
+def strategy_curves(
+    model,
+    strategy: str,
+    stats: dict | None = None,
+    importance: dict[str, torch.Tensor] | None = None,
+    axis: str = "in",
+    progress: Progress | None = None,
+) -> dict[str, np.ndarray] | None:
+    """``{layer: curve}``, ``curve[r]`` for r = 0 .. min(out, in): the per-rank curve ``strategy`` itself reads
+    (``kfac_greedy``: the K-FAC-predicted loss increase; ``fisher_greedy``: the diagonal-Fisher one; ``energy``: the
+    dropped SVD energy ``1 - e_r``), read at its choices by :meth:`AllocationContext.curve_choices`. ``None`` for a
+    strategy that scores no per-rank curve (``uniform``, ``sensitivity``). ``stats`` as in :func:`allocate`;
+    ``ValueError`` when the statistics the curve needs are missing."""
+    spec = get_strategy(strategy)
+    if spec.curves is None:
+        return None
+    module, loaded = unwrap(model)
+    shapes = linear_shapes(module)
+    importance = _importance(shapes, importance, stats)
+    if spec.needs_importance and (importance is None or set(shapes) - set(importance)):
+        raise ValueError(f"the curves of {strategy!r} need the Fisher information of every layer")
+    layers = layer_choices(shapes, 1)
+    ctx = AllocationContext(module, loaded, layers, 0, 1, importance, None, progress, axis, stats)
+    return spec.curves(ctx)
