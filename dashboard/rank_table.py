@@ -34,6 +34,7 @@ COLUMNS = (
     "kept",
     "predicted_loss",
     "dense",
+    "why",
 )
 _INTEGER = re.compile(r"^[+-]?\d+$")
 
@@ -119,11 +120,16 @@ def read_edits(plan: RankPlan, editor_state: Mapping | None, shapes: Mapping[str
 
 
 def plan_frame(
-    plan: RankPlan, layers: pd.DataFrame, curves: Mapping | None, messages: Mapping[str, str]
+    plan: RankPlan,
+    layers: pd.DataFrame,
+    curves: Mapping | None,
+    messages: Mapping[str, str],
+    reasons: Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
     """The table of ``plan`` (:data:`COLUMNS`): ``layers`` gives each layer's type, block and break-even rank
     (``dashboard.cache.layer_table``), ``curves`` the predicted loss increase at every rank per layer (``None``:
-    unknown, NaN), ``messages`` the message of a row (:attr:`Edits.messages`)."""
+    unknown, NaN), ``messages`` the message of a row (:attr:`Edits.messages`), ``reasons`` why it has its rank
+    (:func:`lowrank.allocation.explain_plan`; empty when not given)."""
     frame = plan.to_frame().merge(layers[["name", "type", "block", "break_even"]], on="name")
     frame["kept"] = frame["params"] / frame["dense_params"]
     frame["predicted_loss"] = [
@@ -134,6 +140,7 @@ def plan_frame(
     frame["layer"] = [re.sub(r"^.*?\.\d+\.", "", n) for n in frame["name"]]  # without the block prefix
     frame["rank"] = ["" if pd.isna(r) else str(int(r)) for r in frame["rank"]]  # text: every typed value is checked
     frame["message"] = [messages.get(n, "") for n in frame["name"]]
+    frame["why"] = [(reasons or {}).get(n, "") for n in frame["name"]]
     return frame[list(COLUMNS)]
 
 

@@ -1,11 +1,20 @@
 """Ranks: the per-layer rank plan as an editable table (rank, kept parameters, predicted loss increase,
-break-even flag), filled from a budget and an allocation strategy, imported or exported as JSON."""
+break-even flag, why), filled from a budget and an allocation strategy, imported or exported as JSON, and why a layer
+has its rank (its curve against rank, the budget's price)."""
 
 from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import cache, layout, names, rank_table, session, widgets  # first: sets up the environment for torch
+from dashboard import (
+    cache,
+    layout,
+    names,
+    rank_table,
+    session,
+    why_rank,
+    widgets,
+)  # first: sets up the environment for torch
 from dashboard.progress import ProgressBar
 from lowrank.allocation import RankPlan, available_strategies, get_strategy
 from lowrank.needs import needs_for
@@ -55,6 +64,8 @@ if fill:
         st.rerun()
 
 curves = cache.loss_curves(model, task) if cache.is_cached(model, task, cache.PREDICTION_NEEDS) else None
+with widgets.stop_on_error("Cannot compute the curves of the plan's strategy"):
+    shown_curves = why_rank.curves_for(model, task, session.plan().strategy)
 
 
 # ---------------------------------------------------------------- the editable table
@@ -85,7 +96,8 @@ def plan_editor() -> None:
 
     totals = st.container()
     messages = st.session_state["rank_messages"]
-    frame = rank_table.plan_frame(plan, layers, curves, messages)
+    explained = why_rank.explain(plan, shown_curves)
+    frame = rank_table.plan_frame(plan, layers, curves, messages, explained.reasons)
     st.data_editor(
         frame,
         key=f"rank_editor_{st.session_state['editor_version']}",
@@ -118,6 +130,9 @@ def plan_editor() -> None:
                 help="Break-even flag: the layer stays dense because a "
                 "useful rank would be at or above break-even (or you cleared its "
                 "rank)",
+            ),
+            "why": st.column_config.TextColumn(
+                "why", width="large", help="Why the strategy gave this rank (rules: lowrank.allocation.explain)"
             ),
         },
     )
@@ -158,6 +173,8 @@ def plan_editor() -> None:
         if curves is None:
             st.caption(f"Predicted loss increases need the {statistics_label(cache.PREDICTION_NEEDS)}.")
             widgets.statistics_button(model, task, cache.PREDICTION_NEEDS)
+
+    why_rank.section(model, task, plan, shown_curves, explained)
 
     # import / export (here, so the exported plan is the edited one)
     cols = st.columns(2)
