@@ -9,6 +9,7 @@ Library API (the ``lowrank`` command mirrors it)::
     lowrank.save_compressed(small, "out/minilm-rt-50")
     stats = lowrank.statistics_for(m, "rotten_tomatoes", ("fisher",))   # what weighted methods need
     lowrank.compress(m, 0.5, method="tfwsvd", stats=stats)
+    lowrank.generate(m_lm, ["The city"], max_new_tokens=32)   # greedy text from a causal LM
     lowrank.compress_sequential("big-llama/", 0.5, "svd_llm", out="out/big-50", task="lee")  # one block in memory
 """
 
@@ -17,6 +18,7 @@ from lowrank.analysis.spectra import spectra
 from lowrank.compress import compress, load_compressed, save_compressed
 from lowrank.data import Task, TaskError, load_task
 from lowrank.evaluation import Evaluation, evaluate
+from lowrank.generation import generate
 from lowrank.info import CompressionInfo
 from lowrank.layers import LowRankLinear
 from lowrank.loaded import LoadedModel
@@ -50,6 +52,7 @@ __all__ = [
     "evaluate",
     "factorize",
     "finetune",
+    "generate",
     "get_method",
     "load_compressed",
     "load_model",
