@@ -143,7 +143,7 @@ def load(model: str, task: str) -> lowrank.LoadedModel:
     return _load(model, task)
 
 
-def _weights_key(model: str) -> str | None:
+def weights_key(model: str) -> str | None:
     """A fingerprint of a local model's weight files (folder, names, sizes, modification times); ``None`` for a
     hub id or a model that does not resolve to a folder of safetensors files."""
     try:
@@ -158,7 +158,7 @@ def _weights_key(model: str) -> str | None:
 
 
 def spectra_path(model: str) -> Path | None:
-    key = _weights_key(model)
+    key = weights_key(model)
     return None if key is None else cache_dir() / "spectra" / f"{key}.parquet"
 
 

@@ -1,6 +1,7 @@
 """Factorize: run one or more registered methods on the current rank plan in the background (a one-budget
 sweep with the plan's ranks, so leaving or reloading the page loses nothing), then compare quality, size
-and latency with the dense model, inspect solver convergence and download the compressed models."""
+and latency with the dense model, read a causal LM's generations beside the dense model's, inspect solver convergence
+and download the compressed models."""
 
 from __future__ import annotations
 
@@ -11,7 +12,15 @@ import pandas as pd
 import streamlit as st
 
 import lowrank
-from dashboard import cache, layout, names, plots, session, widgets  # first: sets up the environment for torch
+from dashboard import (
+    cache,
+    generations,
+    layout,
+    names,
+    plots,
+    session,
+    widgets,
+)  # first: sets up the environment for torch
 from lowrank.evaluation.latency import latency_note
 from lowrank.experiments.compare import DENSE, metric_info, reference_run
 from lowrank.experiments.sweep import SweepSpec, start_sweep
@@ -211,6 +220,14 @@ if histories:
             plots.convergence_figure(history, f"{row['method']} {solver}: weighted error per iteration"),
             key=f"convergence_{row['id']}",
         )
+
+if loaded.kind == "causal-lm":
+    saved = {
+        f"{row['method']} (run #{row['id']})": str(row["output_dir"])
+        for row in rows
+        if pd.notna(row["output_dir"]) and Path(row["output_dir"]).exists()
+    }
+    generations.view(model, task, saved, "factorize_generations")
 
 st.subheader("Download")
 for row in rows:

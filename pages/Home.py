@@ -1,12 +1,21 @@
 """Home: the workflow (one link per page), the current status, and a one-click stakeholder demo
 (spectra -> statistics -> budget plan -> background sweep of plain vs weighted factorization), which waits
-for a trained classification head (on a first run: the default model's build in the background)."""
+for a trained classification head (on a first run: the default model's build in the background), and the decoder demo
+(:mod:`dashboard.decoder_demo`: a causal LM compressed in the background, perplexity and generations against dense)."""
 
 from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import cache, layout, names, plots, session, widgets  # first: sets up the environment for torch
+from dashboard import (
+    cache,
+    decoder_demo,
+    layout,
+    names,
+    plots,
+    session,
+    widgets,
+)  # first: sets up the environment for torch
 from lowrank.allocation import DEFAULT_STRATEGY
 from lowrank.experiments.compare import DENSE, reference_run
 from lowrank.experiments.sweep import SweepSpec, reap_stale, start_sweep
@@ -229,3 +238,5 @@ if st.session_state.get("demo_confirm") and hand_edited and not waits:
         else:
             st.rerun()
 demo_results()
+
+decoder_demo.section()

@@ -1,6 +1,6 @@
 """Summary: the result of the stored runs of the current model and task in one view (lowrank.report): the best
 method at each budget against dense and plain SVD, size on disk, measured latency and quality, headline sentences,
-one chart, and the whole as a self-contained HTML report."""
+one chart, a causal LM's generations beside dense, and the whole as a self-contained HTML report."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import functools
 
 import streamlit as st
 
-from dashboard import cache, layout, names, session, widgets  # first: sets up the environment for torch
+from dashboard import cache, generations, layout, names, session, widgets  # first: sets up the environment for torch
 from lowrank import report
 from lowrank.report import formats
 from lowrank.statistics import statistics_label
@@ -113,6 +113,11 @@ elif svd_runs:
     widgets.statistics_button(model, task, cache.PREDICTION_NEEDS)
 else:
     st.caption("No plain-SVD run is stored at these budgets: nothing to compare the metric with.")
+
+if cache.read_model_kind(model) == "causal-lm":
+    shown = generations.view(model, task, report.saved_models(result), "summary_generations")
+    if shown is not None:
+        result = report.with_generations(result, shown)  # the report shows them too
 
 st.download_button(
     "Export the report (HTML)",

@@ -10,12 +10,13 @@ from lowrank.cli.args import add_common, add_statistics_options, statistics_sett
 from lowrank.compress import load_any
 from lowrank.data import load_task
 from lowrank.experiments.store import RunStore
+from lowrank.generation import DEFAULT_PROMPTS, DEFAULT_TOKENS, MAX_TOKENS, compare_generations
 from lowrank.models import compressible_weights
 from lowrank.needs import needs_for
 from lowrank.progress import TqdmProgress
-from lowrank.report import drop_checks, summary, with_drop_checks, write_report
+from lowrank.report import drop_checks, saved_models, summary, with_drop_checks, with_generations, write_report
 from lowrank.statistics import select, statistics_for
-from lowrank.validate import path_arg
+from lowrank.validate import Range, arg_type, path_arg
 
 
 def register(sub) -> None:
@@ -44,8 +45,32 @@ def register(sub) -> None:
         help="also the SVD-drop metric's prediction for each plain-SVD run, next to what it measured "
         "(loads the model; its Fisher from the cache, or computed once with these settings)",
     )
+    p.add_argument(
+        "--generate",
+        action="store_true",
+        help="also greedy generations of a causal LM and of the best runs' saved compressed models, side by side "
+        "(loads them; runs of the Factorize page and of the decoder demo are saved)",
+    )
+    p.add_argument(
+        "--tokens",
+        type=arg_type(Range(1, MAX_TOKENS, integer=True), "--tokens"),
+        default=DEFAULT_TOKENS,
+        help=f"with --generate: new tokens per prompt (default {DEFAULT_TOKENS})",
+    )
     add_statistics_options(p)
     p.set_defaults(handler=report_command)
+
+
+def generations(args, result):
+    """The dense model's and the best runs' saved compressed models' generations of the default prompts."""
+    saved = saved_models(result)
+    if not saved:
+        raise ValueError(
+            f"no saved compressed model among the best runs of {result.model} on {result.task}: --generate needs "
+            "runs that saved their model (the Factorize page's, the decoder demo's, or a sweep with save)"
+        )
+    models = {"dense": load_any(args.model, args.device), **{k: load_any(v, args.device) for k, v in saved.items()}}
+    return compare_generations(models, DEFAULT_PROMPTS, args.tokens)
 
 
 def report_command(args):
@@ -61,6 +86,8 @@ def report_command(args):
         raise ValueError(f"no finished runs of {args.model} on {task} in {store.path}")
     if args.predict:
         result = with_drop_checks(result, predictions(args, result, task))
+    if args.generate:
+        result = with_generations(result, generations(args, result))
     data = {
         "model": result.model,
         "task": result.task,
@@ -74,6 +101,9 @@ def report_command(args):
     if result.drop_checks:
         data["drop_checks"] = result.drop_table().to_dict("records")
         text += f"\n\nSVD-drop metric, predicted and measured:\n{result.drop_table().to_string(index=False)}"
+    if result.generations is not None:
+        data["generations"] = result.generations.to_dict("records")
+        text += f"\n\nGenerations side by side (greedy, {args.tokens} new tokens):\n{result.generations.to_string(index=False)}"
     if args.out:
         data["out"] = str(write_report(result, args.out))
         text += f"\nreport written to {data['out']}"

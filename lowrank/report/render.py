@@ -175,6 +175,15 @@ def render_html(s: Summary, figures: Sequence[go.Figure]) -> str:
         + ". Latency: forward pass on the CPU.</p>",
         *charts,
         *(["<h2>The SVD-drop metric: predicted and measured</h2>", _table(s.drop_table())] if s.drop_checks else []),
+        *(
+            [
+                "<h2>Generations side by side</h2>",
+                _table(s.generations),
+                '<p class="note">The same prompts, greedy decoding, the same number of new tokens.</p>',
+            ]
+            if s.generations is not None and len(s.generations)
+            else []
+        ),
         '<p class="note">Each chart: hover for the budget and latencies; the camera button (top right) downloads it as PNG.</p>',
         "<h2>Runs compared</h2>",
         _table(s.runs[[c for c in RUN_TABLE_COLUMNS if c in s.runs.columns]]) if len(s.runs) else "<p>–</p>",

@@ -7,7 +7,8 @@ finished dense run); compressed runs count when they were measured on its split 
 (:func:`lowrank.experiments.compare.comparable`). Of several runs of one method at one budget (e.g. two
 strategies), the newest counts; the best is the highest value, or the lowest for a metric where lower is better
 (:data:`lowrank.experiments.compare.METRICS`). Nothing is measured here: the rows come from the run store.
-:func:`drop_checks` adds the SVD-drop metric's prediction for each stored plain-SVD run (from its ranks, the
+:func:`saved_models` lists the saved compressed models of the best runs, whose generations :func:`with_generations`
+adds; :func:`drop_checks` adds the SVD-drop metric's prediction for each stored plain-SVD run (from its ranks, the
 weights and the Fisher: one weighted and one plain truncation per layer and run), next to what that run measured.
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import pandas as pd
 
@@ -83,6 +85,7 @@ class Summary:
     headlines: tuple[str, ...] = ()
     created: float = 0.0
     drop_checks: tuple[DropCheck, ...] = ()  # :func:`with_drop_checks`
+    generations: pd.DataFrame | None = field(default=None, repr=False, compare=False)  # :func:`with_generations`
 
     @property
     def higher_is_better(self) -> bool:
@@ -231,6 +234,24 @@ def drop_checks(s: Summary, weights: dict, fishers: dict) -> tuple[DropCheck, ..
             )
         )
     return tuple(checks)
+
+
+def saved_models(s: Summary) -> dict[str, str]:
+    """``{"<method> at <budget>": folder}`` for the summary's best runs whose compressed model was saved and is
+    still there (runs of the Factorize page and of the demos are saved), by budget."""
+    folders = s.runs.set_index("id")["output_dir"] if "output_dir" in s.runs.columns else pd.Series(dtype=object)
+    saved = {}
+    for row in s.rows:
+        folder = folders.get(row.run_id)
+        if isinstance(folder, str) and Path(folder).is_dir():
+            saved[f"{row.method} at {row.budget:.0%}"] = folder
+    return saved
+
+
+def with_generations(s: Summary, table: pd.DataFrame) -> Summary:
+    """``s`` with the generations side by side (:func:`lowrank.generation.compare_generations`: a ``prompt`` column,
+    then one per model) that the report shows."""
+    return replace(s, generations=table)
 
 
 def with_drop_checks(s: Summary, checks: Sequence[DropCheck]) -> Summary:

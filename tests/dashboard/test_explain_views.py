@@ -5,7 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.dashboard.test_dashboard import click, env, new_app, plotly_specs, plotted, visit  # noqa: F401 (a fixture)
+from tests.dashboard import test_dashboard
+from tests.dashboard.test_dashboard import click, new_app, plotly_specs, plotted, visit, wait_for_sweep
+
+env = test_dashboard.env  # the fixture: a temporary cache, the tiny BERT and a CSV task as the defaults
 
 pytestmark = pytest.mark.usefixtures("env")
 
@@ -48,3 +51,63 @@ def test_uniform_is_shown_against_the_kfac_curves_it_ignores():
     figure = next(spec for spec in plotly_specs(at) if spec["data"][0].get("name") == "curve")
     assert "what uniform ignores" in figure["layout"]["title"]["text"]
     assert at.data_editor[0].value["why"].str.contains("the same kept fraction").all()
+
+
+@pytest.fixture()
+def llama_session(env, seed_lee, tiny_llama_dir, monkeypatch):
+    """Sessions start on the tiny Llama measured on the Lee corpus (seeded into the test's cache)."""
+    seed_lee(env)
+    monkeypatch.setenv("LOWRANK_DEFAULT_MODEL", str(tiny_llama_dir))
+    monkeypatch.setenv("LOWRANK_DEFAULT_TASK", "lee")
+    monkeypatch.setenv("LOWRANK_DEMO_DECODER", str(tiny_llama_dir))
+    return env
+
+
+def generation_tables(at) -> list:
+    return [frame.value for frame in at.dataframe if "prompt" in frame.value.columns]
+
+
+def test_generations_appear_for_a_tiny_llama_on_factorize_and_summary(llama_session):
+    from lowrank.compress import load_any
+    from lowrank.experiments.store import RunStore
+    from lowrank.generation import DEFAULT_PROMPTS, DEFAULT_TOKENS, generate
+
+    store = RunStore(llama_session / "runs.sqlite")
+    at = new_app().run()
+    visit(at, "factorize")
+    at.multiselect(key="factorize_methods").set_value(["svd"]).run()
+    click(at, "Factorize and evaluate")
+    assert wait_for_sweep(store, int(store.sweeps().iloc[0]["id"]))["status"] == "done"
+    at.run()
+    click(at, "Generate side by side")
+    (table,) = generation_tables(at)
+    run = store.runs(method="svd").iloc[0]
+    assert list(table.columns) == ["prompt", "dense", f"svd (run #{run['id']})"]
+    assert list(table["prompt"]) == list(DEFAULT_PROMPTS)
+    compressed = load_any(run["output_dir"])
+    assert list(table[f"svd (run #{run['id']})"]) == [
+        g.text for g in generate(compressed, DEFAULT_PROMPTS, DEFAULT_TOKENS)
+    ]
+
+    visit(at, "summary")
+    click(at, "Generate side by side")
+    (table,) = generation_tables(at)
+    assert list(table.columns) == ["prompt", "dense", f"svd at {run['budget']:.0%}"]
+
+
+def test_the_decoder_demo_runs_end_to_end_on_a_tiny_llama(llama_session):
+    from lowrank.experiments.store import RunStore
+
+    store = RunStore(llama_session / "runs.sqlite")
+    at = new_app().run()
+    click(at, "Run the decoder demo")
+    demo = store.sweeps().iloc[0]
+    assert demo["label"] == "demo-decoder" and demo["spec"]["save"]
+    assert wait_for_sweep(store, int(demo["id"]))["status"] == "done"
+    assert store.runs(status=["failed", "interrupted"]).empty
+    at.run()
+    assert not at.exception, [e.message for e in at.exception]
+    labels = {m.label for m in at.metric}
+    assert {"dense perplexity", "kfac_svd at 80%", "kfac_svd at 60%"} <= labels
+    (table,) = generation_tables(at)
+    assert list(table.columns) == ["prompt", "dense", "kfac_svd at 80%", "kfac_svd at 60%"]
