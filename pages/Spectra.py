@@ -1,16 +1,23 @@
 """Spectra: singular values and cumulative energy of selected layers, and a block x layer-type heatmap
 of rank statistics, Fisher dispersion, the predicted SVD risk and the Taylor estimates of SVD's loss change and of
-how much it changes the predictions."""
+how much it changes the predictions, and those predictions against what was measured (per layer and per run)."""
 
 from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import cache, layout, names, plots, session, widgets  # first: sets up the environment for torch
+from dashboard import (
+    agreement,
+    cache,
+    layout,
+    names,
+    plots,
+    session,
+    widgets,
+)  # first: sets up the environment for torch
 from lowrank.analysis.metrics import RISK_THRESHOLD, risk_summary
 from lowrank.analysis.spectra import PLAIN, metrics
 from lowrank.methods import get_method
-from lowrank.ranks import resolve_ranks
 from lowrank.statistics import DEFAULT, statistics_label
 
 TAYLOR_TERMS = {"taylor": "total", "output_change": "second_order"}  # heatmap statistic -> svd_loss_change term
@@ -25,14 +32,6 @@ model, task = session.model_key(), session.task_key()
 with widgets.stop_on_error(f"Cannot compute the spectra of {names.model_label(model)}", choose_model=True):
     cache.check_pair(model, task)
     frame = cache.spectra(model, task)  # from the disk cache when the weights are unchanged: no model load
-
-
-def plan_ranks() -> tuple[dict[str, int], str]:
-    """The ranks the risk and Taylor heatmaps use, and where they come from (for the caption)."""
-    current_plan = session.plan()
-    if current_plan is not None:
-        return current_plan.ranks, "the current rank plan"
-    return resolve_ranks(loaded.model, session.DEFAULT_BUDGET), f"{session.DEFAULT_BUDGET:.0%} kept in every layer"
 
 
 order = list(names.SPECTRUM_METRICS)  # plain first, then by how much of the model the metric sees
@@ -98,7 +97,7 @@ elif column == "dispersion":
         "matters equally; large where plain SVD spends its rank on the wrong directions."
     )
 elif column == "risk":
-    ranks, source = plan_ranks()
+    ranks, source = agreement.plan_ranks(model, task)
     table = cache.risk(model, task, tuple(sorted(ranks.items())))
     stats = stats.merge(table[["name", "rank", "loss_svd", "loss_weighted", "risk"]], on="name", how="left")
     st.plotly_chart(plots.heatmap_figure(stats, "risk"), key="heatmap")
@@ -114,7 +113,7 @@ elif column == "risk":
         + (f": {', '.join(layer_names[n] for n in summary['flagged'][:8])}" if summary["flagged"] else "")
     )
 elif column in TAYLOR_TERMS:
-    ranks, source = plan_ranks()
+    ranks, source = agreement.plan_ranks(model, task)
     with widgets.stop_on_error("Cannot compute the Taylor estimate"):
         estimates = cache.taylor(model, task, tuple(sorted(ranks.items())))
     stats[column] = stats["name"].map({name: e[TAYLOR_TERMS[column]] for name, e in estimates.items()})
@@ -141,3 +140,9 @@ else:
 
 with st.expander("All statistics"):
     st.dataframe(stats, hide_index=True)
+
+agreement.layer_section(model, task, "spectra")
+checked = agreement.checked_summary(model, task)
+if checked is not None and checked.drop_checks:
+    st.subheader("Predicted against measured, per run")
+    agreement.run_section(checked, "spectra")

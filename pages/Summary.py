@@ -1,6 +1,6 @@
 """Summary: the result of the stored runs of the current model and task in one view (lowrank.report): the best
 method at each budget against dense and plain SVD, size on disk, measured latency and quality, headline sentences,
-one chart, a causal LM's generations beside dense, and the whole as a self-contained HTML report."""
+one chart, predicted against measured (per run and per layer), a causal LM's generations beside dense, and the whole as a self-contained HTML report."""
 
 from __future__ import annotations
 
@@ -8,7 +8,15 @@ import functools
 
 import streamlit as st
 
-from dashboard import cache, generations, layout, names, session, widgets  # first: sets up the environment for torch
+from dashboard import (
+    agreement,
+    cache,
+    generations,
+    layout,
+    names,
+    session,
+    widgets,
+)  # first: sets up the environment for torch
 from lowrank import report
 from lowrank.report import formats
 from lowrank.statistics import statistics_label
@@ -31,10 +39,9 @@ if row is None:
     st.stop()
 
 svd_runs = tuple(r.svd_run_id for r in result.rows if r.svd_run_id is not None)
-predicted = bool(svd_runs) and cache.is_cached(model, task, cache.PREDICTION_NEEDS)
-if predicted:
-    compared = ((result.dense or {}).get("id"), *svd_runs)
-    result = report.with_drop_checks(result, cache.drop_checks(model, task, compared, result))
+checked = agreement.checked_summary(model, task)
+predicted = checked is not None
+result = checked or result
 for line in result.headlines:
     st.markdown(f"- {line}")
 flagged = [f"at {r.budget:.0%}, {r.warning}" for r in result.rows if r.warning]
@@ -104,6 +111,7 @@ if predicted:
             f"measured {metric} change": st.column_config.NumberColumn(format="%+.3g"),
         },
     )
+    agreement.run_section(result, "summary")
 elif svd_runs:
     st.info(
         f"The metric needs the {statistics_label(cache.PREDICTION_NEEDS)} of the model on the task "
@@ -113,6 +121,8 @@ elif svd_runs:
     widgets.statistics_button(model, task, cache.PREDICTION_NEEDS)
 else:
     st.caption("No plain-SVD run is stored at these budgets: nothing to compare the metric with.")
+
+agreement.layer_section(model, task, "summary")
 
 if cache.read_model_kind(model) == "causal-lm":
     shown = generations.view(model, task, report.saved_models(result), "summary_generations")

@@ -111,3 +111,33 @@ def test_the_decoder_demo_runs_end_to_end_on_a_tiny_llama(llama_session):
     assert {"dense perplexity", "kfac_svd at 80%", "kfac_svd at 60%"} <= labels
     (table,) = generation_tables(at)
     assert list(table.columns) == ["prompt", "dense", "kfac_svd at 80%", "kfac_svd at 60%"]
+
+
+def scatter(at, title: str) -> dict:
+    (spec,) = [s for s in plotly_specs(at) if s["layout"]["title"]["text"].startswith(title)]
+    return spec
+
+
+def test_predicted_against_measured_scatters_print_the_rank_correlation(env, tiny_bert_dir, sentiment_csv):
+    import re
+
+    from lowrank.experiments.store import RunStore
+    from lowrank.experiments.sweep import SweepSpec, start_sweep
+
+    at = new_app().run()
+    visit(at, "spectra")
+    click(at, "Measure each layer alone")
+    layers = scatter(at, "Each layer alone, plain SVD")
+    assert re.search(r"Spearman ρ = [+-]\d\.\d\d$", layers["layout"]["title"]["text"])
+    assert len(layers["data"][0]["text"]) == 12  # every layer of the tiny BERT at the default ranks
+
+    store = RunStore(env / "runs.sqlite")
+    spec = SweepSpec(model=str(tiny_bert_dir), task=str(sentiment_csv), methods=["svd"], budgets=[0.3, 0.5, 0.7])
+    assert wait_for_sweep(store, start_sweep(spec, store))["status"] == "done"
+    visit(at, "summary")
+    click(at, "Compute Fisher information")
+    runs = scatter(at, "Plain-SVD runs, whole model")
+    assert re.search(r"Spearman ρ = [+-]\d\.\d\d$", runs["layout"]["title"]["text"])
+    assert len(runs["data"][0]["text"]) == 3
+    visit(at, "spectra")
+    assert scatter(at, "Plain-SVD runs, whole model")["layout"]["title"]["text"] == runs["layout"]["title"]["text"]
