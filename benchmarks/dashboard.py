@@ -16,7 +16,13 @@ and the decoder path's dense evaluation.
   within their time budget (``lowrank.evaluation.latency.LATENCY_BUDGET_S`` per batch size), reported with their
   repeats and conditions; ``--no-decoder`` skips it;
 * demo (``--demo``): from clicking "Run the demo" on Home to the trade-off plot with every demo run
-  finished (target: under 5 minutes).
+  finished (target: under 5 minutes);
+* cold Spectra under the K-FAC metric (``--kfac-spectra MODEL:TASK ...``, default minilm-rt:rotten_tomatoes and
+  smollm2-135m:lee; ``--no-kfac-spectra`` skips it): the K-FAC statistics computed first (untimed, cached on disk
+  like a user's earlier visit), then from spawning a fresh server to the Spectra page showing the singular values of
+  ``L_G^T W L_A`` after choosing the K-FAC metric (targets: 10 s on minilm-rt, 30 s on smollm2-135m);
+* decoder demo (``--decoder-demo``): from clicking "Run the decoder demo" on Home to its generations side by side
+  (``LOWRANK_DEMO_DECODER``, default smollm2-135m; target: under 10 minutes on 2 CPU cores).
 
 Uses the real cache (``~/.cache/lowrank`` or ``LOWRANK_CACHE``): the model, its Fisher information,
 the spectra and the run store; ``--demo`` adds its runs to the store like a user would. The decoder
@@ -85,6 +91,56 @@ def cold_spectra(browser, env: dict, log) -> tuple[float, float, float]:
     return health, cold, heatmap
 
 
+KFAC_TARGETS_S = {"minilm-rt": 10.0, "smollm2-135m": 30.0}
+KFAC_LABEL = "K-FAC: L_G^T W L_A (kfac_svd)"  # dashboard.names.spectrum_metric_label("kfac_svd")
+
+
+def kfac_statistics(model: str, task: str) -> float:
+    """Seconds to make sure the K-FAC moments of ``model`` on ``task`` (the default sample) are on disk."""
+    import lowrank
+    from lowrank.methods import get_method
+    from lowrank.statistics import DEFAULT
+
+    start = time.perf_counter()
+    lowrank.statistics_for(lowrank.load_model(model, task=task), task, get_method("kfac_svd").needs, DEFAULT)
+    return time.perf_counter() - start
+
+
+def cold_kfac_spectra(browser, model: str, task: str, log) -> float:
+    """One fresh server on ``model``: seconds from spawn to the Spectra page's charts under the K-FAC metric."""
+    page = browser.new_page(viewport={"width": 1440, "height": 1000})
+    with DashboardServer({"LOWRANK_DEFAULT_MODEL": model, "LOWRANK_DEFAULT_TASK": task}, log_path=log) as server:
+        server.wait_healthy()
+        page.goto(f"{server.url}/Spectra", timeout=TIMEOUT)
+        spectra_visible(page)
+        page.get_by_text(KFAC_LABEL, exact=True).first.click()
+        page.get_by_text("Singular values of K-FAC", exact=False).first.wait_for(state="visible", timeout=TIMEOUT)
+        spectra_visible(page)
+        seconds = time.perf_counter() - server.started
+        wait_idle(page, TIMEOUT)
+    page.close()
+    return seconds
+
+
+def decoder_demo(browser, env: dict, log) -> float:
+    """Seconds from clicking "Run the decoder demo" on Home to its generations side by side."""
+    page = browser.new_page(viewport={"width": 1440, "height": 1000})
+    with DashboardServer(env, log_path=log) as server:
+        server.wait_healthy()
+        page.goto(server.url, timeout=TIMEOUT)
+        button = page.get_by_role("button", name="Run the decoder demo")
+        button.wait_for(timeout=TIMEOUT)
+        wait_idle(page, TIMEOUT)
+        start = time.perf_counter()
+        button.click()
+        done = page.get_by_text("Greedy decoding", exact=False).first  # also the caption of an earlier demo's table
+        done.wait_for(state="detached", timeout=TIMEOUT)  # gone while the new demo runs
+        done.wait_for(state="visible", timeout=15 * 60_000)
+        seconds = time.perf_counter() - start
+    page.close()
+    return seconds
+
+
 def first_run(browser, log) -> float:
     """A server on an empty cache: seconds from spawn to Home showing the default model's build; then the build
     is stopped and the cache removed."""
@@ -151,6 +207,15 @@ def main() -> None:
     p.add_argument("--decoder-task", default="lee")
     p.add_argument("--no-decoder", action="store_true", help="skip the decoder's dense evaluation")
     p.add_argument("--demo", action="store_true", help="also time the stakeholder demo (minutes)")
+    p.add_argument(
+        "--kfac-spectra",
+        nargs="*",
+        default=["minilm-rt:rotten_tomatoes", "smollm2-135m:lee"],
+        metavar="MODEL:TASK",
+        help="models to time the cold Spectra page under the K-FAC metric on",
+    )
+    p.add_argument("--no-kfac-spectra", action="store_true", help="skip the cold Spectra under the K-FAC metric")
+    p.add_argument("--decoder-demo", action="store_true", help="also time the decoder demo (minutes)")
     args = p.parse_args()
     if args.model == "minilm-rt" and not (minilm_rt_dir() / "model.safetensors").exists():
         print("minilm-rt is not built yet: measuring minilm instead")
@@ -249,6 +314,36 @@ def main() -> None:
                         "target_s": 300.0,
                     }
                 )
+        if not args.no_kfac_spectra:
+            extra["kfac_spectra"] = []
+            for pair in args.kfac_spectra:
+                model, _, task = pair.partition(":")
+                if model == "minilm-rt" and args.model == "minilm":
+                    model = "minilm"  # not built yet (see above)
+                statistics_s = kfac_statistics(model, task)
+                seconds = cold_kfac_spectra(browser, model, task, log)
+                print(f"cold Spectra under K-FAC on {model}: {seconds:.1f} s (statistics {statistics_s:.1f} s)")
+                extra["kfac_spectra"].append(
+                    {"model": model, "task": task, "seconds": seconds, "statistics_s": statistics_s}
+                )
+                rows.append(
+                    {
+                        "measurement": f"cold start -> Spectra under K-FAC, cached statistics ({model})",
+                        "seconds": seconds,
+                        "target_s": KFAC_TARGETS_S.get(model),
+                    }
+                )
+        if args.decoder_demo:
+            seconds = decoder_demo(browser, env, log)
+            print(f"decoder demo: {seconds:.0f} s", flush=True)
+            rows.append(
+                {
+                    "measurement": "decoder demo (click -> generations side by side), "
+                    f"{os.environ.get('LOWRANK_DEMO_DECODER') or 'smollm2-135m'}",
+                    "seconds": seconds,
+                    "target_s": 600.0,
+                }
+            )
         browser.close()
 
     if not args.no_decoder:
