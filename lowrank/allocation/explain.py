@@ -13,7 +13,7 @@ parameters; ``energy``: of its SVD energy; ``sensitivity``: the measured loss in
 
 :func:`explain_plan` gives the rates, the price and a reason per layer by fixed rules (:func:`reason`). With the
 curves of another strategy (``own=False``, e.g. K-FAC curves for a ``uniform`` plan) the reason also says what that
-curve would have changed. Cost: O(choices) per layer, no factorization.
+curve would have changed; a layer of a hand-edited ``uniform`` plan off the common fraction was set by hand. Cost: O(choices) per layer, no factorization.
 """
 
 from __future__ import annotations
@@ -147,6 +147,19 @@ def _threshold_rule(strategy: str, rank: int | None, price: Price | None) -> str
     return f"{state}: set by {strategy}"
 
 
+def _by_hand(plan: RankPlan, layer, price: Price | None) -> str | None:
+    """The reason of a layer of a hand-edited ``uniform`` plan whose kept fraction is off the common one by more than
+    one ``align`` step (the rule no longer explains it), else None."""
+    if not plan.meta.get("edited") or plan.strategy != "uniform" or price is None:
+        return None
+    step = plan.align * (layer.out_features + layer.in_features) / layer.dense_params
+    kept = layer.params / layer.dense_params
+    if abs(kept - price.value) <= step + 1e-12:
+        return None
+    state = "kept dense" if layer.rank is None else f"rank {layer.rank}"
+    return f"{state}: set by hand ({kept:.0%} kept; uniform keeps about {price.value:.0%} of every layer)"
+
+
 def explain_plan(
     plan: RankPlan, curves: dict[str, np.ndarray] | None, curve_name: str = "", own: bool = True
 ) -> PlanExplanation:
@@ -164,7 +177,8 @@ def explain_plan(
     median_rate = float(np.median(finite)) if finite else math.nan
     median_scale = float(np.median([float(c[0]) for c in curves.values()])) if curves else math.nan
     reasons = {
-        layer.name: reason(
+        layer.name: _by_hand(plan, layer, price)
+        or reason(
             plan.strategy,
             curve_name,
             own,

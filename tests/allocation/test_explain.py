@@ -120,3 +120,11 @@ def test_reason_rules(rank, curve, median_scale, words):
 
     text = reason("kfac_greedy", "K-FAC", True, rank, curve, 0.001, 0.001, median_scale, Price(0.002, "nats", True))
     assert words in text
+
+
+def test_a_hand_edited_layer_of_a_uniform_plan_says_so():
+    model = linear_model([(48, 32), (32, 48), (40, 40)])
+    plan = allocate(model, 0.5, "uniform", align=1)
+    edited = plan.with_ranks({"0": 2})
+    reasons = explain_plan(edited, None).reasons
+    assert reasons["0"].startswith("rank 2: set by hand") and "the same kept fraction" in reasons["1"]

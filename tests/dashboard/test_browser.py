@@ -3,8 +3,9 @@
 Visits every page through the sidebar (one browser session), edits a rank in the table, runs a
 tiny factorization (in the background), downloads nothing but checks the download is offered, and
 writes screenshots to ``tests/artifacts/``; then the decoder path: a tiny Llama chosen on Model &
-task (the task follows: Lee), through Spectra, Ranks and Factorize to the trade-off plot, with no
-error box on the way. A second test starts the server on a fresh cache, as a first ``make run`` does: it answers
+task (the task follows: Lee), through Spectra, Ranks and Factorize (with generations side by side) to the trade-off
+plot and the decoder demo on Home, with no error box on the way; the new views (why this rank, predicted against
+measured) get their own screenshots. A second test starts the server on a fresh cache, as a first ``make run`` does: it answers
 within 60 s while the default model builds in the background (the build made a few steps of the tiny encoder by
 ``LOWRANK_FINETUNE_RECIPE``), Home shows the build's progress, then the stakeholder demo runs on the built model and
 the Summary renders. Needs the Debian ``chromium`` package (``.ci/run`` installs it); Playwright's
@@ -27,7 +28,7 @@ TIMEOUT = 180_000  # ms
 
 
 @pytest.fixture()
-def server(tmp_path, tiny_bert_dir, sentiment_csv, seed_lee):
+def server(tmp_path, tiny_bert_dir, sentiment_csv, seed_lee, tiny_llama_dir):
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium; .ci/run does it)")
     seed_lee(tmp_path / "cache")  # the decoder path measures perplexity on Lee, offline
@@ -36,8 +37,9 @@ def server(tmp_path, tiny_bert_dir, sentiment_csv, seed_lee):
         "LOWRANK_DEFAULT_TASK": str(sentiment_csv),
         "LOWRANK_CACHE": str(tmp_path / "cache"),
         "LOWRANK_OFFLINE": "1",
-        "LOWRANK_MODEL_ROOTS": str(tiny_bert_dir.parent),
-    }  # the test models may be typed in the model box
+        "LOWRANK_MODEL_ROOTS": str(tiny_bert_dir.parent),  # the test models may be typed in the model box
+        "LOWRANK_DEMO_DECODER": str(tiny_llama_dir),  # the decoder demo on the tiny Llama
+    }
     with DashboardServer(env, log_path=tmp_path / "server.log") as running:
         running.wait_healthy()
         yield running
@@ -129,6 +131,10 @@ def test_every_page_a_tiny_factorization_and_the_decoder_path(server, tiny_llama
         page.mouse.move(box["x"] + box["width"] * 0.1, box["y"] + box["height"] * 0.25)
         expect(page.locator(".hoverlayer .hovertext").first).to_contain_text("effective rank", timeout=10_000)
         check_clean(page, "03-spectra")
+        page.get_by_role("button", name=re.compile("Measure each layer alone")).click()
+        page.get_by_text(re.compile(r"Spearman ρ = [+-]\d\.\d\d over \d+ layers")).first.wait_for(timeout=TIMEOUT)
+        wait_idle(page, TIMEOUT)
+        check_clean(page, "03b-spectra-predicted-vs-measured")
 
         go(page, "Ranks", "Ranks")
         editor = page.locator('[data-testid="stDataFrame"]').first
@@ -139,6 +145,11 @@ def test_every_page_a_tiny_factorization_and_the_decoder_path(server, tiny_llama
         expect(metric(page, "Kept parameters")).not_to_have_text(before, timeout=30_000)
         wait_idle(page, TIMEOUT)
         check_clean(page, "04-ranks")
+        page.get_by_role("button", name=re.compile("Compute input activation statistics")).click()
+        page.get_by_text(re.compile("what uniform ignores")).first.wait_for(timeout=TIMEOUT)
+        wait_idle(page, TIMEOUT)
+        no_error_box(page, "ranks: why this rank")
+        check_clean(page, "04b-ranks-why-this-rank")
 
         go(page, "Factorize", "Factorize")
         page.get_by_role("button", name=re.compile("Factorize and evaluate")).click()
@@ -183,6 +194,11 @@ def test_every_page_a_tiny_factorization_and_the_decoder_path(server, tiny_llama
         no_error_box(page, "factorize (decoder)")
         expect(metric(page, "dense perplexity")).to_be_visible()
         check_clean(page, "08-decoder-factorize")
+        page.get_by_role("button", name=re.compile("Generate side by side")).click()
+        page.get_by_text(re.compile("Greedy decoding")).first.wait_for(timeout=TIMEOUT)
+        wait_idle(page, TIMEOUT)
+        no_error_box(page, "factorize: generations (decoder)")
+        check_clean(page, "08b-decoder-generations")
         go(page, "Trade-offs", "Trade-offs")
         chart = page.locator(".js-plotly-plot").first
         expect(chart).to_be_visible(timeout=TIMEOUT)
@@ -190,6 +206,13 @@ def test_every_page_a_tiny_factorization_and_the_decoder_path(server, tiny_llama
         assert {"svd", "kfac_svd", "dense"} <= set(legend), legend
         no_error_box(page, "trade-offs (decoder)")
         check_clean(page, "09-decoder-trade-offs")
+
+        go(page, "Home", "lowrank-studio")  # the decoder demo, on the tiny Llama
+        page.get_by_role("button", name=re.compile("Run the decoder demo")).click()
+        page.get_by_text(re.compile("Greedy decoding")).first.wait_for(timeout=TIMEOUT)
+        wait_idle(page, TIMEOUT)
+        no_error_box(page, "decoder demo")
+        check_clean(page, "09b-decoder-demo")
 
         browser.close()
     assert not page_errors, page_errors
