@@ -15,7 +15,7 @@ import pandas as pd
 import streamlit as st
 
 from lowrank.allocation import DEFAULT_STRATEGY
-from lowrank.experiments.compare import DENSE, reference_run
+from lowrank.experiments.compare import DENSE, metric_info, reference_run
 from lowrank.experiments.sweep import SweepSpec, reap_stale, start_sweep
 from lowrank.methods import RECOMMENDED
 from lowrank.report import formats
@@ -107,14 +107,14 @@ def results() -> None:
     rows = compressed.to_dict("records")
     cols = st.columns(len(rows) + 1)
     if dense is not None:
-        cols[0].metric("dense perplexity", formats.format_metric(dense["metric"], dense["value"]))
+        cols[0].metric(f"dense {dense['metric']}", formats.format_metric(dense["metric"], dense["value"]))
     for col, row in zip(cols[1:], rows):
         col.metric(
             f"{row['method']} at {row['budget']:.0%}",
             formats.format_metric(row["metric"], row["value"]),
             None if dense is None else f"{row['value'] - dense['value']:+.3g} vs dense",
-            delta_color="inverse",
-            help=f"run #{row['id']}; perplexity on the first {spec['eval_limit']} validation batches",
+            delta_color="normal" if metric_info(row["metric"]).higher_is_better else "inverse",
+            help=f"run #{row['id']}; {row['metric']} on the first {spec['eval_limit']} validation batches",
         )
     saved = {
         f"{row['method']} at {row['budget']:.0%}": str(row["output_dir"])
