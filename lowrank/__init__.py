@@ -10,6 +10,7 @@ Library API (the ``lowrank`` command mirrors it)::
     stats = lowrank.statistics_for(m, "rotten_tomatoes", ("fisher",))   # what weighted methods need
     lowrank.compress(m, 0.5, method="tfwsvd", stats=stats)
     lowrank.compress_sequential("big-llama/", 0.5, "svd_llm", out="out/big-50", task="lee")  # one block in memory
+    transformers.AutoModelForSequenceClassification.from_pretrained("out/minilm-rt-50")  # after import lowrank
 """
 
 from lowrank.allocation import RankPlan, allocate, available_strategies
@@ -22,6 +23,7 @@ from lowrank.layers import LowRankLinear
 from lowrank.loaded import LoadedModel
 from lowrank.methods import Factorization, available_methods, factorize, get_method, register_method
 from lowrank.models import PACKAGED, ModelLoadError, compressible_linears, load_model
+from lowrank.models.quantizer import LowRankConfig  # importing it registers the 'lowrank' method with transformers
 from lowrank.ranks import resolve_ranks
 from lowrank.sequential import compress_in_blocks, compress_sequential
 from lowrank.statistics import StatisticsSettings, statistics_for
@@ -32,6 +34,7 @@ __all__ = [
     "Evaluation",
     "Factorization",
     "LoadedModel",
+    "LowRankConfig",
     "LowRankLinear",
     "ModelLoadError",
     "PACKAGED",

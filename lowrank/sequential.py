@@ -22,10 +22,10 @@ import torch
 from huggingface_hub import snapshot_download
 from transformers import AutoTokenizer
 
-from lowrank.compress import factorize_layer, set_module
+from lowrank.compress import factorize_layer, set_module, write_record
 from lowrank.data.tasks import hub_reachable, load_task
 from lowrank.files.atomic import atomic_dir
-from lowrank.info import INFO_FILE, CompressionInfo, save_info, scalars
+from lowrank.info import CompressionInfo, scalars
 from lowrank.loaded import LoadedModel
 from lowrank.methods import get_method
 from lowrank.models.architectures import adapt_layout, decoder_layout, supported_types
@@ -40,6 +40,7 @@ from lowrank.models.loading import (
 )
 from lowrank.models.packaged import resolve_source
 from lowrank.models.pretrained import from_pretrained
+from lowrank.models.quantizer import is_compressed_folder, mark_compressed
 from lowrank.models.shards import Checkpoint, ShardWriter
 from lowrank.models.streamed import Blocks, StreamedModel
 from lowrank.progress import Progress, report
@@ -81,7 +82,7 @@ def sequential_reason(name_or_path: str | Path, fraction: float = AUTO_FRACTION)
     on the meta device) is above ``fraction`` of the available RAM; never for a compressed folder
     or a model whose config cannot be read (the in-memory path reports that)."""
     name = str(name_or_path)
-    if (Path(name) / INFO_FILE).exists():
+    if is_compressed_folder(name):
         return None
     try:
         source = resolve_source(name)
@@ -184,7 +185,7 @@ def compress_in_blocks(
         factorize_block(step, plan, layout, info, options)
     report(progress, blocks.num_blocks, blocks.num_blocks, f"{method}: done")
     info.sequential = _sweep_record(False, inputs, batches, blocks.num_blocks)
-    new.lowrank_info = info
+    mark_compressed(new, info)
     return loaded.with_model(new)
 
 
@@ -254,8 +255,7 @@ def compress_sequential(
             writer.write(step.index + 1, stream.block_state(step.index))
         report(progress, stream.num_blocks, stream.num_blocks, f"{method}: done")
         writer.finish()
-        stream.model.config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         info.sequential = _sweep_record(gradients, inputs, batches, stream.num_blocks)
-        save_info(info, tmp)
+        write_record(tmp, stream.model.config, info)
     return out

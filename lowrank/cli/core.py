@@ -17,6 +17,7 @@ import pandas as pd
 from lowrank.allocation import read_ranks
 from lowrank.analysis.spectra import PLAIN, metric_method, spectra
 from lowrank.assets import prepare_all, prepare_suite
+from lowrank.card import update_card
 from lowrank.cli.args import (
     add_common,
     add_output,
@@ -272,9 +273,12 @@ def compress_command(args):
     if out:
         record["out"] = str(out)
     if args.evaluate:
-        record |= evaluate(
+        measured = evaluate(
             small if small is not None else load_compressed(out, args.device), task, progress=TqdmProgress()
-        ).to_dict()
+        )
+        record |= measured.to_dict()
+        if out:
+            update_card(out, measured)  # the card of the folder just written names the quality measured
     return record, pd.DataFrame([record])
 
 
