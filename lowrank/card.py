@@ -108,9 +108,7 @@ def model_card(info: CompressionInfo, config, evaluation=None, reference=None) -
     tags = [*TAGS, info.method] if info.method else list(TAGS)
     meta = ["---", *([f"base_model: {base}"] if base else []), f"library_name: {LIBRARY}", "tags:"]
     meta += [f"- {t}" for t in dict.fromkeys(tags)] + ["---", ""]
-    auto = {"causal-lm": "AutoModelForCausalLM", "classifier": "AutoModelForSequenceClassification"}.get(
-        kind, "AutoModel"
-    )
+    auto = auto_class(kind).__name__
     rank_summary = (
         f"ranks from {ranks[0]} to {ranks[-1]} (median {ranks[len(ranks) // 2]})" if ranks else "no layer factorized"
     )
@@ -148,8 +146,8 @@ def model_card(info: CompressionInfo, config, evaluation=None, reference=None) -
         "## Loading",
         "",
         "```python",
-        "import lowrank  # registers the lowrank quantization method with transformers; no remote code",
-        f"model = transformers.{auto}.from_pretrained(path)",
+        "import lowrank, transformers  # lowrank registers its quantization method with transformers; no remote code",
+        f'model = transformers.{auto}.from_pretrained("<this folder or its hub id>")',
         "```",
         "",
         "Without `import lowrank`, transformers warns `Unknown quantization type, got lowrank` and builds the dense",

@@ -213,7 +213,7 @@ def test_the_model_card_names_method_budget_and_measured_quality(tmp_path, tiny_
     assert f"kept fraction of the compressible Linear parameters: {kept:.3f}" in body
     assert f"| accuracy | {measured.value:.4g} | {dense.value:.4g} |" in body
     assert "latency, batch 1 (ms) | not measured | not measured" in body
-    assert "import lowrank" in body and "AutoModelForSequenceClassification.from_pretrained(path)" in body
+    assert "import lowrank, transformers" in body and "AutoModelForSequenceClassification.from_pretrained(" in body
 
 
 def test_a_card_without_measurements_says_so(tmp_path, tiny_llama):
