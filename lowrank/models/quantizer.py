@@ -11,8 +11,10 @@ factors like any parameter (``dtype=``, ``device_map=`` as for a dense model). A
 Before the shells are built every rank is checked against its layer (:func:`lowrank.layers.check_rank`) and the
 safetensors headers (shapes only, no tensor read): a listed layer must have ``U`` (out, r) and ``V`` (r, in), and no
 factor may belong to an unlisted layer; else :class:`ModelLoadError`, one line. ``save_pretrained`` writes the ranks of
-the model's ``LowRankLinear`` layers as they are then, in the loaded model's own layer names. Cost: one read of the
-safetensors headers, one pass over the modules.
+the model's ``LowRankLinear`` layers as they are then, in the loaded model's own layer names; it writes no
+``lowrank.json`` and no model card (a quantizer's hooks are never given the folder), which
+:func:`lowrank.save_compressed` of the same model does. Cost: one read of the safetensors headers, one pass over the
+modules.
 """
 
 from __future__ import annotations

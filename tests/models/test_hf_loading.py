@@ -19,7 +19,7 @@ from lowrank.card import CARD_FILE, update_card
 from lowrank.compress import set_module
 from lowrank.files.outputs import OutputError
 from tests.conftest import POSITIVE
-from tests.robustness.cli_errors import run
+from tests.robustness.cli_errors import assert_clear_error, run
 
 ROOT = Path(__file__).resolve().parents[2]
 AUTO = {"tiny_llama": AutoModelForCausalLM, "tiny_bert": AutoModelForSequenceClassification}
@@ -186,7 +186,7 @@ def test_ranks_that_do_not_match_the_tensors_are_a_one_line_error(tmp_path, tiny
     assert "\n" not in str(err.value)
 
 
-def test_factors_that_disagree_with_config_json_alone_are_refused_by_load_compressed(tmp_path, tiny_bert):
+def test_factors_that_disagree_with_config_json_alone_are_refused_by_load_compressed(capsys, tmp_path, tiny_bert):
     """A folder written by save_pretrained has no lowrank.json: config.json's ranks are checked the same way."""
     folder = save_compressed(compress(tiny_bert, 0.3), tmp_path / "small")
     AutoModelForSequenceClassification.from_pretrained(folder).save_pretrained(tmp_path / "again")
@@ -197,6 +197,8 @@ def test_factors_that_disagree_with_config_json_alone_are_refused_by_load_compre
     with pytest.raises(ModelLoadError, match="size mismatch") as err:
         load_compressed(tmp_path / "again")
     assert "\n" not in str(err.value) and "config.json" in str(err.value)
+    code, _, err = run(capsys, "spectra", "--model", tmp_path / "again")
+    assert_clear_error(code, err, "size mismatch", key.removesuffix(".U"))
 
 
 def test_the_model_card_names_method_budget_and_measured_quality(tmp_path, tiny_bert, sentiment_csv):
