@@ -464,7 +464,11 @@ def test_kfac_compensated_runs_agree_in_memory_and_sequential(sharded_llama, tex
     vocab = held.model.config.vocab_size
     assert logit_gap(held, back, vocab) < 1e-5
     statistics = "gradient sweep (dense model), then forward sweep (compensated inputs)"
-    assert back.model.lowrank_info.sequential["statistics"] == held.model.lowrank_info.sequential["statistics"] == statistics
+    assert (
+        back.model.lowrank_info.sequential["statistics"]
+        == held.model.lowrank_info.sequential["statistics"]
+        == statistics
+    )
     calibration = back.model.lowrank_info.calibration
     assert calibration == held.model.lowrank_info.calibration and calibration["tokens"] == 4 * 16
     cached = statistics_for(loaded, text_task, ("gradients",), SETTINGS, use_cache=False)
@@ -500,5 +504,7 @@ def test_cli_compensate_flag_runs_the_compensated_form_in_memory_and_block_by_bl
         info = load_compressed(tmp_path / f"out{len(extra)}").model.lowrank_info
         tokens = info.calibration["tokens"]  # 64 tokens round up to one batch of 2 blocks of 128
         assert tokens in (128, 256) and info.calibration["examples"] == tokens // 128
-        assert record["calibration"] == f"{tokens} tokens of {corpus.stem}" or record["calibration"].startswith(f"{tokens} tokens")
+        assert record["calibration"] == f"{tokens} tokens of {corpus.stem}" or record["calibration"].startswith(
+            f"{tokens} tokens"
+        )
         assert "warning: the calibration sample is small" in err and info.method == "svd_llm_compensated"

@@ -35,14 +35,14 @@ from lowrank.evaluation import evaluate
 from lowrank.files.atomic import atomic_dir
 from lowrank.info import load_info
 from lowrank.methods import COMPENSATE, available_methods, get_method, with_compensation
+from lowrank.models.architectures import decoder_layout
 from lowrank.models.packaged import FINETUNED, FINETUNED_BASE, PACKAGED, finetuned_dir, is_built
 from lowrank.progress import TqdmProgress
 from lowrank.ranks import resolve_ranks
 from lowrank.sequential import compress_in_blocks, compress_sequential, sequential_reason
-from lowrank.models.architectures import decoder_layout
 from lowrank.statistics import needs_task, statistics_for
-from lowrank.statistics.passes import calibration_record
 from lowrank.statistics.blockwise import INPUTS
+from lowrank.statistics.passes import calibration_record
 from lowrank.training.finetune import MINILM_RT_CONFIG, TrainConfig, build_finetuned, train
 from lowrank.validate import COUNT, FRACTION, POSITIVE, arg_type, finite, parse_json, path_arg
 

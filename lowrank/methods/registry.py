@@ -197,7 +197,9 @@ def with_compensation(name: str, compensate: bool | None = None, sweepable: bool
         return name
     if compensate and (variant not in METHODS or not sweepable):
         why = f"{name!r} has no compensated form" if variant not in METHODS else "this model has no block sweep"
-        with_forms = ", ".join(sorted(n.removesuffix(COMPENSATED_SUFFIX) for n in METHODS if n.endswith(COMPENSATED_SUFFIX)))
+        with_forms = ", ".join(
+            sorted(n.removesuffix(COMPENSATED_SUFFIX) for n in METHODS if n.endswith(COMPENSATED_SUFFIX))
+        )
         raise ValueError(f"cannot compensate: {why} (compensated forms exist for {with_forms}, on causal LMs)")
     return variant if variant in METHODS and sweepable else name
 

@@ -124,7 +124,9 @@ def test_kfac_svd_compensated_is_registered_as_the_weighted_closed_form(rank):
     if rank == 5:
         assert torch.allclose(B, torch.linalg.lstsq(X_hat.T, (W @ X).T).solution.T, atol=1e-9)
     _, A = moments(X, X)
-    same = factorize(W, rank, "kfac_svd_compensated", stats={"cross_moment": A, "compressed_moment": A, "grad_moment": G})
+    same = factorize(
+        W, rank, "kfac_svd_compensated", stats={"cross_moment": A, "compressed_moment": A, "grad_moment": G}
+    )
     kfac = factorize(W, rank, "kfac_svd", stats={"input_moment": A, "input_abs_mean": A.diagonal(), "grad_moment": G})
     assert torch.allclose(same.matrix(), kfac.matrix(), atol=1e-9)
     with pytest.raises(ValueError, match="needs compensation, gradients"):
@@ -139,8 +141,13 @@ def test_compensation_is_one_setting():
     assert registry.with_compensation("kfac_svd", True) == "kfac_svd_compensated"
     assert registry.with_compensation("svd_llm", True) == "svd_llm_compensated"
     assert registry.with_compensation("kfac_svd", False) == "kfac_svd"
-    assert registry.with_compensation("kfac_svd", None) == ("kfac_svd_compensated" if registry.COMPENSATE else "kfac_svd")
-    assert registry.with_compensation("svd", None) == "svd" and registry.with_compensation("kfac_svd", None, False) == "kfac_svd"
+    assert registry.with_compensation("kfac_svd", None) == (
+        "kfac_svd_compensated" if registry.COMPENSATE else "kfac_svd"
+    )
+    assert (
+        registry.with_compensation("svd", None) == "svd"
+        and registry.with_compensation("kfac_svd", None, False) == "kfac_svd"
+    )
     for name, sweepable in (("svd", True), ("kfac_svd", False)):
         with pytest.raises(ValueError, match="cannot compensate") as err:
             registry.with_compensation(name, True, sweepable)

@@ -56,7 +56,9 @@ def test_gradient_shaping_drops_window_edges_and_clips_token_norms():
     g = torch.randn(3, 16, 5, generator=torch.Generator().manual_seed(0))
     dropped = shape_gradients(g, 0.125, 0.0, None)
     assert dropped[:, :2].abs().sum() == 0 and dropped[:, -2:].abs().sum() == 0
-    assert torch.equal(dropped[:, 2:-2], g[:, 2:-2]) and torch.equal(shape_gradients(g, 0.1, 0.0, None)[:, 1:-1], g[:, 1:-1])
+    assert torch.equal(dropped[:, 2:-2], g[:, 2:-2]) and torch.equal(
+        shape_gradients(g, 0.1, 0.0, None)[:, 1:-1], g[:, 1:-1]
+    )
     g[0, 3] *= 100  # one outlier token
     clipped = shape_gradients(g, 0.0, 2.0, None)
     norms, cap = g.norm(dim=-1), 2.0 * g.norm(dim=-1).flatten().median()
