@@ -116,12 +116,12 @@ def calibration_notes(record: dict, evaluated: str | None) -> list[str]:
     if tokens < SMALL_CALIBRATION_TOKENS:
         notes.append(
             f"the calibration sample is small: {tokens:,} tokens of {task} (below {SMALL_CALIBRATION_TOKENS:,}); "
-            "data-aware methods fit their moments to it, raise --calibration-tokens"
+            "data-aware methods fit their moments to it: use more calibration tokens"
         )
     if evaluated is not None and task is not None and _corpus(task) != _corpus(evaluated):
         notes.append(
             f"calibrated on {task} but evaluated on {evaluated}: data-aware methods fit the calibration text, "
-            "expect a larger loss on another corpus (--calibration-task)"
+            "expect a larger loss than with a calibration sample of the evaluated corpus"
         )
     return notes
 
