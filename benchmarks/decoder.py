@@ -270,6 +270,9 @@ def run(bench: Bench, args) -> None:
                 for strategy in ("uniform", best_strategy(bench, corpus, keep)):
                     for method in METHODS:
                         for compensated in (False, True):
+                            measured = bench.results.has(f"strategies|{tag}|{strategy}")
+                            if measured and method == "kfac_svd" and not compensated:
+                                continue  # the strategies stage measured this configuration
                             key = f"main|{tag}|{method}|{compensated}|{strategy}"
                             bench.row(key, "main", corpus, keep, method, compensated, strategy, args.tokens)
             if "habits" in stages:

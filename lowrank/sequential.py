@@ -187,7 +187,7 @@ def compress_in_blocks(
     )
     blocks = Blocks(new, layout, loaded.device)
     with tempfile.TemporaryDirectory(prefix="lowrank-blocks-") as workdir:
-        sweep = block_sweep(blocks, batches, list(plan), spec.needs, inputs, Path(workdir), settings, stats)
+        sweep = block_sweep(blocks, batches, list(plan), spec.needs, inputs, Path(workdir) / WORKDIR, settings, stats)
         for done, step in enumerate(sweep):
             report(progress, done, blocks.num_blocks, f"{method}: block {step.index}")
             factorize_block(step, plan, layout, info, options)

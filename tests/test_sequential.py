@@ -463,6 +463,7 @@ def test_kfac_compensated_runs_agree_in_memory_and_sequential(sharded_llama, tex
     back = load_compressed(out)
     vocab = held.model.config.vocab_size
     assert logit_gap(held, back, vocab) < 1e-5
+    assert not (out / lowrank.sequential.WORKDIR).exists()  # the dense statistics and block inputs are gone
     statistics = "gradient sweep (dense model), then forward sweep (compensated inputs)"
     assert (
         back.model.lowrank_info.sequential["statistics"]

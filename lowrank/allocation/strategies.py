@@ -207,6 +207,7 @@ def _sensitivity(
     "measured_greedy",
     "LEMS-like: measured calibration loss of each layer factorized alone by a method (default kfac_svd, on its "
     "statistics) at a few kept fractions; global greedy on the loss increase per parameter (convex hull).",
+    needs=("activations", "gradients"),
     needs_task=True,
 )
 def _measured_greedy(

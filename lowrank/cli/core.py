@@ -235,9 +235,9 @@ def parse_options(pairs: list[str], solver: str | None = None) -> dict:
 
 def compress_command(args):
     out = output_folder(args)
-    get_method(args.method)
+    chosen = get_method(args.method)
     options = parse_options(args.option, args.solver)
-    get_method(args.method).check_options(options)  # before any work: a misspelt option must not cost a Fisher pass
+    chosen.check_options(options)  # before any work: a misspelt option must not cost a Fisher pass
     ranks = read_ranks(args.plan) if args.plan else args.keep
     reason = None if args.sequential else sequential_reason(args.model)
     if args.sequential_inputs and not (args.sequential or reason):

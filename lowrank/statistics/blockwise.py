@@ -251,15 +251,15 @@ def compensated_sweep(
     """:func:`forward_sweep` with compensated inputs for the sweep-only kinds of ``needs``, each block's statistics
     joined with the dense model's statistics of the other kinds (e.g. ``gradients``): ``dense`` when given
     (``{layer: {key: tensor}}``), else computed by one dense sweep first (a gradient sweep when they back-propagate)
-    and kept in ``workdir``, one safetensors file per block. Extra cost: that sweep, and disk for one block's
-    statistics per block."""
+    and kept in ``workdir``, one safetensors file per block (``workdir`` is removed at the end). Extra cost: that
+    sweep, and disk for one block's statistics per block."""
     others = [kind for kind in needs if kind not in swept_kinds(needs)]
     swept = swept_kinds(needs)
-    folder = Path(workdir) / "dense-statistics"
+    folder = Path(workdir) / "statistics"
     try:
         if others and dense is None:
             folder.mkdir(parents=True, exist_ok=True)
-            first = block_sweep(stream, batches, layers, others, "dense", Path(workdir) / "dense-boundaries", settings)
+            first = block_sweep(stream, batches, layers, others, "dense", Path(workdir) / "boundaries", settings)
             for step in first:
                 flat = {f"{n}::{k}": t.contiguous() for n, tensors in step.stats.items() for k, t in tensors.items()}
                 save_file(flat, str(folder / f"block-{step.index}.safetensors"))
@@ -272,7 +272,7 @@ def compensated_sweep(
                     step.stats.setdefault(name, {}).update(tensors)
             yield step
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _read_statistics(folder: Path, index: int) -> dict[str, dict[str, torch.Tensor]]:
