@@ -9,6 +9,7 @@
 * :mod:`.solvers`: common-threshold bisection, convex-hull greedy, and the fill step;
 * :mod:`.sensitivity`: calibration loss measured one layer at a time (cached);
 * :mod:`.strategies`: the strategy registry and :func:`allocate`;
+* :mod:`.summary`: a plan by layer type and depth;
 * :mod:`.plan`: the plan, its JSON file and the one reader of it (:func:`read_ranks`, :meth:`RankPlan.load`).
 """
 
@@ -25,6 +26,7 @@ from lowrank.allocation.strategies import (
     get_strategy,
     register_strategy,
 )
+from lowrank.allocation.summary import summarize_plan
 
 __all__ = [
     "DEFAULT_ALIGN",
@@ -44,4 +46,5 @@ __all__ = [
     "register_strategy",
     "sensitivity_cache_path",
     "sensitivity_settings",
+    "summarize_plan",
 ]
