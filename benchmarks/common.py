@@ -118,6 +118,13 @@ def settings_tag(settings: StatisticsSettings) -> str:
         "max_length": "len",
         "split": "",
         "seed": "seed",
+        "task": "cal-",
+        "grad_edge": "edge",
+        "grad_clip": "clip",
     }
-    changed = [f"{short[k]}{v}" for k, v in settings.to_dict().items() if k != "labels" and v != getattr(DEFAULT, k)]
+    changed = [
+        f"{short[k]}{str(v).replace('/', '_')}"
+        for k, v in settings.to_dict().items()
+        if k != "labels" and v != getattr(DEFAULT, k)
+    ]
     return "_".join([settings.labels, *changed])

@@ -19,7 +19,8 @@ from lowrank.experiments import build
 from lowrank.experiments.sweep import cancel_sweep, log_path, resume_sweep
 from lowrank.methods import Option, get_method
 from lowrank.report.formats import format_duration
-from lowrank.statistics import statistics_label
+from lowrank.statistics import DEFAULT, statistics_label
+from lowrank.statistics.settings import calibration_notes
 from lowrank.training.finetune import Recipe
 
 from . import cache, layout, session
@@ -114,6 +115,34 @@ def statistics_button(model: str, task: str, needs: Iterable[str], **button_opti
             show_error(f"Cannot compute the {statistics_label(needs)}", err)
         else:
             st.rerun()
+
+
+def calibration_widgets(task: str, key: str) -> dict:
+    """The calibration sample of data-aware methods: a corpus (default: ``task``) and a number of tokens; warns
+    (st.warning) when it is small or another corpus than ``task``. Returns StatisticsSettings fields for a sweep."""
+    cols = st.columns(2)
+    corpus = (
+        cols[0]
+        .text_input(
+            "Calibration corpus",
+            value=task,
+            key=f"{key}_calibration_task",
+            help="task name or path the statistics are computed on (e.g. lee, rotten_tomatoes:text, a .txt file)",
+        )
+        .strip()
+    )
+    tokens = cols[1].number_input(
+        "Calibration tokens",
+        min_value=DEFAULT.batch_size * DEFAULT.max_length,
+        value=DEFAULT.tokens,
+        step=DEFAULT.batch_size * DEFAULT.max_length,
+        key=f"{key}_calibration_tokens",
+        help="rounded up to whole batches; at most the corpus's training split",
+    )
+    settings = DEFAULT.with_(task=corpus or None).for_tokens(int(tokens))
+    for note in calibration_notes({"task": corpus or task, "tokens": settings.tokens}, task):
+        st.warning(note, icon=":material/warning:")
+    return {k: v for k, v in settings.to_dict().items() if v != DEFAULT.to_dict().get(k)}
 
 
 def sweep_card(store, sweep: dict) -> None:

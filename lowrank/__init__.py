@@ -11,6 +11,7 @@ Library API (the ``lowrank`` command mirrors it)::
     lowrank.compress(m, 0.5, method="tfwsvd", stats=stats)
     lowrank.generate(m_lm, ["The city"], max_new_tokens=32)   # greedy text from a causal LM
     lowrank.compress_sequential("big-llama/", 0.5, "svd_llm", out="out/big-50", task="lee")  # one block in memory
+    transformers.AutoModelForSequenceClassification.from_pretrained("out/minilm-rt-50")  # after import lowrank
 """
 
 from lowrank.allocation import RankPlan, allocate, available_strategies
@@ -24,6 +25,7 @@ from lowrank.layers import LowRankLinear
 from lowrank.loaded import LoadedModel
 from lowrank.methods import Factorization, available_methods, factorize, get_method, register_method
 from lowrank.models import PACKAGED, ModelLoadError, compressible_linears, load_model
+from lowrank.models.quantizer import LowRankConfig  # importing it registers the 'lowrank' method with transformers
 from lowrank.ranks import resolve_ranks
 from lowrank.sequential import compress_in_blocks, compress_sequential
 from lowrank.statistics import StatisticsSettings, statistics_for
@@ -34,6 +36,7 @@ __all__ = [
     "Evaluation",
     "Factorization",
     "LoadedModel",
+    "LowRankConfig",
     "LowRankLinear",
     "ModelLoadError",
     "PACKAGED",

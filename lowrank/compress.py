@@ -8,7 +8,8 @@ fraction ``f`` of each layer's parameters, ``r = floor(f * out * in / (out + in)
 break-even stays dense. Cost: one factorization per layer; ``r * (out + in)`` weights instead of ``out * in``.
 
 :func:`save_compressed` / :func:`load_compressed` store the model as safetensors plus ``lowrank.json``
-(:mod:`lowrank.info`) next to the base config and tokenizer.
+(:mod:`lowrank.info`) and a model card next to the config (with the ``lowrank`` quantization config, so transformers'
+``from_pretrained`` loads it: :mod:`lowrank.models.quantizer`) and tokenizer.
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ from safetensors.torch import save_model
 from torch import nn
 from transformers import AutoConfig, AutoTokenizer
 
+from lowrank.card import CARD_FILE, model_card
 from lowrank.files.atomic import atomic_dir, recover
 from lowrank.files.readers import read_whole
 from lowrank.info import INFO_FILE, CompressionInfo, load_info, save_info, scalars
-from lowrank.layers import LowRankLinear, check_rank
+from lowrank.layers import LowRankLinear
 from lowrank.loaded import LoadedModel, unwrap
 from lowrank.methods import factorize, get_method
 from lowrank.methods.registry import layer_stats
@@ -43,8 +45,8 @@ from lowrank.models.loading import (
     read_model,
 )
 from lowrank.models.packaged import resolve_source
-from lowrank.models.pretrained import from_config, from_pretrained, refuse_own_code
-from lowrank.models.shards import load_into
+from lowrank.models.pretrained import from_pretrained, load_weights, refuse_own_code
+from lowrank.models.quantizer import LowRankConfig, is_compressed_folder, is_lowrank, mark_compressed
 from lowrank.progress import Progress, report
 from lowrank.ranks import Ranks, resolve_ranks
 
@@ -124,7 +126,7 @@ def compress(
         report(progress, step, len(plan), f"{method}: {name}")
         set_module(new, name, factorize_layer(name, linears[name], rank, info, per_layer.pop(name), options))
     report(progress, len(plan), len(plan), f"{method}: done")
-    new.lowrank_info = info
+    mark_compressed(new, info)
     return new if loaded is None else loaded.with_model(new)
 
 
@@ -133,69 +135,81 @@ def low_rank_layers(model: nn.Module) -> dict[str, LowRankLinear]:
     return {n: m for n, m in model.named_modules() if isinstance(m, LowRankLinear)}
 
 
-def save_compressed(model, directory: str | Path, tokenizer=None, force: bool = False) -> Path:
-    """Write config, tokenizer, ``model.safetensors`` and ``lowrank.json`` atomically to ``directory``.
+def save_compressed(
+    model, directory: str | Path, tokenizer=None, force: bool = False, evaluation=None, reference=None
+) -> Path:
+    """Write config, tokenizer, ``model.safetensors``, ``lowrank.json`` and the model card atomically to ``directory``.
 
-    An existing ``directory`` is replaced only if :func:`lowrank.files.outputs.writable_output` allows it (``force``
-    included); otherwise ``OutputError`` (a ``ValueError``) and nothing is touched.
+    The folder loads with :func:`load_compressed` and, after ``import lowrank``, with transformers' own
+    ``from_pretrained`` (:func:`write_record`). ``evaluation`` / ``reference``: measurements of this model and of
+    its dense base for the card (:mod:`lowrank.card`). An existing ``directory`` is replaced only if
+    :func:`lowrank.files.outputs.writable_output` allows it (``force`` included); otherwise ``OutputError`` (a
+    ``ValueError``) and nothing is touched.
     """
     module, loaded = unwrap(model)
     tokenizer = tokenizer or (loaded.tokenizer if loaded else None)
     info = getattr(module, "lowrank_info", None)
     if info is None:
         raise ValueError("this model was not produced by lowrank.compress (no lowrank_info); nothing to save")
-    ranks = {n: m.rank for n, m in low_rank_layers(module).items()}
+    info = replace(info, ranks={n: m.rank for n, m in low_rank_layers(module).items()})
     directory = Path(directory)
     with atomic_dir(directory, force=force) as tmp:
-        module.config.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         save_model(module, str(tmp / "model.safetensors"))
-        save_info(replace(info, ranks=ranks), tmp)
+        write_record(tmp, module.config, info, evaluation, reference)
     return directory
 
 
-def load_compressed(directory: str | Path, device: str | torch.device = "cpu"):
-    """Rebuild a model saved by :func:`save_compressed`; returns a ``LoadedModel``.
+def write_record(folder: Path, config, info: CompressionInfo, evaluation=None, reference=None) -> None:
+    """The files that make ``folder`` a compressed model: ``config.json`` with the ``lowrank`` quantization config
+    of ``info.ranks`` (:mod:`lowrank.models.quantizer`), ``lowrank.json`` and the model card ``README.md``."""
+    config = copy.deepcopy(config)
+    config.quantization_config = LowRankConfig.of(info)
+    config.save_pretrained(folder)
+    save_info(info, folder)
+    (folder / CARD_FILE).write_text(model_card(info, config, evaluation, reference))
 
-    First repairs a save that was killed mid-replacement (:func:`lowrank.files.atomic.recover`) and refuses a folder
-    that asks to run code of its own (:func:`lowrank.models.pretrained.refuse_own_code`). Every rank is
-    checked against its layer and the model must fit in RAM (the same estimate as ``load_model``)
-    before anything is allocated. A broken folder (unreadable ``lowrank.json`` or weights, ranks that
-    disagree with the weights, NaN or infinite values) raises :class:`ModelLoadError` naming the folder.
-    Every file comes from one version of a folder another process replaces meanwhile
-    (:func:`lowrank.files.readers.read_whole`: else ``FolderReplaced``, "being replaced, retry").
+
+def load_compressed(directory: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+    """Rebuild a model saved by :func:`save_compressed` (or by ``save_pretrained`` of one); returns a ``LoadedModel``.
+
+    The one loader is transformers' ``from_pretrained`` with the ``lowrank`` quantization method
+    (:mod:`lowrank.models.quantizer`), given the ranks of ``lowrank.json`` (else of ``config.json``); around it:
+    first a save that was killed mid-replacement is repaired (:func:`lowrank.files.atomic.recover`) and a folder
+    that asks to run code of its own is refused (:func:`lowrank.models.pretrained.refuse_own_code`); the model must
+    fit in RAM (the same estimate as ``load_model``) and every rank is checked against its layer and the weights'
+    shapes before anything is allocated. A broken folder (unreadable ``lowrank.json`` or weights, ranks that
+    disagree with the weights or between ``lowrank.json`` and ``config.json``, NaN or infinite values) raises
+    :class:`ModelLoadError` naming the folder. Every file comes from one version of a folder another process
+    replaces meanwhile (:func:`lowrank.files.readers.read_whole`: else ``FolderReplaced``, "being replaced, retry").
     """
     directory = Path(directory)
     recover(directory)
     refuse_own_code(directory)
-    return read_whole(directory, lambda: _read_compressed(directory, device))
+    return read_whole(directory, lambda: _read_compressed(directory, device, dtype))
 
 
-def _read_compressed(directory: Path, device: str | torch.device):
-    info = load_info(directory)
+def _read_compressed(directory: Path, device: str | torch.device, dtype: torch.dtype = torch.float32):
     try:
         config = from_pretrained(AutoConfig, directory)
+        saved = getattr(config, "quantization_config", None)
+        if (directory / INFO_FILE).exists() or not is_lowrank(saved):
+            info, source = load_info(directory), INFO_FILE
+        else:
+            info, source = LowRankConfig.read(saved).info(), "config.json"
         check_fits_in_memory(config, str(directory))  # ranks below break-even keep the model under its dense size
         info.kind = info.kind or model_kind(config)
-        model = adapt_layout(from_config(auto_class(info.kind), config))
-        for name, rank in info.ranks.items():
-            dense = model.get_submodule(name)
-            if not isinstance(dense, nn.Linear):
-                raise ModelLoadError(f"{directory / INFO_FILE}: {name!r} is not a Linear layer of this model")
-            check_rank(rank, dense.out_features, dense.in_features, name)
-            shell = LowRankLinear.empty(
-                dense.out_features, dense.in_features, rank, dense.bias is not None, dtype=dense.weight.dtype
-            )
-            set_module(model, name, shell)
-        missing, unexpected = load_into(model, directory)  # model.safetensors, or shards with their index
+        config.quantization_config = {**LowRankConfig.of(info).to_dict(), "source": source}  # read as a dict
+        model = load_weights(auto_class(info.kind), directory, config=config, dtype=dtype)
+    except ModelLoadError:
+        raise
     except (*READ_ERRORS, AttributeError, TypeError, RuntimeError) as err:  # a layer or shape lowrank.json invents
         raise ModelLoadError(f"{directory}: cannot rebuild the compressed model: {read_error(err, directory)}") from err
-    missing = sorted(m for m in missing if not _is_tied(model, m))  # safetensors returns sets
-    unexpected = sorted(unexpected)
-    if missing or unexpected:
+    if is_lowrank(saved) and source == INFO_FILE and LowRankConfig.read(saved).ranks != info.ranks:
         raise ModelLoadError(
-            f"{directory}: weights do not match lowrank.json (missing {missing[:3]}, unexpected {unexpected[:3]})"
+            f"{directory}: the ranks in config.json's quantization_config differ from lowrank.json's; "
+            "transformers' from_pretrained would not load this folder (save it again)"
         )
     check_finite(model, str(directory))
     model.lowrank_info = info
@@ -205,20 +219,14 @@ def _read_compressed(directory: Path, device: str | torch.device):
 
 
 def load_any(name: str | Path, device: str | torch.device = "cpu", task=None) -> LoadedModel:
-    """A compressed folder (has ``lowrank.json``) via :func:`load_compressed`, else :func:`lowrank.load_model`;
-    either from one version of a folder being replaced (:func:`lowrank.files.readers.read_whole`)."""
+    """A compressed folder (``lowrank.json``, or the ``lowrank`` quantization config) via :func:`load_compressed`,
+    else :func:`lowrank.load_model`; either from one version of a folder being replaced
+    (:func:`lowrank.files.readers.read_whole`)."""
     source = Path(resolve_source(str(name)))  # also repairs a save killed mid-replacement
 
     def read():
-        if (source / INFO_FILE).exists():
+        if is_compressed_folder(source):
             return _read_compressed(source, device)
         return read_model(str(name), str(source), task=task, device=device)
 
     return read_whole(source, read)
-
-
-def _is_tied(model: nn.Module, key: str) -> bool:
-    """True for parameters that safetensors skips because they share storage with another (tied embeddings)."""
-    tied = getattr(model, "_tied_weights_keys", None) or {}
-    keys = tied.keys() if isinstance(tied, dict) else tied
-    return any(key == k or key.endswith(k) for k in keys)

@@ -3,7 +3,8 @@
 One record per compressed model: the base model and its kind, the method and its scalar options,
 and per factorized layer its rank ``r`` (``W`` (out, in) became ``U`` (out, r) ``V`` (r, in)), the
 seconds its factorization took, the iterative solver's error history and the method's scalar facts;
-for a model compressed block by block, also how its statistics were gathered (``sequential``).
+for a model compressed block by block, also how its statistics were gathered (``sequential``); for a method
+with data-derived statistics, the calibration sample (``calibration``: task, split, examples, tokens, seed).
 
 :meth:`CompressionInfo.to_json` and :meth:`CompressionInfo.from_json` are the one writer and the one
 reader of the format (``format_version`` :data:`FORMAT_VERSION`); the reader refuses another version,
@@ -44,6 +45,7 @@ class CompressionInfo:
     history: dict[str, list[float]] = field(default_factory=dict)
     details: dict[str, dict] = field(default_factory=dict)  # per layer: the method's scalar facts (info)
     sequential: dict = field(default_factory=dict)  # block by block: statistics, examples, blocks; else empty
+    calibration: dict = field(default_factory=dict)  # the calibration sample (passes.calibration_record); else empty
 
     def regularizers(self) -> dict[str, int]:
         """How many layers needed each numerical regularizer (whitening methods); empty when none was recorded."""
@@ -56,10 +58,11 @@ class CompressionInfo:
         return counts
 
     def to_json(self) -> dict:
-        """The ``lowrank.json`` object (``sequential`` only for a model compressed block by block)."""
+        """The ``lowrank.json`` object (``sequential`` and ``calibration`` only when they are recorded)."""
         data = {"format_version": FORMAT_VERSION, **asdict(self)}
-        if not self.sequential:
-            del data["sequential"]
+        for key in ("sequential", "calibration"):
+            if not data[key]:
+                del data[key]
         return data
 
     @classmethod
@@ -72,7 +75,7 @@ class CompressionInfo:
             raise ValueError("needs 'base_model' and a 'ranks' object")
         for key in ("base_model", "kind", "method"):
             _check(key, data.get(key, ""), (str,), "a string")
-        for key in ("options", "seconds", "history", "details", "sequential"):
+        for key in ("options", "seconds", "history", "details", "sequential", "calibration"):
             _check(key, data.get(key, {}), (dict,), "an object")
         for name, rank in data["ranks"].items():
             _check(f"ranks.{name}", rank, (int,), "an integer")

@@ -4,7 +4,8 @@ The model is built without weights (:mod:`lowrank.models.streamed`); each decode
 loaded from the safetensors checkpoint, its layers' statistics collected (:mod:`lowrank.statistics.blockwise`:
 none for ``svd``; a forward sweep for activations, on the outputs of the blocks already compressed or of
 the dense ones, or of both for ``compensation`` statistics; a streaming gradient sweep of the dense model for
-Fisher and gradient moments; a pruning mask is refused), each planned ``W`` (out, in) replaced by ``U`` (out, r) ``V`` (r, in) by
+Fisher and gradient moments, which ``kfac_svd_compensated`` takes before its compensated forward sweep; a pruning
+mask is refused), each planned ``W`` (out, in) replaced by ``U`` (out, r) ``V`` (r, in) by
 :func:`lowrank.compress.factorize_layer` (the step :func:`lowrank.compress` takes), and the block written
 as one shard of the output. Peak memory: one block and its factorization workspace, the calibration hidden
 states, the embedding, norm and head. Output: the folder :func:`lowrank.load_compressed` reads, written
@@ -16,16 +17,17 @@ atomically. :func:`compress_in_blocks` takes the same block loop over an in-memo
 from __future__ import annotations
 
 import copy
+import tempfile
 from pathlib import Path
 
 import torch
 from huggingface_hub import snapshot_download
 from transformers import AutoTokenizer
 
-from lowrank.compress import factorize_layer, set_module
+from lowrank.compress import factorize_layer, set_module, write_record
 from lowrank.data.tasks import hub_reachable, load_task
 from lowrank.files.atomic import atomic_dir
-from lowrank.info import INFO_FILE, CompressionInfo, save_info, scalars
+from lowrank.info import CompressionInfo, scalars
 from lowrank.loaded import LoadedModel
 from lowrank.methods import get_method
 from lowrank.models.architectures import adapt_layout, decoder_layout, supported_types
@@ -40,19 +42,13 @@ from lowrank.models.loading import (
 )
 from lowrank.models.packaged import resolve_source
 from lowrank.models.pretrained import from_pretrained
+from lowrank.models.quantizer import is_compressed_folder, mark_compressed
 from lowrank.models.shards import Checkpoint, ShardWriter
 from lowrank.models.streamed import Blocks, StreamedModel
 from lowrank.progress import Progress, report
 from lowrank.ranks import Ranks, resolve_ranks
-from lowrank.statistics.blockwise import (
-    INPUTS,
-    BlockStep,
-    forward_sweep,
-    gradient_sweep,
-    needs_gradients,
-    sample,
-    unsupported,
-)
+from lowrank.statistics.blockwise import INPUTS, BlockStep, block_sweep, needs_gradients, sample, unsupported
+from lowrank.statistics.passes import calibration_record, calibration_task
 from lowrank.statistics.resolve import needs_task
 from lowrank.statistics.settings import DEFAULT, StatisticsSettings
 
@@ -81,7 +77,7 @@ def sequential_reason(name_or_path: str | Path, fraction: float = AUTO_FRACTION)
     on the meta device) is above ``fraction`` of the available RAM; never for a compressed folder
     or a model whose config cannot be read (the in-memory path reports that)."""
     name = str(name_or_path)
-    if (Path(name) / INFO_FILE).exists():
+    if is_compressed_folder(name):
         return None
     try:
         source = resolve_source(name)
@@ -123,6 +119,7 @@ def _calibration(spec, task, tokenizer, settings: StatisticsSettings, gradients:
     """The calibration batches a method's statistics take (none without data-derived statistics)."""
     if not needs_task(spec.needs):
         return []
+    task = calibration_task(task, settings)
     if task is None:
         raise ValueError(f"method {spec.name!r} needs statistics from calibration data: pass a task")
     task = load_task(task)
@@ -146,7 +143,14 @@ def _sweep_record(gradients: bool, inputs: str, batches: list[dict], blocks: int
     statistics = (
         "gradient sweep (dense model)" if gradients else (f"forward sweep ({inputs} inputs)" if batches else "none")
     )
+    if gradients and inputs == "compensated":
+        statistics = "gradient sweep (dense model), then forward sweep (compensated inputs)"
     return {"statistics": statistics, "examples": sum(len(b["input_ids"]) for b in batches), "blocks": blocks}
+
+
+def _record_calibration(info: CompressionInfo, task, tokenizer, settings: StatisticsSettings, batches) -> None:
+    if batches:
+        info.calibration = calibration_record(task, tokenizer, settings, batches)
 
 
 def compress_in_blocks(
@@ -157,34 +161,41 @@ def compress_in_blocks(
     settings: StatisticsSettings = DEFAULT,
     progress: Progress | None = None,
     inputs: str | None = None,
+    stats: dict | None = None,
     **options,
 ) -> LoadedModel:
-    """A compressed copy of the in-memory causal LM ``loaded``, factorized block by block by the forward sweep
-    and the per-block step of :func:`compress_sequential` (:class:`~lowrank.models.streamed.Blocks` instead of
-    a checkpoint on disk): the in-memory path of methods whose statistics only a block sweep computes
-    (``compensation``); arguments as in :func:`compress_sequential`."""
+    """A compressed copy of the in-memory causal LM ``loaded``, factorized block by block by the sweep and the
+    per-block step of :func:`compress_sequential` (:class:`~lowrank.models.streamed.Blocks` instead of a
+    checkpoint on disk): the in-memory path of methods whose statistics only a block sweep computes
+    (``compensation``); arguments as in :func:`compress_sequential`. ``stats``: the dense-model statistics of
+    the method's other kinds (e.g. ``gradients`` from the cached :func:`lowrank.statistics_for`), instead of a
+    dense sweep."""
     spec = get_method(method)
     spec.check_options(options)
     inputs = _inputs(spec, inputs)
     layout = decoder_layout(loaded.model.config)
-    if loaded.kind != "causal-lm" or layout is None or needs_gradients(spec.needs) or unsupported(spec.needs):
+    if loaded.kind != "causal-lm" or layout is None or unsupported(spec.needs):
         raise ValueError(
             f"block-by-block compression in memory takes a causal LM of type {', '.join(supported_types())} and a "
-            f"method of forward statistics; use lowrank.compress for {method!r} on {loaded.name}"
+            f"method of collected statistics; use lowrank.compress for {method!r} on {loaded.name}"
         )
     new = adapt_layout(copy.deepcopy(loaded.model))
     plan = resolve_ranks(new, ranks)
-    batches = _calibration(spec, task, loaded.tokenizer, settings, gradients=False)
+    gradients = needs_gradients(spec.needs) and stats is None
+    batches = _calibration(spec, task, loaded.tokenizer, settings, gradients)
     info = CompressionInfo(
         base_model=loaded.name, kind=loaded.kind, method=method, ranks=plan, options=scalars(options)
     )
     blocks = Blocks(new, layout, loaded.device)
-    for done, step in enumerate(forward_sweep(blocks, batches, list(plan), spec.needs, inputs)):
-        report(progress, done, blocks.num_blocks, f"{method}: block {step.index}")
-        factorize_block(step, plan, layout, info, options)
+    with tempfile.TemporaryDirectory(prefix="lowrank-blocks-") as workdir:
+        sweep = block_sweep(blocks, batches, list(plan), spec.needs, inputs, Path(workdir) / WORKDIR, settings, stats)
+        for done, step in enumerate(sweep):
+            report(progress, done, blocks.num_blocks, f"{method}: block {step.index}")
+            factorize_block(step, plan, layout, info, options)
     report(progress, blocks.num_blocks, blocks.num_blocks, f"{method}: done")
-    info.sequential = _sweep_record(False, inputs, batches, blocks.num_blocks)
-    new.lowrank_info = info
+    info.sequential = _sweep_record(gradients, inputs, batches, blocks.num_blocks)
+    _record_calibration(info, task, loaded.tokenizer, settings, batches)
+    mark_compressed(new, info)
     return loaded.with_model(new)
 
 
@@ -242,20 +253,15 @@ def compress_sequential(
     with atomic_dir(out) as tmp:
         writer = ShardWriter(tmp, stream.num_blocks + 1)
         writer.write(0, stream.resident_state())
-        layers = list(plan)
-        sweep = (
-            gradient_sweep(stream, batches, layers, spec.needs, tmp / WORKDIR)
-            if gradients
-            else forward_sweep(stream, batches, layers, spec.needs, inputs)
-        )
+        sweep = block_sweep(stream, batches, list(plan), spec.needs, inputs, tmp / WORKDIR, settings)
         for done, step in enumerate(sweep):
             report(progress, done, stream.num_blocks, f"{method}: block {step.index}")
             factorize_block(step, plan, layout, info, options)
             writer.write(step.index + 1, stream.block_state(step.index))
         report(progress, stream.num_blocks, stream.num_blocks, f"{method}: done")
         writer.finish()
-        stream.model.config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         info.sequential = _sweep_record(gradients, inputs, batches, stream.num_blocks)
-        save_info(info, tmp)
+        _record_calibration(info, task, tokenizer, settings, batches)
+        write_record(tmp, stream.model.config, info)
     return out

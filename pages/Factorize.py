@@ -25,7 +25,9 @@ from lowrank.evaluation.latency import latency_note
 from lowrank.experiments.compare import DENSE, metric_info, reference_run
 from lowrank.experiments.sweep import SweepSpec, start_sweep
 from lowrank.methods import COMPARISON, run_methods
+from lowrank.needs import needs_for
 from lowrank.report import formats
+from lowrank.statistics import needs_task
 
 LABEL = "factorize"  # the sweeps this page starts
 
@@ -69,6 +71,9 @@ if chosen:
             st.markdown(f"**{method}**")
             st.caption(lowrank.get_method(method).description)
             options[method] = widgets.option_widgets(method, "factorize")
+statistics = {}
+if needs_task(needs_for(chosen)):
+    statistics = widgets.calibration_widgets(task, "factorize")
 current = latest_run()
 running = current is not None and current["status"] == "running"
 run = st.button(
@@ -98,6 +103,7 @@ if run:
         label=LABEL,
         ranks={name: int(rank) for name, rank in plan.ranks.items()},
         save=True,
+        statistics=statistics,
     )
     with widgets.stop_on_error("Cannot start the run"):
         start_sweep(spec, store)

@@ -43,3 +43,18 @@ def test_every_method_compresses_on_cuda(cuda_bert, sentiment_csv, tmp_path, mon
 def test_training_on_cuda(cuda_bert, sentiment_csv):
     losses = lowrank.finetune(cuda_bert, sentiment_csv, lowrank.TrainConfig(max_steps=3, batch_size=8))
     assert len(losses) == 3 and all(math.isfinite(loss) for loss in losses)
+
+
+def test_from_pretrained_places_the_factors_with_device_map(tiny_llama, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    small = lowrank.compress(tiny_llama, 0.3)
+    folder = lowrank.save_compressed(small, tmp_path / "small")
+    model = AutoModelForCausalLM.from_pretrained(folder, device_map="cuda", dtype=torch.bfloat16)
+    layers = [m for m in model.modules() if isinstance(m, lowrank.LowRankLinear)]
+    assert layers and {(m.U.device.type, m.U.dtype) for m in layers} == {("cuda", torch.bfloat16)}
+    ids = tiny_llama.tokenizer(["a good film"], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        want = small.model(input_ids=ids).logits
+        got = model(input_ids=ids.cuda()).logits.float().cpu()
+    assert (got - want).abs().max().item() <= 0.05 * want.abs().max().item()

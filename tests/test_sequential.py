@@ -451,3 +451,61 @@ def test_cli_compresses_a_compensated_method_in_memory_through_the_block_loop(
     record = json.loads(out)
     assert record["sequential"] == "forward sweep (compensated inputs)" and record["layers"] == 21
     assert load_compressed(tmp_path / "out").model.lowrank_info.method == "svd_llm_compensated"
+
+
+def test_kfac_compensated_runs_agree_in_memory_and_sequential(sharded_llama, text_task, tmp_path):
+    """kfac_svd_compensated: one dense gradient sweep, then the compensated forward sweep; in memory and block by
+    block are one code path (agree to 1e-5); cached dense statistics in place of the gradient sweep give the same
+    model up to summation order; block 0 (X_hat = X) is kfac_svd."""
+    loaded = load_model(str(sharded_llama))
+    held = compress_in_blocks(loaded, 0.5, "kfac_svd_compensated", text_task, SETTINGS)
+    out = compress_sequential(sharded_llama, 0.5, "kfac_svd_compensated", tmp_path / "out", text_task, SETTINGS)
+    back = load_compressed(out)
+    vocab = held.model.config.vocab_size
+    assert logit_gap(held, back, vocab) < 1e-5
+    assert not (out / lowrank.sequential.WORKDIR).exists()  # the dense statistics and block inputs are gone
+    statistics = "gradient sweep (dense model), then forward sweep (compensated inputs)"
+    assert (
+        back.model.lowrank_info.sequential["statistics"]
+        == held.model.lowrank_info.sequential["statistics"]
+        == statistics
+    )
+    calibration = back.model.lowrank_info.calibration
+    assert calibration == held.model.lowrank_info.calibration and calibration["tokens"] == 4 * 16
+    cached = statistics_for(loaded, text_task, ("gradients",), SETTINGS, use_cache=False)
+    given = compress_in_blocks(loaded, 0.5, "kfac_svd_compensated", text_task, SETTINGS, stats=cached)
+    assert logit_gap(held, given, vocab) < 1e-4
+    kfac = in_memory(sharded_llama, "kfac_svd", text_task)
+    first, last = "model.layers.0.self_attn.q_proj", "model.layers.2.mlp.down_proj"
+
+    def product(model, name):
+        layer = model.get_submodule(name)
+        return (layer.U @ layer.V).detach()
+
+    assert torch.allclose(product(held.model, first), product(kfac.model, first), atol=1e-4)
+    assert not torch.allclose(product(held.model, last), product(kfac.model, last), atol=1e-4)
+
+
+def test_cli_compensate_flag_runs_the_compensated_form_in_memory_and_block_by_block(
+    capsys, sharded_llama, text_task, tmp_path
+):
+    """--compensate picks svd_llm_compensated; with --sequential the compensated inputs are the default (a
+    regression: the CLI passed inputs='compressed', which a compensated method refuses); the calibration sample
+    is recorded and a small one is warned about."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(text_task.texts["train"] * 3), encoding="utf-8")
+    base = ["compress", "--model", str(sharded_llama), "--keep", "0.5", "--method", "svd_llm", "--compensate"]
+    base += ["--task", str(corpus), "--calibration-tokens", "64", "--batch-size", "2", "--json"]
+    for extra in ([], ["--sequential"]):
+        code, out, err = run(capsys, *base, "--out", str(tmp_path / f"out{len(extra)}"), *extra)
+        assert code == 0, err
+        record = json.loads(out)
+        assert record["method"] == "svd_llm_compensated"
+        assert record["sequential"] == "forward sweep (compensated inputs)"
+        info = load_compressed(tmp_path / f"out{len(extra)}").model.lowrank_info
+        tokens = info.calibration["tokens"]  # 64 tokens round up to one batch of 2 blocks of 128
+        assert tokens in (128, 256) and info.calibration["examples"] == tokens // 128
+        assert record["calibration"] == f"{tokens} tokens of {corpus.stem}" or record["calibration"].startswith(
+            f"{tokens} tokens"
+        )
+        assert "warning: the calibration sample is small" in err and info.method == "svd_llm_compensated"

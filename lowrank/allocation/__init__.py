@@ -10,6 +10,7 @@
 * :mod:`.sensitivity`: calibration loss measured one layer at a time (cached);
 * :mod:`.strategies`: the strategy registry and :func:`allocate`;
 * :mod:`.explain`: the budget's price and a reason per layer (why each layer got its rank);
+* :mod:`.summary`: a plan by layer type and depth;
 * :mod:`.plan`: the plan, its JSON file and the one reader of it (:func:`read_ranks`, :meth:`RankPlan.load`).
 """
 
@@ -28,6 +29,7 @@ from lowrank.allocation.strategies import (
     register_strategy,
     strategy_curves,
 )
+from lowrank.allocation.summary import summarize_plan
 
 __all__ = [
     "DEFAULT_ALIGN",
@@ -51,4 +53,5 @@ __all__ = [
     "sensitivity_cache_path",
     "sensitivity_settings",
     "strategy_curves",
+    "summarize_plan",
 ]

@@ -144,6 +144,8 @@ def _threshold_rule(strategy: str, rank: int | None, price: Price | None) -> str
         return f"{state}: the smallest rank keeping{share} its SVD energy, like every layer"
     if strategy == "sensitivity":
         return f"{state}: the smallest measured rank whose calibration loss increase is under the common threshold"
+    if strategy == "measured_greedy":
+        return f"{state}: where the greedy on the measured single-layer loss per parameter stopped"
     return f"{state}: set by {strategy}"
 
 

@@ -1,7 +1,8 @@
-"""Measured sensitivity: the calibration loss with one layer at a time replaced by its SVD truncation.
+"""Measured sensitivity: the calibration loss with one layer at a time replaced by its rank-r factorization.
 
 For every compressible layer ``W`` (out, in) alone and every kept fraction ``f``, ``W`` is
-replaced by its plain rank-``r`` SVD truncation, ``r = floor(f * out * in / (out + in))``
+replaced by its rank-``r`` factorization, ``r = floor(f * out * in / (out + in))``, by plain SVD truncation or
+by a registered method on the layer's statistics (``method``, ``stats``: e.g. kfac_svd, LEMS-like)
 (fractions at/above break-even are skipped), and the mean loss of a few shuffled batches of
 the task's train split is measured. Between measured ranks the loss increase over the dense
 model is linear in rank, 0 at full rank ``min(out, in)``; below the smallest measured rank
@@ -9,11 +10,13 @@ it is not guessed (NaN).
 
 Cost: one SVD per layer and ``layers x fractions + 1`` passes over the calibration batches.
 The table is cached with the project's statistics cache (:mod:`lowrank.statistics.cache`,
-kind ``sensitivity``): keyed by the weights fingerprint, the task and the settings.
+kind ``sensitivity``): keyed by the weights fingerprint, the task and the settings (with a method other than
+``svd``, its name and a digest of the statistics it was given).
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +24,7 @@ import numpy as np
 import torch
 
 from lowrank.data.batches import batches
+from lowrank.methods import factorize, get_method
 from lowrank.models.architectures import compressible_linears
 from lowrank.models.labels import check_labels
 from lowrank.progress import Progress, report
@@ -80,15 +84,22 @@ class Sensitivity:
 
 
 def sensitivity_settings(
-    fractions=DEFAULT_FRACTIONS, num_batches: int = 4, batch_size: int = 32, max_length: int = 128, seed: int = 0
+    fractions=DEFAULT_FRACTIONS,
+    num_batches: int = 4,
+    batch_size: int = 32,
+    max_length: int = 128,
+    seed: int = 0,
+    method: str = "svd",
+    stats: dict | None = None,
 ) -> dict:
-    """The checked settings of a measurement (fractions sorted), which are also its cache key."""
+    """The checked settings of a measurement (fractions sorted), which are also its cache key (a method other
+    than ``svd`` adds its name and the digest of ``stats``; ``ValueError`` when its statistics are missing)."""
     fractions = tuple(sorted(float(f) for f in fractions))
     if not fractions or not all(0.0 < f < 1.0 for f in fractions):
         raise ValueError(f"sensitivity fractions must be in (0, 1), got {fractions}")
     if num_batches < 1 or batch_size < 1:
         raise ValueError("num_batches and batch_size must be positive")
-    return {
+    settings = {
         "fractions": list(fractions),
         "num_batches": num_batches,
         "batch_size": batch_size,
@@ -96,12 +107,37 @@ def sensitivity_settings(
         "seed": seed,
         "split": "train",
     }
+    if method != "svd":
+        spec = get_method(method)
+        if spec.needs and not stats:
+            raise ValueError(f"measuring sensitivity with {method!r} needs its statistics ({', '.join(spec.needs)})")
+        settings |= {"method": method, "statistics": _digest(stats or {})}
+    return settings
+
+
+def _digest(stats: dict) -> str:
+    """SHA-256 of per-layer statistics (names, keys, shapes and values)."""
+    h = hashlib.sha256()
+    for name in sorted(stats):
+        for key in sorted(stats[name]):
+            tensor = stats[name][key].detach().float().contiguous().cpu()
+            h.update(f"{name}::{key}:{tuple(tensor.shape)}".encode())
+            h.update(tensor.numpy().tobytes())
+    return h.hexdigest()
 
 
 def sensitivity_cache_path(loaded, task, settings: dict) -> Path:
     """Cache entry of the measurement of ``loaded`` on ``task`` (a loaded task) with ``settings``
     (:func:`sensitivity_settings`)."""
     return cache.entry_path("sensitivity", loaded, task, settings)
+
+
+def _truncation(W: torch.Tensor, method: str, stats: dict | None):
+    """``r -> `` the rank-``r`` approximation of ``W`` by ``method`` (plain SVD: one decomposition for every r)."""
+    if method == "svd":
+        U, S, Vh = torch.linalg.svd(W, full_matrices=False)
+        return lambda r: (U[:, :r] * S[:r]) @ Vh[:r]
+    return lambda r: factorize(W, r, method, stats=stats).matrix()
 
 
 def measure_sensitivity(
@@ -114,10 +150,13 @@ def measure_sensitivity(
     seed: int = 0,
     use_cache: bool = True,
     progress: Progress | None = None,
+    method: str = "svd",
+    stats: dict | None = None,
 ) -> Sensitivity:
     """Measure, for every compressible layer alone and every kept ``fraction``, the mean loss of
     ``num_batches`` shuffled batches of the task's train split with that layer replaced by its
-    plain SVD truncation (rank ``floor(f * out * in / (out + in))``, skipped at/above break-even).
+    rank-``r`` factorization (``floor(f * out * in / (out + in))``, skipped at/above break-even): plain SVD
+    truncation, or ``method`` on the layer's ``stats`` (``{layer: {key: tensor}}``).
 
     Cached under ``<cache>/sensitivity/`` (:func:`sensitivity_cache_path`). The model's weights
     are restored exactly afterwards (also on error).
@@ -126,7 +165,7 @@ def measure_sensitivity(
         raise ValueError(
             "strategy 'sensitivity' needs a task for its calibration batches (e.g. task='rotten_tomatoes')"
         )
-    settings = sensitivity_settings(fractions, num_batches, batch_size, max_length, seed)
+    settings = sensitivity_settings(fractions, num_batches, batch_size, max_length, seed, method, stats)
     fractions = tuple(settings["fractions"])
     task = check_labels(loaded, task)
     if loaded.kind not in ("classifier", "causal-lm"):
@@ -159,12 +198,12 @@ def measure_sensitivity(
             shapes[name] = (out_f, in_f)
             wanted = sorted({r for r in (fraction_rank(out_f, in_f, f) for f in fractions) if r is not None})
             original = layer.weight.detach().clone()
-            U, S, Vh = torch.linalg.svd(original.float(), full_matrices=False)
+            truncate = _truncation(original.float(), method, (stats or {}).get(name))
             ranks[name], losses[name] = wanted, []
             try:
                 for r in wanted:
                     with torch.no_grad():
-                        layer.weight.copy_(((U[:, :r] * S[:r]) @ Vh[:r]).to(original.dtype))
+                        layer.weight.copy_(truncate(r).to(original.dtype))
                     losses[name].append(mean_loss())
             finally:
                 with torch.no_grad():

@@ -57,7 +57,13 @@ def register(sub) -> None:
         "--calibration-batches",
         type=arg_type(COUNT, "--calibration-batches"),
         default=4,
-        help="batches for the sensitivity strategy (default 4)",
+        help="batches for the measured strategies, sensitivity and measured_greedy (default 4)",
+    )
+    p.add_argument(
+        "--measure-method",
+        default="kfac_svd",
+        help="measured_greedy: the method each layer is factorized by while its loss is measured (default kfac_svd; "
+        "its statistics are computed on the calibration sample)",
     )
     p.add_argument(
         "--predict",
@@ -75,10 +81,13 @@ def allocate_command(args):
     spec = get_strategy(args.strategy)
     loaded = load_any(args.model, args.device)
     resolve_budget(budget, layer_choices(linear_shapes(loaded.model), args.align))  # a bad budget costs no Fisher pass
-    needs = needs_for(strategy=args.strategy, predict=args.predict)
+    measured = args.strategy == "measured_greedy"
+    needs = needs_for([args.measure_method] if measured else [], args.strategy, args.predict)
     task = task_of(args, loaded) if spec.needs_task or needs_task(needs) else None
     stats = statistics_for(loaded, task, needs, statistics_settings(args), progress=TqdmProgress()) if needs else {}
-    options = {"num_batches": args.calibration_batches} if args.strategy == "sensitivity" else {}
+    options = {"num_batches": args.calibration_batches} if spec.needs_task else {}
+    if measured:
+        options["method"] = args.measure_method
     plan = allocate(
         loaded,
         budget,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -16,8 +17,12 @@ from lowrank.loaded import LoadedModel
 from lowrank.models import load_model
 from lowrank.models.labels import default_task
 from lowrank.statistics import DEFAULT, StatisticsSettings
-from lowrank.statistics.settings import LABELS
-from lowrank.validate import COUNT, THREADS, arg_type, path_arg
+from lowrank.statistics.settings import LABELS, calibration_notes
+from lowrank.validate import COUNT, THREADS, Range, arg_type, path_arg
+
+EDGE = Range(0, 0.5, high_open=True)  # --grad-edge: a share of the window's tokens at each end
+NON_NEGATIVE = Range(0)
+DEFAULT_TOKENS = -1  # argparse's default for --calibration-tokens: not given (None means 'all')
 
 DEVICE_TYPES = ("cpu", "cuda", "mps")
 TASK_HELP = (
@@ -103,12 +108,25 @@ def add_statistics_options(parser: argparse.ArgumentParser, aliases: bool = True
     """
     d = DEFAULT
     parser.add_argument(
+        "--calibration-task",
+        help="corpus the statistics are computed on, a task name or path as for --task (default: --task); e.g. "
+        "rotten_tomatoes:text or a .txt file for a causal LM",
+    )
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument(
+        "--calibration-tokens",
+        type=calibration_tokens,
+        default=DEFAULT_TOKENS,
+        help="size of the calibration sample in tokens, rounded up to whole batches, or 'all' for the whole split "
+        f"(default {d.tokens:,}: {d.num_batches} batches of {d.batch_size} x {d.max_length})",
+    )
+    size.add_argument(
         "--fisher-batches",
         *(["--batches"] if aliases else []),
         dest="fisher_batches",
         type=arg_type(COUNT, "--fisher-batches"),
-        default=d.num_batches,
-        help=f"calibration batches for statistics such as Fisher (default {d.num_batches})",
+        help=f"calibration batches for statistics such as Fisher, instead of --calibration-tokens "
+        f"(default {d.num_batches})",
     )
     parser.add_argument(
         "--fisher-batch-size",
@@ -134,7 +152,28 @@ def add_statistics_options(parser: argparse.ArgumentParser, aliases: bool = True
     parser.add_argument(
         "--fisher-split", default=d.split, help=f"split the statistics are computed on (default {d.split})"
     )
+    parser.add_argument(
+        "--grad-edge",
+        type=arg_type(EDGE, "--grad-edge"),
+        default=d.grad_edge,
+        help="gradient moments: drop the gradients of this share of each window's tokens at each end (e.g. 0.125; "
+        "default 0: off)",
+    )
+    parser.add_argument(
+        "--grad-clip",
+        type=arg_type(NON_NEGATIVE, "--grad-clip"),
+        default=d.grad_clip,
+        help="gradient moments: clip each token's gradient norm at this multiple of the median token norm "
+        "(default 0: off)",
+    )
     return parser
+
+
+def calibration_tokens(text: str) -> int | None:
+    """``--calibration-tokens``: a positive whole number of tokens, or ``all`` (``None``: the whole split)."""
+    if text.strip().lower() == "all":
+        return None
+    return arg_type(COUNT, "--calibration-tokens")(text)
 
 
 def add_output(parser: argparse.ArgumentParser, help: str) -> argparse.ArgumentParser:
@@ -156,13 +195,26 @@ def output_folder(args) -> Path | None:
 
 def statistics_settings(args) -> StatisticsSettings:
     """The :class:`StatisticsSettings` of the flags :func:`add_statistics_options` made."""
-    return DEFAULT.with_(
-        num_batches=args.fisher_batches,
+    settings = DEFAULT.with_(
         batch_size=args.fisher_batch_size,
         labels=args.labels,
         labels_per_example=args.labels_per_example,
         split=args.fisher_split,
+        task=args.calibration_task or None,
+        grad_edge=args.grad_edge,
+        grad_clip=args.grad_clip,
     )
+    if args.fisher_batches is not None:
+        return settings.with_(num_batches=args.fisher_batches)
+    if "calibration_tokens" in vars(args) and args.calibration_tokens != DEFAULT_TOKENS:
+        return settings.for_tokens(args.calibration_tokens)
+    return settings
+
+
+def warn_calibration(record: dict, evaluated: str | None) -> None:
+    """Print :func:`lowrank.statistics.settings.calibration_notes` on stderr, one ``warning: ...`` line each."""
+    for note in calibration_notes(record, evaluated):
+        print(f"warning: {note}", file=sys.stderr)
 
 
 def emit(args, data, table=None) -> None:

@@ -9,6 +9,7 @@ float32 size is above half the free RAM); both report the :class:`lowrank.Compre
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import pandas as pd
 from lowrank.allocation import read_ranks
 from lowrank.analysis.spectra import PLAIN, metric_method, spectra
 from lowrank.assets import prepare_all, prepare_suite
+from lowrank.card import update_card
 from lowrank.cli.args import (
     add_common,
     add_output,
@@ -26,19 +28,22 @@ from lowrank.cli.args import (
     output_folder,
     statistics_settings,
     task_of,
+    warn_calibration,
 )
 from lowrank.compress import compress, load_any, load_compressed, save_compressed
 from lowrank.data import load_task
 from lowrank.evaluation import evaluate
 from lowrank.files.atomic import atomic_dir
 from lowrank.info import load_info
-from lowrank.methods import available_methods, get_method
+from lowrank.methods import COMPENSATE, available_methods, get_method, with_compensation
+from lowrank.models.architectures import decoder_layout
 from lowrank.models.packaged import FINETUNED, FINETUNED_BASE, PACKAGED, finetuned_dir, is_built
 from lowrank.progress import TqdmProgress
 from lowrank.ranks import resolve_ranks
 from lowrank.sequential import compress_in_blocks, compress_sequential, sequential_reason
 from lowrank.statistics import needs_task, statistics_for
 from lowrank.statistics.blockwise import INPUTS
+from lowrank.statistics.passes import calibration_record
 from lowrank.training.finetune import MINILM_RT_CONFIG, TrainConfig, build_finetuned, train
 from lowrank.validate import COUNT, FRACTION, POSITIVE, arg_type, finite, parse_json, path_arg
 
@@ -100,6 +105,13 @@ def register(sub) -> None:
         "--plan", type=path_arg("--plan"), help="JSON file with a 'ranks' object {layer: rank} (e.g. from `allocate`)"
     )
     p.add_argument("--method", default="svd")
+    p.add_argument(
+        "--compensate",
+        action=argparse.BooleanOptionalAction,
+        help="causal LMs: run a data-aware method in its error-compensated form (svd_llm, kfac_svd: each block "
+        "fitted to the dense outputs from the inputs of the blocks compressed before it; default: "
+        f"{'on' if COMPENSATE else 'off'})",
+    )
     p.add_argument("--solver", help="solver for iterative methods (e.g. als, em, adam, adam_sgd)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="extra method option, repeatable")
     add_task(p, "task for statistics (Fisher...) and evaluation")
@@ -224,38 +236,36 @@ def parse_options(pairs: list[str], solver: str | None = None) -> dict:
 
 def compress_command(args):
     out = output_folder(args)
-    spec = get_method(args.method)
+    chosen = get_method(args.method)
     options = parse_options(args.option, args.solver)
-    spec.check_options(options)  # before any work: a misspelt option must not cost a Fisher pass
+    chosen.check_options(options)  # before any work: a misspelt option must not cost a Fisher pass
     ranks = read_ranks(args.plan) if args.plan else args.keep
     reason = None if args.sequential else sequential_reason(args.model)
     if args.sequential_inputs and not (args.sequential or reason):
         raise ValueError("--sequential-inputs applies only to block-by-block compression: add --sequential")
     if args.sequential or reason:
+        args.method = with_compensation(args.method, args.compensate)
         out = compress_streamed(args, ranks, options, reason)
         small, task, info = None, args.task, load_info(out)
-    elif spec.block_sweep:  # the in-memory block loop of sequential mode
-        loaded = load_any(args.model, args.device)
-        task = task_of(args, loaded)
-        small = compress_in_blocks(
-            loaded,
-            ranks,
-            args.method,
-            task,
-            statistics_settings(args),
-            TqdmProgress(),
-            args.sequential_inputs,
-            **options,
-        )
-        info = small.model.lowrank_info
-        if out:
-            out = save_compressed(small, out, force=args.force)
     else:
         loaded = load_any(args.model, args.device)
-        task = task_of(args, loaded) if args.evaluate or needs_task(spec.needs) else None
-        resolve_ranks(loaded.model, ranks)  # a bad --keep or plan is refused before the statistics pass
-        stats = statistics_for(loaded, task, spec.needs, statistics_settings(args), progress=TqdmProgress())
-        small = compress(loaded, ranks, method=args.method, stats=stats, progress=TqdmProgress(), **options)
+        sweepable = loaded.kind == "causal-lm" and decoder_layout(loaded.model.config) is not None
+        args.method = with_compensation(args.method, args.compensate, sweepable)
+        spec = get_method(args.method)
+        task = task_of(args, loaded) if args.evaluate or needs_task(spec.needs) or spec.block_sweep else None
+        settings = statistics_settings(args)
+        if spec.block_sweep:  # the in-memory block loop of sequential mode; dense statistics from the cache
+            dense = [k for k in spec.needs if k != "compensation"]
+            stats = statistics_for(loaded, task, dense, settings, progress=TqdmProgress()) if dense else None
+            small = compress_in_blocks(
+                loaded, ranks, args.method, task, settings, TqdmProgress(), args.sequential_inputs, stats, **options
+            )
+        else:
+            resolve_ranks(loaded.model, ranks)  # a bad --keep or plan is refused before the statistics pass
+            stats = statistics_for(loaded, task, spec.needs, settings, progress=TqdmProgress())
+            small = compress(loaded, ranks, method=args.method, stats=stats, progress=TqdmProgress(), **options)
+            if needs_task(spec.needs):
+                small.model.lowrank_info.calibration = calibration_record(task, loaded.tokenizer, settings)
         info = small.model.lowrank_info
         if out:
             out = save_compressed(small, out, force=args.force)
@@ -265,6 +275,9 @@ def compress_command(args):
         "layers": len(info.ranks),
         "seconds": round(sum(info.seconds.values()), 3),
     }
+    if info.calibration:
+        record["calibration"] = f"{info.calibration['tokens']:,} tokens of {info.calibration['task']}"
+        warn_calibration(info.calibration, task if args.evaluate else None)
     if info.sequential:
         record |= {"sequential": info.sequential["statistics"], "out": str(out)}
     if info.regularizers():
@@ -272,9 +285,12 @@ def compress_command(args):
     if out:
         record["out"] = str(out)
     if args.evaluate:
-        record |= evaluate(
+        measured = evaluate(
             small if small is not None else load_compressed(out, args.device), task, progress=TqdmProgress()
-        ).to_dict()
+        )
+        record |= measured.to_dict()
+        if out:
+            update_card(out, measured)  # the card of the folder just written names the quality measured
     return record, pd.DataFrame([record])
 
 
@@ -292,7 +308,7 @@ def compress_streamed(args, ranks, options: dict, reason) -> Path:
         args.task,
         statistics_settings(args),
         progress=TqdmProgress(),
-        inputs=args.sequential_inputs or INPUTS[0],
+        inputs=args.sequential_inputs,
         device=args.device,
         **options,
     )

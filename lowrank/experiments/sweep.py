@@ -126,8 +126,9 @@ def _run_units(spec: SweepSpec, store: RunStore, sweep_id: int) -> tuple[dict, l
         stats = statistics_for(loaded, task, needs, spec.settings, progress=bar.unit(unit, "statistics"))
         unit += 1
     common = {"sweep_id": sweep_id, "align": spec.align}
+    dense = None
     if spec.dense:
-        dense_reference(
+        dense = dense_reference(
             store,
             loaded,
             task,
@@ -193,7 +194,7 @@ def _run_units(spec: SweepSpec, store: RunStore, sweep_id: int) -> tuple[dict, l
                 )
                 counts["done"] += 1
                 if spec.save:
-                    _save(store, result, method)
+                    _save(store, result, method, dense)
             except Exception:  # recorded as failed by execute_run; the other runs go on
                 counts["failed"] += 1
     return counts, reused
@@ -211,11 +212,12 @@ def _plan(loaded, spec: SweepSpec, budget: float, stats: dict, task, progress: P
     return RankPlan(layers, max(1, round(budget * dense_params)), spec.strategy, spec.align, {"edited": True})
 
 
-def _save(store: RunStore, result, method: str) -> None:
-    """Save a run's compressed model and record where (a failure to save is noted on the run, which stays done)."""
+def _save(store: RunStore, result, method: str, dense: dict | None = None) -> None:
+    """Save a run's compressed model, its card naming what was measured beside the ``dense`` reference row, and
+    record where (a failure to save is noted on the run, which stays done)."""
     folder = output_folder(store, result.model.name, method, result.run_id)
     try:
-        save_compressed(result.model, folder)
+        save_compressed(result.model, folder, evaluation=result.evaluation, reference=dense)
     except (OSError, ValueError, RuntimeError) as err:
         store.update_run(result.run_id, error=f"not saved: {type(err).__name__}: {err}")
     else:

@@ -10,6 +10,7 @@ import pkgutil
 from lowrank.methods.registry import (
     BASELINE,
     COMPARISON,
+    COMPENSATE,
     METHODS,
     RECOMMENDED,
     Factorization,
@@ -21,6 +22,7 @@ from lowrank.methods.registry import (
     register_method,
     run_methods,
     weighted_error,
+    with_compensation,
 )
 from lowrank.methods.svd import truncated_svd
 
@@ -30,6 +32,7 @@ for _info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
 __all__ = [
     "BASELINE",
     "COMPARISON",
+    "COMPENSATE",
     "RECOMMENDED",
     "METHODS",
     "Factorization",
@@ -42,4 +45,5 @@ __all__ = [
     "run_methods",
     "truncated_svd",
     "weighted_error",
+    "with_compensation",
 ]

@@ -11,7 +11,11 @@ exactly by ``B L = SVD_r(W M L^-T)``, i.e. ``B = SVD_r(W M L^-T) L^-1``. With ``
 Under an output-gradient metric ``G = E[g g^T] = L_G L_G^T`` (out, out), the objective
 ``tr(G (W X - B X_hat)(W X - B X_hat)^T) = ||L_G^T W X - L_G^T B X_hat||_F^2`` is the same problem for
 ``L_G^T B``, so ``B = L_G^-T SVD_r(L_G^T W M L^-T) L^-1`` (the K-FAC variant; with ``G = I`` the plain one).
-``svd_llm_compensated`` is the plain form on the ``compensation`` statistics, which only the block sweep computes
+``svd_llm_compensated`` is the plain form on the ``compensation`` statistics, which only the block sweep computes;
+``kfac_svd_compensated`` the K-FAC form, ``G`` the dense model's output-gradient moment (``gradients``, taken by a
+dense sweep before the compensated one). Minimizing ``||L_G^T (W X - B X_hat)||_F^2`` is a reconstruction (ours):
+it weights the output error of each layer by the loss's curvature seen from the dense model; with ``X_hat = X`` it
+is kfac_svd.
 (:func:`lowrank.compress_in_blocks`, :func:`lowrank.compress_sequential`); within a block every layer sees the
 block's inputs from the compressed blocks before it (the block itself still dense). Roots from
 :func:`lowrank.methods.roots.psd_root` (regularizers in ``info``); a regularized root ``L L^T = C + D`` adds ``D``
@@ -71,3 +75,13 @@ def compensated_factors(
 )
 def svd_llm_compensated(W: torch.Tensor, rank: int, stats: Mapping[str, torch.Tensor]) -> Factorization:
     return compensated_factors(W, rank, stats["cross_moment"], stats["compressed_moment"])
+
+
+@register_method(
+    "kfac_svd_compensated",
+    "Error-compensated K-FAC SVD (ours): exact minimizer of ||L_G^T (W X - B X_hat)||_F, G = E[g g^T] = L_G L_G^T "
+    "of the dense model, X the dense inputs, X_hat those of the model compressed so far (block by block).",
+    needs=("compensation", "gradients"),
+)
+def kfac_svd_compensated(W: torch.Tensor, rank: int, stats: Mapping[str, torch.Tensor]) -> Factorization:
+    return compensated_factors(W, rank, stats["cross_moment"], stats["compressed_moment"], stats["grad_moment"])

@@ -147,6 +147,11 @@ METHODS: dict[str, Method] = {}
 BASELINE = "svd"
 RECOMMENDED = "kfac_svd"
 COMPARISON = (BASELINE, RECOMMENDED)
+# Whether a data-aware method with an error-compensated form (``<name>_compensated``) runs in that form wherever a
+# block sweep can run (causal LMs of a known decoder layout). Decided by measurement (docs/results/decoder.md,
+# docs/results/suite.md), here only.
+COMPENSATE = False
+COMPENSATED_SUFFIX = "_compensated"
 
 
 def register_method(
@@ -180,6 +185,23 @@ def available_methods() -> list[str]:
 def run_methods() -> list[str]:
     """The methods a run or sweep can use: those ``compress`` takes (a block-sweep method runs through the CLI)."""
     return [name for name in available_methods() if not METHODS[name].block_sweep]
+
+
+def with_compensation(name: str, compensate: bool | None = None, sweepable: bool = True) -> str:
+    """The method to run for ``name``: its compensated form when ``compensate`` (``None``: :data:`COMPENSATE`), it
+    has one and a block sweep can run (``sweepable``); ``name`` otherwise. ``ValueError`` when compensation is asked
+    for explicitly (``True``) and ``name`` has no compensated form or the model no block sweep."""
+    want = COMPENSATE if compensate is None else compensate
+    variant = name if name.endswith(COMPENSATED_SUFFIX) else name + COMPENSATED_SUFFIX
+    if not want or name == variant:
+        return name
+    if compensate and (variant not in METHODS or not sweepable):
+        why = f"{name!r} has no compensated form" if variant not in METHODS else "this model has no block sweep"
+        with_forms = ", ".join(
+            sorted(n.removesuffix(COMPENSATED_SUFFIX) for n in METHODS if n.endswith(COMPENSATED_SUFFIX))
+        )
+        raise ValueError(f"cannot compensate: {why} (compensated forms exist for {with_forms}, on causal LMs)")
+    return variant if variant in METHODS and sweepable else name
 
 
 def get_method(name: str) -> Method:

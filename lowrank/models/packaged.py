@@ -19,14 +19,17 @@ from lowrank.files.cache import cache_dir
 from lowrank.models.errors import ModelLoadError
 
 FINETUNED_BASE = "minilm"  # every fine-tuned packaged model starts from this one
+MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 @dataclass(frozen=True)
 class PackagedModel:
-    """A packaged model: ``description``; ``task`` set when it is ``minilm`` fine-tuned on that task (built on demand)."""
+    """A packaged model: ``description``; ``task`` set when it is ``minilm`` fine-tuned on that task (built on demand);
+    ``hub_id``: the Hugging Face model its weights come from (a model card's ``base_model``)."""
 
     description: str
     task: str | None = None
+    hub_id: str | None = None
 
 
 def _finetuned_name(task: str) -> str:
@@ -34,15 +37,18 @@ def _finetuned_name(task: str) -> str:
 
 
 MODELS: dict[str, PackagedModel] = {
-    "minilm": PackagedModel("all-MiniLM-L6-v2 sentence encoder (BERT, 6 layers, 22.7M params), packaged offline"),
+    "minilm": PackagedModel(
+        "all-MiniLM-L6-v2 sentence encoder (BERT, 6 layers, 22.7M params), packaged offline", hub_id=MINILM_HUB_ID
+    ),
     **{
         _finetuned_name(task): PackagedModel(
-            f"MiniLM fine-tuned on {task}, built once and cached: {NAMED_TASKS[task].description}", task
+            f"MiniLM fine-tuned on {task}, built once and cached: {NAMED_TASKS[task].description}", task, MINILM_HUB_ID
         )
         for task in SUITE
     },
     "smollm2-135m": PackagedModel(
-        "SmolLM2-135M-Instruct (Llama, 30 layers), packaged as GGUF, converted to float once"
+        "SmolLM2-135M-Instruct (Llama, 30 layers), packaged as GGUF, converted to float once",
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
     ),
 }
 

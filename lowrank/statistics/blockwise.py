@@ -11,7 +11,10 @@ the dense block on the dense hidden states (each Linear keeps its ``x``) and on 
 block's outputs, the compressed one by the compressed block's; three block forwards per block, two streams. :func:`gradient_sweep` (``fisher``, ``gradients``): a
 streaming forward/backward pass of the dense model with each block's input ``h_i`` on disk, equal to the
 in-memory pass up to summation order; two forwards and one backward per block, disk ``blocks x tokens x hidden
-x 4`` bytes. Single process, not cached.
+x 4`` bytes. :func:`block_sweep` picks the sweep; a method that needs dense-model statistics besides the
+compensation ones (``kfac_svd_compensated``: ``gradients``) gets them from one dense sweep first, kept on disk one
+file per block (or given, e.g. from the cached :func:`lowrank.statistics_for`), joined to each block of the
+compensated sweep. Single process, not cached.
 Details: docs/methods.md#scale-layer-sequential-compression-and-data-parallel-statistics.
 """
 
@@ -24,13 +27,14 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from lowrank.models.streamed import Blocks
 from lowrank.statistics.kinds import STATISTIC_KINDS, swept_kinds
 from lowrank.statistics.passes import calibration_batches
 from lowrank.statistics.resolve import passes, restrict
+from lowrank.statistics.settings import DEFAULT, StatisticsSettings
 
 INPUTS = ("compressed", "dense", "compensated")
 
@@ -57,10 +61,10 @@ def needs_gradients(needs: Sequence[str]) -> bool:
 class BlockStatistics:
     """The collectors of ``statistics_for`` on one block's Linears: one per collector of ``needs`` and layer."""
 
-    def __init__(self, linears: dict[str, nn.Linear], needs: Sequence[str]):
+    def __init__(self, linears: dict[str, nn.Linear], needs: Sequence[str], settings: StatisticsSettings = DEFAULT):
         self.needs = tuple(needs)
         self.hooks = {
-            (collector, name): collector.make(module, any(k.backward for k in kinds))
+            (collector, name): collector.make(module, any(k.backward for k in kinds), settings)
             for collector, kinds in passes(needs).items()
             for name, module in linears.items()
         }
@@ -102,7 +106,12 @@ def _block_linears(stream: Blocks, index: int, names: Sequence[str]) -> dict[str
 
 
 def forward_sweep(
-    stream: Blocks, batches: list[dict], layers: Sequence[str], needs: Sequence[str], inputs: str = "compressed"
+    stream: Blocks,
+    batches: list[dict],
+    layers: Sequence[str],
+    needs: Sequence[str],
+    inputs: str = "compressed",
+    settings: StatisticsSettings = DEFAULT,
 ) -> Iterator[BlockStep]:
     """Yield each block with its statistics (see the module docstring); ``layers``: full names of the
     Linears to collect for. Without ``needs`` nothing is run (the blocks are only loaded). ``"compensated"``
@@ -126,7 +135,7 @@ def forward_sweep(
         stats: dict = {}
         outputs = []
         if run:
-            collectors = BlockStatistics(_block_linears(stream, index, layers), needs)
+            collectors = BlockStatistics(_block_linears(stream, index, layers), needs, settings)
             try:
                 with torch.no_grad():
                     for k, (h, ctx, b) in enumerate(zip(hidden, contexts, batches)):
@@ -162,7 +171,12 @@ def _read_boundary(folder: Path, index: int, count: int, device: torch.device) -
 
 
 def gradient_sweep(
-    stream: Blocks, batches: list[dict], layers: Sequence[str], needs: Sequence[str], workdir: Path
+    stream: Blocks,
+    batches: list[dict],
+    layers: Sequence[str],
+    needs: Sequence[str],
+    workdir: Path,
+    settings: StatisticsSettings = DEFAULT,
 ) -> Iterator[BlockStep]:
     """Yield each block, last to first, with dense-model statistics including gradients (see the module
     docstring). Block inputs are kept in ``workdir`` (removed at the end); batches need ``labels``."""
@@ -188,7 +202,7 @@ def gradient_sweep(
         for index in reversed(range(stream.num_blocks)):
             inputs = _read_boundary(workdir, index, len(batches), stream.device)
             stream.load_block(index)
-            collectors = BlockStatistics(_block_linears(stream, index, layers), needs)
+            collectors = BlockStatistics(_block_linears(stream, index, layers), needs, settings)
             below = []
             try:
                 for x, g, ctx, b in zip(inputs, grads, contexts, batches):
@@ -203,3 +217,67 @@ def gradient_sweep(
             stream.release_block(index)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def block_sweep(
+    stream: Blocks,
+    batches: list[dict],
+    layers: Sequence[str],
+    needs: Sequence[str],
+    inputs: str,
+    workdir: Path,
+    settings: StatisticsSettings = DEFAULT,
+    dense: dict | None = None,
+) -> Iterator[BlockStep]:
+    """The sweep ``needs`` and ``inputs`` take, yielding each block with all its statistics: compensated inputs
+    (:func:`compensated_sweep`), else the gradient sweep when a kind back-propagates, else the forward sweep.
+    ``workdir``: room on disk for the gradient sweep's block inputs and the dense statistics (removed after)."""
+    if inputs == "compensated":
+        return compensated_sweep(stream, batches, layers, needs, workdir, settings, dense)
+    if needs_gradients(needs):
+        return gradient_sweep(stream, batches, layers, needs, workdir, settings)
+    return forward_sweep(stream, batches, layers, needs, inputs, settings)
+
+
+def compensated_sweep(
+    stream: Blocks,
+    batches: list[dict],
+    layers: Sequence[str],
+    needs: Sequence[str],
+    workdir: Path,
+    settings: StatisticsSettings = DEFAULT,
+    dense: dict | None = None,
+) -> Iterator[BlockStep]:
+    """:func:`forward_sweep` with compensated inputs for the sweep-only kinds of ``needs``, each block's statistics
+    joined with the dense model's statistics of the other kinds (e.g. ``gradients``): ``dense`` when given
+    (``{layer: {key: tensor}}``), else computed by one dense sweep first (a gradient sweep when they back-propagate)
+    and kept in ``workdir``, one safetensors file per block (``workdir`` is removed at the end). Extra cost: that
+    sweep, and disk for one block's statistics per block."""
+    others = [kind for kind in needs if kind not in swept_kinds(needs)]
+    swept = swept_kinds(needs)
+    folder = Path(workdir) / "statistics"
+    try:
+        if others and dense is None:
+            folder.mkdir(parents=True, exist_ok=True)
+            first = block_sweep(stream, batches, layers, others, "dense", Path(workdir) / "boundaries", settings)
+            for step in first:
+                flat = {f"{n}::{k}": t.contiguous() for n, tensors in step.stats.items() for k, t in tensors.items()}
+                save_file(flat, str(folder / f"block-{step.index}.safetensors"))
+        dense = restrict(dense, others) if dense is not None else None
+        for step in forward_sweep(stream, batches, layers, swept, "compensated", settings):
+            extra = dense if dense is not None else _read_statistics(folder, step.index) if others else {}
+            prefix = stream.layout.block_name(step.index) + "."
+            for name, tensors in extra.items():
+                if name.startswith(prefix):
+                    step.stats.setdefault(name, {}).update(tensors)
+            yield step
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _read_statistics(folder: Path, index: int) -> dict[str, dict[str, torch.Tensor]]:
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in load_file(str(folder / f"block-{index}.safetensors")).items():
+        name, _, kind = key.rpartition("::")
+        out.setdefault(name, {})[kind] = tensor
+    return out

@@ -19,18 +19,19 @@ from torch import nn
 
 from lowrank.statistics.collectors import SquaredGradients
 from lowrank.statistics.moments import CrossMomentCollector, MomentCollector
+from lowrank.statistics.settings import StatisticsSettings
 
 LayerStats = dict[str, dict[str, torch.Tensor]]
 
 
 @dataclass(frozen=True)
 class Collector:
-    """Per-Linear hooks of one calibration pass: ``make(linear, backward)`` returns an object with ``scale``,
+    """Per-Linear hooks of one calibration pass: ``make(linear, backward, settings)`` returns an object with ``scale``,
     ``mask``, ``accumulators()``, ``result(examples) -> {key: tensor}`` and ``remove()``; cached under
     ``<cache>/<folder>/``; ``what`` names the pass on progress bars."""
 
     folder: str
-    make: Callable[[nn.Linear, bool], object]
+    make: Callable[[nn.Linear, bool, StatisticsSettings], object]
     what: str
 
 
@@ -61,7 +62,9 @@ def _weight_mask(linears: dict[str, nn.Linear]) -> LayerStats:
     return {name: {"mask": (m.weight.detach() != 0).float().cpu()} for name, m in linears.items()}
 
 
-FISHER_PASS = Collector("fisher", lambda linear, backward: SquaredGradients(linear), "estimating Fisher information")
+FISHER_PASS = Collector(
+    "fisher", lambda linear, backward, settings: SquaredGradients(linear), "estimating Fisher information"
+)
 MOMENT_PASS = Collector("moments", MomentCollector, "input/gradient moments")
 COMPENSATION_PASS = Collector("compensation", CrossMomentCollector, "dense/compressed input moments")
 

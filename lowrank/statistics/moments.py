@@ -6,7 +6,9 @@ Over the calibration tokens (padding excluded), for inputs ``x`` (in) and output
     m = E_t[|x|]                    (in,)        mean absolute input ('input_abs_mean')
     G = E_n[sum_t g_nt g_nt^T]      (out, out)   output-gradient second moment ('grad_moment')
 
-with ``g_nt`` the gradient of example ``n``'s own loss. For error-compensated factorization, with ``x`` the input in
+with ``g_nt`` the gradient of example ``n``'s own loss; optionally (:class:`~lowrank.statistics.settings.
+StatisticsSettings` ``grad_edge`` / ``grad_clip``) without the tokens at each end of a window and with each token's
+norm clipped at a multiple of the median token norm. For error-compensated factorization, with ``x`` the input in
 the dense model and ``x_hat`` the input on the same token in the model compressed so far (block sweep only)::
 
     M = E_t[x x_hat^T]              (in, in)     cross moment ('cross_moment')
@@ -23,11 +25,32 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lowrank.statistics.settings import DEFAULT, StatisticsSettings
+
+
+def shape_gradients(g: torch.Tensor, edge: float, clip: float, mask: torch.Tensor | None) -> torch.Tensor:
+    """Output gradients ``g`` (batch, T, out) with the first and last ``floor(edge T)`` tokens of each window zeroed
+    and, for ``clip > 0``, each token's norm capped at ``clip`` times the median norm of the batch's real tokens."""
+    cut = int(edge * g.shape[1])
+    if cut:
+        g = g.clone()
+        g[:, :cut] = 0
+        g[:, g.shape[1] - cut :] = 0
+    if clip > 0:
+        norms = g.norm(dim=-1)  # (batch, T)
+        real = norms[mask.to(g.device)] if mask is not None and mask.shape == norms.shape else norms.flatten()
+        real = real[real > 0]
+        if real.numel():
+            cap = clip * real.median()
+            g = g * (cap / norms.clamp(min=cap)).unsqueeze(-1)
+    return g
+
 
 class MomentCollector:
-    """Hooks accumulating ``sum x x^T``, ``sum |x|`` (token-masked) and, with ``gradients``, ``sum g g^T``."""
+    """Hooks accumulating ``sum x x^T``, ``sum |x|`` (token-masked) and, with ``gradients``, ``sum g g^T``
+    (shaped by ``settings.grad_edge`` / ``settings.grad_clip``, :func:`shape_gradients`)."""
 
-    def __init__(self, module: nn.Linear, gradients: bool):
+    def __init__(self, module: nn.Linear, gradients: bool, settings: StatisticsSettings = DEFAULT):
         out_features, in_features = module.weight.shape
         device = module.weight.device
         self.xx = torch.zeros(in_features, in_features, dtype=torch.float64, device=device)
@@ -36,6 +59,7 @@ class MomentCollector:
         self.tokens = torch.zeros(1, dtype=torch.float64, device=device)
         self.mask: torch.Tensor | None = None  # (batch, T) bool of real tokens, set before each forward
         self.scale = 1.0  # batch size: the batch loss is a mean over examples
+        self.edge, self.clip = settings.grad_edge, settings.grad_clip
         self.handle = module.register_forward_hook(self._forward)
 
     def _select(self, t: torch.Tensor) -> torch.Tensor:
@@ -53,7 +77,10 @@ class MomentCollector:
             output.register_hook(self._backward)
 
     def _backward(self, g: torch.Tensor) -> None:
-        g = self._select(g.detach()).double() * self.scale
+        g = g.detach()
+        if self.edge or self.clip:
+            g = shape_gradients(g.reshape(g.shape[0], -1, g.shape[-1]), self.edge, self.clip, self.mask)
+        g = self._select(g).double() * self.scale
         self.gg.addmm_(g.T, g)
 
     def accumulators(self) -> list[torch.Tensor]:
@@ -77,7 +104,7 @@ class CrossMomentCollector:
     ``phase = "compressed"`` it accumulates ``sum x_hat x_hat^T`` and ``sum x x_hat^T`` (token-masked) against
     the ``x`` kept for that batch. Memory: O(in^2) per layer plus one batch of inputs."""
 
-    def __init__(self, module: nn.Linear, gradients: bool):
+    def __init__(self, module: nn.Linear, gradients: bool, settings: StatisticsSettings = DEFAULT):
         in_features = module.weight.shape[1]
         device = module.weight.device
         self.cross = torch.zeros(in_features, in_features, dtype=torch.float64, device=device)

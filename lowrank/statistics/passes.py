@@ -18,7 +18,7 @@ from contextlib import contextmanager, nullcontext
 import torch
 import torch.distributed as dist
 
-from lowrank.data import batches, num_batches
+from lowrank.data import batches, load_task, num_batches
 from lowrank.progress import Progress, report
 from lowrank.statistics.settings import StatisticsSettings
 
@@ -55,6 +55,24 @@ def all_reduce(tensors: Iterable[torch.Tensor]) -> None:
     if world()[1] > 1:
         for tensor in tensors:
             dist.all_reduce(tensor)
+
+
+def calibration_task(task, settings: StatisticsSettings):
+    """The corpus the statistics are computed on: ``settings.task`` when set, else ``task`` (the one asked for)."""
+    return task if settings.task is None else settings.task
+
+
+def calibration_record(task, tokenizer, settings: StatisticsSettings, sample: Iterable[dict] | None = None) -> dict:
+    """What the calibration sample of ``settings`` is (for ``CompressionInfo.calibration`` and warnings):
+    ``task`` (name), ``split``, ``examples``, ``tokens`` (real, non-padding tokens) and ``seed``; ``sample``: its
+    batches when they are at hand (else they are made again)."""
+    task = load_task(calibration_task(task, settings))
+    examples = tokens = 0
+    for batch in calibration_batches(task, tokenizer, settings)[1] if sample is None else sample:
+        mask = batch.get("attention_mask")
+        examples += int(batch["input_ids"].shape[0])
+        tokens += int(batch["input_ids"].numel() if mask is None else mask.sum())
+    return {"task": task.name, "split": settings.split, "examples": examples, "tokens": tokens, "seed": settings.seed}
 
 
 def calibration_batches(task, tokenizer, settings: StatisticsSettings) -> tuple[int, Iterator[dict]]:

@@ -22,7 +22,7 @@ from lowrank.progress import Progress, scaled
 from lowrank.statistics import cache
 from lowrank.statistics.fisher import backward_task_losses
 from lowrank.statistics.kinds import STATISTIC_KINDS, Collector, StatisticKind, check_kinds, swept_kinds
-from lowrank.statistics.passes import calibration_pass, is_main
+from lowrank.statistics.passes import calibration_pass, calibration_task, is_main
 from lowrank.statistics.settings import DEFAULT, StatisticsSettings
 
 Stats = dict[str, dict[str, torch.Tensor]]
@@ -73,7 +73,7 @@ def _collect(collector, kinds, loaded, task, settings, use_cache: bool, progress
     if not linears:
         raise ValueError(f"{loaded.name} has no compressible Linear layers")
     backward = key["gradients"]
-    hooks = {name: collector.make(module, backward) for name, module in linears.items()}
+    hooks = {name: collector.make(module, backward, settings) for name, module in linears.items()}
     examples = calibration_pass(loaded, task, hooks, settings, backward_task_losses, backward, progress, collector.what)
     result = {}
     for name in list(hooks):  # each accumulator is freed once its result exists
@@ -101,12 +101,14 @@ def statistics_for(
 ) -> Stats:
     """``{layer: {key: tensor}}`` with every statistic kind of ``needs`` for each compressible layer.
 
-    ``task`` may be ``None`` when no kind needs data. Empty ``needs`` gives ``{}``. Tensors are float32 on
+    ``task`` may be ``None`` when no kind needs data; ``settings.task``, when set, replaces it (the calibration
+    corpus). Empty ``needs`` gives ``{}``. Tensors are float32 on
     the CPU.
     """
     needs = check_kinds(needs)
     if not needs:
         return {}
+    task = calibration_task(task, settings)
     swept = swept_kinds(needs)
     if swept:
         raise ValueError(
@@ -133,7 +135,7 @@ def statistics_for(
 
 def cache_entries(loaded, task, needs: Iterable[str], settings: StatisticsSettings = DEFAULT) -> list[Path]:
     """The cache files :func:`statistics_for` reads and writes for ``needs``: one per calibration pass."""
-    task = load_task(task)
+    task = load_task(calibration_task(task, settings))
     return [_entry(c, kinds, loaded, task, settings)[1] for c, kinds in passes(needs).items()]
 
 

@@ -656,3 +656,18 @@ def test_spectra_are_painted_from_the_disk_cache_by_a_fresh_server(env, monkeypa
     at = new_app().run()
     visit(at, "spectra")
     assert len(plotly_specs(at)) == 3 and not at.error
+
+
+def test_factorize_asks_for_the_calibration_sample_of_data_aware_methods_and_warns_when_it_is_small_or_foreign(env):
+    at = new_app().run()
+    visit(at, "factorize")
+    at.multiselect(key="factorize_methods").set_value(["svd"]).run()
+    assert not [t for t in at.text_input if t.key == "factorize_calibration_task"]  # svd takes no data
+    at.multiselect(key="factorize_methods").set_value(["fwsvd"]).run()
+    assert at.text_input(key="factorize_calibration_task").value == at.session_state["task"]
+    assert not [w for w in at.warning if "calibrat" in w.value]
+    at.number_input(key="factorize_calibration_tokens").set_value(4096).run()
+    assert any("calibration sample is small: 4,096 tokens" in w.value for w in at.warning)
+    at.text_input(key="factorize_calibration_task").input("lee").run()
+    assert any("calibrated on lee but evaluated on" in w.value for w in at.warning)
+    assert not at.exception and not at.error

@@ -4,6 +4,8 @@ one-budget sweep with explicit ranks."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from lowrank.evaluation import evaluate
@@ -116,3 +118,6 @@ def test_a_sweep_with_explicit_ranks_runs_them_and_saves_the_models(tiny_bert_di
     run = store.runs(sweep_id=sweep_id, method="svd").iloc[0]
     assert run["ranks"] == ranks and run["strategy"] == "manual" and run["budget"] == pytest.approx(0.9)
     assert load_info(run["output_dir"]).ranks == ranks
+    dense = store.runs(sweep_id=sweep_id, method="dense").iloc[0]  # the card measures it beside the dense model
+    card = (Path(run["output_dir"]) / "README.md").read_text()
+    assert f"| accuracy | {run['value']:.4g} | {dense['value']:.4g} |" in card and "latency: " in card

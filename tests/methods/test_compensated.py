@@ -110,3 +110,45 @@ def test_singular_moment_is_regularized_and_bad_shapes_are_refused():
         compensated_factors(W, 2, M[:4, :4], C)
     with pytest.raises(ValueError, match="grad_moment"):
         compensated_factors(W, 2, M, C, torch.eye(5, dtype=W.dtype))
+
+
+@pytest.mark.parametrize("rank", [2, 5])
+def test_kfac_svd_compensated_is_registered_as_the_weighted_closed_form(rank):
+    """The registered K-FAC form is the closed form with the gradient moment; exact least squares at full rank for
+    any positive definite G; kfac_svd when X_hat = X."""
+    W, X, X_hat, G = problem(6, 5, 30, seed=8)
+    M, C = moments(X, X_hat)
+    stats = {"cross_moment": M, "compressed_moment": C, "grad_moment": G}
+    B = factorize(W, rank, "kfac_svd_compensated", stats=stats).matrix()
+    assert torch.allclose(B, compensated_factors(W, rank, M, C, G).matrix(), atol=1e-12)
+    if rank == 5:
+        assert torch.allclose(B, torch.linalg.lstsq(X_hat.T, (W @ X).T).solution.T, atol=1e-9)
+    _, A = moments(X, X)
+    same = factorize(
+        W, rank, "kfac_svd_compensated", stats={"cross_moment": A, "compressed_moment": A, "grad_moment": G}
+    )
+    kfac = factorize(W, rank, "kfac_svd", stats={"input_moment": A, "input_abs_mean": A.diagonal(), "grad_moment": G})
+    assert torch.allclose(same.matrix(), kfac.matrix(), atol=1e-9)
+    with pytest.raises(ValueError, match="needs compensation, gradients"):
+        factorize(W, rank, "kfac_svd_compensated", stats={})
+
+
+def test_compensation_is_one_setting():
+    """with_compensation maps a data-aware method to its compensated form where a block sweep runs; COMPENSATE is
+    the one default; asking explicitly for what cannot be compensated is refused in one line."""
+    from lowrank.methods import registry
+
+    assert registry.with_compensation("kfac_svd", True) == "kfac_svd_compensated"
+    assert registry.with_compensation("svd_llm", True) == "svd_llm_compensated"
+    assert registry.with_compensation("kfac_svd", False) == "kfac_svd"
+    assert registry.with_compensation("kfac_svd", None) == (
+        "kfac_svd_compensated" if registry.COMPENSATE else "kfac_svd"
+    )
+    assert (
+        registry.with_compensation("svd", None) == "svd"
+        and registry.with_compensation("kfac_svd", None, False) == "kfac_svd"
+    )
+    for name, sweepable in (("svd", True), ("kfac_svd", False)):
+        with pytest.raises(ValueError, match="cannot compensate") as err:
+            registry.with_compensation(name, True, sweepable)
+        assert "\n" not in str(err.value)

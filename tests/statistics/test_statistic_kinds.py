@@ -21,7 +21,7 @@ SETTINGS = StatisticsSettings(num_batches=2, batch_size=4)
 class InputPeaks:
     """A probe collector: the largest ``|x_j|`` each input feature of a Linear reaches (forward only)."""
 
-    def __init__(self, module: torch.nn.Linear, backward: bool):
+    def __init__(self, module: torch.nn.Linear, backward: bool, settings: StatisticsSettings):
         self.peak = torch.zeros(module.in_features, dtype=torch.float64)
         self.scale, self.mask = 1.0, None
         self.handle = module.register_forward_hook(self._forward)

@@ -1,0 +1,410 @@
+"""Decoders that stay language models (issue 25): a causal LM compressed with calibration from one corpus and
+measured on two, training-free and healed.
+
+Stages (each row is written to the JSON as soon as it is measured; a stopped run resumes where it stopped, rows
+already in the JSON are not measured again; statistics come from the library's cache):
+
+* ``dense``: perplexity of the dense model on the validation split of every corpus;
+* ``strategies``: per calibration corpus and kept fraction, ``kfac_svd`` on the ranks of ``uniform``,
+  ``kfac_greedy`` and ``measured_greedy`` (LEMS-like); the best non-uniform strategy (lowest perplexity on the
+  calibration corpus's validation split) is the one the ``main`` stage uses; each plan summarized by layer type
+  and depth (:func:`lowrank.allocation.summarize_plan`);
+* ``main``: svd_llm and kfac_svd, each plain and compensated, on uniform ranks and the best other strategy;
+* ``habits``: kfac_svd with KFAC-SVD's gradient habits (edge tokens dropped, token norms clipped);
+* ``curve``: the calibration-size curve of kfac_svd, plain and compensated (``--sizes`` tokens, ``all``: the whole
+  training split; the default size comes from ``main``);
+* ``heal``: the best training-free row of each corpus and budget, healed by ``lowrank.heal`` on the calibration
+  text (skipped, with the reason printed, where ``lowrank.heal`` does not exist).
+
+Every compressed row is evaluated on every corpus: the corpus it was calibrated on and the others (cross-domain).
+Perplexity is the library's ``windows of N tokens`` protocol (``Evaluation.protocol``, in every row). Wall time
+per stage part (statistics, allocation, compression, evaluation) and the process's peak RSS so far are in each row.
+
+    python benchmarks/decoder.py                                   # smollm2-135m, lee and rotten_tomatoes:text
+    python benchmarks/decoder.py --stages dense main               # a part
+    python benchmarks/decoder.py --quick --model /tmp/tiny-llama   # smoke run (minutes)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import time
+from pathlib import Path
+
+import pandas as pd
+
+import lowrank
+from lowrank import allocate, compress, compress_in_blocks, evaluate, load_model
+from lowrank.allocation import summarize_plan
+from lowrank.methods import with_compensation
+from lowrank.statistics import DEFAULT, StatisticsSettings, restrict, statistics_for
+from lowrank.statistics.resolve import is_cached
+from lowrank.threads import set_threads
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = ("dense", "strategies", "main", "habits", "curve", "heal")
+METHODS = ("svd_llm", "kfac_svd")
+OTHER_STRATEGIES = ("kfac_greedy", "measured_greedy")
+HABITS = {"edge": {"grad_edge": 0.125}, "clip": {"grad_clip": 4.0}, "edge+clip": {"grad_edge": 0.125, "grad_clip": 4.0}}
+# Targets of issue 25 (own-corpus perplexity as a multiple of dense): training-free and healed, per kept fraction.
+TARGETS = {"training-free": {0.8: 1.5, 0.6: 2.5}, "healed": {0.8: 1.15, 0.6: 1.5}}
+NEEDS = ("activations", "gradients")
+
+
+def arguments() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--corpora", nargs="+", default=["lee", "rotten_tomatoes:text"])
+    p.add_argument("--keeps", type=float, nargs="+", default=[0.8, 0.6])
+    p.add_argument("--tokens", type=int, default=DEFAULT.tokens, help="calibration tokens of the main rows")
+    p.add_argument("--sizes", nargs="+", default=["8192", "all"], help="calibration-size curve: tokens or 'all'")
+    p.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
+    p.add_argument("--limit", type=int, help="evaluate on at most this many batches")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, help="torch threads (default: every core)")
+    p.add_argument("--quick", action="store_true", help="smoke run: tiny samples, one budget, short evaluation")
+    p.add_argument("--out", help="JSON path (default benchmarks/results/decoder[-quick].json)")
+    p.add_argument("--report", help="markdown path (default docs/results/decoder.md; quick: next to the JSON)")
+    args = p.parse_args()
+    if args.quick:
+        args.keeps, args.tokens, args.sizes = args.keeps[-1:], 2048, ["1024"]
+        args.limit = args.limit or 2
+    suffix = "-quick" if args.quick else ""
+    args.out = Path(args.out or ROOT / "benchmarks" / "results" / f"decoder{suffix}.json")
+    args.report = Path(args.report or (args.out.with_suffix(".md") if args.quick else ROOT / "docs/results/decoder.md"))
+    return args
+
+
+def peak_rss_gib() -> float:
+    """The process's peak resident memory so far (Linux ``ru_maxrss`` is in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+# Arguments that change what a row measures: a run resumes only a JSON written with the same ones.
+MEASURED = ("model", "limit", "quick", "device")
+
+
+class Results:
+    """Rows by key, written (atomically) after every row; rows already there are skipped on a rerun (of the same
+    model and evaluation settings: another one is refused, so no table mixes two)."""
+
+    def __init__(self, path: Path, args):
+        self.path, self.args = path, args
+        self.rows: dict[str, dict] = {}
+        if path.exists():
+            stored = json.loads(path.read_text())
+            differ = [k for k in MEASURED if stored["args"].get(k) != getattr(args, k)]
+            if differ:
+                raise SystemExit(
+                    f"error: {path} was measured with other {', '.join(differ)}; pass another --out to start afresh"
+                )
+            self.rows = {row["key"]: row for row in stored["rows"]}
+            print(f"resuming: {len(self.rows)} rows in {path}", flush=True)
+
+    def has(self, key: str) -> bool:
+        return key in self.rows
+
+    def add(self, row: dict) -> dict:
+        row["peak_rss_gib"] = round(peak_rss_gib(), 3)
+        self.rows[row["key"]] = row
+        payload = {
+            "benchmark": "decoder",
+            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(self.args).items()},
+            "environment": {"torch_threads": __import__("torch").get_num_threads(), "cpus": os.cpu_count()},
+            "rows": list(self.rows.values()),
+        }
+        tmp = self.path.with_suffix(".json.tmp")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(payload, indent=2, default=str))
+        os.replace(tmp, self.path)
+        shown = {k: v for k, v in row.items() if k not in ("key", "plan_by_type", "plan_by_depth", "calibration")}
+        print(json.dumps(shown, default=str), flush=True)
+        return row
+
+
+class Bench:
+    """The dense model, its statistics per calibration sample (cached by the library) and the measurements."""
+
+    def __init__(self, args):
+        self.args = args
+        self.results = Results(args.out, args)  # a JSON of other settings is refused before the model loads
+        self.loaded = load_model(args.model, device=args.device)
+        self.plans: dict[tuple, object] = {}
+
+    def settings(self, corpus: str, tokens: int | None, **habits) -> StatisticsSettings:
+        return DEFAULT.with_(task=corpus, **habits).for_tokens(tokens)
+
+    def statistics(self, settings: StatisticsSettings) -> tuple[dict, dict]:
+        cached = is_cached(self.loaded, None, NEEDS, settings)
+        start = time.perf_counter()
+        stats = statistics_for(self.loaded, None, NEEDS, settings)
+        return stats, {"statistics_s": round(time.perf_counter() - start, 1), "statistics_cached": cached}
+
+    def evaluate(self, model) -> dict:
+        out = {}
+        for corpus in self.args.corpora:
+            start = time.perf_counter()
+            result = evaluate(model, corpus, "validation", limit=self.args.limit, latency=False)
+            dense = self.results.rows.get(f"dense|{corpus}", {}).get(f"ppl[{corpus}]")
+            out[f"ppl[{corpus}]"] = result.value
+            if dense:
+                out[f"x_dense[{corpus}]"] = result.value / dense
+            out["protocol"] = result.protocol
+            out[f"evaluate_s[{corpus}]"] = round(time.perf_counter() - start, 1)
+        return out
+
+    def compress(self, method: str, compensated: bool, ranks, settings: StatisticsSettings, stats: dict):
+        """The compressed model and the record of how: compensated runs go through the block sweep with the cached
+        dense statistics (the gradients); plain ones through ``compress``."""
+        name = with_compensation(method, compensated)
+        spec = lowrank.get_method(name)
+        start = time.perf_counter()
+        if spec.block_sweep:
+            dense = [k for k in spec.needs if k != "compensation"]
+            given = restrict(stats, dense) if dense else None
+            model = compress_in_blocks(self.loaded, ranks, name, None, settings, stats=given)
+        else:
+            model = compress(self.loaded, ranks, name, stats=restrict(stats, spec.needs))
+        return model, {"method": name, "compress_s": round(time.perf_counter() - start, 1)}
+
+    def plan(self, corpus: str, keep: float, strategy: str, settings: StatisticsSettings, stats: dict):
+        """``(ranks, record)`` of a strategy: ``keep`` itself for uniform, else an allocated plan (cached here)."""
+        if strategy == "uniform":
+            return keep, {"allocate_s": 0.0}
+        key = (corpus, keep, strategy, settings)
+        if key not in self.plans:
+            start = time.perf_counter()
+            options = {"method": "kfac_svd"} | ({"num_batches": 1, "batch_size": 2} if self.args.quick else {})
+            extra = {"task": corpus, **options} if strategy == "measured_greedy" else {}
+            plan = allocate(self.loaded, keep, strategy, stats=stats, **extra)
+            self.plans[key] = (plan, time.perf_counter() - start)
+        plan, seconds = self.plans[key]
+        record = {
+            "allocate_s": round(seconds, 1),
+            "plan_by_type": summarize_plan(plan, "type").to_dict("records"),
+            "plan_by_depth": summarize_plan(plan, "depth").to_dict("records"),
+        }
+        return plan.ranks, record
+
+    def row(
+        self,
+        key: str,
+        stage: str,
+        corpus: str,
+        keep: float,
+        method: str,
+        compensated: bool,
+        strategy: str,
+        tokens: int | None,
+        habits: dict | None = None,
+    ) -> dict | None:
+        """Measure one configuration (unless its row exists): statistics, ranks, compression, evaluation."""
+        if self.results.has(key):
+            return self.results.rows[key]
+        settings = self.settings(corpus, tokens, **(habits or {}))
+        stats, timing = self.statistics(settings)
+        ranks, planned = self.plan(corpus, keep, strategy, settings, stats)
+        model, made = self.compress(method, compensated, ranks, settings, stats)
+        row = {
+            "key": key,
+            "stage": stage,
+            "calibration": model.model.lowrank_info.calibration or {"task": corpus, "tokens": settings.tokens},
+            "calibrated_on": corpus,
+            "tokens": tokens if tokens is not None else "all",
+            "keep": keep,
+            "strategy": strategy,
+            "habits": ",".join(f"{k}={v}" for k, v in (habits or {}).items()) or "-",
+            **made,
+            **timing,
+            **planned,
+            **self.evaluate(model),
+        }
+        return self.results.add(row)
+
+
+def best_strategy(bench: Bench, corpus: str, keep: float) -> str:
+    rows = [r for r in bench.results.rows.values() if r["stage"] == "strategies" and r["calibrated_on"] == corpus]
+    rows = [r for r in rows if r["keep"] == keep and r["strategy"] != "uniform"]
+    return min(rows, key=lambda r: r[f"ppl[{corpus}]"])["strategy"] if rows else OTHER_STRATEGIES[0]
+
+
+def run(bench: Bench, args) -> None:
+    stages = set(args.stages)
+    if "dense" in stages or any(not bench.results.has(f"dense|{c}") for c in args.corpora):
+        for corpus in args.corpora:
+            key = f"dense|{corpus}"
+            if not bench.results.has(key):
+                start = time.perf_counter()
+                result = evaluate(bench.loaded, corpus, "validation", limit=args.limit, latency=False)
+                seconds = round(time.perf_counter() - start, 1)
+                bench.results.add(
+                    {
+                        "key": key,
+                        "stage": "dense",
+                        "method": "dense",
+                        "keep": 1.0,
+                        f"ppl[{corpus}]": result.value,
+                        "protocol": result.protocol,
+                        f"evaluate_s[{corpus}]": seconds,
+                    }
+                )
+    for corpus in args.corpora:
+        for keep in args.keeps:
+            tag = f"{corpus}|{args.tokens}|{keep}"
+            if "strategies" in stages:
+                for strategy in ("uniform", *OTHER_STRATEGIES):
+                    bench.row(
+                        f"strategies|{tag}|{strategy}",
+                        "strategies",
+                        corpus,
+                        keep,
+                        "kfac_svd",
+                        False,
+                        strategy,
+                        args.tokens,
+                    )
+            if "main" in stages:
+                for strategy in ("uniform", best_strategy(bench, corpus, keep)):
+                    for method in METHODS:
+                        for compensated in (False, True):
+                            measured = bench.results.has(f"strategies|{tag}|{strategy}")
+                            if measured and method == "kfac_svd" and not compensated:
+                                continue  # the strategies stage measured this configuration
+                            key = f"main|{tag}|{method}|{compensated}|{strategy}"
+                            bench.row(key, "main", corpus, keep, method, compensated, strategy, args.tokens)
+            if "habits" in stages:
+                for name, habits in HABITS.items():
+                    bench.row(
+                        f"habits|{tag}|{name}",
+                        "habits",
+                        corpus,
+                        keep,
+                        "kfac_svd",
+                        False,
+                        "uniform",
+                        args.tokens,
+                        habits,
+                    )
+            if "curve" in stages:
+                for size in args.sizes:
+                    tokens = None if size == "all" else int(size)
+                    for compensated in (False, True):
+                        key = f"curve|{corpus}|{size}|{keep}|kfac_svd|{compensated}"
+                        bench.row(key, "curve", corpus, keep, "kfac_svd", compensated, "uniform", tokens)
+            if "heal" in stages:
+                heal(bench, corpus, keep, args)
+
+
+def heal(bench: Bench, corpus: str, keep: float, args) -> None:
+    """HEALING STEP: the best training-free row of this corpus and budget, healed on its calibration text by
+    ``lowrank.heal(compressed, dense, calibration, config)``; skipped with the reason where it does not exist."""
+    key = f"heal|{corpus}|{args.tokens}|{keep}"
+    if bench.results.has(key):
+        return
+    if not hasattr(lowrank, "heal"):
+        print(
+            f"heal stage skipped for {corpus} at {keep:.0%} kept: lowrank.heal does not exist on this branch",
+            flush=True,
+        )
+        return
+    rows = [r for r in bench.results.rows.values() if r["stage"] in ("main", "strategies")]
+    rows = [r for r in rows if r["calibrated_on"] == corpus and r["keep"] == keep and r["tokens"] == args.tokens]
+    if not rows:
+        print(f"heal stage skipped for {corpus} at {keep:.0%} kept: no training-free row yet", flush=True)
+        return
+    best = min(rows, key=lambda r: r[f"ppl[{corpus}]"])
+    base, compensated = best["method"].removesuffix("_compensated"), best["method"].endswith("_compensated")
+    settings = bench.settings(corpus, args.tokens)
+    stats, _ = bench.statistics(settings)
+    ranks, _ = bench.plan(corpus, keep, best["strategy"], settings, stats)
+    model, _ = bench.compress(base, compensated, ranks, settings, stats)
+    start = time.perf_counter()
+    healed = lowrank.heal(model, bench.loaded, corpus, None)
+    heal_s = round(time.perf_counter() - start, 1)
+    bench.results.add(
+        {
+            "key": key,
+            "stage": "heal",
+            "calibrated_on": corpus,
+            "tokens": args.tokens,
+            "keep": keep,
+            "strategy": best["strategy"],
+            "method": best["method"],
+            "healed_from": best["key"],
+            "heal_s": heal_s,
+            **bench.evaluate(healed),
+        }
+    )
+
+
+def markdown(frame: pd.DataFrame) -> str:
+    """A GitHub table of ``frame`` (numbers to 3 significant digits, missing values as -)."""
+
+    def cell(v) -> str:
+        if v is None or (isinstance(v, float) and v != v):
+            return "-"
+        return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+    head = "| " + " | ".join(frame.columns) + " |"
+    rule = "|" + "---|" * len(frame.columns)
+    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([head, rule, *body])
+
+
+def report(bench: Bench, args) -> None:
+    """The markdown write-up's tables, from the JSON rows (targets and misses on the calibration corpus)."""
+    rows = list(bench.results.rows.values())
+    lines = ["# Decoders: compensation, calibration, ranks, healing (benchmarks/decoder.py)", ""]
+    lines += [
+        f"Model `{args.model}`; corpora {', '.join(f'`{c}`' for c in args.corpora)}; torch threads "
+        f"{__import__('torch').get_num_threads()}. Perplexity: {rows[0].get('protocol', '') if rows else ''}, "
+        "validation splits. `x dense`: perplexity over the dense model's, same corpus, same run.",
+        "",
+    ]
+    for corpus in args.corpora:
+        own = [r for r in rows if r.get("calibrated_on") == corpus]
+        if not own:
+            continue
+        lines += [f"## Calibrated on `{corpus}` (train split)", ""]
+        table = []
+        for r in own:
+            entry = {
+                "stage": r["stage"],
+                "keep": r["keep"],
+                "method": r["method"],
+                "strategy": r.get("strategy"),
+                "tokens": r.get("tokens"),
+                "habits": r.get("habits", "-"),
+            }
+            for c in args.corpora:
+                entry[f"ppl {c}"] = r.get(f"ppl[{c}]")
+                entry[f"x dense {c}"] = r.get(f"x_dense[{c}]")
+            kind = "healed" if r["stage"] == "heal" else "training-free"
+            target = TARGETS[kind].get(r["keep"])
+            ratio = r.get(f"x_dense[{corpus}]")
+            entry["target"] = f"<= {target}x" if target else "-"
+            entry["missed by"] = f"{ratio - target:.2f}x" if target and ratio and ratio > target else "-"
+            entry["time s"] = sum(v for k, v in r.items() if k.endswith("_s") or k.startswith("evaluate_s"))
+            entry["peak RSS GiB"] = r.get("peak_rss_gib")
+            table.append(entry)
+        lines += [markdown(pd.DataFrame(table)), ""]
+    args.report.parent.mkdir(parents=True, exist_ok=True)
+    args.report.write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.report} and {args.out}", flush=True)
+
+
+def main() -> None:
+    args = arguments()
+    set_threads(args.threads)
+    bench = Bench(args)
+    try:
+        run(bench, args)
+    finally:
+        report(bench, args)
+
+
+if __name__ == "__main__":
+    main()
