@@ -3,8 +3,8 @@
 (uniform) ranks, run in the background as a sweep that saves its models (the job machinery of the encoder demo), then
 perplexity and generations side by side against dense.
 
-Sized for 2 CPU cores within 10 minutes on smollm2-135m: a calibration sample of :data:`CALIBRATION` (the K-FAC
-moments need no more to be well conditioned at these budgets) and :data:`EVAL_LIMIT` validation batches.
+Sized for a target of 10 minutes on 2 CPU cores on smollm2-135m (measured by ``benchmarks/dashboard.py
+--decoder-demo``): a calibration sample of :data:`CALIBRATION` and :data:`EVAL_LIMIT` validation batches.
 """
 
 from __future__ import annotations
