@@ -4,8 +4,8 @@
 method, record its seconds, solver history and scalar facts in the :class:`CompressionInfo`, and return
 the layer. :func:`compress` takes it over a whole model in memory (a new model, the input untouched);
 :func:`lowrank.compress_sequential` over one decoder block at a time. ``ranks`` is ``{layer: r}`` or a
-fraction ``f`` of each layer's parameters, ``r = floor(f * out * in / (out + in))``; a layer at or above
-break-even stays dense. Cost: one factorization per layer; ``r * (out + in)`` weights instead of ``out * in``.
+fraction ``f`` of each layer's parameters, ``r* = f * out * in / (out + in)`` rounded down to a multiple of
+``align`` (:mod:`lowrank.alignment`); a layer at or above break-even stays dense. Cost: one factorization per layer; ``r * (out + in)`` weights instead of ``out * in``.
 
 :func:`save_compressed` / :func:`load_compressed` store the model as safetensors plus ``lowrank.json``
 (:mod:`lowrank.info`) next to the base config and tokenizer.
@@ -24,6 +24,7 @@ from safetensors.torch import save_model
 from torch import nn
 from transformers import AutoConfig, AutoTokenizer
 
+from lowrank.alignment import DEFAULT_ALIGN
 from lowrank.files.atomic import atomic_dir, recover
 from lowrank.files.readers import read_whole
 from lowrank.info import INFO_FILE, CompressionInfo, load_info, save_info, scalars
@@ -86,13 +87,15 @@ def compress(
     importance: Mapping[str, torch.Tensor] | None = None,
     progress: Progress | None = None,
     base_model: str | None = None,
+    align: int = DEFAULT_ALIGN,
     **options,
 ):
     """Return a copy of ``model`` whose selected Linear layers are ``LowRankLinear``.
 
     ``stats``: ``{layer: {key: tensor}}`` from :func:`lowrank.statistics.statistics_for`
     (each layer gets its own); ``importance``: ``{layer: tensor like the weight}``, shorthand
-    for the method's element-wise statistic (Fisher for fwsvd/tfwsvd). ``options`` go to
+    for the method's element-wise statistic (Fisher for fwsvd/tfwsvd). ``align``: a kept fraction's ranks are
+    multiples of it (:mod:`lowrank.alignment`). ``options`` go to
     the method (e.g. ``solver="als"``) and are checked before any work. Accepts a
     ``LoadedModel`` (returns a ``LoadedModel`` sharing the tokenizer) or an ``nn.Module``.
     Cost: one factorization per selected layer.
@@ -106,7 +109,7 @@ def compress(
             "lowrank.compress_in_blocks (in memory) or lowrank.compress_sequential"
         )
     new = adapt_layout(copy.deepcopy(module))
-    plan = resolve_ranks(new, ranks)
+    plan = resolve_ranks(new, ranks, align)
     linears = compressible_linears(new)
     per_layer = {}
     for name in plan:  # every layer's statistics are checked before the first factorization

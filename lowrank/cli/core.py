@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from lowrank.alignment import DEFAULT_ALIGN
 from lowrank.allocation import read_ranks
 from lowrank.analysis.spectra import PLAIN, metric_method, spectra
 from lowrank.assets import prepare_all, prepare_suite
@@ -98,6 +99,24 @@ def register(sub) -> None:
     )
     group.add_argument(
         "--plan", type=path_arg("--plan"), help="JSON file with a 'ranks' object {layer: rank} (e.g. from `allocate`)"
+    )
+    p.add_argument(
+        "--align",
+        type=arg_type(COUNT, "--align"),
+        default=DEFAULT_ALIGN,
+        help=f"with --keep: ranks are multiples of this, rounded down (default {DEFAULT_ALIGN}; 1: unaligned)",
+    )
+    p.add_argument(
+        "--speed-batch",
+        type=arg_type(COUNT, "--speed-batch"),
+        help="time each factorized layer at this many texts (of --speed-length tokens) on --device and keep the "
+        "fastest form (two products, compiled, or merged back to dense); recorded in the folder",
+    )
+    p.add_argument(
+        "--speed-length",
+        type=arg_type(COUNT, "--speed-length"),
+        default=1,
+        help="tokens per text for --speed-batch (default 1: one generated token; 256 for prefill)",
     )
     p.add_argument("--method", default="svd")
     p.add_argument("--solver", help="solver for iterative methods (e.g. als, em, adam, adam_sgd)")
@@ -245,6 +264,7 @@ def compress_command(args):
             statistics_settings(args),
             TqdmProgress(),
             args.sequential_inputs,
+            align=args.align,
             **options,
         )
         info = small.model.lowrank_info
@@ -253,9 +273,11 @@ def compress_command(args):
     else:
         loaded = load_any(args.model, args.device)
         task = task_of(args, loaded) if args.evaluate or needs_task(spec.needs) else None
-        resolve_ranks(loaded.model, ranks)  # a bad --keep or plan is refused before the statistics pass
+        resolve_ranks(loaded.model, ranks, args.align)  # a bad --keep or plan is refused before the statistics pass
         stats = statistics_for(loaded, task, spec.needs, statistics_settings(args), progress=TqdmProgress())
-        small = compress(loaded, ranks, method=args.method, stats=stats, progress=TqdmProgress(), **options)
+        small = compress(
+            loaded, ranks, method=args.method, stats=stats, progress=TqdmProgress(), align=args.align, **options
+        )
         info = small.model.lowrank_info
         if out:
             out = save_compressed(small, out, force=args.force)
@@ -294,6 +316,7 @@ def compress_streamed(args, ranks, options: dict, reason) -> Path:
         progress=TqdmProgress(),
         inputs=args.sequential_inputs or INPUTS[0],
         device=args.device,
+        align=args.align,
         **options,
     )
 
