@@ -48,6 +48,7 @@ from lowrank.models.pretrained import from_config, from_pretrained, refuse_own_c
 from lowrank.models.shards import load_into
 from lowrank.progress import Progress, report
 from lowrank.ranks import Ranks, resolve_ranks
+from lowrank.speed import SpeedSettings, apply_speed, optimize_speed
 
 
 def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -136,8 +137,18 @@ def low_rank_layers(model: nn.Module) -> dict[str, LowRankLinear]:
     return {n: m for n, m in model.named_modules() if isinstance(m, LowRankLinear)}
 
 
-def save_compressed(model, directory: str | Path, tokenizer=None, force: bool = False) -> Path:
+def save_compressed(
+    model,
+    directory: str | Path,
+    tokenizer=None,
+    force: bool = False,
+    speed: SpeedSettings | None = None,
+    progress: Progress | None = None,
+) -> Path:
     """Write config, tokenizer, ``model.safetensors`` and ``lowrank.json`` atomically to ``directory``.
+
+    ``speed``: first give each factorized layer its fastest form at that batch on that device
+    (:func:`lowrank.speed.optimize_speed`, in place: merged layers become ``nn.Linear``), recorded in the folder.
 
     An existing ``directory`` is replaced only if :func:`lowrank.files.outputs.writable_output` allows it (``force``
     included); otherwise ``OutputError`` (a ``ValueError``) and nothing is touched.
@@ -147,6 +158,8 @@ def save_compressed(model, directory: str | Path, tokenizer=None, force: bool = 
     info = getattr(module, "lowrank_info", None)
     if info is None:
         raise ValueError("this model was not produced by lowrank.compress (no lowrank_info); nothing to save")
+    if speed is not None:
+        optimize_speed(module, speed, progress=progress)
     ranks = {n: m.rank for n, m in low_rank_layers(module).items()}
     directory = Path(directory)
     with atomic_dir(directory, force=force) as tmp:
@@ -192,6 +205,7 @@ def _read_compressed(directory: Path, device: str | torch.device):
             )
             set_module(model, name, shell)
         missing, unexpected = load_into(model, directory)  # model.safetensors, or shards with their index
+        apply_speed(model, info.speed)  # compiled forms (merged layers were saved dense)
     except (*READ_ERRORS, AttributeError, TypeError, RuntimeError) as err:  # a layer or shape lowrank.json invents
         raise ModelLoadError(f"{directory}: cannot rebuild the compressed model: {read_error(err, directory)}") from err
     missing = sorted(m for m in missing if not _is_tied(model, m))  # safetensors returns sets

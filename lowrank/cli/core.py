@@ -33,11 +33,13 @@ from lowrank.data import load_task
 from lowrank.evaluation import evaluate
 from lowrank.files.atomic import atomic_dir
 from lowrank.info import load_info
+from lowrank.layers import FORMS
 from lowrank.methods import available_methods, get_method
 from lowrank.models.packaged import FINETUNED, FINETUNED_BASE, PACKAGED, finetuned_dir, is_built
 from lowrank.progress import TqdmProgress
 from lowrank.ranks import resolve_ranks
 from lowrank.sequential import compress_in_blocks, compress_sequential, sequential_reason
+from lowrank.speed import SpeedSettings, optimize_speed
 from lowrank.statistics import needs_task, statistics_for
 from lowrank.statistics.blockwise import INPUTS
 from lowrank.training.finetune import MINILM_RT_CONFIG, TrainConfig, build_finetuned, train
@@ -250,6 +252,11 @@ def compress_command(args):
     reason = None if args.sequential else sequential_reason(args.model)
     if args.sequential_inputs and not (args.sequential or reason):
         raise ValueError("--sequential-inputs applies only to block-by-block compression: add --sequential")
+    speed = SpeedSettings(args.speed_batch, args.speed_length, args.device) if args.speed_batch else None
+    if speed is None and args.speed_length != 1:
+        raise ValueError("--speed-length applies only with --speed-batch")
+    if speed is not None and (args.sequential or reason):
+        raise ValueError("--speed-batch times layers of a model in memory; it does not apply to --sequential")
     if args.sequential or reason:
         out = compress_streamed(args, ranks, options, reason)
         small, task, info = None, args.task, load_info(out)
@@ -267,9 +274,6 @@ def compress_command(args):
             align=args.align,
             **options,
         )
-        info = small.model.lowrank_info
-        if out:
-            out = save_compressed(small, out, force=args.force)
     else:
         loaded = load_any(args.model, args.device)
         task = task_of(args, loaded) if args.evaluate or needs_task(spec.needs) else None
@@ -278,9 +282,12 @@ def compress_command(args):
         small = compress(
             loaded, ranks, method=args.method, stats=stats, progress=TqdmProgress(), align=args.align, **options
         )
-        info = small.model.lowrank_info
+    if small is not None:  # in memory: the fast forms, then the folder
         if out:
-            out = save_compressed(small, out, force=args.force)
+            out = save_compressed(small, out, force=args.force, speed=speed, progress=TqdmProgress())
+        elif speed is not None:
+            optimize_speed(small, speed, progress=TqdmProgress())
+        info = small.model.lowrank_info
     record = {
         "model": args.model,
         "method": args.method,
@@ -289,6 +296,9 @@ def compress_command(args):
     }
     if info.sequential:
         record |= {"sequential": info.sequential["statistics"], "out": str(out)}
+    if info.speed:
+        forms = [entry["form"] for entry in info.speed["layers"].values()]
+        record["forms"] = ", ".join(f"{form}: {forms.count(form)}" for form in FORMS if form in forms)
     if info.regularizers():
         record["regularizers"] = ", ".join(f"{label}: {n} layer(s)" for label, n in info.regularizers().items())
     if out:

@@ -20,6 +20,7 @@ import torch
 
 from lowrank.data.batches import encode
 from lowrank.data.tasks import load_task
+from lowrank.evaluation.timing import median_time
 from lowrank.progress import Progress, report
 
 # Seconds per batch size that a latency measurement may take (warm-up included).
@@ -106,24 +107,9 @@ def measure_latency(
     (``repeats=1, warm_up=False``): a large model is measured once rather than six times."""
     sample = (texts * (batch_size // max(1, len(texts)) + 1))[:batch_size]
     inputs = {k: v.to(loaded.device) for k, v in encode(loaded.tokenizer, sample, max_length).items()}
-    cuda = loaded.device.type == "cuda"
-
-    def timed() -> float:
-        if cuda:
-            torch.cuda.synchronize(loaded.device)
-        start = time.perf_counter()
-        loaded.model(**inputs)
-        if cuda:
-            torch.cuda.synchronize(loaded.device)
-        return time.perf_counter() - start
-
     with torch.inference_mode():
-        first = timed()
-        if budget_s is not None and first >= budget_s / 2:
-            return Latency(first * 1000, 1, False)
-        count = repeats if budget_s is None else max(1, min(repeats, int((budget_s - first) / max(first, 1e-9))))
-        times = [timed() for _ in range(count)]
-    return Latency(statistics.median(times) * 1000, len(times), True)
+        timing = median_time(lambda: loaded.model(**inputs), loaded.device, repeats, budget_s)
+    return Latency(timing.seconds * 1000, timing.repeats, timing.warm_up)
 
 
 def latency_ms(
