@@ -146,6 +146,22 @@ def measure_latencies(
     return b1.ms, b32.ms, how
 
 
+def conditions_text(conditions: dict | None) -> str:
+    """The recorded :func:`measurement_conditions` in words: threads, load average, calibration ("" when none)."""
+    conditions = conditions or {}
+    return ", ".join(
+        x
+        for x in (
+            f"{conditions['threads']} thread{'s' if conditions['threads'] != 1 else ''}"
+            if conditions.get("threads")
+            else "",
+            f"load average {conditions['load']:.1f}" if conditions.get("load") is not None else "",
+            f"calibration {conditions['calibration_ms']:.1f} ms" if conditions.get("calibration_ms") else "",
+        )
+        if x
+    )
+
+
 def latency_note(how, batch: str | None = None) -> str:
     """One line on how latencies were measured, e.g. ``"median of 5 passes after a warm-up; 2 threads, load 1.9"``
     (``batch``: ``"b1"`` or ``"b32"`` for one of them). ``how``: the recorded conditions (a dict); anything else
@@ -164,18 +180,7 @@ def latency_note(how, batch: str | None = None) -> str:
     parts = [f"batch {key[1:]}: {passes(how[key])}" for key in ("b1", "b32") if key in how and (batch in (None, key))]
     if batch is not None:
         parts = [part.split(": ", 1)[1] for part in parts]
-    conditions = how.get("conditions") or {}
-    where = ", ".join(
-        x
-        for x in (
-            f"{conditions['threads']} thread{'s' if conditions['threads'] != 1 else ''}"
-            if conditions.get("threads")
-            else "",
-            f"load average {conditions['load']:.1f}" if conditions.get("load") is not None else "",
-            f"calibration {conditions['calibration_ms']:.1f} ms" if conditions.get("calibration_ms") else "",
-        )
-        if x
-    )
+    where = conditions_text(how.get("conditions"))
     return (
         "; ".join(parts)
         + (f" ({where})" if where else "")

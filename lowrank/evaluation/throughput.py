@@ -1,0 +1,308 @@
+"""Throughput: tokens per second when reading a prompt (prefill) and when generating (decode), against dense.
+
+* prefill: one forward of ``batch`` sequences of ``length`` tokens (a causal LM computes the logits of the last
+  position only, as generation does); tokens/s = ``batch * length / seconds``.
+* decode (causal LMs): greedy ``generate`` with the KV cache, ``new_tokens`` generated per sequence after a
+  ``prompt``-token prompt (``min_new_tokens = max_new_tokens``, so no end-of-text stops it); tokens/s =
+  ``batch * (new_tokens - 1) / (t(new_tokens) - t(1))``: the steps after the first token, prefill excluded.
+* peak memory during the measurements: ``torch.cuda.max_memory_allocated`` on CUDA, else the process's resident
+  set (RSS), sampled every few milliseconds.
+* the FLOP bound (:func:`flops_per_token`): dense FLOPs / this model's FLOPs per token under the same conditions,
+  counting every Linear that runs (LM head, tied or not, and every layer left dense) and the attention scores,
+  ``4 d c`` per layer for a query at context ``c`` (``d`` = heads x head size). Measured speed-up / bound is the
+  fraction of the bound reached.
+
+Every figure comes with :func:`lowrank.evaluation.latency.measurement_conditions` and its repeats. Dense and
+compressed are measured alternately in one process (:func:`compare_throughput`), so their ratio is of one moment.
+Cost: at most about ``budget_s`` seconds per figure and model (warm-up included).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import asdict, dataclass, replace
+
+import torch
+from torch import nn
+
+from lowrank.evaluation.latency import conditions_text, measurement_conditions
+from lowrank.evaluation.timing import Timing, median_time
+from lowrank.layers import LowRankLinear
+from lowrank.loaded import unwrap
+from lowrank.progress import Progress, report
+
+# Seconds each throughput figure of one model may take (warm-up included).
+THROUGHPUT_BUDGET_S = 5.0
+
+
+@dataclass(frozen=True)
+class ThroughputSettings:
+    """``batches``: batch sizes measured; ``length``: prefill tokens per sequence; ``prompt`` and ``new_tokens``:
+    the decode measurement's prompt and generated tokens per sequence; ``budget_s``: seconds per figure."""
+
+    batches: tuple[int, ...] = (1, 8)
+    length: int = 256
+    prompt: int = 32
+    new_tokens: int = 32
+    budget_s: float = THROUGHPUT_BUDGET_S
+
+    def __post_init__(self):
+        for key in ("length", "prompt", "new_tokens"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{key} must be a positive whole number, got {value!r}")
+        if self.new_tokens < 2:
+            raise ValueError("new_tokens must be at least 2 (decode speed is timed after the first token)")
+        if not self.batches or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in self.batches):
+            raise ValueError(f"batches must be positive whole numbers, got {self.batches!r}")
+
+
+def fit_to(settings: ThroughputSettings, loaded) -> ThroughputSettings:
+    """``settings`` with the prefill length and the prompt plus new tokens cut to the model's maximum positions."""
+    config = getattr(loaded.model, "config", None)
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if not limit:
+        return settings
+    new_tokens = min(settings.new_tokens, max(2, limit // 2))
+    return replace(
+        settings,
+        length=min(settings.length, limit),
+        prompt=min(settings.prompt, limit - new_tokens),
+        new_tokens=new_tokens,
+    )
+
+
+def is_causal_lm(loaded) -> bool:
+    return getattr(loaded, "kind", "") == "causal-lm"
+
+
+def token_ids(loaded, count: int, texts: list[str] | None = None) -> torch.Tensor:
+    """``count`` token ids: the tokens of ``texts`` repeated (a fixed sentence when none), never special tokens."""
+    text = " ".join(texts or []) or "The quick brown fox jumps over the lazy dog while the band plays on."
+    ids = loaded.tokenizer(text, add_special_tokens=False)["input_ids"] or [0]
+    return torch.tensor((ids * (count // len(ids) + 1))[:count])
+
+
+class PeakMemory:
+    """Peak memory of a ``with`` block: CUDA's allocator peak on a CUDA device, else the process RSS sampled every
+    ``interval`` seconds by a thread. ``bytes``: the peak; ``before``: the value when the block began."""
+
+    def __init__(self, device, interval: float = 0.005):
+        self.device, self.interval = torch.device(device), interval
+        self.bytes = self.before = 0
+        self._stop = threading.Event()
+
+    @staticmethod
+    def rss() -> int:
+        with open(f"/proc/{os.getpid()}/statm") as file:
+            return int(file.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.bytes = max(self.bytes, self.rss())
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.before = torch.cuda.memory_allocated(self.device)
+        else:
+            self.before = self.bytes = self.rss()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            self.bytes = torch.cuda.max_memory_allocated(self.device)
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.bytes = max(self.bytes, self.rss())
+        return False
+
+
+def prefill_timing(loaded, batch: int, settings: ThroughputSettings, ids: torch.Tensor) -> Timing:
+    """Median seconds of one forward of ``batch`` x ``settings.length`` tokens."""
+    inputs = {"input_ids": ids[: settings.length].repeat(batch, 1).to(loaded.device)}
+    inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
+    if is_causal_lm(loaded):
+        inputs |= {"use_cache": False, "logits_to_keep": 1}
+    with torch.inference_mode():
+        return median_time(lambda: loaded.model(**inputs), loaded.device, 5, settings.budget_s)
+
+
+def generate_timing(loaded, batch: int, new_tokens: int, settings: ThroughputSettings, ids: torch.Tensor) -> Timing:
+    """Median seconds of greedy ``generate`` of exactly ``new_tokens`` per sequence after the prompt (KV cache)."""
+    prompt = ids[: settings.prompt].repeat(batch, 1).to(loaded.device)
+    pad = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
+    kwargs = {
+        "attention_mask": torch.ones_like(prompt),
+        "max_new_tokens": new_tokens,
+        "min_new_tokens": new_tokens,
+        "do_sample": False,
+        "use_cache": True,
+        "pad_token_id": pad,
+    }
+    with torch.inference_mode():
+        return median_time(lambda: loaded.model.generate(prompt, **kwargs), loaded.device, 3, settings.budget_s)
+
+
+def measure_throughput(loaded, settings: ThroughputSettings | None = None, texts=None, progress=None) -> dict:
+    """Tokens/s of ``loaded`` at each batch of ``settings`` (prefill; decode for a causal LM), peak memory, FLOPs
+    per token and how it was measured. Keys: ``prefill_b<n>``, ``decode_b<n>`` (tokens/s), ``flops``, ``peak_bytes``,
+    ``how``."""
+    settings = fit_to(settings or ThroughputSettings(), loaded)
+    ids = token_ids(loaded, max(settings.length, settings.prompt), texts)
+    causal = is_causal_lm(loaded)
+    steps = len(settings.batches) * (2 if causal else 1)
+    result, how, done = {}, {}, 0
+    loaded.model.eval()
+    with PeakMemory(loaded.device) as memory:
+        for batch in settings.batches:
+            report(progress, done, steps, f"prefill tokens/s, batch {batch}")
+            timing = prefill_timing(loaded, batch, settings, ids)
+            result[f"prefill_b{batch}"] = batch * settings.length / timing.seconds
+            how[f"prefill_b{batch}"] = {"repeats": timing.repeats, "warm_up": timing.warm_up}
+            done += 1
+            if causal:
+                report(progress, done, steps, f"decode tokens/s, batch {batch}")
+                first = generate_timing(loaded, batch, 1, settings, ids)
+                full = generate_timing(loaded, batch, settings.new_tokens, settings, ids)
+                result[f"decode_b{batch}"] = batch * (settings.new_tokens - 1) / max(full.seconds - first.seconds, 1e-9)
+                how[f"decode_b{batch}"] = {"repeats": min(first.repeats, full.repeats), "warm_up": full.warm_up}
+                done += 1
+    report(progress, steps, steps, "throughput measured")
+    result["peak_bytes"] = memory.bytes
+    result["peak_above_start_bytes"] = memory.bytes - memory.before
+    result["flops"] = flops_per_token(loaded, settings)
+    result["how"] = {
+        "settings": asdict(settings),
+        "memory": "CUDA max_memory_allocated" if loaded.device.type == "cuda" else "process RSS (sampled)",
+        "conditions": measurement_conditions(loaded.device),
+        **how,
+    }
+    return result
+
+
+def compare_throughput(
+    loaded, dense, settings: ThroughputSettings | None = None, texts=None, progress: Progress | None = None
+) -> dict:
+    """:func:`measure_throughput` of ``dense`` then ``loaded`` in this process, with per figure the ratio to dense
+    (``ratio``), the FLOP bound (``bound``: dense FLOPs / this model's FLOPs per token) and the fraction of it
+    reached (``of_bound`` = ratio / bound)."""
+    settings = settings or ThroughputSettings()
+    half = None if progress is None else (lambda d, t, m: progress(d, 2 * t, f"dense: {m}"))
+    reference = measure_throughput(dense, settings, texts, half)
+    rest = None if progress is None else (lambda d, t, m: progress(t + d, 2 * t, m))
+    result = measure_throughput(loaded, settings, texts, rest)
+    result["dense"] = {k: v for k, v in reference.items() if k != "how"}
+    result["ratio"], result["bound"], result["of_bound"] = {}, {}, {}
+    for key, value in list(result.items()):
+        if key.startswith(("prefill_b", "decode_b")):
+            ratio = value / reference[key]
+            kind = key.split("_")[0]
+            bound = reference["flops"][kind] / result["flops"][kind]
+            result["ratio"][key] = ratio
+            result["bound"][key] = bound
+            result["of_bound"][key] = ratio / bound
+    return result
+
+
+def figures(throughput: dict | None) -> list[str]:
+    """The tokens/s figures of a throughput record, in order (``prefill_b1``, ``decode_b1``, ``prefill_b8``...)."""
+    return [k for k in (throughput or {}) if k.startswith(("prefill_b", "decode_b"))]
+
+
+def throughput_note(throughput: dict | None) -> str:
+    """How a throughput record was measured, in one line ("" for none)."""
+    how = (throughput or {}).get("how")
+    if not isinstance(how, dict):
+        return ""
+    s = how.get("settings", {})
+    repeats = max((v.get("repeats", 1) for v in how.values() if isinstance(v, dict) and "repeats" in v), default=1)
+    where = conditions_text(how.get("conditions"))
+    return (
+        f"prefill of {s.get('length')} tokens per sequence; decode: greedy generation of {s.get('new_tokens')} tokens "
+        f"after a {s.get('prompt')}-token prompt with the KV cache; median of up to {repeats} runs after a warm-up"
+        + (f" ({where})" if where else "")
+    )
+
+
+def throughput_sentence(throughput: dict | None) -> str | None:
+    """A compressed model's throughput against dense in words ("1.3x the dense model's tokens per second when
+    generating at batch 1, 74% of the FLOP bound ..."), or ``None`` when it was not measured against dense."""
+    ratio = (throughput or {}).get("ratio")
+    if not ratio:
+        return None
+
+    def parts(kind: str) -> str:
+        keys = [k for k in figures(throughput) if k.startswith(kind) and k in ratio]
+        return " and ".join(
+            f"{ratio[k]:.2g}x{' the dense model' + chr(39) + 's tokens per second' if not i else ''} at batch "
+            f"{k.split('_b')[1]} ({throughput['of_bound'][k]:.0%} of the FLOP bound)"
+            for i, k in enumerate(keys)
+        )
+
+    length = throughput.get("how", {}).get("settings", {}).get("length")
+    sentences = []
+    if parts("decode"):
+        sentences.append(f"When generating it runs at {parts('decode')}")
+    if parts("prefill"):
+        sentences.append(f"reading {length}-token prompts, at {parts('prefill')}")
+    note = throughput_note(throughput)
+    text = "; ".join(sentences)
+    return text[0].upper() + text[1:] + (f". Measured: {note}" if note else "") + "."
+
+
+def attention_width(config) -> tuple[int, int]:
+    """(layers, d = heads x head size) of a Transformer config (0, 0 when it names neither)."""
+    layers = getattr(config, "num_hidden_layers", 0) or 0
+    heads = getattr(config, "num_attention_heads", 0) or 0
+    head = getattr(config, "head_dim", None) or (config.hidden_size // heads if heads else 0)
+    return layers, heads * head
+
+
+def linear_flops(module: nn.Module, inputs: dict) -> float:
+    """FLOPs of every Linear (``2 out in`` per row) and ``LowRankLinear`` (``2 r (out + in)``) in one forward of
+    ``inputs``, counted by hooks on the rows each layer actually receives."""
+    total = 0.0
+
+    def hook(layer, args, output):
+        nonlocal total
+        rows = args[0].numel() / args[0].shape[-1]
+        if isinstance(layer, LowRankLinear):
+            total += 2 * rows * layer.rank * (layer.in_features + layer.out_features)
+        else:
+            total += 2 * rows * layer.in_features * layer.out_features
+
+    handles = [m.register_forward_hook(hook) for m in module.modules() if isinstance(m, (nn.Linear, LowRankLinear))]
+    try:
+        with torch.inference_mode():
+            module(**inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return total
+
+
+def flops_per_token(loaded, settings: ThroughputSettings) -> dict:
+    """FLOPs per token of ``loaded``: ``prefill`` (one sequence of ``length`` tokens, attention over the causal
+    context, the LM head on the last position) and, for a causal LM, ``decode`` (one new token at the mean context
+    ``prompt + (new_tokens + 1) / 2``, the LM head included)."""
+    module, _ = unwrap(loaded.model)
+    layers, width = attention_width(module.config)
+    ids = torch.ones(1, settings.length, dtype=torch.long, device=loaded.device)
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    causal = is_causal_lm(loaded)
+    if causal:
+        inputs |= {"use_cache": False, "logits_to_keep": 1}
+    n = settings.length
+    context = (n + 1) / 2 if causal else n  # mean keys per query
+    flops = {"prefill": linear_flops(module, inputs) / n + 4 * layers * width * context}
+    if causal:
+        one = {"input_ids": ids[:, :1], "attention_mask": ids[:, :1], "use_cache": False}
+        mean_context = settings.prompt + (settings.new_tokens + 1) / 2
+        flops["decode"] = linear_flops(module, one) + 4 * layers * width * mean_context
+    return flops
