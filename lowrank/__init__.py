@@ -6,7 +6,7 @@ Library API (the ``lowrank`` command mirrors it)::
     m = lowrank.load_model("minilm-rt")
     small = lowrank.compress(m, 0.5, method="svd")
     lowrank.evaluate(small, "rotten_tomatoes")
-    lowrank.save_compressed(small, "out/minilm-rt-50")
+    lowrank.save_compressed(small, "out/minilm-rt-50", speed=lowrank.SpeedSettings(batch=8, length=128))  # fastest form per layer
     stats = lowrank.statistics_for(m, "rotten_tomatoes", ("fisher",))   # what weighted methods need
     lowrank.compress(m, 0.5, method="tfwsvd", stats=stats)
     lowrank.compress_sequential("big-llama/", 0.5, "svd_llm", out="out/big-50", task="lee")  # one block in memory
@@ -24,6 +24,7 @@ from lowrank.methods import Factorization, available_methods, factorize, get_met
 from lowrank.models import PACKAGED, ModelLoadError, compressible_linears, load_model
 from lowrank.ranks import resolve_ranks
 from lowrank.sequential import compress_in_blocks, compress_sequential
+from lowrank.speed import SpeedSettings, optimize_speed
 from lowrank.statistics import StatisticsSettings, statistics_for
 from lowrank.training.finetune import TrainConfig, finetune
 
@@ -36,6 +37,7 @@ __all__ = [
     "ModelLoadError",
     "PACKAGED",
     "RankPlan",
+    "SpeedSettings",
     "StatisticsSettings",
     "Task",
     "TaskError",
@@ -54,6 +56,7 @@ __all__ = [
     "load_compressed",
     "load_model",
     "load_task",
+    "optimize_speed",
     "register_method",
     "resolve_ranks",
     "save_compressed",
