@@ -66,7 +66,7 @@ def compiled_product():
     """``torch.compile`` of :func:`lowrank.layers.product` (one per process; graphs reused across layers of one
     shape, since the factors are its inputs), or ``None`` when compiling fails here (probed once)."""
     try:
-        fn = torch.compile(product, dynamic=False)
+        fn = torch.compile(product)  # shapes that vary become dynamic after their first recompile
         with torch.inference_mode():
             fn(torch.ones(2, 8), torch.ones(4, 8), torch.ones(8, 4), None)
         return fn

@@ -9,6 +9,7 @@ from torch import nn
 from lowrank import LowRankLinear, compress, load_compressed, save_compressed
 from lowrank.info import load_info
 from lowrank.speed import SpeedSettings, optimize_speed
+from tests.robustness.cli_errors import assert_clear_error, run
 
 
 def logits(loaded, texts=("a good film", "a bad film, awful")):
@@ -94,3 +95,38 @@ def test_compiled_form_runs_and_matches(tiny_llama):
 def test_bad_speed_settings_are_refused():
     with pytest.raises(ValueError, match="batch must be a positive whole number"):
         SpeedSettings(batch=0)
+
+
+def test_cli_compress_speed_batch_then_evaluate_throughput(capsys, tiny_llama_dir, tmp_path, seed_lee, monkeypatch):
+    seed_lee(tmp_path / "cache")
+    monkeypatch.setenv("LOWRANK_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "fast"
+    code, stdout, err = run(
+        capsys, "compress", "--model", tiny_llama_dir, "--keep", "0.5", "--speed-batch", "2", "--out", out, "--json"
+    )
+    assert code == 0, err
+    record = json.loads(stdout)
+    speed = load_info(out).speed
+    assert speed["batch"] == 2 and speed["length"] == 1 and speed["layers"]
+    assert sum(int(part.split(": ")[1]) for part in record["forms"].split(", ")) == len(speed["layers"])
+    code, stdout, err = run(
+        capsys, "evaluate", "--model", out, "--limit", "1", "--throughput", "--throughput-length", "16", "--json"
+    )
+    assert code == 0, err
+    record = json.loads(stdout)
+    assert record["decode_b1_tokens_s"] > 0 and record["prefill_b8_vs_dense"] > 0  # against the dense base
+    assert "KV cache" in record["throughput_note"]
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["--speed-length", "4"], "--speed-length applies only with --speed-batch"),
+        (["--speed-batch", "0"], "--speed-batch"),
+        (["--speed-batch", "2", "--sequential", "--out", "x"], "does not apply to --sequential"),
+        (["--align", "0"], "--align"),
+    ],
+)
+def test_cli_speed_and_align_errors_are_one_line(capsys, tiny_llama_dir, argv, needle):
+    code, _, err = run(capsys, "compress", "--model", tiny_llama_dir, *argv)
+    assert_clear_error(code, err, needle)

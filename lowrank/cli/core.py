@@ -31,6 +31,7 @@ from lowrank.cli.args import (
 from lowrank.compress import compress, load_any, load_compressed, save_compressed
 from lowrank.data import load_task
 from lowrank.evaluation import evaluate
+from lowrank.evaluation.throughput import ThroughputSettings
 from lowrank.files.atomic import atomic_dir
 from lowrank.info import load_info
 from lowrank.layers import FORMS
@@ -147,6 +148,18 @@ def register(sub) -> None:
     add_task(p)
     p.add_argument("--split", default="validation")
     p.add_argument("--limit", type=arg_type(COUNT, "--limit"), help="evaluate on at most this many batches")
+    p.add_argument(
+        "--throughput",
+        action="store_true",
+        help="also tokens/s: prefill and (causal LMs) greedy decoding at batch 1 and 8, a compressed model against "
+        "its dense base measured in this process, with the FLOP bound",
+    )
+    p.add_argument(
+        "--throughput-length",
+        type=arg_type(COUNT, "--throughput-length"),
+        default=ThroughputSettings.length,
+        help=f"prefill tokens per sequence for --throughput (default {ThroughputSettings.length})",
+    )
     p.set_defaults(handler=evaluate_command)
 
 
@@ -333,5 +346,14 @@ def compress_streamed(args, ranks, options: dict, reason) -> Path:
 
 def evaluate_command(args):
     loaded = load_any(args.model, args.device, task=None)
-    result = evaluate(loaded, task_of(args, loaded), args.split, limit=args.limit, progress=TqdmProgress())
+    task = task_of(args, loaded)
+    speed, reference = None, None
+    if args.throughput:
+        speed = ThroughputSettings(length=args.throughput_length)
+        info = getattr(loaded.model, "lowrank_info", None)
+        if info is not None and info.base_model:  # a compressed model: against its dense base, in this process
+            reference = load_any(info.base_model, args.device, task=None)
+    result = evaluate(
+        loaded, task, args.split, limit=args.limit, progress=TqdmProgress(), throughput=speed, reference=reference
+    )
     return result.to_dict(), pd.DataFrame([result.to_dict()])

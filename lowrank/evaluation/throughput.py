@@ -19,6 +19,7 @@ Cost: at most about ``budget_s`` seconds per figure and model (warm-up included)
 
 from __future__ import annotations
 
+import inspect
 import os
 import threading
 from dataclasses import asdict, dataclass, replace
@@ -123,12 +124,20 @@ class PeakMemory:
         return False
 
 
+def prefill_inputs(loaded, ids: torch.Tensor) -> dict:
+    """Forward inputs reading the token rows ``ids`` (batch, length): a causal LM keeps no cache and computes the
+    logits of the last position only (as ``generate`` does) when its forward takes ``logits_to_keep``."""
+    inputs = {"input_ids": ids.to(loaded.device), "attention_mask": torch.ones_like(ids).to(loaded.device)}
+    if is_causal_lm(loaded):
+        inputs["use_cache"] = False
+        if "logits_to_keep" in inspect.signature(loaded.model.forward).parameters:
+            inputs["logits_to_keep"] = 1
+    return inputs
+
+
 def prefill_timing(loaded, batch: int, settings: ThroughputSettings, ids: torch.Tensor) -> Timing:
     """Median seconds of one forward of ``batch`` x ``settings.length`` tokens."""
-    inputs = {"input_ids": ids[: settings.length].repeat(batch, 1).to(loaded.device)}
-    inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
-    if is_causal_lm(loaded):
-        inputs |= {"use_cache": False, "logits_to_keep": 1}
+    inputs = prefill_inputs(loaded, ids[: settings.length].repeat(batch, 1))
     with torch.inference_mode():
         return median_time(lambda: loaded.model(**inputs), loaded.device, 5, settings.budget_s)
 
@@ -290,19 +299,17 @@ def linear_flops(module: nn.Module, inputs: dict) -> float:
 def flops_per_token(loaded, settings: ThroughputSettings) -> dict:
     """FLOPs per token of ``loaded``: ``prefill`` (one sequence of ``length`` tokens, attention over the causal
     context, the LM head on the last position) and, for a causal LM, ``decode`` (one new token at the mean context
-    ``prompt + (new_tokens + 1) / 2``, the LM head included)."""
+    ``prompt + new_tokens / 2`` of the timed steps, the LM head included)."""
     module, _ = unwrap(loaded.model)
     layers, width = attention_width(module.config)
-    ids = torch.ones(1, settings.length, dtype=torch.long, device=loaded.device)
-    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    ids = torch.ones(1, settings.length, dtype=torch.long)
+    inputs = prefill_inputs(loaded, ids)
     causal = is_causal_lm(loaded)
-    if causal:
-        inputs |= {"use_cache": False, "logits_to_keep": 1}
     n = settings.length
     context = (n + 1) / 2 if causal else n  # mean keys per query
     flops = {"prefill": linear_flops(module, inputs) / n + 4 * layers * width * context}
     if causal:
-        one = {"input_ids": ids[:, :1], "attention_mask": ids[:, :1], "use_cache": False}
-        mean_context = settings.prompt + (settings.new_tokens + 1) / 2
+        one = prefill_inputs(loaded, ids[:, :1])
+        mean_context = settings.prompt + settings.new_tokens / 2  # the timed steps: contexts prompt+1 .. prompt+N-1
         flops["decode"] = linear_flops(module, one) + 4 * layers * width * mean_context
     return flops

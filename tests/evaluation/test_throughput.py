@@ -20,7 +20,7 @@ def test_flops_per_token_count_every_linear_and_the_attention_scores(tiny_llama)
     every_linear = sum(m.in_features * m.out_features for m in module.modules() if isinstance(m, torch.nn.Linear))
     head = module.lm_head.in_features * module.lm_head.out_features  # tied to the embedding: counted all the same
     flops = flops_per_token(tiny_llama, QUICK)
-    mean_context = QUICK.prompt + (QUICK.new_tokens + 1) / 2
+    mean_context = QUICK.prompt + QUICK.new_tokens / 2  # steps 2..N of generation: contexts prompt+1..prompt+N-1
     assert flops["decode"] == pytest.approx(2 * every_linear + 4 * layers * width * mean_context)
     body = every_linear - head  # prefill: the LM head runs on the last position only
     prefill = 2 * body + 2 * head / QUICK.length + 4 * layers * width * (QUICK.length + 1) / 2
