@@ -9,7 +9,7 @@ depend on the weights' values) in four variants:
   (:func:`lowrank.speed.optimize_speed`: factorized, compiled or merged to dense) timed at batch 1 x 1 token
   (generation) or batch 8 x ``--length`` tokens (prompts). Encoders get ``fast-prefill`` only.
 
-Each row is :func:`lowrank.evaluation.throughput.compare_throughput`: dense, then the variant, in this process,
+Each row is :func:`lowrank.evaluation.throughput.compare_throughput`: dense and the variant alternately, figure by figure,
 prefill tokens/s at batch 1 and 8 x ``--length`` tokens, decode tokens/s (greedy ``generate`` with the KV cache,
 ``--new-tokens`` per sequence) at batch 1 and 8 for causal LMs, peak RSS, FLOPs per token and the FLOP bound.
 A first section times ranks around each layer shape's budget share to measure which multiple pays (``align``).
@@ -64,6 +64,7 @@ def arguments() -> argparse.Namespace:
     p.add_argument("--prompt", type=int, default=32, help="decode: prompt tokens per sequence")
     p.add_argument("--budget", type=float, default=6.0, help="seconds per throughput figure and model")
     p.add_argument("--quick", action="store_true", help="one kept fraction per model, short budgets")
+    p.add_argument("--variants", nargs="+", help="only these variants (unaligned aligned fast-decode fast-prefill)")
     p.add_argument("--skip-align", action="store_true", help="skip the section timing ranks by multiple")
     p.add_argument("--out", help="JSON path (default benchmarks/results/speed.json)")
     p.add_argument("--markdown-out", help="Markdown path (default docs/results/speed.md)")
@@ -117,7 +118,7 @@ def variants(loaded, keep: float, args, device) -> list[tuple[str, object]]:
 
     def base():
         if "model" not in aligned:
-            aligned["model"] = lowrank.compress(loaded, keep, "svd", align=args.align)
+            aligned["model"] = lowrank.compress(loaded, keep, "svd", align=args.align, progress=TqdmProgress())
         return aligned["model"]
 
     def fast(batch: int, length: int):
@@ -128,7 +129,10 @@ def variants(loaded, keep: float, args, device) -> list[tuple[str, object]]:
 
         return make
 
-    rows = [("unaligned", lambda: lowrank.compress(loaded, keep, "svd", align=1)), ("aligned", base)]
+    rows = [
+        ("unaligned", lambda: lowrank.compress(loaded, keep, "svd", align=1, progress=TqdmProgress())),
+        ("aligned", base),
+    ]
     if causal:
         rows.append(("fast-decode", fast(1, 1)))
     rows.append(("fast-prefill", fast(8, args.length)))
@@ -205,7 +209,7 @@ def main() -> None:
         keeps = args.keeps or (QUICK_KEEPS if args.quick else KEEPS).get(label, (0.5,))
         for keep in keeps:
             for variant, make in variants(loaded, keep, args, device):
-                if (label, keep, variant) in done:
+                if (label, keep, variant) in done or (args.variants and variant not in args.variants):
                     continue
                 start = time.perf_counter()
                 small = make()
@@ -233,7 +237,7 @@ def render(payload: dict, json_path: Path) -> str:
         "",
         f"`benchmarks/speed.py`{' --quick' if s['quick'] else ''} -> `{json_path.relative_to(ROOT) if json_path.is_relative_to(ROOT) else json_path}`"
         f" ({env.get('date', '')}, torch {env.get('torch', '')}, {s['device']}, {s['threads']} threads). Plain SVD "
-        "factorization; dense measured in the same process just before each row (ratios are side by side).",
+        "factorization; dense and the variant measured alternately in one process, figure by figure (ratios are side by side).",
         "",
         f"* prefill: one forward of `batch x {s['length']}` tokens (causal LMs: logits of the last position, as "
         "generation does), tokens/s = batch x length / median seconds;",

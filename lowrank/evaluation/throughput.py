@@ -13,7 +13,8 @@
   fraction of the bound reached.
 
 Every figure comes with :func:`lowrank.evaluation.latency.measurement_conditions` and its repeats. Dense and
-compressed are measured alternately in one process (:func:`compare_throughput`), so their ratio is of one moment.
+compressed are measured alternately in one process, figure by figure (:func:`compare_throughput`), so each ratio
+is of one moment.
 Cost: at most about ``budget_s`` seconds per figure and model (warm-up included).
 """
 
@@ -158,64 +159,79 @@ def generate_timing(loaded, batch: int, new_tokens: int, settings: ThroughputSet
         return median_time(lambda: loaded.model.generate(prompt, **kwargs), loaded.device, 3, settings.budget_s)
 
 
-def measure_throughput(loaded, settings: ThroughputSettings | None = None, texts=None, progress=None) -> dict:
-    """Tokens/s of ``loaded`` at each batch of ``settings`` (prefill; decode for a causal LM), peak memory, FLOPs
-    per token and how it was measured. Keys: ``prefill_b<n>``, ``decode_b<n>`` (tokens/s), ``flops``, ``peak_bytes``,
-    ``how``."""
-    settings = fit_to(settings or ThroughputSettings(), loaded)
-    ids = token_ids(loaded, max(settings.length, settings.prompt), texts)
-    causal = is_causal_lm(loaded)
-    steps = len(settings.batches) * (2 if causal else 1)
-    result, how, done = {}, {}, 0
-    loaded.model.eval()
+def figure_plan(loaded, settings: ThroughputSettings) -> list[tuple[str, int]]:
+    """``(kind, batch)`` of every figure: prefill at each batch, then decode too for a causal LM."""
+    kinds = ("prefill", "decode") if is_causal_lm(loaded) else ("prefill",)
+    return [(kind, batch) for batch in settings.batches for kind in kinds]
+
+
+def measure_figure(loaded, kind: str, batch: int, settings: ThroughputSettings, ids: torch.Tensor) -> tuple:
+    """``(tokens/s, how, peak bytes, peak above start)`` of one figure (see the module docstring)."""
     with PeakMemory(loaded.device) as memory:
-        for batch in settings.batches:
-            report(progress, done, steps, f"prefill tokens/s, batch {batch}")
+        if kind == "prefill":
             timing = prefill_timing(loaded, batch, settings, ids)
-            result[f"prefill_b{batch}"] = batch * settings.length / timing.seconds
-            how[f"prefill_b{batch}"] = {"repeats": timing.repeats, "warm_up": timing.warm_up}
-            done += 1
-            if causal:
-                report(progress, done, steps, f"decode tokens/s, batch {batch}")
-                first = generate_timing(loaded, batch, 1, settings, ids)
-                full = generate_timing(loaded, batch, settings.new_tokens, settings, ids)
-                result[f"decode_b{batch}"] = batch * (settings.new_tokens - 1) / max(full.seconds - first.seconds, 1e-9)
-                how[f"decode_b{batch}"] = {"repeats": min(first.repeats, full.repeats), "warm_up": full.warm_up}
-                done += 1
+            value, repeats = batch * settings.length / timing.seconds, timing.repeats
+        else:
+            first = generate_timing(loaded, batch, 1, settings, ids)
+            timing = generate_timing(loaded, batch, settings.new_tokens, settings, ids)
+            value = batch * (settings.new_tokens - 1) / max(timing.seconds - first.seconds, 1e-9)
+            repeats = min(first.repeats, timing.repeats)
+    return value, {"repeats": repeats, "warm_up": timing.warm_up}, memory.bytes, memory.bytes - memory.before
+
+
+def measure_models(models: list, settings: ThroughputSettings, texts=None, progress=None) -> list[dict]:
+    """:func:`measure_throughput` of each of ``models`` (same kind and positions), one figure at a time for all of
+    them in turn, so that each figure of each model is measured at nearly the same moment."""
+    settings = fit_to(settings, models[0])
+    plan = figure_plan(models[0], settings)
+    results = [{"peak_bytes": 0, "peak_above_start_bytes": 0} for _ in models]
+    hows: list[dict] = [{} for _ in models]
+    ids = token_ids(models[0], max(settings.length, settings.prompt), texts)
+    for loaded in models:
+        loaded.model.eval()
+    steps = len(plan) * len(models)
+    for i, (kind, batch) in enumerate(plan):
+        for j, (loaded, result) in enumerate(zip(models, results)):
+            who = "dense: " if j == 0 and len(models) > 1 else ""
+            report(progress, i * len(models) + j, steps, f"{who}{kind} tokens/s, batch {batch}")
+            key = f"{kind}_b{batch}"
+            result[key], hows[j][key], peak, above = measure_figure(loaded, kind, batch, settings, ids)
+            result["peak_bytes"] = max(result["peak_bytes"], peak)
+            result["peak_above_start_bytes"] = max(result["peak_above_start_bytes"], above)
     report(progress, steps, steps, "throughput measured")
-    result["peak_bytes"] = memory.bytes
-    result["peak_above_start_bytes"] = memory.bytes - memory.before
-    result["flops"] = flops_per_token(loaded, settings)
-    result["how"] = {
-        "settings": asdict(settings),
-        "memory": "CUDA max_memory_allocated" if loaded.device.type == "cuda" else "process RSS (sampled)",
-        "conditions": measurement_conditions(loaded.device),
-        **how,
-    }
-    return result
+    for loaded, result, how in zip(models, results, hows):
+        result["flops"] = flops_per_token(loaded, settings)
+        result["how"] = {
+            "settings": asdict(settings),
+            "memory": "CUDA max_memory_allocated" if loaded.device.type == "cuda" else "process RSS (sampled)",
+            "conditions": measurement_conditions(loaded.device),
+            **how,
+        }
+    return results
+
+
+def measure_throughput(loaded, settings: ThroughputSettings | None = None, texts=None, progress=None) -> dict:
+    """Tokens/s of ``loaded`` at each batch of ``settings`` (prefill; decode for a causal LM), peak memory (the
+    largest of the figures'; ``peak_above_start_bytes``: above the value when that figure began), FLOPs per token
+    and how it was measured. Keys: ``prefill_b<n>``, ``decode_b<n>`` (tokens/s), ``flops``, ``peak_bytes``, ``how``."""
+    return measure_models([loaded], settings or ThroughputSettings(), texts, progress)[0]
 
 
 def compare_throughput(
     loaded, dense, settings: ThroughputSettings | None = None, texts=None, progress: Progress | None = None
 ) -> dict:
-    """:func:`measure_throughput` of ``dense`` then ``loaded`` in this process, with per figure the ratio to dense
-    (``ratio``), the FLOP bound (``bound``: dense FLOPs / this model's FLOPs per token) and the fraction of it
-    reached (``of_bound`` = ratio / bound)."""
-    settings = settings or ThroughputSettings()
-    half = None if progress is None else (lambda d, t, m: progress(d, 2 * t, f"dense: {m}"))
-    reference = measure_throughput(dense, settings, texts, half)
-    rest = None if progress is None else (lambda d, t, m: progress(t + d, 2 * t, m))
-    result = measure_throughput(loaded, settings, texts, rest)
+    """:func:`measure_throughput` of ``loaded`` with ``dense`` measured alternately in this process (each figure of
+    dense just before the same figure of ``loaded``: ``dense``), and per figure the ratio to dense (``ratio``), the
+    FLOP bound (``bound``: dense FLOPs / this model's FLOPs per token) and the fraction of it reached
+    (``of_bound`` = ratio / bound)."""
+    reference, result = measure_models([dense, loaded], settings or ThroughputSettings(), texts, progress)
     result["dense"] = {k: v for k, v in reference.items() if k != "how"}
     result["ratio"], result["bound"], result["of_bound"] = {}, {}, {}
-    for key, value in list(result.items()):
-        if key.startswith(("prefill_b", "decode_b")):
-            ratio = value / reference[key]
-            kind = key.split("_")[0]
-            bound = reference["flops"][kind] / result["flops"][kind]
-            result["ratio"][key] = ratio
-            result["bound"][key] = bound
-            result["of_bound"][key] = ratio / bound
+    for key in figures(result):
+        kind = key.split("_")[0]
+        result["ratio"][key] = result[key] / reference[key]
+        result["bound"][key] = reference["flops"][kind] / result["flops"][kind]
+        result["of_bound"][key] = result["ratio"][key] / result["bound"][key]
     return result
 
 
