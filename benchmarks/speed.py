@@ -277,6 +277,19 @@ def render(payload: dict, json_path: Path) -> str:
             "Seconds per rank of the two products at ranks around each shape's 50% share, over ranks that are "
             "multiples of m, relative to all ranks of the range (< 1: such ranks run faster per rank).",
             "",
+        ]
+        for tokens in sorted({r["tokens"] for r in align_rows}):
+            means = {
+                m: statistics.mean(
+                    r["vs_unaligned"] for r in align_rows if r["tokens"] == tokens and r["multiple"] == m
+                )
+                for m in MULTIPLES
+            }
+            lines.append(
+                f"Mean over shapes at {tokens} token(s): " + ", ".join(f"m={m} {v:.3f}" for m, v in means.items()) + "."
+            )
+        lines += [
+            "",
             "| shape | tokens | " + " | ".join(f"m={m}" for m in MULTIPLES) + " |",
             "|---|---|" + "---|" * len(MULTIPLES),
         ]
