@@ -130,3 +130,14 @@ def test_cli_compress_speed_batch_then_evaluate_throughput(capsys, tiny_llama_di
 def test_cli_speed_and_align_errors_are_one_line(capsys, tiny_llama_dir, argv, needle):
     code, _, err = run(capsys, "compress", "--model", tiny_llama_dir, *argv)
     assert_clear_error(code, err, needle)
+
+
+def test_a_speed_record_naming_an_unknown_form_is_refused(tiny_bert, tmp_path):
+    from lowrank.models.errors import ModelLoadError
+
+    folder = save_compressed(compress(tiny_bert, 0.5), tmp_path / "s")
+    data = json.loads((folder / "lowrank.json").read_text())
+    data["speed"] = {"layers": {next(iter(data["ranks"])): {"form": "turbo"}}}
+    (folder / "lowrank.json").write_text(json.dumps(data))
+    with pytest.raises(ModelLoadError, match="speed.layers.*must be one of factorized, compiled, dense"):
+        load_compressed(folder)
