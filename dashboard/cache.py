@@ -28,6 +28,7 @@ import streamlit as st
 import lowrank
 import lowrank.statistics
 from lowrank import report
+from lowrank.alignment import DEFAULT_ALIGN
 from lowrank.allocation import layer_loss_curves
 from lowrank.analysis.metrics import fisher_dispersion, risk_table
 from lowrank.analysis.spectra import PLAIN
@@ -241,12 +242,19 @@ def statistics(model: str, task: str, needs: Iterable[str], also_if_cached: Iter
 
 
 def plan_ranks(
-    model: str, task: str, budget: float, strategy: str, progress: Progress | None = None
+    model: str,
+    task: str,
+    budget: float,
+    strategy: str,
+    progress: Progress | None = None,
+    align: int = DEFAULT_ALIGN,
 ) -> lowrank.RankPlan:
-    """A rank plan from :func:`lowrank.allocation.allocate`, with the statistics ``strategy`` needs (computed
-    when missing) and those of the predicted losses when they cost nothing."""
+    """A rank plan from :func:`lowrank.allocation.allocate` (ranks multiples of ``align``), with the statistics
+    ``strategy`` needs (computed when missing) and those of the predicted losses when they cost nothing."""
     stats = statistics(model, task, needs_for(strategy=strategy), also_if_cached=PREDICTION_NEEDS)
-    return lowrank.allocate(load(model, task), budget, strategy, stats=stats, task=get_task(task), progress=progress)
+    return lowrank.allocate(
+        load(model, task), budget, strategy, stats=stats, task=get_task(task), progress=progress, align=align
+    )
 
 
 @st.cache_data(show_spinner="The SVD-drop metric on the plain-SVD runs...", max_entries=8)

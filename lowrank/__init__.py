@@ -6,7 +6,7 @@ Library API (the ``lowrank`` command mirrors it)::
     m = lowrank.load_model("minilm-rt")
     small = lowrank.compress(m, 0.5, method="svd")
     lowrank.evaluate(small, "rotten_tomatoes")
-    lowrank.save_compressed(small, "out/minilm-rt-50")
+    lowrank.save_compressed(small, "out/minilm-rt-50", speed=lowrank.SpeedSettings(batch=8, length=128))  # fastest form per layer
     stats = lowrank.statistics_for(m, "rotten_tomatoes", ("fisher",))   # what weighted methods need
     lowrank.compress(m, 0.5, method="tfwsvd", stats=stats)
     lowrank.generate(m_lm, ["The city"], max_new_tokens=32)   # greedy text from a causal LM
@@ -28,6 +28,7 @@ from lowrank.models import PACKAGED, ModelLoadError, compressible_linears, load_
 from lowrank.models.quantizer import LowRankConfig  # importing it registers the 'lowrank' method with transformers
 from lowrank.ranks import resolve_ranks
 from lowrank.sequential import compress_in_blocks, compress_sequential
+from lowrank.speed import SpeedSettings, optimize_speed
 from lowrank.statistics import StatisticsSettings, statistics_for
 from lowrank.training.finetune import TrainConfig, finetune
 
@@ -41,6 +42,7 @@ __all__ = [
     "ModelLoadError",
     "PACKAGED",
     "RankPlan",
+    "SpeedSettings",
     "StatisticsSettings",
     "Task",
     "TaskError",
@@ -60,6 +62,7 @@ __all__ = [
     "load_compressed",
     "load_model",
     "load_task",
+    "optimize_speed",
     "register_method",
     "resolve_ranks",
     "save_compressed",

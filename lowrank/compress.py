@@ -4,8 +4,8 @@
 method, record its seconds, solver history and scalar facts in the :class:`CompressionInfo`, and return
 the layer. :func:`compress` takes it over a whole model in memory (a new model, the input untouched);
 :func:`lowrank.compress_sequential` over one decoder block at a time. ``ranks`` is ``{layer: r}`` or a
-fraction ``f`` of each layer's parameters, ``r = floor(f * out * in / (out + in))``; a layer at or above
-break-even stays dense. Cost: one factorization per layer; ``r * (out + in)`` weights instead of ``out * in``.
+fraction ``f`` of each layer's parameters, ``r* = f * out * in / (out + in)`` rounded down to a multiple of
+``align`` (:mod:`lowrank.alignment`); a layer at or above break-even stays dense. Cost: one factorization per layer; ``r * (out + in)`` weights instead of ``out * in``.
 
 :func:`save_compressed` / :func:`load_compressed` store the model as safetensors plus ``lowrank.json``
 (:mod:`lowrank.info`) and a model card next to the config (with the ``lowrank`` quantization config, so transformers'
@@ -25,6 +25,7 @@ from safetensors.torch import save_model
 from torch import nn
 from transformers import AutoConfig, AutoTokenizer
 
+from lowrank.alignment import DEFAULT_ALIGN
 from lowrank.card import CARD_FILE, model_card
 from lowrank.files.atomic import atomic_dir, recover
 from lowrank.files.readers import read_whole
@@ -49,6 +50,7 @@ from lowrank.models.pretrained import from_pretrained, load_weights, refuse_own_
 from lowrank.models.quantizer import LowRankConfig, is_compressed_folder, is_lowrank, mark_compressed
 from lowrank.progress import Progress, report
 from lowrank.ranks import Ranks, resolve_ranks
+from lowrank.speed import SpeedSettings, apply_speed, optimize_speed
 
 
 def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -88,13 +90,15 @@ def compress(
     importance: Mapping[str, torch.Tensor] | None = None,
     progress: Progress | None = None,
     base_model: str | None = None,
+    align: int = DEFAULT_ALIGN,
     **options,
 ):
     """Return a copy of ``model`` whose selected Linear layers are ``LowRankLinear``.
 
     ``stats``: ``{layer: {key: tensor}}`` from :func:`lowrank.statistics.statistics_for`
     (each layer gets its own); ``importance``: ``{layer: tensor like the weight}``, shorthand
-    for the method's element-wise statistic (Fisher for fwsvd/tfwsvd). ``options`` go to
+    for the method's element-wise statistic (Fisher for fwsvd/tfwsvd). ``align``: a kept fraction's ranks are
+    multiples of it (:mod:`lowrank.alignment`). ``options`` go to
     the method (e.g. ``solver="als"``) and are checked before any work. Accepts a
     ``LoadedModel`` (returns a ``LoadedModel`` sharing the tokenizer) or an ``nn.Module``.
     Cost: one factorization per selected layer.
@@ -108,7 +112,7 @@ def compress(
             "lowrank.compress_in_blocks (in memory) or lowrank.compress_sequential"
         )
     new = adapt_layout(copy.deepcopy(module))
-    plan = resolve_ranks(new, ranks)
+    plan = resolve_ranks(new, ranks, align)
     linears = compressible_linears(new)
     per_layer = {}
     for name in plan:  # every layer's statistics are checked before the first factorization
@@ -136,13 +140,22 @@ def low_rank_layers(model: nn.Module) -> dict[str, LowRankLinear]:
 
 
 def save_compressed(
-    model, directory: str | Path, tokenizer=None, force: bool = False, evaluation=None, reference=None
+    model,
+    directory: str | Path,
+    tokenizer=None,
+    force: bool = False,
+    evaluation=None,
+    reference=None,
+    speed: SpeedSettings | None = None,
+    progress: Progress | None = None,
 ) -> Path:
     """Write config, tokenizer, ``model.safetensors``, ``lowrank.json`` and the model card atomically to ``directory``.
 
     The folder loads with :func:`load_compressed` and, after ``import lowrank``, with transformers' own
     ``from_pretrained`` (:func:`write_record`). ``evaluation`` / ``reference``: measurements of this model and of
-    its dense base for the card (:mod:`lowrank.card`). An existing ``directory`` is replaced only if
+    its dense base for the card (:mod:`lowrank.card`). ``speed``: first give each factorized layer its fastest form
+    at that batch on that device (:func:`lowrank.speed.optimize_speed`, in place: merged layers become
+    ``nn.Linear``), recorded in the folder. An existing ``directory`` is replaced only if
     :func:`lowrank.files.outputs.writable_output` allows it (``force`` included); otherwise ``OutputError`` (a
     ``ValueError``) and nothing is touched.
     """
@@ -151,6 +164,9 @@ def save_compressed(
     info = getattr(module, "lowrank_info", None)
     if info is None:
         raise ValueError("this model was not produced by lowrank.compress (no lowrank_info); nothing to save")
+    if speed is not None:
+        optimize_speed(module, speed, progress=progress)
+        info = module.lowrank_info
     info = replace(info, ranks={n: m.rank for n, m in low_rank_layers(module).items()})
     directory = Path(directory)
     with atomic_dir(directory, force=force) as tmp:
@@ -202,6 +218,7 @@ def _read_compressed(directory: Path, device: str | torch.device, dtype: torch.d
         info.kind = info.kind or model_kind(config)
         config.quantization_config = {**LowRankConfig.of(info).to_dict(), "source": source}  # read as a dict
         model = load_weights(auto_class(info.kind), directory, config=config, dtype=dtype)
+        apply_speed(model, info.speed)  # compiled forms (merged layers were saved dense)
     except ModelLoadError:
         raise
     except (*READ_ERRORS, AttributeError, TypeError, RuntimeError) as err:  # a layer or shape lowrank.json invents

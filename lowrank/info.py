@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from lowrank.layers import FORMS
 from lowrank.models.errors import ModelLoadError
 from lowrank.validate import parse_json
 
@@ -46,6 +47,9 @@ class CompressionInfo:
     details: dict[str, dict] = field(default_factory=dict)  # per layer: the method's scalar facts (info)
     sequential: dict = field(default_factory=dict)  # block by block: statistics, examples, blocks; else empty
     calibration: dict = field(default_factory=dict)  # the calibration sample (passes.calibration_record); else empty
+    # the fastest form per factorized layer (lowrank.speed.optimize_speed): settings, conditions, layers; else empty.
+    # A layer merged back to dense is absent from ranks and recorded here ({"form": "dense", "rank": r, ...}).
+    speed: dict = field(default_factory=dict)
 
     def regularizers(self) -> dict[str, int]:
         """How many layers needed each numerical regularizer (whitening methods); empty when none was recorded."""
@@ -58,9 +62,9 @@ class CompressionInfo:
         return counts
 
     def to_json(self) -> dict:
-        """The ``lowrank.json`` object (``sequential`` and ``calibration`` only when they are recorded)."""
+        """The ``lowrank.json`` object (``sequential``, ``calibration`` and ``speed`` only when they are recorded)."""
         data = {"format_version": FORMAT_VERSION, **asdict(self)}
-        for key in ("sequential", "calibration"):
+        for key in ("sequential", "calibration", "speed"):
             if not data[key]:
                 del data[key]
         return data
@@ -75,7 +79,7 @@ class CompressionInfo:
             raise ValueError("needs 'base_model' and a 'ranks' object")
         for key in ("base_model", "kind", "method"):
             _check(key, data.get(key, ""), (str,), "a string")
-        for key in ("options", "seconds", "history", "details", "sequential", "calibration"):
+        for key in ("options", "seconds", "history", "details", "sequential", "calibration", "speed"):
             _check(key, data.get(key, {}), (dict,), "an object")
         for name, rank in data["ranks"].items():
             _check(f"ranks.{name}", rank, (int,), "an integer")
@@ -87,6 +91,14 @@ class CompressionInfo:
                 _check(f"history.{name}", error, (int, float), "a list of numbers")
         for name, facts in data.get("details", {}).items():
             _check(f"details.{name}", facts, (dict,), "an object")
+        speed_layers = data.get("speed", {}).get("layers", {})
+        _check("speed.layers", speed_layers, (dict,), "an object")
+        for name, entry in speed_layers.items():
+            _check(f"speed.layers.{name}", entry, (dict,), "an object")
+            if entry.get("form") not in FORMS:
+                raise ValueError(
+                    f"'speed.layers.{name}.form' must be one of {', '.join(FORMS)}, got {entry.get('form')!r}"
+                )
         return cls(**{"kind": "", "method": ""} | {f.name: data[f.name] for f in fields(cls) if f.name in data})
 
 

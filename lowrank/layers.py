@@ -11,6 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# How a factorized layer may run (lowrank.speed): its two products, their compiled graph, or merged to W = U V.
+FORMS = ("factorized", "compiled", "dense")
+
 
 def break_even_rank(out_features: int, in_features: int) -> int:
     """Smallest rank whose factors are not smaller than the dense matrix: ceil(out*in/(out+in))."""
@@ -41,12 +44,20 @@ def check_rank(rank: int, out_features: int, in_features: int, name: str = "laye
         )
 
 
+def product(x: torch.Tensor, V: torch.Tensor, U: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``(x V^T) U^T + b``: two thin matmuls."""
+    return F.linear(F.linear(x, V), U, bias)
+
+
 class LowRankLinear(nn.Module):
     """``nn.Linear``-compatible layer ``y = (x V^T) U^T + b``.
 
     Parameters: ``U`` (out, r), ``V`` (r, in), optional ``bias`` (out,).
-    Cost per token: ``r * (out + in)`` multiply-adds instead of ``out * in``.
+    Cost per token: ``r * (out + in)`` multiply-adds instead of ``out * in``. ``product``: the function
+    computing it (:func:`product`, or its compiled form set by :mod:`lowrank.speed`).
     """
+
+    product = staticmethod(product)
 
     def __init__(self, U: torch.Tensor, V: torch.Tensor, bias: torch.Tensor | None = None, name: str = "layer"):
         super().__init__()
@@ -83,7 +94,7 @@ class LowRankLinear(nn.Module):
         return self.U @ self.V
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(F.linear(x, self.V), self.U, self.bias)
+        return self.product(x, self.V, self.U, self.bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}, bias={self.bias is not None}"

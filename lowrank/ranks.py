@@ -1,7 +1,9 @@
 """Which ranks a model's layers get: per-layer shapes, a kept fraction turned into ranks, validation.
 
 A layer ``W`` (out, in) at rank ``r`` costs ``r (out + in)`` parameters; a kept fraction
-``f`` gives ``r = floor(f * out * in / (out + in))``. Ranks at or above break-even
+``f`` gives each layer a share of ``r* = f * out * in / (out + in)`` ranks, rounded down to a
+multiple of ``align`` by :func:`lowrank.alignment.aligned_rank` (at least ``align``; dense when
+``align`` is at/above break-even). Explicit ranks at or above break-even
 (``r (out + in) >= out * in``) are refused; such layers stay dense.
 """
 
@@ -9,7 +11,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from lowrank.layers import break_even_rank, check_rank
+from lowrank.alignment import DEFAULT_ALIGN, aligned_rank
+from lowrank.layers import check_rank
 from lowrank.loaded import module_of
 from lowrank.models.architectures import compressible_linears
 
@@ -25,14 +28,16 @@ def linear_shapes(model) -> dict[str, tuple[int, int]]:
     return {name: tuple(m.weight.shape) for name, m in compressible_linears(module_of(model)).items()}
 
 
-def fraction_rank(out_features: int, in_features: int, fraction: float) -> int | None:
-    """Rank keeping ``fraction`` of a layer's parameters, or ``None`` when that is at/above break-even."""
-    rank = max(1, int(fraction * out_features * in_features // (out_features + in_features)))
-    return None if rank >= break_even_rank(out_features, in_features) else rank
+def fraction_rank(out_features: int, in_features: int, fraction: float, align: int = DEFAULT_ALIGN) -> int | None:
+    """Rank keeping ``fraction`` of a layer's parameters, aligned (:func:`lowrank.alignment.aligned_rank`), or
+    ``None`` when the layer stays dense."""
+    return aligned_rank(
+        fraction * out_features * in_features / (out_features + in_features), out_features, in_features, align
+    )
 
 
-def resolve_ranks(model: nn.Module, ranks: Ranks) -> dict[str, int]:
-    """Validate ``ranks`` against the model and turn a fraction into per-layer ranks.
+def resolve_ranks(model: nn.Module, ranks: Ranks, align: int = DEFAULT_ALIGN) -> dict[str, int]:
+    """Validate ``ranks`` against the model and turn a fraction into per-layer ranks (multiples of ``align``).
 
     Raises ``ValueError`` for a model with no compressible layer, unknown layer names, a
     fraction outside (0, 1], or any rank that is < 1, above ``min(out, in)`` or at/above
@@ -49,7 +54,7 @@ def resolve_ranks(model: nn.Module, ranks: Ranks) -> dict[str, int]:
             raise ValueError(f"a kept fraction must be in (0, 1], got {ranks}")
         if fraction == 1.0:
             return {}  # keep everything: the dense model
-        resolved = {n: fraction_rank(o, i, fraction) for n, (o, i) in shapes.items()}
+        resolved = {n: fraction_rank(o, i, fraction, align) for n, (o, i) in shapes.items()}
         return {n: r for n, r in resolved.items() if r is not None}
     if not isinstance(ranks, dict):
         raise ValueError(f"ranks must be a dict {{layer: rank}} or a float fraction, got {type(ranks).__name__}")

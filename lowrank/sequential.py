@@ -24,6 +24,7 @@ import torch
 from huggingface_hub import snapshot_download
 from transformers import AutoTokenizer
 
+from lowrank.alignment import DEFAULT_ALIGN
 from lowrank.compress import factorize_layer, set_module, write_record
 from lowrank.data.tasks import hub_reachable, load_task
 from lowrank.files.atomic import atomic_dir
@@ -162,6 +163,7 @@ def compress_in_blocks(
     progress: Progress | None = None,
     inputs: str | None = None,
     stats: dict | None = None,
+    align: int = DEFAULT_ALIGN,
     **options,
 ) -> LoadedModel:
     """A compressed copy of the in-memory causal LM ``loaded``, factorized block by block by the sweep and the
@@ -180,7 +182,7 @@ def compress_in_blocks(
             f"method of collected statistics; use lowrank.compress for {method!r} on {loaded.name}"
         )
     new = adapt_layout(copy.deepcopy(loaded.model))
-    plan = resolve_ranks(new, ranks)
+    plan = resolve_ranks(new, ranks, align)
     gradients = needs_gradients(spec.needs) and stats is None
     batches = _calibration(spec, task, loaded.tokenizer, settings, gradients)
     info = CompressionInfo(
@@ -209,11 +211,12 @@ def compress_sequential(
     progress: Progress | None = None,
     inputs: str | None = None,
     device: str | torch.device = "cpu",
+    align: int = DEFAULT_ALIGN,
     **options,
 ) -> Path:
     """Compress a causal LM block by block into the folder ``out``; returns ``out`` (see the module docstring).
 
-    ``ranks``, ``method`` and ``options`` as in :func:`lowrank.compress`; ``task`` and ``settings``:
+    ``ranks``, ``method``, ``align`` and ``options`` as in :func:`lowrank.compress`; ``task`` and ``settings``:
     the calibration sample of :func:`lowrank.statistics_for` (needed by methods with statistics);
     ``inputs``: ``"compressed"`` (default) or ``"dense"`` block inputs for activation statistics, ``"compensated"``
     (the default and only choice for a method of ``compensation`` statistics); gradient statistics always come
@@ -244,7 +247,7 @@ def compress_sequential(
     tokenizer = _tokenizer(folder)
     prepare_tokenizer(tokenizer, config)
     stream = StreamedModel(config, checkpoint, layout, device)
-    plan = resolve_ranks(stream.model, ranks)
+    plan = resolve_ranks(stream.model, ranks, align)
     gradients = needs_gradients(spec.needs)
     batches = _calibration(spec, task, tokenizer, settings, gradients)
     stream.load_resident()

@@ -31,7 +31,7 @@ with widgets.stop_on_error(f"Cannot plan ranks for {names.model_label(model)}", 
 # ---------------------------------------------------------------- fill from a budget and a strategy
 with st.container(border=True):
     strategies = available_strategies()
-    cols = st.columns([3, 2, 1], vertical_alignment="bottom")
+    cols = st.columns([3, 2, 1, 1], vertical_alignment="bottom")
     budget = cols[0].slider(
         "Budget: kept fraction of the compressible parameters",
         0.05,
@@ -47,7 +47,17 @@ with st.container(border=True):
         index=strategies.index(plan.strategy) if plan.strategy in strategies else 0,
         key="ranks_strategy",
     )
-    fill = cols[2].button("Fill ranks", type="primary", icon=":material/auto_fix_high:", width="stretch")
+    align = cols[2].number_input(
+        "Align",
+        min_value=1,
+        max_value=128,
+        value=plan.align,
+        step=1,
+        key="ranks_align",
+        help="Ranks are multiples of this, rounded down to stay within the budget (1: unaligned); "
+        "aligned ranks run faster (docs/results/speed.md)",
+    )
+    fill = cols[3].button("Fill ranks", type="primary", icon=":material/auto_fix_high:", width="stretch")
     spec = get_strategy(strategy)
     needs = needs_for(strategy=strategy)
     inputs = ([statistics_label(needs)] if needs else []) + (["calibration batches"] if spec.needs_task else [])
@@ -56,7 +66,7 @@ with st.container(border=True):
 if fill:
     try:
         with ProgressBar(f"Allocating ranks ({strategy})") as bar:
-            new_plan = cache.plan_ranks(model, task, float(budget), strategy, progress=bar)
+            new_plan = cache.plan_ranks(model, task, float(budget), strategy, progress=bar, align=int(align))
     except widgets.USER_ERRORS as err:
         widgets.show_error("Cannot fill the plan", err)
     else:

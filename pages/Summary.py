@@ -18,6 +18,7 @@ from dashboard import (
     widgets,
 )  # first: sets up the environment for torch
 from lowrank import report
+from lowrank.evaluation.throughput import figures, throughput_note
 from lowrank.report import formats
 from lowrank.statistics import statistics_label
 
@@ -76,6 +77,21 @@ cols[3].metric(
     help=f"dense {formats.format_ms(dense.get('latency_ms_b32'))}; forward pass on the CPU, "
     f"{row.latency_note or 'conditions not recorded'}",
 )
+
+if row.throughput and row.throughput.get("ratio"):  # causal LMs: tokens/s against dense, measured side by side
+    speed = row.throughput
+    keys = [k for k in figures(speed) if k in speed["ratio"]]
+    for col, key in zip(st.columns(len(keys)), keys):
+        kind, batch = key.split("_b")
+        col.metric(
+            f"{'generating' if kind == 'decode' else 'reading prompts'}, batch {batch}",
+            f"{speed[key]:,.0f} tokens/s",
+            f"{speed['ratio'][key]:.2f}x dense, {speed['of_bound'][key]:.0%} of the FLOP bound",
+            delta_color="off",
+            delta_arrow="off",
+            help=f"dense {speed['dense'][key]:,.0f} tokens/s; FLOP bound {speed['bound'][key]:.2f}x "
+            f"(dense FLOPs per token / this model's); {throughput_note(speed)}",
+        )
 
 figure = report.summary_figure(result)
 st.plotly_chart(figure, key="summary_chart")

@@ -14,7 +14,8 @@
 * :mod:`.plan`: the plan, its JSON file and the one reader of it (:func:`read_ranks`, :meth:`RankPlan.load`).
 """
 
-from lowrank.allocation.choices import DEFAULT_ALIGN, parse_budget
+from lowrank.alignment import DEFAULT_ALIGN
+from lowrank.allocation.choices import parse_budget
 from lowrank.allocation.curves import layer_loss_curves, predicted_loss_curve
 from lowrank.allocation.explain import PlanExplanation, Price, explain_plan
 from lowrank.allocation.plan import PlannedLayer, RankPlan, read_ranks

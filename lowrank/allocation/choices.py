@@ -17,9 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lowrank.layers import max_useful_rank
-
-DEFAULT_ALIGN = 8
+from lowrank.alignment import aligned_choices, check_align
 
 Budget = float | int
 
@@ -58,11 +56,8 @@ class LayerChoices:
 
 def layer_choices(shapes: dict[str, tuple[int, int]], align: int) -> dict[str, LayerChoices]:
     """``{name: LayerChoices}`` for ``{name: (out, in)}`` with ranks rounded to multiples of ``align``."""
-    if isinstance(align, bool) or not isinstance(align, (int, np.integer)) or align < 1:
-        raise ValueError(f"align must be a positive integer, got {align!r}")
-    return {
-        n: LayerChoices(n, o, i, tuple(range(align, max_useful_rank(o, i) + 1, align))) for n, (o, i) in shapes.items()
-    }
+    align = check_align(align)
+    return {n: LayerChoices(n, o, i, aligned_choices(o, i, align)) for n, (o, i) in shapes.items()}
 
 
 def resolve_budget(budget: Budget, layers: dict[str, LayerChoices]) -> int:

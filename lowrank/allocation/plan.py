@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lowrank.allocation.choices import DEFAULT_ALIGN
+from lowrank.alignment import DEFAULT_ALIGN
 from lowrank.allocation.curves import loss_at
 from lowrank.files.atomic import atomic_write_bytes
 from lowrank.files.jsonable import to_jsonable

@@ -196,7 +196,7 @@ def measure_sensitivity(
             report(progress, step, len(linears), f"sensitivity of {name}")
             out_f, in_f = layer.weight.shape
             shapes[name] = (out_f, in_f)
-            wanted = sorted({r for r in (fraction_rank(out_f, in_f, f) for f in fractions) if r is not None})
+            wanted = sorted({r for r in (fraction_rank(out_f, in_f, f, align=1) for f in fractions) if r is not None})
             original = layer.weight.detach().clone()
             truncate = _truncation(original.float(), method, (stats or {}).get(name))
             ranks[name], losses[name] = wanted, []

@@ -23,8 +23,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from lowrank.alignment import DEFAULT_ALIGN
 from lowrank.allocation.budget import greedy_allocation, threshold_allocation
-from lowrank.allocation.choices import DEFAULT_ALIGN, Budget, LayerChoices, layer_choices, resolve_budget
+from lowrank.allocation.choices import Budget, LayerChoices, layer_choices, resolve_budget
 from lowrank.allocation.curves import kfac_loss_curves, layer_loss_curves, loss_at
 from lowrank.allocation.plan import PlannedLayer, RankPlan
 from lowrank.allocation.sensitivity import DEFAULT_FRACTIONS, measure_sensitivity

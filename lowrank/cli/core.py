@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from lowrank.alignment import DEFAULT_ALIGN
 from lowrank.allocation import read_ranks
 from lowrank.analysis.spectra import PLAIN, metric_method, spectra
 from lowrank.assets import prepare_all, prepare_suite
@@ -33,14 +34,17 @@ from lowrank.cli.args import (
 from lowrank.compress import compress, load_any, load_compressed, save_compressed
 from lowrank.data import load_task
 from lowrank.evaluation import evaluate
+from lowrank.evaluation.throughput import ThroughputSettings
 from lowrank.files.atomic import atomic_dir
 from lowrank.info import load_info
+from lowrank.layers import FORMS
 from lowrank.methods import COMPENSATE, available_methods, get_method, with_compensation
 from lowrank.models.architectures import decoder_layout
 from lowrank.models.packaged import FINETUNED, FINETUNED_BASE, PACKAGED, finetuned_dir, is_built
 from lowrank.progress import TqdmProgress
 from lowrank.ranks import resolve_ranks
 from lowrank.sequential import compress_in_blocks, compress_sequential, sequential_reason
+from lowrank.speed import SpeedSettings, optimize_speed
 from lowrank.statistics import needs_task, statistics_for
 from lowrank.statistics.blockwise import INPUTS
 from lowrank.statistics.passes import calibration_record
@@ -104,6 +108,24 @@ def register(sub) -> None:
     group.add_argument(
         "--plan", type=path_arg("--plan"), help="JSON file with a 'ranks' object {layer: rank} (e.g. from `allocate`)"
     )
+    p.add_argument(
+        "--align",
+        type=arg_type(COUNT, "--align"),
+        default=DEFAULT_ALIGN,
+        help=f"with --keep: ranks are multiples of this, rounded down (default {DEFAULT_ALIGN}; 1: unaligned)",
+    )
+    p.add_argument(
+        "--speed-batch",
+        type=arg_type(COUNT, "--speed-batch"),
+        help="time each factorized layer at this many texts (of --speed-length tokens) on --device and keep the "
+        "fastest form (two products, compiled, or merged back to dense); recorded in the folder",
+    )
+    p.add_argument(
+        "--speed-length",
+        type=arg_type(COUNT, "--speed-length"),
+        default=1,
+        help="tokens per text for --speed-batch (default 1: one generated token; 256 for prefill)",
+    )
     p.add_argument("--method", default="svd")
     p.add_argument(
         "--compensate",
@@ -138,6 +160,18 @@ def register(sub) -> None:
     add_task(p)
     p.add_argument("--split", default="validation")
     p.add_argument("--limit", type=arg_type(COUNT, "--limit"), help="evaluate on at most this many batches")
+    p.add_argument(
+        "--throughput",
+        action="store_true",
+        help="also tokens/s: prefill and (causal LMs) greedy decoding at batch 1 and 8, a compressed model against "
+        "its dense base measured in this process, with the FLOP bound",
+    )
+    p.add_argument(
+        "--throughput-length",
+        type=arg_type(COUNT, "--throughput-length"),
+        default=ThroughputSettings.length,
+        help=f"prefill tokens per sequence for --throughput (default {ThroughputSettings.length})",
+    )
     p.set_defaults(handler=evaluate_command)
 
 
@@ -243,6 +277,11 @@ def compress_command(args):
     reason = None if args.sequential else sequential_reason(args.model)
     if args.sequential_inputs and not (args.sequential or reason):
         raise ValueError("--sequential-inputs applies only to block-by-block compression: add --sequential")
+    speed = SpeedSettings(args.speed_batch, args.speed_length, args.device) if args.speed_batch else None
+    if speed is None and args.speed_length != 1:
+        raise ValueError("--speed-length applies only with --speed-batch")
+    if speed is not None and (args.sequential or reason):
+        raise ValueError("--speed-batch times layers of a model in memory; it does not apply to --sequential")
     if args.sequential or reason:
         args.method = with_compensation(args.method, args.compensate)
         out = compress_streamed(args, ranks, options, reason)
@@ -258,17 +297,22 @@ def compress_command(args):
             dense = [k for k in spec.needs if k != "compensation"]
             stats = statistics_for(loaded, task, dense, settings, progress=TqdmProgress()) if dense else None
             small = compress_in_blocks(
-                loaded, ranks, args.method, task, settings, TqdmProgress(), args.sequential_inputs, stats, **options
+                loaded, ranks, args.method, task, settings, TqdmProgress(), args.sequential_inputs, stats, align=args.align, **options
             )
         else:
-            resolve_ranks(loaded.model, ranks)  # a bad --keep or plan is refused before the statistics pass
+            resolve_ranks(loaded.model, ranks, args.align)  # a bad --keep or plan is refused before the statistics pass
             stats = statistics_for(loaded, task, spec.needs, settings, progress=TqdmProgress())
-            small = compress(loaded, ranks, method=args.method, stats=stats, progress=TqdmProgress(), **options)
+            small = compress(
+                loaded, ranks, method=args.method, stats=stats, progress=TqdmProgress(), align=args.align, **options
+            )
             if needs_task(spec.needs):
                 small.model.lowrank_info.calibration = calibration_record(task, loaded.tokenizer, settings)
-        info = small.model.lowrank_info
+    if small is not None:  # in memory: the fast forms, then the folder
         if out:
-            out = save_compressed(small, out, force=args.force)
+            out = save_compressed(small, out, force=args.force, speed=speed, progress=TqdmProgress())
+        elif speed is not None:
+            optimize_speed(small, speed, progress=TqdmProgress())
+        info = small.model.lowrank_info
     record = {
         "model": args.model,
         "method": args.method,
@@ -280,6 +324,9 @@ def compress_command(args):
         warn_calibration(info.calibration, task if args.evaluate else None)
     if info.sequential:
         record |= {"sequential": info.sequential["statistics"], "out": str(out)}
+    if info.speed:
+        forms = [entry["form"] for entry in info.speed["layers"].values()]
+        record["forms"] = ", ".join(f"{form}: {forms.count(form)}" for form in FORMS if form in forms)
     if info.regularizers():
         record["regularizers"] = ", ".join(f"{label}: {n} layer(s)" for label, n in info.regularizers().items())
     if out:
@@ -310,11 +357,21 @@ def compress_streamed(args, ranks, options: dict, reason) -> Path:
         progress=TqdmProgress(),
         inputs=args.sequential_inputs,
         device=args.device,
+        align=args.align,
         **options,
     )
 
 
 def evaluate_command(args):
     loaded = load_any(args.model, args.device, task=None)
-    result = evaluate(loaded, task_of(args, loaded), args.split, limit=args.limit, progress=TqdmProgress())
+    task = task_of(args, loaded)
+    speed, reference = None, None
+    if args.throughput:
+        speed = ThroughputSettings(length=args.throughput_length)
+        info = getattr(loaded.model, "lowrank_info", None)
+        if info is not None and info.base_model:  # a compressed model: against its dense base, in this process
+            reference = load_any(info.base_model, args.device, task=None)
+    result = evaluate(
+        loaded, task, args.split, limit=args.limit, progress=TqdmProgress(), throughput=speed, reference=reference
+    )
     return result.to_dict(), pd.DataFrame([result.to_dict()])

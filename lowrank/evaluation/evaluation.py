@@ -3,7 +3,8 @@
 Quality (:mod:`lowrank.evaluation.quality`): accuracy or perplexity and the mean loss; size
 (:mod:`lowrank.evaluation.size`): parameters, compressible parameters and safetensors bytes; latency
 (:mod:`lowrank.evaluation.latency`): median ms at batch 1 and 32 with how it was measured, unless
-``latency=False``. The result is one flat :class:`Evaluation` (``to_dict``: its flat fields).
+``latency=False``; throughput (:mod:`lowrank.evaluation.throughput`): prefill and decode tokens/s when
+``throughput`` settings are given, against a dense ``reference`` measured in the same process. The result is one flat :class:`Evaluation` (``to_dict``: its flat fields).
 Cost: one inference pass over the split, one write of the model, and the latency budget.
 """
 
@@ -22,6 +23,13 @@ from lowrank.evaluation.quality import (
     lm_scores,
 )
 from lowrank.evaluation.size import parameter_counts, safetensors_size
+from lowrank.evaluation.throughput import (
+    ThroughputSettings,
+    compare_throughput,
+    figures,
+    measure_throughput,
+    throughput_note,
+)
 from lowrank.models.labels import check_labels
 from lowrank.progress import Progress
 
@@ -43,11 +51,22 @@ class Evaluation:
     latency: dict | None = field(default=None, repr=False)
     # how the quality number was measured: "windows of 256 tokens (...)" for perplexity, "per example (...)" else
     protocol: str = ""
+    # tokens/s, peak memory, FLOPs, ratios to dense and the FLOP bound (lowrank.evaluation.throughput); None if unmeasured
+    throughput: dict | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict:
-        """Flat fields (the latency conditions as one line, ``latency_note``)."""
+        """Flat fields (the latency conditions as one line, ``latency_note``; each throughput figure in tokens/s
+        and, measured against dense, its ratio and fraction of the FLOP bound; ``throughput_note``)."""
         data = asdict(self)
         data["latency_note"] = latency_note(data.pop("latency"))
+        throughput = data.pop("throughput") or {}
+        for key in figures(throughput):
+            data[f"{key}_tokens_s"] = throughput[key]
+            if key in throughput.get("ratio", {}):
+                data[f"{key}_vs_dense"] = throughput["ratio"][key]
+                data[f"{key}_of_bound"] = throughput["of_bound"][key]
+        if throughput:
+            data["throughput_note"] = throughput_note(throughput)
         return data
 
 
@@ -60,10 +79,14 @@ def evaluate(
     limit: int | None = None,
     latency: bool = True,
     progress: Progress | None = None,
+    throughput: ThroughputSettings | None = None,
+    reference=None,
 ) -> Evaluation:
     """Quality, size and latency of a ``LoadedModel`` on a task split (all measured, none estimated).
 
     ``latency=False`` skips the latency measurement (``latency_ms_b1``, ``latency_ms_b32`` and ``latency`` are None).
+    ``throughput``: also measure tokens/s (:func:`lowrank.evaluation.throughput.measure_throughput`), against the
+    dense ``reference`` (a ``LoadedModel``) when given (:func:`~lowrank.evaluation.throughput.compare_throughput`).
     """
     check_limit(limit)
     task = load_task(task)
@@ -81,6 +104,26 @@ def evaluate(
     b1 = b32 = how = None
     if latency:
         b1, b32, how = measure_latencies(loaded, task, split, progress=progress)
+    speed = None
+    if throughput is not None:
+        texts = list(task.split_texts(split)[:32])
+        if reference is None:
+            speed = measure_throughput(loaded, throughput, texts, progress)
+        else:
+            speed = compare_throughput(loaded, reference, throughput, texts, progress)
     return Evaluation(
-        task.name, split, metric, value, loss, total, linear, safetensors_size(loaded.model), b1, b32, n, how, protocol
+        task.name,
+        split,
+        metric,
+        value,
+        loss,
+        total,
+        linear,
+        safetensors_size(loaded.model),
+        b1,
+        b32,
+        n,
+        how,
+        protocol,
+        speed,
     )

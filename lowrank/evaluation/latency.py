@@ -20,6 +20,7 @@ import torch
 
 from lowrank.data.batches import encode
 from lowrank.data.tasks import load_task
+from lowrank.evaluation.timing import median_time
 from lowrank.progress import Progress, report
 
 # Seconds per batch size that a latency measurement may take (warm-up included).
@@ -106,24 +107,9 @@ def measure_latency(
     (``repeats=1, warm_up=False``): a large model is measured once rather than six times."""
     sample = (texts * (batch_size // max(1, len(texts)) + 1))[:batch_size]
     inputs = {k: v.to(loaded.device) for k, v in encode(loaded.tokenizer, sample, max_length).items()}
-    cuda = loaded.device.type == "cuda"
-
-    def timed() -> float:
-        if cuda:
-            torch.cuda.synchronize(loaded.device)
-        start = time.perf_counter()
-        loaded.model(**inputs)
-        if cuda:
-            torch.cuda.synchronize(loaded.device)
-        return time.perf_counter() - start
-
     with torch.inference_mode():
-        first = timed()
-        if budget_s is not None and first >= budget_s / 2:
-            return Latency(first * 1000, 1, False)
-        count = repeats if budget_s is None else max(1, min(repeats, int((budget_s - first) / max(first, 1e-9))))
-        times = [timed() for _ in range(count)]
-    return Latency(statistics.median(times) * 1000, len(times), True)
+        timing = median_time(lambda: loaded.model(**inputs), loaded.device, repeats, budget_s)
+    return Latency(timing.seconds * 1000, timing.repeats, timing.warm_up)
 
 
 def latency_ms(
@@ -160,6 +146,22 @@ def measure_latencies(
     return b1.ms, b32.ms, how
 
 
+def conditions_text(conditions: dict | None) -> str:
+    """The recorded :func:`measurement_conditions` in words: threads, load average, calibration ("" when none)."""
+    conditions = conditions or {}
+    return ", ".join(
+        x
+        for x in (
+            f"{conditions['threads']} thread{'s' if conditions['threads'] != 1 else ''}"
+            if conditions.get("threads")
+            else "",
+            f"load average {conditions['load']:.1f}" if conditions.get("load") is not None else "",
+            f"calibration {conditions['calibration_ms']:.1f} ms" if conditions.get("calibration_ms") else "",
+        )
+        if x
+    )
+
+
 def latency_note(how, batch: str | None = None) -> str:
     """One line on how latencies were measured, e.g. ``"median of 5 passes after a warm-up; 2 threads, load 1.9"``
     (``batch``: ``"b1"`` or ``"b32"`` for one of them). ``how``: the recorded conditions (a dict); anything else
@@ -178,18 +180,7 @@ def latency_note(how, batch: str | None = None) -> str:
     parts = [f"batch {key[1:]}: {passes(how[key])}" for key in ("b1", "b32") if key in how and (batch in (None, key))]
     if batch is not None:
         parts = [part.split(": ", 1)[1] for part in parts]
-    conditions = how.get("conditions") or {}
-    where = ", ".join(
-        x
-        for x in (
-            f"{conditions['threads']} thread{'s' if conditions['threads'] != 1 else ''}"
-            if conditions.get("threads")
-            else "",
-            f"load average {conditions['load']:.1f}" if conditions.get("load") is not None else "",
-            f"calibration {conditions['calibration_ms']:.1f} ms" if conditions.get("calibration_ms") else "",
-        )
-        if x
-    )
+    where = conditions_text(how.get("conditions"))
     return (
         "; ".join(parts)
         + (f" ({where})" if where else "")

@@ -7,7 +7,7 @@ options, ranks, strategy, budget and, for a method that needs statistics, their 
 :func:`find_same_run` finds a done run with the same key, so a repeated sweep does not run it again, and
 :func:`dense_reference` reuses the stored dense run (:func:`lowrank.experiments.compare.reference_run`) (measuring its latencies again, with ``check_latency``, when the
 conditions differ from now). :func:`output_folder`: where a run's compressed model is saved, next to the run store.
-Cost: one compression and one evaluation per run.
+Cost: one compression and one evaluation per run (for a causal LM, with tokens/s of it and of dense, :data:`RUN_THROUGHPUT`).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from lowrank.data.tasks import load_task
 from lowrank.evaluation import evaluate
 from lowrank.evaluation.latency import conditions_differ, measure_latencies, measurement_conditions
 from lowrank.evaluation.quality import check_task_fits
+from lowrank.evaluation.throughput import ThroughputSettings, is_causal_lm
 from lowrank.experiments.compare import DENSE, reference_run
 from lowrank.experiments.store import RunStore
 from lowrank.methods import get_method
@@ -30,6 +31,9 @@ from lowrank.progress import Progress, report, scaled
 from lowrank.ranks import linear_shapes
 from lowrank.statistics import DEFAULT, needs_task, restrict
 from lowrank.statistics.cache import weights_fingerprint
+
+# How a run of a causal LM measures tokens/s (prefill and decode at batch 1 and 8): a short budget per figure.
+RUN_THROUGHPUT = ThroughputSettings(budget_s=2.0)
 
 
 @dataclass
@@ -85,18 +89,27 @@ def execute_run(
         "options": options,
         **(fields or {}),
     }
+    speed = RUN_THROUGHPUT if is_causal_lm(loaded) else None  # tokens/s of causal LMs, against dense
     start = time.perf_counter()
     with store.record(**row) as run:
         if method == DENSE:
             model, factorize_s = loaded, 0.0
-            evaluation = evaluate(model, task, split, limit=eval_limit, progress=progress)
+            evaluation = evaluate(model, task, split, limit=eval_limit, progress=progress, throughput=speed)
         else:
             stats_of_method = restrict(stats or {}, get_method(method).needs)  # what `lowrank compress` would give it
             model = compress(
                 loaded, ranks, method, stats=stats_of_method, progress=scaled(progress, 0.0, 0.3), **options
             )
             factorize_s = sum(model.model.lowrank_info.seconds.values())
-            evaluation = evaluate(model, task, split, limit=eval_limit, progress=scaled(progress, 0.3, 1.0))
+            evaluation = evaluate(
+                model,
+                task,
+                split,
+                limit=eval_limit,
+                progress=scaled(progress, 0.3, 1.0),
+                throughput=speed,
+                reference=loaded,
+            )
         seconds = time.perf_counter() - start
         run.finish(
             metric=evaluation.metric,
@@ -110,6 +123,7 @@ def execute_run(
             latency_ms_b1=evaluation.latency_ms_b1,
             latency_ms_b32=evaluation.latency_ms_b32,
             latency_info=evaluation.latency,
+            throughput=evaluation.throughput,
             factorize_s=factorize_s,
             wall_s=seconds,
         )

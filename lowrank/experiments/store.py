@@ -64,6 +64,7 @@ RUN_COLUMNS = {
     "latency_ms_b1": "REAL",
     "latency_ms_b32": "REAL",
     "latency_info": "TEXT",  # how the latencies were measured (lowrank.evaluation.latency.measure_latencies), JSON
+    "throughput": "TEXT",  # tokens/s against dense, FLOP bound, conditions (lowrank.evaluation.throughput), JSON
     "factorize_s": "REAL",
     "wall_s": "REAL",
     "output_dir": "TEXT",
@@ -72,7 +73,7 @@ RUN_COLUMNS = {
     "pid": "INTEGER",
     "pid_started": "REAL",
 }
-JSON_COLUMNS = ("ranks", "options", "latency_info")
+JSON_COLUMNS = ("ranks", "options", "latency_info", "throughput")
 
 SWEEP_COLUMNS = {
     "status": "TEXT",

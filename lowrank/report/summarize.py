@@ -24,6 +24,7 @@ import pandas as pd
 from lowrank.analysis.metrics import risk_summary, risk_table
 from lowrank.evaluation.latency import latency_note
 from lowrank.evaluation.quality import chance_accuracy, destroyed
+from lowrank.evaluation.throughput import throughput_sentence
 from lowrank.experiments.compare import DENSE, comparable, metric_info, reference_run
 from lowrank.methods import BASELINE
 from lowrank.report.formats import format_bytes, format_metric, format_ms, number
@@ -50,6 +51,7 @@ class SummaryRow:
     svd_run_id: int | None = None
     destroyed: str | None = None  # why the best run destroys the model (lowrank.evaluation.quality.destroyed), or None
     svd_destroyed: str | None = None  # the same for plain SVD's run
+    throughput: dict | None = None  # tokens/s against dense (lowrank.evaluation.throughput), causal LMs; else None
 
     @property
     def warning(self) -> str:
@@ -186,6 +188,7 @@ def summary(store, model: str, task: str) -> Summary:
                 svd_run_id=int(svd["id"].iloc[0]) if len(svd) else None,
                 destroyed=ruined(float(best["value"])),
                 svd_destroyed=None if svd_value is None else ruined(svd_value),
+                throughput=best.get("throughput") if isinstance(best.get("throughput"), dict) else None,
             )
         )
     dense_row = runs[runs["id"] == dense["id"]] if dense is not None else runs.iloc[:0]
@@ -335,6 +338,9 @@ def headlines(s: Summary) -> list[str]:
         slower = slower_sentence(row, dense)
         if slower:
             lines.append(slower)
+    speed = throughput_sentence(row.throughput)
+    if speed:
+        lines.append(speed)
     if row.destroyed:
         lines.append(f"Warning: even the best stored method destroys the model at {row.budget:.0%}: {row.destroyed}.")
     elif row.svd_destroyed and row.method != BASELINE:

@@ -671,3 +671,36 @@ def test_factorize_asks_for_the_calibration_sample_of_data_aware_methods_and_war
     at.text_input(key="factorize_calibration_task").input("lee").run()
     assert any("calibrated on lee but evaluated on" in w.value for w in at.warning)
     assert not at.exception and not at.error
+
+
+def test_the_summary_shows_a_causal_lms_throughput_against_dense(env, seed_lee, tiny_llama_dir, monkeypatch):
+    """Runs recorded by execute_run measure tokens/s of the compressed model and of dense in one process; the Summary
+    shows them as metrics and in its headlines, and the HTML report says the same."""
+    import lowrank
+    from lowrank.experiments.run import execute_run
+    from lowrank.experiments.store import RunStore
+    from lowrank.report import render_html, summary
+
+    seed_lee(env)
+    monkeypatch.setenv("LOWRANK_DEFAULT_MODEL", str(tiny_llama_dir))
+    monkeypatch.setenv("LOWRANK_DEFAULT_TASK", "lee")
+    store = RunStore(env / "runs.sqlite")
+    loaded = lowrank.load_model(str(tiny_llama_dir))
+    fields = {"strategy": "uniform"}
+    execute_run(store, loaded, "lee", "lee", "dense", {}, eval_limit=1, fields={**fields, "budget": 1.0})
+    ranks = lowrank.resolve_ranks(loaded.model, 0.5)
+    execute_run(store, loaded, "lee", "lee", "svd", ranks, eval_limit=1, fields={**fields, "budget": 0.5})
+    stored = store.runs(method="svd").iloc[0]["throughput"]
+    assert stored["ratio"]["decode_b1"] == pytest.approx(stored["decode_b1"] / stored["dense"]["decode_b1"])
+
+    at = visit(new_app().run(), "summary")
+    assert not at.error, [e.value for e in at.error]
+    metrics = {m.label: m for m in at.metric}
+    assert {"generating, batch 1", "generating, batch 8", "reading prompts, batch 8"} <= set(metrics)
+    shown = metrics["generating, batch 1"]
+    assert shown.value == f"{stored['decode_b1']:,.0f} tokens/s"
+    assert f"{stored['ratio']['decode_b1']:.2f}x dense" in shown.proto.delta
+    line = next(m.value for m in at.markdown if "tokens per second" in m.value)
+    assert "of the FLOP bound" in line and "KV cache" in line
+    html = render_html(summary(store, str(tiny_llama_dir), "lee"), [])
+    assert "the dense model&#x27;s tokens per second" in html or "the dense model's tokens per second" in html
