@@ -297,7 +297,16 @@ def compress_command(args):
             dense = [k for k in spec.needs if k != "compensation"]
             stats = statistics_for(loaded, task, dense, settings, progress=TqdmProgress()) if dense else None
             small = compress_in_blocks(
-                loaded, ranks, args.method, task, settings, TqdmProgress(), args.sequential_inputs, stats, align=args.align, **options
+                loaded,
+                ranks,
+                args.method,
+                task,
+                settings,
+                TqdmProgress(),
+                args.sequential_inputs,
+                stats,
+                align=args.align,
+                **options,
             )
         else:
             resolve_ranks(loaded.model, ranks, args.align)  # a bad --keep or plan is refused before the statistics pass
