@@ -45,6 +45,8 @@ if flagged:
     )
 dense = result.dense or {}
 metric = result.metric or "value"
+if dense.get("protocol"):
+    st.caption(f"{metric.capitalize()} of every run here measured the same way: {dense['protocol']}.")
 cols = st.columns(4)
 cols[0].metric(
     f"{row.method} {names.quality_label(metric, untrained).lower()} at {row.budget:.0%}",

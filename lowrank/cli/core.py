@@ -20,10 +20,12 @@ from lowrank.assets import prepare_all, prepare_suite
 from lowrank.cli.args import (
     add_common,
     add_output,
+    add_perplexity_options,
     add_statistics_options,
     add_task,
     model_and_task,
     output_folder,
+    perplexity_options,
     statistics_settings,
     task_of,
 )
@@ -85,6 +87,7 @@ def register(sub) -> None:
     p.add_argument("--epochs", type=arg_type(POSITIVE, "--epochs"))
     p.add_argument("--lr", type=arg_type(POSITIVE, "--lr"))
     p.add_argument("--max-steps", type=arg_type(COUNT, "--max-steps"))
+    add_perplexity_options(p)
     p.set_defaults(handler=finetune_command)
 
     p = add_common(sub.add_parser("compress", help="factorize a model's Linear layers and save it"))
@@ -106,6 +109,7 @@ def register(sub) -> None:
     add_statistics_options(p)
     add_output(p, "folder to save the compressed model (atomic)")
     p.add_argument("--evaluate", action="store_true", help="evaluate the compressed model on --task")
+    add_perplexity_options(p)
     p.add_argument(
         "--sequential",
         action="store_true",
@@ -126,6 +130,7 @@ def register(sub) -> None:
     add_task(p)
     p.add_argument("--split", default="validation")
     p.add_argument("--limit", type=arg_type(COUNT, "--limit"), help="evaluate on at most this many batches")
+    add_perplexity_options(p)
     p.set_defaults(handler=evaluate_command)
 
 
@@ -191,11 +196,11 @@ def finetune_command(args):
     loaded, task = model_and_task(args)
     task = load_task(task)
     losses = train(loaded.model, loaded.tokenizer, task, TrainConfig(**overrides), progress=TqdmProgress())
-    result = evaluate(loaded, task, latency=False)
+    result = evaluate(loaded, task, latency=False, **perplexity_options(args))
     with atomic_dir(out, force=args.force) as tmp:
         loaded.model.save_pretrained(tmp, safe_serialization=True)
         loaded.tokenizer.save_pretrained(tmp)
-    record = {"out": args.out, "final_loss": losses[-1], result.metric: result.value}
+    record = {"out": args.out, "final_loss": losses[-1], result.metric: result.value, "protocol": result.protocol}
     return record, pd.DataFrame([record])
 
 
@@ -273,7 +278,10 @@ def compress_command(args):
         record["out"] = str(out)
     if args.evaluate:
         record |= evaluate(
-            small if small is not None else load_compressed(out, args.device), task, progress=TqdmProgress()
+            small if small is not None else load_compressed(out, args.device),
+            task,
+            progress=TqdmProgress(),
+            **perplexity_options(args),
         ).to_dict()
     return record, pd.DataFrame([record])
 
@@ -300,5 +308,7 @@ def compress_streamed(args, ranks, options: dict, reason) -> Path:
 
 def evaluate_command(args):
     loaded = load_any(args.model, args.device, task=None)
-    result = evaluate(loaded, task_of(args, loaded), args.split, limit=args.limit, progress=TqdmProgress())
+    result = evaluate(
+        loaded, task_of(args, loaded), args.split, limit=args.limit, progress=TqdmProgress(), **perplexity_options(args)
+    )
     return result.to_dict(), pd.DataFrame([result.to_dict()])
