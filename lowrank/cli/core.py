@@ -10,6 +10,7 @@ float32 size is above half the free RAM); both report the :class:`lowrank.Compre
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -32,6 +33,8 @@ from lowrank.cli.args import (
 from lowrank.compress import compress, load_any, load_compressed, save_compressed
 from lowrank.data import load_task
 from lowrank.evaluation import evaluate
+from lowrank.evaluation.harness import harness_scores, parse_tasks, scores_table, store_scores
+from lowrank.experiments.store import RunStore
 from lowrank.files.atomic import atomic_dir
 from lowrank.info import load_info
 from lowrank.methods import available_methods, get_method
@@ -131,6 +134,22 @@ def register(sub) -> None:
     p.add_argument("--split", default="validation")
     p.add_argument("--limit", type=arg_type(COUNT, "--limit"), help="evaluate on at most this many batches")
     add_perplexity_options(p)
+    p.add_argument(
+        "--harness",
+        metavar="TASK[,TASK]",
+        help="instead: lm-eval-harness tasks (needs pip install '.[eval]'); the scores are printed and stored in the "
+        "run store as tasks harness:<task>:<metric> (Trade-offs, Summary)",
+    )
+    p.add_argument(
+        "--harness-include", type=path_arg("--harness-include"), help="folder of lm-eval task YAML files (local tasks)"
+    )
+    p.add_argument(
+        "--harness-limit", type=arg_type(COUNT, "--harness-limit"), help="at most this many examples per harness task"
+    )
+    p.add_argument("--shots", type=arg_type(COUNT, "--shots"), help="few-shot examples (default: each task's own)")
+    p.add_argument(
+        "--store", type=path_arg("--store"), help="run store file (default: runs.sqlite in the cache, $LOWRANK_CACHE)"
+    )
     p.set_defaults(handler=evaluate_command)
 
 
@@ -307,8 +326,22 @@ def compress_streamed(args, ranks, options: dict, reason) -> Path:
 
 
 def evaluate_command(args):
+    if args.harness:
+        return harness_command(args)
     loaded = load_any(args.model, args.device, task=None)
     result = evaluate(
         loaded, task_of(args, loaded), args.split, limit=args.limit, progress=TqdmProgress(), **perplexity_options(args)
     )
     return result.to_dict(), pd.DataFrame([result.to_dict()])
+
+
+def harness_command(args):
+    """``evaluate --harness``: lm-eval scores of the model, printed and stored as runs (lowrank.evaluation.harness)."""
+    tasks = parse_tasks(args.harness)
+    store = RunStore(args.store)  # a bad --store is refused before the model loads
+    loaded = load_any(args.model, args.device, task=None)
+    start = time.perf_counter()
+    scores = harness_scores(loaded, tasks, args.harness_include, args.harness_limit, args.shots)
+    ids = store_scores(store, loaded, scores, args.harness_limit, time.perf_counter() - start)
+    rows = [{**row, "run": run} for row, run in zip(scores_table(scores), ids)]
+    return rows, pd.DataFrame(rows)

@@ -30,7 +30,8 @@ def parse(name: str) -> tuple[str, str | None, str | None]:
     path, _, config = body.partition(":")
     if not path.strip() or (_ and not config.strip()):
         raise TaskError(
-            f"{name!r}: a hub dataset is named hf:<dataset id>[:<config>][#<column>], e.g. hf:wikitext:wikitext-2-raw-v1"
+            f"{name!r}: a hub dataset is named hf:<dataset id>[:<config>][#<column>], "
+            "e.g. hf:wikitext:wikitext-2-raw-v1"
         )
     return path.strip(), config.strip() or None, column.strip() or None
 
