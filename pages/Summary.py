@@ -10,6 +10,7 @@ import streamlit as st
 
 from dashboard import cache, layout, names, session, widgets  # first: sets up the environment for torch
 from lowrank import report
+from lowrank.evaluation.harness import stored_scores
 from lowrank.report import formats
 from lowrank.statistics import statistics_label
 
@@ -21,6 +22,29 @@ st.markdown(
     f"**{names.model_label(model)}** on **{names.task_label(task)}**, from the stored runs "
     f"({len(result.runs)} compared)."
 )
+
+
+def harness_section() -> None:
+    """The stored lm-eval-harness scores of the model, beside the dense run each compares with."""
+    scores = stored_scores(cache.store(), model)
+    if scores.empty:
+        return
+    st.subheader("lm-eval-harness scores")
+    st.caption(
+        "From `lowrank evaluate --harness` on the dense model and on compressed folders; each row beside the dense "
+        "run measured the same way (protocol). On Trade-offs, each task and metric is a task of its own."
+    )
+    st.dataframe(
+        scores,
+        hide_index=True,
+        column_config={
+            "kept": st.column_config.NumberColumn("kept", format="percent"),
+            "value": st.column_config.NumberColumn("value", format="%.4g"),
+            "dense": st.column_config.NumberColumn("dense", format="%.4g"),
+        },
+    )
+
+
 row = result.headline
 if row is None:
     st.info(
@@ -28,6 +52,7 @@ if row is None:
         icon=":material/info:",
     )
     layout.link("tradeoffs", "Start a sweep")
+    harness_section()
     st.stop()
 
 svd_runs = tuple(r.svd_run_id for r in result.rows if r.svd_run_id is not None)
@@ -115,6 +140,8 @@ elif svd_runs:
     widgets.statistics_button(model, task, cache.PREDICTION_NEEDS)
 else:
     st.caption("No plain-SVD run is stored at these budgets: nothing to compare the metric with.")
+
+harness_section()
 
 st.download_button(
     "Export the report (HTML)",

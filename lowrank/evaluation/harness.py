@@ -23,11 +23,13 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
+
 from lowrank.data.hub_text import offline
 from lowrank.data.tasks import hub_reachable
 from lowrank.evaluation.quality import check_task_fits
 from lowrank.evaluation.size import parameter_counts, safetensors_size
-from lowrank.experiments.compare import DENSE
+from lowrank.experiments.compare import DENSE, comparable, reference_run
 from lowrank.layers import LowRankLinear
 from lowrank.models.architectures import compressible_linears
 from lowrank.statistics.cache import weights_fingerprint
@@ -227,3 +229,31 @@ def scores_table(scores: list[HarnessScore]) -> list[dict]:
         }
         for s in scores
     ]
+
+
+def stored_scores(store, model: str) -> pd.DataFrame:
+    """The stored harness scores of ``model`` (its dense name), one row per run (the dense run first, then the
+    compressed ones by kept fraction) beside the dense run it compares with (:func:`lowrank.experiments.compare.reference_run`, measured the same way): task, metric, method,
+    kept fraction, value, dense value, how it was measured. Empty when there are none."""
+    runs = store.runs(model=model, status="done")
+    runs = runs[runs["task"].map(is_harness_task)]
+    rows = []
+    for key in dict.fromkeys(runs["task"]):
+        dense = reference_run(store, key, model=model)
+        for row in comparable(runs[runs["task"] == key], dense).to_dict("records"):
+            task, _, _ = key.removeprefix(PREFIX).rpartition(":")
+            rows.append(
+                {
+                    "task": task,
+                    "metric": row["metric"],
+                    "method": row["method"],
+                    "kept": row["kept_fraction"],
+                    "value": row["value"],
+                    "dense": None if dense is None else dense["value"],
+                    "protocol": row["protocol"],
+                    "run": row["id"],
+                }
+            )
+    columns = ["task", "metric", "method", "kept", "value", "dense", "protocol", "run"]
+    frame = pd.DataFrame(rows, columns=columns)
+    return frame.sort_values(["task", "metric", "kept", "run"], ascending=[True, True, False, False], ignore_index=True)

@@ -33,6 +33,10 @@ class Metric(NamedTuple):
 METRICS = {
     "accuracy": Metric(higher_is_better=True, decimals=3, log_axis=False),
     "perplexity": Metric(higher_is_better=False, decimals=2, log_axis=True),
+    # lm-eval-harness metrics where lower is better (its others, acc, acc_norm, exact_match..., read as OTHER_METRIC)
+    "word_perplexity": Metric(higher_is_better=False, decimals=2, log_axis=True),
+    "byte_perplexity": Metric(higher_is_better=False, decimals=3, log_axis=True),
+    "bits_per_byte": Metric(higher_is_better=False, decimals=3, log_axis=False),
 }
 OTHER_METRIC = Metric(higher_is_better=True, decimals=3, log_axis=False)  # not in the table, or none (no runs yet)
 
