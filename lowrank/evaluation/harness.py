@@ -64,10 +64,6 @@ def task_key(task: str, metric: str) -> str:
     return f"{PREFIX}{task}:{metric}"
 
 
-def is_harness_task(key) -> bool:
-    return isinstance(key, str) and key.startswith(PREFIX)
-
-
 def lm_eval_modules():
     """``(lm_eval, HFLM, TaskManager)``; ``ValueError`` (one line) when lm-eval is not installed."""
     try:
@@ -236,7 +232,7 @@ def stored_scores(store, model: str) -> pd.DataFrame:
     compressed ones by kept fraction) beside the dense run it compares with (:func:`lowrank.experiments.compare.reference_run`, measured the same way): task, metric, method,
     kept fraction, value, dense value, how it was measured. Empty when there are none."""
     runs = store.runs(model=model, status="done")
-    runs = runs[runs["task"].map(is_harness_task)]
+    runs = runs[runs["task"].astype(str).str.startswith(PREFIX)]
     rows = []
     for key in dict.fromkeys(runs["task"]):
         dense = reference_run(store, key, model=model)
