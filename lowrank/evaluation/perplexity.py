@@ -22,6 +22,7 @@ import math
 
 import torch
 
+from lowrank.data.batches import lm_blocks
 from lowrank.data.tasks import Task, TaskError
 from lowrank.progress import report
 
@@ -67,17 +68,9 @@ def _ids(tokenizer, text: str) -> list[int]:
 
 
 def window_sequences(task: Task, tokenizer, split: str, window: int) -> list[list[int]]:
-    """The ``windows`` protocol's sequences: the split concatenated (EOS after each document), cut every ``window``."""
-    eos = tokenizer.eos_token_id
-    ids: list[int] = []
-    for doc in task.split_texts(split):
-        ids.extend(_ids(tokenizer, doc))
-        if eos is not None:
-            ids.append(eos)
-    n = len(ids) // window
-    if n == 0:
-        raise TaskError(f"split {split!r} of {task.name!r} has {len(ids)} tokens, fewer than one window of {window}")
-    return [ids[i * window : (i + 1) * window] for i in range(n)]
+    """The ``windows`` protocol's sequences: the token blocks of :func:`lowrank.data.batches.lm_blocks` (the split
+    concatenated, EOS after each document, cut every ``window`` tokens), the blocks calibration uses."""
+    return lm_blocks(task, tokenizer, split, window).tolist()
 
 
 def document_sequences(task: Task, tokenizer, split: str, window: int) -> list[list[int]]:
