@@ -149,16 +149,26 @@ def harness_scores(
         batch_size=batch_size,
         add_bos_token=_add_bos_token(loaded.tokenizer),
     )
-    with nullcontext() if hub_reachable() else offline():
-        results = lm_eval.simple_evaluate(
-            model=model,
-            tasks=tasks,
-            task_manager=manager,
-            limit=limit,
-            num_fewshot=shots,
-            log_samples=False,
-            verbosity="ERROR",
-        )
+    reachable = hub_reachable()
+    try:
+        with nullcontext() if reachable else offline():
+            results = lm_eval.simple_evaluate(
+                model=model,
+                tasks=tasks,
+                task_manager=manager,
+                limit=limit,
+                num_fewshot=shots,
+                log_samples=False,
+                verbosity="ERROR",
+            )
+    except OSError as err:  # a task's dataset: not cached (offline), unreachable or missing
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if reachable:
+            raise ValueError(f"lm-eval could not load the data of {', '.join(tasks)}: {reason}") from err
+        raise ValueError(
+            f"lm-eval task(s) {', '.join(tasks)} need the hub for their data (huggingface.co is unreachable or "
+            f"offline mode is set) and it is not in the local datasets cache ({reason})"
+        ) from err
     return _scores(results, importlib.metadata.version("lm_eval"), limit)
 
 

@@ -2,6 +2,9 @@
 as runs that compare like any other; a one-line error without lm-eval."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,6 +23,7 @@ DOCS = [
     {"question": "A fine cast in a weak story. Sentiment:", "choices": ["good", "bad", "neither"], "answer": 2},
 ]
 TASK = "lowrank_toy_choice"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture()
@@ -129,3 +133,25 @@ def test_without_lm_eval_the_harness_is_a_one_line_error_naming_the_extra(
         capsys, "evaluate", "--model", tiny_llama_dir, "--harness", "hellaswag", "--store", tmp_path / "r.sqlite"
     )
     assert_clear_error(code, err, "needs lm-eval, which is not installed", "pip install '.[eval]'")
+
+
+def test_offline_a_task_whose_data_is_not_cached_is_a_one_line_error(tiny_llama_dir, tmp_path):
+    """lm-eval's own arc_easy, with HF_HUB_OFFLINE set and an empty cache: no request, one line naming the hub."""
+    pytest.importorskip("lm_eval", reason="lm-eval is an optional extra: pip install '.[eval]'")
+    env = {
+        "HF_HUB_OFFLINE": "1",
+        "HF_HOME": str(tmp_path / "hf"),
+        "LOWRANK_CACHE": str(tmp_path / "cache"),
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": str(ROOT),
+    }
+    command = [sys.executable, "-m", "lowrank", "evaluate", "--model", str(tiny_llama_dir), "--threads", "1"]
+    done = subprocess.run(
+        [*command, "--harness", "arc_easy", "--store", str(tmp_path / "r.sqlite")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=str(tmp_path),
+    )
+    assert_clear_error(done.returncode, done.stderr, "arc_easy need the hub", "not in the local datasets cache")
