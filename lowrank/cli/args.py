@@ -22,7 +22,8 @@ from lowrank.validate import COUNT, THREADS, arg_type, path_arg
 
 DEVICE_TYPES = ("cpu", "cuda", "mps")
 TASK_HELP = (
-    "task name (rotten_tomatoes, lee, glue/<name>) or a CSV path (default: the task the model records: "
+    "task name (rotten_tomatoes, lee, glue/<name>, <task>:text, hf:<dataset id>[:<config>]) or a .csv, .txt or "
+    ".jsonl path (default: the task the model records: "
     "the one it was fine-tuned on; lee for a causal LM)"
 )
 

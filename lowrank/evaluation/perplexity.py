@@ -13,7 +13,7 @@ predicted from the ones before it; perplexity is ``exp(sum NLL / predicted token
 ``N`` defaults to :func:`default_window`: 2048 tokens when the model's context allows, else its context.
 :func:`protocol_text` names the protocol in words; it is printed and stored with every perplexity, and runs are
 compared only under the same text (:mod:`lowrank.experiments.compare`). Cost: one forward pass per sequence,
-batched ``batch_size`` at a time (default: :data:`TOKENS_PER_BATCH` tokens per batch).
+batched ``batch_size`` at a time (default: as many as fit :data:`TOKENS_PER_BATCH` tokens padded).
 """
 
 from __future__ import annotations
@@ -105,10 +105,29 @@ def sequence_nll(model, sequences: list[list[int]], device, pad_id: int = 0) -> 
         ids[row, : len(seq)] = torch.tensor(seq)
         mask[row, : len(seq)] = 1
     ids, mask = ids.to(device), mask.to(device)
-    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-    targets, predicted = ids[:, 1:], mask[:, 1:].bool()
-    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
-    return float(nll[predicted].double().sum()), int(predicted.sum())
+    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+    predicted = mask[:, 1:].bool()
+    nll = torch.nn.functional.cross_entropy(logits[predicted].float(), ids[:, 1:][predicted], reduction="sum")
+    return float(nll), int(predicted.sum())
+
+
+def _batches(sequences: list[list[int]], batch_size: int | None):
+    """``sequences`` in order, ``batch_size`` at a time; ``None``: as many as fit :data:`TOKENS_PER_BATCH` tokens
+    once padded to the longest (at least one)."""
+    if batch_size is not None:
+        yield from (sequences[i : i + batch_size] for i in range(0, len(sequences), batch_size))
+        return
+    group: list[list[int]] = []
+    longest = 0
+    for sequence in sequences:
+        wider = max(longest, len(sequence))
+        if group and (len(group) + 1) * wider > TOKENS_PER_BATCH:
+            yield group
+            group, wider = [], len(sequence)
+        group.append(sequence)
+        longest = wider
+    if group:
+        yield group
 
 
 def perplexity_scores(
@@ -122,21 +141,19 @@ def perplexity_scores(
     progress=None,
 ) -> tuple[float, float, int]:
     """``(perplexity, mean NLL per predicted token, predicted tokens)`` of a causal LM on ``split`` under
-    ``protocol`` with windows of ``window`` tokens (default :func:`default_window`); ``limit`` caps the batches."""
+    ``protocol`` with windows of ``window`` tokens (default :func:`default_window`); ``batch_size`` sequences per
+    forward pass (default: :func:`_batches` by tokens); ``limit`` caps the batches."""
     window = window or default_window(loaded.model)
     sequences = sequences_for(task, loaded.tokenizer, split, protocol, window)
-    batch_size = batch_size or max(1, TOKENS_PER_BATCH // window)
-    starts = list(range(0, len(sequences), batch_size))[:limit]
+    groups = list(_batches(sequences, batch_size))[:limit]
     pad = loaded.tokenizer.pad_token_id
     model = loaded.model
     model.eval()
     nll, tokens = 0.0, 0
     with torch.inference_mode():
-        for i, start in enumerate(starts):
-            batch_nll, batch_tokens = sequence_nll(
-                model, sequences[start : start + batch_size], loaded.device, pad if pad is not None else 0
-            )
+        for i, group in enumerate(groups):
+            batch_nll, batch_tokens = sequence_nll(model, group, loaded.device, pad if pad is not None else 0)
             nll, tokens = nll + batch_nll, tokens + batch_tokens
-            report(progress, i + 1, len(starts), f"evaluating {split}")
+            report(progress, i + 1, len(groups), f"evaluating {split}")
     mean = nll / tokens
     return (math.exp(mean) if mean < 700 else math.inf), mean, tokens

@@ -9,6 +9,7 @@ import torch
 from lowrank import evaluate
 from lowrank.cli.main import main
 from lowrank.data.tasks import Task, TaskError
+from lowrank.evaluation import perplexity
 from lowrank.evaluation.perplexity import default_window, protocol_text
 from lowrank.experiments.compare import comparable, reference_run
 from lowrank.experiments.run import dense_reference, run_fields
@@ -62,6 +63,14 @@ def test_a_long_document_is_cut_into_windows_that_predict_every_token_once(tiny_
     result = evaluate(tiny_llama, corpus, protocol="per-document", max_length=window, batch_size=3, latency=False)
     assert result.examples == len(nll) == sum(len(_ids(tok, d)) + 1 for d in DOCS)
     assert result.value == pytest.approx(math.exp(sum(nll) / len(nll)), rel=1e-5)
+
+
+def test_batching_and_padding_do_not_change_a_perplexity(tiny_llama, corpus, monkeypatch):
+    one = evaluate(tiny_llama, corpus, protocol="per-document", batch_size=1, latency=False)
+    monkeypatch.setattr(perplexity, "TOKENS_PER_BATCH", 40)  # padded batches of a few documents each
+    assert [len(g) for g in perplexity._batches([[0] * 8, [0] * 8, [0] * 30, [0] * 5], None)] == [2, 1, 1]
+    packed = evaluate(tiny_llama, corpus, protocol="per-document", latency=False)
+    assert (packed.value, packed.examples) == (pytest.approx(one.value, rel=1e-6), one.examples)
 
 
 def test_windows_perplexity_cuts_the_concatenated_split_into_fixed_windows(tiny_llama, corpus):
