@@ -48,7 +48,6 @@ class HarnessScore:
     metric: str  # lm-eval's metric name, with its filter in parentheses unless the filter is "none"
     value: float
     stderr: float | None
-    higher_is_better: bool | None
     split: str | None
     examples: int | None
     shots: int | None
@@ -95,7 +94,6 @@ def _scores(results: dict, version: str, limit: int | None) -> list[HarnessScore
         split = config.get("test_split") or config.get("validation_split")
         shots = results.get("n-shot", {}).get(task)
         examples = (results.get("n-samples", {}).get(task) or {}).get("effective")
-        directions = results.get("higher_is_better", {}).get(task, {})
         protocol = (
             f"lm-eval-harness {version}, task {task} version {results.get('versions', {}).get(task, '?')}, "
             f"{shots if shots is not None else '?'}-shot, "
@@ -112,7 +110,6 @@ def _scores(results: dict, version: str, limit: int | None) -> list[HarnessScore
                     metric if where == "none" else f"{metric} ({where})",
                     float(value),
                     _number(metrics.get(f"{metric}_stderr,{where}")),
-                    directions.get(metric),
                     split,
                     examples,
                     shots,

@@ -18,7 +18,7 @@ def _store_harness_runs(cache, model: str) -> None:
     dense = lowrank.load_model(model)
     small = lowrank.compress(dense, 0.5, method="svd")
     for loaded, value in ((dense, 0.75), (small, 0.6)):
-        store_scores(store, loaded, [HarnessScore("toy", "acc", value, 0.1, True, "test", 20, 0, PROTOCOL)])
+        store_scores(store, loaded, [HarnessScore("toy", "acc", value, 0.1, "test", 20, 0, PROTOCOL)])
 
 
 def test_harness_scores_show_on_the_summary_and_on_trade_offs(env, tiny_bert_dir):
