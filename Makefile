@@ -34,14 +34,14 @@ test: assets
 
 # `pip install .` into a fresh venv (its dependencies from pip's cache), then the console script and the
 # import from another folder: the package is installable on its own, without the dashboard's or the tests'
-# packages; `pip install .[dashboard]` adds streamlit.
+# packages (nor lm-eval: `lowrank evaluate --harness` imports it only when run); `pip install .[dashboard]` adds streamlit.
 CHECK_VENV := /tmp/lowrank-install-check
 install-check: venv
 	rm -rf $(CHECK_VENV) && $(PYTHON) -m venv $(CHECK_VENV)
 	$(CHECK_VENV)/bin/python -m pip install -q . 2>&1 | grep -v '^WARNING: Location' || true
 	cd /tmp && $(CHECK_VENV)/bin/lowrank --help > /dev/null && $(CHECK_VENV)/bin/python -c "import lowrank; print('lowrank', lowrank.__file__)"
 	cd /tmp && $(CHECK_VENV)/bin/python -c "import importlib, pkgutil, lowrank; mods = [m.name for m in pkgutil.walk_packages(lowrank.__path__, 'lowrank.') if not m.name.endswith('__main__')]; [importlib.import_module(m) for m in mods]; print(len(mods), 'modules import without streamlit')"
-	for p in streamlit pytest playwright; do ! $(CHECK_VENV)/bin/python -m pip show -q $$p 2>/dev/null || { echo "error: pip install . pulled in $$p"; exit 1; }; done
+	for p in streamlit pytest playwright lm_eval; do ! $(CHECK_VENV)/bin/python -m pip show -q $$p 2>/dev/null || { echo "error: pip install . pulled in $$p"; exit 1; }; done
 	$(CHECK_VENV)/bin/python -m pip install -q '.[dashboard]' 2>&1 | grep -v '^WARNING: Location' || true
 	$(CHECK_VENV)/bin/python -m pip show -q streamlit || { echo "error: pip install .[dashboard] did not install streamlit"; exit 1; }
 	rm -rf $(CHECK_VENV)

@@ -195,7 +195,7 @@ def destroyed_runs(runs: pd.DataFrame, dense: dict | None, task: str) -> dict[in
     (:func:`lowrank.evaluation.quality.destroyed`: perplexity above 10x dense, accuracy at chance)."""
     if dense is None or runs.empty:
         return {}
-    chance = cache.chance(task)
+    chance = cache.chance(task) if dense["metric"] == "accuracy" else None  # chance: of a classification task only
     flagged = {}
     for row in runs[(runs["status"] == "done") & (runs["method"] != "dense")].to_dict("records"):
         value = None if pd.isna(row["value"]) else float(row["value"])

@@ -138,7 +138,12 @@ rows = compressed[compressed["status"] == "done"].iloc[::-1].to_dict("records") 
 if not rows:
     st.stop()
 dense = reference_run(
-    store, spec["task"], fingerprint=rows[0]["fingerprint"], split=spec["split"], eval_limit=spec["eval_limit"]
+    store,
+    spec["task"],
+    fingerprint=rows[0]["fingerprint"],
+    split=spec["split"],
+    eval_limit=spec["eval_limit"],
+    protocol=rows[0]["protocol"],
 )
 if dense is None:
     st.warning("The dense reference of this run is no longer in the run store.", icon=":material/warning:")
@@ -157,6 +162,8 @@ for row in rows:
 
 st.subheader("Before and after")
 untrained = widgets.untrained_head_warning(model, task)
+if isinstance(dense.get("protocol"), str):
+    st.caption(f"{dense['metric'].capitalize()} of dense and compressed measured the same way: {dense['protocol']}.")
 cols = st.columns(len(rows) + 1)
 cols[0].metric(
     f"dense {names.quality_label(dense['metric'], untrained).lower()}",

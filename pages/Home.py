@@ -17,7 +17,7 @@ from dashboard import (
     widgets,
 )  # first: sets up the environment for torch
 from lowrank.allocation import DEFAULT_STRATEGY
-from lowrank.experiments.compare import DENSE, reference_run
+from lowrank.experiments.compare import ANY, DENSE, reference_run
 from lowrank.experiments.sweep import SweepSpec, reap_stale, start_sweep
 from lowrank.methods import COMPARISON
 from lowrank.needs import needs_for
@@ -133,6 +133,7 @@ def demo_results() -> None:
             fingerprint=fingerprint,
             split=spec["split"],
             eval_limit=spec["eval_limit"],
+            protocol=compressed["protocol"].iloc[0] if len(compressed) else ANY,
         )
         if compressed.empty and dense is None:
             return

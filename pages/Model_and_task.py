@@ -197,7 +197,8 @@ cols = st.columns(5)
 cols[0].metric(
     names.quality_label(dense["metric"], untrained),
     formats.format_metric(dense["metric"], dense["value"]),
-    help=f"{dense['examples']:,} {'examples' if dense['metric'] == 'accuracy' else 'tokens'} of the validation split",
+    help=f"{dense['examples']:,} {'examples' if dense['metric'] == 'accuracy' else 'tokens'} of the validation split"
+    + (f"; {dense['protocol']}" if isinstance(dense.get("protocol"), str) else ""),
 )
 cols[1].metric("Loss", f"{dense['loss']:.4f}")
 cols[2].metric("Size on disk", formats.format_bytes(dense["size_bytes"]), help="safetensors file, float32")

@@ -18,6 +18,7 @@ from dashboard import (
     widgets,
 )  # first: sets up the environment for torch
 from lowrank import report
+from lowrank.evaluation.harness import stored_scores
 from lowrank.evaluation.throughput import figures, throughput_note
 from lowrank.report import formats
 from lowrank.statistics import statistics_label
@@ -30,6 +31,29 @@ st.markdown(
     f"**{names.model_label(model)}** on **{names.task_label(task)}**, from the stored runs "
     f"({len(result.runs)} compared)."
 )
+
+
+def harness_section() -> None:
+    """The stored lm-eval-harness scores of the model, beside the dense run each compares with."""
+    scores = stored_scores(cache.store(), model)
+    if scores.empty:
+        return
+    st.subheader("lm-eval-harness scores")
+    st.caption(
+        "From `lowrank evaluate --harness` on the dense model and on compressed folders; each row beside the dense "
+        "run measured the same way (protocol). On Trade-offs, each task and metric is a task of its own."
+    )
+    st.dataframe(
+        scores,
+        hide_index=True,
+        column_config={
+            "kept": st.column_config.NumberColumn("kept", format="percent"),
+            "value": st.column_config.NumberColumn("value", format="%.4g"),
+            "dense": st.column_config.NumberColumn("dense", format="%.4g"),
+        },
+    )
+
+
 row = result.headline
 if row is None:
     st.info(
@@ -37,6 +61,7 @@ if row is None:
         icon=":material/info:",
     )
     layout.link("tradeoffs", "Start a sweep")
+    harness_section()
     st.stop()
 
 svd_runs = tuple(r.svd_run_id for r in result.rows if r.svd_run_id is not None)
@@ -53,6 +78,8 @@ if flagged:
     )
 dense = result.dense or {}
 metric = result.metric or "value"
+if dense.get("protocol"):
+    st.caption(f"{metric.capitalize()} of every run here measured the same way: {dense['protocol']}.")
 cols = st.columns(4)
 cols[0].metric(
     f"{row.method} {names.quality_label(metric, untrained).lower()} at {row.budget:.0%}",
@@ -144,6 +171,8 @@ if cache.read_model_kind(model) == "causal-lm":
     shown = generations.view(model, task, report.saved_models(result), "summary_generations")
     if shown is not None:
         result = report.with_generations(result, shown)  # the report shows them too
+
+harness_section()
 
 st.download_button(
     "Export the report (HTML)",

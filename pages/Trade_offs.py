@@ -56,9 +56,12 @@ def live() -> None:
         flagged = widgets.destroyed_runs(done, dense, shown_task)
         widgets.destroyed_warning(done, flagged)
         st.plotly_chart(plots.tradeoff_figure(done, dense, flagged), key="tradeoff")
+        reference = dense or done.iloc[0].to_dict()
+        measured = reference.get("protocol") if isinstance(reference.get("protocol"), str) else "not recorded"
         st.caption(
             "Circled points are on the Pareto front: no other run has at most as many parameters and a better "
-            f"{(dense or done.iloc[0])['metric']}. Hover a point for its budget, size and latency."
+            f"{reference['metric']}. Hover a point for its budget, size and latency. Every point's "
+            f"{reference['metric']} measured as: {measured}."
         )
     with st.expander(f"All runs for this model and task ({len(current)})"):
         st.dataframe(
@@ -72,6 +75,7 @@ def live() -> None:
                     "budget",
                     "metric",
                     "value",
+                    "protocol",
                     "kept_fraction",
                     "params_linear",
                     "size_bytes",

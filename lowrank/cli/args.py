@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from lowrank.evaluation.perplexity import DEFAULT_PROTOCOL, DEFAULT_WINDOW, PROTOCOLS
 from lowrank.files.jsonable import to_jsonable
 from lowrank.files.outputs import writable_output
 from lowrank.loaded import LoadedModel
@@ -26,7 +27,8 @@ DEFAULT_TOKENS = -1  # argparse's default for --calibration-tokens: not given (N
 
 DEVICE_TYPES = ("cpu", "cuda", "mps")
 TASK_HELP = (
-    "task name (rotten_tomatoes, lee, glue/<name>) or a CSV path (default: the task the model records: "
+    "task name (rotten_tomatoes, lee, glue/<name>, <task>:text, hf:<dataset id>[:<config>]) or a .csv, .txt or "
+    ".jsonl path (default: the task the model records: "
     "the one it was fine-tuned on; lee for a causal LM)"
 )
 
@@ -174,6 +176,29 @@ def calibration_tokens(text: str) -> int | None:
     if text.strip().lower() == "all":
         return None
     return arg_type(COUNT, "--calibration-tokens")(text)
+
+
+def add_perplexity_options(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``--protocol`` and ``--window``: how a causal LM's perplexity is measured (lowrank.evaluation.perplexity)."""
+    parser.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default=DEFAULT_PROTOCOL,
+        help="perplexity protocol: windows (the split concatenated, EOS-separated, in fixed windows; default) or "
+        "per-document (each document scored on its own); printed and stored with the number",
+    )
+    parser.add_argument(
+        "--window",
+        type=arg_type(COUNT, "--window"),
+        help=f"tokens per perplexity window (default {DEFAULT_WINDOW}, or the model's context when shorter; "
+        "a classifier's texts are cut at this length instead, default 128)",
+    )
+    return parser
+
+
+def perplexity_options(args) -> dict:
+    """The keywords of :func:`lowrank.evaluate` that :func:`add_perplexity_options` made."""
+    return {"protocol": args.protocol, "max_length": args.window}
 
 
 def add_output(parser: argparse.ArgumentParser, help: str) -> argparse.ArgumentParser:

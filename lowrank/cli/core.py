@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -23,10 +24,12 @@ from lowrank.card import update_card
 from lowrank.cli.args import (
     add_common,
     add_output,
+    add_perplexity_options,
     add_statistics_options,
     add_task,
     model_and_task,
     output_folder,
+    perplexity_options,
     statistics_settings,
     task_of,
     warn_calibration,
@@ -34,7 +37,9 @@ from lowrank.cli.args import (
 from lowrank.compress import compress, load_any, load_compressed, save_compressed
 from lowrank.data import load_task
 from lowrank.evaluation import evaluate
+from lowrank.evaluation.harness import harness_scores, parse_tasks, scores_table, store_scores
 from lowrank.evaluation.throughput import ThroughputSettings
+from lowrank.experiments.store import RunStore
 from lowrank.files.atomic import atomic_dir
 from lowrank.info import load_info
 from lowrank.layers import FORMS
@@ -94,6 +99,7 @@ def register(sub) -> None:
     p.add_argument("--epochs", type=arg_type(POSITIVE, "--epochs"))
     p.add_argument("--lr", type=arg_type(POSITIVE, "--lr"))
     p.add_argument("--max-steps", type=arg_type(COUNT, "--max-steps"))
+    add_perplexity_options(p)
     p.set_defaults(handler=finetune_command)
 
     p = add_common(sub.add_parser("compress", help="factorize a model's Linear layers and save it"))
@@ -140,6 +146,7 @@ def register(sub) -> None:
     add_statistics_options(p)
     add_output(p, "folder to save the compressed model (atomic)")
     p.add_argument("--evaluate", action="store_true", help="evaluate the compressed model on --task")
+    add_perplexity_options(p)
     p.add_argument(
         "--sequential",
         action="store_true",
@@ -171,6 +178,23 @@ def register(sub) -> None:
         type=arg_type(COUNT, "--throughput-length"),
         default=ThroughputSettings.length,
         help=f"prefill tokens per sequence for --throughput (default {ThroughputSettings.length})",
+    )
+    add_perplexity_options(p)
+    p.add_argument(
+        "--harness",
+        metavar="TASK[,TASK]",
+        help="instead: lm-eval-harness tasks (needs pip install '.[eval]'); the scores are printed and stored in the "
+        "run store as tasks harness:<task>:<metric> (Trade-offs, Summary)",
+    )
+    p.add_argument(
+        "--harness-include", type=path_arg("--harness-include"), help="folder of lm-eval task YAML files (local tasks)"
+    )
+    p.add_argument(
+        "--harness-limit", type=arg_type(COUNT, "--harness-limit"), help="at most this many examples per harness task"
+    )
+    p.add_argument("--shots", type=arg_type(COUNT, "--shots"), help="few-shot examples (default: each task's own)")
+    p.add_argument(
+        "--store", type=path_arg("--store"), help="run store file (default: runs.sqlite in the cache, $LOWRANK_CACHE)"
     )
     p.set_defaults(handler=evaluate_command)
 
@@ -237,11 +261,11 @@ def finetune_command(args):
     loaded, task = model_and_task(args)
     task = load_task(task)
     losses = train(loaded.model, loaded.tokenizer, task, TrainConfig(**overrides), progress=TqdmProgress())
-    result = evaluate(loaded, task, latency=False)
+    result = evaluate(loaded, task, latency=False, **perplexity_options(args))
     with atomic_dir(out, force=args.force) as tmp:
         loaded.model.save_pretrained(tmp, safe_serialization=True)
         loaded.tokenizer.save_pretrained(tmp)
-    record = {"out": args.out, "final_loss": losses[-1], result.metric: result.value}
+    record = {"out": args.out, "final_loss": losses[-1], result.metric: result.value, "protocol": result.protocol}
     return record, pd.DataFrame([record])
 
 
@@ -342,7 +366,10 @@ def compress_command(args):
         record["out"] = str(out)
     if args.evaluate:
         measured = evaluate(
-            small if small is not None else load_compressed(out, args.device), task, progress=TqdmProgress()
+            small if small is not None else load_compressed(out, args.device),
+            task,
+            progress=TqdmProgress(),
+            **perplexity_options(args),
         )
         record |= measured.to_dict()
         if out:
@@ -372,6 +399,8 @@ def compress_streamed(args, ranks, options: dict, reason) -> Path:
 
 
 def evaluate_command(args):
+    if args.harness:
+        return harness_command(args)
     loaded = load_any(args.model, args.device, task=None)
     task = task_of(args, loaded)
     speed, reference = None, None
@@ -381,6 +410,25 @@ def evaluate_command(args):
         if info is not None and info.base_model:  # a compressed model: against its dense base, in this process
             reference = load_any(info.base_model, args.device, task=None)
     result = evaluate(
-        loaded, task, args.split, limit=args.limit, progress=TqdmProgress(), throughput=speed, reference=reference
+        loaded,
+        task,
+        args.split,
+        limit=args.limit,
+        progress=TqdmProgress(),
+        throughput=speed,
+        reference=reference,
+        **perplexity_options(args),
     )
     return result.to_dict(), pd.DataFrame([result.to_dict()])
+
+
+def harness_command(args):
+    """``evaluate --harness``: lm-eval scores of the model, printed and stored as runs (lowrank.evaluation.harness)."""
+    tasks = parse_tasks(args.harness)
+    store = RunStore(args.store)  # a bad --store is refused before the model loads
+    loaded = load_any(args.model, args.device, task=None)
+    start = time.perf_counter()
+    scores = harness_scores(loaded, tasks, args.harness_include, args.harness_limit, args.shots)
+    ids = store_scores(store, loaded, scores, args.harness_limit, time.perf_counter() - start)
+    rows = [{**row, "run": run} for row, run in zip(scores_table(scores), ids)]
+    return rows, pd.DataFrame(rows)

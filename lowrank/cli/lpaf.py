@@ -17,10 +17,12 @@ from lowrank.allocation import read_ranks
 from lowrank.cli.args import (
     add_common,
     add_output,
+    add_perplexity_options,
     add_statistics_options,
     add_task,
     model_and_task,
     output_folder,
+    perplexity_options,
     statistics_settings,
 )
 from lowrank.compress import load_any, save_compressed
@@ -63,6 +65,7 @@ def register(sub) -> None:
     _train_options(p, "pruning")
     add_output(p, "folder for the masked model (safetensors + masks.safetensors + pruning.json, atomic)")
     p.add_argument("--evaluate", action="store_true", help="evaluate the pruned model on --task")
+    add_perplexity_options(p)
     p.set_defaults(handler=prune_command)
 
     p = add_common(
@@ -173,8 +176,8 @@ def prune_command(args):
     if out:
         record["out"] = str(save_pruned(loaded, result, out, force=args.force))
     if args.evaluate:
-        evaluation = evaluate(loaded, task, latency=False, progress=TqdmProgress())
-        record[evaluation.metric] = evaluation.value
+        evaluation = evaluate(loaded, task, latency=False, progress=TqdmProgress(), **perplexity_options(args))
+        record |= {evaluation.metric: evaluation.value, "protocol": evaluation.protocol}
     return record, pd.DataFrame([record])
 
 

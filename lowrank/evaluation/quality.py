@@ -1,8 +1,7 @@
 """Quality: what a model scores on a task split, and when a compressed score means a destroyed model.
 
 * classification: accuracy and mean cross-entropy over the split;
-* causal LM: perplexity ``exp(mean next-token NLL)`` over token windows of the split (its documents
-  concatenated, EOS-separated, cut into non-overlapping windows; :func:`lm_protocol` names it on every number);
+* causal LM: perplexity under a named protocol (:mod:`lowrank.evaluation.perplexity`);
 * fidelity to a reference classifier (no labels needed): ``mean_n KL(p_ref,n || p_n)`` with
   ``KL = sum_c p_ref(c|x) (log p_ref(c|x) - log p(c|x))``, whose Hessian at ``p = p_ref`` is the true Fisher.
 
@@ -147,24 +146,6 @@ def accuracy(loaded, task, split="validation", **kwargs) -> float:
     return classification_scores(loaded, task, split, **kwargs)[0]
 
 
-def lm_protocol(block_size: int) -> str:
-    """The perplexity protocol of :func:`lm_scores`, in words (recorded and printed with every perplexity)."""
-    return f"windows of {block_size} tokens (documents concatenated, EOS-separated; the last partial window dropped)"
-
-
 def classification_protocol(max_length: int) -> str:
     """The accuracy protocol of :func:`classification_scores`, in words."""
     return f"per example (texts cut at {max_length} tokens)"
-
-
-def lm_scores(loaded, task, split="validation", batch_size=8, block_size=256, limit=None, progress=None):
-    """(perplexity, mean NLL per predicted token, n tokens) of a causal LM on a split, measured as
-    :func:`lm_protocol` (``block_size``) says."""
-    task = check_labels(loaded, task)
-    nll, tokens = 0.0, 0
-    for batch, out in _forward_batches(loaded, task, split, batch_size, block_size, limit, progress):
-        count = batch["labels"][:, 1:].numel()
-        nll += out.loss.item() * count
-        tokens += count
-    mean = nll / tokens
-    return (math.exp(mean) if mean < 700 else math.inf), mean, tokens

@@ -1,7 +1,7 @@
 """Which stored runs are compared with which, and which way a task metric is better.
 
 A compressed run is compared with a dense run of the same model on the same task, measured the same way (same
-split, same evaluation limit). :func:`reference_run` is that dense run: the newest finished dense run of a model
+split, same evaluation limit, same protocol: :data:`MEASURED_BY`). :func:`reference_run` is that dense run: the newest finished dense run of a model
 (by name, or by its weights fingerprint) on a task with the settings asked for; a setting left at :data:`ANY`
 is that of the newest dense run, and :func:`comparable` then keeps the runs measured like it. Every comparison
 picks its reference here, so they all agree.
@@ -18,6 +18,9 @@ from typing import NamedTuple
 import pandas as pd
 
 DENSE = "dense"  # the method name of an uncompressed run
+# The run-store columns two runs must agree on to be compared: how their quality was measured (protocol: e.g.
+# "windows of 2048 tokens (...)" or "per-document (...)", lowrank.evaluation.evaluation.measurement_protocol).
+MEASURED_BY = ("split", "eval_limit", "protocol")
 ANY = object()  # a setting :func:`reference_run` does not pin
 
 
@@ -30,6 +33,10 @@ class Metric(NamedTuple):
 METRICS = {
     "accuracy": Metric(higher_is_better=True, decimals=3, log_axis=False),
     "perplexity": Metric(higher_is_better=False, decimals=2, log_axis=True),
+    # lm-eval-harness metrics where lower is better (its others, acc, acc_norm, exact_match..., read as OTHER_METRIC)
+    "word_perplexity": Metric(higher_is_better=False, decimals=2, log_axis=True),
+    "byte_perplexity": Metric(higher_is_better=False, decimals=3, log_axis=True),
+    "bits_per_byte": Metric(higher_is_better=False, decimals=3, log_axis=False),
 }
 OTHER_METRIC = Metric(higher_is_better=True, decimals=3, log_axis=False)  # not in the table, or none (no runs yet)
 
@@ -40,17 +47,24 @@ def metric_info(name) -> Metric:
 
 
 def reference_run(
-    store, task: str, *, model: str | None = None, fingerprint: str | None = None, split=ANY, eval_limit=ANY
+    store,
+    task: str,
+    *,
+    model: str | None = None,
+    fingerprint: str | None = None,
+    split=ANY,
+    eval_limit=ANY,
+    protocol=ANY,
 ) -> dict | None:
     """The dense run compressed runs of ``model`` (its stored name) or of the weights with ``fingerprint`` on ``task``
     are compared with: the newest finished dense run measured on ``split`` with ``eval_limit`` (``None``: the whole
-    split; :data:`ANY`: whichever the newest has). ``None`` when there is none. ``store``: a
+    split) under ``protocol`` (:data:`ANY`: whichever the newest has). ``None`` when there is none. ``store``: a
     :class:`lowrank.experiments.store.RunStore`."""
     filters = {"method": DENSE, "task": task}
     for name, value in (("model", model), ("fingerprint", fingerprint)):
         if value is not None:
             filters[name] = value
-    for name, value in (("split", split), ("eval_limit", eval_limit)):
+    for name, value in zip(MEASURED_BY, (split, eval_limit, protocol)):
         if value is not ANY:
             filters[name] = value
     return store.find_run(**filters)
@@ -61,10 +75,13 @@ def _same(column: pd.Series, value) -> pd.Series:
 
 
 def comparable(runs: pd.DataFrame, reference: dict | None) -> pd.DataFrame:
-    """The rows of ``runs`` (newest first, as the store lists them) measured on the split and with the evaluation
-    limit of ``reference`` (:func:`reference_run`); with no reference, those of the newest row."""
+    """The rows of ``runs`` (newest first, as the store lists them) measured like ``reference`` (:func:`reference_run`;
+    the same :data:`MEASURED_BY`: split, evaluation limit, protocol); with no reference, like the newest row."""
     if reference is None:
         if runs.empty:
             return runs
         reference = runs.iloc[0]
-    return runs[_same(runs["split"], reference["split"]) & _same(runs["eval_limit"], reference["eval_limit"])]
+    keep = pd.Series(True, index=runs.index)
+    for column in MEASURED_BY:
+        keep &= _same(runs[column], reference.get(column))
+    return runs[keep]

@@ -21,8 +21,9 @@ from pathlib import Path
 from lowrank.compress import compress
 from lowrank.data.tasks import load_task
 from lowrank.evaluation import evaluate
+from lowrank.evaluation.evaluation import measurement_protocol
 from lowrank.evaluation.latency import conditions_differ, measure_latencies, measurement_conditions
-from lowrank.evaluation.quality import check_task_fits
+from lowrank.evaluation.quality import check_task_fits, task_kind_for
 from lowrank.evaluation.throughput import ThroughputSettings, is_causal_lm
 from lowrank.experiments.compare import DENSE, reference_run
 from lowrank.experiments.store import RunStore
@@ -45,13 +46,14 @@ class RunResult:
 
 
 def run_fields(loaded, task_key: str, split: str, eval_limit: int | None) -> dict:
-    """Row fields identifying a model, its weights and the evaluation settings."""
+    """Row fields identifying a model, its weights and the evaluation settings (:func:`evaluate`'s protocol)."""
     return {
         "model": loaded.name,
         "fingerprint": weights_fingerprint(loaded.model),
         "task": task_key,
         "split": split,
         "eval_limit": eval_limit,
+        "protocol": measurement_protocol(loaded, task_kind_for(loaded.kind)),
         "dense_params_linear": sum(o * i for o, i in linear_shapes(loaded).values()),
     }
 
@@ -126,6 +128,7 @@ def execute_run(
             throughput=evaluation.throughput,
             factorize_s=factorize_s,
             wall_s=seconds,
+            protocol=evaluation.protocol,
         )
     return RunResult(run.id, model, evaluation, seconds)
 
@@ -176,6 +179,7 @@ def find_same_run(
         task=task_key,
         split=split,
         eval_limit=eval_limit,
+        protocol=key["protocol"],
         method=method,
         strategy=strategy,
         budget=None if budget is None else float(budget),
@@ -208,7 +212,9 @@ def dense_reference(
     under other conditions than now (:func:`lowrank.evaluation.latency.conditions_differ`), measure them again and
     update the row, so that the dense and the compressed latencies shown together are comparable."""
     key = run_fields(loaded, task_key, split, eval_limit)
-    found = reference_run(store, task_key, fingerprint=key["fingerprint"], split=split, eval_limit=eval_limit)
+    found = reference_run(
+        store, task_key, fingerprint=key["fingerprint"], split=split, eval_limit=eval_limit, protocol=key["protocol"]
+    )
     if found is not None:
         reason = (
             conditions_differ(

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from lowrank.evaluation.perplexity import WINDOWS, protocol_text
+from lowrank.evaluation.quality import classification_protocol
 from lowrank.experiments.jobs import ending
 from lowrank.files.cache import cache_dir
 from lowrank.processes import process_alive, process_started
@@ -65,6 +67,7 @@ RUN_COLUMNS = {
     "latency_ms_b32": "REAL",
     "latency_info": "TEXT",  # how the latencies were measured (lowrank.evaluation.latency.measure_latencies), JSON
     "throughput": "TEXT",  # tokens/s against dense, FLOP bound, conditions (lowrank.evaluation.throughput), JSON
+    "protocol": "TEXT",  # how the quality was measured, in words (lowrank.evaluation.evaluation.measurement_protocol)
     "factorize_s": "REAL",
     "wall_s": "REAL",
     "output_dir": "TEXT",
@@ -74,6 +77,14 @@ RUN_COLUMNS = {
     "pid_started": "REAL",
 }
 JSON_COLUMNS = ("ranks", "options", "latency_info", "throughput")
+# Runs stored before a column existed get this value when the column is added: (SQL expression, parameters).
+# Every run before ``protocol`` was measured by ``evaluate``'s defaults then: windows of 256 tokens, texts cut at 128.
+BACKFILL = {
+    "protocol": (
+        "CASE metric WHEN 'perplexity' THEN ? WHEN 'accuracy' THEN ? END",
+        (protocol_text(WINDOWS, 256), classification_protocol(128)),
+    )
+}
 
 SWEEP_COLUMNS = {
     "status": "TEXT",
@@ -222,9 +233,12 @@ class RunStore:
         body = ", ".join(f'"{name}" {kind}' for name, kind in columns.items())
         conn.execute(f"CREATE TABLE IF NOT EXISTS {table} (id INTEGER PRIMARY KEY AUTOINCREMENT, {body})")
         present = {row["name"] for row in conn.execute(f"PRAGMA table_info({table})")}
-        for name, kind in columns.items():  # a file without a column gains it
+        for name, kind in columns.items():  # a file without a column gains it (with its BACKFILL for old rows)
             if name not in present:
                 conn.execute(f'ALTER TABLE {table} ADD COLUMN "{name}" {kind}')
+                if table == "runs" and name in BACKFILL:
+                    expression, params = BACKFILL[name]
+                    conn.execute(f'UPDATE {table} SET "{name}" = {expression}', params)
 
     @staticmethod
     def _check(fields: dict, columns: dict[str, str]) -> dict:

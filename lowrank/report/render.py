@@ -153,8 +153,10 @@ def render_html(s: Summary, figures: Sequence[go.Figure]) -> str:
         fig.to_html(full_html=False, include_plotlyjs=index == 0, config=config) for index, fig in enumerate(figures)
     ]
     dense = s.dense or {}
-    evaluated = f"{s.metric or '–'} on the {s.split or '–'} split" + (
-        f", first {s.eval_limit} batches" if s.eval_limit else ", whole split"
+    evaluated = (
+        f"{s.metric or '–'} on the {s.split or '–'} split"
+        + (f", first {s.eval_limit} batches" if s.eval_limit else ", whole split")
+        + (f"; {s.protocol}" if s.protocol else "")
     )
     parts = [
         "<!DOCTYPE html>",

@@ -3,8 +3,8 @@ each budget and compares it with the dense model and with plain SVD (quality, si
 :func:`headlines` says it in plain sentences.
 
 Which runs. The reference is :func:`lowrank.experiments.compare.reference_run` of the model and task (the newest
-finished dense run); compressed runs count when they were measured on its split with its evaluation limit
-(:func:`lowrank.experiments.compare.comparable`). Of several runs of one method at one budget (e.g. two
+finished dense run); compressed runs count when they were measured on its split with its evaluation limit and
+protocol (:func:`lowrank.experiments.compare.comparable`). Of several runs of one method at one budget (e.g. two
 strategies), the newest counts; the best is the highest value, or the lowest for a metric where lower is better
 (:data:`lowrank.experiments.compare.METRICS`). Nothing is measured here: the rows come from the run store.
 :func:`saved_models` lists the saved compressed models of the best runs, whose generations :func:`with_generations`
@@ -88,6 +88,7 @@ class Summary:
     created: float = 0.0
     drop_checks: tuple[DropCheck, ...] = ()  # :func:`with_drop_checks`
     generations: pd.DataFrame | None = field(default=None, repr=False, compare=False)  # :func:`with_generations`
+    protocol: str | None = None  # how every value compared was measured (the reference's protocol)
 
     @property
     def higher_is_better(self) -> bool:
@@ -199,6 +200,7 @@ def summary(store, model: str, task: str) -> Summary:
         metric=metric,
         split=None if reference is None else reference["split"],
         eval_limit=None if reference is None else _int(reference["eval_limit"]),
+        protocol=None if reference is None or not isinstance(reference.get("protocol"), str) else reference["protocol"],
         dense=dense,
         rows=tuple(rows),
         runs=shown,

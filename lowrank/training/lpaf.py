@@ -355,6 +355,7 @@ def lpaf(
             **{f"seconds_{k}": v for k, v in seconds.items()},
             f"validation_{evaluation.metric}": evaluation.value,
             "validation_loss": evaluation.loss,
+            "validation_protocol": evaluation.protocol,
         }
     )
     return compressed

@@ -7,7 +7,7 @@ import pytest
 
 from lowrank import evaluate, load_task
 from lowrank.data.tasks import TaskError, seeded_split
-from lowrank.evaluation.quality import lm_protocol
+from lowrank.evaluation.perplexity import protocol_text
 
 DOCS = [f"Document {i} opens here.\nIts second line {i}." for i in range(20)]
 
@@ -68,6 +68,6 @@ def test_classification_texts_as_a_corpus_keep_the_task_splits(sentiment_csv):
 
 def test_every_perplexity_names_its_protocol(tiny_llama, text_task, tiny_bert, sentiment_csv):
     result = evaluate(tiny_llama, text_task, "validation", max_length=16, latency=False)
-    assert result.protocol == lm_protocol(16) and result.protocol.startswith("windows of 16 tokens")
+    assert result.protocol == protocol_text("windows", 16) and result.protocol.startswith("windows of 16 tokens")
     assert result.to_dict()["protocol"] == result.protocol
     assert evaluate(tiny_bert, sentiment_csv, latency=False).protocol.startswith("per example")

@@ -49,18 +49,22 @@ def test_the_reference_is_the_newest_finished_dense_run_of_the_settings_asked(tm
     assert reference_run(store, "absent", model="m") is None
 
 
-def test_comparable_runs_are_measured_on_the_split_and_limit_of_the_reference():
+def test_comparable_runs_are_measured_on_the_split_limit_and_protocol_of_the_reference():
+    windows, documents = "windows of 2048 tokens (...)", "per-document (...)"
     runs = pd.DataFrame(
         {
-            "id": [5, 4, 3, 2, 1],
-            "split": ["validation", "validation", "test", "validation", "validation"],
-            "eval_limit": [float("nan"), 2.0, float("nan"), float("nan"), 2.0],
+            "id": [6, 5, 4, 3, 2, 1],
+            "split": ["validation", "validation", "validation", "test", "validation", "validation"],
+            "eval_limit": [float("nan"), float("nan"), 2.0, float("nan"), float("nan"), 2.0],
+            "protocol": [documents, windows, windows, windows, windows, windows],
         }
     )
-    assert list(comparable(runs, {"split": "validation", "eval_limit": None})["id"]) == [5, 2]
-    assert list(comparable(runs, {"split": "validation", "eval_limit": 2})["id"]) == [4, 1]
-    assert list(comparable(runs, {"split": "test", "eval_limit": float("nan")})["id"]) == [3]
-    assert list(comparable(runs, None)["id"]) == [5, 2]  # no reference: like the newest row
+    reference = {"split": "validation", "eval_limit": None, "protocol": windows}
+    assert list(comparable(runs, reference)["id"]) == [5, 2]
+    assert list(comparable(runs, {**reference, "protocol": documents})["id"]) == [6]
+    assert list(comparable(runs, {**reference, "eval_limit": 2})["id"]) == [4, 1]
+    assert list(comparable(runs, {**reference, "split": "test", "eval_limit": float("nan")})["id"]) == [3]
+    assert list(comparable(runs, None)["id"]) == [6]  # no reference: like the newest row
     assert comparable(runs.iloc[:0], None).empty
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from dashboard import layout
+from lowrank.evaluation.perplexity import protocol_text
 from lowrank.experiments.store import RunStore
 from lowrank.report import drop_checks, is_report, render_html, summary, summary_figure, with_drop_checks, write_report
 
@@ -116,6 +117,17 @@ def test_summary_of_perplexity_prefers_lower(tmp_path):
     assert s.headline.method == "fwsvd" and s.headline.svd_value == 40.0
     assert "keeps 15.0 of the 20.0 perplexity points that plain SVD adds" in s.headlines[0]
     assert summary(store, "lm", "nothing").empty
+
+
+def test_the_summary_compares_and_names_one_perplexity_protocol(tmp_path):
+    store = RunStore(tmp_path / "runs.sqlite")
+    windows, documents = protocol_text("windows", 2048), protocol_text("per-document", 2048)
+    add_run(store, "lm", "lee", "dense", 20.0, metric="perplexity", protocol=windows)
+    add_run(store, "lm", "lee", "svd", 40.0, 0.5, metric="perplexity", protocol=windows)
+    add_run(store, "lm", "lee", "fwsvd", 25.0, 0.5, metric="perplexity", protocol=documents)  # measured otherwise
+    s = summary(store, "lm", "lee")
+    assert [(r.method, r.value) for r in s.rows] == [("svd", 40.0)] and s.protocol == windows
+    assert f"whole split; {windows}" in render_html(s, [summary_figure(s)])
 
 
 def test_a_destroyed_result_is_flagged_in_the_summary_and_the_report(tmp_path):
