@@ -10,6 +10,7 @@ Library API (the ``lowrank`` command mirrors it)::
     stats = lowrank.statistics_for(m, "rotten_tomatoes", ("fisher",))   # what weighted methods need
     lowrank.compress(m, 0.5, method="tfwsvd", stats=stats)
     lowrank.compress_sequential("big-llama/", 0.5, "svd_llm", out="out/big-50", task="lee")  # one block in memory
+    healed = lowrank.heal(small, m, "rotten_tomatoes", lowrank.HealConfig(steps=100))  # toward the dense model
 """
 
 from lowrank.allocation import RankPlan, allocate, available_strategies
@@ -17,6 +18,7 @@ from lowrank.analysis.spectra import spectra
 from lowrank.compress import compress, load_compressed, save_compressed
 from lowrank.data import Task, TaskError, load_task
 from lowrank.evaluation import Evaluation, evaluate
+from lowrank.healing import HealConfig, heal, heal_sequential
 from lowrank.info import CompressionInfo
 from lowrank.layers import LowRankLinear
 from lowrank.loaded import LoadedModel
@@ -30,6 +32,7 @@ from lowrank.training.finetune import TrainConfig, finetune
 __all__ = [
     "CompressionInfo",
     "Evaluation",
+    "HealConfig",
     "Factorization",
     "LoadedModel",
     "LowRankLinear",
@@ -51,6 +54,8 @@ __all__ = [
     "factorize",
     "finetune",
     "get_method",
+    "heal",
+    "heal_sequential",
     "load_compressed",
     "load_model",
     "load_task",

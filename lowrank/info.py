@@ -3,7 +3,8 @@
 One record per compressed model: the base model and its kind, the method and its scalar options,
 and per factorized layer its rank ``r`` (``W`` (out, in) became ``U`` (out, r) ``V`` (r, in)), the
 seconds its factorization took, the iterative solver's error history and the method's scalar facts;
-for a model compressed block by block, also how its statistics were gathered (``sequential``).
+for a model compressed block by block, also how its statistics were gathered (``sequential``); for a healed
+model, how it was healed and its held-out losses before and after (``healing``, :func:`lowrank.heal`).
 
 :meth:`CompressionInfo.to_json` and :meth:`CompressionInfo.from_json` are the one writer and the one
 reader of the format (``format_version`` :data:`FORMAT_VERSION`); the reader refuses another version,
@@ -44,6 +45,7 @@ class CompressionInfo:
     history: dict[str, list[float]] = field(default_factory=dict)
     details: dict[str, dict] = field(default_factory=dict)  # per layer: the method's scalar facts (info)
     sequential: dict = field(default_factory=dict)  # block by block: statistics, examples, blocks; else empty
+    healing: dict = field(default_factory=dict)  # lowrank.heal's recipe and held-out losses; else empty
 
     def regularizers(self) -> dict[str, int]:
         """How many layers needed each numerical regularizer (whitening methods); empty when none was recorded."""
@@ -56,10 +58,12 @@ class CompressionInfo:
         return counts
 
     def to_json(self) -> dict:
-        """The ``lowrank.json`` object (``sequential`` only for a model compressed block by block)."""
+        """The ``lowrank.json`` object (``sequential`` only for a model compressed block by block, ``healing`` only
+        for a healed one: a file without them reads as before)."""
         data = {"format_version": FORMAT_VERSION, **asdict(self)}
-        if not self.sequential:
-            del data["sequential"]
+        for optional in ("sequential", "healing"):
+            if not data[optional]:
+                del data[optional]
         return data
 
     @classmethod
@@ -72,7 +76,7 @@ class CompressionInfo:
             raise ValueError("needs 'base_model' and a 'ranks' object")
         for key in ("base_model", "kind", "method"):
             _check(key, data.get(key, ""), (str,), "a string")
-        for key in ("options", "seconds", "history", "details", "sequential"):
+        for key in ("options", "seconds", "history", "details", "sequential", "healing"):
             _check(key, data.get(key, {}), (dict,), "an object")
         for name, rank in data["ranks"].items():
             _check(f"ranks.{name}", rank, (int,), "an integer")
