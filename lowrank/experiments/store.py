@@ -52,6 +52,7 @@ RUN_COLUMNS = {
     "align": "INTEGER",
     "ranks": "TEXT",
     "options": "TEXT",
+    "healing": "TEXT",  # what lowrank.heal did after factorization (settings, held-out KL, seconds), JSON; else NULL
     "metric": "TEXT",
     "value": "REAL",
     "loss": "REAL",
@@ -72,7 +73,7 @@ RUN_COLUMNS = {
     "pid": "INTEGER",
     "pid_started": "REAL",
 }
-JSON_COLUMNS = ("ranks", "options", "latency_info")
+JSON_COLUMNS = ("ranks", "options", "healing", "latency_info")
 
 SWEEP_COLUMNS = {
     "status": "TEXT",
