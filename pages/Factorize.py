@@ -1,6 +1,7 @@
 """Factorize: run one or more registered methods on the current rank plan in the background (a one-budget
-sweep with the plan's ranks, so leaving or reloading the page loses nothing), then compare quality, size
-and latency with the dense model, inspect solver convergence and download the compressed models."""
+sweep with the plan's ranks, so leaving or reloading the page loses nothing), optionally healing each compressed
+model toward the dense one, then compare quality, size and latency with the dense model, inspect solver
+convergence and download the compressed models."""
 
 from __future__ import annotations
 
@@ -60,6 +61,7 @@ if chosen:
             st.markdown(f"**{method}**")
             st.caption(lowrank.get_method(method).description)
             options[method] = widgets.option_widgets(method, "factorize")
+healing = widgets.healing_widgets(loaded, "factorize")
 current = latest_run()
 running = current is not None and current["status"] == "running"
 run = st.button(
@@ -89,6 +91,7 @@ if run:
         label=LABEL,
         ranks={name: int(rank) for name, rank in plan.ranks.items()},
         save=True,
+        healing=healing,
     )
     with widgets.stop_on_error("Cannot start the run"):
         start_sweep(spec, store)
@@ -122,6 +125,15 @@ for row in compressed[compressed["status"] != "done"].to_dict("records"):
 rows = compressed[compressed["status"] == "done"].iloc[::-1].to_dict("records")  # in the order they ran
 if not rows:
     st.stop()
+for row in rows:
+    row["method"] += " healed" if isinstance(row.get("healing"), dict) else ""
+    if isinstance(row.get("healing"), dict):
+        h = row["healing"]
+        st.caption(
+            f"{row['method']}: {h['level']} healing, {h['steps']} end-to-end step(s), {h['seconds']:.0f} s; "
+            f"held-out KL to the dense model {h['heldout_before']:.4g} → {h['heldout_after']:.4g}"
+            + (" (no step improved it: the unhealed factors are kept)" if h["kept"] == "unhealed" else "")
+        )
 dense = reference_run(
     store, spec["task"], fingerprint=rows[0]["fingerprint"], split=spec["split"], eval_limit=spec["eval_limit"]
 )
