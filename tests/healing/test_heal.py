@@ -4,11 +4,14 @@ the healed folder loads and records its recipe, classifiers are distilled, bad i
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
+from transformers import LlamaForCausalLM
 
-from lowrank import HealConfig, compress, heal, heal_sequential, load_compressed, save_compressed
+from lowrank import HealConfig, compress, heal, heal_sequential, load_compressed, load_model, save_compressed
 from lowrank.healing.data import heal_batches
 from lowrank.healing.distill import heldout_kl
 from lowrank.info import CompressionInfo
@@ -85,11 +88,28 @@ def test_block_healing_lowers_the_block_output_error(small_llama, tiny_llama, te
     assert healed.model.lowrank_info.healing["heldout_after"] < healed.model.lowrank_info.healing["heldout_before"]
 
 
-def test_sequential_and_in_memory_block_healing_agree(small_llama, tiny_llama, tiny_llama_dir, text_task, tmp_path):
+@pytest.fixture(scope="module")
+def tied_llama_dir(tmp_path_factory, tiny_llama_dir) -> Path:
+    """A 2-block Llama whose LM head is the embedding (smollm2's layout): ``save_compressed`` stores that matrix once,
+    under the head's name."""
+    torch.manual_seed(2)
+    config = LlamaForCausalLM.from_pretrained(tiny_llama_dir).config
+    config.tie_word_embeddings = True
+    folder = tmp_path_factory.mktemp("tied-llama")
+    LlamaForCausalLM(config).save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tiny_llama_dir / name, folder / name)
+    return folder
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_sequential_and_in_memory_block_healing_agree(tiny_llama_dir, tied_llama_dir, text_task, tmp_path, tied):
+    base = tied_llama_dir if tied else tiny_llama_dir
+    dense = load_model(str(base))
     config = HealConfig(level="block", block_steps=10, block_lr=3e-3, **SMALL)
-    folder = save_compressed(small_llama, tmp_path / "small")
-    in_memory = heal(load_compressed(folder), tiny_llama, text_task, config)
-    out = heal_sequential(folder, tmp_path / "healed", text_task, config, dense=tiny_llama_dir)
+    folder = save_compressed(compress(dense, 0.3, "svd"), tmp_path / "small")
+    in_memory = heal(load_compressed(folder), dense, text_task, config)
+    out = heal_sequential(folder, tmp_path / "healed", text_task, config, dense=base)
     streamed = load_compressed(out)
     expected = in_memory.model.state_dict()
     for name, tensor in streamed.model.state_dict().items():
