@@ -14,7 +14,7 @@ import streamlit as st
 import lowrank
 from dashboard import cache, layout, names, plots, session, widgets  # first: sets up the environment for torch
 from lowrank.evaluation.latency import latency_note
-from lowrank.experiments.compare import DENSE, metric_info, reference_run
+from lowrank.experiments.compare import DENSE, metric_info, reference_run, shown_methods
 from lowrank.experiments.sweep import SweepSpec, start_sweep
 from lowrank.methods import COMPARISON, run_methods
 from lowrank.report import formats
@@ -122,11 +122,10 @@ for row in compressed[compressed["status"] != "done"].to_dict("records"):
         f"{row['method']}: {row['status']}: {row['error'] if pd.notna(row['error']) else 'no message'}",
         icon=":material/warning:",
     )
-rows = compressed[compressed["status"] == "done"].iloc[::-1].to_dict("records")  # in the order they ran
+rows = shown_methods(compressed[compressed["status"] == "done"]).iloc[::-1].to_dict("records")  # in run order
 if not rows:
     st.stop()
 for row in rows:
-    row["method"] += " healed" if isinstance(row.get("healing"), dict) else ""
     if isinstance(row.get("healing"), dict):
         h = row["healing"]
         st.caption(

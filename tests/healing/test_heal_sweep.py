@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from lowrank.experiments.compare import comparable, reference_run
 from lowrank.experiments.store import RunStore
 from lowrank.experiments.sweep import SweepSpec, run_sweep
+from lowrank.report.summarize import summary
 
 HEALING = {"steps": 3, "eval_every": 1, "batch_size": 4, "max_length": 16, "heldout_batches": 2, "lr": 1e-3}
 
@@ -29,6 +31,12 @@ def test_a_sweep_heals_every_compressed_model_and_keys_runs_by_healing(
     sweep(None)  # without healing: another run
     plain = store.runs(method="svd")
     assert len(plain) == 2 and plain.iloc[0]["healing"] is None
+    # compared under its own name: the Summary's plain-SVD baseline is the unhealed run
+    dense = reference_run(store, str(sentiment_csv), model=str(tiny_bert_dir))
+    shown = comparable(store.runs(status="done").query("method != 'dense'"), dense)
+    assert sorted(shown["method"]) == ["svd", "svd healed"]
+    best = summary(store, str(tiny_bert_dir), str(sentiment_csv)).rows[0]
+    assert best.svd_run_id == int(plain.iloc[0]["id"])
 
 
 @pytest.mark.parametrize(
