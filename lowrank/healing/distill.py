@@ -69,7 +69,6 @@ def distill(
     was_training, model_flags = model.training, {n: p.requires_grad for n, p in model.named_parameters()}
     train_only(model, params)
     model.eval()
-    dense.eval()
     start = heldout_kl(model, dense, heldout, kind, device) if start_loss is None else start_loss
     best, best_step, best_state = start, 0, snapshot(params)
     measured = [[0, start]]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import time
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -103,8 +104,23 @@ def heal(
     _check_pair(compressed, dense, config)
     task = load_task(task)
     check_task_fits(compressed.name, compressed.kind, task.kind, task.name)
+    with _eval_mode(dense.model):  # no dropout in the targets; the dense model's mode is given back
+        return _heal(compressed, dense, task, config, progress)
+
+
+@contextmanager
+def _eval_mode(module):
+    training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(training)
+
+
+def _heal(compressed: LoadedModel, dense: LoadedModel, task, config: HealConfig, progress) -> LoadedModel:
     device, kind = compressed.device, compressed.kind
-    new = copy.deepcopy(compressed.model)
+    new = copy.deepcopy(compressed.model).eval()  # no dropout: the deployed function is what is fitted
     train, heldout = heal_batches(task, compressed.tokenizer, config)
     start = time.monotonic()
     deadline = start + config.time_budget_s
