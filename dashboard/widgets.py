@@ -119,7 +119,7 @@ def healing_widgets(loaded, key: str) -> dict | None:
         key=f"{key}_heal",
         help=f"Train the factors toward the dense model's {target} on the task's training split; a held-out slice "
         "of it stops training early, the validation split stays for the numbers shown. Objectives: "
-        "docs/methods.md#healing.",
+        "docs/methods.md#healing-lowrankhealing.",
     ):
         return None
     blocks = loaded.kind == "causal-lm" and decoder_layout(loaded.model.config) is not None

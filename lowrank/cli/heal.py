@@ -41,7 +41,7 @@ def register(sub) -> None:
             help="train a compressed model's factors toward its dense model on the calibration text (no labels)",
             description="Block level: each block's factors fitted to the dense block's outputs; end to end: the "
             "model distilled toward the dense model's token (or class) distribution, KL, with early stopping on "
-            "held-out text of the training split and a time budget. Objectives: docs/methods.md#healing.",
+            "held-out text of the training split and a time budget. Objectives: docs/methods.md#healing-lowrankhealing.",
         )
     )
     p.add_argument("--model", required=True, type=path_arg("--model"), help="compressed model folder (lowrank.json)")
@@ -51,9 +51,8 @@ def register(sub) -> None:
     p.add_argument("--level", choices=LEVELS, default=DEFAULT_HEALING.level, help="what to train (default %(default)s)")
     for field, (flag, limits, text) in FLAGS.items():
         default = getattr(DEFAULT_HEALING, field)
-        p.add_argument(
-            flag, dest=field, type=arg_type(limits, flag), default=default, help=f"{text} (default {default})"
-        )
+        shown = "" if default is None else f" (default {default})"
+        p.add_argument(flag, dest=field, type=arg_type(limits, flag), default=default, help=text + shown)
     p.add_argument("--norms", action="store_true", help="train the norm weights too (default: the factors only)")
     p.add_argument(
         "--sequential",

@@ -2,7 +2,7 @@
 
 ``lowrank.heal(compressed, dense, task, HealConfig(...))`` (in memory) and
 ``lowrank.healing.heal_sequential(folder, out, task, ...)`` (block level, one decoder block at a time).
-Objectives: docs/methods.md#healing.
+Objectives: docs/methods.md#healing-lowrankhealing.
 """
 
 from lowrank.healing.config import DEFAULT_HEALING, LEVELS, HealConfig
