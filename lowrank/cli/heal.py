@@ -14,6 +14,7 @@ from lowrank.cli.args import add_common, add_output, add_task, output_folder, ta
 from lowrank.compress import load_any, load_compressed, save_compressed
 from lowrank.evaluation import evaluate
 from lowrank.healing import DEFAULT_HEALING, LEVELS, HealConfig, heal, heal_sequential
+from lowrank.healing.heal import check_distinct
 from lowrank.info import load_info
 from lowrank.models.labels import DEFAULT_LM_TASK
 from lowrank.progress import TqdmProgress
@@ -66,6 +67,7 @@ def register(sub) -> None:
 def heal_command(args):
     if not args.out:
         raise ValueError("lowrank heal writes the healed model to a folder: pass --out")
+    check_distinct(args.model, args.out)
     out = output_folder(args)
     config = HealConfig(level=args.level, norms=args.norms, **{field: getattr(args, field) for field in FLAGS})
     info = load_info(args.model)  # a compressed folder, before any work

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer
 
+from lowrank.compress import set_module
 from lowrank.data.tasks import load_task
 from lowrank.evaluation.quality import check_task_fits
 from lowrank.files.atomic import atomic_dir
@@ -161,6 +162,12 @@ def _heal(compressed: LoadedModel, dense: LoadedModel, task, config: HealConfig,
     return compressed.with_model(new)
 
 
+def check_distinct(source: str | Path, out: str | Path) -> None:
+    """``ValueError`` when ``out`` is the folder being healed (it is only read; the result goes elsewhere)."""
+    if Path(out).resolve() == Path(source).resolve():
+        raise ValueError(f"--out {out} is the model being healed: write the healed model to another folder")
+
+
 def _streamed(folder: Path, name: str, device, ranks: dict[str, int] | None = None) -> StreamedModel:
     """A causal LM of ``folder`` loaded one block at a time (with ``ranks``, its factorized layers as
     ``LowRankLinear``), its embedding, norm and head resident."""
@@ -178,8 +185,7 @@ def _streamed(folder: Path, name: str, device, ranks: dict[str, int] | None = No
         shell = LowRankLinear.empty(
             linear.out_features, linear.in_features, rank, linear.bias is not None, device="meta"
         )
-        parent, _, child = layer.rpartition(".")
-        setattr(stream.model.get_submodule(parent), child, shell)
+        set_module(stream.model, layer, shell)
     stream.load_resident()
     return stream
 
@@ -204,6 +210,7 @@ def heal_sequential(
             "use level='block'"
         )
     folder = Path(compressed)
+    check_distinct(folder, out)
     info = load_info(folder)
     if not info.ranks:
         raise ValueError("nothing to heal: the model has no factorized (LowRankLinear) layer")

@@ -75,5 +75,7 @@ def test_heal_refuses_a_dense_folder_and_a_missing_out(capsys, tiny_llama_dir, c
     assert_clear_error(code, err, "not a compressed model folder")
     code, _, err = run(capsys, "heal", "--model", compressed_folder, "--task", corpus)
     assert_clear_error(code, err, "pass --out")
-    code, _, err = run(capsys, "heal", "--model", compressed_folder, "--out", compressed_folder)
-    assert_clear_error(code, err)  # never over the input folder (it is no output of `heal`... but lowrank's)
+    before = {p.name: p.read_bytes() for p in compressed_folder.iterdir()}
+    code, _, err = run(capsys, "heal", "--model", compressed_folder, "--task", corpus, "--out", compressed_folder)
+    assert_clear_error(code, err, "is the model being healed")  # a lowrank output, but the one being read
+    assert {p.name: p.read_bytes() for p in compressed_folder.iterdir()} == before
