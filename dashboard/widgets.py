@@ -17,7 +17,10 @@ from lowrank import errors
 from lowrank.evaluation.quality import destroyed
 from lowrank.experiments import build
 from lowrank.experiments.sweep import cancel_sweep, log_path, resume_sweep
+from lowrank.healing import DEFAULT_HEALING, LEVELS
+from lowrank.healing.heal import KINDS as HEALABLE
 from lowrank.methods import Option, get_method
+from lowrank.models.architectures import decoder_layout
 from lowrank.report.formats import format_duration
 from lowrank.statistics import DEFAULT, statistics_label
 from lowrank.statistics.settings import calibration_notes
@@ -103,6 +106,33 @@ def option_widgets(method: str, key: str) -> dict:
         st.caption("no options")
     chosen = {name: option_widget(name, option, f"{key}_{method}_{name}") for name, option in options.items()}
     return {name: value for name, value in chosen.items() if value is not None}
+
+
+def healing_widgets(loaded, key: str) -> dict | None:
+    """A toggle to heal every compressed model (:func:`lowrank.heal`) and its main settings; returns the chosen
+    :class:`lowrank.HealConfig` fields, or ``None`` when off or when ``loaded`` has no output distribution to distil.
+    Block level is offered for a causal LM that runs one block at a time."""
+    if loaded.kind not in HEALABLE:
+        return None
+    target = "next-token distribution" if loaded.kind == "causal-lm" else "class probabilities (no labels used)"
+    if not st.toggle(
+        "Heal after factorizing",
+        key=f"{key}_heal",
+        help=f"Train the factors toward the dense model's {target} on the task's training split; a held-out slice "
+        "of it stops training early, the validation split stays for the numbers shown. Objectives: "
+        "docs/methods.md#healing-lowrankhealing.",
+    ):
+        return None
+    blocks = loaded.kind == "causal-lm" and decoder_layout(loaded.model.config) is not None
+    d = DEFAULT_HEALING
+    cols = st.columns(4)
+    level = cols[0].selectbox("Healing level", LEVELS if blocks else ("end-to-end",), key=f"{key}_heal_level")
+    steps = cols[1].number_input("Steps at most", 1, 100_000, d.steps, key=f"{key}_heal_steps")
+    minutes = cols[2].number_input(
+        "Time budget (minutes)", 0.1, 24 * 60.0, d.time_budget_s / 60, key=f"{key}_heal_minutes"
+    )
+    lr = cols[3].number_input("Learning rate", 1e-7, 1.0, d.lr, format="%.1e", key=f"{key}_heal_lr")
+    return {"level": level, "steps": int(steps), "time_budget_s": float(minutes) * 60, "lr": float(lr)}
 
 
 def statistics_button(model: str, task: str, needs: Iterable[str], **button_options) -> None:

@@ -12,6 +12,7 @@ Library API (the ``lowrank`` command mirrors it)::
     lowrank.generate(m_lm, ["The city"], max_new_tokens=32)   # greedy text from a causal LM
     lowrank.compress_sequential("big-llama/", 0.5, "svd_llm", out="out/big-50", task="lee")  # one block in memory
     transformers.AutoModelForSequenceClassification.from_pretrained("out/minilm-rt-50")  # after import lowrank
+    healed = lowrank.heal(small, m, "rotten_tomatoes", lowrank.HealConfig(steps=100))  # toward the dense model
 """
 
 from lowrank.allocation import RankPlan, allocate, available_strategies
@@ -20,6 +21,7 @@ from lowrank.compress import compress, load_compressed, save_compressed
 from lowrank.data import Task, TaskError, load_task
 from lowrank.evaluation import Evaluation, evaluate
 from lowrank.generation import generate
+from lowrank.healing import HealConfig, heal, heal_sequential
 from lowrank.info import CompressionInfo
 from lowrank.layers import LowRankLinear
 from lowrank.loaded import LoadedModel
@@ -35,6 +37,7 @@ from lowrank.training.finetune import TrainConfig, finetune
 __all__ = [
     "CompressionInfo",
     "Evaluation",
+    "HealConfig",
     "Factorization",
     "LoadedModel",
     "LowRankConfig",
@@ -59,6 +62,8 @@ __all__ = [
     "finetune",
     "generate",
     "get_method",
+    "heal",
+    "heal_sequential",
     "load_compressed",
     "load_model",
     "load_task",

@@ -113,12 +113,7 @@ def model_card(info: CompressionInfo, config, evaluation=None, reference=None) -
         f"ranks from {ranks[0]} to {ranks[-1]} (median {ranks[len(ranks) // 2]})" if ranks else "no layer factorized"
     )
     options = ", ".join(f"{k}={v}" for k, v in sorted(info.options.items())) or "defaults"
-    sequential = info.sequential
-    calibration = (
-        f"{sequential.get('statistics', '?')}, {sequential.get('examples', '?')} examples"
-        if sequential
-        else "not recorded in lowrank.json"
-    )
+    calibration = _calibration(info)
     evaluation, reference = _measurement(evaluation), _measurement(reference)
     body = [
         f"# {Path(info.base_model).name or 'A model'} compressed by low-rank factorization ({info.method})",
@@ -132,7 +127,7 @@ def model_card(info: CompressionInfo, config, evaluation=None, reference=None) -
         if dense
         else "- kept fraction: not known (no compressible Linear layer in the config)",
         f"- calibration data: {calibration}",
-        "- healing (fine-tuning after compression): not recorded in lowrank.json",
+        f"- healing (training toward the dense model on calibration text only): {_healing(info.healing)}",
         "",
         "## What was measured",
         "",
@@ -169,3 +164,33 @@ def update_card(folder: str | Path, evaluation=None, reference=None) -> Path:
     config = from_pretrained(AutoConfig, folder)
     atomic_write_bytes(path, model_card(info, config, evaluation, reference).encode())
     return path
+
+
+def _calibration(info) -> str:
+    """The calibration sample in words: the recorded sample, else the block sweep's record, else "none recorded"."""
+    sample, sweep = info.calibration, info.sequential
+    if sample:
+        return (
+            f"{sample.get('tokens', 0):,} tokens ({sample.get('examples', '?')} examples) of the "
+            f"{sample.get('split', '?')} split of `{sample.get('task', '?')}`, seed {sample.get('seed', '?')}"
+        )
+    if sweep:
+        return f"{sweep.get('statistics', '?')}, {sweep.get('examples', '?')} examples"
+    return "none recorded in lowrank.json (a data-free method, or statistics given by the caller)"
+
+
+def _healing(record: dict) -> str:
+    """``lowrank.heal``'s record in words: level, data, steps and the held-out KL before and after; or "none"."""
+    if not record:
+        return "none"
+    config = record.get("config", {})
+    steps = record.get("end_to_end", {}).get("steps")
+    after = record.get("heldout_after")
+    shown_after = f"{after:.4g}" if isinstance(after, (int, float)) else "?"
+    return (
+        f"{record.get('level', '?')}, {record.get('train_tokens', 0):,} tokens of the {record.get('split', '?')} "
+        f"split of `{record.get('task', '?')}`, learning rate {config.get('lr', '?')}"
+        + (f", {steps} steps" if steps is not None else "")
+        + f"; held-out KL to dense {record.get('heldout_before', float('nan')):.4g} -> {shown_after} "
+        f"({record.get('kept', '?')} kept)"
+    )

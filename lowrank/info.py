@@ -4,7 +4,8 @@ One record per compressed model: the base model and its kind, the method and its
 and per factorized layer its rank ``r`` (``W`` (out, in) became ``U`` (out, r) ``V`` (r, in)), the
 seconds its factorization took, the iterative solver's error history and the method's scalar facts;
 for a model compressed block by block, also how its statistics were gathered (``sequential``); for a method
-with data-derived statistics, the calibration sample (``calibration``: task, split, examples, tokens, seed).
+with data-derived statistics, the calibration sample (``calibration``: task, split, examples, tokens, seed); for a
+healed model, how it was healed and its held-out losses before and after (``healing``, :func:`lowrank.heal`).
 
 :meth:`CompressionInfo.to_json` and :meth:`CompressionInfo.from_json` are the one writer and the one
 reader of the format (``format_version`` :data:`FORMAT_VERSION`); the reader refuses another version,
@@ -50,6 +51,7 @@ class CompressionInfo:
     # the fastest form per factorized layer (lowrank.speed.optimize_speed): settings, conditions, layers; else empty.
     # A layer merged back to dense is absent from ranks and recorded here ({"form": "dense", "rank": r, ...}).
     speed: dict = field(default_factory=dict)
+    healing: dict = field(default_factory=dict)  # lowrank.heal's recipe and held-out losses; else empty
 
     def regularizers(self) -> dict[str, int]:
         """How many layers needed each numerical regularizer (whitening methods); empty when none was recorded."""
@@ -62,9 +64,10 @@ class CompressionInfo:
         return counts
 
     def to_json(self) -> dict:
-        """The ``lowrank.json`` object (``sequential``, ``calibration`` and ``speed`` only when they are recorded)."""
+        """The ``lowrank.json`` object (``sequential``, ``calibration``, ``speed`` and ``healing`` only when they are
+        recorded: a file without them reads as before)."""
         data = {"format_version": FORMAT_VERSION, **asdict(self)}
-        for key in ("sequential", "calibration", "speed"):
+        for key in ("sequential", "calibration", "speed", "healing"):
             if not data[key]:
                 del data[key]
         return data
@@ -79,7 +82,7 @@ class CompressionInfo:
             raise ValueError("needs 'base_model' and a 'ranks' object")
         for key in ("base_model", "kind", "method"):
             _check(key, data.get(key, ""), (str,), "a string")
-        for key in ("options", "seconds", "history", "details", "sequential", "calibration", "speed"):
+        for key in ("options", "seconds", "history", "details", "sequential", "calibration", "speed", "healing"):
             _check(key, data.get(key, {}), (dict,), "an object")
         for name, rank in data["ranks"].items():
             _check(f"ranks.{name}", rank, (int,), "an integer")

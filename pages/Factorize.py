@@ -1,7 +1,7 @@
 """Factorize: run one or more registered methods on the current rank plan in the background (a one-budget
-sweep with the plan's ranks, so leaving or reloading the page loses nothing), then compare quality, size
-and latency with the dense model, read a causal LM's generations beside the dense model's, inspect solver convergence
-and download the compressed models."""
+sweep with the plan's ranks, so leaving or reloading the page loses nothing), optionally healing each compressed
+model toward the dense one, then compare quality, size and latency with the dense model, read a causal LM's
+generations beside the dense model's, inspect solver convergence and download the compressed models."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from dashboard import (
     widgets,
 )  # first: sets up the environment for torch
 from lowrank.evaluation.latency import latency_note
-from lowrank.experiments.compare import DENSE, metric_info, reference_run
+from lowrank.experiments.compare import DENSE, metric_info, reference_run, shown_methods
 from lowrank.experiments.sweep import SweepSpec, start_sweep
 from lowrank.methods import COMPARISON, run_methods
 from lowrank.needs import needs_for
@@ -74,6 +74,7 @@ if chosen:
 statistics = {}
 if needs_task(needs_for(chosen)):
     statistics = widgets.calibration_widgets(task, "factorize")
+healing = widgets.healing_widgets(loaded, "factorize")
 current = latest_run()
 running = current is not None and current["status"] == "running"
 run = st.button(
@@ -104,6 +105,7 @@ if run:
         ranks={name: int(rank) for name, rank in plan.ranks.items()},
         save=True,
         statistics=statistics,
+        healing=healing,
     )
     with widgets.stop_on_error("Cannot start the run"):
         start_sweep(spec, store)
@@ -134,9 +136,17 @@ for row in compressed[compressed["status"] != "done"].to_dict("records"):
         f"{row['method']}: {row['status']}: {row['error'] if pd.notna(row['error']) else 'no message'}",
         icon=":material/warning:",
     )
-rows = compressed[compressed["status"] == "done"].iloc[::-1].to_dict("records")  # in the order they ran
+rows = shown_methods(compressed[compressed["status"] == "done"]).iloc[::-1].to_dict("records")  # in run order
 if not rows:
     st.stop()
+for row in rows:
+    if isinstance(row.get("healing"), dict):
+        h = row["healing"]
+        st.caption(
+            f"{row['method']}: {h['level']} healing, {h['steps']} end-to-end step(s), {h['seconds']:.0f} s; "
+            f"held-out KL to the dense model {h['heldout_before']:.4g} → {h['heldout_after']:.4g}"
+            + (" (no step improved it: the unhealed factors are kept)" if h["kept"] == "unhealed" else "")
+        )
 dense = reference_run(
     store,
     spec["task"],

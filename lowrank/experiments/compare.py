@@ -7,7 +7,9 @@ is that of the newest dense run, and :func:`comparable` then keeps the runs meas
 picks its reference here, so they all agree.
 
 :data:`METRICS` says how each task metric reads: whether higher is better, how many decimals it is shown with,
-whether it is plotted on a log axis (perplexity: the exponential of a loss). Cost: one run-store query per
+whether it is plotted on a log axis (perplexity: the exponential of a loss). A run healed after factorization
+(:func:`lowrank.heal`, its ``healing`` column set) is compared under its own name, ``<method> healed``
+(:func:`shown_methods`), never taken for the method alone. Cost: one run-store query per
 :func:`reference_run`; :func:`comparable` is a filter of the rows it is given.
 """
 
@@ -22,6 +24,7 @@ DENSE = "dense"  # the method name of an uncompressed run
 # "windows of 2048 tokens (...)" or "per-document (...)", lowrank.evaluation.evaluation.measurement_protocol).
 MEASURED_BY = ("split", "eval_limit", "protocol")
 ANY = object()  # a setting :func:`reference_run` does not pin
+HEALED = " healed"  # appended to the method of a run healed after factorization
 
 
 class Metric(NamedTuple):
@@ -74,9 +77,18 @@ def _same(column: pd.Series, value) -> pd.Series:
     return column.isna() if pd.isna(value) else column == value
 
 
+def shown_methods(runs: pd.DataFrame) -> pd.DataFrame:
+    """``runs`` with each healed run's method named ``<method> healed``."""
+    if "healing" not in runs or runs.empty:
+        return runs
+    healed = runs["healing"].map(lambda record: isinstance(record, dict)).astype(bool)
+    return runs.assign(method=runs["method"].where(~healed, runs["method"].astype(str) + HEALED))
+
+
 def comparable(runs: pd.DataFrame, reference: dict | None) -> pd.DataFrame:
     """The rows of ``runs`` (newest first, as the store lists them) measured like ``reference`` (:func:`reference_run`;
-    the same :data:`MEASURED_BY`: split, evaluation limit, protocol); with no reference, like the newest row."""
+    the same :data:`MEASURED_BY`: split, evaluation limit, protocol); with no reference, like the newest row. Healed
+    runs under their own name (:func:`shown_methods`)."""
     if reference is None:
         if runs.empty:
             return runs
@@ -84,4 +96,4 @@ def comparable(runs: pd.DataFrame, reference: dict | None) -> pd.DataFrame:
     keep = pd.Series(True, index=runs.index)
     for column in MEASURED_BY:
         keep &= _same(runs[column], reference.get(column))
-    return runs[keep]
+    return shown_methods(runs[keep])

@@ -1,13 +1,15 @@
-"""One recorded run: compress a model with one method at given ranks, evaluate it, store the row.
+"""One recorded run: compress a model with one method at given ranks (then heal it, when asked), evaluate it, store
+the row.
 
 :func:`execute_run` writes the row ``running``, then ``done`` with the measurements, or ``failed`` / ``interrupted``
 as every job ends (:func:`lowrank.experiments.jobs.ending`); nothing but the row is written, and a model that cannot
 be measured on the task is refused before any row. A run's key is its weights, task, evaluation settings, method,
-options, ranks, strategy, budget and, for a method that needs statistics, their sampling settings:
+options, ranks, strategy, budget, healing settings and, for a method that needs statistics, their sampling settings:
 :func:`find_same_run` finds a done run with the same key, so a repeated sweep does not run it again, and
 :func:`dense_reference` reuses the stored dense run (:func:`lowrank.experiments.compare.reference_run`) (measuring its latencies again, with ``check_latency``, when the
 conditions differ from now). :func:`output_folder`: where a run's compressed model is saved, next to the run store.
-Cost: one compression and one evaluation per run (for a causal LM, with tokens/s of it and of dense, :data:`RUN_THROUGHPUT`).
+Cost: one compression (and healing) and one evaluation per run (for a causal LM, with tokens/s of it and of
+dense, :data:`RUN_THROUGHPUT`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from lowrank.evaluation.quality import check_task_fits, task_kind_for
 from lowrank.evaluation.throughput import ThroughputSettings, is_causal_lm
 from lowrank.experiments.compare import DENSE, reference_run
 from lowrank.experiments.store import RunStore
+from lowrank.healing import HealConfig, heal
 from lowrank.methods import get_method
 from lowrank.progress import Progress, report, scaled
 from lowrank.ranks import linear_shapes
@@ -72,12 +75,15 @@ def execute_run(
     eval_limit: int | None = None,
     fields: dict | None = None,
     progress: Progress | None = None,
+    healing: HealConfig | None = None,
 ) -> RunResult:
     """Compress ``loaded`` with ``method`` at ``ranks`` (``method="dense"``: no compression), evaluate, record.
 
     ``stats``: per-layer statistics for the method (:func:`lowrank.statistics.statistics_for`).
 
-    ``fields`` adds row fields (strategy, budget, align, sweep_id...). Raises what compression or
+    ``healing``: :func:`lowrank.heal` the compressed model toward ``loaded`` on ``task``'s training split before it is
+    evaluated (its record goes in the row's ``healing``). ``fields`` adds row fields (strategy, budget, align,
+    sweep_id...). Raises what compression or
     evaluation raises, after marking the row failed / interrupted.
     """
     options = dict(options or {})
@@ -103,12 +109,16 @@ def execute_run(
                 loaded, ranks, method, stats=stats_of_method, progress=scaled(progress, 0.0, 0.3), **options
             )
             factorize_s = sum(model.model.lowrank_info.seconds.values())
+            if healing is not None:
+                model = heal(model, loaded, task, healing, progress=scaled(progress, 0.3, 0.8))
+                run.update(healing=heal_summary(model.model.lowrank_info.healing))
+            start_eval = 0.8 if healing is not None else 0.3
             evaluation = evaluate(
                 model,
                 task,
                 split,
                 limit=eval_limit,
-                progress=scaled(progress, 0.3, 1.0),
+                progress=scaled(progress, start_eval, 1.0),
                 throughput=speed,
                 reference=loaded,
             )
@@ -131,6 +141,12 @@ def execute_run(
             protocol=evaluation.protocol,
         )
     return RunResult(run.id, model, evaluation, seconds)
+
+
+def heal_summary(record: dict) -> dict:
+    """What a run row keeps of a healing record: the settings, the held-out KL before and after, steps, seconds."""
+    keys = ("config", "level", "heldout_before", "heldout_after", "kept", "train_tokens", "seconds")
+    return {k: record[k] for k in keys} | {"steps": record.get("end_to_end", {}).get("steps", 0)}
 
 
 def _plain(value):
@@ -167,6 +183,7 @@ def find_same_run(
     strategy: str | None = None,
     budget: float | None = None,
     statistics: dict | None = None,
+    healing: HealConfig | None = None,
 ) -> dict | None:
     """The newest ``done`` run with this key (see the module docstring), or ``None``.
 
@@ -188,6 +205,9 @@ def find_same_run(
     compare_statistics = method != DENSE and needs_task(get_method(method).needs)
     for row in frame.to_dict("records"):
         if _plain(row["ranks"]) != wanted_ranks or _plain(row["options"]) != wanted_options:
+            continue
+        healed = row["healing"] if isinstance(row["healing"], dict) else {}
+        if healed.get("config") != (None if healing is None else _plain(healing.to_dict())):
             continue
         if compare_statistics and _run_statistics(store, row) != statistics_key(statistics):
             continue

@@ -54,6 +54,7 @@ RUN_COLUMNS = {
     "align": "INTEGER",
     "ranks": "TEXT",
     "options": "TEXT",
+    "healing": "TEXT",  # what lowrank.heal did after factorization (settings, held-out KL, seconds), JSON; else NULL
     "metric": "TEXT",
     "value": "REAL",
     "loss": "REAL",
@@ -76,7 +77,7 @@ RUN_COLUMNS = {
     "pid": "INTEGER",
     "pid_started": "REAL",
 }
-JSON_COLUMNS = ("ranks", "options", "latency_info", "throughput")
+JSON_COLUMNS = ("ranks", "options", "healing", "latency_info", "throughput")
 # Runs stored before a column existed get this value when the column is added: (SQL expression, parameters).
 # Every run before ``protocol`` was measured by ``evaluate``'s defaults then: windows of 256 tokens, texts cut at 128.
 BACKFILL = {

@@ -3,7 +3,9 @@
 A budget is a kept fraction in (0, 1] of the compressible parameters; the strategy turns it into a
 :class:`lowrank.RankPlan`, or explicit ``ranks`` (a hand-edited plan, at its one budget) replace the strategy. The
 spec travels to the worker as the JSON of :meth:`SweepSpec.to_dict`; methods registered outside :mod:`lowrank.methods`
-travel as the modules that register them (``modules``, :func:`plugin_modules`), imported first. Cost of
+travel as the modules that register them (``modules``, :func:`plugin_modules`), imported first. With ``healing``
+(:class:`lowrank.HealConfig` fields) every compressed model is healed toward the dense one before it is evaluated
+(:func:`lowrank.heal`). Cost of
 :meth:`SweepSpec.validate`: those imports, nothing else loaded.
 """
 
@@ -13,6 +15,7 @@ import importlib
 from dataclasses import asdict, dataclass, field
 
 from lowrank.allocation import DEFAULT_STRATEGY, get_strategy
+from lowrank.healing import HealConfig
 from lowrank.methods import available_methods, get_method, run_methods
 from lowrank.needs import needs_for
 from lowrank.statistics import DEFAULT, StatisticsSettings
@@ -37,6 +40,12 @@ class SweepSpec:
     ranks: dict[str, int] | None = None  # explicit ranks (a hand-edited plan) instead of allocating per budget
     save: bool = False  # save every compressed model next to the run store (output_dir of its row)
     modules: list[str] = field(default_factory=list)  # imported first: they register methods outside lowrank.methods
+    healing: dict | None = None  # HealConfig fields: every compressed model is healed before it is evaluated
+
+    @property
+    def heal_config(self) -> HealConfig | None:
+        """The healing every compressed model of the sweep gets (``None``: none)."""
+        return None if self.healing is None else HealConfig.from_dict(self.healing)
 
     @property
     def settings(self) -> StatisticsSettings:
@@ -86,6 +95,7 @@ class SweepSpec:
         if int(self.align) < 1:
             raise ValueError(f"align must be a positive integer, got {self.align}")
         _ = self.settings  # raises for bad statistics settings
+        _ = self.heal_config  # and for bad healing settings
         return self
 
     def needs(self) -> tuple[str, ...]:

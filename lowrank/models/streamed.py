@@ -113,13 +113,19 @@ class StreamedModel(Blocks):
         return module.requires_grad_(False)
 
     def load_resident(self) -> None:
-        """Load the embedding, final norm and LM head (tied to the embedding when the config says so)."""
-        embed = self._load(self.layout.embed)
+        """Load the embedding, final norm and LM head (tied to the embedding when the config says so; a tied matrix
+        stored once under the head's name, as ``lowrank.save_compressed`` may store it, is read from there)."""
         self._load(self.layout.norm)
-        if self.tied_head:
+        if self.tied_head and f"{self.layout.embed}.weight" not in self.checkpoint:
+            head = self._load(self.layout.head)
+            self.model.get_submodule(self.layout.embed).weight = head.weight
+            self._load(self.layout.embed, skip=("weight",))
+        elif self.tied_head:
+            embed = self._load(self.layout.embed)
             self.model.get_submodule(self.layout.head).weight = embed.weight
             self._load(self.layout.head, skip=("weight",))
         else:
+            self._load(self.layout.embed)
             self._load(self.layout.head)
         blocks = f"{self.layout.blocks}."
         left = [n for n, p in self.model.named_parameters() if p.is_meta and not n.startswith(blocks)]

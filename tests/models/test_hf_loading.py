@@ -14,7 +14,16 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
 
-from lowrank import LowRankLinear, ModelLoadError, compress, evaluate, load_compressed, save_compressed
+from lowrank import (
+    HealConfig,
+    LowRankLinear,
+    ModelLoadError,
+    compress,
+    evaluate,
+    heal,
+    load_compressed,
+    save_compressed,
+)
 from lowrank.card import CARD_FILE, update_card
 from lowrank.compress import set_module
 from lowrank.files.outputs import OutputError
@@ -216,6 +225,21 @@ def test_the_model_card_names_method_budget_and_measured_quality(tmp_path, tiny_
     assert f"| accuracy | {measured.value:.4g} | {dense.value:.4g} |" in body
     assert "latency, batch 1 (ms) | not measured | not measured" in body
     assert "import lowrank, transformers" in body and "AutoModelForSequenceClassification.from_pretrained(" in body
+
+
+def test_the_card_of_a_healed_model_names_its_calibration_sample_and_healing(tmp_path, tiny_llama, text_task):
+    small = compress(tiny_llama, 0.3)
+    small.model.lowrank_info.calibration = {"task": "lee", "split": "train", "examples": 32, "tokens": 4096, "seed": 0}
+    healed = heal(
+        small, tiny_llama, text_task, HealConfig(steps=2, eval_every=1, batch_size=1, max_length=32, heldout_batches=1)
+    )
+    record = healed.model.lowrank_info.healing
+    card = (save_compressed(healed, tmp_path / "healed") / CARD_FILE).read_text()
+    assert "calibration data: 4,096 tokens (32 examples) of the train split of `lee`, seed 0" in card
+    assert f"healing (training toward the dense model on calibration text only): {record['level']}" in card
+    assert f"held-out KL to dense {record['heldout_before']:.4g} -> {record['heldout_after']:.4g}" in card
+    unhealed = (save_compressed(compress(tiny_llama, 0.3), tmp_path / "plain") / CARD_FILE).read_text()
+    assert "healing (training toward the dense model on calibration text only): none" in unhealed
 
 
 def test_a_card_without_measurements_says_so(tmp_path, tiny_llama):

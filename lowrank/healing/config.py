@@ -1,0 +1,88 @@
+"""How a compressed model is healed: one :class:`HealConfig`, checked when made.
+
+Levels: ``"block"`` (each block's factors fitted to the dense block's outputs, :mod:`lowrank.healing.blocks`),
+``"end-to-end"`` (the whole model distilled toward the dense model's output distribution,
+:mod:`lowrank.healing.distill`) or ``"both"`` (block level, then end to end). Data: the task's ``train`` split only,
+cut into token blocks (causal LM) or text batches (classifier) of ``batch_size`` x ``max_length``; the last
+``heldout_batches`` of its seeded order are held out for early stopping, the rest (at most ``tokens``) trained on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+from lowrank.validate import COUNT, POSITIVE, Range
+
+LEVELS = ("block", "end-to-end", "both")
+SPLIT = "train"  # healing sees the calibration (training) text only; the validation split stays for reporting
+NON_NEGATIVE = Range(0)
+
+
+@dataclass(frozen=True)
+class HealConfig:
+    """Settings of :func:`lowrank.heal`.
+
+    End to end: at most ``steps`` AdamW steps of learning rate ``lr`` (linear warm-up over ``warmup_steps``) and
+    ``time_budget_s`` seconds; the held-out loss is measured every ``eval_every`` steps and training stops after
+    ``patience`` measurements without a new best. Block level: ``block_steps`` steps of ``block_lr`` per block.
+    ``norms``: the norm weights train too (else only the factors ``U``, ``V``). ``tokens``: training tokens at most
+    (``None``: the whole training part of the split)."""
+
+    level: str = "end-to-end"
+    steps: int = 200
+    time_budget_s: float = 900.0
+    lr: float = 5e-5
+    batch_size: int = 8
+    max_length: int = 128
+    tokens: int | None = None
+    heldout_batches: int = 4
+    eval_every: int = 10
+    patience: int = 3
+    warmup_steps: int = 5
+    weight_decay: float = 0.0
+    norms: bool = False
+    block_steps: int = 50
+    block_lr: float = 1e-4
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.level not in LEVELS:
+            raise ValueError(f"healing level must be one of {', '.join(LEVELS)}, got {self.level!r}")
+        for name in ("steps", "batch_size", "max_length", "heldout_batches", "eval_every", "patience", "block_steps"):
+            COUNT.check(getattr(self, name), f"healing {name}")
+        for name in ("time_budget_s", "lr", "block_lr"):
+            POSITIVE.check(getattr(self, name), f"healing {name}")
+        NON_NEGATIVE.check(self.weight_decay, "healing weight_decay")
+        Range(0, integer=True).check(self.warmup_steps, "healing warmup_steps")
+        Range(0, integer=True).check(self.seed, "healing seed")
+        if self.tokens is not None:
+            COUNT.check(self.tokens, "healing tokens")
+        if not isinstance(self.norms, bool):
+            raise ValueError(f"healing norms must be true or false, got {self.norms!r}")
+
+    @property
+    def blocks(self) -> bool:
+        return self.level in ("block", "both")
+
+    @property
+    def end_to_end(self) -> bool:
+        return self.level in ("end-to-end", "both")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> HealConfig:
+        """The config of a dict of its fields (a sweep's JSON); unknown fields refused in one line."""
+        if not isinstance(data, dict):
+            raise ValueError(f"healing settings must be an object, got {data!r}")
+        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"unknown healing setting(s) {unknown}; known: {', '.join(cls.__dataclass_fields__)}")
+        return cls(**data)
+
+    def with_(self, **changes) -> HealConfig:
+        return replace(self, **changes)
+
+
+DEFAULT_HEALING = HealConfig()
