@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from lowrank.allocation import allocate
+from lowrank.card import CARD_FILE
 from lowrank.cli.main import main
 from lowrank.compress import compress, load_compressed, save_compressed
 from lowrank.files.atomic import PAUSE_ENV, atomic_write_bytes, recover
@@ -112,7 +113,10 @@ def test_own_outputs_are_replaced_a_marker_less_model_folder_needs_force(capsys,
     assert json.loads((out / MARKER).read_text())["files"] == sorted(p.name for p in out.iterdir() if p.name != MARKER)
     save_compressed(compress(tiny_bert, 0.3), out)  # our own output: replaced without --force
     assert json.loads((out / "lowrank.json").read_text())["ranks"] == compress(tiny_bert, 0.3).model.lowrank_info.ranks
-    (out / MARKER).unlink()  # written by an older version: lowrank.json marks it as ours
+    (out / MARKER).unlink()  # no marker and a README.md: the card may be the user's now, never replaced
+    with pytest.raises(OutputError, match="README.md"):
+        save_compressed(small, out, force=True)
+    (out / CARD_FILE).unlink()  # written by an older version (no marker, no card): lowrank.json marks it as ours
     save_compressed(small, out)
     (out / "notes.txt").write_text("x")  # our folder, but holding a file of the user's: never replaced
     with pytest.raises(OutputError, match="notes.txt"):
