@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import io
 import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -16,7 +16,7 @@ import streamlit as st
 from lowrank import errors
 from lowrank.evaluation.quality import destroyed
 from lowrank.experiments import build
-from lowrank.experiments.sweep import cancel_sweep, log_path, resume_sweep
+from lowrank.experiments.sweep import cancel_sweep, log_path, reap_stale, resume_sweep
 from lowrank.healing import DEFAULT_HEALING, LEVELS
 from lowrank.healing.heal import KINDS as HEALABLE
 from lowrank.methods import Option, get_method
@@ -218,6 +218,31 @@ def sweep_card(store, sweep: dict) -> None:
                 st.rerun()
     if total and sweep["status"] == "running":
         st.caption(f"{done} of {total} runs finished")
+
+
+def follow_sweep(store, label: str, body: Callable[[dict], None] | None = None) -> dict | None:
+    """The latest sweep labelled ``label`` as listed now (None when there is none), drawn in a fragment that reads
+    the store every :data:`POLL_S` while it runs: its :func:`sweep_card`, then ``body(sweep)``; when it finishes,
+    the page reruns once (and stops polling)."""
+    sweeps = store.sweeps()
+    latest = sweeps[sweeps["label"] == label]
+    if latest.empty:
+        return None
+    sweep_id = int(latest["id"].iloc[0])
+    running = latest["status"].iloc[0] == "running"
+
+    @st.fragment(run_every=POLL_S if running else None)
+    def live() -> None:
+        reap_stale(store)
+        sweep = store.get_sweep(sweep_id)
+        if running and sweep["status"] != "running":
+            st.rerun()  # finished: redraw the page once, without polling
+        sweep_card(store, sweep)
+        if body is not None:
+            body(sweep)
+
+    live()
+    return latest.iloc[0].to_dict()
 
 
 def destroyed_runs(runs: pd.DataFrame, dense: dict | None, task: str) -> dict[int, str]:
