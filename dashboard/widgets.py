@@ -20,7 +20,7 @@ from lowrank.experiments.sweep import cancel_sweep, log_path, reap_stale, resume
 from lowrank.healing import DEFAULT_HEALING, LEVELS
 from lowrank.healing.heal import KINDS as HEALABLE
 from lowrank.methods import Option, get_method
-from lowrank.models.architectures import decoder_layout
+from lowrank.models.architectures import block_layout
 from lowrank.report.formats import format_duration
 from lowrank.statistics import DEFAULT, statistics_label
 from lowrank.statistics.settings import calibration_notes
@@ -123,7 +123,7 @@ def healing_widgets(loaded, key: str) -> dict | None:
         "docs/methods.md#healing-lowrankhealing.",
     ):
         return None
-    blocks = loaded.kind == "causal-lm" and decoder_layout(loaded.model.config) is not None
+    blocks = block_layout(loaded.kind, loaded.model.config) is not None
     d = DEFAULT_HEALING
     cols = st.columns(4)
     level = cols[0].selectbox("Healing level", LEVELS if blocks else ("end-to-end",), key=f"{key}_heal_level")
