@@ -16,7 +16,7 @@ import streamlit as st
 
 from lowrank.allocation import DEFAULT_STRATEGY
 from lowrank.experiments.compare import DENSE, metric_info, reference_run
-from lowrank.experiments.sweep import SweepSpec, reap_stale, start_sweep
+from lowrank.experiments.sweep import SweepSpec, start_sweep
 from lowrank.methods import RECOMMENDED
 from lowrank.report import formats
 
@@ -74,24 +74,10 @@ def section() -> None:
 def results() -> None:
     """Live progress of the latest decoder demo, then its perplexities and generations against dense."""
     store = cache.store()
-    sweeps = store.sweeps()
-    demos = sweeps[sweeps["label"] == DEMO_LABEL]
-    if demos.empty:
+    latest = widgets.follow_sweep(store, DEMO_LABEL)
+    if latest is None or latest["status"] == "running":
         return
-    sweep_id = int(demos["id"].iloc[0])
-    running = demos["status"].iloc[0] == "running"
-
-    @st.fragment(run_every=widgets.POLL_S if running else None)
-    def live() -> None:
-        reap_stale(store)
-        sweep = store.get_sweep(sweep_id)
-        if running and sweep["status"] != "running":
-            st.rerun()  # finished: draw the results once, without polling
-        widgets.sweep_card(store, sweep)
-
-    live()
-    if running:
-        return
+    sweep_id = int(latest["id"])
     spec = store.get_sweep(sweep_id)["spec"]
     runs = store.runs(sweep_id=sweep_id, status="done")
     compressed = runs[runs["method"] != DENSE].sort_values("budget", ascending=False)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import io
 import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -16,11 +16,11 @@ import streamlit as st
 from lowrank import errors
 from lowrank.evaluation.quality import destroyed
 from lowrank.experiments import build
-from lowrank.experiments.sweep import cancel_sweep, log_path, resume_sweep
+from lowrank.experiments.sweep import cancel_sweep, log_path, reap_stale, resume_sweep
 from lowrank.healing import DEFAULT_HEALING, LEVELS
 from lowrank.healing.heal import KINDS as HEALABLE
 from lowrank.methods import Option, get_method
-from lowrank.models.architectures import decoder_layout
+from lowrank.models.architectures import block_layout
 from lowrank.report.formats import format_duration
 from lowrank.statistics import DEFAULT, statistics_label
 from lowrank.statistics.settings import calibration_notes
@@ -123,7 +123,7 @@ def healing_widgets(loaded, key: str) -> dict | None:
         "docs/methods.md#healing-lowrankhealing.",
     ):
         return None
-    blocks = loaded.kind == "causal-lm" and decoder_layout(loaded.model.config) is not None
+    blocks = block_layout(loaded.kind, loaded.model.config) is not None
     d = DEFAULT_HEALING
     cols = st.columns(4)
     level = cols[0].selectbox("Healing level", LEVELS if blocks else ("end-to-end",), key=f"{key}_heal_level")
@@ -218,6 +218,31 @@ def sweep_card(store, sweep: dict) -> None:
                 st.rerun()
     if total and sweep["status"] == "running":
         st.caption(f"{done} of {total} runs finished")
+
+
+def follow_sweep(store, label: str, body: Callable[[dict], None] | None = None) -> dict | None:
+    """The latest sweep labelled ``label`` as listed now (None when there is none), drawn in a fragment that reads
+    the store every :data:`POLL_S` while it runs: its :func:`sweep_card`, then ``body(sweep)``; when it finishes,
+    the page reruns once (and stops polling)."""
+    sweeps = store.sweeps()
+    latest = sweeps[sweeps["label"] == label]
+    if latest.empty:
+        return None
+    sweep_id = int(latest["id"].iloc[0])
+    running = latest["status"].iloc[0] == "running"
+
+    @st.fragment(run_every=POLL_S if running else None)
+    def live() -> None:
+        reap_stale(store)
+        sweep = store.get_sweep(sweep_id)
+        if running and sweep["status"] != "running":
+            st.rerun()  # finished: redraw the page once, without polling
+        sweep_card(store, sweep)
+        if body is not None:
+            body(sweep)
+
+    live()
+    return latest.iloc[0].to_dict()
 
 
 def destroyed_runs(runs: pd.DataFrame, dense: dict | None, task: str) -> dict[int, str]:

@@ -31,11 +31,10 @@ from lowrank.files.atomic import atomic_dir
 from lowrank.info import CompressionInfo, scalars
 from lowrank.loaded import LoadedModel
 from lowrank.methods import get_method
-from lowrank.models.architectures import adapt_layout, decoder_layout, supported_types
+from lowrank.models.architectures import adapt_layout, block_layout, supported_types
 from lowrank.models.errors import ModelLoadError
 from lowrank.models.loading import (
     available_ram_bytes,
-    check_checkpoint_format,
     estimate_parameters,
     load_config,
     model_kind,
@@ -44,8 +43,8 @@ from lowrank.models.loading import (
 from lowrank.models.packaged import resolve_source
 from lowrank.models.pretrained import from_pretrained
 from lowrank.models.quantizer import is_compressed_folder, mark_compressed
-from lowrank.models.shards import Checkpoint, ShardWriter
-from lowrank.models.streamed import Blocks, StreamedModel
+from lowrank.models.shards import ShardWriter
+from lowrank.models.streamed import Blocks, StreamedModel, open_checkpoint
 from lowrank.progress import Progress, report
 from lowrank.ranks import Ranks, resolve_ranks
 from lowrank.statistics.blockwise import INPUTS, BlockStep, block_sweep, needs_gradients, sample, unsupported
@@ -85,7 +84,7 @@ def sequential_reason(name_or_path: str | Path, fraction: float = AUTO_FRACTION)
         config = load_config(source, name, Path(source).exists() or not hub_reachable())
     except ModelLoadError:
         return None
-    if model_kind(config) != "causal-lm" or decoder_layout(config) is None:
+    if block_layout(model_kind(config), config) is None:
         return None
     need, have = 4 * estimate_parameters(config), available_ram_bytes()
     if need <= fraction * have:
@@ -175,8 +174,8 @@ def compress_in_blocks(
     spec = get_method(method)
     spec.check_options(options)
     inputs = _inputs(spec, inputs)
-    layout = decoder_layout(loaded.model.config)
-    if loaded.kind != "causal-lm" or layout is None or unsupported(spec.needs):
+    layout = block_layout(loaded.kind, loaded.model.config)
+    if layout is None or unsupported(spec.needs):
         raise ValueError(
             f"block-by-block compression in memory takes a causal LM of type {', '.join(supported_types())} and a "
             f"method of collected statistics; use lowrank.compress for {method!r} on {loaded.name}"
@@ -235,15 +234,7 @@ def compress_sequential(
     inputs = _inputs(spec, inputs)
     name = str(path_or_name)
     folder = source_folder(name)
-    check_checkpoint_format(str(folder), allow_pickle=False)
-    config = load_config(str(folder), name, True)
-    layout = decoder_layout(config)
-    if model_kind(config) != "causal-lm" or layout is None:
-        raise ModelLoadError(
-            f"sequential mode compresses causal LMs of type {', '.join(supported_types())}; "
-            f"{name} is a {model_kind(config)} of type {config.model_type!r}"
-        )
-    checkpoint = Checkpoint(folder)
+    config, layout, checkpoint = open_checkpoint(folder, name, "sequential mode compresses")
     tokenizer = _tokenizer(folder)
     prepare_tokenizer(tokenizer, config)
     stream = StreamedModel(config, checkpoint, layout, device)

@@ -18,7 +18,7 @@ from dashboard import (
 )  # first: sets up the environment for torch
 from lowrank.allocation import DEFAULT_STRATEGY
 from lowrank.experiments.compare import ANY, DENSE, reference_run
-from lowrank.experiments.sweep import SweepSpec, reap_stale, start_sweep
+from lowrank.experiments.sweep import SweepSpec, start_sweep
 from lowrank.methods import COMPARISON
 from lowrank.needs import needs_for
 from lowrank.report import formats
@@ -107,22 +107,10 @@ def run_demo() -> None:
 def demo_results() -> None:
     """Live progress and trade-off plot of the latest demo sweep (polls the run store while it runs)."""
     store = cache.store()
-    sweeps = store.sweeps()
-    demos = sweeps[sweeps["label"] == DEMO_LABEL]
-    if demos.empty:
-        return
-    sweep_id = int(demos["id"].iloc[0])
-    running = demos["status"].iloc[0] == "running"
 
-    @st.fragment(run_every=widgets.POLL_S if running else None)
-    def live() -> None:
-        reap_stale(store)
-        sweep = store.get_sweep(sweep_id)
-        if running and sweep["status"] != "running":
-            st.rerun()  # finished: redraw the page once, without polling
-        widgets.sweep_card(store, sweep)
+    def tradeoffs(sweep: dict) -> None:
         spec = sweep["spec"]
-        runs = store.runs(sweep_id=sweep_id, status="done")
+        runs = store.runs(sweep_id=sweep["id"], status="done")
         compressed = runs[runs["method"] != DENSE]
         weights = runs["fingerprint"].dropna()
         fingerprint = str(weights.iloc[0]) if len(weights) else None
@@ -139,7 +127,7 @@ def demo_results() -> None:
             return
         flagged = widgets.destroyed_runs(compressed, dense, spec["task"])
         widgets.destroyed_warning(compressed, flagged)
-        st.plotly_chart(plots.tradeoff_figure(compressed, dense, flagged), key=f"demo_plot_{sweep_id}")
+        st.plotly_chart(plots.tradeoff_figure(compressed, dense, flagged), key=f"demo_plot_{sweep['id']}")
         if not compressed.empty and dense is not None:
             reference = formats.format_metric(dense["metric"], dense["value"])
             lines = []
@@ -154,7 +142,7 @@ def demo_results() -> None:
                 )
             st.markdown("\n".join(lines))
 
-    live()
+    widgets.follow_sweep(store, DEMO_LABEL, tradeoffs)
 
 
 st.title("lowrank-studio")

@@ -44,7 +44,7 @@ from lowrank.files.atomic import atomic_dir
 from lowrank.info import load_info
 from lowrank.layers import FORMS
 from lowrank.methods import COMPENSATE, available_methods, get_method, with_compensation
-from lowrank.models.architectures import decoder_layout
+from lowrank.models.architectures import block_layout
 from lowrank.models.packaged import FINETUNED, FINETUNED_BASE, PACKAGED, finetuned_dir, is_built
 from lowrank.progress import TqdmProgress
 from lowrank.ranks import resolve_ranks
@@ -312,7 +312,7 @@ def compress_command(args):
         small, task, info = None, args.task, load_info(out)
     else:
         loaded = load_any(args.model, args.device)
-        sweepable = loaded.kind == "causal-lm" and decoder_layout(loaded.model.config) is not None
+        sweepable = block_layout(loaded.kind, loaded.model.config) is not None
         args.method = with_compensation(args.method, args.compensate, sweepable)
         spec = get_method(args.method)
         task = task_of(args, loaded) if args.evaluate or needs_task(spec.needs) or spec.block_sweep else None

@@ -8,14 +8,13 @@ runs per model (:meth:`RunStore.start_build`). Default file ``<cache>/runs.sqlit
 opens its own connection, in WAL mode, writes take the lock up front (``BEGIN IMMEDIATE``), so the dashboard, workers
 and the CLI write one file at the same time; a file that fails SQLite's quick check is moved aside to
 ``<file>.corrupt-<timestamp>`` (never deleted) and a fresh store started; a store is created only where nothing
-exists, never over a folder or another kind of file (:func:`lowrank.validate.store_path`). Cost: a connection per
-call.
+exists, never over a folder or another kind of file (:func:`lowrank.validate.store_path`). The tables' columns and
+how an older file gains new ones: :mod:`lowrank.experiments.schema`. Cost: a connection per call.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import socket
 import sqlite3
@@ -26,102 +25,22 @@ from pathlib import Path
 
 import pandas as pd
 
-from lowrank.evaluation.perplexity import WINDOWS, protocol_text
-from lowrank.evaluation.quality import classification_protocol
 from lowrank.experiments.jobs import ending
+from lowrank.experiments.schema import (
+    BUILD_COLUMNS,
+    JOB_COLUMNS,
+    RUN_COLUMNS,
+    SWEEP_COLUMNS,
+    TABLES,
+    check_fields,
+    create_table,
+    decode_run,
+    decode_spec,
+)
 from lowrank.files.cache import cache_dir
 from lowrank.processes import process_alive, process_started
 from lowrank.progress import notice
 from lowrank.validate import store_path
-
-STATUSES = ("running", "done", "failed", "interrupted")
-
-# column -> SQL type; ``id`` is the primary key
-RUN_COLUMNS = {
-    "sweep_id": "INTEGER",
-    "status": "TEXT",
-    "created": "REAL",
-    "finished": "REAL",
-    "model": "TEXT",
-    "fingerprint": "TEXT",
-    "task": "TEXT",
-    "split": "TEXT",
-    "eval_limit": "INTEGER",
-    "method": "TEXT",
-    "solver": "TEXT",
-    "strategy": "TEXT",
-    "budget": "REAL",
-    "align": "INTEGER",
-    "ranks": "TEXT",
-    "options": "TEXT",
-    "healing": "TEXT",  # what lowrank.heal did after factorization (settings, held-out KL, seconds), JSON; else NULL
-    "metric": "TEXT",
-    "value": "REAL",
-    "loss": "REAL",
-    "examples": "INTEGER",
-    "params_total": "INTEGER",
-    "params_linear": "INTEGER",
-    "dense_params_linear": "INTEGER",
-    "kept_fraction": "REAL",
-    "size_bytes": "INTEGER",
-    "latency_ms_b1": "REAL",
-    "latency_ms_b32": "REAL",
-    "latency_info": "TEXT",  # how the latencies were measured (lowrank.evaluation.latency.measure_latencies), JSON
-    "throughput": "TEXT",  # tokens/s against dense, FLOP bound, conditions (lowrank.evaluation.throughput), JSON
-    "protocol": "TEXT",  # how the quality was measured, in words (lowrank.evaluation.evaluation.measurement_protocol)
-    "factorize_s": "REAL",
-    "wall_s": "REAL",
-    "output_dir": "TEXT",
-    "error": "TEXT",
-    "host": "TEXT",
-    "pid": "INTEGER",
-    "pid_started": "REAL",
-}
-JSON_COLUMNS = ("ranks", "options", "healing", "latency_info", "throughput")
-# Runs stored before a column existed get this value when the column is added: (SQL expression, parameters).
-# Every run before ``protocol`` was measured by ``evaluate``'s defaults then: windows of 256 tokens, texts cut at 128.
-BACKFILL = {
-    "protocol": (
-        "CASE metric WHEN 'perplexity' THEN ? WHEN 'accuracy' THEN ? END",
-        (protocol_text(WINDOWS, 256), classification_protocol(128)),
-    )
-}
-
-SWEEP_COLUMNS = {
-    "status": "TEXT",
-    "created": "REAL",
-    "updated": "REAL",
-    "finished": "REAL",
-    "label": "TEXT",
-    "spec": "TEXT",
-    "progress": "REAL",
-    "message": "TEXT",
-    "runs_done": "INTEGER",
-    "runs_total": "INTEGER",
-    "error": "TEXT",
-    "host": "TEXT",
-    "pid": "INTEGER",
-    "pid_started": "REAL",
-}
-
-BUILD_COLUMNS = {
-    "status": "TEXT",
-    "name": "TEXT",  # the model the build makes (a packaged name or a folder)
-    "spec": "TEXT",  # its recipe (lowrank.training.finetune.Recipe), JSON
-    "created": "REAL",
-    "updated": "REAL",
-    "started": "REAL",  # when the steps began (ETA: from here)
-    "finished": "REAL",
-    "step": "INTEGER",
-    "total": "INTEGER",
-    "message": "TEXT",
-    "error": "TEXT",
-    "host": "TEXT",
-    "pid": "INTEGER",
-    "pid_started": "REAL",
-}
-JOB_COLUMNS = {"sweeps": SWEEP_COLUMNS, "builds": BUILD_COLUMNS}  # the tables of jobs (lowrank.experiments.jobs)
-TABLES = {"runs": RUN_COLUMNS, **JOB_COLUMNS}
 
 
 def default_path() -> Path:
@@ -131,17 +50,6 @@ def default_path() -> Path:
 def _owner() -> dict:
     pid = os.getpid()
     return {"host": socket.gethostname(), "pid": pid, "pid_started": process_started(pid)}
-
-
-def _clean(value):
-    """SQLite-friendly value: JSON for containers, None for non-finite floats, plain ints and floats."""
-    if isinstance(value, (dict, list, tuple)):
-        return json.dumps(value, sort_keys=True)
-    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
-        value = value.item()  # numpy / torch scalars
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 class RunHandle:
@@ -191,7 +99,7 @@ class RunStore:
                 raise CorruptStore(f"quick check: {problem}")
         with self._write() as conn:
             for table, columns in TABLES.items():
-                self._create(conn, table, columns)
+                create_table(conn, table, columns)
 
     def _move_aside(self) -> Path:
         """Rename the database (and its -wal / -shm files) to ``<name>.corrupt-<timestamp>``; returns the new path."""
@@ -229,41 +137,19 @@ class RunStore:
                 raise
             conn.execute("COMMIT")
 
-    @staticmethod
-    def _create(conn: sqlite3.Connection, table: str, columns: dict[str, str]) -> None:
-        body = ", ".join(f'"{name}" {kind}' for name, kind in columns.items())
-        conn.execute(f"CREATE TABLE IF NOT EXISTS {table} (id INTEGER PRIMARY KEY AUTOINCREMENT, {body})")
-        present = {row["name"] for row in conn.execute(f"PRAGMA table_info({table})")}
-        for name, kind in columns.items():  # a file without a column gains it (with its BACKFILL for old rows)
-            if name not in present:
-                conn.execute(f'ALTER TABLE {table} ADD COLUMN "{name}" {kind}')
-                if table == "runs" and name in BACKFILL:
-                    expression, params = BACKFILL[name]
-                    conn.execute(f'UPDATE {table} SET "{name}" = {expression}', params)
-
-    @staticmethod
-    def _check(fields: dict, columns: dict[str, str]) -> dict:
-        unknown = sorted(set(fields) - set(columns))
-        if unknown:
-            raise ValueError(f"unknown run store field(s) {unknown}; known: {', '.join(columns)}")
-        status = fields.get("status")
-        if status is not None and status not in STATUSES:
-            raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
-        return {k: _clean(v) for k, v in fields.items()}
-
     def _insert(self, table: str, columns: dict[str, str], fields: dict, conn: sqlite3.Connection | None = None) -> int:
         """Insert a row; inside the write transaction ``conn`` when given, else in one of its own."""
         if conn is None:
             with self._write() as conn:
                 return self._insert(table, columns, fields, conn)
-        fields = self._check(fields, columns)
+        fields = check_fields(fields, columns)
         names = ", ".join(f'"{k}"' for k in fields)
         marks = ", ".join("?" for _ in fields)
         cursor = conn.execute(f"INSERT INTO {table} ({names}) VALUES ({marks})", tuple(fields.values()))
         return int(cursor.lastrowid)
 
     def _update(self, table: str, columns: dict[str, str], row_id: int, fields: dict) -> None:
-        fields = self._check(fields, columns)
+        fields = check_fields(fields, columns)
         if not fields:
             return
         sets = ", ".join(f'"{k}" = ?' for k in fields)
@@ -308,7 +194,7 @@ class RunStore:
         return dict(row)
 
     def get_run(self, run_id: int) -> dict:
-        return _decode(self._row("runs", "run", run_id))
+        return decode_run(self._row("runs", "run", run_id))
 
     def runs(self, **filters) -> pd.DataFrame:
         """All runs (newest first) as a DataFrame, optionally filtered by equality on columns
@@ -328,7 +214,7 @@ class RunStore:
                 params.append(value)
         query = "SELECT * FROM runs" + (f" WHERE {' AND '.join(where)}" if where else "") + " ORDER BY id DESC"
         with self._connect() as conn:
-            rows = [_decode(dict(r)) for r in conn.execute(query, params)]
+            rows = [decode_run(dict(r)) for r in conn.execute(query, params)]
         frame = pd.DataFrame(rows, columns=["id", *RUN_COLUMNS])
         for column in ("created", "finished"):
             frame[column] = pd.to_datetime(frame[column], unit="s")
@@ -364,7 +250,7 @@ class RunStore:
     # ------------------------------------------------------------ jobs: sweeps and builds
 
     def get_job(self, table: str, job_id: int) -> dict:
-        return _decode_spec(self._row(table, table[:-1], job_id))
+        return decode_spec(self._row(table, table[:-1], job_id))
 
     def jobs(self, table: str, **filters) -> list[dict]:
         """The rows of job table ``table`` (newest first) whose columns equal ``filters`` (a list: any of its values;
@@ -381,7 +267,7 @@ class RunStore:
                 params.extend(values)
         query = f"SELECT * FROM {table}" + (f" WHERE {' AND '.join(where)}" if where else "") + " ORDER BY id DESC"
         with self._connect() as conn:
-            return [_decode_spec(dict(r)) for r in conn.execute(query, params)]
+            return [decode_spec(dict(r)) for r in conn.execute(query, params)]
 
     def update_job(self, table: str, job_id: int, **fields) -> None:
         """Write ``fields`` and the row's ``updated`` time (with no fields: the job's heartbeat)."""
@@ -499,15 +385,3 @@ def _is_corrupt(err: sqlite3.DatabaseError) -> bool:
     if name is not None:
         return name in ("SQLITE_CORRUPT", "SQLITE_NOTADB")
     return not isinstance(err, sqlite3.OperationalError)
-
-
-def _decode_spec(row: dict) -> dict:
-    row["spec"] = json.loads(row["spec"]) if row["spec"] else {}
-    return row
-
-
-def _decode(row: dict) -> dict:
-    for column in JSON_COLUMNS:
-        if row.get(column):
-            row[column] = json.loads(row[column])
-    return row

@@ -33,12 +33,11 @@ from lowrank.healing.params import check_factorized, restore, snapshot, trainabl
 from lowrank.info import INFO_FILE, load_info, save_info
 from lowrank.layers import LowRankLinear
 from lowrank.loaded import LoadedModel
-from lowrank.models.architectures import decoder_layout, supported_types
-from lowrank.models.errors import ModelLoadError
-from lowrank.models.loading import check_checkpoint_format, load_config, model_kind, prepare_tokenizer
+from lowrank.models.architectures import block_layout, decoder_layout, supported_types
+from lowrank.models.loading import prepare_tokenizer
 from lowrank.models.pretrained import from_pretrained
-from lowrank.models.shards import Checkpoint, ShardWriter
-from lowrank.models.streamed import Blocks, StreamedModel
+from lowrank.models.shards import ShardWriter
+from lowrank.models.streamed import Blocks, StreamedModel, open_checkpoint
 from lowrank.progress import Progress, report, scaled
 from lowrank.sequential import source_folder
 
@@ -64,7 +63,7 @@ def _check_pair(compressed: LoadedModel, dense: LoadedModel, config: HealConfig)
         raise ValueError(f"the compressed model has {size} {ours}, the dense model {dense.name} {theirs}")
     if compressed.device != dense.device:
         raise ValueError(f"the models are on different devices ({compressed.device} and {dense.device})")
-    if config.blocks and (compressed.kind != "causal-lm" or decoder_layout(compressed.model.config) is None):
+    if config.blocks and block_layout(compressed.kind, compressed.model.config) is None:
         raise ValueError(
             f"block-level healing runs a causal LM of type {', '.join(supported_types())} one block at a time; "
             f"heal {compressed.name} with level='end-to-end'"
@@ -171,15 +170,8 @@ def check_distinct(source: str | Path, out: str | Path) -> None:
 def _streamed(folder: Path, name: str, device, ranks: dict[str, int] | None = None) -> StreamedModel:
     """A causal LM of ``folder`` loaded one block at a time (with ``ranks``, its factorized layers as
     ``LowRankLinear``), its embedding, norm and head resident."""
-    check_checkpoint_format(str(folder), allow_pickle=False)
-    config = load_config(str(folder), name, True)
-    layout = decoder_layout(config)
-    if model_kind(config) != "causal-lm" or layout is None:
-        raise ModelLoadError(
-            f"sequential healing takes causal LMs of type {', '.join(supported_types())}; "
-            f"{name} is a {model_kind(config)} of type {config.model_type!r}"
-        )
-    stream = StreamedModel(config, Checkpoint(folder), layout, device)
+    config, layout, checkpoint = open_checkpoint(folder, name, "sequential healing takes")
+    stream = StreamedModel(config, checkpoint, layout, device)
     for layer, rank in (ranks or {}).items():
         linear = stream.model.get_submodule(layer)
         shell = LowRankLinear.empty(

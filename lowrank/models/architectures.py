@@ -80,6 +80,12 @@ def decoder_layout(config) -> DecoderLayout | None:
     return family.decoder if family else None
 
 
+def block_layout(kind: str, config) -> DecoderLayout | None:
+    """The layout through which a model of ``kind`` (:func:`lowrank.models.loading.model_kind`) and ``config`` runs
+    one decoder block at a time: a causal LM's :func:`decoder_layout`; None for any other model."""
+    return decoder_layout(config) if kind == "causal-lm" else None
+
+
 def supported_types() -> list[str]:
     """The model types that run one decoder block at a time (a family with a decoder layout)."""
     return sorted(t for family in FAMILIES.values() if family.decoder for t in family.model_types)

@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+from pathlib import Path
 
 import torch
 from accelerate import init_empty_weights
 from torch import nn
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, PretrainedConfig
 
+from lowrank.models.architectures import block_layout, supported_types
 from lowrank.models.decoders import BlockContext, DecoderLayout
 from lowrank.models.errors import ModelLoadError
+from lowrank.models.loading import check_checkpoint_format, load_config, model_kind
 from lowrank.models.pretrained import from_config
 from lowrank.models.shards import Checkpoint
 
@@ -39,6 +42,21 @@ def empty_model(config) -> nn.Module:
         model = from_config(AutoModelForCausalLM, config)
     model.requires_grad_(False)
     return model.eval()
+
+
+def open_checkpoint(folder: Path, name: str, purpose: str) -> tuple[PretrainedConfig, DecoderLayout, Checkpoint]:
+    """The config, decoder layout and safetensors checkpoint of the causal LM saved in ``folder``, checked before
+    anything is built; :class:`ModelLoadError` (``"{purpose} causal LMs of type ..."``) for a pickle checkpoint
+    or a model that does not run one block at a time (:func:`~lowrank.models.architectures.block_layout`)."""
+    check_checkpoint_format(str(folder), allow_pickle=False)
+    config = load_config(str(folder), name, True)
+    layout = block_layout(model_kind(config), config)
+    if layout is None:
+        raise ModelLoadError(
+            f"{purpose} causal LMs of type {', '.join(supported_types())}; "
+            f"{name} is a {model_kind(config)} of type {config.model_type!r}"
+        )
+    return config, layout, Checkpoint(folder)
 
 
 class Blocks:
