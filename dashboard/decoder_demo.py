@@ -15,7 +15,7 @@ import pandas as pd
 import streamlit as st
 
 from lowrank.allocation import DEFAULT_STRATEGY
-from lowrank.experiments.compare import DENSE, metric_info, reference_run
+from lowrank.experiments.compare import DENSE, metric_info, sweep_reference
 from lowrank.experiments.sweep import SweepSpec, start_sweep
 from lowrank.methods import RECOMMENDED
 from lowrank.report import formats
@@ -83,13 +83,7 @@ def results() -> None:
     compressed = runs[runs["method"] != DENSE].sort_values("budget", ascending=False)
     if compressed.empty:
         return
-    dense = reference_run(
-        store,
-        spec["task"],
-        fingerprint=str(compressed["fingerprint"].iloc[0]),
-        split=spec["split"],
-        eval_limit=spec["eval_limit"],
-    )
+    dense = sweep_reference(store, spec, runs)
     rows = compressed.to_dict("records")
     cols = st.columns(len(rows) + 1)
     if dense is not None:

@@ -22,7 +22,7 @@ from dashboard import (
     widgets,
 )  # first: sets up the environment for torch
 from lowrank.evaluation.latency import latency_note
-from lowrank.experiments.compare import DENSE, metric_info, reference_run, shown_methods
+from lowrank.experiments.compare import DENSE, metric_info, shown_methods, sweep_reference
 from lowrank.experiments.sweep import SweepSpec, start_sweep
 from lowrank.methods import COMPARISON, run_methods
 from lowrank.needs import needs_for
@@ -147,14 +147,7 @@ for row in rows:
             f"held-out KL to the dense model {h['heldout_before']:.4g} → {h['heldout_after']:.4g}"
             + (" (no step improved it: the unhealed factors are kept)" if h["kept"] == "unhealed" else "")
         )
-dense = reference_run(
-    store,
-    spec["task"],
-    fingerprint=rows[0]["fingerprint"],
-    split=spec["split"],
-    eval_limit=spec["eval_limit"],
-    protocol=rows[0]["protocol"],
-)
+dense = sweep_reference(store, spec, compressed[compressed["status"] == "done"])
 if dense is None:
     st.warning("The dense reference of this run is no longer in the run store.", icon=":material/warning:")
     st.stop()

@@ -17,7 +17,7 @@ from dashboard import (
     widgets,
 )  # first: sets up the environment for torch
 from lowrank.allocation import DEFAULT_STRATEGY
-from lowrank.experiments.compare import ANY, DENSE, reference_run
+from lowrank.experiments.compare import DENSE, reference_run, sweep_reference
 from lowrank.experiments.sweep import SweepSpec, start_sweep
 from lowrank.methods import COMPARISON
 from lowrank.needs import needs_for
@@ -112,17 +112,7 @@ def demo_results() -> None:
         spec = sweep["spec"]
         runs = store.runs(sweep_id=sweep["id"], status="done")
         compressed = runs[runs["method"] != DENSE]
-        weights = runs["fingerprint"].dropna()
-        fingerprint = str(weights.iloc[0]) if len(weights) else None
-        dense = reference_run(
-            store,
-            spec["task"],
-            model=None if fingerprint else spec["model"],
-            fingerprint=fingerprint,
-            split=spec["split"],
-            eval_limit=spec["eval_limit"],
-            protocol=compressed["protocol"].iloc[0] if len(compressed) else ANY,
-        )
+        dense = sweep_reference(store, spec, runs)
         if compressed.empty and dense is None:
             return
         flagged = widgets.destroyed_runs(compressed, dense, spec["task"])

@@ -73,6 +73,24 @@ def reference_run(
     return store.find_run(**filters)
 
 
+def sweep_reference(store, spec: dict, runs: pd.DataFrame) -> dict | None:
+    """The dense run a sweep's finished ``runs`` are compared with: :func:`reference_run` for the weights they were
+    measured on (their fingerprint, else the sweep's model), the sweep's split and evaluation limit, and the protocol
+    its compressed runs were measured under (any when none has finished)."""
+    weights = runs["fingerprint"].dropna() if "fingerprint" in runs else pd.Series(dtype=object)
+    fingerprint = str(weights.iloc[0]) if len(weights) else None
+    compressed = runs[runs["method"] != DENSE] if len(runs) else runs
+    return reference_run(
+        store,
+        spec["task"],
+        model=None if fingerprint else spec["model"],
+        fingerprint=fingerprint,
+        split=spec["split"],
+        eval_limit=spec["eval_limit"],
+        protocol=compressed["protocol"].iloc[0] if len(compressed) else ANY,
+    )
+
+
 def _same(column: pd.Series, value) -> pd.Series:
     return column.isna() if pd.isna(value) else column == value
 

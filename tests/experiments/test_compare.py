@@ -10,7 +10,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from lowrank.experiments.compare import ANY, METRICS, OTHER_METRIC, Metric, comparable, metric_info, reference_run
+from lowrank.experiments.compare import (
+    ANY,
+    METRICS,
+    OTHER_METRIC,
+    Metric,
+    comparable,
+    metric_info,
+    reference_run,
+    sweep_reference,
+)
 from lowrank.experiments.store import RunStore
 from lowrank.report.formats import format_metric
 
@@ -47,6 +56,21 @@ def test_the_reference_is_the_newest_finished_dense_run_of_the_settings_asked(tm
     assert reference_run(store, "t", fingerprint="w", eval_limit=2)["id"] == limited
     assert reference_run(store, "t", model="m", split="train") is None
     assert reference_run(store, "absent", model="m") is None
+
+
+def test_a_sweeps_dense_reference_is_measured_under_its_runs_protocol(tmp_path):
+    """Home, Factorize and the decoder demo compare a sweep's runs with one rule: the dense run of the same weights,
+    split, limit and protocol; a newer dense run under another protocol is not it (regression: the decoder demo
+    took the newest dense run of the weights whatever its protocol)."""
+    store = RunStore(tmp_path / "runs.sqlite")
+    windows = finished(store, protocol="windows of 2048 tokens")
+    finished(store, protocol="per-document")  # newer, measured otherwise
+    finished(store, method="svd", budget=0.5, protocol="windows of 2048 tokens")
+    spec = {"model": "m", "task": "t", "split": "validation", "eval_limit": None}
+    runs = store.runs(method="svd")
+    assert sweep_reference(store, spec, runs)["id"] == windows
+    unmeasured = sweep_reference(store, spec, runs.iloc[0:0])  # no run finished yet: the sweep's model, any protocol
+    assert unmeasured is not None and unmeasured["protocol"] == "per-document"
 
 
 def test_comparable_runs_are_measured_on_the_split_limit_and_protocol_of_the_reference():
