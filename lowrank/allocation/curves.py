@@ -60,7 +60,7 @@ def kfac_loss_curve(W: torch.Tensor, A: torch.Tensor, G: torch.Tensor) -> np.nda
         raise ValueError(
             f"moments of shapes {tuple(G.shape)} and {tuple(A.shape)} do not fit a weight {tuple(W.shape)}"
         )
-    right, left = psd_root(A.to(W.device)), psd_root(G.to(W.device))
+    right, left = psd_root(A.to(W.device), inverse=False), psd_root(G.to(W.device), inverse=False)
     return _tail_curve(torch.linalg.svdvals(left.L.T @ W.double() @ right.L))
 
 

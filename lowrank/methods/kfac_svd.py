@@ -21,18 +21,19 @@ from lowrank.methods.roots import Root, psd_root
 from lowrank.methods.svd_llm import whitened_factors
 
 
-def kfac_roots(W: torch.Tensor, A: torch.Tensor, G: torch.Tensor) -> tuple[Root, Root]:
-    """``(L_A, L_G)`` with ``A = L_A L_A^T`` (in, in) and ``G = L_G L_G^T`` (out, out), checked against ``W``."""
+def kfac_roots(W: torch.Tensor, A: torch.Tensor, G: torch.Tensor, inverse: bool = True) -> tuple[Root, Root]:
+    """``(L_A, L_G)`` with ``A = L_A L_A^T`` (in, in) and ``G = L_G L_G^T`` (out, out), checked against ``W``;
+    their inverses only with ``inverse``."""
     if A.shape != (W.shape[1], W.shape[1]) or G.shape != (W.shape[0], W.shape[0]):
         raise ValueError(
             f"moments of shapes {tuple(G.shape)} and {tuple(A.shape)} do not fit a weight {tuple(W.shape)}"
         )
-    return psd_root(A.to(W.device)), psd_root(G.to(W.device))
+    return psd_root(A.to(W.device), inverse), psd_root(G.to(W.device), inverse)
 
 
 def kfac_whitened(W: torch.Tensor, stats: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """The matrix K-FAC-SVD truncates: ``L_G^T W L_A`` (float64)."""
-    right, left = kfac_roots(W, stats["input_moment"], stats["grad_moment"])
+    """The matrix K-FAC-SVD truncates: ``L_G^T W L_A`` (float64); the roots without their inverses."""
+    right, left = kfac_roots(W, stats["input_moment"], stats["grad_moment"], inverse=False)
     return left.L.T @ W.double() @ right.L
 
 

@@ -30,17 +30,17 @@ def whitened_factors(
     return left_inv @ U, V @ right_inv
 
 
-def input_root(W: torch.Tensor, stats: Mapping[str, torch.Tensor]) -> Root:
-    """``L`` with ``A = E[x x^T] = L L^T`` (in, in), checked against ``W``'s input size."""
+def input_root(W: torch.Tensor, stats: Mapping[str, torch.Tensor], inverse: bool = True) -> Root:
+    """``L`` with ``A = E[x x^T] = L L^T`` (in, in), checked against ``W``'s input size; ``L^-1`` with ``inverse``."""
     A = stats["input_moment"].to(W.device)
     if A.shape != (W.shape[1], W.shape[1]):
         raise ValueError(f"input_moment has shape {tuple(A.shape)}, expected {(W.shape[1], W.shape[1])}")
-    return psd_root(A)
+    return psd_root(A, inverse)
 
 
 def whitened(W: torch.Tensor, stats: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """The matrix SVD-LLM truncates: ``W L`` (float64)."""
-    return W.double() @ input_root(W, stats).L
+    """The matrix SVD-LLM truncates: ``W L`` (float64); the root without its inverse."""
+    return W.double() @ input_root(W, stats, inverse=False).L
 
 
 @register_method(

@@ -2,11 +2,15 @@
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import lowrank
 from lowrank import factorize
 from lowrank.data import batches
+from lowrank.methods.kfac_svd import kfac_whitened
 from lowrank.methods.roots import psd_root
+from lowrank.methods.svd_llm import whitened
 from lowrank.statistics import StatisticsSettings, statistics_for
 
 
@@ -161,3 +165,66 @@ def test_tfwsvd_best_start_includes_kfac_when_the_moments_are_there():
     assert starts["kfac"].info["init"] == "kfac_svd"
     with pytest.raises(ValueError, match="needs input_moment"):
         factorize(W, 4, "tfwsvd", importance=F, init_axis="kfac")
+
+
+def moment(n, rank, seed, shift=0.0):
+    """A random PSD moment of ``rank`` (``X X^T / rank``), minus ``shift * I`` (indefinite when ``shift > 0``)."""
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(n, rank, generator=g, dtype=torch.float64) * torch.logspace(-2, 1, n, dtype=torch.float64)[:, None]
+    return X @ X.T / rank - shift * torch.eye(n, dtype=torch.float64)
+
+
+@pytest.mark.parametrize(
+    ("a_rank", "a_shift", "a_regularizer"),
+    [(40, 0.0, "none"), (7, 0.0, "jitter"), (40, 0.5, "eigen")],  # full rank; rank-deficient; indefinite
+)
+def test_the_targets_roots_without_inverses_give_the_singular_values_of_the_factorizations_roots(
+    a_rank, a_shift, a_regularizer
+):
+    """The spectra's targets take the roots without their inverses: same regularizer, same L, and the singular values
+    of L_G^T W L_A (kfac_svd) and W L_A (svd_llm) that the factorizations' roots (with inverses) give."""
+    W = torch.randn(12, 20, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    A, G = moment(20, a_rank, 2, a_shift), moment(12, 5, 3)  # G rank-deficient too
+    for M in (A, G):
+        with_inverse, without = psd_root(M), psd_root(M, inverse=False)
+        assert without.L_inv is None and without.regularizer == with_inverse.regularizer
+        torch.testing.assert_close(without.L, with_inverse.L, rtol=0, atol=0)
+    assert psd_root(A).regularizer.startswith(a_regularizer)
+    L_A, L_G = psd_root(A).L, psd_root(G).L
+    stats = {"input_moment": A, "grad_moment": G}
+    for target, reference in ((kfac_whitened, L_G.T @ W @ L_A), (whitened, W @ L_A)):
+        s = torch.linalg.svdvals(target(W, stats))
+        torch.testing.assert_close(s, torch.linalg.svdvals(reference), rtol=1e-6, atol=1e-6 * float(s[0]))
+
+
+def test_kfac_target_singular_values_do_not_depend_on_the_square_root():
+    """For positive definite moments the Cholesky roots give the spectrum of the symmetric roots G^1/2 W A^1/2."""
+    W = torch.randn(12, 20, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    A, G = moment(20, 60, 2), moment(12, 40, 3)
+
+    def sym_root(M):
+        lam, Q = torch.linalg.eigh(M)
+        return Q @ torch.diag(lam.sqrt()) @ Q.T
+
+    s = torch.linalg.svdvals(kfac_whitened(W, {"input_moment": A, "grad_moment": G}))
+    torch.testing.assert_close(s, torch.linalg.svdvals(sym_root(G) @ W @ sym_root(A)), rtol=1e-6, atol=0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(1, 24),
+    rank=st.integers(1, 30),
+    shift=st.sampled_from([0.0, 0.0, 1e-3, 0.5]),
+    zero_rows=st.integers(0, 3),
+    seed=st.integers(0, 2**16),
+)
+def test_roots_without_inverses_choose_the_same_regularizer_and_root(n, rank, shift, zero_rows, seed):
+    """Any PSD (or slightly indefinite) moment, with dead features: the inverse-free root is the same L, regularizer
+    included, and the inverse of the full root is finite."""
+    M = moment(n, rank, seed, shift)
+    M[:zero_rows] = 0
+    M[:, :zero_rows] = 0
+    with_inverse, without = psd_root(M), psd_root(M, inverse=False)
+    assert without.regularizer == with_inverse.regularizer and without.L_inv is None
+    torch.testing.assert_close(without.L, with_inverse.L, rtol=0, atol=0)
+    assert torch.isfinite(with_inverse.L_inv).all() and torch.isfinite(without.L).all()
