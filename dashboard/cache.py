@@ -5,7 +5,8 @@ Models, tasks, statistics and the run store are cached across reruns and session
 first time. Statistics are resolved by :func:`lowrank.statistics.statistics_for` with the one
 :data:`lowrank.statistics.DEFAULT` sampling, so its entries are the disk cache every other
 computation with the defaults reads. Spectra are also kept on disk (``<cache>/spectra/``), keyed by the identity of the
-model's weight files, so a fresh server paints them without loading the model.
+model's weight files, so a fresh server paints them without loading the model; spectra under a metric
+(``<cache>/spectra/<metric>/``) also by the identity of the statistics' cache files they were computed from.
 
 A model is only ever loaded with a task it can be measured on (:func:`check_pair`): its kind is read
 from its config first (:func:`read_model_kind`), without loading weights.
@@ -47,8 +48,8 @@ from lowrank.models.packaged import resolve_source
 from lowrank.needs import needs_for
 from lowrank.progress import Progress
 from lowrank.statistics import DEFAULT, Stats, select, statistics_for, statistics_label
-from lowrank.statistics.cache import weights_fingerprint
-from lowrank.statistics.resolve import computations
+from lowrank.statistics.cache import recorded_digest, weights_fingerprint
+from lowrank.statistics.resolve import cache_entries, computations
 from lowrank.statistics.taylor import svd_loss_change
 from lowrank.threads import set_threads
 
@@ -163,36 +164,67 @@ def spectra_path(model: str) -> Path | None:
     return None if key is None else cache_dir() / "spectra" / f"{key}.parquet"
 
 
+def metric_spectra_path(model: str, task: str, metric: str) -> Path | None:
+    """The disk entry of the spectra under ``metric``: keyed by the weight files (:func:`weights_key`), the metric
+    and the content checksum of every statistics cache file it reads, so new weights or new statistics give a new
+    key; ``None`` for a hub id or while a statistics file is missing or unreadable."""
+    weights = weights_key(model)
+    if weights is None:
+        return None
+    needs = lowrank.get_method(metric).needs
+    entries = [[p.name, recorded_digest(p)] for p in cache_entries(load(model, task), get_task(task), needs, DEFAULT)]
+    if any(digest is None for _, digest in entries):
+        return None
+    identity = json.dumps([weights, metric, entries])
+    return cache_dir() / "spectra" / metric / f"{hashlib.sha1(identity.encode()).hexdigest()[:20]}.parquet"
+
+
+def _read_spectra(path: Path | None) -> pd.DataFrame | None:
+    """The spectra stored at ``path``; ``None`` when there is none or it is damaged (then computed again)."""
+    if path is None or not path.exists():
+        return None
+    try:
+        frame = pd.read_parquet(path)
+    except (OSError, ValueError):
+        return None
+    return frame.astype({c: object for c in frame.columns if pd.api.types.is_string_dtype(frame[c])})
+
+
+def _write_spectra(path: Path | None, frame: pd.DataFrame) -> None:
+    if path is not None:
+        buffer = io.BytesIO()
+        frame.to_parquet(buffer)
+        atomic_write_bytes(path, buffer.getvalue())
+
+
 @st.cache_data(show_spinner=False, max_entries=4)
 def spectra(model: str, task: str) -> pd.DataFrame:
     """:func:`lowrank.spectra` of the model: read from the disk cache when its weight files are unchanged
     (no model load), else computed (with a progress bar) and written there."""
     path = spectra_path(model)
-    if path is not None and path.exists():
-        try:
-            frame = pd.read_parquet(path)
-        except (OSError, ValueError):
-            pass  # a damaged entry: computed again below
-        else:
-            return frame.astype({c: object for c in frame.columns if pd.api.types.is_string_dtype(frame[c])})
+    if (frame := _read_spectra(path)) is not None:
+        return frame
     with ProgressBar("Computing singular values") as bar:
         frame = lowrank.spectra(load(model, task), progress=bar)
-    if path is not None:
-        buffer = io.BytesIO()
-        frame.to_parquet(buffer)
-        atomic_write_bytes(path, buffer.getvalue())
+    _write_spectra(path, frame)
     return frame
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
 def metric_spectra(model: str, task: str, metric: str) -> pd.DataFrame:
     """:func:`lowrank.spectra` under ``metric`` (a closed-form method): the singular values of the matrix it
-    truncates, from its statistics (computed with a progress bar when missing); the plain spectra for ``svd``."""
+    truncates, from its statistics (computed with a progress bar when missing); read from the disk cache
+    (:func:`metric_spectra_path`) when the weights and statistics are unchanged. The plain spectra for ``svd``."""
     if metric == PLAIN:
         return spectra(model, task)
+    if (frame := _read_spectra(metric_spectra_path(model, task, metric))) is not None:
+        return frame
     stats = statistics(model, task, lowrank.get_method(metric).needs)
+    path = metric_spectra_path(model, task, metric)  # the statistics just read (or computed) are on disk now
     with ProgressBar(f"Singular values under {metric}") as bar:
-        return lowrank.spectra(load(model, task), progress=bar, metric=metric, stats=stats)
+        frame = lowrank.spectra(load(model, task), progress=bar, metric=metric, stats=stats)
+    _write_spectra(path, frame)
+    return frame
 
 
 @st.cache_data(show_spinner=False, max_entries=4)

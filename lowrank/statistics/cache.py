@@ -82,6 +82,16 @@ def read(path: Path) -> dict[str, torch.Tensor] | None:
     return None
 
 
+def recorded_digest(path: Path) -> str | None:
+    """The SHA-256 of the tensors an entry records in its header (read without its tensors): an identity of its
+    content for keys derived from it; ``None`` when there is no entry or it cannot be read."""
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return (fh.metadata() or {}).get("sha256")
+    except (SafetensorError, OSError, ValueError, RuntimeError):
+        return None
+
+
 def write(path: Path, tensors: dict[str, torch.Tensor], settings: dict) -> None:
     """Store ``tensors`` at ``path`` atomically, with ``settings`` and the tensors' checksum as metadata."""
     tensors = {k: v.contiguous() for k, v in tensors.items()}

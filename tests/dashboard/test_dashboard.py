@@ -704,3 +704,51 @@ def test_the_summary_shows_a_causal_lms_throughput_against_dense(env, seed_lee, 
     assert "of the FLOP bound" in line and "KV cache" in line
     html = render_html(summary(store, str(tiny_llama_dir), "lee"), [])
     assert "the dense model&#x27;s tokens per second" in html or "the dense model's tokens per second" in html
+
+
+def test_spectra_under_a_metric_are_read_from_disk_until_the_statistics_change(
+    env, monkeypatch, tiny_bert_dir, sentiment_csv
+):
+    """A fresh server paints the K-FAC spectra from disk without computing them; once the statistics cache file holds
+    new moments (here G scaled by 4, so every singular value of L_G^T W L_A doubles) they are computed again."""
+    import streamlit as st
+    from safetensors import safe_open
+
+    import lowrank
+    from lowrank.statistics import cache as stats_cache
+    from lowrank.statistics.resolve import cache_entries
+
+    def kfac_spectra():
+        at = new_app().run()
+        visit(at, "spectra")
+        at.segmented_control(key="spectra_metric").set_value("kfac_svd").run()
+        assert not at.exception, [e.message for e in at.exception]
+        return {trace["customdata"][0]: np.array(plotted(trace)) for trace in plotly_specs(at)[0]["data"]}
+
+    def fresh_server():
+        st.cache_data.clear()
+        st.cache_resource.clear()
+
+    first = kfac_spectra()
+    assert len(list((env / "spectra" / "kfac_svd").glob("*.parquet"))) == 1
+    fresh_server()
+    computed = []
+    compute = lowrank.spectra
+    monkeypatch.setattr(lowrank, "spectra", lambda *a, **k: computed.append(k.get("metric")) or compute(*a, **k))
+    assert {k: v.tolist() for k, v in kfac_spectra().items()} == {k: v.tolist() for k, v in first.items()}
+    assert "kfac_svd" not in computed  # read back from disk
+
+    loaded = lowrank.load_model(str(tiny_bert_dir), task=lowrank.load_task(str(sentiment_csv)))
+    entries = cache_entries(loaded, str(sentiment_csv), ("activations", "gradients"))
+    (entry,) = [p for p in entries if any(k.endswith("::grad_moment") for k in stats_cache.read(p))]
+    with safe_open(str(entry), "pt") as fh:
+        settings = {k: v for k, v in fh.metadata().items() if k != "sha256"}
+    tensors = stats_cache.read(entry)
+    stats_cache.write(entry, {k: v * 4 if k.endswith("::grad_moment") else v for k, v in tensors.items()}, settings)
+    fresh_server()
+    second = kfac_spectra()
+    assert computed.count("kfac_svd") == 1  # new statistics: computed again, not the stale entry
+    assert set(second) == set(first)
+    for name in first:
+        np.testing.assert_allclose(second[name], 2 * first[name], rtol=1e-4, atol=1e-6 * float(first[name][0]))
+    assert len(list((env / "spectra" / "kfac_svd").glob("*.parquet"))) == 2
