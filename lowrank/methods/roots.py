@@ -35,21 +35,32 @@ def _usable(L: torch.Tensor, info: torch.Tensor) -> bool:
     return int(info) == 0 and bool(torch.isfinite(L).all()) and bool((L.diagonal() > 0).all())
 
 
+def _shifted(A: torch.Tensor, shift: float) -> torch.Tensor:
+    """``A + shift * I`` (a copy)."""
+    shifted = A.clone()
+    shifted.diagonal().add_(shift)
+    return shifted
+
+
 def psd_root(A: torch.Tensor, inverse: bool = True) -> Root:
     """Safeguarded square root of ``A``; see the module docstring. ``inverse=False`` leaves ``L_inv`` ``None``
     (for code that only needs ``L``, e.g. the singular values of a whitened weight)."""
     A = A.double()
-    A = 0.5 * (A + A.T)
+    A = (A + A.T).mul_(0.5)
     n = A.shape[0]
-    eye = torch.eye(n, dtype=A.dtype, device=A.device)
     scale = float(A.diagonal().mean())
     if not scale > 0 or not torch.isfinite(A).all():
+        eye = torch.eye(n, dtype=A.dtype, device=A.device)
         return Root(eye, eye if inverse else None, "identity (no data)")
     for eps in (0.0,) + JITTERS:
-        L, info = torch.linalg.cholesky_ex(A + eps * scale * eye)
+        L, info = torch.linalg.cholesky_ex(A if eps == 0 else _shifted(A, eps * scale))
         if not _usable(L, info):
             continue
-        L_inv = torch.linalg.solve_triangular(L, eye, upper=False) if inverse else None
+        L_inv = (
+            torch.linalg.solve_triangular(L, torch.eye(n, dtype=A.dtype, device=A.device), upper=False)
+            if inverse
+            else None
+        )
         if L_inv is None or torch.isfinite(L_inv).all():
             return Root(L, L_inv, "none" if eps == 0 else f"jitter {eps:g}")
     lam, Q = torch.linalg.eigh(A)
