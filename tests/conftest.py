@@ -170,6 +170,22 @@ def tiny_llama_dir(tmp_path_factory, tokenizer) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tied_llama_dir(tmp_path_factory, tiny_llama_dir) -> Path:
+    """The tiny Llama with its LM head tied to the embedding (smollm2's layout), saved as one model.safetensors;
+    ``save_compressed`` of it stores that matrix once, under the head's name."""
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(2)
+    config = LlamaForCausalLM.from_pretrained(tiny_llama_dir).config
+    config.tie_word_embeddings = True
+    folder = tmp_path_factory.mktemp("tied-llama")
+    LlamaForCausalLM(config).save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tiny_llama_dir / name, folder / name)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def tiny_gpt2_dir(tmp_path_factory, tokenizer) -> Path:
     """A 2-layer GPT-2 of width 64: its projections are ``Conv1D`` modules, not ``nn.Linear``."""
     from transformers import GPT2Config, GPT2LMHeadModel

@@ -48,17 +48,10 @@ def sharded_llama(tmp_path_factory, tiny_llama_dir) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tied_llama(tmp_path_factory, tiny_llama_dir) -> Path:
-    """A 2-block Llama whose LM head is the embedding, saved as one model.safetensors."""
-    torch.manual_seed(2)
-    config = LlamaForCausalLM.from_pretrained(tiny_llama_dir).config
-    config.tie_word_embeddings = True
-    folder = tmp_path_factory.mktemp("tied-llama")
-    LlamaForCausalLM(config).save_pretrained(folder)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(tiny_llama_dir / name, folder / name)
-    assert not (folder / INDEX).exists()
-    return folder
+def tied_llama(tied_llama_dir) -> Path:
+    """The tied tiny Llama (tests/conftest.py), saved as one model.safetensors."""
+    assert not (tied_llama_dir / INDEX).exists()
+    return tied_llama_dir
 
 
 def in_memory(folder, method, task, settings=SETTINGS, **options):

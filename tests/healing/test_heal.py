@@ -4,12 +4,9 @@ the healed folder loads and records its recipe, classifiers are distilled, bad i
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
 
 import pytest
 import torch
-from transformers import LlamaForCausalLM
 
 from lowrank import HealConfig, compress, heal, heal_sequential, load_compressed, load_model, save_compressed
 from lowrank.healing.data import heal_batches
@@ -86,20 +83,6 @@ def test_block_healing_lowers_the_block_output_error(small_llama, tiny_llama, te
     # measured here, independently of the record: block 0 sees the same embeddings in both models
     assert _block_error(healed, tiny_llama, heldout, 0) < 0.7 * _block_error(small_llama, tiny_llama, heldout, 0)
     assert healed.model.lowrank_info.healing["heldout_after"] < healed.model.lowrank_info.healing["heldout_before"]
-
-
-@pytest.fixture(scope="module")
-def tied_llama_dir(tmp_path_factory, tiny_llama_dir) -> Path:
-    """A 2-block Llama whose LM head is the embedding (smollm2's layout): ``save_compressed`` stores that matrix once,
-    under the head's name."""
-    torch.manual_seed(2)
-    config = LlamaForCausalLM.from_pretrained(tiny_llama_dir).config
-    config.tie_word_embeddings = True
-    folder = tmp_path_factory.mktemp("tied-llama")
-    LlamaForCausalLM(config).save_pretrained(folder)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(tiny_llama_dir / name, folder / name)
-    return folder
 
 
 @pytest.mark.parametrize("tied", [False, True])
