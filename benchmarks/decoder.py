@@ -58,6 +58,9 @@ def arguments() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--corpora", nargs="+", default=["lee", "rotten_tomatoes:text"])
+    p.add_argument(
+        "--calibrate", nargs="+", help="corpora to calibrate on (default: every corpus); rows are measured on all"
+    )
     p.add_argument("--keeps", type=float, nargs="+", default=[0.8, 0.6])
     p.add_argument("--tokens", type=int, default=DEFAULT.tokens, help="calibration tokens of the main rows")
     p.add_argument("--sizes", nargs="+", default=["8192", "all"], help="calibration-size curve: tokens or 'all'")
@@ -72,6 +75,9 @@ def arguments() -> argparse.Namespace:
     if args.quick:
         args.keeps, args.tokens, args.sizes = args.keeps[-1:], 2048, ["1024"]
         args.limit = args.limit or 2
+    args.calibrate = args.calibrate or args.corpora
+    if unknown := set(args.calibrate) - set(args.corpora):
+        p.error(f"--calibrate names corpora not in --corpora: {', '.join(sorted(unknown))}")
     suffix = "-quick" if args.quick else ""
     args.out = Path(args.out or ROOT / "benchmarks" / "results" / f"decoder{suffix}.json")
     args.report = Path(args.report or (args.out.with_suffix(".md") if args.quick else ROOT / "docs/results/decoder.md"))
@@ -225,10 +231,11 @@ class Bench:
         return self.results.add(row)
 
 
-def best_strategy(bench: Bench, corpus: str, keep: float) -> str:
+def best_strategy(bench: Bench, corpus: str, keep: float) -> str | None:
+    """The non-uniform strategy the ``strategies`` stage measured best here; None where it has not run."""
     rows = [r for r in bench.results.rows.values() if r["stage"] == "strategies" and r["calibrated_on"] == corpus]
     rows = [r for r in rows if r["keep"] == keep and r["strategy"] != "uniform"]
-    return min(rows, key=lambda r: r[f"ppl[{corpus}]"])["strategy"] if rows else OTHER_STRATEGIES[0]
+    return min(rows, key=lambda r: r[f"ppl[{corpus}]"])["strategy"] if rows else None
 
 
 def run(bench: Bench, args) -> None:
@@ -251,7 +258,7 @@ def run(bench: Bench, args) -> None:
                         f"evaluate_s[{corpus}]": seconds,
                     }
                 )
-    for corpus in args.corpora:
+    for corpus in args.calibrate:
         for keep in args.keeps:
             tag = f"{corpus}|{args.tokens}|{keep}"
             if "strategies" in stages:
@@ -267,7 +274,10 @@ def run(bench: Bench, args) -> None:
                         args.tokens,
                     )
             if "main" in stages:
-                for strategy in ("uniform", best_strategy(bench, corpus, keep)):
+                best = best_strategy(bench, corpus, keep)
+                if best is None:
+                    print(f"main: uniform ranks only for {corpus} at {keep:.0%} kept (no strategies rows)", flush=True)
+                for strategy in ("uniform", *([best] if best else [])):
                     for method in METHODS:
                         for compensated in (False, True):
                             measured = bench.results.has(f"strategies|{tag}|{strategy}")

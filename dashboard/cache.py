@@ -164,19 +164,24 @@ def spectra_path(model: str) -> Path | None:
     return None if key is None else cache_dir() / "spectra" / f"{key}.parquet"
 
 
-def metric_spectra_path(model: str, task: str, metric: str) -> Path | None:
-    """The disk entry of the spectra under ``metric``: keyed by the weight files (:func:`weights_key`), the metric
-    and the content checksum of every statistics cache file it reads, so new weights or new statistics give a new
-    key; ``None`` for a hub id or while a statistics file is missing or unreadable."""
-    weights = weights_key(model)
-    if weights is None:
+def metric_spectra_identity(model: str, task: str, metric: str) -> str | None:
+    """What the spectra under ``metric`` are computed from: the weight files (:func:`weights_key`, or the hub id),
+    the metric and its statistics (:func:`statistics_identity`); ``None`` while a statistics file is missing. It
+    keys both the memory and the disk entry, so new statistics are never served stale spectra."""
+    stats = statistics_identity(model, task, lowrank.get_method(metric).needs)
+    if stats is None:
         return None
-    needs = lowrank.get_method(metric).needs
-    entries = [[p.name, recorded_digest(p)] for p in cache_entries(load(model, task), get_task(task), needs, DEFAULT)]
-    if any(digest is None for _, digest in entries):
+    identity = json.dumps([weights_key(model) or f"hub:{model}", metric, stats])
+    return hashlib.sha1(identity.encode()).hexdigest()[:20]
+
+
+def metric_spectra_path(model: str, task: str, metric: str, identity: str | None = None) -> Path | None:
+    """The disk entry of the spectra under ``metric``, named by :func:`metric_spectra_identity`; ``None`` for a hub
+    id or while a statistics file is missing."""
+    identity = identity or metric_spectra_identity(model, task, metric)
+    if identity is None or weights_key(model) is None:
         return None
-    identity = json.dumps([weights, metric, entries])
-    return cache_dir() / "spectra" / metric / f"{hashlib.sha1(identity.encode()).hexdigest()[:20]}.parquet"
+    return cache_dir() / "spectra" / metric / f"{identity}.parquet"
 
 
 def _read_spectra(path: Path | None) -> pd.DataFrame | None:
@@ -197,11 +202,14 @@ def _write_spectra(path: Path | None, frame: pd.DataFrame) -> None:
         atomic_write_bytes(path, buffer.getvalue())
 
 
-@st.cache_data(show_spinner=False, max_entries=4)
 def spectra(model: str, task: str) -> pd.DataFrame:
     """:func:`lowrank.spectra` of the model: read from the disk cache when its weight files are unchanged
     (no model load), else computed (with a progress bar) and written there."""
-    path = spectra_path(model)
+    return _spectra(model, task, spectra_path(model))
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def _spectra(model: str, task: str, path: Path | None) -> pd.DataFrame:
     if (frame := _read_spectra(path)) is not None:
         return frame
     with ProgressBar("Computing singular values") as bar:
@@ -210,21 +218,57 @@ def spectra(model: str, task: str) -> pd.DataFrame:
     return frame
 
 
-@st.cache_data(show_spinner=False, max_entries=8)
+def _metric_identity(model: str, task: str, metric: str) -> str:
+    """:func:`metric_spectra_identity`, the statistics computed first (with a progress bar) when missing."""
+    if (identity := metric_spectra_identity(model, task, metric)) is None:
+        statistics(model, task, lowrank.get_method(metric).needs)
+        identity = metric_spectra_identity(model, task, metric)
+    if identity is None:
+        raise RuntimeError(f"the statistics of {metric} could not be stored in the cache folder")
+    return identity
+
+
 def metric_spectra(model: str, task: str, metric: str) -> pd.DataFrame:
-    """:func:`lowrank.spectra` under ``metric`` (a closed-form method): the singular values of the matrix it
-    truncates, from its statistics (computed with a progress bar when missing); read from the disk cache
-    (:func:`metric_spectra_path`) when the weights and statistics are unchanged. The plain spectra for ``svd``."""
+    """:func:`lowrank.spectra` under ``metric`` (a closed-form method) for every layer: the singular values of the
+    matrix it truncates, from its statistics (computed with a progress bar when missing); read from the disk cache
+    when the weights and statistics are unchanged (:func:`metric_spectra_identity`). The plain spectra for ``svd``."""
     if metric == PLAIN:
         return spectra(model, task)
-    if (frame := _read_spectra(metric_spectra_path(model, task, metric))) is not None:
+    return _metric_spectra(model, task, metric, _metric_identity(model, task, metric))
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _metric_spectra(model: str, task: str, metric: str, identity: str) -> pd.DataFrame:
+    path = metric_spectra_path(model, task, metric, identity)
+    if (frame := _read_spectra(path)) is not None:
         return frame
     stats = statistics(model, task, lowrank.get_method(metric).needs)
-    path = metric_spectra_path(model, task, metric)  # the statistics just read (or computed) are on disk now
-    with ProgressBar(f"Singular values under {metric}") as bar:
+    with ProgressBar(f"Singular values of every layer under {metric}") as bar:
         frame = lowrank.spectra(load(model, task), progress=bar, metric=metric, stats=stats)
     _write_spectra(path, frame)
     return frame
+
+
+def layer_metric_spectra(model: str, task: str, metric: str, layers: Iterable[str]) -> pd.DataFrame:
+    """:func:`metric_spectra` of ``layers`` only: the rows of the whole table where it is in memory or on disk,
+    else computed for these layers alone (a fraction of the whole table's time), kept in memory only."""
+    layers = tuple(sorted(set(layers)))
+    if metric == PLAIN or not layers:
+        frame = spectra(model, task)
+    else:
+        identity = _metric_identity(model, task, metric)
+        path = metric_spectra_path(model, task, metric, identity)
+        if path is None or not path.exists():
+            return _layer_metric_spectra(model, task, metric, identity, layers)
+        frame = _metric_spectra(model, task, metric, identity)
+    return frame[frame["name"].isin(layers)].reset_index(drop=True)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _layer_metric_spectra(model: str, task: str, metric: str, identity: str, layers: tuple[str, ...]) -> pd.DataFrame:
+    stats = statistics(model, task, lowrank.get_method(metric).needs)
+    with ProgressBar(f"Singular values of the chosen layers under {metric}") as bar:
+        return lowrank.spectra(load(model, task), progress=bar, metric=metric, stats=stats, layers=layers)
 
 
 @st.cache_data(show_spinner=False, max_entries=4)
@@ -239,10 +283,27 @@ def layer_table(model: str, task: str) -> pd.DataFrame:
 # ---------------------------------------------------------------- statistics
 
 
-@st.cache_resource(show_spinner=False, max_entries=4)
-def _statistics(model: str, task: str, needs: tuple[str, ...]) -> Stats:
+def statistics_identity(model: str, task: str, needs: Iterable[str]) -> str | None:
+    """The content of the statistics cache files holding ``needs`` for ``model`` on ``task`` (the default sample):
+    their names and recorded checksums; ``None`` while one is missing or unreadable. Costs a weights fingerprint
+    and a header read per file."""
+    paths = cache_entries(load(model, task), get_task(task), tuple(needs), DEFAULT)
+    entries = [[p.name, recorded_digest(p)] for p in paths]
+    if any(digest is None for _, digest in entries):
+        return None
+    return hashlib.sha1(json.dumps(entries).encode()).hexdigest()[:20]
+
+
+def _compute_statistics(model: str, task: str, needs: tuple[str, ...]) -> Stats:
     with ProgressBar(f"Computing the {statistics_label(needs)}") as bar:
         return statistics_for(load(model, task), get_task(task), needs, DEFAULT, progress=bar)
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _statistics(model: str, task: str, needs: tuple[str, ...], identity: str) -> Stats:
+    """The statistics on disk, kept in memory under the files' content (:func:`statistics_identity`): a file
+    rewritten by another process or session is read again."""
+    return _compute_statistics(model, task, needs)
 
 
 @st.cache_resource(show_spinner=False)
@@ -263,12 +324,17 @@ def is_cached(model: str, task: str, needs: Iterable[str]) -> bool:
 def statistics(model: str, task: str, needs: Iterable[str], also_if_cached: Iterable[str] = ()) -> Stats:
     """``{layer: {key: tensor}}`` with every kind of ``needs`` (computed with a progress bar the first
     time; the kinds of one calibration pass in one call, kept together), plus those of ``also_if_cached`` that
-    cost nothing now."""
+    cost nothing now. Kept in memory by the content of their cache files, read again when another process
+    rewrites them."""
     needs = tuple(dict.fromkeys(needs))
     extra = tuple(k for k in dict.fromkeys(also_if_cached) if k not in needs and is_cached(model, task, (k,)))
     merged: Stats = {}
     for group in computations(needs + extra):
-        for layer, tensors in _statistics(model, task, group).items():
+        identity = statistics_identity(model, task, group)
+        stats = (
+            _compute_statistics(model, task, group) if identity is None else _statistics(model, task, group, identity)
+        )
+        for layer, tensors in stats.items():
             merged.setdefault(layer, {}).update(tensors)
     return merged
 

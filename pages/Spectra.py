@@ -46,15 +46,7 @@ metric = st.segmented_control(
     help="Whose singular values: W itself, or the matrix a weighted method truncates. Its squared tail "
     "sum_{i>r} s_i^2 is that method's error at rank r, so a faster decay means each rank buys more.",
 )
-if metric != PLAIN:
-    with widgets.stop_on_error(f"Cannot compute the spectra under {metric}"):
-        frame = cache.metric_spectra(model, task, metric)
-    st.caption(
-        f"Singular values of {names.SPECTRUM_METRICS.get(metric, metric)}, the matrix {metric} truncates, from "
-        f"its {statistics_label(get_method(metric).needs)} on {examples}."
-    )
-
-layer_names = {row["name"]: plots.layer_label(row) for _, row in frame.iterrows()}
+layer_names = {row["name"]: plots.layer_label(row) for _, row in frame.iterrows()}  # the same under every metric
 first_block = frame["block"].min()
 selected = st.multiselect(
     "Layers",
@@ -64,9 +56,21 @@ selected = st.multiselect(
     key="spectra_layers",
     help="Singular values and energy curves of these layers",
 )
+if metric != PLAIN:
+    with widgets.stop_on_error(f"Cannot compute the spectra under {metric}"):
+        shown = cache.layer_metric_spectra(model, task, metric, selected)  # these layers first: seconds
+    st.caption(
+        f"Singular values of {names.SPECTRUM_METRICS.get(metric, metric)}, the matrix {metric} truncates, from "
+        f"its {statistics_label(get_method(metric).needs)} on {examples}."
+    )
+else:
+    shown = frame
 left, right = st.columns(2)
-left.plotly_chart(plots.spectrum_figure(frame, selected), key="spectrum")
-right.plotly_chart(plots.energy_figure(frame, selected), key="energy")
+left.plotly_chart(plots.spectrum_figure(shown, selected), key="spectrum")
+right.plotly_chart(plots.energy_figure(shown, selected), key="energy")
+if metric != PLAIN:
+    with widgets.stop_on_error(f"Cannot compute the spectra under {metric}"):
+        frame = cache.metric_spectra(model, task, metric)  # every layer, for the heatmaps below
 with widgets.stop_on_error(f"Cannot load {names.model_label(model)}", choose_model=True):
     loaded = cache.load(model, task)  # the heatmaps below need the model (and its statistics)
 

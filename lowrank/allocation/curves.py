@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from lowrank.loaded import module_of
-from lowrank.methods.roots import psd_root
+from lowrank.methods.kfac_svd import kfac_whitened
+from lowrank.methods.registry import gram_singular_values
 from lowrank.models.architectures import compressible_linears
 from lowrank.progress import Progress, report
 
@@ -52,16 +53,12 @@ def kfac_loss_curve(W: torch.Tensor, A: torch.Tensor, G: torch.Tensor) -> np.nda
 
     ``curve[r] = 0.5 * sum_{k > r} s_k^2``, ``s`` the singular values of ``L_G^T W L_A`` with the
     safeguarded roots of ``A = E[x x^T]`` (in, in) and ``G = E[g g^T]`` (out, out)
-    (:func:`lowrank.methods.roots.psd_root`); the value ``kfac_svd`` attains at rank r. Non-increasing,
-    ``curve[min(out, in)] = 0``. Cost: two roots O(in^3 + out^3) and the singular values of one matrix.
+    (:func:`lowrank.methods.kfac_svd.kfac_whitened`); the value ``kfac_svd`` attains at rank r. Non-increasing,
+    ``curve[min(out, in)] = 0``. Cost: two roots O(in^3 + out^3) and the singular values of one matrix
+    (:func:`lowrank.methods.registry.gram_singular_values`).
     """
     W = torch.as_tensor(W).detach()
-    if W.ndim != 2 or tuple(A.shape) != (W.shape[1],) * 2 or tuple(G.shape) != (W.shape[0],) * 2:
-        raise ValueError(
-            f"moments of shapes {tuple(G.shape)} and {tuple(A.shape)} do not fit a weight {tuple(W.shape)}"
-        )
-    right, left = psd_root(A.to(W.device), inverse=False), psd_root(G.to(W.device), inverse=False)
-    return _tail_curve(torch.linalg.svdvals(left.L.T @ W.double() @ right.L))
+    return _tail_curve(gram_singular_values(kfac_whitened(W, {"input_moment": A, "grad_moment": G})))
 
 
 def _tail_curve(s: torch.Tensor) -> np.ndarray:

@@ -12,7 +12,7 @@ metric's roots; the plain spectra are cached per model until a weight changes (t
 from __future__ import annotations
 
 import weakref
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -95,31 +95,45 @@ def spectra(
     metric: str = PLAIN,
     stats: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
     options: Mapping | None = None,
+    layers: Iterable[str] | None = None,
 ) -> pd.DataFrame:
-    """One row per compressible matrix: name, type, block, out, in, params, singular_values,
-    energy (cumulative curve), effective_rank, stable_rank, numerical_rank, rank90/95/99, metric.
+    """One row per compressible matrix (``layers``: only these names, in the model's order): name, type, block, out,
+    in, params, singular_values, energy (cumulative curve), effective_rank, stable_rank, numerical_rank,
+    rank90/95/99, metric.
 
     ``metric``: a registered closed-form method (:data:`PLAIN` is ``"svd"``: ``W`` itself); the spectrum is that of
     the matrix it truncates, from ``stats`` (``{layer: {key: tensor}}`` with the kinds the method needs, e.g. from
     :func:`lowrank.statistics.statistics_for`) and its ``options``. Accepts a ``LoadedModel`` or an ``nn.Module``;
-    the plain spectra are cached until a weight changes.
+    the plain spectra of every layer are cached until a weight changes. Cost per layer: the SVD of ``W``, or the
+    method's :meth:`~lowrank.methods.registry.Method.target_singular_values`.
     """
     model = module_of(model)
     method = metric_method(metric)
     method.check_options(dict(options or {}))
+    linears = compressible_linears(model)
+    if layers is not None:
+        wanted = set(layers)
+        if unknown := wanted - set(linears):
+            raise ValueError(f"not compressible layers of this model: {', '.join(sorted(unknown))}")
+        linears = {name: module for name, module in linears.items() if name in wanted}
+    whole = layers is None
     key = _fingerprint(model)
     cached = _CACHE.get(model)
-    if metric == PLAIN and cached is not None and cached[0] == key:
+    if whole and metric == PLAIN and cached is not None and cached[0] == key:
         return cached[1].copy()
     rows = []
-    linears = compressible_linears(model)
     for i, (name, module) in enumerate(linears.items()):
         report(progress, i, len(linears), f"spectrum of {name}")
         if not bool(torch.isfinite(module.weight).all()):
             raise ValueError(f"{name}: the weight holds NaN or infinite values; its spectrum is undefined")
         layer_stats = (stats or {}).get(name, {})
         method.check_stats(layer_stats, name)
-        s = singular_values(method.target(module.weight.detach(), layer_stats, **dict(options or {})))
+        W = module.weight.detach()
+        s = (
+            singular_values(W)
+            if metric == PLAIN
+            else method.target_singular_values(W, layer_stats, **dict(options or {})).cpu().numpy()
+        )
         out_f, in_f = module.weight.shape
         rows.append(
             {
@@ -137,6 +151,6 @@ def spectra(
         )
     report(progress, len(linears), len(linears), "spectra done")
     frame = pd.DataFrame(rows)
-    if metric == PLAIN:
+    if whole and metric == PLAIN:
         _CACHE[model] = (key, frame)
     return frame.copy()

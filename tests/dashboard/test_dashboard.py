@@ -710,7 +710,9 @@ def test_spectra_under_a_metric_are_read_from_disk_until_the_statistics_change(
     env, monkeypatch, tiny_bert_dir, sentiment_csv
 ):
     """A fresh server paints the K-FAC spectra from disk without computing them; once the statistics cache file holds
-    new moments (here G scaled by 4, so every singular value of L_G^T W L_A doubles) they are computed again."""
+    new moments (here G scaled by 4, so every singular value of L_G^T W L_A doubles) they are computed again, by a
+    fresh server and by a running one whose memory still holds the old moments and spectra (another process
+    rewrote the file)."""
     import streamlit as st
     from safetensors import safe_open
 
@@ -718,9 +720,10 @@ def test_spectra_under_a_metric_are_read_from_disk_until_the_statistics_change(
     from lowrank.statistics import cache as stats_cache
     from lowrank.statistics.resolve import cache_entries
 
-    def kfac_spectra():
-        at = new_app().run()
-        visit(at, "spectra")
+    def kfac_spectra(at=None):
+        if at is None:
+            at = new_app().run()
+            visit(at, "spectra")
         at.segmented_control(key="spectra_metric").set_value("kfac_svd").run()
         assert not at.exception, [e.message for e in at.exception]
         return {trace["customdata"][0]: np.array(plotted(trace)) for trace in plotly_specs(at)[0]["data"]}
@@ -729,26 +732,39 @@ def test_spectra_under_a_metric_are_read_from_disk_until_the_statistics_change(
         st.cache_data.clear()
         st.cache_resource.clear()
 
+    def scale_grad_moments(factor):
+        loaded = lowrank.load_model(str(tiny_bert_dir), task=lowrank.load_task(str(sentiment_csv)))
+        entries = cache_entries(loaded, str(sentiment_csv), ("activations", "gradients"))
+        (entry,) = [p for p in entries if any(k.endswith("::grad_moment") for k in stats_cache.read(p))]
+        with safe_open(str(entry), "pt") as fh:
+            settings = {k: v for k, v in fh.metadata().items() if k != "sha256"}
+        tensors = stats_cache.read(entry)
+        scaled = {k: v * factor if k.endswith("::grad_moment") else v for k, v in tensors.items()}
+        stats_cache.write(entry, scaled, settings)
+
     first = kfac_spectra()
     assert len(list((env / "spectra" / "kfac_svd").glob("*.parquet"))) == 1
     fresh_server()
     computed = []
     compute = lowrank.spectra
     monkeypatch.setattr(lowrank, "spectra", lambda *a, **k: computed.append(k.get("metric")) or compute(*a, **k))
-    assert {k: v.tolist() for k, v in kfac_spectra().items()} == {k: v.tolist() for k, v in first.items()}
+    running = new_app().run()
+    visit(running, "spectra")
+    assert {k: v.tolist() for k, v in kfac_spectra(running).items()} == {k: v.tolist() for k, v in first.items()}
     assert "kfac_svd" not in computed  # read back from disk
 
-    loaded = lowrank.load_model(str(tiny_bert_dir), task=lowrank.load_task(str(sentiment_csv)))
-    entries = cache_entries(loaded, str(sentiment_csv), ("activations", "gradients"))
-    (entry,) = [p for p in entries if any(k.endswith("::grad_moment") for k in stats_cache.read(p))]
-    with safe_open(str(entry), "pt") as fh:
-        settings = {k: v for k, v in fh.metadata().items() if k != "sha256"}
-    tensors = stats_cache.read(entry)
-    stats_cache.write(entry, {k: v * 4 if k.endswith("::grad_moment") else v for k, v in tensors.items()}, settings)
+    scale_grad_moments(4)
     fresh_server()
     second = kfac_spectra()
-    assert computed.count("kfac_svd") == 1  # new statistics: computed again, not the stale entry
+    assert computed.count("kfac_svd") == 2  # new statistics: the chosen layers, then every layer; not the stale entry
     assert set(second) == set(first)
     for name in first:
         np.testing.assert_allclose(second[name], 2 * first[name], rtol=1e-4, atol=1e-6 * float(first[name][0]))
     assert len(list((env / "spectra" / "kfac_svd").glob("*.parquet"))) == 2
+
+    scale_grad_moments(4)  # the server that showed ``first`` is still running, its caches full
+    visit(running, "ranks")
+    visit(running, "spectra")
+    third = kfac_spectra(running)
+    for name in first:
+        np.testing.assert_allclose(third[name], 4 * first[name], rtol=1e-4, atol=1e-6 * float(first[name][0]))

@@ -228,3 +228,38 @@ def test_roots_without_inverses_choose_the_same_regularizer_and_root(n, rank, sh
     assert without.regularizer == with_inverse.regularizer and without.L_inv is None
     torch.testing.assert_close(without.L, with_inverse.L, rtol=0, atol=0)
     assert torch.isfinite(with_inverse.L_inv).all() and torch.isfinite(without.L).all()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    out=st.integers(1, 24),
+    inp=st.integers(1, 24),
+    method=st.sampled_from(["svd_llm", "kfac_svd"]),
+    samples=st.sampled_from([3.0, 3.0, 0.5, 0.1]),
+    shift=st.sampled_from([0.0, 0.0, 0.5]),
+    seed=st.integers(0, 2**16),
+)
+def test_the_spectrum_from_the_smaller_gram_is_that_of_the_target(out, inp, method, samples, shift, seed):
+    """Either side (out < in, out = in, out > in), moments positive definite, rank-deficient (fewer samples than
+    features: jitter) or indefinite (eigen fallback): the singular values from the Gram's eigenvalues (no SVD) are
+    the target's, to float64's square-root precision of the largest."""
+    W = torch.randn(out, inp, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    stats = {
+        "input_moment": moment(inp, max(1, int(samples * inp)), seed + 1, shift),
+        "grad_moment": moment(out, max(1, int(samples * out)), seed + 2),
+    }
+    spec = lowrank.get_method(method)
+    s = spec.target_singular_values(W, stats)
+    reference = torch.linalg.svdvals(spec.target(W, stats)).double()
+    assert s.shape == reference.shape and s.dtype == torch.float64
+    assert (s[:-1] >= s[1:]).all() and (s >= 0).all()
+    torch.testing.assert_close(s, reference, rtol=1e-6, atol=1e-6 * float(reference[0]))
+
+
+@pytest.mark.parametrize("shape", [(12, 20), (20, 12)])
+def test_the_gram_refuses_moments_that_do_not_fit_the_weight(shape):
+    W = torch.randn(*shape, dtype=torch.float64)
+    wrong = {"input_moment": moment(shape[1] + 1, 30, 0), "grad_moment": moment(shape[0], 30, 1)}
+    for method in ("svd_llm", "kfac_svd"):
+        with pytest.raises(ValueError, match="shape"):
+            lowrank.get_method(method).target_singular_values(W, wrong)
