@@ -1,6 +1,7 @@
 """Predicted against measured (the Spectra and Summary pages): per layer, the second-order estimate of how much
 replacing it alone by plain SVD changes the predictions against the measured KL to dense
-(:func:`lowrank.analysis.agreement.single_layer_kl`, started from the page, cached); per run, the SVD-drop metric's
+(:func:`lowrank.analysis.agreement.single_layer_kl`, started from the page, run in the background and kept in the
+run store: :mod:`lowrank.experiments.measure`); per run, the SVD-drop metric's
 whole-model prediction against the loss increase the run measured. Each with Spearman's rho printed.
 """
 
@@ -14,14 +15,17 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from lowrank import report
-from lowrank.analysis.agreement import rank_correlation, run_agreement, single_layer_kl
+from lowrank.analysis.agreement import rank_correlation, run_agreement
+from lowrank.experiments import measure
+from lowrank.experiments.jobs import Job
+from lowrank.experiments.measure import LayerMeasurement
 from lowrank.ranks import resolve_ranks
 from lowrank.statistics import DEFAULT
 
 from . import cache, session, widgets
-from .progress import ProgressBar
 
 MEASURE_BATCHES = 4  # validation batches of the single-layer measurement
+EXAMPLES = DEFAULT.num_batches * DEFAULT.batch_size  # of the predictions' statistics
 RESULTS = "docs/results/predictor.md"  # how well each estimate ranks layers on the suite
 
 
@@ -33,15 +37,6 @@ def plan_ranks(model: str, task: str) -> tuple[dict[str, int], str]:
         return current.ranks, "the current rank plan"
     ranks = resolve_ranks(cache.load(model, task).model, session.DEFAULT_BUDGET)
     return ranks, f"{session.DEFAULT_BUDGET:.0%} kept in every layer"
-
-
-@st.cache_data(show_spinner=False, max_entries=8)
-def measured_kl(model: str, task: str, ranks_key: tuple) -> pd.DataFrame:
-    """:func:`single_layer_kl` at ``ranks_key`` (sorted ``(name, rank)`` pairs) on :data:`MEASURE_BATCHES` batches."""
-    with ProgressBar("Measuring each layer alone") as bar:
-        return single_layer_kl(
-            cache.load(model, task), cache.get_task(task), dict(ranks_key), limit=MEASURE_BATCHES, progress=bar
-        )
 
 
 def scatter_figure(frame: pd.DataFrame, x_title: str, y_title: str, title: str) -> go.Figure:
@@ -73,28 +68,67 @@ def scatter_figure(frame: pd.DataFrame, x_title: str, y_title: str, title: str) 
 
 
 def layer_section(model: str, task: str, key: str) -> None:
-    """Per layer: the predicted output change against the measured KL to dense, once measured (a button)."""
+    """Per layer: the predicted output change against the measured KL to dense, measured in the background
+    (:mod:`lowrank.experiments.measure`, a button; its progress polled while it runs, kept in the run store)."""
     st.subheader("Predicted against measured, per layer")
     ranks, source = plan_ranks(model, task)
     if not ranks:
         st.caption("The plan keeps every layer dense: nothing to measure.")
         return
-    ranks_key = tuple(sorted(ranks.items()))
-    started = f"{key}_measure"
-    if st.button(
-        "Measure each layer alone",
-        icon=":material/science:",
-        key=f"{key}_button",
-        help=f"Each of the {len(ranks)} layers replaced alone by plain SVD at the ranks of {source}, "
-        f"on {MEASURE_BATCHES} validation batches (one forward per layer and batch; cached)",
-    ):
-        st.session_state[started] = ranks_key
-    if st.session_state.get(started) != ranks_key:
-        st.caption(f"Measures how much each layer alone changes the predictions, at the ranks of {source}.")
-        return
-    with widgets.stop_on_error("Cannot measure the layers"):
-        measured = measured_kl(model, task, ranks_key)
-        estimates = cache.taylor(model, task, ranks_key)
+    measurement = LayerMeasurement(model, task, ranks, MEASURE_BATCHES)
+    store = cache.store()
+    running = (measure.latest(store, measurement) or {}).get("status") == "running"
+
+    @st.fragment(run_every=widgets.POLL_S if running else None)
+    def card() -> None:
+        row = measure.latest(store, measurement)
+        if running and (row or {}).get("status") != "running":
+            st.rerun()  # ended: draw the page once more, without polling
+        if row is not None and row["status"] == "running":
+            st.progress(
+                min(1.0, (row["step"] or 0) / row["total"]) if row["total"] else 0.0,
+                text=widgets.step_text("Measuring each layer alone", row),
+            )
+        elif row is not None and row["status"] == "done":
+            with widgets.stop_on_error("Cannot estimate the layers' output change"):
+                estimates = cache.taylor(model, task, tuple(sorted(ranks.items())))
+            scatter(
+                measure.result_frame(row),
+                estimates,
+                f"{key}_layer_scatter",
+                f"x: 0.5 mean_n <g_n, dW>^2 (the empirical-Fisher quadratic form on {EXAMPLES} {DEFAULT.split} "
+                "examples); y: mean KL(p_dense || p_layer) on the first "
+                f"{MEASURE_BATCHES} validation batches, at the ranks of {source}. On the suite: `{RESULTS}`.",
+            )
+        else:
+            if row is not None:  # failed or interrupted
+                st.warning(
+                    f"Measuring each layer alone {row['status']}: {row.get('error') or row.get('message') or ''} "
+                    f"(log: {Job(store, measure.TABLE, int(row['id'])).log})",
+                    icon=":material/warning:",
+                )
+            if st.button(
+                "Measure each layer alone",
+                icon=":material/science:",
+                key=f"{key}_button",
+                help=f"Each of the {len(ranks)} layers replaced alone by plain SVD at the ranks of {source}, on "
+                f"{MEASURE_BATCHES} validation batches (one forward per layer and batch), in the background; the "
+                "result is kept in the run store",
+            ):
+                try:
+                    measure.start_measurement(measurement, store)
+                except widgets.USER_ERRORS as err:
+                    widgets.show_error("Cannot measure the layers", err)
+                else:
+                    st.rerun()
+            st.caption(f"Measures how much each layer alone changes the predictions, at the ranks of {source}.")
+
+    card()
+
+
+def scatter(measured: pd.DataFrame, estimates: dict, key: str, note: str) -> None:
+    """The layers' predicted output change (``estimates[name]["second_order"]``) against their measured KL, with
+    Spearman's rho and ``note`` below."""
     frame = measured.assign(
         predicted=measured["name"].map({n: e["second_order"] for n, e in estimates.items()}),
         measured=measured["measured_kl"],
@@ -104,15 +138,10 @@ def layer_section(model: str, task: str, key: str) -> None:
         scatter_figure(
             frame, "predicted output change (nats)", "measured KL to dense (nats)", "Each layer alone, plain SVD"
         ),
-        key=f"{key}_layer_scatter",
+        key=key,
     )
     rho = rank_correlation(frame["predicted"], frame["measured"])
-    st.caption(
-        f"Spearman ρ = {rho:+.2f} over {len(frame)} layers. x: 0.5 mean_n <g_n, dW>^2 (the empirical-Fisher "
-        f"quadratic form on {DEFAULT.num_batches * DEFAULT.batch_size} {DEFAULT.split} examples); y: mean "
-        f"KL(p_dense || p_layer) on the first {MEASURE_BATCHES} validation batches, at the ranks of {source}. "
-        f"On the suite: `{RESULTS}`."
-    )
+    st.caption(f"Spearman ρ = {rho:+.2f} over {len(frame)} layers. {note}")
 
 
 def run_section(result: report.Summary, key: str) -> None:

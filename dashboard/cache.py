@@ -44,7 +44,7 @@ from lowrank.layers import break_even_rank, max_useful_rank
 from lowrank.models import compressible_weights, model_kind
 from lowrank.models.labels import head_untrained
 from lowrank.models.loading import load_config
-from lowrank.models.packaged import resolve_source
+from lowrank.models.packaged import resolve_source, weights_key
 from lowrank.needs import needs_for
 from lowrank.progress import Progress
 from lowrank.statistics import DEFAULT, Stats, select, statistics_for, statistics_label
@@ -143,20 +143,6 @@ def load(model: str, task: str) -> lowrank.LoadedModel:
     before loading when the two do not fit."""
     check_pair(model, task)
     return _load(model, task)
-
-
-def weights_key(model: str) -> str | None:
-    """A fingerprint of a local model's weight files (folder, names, sizes, modification times); ``None`` for a
-    hub id or a model that does not resolve to a folder of safetensors files."""
-    try:
-        folder = Path(resolve_source(model))
-    except (ValueError, OSError, RuntimeError):  # not built / not fetchable: the load reports it
-        return None
-    files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
-    if not files:
-        return None
-    identity = [str(folder.resolve())] + [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
-    return hashlib.sha1(json.dumps(identity).encode()).hexdigest()[:20]
 
 
 def spectra_path(model: str) -> Path | None:

@@ -16,6 +16,7 @@ import streamlit as st
 from lowrank import errors
 from lowrank.evaluation.quality import destroyed
 from lowrank.experiments import build
+from lowrank.experiments.jobs import eta_s
 from lowrank.experiments.sweep import cancel_sweep, log_path, reap_stale, resume_sweep
 from lowrank.healing import DEFAULT_HEALING, LEVELS
 from lowrank.healing.heal import KINDS as HEALABLE
@@ -333,10 +334,15 @@ def build_card(recipe: Recipe) -> None:
 def build_text(row: dict) -> str:
     """What a running build is doing: ``Building minilm-rt: fine-tuning, loss 0.41 · step 120 of 638 · about 8 min
     left``."""
-    text = f"Building {model_label(row['name'])}: {row.get('message') or 'starting'}"
+    return step_text(f"Building {model_label(row['name'])}", row)
+
+
+def step_text(title: str, row: dict) -> str:
+    """``title: message · step k of n · about t left`` for the row of a running job counting steps."""
+    text = f"{title}: {row.get('message') or 'starting'}"
     if row.get("total"):
         text += f" · step {row['step'] or 0} of {row['total']}"
-    left = build.eta_s(row)
+    left = eta_s(row)
     return text + (f" · about {format_duration(left)} left" if left is not None else "")
 
 

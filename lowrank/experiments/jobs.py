@@ -1,4 +1,5 @@
-"""Background jobs: a row of the run store's ``sweeps`` or ``builds`` table, run by a detached worker process.
+"""Background jobs: a row of the run store's ``sweeps``, ``builds`` or ``measurements`` table, run by a detached worker
+process.
 
 A job is ``running`` while a live process owns it (host, pid, start time) and ends once, as :func:`ending` decides
 (for single runs too): ``done`` when its work returns, ``failed`` with the error's message when the work raises,
@@ -30,7 +31,7 @@ from lowrank.processes import process_alive
 if TYPE_CHECKING:
     from lowrank.experiments.store import RunStore
 
-TABLES = ("sweeps", "builds")  # the run store's tables of jobs
+TABLES = ("sweeps", "builds", "measurements")  # the run store's tables of jobs
 HEARTBEAT_S = 10.0  # a running job's process writes its row at least this often
 STALE_S = 120.0  # a running job of another host not written for this long has lost its owner
 PROGRESS_S = 0.5  # a job writes its progress at most this often
@@ -97,7 +98,7 @@ class Job:
 
     @property
     def kind(self) -> str:
-        return self.table[:-1]  # "sweep", "build"
+        return self.table[:-1]  # "sweep", "build", "measurement"
 
     @property
     def log(self) -> Path:
@@ -163,7 +164,7 @@ class Job:
 
 
 def reap_stale(store: RunStore, stale_after: float = STALE_S) -> list[tuple[str, int]]:
-    """End ``interrupted`` every running sweep and build of another host whose heartbeat is older than ``stale_after``
+    """End ``interrupted`` every running job of another host whose heartbeat is older than ``stale_after``
     seconds (:meth:`Job.end_lost`); returns their ``(table, id)``. Jobs of this host are reaped by process id."""
     host, now, ended = socket.gethostname(), time.time(), []
     for table in TABLES:
@@ -228,3 +229,28 @@ class Throttle:
             return False
         self._last = now
         return True
+
+
+class StepProgress:
+    """The progress callback of a job counting steps: writes step, total and message to its row as often as its
+    :class:`Throttle` lets it (always the first call, which also records when the steps started, and the last step)."""
+
+    def __init__(self, job: Job, interval: float = PROGRESS_S):
+        self.job = job
+        self.throttle = Throttle(interval)
+        self.started = False
+
+    def __call__(self, done: int, total: int, message: str = "") -> None:
+        if self.throttle(force=done >= total):
+            fields = {} if self.started else {"started": time.time()}
+            self.job.store.update_job(self.job.table, self.job.id, step=done, total=total, message=message, **fields)
+            self.started = True
+
+
+def eta_s(row: dict, now: float | None = None) -> float | None:
+    """Seconds a running job counting steps has left, elapsed / done * (total - done) since its steps started;
+    ``None`` before its first step."""
+    step, total, started = row.get("step") or 0, row.get("total") or 0, row.get("started")
+    if step <= 0 or not total or started is None:
+        return None
+    return ((now or time.time()) - float(started)) / step * max(0, total - step)

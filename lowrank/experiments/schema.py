@@ -1,4 +1,4 @@
-"""Run store schema: the columns of its tables (runs, sweeps, builds), how a file made before a column existed
+"""Run store schema: the columns of its tables (runs, sweeps, builds, measurements), how a file made before a column existed
 gains it (``ALTER TABLE``, then :data:`BACKFILL` for the old rows), and how values go in (JSON for containers, NULL
 for non-finite floats) and come out (JSON columns decoded). :mod:`lowrank.experiments.store` reads and writes rows.
 """
@@ -98,7 +98,13 @@ BUILD_COLUMNS = {
     "pid": "INTEGER",
     "pid_started": "REAL",
 }
-JOB_COLUMNS = {"sweeps": SWEEP_COLUMNS, "builds": BUILD_COLUMNS}  # the tables of jobs (lowrank.experiments.jobs)
+MEASUREMENT_COLUMNS = BUILD_COLUMNS | {
+    "name": "TEXT",  # the measurement's identity (lowrank.experiments.measure.LayerMeasurement.name)
+    "spec": "TEXT",  # the measurement (model, its weight files, task, ranks, batches), JSON
+    "result": "TEXT",  # its table once done, JSON records
+}
+# the tables of jobs (lowrank.experiments.jobs)
+JOB_COLUMNS = {"sweeps": SWEEP_COLUMNS, "builds": BUILD_COLUMNS, "measurements": MEASUREMENT_COLUMNS}
 TABLES = {"runs": RUN_COLUMNS, **JOB_COLUMNS}
 
 

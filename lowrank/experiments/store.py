@@ -1,6 +1,6 @@
-"""Run store: every compression run, sweep and model build, persisted in one SQLite file.
+"""Run store: every compression run, sweep, model build and background measurement, persisted in one SQLite file.
 
-One row per run (model, task, method, ranks, measurements, timings), per sweep and per build (the background jobs
+One row per run (model, task, method, ranks, measurements, timings), per sweep, build and measurement (the background jobs
 of :mod:`lowrank.experiments.jobs`: spec, progress, message, heartbeat). A row is ``running`` while the process that
 owns it (host, pid, start time) is alive, then ``done``, ``failed`` (``error`` holds the message) or ``interrupted``
 (stopped from outside, or its process died: :meth:`RunStore.reap`, which every read calls first). At most one build
@@ -27,7 +27,6 @@ import pandas as pd
 
 from lowrank.experiments.jobs import ending
 from lowrank.experiments.schema import (
-    BUILD_COLUMNS,
     JOB_COLUMNS,
     RUN_COLUMNS,
     SWEEP_COLUMNS,
@@ -226,7 +225,7 @@ class RunStore:
         return None if frame.empty else self.get_run(int(frame["id"].iloc[0]))
 
     def reap(self) -> int:
-        """Mark ``running`` runs, sweeps and builds of dead processes on this host ``interrupted``; returns how many."""
+        """Mark ``running`` runs and jobs of dead processes on this host ``interrupted``; returns how many."""
         host = socket.gethostname()
         count = 0
         for table in TABLES:
@@ -247,7 +246,7 @@ class RunStore:
                 count += len(dead)
         return count
 
-    # ------------------------------------------------------------ jobs: sweeps and builds
+    # ------------------------------------------------------------ jobs: sweeps, builds and measurements
 
     def get_job(self, table: str, job_id: int) -> dict:
         return decode_spec(self._row(table, table[:-1], job_id))
@@ -331,17 +330,18 @@ class RunStore:
 
     # ------------------------------------------------------------ builds
 
-    def start_build(self, name: str, spec: dict, needed: Callable[[], bool]) -> tuple[int | None, bool]:
-        """Claim the build of model ``name`` in one write transaction, so two processes never both start one.
+    def start_named_job(self, table: str, name: str, spec: dict, needed: Callable[[], bool]) -> tuple[int | None, bool]:
+        """Claim the job ``name`` of ``table`` (builds: a model; measurements: an identity) in one write transaction,
+        so two processes never both start one.
 
-        Returns ``(id, False)`` for the build of ``name`` already running, ``(None, False)`` when ``needed()`` says
-        there is nothing to build, else ``(id, True)`` for a new ``running`` build of ``spec`` (a JSON-able dict)
-        owned by this process until its worker claims it (:meth:`claim_job`)."""
+        Returns ``(id, False)`` for the job of ``name`` already running, ``(None, False)`` when ``needed()`` says
+        there is nothing to do, else ``(id, True)`` for a new ``running`` job of ``spec`` (a JSON-able dict) owned by
+        this process until its worker claims it (:meth:`claim_job`)."""
         self.reap()
         now = time.time()
         with self._write() as conn:
             row = conn.execute(
-                "SELECT id FROM builds WHERE name = ? AND status = 'running' ORDER BY id DESC LIMIT 1", (name,)
+                f"SELECT id FROM {table} WHERE name = ? AND status = 'running' ORDER BY id DESC LIMIT 1", (name,)
             ).fetchone()
             if row is not None:
                 return int(row["id"]), False
@@ -357,7 +357,11 @@ class RunStore:
                 "message": "starting",
                 **_owner(),
             }
-            return self._insert("builds", BUILD_COLUMNS, fields, conn), True
+            return self._insert(table, JOB_COLUMNS[table], fields, conn), True
+
+    def start_build(self, name: str, spec: dict, needed: Callable[[], bool]) -> tuple[int | None, bool]:
+        """:meth:`start_named_job` of the build of model ``name``: at most one runs per model."""
+        return self.start_named_job("builds", name, spec, needed)
 
     def update_build(self, build_id: int, **fields) -> None:
         self.update_job("builds", build_id, **fields)

@@ -9,6 +9,8 @@ Two kinds of rows in :data:`MODELS`: models shipped inside PyPI packages (``mini
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,3 +113,18 @@ def resolve_source(name_or_path: str) -> str:
         return str(finetuned_dir(name_or_path))
     recover(Path(name_or_path))
     return name_or_path
+
+
+def weights_key(model: str) -> str | None:
+    """A fingerprint of a local model's weight files (folder, names, sizes, modification times), for keys of what is
+    computed from them; ``None`` for a hub id or a model that does not resolve to a folder of safetensors files.
+    Cost: a ``stat`` per file."""
+    try:
+        folder = Path(resolve_source(model))
+    except (ValueError, OSError, RuntimeError):  # not built / not fetchable: the load reports it
+        return None
+    files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+    if not files:
+        return None
+    identity = [str(folder.resolve())] + [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+    return hashlib.sha1(json.dumps(identity).encode()).hexdigest()[:20]

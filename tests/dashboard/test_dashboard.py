@@ -69,14 +69,19 @@ def click(at, label: str):
     return at
 
 
-def wait_for_sweep(store, sweep_id: int, timeout: float = 240.0) -> dict:
+def wait_for_job(store, table: str, job_id: int, timeout: float = 240.0) -> dict:
+    """The row of background job ``job_id`` of ``table`` once it is no longer running."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        sweep = store.get_sweep(sweep_id)
-        if sweep["status"] != "running":
-            return sweep
+        row = store.get_job(table, job_id)
+        if row["status"] != "running":
+            return row
         time.sleep(1.0)
-    raise AssertionError(f"sweep {sweep_id} still running after {timeout} s: {store.get_sweep(sweep_id)}")
+    raise AssertionError(f"{table} {job_id} still running after {timeout} s: {store.get_job(table, job_id)}")
+
+
+def wait_for_sweep(store, sweep_id: int, timeout: float = 240.0) -> dict:
+    return wait_for_job(store, "sweeps", sweep_id, timeout)
 
 
 def test_every_page_renders(env):

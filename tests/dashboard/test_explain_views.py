@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 
 from tests.dashboard import test_dashboard
-from tests.dashboard.test_dashboard import click, new_app, plotly_specs, plotted, visit, wait_for_sweep
+from tests.dashboard.test_dashboard import (
+    click,
+    new_app,
+    plotly_specs,
+    plotted,
+    visit,
+    wait_for_job,
+    wait_for_sweep,
+)
 
 env = test_dashboard.env  # the fixture: a temporary cache, the tiny BERT and a CSV task as the defaults
 
@@ -126,12 +134,15 @@ def test_predicted_against_measured_scatters_print_the_rank_correlation(env, tin
 
     at = new_app().run()
     visit(at, "spectra")
-    click(at, "Measure each layer alone")
+    click(at, "Measure each layer alone")  # a background job: its progress polled on the page
+    store = RunStore(env / "runs.sqlite")
+    (row,) = store.jobs("measurements")
+    assert wait_for_job(store, "measurements", int(row["id"]))["status"] == "done"
+    at.run()
     layers = scatter(at, "Each layer alone, plain SVD")
     assert re.search(r"Spearman ρ = [+-]\d\.\d\d$", layers["layout"]["title"]["text"])
     assert len(layers["data"][0]["text"]) == 12  # every layer of the tiny BERT at the default ranks
 
-    store = RunStore(env / "runs.sqlite")
     spec = SweepSpec(model=str(tiny_bert_dir), task=str(sentiment_csv), methods=["svd"], budgets=[0.3, 0.5, 0.7])
     assert wait_for_sweep(store, start_sweep(spec, store))["status"] == "done"
     visit(at, "summary")

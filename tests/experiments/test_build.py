@@ -116,18 +116,18 @@ def test_a_build_of_another_host_that_stopped_reporting_ends_interrupted(cache, 
 
 def test_eta_is_elapsed_per_step_times_the_steps_left():
     now = time.time()
-    assert build.eta_s({"step": 10, "total": 40, "started": now - 100}, now) == pytest.approx(300.0)
-    assert build.eta_s({"step": 0, "total": 40, "started": now}, now) is None
-    assert build.eta_s({"step": 3, "total": None, "started": now}, now) is None
+    assert jobs.eta_s({"step": 10, "total": 40, "started": now - 100}, now) == pytest.approx(300.0)
+    assert jobs.eta_s({"step": 0, "total": 40, "started": now}, now) is None
+    assert jobs.eta_s({"step": 3, "total": None, "started": now}, now) is None
 
 
 def test_progress_writes_are_throttled(cache):
     store = RunStore(cache / "runs.sqlite")
     build_id, _ = store.start_build("m", {}, needed=lambda: True)
     writes = []
-    progress = build._BuildProgress(store, build_id, interval=60.0)
-    original = store.update_build
-    store.update_build = lambda i, **fields: writes.append(fields) or original(i, **fields)
+    progress = jobs.StepProgress(jobs.Job(store, "builds", build_id), interval=60.0)
+    original = store.update_job
+    store.update_job = lambda table, i, **fields: writes.append(fields) or original(table, i, **fields)
     for step in range(100):
         progress(step, 100, f"step {step}")
     progress(100, 100, "saving")

@@ -1,5 +1,5 @@
-"""The job lifecycle (lowrank.experiments.jobs) against a real run store: how sweeps, builds and runs end, the one
-reaper of jobs whose owner is gone, a process that cannot start, the progress throttle."""
+"""The job lifecycle (lowrank.experiments.jobs) against a real run store: how sweeps, builds, measurements and runs
+end, the one reaper of jobs whose owner is gone, a process that cannot start, the progress throttle."""
 
 from __future__ import annotations
 
@@ -29,12 +29,12 @@ def no_stop(monkeypatch):
 
 
 def new_job(store: RunStore, table: str) -> jobs.Job:
-    """A running sweep or build owned by this process."""
+    """A running sweep, build or measurement owned by this process."""
     if table == "sweeps":
         return jobs.Job(store, table, store.create_sweep({"methods": ["svd"]}, label="x"))
-    build_id, new = store.start_build(f"model-{time.monotonic_ns()}", {}, needed=lambda: True)
+    job_id, new = store.start_named_job(table, f"name-{time.monotonic_ns()}", {}, needed=lambda: True)
     assert new
-    return jobs.Job(store, table, build_id)
+    return jobs.Job(store, table, job_id)
 
 
 def set_heartbeat(store: RunStore, table: str, job_id: int, seconds_ago: float) -> None:
@@ -104,7 +104,7 @@ def test_a_job_stopped_ends_interrupted(store, table, no_stop):
     assert store.get_run(run.id)["status"] == "interrupted"
 
 
-def test_one_reaper_ends_the_sweeps_and_builds_whose_owner_is_gone(store):
+def test_one_reaper_ends_the_jobs_whose_owner_is_gone(store):
     here = {table: new_job(store, table) for table in jobs.TABLES}  # this host, their process died
     lost = {table: new_job(store, table) for table in jobs.TABLES}  # another host, silent for too long
     alive = {table: new_job(store, table) for table in jobs.TABLES}  # another host, reporting
@@ -118,7 +118,7 @@ def test_one_reaper_ends_the_sweeps_and_builds_whose_owner_is_gone(store):
         set_heartbeat(store, job.table, job.id, jobs.STALE_S + 5)
 
     ended = jobs.reap_stale(store)
-    assert ended == [("sweeps", lost["sweeps"].id), ("builds", lost["builds"].id)]
+    assert ended == [(table, lost[table].id) for table in jobs.TABLES]
     for job in here.values():
         row = job.row()
         assert row["status"] == "interrupted" and "ended without finishing" in row["error"]
