@@ -14,7 +14,7 @@ already in the JSON are not measured again; statistics come from the library's c
 * ``curve``: the calibration-size curve of kfac_svd, plain and compensated (``--sizes`` tokens, ``all``: the whole
   training split; the default size comes from ``main``);
 * ``heal``: the best training-free row of each corpus and budget, healed by ``lowrank.heal`` on the calibration
-  text (skipped, with the reason printed, where ``lowrank.heal`` does not exist).
+  text (its default settings, :data:`lowrank.healing.DEFAULT_HEALING`; ``--quick``: a few steps).
 
 Every compressed row is evaluated on every corpus: the corpus it was calibrated on and the others (cross-domain).
 Perplexity is the library's ``windows of N tokens`` protocol (``Evaluation.protocol``, in every row). Wall time
@@ -39,6 +39,7 @@ import pandas as pd
 import lowrank
 from lowrank import allocate, compress, compress_in_blocks, evaluate, load_model
 from lowrank.allocation import summarize_plan
+from lowrank.healing import DEFAULT_HEALING, HealConfig
 from lowrank.methods import with_compensation
 from lowrank.statistics import DEFAULT, StatisticsSettings, restrict, statistics_for
 from lowrank.statistics.resolve import is_cached
@@ -52,6 +53,7 @@ HABITS = {"edge": {"grad_edge": 0.125}, "clip": {"grad_clip": 4.0}, "edge+clip":
 # Targets of issue 25 (own-corpus perplexity as a multiple of dense): training-free and healed, per kept fraction.
 TARGETS = {"training-free": {0.8: 1.5, 0.6: 2.5}, "healed": {0.8: 1.15, 0.6: 1.5}}
 NEEDS = ("activations", "gradients")
+QUICK_HEALING = HealConfig(steps=4, eval_every=2, heldout_batches=1, batch_size=2, max_length=32)
 
 
 def arguments() -> argparse.Namespace:
@@ -62,6 +64,13 @@ def arguments() -> argparse.Namespace:
         "--calibrate", nargs="+", help="corpora to calibrate on (default: every corpus); rows are measured on all"
     )
     p.add_argument("--keeps", type=float, nargs="+", default=[0.8, 0.6])
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        choices=("plain", "compensated"),
+        default=["plain", "compensated"],
+        help="which forms of each method the main stage measures",
+    )
     p.add_argument("--tokens", type=int, default=DEFAULT.tokens, help="calibration tokens of the main rows")
     p.add_argument("--sizes", nargs="+", default=["8192", "all"], help="calibration-size curve: tokens or 'all'")
     p.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
@@ -126,7 +135,8 @@ class Results:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_text(json.dumps(payload, indent=2, default=str))
         os.replace(tmp, self.path)
-        shown = {k: v for k, v in row.items() if k not in ("key", "plan_by_type", "plan_by_depth", "calibration")}
+        hidden = ("key", "plan_by_type", "plan_by_depth", "calibration", "healing")
+        shown = {k: v for k, v in row.items() if k not in hidden}
         print(json.dumps(shown, default=str), flush=True)
         return row
 
@@ -279,7 +289,7 @@ def run(bench: Bench, args) -> None:
                     print(f"main: uniform ranks only for {corpus} at {keep:.0%} kept (no strategies rows)", flush=True)
                 for strategy in ("uniform", *([best] if best else [])):
                     for method in METHODS:
-                        for compensated in (False, True):
+                        for compensated in [v == "compensated" for v in args.variants]:
                             measured = bench.results.has(f"strategies|{tag}|{strategy}")
                             if measured and method == "kfac_svd" and not compensated:
                                 continue  # the strategies stage measured this configuration
@@ -309,16 +319,10 @@ def run(bench: Bench, args) -> None:
 
 
 def heal(bench: Bench, corpus: str, keep: float, args) -> None:
-    """HEALING STEP: the best training-free row of this corpus and budget, healed on its calibration text by
-    ``lowrank.heal(compressed, dense, calibration, config)``; skipped with the reason where it does not exist."""
+    """The best training-free row of this corpus and budget, healed on its calibration text by :func:`lowrank.heal`
+    (``--quick``: a few steps)."""
     key = f"heal|{corpus}|{args.tokens}|{keep}"
     if bench.results.has(key):
-        return
-    if not hasattr(lowrank, "heal"):
-        print(
-            f"heal stage skipped for {corpus} at {keep:.0%} kept: lowrank.heal does not exist on this branch",
-            flush=True,
-        )
         return
     rows = [r for r in bench.results.rows.values() if r["stage"] in ("main", "strategies")]
     rows = [r for r in rows if r["calibrated_on"] == corpus and r["keep"] == keep and r["tokens"] == args.tokens]
@@ -331,9 +335,11 @@ def heal(bench: Bench, corpus: str, keep: float, args) -> None:
     stats, _ = bench.statistics(settings)
     ranks, _ = bench.plan(corpus, keep, best["strategy"], settings, stats)
     model, _ = bench.compress(base, compensated, ranks, settings, stats)
+    config = QUICK_HEALING if args.quick else DEFAULT_HEALING
     start = time.perf_counter()
-    healed = lowrank.heal(model, bench.loaded, corpus, None)
+    healed = lowrank.heal(model, bench.loaded, corpus, config)
     heal_s = round(time.perf_counter() - start, 1)
+    record = healed.model.lowrank_info.healing
     bench.results.add(
         {
             "key": key,
@@ -345,6 +351,7 @@ def heal(bench: Bench, corpus: str, keep: float, args) -> None:
             "method": best["method"],
             "healed_from": best["key"],
             "heal_s": heal_s,
+            "healing": {k: record.get(k) for k in ("level", "config", "train_tokens", "kept", "end_to_end")},
             **bench.evaluate(healed),
         }
     )

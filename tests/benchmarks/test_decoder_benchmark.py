@@ -1,0 +1,45 @@
+"""benchmarks/decoder.py end to end in its quick mode on the tiny Llama: every stage it is asked for writes its rows
+(dense, plain and compensated forms, healing), each measured against the dense model of the same run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_quick_decoder_benchmark_writes_every_stage(tiny_llama_dir, tmp_path, seed_lee):
+    cache = tmp_path / "cache"
+    seed_lee(cache)
+    out, report = tmp_path / "decoder.json", tmp_path / "decoder.md"
+    env = os.environ | {"LOWRANK_CACHE": str(cache), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, str(ROOT / "benchmarks" / "decoder.py"), "--quick", "--model", str(tiny_llama_dir)]
+    command += ["--corpora", "lee", "--stages", "dense", "main", "heal", "--threads", "1"]
+    done = subprocess.run(
+        [*command, "--out", str(out), "--report", str(report)], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = {row["key"]: row for row in json.loads(out.read_text())["rows"]}
+    dense = rows.pop("dense|lee")["ppl[lee]"]
+    main = [row for row in rows.values() if row["stage"] == "main"]
+    assert sorted(row["method"] for row in main) == [
+        "kfac_svd",
+        "kfac_svd_compensated",
+        "svd_llm",
+        "svd_llm_compensated",
+    ]
+    (healed,) = [row for row in rows.values() if row["stage"] == "heal"]
+    best = min(main, key=lambda row: row["ppl[lee]"])
+    assert healed["healed_from"] == best["key"] and healed["healing"]["config"]["steps"] == 4
+    for row in (*main, healed):
+        assert row["x_dense[lee]"] == row["ppl[lee]"] / dense and row["protocol"].startswith("windows of")
+    assert "| heal |" in report.read_text()
+
+    again = subprocess.run(
+        [*command, "--out", str(out), "--report", str(report)], env=env, capture_output=True, text=True
+    )
+    assert again.returncode == 0 and f"resuming: {len(rows) + 1} rows" in again.stdout  # nothing measured twice
