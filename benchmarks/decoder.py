@@ -53,6 +53,7 @@ HABITS = {"edge": {"grad_edge": 0.125}, "clip": {"grad_clip": 4.0}, "edge+clip":
 # Targets of issue 25 (own-corpus perplexity as a multiple of dense): training-free and healed, per kept fraction.
 TARGETS = {"training-free": {0.8: 1.5, 0.6: 2.5}, "healed": {0.8: 1.15, 0.6: 1.5}}
 NEEDS = ("activations", "gradients")
+NOTES = "<!-- notes: kept when the tables are written again -->"  # the write-up below the tables
 QUICK_HEALING = HealConfig(steps=4, eval_every=2, heldout_batches=1, batch_size=2, max_length=32)
 
 
@@ -64,6 +65,7 @@ def arguments() -> argparse.Namespace:
         "--calibrate", nargs="+", help="corpora to calibrate on (default: every corpus); rows are measured on all"
     )
     p.add_argument("--keeps", type=float, nargs="+", default=[0.8, 0.6])
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="methods of the main stage")
     p.add_argument(
         "--variants",
         nargs="+",
@@ -288,7 +290,7 @@ def run(bench: Bench, args) -> None:
                 if best is None:
                     print(f"main: uniform ranks only for {corpus} at {keep:.0%} kept (no strategies rows)", flush=True)
                 for strategy in ("uniform", *([best] if best else [])):
-                    for method in METHODS:
+                    for method in args.methods:
                         for compensated in [v == "compensated" for v in args.variants]:
                             measured = bench.results.has(f"strategies|{tag}|{strategy}")
                             if measured and method == "kfac_svd" and not compensated:
@@ -372,7 +374,8 @@ def markdown(frame: pd.DataFrame) -> str:
 
 
 def report(bench: Bench, args) -> None:
-    """The markdown write-up's tables, from the JSON rows (targets and misses on the calibration corpus)."""
+    """The markdown write-up's tables, from the JSON rows (targets and misses on the calibration corpus); the notes
+    below :data:`NOTES` in the existing file are kept."""
     rows = list(bench.results.rows.values())
     lines = ["# Decoders: compensation, calibration, ranks, healing (benchmarks/decoder.py)", ""]
     lines += [
@@ -381,6 +384,8 @@ def report(bench: Bench, args) -> None:
         "validation splits. `x dense`: perplexity over the dense model's, same corpus, same run.",
         "",
     ]
+    dense = [f"`{c}` {r[f'ppl[{c}]']:.4g}" for c in args.corpora if (r := bench.results.rows.get(f"dense|{c}"))]
+    lines += [f"Dense perplexity: {', '.join(dense) or 'not measured'}.", ""]
     for corpus in args.corpora:
         own = [r for r in rows if r.get("calibrated_on") == corpus]
         if not own:
@@ -409,7 +414,8 @@ def report(bench: Bench, args) -> None:
             table.append(entry)
         lines += [markdown(pd.DataFrame(table)), ""]
     args.report.parent.mkdir(parents=True, exist_ok=True)
-    args.report.write_text("\n".join(lines) + "\n")
+    kept = args.report.read_text().partition(NOTES)[2] if args.report.exists() else ""
+    args.report.write_text("\n".join(lines) + "\n" + (NOTES + kept if kept else ""))
     print(f"wrote {args.report} and {args.out}", flush=True)
 
 
