@@ -152,4 +152,3 @@ def test_compensation_is_one_setting():
         with pytest.raises(ValueError, match="cannot compensate") as err:
             registry.with_compensation(name, True, sweepable)
         assert "\n" not in str(err.value)
-
