@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 import lowrank
 from lowrank import allocate, compress, compress_in_blocks, evaluate, load_model
@@ -111,6 +112,7 @@ class Results:
     def __init__(self, path: Path, args):
         self.path, self.args = path, args
         self.rows: dict[str, dict] = {}
+        self.environment: dict = {}  # where the stored rows were measured (the last writer's threads and cores)
         if path.exists():
             stored = json.loads(path.read_text())
             differ = [k for k in MEASURED if stored["args"].get(k) != getattr(args, k)]
@@ -119,6 +121,7 @@ class Results:
                     f"error: {path} was measured with other {', '.join(differ)}; pass another --out to start afresh"
                 )
             self.rows = {row["key"]: row for row in stored["rows"]}
+            self.environment = stored.get("environment", {})
             print(f"resuming: {len(self.rows)} rows in {path}", flush=True)
 
     def has(self, key: str) -> bool:
@@ -126,11 +129,13 @@ class Results:
 
     def add(self, row: dict) -> dict:
         row["peak_rss_gib"] = round(peak_rss_gib(), 3)
+        row["torch_threads"] = torch.get_num_threads()
+        self.environment = {"torch_threads": row["torch_threads"], "cpus": os.cpu_count()}  # of the rows' process
         self.rows[row["key"]] = row
         payload = {
             "benchmark": "decoder",
             "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(self.args).items()},
-            "environment": {"torch_threads": __import__("torch").get_num_threads(), "cpus": os.cpu_count()},
+            "environment": self.environment,
             "rows": list(self.rows.values()),
         }
         tmp = self.path.with_suffix(".json.tmp")
@@ -380,7 +385,8 @@ def report(bench: Bench, args) -> None:
     lines = ["# Decoders: compensation, calibration, ranks, healing (benchmarks/decoder.py)", ""]
     lines += [
         f"Model `{args.model}`; corpora {', '.join(f'`{c}`' for c in args.corpora)}; torch threads "
-        f"{__import__('torch').get_num_threads()}. Perplexity: {rows[0].get('protocol', '') if rows else ''}, "
+        f"{bench.results.environment.get('torch_threads', '-')} ({bench.results.environment.get('cpus', '-')} cores). "
+        f"Perplexity: {rows[0].get('protocol', '') if rows else ''}, "
         "validation splits. `x dense`: perplexity over the dense model's, same corpus, same run.",
         "",
     ]

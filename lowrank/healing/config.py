@@ -23,7 +23,7 @@ class HealConfig:
     """Settings of :func:`lowrank.heal`.
 
     End to end: at most ``steps`` AdamW steps of learning rate ``lr`` (linear warm-up over ``warmup_steps``) and
-    ``time_budget_s`` seconds; the held-out loss is measured every ``eval_every`` steps and training stops after
+    ``time_budget_s`` seconds for the whole call (data, training and the held-out checks, the last one included); the held-out loss is measured every ``eval_every`` steps and training stops after
     ``patience`` measurements without a new best. Block level: ``block_steps`` steps of ``block_lr`` per block.
     ``norms``: the norm weights train too (else only the factors ``U``, ``V``). ``tokens``: training tokens at most
     (``None``: the whole training part of the split)."""

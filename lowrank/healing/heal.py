@@ -119,11 +119,11 @@ def _eval_mode(module):
 
 
 def _heal(compressed: LoadedModel, dense: LoadedModel, task, config: HealConfig, progress) -> LoadedModel:
+    start = time.monotonic()  # the budget covers the whole call: copy, data, training and held-out checks
+    deadline = start + config.time_budget_s
     device, kind = compressed.device, compressed.kind
     new = copy.deepcopy(compressed.model).eval()  # no dropout: the deployed function is what is fitted
     train, heldout = heal_batches(task, compressed.tokenizer, config)
-    start = time.monotonic()
-    deadline = start + config.time_budget_s
     params = trainable(new, config.norms)
     unhealed = snapshot(params)
     before = heldout_kl(new, dense.model, heldout, kind, device)

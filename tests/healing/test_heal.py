@@ -47,6 +47,19 @@ def test_end_to_end_keeps_the_best_heldout_checkpoint(small_llama, tiny_llama, t
     assert record["train_tokens"] > 0 and record["config"]["lr"] == 3e-3 and record["seconds"] > 0
 
 
+def test_the_time_budget_holds_the_whole_call_and_its_last_measurement(small_llama, tiny_llama, text_task):
+    """Stopped by its budget, healing still measures its last steps on held-out text, within the budget: the room
+    for one more step and one measurement is kept free before the deadline, and the clock starts with the call."""
+    budget = 1.5
+    config = HealConfig(level="end-to-end", steps=100_000, time_budget_s=budget, eval_every=50, patience=10**6, **SMALL)
+    healed = heal(small_llama, tiny_llama, text_task, config)
+    record = healed.model.lowrank_info.healing
+    e2e = record["end_to_end"]
+    assert e2e["stopped"] == "time budget" and 0 < e2e["steps"] < 100_000
+    assert e2e["heldout"][-1][0] == e2e["steps"]  # the steps after the last periodic check were measured
+    assert record["seconds"] <= budget * 1.2  # one step or measurement slower than the ones before is the slack
+
+
 def test_a_diverging_run_returns_the_unhealed_model(small_llama, tiny_llama, text_task):
     config = HealConfig(level="end-to-end", steps=6, lr=50.0, eval_every=1, patience=2, warmup_steps=0, **SMALL)
     healed = heal(small_llama, tiny_llama, text_task, config)
