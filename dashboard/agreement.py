@@ -102,10 +102,8 @@ def layer_section(model: str, task: str, key: str) -> None:
             )
         else:
             if row is not None:  # failed or interrupted
-                st.warning(
-                    f"Measuring each layer alone {row['status']}: {row.get('error') or row.get('message') or ''} "
-                    f"(log: {Job(store, measure.TABLE, int(row['id'])).log})",
-                    icon=":material/warning:",
+                widgets.ended_job_warning(
+                    "Measuring each layer alone", row, Job(store, measure.TABLE, int(row["id"])).log
                 )
             if st.button(
                 "Measure each layer alone",

@@ -309,11 +309,7 @@ def build_card(recipe: Recipe) -> None:
                         st.rerun()
         else:
             if row is not None:  # failed or interrupted
-                st.warning(
-                    f"Building {label} {row['status']}: {row.get('error') or row.get('message') or ''} "
-                    f"(log: {build.log_path(store, int(row['id']))})",
-                    icon=":material/warning:",
-                )
+                ended_job_warning(f"Building {label}", row, build.log_path(store, int(row["id"])))
             again = row is not None
             if st.button(
                 f"Build {label} again" if again else "Fine-tune in the background",
@@ -329,6 +325,14 @@ def build_card(recipe: Recipe) -> None:
                     st.rerun()
 
     card()
+
+
+def ended_job_warning(what: str, row: dict, log) -> None:
+    """Why a background job stopped without finishing: ``what failed: its error (log: ...)``."""
+    st.warning(
+        f"{what} {row['status']}: {row.get('error') or row.get('message') or ''} (log: {log})",
+        icon=":material/warning:",
+    )
 
 
 def build_text(row: dict) -> str:
