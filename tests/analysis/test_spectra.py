@@ -96,3 +96,18 @@ def test_spectra_under_a_metric_refuse_an_iterative_method_and_missing_statistic
         spectra(tiny_bert, metric="tfwsvd", stats={})
     with pytest.raises(ValueError, match="needs activations, gradients statistics"):
         spectra(tiny_bert, metric="kfac_svd", stats={})
+
+
+def test_spectra_of_chosen_layers_are_the_rows_of_the_whole_table(tiny_bert):
+    """The dashboard draws the chosen layers before the whole table: the same rows, in the model's order."""
+    stats = _known_moments(tiny_bert.model)
+    names = list(compressible_linears(tiny_bert.model))
+    chosen = [names[3], names[0]]
+    for metric in ("svd", "kfac_svd"):
+        whole = spectra(tiny_bert, metric=metric, stats=stats).set_index("name")
+        part = spectra(tiny_bert, metric=metric, stats=stats, layers=chosen)
+        assert list(part["name"]) == [names[0], names[3]]
+        for _, row in part.iterrows():
+            np.testing.assert_array_equal(row["singular_values"], whole.loc[row["name"], "singular_values"])
+    with pytest.raises(ValueError, match="not compressible layers of this model: nope"):
+        spectra(tiny_bert, layers=["nope"])
