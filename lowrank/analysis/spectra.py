@@ -116,10 +116,10 @@ def spectra(
         if unknown := wanted - set(linears):
             raise ValueError(f"not compressible layers of this model: {', '.join(sorted(unknown))}")
         linears = {name: module for name, module in linears.items() if name in wanted}
-    whole = layers is None
-    key = _fingerprint(model)
+    memo = layers is None and metric == PLAIN  # the whole plain table is kept until a weight changes
+    key = _fingerprint(model) if memo else None
     cached = _CACHE.get(model)
-    if whole and metric == PLAIN and cached is not None and cached[0] == key:
+    if memo and cached is not None and cached[0] == key:
         return cached[1].copy()
     rows = []
     for i, (name, module) in enumerate(linears.items()):
@@ -151,6 +151,6 @@ def spectra(
         )
     report(progress, len(linears), len(linears), "spectra done")
     frame = pd.DataFrame(rows)
-    if whole and metric == PLAIN:
+    if memo:
         _CACHE[model] = (key, frame)
     return frame.copy()
