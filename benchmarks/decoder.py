@@ -9,7 +9,9 @@ already in the JSON are not measured again; statistics come from the library's c
   ``kfac_greedy`` and ``measured_greedy`` (LEMS-like); the best non-uniform strategy (lowest perplexity on the
   calibration corpus's validation split) is the one the ``main`` stage uses; each plan summarized by layer type
   and depth (:func:`lowrank.allocation.summarize_plan`);
-* ``main``: svd_llm and kfac_svd, each plain and compensated, on uniform ranks and the best other strategy;
+* ``main``: svd_llm and kfac_svd, each plain and compensated (with each ``--alpha``, the weight of the dense
+  outputs in the compensated target, :mod:`lowrank.methods.compensated`), on uniform ranks and the best other
+  strategy;
 * ``habits``: kfac_svd with KFAC-SVD's gradient habits (edge tokens dropped, token norms clipped);
 * ``curve``: the calibration-size curve of kfac_svd, plain and compensated (``--sizes`` tokens, ``all``: the whole
   training split; the default size comes from ``main``);
@@ -42,6 +44,7 @@ from lowrank import allocate, compress, compress_in_blocks, evaluate, load_model
 from lowrank.allocation import summarize_plan
 from lowrank.healing import DEFAULT_HEALING, HealConfig
 from lowrank.methods import with_compensation
+from lowrank.methods.compensated import ALPHA
 from lowrank.statistics import DEFAULT, StatisticsSettings, restrict, statistics_for
 from lowrank.statistics.resolve import is_cached
 from lowrank.threads import set_threads
@@ -73,6 +76,13 @@ def arguments() -> argparse.Namespace:
         choices=("plain", "compensated"),
         default=["plain", "compensated"],
         help="which forms of each method the main stage measures",
+    )
+    p.add_argument(
+        "--alpha",
+        type=float,
+        nargs="+",
+        default=[ALPHA],
+        help="compensated rows: weight of the dense outputs in the target, one row per value (default %(default)s)",
     )
     p.add_argument("--tokens", type=int, default=DEFAULT.tokens, help="calibration tokens of the main rows")
     p.add_argument("--sizes", nargs="+", default=["8192", "all"], help="calibration-size curve: tokens or 'all'")
@@ -179,19 +189,23 @@ class Bench:
             out[f"evaluate_s[{corpus}]"] = round(time.perf_counter() - start, 1)
         return out
 
-    def compress(self, method: str, compensated: bool, ranks, settings: StatisticsSettings, stats: dict):
-        """The compressed model and the record of how: compensated runs go through the block sweep with the cached
-        dense statistics (the gradients); plain ones through ``compress``."""
+    def compress(
+        self, method: str, compensated: bool, ranks, settings: StatisticsSettings, stats: dict, alpha: float = ALPHA
+    ):
+        """The compressed model and the record of how: compensated runs (weight ``alpha`` of the dense outputs) go
+        through the block sweep with the cached dense statistics (the gradients); plain ones through ``compress``."""
         name = with_compensation(method, compensated)
         spec = lowrank.get_method(name)
         start = time.perf_counter()
         if spec.block_sweep:
             dense = [k for k in spec.needs if k != "compensation"]
             given = restrict(stats, dense) if dense else None
-            model = compress_in_blocks(self.loaded, ranks, name, None, settings, stats=given)
+            model = compress_in_blocks(self.loaded, ranks, name, None, settings, stats=given, alpha=alpha)
+            record = {"method": name, "alpha": alpha}
         else:
             model = compress(self.loaded, ranks, name, stats=restrict(stats, spec.needs))
-        return model, {"method": name, "compress_s": round(time.perf_counter() - start, 1)}
+            record = {"method": name}
+        return model, {**record, "compress_s": round(time.perf_counter() - start, 1)}
 
     def plan(self, corpus: str, keep: float, strategy: str, settings: StatisticsSettings, stats: dict):
         """``(ranks, record)`` of a strategy: ``keep`` itself for uniform, else an allocated plan (cached here)."""
@@ -223,6 +237,7 @@ class Bench:
         strategy: str,
         tokens: int | None,
         habits: dict | None = None,
+        alpha: float = ALPHA,
     ) -> dict | None:
         """Measure one configuration (unless its row exists): statistics, ranks, compression, evaluation."""
         if self.results.has(key):
@@ -230,7 +245,7 @@ class Bench:
         settings = self.settings(corpus, tokens, **(habits or {}))
         stats, timing = self.statistics(settings)
         ranks, planned = self.plan(corpus, keep, strategy, settings, stats)
-        model, made = self.compress(method, compensated, ranks, settings, stats)
+        model, made = self.compress(method, compensated, ranks, settings, stats, alpha)
         row = {
             "key": key,
             "stage": stage,
@@ -246,6 +261,17 @@ class Bench:
             **self.evaluate(model),
         }
         return self.results.add(row)
+
+
+def variants(args) -> list[tuple[bool, float]]:
+    """``(compensated, alpha)`` of each form the main stage measures: plain once, compensated once per alpha."""
+    plain = [(False, ALPHA)] if "plain" in args.variants else []
+    return plain + [(True, alpha) for alpha in args.alpha if "compensated" in args.variants]
+
+
+def alpha_key(alpha: float) -> str:
+    """The key suffix of a compensated row's alpha: none for full compensation (the rows measured before alpha)."""
+    return "" if alpha == 1.0 else f"|alpha={alpha:g}"
 
 
 def best_strategy(bench: Bench, corpus: str, keep: float) -> str | None:
@@ -296,12 +322,14 @@ def run(bench: Bench, args) -> None:
                     print(f"main: uniform ranks only for {corpus} at {keep:.0%} kept (no strategies rows)", flush=True)
                 for strategy in ("uniform", *([best] if best else [])):
                     for method in args.methods:
-                        for compensated in [v == "compensated" for v in args.variants]:
+                        for compensated, alpha in variants(args):
                             measured = bench.results.has(f"strategies|{tag}|{strategy}")
                             if measured and method == "kfac_svd" and not compensated:
                                 continue  # the strategies stage measured this configuration
-                            key = f"main|{tag}|{method}|{compensated}|{strategy}"
-                            bench.row(key, "main", corpus, keep, method, compensated, strategy, args.tokens)
+                            key = f"main|{tag}|{method}|{compensated}|{strategy}" + alpha_key(alpha)
+                            bench.row(
+                                key, "main", corpus, keep, method, compensated, strategy, args.tokens, None, alpha
+                            )
             if "habits" in stages:
                 for name, habits in HABITS.items():
                     bench.row(
@@ -341,7 +369,7 @@ def heal(bench: Bench, corpus: str, keep: float, args) -> None:
     settings = bench.settings(corpus, args.tokens)
     stats, _ = bench.statistics(settings)
     ranks, _ = bench.plan(corpus, keep, best["strategy"], settings, stats)
-    model, _ = bench.compress(base, compensated, ranks, settings, stats)
+    model, _ = bench.compress(base, compensated, ranks, settings, stats, best.get("alpha", 1.0))
     config = QUICK_HEALING if args.quick else DEFAULT_HEALING
     start = time.perf_counter()
     healed = lowrank.heal(model, bench.loaded, corpus, config)
@@ -356,6 +384,7 @@ def heal(bench: Bench, corpus: str, keep: float, args) -> None:
             "keep": keep,
             "strategy": best["strategy"],
             "method": best["method"],
+            **({"alpha": best.get("alpha", 1.0)} if compensated else {}),
             "healed_from": best["key"],
             "heal_s": heal_s,
             "healing": {k: record.get(k) for k in ("level", "config", "train_tokens", "kept", "end_to_end")},
@@ -402,7 +431,7 @@ def report(bench: Bench, args) -> None:
             entry = {
                 "stage": r["stage"],
                 "keep": r["keep"],
-                "method": r["method"],
+                "method": r["method"] + (f" (alpha {r.get('alpha', 1.0):g})" if "_compensated" in r["method"] else ""),
                 "strategy": r.get("strategy"),
                 "tokens": r.get("tokens"),
                 "habits": r.get("habits", "-"),

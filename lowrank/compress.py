@@ -124,7 +124,7 @@ def compress(
         kind=loaded.kind if loaded else "",
         method=method,
         ranks=plan,
-        options=scalars(options),
+        options=scalars(spec.with_defaults(options)),
     )
     for step, (name, rank) in enumerate(plan.items()):
         report(progress, step, len(plan), f"{method}: {name}")

@@ -185,7 +185,11 @@ def compress_in_blocks(
     gradients = needs_gradients(spec.needs) and stats is None
     batches = _calibration(spec, task, loaded.tokenizer, settings, gradients)
     info = CompressionInfo(
-        base_model=loaded.name, kind=loaded.kind, method=method, ranks=plan, options=scalars(options)
+        base_model=loaded.name,
+        kind=loaded.kind,
+        method=method,
+        ranks=plan,
+        options=scalars(spec.with_defaults(options)),
     )
     blocks = Blocks(new, layout, loaded.device)
     with tempfile.TemporaryDirectory(prefix="lowrank-blocks-") as workdir:
@@ -242,7 +246,9 @@ def compress_sequential(
     gradients = needs_gradients(spec.needs)
     batches = _calibration(spec, task, tokenizer, settings, gradients)
     stream.load_resident()
-    info = CompressionInfo(base_model=name, kind="causal-lm", method=method, ranks=plan, options=scalars(options))
+    info = CompressionInfo(
+        base_model=name, kind="causal-lm", method=method, ranks=plan, options=scalars(spec.with_defaults(options))
+    )
     out = Path(out)
     with atomic_dir(out) as tmp:
         writer = ShardWriter(tmp, stream.num_blocks + 1)

@@ -18,6 +18,8 @@ from lowrank import compress, compress_in_blocks, compress_sequential, get_metho
 from lowrank.cli.main import main
 from lowrank.compress import factorize_layer
 from lowrank.data import load_task
+from lowrank.methods import with_compensation
+from lowrank.methods.compensated import ALPHA
 from lowrank.models import ModelLoadError
 from lowrank.models.families.llama import DECODER as LLAMA
 from lowrank.models.loading import load_config
@@ -417,6 +419,25 @@ def test_compensated_runs_agree_in_memory_and_sequential(sharded_llama, text_tas
         assert not torch.allclose(product(held.model, last), product(other.model, last), atol=1e-4)
 
 
+def test_partial_compensation_spans_svd_llm_on_compressed_inputs_to_full_compensation(
+    sharded_llama, text_task, tmp_path
+):
+    """alpha = 0 is SVD-LLM's sequential mode (each block whitened on the inputs of the compressed blocks before
+    it), alpha = 1 full compensation; the record states the alpha that ran, the default included."""
+    loaded = load_model(str(sharded_llama))
+    none = compress_in_blocks(loaded, 0.5, "svd_llm_compensated", text_task, SETTINGS, alpha=0.0)
+    on_compressed = compress_in_blocks(loaded, 0.5, "svd_llm", text_task, SETTINGS)
+    full = compress_in_blocks(loaded, 0.5, "svd_llm_compensated", text_task, SETTINGS, alpha=1.0)
+    vocab = loaded.model.config.vocab_size
+    assert logit_gap(none, on_compressed, vocab) < 1e-4
+    assert logit_gap(none, full, vocab) > 1e-3
+    assert none.model.lowrank_info.options == {"alpha": 0.0}
+    default = compress_in_blocks(loaded, 0.5, "svd_llm_compensated", text_task, SETTINGS)
+    assert default.model.lowrank_info.options == {"alpha": ALPHA}
+    with pytest.raises(ValueError, match=r"alpha must be in \[0, 1\]"):
+        compress_in_blocks(loaded, 0.5, "svd_llm_compensated", text_task, SETTINGS, alpha=2.0)
+
+
 def test_compensated_statistics_only_come_from_the_block_sweep(sharded_llama, text_task, tmp_path):
     loaded = load_model(str(sharded_llama))
     with pytest.raises(ValueError, match="compress_in_blocks") as err:
@@ -444,6 +465,13 @@ def test_cli_compresses_a_compensated_method_in_memory_through_the_block_loop(
     record = json.loads(out)
     assert record["sequential"] == "forward sweep (compensated inputs)" and record["layers"] == 21
     assert load_compressed(tmp_path / "out").model.lowrank_info.method == "svd_llm_compensated"
+    # the plain name with --compensate takes the compensated form's options
+    args[args.index("svd_llm_compensated")] = "svd_llm"
+    args[args.index(str(tmp_path / "out"))] = str(tmp_path / "half")
+    code, out, err = run(capsys, *args, "--compensate", "--option", "alpha=0.5")
+    assert code == 0, err
+    info = load_compressed(tmp_path / "half").model.lowrank_info
+    assert info.method == "svd_llm_compensated" and info.options == {"alpha": 0.5}
 
 
 def test_kfac_compensated_runs_agree_in_memory_and_sequential(sharded_llama, text_task, tmp_path):
@@ -502,3 +530,9 @@ def test_cli_compensate_flag_runs_the_compensated_form_in_memory_and_block_by_bl
             f"{tokens} tokens"
         )
         assert "warning: the calibration sample is small" in err and info.method == "svd_llm_compensated"
+    plain = [a for a in base if a != "--compensate"]
+    for flag, method in (("--no-compensate", "svd_llm"), (None, with_compensation("svd_llm"))):  # None: the default
+        out_dir = str(tmp_path / f"default-{flag}")
+        code, out, err = run(capsys, *plain, "--out", out_dir, *([flag] if flag else []))
+        assert code == 0, err
+        assert json.loads(out)["method"] == method == load_compressed(out_dir).model.lowrank_info.method

@@ -44,6 +44,7 @@ from lowrank.files.atomic import atomic_dir
 from lowrank.info import load_info
 from lowrank.layers import FORMS
 from lowrank.methods import COMPENSATE, available_methods, get_method, with_compensation
+from lowrank.methods.compensated import ALPHA
 from lowrank.models.architectures import block_layout
 from lowrank.models.packaged import FINETUNED, FINETUNED_BASE, PACKAGED, finetuned_dir, is_built
 from lowrank.progress import TqdmProgress
@@ -137,8 +138,8 @@ def register(sub) -> None:
         "--compensate",
         action=argparse.BooleanOptionalAction,
         help="causal LMs: run a data-aware method in its error-compensated form (svd_llm, kfac_svd: each block "
-        "fitted to the dense outputs from the inputs of the blocks compressed before it; default: "
-        f"{'on' if COMPENSATE else 'off'})",
+        "fitted, from the inputs of the blocks compressed before it, toward the dense outputs with weight alpha, "
+        f"--option alpha=A, default {ALPHA:g}; default: {'on' if COMPENSATE else 'off'})",
     )
     p.add_argument("--solver", help="solver for iterative methods (e.g. als, em, adam, adam_sgd)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="extra method option, repeatable")
@@ -294,7 +295,7 @@ def parse_options(pairs: list[str], solver: str | None = None) -> dict:
 
 def compress_command(args):
     out = output_folder(args)
-    chosen = get_method(args.method)
+    chosen = get_method(with_compensation(args.method, args.compensate))  # the form that runs where a sweep can
     options = parse_options(args.option, args.solver)
     chosen.check_options(options)  # before any work: a misspelt option must not cost a Fisher pass
     ranks = read_ranks(args.plan) if args.plan else args.keep

@@ -8,6 +8,16 @@ the model compressed so far, the objective is::
 with the cross moment ``M = E[x x_hat^T]`` (in, in) and ``C = E[x_hat x_hat^T] = L L^T`` (in, in); it is minimized
 exactly by ``B L = SVD_r(W M L^-T)``, i.e. ``B = SVD_r(W M L^-T) L^-1``. With ``X_hat = X`` (``M = C``),
 ``W M L^-T = W L`` and this is SVD-LLM; at full rank it is the least-squares solution ``W M C^-1``.
+
+Partial compensation (``alpha`` in [0, 1], the form of SAES-SVD's cumulative-error objective; the weighting is a
+reconstruction, ours)::
+
+    min_{rank r B} (1 - alpha) ||W X_hat - B X_hat||_F^2 + alpha ||W X - B X_hat||_F^2
+
+is the same problem with ``M`` replaced by ``M_alpha = (1 - alpha) C + alpha M``: ``alpha = 0`` fits the layer to
+its own dense map on the inputs it will get (SVD-LLM on ``X_hat``, no compensation), ``alpha = 1`` to the dense
+model's outputs (full compensation). The correction ``W (M - C)`` is a least-squares fit of the error the earlier
+blocks made on the calibration tokens; ``alpha < 1`` shrinks it towards no correction.
 Under an output-gradient metric ``G = E[g g^T] = L_G L_G^T`` (out, out), the objective
 ``tr(G (W X - B X_hat)(W X - B X_hat)^T) = ||L_G^T W X - L_G^T B X_hat||_F^2`` is the same problem for
 ``L_G^T B``, so ``B = L_G^-T SVD_r(L_G^T W M L^-T) L^-1`` (the K-FAC variant; with ``G = I`` the plain one).
@@ -30,19 +40,38 @@ from collections.abc import Mapping
 
 import torch
 
-from lowrank.methods.registry import Factorization, register_method
+from lowrank.methods.registry import Factorization, Option, register_method
 from lowrank.methods.roots import psd_root
 from lowrank.methods.svd_llm import whitened_factors
 
+# The methods' default: chosen on Lee (svd_llm, alpha 0 to 1) and checked on kfac_svd, both corpora and both budgets
+# by benchmarks/decoder.py (docs/results/decoder.md, "partial compensation").
+ALPHA = 0.25
+OPTIONS = {"alpha": Option(ALPHA, help="weight of the dense outputs in the target (0: none, 1: full compensation)")}
+
+
+def check_alpha(options: Mapping) -> None:
+    """``alpha`` (when given) must lie in [0, 1]."""
+    alpha = options.get("alpha", ALPHA)
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
+
 
 def compensated_factors(
-    W: torch.Tensor, rank: int, cross: torch.Tensor, moment: torch.Tensor, grad: torch.Tensor | None = None
+    W: torch.Tensor,
+    rank: int,
+    cross: torch.Tensor,
+    moment: torch.Tensor,
+    grad: torch.Tensor | None = None,
+    alpha: float = 1.0,
 ) -> Factorization:
-    """``B = U V`` minimizing ``||W X - B X_hat||_F^2`` (``tr(G ...)`` with ``grad``) at rank ``rank``.
+    """``B = U V`` minimizing ``(1 - alpha) ||W X_hat - B X_hat||_F^2 + alpha ||W X - B X_hat||_F^2``
+    (``tr(G ...)`` with ``grad``) at rank ``rank``.
 
     ``cross``: ``M = E[x x_hat^T]`` (in, in); ``moment``: ``C = E[x_hat x_hat^T]`` (in, in); ``grad``:
-    ``G`` (out, out) or None. Factors in ``W``'s dtype; see the module docstring.
+    ``G`` (out, out) or None; ``alpha`` in [0, 1]. Factors in ``W``'s dtype; see the module docstring.
     """
+    check_alpha({"alpha": alpha})
     out_features, in_features = W.shape
     if cross.shape != (in_features, in_features) or moment.shape != (in_features, in_features):
         raise ValueError(
@@ -61,7 +90,8 @@ def compensated_factors(
     # the root's regularizer D = L L^T - C (jitter, clipped eigenvalues) enters M as well: the objective gains
     # tr((W - B) D (W - B)^T), a pull towards W where the data is silent, and M = C still gives svd_llm exactly
     moment = moment.to(W.device).double()
-    cross = cross.to(W.device).double() + (root.L @ root.L.T - 0.5 * (moment + moment.T))
+    cross = alpha * cross.to(W.device).double() + (1.0 - alpha) * moment
+    cross = cross + (root.L @ root.L.T - 0.5 * (moment + moment.T))
     target = W.double() @ cross
     U, V = whitened_factors(target, rank, left, left_inv, root.L_inv.T, root.L_inv)
     return Factorization(U.to(W.dtype), V.to(W.dtype), info=info)
@@ -72,9 +102,13 @@ def compensated_factors(
     "Error-compensated SVD-LLM: exact minimizer of ||W X - B X_hat||_F, X the dense inputs, X_hat those of the "
     "model compressed so far (block by block).",
     needs=("compensation",),
+    options=OPTIONS,
+    validate=check_alpha,
 )
-def svd_llm_compensated(W: torch.Tensor, rank: int, stats: Mapping[str, torch.Tensor]) -> Factorization:
-    return compensated_factors(W, rank, stats["cross_moment"], stats["compressed_moment"])
+def svd_llm_compensated(
+    W: torch.Tensor, rank: int, stats: Mapping[str, torch.Tensor], alpha: float = ALPHA
+) -> Factorization:
+    return compensated_factors(W, rank, stats["cross_moment"], stats["compressed_moment"], alpha=alpha)
 
 
 @register_method(
@@ -82,6 +116,12 @@ def svd_llm_compensated(W: torch.Tensor, rank: int, stats: Mapping[str, torch.Te
     "Error-compensated K-FAC SVD (ours): exact minimizer of ||L_G^T (W X - B X_hat)||_F, G = E[g g^T] = L_G L_G^T "
     "of the dense model, X the dense inputs, X_hat those of the model compressed so far (block by block).",
     needs=("compensation", "gradients"),
+    options=OPTIONS,
+    validate=check_alpha,
 )
-def kfac_svd_compensated(W: torch.Tensor, rank: int, stats: Mapping[str, torch.Tensor]) -> Factorization:
-    return compensated_factors(W, rank, stats["cross_moment"], stats["compressed_moment"], stats["grad_moment"])
+def kfac_svd_compensated(
+    W: torch.Tensor, rank: int, stats: Mapping[str, torch.Tensor], alpha: float = ALPHA
+) -> Factorization:
+    return compensated_factors(
+        W, rank, stats["cross_moment"], stats["compressed_moment"], stats["grad_moment"], alpha=alpha
+    )

@@ -119,6 +119,11 @@ class Method:
         """The per-layer statistic that the ``importance=`` shorthand (one tensor per layer) stands for."""
         return next((k for k in self.needs if k in ("fisher", "mask")), None)
 
+    def with_defaults(self, options: Mapping) -> dict:
+        """``options`` completed by the defaults of the method's declared options: what a record of a run states,
+        so it still says what ran when a default changes."""
+        return {**{name: option.default for name, option in self.options.items()}, **options}
+
     def check_options(self, options: Mapping) -> None:
         """Raise ``ValueError`` for unknown options (unless the method passes them on, to its ``validate``),
         a bad choice or a value of the wrong type: before any work, so a misspelt option costs nothing."""
@@ -153,9 +158,9 @@ BASELINE = "svd"
 RECOMMENDED = "kfac_svd"
 COMPARISON = (BASELINE, RECOMMENDED)
 # Whether a data-aware method with an error-compensated form (``<name>_compensated``) runs in that form wherever a
-# block sweep can run (causal LMs of a known decoder layout). Decided by measurement (docs/results/decoder.md,
-# docs/results/suite.md), here only.
-COMPENSATE = False
+# block sweep can run (causal LMs of a known decoder layout; elsewhere the plain method runs, so encoders are
+# unchanged). Decided by measurement (docs/results/decoder.md, "partial compensation"), here only.
+COMPENSATE = True
 COMPENSATED_SUFFIX = "_compensated"
 
 

@@ -57,4 +57,6 @@ def test_fisher_risk_and_weighted_compress(capsys, tmp_path, monkeypatch, tiny_b
     record = json.loads(capsys.readouterr().out)
     assert record["method"] == "tfwsvd" and record["layers"] == 12
     meta = json.loads((tmp_path / "out" / "lowrank.json").read_text())
-    assert meta["options"] == {"max_iters": 2, "solver": "als"} and len(meta["history"]) == 12
+    # the record states every option that ran, the defaults included
+    assert meta["options"] == {"max_iters": 2, "solver": "als", "init_axis": "best", "tol": 1e-4}
+    assert len(meta["history"]) == 12

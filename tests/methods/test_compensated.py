@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lowrank import factorize
-from lowrank.methods.compensated import compensated_factors
+from lowrank.methods.compensated import ALPHA, compensated_factors
 
 
 def problem(out, inp, tokens, seed, noise=0.3):
@@ -119,7 +119,7 @@ def test_kfac_svd_compensated_is_registered_as_the_weighted_closed_form(rank):
     W, X, X_hat, G = problem(6, 5, 30, seed=8)
     M, C = moments(X, X_hat)
     stats = {"cross_moment": M, "compressed_moment": C, "grad_moment": G}
-    B = factorize(W, rank, "kfac_svd_compensated", stats=stats).matrix()
+    B = factorize(W, rank, "kfac_svd_compensated", stats=stats, alpha=1.0).matrix()
     assert torch.allclose(B, compensated_factors(W, rank, M, C, G).matrix(), atol=1e-12)
     if rank == 5:
         assert torch.allclose(B, torch.linalg.lstsq(X_hat.T, (W @ X).T).solution.T, atol=1e-9)
@@ -152,3 +152,43 @@ def test_compensation_is_one_setting():
         with pytest.raises(ValueError, match="cannot compensate") as err:
             registry.with_compensation(name, True, sweepable)
         assert "\n" not in str(err.value)
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    alpha=st.floats(0.0, 1.0),
+    rank_frac=st.floats(0.0, 1.0),
+    seed=st.integers(0, 10_000),
+    weighted=st.booleans(),
+)
+def test_partial_compensation_is_the_optimum_of_the_mixed_objective(alpha, rank_frac, seed, weighted):
+    """(1 - alpha) ||W X_hat - B X_hat||^2 + alpha ||W X - B X_hat||^2 = ||W X_alpha - B X_hat||^2 + const with
+    X_alpha = (1 - alpha) X_hat + alpha X: the closed form equals the brute-force optimum of that problem."""
+    W, X, X_hat, G = problem(5, 6, 15, seed)
+    G = G if weighted else None
+    rank = 1 + int(rank_frac * 4)
+    M, C = moments(X, X_hat)
+    B = compensated_factors(W, rank, M, C, G, alpha=alpha).matrix()
+    X_alpha = (1 - alpha) * X_hat + alpha * X
+    L_G = torch.eye(5, dtype=W.dtype) if G is None else torch.linalg.cholesky(G)
+    brute = alternating_least_squares(L_G.T @ W @ X_alpha, X_hat, rank, seed)
+    best = float((L_G.T @ W @ X_alpha - L_G.T @ B @ X_hat).square().sum())
+    assert float((L_G.T @ W @ X_alpha - brute @ X_hat).square().sum()) == pytest.approx(best, rel=1e-6, abs=1e-9)
+
+
+def test_alpha_zero_is_svd_llm_on_the_compressed_inputs_and_alpha_is_checked():
+    W, X, X_hat, G = problem(6, 5, 30, seed=3)
+    M, C = moments(X, X_hat)
+    stats = {"input_moment": C, "input_abs_mean": C.diagonal().sqrt()}
+    expected = factorize(W, 3, "svd_llm", stats=stats).matrix()
+    assert torch.allclose(compensated_factors(W, 3, M, C, alpha=0.0).matrix(), expected, atol=1e-10)
+    swept = {"cross_moment": M, "compressed_moment": C, "grad_moment": G}
+    default = factorize(W, 3, "svd_llm_compensated", stats=swept).matrix()  # the methods' alpha is ALPHA
+    assert torch.allclose(default, compensated_factors(W, 3, M, C, alpha=ALPHA).matrix(), atol=1e-12)
+    half = factorize(W, 3, "kfac_svd_compensated", stats=swept, alpha=0.5).matrix()
+    assert torch.allclose(half, compensated_factors(W, 3, M, C, G, alpha=0.5).matrix(), atol=1e-12)
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match=r"alpha must be in \[0, 1\]"):
+            factorize(W, 3, "svd_llm_compensated", stats=swept, alpha=bad)
+    with pytest.raises(ValueError, match="alpha"):
+        factorize(W, 3, "svd_llm_compensated", stats=swept, alpha="half")
