@@ -99,8 +99,8 @@ def compensated_factors(
 
 @register_method(
     "svd_llm_compensated",
-    "Error-compensated SVD-LLM: exact minimizer of ||W X - B X_hat||_F, X the dense inputs, X_hat those of the "
-    "model compressed so far (block by block).",
+    "Error-compensated SVD-LLM: exact minimizer of (1 - alpha) ||W X_hat - B X_hat||_F^2 + alpha ||W X - B X_hat||_F^2, "
+    "X the dense inputs, X_hat those of the model compressed so far (block by block).",
     needs=("compensation",),
     options=OPTIONS,
     validate=check_alpha,
@@ -113,8 +113,8 @@ def svd_llm_compensated(
 
 @register_method(
     "kfac_svd_compensated",
-    "Error-compensated K-FAC SVD (ours): exact minimizer of ||L_G^T (W X - B X_hat)||_F, G = E[g g^T] = L_G L_G^T "
-    "of the dense model, X the dense inputs, X_hat those of the model compressed so far (block by block).",
+    "Error-compensated K-FAC SVD (ours): svd_llm_compensated's objective with the errors weighted by "
+    "G = E[g g^T] = L_G L_G^T of the dense model (||L_G^T (...)||_F^2).",
     needs=("compensation", "gradients"),
     options=OPTIONS,
     validate=check_alpha,
