@@ -269,9 +269,19 @@ def variants(args) -> list[tuple[bool, float]]:
     return plain + [(True, alpha) for alpha in args.alpha if "compensated" in args.variants]
 
 
+# Compensated rows measured before alpha was an option ran full compensation: they record no alpha, and their keys
+# carry none.
+UNRECORDED_ALPHA = 1.0
+
+
 def alpha_key(alpha: float) -> str:
     """The key suffix of a compensated row's alpha: none for full compensation (the rows measured before alpha)."""
-    return "" if alpha == 1.0 else f"|alpha={alpha:g}"
+    return "" if alpha == UNRECORDED_ALPHA else f"|alpha={alpha:g}"
+
+
+def row_alpha(row: dict) -> float:
+    """The alpha a compensated row ran with (:data:`UNRECORDED_ALPHA` where it records none)."""
+    return row.get("alpha", UNRECORDED_ALPHA)
 
 
 def best_strategy(bench: Bench, corpus: str, keep: float) -> str | None:
@@ -347,7 +357,9 @@ def run(bench: Bench, args) -> None:
                 for size in args.sizes:
                     tokens = None if size == "all" else int(size)
                     for compensated in (False, True):
-                        key = f"curve|{corpus}|{size}|{keep}|kfac_svd|{compensated}"
+                        key = f"curve|{corpus}|{size}|{keep}|kfac_svd|{compensated}" + (
+                            alpha_key(ALPHA) if compensated else ""
+                        )
                         bench.row(key, "curve", corpus, keep, "kfac_svd", compensated, "uniform", tokens)
             if "heal" in stages:
                 heal(bench, corpus, keep, args)
@@ -369,7 +381,7 @@ def heal(bench: Bench, corpus: str, keep: float, args) -> None:
     settings = bench.settings(corpus, args.tokens)
     stats, _ = bench.statistics(settings)
     ranks, _ = bench.plan(corpus, keep, best["strategy"], settings, stats)
-    model, _ = bench.compress(base, compensated, ranks, settings, stats, best.get("alpha", 1.0))
+    model, _ = bench.compress(base, compensated, ranks, settings, stats, row_alpha(best))
     config = QUICK_HEALING if args.quick else DEFAULT_HEALING
     start = time.perf_counter()
     healed = lowrank.heal(model, bench.loaded, corpus, config)
@@ -384,7 +396,7 @@ def heal(bench: Bench, corpus: str, keep: float, args) -> None:
             "keep": keep,
             "strategy": best["strategy"],
             "method": best["method"],
-            **({"alpha": best.get("alpha", 1.0)} if compensated else {}),
+            **({"alpha": row_alpha(best)} if compensated else {}),
             "healed_from": best["key"],
             "heal_s": heal_s,
             "healing": {k: record.get(k) for k in ("level", "config", "train_tokens", "kept", "end_to_end")},
@@ -431,7 +443,7 @@ def report(bench: Bench, args) -> None:
             entry = {
                 "stage": r["stage"],
                 "keep": r["keep"],
-                "method": r["method"] + (f" (alpha {r.get('alpha', 1.0):g})" if "_compensated" in r["method"] else ""),
+                "method": r["method"] + (f" (alpha {row_alpha(r):g})" if "_compensated" in r["method"] else ""),
                 "strategy": r.get("strategy"),
                 "tokens": r.get("tokens"),
                 "habits": r.get("habits", "-"),
