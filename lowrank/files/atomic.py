@@ -5,7 +5,8 @@ renamed aside first, removed last); :func:`atomic_write_bytes` does the same for
 ``os.replace``. Each temporary or set-aside copy is the ``content`` of a hidden holder folder
 ``.<name>.tmp-<pid>-<start>-<token>`` / ``.<name>.old-<pid>-<start>-<token>`` whose :data:`OWNER` file,
 written before the copy, records that pid, start time, kind and target name. Recovery touches a hidden
-entry only when its owner file matches its name and that process is dead: :func:`recover` (the loaders:
+entry only when its owner file matches its name and that process is dead, or (a writer killed while creating
+or removing the holder) when the holder holds nothing but a truncated owner file or none: :func:`recover` (the loaders:
 reading, it never deletes) puts back a set-aside copy whose target is missing; every atomic write also
 removes the other holders in its folder. A user's ``.results.old-2023`` is never ours. Files and folders
 get the user's umask defaults (not the 0600 / 0700 of ``tempfile`` or of safetensors). Cost: two renames
@@ -39,13 +40,18 @@ OWNER_MAX_BYTES = 4096  # a larger owner file is not one this tool wrote
 _HOLDER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)-(?P<start>\d+)-[0-9a-f]{8}$")
 
 
+def _owner_text(pid: int, start: int, kind: str, target: str) -> str:
+    """The :data:`OWNER` file of a holder of ``target`` written by process ``(pid, start)``."""
+    owner = {"written_by": "lowrank", "pid": pid, "start": start, "kind": kind, "target": target}
+    return json.dumps(owner) + "\n"
+
+
 def _holder(target: Path, kind: str) -> Path:
     """A new hidden sibling of ``target`` holding only its :data:`OWNER` file; the copy goes in as ``CONTENT``."""
     pid, start = os.getpid(), own_start()
     holder = target.with_name(f".{target.name}.{kind}-{pid}-{start}-{secrets.token_hex(4)}")
     holder.mkdir()
-    owner = {"written_by": "lowrank", "pid": pid, "start": start, "kind": kind, "target": target.name}
-    (holder / OWNER).write_text(json.dumps(owner) + "\n")
+    (holder / OWNER).write_text(_owner_text(pid, start, kind, target.name))
     return holder
 
 
@@ -58,7 +64,7 @@ def _remove(holder: Path) -> None:
             shutil.rmtree(entry)
         else:
             entry.unlink()
-    (holder / OWNER).unlink()
+    (holder / OWNER).unlink(missing_ok=True)
     holder.rmdir()
 
 
@@ -185,21 +191,31 @@ def _owned(entry: Path) -> tuple[str, str] | None:
     """``(target name, "tmp" | "old")`` when ``entry`` is a holder of a dead writer of this tool, else ``None``.
 
     Its name must parse, it must be a real folder, and its :data:`OWNER` file (a regular file of at most
-    :data:`OWNER_MAX_BYTES`) must record exactly the pid, start time, kind and target its name gives.
+    :data:`OWNER_MAX_BYTES`) must record exactly the pid, start time, kind and target its name gives. A writer
+    killed between creating the holder and finishing its owner file (or between removing the owner file and
+    the folder) leaves a holder with nothing in it but a prefix of that owner file, or no file: that is
+    ours too, and holds nothing of anyone's.
     """
     match = _HOLDER.match(entry.name)
-    owner = entry / OWNER
-    if match is None or entry.is_symlink() or not entry.is_dir() or owner.is_symlink() or not owner.is_file():
-        return None
-    with owner.open("rb") as fh:
-        raw = fh.read(OWNER_MAX_BYTES + 1)
-    try:
-        recorded = json.loads(raw) if len(raw) <= OWNER_MAX_BYTES else None
-    except ValueError:
+    if match is None or entry.is_symlink() or not entry.is_dir():
         return None
     pid, start = int(match["pid"]), int(match["start"])
-    expected = {"written_by": "lowrank", "pid": pid, "start": start, "kind": match["kind"], "target": match["name"]}
-    if recorded != expected or process_alive(pid, start):
+    expected = _owner_text(pid, start, match["kind"], match["name"])
+    owner = entry / OWNER
+    if owner.is_symlink() or (owner.exists() and not owner.is_file()):
+        return None
+    raw = b""
+    if owner.exists():
+        with owner.open("rb") as fh:
+            raw = fh.read(OWNER_MAX_BYTES + 1)
+    if len(raw) > OWNER_MAX_BYTES:
+        return None
+    try:
+        complete = json.loads(raw) == json.loads(expected)
+    except ValueError:
+        complete = False
+    cut_short = os.listdir(entry) in ([], [OWNER]) and expected.encode().startswith(raw)
+    if not (complete or cut_short) or process_alive(pid, start):
         return None
     return match["name"], match["kind"]
 
@@ -226,7 +242,7 @@ def _sweep(parent: Path, name: str | None = None, delete: bool = True) -> None:
             if kind == "old" and not os.path.lexists(target) and os.path.lexists(content):
                 content.rename(target)
                 notice(f"restored {target} from the copy an interrupted save had set aside")
-            if delete or os.listdir(entry) == [OWNER]:
+            if delete or os.listdir(entry) in ([], [OWNER]):
                 _remove(entry)
         except OSError:
             continue

@@ -18,7 +18,7 @@ from lowrank.allocation import allocate
 from lowrank.card import CARD_FILE
 from lowrank.cli.main import main
 from lowrank.compress import compress, load_compressed, save_compressed
-from lowrank.files.atomic import PAUSE_ENV, atomic_write_bytes, recover
+from lowrank.files.atomic import OWNER, PAUSE_ENV, atomic_write_bytes, recover
 from lowrank.files.outputs import MARKER, OutputError
 from lowrank.models.errors import ModelLoadError
 from lowrank.processes import own_start
@@ -251,6 +251,34 @@ def test_stale_temporary_copies_of_dead_processes_are_cleaned(tmp_path, tiny_ber
     assert (parent / "f" / "lowrank.json").read_text() == "f's old copy"
     recover(parent / "b")
     assert live.exists()
+
+
+def test_holders_of_writers_killed_while_creating_or_removing_them_are_cleaned(tmp_path, tiny_bert):
+    """A kill between a holder's mkdir and the end of its owner file (or between removing the owner file and
+    the folder) left a hidden folder the next save kept for ever (CI: ``.out.tmp-...`` beside ``out``)."""
+    dead = dead_pid()
+    parent = tmp_path / "outs"
+    parent.mkdir()
+    full = killed_copy(parent, "z", "tmp", dead, 1700000000)
+    owner_text = (full / OWNER).read_text()
+    shutil.rmtree(full)
+
+    def holder(name: str, owner: str | None, pid: int = dead, start: int = 1700000000) -> Path:
+        path = parent / f".{name}.tmp-{pid}-{start}-0badc0de"
+        path.mkdir()
+        if owner is not None:
+            (path / OWNER).write_text(owner.replace('"z"', f'"{name}"'))
+        return path
+
+    cleaned = [holder("a", None), holder("b", ""), holder("c", owner_text[:20])]
+    other = holder("d", owner_text[:20])
+    (other / "notes.txt").write_text("a user's file")  # more than a cut-short owner file: kept
+    foreign = holder("e", '{"written_by": "someone"')  # not a prefix of ours: kept
+    live = holder("f", None, os.getpid(), own_start())  # its writer is still creating it: kept
+
+    save_compressed(compress(tiny_bert, 0.5), parent / "out")
+    assert not any(p.exists() for p in cleaned)
+    assert sorted(p.name for p in parent.iterdir()) == sorted([other.name, foreign.name, live.name, "out"])
 
 
 # ---------------------------------------------------------------- 11. permissions follow the umask
