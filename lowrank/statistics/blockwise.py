@@ -32,6 +32,7 @@ from torch import nn
 
 from lowrank.models.streamed import Blocks
 from lowrank.statistics.kinds import STATISTIC_KINDS, swept_kinds
+from lowrank.statistics.moments import SharedInputs, begin_batch
 from lowrank.statistics.passes import calibration_batches
 from lowrank.statistics.resolve import passes, restrict
 from lowrank.statistics.settings import DEFAULT, StatisticsSettings
@@ -68,13 +69,14 @@ class BlockStatistics:
             for collector, kinds in passes(needs).items()
             for name, module in linears.items()
         }
+        self.shared = SharedInputs()
 
     def batch(self, size: int, mask: torch.Tensor | None) -> None:
-        for c in self.hooks.values():
-            c.scale, c.mask = float(size), mask
+        begin_batch(self.hooks.values(), size, mask, self.shared)
 
     def phase(self, phase: str) -> None:
         """``"dense"`` or ``"compressed"``: which stream the next forward runs (for the cross-moment hooks)."""
+        self.shared.clear()
         for c in self.hooks.values():
             c.phase = phase
 
@@ -85,6 +87,7 @@ class BlockStatistics:
         return restrict(out, self.needs)
 
     def remove(self) -> None:
+        self.shared.clear()
         for c in self.hooks.values():
             c.remove()
 

@@ -15,8 +15,9 @@ the dense model and ``x_hat`` the input on the same token in the model compresse
     C = E_t[x_hat x_hat^T]          (in, in)     compressed-input second moment ('compressed_moment')
 
 K-FAC approximates the Fisher of ``W`` as ``G (x) A``
-(the normalization of ``G`` is a reconstruction). Cost: one float64 matrix product per batch and layer, memory
-O(in^2 + out^2) per layer.
+(the normalization of ``G`` is a reconstruction). Cost: one float64 matrix product per batch and distinct input
+(Linears called in turn on one tensor, q/k/v or gate/up, share it: :class:`SharedInputs`) plus one per layer for ``G``,
+memory O(in^2 + out^2) per layer.
 Details: docs/methods.md#activation-aware-and-kronecker-factored-methods-lowrankmethodsasvd-svd_llm-kfac_svd.
 """
 
@@ -26,6 +27,55 @@ import torch
 from torch import nn
 
 from lowrank.statistics.settings import DEFAULT, StatisticsSettings
+
+
+class SharedInputs:
+    """What a hook computed from the last input tensor it saw, for the next hooks fed the same tensor.
+
+    Linears called one after another on one tensor (q/k/v after one norm, gate/up after another) need the same
+    ``x x^T``: the first hook computes it, the next ones read it. The entry is keyed on the tensors by identity and
+    version (a tensor changed in place is another input) and holds them, so their ids cannot be reused while it
+    lives; one entry only, so at most one input's products are kept alive. Emptied by :meth:`clear` (each batch
+    and stream)."""
+
+    def __init__(self):
+        self._entry: tuple[tuple[torch.Tensor, ...], tuple[int, ...], object] | None = None
+
+    def get(self, key: tuple[torch.Tensor, ...], compute):
+        """``compute()``, or what it returned last if that was for the same tensors, unchanged."""
+        versions = tuple(t._version for t in key)
+        if self._entry is not None:
+            held, held_versions, value = self._entry
+            if len(held) == len(key) and all(a is b for a, b in zip(held, key)) and held_versions == versions:
+                return value
+        value = compute()
+        self._entry = (key, versions, value)
+        return value
+
+    def clear(self) -> None:
+        self._entry = None
+
+
+def begin_batch(collectors, size: int, mask: torch.Tensor | None, shared: SharedInputs) -> None:
+    """Ready ``collectors`` for a batch of ``size`` examples with token ``mask`` (bool, (batch, T) or None):
+    their loss scale and mask set, and ``shared`` (emptied) handed to the collectors that share input products."""
+    shared.clear()
+    for c in collectors:
+        c.scale, c.mask = float(size), mask
+        if hasattr(c, "shared"):
+            c.shared = shared
+
+
+def _once(shared: SharedInputs | None, key: tuple, compute):
+    return compute() if shared is None else shared.get(key, compute)
+
+
+def select_tokens(t: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """The rows of ``t`` (batch, T, features) or (batch, features) at the real tokens of ``mask`` (batch, T): (n, features)."""
+    t = t.reshape(t.shape[0], -1, t.shape[-1])
+    if mask is not None and mask.shape == t.shape[:2]:
+        return t[mask.to(t.device)]
+    return t.reshape(-1, t.shape[-1])
 
 
 def shape_gradients(g: torch.Tensor, edge: float, clip: float, mask: torch.Tensor | None) -> torch.Tensor:
@@ -60,19 +110,18 @@ class MomentCollector:
         self.mask: torch.Tensor | None = None  # (batch, T) bool of real tokens, set before each forward
         self.scale = 1.0  # batch size: the batch loss is a mean over examples
         self.edge, self.clip = settings.grad_edge, settings.grad_clip
+        self.shared: SharedInputs | None = None  # set by begin_batch
         self.handle = module.register_forward_hook(self._forward)
 
-    def _select(self, t: torch.Tensor) -> torch.Tensor:
-        t = t.reshape(t.shape[0], -1, t.shape[-1])
-        if self.mask is not None and self.mask.shape == t.shape[:2]:
-            return t[self.mask.to(t.device)]
-        return t.reshape(-1, t.shape[-1])
+    def _products(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+        x = select_tokens(t.detach(), self.mask).double()
+        return x.T @ x, x.abs().sum(dim=0), x.shape[0]
 
     def _forward(self, module, inputs, output):
-        x = self._select(inputs[0].detach()).double()
-        self.xx.addmm_(x.T, x)
-        self.abs.add_(x.abs().sum(dim=0))
-        self.tokens += x.shape[0]
+        xx, abs_sum, tokens = _once(self.shared, (inputs[0],), lambda: self._products(inputs[0]))
+        self.xx.add_(xx)
+        self.abs.add_(abs_sum)
+        self.tokens += tokens
         if self.gg is not None and output.requires_grad:
             output.register_hook(self._backward)
 
@@ -80,7 +129,7 @@ class MomentCollector:
         g = g.detach()
         if self.edge or self.clip:
             g = shape_gradients(g.reshape(g.shape[0], -1, g.shape[-1]), self.edge, self.clip, self.mask)
-        g = self._select(g).double() * self.scale
+        g = select_tokens(g, self.mask).double() * self.scale
         self.gg.addmm_(g.T, g)
 
     def accumulators(self) -> list[torch.Tensor]:
@@ -114,21 +163,27 @@ class CrossMomentCollector:
         self.scale = 1.0
         self.phase = "dense"
         self.dense: torch.Tensor | None = None
+        self.shared: SharedInputs | None = None  # set by begin_batch
         self.handle = module.register_forward_hook(self._forward)
 
-    def _forward(self, module, inputs, output):
-        x = inputs[0].detach()
-        x = x.reshape(x.shape[0], -1, x.shape[-1])
-        x = x[self.mask.to(x.device)] if self.mask is not None and self.mask.shape == x.shape[:2] else x.flatten(0, 1)
-        if self.phase == "dense":
-            self.dense = x.double()
-            return
-        if self.dense is None or self.dense.shape[0] != x.shape[0]:
+    def _products(self, dense: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+        x_hat = select_tokens(t.detach(), self.mask).double()
+        if dense.shape[0] != x_hat.shape[0]:
             raise RuntimeError("a compressed-model input came without the dense input of the same batch")
-        x_hat = x.double()
-        self.moment.addmm_(x_hat.T, x_hat)
-        self.cross.addmm_(self.dense.T, x_hat)
-        self.tokens += x_hat.shape[0]
+        return x_hat.T @ x_hat, dense.T @ x_hat, x_hat.shape[0]
+
+    def _forward(self, module, inputs, output):
+        t = inputs[0]
+        if self.phase == "dense":
+            self.dense = _once(self.shared, (t,), lambda: select_tokens(t.detach(), self.mask).double())
+            return
+        if self.dense is None:
+            raise RuntimeError("a compressed-model input came without the dense input of the same batch")
+        dense = self.dense
+        moment, cross, tokens = _once(self.shared, (dense, t), lambda: self._products(dense, t))
+        self.moment.add_(moment)
+        self.cross.add_(cross)
+        self.tokens += tokens
         self.dense = None
 
     def accumulators(self) -> list[torch.Tensor]:

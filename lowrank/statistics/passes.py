@@ -20,6 +20,7 @@ import torch.distributed as dist
 
 from lowrank.data import batches, load_task, num_batches
 from lowrank.progress import Progress, report
+from lowrank.statistics.moments import SharedInputs, begin_batch
 from lowrank.statistics.settings import StatisticsSettings
 
 BACKWARD_TOKENS = 512  # tokens of a causal LM per backward pass (backward_parts)
@@ -113,14 +114,14 @@ def backward_parts(loaded, batch: dict) -> list[dict]:
     return [{k: v[start : start + step] for k, v in batch.items()} for start in range(0, examples, step)]
 
 
-def _feed(loaded, batch: dict, collectors: dict, settings: StatisticsSettings, backward_fn, generator) -> int:
+def _feed(
+    loaded, batch: dict, collectors: dict, shared: SharedInputs, settings: StatisticsSettings, backward_fn, generator
+) -> int:
     """One forward (and, with ``backward_fn``, backward) pass of ``batch`` into ``collectors``; returns its
     (example, label) samples."""
     batch = {k: v.to(loaded.device) for k, v in batch.items()}
     mask = batch.get("attention_mask")
-    for c in collectors.values():
-        c.scale = float(batch["input_ids"].shape[0])
-        c.mask = None if mask is None else mask.bool()
+    begin_batch(collectors.values(), batch["input_ids"].shape[0], None if mask is None else mask.bool(), shared)
     if backward_fn is None:
         with torch.no_grad():
             loaded.model(**{k: v for k, v in batch.items() if k != "labels"})
@@ -150,16 +151,17 @@ def calibration_pass(
     generator = torch.Generator().manual_seed(s.seed)
     was_training = model.training
     model.eval()
-    examples = 0
+    examples, shared = 0, SharedInputs()
     try:
         with activation_gradients_only(model) if backward else nullcontext():
             for step, batch in enumerate(sample):
                 if step % size != rank:
                     continue
                 for part in backward_parts(loaded, batch) if backward else [batch]:
-                    examples += _feed(loaded, part, collectors, s, backward_fn if backward else None, generator)
+                    examples += _feed(loaded, part, collectors, shared, s, backward_fn if backward else None, generator)
                 report(progress, step + 1, total, message)
     finally:
+        shared.clear()
         for c in collectors.values():
             c.remove()
         model.zero_grad(set_to_none=True)
