@@ -30,6 +30,7 @@ per stage part (statistics, allocation, compression, evaluation) and the process
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import resource
@@ -86,6 +87,12 @@ def arguments() -> argparse.Namespace:
     )
     p.add_argument("--tokens", type=int, default=DEFAULT.tokens, help="calibration tokens of the main rows")
     p.add_argument("--sizes", nargs="+", default=["8192", "all"], help="calibration-size curve: tokens or 'all'")
+    p.add_argument(
+        "--heal-lr",
+        type=float,
+        nargs="+",
+        help="heal stage: learning rates, one healed row each (default: the library's, DEFAULT_HEALING.lr)",
+    )
     p.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
     p.add_argument("--limit", type=int, help="evaluate on at most this many batches")
     p.add_argument("--device", default="cpu")
@@ -274,9 +281,10 @@ def variants(args) -> list[tuple[bool, float]]:
 UNRECORDED_ALPHA = 1.0
 
 
-def alpha_key(alpha: float) -> str:
-    """The key suffix of a compensated row's alpha: none for full compensation (the rows measured before alpha)."""
-    return "" if alpha == UNRECORDED_ALPHA else f"|alpha={alpha:g}"
+def alpha_key(compensated: bool, alpha: float) -> str:
+    """The key suffix of a row's alpha: a compensated row's, except full compensation (the rows measured before
+    alpha); none for a plain row, which has no alpha."""
+    return f"|alpha={alpha:g}" if compensated and alpha != UNRECORDED_ALPHA else ""
 
 
 def row_alpha(row: dict) -> float:
@@ -336,7 +344,7 @@ def run(bench: Bench, args) -> None:
                             measured = bench.results.has(f"strategies|{tag}|{strategy}")
                             if measured and method == "kfac_svd" and not compensated:
                                 continue  # the strategies stage measured this configuration
-                            key = f"main|{tag}|{method}|{compensated}|{strategy}" + alpha_key(alpha)
+                            key = f"main|{tag}|{method}|{compensated}|{strategy}" + alpha_key(compensated, alpha)
                             bench.row(
                                 key, "main", corpus, keep, method, compensated, strategy, args.tokens, None, alpha
                             )
@@ -357,52 +365,61 @@ def run(bench: Bench, args) -> None:
                 for size in args.sizes:
                     tokens = None if size == "all" else int(size)
                     for compensated in (False, True):
-                        key = f"curve|{corpus}|{size}|{keep}|kfac_svd|{compensated}" + (
-                            alpha_key(ALPHA) if compensated else ""
-                        )
+                        key = f"curve|{corpus}|{size}|{keep}|kfac_svd|{compensated}" + alpha_key(compensated, ALPHA)
                         bench.row(key, "curve", corpus, keep, "kfac_svd", compensated, "uniform", tokens)
             if "heal" in stages:
                 heal(bench, corpus, keep, args)
 
 
+def heal_key(healed_from: str, config: HealConfig) -> str:
+    """The key of a heal row: the row it healed, its learning rate, and a digest of its whole config (a row healed
+    with other settings is another row)."""
+    digest = hashlib.sha1(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+    return f"heal|{healed_from}|lr={config.lr:g}|{digest}"
+
+
 def heal(bench: Bench, corpus: str, keep: float, args) -> None:
     """The best training-free row of this corpus and budget, healed on its calibration text by :func:`lowrank.heal`
-    (``--quick``: a few steps)."""
-    key = f"heal|{corpus}|{args.tokens}|{keep}"
-    if bench.results.has(key):
-        return
+    with each ``--heal-lr`` (``--quick``: a few steps)."""
     rows = [r for r in bench.results.rows.values() if r["stage"] in ("main", "strategies")]
     rows = [r for r in rows if r["calibrated_on"] == corpus and r["keep"] == keep and r["tokens"] == args.tokens]
     if not rows:
         print(f"heal stage skipped for {corpus} at {keep:.0%} kept: no training-free row yet", flush=True)
         return
     best = min(rows, key=lambda r: r[f"ppl[{corpus}]"])
-    base, compensated = best["method"].removesuffix("_compensated"), best["method"].endswith("_compensated")
+    base = QUICK_HEALING if args.quick else DEFAULT_HEALING
+    configs = [base.with_(lr=lr) for lr in args.heal_lr or [base.lr]]
+    configs = [c for c in configs if not bench.results.has(heal_key(best["key"], c))]
+    if not configs:
+        return
+    method, compensated = best["method"].removesuffix("_compensated"), best["method"].endswith("_compensated")
     settings = bench.settings(corpus, args.tokens)
     stats, _ = bench.statistics(settings)
     ranks, _ = bench.plan(corpus, keep, best["strategy"], settings, stats)
-    model, _ = bench.compress(base, compensated, ranks, settings, stats, row_alpha(best))
-    config = QUICK_HEALING if args.quick else DEFAULT_HEALING
-    start = time.perf_counter()
-    healed = lowrank.heal(model, bench.loaded, corpus, config)
-    heal_s = round(time.perf_counter() - start, 1)
-    record = healed.model.lowrank_info.healing
-    bench.results.add(
-        {
-            "key": key,
-            "stage": "heal",
-            "calibrated_on": corpus,
-            "tokens": args.tokens,
-            "keep": keep,
-            "strategy": best["strategy"],
-            "method": best["method"],
-            **({"alpha": row_alpha(best)} if compensated else {}),
-            "healed_from": best["key"],
-            "heal_s": heal_s,
-            "healing": {k: record.get(k) for k in ("level", "config", "train_tokens", "kept", "end_to_end")},
-            **bench.evaluate(healed),
-        }
-    )
+    model, made = bench.compress(method, compensated, ranks, settings, stats, row_alpha(best))
+    print(f"heal: {best['key']} compressed again in {made['compress_s']} s", flush=True)
+    for config in configs:
+        start = time.perf_counter()
+        healed = lowrank.heal(model, bench.loaded, corpus, config)
+        heal_s = round(time.perf_counter() - start, 1)
+        record = healed.model.lowrank_info.healing
+        bench.results.add(
+            {
+                "key": heal_key(best["key"], config),
+                "stage": "heal",
+                "calibrated_on": corpus,
+                "tokens": args.tokens,
+                "keep": keep,
+                "strategy": best["strategy"],
+                "method": best["method"],
+                **({"alpha": row_alpha(best)} if compensated else {}),
+                "healed_from": best["key"],
+                "recompress_s": made["compress_s"],
+                "heal_s": heal_s,
+                "healing": {k: record.get(k) for k in ("level", "config", "train_tokens", "kept", "end_to_end")},
+                **bench.evaluate(healed),
+            }
+        )
 
 
 def markdown(frame: pd.DataFrame) -> str:
@@ -447,6 +464,7 @@ def report(bench: Bench, args) -> None:
                 "strategy": r.get("strategy"),
                 "tokens": r.get("tokens"),
                 "habits": r.get("habits", "-"),
+                "heal lr": r["healing"]["config"]["lr"] if r["stage"] == "heal" else None,
             }
             for c in args.corpora:
                 entry[f"ppl {c}"] = r.get(f"ppl[{c}]")

@@ -32,6 +32,8 @@ def test_the_quick_decoder_benchmark_writes_every_stage(tiny_llama_dir, tmp_path
         "svd_llm",
         "svd_llm_compensated",
     ]
+    for row in main:  # a plain row has no alpha; its key carried the default's (a resumed run measured it again)
+        assert ("|alpha=" in row["key"]) == ("alpha" in row) == row["method"].endswith("_compensated")
     (healed,) = [row for row in rows.values() if row["stage"] == "heal"]
     best = min(main, key=lambda row: row["ppl[lee]"])
     assert healed["healed_from"] == best["key"] and healed["healing"]["config"]["steps"] == 4
