@@ -8,14 +8,16 @@ For block ``i`` with dense function ``f_i`` and compressed function ``g_i`` (its
 ``h_i``: block ``i``'s inputs in the dense model (the dense stream, ``h_{i+1} = f_i(h_i)``); ``h_hat_i``: its inputs
 in the compressed model, through the blocks already healed (``h_hat_{i+1} = g_i(h_hat_i)``), so each block learns
 to undo the error of the blocks before it as well as its own; ``h_0 = h_hat_0`` the embeddings. AdamW,
-``block_steps`` steps of one training batch each. The relative error ``sum ||f - g||^2 / sum ||f||^2`` on the held-out
-batches is measured before and after; a block that did not improve gets its factors back. Both models run through
+``block_steps`` steps of one training batch each, drawn from the first ``block_steps`` training batches (the most
+one block's training uses: only those are run through the blocks). The relative error
+``sum ||f - g||^2 / sum ||f||^2`` on the held-out batches is measured before and after; a block that did not improve
+gets its factors back. Both models run through
 :class:`~lowrank.models.streamed.Blocks` (in memory) or :class:`~lowrank.models.streamed.StreamedModel` (one block
 loaded at a time: sequential mode), the same code either way. At the end the held-out KL divergence of the output
 distribution (:mod:`lowrank.healing.loss`) is read off the last hidden states, for the unhealed model (a third
 held-out stream through the blocks before training) and the healed one. Cost per block: ``block_steps`` forward
-and backward passes of one block on one batch, three block forwards per calibration batch; memory: the two
-calibration streams, ``tokens x hidden x 4`` bytes each.
+and backward passes of one block on one batch, two block forwards per fitted batch (none past the deadline) and
+five per held-out batch; memory: two streams of the fitted batches, ``tokens x hidden x 4`` bytes each.
 """
 
 from __future__ import annotations
@@ -125,20 +127,25 @@ def heal_blocks(
 ) -> Iterator[int]:
     """Heal ``compressed`` block by block toward ``dense`` (see the module docstring), filling ``record``; yields each
     block's index while both blocks are loaded and the compressed one is healed (write it then). Past ``deadline``
-    (``time.monotonic()``) the remaining blocks are passed through untrained."""
-    fit, fit_dense = _Stream(compressed, train), _Stream(dense, train)
+    (``time.monotonic()``) the remaining blocks are passed through untrained, with the held-out batches only."""
+    fitted = train[: config.block_steps]  # one batch per step: the most one block's training draws
+    fit, fit_dense = _Stream(compressed, fitted), _Stream(dense, fitted)
     held, held_dense = _Stream(compressed, heldout), _Stream(dense, heldout)
     unhealed = list(held.hidden)
     for index in range(compressed.num_blocks):
         report(progress, index, compressed.num_blocks, f"healing block {index}")
         dense.load_block(index)
         compressed.load_block(index)
-        targets, held_targets = fit_dense.run(dense, index), held_dense.run(dense, index)
+        training = fit is not None and time.monotonic() < deadline
+        if not training:  # past the deadline the training batches are not run through the remaining blocks
+            fit = fit_dense = None
+        targets = fit_dense.run(dense, index) if training else []
+        held_targets = held_dense.run(dense, index)
         unhealed = held.run(compressed, index, unhealed)
         params = trainable(compressed.block(index), config.norms)
         before = _relative_error(compressed, index, held, held_targets)
         saved = snapshot(params)
-        steps = _train_block(compressed, index, fit, targets, config, deadline) if params else 0
+        steps = _train_block(compressed, index, fit, targets, config, deadline) if params and training else 0
         after = _relative_error(compressed, index, held, held_targets) if steps else before
         kept = after < before
         if not kept:
@@ -149,8 +156,9 @@ def heal_blocks(
         record.steps.append(steps)
         record.kept.append(kept)
         yield index
-        fit.hidden, held.hidden = fit.run(compressed, index), held.run(compressed, index)
-        fit_dense.hidden, held_dense.hidden = targets, held_targets
+        held.hidden, held_dense.hidden = held.run(compressed, index), held_targets
+        if training:
+            fit.hidden, fit_dense.hidden = fit.run(compressed, index), targets
         dense.release_block(index)
         compressed.release_block(index)
     record.heldout_before = _heldout_kl(compressed, dense, unhealed, held_dense.hidden)

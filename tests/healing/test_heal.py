@@ -98,6 +98,33 @@ def test_block_healing_lowers_the_block_output_error(small_llama, tiny_llama, te
     assert healed.model.lowrank_info.healing["heldout_after"] < healed.model.lowrank_info.healing["heldout_before"]
 
 
+def test_block_healing_runs_only_the_batches_it_trains_on_and_none_past_its_deadline(
+    small_llama, tiny_llama, text_task, monkeypatch
+):
+    """The training batches run through every block cost as much as the training: only the first ``block_steps``
+    (the most a block draws) are run, and past the deadline none (a budget of 300 s ran 411 s on smollm2-135m)."""
+    calls = []
+    run_block = Blocks.run_block
+
+    def counted(self, index, hidden, context):
+        calls.append(hidden.shape[0])
+        return run_block(self, index, hidden, context)
+
+    monkeypatch.setattr(Blocks, "run_block", counted)
+    train, heldout = heal_batches(text_task, tiny_llama.tokenizer, HealConfig(**SMALL))
+    assert len(train) > 3
+    blocks = tiny_llama.model.config.num_hidden_layers
+    per_heldout = 5 * blocks  # dense targets, unhealed, error before and after, the stream moving on
+
+    heal(small_llama, tiny_llama, text_task, HealConfig(level="block", block_steps=3, **SMALL))
+    fitted = 2 * 3 * blocks + 3 * blocks  # two streams of the 3 fitted batches, and the 3 training steps
+    assert len(calls) == fitted + per_heldout * len(heldout)
+
+    calls.clear()
+    heal(small_llama, tiny_llama, text_task, HealConfig(level="block", block_steps=3, time_budget_s=1e-9, **SMALL))
+    assert len(calls) == (per_heldout - blocks) * len(heldout)  # untrained: no error after training
+
+
 @pytest.mark.parametrize("tied", [False, True])
 def test_sequential_and_in_memory_block_healing_agree(tiny_llama_dir, tied_llama_dir, text_task, tmp_path, tied):
     base = tied_llama_dir if tied else tiny_llama_dir
