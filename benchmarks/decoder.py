@@ -16,7 +16,8 @@ already in the JSON are not measured again; statistics come from the library's c
 * ``curve``: the calibration-size curve of kfac_svd, plain and compensated (``--sizes`` tokens, ``all``: the whole
   training split; the default size comes from ``main``);
 * ``heal``: the best training-free row of each corpus and budget, healed by ``lowrank.heal`` on the calibration
-  text (its default settings, :data:`lowrank.healing.DEFAULT_HEALING`; ``--quick``: a few steps).
+  text (:data:`lowrank.healing.DEFAULT_HEALING`, with each ``--heal-level`` and ``--heal-lr``; ``--quick``: a few
+  steps).
 
 Every compressed row is evaluated on every corpus: the corpus it was calibrated on and the others (cross-domain).
 Perplexity is the library's ``windows of N tokens`` protocol (``Evaluation.protocol``, in every row). Wall time
@@ -41,12 +42,12 @@ import pandas as pd
 import torch
 
 import lowrank
-from lowrank import allocate, compress, compress_in_blocks, evaluate, load_model
+from lowrank import allocate, compress_in_memory, evaluate, load_model
 from lowrank.allocation import summarize_plan
-from lowrank.healing import DEFAULT_HEALING, HealConfig
+from lowrank.healing import DEFAULT_HEALING, LEVELS, HealConfig
 from lowrank.methods import with_compensation
 from lowrank.methods.compensated import ALPHA
-from lowrank.statistics import DEFAULT, StatisticsSettings, restrict, statistics_for
+from lowrank.statistics import DEFAULT, StatisticsSettings, statistics_for
 from lowrank.statistics.resolve import is_cached
 from lowrank.threads import set_threads
 
@@ -92,6 +93,12 @@ def arguments() -> argparse.Namespace:
         type=float,
         nargs="+",
         help="heal stage: learning rates, one healed row each (default: the library's, DEFAULT_HEALING.lr)",
+    )
+    p.add_argument(
+        "--heal-level",
+        nargs="+",
+        choices=LEVELS,
+        help="heal stage: levels, one healed row each (with each --heal-lr; default: DEFAULT_HEALING.level)",
     )
     p.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
     p.add_argument("--limit", type=int, help="evaluate on at most this many batches")
@@ -199,20 +206,15 @@ class Bench:
     def compress(
         self, method: str, compensated: bool, ranks, settings: StatisticsSettings, stats: dict, alpha: float = ALPHA
     ):
-        """The compressed model and the record of how: compensated runs (weight ``alpha`` of the dense outputs) go
-        through the block sweep with the cached dense statistics (the gradients); plain ones through ``compress``."""
+        """The compressed model and the record of how, by :func:`lowrank.compress_in_memory`: compensated runs
+        (weight ``alpha`` of the dense outputs) through the block sweep with the cached dense statistics (the
+        gradients), plain ones through ``compress``."""
         name = with_compensation(method, compensated)
-        spec = lowrank.get_method(name)
         start = time.perf_counter()
-        if spec.block_sweep:
-            dense = [k for k in spec.needs if k != "compensation"]
-            given = restrict(stats, dense) if dense else None
-            model = compress_in_blocks(self.loaded, ranks, name, None, settings, stats=given, alpha=alpha)
-            record = {"method": name, "alpha": alpha}
-        else:
-            model = compress(self.loaded, ranks, name, stats=restrict(stats, spec.needs))
-            record = {"method": name}
-        return model, {**record, "compress_s": round(time.perf_counter() - start, 1)}
+        options = {"alpha": alpha} if compensated else {}
+        model = compress_in_memory(self.loaded, ranks, name, None, settings, stats, **options)
+        made = {"method": name, **options, "compress_s": round(time.perf_counter() - start, 1)}
+        return model, made
 
     def plan(self, corpus: str, keep: float, strategy: str, settings: StatisticsSettings, stats: dict):
         """``(ranks, record)`` of a strategy: ``keep`` itself for uniform, else an allocated plan (cached here)."""
@@ -372,10 +374,11 @@ def run(bench: Bench, args) -> None:
 
 
 def heal_key(healed_from: str, config: HealConfig) -> str:
-    """The key of a heal row: the row it healed, its learning rate, and a digest of its whole config (a row healed
-    with other settings is another row)."""
+    """The key of a heal row: the row it healed, its level (end to end unnamed) and learning rate, and a digest of
+    its whole config (a row healed with other settings is another row)."""
     digest = hashlib.sha1(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
-    return f"heal|{healed_from}|lr={config.lr:g}|{digest}"
+    level = "" if config.level == "end-to-end" else f"|{config.level}"
+    return f"heal|{healed_from}{level}|lr={config.lr:g}|{digest}"
 
 
 def heal(bench: Bench, corpus: str, keep: float, args) -> None:
@@ -388,7 +391,9 @@ def heal(bench: Bench, corpus: str, keep: float, args) -> None:
         return
     best = min(rows, key=lambda r: r[f"ppl[{corpus}]"])
     base = QUICK_HEALING if args.quick else DEFAULT_HEALING
-    configs = [base.with_(lr=lr) for lr in args.heal_lr or [base.lr]]
+    configs = [
+        base.with_(level=level, lr=lr) for level in args.heal_level or [base.level] for lr in args.heal_lr or [base.lr]
+    ]
     configs = [c for c in configs if not bench.results.has(heal_key(best["key"], c))]
     if not configs:
         return
@@ -464,7 +469,9 @@ def report(bench: Bench, args) -> None:
                 "strategy": r.get("strategy"),
                 "tokens": r.get("tokens"),
                 "habits": r.get("habits", "-"),
-                "heal lr": r["healing"]["config"]["lr"] if r["stage"] == "heal" else None,
+                "healing": f"{r['healing']['level']}, lr {r['healing']['config']['lr']:g}"
+                if r["stage"] == "heal"
+                else "-",
             }
             for c in args.corpora:
                 entry[f"ppl {c}"] = r.get(f"ppl[{c}]")

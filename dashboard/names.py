@@ -75,7 +75,7 @@ def untrained_head_text(model: str, task: str, command: str) -> str:
 
 
 def method_label(method: str) -> str:
-    return with_needs(method, needs_for([method]))
+    return with_needs(method, lowrank.get_method(method).needs)
 
 
 def strategy_label(strategy: str) -> str:

@@ -20,9 +20,9 @@ from lowrank.experiments.jobs import eta_s
 from lowrank.experiments.sweep import cancel_sweep, log_path, reap_stale, resume_sweep
 from lowrank.healing import DEFAULT_HEALING, LEVELS
 from lowrank.healing.heal import KINDS as HEALABLE
-from lowrank.methods import Option, get_method
-from lowrank.models.architectures import block_layout
+from lowrank.methods import COMPARISON, Option, get_method, run_methods
 from lowrank.report.formats import format_duration
+from lowrank.sequential import method_form, sweepable
 from lowrank.statistics import DEFAULT, statistics_label
 from lowrank.statistics.settings import calibration_notes
 from lowrank.training.finetune import Recipe
@@ -99,6 +99,14 @@ def option_widget(name: str, option: Option, key: str):
     return st.text_input(name, value=str(default), key=key, help=help_text)
 
 
+def method_choices(loaded) -> tuple[list[str], list[str]]:
+    """The methods a run on ``loaded`` can use, and the ones chosen by default: the baseline and the recommended
+    method, each in the form that runs by default on ``loaded`` (error-compensated on a causal LM:
+    :func:`lowrank.method_form`, as ``lowrank compress`` runs it)."""
+    methods = run_methods(sweepable(loaded))
+    return methods, [m for m in (method_form(loaded, name) for name in COMPARISON) if m in methods]
+
+
 def option_widgets(method: str, key: str) -> dict:
     """Widgets for the declared options of ``method`` (:attr:`lowrank.methods.Method.options`); returns the
     chosen values, leaving out those left empty (the method's default applies)."""
@@ -124,7 +132,7 @@ def healing_widgets(loaded, key: str) -> dict | None:
         "docs/methods.md#healing-lowrankhealing.",
     ):
         return None
-    blocks = block_layout(loaded.kind, loaded.model.config) is not None
+    blocks = sweepable(loaded)
     d = DEFAULT_HEALING
     cols = st.columns(4)
     level = cols[0].selectbox("Healing level", LEVELS if blocks else ("end-to-end",), key=f"{key}_heal_level")

@@ -11,6 +11,8 @@ Library API (the ``lowrank`` command mirrors it)::
     lowrank.compress(m, 0.5, method="tfwsvd", stats=stats)
     lowrank.generate(m_lm, ["The city"], max_new_tokens=32)   # greedy text from a causal LM
     lowrank.compress_sequential("big-llama/", 0.5, "svd_llm", out="out/big-50", task="lee")  # one block in memory
+    lm = lowrank.load_model("smollm2-135m")
+    lowrank.compress_in_memory(lm, 0.8, lowrank.method_form(lm, "kfac_svd"), "lee")  # compensated on a decoder
     transformers.AutoModelForSequenceClassification.from_pretrained("out/minilm-rt-50")  # after import lowrank
     healed = lowrank.heal(small, m, "rotten_tomatoes", lowrank.HealConfig(steps=100))  # toward the dense model
 """
@@ -29,7 +31,7 @@ from lowrank.methods import Factorization, available_methods, factorize, get_met
 from lowrank.models import PACKAGED, ModelLoadError, compressible_linears, load_model
 from lowrank.models.quantizer import LowRankConfig  # importing it registers the 'lowrank' method with transformers
 from lowrank.ranks import resolve_ranks
-from lowrank.sequential import compress_in_blocks, compress_sequential
+from lowrank.sequential import compress_in_blocks, compress_in_memory, compress_sequential, method_form
 from lowrank.speed import SpeedSettings, optimize_speed
 from lowrank.statistics import StatisticsSettings, statistics_for
 from lowrank.training.finetune import TrainConfig, finetune
@@ -55,6 +57,8 @@ __all__ = [
     "available_strategies",
     "compress",
     "compress_in_blocks",
+    "compress_in_memory",
+    "method_form",
     "compress_sequential",
     "compressible_linears",
     "evaluate",

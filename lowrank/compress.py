@@ -109,7 +109,7 @@ def compress(
     if spec.block_sweep:
         raise ValueError(
             f"method {method!r} fits each block given the blocks compressed before it: compress with "
-            "lowrank.compress_in_blocks (in memory) or lowrank.compress_sequential"
+            "lowrank.compress_in_memory (or compress_in_blocks) in memory, or lowrank.compress_sequential"
         )
     new = adapt_layout(copy.deepcopy(module))
     plan = resolve_ranks(new, ranks, align)

@@ -13,10 +13,11 @@ from lowrank.methods import get_method
 
 
 def needs_for(methods: Iterable[str] = (), strategy: str | None = None, predict: bool = False) -> tuple[str, ...]:
-    """Statistic kinds needed by ``methods`` and ``strategy`` (``predict``: Fisher for predicted losses too)."""
+    """Statistic kinds of the dense model needed by ``methods`` and ``strategy`` (``predict``: Fisher for predicted
+    losses too); a method's sweep-only kinds (``compensation``) are computed by its block sweep, not asked for."""
     kinds: list[str] = []
     for method in methods:
-        kinds += get_method(method).needs
+        kinds += get_method(method).dense_needs
     if strategy is not None:
         kinds += get_strategy(strategy).needs
     if predict:

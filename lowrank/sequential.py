@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -25,12 +26,12 @@ from huggingface_hub import snapshot_download
 from transformers import AutoTokenizer
 
 from lowrank.alignment import DEFAULT_ALIGN
-from lowrank.compress import factorize_layer, set_module, write_record
+from lowrank.compress import compress, factorize_layer, set_module, write_record
 from lowrank.data.tasks import hub_reachable, load_task
 from lowrank.files.atomic import atomic_dir
 from lowrank.info import CompressionInfo, scalars
 from lowrank.loaded import LoadedModel
-from lowrank.methods import get_method
+from lowrank.methods import get_method, run_methods, with_compensation
 from lowrank.models.architectures import adapt_layout, block_layout, supported_types
 from lowrank.models.errors import ModelLoadError
 from lowrank.models.loading import (
@@ -49,7 +50,7 @@ from lowrank.progress import Progress, report
 from lowrank.ranks import Ranks, resolve_ranks
 from lowrank.statistics.blockwise import INPUTS, BlockStep, block_sweep, needs_gradients, sample, unsupported
 from lowrank.statistics.passes import calibration_record, calibration_task
-from lowrank.statistics.resolve import needs_task
+from lowrank.statistics.resolve import needs_task, restrict, statistics_for
 from lowrank.statistics.settings import DEFAULT, StatisticsSettings
 
 AUTO_FRACTION = 0.5  # `lowrank compress` streams a causal LM whose float32 copy needs more than this share of free RAM
@@ -202,6 +203,58 @@ def compress_in_blocks(
     _record_calibration(info, task, loaded.tokenizer, settings, batches)
     mark_compressed(new, info)
     return loaded.with_model(new)
+
+
+def sweepable(loaded: LoadedModel) -> bool:
+    """True when a block sweep runs on ``loaded``: a causal LM of a known decoder layout."""
+    return block_layout(loaded.kind, loaded.model.config) is not None
+
+
+def check_runnable(methods: Sequence[str], loaded: LoadedModel) -> None:
+    """``ValueError`` (one line) when a method of ``methods`` takes a block sweep and ``loaded`` has none."""
+    cannot = [m for m in methods if m not in run_methods(sweepable(loaded))]
+    if cannot:
+        raise ValueError(
+            f"{', '.join(cannot)} fit each block to the blocks compressed before it, which runs on causal LMs of type "
+            f"{', '.join(supported_types())} only; {loaded.name} is not one: use the plain method"
+        )
+
+
+def method_form(loaded: LoadedModel, method: str, compensate: bool | None = None) -> str:
+    """The method that runs for ``method`` on ``loaded``: its error-compensated form where ``compensate`` (``None``:
+    :data:`lowrank.methods.COMPENSATE`) asks for it and a block sweep runs, else ``method``
+    (:func:`lowrank.methods.with_compensation`)."""
+    return with_compensation(method, compensate, sweepable(loaded))
+
+
+def compress_in_memory(
+    loaded: LoadedModel,
+    ranks: Ranks,
+    method: str,
+    task=None,
+    settings: StatisticsSettings = DEFAULT,
+    stats: dict | None = None,
+    progress: Progress | None = None,
+    align: int = DEFAULT_ALIGN,
+    **options,
+) -> LoadedModel:
+    """A compressed copy of the in-memory ``loaded`` by ``method`` as named, whatever its statistics: a method of
+    sweep-only statistics (an error-compensated form) through :func:`compress_in_blocks`, given the dense-model
+    kinds of ``stats`` (:attr:`~lowrank.methods.Method.dense_needs`); any other through :func:`lowrank.compress`,
+    given its kinds of ``stats``. ``stats=None``: computed on ``task``'s calibration sample of ``settings``, which
+    the record names (``lowrank_info.calibration``) either way."""
+    spec = get_method(method)
+    if spec.block_sweep:
+        dense = restrict(stats, spec.dense_needs) if stats is not None and spec.dense_needs else None
+        return compress_in_blocks(loaded, ranks, method, task, settings, progress, None, dense, align, **options)
+    resolve_ranks(loaded.model, ranks, align)  # a bad budget or plan is refused before the statistics pass
+    if stats is None and spec.needs:
+        stats = statistics_for(loaded, task, spec.needs, settings, progress=progress)
+    given = restrict(stats, spec.needs) if stats is not None else None
+    small = compress(loaded, ranks, method=method, stats=given, progress=progress, align=align, **options)
+    if needs_task(spec.needs):
+        small.model.lowrank_info.calibration = calibration_record(task, loaded.tokenizer, settings)
+    return small
 
 
 def compress_sequential(

@@ -24,7 +24,6 @@ from dashboard import (
 from lowrank.evaluation.latency import latency_note
 from lowrank.experiments.compare import DENSE, metric_info, shown_methods, sweep_reference
 from lowrank.experiments.sweep import SweepSpec, start_sweep
-from lowrank.methods import COMPARISON, run_methods
 from lowrank.needs import needs_for
 from lowrank.report import formats
 from lowrank.statistics import needs_task
@@ -55,11 +54,11 @@ st.markdown(
 )
 layout.link("ranks", "Change the plan")
 
-methods = run_methods()
+methods, default = widgets.method_choices(loaded)
 chosen = st.multiselect(
     "Methods",
     methods,
-    default=[m for m in COMPARISON if m in methods],
+    default=default,
     format_func=names.method_label,
     key="factorize_methods",
 )

@@ -11,7 +11,6 @@ from dashboard import cache, layout, names, plots, session, widgets  # first: se
 from lowrank.allocation import DEFAULT_STRATEGY, available_strategies
 from lowrank.experiments.compare import DENSE, comparable, reference_run
 from lowrank.experiments.sweep import SweepSpec, reap_stale, running_sweeps, start_sweep
-from lowrank.methods import COMPARISON, run_methods
 
 layout.header(__file__)
 store = cache.store()
@@ -103,12 +102,11 @@ st.caption(
     f"On the current model and task ({names.model_label(model)}, {names.task_label(task)}). The sweep runs in a "
     "background process and writes every run to the run store: leaving or reloading this page loses nothing."
 )
-methods = run_methods()
+with widgets.stop_on_error(f"Cannot start a sweep on {names.model_label(model)}", choose_model=True):
+    methods, default = widgets.method_choices(cache.load(model, task))
 with st.form("sweep_form"):
     cols = st.columns([3, 3, 2])
-    chosen = cols[0].multiselect(
-        "Methods", methods, default=[m for m in COMPARISON if m in methods], format_func=names.method_label
-    )
+    chosen = cols[0].multiselect("Methods", methods, default=default, format_func=names.method_label)
     budgets = cols[1].multiselect(
         "Budgets (kept fraction)",
         [round(0.1 * k, 1) for k in range(1, 10)],

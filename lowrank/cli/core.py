@@ -34,7 +34,7 @@ from lowrank.cli.args import (
     task_of,
     warn_calibration,
 )
-from lowrank.compress import compress, load_any, load_compressed, save_compressed
+from lowrank.compress import load_any, load_compressed, save_compressed
 from lowrank.data import load_task
 from lowrank.evaluation import evaluate
 from lowrank.evaluation.harness import harness_scores, parse_tasks, scores_table, store_scores
@@ -45,15 +45,12 @@ from lowrank.info import load_info
 from lowrank.layers import FORMS
 from lowrank.methods import COMPENSATE, available_methods, get_method, with_compensation
 from lowrank.methods.compensated import ALPHA
-from lowrank.models.architectures import block_layout
 from lowrank.models.packaged import FINETUNED, FINETUNED_BASE, PACKAGED, finetuned_dir, is_built
 from lowrank.progress import TqdmProgress
-from lowrank.ranks import resolve_ranks
-from lowrank.sequential import compress_in_blocks, compress_sequential, sequential_reason
+from lowrank.sequential import compress_in_memory, compress_sequential, method_form, sequential_reason
 from lowrank.speed import SpeedSettings, optimize_speed
 from lowrank.statistics import needs_task, statistics_for
 from lowrank.statistics.blockwise import INPUTS
-from lowrank.statistics.passes import calibration_record
 from lowrank.training.finetune import MINILM_RT_CONFIG, TrainConfig, build_finetuned, train
 from lowrank.validate import COUNT, FRACTION, POSITIVE, arg_type, finite, parse_json, path_arg
 
@@ -313,34 +310,12 @@ def compress_command(args):
         small, task, info = None, args.task, load_info(out)
     else:
         loaded = load_any(args.model, args.device)
-        sweepable = block_layout(loaded.kind, loaded.model.config) is not None
-        args.method = with_compensation(args.method, args.compensate, sweepable)
+        args.method = method_form(loaded, args.method, args.compensate)
         spec = get_method(args.method)
         task = task_of(args, loaded) if args.evaluate or needs_task(spec.needs) or spec.block_sweep else None
-        settings = statistics_settings(args)
-        if spec.block_sweep:  # the in-memory block loop of sequential mode; dense statistics from the cache
-            dense = [k for k in spec.needs if k != "compensation"]
-            stats = statistics_for(loaded, task, dense, settings, progress=TqdmProgress()) if dense else None
-            small = compress_in_blocks(
-                loaded,
-                ranks,
-                args.method,
-                task,
-                settings,
-                TqdmProgress(),
-                args.sequential_inputs,
-                stats,
-                align=args.align,
-                **options,
-            )
-        else:
-            resolve_ranks(loaded.model, ranks, args.align)  # a bad --keep or plan is refused before the statistics pass
-            stats = statistics_for(loaded, task, spec.needs, settings, progress=TqdmProgress())
-            small = compress(
-                loaded, ranks, method=args.method, stats=stats, progress=TqdmProgress(), align=args.align, **options
-            )
-            if needs_task(spec.needs):
-                small.model.lowrank_info.calibration = calibration_record(task, loaded.tokenizer, settings)
+        small = compress_in_memory(
+            loaded, ranks, args.method, task, statistics_settings(args), None, TqdmProgress(), args.align, **options
+        )
     if small is not None:  # in memory: the fast forms, then the folder
         if out:
             out = save_compressed(small, out, force=args.force, speed=speed, progress=TqdmProgress())

@@ -20,7 +20,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from lowrank.compress import compress
 from lowrank.data.tasks import load_task
 from lowrank.evaluation import evaluate
 from lowrank.evaluation.evaluation import measurement_protocol
@@ -33,7 +32,8 @@ from lowrank.healing import HealConfig, heal
 from lowrank.methods import get_method
 from lowrank.progress import Progress, report, scaled
 from lowrank.ranks import linear_shapes
-from lowrank.statistics import DEFAULT, needs_task, restrict
+from lowrank.sequential import compress_in_memory
+from lowrank.statistics import DEFAULT, StatisticsSettings, needs_task
 from lowrank.statistics.cache import weights_fingerprint
 
 # How a run of a causal LM measures tokens/s (prefill and decode at batch 1 and 8): a short budget per figure.
@@ -76,17 +76,20 @@ def execute_run(
     fields: dict | None = None,
     progress: Progress | None = None,
     healing: HealConfig | None = None,
+    settings: StatisticsSettings = DEFAULT,
 ) -> RunResult:
     """Compress ``loaded`` with ``method`` at ``ranks`` (``method="dense"``: no compression), evaluate, record.
 
-    ``stats``: per-layer statistics for the method (:func:`lowrank.statistics.statistics_for`).
+    ``stats``: per-layer statistics of the dense model for the method (:func:`lowrank.statistics.statistics_for`),
+    computed on the calibration sample of ``settings``, on which an error-compensated form's block sweep runs too
+    (:func:`lowrank.compress_in_memory`). The row's ``options`` state the method's defaults too.
 
     ``healing``: :func:`lowrank.heal` the compressed model toward ``loaded`` on ``task``'s training split before it is
     evaluated (its record goes in the row's ``healing``). ``fields`` adds row fields (strategy, budget, align,
     sweep_id...). Raises what compression or
     evaluation raises, after marking the row failed / interrupted.
     """
-    options = dict(options or {})
+    options = recorded_options(method, options)
     task = load_task(task)
     check_task_fits(loaded.name, loaded.kind, task.kind, task_key)
     row = {
@@ -104,9 +107,8 @@ def execute_run(
             model, factorize_s = loaded, 0.0
             evaluation = evaluate(model, task, split, limit=eval_limit, progress=progress, throughput=speed)
         else:
-            stats_of_method = restrict(stats or {}, get_method(method).needs)  # what `lowrank compress` would give it
-            model = compress(
-                loaded, ranks, method, stats=stats_of_method, progress=scaled(progress, 0.0, 0.3), **options
+            model = compress_in_memory(
+                loaded, ranks, method, task, settings, stats, scaled(progress, 0.0, 0.3), **options
             )
             factorize_s = sum(model.model.lowrank_info.seconds.values())
             if healing is not None:
@@ -141,6 +143,13 @@ def execute_run(
             protocol=evaluation.protocol,
         )
     return RunResult(run.id, model, evaluation, seconds)
+
+
+def recorded_options(method: str, options: dict | None) -> dict:
+    """The options a run of ``method`` states: those given and the defaults of the others (so a stored run is not
+    taken for one of a changed default)."""
+    options = dict(options or {})
+    return options if method == DENSE else get_method(method).with_defaults(options)
 
 
 def heal_summary(record: dict) -> dict:
@@ -201,7 +210,7 @@ def find_same_run(
         strategy=strategy,
         budget=None if budget is None else float(budget),
     )
-    wanted_ranks, wanted_options = _plain(ranks), _plain(options)
+    wanted_ranks, wanted_options = _plain(ranks), _plain(recorded_options(method, options))
     compare_statistics = method != DENSE and needs_task(get_method(method).needs)
     for row in frame.to_dict("records"):
         if _plain(row["ranks"]) != wanted_ranks or _plain(row["options"]) != wanted_options:

@@ -26,6 +26,7 @@ from lowrank.experiments.sweep_spec import SweepSpec, plugin_modules
 from lowrank.models.loading import load_model
 from lowrank.progress import Progress, scaled
 from lowrank.ranks import linear_shapes, resolve_ranks
+from lowrank.sequential import check_runnable
 from lowrank.statistics import statistics_for
 
 
@@ -117,6 +118,7 @@ def _run_units(spec: SweepSpec, store: RunStore, sweep_id: int) -> tuple[dict, l
     task = load_task(spec.task)
     loaded = load_model(spec.model, task=task)
     check_task_fits(loaded.name, loaded.kind, task.kind, spec.task)
+    check_runnable(spec.methods, loaded)
     needs = spec.needs()
     bar = _SweepProgress(store, sweep_id, spec.runs_total + int(bool(needs)))
     counts, reused = {"done": 0, "failed": 0}, []
@@ -193,6 +195,7 @@ def _run_units(spec: SweepSpec, store: RunStore, sweep_id: int) -> tuple[dict, l
                     fields={**common, "strategy": spec.strategy, "budget": float(budget)},
                     progress=scaled(progress, 0.05, 0.97 if spec.save else 1.0),
                     healing=spec.heal_config,
+                    settings=spec.settings,
                 )
                 counts["done"] += 1
                 if spec.save:

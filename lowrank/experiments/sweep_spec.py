@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 
 from lowrank.allocation import DEFAULT_STRATEGY, get_strategy
 from lowrank.healing import HealConfig
-from lowrank.methods import available_methods, get_method, run_methods
+from lowrank.methods import available_methods, get_method
 from lowrank.needs import needs_for
 from lowrank.statistics import DEFAULT, StatisticsSettings
 
@@ -66,12 +66,6 @@ class SweepSpec:
         unknown = sorted(set(self.methods) - set(available_methods()))
         if unknown:
             raise ValueError(f"unknown method(s) {unknown}; available: {', '.join(available_methods())}")
-        swept = sorted(set(self.methods) - set(run_methods()))
-        if swept:
-            raise ValueError(
-                f"{', '.join(swept)} fit each block to the blocks compressed before it, which a sweep does not run: "
-                "use lowrank compress (or lowrank.compress_in_blocks)"
-            )
         if not self.budgets:
             raise ValueError("choose at least one budget")
         for budget in self.budgets:

@@ -110,6 +110,13 @@ class Method:
         return bool(swept_kinds(self.needs))
 
     @property
+    def dense_needs(self) -> tuple[str, ...]:
+        """The kinds of ``needs`` one calibration pass of the dense model computes (:func:`lowrank.statistics_for`);
+        the others only the block sweep does."""
+        swept = swept_kinds(self.needs)
+        return tuple(k for k in self.needs if k not in swept)
+
+    @property
     def needs_importance(self) -> bool:
         """True when the method takes an element-wise weight tensor (``fisher`` or ``mask``)."""
         return self.importance_key is not None
@@ -202,9 +209,10 @@ def available_methods() -> list[str]:
     return sorted(METHODS)
 
 
-def run_methods() -> list[str]:
-    """The methods a run or sweep can use: those ``compress`` takes (a block-sweep method runs through the CLI)."""
-    return [name for name in available_methods() if not METHODS[name].block_sweep]
+def run_methods(sweepable: bool = False) -> list[str]:
+    """The methods a run or sweep can use on a model: all of them where a block sweep can run (``sweepable``: a
+    causal LM of a known decoder layout), else those ``compress`` takes."""
+    return [name for name in available_methods() if sweepable or not METHODS[name].block_sweep]
 
 
 def with_compensation(name: str, compensate: bool | None = None, sweepable: bool = True) -> str:

@@ -203,7 +203,7 @@ def test_every_page_a_tiny_factorization_and_the_decoder_path(server, tiny_llama
         chart = page.locator(".js-plotly-plot").first
         expect(chart).to_be_visible(timeout=TIMEOUT)
         legend = chart.locator(".legendtext").all_text_contents()
-        assert {"svd", "kfac_svd", "dense"} <= set(legend), legend
+        assert {"svd", "kfac_svd_compensated", "dense"} <= set(legend), legend  # the default form on a decoder
         no_error_box(page, "trade-offs (decoder)")
         check_clean(page, "09-decoder-trade-offs")
 
