@@ -60,6 +60,18 @@ HABITS = {"edge": {"grad_edge": 0.125}, "clip": {"grad_clip": 4.0}, "edge+clip":
 TARGETS = {"training-free": {0.8: 1.5, 0.6: 2.5}, "healed": {0.8: 1.15, 0.6: 1.5}}
 NEEDS = ("activations", "gradients")
 NOTES = "<!-- notes: kept when the tables are written again -->"  # the write-up below the tables
+# What a heal row keeps of lowrank.heal's record (CompressionInfo.healing).
+HEAL_RECORD = (
+    "level",
+    "config",
+    "train_tokens",
+    "heldout_before",
+    "heldout_after",
+    "kept",
+    "seconds",
+    "blocks",
+    "end_to_end",
+)
 QUICK_HEALING = HealConfig(steps=4, eval_every=2, heldout_batches=1, batch_size=2, max_length=32)
 
 
@@ -85,6 +97,13 @@ def arguments() -> argparse.Namespace:
         nargs="+",
         default=[ALPHA],
         help="compensated rows: weight of the dense outputs in the target, one row per value (default %(default)s)",
+    )
+    p.add_argument(
+        "--strategies",
+        nargs="+",
+        choices=OTHER_STRATEGIES,
+        default=list(OTHER_STRATEGIES),
+        help="strategies stage: the non-uniform strategies measured against uniform",
     )
     p.add_argument("--tokens", type=int, default=DEFAULT.tokens, help="calibration tokens of the main rows")
     p.add_argument("--sizes", nargs="+", default=["8192", "all"], help="calibration-size curve: tokens or 'all'")
@@ -325,7 +344,8 @@ def run(bench: Bench, args) -> None:
         for keep in args.keeps:
             tag = f"{corpus}|{args.tokens}|{keep}"
             if "strategies" in stages:
-                for strategy in ("uniform", *OTHER_STRATEGIES):
+                uniform = [] if bench.results.has(f"main|{tag}|kfac_svd|False|uniform") else ["uniform"]
+                for strategy in (*uniform, *args.strategies):  # uniform plain kfac_svd: the main stage's row
                     bench.row(
                         f"strategies|{tag}|{strategy}",
                         "strategies",
@@ -421,7 +441,7 @@ def heal(bench: Bench, corpus: str, keep: float, args) -> None:
                 "healed_from": best["key"],
                 "recompress_s": made["compress_s"],
                 "heal_s": heal_s,
-                "healing": {k: record.get(k) for k in ("level", "config", "train_tokens", "kept", "end_to_end")},
+                "healing": {k: record.get(k) for k in HEAL_RECORD},
                 **bench.evaluate(healed),
             }
         )
