@@ -9,7 +9,9 @@ mask is refused), each planned ``W`` (out, in) replaced by ``U`` (out, r) ``V`` 
 :func:`lowrank.compress.factorize_layer` (the step :func:`lowrank.compress` takes), and the block written
 as one shard of the output. Peak memory: one block and its factorization workspace, the calibration hidden
 states, the embedding, norm and head. Output: the folder :func:`lowrank.load_compressed` reads, written
-atomically. :func:`compress_in_blocks` takes the same block loop over an in-memory model.
+atomically. :func:`compress_in_blocks` takes the same block loop over an in-memory model, and
+:func:`compress_in_memory` is the in-memory entry for every method (that loop for a compensated form, else
+:func:`lowrank.compress`); :func:`method_form` says which form of a method runs on a model.
 :func:`sequential_reason` decides when ``lowrank compress`` streams on its own (float32 size above
 :data:`AUTO_FRACTION` of the available RAM).
 """
