@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -12,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from lowrank.experiments.store import RunStore
+from lowrank.processes import process_alive
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -221,17 +224,26 @@ def test_background_sweep_can_be_cancelled(tmp_path, tiny_bert_dir, sentiment_cs
         ["tfwsvd"],
         [0.3, 0.5, 0.7],
         strategy="uniform",
-        options={"tfwsvd": {"solver": "adam", "max_iters": 2000, "tol": 0.0}},
+        # a run that cannot finish before it is stopped: a run that ended between the poll and the SIGTERM would
+        # leave nothing to interrupt (CI saw one 'done' run and no interrupted one)
+        options={"tfwsvd": {"solver": "adam", "max_iters": 10**9, "tol": 0.0}},
     )
     sweep_id = start_sweep(spec, store)
     deadline = time.monotonic() + 120
-    while store.runs(sweep_id=sweep_id, status="running").empty and store.get_sweep(sweep_id)["status"] == "running":
-        assert time.monotonic() < deadline, log_path(store, sweep_id).read_text()
-        time.sleep(0.5)
-    assert cancel_sweep(store, sweep_id)
-    while store.get_sweep(sweep_id)["status"] == "running":
-        assert time.monotonic() < deadline, log_path(store, sweep_id).read_text()
-        time.sleep(0.5)
+    try:
+        while (
+            store.runs(sweep_id=sweep_id, status="running").empty and store.get_sweep(sweep_id)["status"] == "running"
+        ):
+            assert time.monotonic() < deadline, log_path(store, sweep_id).read_text()
+            time.sleep(0.5)
+        assert cancel_sweep(store, sweep_id)
+        while store.get_sweep(sweep_id)["status"] == "running":
+            assert time.monotonic() < deadline, log_path(store, sweep_id).read_text()
+            time.sleep(0.5)
+    finally:
+        row = store.get_sweep(sweep_id)
+        if row["status"] == "running" and process_alive(row["pid"], row["pid_started"]):
+            os.kill(int(row["pid"]), signal.SIGKILL)  # never leave an endless worker behind a failed test
     assert store.get_sweep(sweep_id)["status"] == "interrupted"
     runs = store.runs(sweep_id=sweep_id)
     assert "running" not in set(runs["status"]) and "interrupted" in set(runs["status"])
