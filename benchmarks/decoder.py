@@ -45,6 +45,7 @@ import lowrank
 from lowrank import allocate, compress_in_memory, evaluate, load_model
 from lowrank.allocation import summarize_plan
 from lowrank.healing import DEFAULT_HEALING, LEVELS, HealConfig
+from lowrank.healing.config import BACKOFF
 from lowrank.methods import with_compensation
 from lowrank.methods.compensated import ALPHA
 from lowrank.statistics import DEFAULT, StatisticsSettings, statistics_for
@@ -118,6 +119,13 @@ def arguments() -> argparse.Namespace:
         nargs="+",
         choices=LEVELS,
         help="heal stage: levels, one healed row each (with each --heal-lr; default: DEFAULT_HEALING.level)",
+    )
+    p.add_argument(
+        "--heal-backoff",
+        type=backoff_arg,
+        nargs="+",
+        help="heal stage: learning-rate back-offs ('none': go on without one), one healed row each (with each "
+        "--heal-lr and --heal-level; default: DEFAULT_HEALING.backoff)",
     )
     p.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
     p.add_argument("--limit", type=int, help="evaluate on at most this many batches")
@@ -394,11 +402,17 @@ def run(bench: Bench, args) -> None:
 
 
 def heal_key(healed_from: str, config: HealConfig) -> str:
-    """The key of a heal row: the row it healed, its level (end to end unnamed) and learning rate, and a digest of
-    its whole config (a row healed with other settings is another row)."""
+    """The key of a heal row: the row it healed, its level (end to end unnamed), learning rate and back-off (none
+    unnamed), and a digest of its whole config (a row healed with other settings is another row)."""
     digest = hashlib.sha1(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
     level = "" if config.level == "end-to-end" else f"|{config.level}"
-    return f"heal|{healed_from}{level}|lr={config.lr:g}|{digest}"
+    backoff = "" if config.backoff is None else f"|backoff={config.backoff:g}"
+    return f"heal|{healed_from}{level}|lr={config.lr:g}{backoff}|{digest}"
+
+
+def backoff_arg(text: str) -> float | None:
+    """``--heal-backoff`` value: a factor in (0, 1], or ``none``."""
+    return None if text.lower() == "none" else BACKOFF.check(float(text), "--heal-backoff")
 
 
 def heal(bench: Bench, corpus: str, keep: float, args) -> None:
@@ -412,7 +426,10 @@ def heal(bench: Bench, corpus: str, keep: float, args) -> None:
     best = min(rows, key=lambda r: r[f"ppl[{corpus}]"])
     base = QUICK_HEALING if args.quick else DEFAULT_HEALING
     configs = [
-        base.with_(level=level, lr=lr) for level in args.heal_level or [base.level] for lr in args.heal_lr or [base.lr]
+        base.with_(level=level, lr=lr, backoff=backoff)
+        for level in args.heal_level or [base.level]
+        for lr in args.heal_lr or [base.lr]
+        for backoff in args.heal_backoff or [base.backoff]
     ]
     configs = [c for c in configs if not bench.results.has(heal_key(best["key"], c))]
     if not configs:

@@ -14,6 +14,7 @@ from lowrank.cli.args import add_common, add_output, add_task, output_folder, ta
 from lowrank.compress import load_any, load_compressed, save_compressed
 from lowrank.evaluation import evaluate
 from lowrank.healing import DEFAULT_HEALING, LEVELS, HealConfig, heal, heal_sequential
+from lowrank.healing.config import BACKOFF
 from lowrank.healing.heal import check_distinct
 from lowrank.info import load_info
 from lowrank.models.labels import DEFAULT_LM_TASK
@@ -30,6 +31,12 @@ FLAGS = {  # HealConfig field -> (flag, accepted numbers, help)
     "heldout_batches": ("--heldout-batches", COUNT, "batches of the training split held out for early stopping"),
     "eval_every": ("--eval-every", COUNT, "end to end: steps between held-out measurements"),
     "patience": ("--patience", COUNT, "end to end: held-out measurements without a new best before stopping"),
+    "backoff": (
+        "--backoff",
+        BACKOFF,
+        "end to end: after a held-out measurement without a new best, go back to the best checkpoint and multiply "
+        "the learning rate by this",
+    ),
     "block_steps": ("--block-steps", COUNT, "block level: optimizer steps per block"),
     "block_lr": ("--block-lr", POSITIVE, "block level: AdamW learning rate"),
 }

@@ -16,6 +16,7 @@ from lowrank.validate import COUNT, POSITIVE, Range
 LEVELS = ("block", "end-to-end", "both")
 SPLIT = "train"  # healing sees the calibration (training) text only; the validation split stays for reporting
 NON_NEGATIVE = Range(0)
+BACKOFF = Range(0, 1, low_open=True)  # a factor of the learning rate: smaller, or the same
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,10 @@ class HealConfig:
 
     End to end: at most ``steps`` AdamW steps of learning rate ``lr`` (linear warm-up over ``warmup_steps``) and
     ``time_budget_s`` seconds for the whole call (data, training and the held-out checks, the last one included); the held-out loss is measured every ``eval_every`` steps and training stops after
-    ``patience`` measurements without a new best. Block level: ``block_steps`` steps of ``block_lr`` per block.
+    ``patience`` measurements without a new best; with ``backoff``, each of those measurements also sends the
+    parameters back to the best checkpoint and multiplies the learning rate by ``backoff`` (the optimizer restarts,
+    warm-up included; ``None``: training goes on from where it is). Block level: ``block_steps`` steps of
+    ``block_lr`` per block.
     ``norms``: the norm weights train too (else only the factors ``U``, ``V``). ``tokens``: training tokens at most
     (``None``: the whole training part of the split)."""
 
@@ -39,6 +43,7 @@ class HealConfig:
     eval_every: int = 10
     patience: int = 3
     warmup_steps: int = 5
+    backoff: float | None = None
     weight_decay: float = 0.0
     norms: bool = False
     block_steps: int = 50
@@ -57,6 +62,8 @@ class HealConfig:
         Range(0, integer=True).check(self.seed, "healing seed")
         if self.tokens is not None:
             COUNT.check(self.tokens, "healing tokens")
+        if self.backoff is not None:
+            BACKOFF.check(self.backoff, "healing backoff")
         if not isinstance(self.norms, bool):
             raise ValueError(f"healing norms must be true or false, got {self.norms!r}")
 

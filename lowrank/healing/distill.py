@@ -10,7 +10,9 @@ weights; the rest, and the dense model, frozen. AdamW at ``lr`` after a linear w
 models in eval mode (no dropout: the deployed function). The same KL on the held-out batches is measured first
 (the unhealed model) and every ``eval_every`` steps; the parameters of the lowest held-out value are kept and
 restored at the end, so the returned held-out loss is never above the unhealed one (a run that only gets worse
-returns the model unchanged). Training stops at ``steps``, at the time budget, after ``patience`` measurements
+returns the model unchanged). With ``backoff`` (``beta``), a measurement without a new best restarts training from
+that checkpoint at ``beta`` times the learning rate (fresh AdamW moments, warm-up again): a step size that
+overshoots is halved, say, instead of carried on. Training stops at ``steps``, at the time budget, after ``patience`` measurements
 without a new best, or when the training loss stops being finite. Cost per step: one forward of the dense model,
 one forward and backward of the compressed one.
 """
@@ -21,6 +23,7 @@ import time
 
 import torch
 from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
 
 from lowrank.healing.config import HealConfig
 from lowrank.healing.loss import kl_mean, kl_sum
@@ -76,9 +79,9 @@ def distill(
     step_s, eval_s = 0.0, (time.monotonic() - clock if start_loss is None else 0.0)
     best, best_step, best_state = start, 0, snapshot(params)
     measured = [[0, start]]
-    opt = optimizer(params, config.lr, config.weight_decay)
-    warmup = max(1, config.warmup_steps)
-    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
+    lr = config.lr
+    opt, schedule = warmed_up(params, lr, config)
+    rates = [[0, lr]]  # [step, learning rate] at the start and at every back-off
     generator = torch.Generator().manual_seed(config.seed)
     order: list[int] = []
     losses: list[float] = []
@@ -118,6 +121,11 @@ def distill(
                 if since_best >= config.patience:
                     stop = "no better held-out loss"
                     break
+                if since_best and config.backoff is not None:
+                    restore(params, best_state)
+                    lr *= config.backoff
+                    opt, schedule = warmed_up(params, lr, config)
+                    rates.append([step, lr])
             report(progress, step, config.steps, f"healing, KL {sum(losses[-10:]) / len(losses[-10:]):.4f}")
         if stop != "diverged" and losses and measured[-1][0] != len(losses):
             value = heldout_kl(model, dense, heldout, kind, device)  # the steps since the last measurement
@@ -137,5 +145,14 @@ def distill(
         "heldout_before": start,
         "heldout_after": best,
         "heldout": measured,
+        "learning_rates": rates,
         "train_loss": losses,
     }
+
+
+def warmed_up(params: dict, lr: float, config: HealConfig) -> tuple[torch.optim.Optimizer, LambdaLR]:
+    """A fresh AdamW at ``lr`` (:func:`~lowrank.healing.params.optimizer`) and its linear warm-up over
+    ``config.warmup_steps`` steps."""
+    opt = optimizer(params, lr, config.weight_decay)
+    warmup = max(1, config.warmup_steps)
+    return opt, LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))

@@ -60,6 +60,35 @@ def test_the_time_budget_holds_the_whole_call_and_its_last_measurement(small_lla
     assert record["seconds"] <= budget * 1.2  # one step or measurement slower than the ones before is the slack
 
 
+def test_a_step_size_that_overshoots_is_backed_off_from_the_best_checkpoint(small_llama, tiny_llama, text_task):
+    """Without a back-off, a learning rate that overshoots never improves the held-out KL and the unhealed model is
+    kept; with one, each measurement without a new best goes back to the best checkpoint at a tenth of the rate,
+    until a rate that heals."""
+    overshoot = HealConfig(level="end-to-end", steps=40, lr=1.0, eval_every=2, patience=4, warmup_steps=0, **SMALL)
+    plain = heal(small_llama, tiny_llama, text_task, overshoot).model.lowrank_info.healing
+    assert plain["end_to_end"]["best_step"] == 0 and plain["end_to_end"]["learning_rates"] == [[0, 1.0]]
+    record = heal(small_llama, tiny_llama, text_task, overshoot.with_(backoff=0.1)).model.lowrank_info.healing
+    e2e = record["end_to_end"]
+    assert record["heldout_after"] < record["heldout_before"] and e2e["best_step"] > 0
+    best, expected = e2e["heldout"][0][1], [[0, 1.0]]
+    for step, value in e2e["heldout"][1:]:
+        if value < best:
+            best = value
+        else:
+            expected.append([step, expected[-1][1] * 0.1])
+    if e2e["stopped"] == "no better held-out loss":
+        expected.pop()  # the measurement that ran out of patience stops instead
+    assert [step for step, _ in e2e["learning_rates"]] == [step for step, _ in expected] and len(expected) > 1
+    assert [lr for _, lr in e2e["learning_rates"]] == pytest.approx([lr for _, lr in expected])
+
+
+def test_the_backoff_is_a_factor_in_zero_one():
+    for bad in (0.0, 1.5, -0.5, float("nan")):
+        with pytest.raises(ValueError, match="healing backoff"):
+            HealConfig(backoff=bad)
+    assert HealConfig(backoff=1.0).backoff == 1.0
+
+
 def test_a_diverging_run_returns_the_unhealed_model(small_llama, tiny_llama, text_task):
     config = HealConfig(level="end-to-end", steps=6, lr=50.0, eval_every=1, patience=2, warmup_steps=0, **SMALL)
     healed = heal(small_llama, tiny_llama, text_task, config)

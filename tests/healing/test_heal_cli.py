@@ -7,6 +7,7 @@ import json
 import pytest
 
 from lowrank import compress, load_compressed, save_compressed
+from lowrank.info import load_info
 from tests.conftest import NEGATIVE, POSITIVE
 from tests.robustness.cli_errors import assert_clear_error, run
 
@@ -46,10 +47,11 @@ def test_heal_writes_a_healed_folder_and_leaves_the_input_alone(
 def test_heal_end_to_end_and_evaluate(capsys, compressed_folder, corpus, tmp_path):
     code, out, err = run(
         capsys, "heal", "--model", compressed_folder, "--task", corpus, "--out", tmp_path / "healed", *FAST,
-        "--steps", "2", "--eval-every", "1", "--evaluate", "--json",
+        "--steps", "2", "--eval-every", "1", "--backoff", "0.5", "--evaluate", "--json",
     )  # fmt: skip
     assert code == 0, err
     row = json.loads(out)
+    assert load_info(tmp_path / "healed").healing["config"]["backoff"] == 0.5
     assert row["steps"] == 2 and row["metric"] == "perplexity" and row["value"] > 1
 
 
@@ -58,6 +60,7 @@ def test_heal_end_to_end_and_evaluate(capsys, compressed_folder, corpus, tmp_pat
     [
         (["--lr", "-1"], "--lr must be a finite number > 0"),
         (["--steps", "0"], "--steps must be a whole number"),
+        (["--backoff", "1.5"], "--backoff must be a finite number in (0, 1]"),
         (["--level", "layer"], "invalid choice: 'layer'"),
         (["--sequential"], "block level only"),
         (["--heldout-batches", "500"], "holds 500 out"),
