@@ -39,9 +39,21 @@ def test_the_quick_decoder_benchmark_writes_every_stage(tiny_llama_dir, tmp_path
     assert healed["healed_from"] == best["key"] and healed["healing"]["config"]["steps"] == 4
     for row in (*main, healed):
         assert row["x_dense[lee]"] == row["ppl[lee]"] / dense and row["protocol"].startswith("windows of")
-    assert "| heal |" in report.read_text()
+    text = report.read_text()
+    assert "| heal |" in text and "## Targets" in text
+    assert f"| lee | {healed['keep']} | healed | {best['method']}" in text  # the best healed row, against its target
 
     again = subprocess.run(
         [*command, "--out", str(out), "--report", str(report)], env=env, capture_output=True, text=True
     )
     assert again.returncode == 0 and f"resuming: {len(rows) + 1} rows" in again.stdout  # nothing measured twice
+
+
+def test_a_heal_row_is_keyed_by_its_back_off():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from decoder import heal_key
+
+    from lowrank.healing import DEFAULT_HEALING
+
+    plain, backed = heal_key("main|x", DEFAULT_HEALING), heal_key("main|x", DEFAULT_HEALING.with_(backoff=0.5))
+    assert plain != backed and "backoff" not in plain and "|backoff=0.5|" in backed
