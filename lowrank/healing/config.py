@@ -24,12 +24,12 @@ class HealConfig:
     """Settings of :func:`lowrank.heal`.
 
     End to end: at most ``steps`` AdamW steps of learning rate ``lr`` (linear warm-up over ``warmup_steps``) and
-    ``time_budget_s`` seconds for the whole call (data, training and the held-out checks, the last one included); the held-out loss is measured every ``eval_every`` steps and training stops after
-    ``patience`` measurements without a new best; with ``backoff``, each of those measurements also sends the
-    parameters back to the best checkpoint and multiplies the learning rate by ``backoff`` (the optimizer restarts,
-    warm-up included; ``None``: training goes on from where it is). Block level: ``block_steps`` steps of
-    ``block_lr`` per block.
-    ``norms``: the norm weights train too (else only the factors ``U``, ``V``). ``tokens``: training tokens at most
+    ``time_budget_s`` seconds for the whole call (data, training and the held-out checks, the last one included);
+    the held-out loss is measured every ``eval_every`` steps and training stops after ``patience`` measurements
+    without a new best; with ``backoff``, each of those measurements also sends the parameters back to the best
+    checkpoint and multiplies the learning rate by ``backoff`` (the optimizer restarts, warm-up included; ``None``:
+    training goes on from where it is). Block level: ``block_steps`` steps of ``block_lr`` per block. ``norms``:
+    the norm weights train too (else only the factors ``U``, ``V``). ``tokens``: training tokens at most
     (``None``: the whole training part of the split)."""
 
     level: str = "end-to-end"

@@ -12,9 +12,9 @@ models in eval mode (no dropout: the deployed function). The same KL on the held
 restored at the end, so the returned held-out loss is never above the unhealed one (a run that only gets worse
 returns the model unchanged). With ``backoff`` (``beta``), a measurement without a new best restarts training from
 that checkpoint at ``beta`` times the learning rate (fresh AdamW moments, warm-up again): a step size that
-overshoots is halved, say, instead of carried on. Training stops at ``steps``, at the time budget, after ``patience`` measurements
-without a new best, or when the training loss stops being finite. Cost per step: one forward of the dense model,
-one forward and backward of the compressed one.
+overshoots is made smaller instead of carried on. Training stops at ``steps``, at the time budget, after
+``patience`` measurements without a new best, or when the training loss stops being finite. Cost per step: one
+forward of the dense model, one forward and backward of the compressed one.
 """
 
 from __future__ import annotations
