@@ -495,6 +495,11 @@ def row_label(r: dict) -> str:
     )
 
 
+def missed_by(ratio: float, target: float) -> str | None:
+    """How far ``ratio`` (x dense) is above ``target``, as text; None when the target is met."""
+    return f"{ratio - target:.2f}x" if ratio > target else None
+
+
 def target_table(rows: list[dict], corpora: list[str]) -> pd.DataFrame:
     """Per corpus and budget, the best training-free and the best healed row on the corpus it was calibrated on
     (the calibration-size curve aside), against :data:`TARGETS`."""
@@ -519,7 +524,7 @@ def target_table(rows: list[dict], corpora: list[str]) -> pd.DataFrame:
                         "best row": row_label(best) if best else "not run",
                         "x dense": ratio,
                         "target": f"<= {target}x",
-                        "missed by": "-" if ratio is None else (f"{ratio - target:.2f}x" if ratio > target else "met"),
+                        "missed by": "-" if ratio is None else (missed_by(ratio, target) or "met"),
                     }
                 )
     return pd.DataFrame(table)
@@ -565,7 +570,7 @@ def report(bench: Bench, args) -> None:
             target = TARGETS[kind].get(r["keep"])
             ratio = r.get(f"x_dense[{corpus}]")
             entry["target"] = f"<= {target}x" if target else "-"
-            entry["missed by"] = f"{ratio - target:.2f}x" if target and ratio and ratio > target else "-"
+            entry["missed by"] = (missed_by(ratio, target) if target and ratio else None) or "-"
             entry["time s"] = sum(v for k, v in r.items() if k.endswith("_s") or k.startswith("evaluate_s"))
             entry["peak RSS GiB"] = r.get("peak_rss_gib")
             table.append(entry)

@@ -29,6 +29,4 @@ def test_the_readme_decoder_recipe_runs_allocate_then_compress_with_the_plan(cap
     assert code == 0, err
     info = load_info(out)
     assert info.method == "kfac_svd_compensated"
-    assert {layer: rank for layer, rank in info.ranks.items()} == {
-        layer: rank for layer, rank in ranks.items() if layer in info.ranks
-    }
+    assert info.ranks == {layer: rank for layer, rank in ranks.items() if layer in info.ranks}
