@@ -16,7 +16,7 @@ already in the JSON are not measured again; statistics come from the library's c
 * ``curve``: the calibration-size curve of kfac_svd, plain and compensated (``--sizes`` tokens, ``all``: the whole
   training split; the default size comes from ``main``);
 * ``heal``: the best training-free row of each corpus and budget, healed by ``lowrank.heal`` on the calibration
-  text (:data:`lowrank.healing.DEFAULT_HEALING`, with each ``--heal-level`` and ``--heal-lr``; ``--quick``: a few
+  text (:func:`lowrank.healing.default_healing` of a causal LM, with each ``--heal-level`` and ``--heal-lr``; ``--quick``: a few
   steps).
 
 Every compressed row is evaluated on every corpus: the corpus it was calibrated on and the others (cross-domain).
@@ -44,7 +44,7 @@ import torch
 import lowrank
 from lowrank import allocate, compress_in_memory, evaluate, load_model
 from lowrank.allocation import summarize_plan
-from lowrank.healing import DEFAULT_HEALING, LEVELS, HealConfig
+from lowrank.healing import LEVELS, HealConfig, default_healing
 from lowrank.healing.config import BACKOFF
 from lowrank.methods import with_compensation
 from lowrank.methods.compensated import ALPHA
@@ -112,20 +112,20 @@ def arguments() -> argparse.Namespace:
         "--heal-lr",
         type=float,
         nargs="+",
-        help="heal stage: learning rates, one healed row each (default: the library's, DEFAULT_HEALING.lr)",
+        help="heal stage: learning rates, one healed row each (default: the library's causal-LM recipe)",
     )
     p.add_argument(
         "--heal-level",
         nargs="+",
         choices=LEVELS,
-        help="heal stage: levels, one healed row each (with each --heal-lr; default: DEFAULT_HEALING.level)",
+        help="heal stage: levels, one healed row each (with each --heal-lr; default: the causal-LM recipe's)",
     )
     p.add_argument(
         "--heal-backoff",
         type=backoff_arg,
         nargs="+",
         help="heal stage: learning-rate back-offs ('none': go on without one), one healed row each (with each "
-        "--heal-lr and --heal-level; default: DEFAULT_HEALING.backoff)",
+        "--heal-lr and --heal-level; default: the causal-LM recipe's)",
     )
     p.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
     p.add_argument("--limit", type=int, help="evaluate on at most this many batches")
@@ -424,7 +424,7 @@ def heal(bench: Bench, corpus: str, keep: float, args) -> None:
         print(f"heal stage skipped for {corpus} at {keep:.0%} kept: no training-free row yet", flush=True)
         return
     best = min(rows, key=lambda r: r[f"ppl[{corpus}]"])
-    base = QUICK_HEALING if args.quick else DEFAULT_HEALING
+    base = QUICK_HEALING if args.quick else default_healing("causal-lm")
     configs = [
         base.with_(level=level, lr=lr, backoff=backoff)
         for level in args.heal_level or [base.level]

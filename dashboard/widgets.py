@@ -18,7 +18,7 @@ from lowrank.evaluation.quality import destroyed
 from lowrank.experiments import build
 from lowrank.experiments.jobs import eta_s
 from lowrank.experiments.sweep import cancel_sweep, log_path, reap_stale, resume_sweep
-from lowrank.healing import DEFAULT_HEALING, LEVELS
+from lowrank.healing import LEVELS, default_healing
 from lowrank.healing.heal import KINDS as HEALABLE
 from lowrank.methods import COMPARISON, Option, get_method, run_methods
 from lowrank.report.formats import format_duration
@@ -118,9 +118,10 @@ def option_widgets(method: str, key: str) -> dict:
 
 
 def healing_widgets(loaded, key: str) -> dict | None:
-    """A toggle to heal every compressed model (:func:`lowrank.heal`) and its main settings; returns the chosen
-    :class:`lowrank.HealConfig` fields, or ``None`` when off or when ``loaded`` has no output distribution to distil.
-    Block level is offered for a causal LM that runs one block at a time."""
+    """A toggle to heal every compressed model (:func:`lowrank.heal`) and its main settings; returns every
+    :class:`lowrank.HealConfig` field (the recipe of ``loaded``'s kind with the chosen settings), or ``None`` when off
+    or when ``loaded`` has no output distribution to distil. Block level is offered for a model that runs one block
+    at a time."""
     if loaded.kind not in HEALABLE:
         return None
     target = "next-token distribution" if loaded.kind == "causal-lm" else "class probabilities (no labels used)"
@@ -133,15 +134,16 @@ def healing_widgets(loaded, key: str) -> dict | None:
     ):
         return None
     blocks = sweepable(loaded)
-    d = DEFAULT_HEALING
+    d = default_healing(loaded.kind)
     cols = st.columns(4)
-    level = cols[0].selectbox("Healing level", LEVELS if blocks else ("end-to-end",), key=f"{key}_heal_level")
+    levels = LEVELS if blocks else ("end-to-end",)
+    level = cols[0].selectbox("Healing level", levels, levels.index(d.level), key=f"{key}_heal_level")
     steps = cols[1].number_input("Steps at most", 1, 100_000, d.steps, key=f"{key}_heal_steps")
     minutes = cols[2].number_input(
         "Time budget (minutes)", 0.1, 24 * 60.0, d.time_budget_s / 60, key=f"{key}_heal_minutes"
     )
     lr = cols[3].number_input("Learning rate", 1e-7, 1.0, d.lr, format="%.1e", key=f"{key}_heal_lr")
-    return {"level": level, "steps": int(steps), "time_budget_s": float(minutes) * 60, "lr": float(lr)}
+    return d.with_(level=level, steps=int(steps), time_budget_s=float(minutes) * 60, lr=float(lr)).to_dict()
 
 
 def statistics_button(model: str, task: str, needs: Iterable[str], **button_options) -> None:

@@ -14,7 +14,7 @@ Library API (the ``lowrank`` command mirrors it)::
     lm = lowrank.load_model("smollm2-135m")
     lowrank.compress_in_memory(lm, 0.8, lowrank.method_form(lm, "kfac_svd"), "lee")  # compensated on a decoder
     transformers.AutoModelForSequenceClassification.from_pretrained("out/minilm-rt-50")  # after import lowrank
-    healed = lowrank.heal(small, m, "rotten_tomatoes", lowrank.HealConfig(steps=100))  # toward the dense model
+    healed = lowrank.heal(small, m, "rotten_tomatoes")  # toward the dense model, the recipe of a classifier
 """
 
 from lowrank.allocation import RankPlan, allocate, available_strategies

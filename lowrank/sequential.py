@@ -30,6 +30,7 @@ from transformers import AutoTokenizer
 from lowrank.alignment import DEFAULT_ALIGN
 from lowrank.compress import compress, factorize_layer, set_module, write_record
 from lowrank.data.tasks import hub_reachable, load_task
+from lowrank.evaluation.quality import task_kind_for
 from lowrank.files.atomic import atomic_dir
 from lowrank.info import CompressionInfo, scalars
 from lowrank.loaded import LoadedModel
@@ -40,14 +41,13 @@ from lowrank.models.loading import (
     available_ram_bytes,
     estimate_parameters,
     load_config,
-    model_kind,
     prepare_tokenizer,
 )
 from lowrank.models.packaged import resolve_source
 from lowrank.models.pretrained import from_pretrained
 from lowrank.models.quantizer import is_compressed_folder, mark_compressed
 from lowrank.models.shards import ShardWriter
-from lowrank.models.streamed import Blocks, StreamedModel, open_checkpoint
+from lowrank.models.streamed import Blocks, StreamedModel, open_checkpoint, stream_layout
 from lowrank.progress import Progress, report
 from lowrank.ranks import Ranks, resolve_ranks
 from lowrank.statistics.blockwise import INPUTS, BlockStep, block_sweep, needs_gradients, sample, unsupported
@@ -87,7 +87,7 @@ def sequential_reason(name_or_path: str | Path, fraction: float = AUTO_FRACTION)
         config = load_config(source, name, Path(source).exists() or not hub_reachable())
     except ModelLoadError:
         return None
-    if block_layout(model_kind(config), config) is None:
+    if stream_layout(config) is None:
         return None
     need, have = 4 * estimate_parameters(config), available_ram_bytes()
     if need <= fraction * have:
@@ -118,18 +118,18 @@ def _inputs(spec, inputs: str | None) -> str:
     return inputs
 
 
-def _calibration(spec, task, tokenizer, settings: StatisticsSettings, gradients: bool) -> list[dict]:
-    """The calibration batches a method's statistics take (none without data-derived statistics)."""
+def _calibration(spec, task, tokenizer, settings: StatisticsSettings, gradients: bool, kind: str) -> list[dict]:
+    """The calibration batches a method's statistics take (none without data-derived statistics); gradients of a
+    model of ``kind`` need the loss of its own kind of task (a causal LM's next tokens, a classifier's labels)."""
     if not needs_task(spec.needs):
         return []
     task = calibration_task(task, settings)
     if task is None:
         raise ValueError(f"method {spec.name!r} needs statistics from calibration data: pass a task")
     task = load_task(task)
-    if gradients and task.kind != "lm":
-        raise ValueError(
-            f"the gradients of a causal LM need a language-modelling task (e.g. lee); {task.name!r} is a {task.kind} task"
-        )
+    if gradients and task.kind != task_kind_for(kind):
+        wanted = "a language-modelling task (e.g. lee)" if kind == "causal-lm" else "a classification task"
+        raise ValueError(f"the gradients of a {kind} need {wanted}; {task.name!r} is a {task.kind} task")
     return sample(task, tokenizer, settings)
 
 
@@ -168,7 +168,7 @@ def compress_in_blocks(
     align: int = DEFAULT_ALIGN,
     **options,
 ) -> LoadedModel:
-    """A compressed copy of the in-memory causal LM ``loaded``, factorized block by block by the sweep and the
+    """A compressed copy of the in-memory causal LM or classifier ``loaded``, factorized block by block by the sweep and the
     per-block step of :func:`compress_sequential` (:class:`~lowrank.models.streamed.Blocks` instead of a
     checkpoint on disk): the in-memory path of methods whose statistics only a block sweep computes
     (``compensation``); arguments as in :func:`compress_sequential`. ``stats``: the dense-model statistics of
@@ -180,13 +180,13 @@ def compress_in_blocks(
     layout = block_layout(loaded.kind, loaded.model.config)
     if layout is None or unsupported(spec.needs):
         raise ValueError(
-            f"block-by-block compression in memory takes a causal LM of type {', '.join(supported_types())} and a "
-            f"method of collected statistics; use lowrank.compress for {method!r} on {loaded.name}"
+            f"block-by-block compression in memory takes {block_models()} and a method of collected statistics; "
+            f"use lowrank.compress for {method!r} on {loaded.name}"
         )
     new = adapt_layout(copy.deepcopy(loaded.model))
     plan = resolve_ranks(new, ranks, align)
     gradients = needs_gradients(spec.needs) and stats is None
-    batches = _calibration(spec, task, loaded.tokenizer, settings, gradients)
+    batches = _calibration(spec, task, loaded.tokenizer, settings, gradients, loaded.kind)
     info = CompressionInfo(
         base_model=loaded.name,
         kind=loaded.kind,
@@ -207,8 +207,16 @@ def compress_in_blocks(
     return loaded.with_model(new)
 
 
+def block_models() -> str:
+    """The models a block sweep runs on, in words (for one-line errors)."""
+    return (
+        f"a causal LM of type {', '.join(supported_types('causal-lm'))} or a classifier of type "
+        f"{', '.join(supported_types('classifier'))}"
+    )
+
+
 def sweepable(loaded: LoadedModel) -> bool:
-    """True when a block sweep runs on ``loaded``: a causal LM of a known decoder layout."""
+    """True when a block sweep runs on ``loaded``: a causal LM or classifier of a family with a block layout."""
     return block_layout(loaded.kind, loaded.model.config) is not None
 
 
@@ -217,16 +225,16 @@ def check_runnable(methods: Sequence[str], loaded: LoadedModel) -> None:
     cannot = [m for m in methods if m not in run_methods(sweepable(loaded))]
     if cannot:
         raise ValueError(
-            f"{', '.join(cannot)} fit each block to the blocks compressed before it, which runs on causal LMs of type "
-            f"{', '.join(supported_types())} only; {loaded.name} is not one: use the plain method"
+            f"{', '.join(cannot)} fit each block to the blocks compressed before it, which runs on {block_models()} "
+            f"only; {loaded.name} is not one: use the plain method"
         )
 
 
 def method_form(loaded: LoadedModel, method: str, compensate: bool | None = None) -> str:
     """The method that runs for ``method`` on ``loaded``: its error-compensated form where ``compensate`` (``None``:
-    :data:`lowrank.methods.COMPENSATE`) asks for it and a block sweep runs, else ``method``
+    :data:`lowrank.methods.COMPENSATE` of ``loaded.kind``) asks for it and a block sweep runs, else ``method``
     (:func:`lowrank.methods.with_compensation`)."""
-    return with_compensation(method, compensate, sweepable(loaded))
+    return with_compensation(method, compensate, sweepable(loaded), loaded.kind)
 
 
 def compress_in_memory(
@@ -299,7 +307,7 @@ def compress_sequential(
     stream = StreamedModel(config, checkpoint, layout, device)
     plan = resolve_ranks(stream.model, ranks, align)
     gradients = needs_gradients(spec.needs)
-    batches = _calibration(spec, task, tokenizer, settings, gradients)
+    batches = _calibration(spec, task, tokenizer, settings, gradients, "causal-lm")
     stream.load_resident()
     info = CompressionInfo(
         base_model=name, kind="causal-lm", method=method, ranks=plan, options=scalars(spec.with_defaults(options))

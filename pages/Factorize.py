@@ -141,8 +141,10 @@ if not rows:
 for row in rows:
     if isinstance(row.get("healing"), dict):
         h = row["healing"]
+        trained = [f"{h['config']['block_steps']} step(s) per block"] if h["level"] != "end-to-end" else []
+        trained += [f"{h['steps']} end-to-end step(s)"] if h["level"] != "block" else []
         st.caption(
-            f"{row['method']}: {h['level']} healing, {h['steps']} end-to-end step(s), {h['seconds']:.0f} s; "
+            f"{row['method']}: {h['level']} healing, {', then '.join(trained)}, {h['seconds']:.0f} s; "
             f"held-out KL to the dense model {h['heldout_before']:.4g} → {h['heldout_after']:.4g}"
             + (" (no step improved it: the unhealed factors are kept)" if h["kept"] == "unhealed" else "")
         )

@@ -134,9 +134,11 @@ def register(sub) -> None:
     p.add_argument(
         "--compensate",
         action=argparse.BooleanOptionalAction,
-        help="causal LMs: run a data-aware method in its error-compensated form (svd_llm, kfac_svd: each block "
+        help="run a data-aware method in its error-compensated form (svd_llm, kfac_svd: each block "
         "fitted, from the inputs of the blocks compressed before it, toward the dense outputs with weight alpha, "
-        f"--option alpha=A, default {ALPHA:g}; default: {'on' if COMPENSATE else 'off'})",
+        f"--option alpha=A, default {ALPHA:g}; default: "
+        + ", ".join(f"{'on' if on else 'off'} for a {kind}" for kind, on in COMPENSATE.items())
+        + ")",
     )
     p.add_argument("--solver", help="solver for iterative methods (e.g. als, em, adam, adam_sgd)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="extra method option, repeatable")

@@ -13,7 +13,7 @@ import pandas as pd
 from lowrank.cli.args import add_common, add_output, add_task, output_folder, task_of
 from lowrank.compress import load_any, load_compressed, save_compressed
 from lowrank.evaluation import evaluate
-from lowrank.healing import DEFAULT_HEALING, LEVELS, HealConfig, heal, heal_sequential
+from lowrank.healing import DEFAULT_HEALING, LEVELS, HealConfig, default_healing, heal, heal_sequential
 from lowrank.healing.config import BACKOFF
 from lowrank.healing.heal import check_distinct
 from lowrank.info import load_info
@@ -37,9 +37,30 @@ FLAGS = {  # HealConfig field -> (flag, accepted numbers, help)
         "end to end: after a held-out measurement without a new best, go back to the best checkpoint and multiply "
         "the learning rate by this",
     ),
+    "temperature": (
+        "--temperature",
+        POSITIVE,
+        "end to end: distil at this temperature T (loss T^2 KL of the distributions softened by T)",
+    ),
     "block_steps": ("--block-steps", COUNT, "block level: optimizer steps per block"),
     "block_lr": ("--block-lr", POSITIVE, "block level: AdamW learning rate"),
 }
+
+
+def shown_default(field: str, words: dict | None = None) -> str:
+    """`` (default ...)`` of a setting: its value in the recipe of each kind of model (one value when they agree)."""
+    values = {kind: getattr(config, field) for kind, config in DEFAULT_HEALING.items()}
+    say = {kind: (words or {}).get(v, v) for kind, v in values.items()}
+    if len(set(map(str, say.values()))) == 1:
+        value = next(iter(say.values()))
+        return "" if value is None else f" (default {value})"
+    return " (default " + ", ".join(f"{kind} {value}" for kind, value in say.items()) + ")"
+
+
+def chosen(args, kind: str) -> HealConfig:
+    """The recipe of a model of ``kind`` with the settings given on the command line."""
+    given = {field: getattr(args, field) for field in ("level", "norms", *FLAGS) if getattr(args, field) is not None}
+    return default_healing(kind).with_(**given)
 
 
 def register(sub) -> None:
@@ -56,12 +77,15 @@ def register(sub) -> None:
     p.add_argument("--dense", help="the dense model to heal toward (default: the base model its lowrank.json names)")
     add_task(p, "its training split is the healing text")
     add_output(p, "folder for the healed compressed model (atomic; required)")
-    p.add_argument("--level", choices=LEVELS, default=DEFAULT_HEALING.level, help="what to train (default %(default)s)")
+    p.add_argument("--level", choices=LEVELS, help="what to train" + shown_default("level"))
     for field, (flag, limits, text) in FLAGS.items():
-        default = getattr(DEFAULT_HEALING, field)
-        shown = "" if default is None else f" (default {default})"
-        p.add_argument(flag, dest=field, type=arg_type(limits, flag), default=default, help=text + shown)
-    p.add_argument("--norms", action="store_true", help="train the norm weights too (default: the factors only)")
+        p.add_argument(flag, dest=field, type=arg_type(limits, flag), help=text + shown_default(field))
+    p.add_argument(
+        "--norms",
+        action="store_const",
+        const=True,
+        help="train the norm weights too" + shown_default("norms", {False: "the factors only"}),
+    )
     p.add_argument(
         "--sequential",
         action="store_true",
@@ -76,11 +100,11 @@ def heal_command(args):
         raise ValueError("lowrank heal writes the healed model to a folder: pass --out")
     check_distinct(args.model, args.out)
     out = output_folder(args)
-    config = HealConfig(level=args.level, norms=args.norms, **{field: getattr(args, field) for field in FLAGS})
     info = load_info(args.model)  # a compressed folder, before any work
     dense_name = args.dense or info.base_model
     if args.sequential:
         task = args.task or DEFAULT_LM_TASK
+        config = chosen(args, "causal-lm")
         out = heal_sequential(
             args.model, out, task, config, dense_name, TqdmProgress(), device=args.device, force=args.force
         )
@@ -89,7 +113,7 @@ def heal_command(args):
         compressed = load_compressed(args.model, args.device)
         task = task_of(args, compressed)
         dense = load_any(dense_name, args.device)
-        healed = heal(compressed, dense, task, config, TqdmProgress())
+        healed = heal(compressed, dense, task, chosen(args, compressed.kind), TqdmProgress())
         out = save_compressed(healed, out, force=args.force)
     record = load_info(out).healing
     row = {

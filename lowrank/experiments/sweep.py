@@ -174,7 +174,7 @@ def _run_units(spec: SweepSpec, store: RunStore, sweep_id: int) -> tuple[dict, l
                         strategy=spec.strategy,
                         budget=float(budget),
                         statistics=spec.statistics,
-                        healing=spec.heal_config,
+                        healing=spec.heal_config(loaded.kind),
                     )
                 )
                 if found is not None:  # stored by an earlier (or this, killed and resumed) sweep
@@ -194,7 +194,7 @@ def _run_units(spec: SweepSpec, store: RunStore, sweep_id: int) -> tuple[dict, l
                     eval_limit=spec.eval_limit,
                     fields={**common, "strategy": spec.strategy, "budget": float(budget)},
                     progress=scaled(progress, 0.05, 0.97 if spec.save else 1.0),
-                    healing=spec.heal_config,
+                    healing=spec.heal_config(loaded.kind),
                     settings=spec.settings,
                 )
                 counts["done"] += 1

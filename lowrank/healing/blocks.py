@@ -106,11 +106,13 @@ def _train_block(
     return steps
 
 
-def _heldout_kl(compressed: Blocks, dense: Blocks, hidden: list[torch.Tensor], targets: list[torch.Tensor]) -> float:
+def _heldout_kl(
+    compressed: Blocks, dense: Blocks, hidden: list[torch.Tensor], targets: list[torch.Tensor], temperature: float
+) -> float:
     total, count = 0.0, 0
     with torch.no_grad():
         for h, t in zip(hidden, targets):
-            part, n = kl_sum(dense.logits(t), compressed.logits(h))
+            part, n = kl_sum(dense.logits(t), compressed.logits(h), temperature=temperature)
             total, count = total + float(part), count + n
     return total / max(1, count)
 
@@ -161,6 +163,6 @@ def heal_blocks(
             fit.hidden, fit_dense.hidden = fit.run(compressed, index), targets
         dense.release_block(index)
         compressed.release_block(index)
-    record.heldout_before = _heldout_kl(compressed, dense, unhealed, held_dense.hidden)
-    record.heldout_after = _heldout_kl(compressed, dense, held.hidden, held_dense.hidden)
+    record.heldout_before = _heldout_kl(compressed, dense, unhealed, held_dense.hidden, config.temperature)
+    record.heldout_after = _heldout_kl(compressed, dense, held.hidden, held_dense.hidden, config.temperature)
     report(progress, compressed.num_blocks, compressed.num_blocks, "block healing done")

@@ -28,9 +28,10 @@ class HealConfig:
     the held-out loss is measured every ``eval_every`` steps and training stops after ``patience`` measurements
     without a new best; with ``backoff``, each of those measurements also sends the parameters back to the best
     checkpoint and multiplies the learning rate by ``backoff`` (the optimizer restarts, warm-up included; ``None``:
-    training goes on from where it is). Block level: ``block_steps`` steps of ``block_lr`` per block. ``norms``:
-    the norm weights train too (else only the factors ``U``, ``V``). ``tokens``: training tokens at most
-    (``None``: the whole training part of the split)."""
+    training goes on from where it is); ``temperature`` ``T``: the loss is ``T^2 KL`` of the output distributions
+    softened by ``T`` (:mod:`lowrank.healing.loss`), held-out measurements included. Block level: ``block_steps``
+    steps of ``block_lr`` per block. ``norms``: the norm weights train too (else only the factors ``U``, ``V``).
+    ``tokens``: training tokens at most (``None``: the whole training part of the split)."""
 
     level: str = "end-to-end"
     steps: int = 200
@@ -44,6 +45,7 @@ class HealConfig:
     patience: int = 3
     warmup_steps: int = 5
     backoff: float | None = None
+    temperature: float = 1.0
     weight_decay: float = 0.0
     norms: bool = False
     block_steps: int = 50
@@ -55,7 +57,7 @@ class HealConfig:
             raise ValueError(f"healing level must be one of {', '.join(LEVELS)}, got {self.level!r}")
         for name in ("steps", "batch_size", "max_length", "heldout_batches", "eval_every", "patience", "block_steps"):
             COUNT.check(getattr(self, name), f"healing {name}")
-        for name in ("time_budget_s", "lr", "block_lr"):
+        for name in ("time_budget_s", "lr", "block_lr", "temperature"):
             POSITIVE.check(getattr(self, name), f"healing {name}")
         NON_NEGATIVE.check(self.weight_decay, "healing weight_decay")
         Range(0, integer=True).check(self.warmup_steps, "healing warmup_steps")
@@ -79,17 +81,32 @@ class HealConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> HealConfig:
-        """The config of a dict of its fields (a sweep's JSON); unknown fields refused in one line."""
+    def from_dict(cls, data: dict, base: HealConfig | None = None) -> HealConfig:
+        """``base`` (default: the class defaults) with the fields of ``data`` (a sweep's JSON); unknown fields
+        refused in one line."""
         if not isinstance(data, dict):
             raise ValueError(f"healing settings must be an object, got {data!r}")
         unknown = sorted(set(data) - set(cls.__dataclass_fields__))
         if unknown:
             raise ValueError(f"unknown healing setting(s) {unknown}; known: {', '.join(cls.__dataclass_fields__)}")
-        return cls(**data)
+        return (base or cls()).with_(**data)
 
     def with_(self, **changes) -> HealConfig:
         return replace(self, **changes)
 
 
-DEFAULT_HEALING = HealConfig()
+# The recipe each kind of model is healed with unless told otherwise, decided here only. A causal LM: end to end at
+# the class defaults (docs/results/decoder.md, "Healing"). A classifier: block level, 100 steps per block on batches
+# of 32 texts, 8 of them held out; its 2-class output gives end-to-end distillation little to fit, each block's
+# hidden states much more (docs/results/suite.md, "Healed kfac_svd").
+DEFAULT_HEALING = {
+    "causal-lm": HealConfig(),
+    "classifier": HealConfig(level="block", batch_size=32, heldout_batches=8, block_steps=100),
+}
+
+
+def default_healing(kind: str) -> HealConfig:
+    """The healing recipe of a model of ``kind`` (``causal-lm`` or ``classifier``): :data:`DEFAULT_HEALING`."""
+    if kind not in DEFAULT_HEALING:
+        raise ValueError(f"healing distils a causal LM or a classifier toward its dense model, not a {kind}")
+    return DEFAULT_HEALING[kind]

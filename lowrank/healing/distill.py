@@ -2,9 +2,9 @@
 
 Objective, over the training batches ``B`` (the calibration text: :mod:`lowrank.healing.data`)::
 
-    min_theta  mean_{positions t of B} KL( p_dense(. | x_{<=t}) || p_theta(. | x_{<=t}) )
+    min_theta  mean_{positions t of B} T^2 KL( p_dense^T(. | x_{<=t}) || p_theta^T(. | x_{<=t}) )
 
-``p``: next-token distribution of a causal LM (every token of the block), class distribution of a classifier (one
+``p^T = softmax(logits / T)`` at the config's ``temperature`` (:mod:`lowrank.healing.loss`); ``p``: next-token distribution of a causal LM (every token of the block), class distribution of a classifier (one
 position per text; no labels used). ``theta``: every ``LowRankLinear``'s ``U``, ``V`` and, with ``norms``, the norm
 weights; the rest, and the dense model, frozen. AdamW at ``lr`` after a linear warm-up, one batch per step, both
 models in eval mode (no dropout: the deployed function). The same KL on the held-out batches is measured first
@@ -42,13 +42,17 @@ def positions_mask(batch: dict, kind: str) -> torch.Tensor | None:
     return batch.get("attention_mask") if kind == "causal-lm" else None
 
 
-def heldout_kl(model: nn.Module, dense: nn.Module, batches: list[dict], kind: str, device) -> float:
-    """Mean KL(p_dense || p_model) over the real positions of ``batches``."""
+def heldout_kl(
+    model: nn.Module, dense: nn.Module, batches: list[dict], kind: str, device, temperature: float = 1.0
+) -> float:
+    """Mean ``T^2 KL(p_dense || p_model)`` at ``temperature`` T over the real positions of ``batches``."""
     total, count = 0.0, 0
     with torch.no_grad():
         for batch in batches:
             batch = {k: v.to(device) for k, v in batch.items()}
-            part, n = kl_sum(logits(dense, batch, kind), logits(model, batch, kind), positions_mask(batch, kind))
+            part, n = kl_sum(
+                logits(dense, batch, kind), logits(model, batch, kind), positions_mask(batch, kind), temperature
+            )
             total, count = total + float(part), count + n
     return total / max(1, count)
 
@@ -73,7 +77,7 @@ def distill(
     train_only(model, params)
     model.eval()
     clock = time.monotonic()
-    start = heldout_kl(model, dense, heldout, kind, device) if start_loss is None else start_loss
+    start = heldout_kl(model, dense, heldout, kind, device, config.temperature) if start_loss is None else start_loss
     # kept free before the deadline: the longest step so far and the last held-out measurement, so the measurement
     # of the last steps ends within the budget
     step_s, eval_s = 0.0, (time.monotonic() - clock if start_loss is None else 0.0)
@@ -98,7 +102,7 @@ def distill(
             batch = {k: v.to(device) for k, v in train[order.pop()].items()}
             with torch.no_grad():
                 target = logits(dense, batch, kind)
-            loss = kl_mean(target, logits(model, batch, kind), positions_mask(batch, kind))
+            loss = kl_mean(target, logits(model, batch, kind), positions_mask(batch, kind), config.temperature)
             if not torch.isfinite(loss):
                 stop = "diverged"
                 break
@@ -111,7 +115,7 @@ def distill(
             step_s = max(step_s, time.monotonic() - clock)
             if step % config.eval_every == 0 or step == config.steps:
                 clock = time.monotonic()
-                value = heldout_kl(model, dense, heldout, kind, device)
+                value = heldout_kl(model, dense, heldout, kind, device, config.temperature)
                 eval_s = time.monotonic() - clock
                 measured.append([step, value])
                 if value < best:
@@ -128,7 +132,9 @@ def distill(
                     rates.append([step, lr])
             report(progress, step, config.steps, f"healing, KL {sum(losses[-10:]) / len(losses[-10:]):.4f}")
         if stop != "diverged" and losses and measured[-1][0] != len(losses):
-            value = heldout_kl(model, dense, heldout, kind, device)  # the steps since the last measurement
+            value = heldout_kl(
+                model, dense, heldout, kind, device, config.temperature
+            )  # the steps since the last measurement
             measured.append([len(losses), value])
             if value < best:
                 best, best_step, best_state = value, len(losses), snapshot(params)

@@ -26,30 +26,33 @@ from lowrank.data.tasks import load_task
 from lowrank.evaluation.quality import check_task_fits
 from lowrank.files.atomic import atomic_dir
 from lowrank.healing.blocks import BlockRecord, heal_blocks
-from lowrank.healing.config import DEFAULT_HEALING, SPLIT, HealConfig
+from lowrank.healing.config import SPLIT, HealConfig, default_healing
 from lowrank.healing.data import heal_batches, tokens_in
 from lowrank.healing.distill import distill, heldout_kl
 from lowrank.healing.params import check_factorized, restore, snapshot, trainable
 from lowrank.info import INFO_FILE, load_info, save_info
 from lowrank.layers import LowRankLinear
 from lowrank.loaded import LoadedModel
-from lowrank.models.architectures import block_layout, decoder_layout, supported_types
+from lowrank.models.architectures import block_layout
 from lowrank.models.loading import prepare_tokenizer
 from lowrank.models.pretrained import from_pretrained
 from lowrank.models.shards import ShardWriter
 from lowrank.models.streamed import Blocks, StreamedModel, open_checkpoint
 from lowrank.progress import Progress, report, scaled
-from lowrank.sequential import source_folder
+from lowrank.sequential import block_models, source_folder
 
 KINDS = ("causal-lm", "classifier")  # what has an output distribution to distil
 
 
-def _check_pair(compressed: LoadedModel, dense: LoadedModel, config: HealConfig) -> None:
-    """One-line ``ValueError`` for a pair healing cannot take, before any work."""
+def _check_kind(compressed: LoadedModel) -> None:
     if compressed.kind not in KINDS:
         raise ValueError(
             f"healing distils a causal LM or a classifier toward its dense model; {compressed.name} is a {compressed.kind}"
         )
+
+
+def _check_pair(compressed: LoadedModel, dense: LoadedModel, config: HealConfig) -> None:
+    """One-line ``ValueError`` for a pair healing cannot take, before any work."""
     if getattr(compressed.model, "lowrank_info", None) is None:
         raise ValueError(f"{compressed.name} is not a compressed model (no lowrank_info): compress it first")
     check_factorized(compressed.model)
@@ -65,8 +68,8 @@ def _check_pair(compressed: LoadedModel, dense: LoadedModel, config: HealConfig)
         raise ValueError(f"the models are on different devices ({compressed.device} and {dense.device})")
     if config.blocks and block_layout(compressed.kind, compressed.model.config) is None:
         raise ValueError(
-            f"block-level healing runs a causal LM of type {', '.join(supported_types())} one block at a time; "
-            f"heal {compressed.name} with level='end-to-end'"
+            f"block-level healing runs {block_models()} one block at a time; heal {compressed.name} with "
+            "level='end-to-end'"
         )
 
 
@@ -95,12 +98,15 @@ def heal(
     compressed: LoadedModel,
     dense: LoadedModel,
     task,
-    config: HealConfig = DEFAULT_HEALING,
+    config: HealConfig | None = None,
     progress: Progress | None = None,
 ) -> LoadedModel:
     """A healed copy of ``compressed`` (``compressed`` and ``dense`` untouched), trained toward ``dense`` on ``task``'s
-    training split as ``config`` says (see the module docstring); returns a :class:`LoadedModel` whose
-    ``lowrank_info.healing`` records the recipe. Both models on one device (``cuda`` works as ``cpu``)."""
+    training split as ``config`` says (``None``: the recipe of its kind, :func:`~lowrank.healing.default_healing`;
+    see the module docstring); returns a :class:`LoadedModel` whose ``lowrank_info.healing`` records the recipe.
+    Both models on one device (``cuda`` works as ``cpu``)."""
+    _check_kind(compressed)
+    config = config or default_healing(compressed.kind)
     _check_pair(compressed, dense, config)
     task = load_task(task)
     check_task_fits(compressed.name, compressed.kind, task.kind, task.name)
@@ -126,11 +132,11 @@ def _heal(compressed: LoadedModel, dense: LoadedModel, task, config: HealConfig,
     train, heldout = heal_batches(task, compressed.tokenizer, config)
     params = trainable(new, config.norms)
     unhealed = snapshot(params)
-    before = heldout_kl(new, dense.model, heldout, kind, device)
+    before = heldout_kl(new, dense.model, heldout, kind, device, config.temperature)
     record = _recipe(config, task, dense.name, train, heldout, before)
     current, (block_share, e2e_start) = before, _shares(config)
     if config.blocks:
-        layout = decoder_layout(new.config)
+        layout = block_layout(kind, new.config)
         blocks = BlockRecord()
         for _ in heal_blocks(
             Blocks(new, layout, device),
@@ -144,7 +150,7 @@ def _heal(compressed: LoadedModel, dense: LoadedModel, task, config: HealConfig,
         ):
             pass
         record["blocks"] = blocks.to_dict()
-        current = heldout_kl(new, dense.model, heldout, kind, device)
+        current = heldout_kl(new, dense.model, heldout, kind, device, config.temperature)
     if config.end_to_end:
         e2e = distill(
             new, dense.model, kind, train, heldout, config, deadline, scaled(progress, e2e_start, 1.0), current
@@ -186,7 +192,7 @@ def heal_sequential(
     compressed: str | Path,
     out: str | Path,
     task,
-    config: HealConfig = DEFAULT_HEALING,
+    config: HealConfig | None = None,
     dense: str | Path | None = None,
     progress: Progress | None = None,
     device: str | torch.device = "cpu",
@@ -195,7 +201,8 @@ def heal_sequential(
     """Block-level healing of the compressed causal LM folder ``compressed`` into the folder ``out``, one decoder
     block of each model in memory at a time (the same :func:`~lowrank.healing.blocks.heal_blocks` as :func:`heal`);
     ``dense``: the dense model (default: the base model its ``lowrank.json`` names). When the held-out KL rose,
-    ``out`` holds the unhealed factors. Returns ``out``."""
+    ``out`` holds the unhealed factors. Returns ``out``. ``config``: ``None`` is a causal LM's recipe at block level."""
+    config = config or default_healing("causal-lm").with_(level="block")
     if config.end_to_end:
         raise ValueError(
             "sequential healing is block level only (end-to-end healing trains the whole model in memory): "

@@ -164,10 +164,11 @@ METHODS: dict[str, Method] = {}
 BASELINE = "svd"
 RECOMMENDED = "kfac_svd"
 COMPARISON = (BASELINE, RECOMMENDED)
-# Whether a data-aware method with an error-compensated form (``<name>_compensated``) runs in that form wherever a
-# block sweep can run (causal LMs of a known decoder layout; elsewhere the plain method runs, so encoders are
-# unchanged). Decided by measurement (docs/results/decoder.md, "partial compensation"), here only.
-COMPENSATE = True
+# Per kind of model: whether a data-aware method with an error-compensated form (``<name>_compensated``) runs in
+# that form wherever a block sweep can run (a causal LM or classifier of a family with a block layout; elsewhere
+# the plain method runs). Decided by measurement (docs/results/decoder.md, "partial compensation"; encoders:
+# docs/results/suite.md, "Error compensation"), here only.
+COMPENSATE = {"causal-lm": True, "classifier": False}
 COMPENSATED_SUFFIX = "_compensated"
 
 
@@ -215,11 +216,14 @@ def run_methods(sweepable: bool = False) -> list[str]:
     return [name for name in available_methods() if sweepable or not METHODS[name].block_sweep]
 
 
-def with_compensation(name: str, compensate: bool | None = None, sweepable: bool = True) -> str:
-    """The method to run for ``name``: its compensated form when ``compensate`` (``None``: :data:`COMPENSATE`), it
-    has one and a block sweep can run (``sweepable``); ``name`` otherwise. ``ValueError`` when compensation is asked
-    for explicitly (``True``) and ``name`` has no compensated form or the model no block sweep."""
-    want = COMPENSATE if compensate is None else compensate
+def with_compensation(
+    name: str, compensate: bool | None = None, sweepable: bool = True, kind: str = "causal-lm"
+) -> str:
+    """The method to run for ``name`` on a model of ``kind``: its compensated form when ``compensate`` (``None``:
+    :data:`COMPENSATE` of ``kind``), it has one and a block sweep can run (``sweepable``); ``name`` otherwise.
+    ``ValueError`` when compensation is asked for explicitly (``True``) and ``name`` has no compensated form or the
+    model no block sweep."""
+    want = COMPENSATE.get(kind, False) if compensate is None else compensate
     variant = name if name.endswith(COMPENSATED_SUFFIX) else name + COMPENSATED_SUFFIX
     if not want or name == variant:
         return name
@@ -228,7 +232,9 @@ def with_compensation(name: str, compensate: bool | None = None, sweepable: bool
         with_forms = ", ".join(
             sorted(n.removesuffix(COMPENSATED_SUFFIX) for n in METHODS if n.endswith(COMPENSATED_SUFFIX))
         )
-        raise ValueError(f"cannot compensate: {why} (compensated forms exist for {with_forms}, on causal LMs)")
+        raise ValueError(
+            f"cannot compensate: {why} (compensated forms exist for {with_forms}, on causal LMs and classifiers)"
+        )
     return variant if variant in METHODS and sweepable else name
 
 

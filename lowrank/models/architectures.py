@@ -8,18 +8,22 @@ heatmaps; its layout hook first turns projections stored another way into ``nn.L
 library is generic over ``nn.Linear``; embeddings, poolers and heads stay dense.
 
 A model of no registered family: every ``nn.Linear`` except heads (:data:`HEAD_NAMES`), typed by the
-last path component. A causal LM's family may give the :class:`~lowrank.models.decoders.DecoderLayout`
-that runs it one block at a time. Cost: one pass over ``named_modules``, a suffix match per module.
+last path component. A family may give the :class:`~lowrank.models.decoders.DecoderLayout` that runs its
+causal LM one block at a time and the :class:`~lowrank.models.encoders.EncoderLayout` that runs its sequence
+classifier so. Cost: one pass over ``named_modules``, a suffix match per module.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import torch
 from torch import nn
+from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
 
 from lowrank.models.decoders import DecoderLayout
+from lowrank.models.encoders import EncoderLayout
 from lowrank.models.families import FAMILIES, Family, family_of
 
 HEAD_NAMES = ("classifier", "score", "lm_head", "pooler", "qa_outputs", "cls")
@@ -80,12 +84,26 @@ def decoder_layout(config) -> DecoderLayout | None:
     return family.decoder if family else None
 
 
-def block_layout(kind: str, config) -> DecoderLayout | None:
+def encoder_layout(config) -> EncoderLayout | None:
+    """The encoder layout of a sequence classifier's ``config``, its ``base`` the ``base_model_prefix`` of the
+    ``*ForSequenceClassification`` class transformers builds for it; None for a family without one."""
+    family = family_of(getattr(config, "model_type", None))
+    if family is None or family.encoder is None:
+        return None
+    return replace(family.encoder, base=MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING[type(config)].base_model_prefix)
+
+
+def block_layout(kind: str, config) -> DecoderLayout | EncoderLayout | None:
     """The layout through which a model of ``kind`` (:func:`lowrank.models.loading.model_kind`) and ``config`` runs
-    one decoder block at a time: a causal LM's :func:`decoder_layout`; None for any other model."""
-    return decoder_layout(config) if kind == "causal-lm" else None
+    one block at a time: a causal LM's :func:`decoder_layout`, a classifier's :func:`encoder_layout`; None for any
+    other model."""
+    if kind == "causal-lm":
+        return decoder_layout(config)
+    return encoder_layout(config) if kind == "classifier" else None
 
 
-def supported_types() -> list[str]:
-    """The model types that run one decoder block at a time (a family with a decoder layout)."""
-    return sorted(t for family in FAMILIES.values() if family.decoder for t in family.model_types)
+def supported_types(kind: str = "causal-lm") -> list[str]:
+    """The model types whose models of ``kind`` run one block at a time: a family with a decoder layout (causal
+    LMs) or an encoder layout (classifiers)."""
+    field = "decoder" if kind == "causal-lm" else "encoder"
+    return sorted(t for family in FAMILIES.values() if getattr(family, field) for t in family.model_types)

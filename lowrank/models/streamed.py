@@ -21,6 +21,7 @@ from transformers import AutoModelForCausalLM, PretrainedConfig
 
 from lowrank.models.architectures import block_layout, supported_types
 from lowrank.models.decoders import BlockContext, DecoderLayout
+from lowrank.models.encoders import EncoderLayout
 from lowrank.models.errors import ModelLoadError
 from lowrank.models.loading import check_checkpoint_format, load_config, model_kind
 from lowrank.models.pretrained import from_config
@@ -44,13 +45,20 @@ def empty_model(config) -> nn.Module:
     return model.eval()
 
 
+def stream_layout(config) -> DecoderLayout | None:
+    """The decoder layout through which the model of ``config`` can be loaded one block at a time from disk: a causal
+    LM's (:func:`~lowrank.models.architectures.block_layout`); None for any other model."""
+    kind = model_kind(config)
+    return block_layout(kind, config) if kind == "causal-lm" else None
+
+
 def open_checkpoint(folder: Path, name: str, purpose: str) -> tuple[PretrainedConfig, DecoderLayout, Checkpoint]:
     """The config, decoder layout and safetensors checkpoint of the causal LM saved in ``folder``, checked before
     anything is built; :class:`ModelLoadError` (``"{purpose} causal LMs of type ..."``) for a pickle checkpoint
-    or a model that does not run one block at a time (:func:`~lowrank.models.architectures.block_layout`)."""
+    or a model that does not stream (:func:`stream_layout`)."""
     check_checkpoint_format(str(folder), allow_pickle=False)
     config = load_config(str(folder), name, True)
-    layout = block_layout(model_kind(config), config)
+    layout = stream_layout(config)
     if layout is None:
         raise ModelLoadError(
             f"{purpose} causal LMs of type {', '.join(supported_types())}; "
@@ -60,11 +68,12 @@ def open_checkpoint(folder: Path, name: str, purpose: str) -> tuple[PretrainedCo
 
 
 class Blocks:
-    """A causal LM run one decoder block at a time through its :class:`DecoderLayout`, all blocks in memory:
+    """A model run one block at a time through its layout (a causal LM's :class:`DecoderLayout`, a classifier's
+    :class:`~lowrank.models.encoders.EncoderLayout`), all blocks in memory:
     what the block sweeps (:mod:`lowrank.statistics.blockwise`) drive; :class:`StreamedModel` loads each block
     from disk instead. Loading and releasing a block do nothing here."""
 
-    def __init__(self, model: nn.Module, layout: DecoderLayout, device: str | torch.device = "cpu"):
+    def __init__(self, model: nn.Module, layout: DecoderLayout | EncoderLayout, device: str | torch.device = "cpu"):
         self.model, self.layout, self.device = model, layout, torch.device(device)
         self.num_blocks = layout.num_blocks(model)
 
@@ -80,11 +89,11 @@ class Blocks:
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.layout.embed_tokens(self.model, input_ids.to(self.device))
 
-    def context(self, hidden: torch.Tensor, attention_mask) -> BlockContext:
+    def context(self, hidden: torch.Tensor, attention_mask) -> BlockContext | torch.Tensor | None:
         mask = None if attention_mask is None else attention_mask.to(self.device)
         return self.layout.context(self.model, hidden, mask)
 
-    def run_block(self, index: int, hidden: torch.Tensor, context: BlockContext) -> torch.Tensor:
+    def run_block(self, index: int, hidden: torch.Tensor, context) -> torch.Tensor:
         return self.layout.run_block(self.model, index, hidden, context)
 
     def loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -53,7 +53,8 @@ def test_a_heal_row_is_keyed_by_its_back_off():
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from decoder import heal_key
 
-    from lowrank.healing import DEFAULT_HEALING
+    from lowrank.healing import default_healing
 
-    plain, backed = heal_key("main|x", DEFAULT_HEALING), heal_key("main|x", DEFAULT_HEALING.with_(backoff=0.5))
+    recipe = default_healing("causal-lm")
+    plain, backed = heal_key("main|x", recipe), heal_key("main|x", recipe.with_(backoff=0.5))
     assert plain != backed and "backoff" not in plain and "|backoff=0.5|" in backed

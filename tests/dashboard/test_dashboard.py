@@ -109,7 +109,9 @@ def test_every_page_renders(env):
     assert at.multiselect[0].value == ["svd", "kfac_svd"]  # lowrank.methods.COMPARISON
     import lowrank
 
-    assert [o.split(" ")[0] for o in at.multiselect[0].options] == lowrank.methods.run_methods()  # all a run can use
+    assert [o.split(" ")[0] for o in at.multiselect[0].options] == lowrank.methods.run_methods(
+        True
+    )  # a classifier runs block sweeps
 
     visit(at, "tradeoffs")
     assert any(i.value.startswith("No finished runs") for i in at.info) or plotly_specs(at)

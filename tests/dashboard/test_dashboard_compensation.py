@@ -1,6 +1,6 @@
 """The Factorize page runs on a causal LM the form of each method that lowrank compress runs there: the
-error-compensated one by default (both forms offered), in the background worker; an encoder is offered the plain
-methods only."""
+error-compensated one by default (both forms offered), in the background worker; a classifier starts from the plain
+forms (its default, lowrank.methods.COMPENSATE) and is offered the compensated ones too."""
 
 from __future__ import annotations
 
@@ -26,9 +26,9 @@ def test_factorize_runs_the_compensated_form_on_a_causal_lm(env, seed_lee, tiny_
     assert run["options"] == {"alpha": ALPHA}
 
 
-def test_an_encoder_is_offered_the_plain_methods_only(env):  # noqa: F811
+def test_a_classifier_starts_from_the_plain_forms_and_is_offered_the_compensated_ones(env):  # noqa: F811
     at = new_app().run()
     visit(at, "factorize")
     picker = at.multiselect(key="factorize_methods")
     assert picker.value == ["svd", "kfac_svd"]
-    assert not any("_compensated" in o for o in picker.options)
+    assert {"kfac_svd_compensated", "svd_llm_compensated"} <= {o.split(" ")[0] for o in picker.options}

@@ -63,14 +63,18 @@ def test_a_sweep_runs_a_compensated_form_as_compress_in_memory_does(tmp_path, ti
     assert alphas == sorted([ALPHA, 0.5])
 
 
-def test_compensated_forms_run_only_where_a_block_sweep_does(tiny_bert, tiny_llama):
-    with pytest.raises(ValueError, match="causal LMs of type") as err:
-        check_runnable(["svd", "kfac_svd_compensated"], tiny_bert)
+def test_compensated_forms_run_only_where_a_block_sweep_does(tiny_encoder_dir, tiny_bert, tiny_llama):
+    encoder = load_model(str(tiny_encoder_dir))  # a BERT without a classification head: no block layout
+    with pytest.raises(ValueError, match="a causal LM of type .* or a classifier of type") as err:
+        check_runnable(["svd", "kfac_svd_compensated"], encoder)
     assert "\n" not in str(err.value) and "kfac_svd_compensated" in str(err.value)
-    check_runnable(["svd", "kfac_svd_compensated"], tiny_llama)
+    for model in (tiny_llama, tiny_bert):
+        check_runnable(["svd", "kfac_svd_compensated"], model)
     assert method_form(tiny_llama, "kfac_svd") == "kfac_svd_compensated"
     assert method_form(tiny_llama, "kfac_svd", compensate=False) == "kfac_svd"
-    assert method_form(tiny_bert, "kfac_svd") == "kfac_svd"
+    assert method_form(tiny_bert, "kfac_svd") == "kfac_svd"  # a classifier's default is the plain form
+    assert method_form(tiny_bert, "kfac_svd", compensate=True) == "kfac_svd_compensated"
+    assert method_form(encoder, "kfac_svd") == "kfac_svd"
     assert method_form(tiny_llama, "svd") == "svd"  # no compensated form
     # a sweep computes the dense model's statistics; the compensation moments come from the block sweep
     assert needs_for(["kfac_svd_compensated", "svd_llm_compensated"]) == ("gradients",)

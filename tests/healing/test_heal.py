@@ -3,14 +3,17 @@ the healed folder loads and records its recipe, classifiers are distilled, bad i
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import pytest
 import torch
 
 from lowrank import HealConfig, compress, heal, heal_sequential, load_compressed, load_model, save_compressed
+from lowrank.healing import DEFAULT_HEALING, default_healing
 from lowrank.healing.data import heal_batches
 from lowrank.healing.distill import heldout_kl
+from lowrank.healing.loss import kl_mean, kl_sum
 from lowrank.info import CompressionInfo
 from lowrank.models.architectures import decoder_layout
 from lowrank.models.streamed import Blocks
@@ -190,14 +193,59 @@ def test_the_healed_folder_loads_and_records_its_recipe(small_llama, tiny_llama,
         CompressionInfo.from_json(data | {"healing": [1]})
 
 
-def test_a_classifier_is_distilled_toward_the_dense_logits(tiny_bert, sentiment_csv):
+def test_a_classifier_is_healed_end_to_end_and_block_by_block(tiny_bert, sentiment_csv):
+    """End to end: distilled toward the dense class probabilities (at a temperature); block level: each encoder block
+    fitted to the dense block's outputs; either way the held-out KL never rises."""
     small = compress(tiny_bert, 0.3, "svd")
     config = HealConfig(steps=8, lr=3e-3, eval_every=2, batch_size=4, max_length=16, heldout_batches=2)
-    healed = heal(small, tiny_bert, str(sentiment_csv), config)
-    record = healed.model.lowrank_info.healing
-    assert record["heldout_after"] <= record["heldout_before"] and record["end_to_end"]["steps"] > 0
-    with pytest.raises(ValueError, match="block-level healing runs a causal LM"):
-        heal(small, tiny_bert, str(sentiment_csv), config.with_(level="block"))
+    for temperature in (1.0, 2.0):
+        healed = heal(small, tiny_bert, str(sentiment_csv), config.with_(temperature=temperature))
+        record = healed.model.lowrank_info.healing
+        assert record["heldout_after"] <= record["heldout_before"] and record["end_to_end"]["steps"] > 0
+        assert record["config"]["temperature"] == temperature
+    blocks = heal(small, tiny_bert, str(sentiment_csv), config.with_(level="block", block_steps=10, block_lr=3e-3))
+    record = blocks.model.lowrank_info.healing
+    fitted = record["blocks"]
+    assert len(fitted["block_kept"]) == 2 and any(fitted["block_kept"])
+    assert all(a <= b for a, b in zip(fitted["block_error_after"], fitted["block_error_before"]))
+    assert record["heldout_after"] <= record["heldout_before"]
+
+
+def test_each_kind_is_healed_with_its_own_recipe_unless_told_otherwise(tiny_bert_dir, tmp_path):
+    """One table of recipes: the library default, a sweep's settings and the CLI's flags all start from the
+    recipe of the model's kind."""
+    from lowrank.cli.heal import chosen, register
+    from lowrank.experiments.sweep_spec import SweepSpec
+
+    for kind in ("causal-lm", "classifier"):
+        assert default_healing(kind) is DEFAULT_HEALING[kind]
+    with pytest.raises(ValueError, match="not a encoder"):
+        default_healing("encoder")
+    spec = SweepSpec(model="m", task="t", methods=["svd"], budgets=[0.5], healing={"steps": 7})
+    assert spec.heal_config("classifier") == default_healing("classifier").with_(steps=7)
+    assert spec.heal_config("causal-lm") == default_healing("causal-lm").with_(steps=7)
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["heal", "--model", str(tiny_bert_dir), "--out", str(tmp_path / "o"), "--lr", "0.01"])
+    assert chosen(args, "classifier") == default_healing("classifier").with_(lr=0.01)
+    args = parser.parse_args(["heal", "--model", str(tiny_bert_dir), "--out", str(tmp_path / "o"), "--norms"])
+    assert chosen(args, "causal-lm") == default_healing("causal-lm").with_(norms=True)
+
+
+def test_the_temperature_softens_both_distributions_and_keeps_the_scale():
+    """T^2 KL(softmax(z_d / T) || softmax(z / T)): the plain KL at T = 1, T^2 times the softened KL otherwise, zero
+    for equal logits; a temperature must be positive."""
+    torch.manual_seed(0)
+    dense, logits = torch.randn(5, 3), torch.randn(5, 3)
+    plain = torch.nn.functional.kl_div(logits.log_softmax(-1), dense.log_softmax(-1), log_target=True, reduction="sum")
+    assert torch.allclose(kl_sum(dense, logits)[0], plain, atol=1e-6)
+    soft = torch.nn.functional.kl_div(
+        (logits / 4).log_softmax(-1), (dense / 4).log_softmax(-1), log_target=True, reduction="sum"
+    )
+    assert torch.allclose(kl_sum(dense, logits, temperature=4.0)[0], 16 * soft, atol=1e-6)
+    assert float(kl_mean(dense, dense, temperature=3.0)) == pytest.approx(0.0, abs=1e-7)
+    with pytest.raises(ValueError, match="healing temperature"):
+        HealConfig(temperature=0.0)
 
 
 def test_bad_input_is_refused_before_any_work(small_llama, tiny_llama, tiny_bert, text_task, sentiment_csv, tmp_path):

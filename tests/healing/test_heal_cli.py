@@ -61,6 +61,7 @@ def test_heal_end_to_end_and_evaluate(capsys, compressed_folder, corpus, tmp_pat
         (["--lr", "-1"], "--lr must be a finite number > 0"),
         (["--steps", "0"], "--steps must be a whole number"),
         (["--backoff", "1.5"], "--backoff must be a finite number in (0, 1]"),
+        (["--temperature", "0"], "--temperature must be a finite number > 0"),
         (["--level", "layer"], "invalid choice: 'layer'"),
         (["--sequential"], "block level only"),
         (["--heldout-batches", "500"], "holds 500 out"),

@@ -142,7 +142,7 @@ def test_compensation_is_one_setting():
     assert registry.with_compensation("svd_llm", True) == "svd_llm_compensated"
     assert registry.with_compensation("kfac_svd", False) == "kfac_svd"
     assert registry.with_compensation("kfac_svd", None) == (
-        "kfac_svd_compensated" if registry.COMPENSATE else "kfac_svd"
+        "kfac_svd_compensated" if registry.COMPENSATE["causal-lm"] else "kfac_svd"
     )
     assert (
         registry.with_compensation("svd", None) == "svd"

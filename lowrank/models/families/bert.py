@@ -8,9 +8,11 @@ Per block, hidden width d and intermediate width m, every projection an ``nn.Lin
 
 Six compressible Linears per block, 4 d^2 + 2 d m weights; embeddings, pooler and classifier stay
 dense. ``output.dense`` also ends ``attention.output.dense``, so the attention row comes first.
-No layout hook; an encoder has no decoder layout.
+No layout hook; no decoder layout; a sequence classifier runs one block at a time from ``<base>.embeddings``,
+``<base>.encoder.layer.{i}``, ``<base>.pooler`` (when the model has one) and ``classifier``.
 """
 
+from lowrank.models.encoders import EncoderLayout
 from lowrank.models.families.registry import Family, register_family
 
 BERT = register_family(
@@ -25,5 +27,6 @@ BERT = register_family(
             ("intermediate.dense", "ffn_up"),
             ("output.dense", "ffn_down"),
         ),
+        encoder=EncoderLayout(),
     )
 )

@@ -3,10 +3,13 @@
 A :class:`Family` covers a set of ``config.model_type`` values and gives ``linears``, the compressible
 ``nn.Linear`` modules of a block as (module-path suffix, type label) pairs, the first suffix that ends a module's
 path naming it; ``layout``, a hook turning projections stored another way into ``nn.Linear`` with weight
-(out, in), in place (None: they already are); and ``decoder``, the
+(out, in), in place (None: they already are); ``decoder``, the
 :class:`~lowrank.models.decoders.DecoderLayout` of a causal LM run one block at a time (None: no
-layer-sequential mode). A family is one module of this package that calls :func:`register_family`; a model
-type belongs to at most one. Cost of a lookup: O(registered model types).
+layer-sequential mode); and ``encoder``, the :class:`~lowrank.models.encoders.EncoderLayout` of its sequence
+classifier run one block at a time (its ``base`` filled in from the config by
+:func:`lowrank.models.architectures.encoder_layout`; None: no block sweep on a classifier). A family is one
+module of this package that calls :func:`register_family`; a model type belongs to at most one. Cost of a
+lookup: O(registered model types).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from lowrank.models.decoders import DecoderLayout
+from lowrank.models.encoders import EncoderLayout
 
 
 @dataclass(frozen=True)
@@ -29,6 +33,8 @@ class Family:
     layout: Callable[[nn.Module], None] | None = None
     # how to run the causal LM one decoder block at a time (None: not layer-sequential)
     decoder: DecoderLayout | None = None
+    # how to run the family's sequence classifier one encoder block at a time (None: no block sweep)
+    encoder: EncoderLayout | None = None
 
     def layer_type(self, module_name: str) -> str | None:
         for suffix, label in self.linears:
