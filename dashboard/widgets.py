@@ -18,8 +18,9 @@ from lowrank.evaluation.quality import destroyed
 from lowrank.experiments import build
 from lowrank.experiments.jobs import eta_s
 from lowrank.experiments.sweep import cancel_sweep, log_path, reap_stale, resume_sweep
-from lowrank.healing import LEVELS, default_healing
+from lowrank.healing import LEVELS
 from lowrank.healing.heal import KINDS as HEALABLE
+from lowrank.healing.heal import recipe_for
 from lowrank.methods import COMPARISON, Option, get_method, run_methods
 from lowrank.report.formats import format_duration
 from lowrank.sequential import method_form, sweepable
@@ -128,22 +129,32 @@ def healing_widgets(loaded, key: str) -> dict | None:
     if not st.toggle(
         "Heal after factorizing",
         key=f"{key}_heal",
-        help=f"Train the factors toward the dense model's {target} on the task's training split; a held-out slice "
-        "of it stops training early, the validation split stays for the numbers shown. Objectives: "
-        "docs/methods.md#healing-lowrankhealing.",
+        help="Train the factors toward the dense model on the task's training split (no labels): block level fits "
+        f"each block to the dense block's outputs, end to end the whole model to the dense {target}; a held-out "
+        "slice of the split keeps only what improves, the validation split stays for the numbers shown. "
+        "Objectives: docs/methods.md#healing-lowrankhealing.",
     ):
         return None
-    blocks = sweepable(loaded)
-    d = default_healing(loaded.kind)
-    cols = st.columns(4)
-    levels = LEVELS if blocks else ("end-to-end",)
+    d = recipe_for(loaded)
+    levels = LEVELS if sweepable(loaded) else ("end-to-end",)
+    cols = st.columns(3)
     level = cols[0].selectbox("Healing level", levels, levels.index(d.level), key=f"{key}_heal_level")
-    steps = cols[1].number_input("Steps at most", 1, 100_000, d.steps, key=f"{key}_heal_steps")
-    minutes = cols[2].number_input(
+    minutes = cols[1].number_input(
         "Time budget (minutes)", 0.1, 24 * 60.0, d.time_budget_s / 60, key=f"{key}_heal_minutes"
     )
-    lr = cols[3].number_input("Learning rate", 1e-7, 1.0, d.lr, format="%.1e", key=f"{key}_heal_lr")
-    return d.with_(level=level, steps=int(steps), time_budget_s=float(minutes) * 60, lr=float(lr)).to_dict()
+    chosen = d.with_(level=level, time_budget_s=float(minutes) * 60)
+    cols = st.columns(4)
+    if chosen.blocks:
+        steps = cols[0].number_input("Steps per block", 1, 100_000, d.block_steps, key=f"{key}_heal_block_steps")
+        lr = cols[1].number_input(
+            "Block learning rate", 1e-7, 1.0, d.block_lr, format="%.1e", key=f"{key}_heal_block_lr"
+        )
+        chosen = chosen.with_(block_steps=int(steps), block_lr=float(lr))
+    if chosen.end_to_end:
+        steps = cols[2].number_input("End-to-end steps at most", 1, 100_000, d.steps, key=f"{key}_heal_steps")
+        lr = cols[3].number_input("End-to-end learning rate", 1e-7, 1.0, d.lr, format="%.1e", key=f"{key}_heal_lr")
+        chosen = chosen.with_(steps=int(steps), lr=float(lr))
+    return chosen.to_dict()
 
 
 def statistics_button(model: str, task: str, needs: Iterable[str], **button_options) -> None:

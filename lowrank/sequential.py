@@ -128,8 +128,12 @@ def _calibration(spec, task, tokenizer, settings: StatisticsSettings, gradients:
         raise ValueError(f"method {spec.name!r} needs statistics from calibration data: pass a task")
     task = load_task(task)
     if gradients and task.kind != task_kind_for(kind):
-        wanted = "a language-modelling task (e.g. lee)" if kind == "causal-lm" else "a classification task"
-        raise ValueError(f"the gradients of a {kind} need {wanted}; {task.name!r} is a {task.kind} task")
+        model, wanted = (
+            ("causal LM", "a language-modelling task (e.g. lee)")
+            if kind == "causal-lm"
+            else ("classifier", "a classification task")
+        )
+        raise ValueError(f"the gradients of a {model} need {wanted}; {task.name!r} is a {task.kind} task")
     return sample(task, tokenizer, settings)
 
 
@@ -251,13 +255,19 @@ def compress_in_memory(
     """A compressed copy of the in-memory ``loaded`` by ``method`` as named, whatever its statistics: a method of
     sweep-only statistics (an error-compensated form) through :func:`compress_in_blocks`, given the dense-model
     kinds of ``stats`` (:attr:`~lowrank.methods.Method.dense_needs`); any other through :func:`lowrank.compress`,
-    given its kinds of ``stats``. ``stats=None``: computed on ``task``'s calibration sample of ``settings``, which
-    the record names (``lowrank_info.calibration``) either way."""
+    given its kinds of ``stats``. ``stats=None``: computed by :func:`lowrank.statistics_for` (cached; its label
+    settings and checks) on ``task``'s calibration sample of ``settings``, which the record names
+    (``lowrank_info.calibration``) either way."""
     spec = get_method(method)
+    spec.check_options(options)  # a bad option or budget is refused before the statistics pass
+    resolve_ranks(loaded.model, ranks, align)
     if spec.block_sweep:
-        dense = restrict(stats, spec.dense_needs) if stats is not None and spec.dense_needs else None
+        dense = None
+        if spec.dense_needs:  # the dense model's kinds as every in-memory method gets them: statistics_for, cached
+            if stats is None:
+                stats = statistics_for(loaded, task, spec.dense_needs, settings, progress=progress)
+            dense = restrict(stats, spec.dense_needs)
         return compress_in_blocks(loaded, ranks, method, task, settings, progress, None, dense, align, **options)
-    resolve_ranks(loaded.model, ranks, align)  # a bad budget or plan is refused before the statistics pass
     if stats is None and spec.needs:
         stats = statistics_for(loaded, task, spec.needs, settings, progress=progress)
     given = restrict(stats, spec.needs) if stats is not None else None

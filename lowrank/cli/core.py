@@ -294,9 +294,7 @@ def parse_options(pairs: list[str], solver: str | None = None) -> dict:
 
 def compress_command(args):
     out = output_folder(args)
-    chosen = get_method(with_compensation(args.method, args.compensate))  # the form that runs where a sweep can
     options = parse_options(args.option, args.solver)
-    chosen.check_options(options)  # before any work: a misspelt option must not cost a Fisher pass
     ranks = read_ranks(args.plan) if args.plan else args.keep
     reason = None if args.sequential else sequential_reason(args.model)
     if args.sequential_inputs and not (args.sequential or reason):
@@ -314,6 +312,7 @@ def compress_command(args):
         loaded = load_any(args.model, args.device)
         args.method = method_form(loaded, args.method, args.compensate)
         spec = get_method(args.method)
+        spec.check_options(options)  # the form that runs, before the task and any statistics
         task = task_of(args, loaded) if args.evaluate or needs_task(spec.needs) or spec.block_sweep else None
         small = compress_in_memory(
             loaded, ranks, args.method, task, statistics_settings(args), None, TqdmProgress(), args.align, **options

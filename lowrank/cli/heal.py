@@ -15,7 +15,7 @@ from lowrank.compress import load_any, load_compressed, save_compressed
 from lowrank.evaluation import evaluate
 from lowrank.healing import DEFAULT_HEALING, LEVELS, HealConfig, default_healing, heal, heal_sequential
 from lowrank.healing.config import BACKOFF
-from lowrank.healing.heal import check_distinct
+from lowrank.healing.heal import check_distinct, recipe_for
 from lowrank.info import load_info
 from lowrank.models.labels import DEFAULT_LM_TASK
 from lowrank.progress import TqdmProgress
@@ -40,7 +40,8 @@ FLAGS = {  # HealConfig field -> (flag, accepted numbers, help)
     "temperature": (
         "--temperature",
         POSITIVE,
-        "end to end: distil at this temperature T (loss T^2 KL of the distributions softened by T)",
+        "distil at this temperature T: the end-to-end loss and every held-out KL are T^2 KL of the output "
+        "distributions softened by T",
     ),
     "block_steps": ("--block-steps", COUNT, "block level: optimizer steps per block"),
     "block_lr": ("--block-lr", POSITIVE, "block level: AdamW learning rate"),
@@ -57,10 +58,10 @@ def shown_default(field: str, words: dict | None = None) -> str:
     return " (default " + ", ".join(f"{kind} {value}" for kind, value in say.items()) + ")"
 
 
-def chosen(args, kind: str) -> HealConfig:
-    """The recipe of a model of ``kind`` with the settings given on the command line."""
+def chosen(args, recipe: HealConfig) -> HealConfig:
+    """``recipe`` (the model's default) with the settings given on the command line."""
     given = {field: getattr(args, field) for field in ("level", "norms", *FLAGS) if getattr(args, field) is not None}
-    return default_healing(kind).with_(**given)
+    return recipe.with_(**given)
 
 
 def register(sub) -> None:
@@ -104,7 +105,7 @@ def heal_command(args):
     dense_name = args.dense or info.base_model
     if args.sequential:
         task = args.task or DEFAULT_LM_TASK
-        config = chosen(args, "causal-lm")
+        config = chosen(args, default_healing("causal-lm"))
         out = heal_sequential(
             args.model, out, task, config, dense_name, TqdmProgress(), device=args.device, force=args.force
         )
@@ -113,7 +114,7 @@ def heal_command(args):
         compressed = load_compressed(args.model, args.device)
         task = task_of(args, compressed)
         dense = load_any(dense_name, args.device)
-        healed = heal(compressed, dense, task, chosen(args, compressed.kind), TqdmProgress())
+        healed = heal(compressed, dense, task, chosen(args, recipe_for(compressed)), TqdmProgress())
         out = save_compressed(healed, out, force=args.force)
     record = load_info(out).healing
     row = {
@@ -124,6 +125,7 @@ def heal_command(args):
         "heldout_kl_after": round(record["heldout_after"], 5),
         "kept": record["kept"],
         "steps": record.get("end_to_end", {}).get("steps", 0),
+        "block_steps": sum(record.get("blocks", {}).get("block_steps", [])),
         "train_tokens": record["train_tokens"],
         "seconds": round(record["seconds"], 1),
     }

@@ -23,6 +23,7 @@ from lowrank.experiments.run import dense_reference, execute_run, find_same_run,
 from lowrank.experiments.stop import check_stop, stoppable
 from lowrank.experiments.store import RunStore
 from lowrank.experiments.sweep_spec import SweepSpec, plugin_modules
+from lowrank.healing.heal import recipe_for
 from lowrank.models.loading import load_model
 from lowrank.progress import Progress, scaled
 from lowrank.ranks import linear_shapes, resolve_ranks
@@ -119,6 +120,7 @@ def _run_units(spec: SweepSpec, store: RunStore, sweep_id: int) -> tuple[dict, l
     loaded = load_model(spec.model, task=task)
     check_task_fits(loaded.name, loaded.kind, task.kind, spec.task)
     check_runnable(spec.methods, loaded)
+    healing = None if spec.healing is None else spec.heal_config(recipe_for(loaded))
     needs = spec.needs()
     bar = _SweepProgress(store, sweep_id, spec.runs_total + int(bool(needs)))
     counts, reused = {"done": 0, "failed": 0}, []
@@ -174,7 +176,7 @@ def _run_units(spec: SweepSpec, store: RunStore, sweep_id: int) -> tuple[dict, l
                         strategy=spec.strategy,
                         budget=float(budget),
                         statistics=spec.statistics,
-                        healing=spec.heal_config(loaded.kind),
+                        healing=healing,
                     )
                 )
                 if found is not None:  # stored by an earlier (or this, killed and resumed) sweep
@@ -194,7 +196,7 @@ def _run_units(spec: SweepSpec, store: RunStore, sweep_id: int) -> tuple[dict, l
                     eval_limit=spec.eval_limit,
                     fields={**common, "strategy": spec.strategy, "budget": float(budget)},
                     progress=scaled(progress, 0.05, 0.97 if spec.save else 1.0),
-                    healing=spec.heal_config(loaded.kind),
+                    healing=healing,
                     settings=spec.settings,
                 )
                 counts["done"] += 1

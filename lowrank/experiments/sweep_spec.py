@@ -15,7 +15,7 @@ import importlib
 from dataclasses import asdict, dataclass, field
 
 from lowrank.allocation import DEFAULT_STRATEGY, get_strategy
-from lowrank.healing import HealConfig, default_healing
+from lowrank.healing import HealConfig
 from lowrank.methods import available_methods, get_method
 from lowrank.needs import needs_for
 from lowrank.statistics import DEFAULT, StatisticsSettings
@@ -42,10 +42,11 @@ class SweepSpec:
     modules: list[str] = field(default_factory=list)  # imported first: they register methods outside lowrank.methods
     healing: dict | None = None  # HealConfig fields: every compressed model is healed before it is evaluated
 
-    def heal_config(self, kind: str = "causal-lm") -> HealConfig | None:
-        """The healing every compressed model of ``kind`` in the sweep gets: the recipe of its kind
-        (:func:`lowrank.healing.default_healing`) with the fields of ``healing`` (``None``: no healing)."""
-        return None if self.healing is None else HealConfig.from_dict(self.healing, default_healing(kind))
+    def heal_config(self, recipe: HealConfig | None = None) -> HealConfig | None:
+        """The healing every compressed model of the sweep gets: ``recipe`` (the model's default,
+        :func:`lowrank.healing.heal.recipe_for`; ``None``: the class defaults) with the fields of ``healing``
+        (``None``: no healing)."""
+        return None if self.healing is None else HealConfig.from_dict(self.healing, recipe)
 
     @property
     def settings(self) -> StatisticsSettings:

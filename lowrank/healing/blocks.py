@@ -1,9 +1,10 @@
-"""Block-level healing of a compressed causal LM: each block's factors fitted to the dense block's outputs.
+"""Block-level healing of a compressed model (a causal LM, or a classifier through its encoder layout): each block's
+factors fitted to the dense block's outputs.
 
 For block ``i`` with dense function ``f_i`` and compressed function ``g_i`` (its ``LowRankLinear`` factors ``U``,
 ``V`` and, with ``norms``, its norm weights ``theta``)::
 
-    min_theta  mean_{t in calibration tokens} || f_i(h_i)_t - g_i(h_hat_i; theta)_t ||^2 / d
+    min_theta  mean_{t in the real (non-padding) calibration tokens} || f_i(h_i)_t - g_i(h_hat_i; theta)_t ||^2 / d
 
 ``h_i``: block ``i``'s inputs in the dense model (the dense stream, ``h_{i+1} = f_i(h_i)``); ``h_hat_i``: its inputs
 in the compressed model, through the blocks already healed (``h_hat_{i+1} = g_i(h_hat_i)``), so each block learns
@@ -60,22 +61,31 @@ class BlockRecord:
 
 
 class _Stream:
-    """Hidden states of a list of batches, with the block context (positions, rotary, masks) of each."""
+    """Hidden states of a list of batches, with the block context (positions, rotary, masks) of each and the mask of
+    its real (non-padding) tokens."""
 
     def __init__(self, blocks: Blocks, batches: list[dict]):
         with torch.no_grad():
             self.hidden = [blocks.embed(b["input_ids"]) for b in batches]
             self.contexts = [blocks.context(h, b.get("attention_mask")) for h, b in zip(self.hidden, batches)]
+        self.masks = [
+            None if b.get("attention_mask") is None else b["attention_mask"].to(blocks.device).bool() for b in batches
+        ]
 
     def run(self, blocks: Blocks, index: int, hidden: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
         with torch.no_grad():
             return [blocks.run_block(index, h, c) for h, c in zip(hidden or self.hidden, self.contexts)]
 
 
+def _real(hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """``hidden`` (batch, T, d) at the real tokens of ``mask`` (batch, T): (tokens, d)."""
+    return hidden.flatten(0, 1) if mask is None else hidden[mask]
+
+
 def _relative_error(blocks: Blocks, index: int, stream: _Stream, targets: list[torch.Tensor]) -> float:
     outputs = stream.run(blocks, index)
-    num = sum(float((o - t).pow(2).sum()) for o, t in zip(outputs, targets))
-    den = sum(float(t.pow(2).sum()) for t in targets)
+    num = sum(float((_real(o, m) - _real(t, m)).pow(2).sum()) for o, t, m in zip(outputs, targets, stream.masks))
+    den = sum(float(_real(t, m).pow(2).sum()) for t, m in zip(targets, stream.masks))
     return num / max(den, 1e-30)
 
 
@@ -95,7 +105,8 @@ def _train_block(
             if not order:
                 order = torch.randperm(len(targets), generator=generator).tolist()
             k = order.pop()
-            loss = F.mse_loss(blocks.run_block(index, stream.hidden[k], stream.contexts[k]), targets[k])
+            output = blocks.run_block(index, stream.hidden[k], stream.contexts[k])
+            loss = F.mse_loss(_real(output, stream.masks[k]), _real(targets[k], stream.masks[k]))
             if not torch.isfinite(loss):
                 break
             opt.zero_grad(set_to_none=True)

@@ -96,17 +96,19 @@ class HealConfig:
 
 
 # The recipe each kind of model is healed with unless told otherwise, decided here only. A causal LM: end to end at
-# the class defaults (docs/results/decoder.md, "Healing"). A classifier: block level, 100 steps per block on batches
-# of 32 texts, 8 of them held out; its 2-class output gives end-to-end distillation little to fit, each block's
-# hidden states much more (docs/results/suite.md, "Healed kfac_svd").
+# the class defaults (docs/results/decoder.md, "Healing"). A classifier: block level, 100 steps of lr 1e-4 per block
+# on batches of 32 texts, 8 of them held out; its few-class output gives end-to-end distillation little to fit, each
+# block's hidden states much more (docs/results/suite.md, "Healed kfac_svd").
 DEFAULT_HEALING = {
     "causal-lm": HealConfig(),
     "classifier": HealConfig(level="block", batch_size=32, heldout_batches=8, block_steps=100),
 }
 
 
-def default_healing(kind: str) -> HealConfig:
-    """The healing recipe of a model of ``kind`` (``causal-lm`` or ``classifier``): :data:`DEFAULT_HEALING`."""
+def default_healing(kind: str, blocks: bool = True) -> HealConfig:
+    """The healing recipe of a model of ``kind`` (``causal-lm`` or ``classifier``): :data:`DEFAULT_HEALING`, at end to
+    end when the model has no block layout (``blocks`` False: block level cannot run on it)."""
     if kind not in DEFAULT_HEALING:
-        raise ValueError(f"healing distils a causal LM or a classifier toward its dense model, not a {kind}")
-    return DEFAULT_HEALING[kind]
+        raise ValueError(f"healing distils a causal LM or a classifier toward its dense model; this model is a {kind}")
+    recipe = DEFAULT_HEALING[kind]
+    return recipe if blocks or not recipe.blocks else recipe.with_(level="end-to-end")

@@ -26,7 +26,7 @@ from lowrank.data.tasks import load_task
 from lowrank.evaluation.quality import check_task_fits
 from lowrank.files.atomic import atomic_dir
 from lowrank.healing.blocks import BlockRecord, heal_blocks
-from lowrank.healing.config import SPLIT, HealConfig, default_healing
+from lowrank.healing.config import DEFAULT_HEALING, SPLIT, HealConfig, default_healing
 from lowrank.healing.data import heal_batches, tokens_in
 from lowrank.healing.distill import distill, heldout_kl
 from lowrank.healing.params import check_factorized, restore, snapshot, trainable
@@ -41,7 +41,12 @@ from lowrank.models.streamed import Blocks, StreamedModel, open_checkpoint
 from lowrank.progress import Progress, report, scaled
 from lowrank.sequential import block_models, source_folder
 
-KINDS = ("causal-lm", "classifier")  # what has an output distribution to distil
+KINDS = tuple(DEFAULT_HEALING)  # what has an output distribution to distil, and a recipe
+
+
+def recipe_for(compressed: LoadedModel) -> HealConfig:
+    """The default healing recipe of ``compressed``: its kind's, at end to end where it has no block layout."""
+    return default_healing(compressed.kind, block_layout(compressed.kind, compressed.model.config) is not None)
 
 
 def _check_kind(compressed: LoadedModel) -> None:
@@ -106,7 +111,7 @@ def heal(
     see the module docstring); returns a :class:`LoadedModel` whose ``lowrank_info.healing`` records the recipe.
     Both models on one device (``cuda`` works as ``cpu``)."""
     _check_kind(compressed)
-    config = config or default_healing(compressed.kind)
+    config = config or recipe_for(compressed)
     _check_pair(compressed, dense, config)
     task = load_task(task)
     check_task_fits(compressed.name, compressed.kind, task.kind, task.name)
@@ -201,8 +206,9 @@ def heal_sequential(
     """Block-level healing of the compressed causal LM folder ``compressed`` into the folder ``out``, one decoder
     block of each model in memory at a time (the same :func:`~lowrank.healing.blocks.heal_blocks` as :func:`heal`);
     ``dense``: the dense model (default: the base model its ``lowrank.json`` names). When the held-out KL rose,
-    ``out`` holds the unhealed factors. Returns ``out``. ``config``: ``None`` is a causal LM's recipe at block level."""
-    config = config or default_healing("causal-lm").with_(level="block")
+    ``out`` holds the unhealed factors. Returns ``out``. ``config``: ``None`` is a causal LM's recipe, which must be
+    at block level."""
+    config = config or default_healing("causal-lm")
     if config.end_to_end:
         raise ValueError(
             "sequential healing is block level only (end-to-end healing trains the whole model in memory): "

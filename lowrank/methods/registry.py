@@ -212,7 +212,7 @@ def available_methods() -> list[str]:
 
 def run_methods(sweepable: bool = False) -> list[str]:
     """The methods a run or sweep can use on a model: all of them where a block sweep can run (``sweepable``: a
-    causal LM of a known decoder layout), else those ``compress`` takes."""
+    causal LM or classifier of a family with a block layout), else those ``compress`` takes."""
     return [name for name in available_methods() if sweepable or not METHODS[name].block_sweep]
 
 
@@ -233,7 +233,7 @@ def with_compensation(
             sorted(n.removesuffix(COMPENSATED_SUFFIX) for n in METHODS if n.endswith(COMPENSATED_SUFFIX))
         )
         raise ValueError(
-            f"cannot compensate: {why} (compensated forms exist for {with_forms}, on causal LMs and classifiers)"
+            f"cannot compensate: {why} (compensated forms exist for {with_forms}, on models with a block sweep)"
         )
     return variant if variant in METHODS and sweepable else name
 

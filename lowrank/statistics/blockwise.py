@@ -1,4 +1,5 @@
-"""Statistics of a causal LM computed one decoder block at a time, for layer-sequential compression.
+"""Statistics computed one block at a time (a causal LM's decoder blocks, a classifier's encoder blocks), for
+layer-sequential and error-compensated compression.
 
 Both sweeps run over a :class:`~lowrank.models.streamed.StreamedModel` (or the in-memory
 :class:`~lowrank.models.streamed.Blocks`) and yield each block while it is loaded, with its layers' statistics as

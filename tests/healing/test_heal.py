@@ -4,18 +4,21 @@ the healed folder loads and records its recipe, classifiers are distilled, bad i
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 
 import pytest
 import torch
 
 from lowrank import HealConfig, compress, heal, heal_sequential, load_compressed, load_model, save_compressed
+from lowrank.data import load_task
 from lowrank.healing import DEFAULT_HEALING, default_healing
+from lowrank.healing.blocks import BlockRecord, heal_blocks
 from lowrank.healing.data import heal_batches
 from lowrank.healing.distill import heldout_kl
 from lowrank.healing.loss import kl_mean, kl_sum
 from lowrank.info import CompressionInfo
-from lowrank.models.architectures import decoder_layout
+from lowrank.models.architectures import block_layout, decoder_layout
 from lowrank.models.streamed import Blocks
 
 SMALL = dict(batch_size=2, max_length=16, heldout_batches=2)
@@ -219,17 +222,20 @@ def test_each_kind_is_healed_with_its_own_recipe_unless_told_otherwise(tiny_bert
 
     for kind in ("causal-lm", "classifier"):
         assert default_healing(kind) is DEFAULT_HEALING[kind]
-    with pytest.raises(ValueError, match="not a encoder"):
+    with pytest.raises(ValueError, match="this model is a encoder"):
         default_healing("encoder")
     spec = SweepSpec(model="m", task="t", methods=["svd"], budgets=[0.5], healing={"steps": 7})
-    assert spec.heal_config("classifier") == default_healing("classifier").with_(steps=7)
-    assert spec.heal_config("causal-lm") == default_healing("causal-lm").with_(steps=7)
+    assert spec.heal_config(default_healing("classifier")) == default_healing("classifier").with_(steps=7)
+    assert spec.heal_config(default_healing("causal-lm")) == default_healing("causal-lm").with_(steps=7)
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
     args = parser.parse_args(["heal", "--model", str(tiny_bert_dir), "--out", str(tmp_path / "o"), "--lr", "0.01"])
-    assert chosen(args, "classifier") == default_healing("classifier").with_(lr=0.01)
+    assert chosen(args, default_healing("classifier")) == default_healing("classifier").with_(lr=0.01)
     args = parser.parse_args(["heal", "--model", str(tiny_bert_dir), "--out", str(tmp_path / "o"), "--norms"])
-    assert chosen(args, "causal-lm") == default_healing("causal-lm").with_(norms=True)
+    assert chosen(args, default_healing("causal-lm")) == default_healing("causal-lm").with_(norms=True)
+    # a classifier without a block layout heals end to end
+    assert default_healing("classifier", blocks=False).level == "end-to-end"
+    assert default_healing("causal-lm", blocks=False) == default_healing("causal-lm")
 
 
 def test_the_temperature_softens_both_distributions_and_keeps_the_scale():
@@ -267,3 +273,27 @@ def test_bad_input_is_refused_before_any_work(small_llama, tiny_llama, tiny_bert
     with pytest.raises(ValueError, match="block level only"):
         heal_sequential(folder, tmp_path / "out", text_task, HealConfig(level="both"))
     assert not (tmp_path / "out").exists()
+
+
+def test_block_healing_fits_the_real_tokens_only(tiny_bert, sentiment_csv):
+    """Padding is masked: batches that differ only in what the padded positions hold heal to the same record
+    (a regression: the block loss and error averaged over the padded positions of a classifier's texts too)."""
+    small = compress(tiny_bert, 0.3, "svd")
+    config = HealConfig(level="block", block_steps=4, block_lr=3e-3, batch_size=4, max_length=16, heldout_batches=2)
+    train, heldout = heal_batches(load_task(str(sentiment_csv)), tiny_bert.tokenizer, config)
+    assert not all(b["attention_mask"].all() for b in train)
+
+    def padded_with(batches, token):
+        return [{**b, "input_ids": b["input_ids"].masked_fill(~b["attention_mask"].bool(), token)} for b in batches]
+
+    layout = block_layout("classifier", tiny_bert.model.config)
+    records = []
+    for token in (0, 7):
+        record = BlockRecord()
+        model = copy.deepcopy(small.model).eval()
+        blocks, dense = Blocks(model, layout), Blocks(tiny_bert.model.eval(), layout)
+        list(heal_blocks(blocks, dense, padded_with(train, token), padded_with(heldout, token), config, record))
+        records.append(record.to_dict())
+    assert records[0]["block_steps"] == [4, 4]
+    for key in ("block_error_before", "block_error_after", "heldout_before", "heldout_after"):
+        assert records[0][key] == pytest.approx(records[1][key], rel=1e-5), key
