@@ -172,8 +172,8 @@ def compress_in_blocks(
     align: int = DEFAULT_ALIGN,
     **options,
 ) -> LoadedModel:
-    """A compressed copy of the in-memory causal LM or classifier ``loaded``, factorized block by block by the sweep and the
-    per-block step of :func:`compress_sequential` (:class:`~lowrank.models.streamed.Blocks` instead of a
+    """A compressed copy of the in-memory causal LM or classifier ``loaded``, factorized block by block by the sweep
+    and the per-block step of :func:`compress_sequential` (:class:`~lowrank.models.streamed.Blocks` instead of a
     checkpoint on disk): the in-memory path of methods whose statistics only a block sweep computes
     (``compensation``); arguments as in :func:`compress_sequential`. ``stats``: the dense-model statistics of
     the method's other kinds (e.g. ``gradients`` from the cached :func:`lowrank.statistics_for`), instead of a
@@ -261,16 +261,12 @@ def compress_in_memory(
     spec = get_method(method)
     spec.check_options(options)  # a bad option or budget is refused before the statistics pass
     resolve_ranks(loaded.model, ranks, align)
+    needs = spec.dense_needs  # what one pass of the dense model gives (all of a plain method's needs), cached
+    if stats is None and needs:
+        stats = statistics_for(loaded, task, needs, settings, progress=progress)
+    given = restrict(stats, needs) if stats is not None and needs else None
     if spec.block_sweep:
-        dense = None
-        if spec.dense_needs:  # the dense model's kinds as every in-memory method gets them: statistics_for, cached
-            if stats is None:
-                stats = statistics_for(loaded, task, spec.dense_needs, settings, progress=progress)
-            dense = restrict(stats, spec.dense_needs)
-        return compress_in_blocks(loaded, ranks, method, task, settings, progress, None, dense, align, **options)
-    if stats is None and spec.needs:
-        stats = statistics_for(loaded, task, spec.needs, settings, progress=progress)
-    given = restrict(stats, spec.needs) if stats is not None else None
+        return compress_in_blocks(loaded, ranks, method, task, settings, progress, None, given, align, **options)
     small = compress(loaded, ranks, method=method, stats=given, progress=progress, align=align, **options)
     if needs_task(spec.needs):
         small.model.lowrank_info.calibration = calibration_record(task, loaded.tokenizer, settings)
