@@ -8,7 +8,13 @@ the task's train split is measured. Between measured ranks the loss increase ove
 model is linear in rank, 0 at full rank ``min(out, in)``; below the smallest measured rank
 it is not guessed (NaN).
 
-Cost: one SVD per layer and ``layers x fractions + 1`` passes over the calibration batches.
+Cost: one SVD per layer and ``layers x fractions + 1`` loss evaluations of the calibration batches. A model with a
+block layout (:func:`lowrank.models.architectures.block_layout`: causal LMs and encoder classifiers of the supported
+families) runs each evaluation from the layer's block on: the dense inputs of block ``i``, ``h_i``, are kept for one
+block at a time (``h_{i+1} = block_i(h_i)`` once the block's layers are measured), and a layer of block ``i`` costs
+blocks ``i..L-1`` and the head instead of the whole model, about half of the blocks on average. The loss is the
+model's own on the same batches, equal to a full forward up to float rounding. Other models, and layers outside the
+blocks, run the whole forward.
 The table is cached with the project's statistics cache (:mod:`lowrank.statistics.cache`,
 kind ``sensitivity``): keyed by the weights fingerprint, the task and the settings (with a method other than
 ``svd``, its name and a digest of the statistics it was given).
@@ -25,8 +31,9 @@ import torch
 
 from lowrank.data.batches import batches
 from lowrank.methods import factorize, get_method
-from lowrank.models.architectures import compressible_linears
+from lowrank.models.architectures import block_layout, compressible_linears
 from lowrank.models.labels import check_labels
+from lowrank.models.streamed import Blocks
 from lowrank.progress import Progress, report
 from lowrank.ranks import fraction_rank
 from lowrank.statistics import cache
@@ -182,18 +189,15 @@ def measure_sensitivity(
         )
     ]
     sizes = [int(b["input_ids"].shape[0]) for b in calibration]
-
-    def mean_loss() -> float:
-        with torch.no_grad():
-            return sum(float(model(**b).loss) * n for b, n in zip(calibration, sizes)) / sum(sizes)
-
     was_training = model.training
     model.eval()
+    losses_from = _SuffixLosses(loaded, calibration, sizes)
     ranks, losses, shapes = {}, {}, {}
     try:
-        baseline = mean_loss()
+        baseline = losses_from.whole()
         for step, (name, layer) in enumerate(linears.items()):
             report(progress, step, len(linears), f"sensitivity of {name}")
+            mean_loss = losses_from.layer(name)
             out_f, in_f = layer.weight.shape
             shapes[name] = (out_f, in_f)
             wanted = sorted({r for r in (fraction_rank(out_f, in_f, f, align=1) for f in fractions) if r is not None})
@@ -220,3 +224,64 @@ def measure_sensitivity(
     if use_cache:
         cache.write(path, table.to_tensors(), settings)
     return table
+
+
+class _SuffixLosses:
+    """The mean calibration loss with the model's current weights, run from the block of the layer being measured.
+
+    Layers must be asked for in the model's order (block by block): :meth:`layer` advances the kept dense block
+    inputs ``h_i`` (batch, T, d) past the blocks before the layer's, with the weights those blocks have then (dense:
+    the measurement restores every layer it changes). Without a block layout, or for a layer outside the blocks,
+    the loss is the whole forward's.
+    """
+
+    def __init__(self, loaded, calibration: list[dict], sizes: list[int]):
+        self.model, self.calibration, self.sizes = loaded.model, calibration, sizes
+        layout = block_layout(loaded.kind, self.model.config)
+        self.blocks = None if layout is None else Blocks(self.model, layout, loaded.device)
+        self.index = 0  # the block whose inputs self.hidden holds
+        self.hidden = self.contexts = None
+        if self.blocks is not None:
+            with torch.no_grad():
+                self.hidden = [self.blocks.embed(b["input_ids"]) for b in calibration]
+                self.contexts = [
+                    self.blocks.context(h, b.get("attention_mask")) for h, b in zip(self.hidden, calibration)
+                ]
+
+    def _mean(self, losses) -> float:
+        return sum(float(loss) * n for loss, n in zip(losses, self.sizes)) / sum(self.sizes)
+
+    def whole(self) -> float:
+        """The loss of the whole forward on every batch."""
+        with torch.no_grad():
+            return self._mean(self.model(**b).loss for b in self.calibration)
+
+    def _block_of(self, name: str) -> int | None:
+        prefixes = (self.blocks.layout.block_name(i) + "." for i in range(self.blocks.num_blocks))
+        return next((i for i, prefix in enumerate(prefixes) if name.startswith(prefix)), None)
+
+    def layer(self, name: str):
+        """A callable giving the loss with ``name``'s current weight: blocks ``i..L-1`` and the head from the kept
+        ``h_i`` for a layer of block ``i``, else the whole forward."""
+        index = None if self.blocks is None else self._block_of(name)
+        if index is None:
+            return self.whole
+        if index < self.index:
+            raise ValueError(f"layers are measured in block order; {name} comes after block {self.index}")
+        with torch.no_grad():
+            for i in range(self.index, index):
+                self.hidden = [self.blocks.run_block(i, h, c) for h, c in zip(self.hidden, self.contexts)]
+        self.index = index
+
+        def loss() -> float:
+            with torch.no_grad():
+                return self._mean(
+                    self._from(index, h, c, b) for h, c, b in zip(self.hidden, self.contexts, self.calibration)
+                )
+
+        return loss
+
+    def _from(self, index: int, hidden: torch.Tensor, context, batch: dict) -> torch.Tensor:
+        for i in range(index, self.blocks.num_blocks):
+            hidden = self.blocks.run_block(i, hidden, context)
+        return self.blocks.loss(hidden, batch["labels"])

@@ -1,14 +1,17 @@
 """Rank allocation on a decoder: kfac_greedy and the measured (LEMS-like) strategy run on a tiny Llama, within budget,
-and a plan reads by layer type and depth."""
+the measured losses (run from each layer's block on) equal the whole model's, and a plan reads by layer type and
+depth."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from lowrank import compress, load_model
 from lowrank.allocation import allocate, measure_sensitivity, summarize_plan
 from lowrank.allocation.summary import layer_depth, layer_type
+from lowrank.data.batches import batches
 from lowrank.statistics import StatisticsSettings, statistics_for
 
 SETTINGS = StatisticsSettings(num_batches=2, batch_size=2, max_length=16)
@@ -46,6 +49,20 @@ def test_measured_sensitivity_uses_the_method_and_its_statistics(llama_and_stats
     assert svd.losses[name] != kfac.losses[name]
     with pytest.raises(ValueError, match="needs its statistics"):
         measure_sensitivity(loaded, text_task, (0.5,), **MEASURE, method="kfac_svd")
+
+
+def test_measured_losses_equal_the_whole_models_loss(llama_and_stats, text_task):
+    loaded, stats = llama_and_stats
+    before = [p.detach().clone() for p in loaded.model.parameters()]
+    table = measure_sensitivity(loaded, text_task, (0.25, 0.5), **MEASURE, method="kfac_svd", stats=stats)
+    assert all(torch.equal(p, q) for p, q in zip(loaded.model.parameters(), before))  # weights restored
+    calibration = list(batches(text_task, loaded.tokenizer, "train", 2, 16, shuffle=True, seed=0, limit=1))
+    for name, ranks in table.ranks.items():
+        for rank, measured in zip(ranks, table.losses[name]):
+            small = compress(loaded, {name: rank}, "kfac_svd", stats=stats)
+            with torch.no_grad():
+                expected = float(small.model(**calibration[0]).loss)
+            assert measured == pytest.approx(expected, rel=1e-5, abs=1e-6), (name, rank)
 
 
 def test_a_plan_reads_by_layer_type_and_depth(llama_and_stats):
