@@ -48,6 +48,7 @@ from lowrank.healing import LEVELS, HealConfig, default_healing
 from lowrank.healing.config import BACKOFF
 from lowrank.methods import with_compensation
 from lowrank.methods.compensated import ALPHA
+from lowrank.progress import TqdmProgress
 from lowrank.statistics import DEFAULT, StatisticsSettings, statistics_for
 from lowrank.statistics.resolve import is_cached
 from lowrank.threads import set_threads
@@ -252,7 +253,7 @@ class Bench:
             start = time.perf_counter()
             options = {"method": "kfac_svd"} | ({"num_batches": 1, "batch_size": 2} if self.args.quick else {})
             extra = {"task": corpus, **options} if strategy == "measured_greedy" else {}
-            plan = allocate(self.loaded, keep, strategy, stats=stats, **extra)
+            plan = allocate(self.loaded, keep, strategy, stats=stats, progress=TqdmProgress(), **extra)
             self.plans[key] = (plan, time.perf_counter() - start)
         plan, seconds = self.plans[key]
         record = {
