@@ -44,7 +44,7 @@ import torch
 import lowrank
 from lowrank import allocate, compress_in_memory, evaluate, load_model
 from lowrank.allocation import summarize_plan
-from lowrank.healing import LEVELS, HealConfig, default_healing
+from lowrank.healing import LEVELS, PRECISIONS, HealConfig, default_healing
 from lowrank.healing.config import BACKOFF
 from lowrank.methods import with_compensation
 from lowrank.methods.compensated import ALPHA
@@ -127,6 +127,13 @@ def arguments() -> argparse.Namespace:
         nargs="+",
         help="heal stage: learning-rate back-offs ('none': go on without one), one healed row each (with each "
         "--heal-lr and --heal-level; default: the causal-LM recipe's)",
+    )
+    p.add_argument(
+        "--heal-precision",
+        nargs="+",
+        choices=PRECISIONS,
+        help="heal stage: arithmetic of the training steps, one healed row each (with each --heal-lr, --heal-level "
+        "and --heal-backoff; default: the causal-LM recipe's)",
     )
     p.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
     p.add_argument("--limit", type=int, help="evaluate on at most this many batches")
@@ -403,12 +410,14 @@ def run(bench: Bench, args) -> None:
 
 
 def heal_key(healed_from: str, config: HealConfig) -> str:
-    """The key of a heal row: the row it healed, its level (end to end unnamed), learning rate and back-off (none
-    unnamed), and a digest of its whole config (a row healed with other settings is another row)."""
+    """The key of a heal row: the row it healed, its level (end to end unnamed), learning rate, back-off (none
+    unnamed) and precision (float32 unnamed), and a digest of its whole config (a row healed with other settings is
+    another row)."""
     digest = hashlib.sha1(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
     level = "" if config.level == "end-to-end" else f"|{config.level}"
     backoff = "" if config.backoff is None else f"|backoff={config.backoff:g}"
-    return f"heal|{healed_from}{level}|lr={config.lr:g}{backoff}|{digest}"
+    precision = "" if config.precision == "float32" else f"|{config.precision}"
+    return f"heal|{healed_from}{level}|lr={config.lr:g}{backoff}{precision}|{digest}"
 
 
 def backoff_arg(text: str) -> float | None:
@@ -427,10 +436,11 @@ def heal(bench: Bench, corpus: str, keep: float, args) -> None:
     best = min(rows, key=lambda r: r[f"ppl[{corpus}]"])
     base = QUICK_HEALING if args.quick else default_healing("causal-lm")
     configs = [
-        base.with_(level=level, lr=lr, backoff=backoff)
+        base.with_(level=level, lr=lr, backoff=backoff, precision=precision)
         for level in args.heal_level or [base.level]
         for lr in args.heal_lr or [base.lr]
         for backoff in args.heal_backoff or [base.backoff]
+        for precision in args.heal_precision or [base.precision]
     ]
     configs = [c for c in configs if not bench.results.has(heal_key(best["key"], c))]
     if not configs:
@@ -480,9 +490,14 @@ def markdown(frame: pd.DataFrame) -> str:
 
 
 def healing_label(config: dict) -> str:
-    """A heal row's recipe in a few words: level, learning rate and back-off (when set)."""
-    backoff = config.get("backoff")
-    return f"{config['level']}, lr {config['lr']:g}" + ("" if backoff is None else f", backoff {backoff:g}")
+    """A heal row's recipe in a few words: level, learning rate, back-off (when set) and precision (when not
+    float32)."""
+    backoff, precision = config.get("backoff"), config.get("precision", "float32")
+    return (
+        f"{config['level']}, lr {config['lr']:g}"
+        + ("" if backoff is None else f", backoff {backoff:g}")
+        + ("" if precision == "float32" else f", {precision}")
+    )
 
 
 def method_label(r: dict) -> str:

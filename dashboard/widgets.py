@@ -18,7 +18,7 @@ from lowrank.evaluation.quality import destroyed
 from lowrank.experiments import build
 from lowrank.experiments.jobs import eta_s
 from lowrank.experiments.sweep import cancel_sweep, log_path, reap_stale, resume_sweep
-from lowrank.healing import LEVELS
+from lowrank.healing import LEVELS, PRECISIONS
 from lowrank.healing.heal import KINDS as HEALABLE
 from lowrank.healing.heal import recipe_for
 from lowrank.methods import COMPARISON, Option, get_method, run_methods
@@ -142,7 +142,17 @@ def healing_widgets(loaded, key: str) -> dict | None:
     minutes = cols[1].number_input(
         "Time budget (minutes)", 0.1, 24 * 60.0, d.time_budget_s / 60, key=f"{key}_heal_minutes"
     )
-    chosen = d.with_(level=level, time_budget_s=float(minutes) * 60)
+    precisions = list(PRECISIONS)
+    precision = cols[2].selectbox(
+        "Training precision",
+        precisions,
+        precisions.index(d.precision),
+        key=f"{key}_heal_precision",
+        help="bfloat16 mixed precision: more steps in the time budget on hardware with bfloat16 matrix units (CPUs "
+        "with AMX, recent GPUs), slower elsewhere; held-out checks stay float32. "
+        "docs/methods.md#healing-lowrankhealing.",
+    )
+    chosen = d.with_(level=level, time_budget_s=float(minutes) * 60, precision=precision)
     cols = st.columns(4)
     if chosen.blocks:
         steps = cols[0].number_input("Steps per block", 1, 100_000, d.block_steps, key=f"{key}_heal_block_steps")

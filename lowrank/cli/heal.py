@@ -13,7 +13,7 @@ import pandas as pd
 from lowrank.cli.args import add_common, add_output, add_task, output_folder, task_of
 from lowrank.compress import load_any, load_compressed, save_compressed
 from lowrank.evaluation import evaluate
-from lowrank.healing import DEFAULT_HEALING, LEVELS, HealConfig, default_healing, heal, heal_sequential
+from lowrank.healing import DEFAULT_HEALING, LEVELS, PRECISIONS, HealConfig, default_healing, heal, heal_sequential
 from lowrank.healing.config import BACKOFF
 from lowrank.healing.heal import check_distinct, recipe_for
 from lowrank.info import load_info
@@ -60,7 +60,11 @@ def shown_default(field: str, words: dict | None = None) -> str:
 
 def chosen(args, recipe: HealConfig) -> HealConfig:
     """``recipe`` (the model's default) with the settings given on the command line."""
-    given = {field: getattr(args, field) for field in ("level", "norms", *FLAGS) if getattr(args, field) is not None}
+    given = {
+        field: getattr(args, field)
+        for field in ("level", "norms", "precision", *FLAGS)
+        if getattr(args, field) is not None
+    }
     return recipe.with_(**given)
 
 
@@ -86,6 +90,12 @@ def register(sub) -> None:
         action="store_const",
         const=True,
         help="train the norm weights too" + shown_default("norms", {False: "the factors only"}),
+    )
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help="arithmetic of the training steps: bfloat16 mixed precision pays on hardware with bfloat16 matrix units "
+        "(held-out checks stay float32)" + shown_default("precision"),
     )
     p.add_argument(
         "--sequential",

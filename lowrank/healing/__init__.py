@@ -8,5 +8,6 @@ Objectives: docs/methods.md#healing-lowrankhealing.
 
 from lowrank.healing.config import DEFAULT_HEALING, LEVELS, HealConfig, default_healing
 from lowrank.healing.heal import heal, heal_sequential
+from lowrank.healing.precision import PRECISIONS
 
-__all__ = ["DEFAULT_HEALING", "LEVELS", "HealConfig", "default_healing", "heal", "heal_sequential"]
+__all__ = ["DEFAULT_HEALING", "LEVELS", "PRECISIONS", "HealConfig", "default_healing", "heal", "heal_sequential"]

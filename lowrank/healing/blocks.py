@@ -9,16 +9,17 @@ For block ``i`` with dense function ``f_i`` and compressed function ``g_i`` (its
 ``h_i``: block ``i``'s inputs in the dense model (the dense stream, ``h_{i+1} = f_i(h_i)``); ``h_hat_i``: its inputs
 in the compressed model, through the blocks already healed (``h_hat_{i+1} = g_i(h_hat_i)``), so each block learns
 to undo the error of the blocks before it as well as its own; ``h_0 = h_hat_0`` the embeddings. AdamW,
-``block_steps`` steps of one training batch each, drawn from the first ``block_steps`` training batches (the most
-one block's training uses: only those are run through the blocks). The relative error
-``sum ||f - g||^2 / sum ||f||^2`` on the held-out batches is measured before and after; a block that did not improve
-gets its factors back. Both models run through
-:class:`~lowrank.models.streamed.Blocks` (in memory) or :class:`~lowrank.models.streamed.StreamedModel` (one block
-loaded at a time: sequential mode), the same code either way. At the end the held-out KL divergence of the output
-distribution (:mod:`lowrank.healing.loss`) is read off the last hidden states, for the unhealed model (a third
-held-out stream through the blocks before training) and the healed one. Cost per block: ``block_steps`` forward
-and backward passes of one block on one batch, two block forwards per fitted batch (none past the deadline) and
-five per held-out batch; memory: two streams of the fitted batches, ``tokens x hidden x 4`` bytes each.
+``block_steps`` steps of one training batch each (its forward at the config's ``precision``,
+:mod:`lowrank.healing.precision`; targets, held-out errors and streams in float32), drawn from the first
+``block_steps`` training batches (the most one block's training uses: only those are run through the blocks). The
+relative error ``sum ||f - g||^2 / sum ||f||^2`` on the held-out batches is measured before and after; a block that
+did not improve gets its factors back. Both models run through :class:`~lowrank.models.streamed.Blocks` (in
+memory) or :class:`~lowrank.models.streamed.StreamedModel` (one block loaded at a time: sequential mode), the same
+code either way. At the end the held-out KL divergence of the output distribution (:mod:`lowrank.healing.loss`) is
+read off the last hidden states, for the unhealed model (a third held-out stream through the blocks before training)
+and the healed one. Cost per block: ``block_steps`` forward and backward passes of one block on one batch, two
+block forwards per fitted batch (none past the deadline) and five per held-out batch; memory: two streams of the
+fitted batches, ``tokens x hidden x 4`` bytes each.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import torch.nn.functional as F
 from lowrank.healing.config import HealConfig
 from lowrank.healing.loss import kl_sum
 from lowrank.healing.params import optimizer, restore, snapshot, train_only, trainable
+from lowrank.healing.precision import training_precision
 from lowrank.models.streamed import Blocks
 from lowrank.progress import Progress, report
 
@@ -105,8 +107,9 @@ def _train_block(
             if not order:
                 order = torch.randperm(len(targets), generator=generator).tolist()
             k = order.pop()
-            output = blocks.run_block(index, stream.hidden[k], stream.contexts[k])
-            loss = F.mse_loss(_real(output, stream.masks[k]), _real(targets[k], stream.masks[k]))
+            with training_precision(config.precision, blocks.device):
+                output = blocks.run_block(index, stream.hidden[k], stream.contexts[k])
+            loss = F.mse_loss(_real(output, stream.masks[k]).float(), _real(targets[k], stream.masks[k]))
             if not torch.isfinite(loss):
                 break
             opt.zero_grad(set_to_none=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
+from lowrank.healing.precision import check_precision
 from lowrank.validate import COUNT, POSITIVE, Range
 
 LEVELS = ("block", "end-to-end", "both")
@@ -31,7 +32,9 @@ class HealConfig:
     training goes on from where it is); ``temperature`` ``T``: the loss is ``T^2 KL`` of the output distributions
     softened by ``T`` (:mod:`lowrank.healing.loss`), held-out measurements included. Block level: ``block_steps``
     steps of ``block_lr`` per block. ``norms``: the norm weights train too (else only the factors ``U``, ``V``).
-    ``tokens``: training tokens at most (``None``: the whole training part of the split)."""
+    ``tokens``: training tokens at most (``None``: the whole training part of the split). ``precision``: the
+    arithmetic of the training steps of both levels, ``float32`` or ``bfloat16`` mixed precision
+    (:mod:`lowrank.healing.precision`)."""
 
     level: str = "end-to-end"
     steps: int = 200
@@ -48,6 +51,7 @@ class HealConfig:
     temperature: float = 1.0
     weight_decay: float = 0.0
     norms: bool = False
+    precision: str = "float32"
     block_steps: int = 50
     block_lr: float = 1e-4
     seed: int = 0
@@ -66,6 +70,7 @@ class HealConfig:
             COUNT.check(self.tokens, "healing tokens")
         if self.backoff is not None:
             BACKOFF.check(self.backoff, "healing backoff")
+        check_precision(self.precision)
         if not isinstance(self.norms, bool):
             raise ValueError(f"healing norms must be true or false, got {self.norms!r}")
 

@@ -13,8 +13,9 @@ restored at the end, so the returned held-out loss is never above the unhealed o
 returns the model unchanged). With ``backoff`` (``beta``), a measurement without a new best restarts training from
 that checkpoint at ``beta`` times the learning rate (fresh AdamW moments, warm-up again): a step size that
 overshoots is made smaller instead of carried on. Training stops at ``steps``, at the time budget, after
-``patience`` measurements without a new best, or when the training loss stops being finite. Cost per step: one
-forward of the dense model, one forward and backward of the compressed one.
+``patience`` measurements without a new best, or when the training loss stops being finite. The forward passes of a
+training step run at the config's ``precision`` (:mod:`lowrank.healing.precision`), the held-out ones in float32.
+Cost per step: one forward of the dense model, one forward and backward of the compressed one.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from lowrank.healing.config import HealConfig
 from lowrank.healing.loss import kl_mean, kl_sum
 from lowrank.healing.params import optimizer, restore, snapshot, train_only, trainable
+from lowrank.healing.precision import training_precision
 from lowrank.progress import Progress, report
 
 
@@ -100,9 +102,11 @@ def distill(
             if not order:
                 order = torch.randperm(len(train), generator=generator).tolist()
             batch = {k: v.to(device) for k, v in train[order.pop()].items()}
-            with torch.no_grad():
-                target = logits(dense, batch, kind)
-            loss = kl_mean(target, logits(model, batch, kind), positions_mask(batch, kind), config.temperature)
+            with training_precision(config.precision, device):
+                with torch.no_grad():
+                    target = logits(dense, batch, kind)
+                output = logits(model, batch, kind)
+            loss = kl_mean(target, output, positions_mask(batch, kind), config.temperature)
             if not torch.isfinite(loss):
                 stop = "diverged"
                 break

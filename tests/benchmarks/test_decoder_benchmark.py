@@ -49,7 +49,7 @@ def test_the_quick_decoder_benchmark_writes_every_stage(tiny_llama_dir, tmp_path
     assert again.returncode == 0 and f"resuming: {len(rows) + 1} rows" in again.stdout  # nothing measured twice
 
 
-def test_a_heal_row_is_keyed_by_its_back_off():
+def test_a_heal_row_is_keyed_by_its_back_off_and_precision():
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from decoder import heal_key
 
@@ -58,3 +58,5 @@ def test_a_heal_row_is_keyed_by_its_back_off():
     recipe = default_healing("causal-lm")
     plain, backed = heal_key("main|x", recipe), heal_key("main|x", recipe.with_(backoff=0.5))
     assert plain != backed and "backoff" not in plain and "|backoff=0.5|" in backed
+    mixed = heal_key("main|x", recipe.with_(precision="bfloat16"))
+    assert mixed not in (plain, backed) and "bfloat16" not in plain and "|bfloat16|" in mixed

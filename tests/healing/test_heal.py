@@ -18,6 +18,7 @@ from lowrank.healing.data import heal_batches
 from lowrank.healing.distill import heldout_kl
 from lowrank.healing.loss import kl_mean, kl_sum
 from lowrank.info import CompressionInfo
+from lowrank.layers import LowRankLinear
 from lowrank.models.architectures import block_layout, decoder_layout
 from lowrank.models.streamed import Blocks
 
@@ -254,11 +255,31 @@ def test_the_temperature_softens_both_distributions_and_keeps_the_scale():
         HealConfig(temperature=0.0)
 
 
+@pytest.mark.parametrize("level", ["end-to-end", "block"])
+def test_bfloat16_training_steps_run_in_bfloat16_and_the_heldout_checks_in_float32(
+    small_llama, tiny_llama, text_task, level
+):
+    """Mixed precision: every forward of the compressed model's training steps (grad enabled) gives bfloat16, every
+    held-out one (no grad) float32; the factors stay float32 and the never-worse guarantee holds."""
+    seen: dict[bool, set] = {True: set(), False: set()}
+    for module in small_llama.model.modules():  # heal's copy of the model keeps these hooks
+        if isinstance(module, LowRankLinear):
+            module.register_forward_hook(lambda _m, _i, out: seen[torch.is_grad_enabled()].add(out.dtype))
+    config = HealConfig(level=level, steps=3, eval_every=1, block_steps=3, precision="bfloat16", **SMALL)
+    healed = heal(small_llama, tiny_llama, text_task, config)
+    assert seen == {True: {torch.bfloat16}, False: {torch.float32}}
+    assert all(v.dtype == torch.float32 for v in factors(healed.model).values())
+    record = healed.model.lowrank_info.healing
+    assert record["heldout_after"] <= record["heldout_before"] and record["config"]["precision"] == "bfloat16"
+
+
 def test_bad_input_is_refused_before_any_work(small_llama, tiny_llama, tiny_bert, text_task, sentiment_csv, tmp_path):
     with pytest.raises(ValueError, match="healing level must be one of"):
         HealConfig(level="layer")
     with pytest.raises(ValueError, match="healing lr must be"):
         HealConfig(lr=-1.0)
+    with pytest.raises(ValueError, match="healing precision must be one of float32, bfloat16"):
+        HealConfig(precision="float16")
     with pytest.raises(ValueError, match="is not a compressed model"):
         heal(tiny_llama, tiny_llama, text_task)
     with pytest.raises(ValueError, match="is itself compressed"):

@@ -47,11 +47,12 @@ def test_heal_writes_a_healed_folder_and_leaves_the_input_alone(
 def test_heal_end_to_end_and_evaluate(capsys, compressed_folder, corpus, tmp_path):
     code, out, err = run(
         capsys, "heal", "--model", compressed_folder, "--task", corpus, "--out", tmp_path / "healed", *FAST,
-        "--steps", "2", "--eval-every", "1", "--backoff", "0.5", "--evaluate", "--json",
+        "--steps", "2", "--eval-every", "1", "--backoff", "0.5", "--precision", "bfloat16", "--evaluate", "--json",
     )  # fmt: skip
     assert code == 0, err
     row = json.loads(out)
-    assert load_info(tmp_path / "healed").healing["config"]["backoff"] == 0.5
+    config = load_info(tmp_path / "healed").healing["config"]
+    assert config["backoff"] == 0.5 and config["precision"] == "bfloat16"
     assert row["steps"] == 2 and row["metric"] == "perplexity" and row["value"] > 1
 
 
@@ -63,6 +64,7 @@ def test_heal_end_to_end_and_evaluate(capsys, compressed_folder, corpus, tmp_pat
         (["--backoff", "1.5"], "--backoff must be a finite number in (0, 1]"),
         (["--temperature", "0"], "--temperature must be a finite number > 0"),
         (["--level", "layer"], "invalid choice: 'layer'"),
+        (["--precision", "float16"], "invalid choice: 'float16'"),
         (["--sequential"], "block level only"),
         (["--heldout-batches", "500"], "holds 500 out"),
         (["--dense", "/no/such/model"], "/no/such/model"),
