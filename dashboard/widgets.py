@@ -149,8 +149,7 @@ def healing_widgets(loaded, key: str) -> dict | None:
         precisions.index(d.precision),
         key=f"{key}_heal_precision",
         help="bfloat16 mixed precision: more steps in the time budget on hardware with bfloat16 matrix units (CPUs "
-        "with AMX, recent GPUs), slower elsewhere; held-out checks stay float32. "
-        "docs/methods.md#healing-lowrankhealing.",
+        "with AMX, recent GPUs); held-out checks stay float32. docs/methods.md#healing-lowrankhealing.",
     )
     chosen = d.with_(level=level, time_budget_s=float(minutes) * 60, precision=precision)
     cols = st.columns(4)

@@ -5,9 +5,9 @@ so its backward too) run under ``torch.autocast`` in bfloat16 on the models' dev
 their inputs to 8 significant bits (relative error at most ``2^-9`` per element) and accumulate in float32. The
 trained parameters, their gradients, AdamW's moments and the loss (the logits cast to float32 first,
 :mod:`lowrank.healing.loss`) stay float32: the usual mixed-precision recipe. Held-out measurements always run in
-float32, so the kept checkpoint is chosen, and the held-out KL reported, at full precision. It pays where the
-hardware multiplies bfloat16 faster than float32 (CPUs with AMX or AVX512-BF16, recent GPUs); elsewhere it is
-slower, so ``float32`` is the default.
+float32, so the kept checkpoint is chosen, and the held-out KL reported, at full precision. It can pay only where
+the hardware multiplies bfloat16 faster than float32 (CPUs with AMX or AVX512-BF16, recent GPUs); the default is
+``float32`` (docs/results/decoder.md, "Healing in bfloat16").
 """
 
 from __future__ import annotations
