@@ -7,7 +7,7 @@ trained parameters, their gradients, AdamW's moments and the loss (the logits ca
 :mod:`lowrank.healing.loss`) stay float32: the usual mixed-precision recipe. Held-out measurements always run in
 float32, so the kept checkpoint is chosen, and the held-out KL reported, at full precision. It can pay only where
 the hardware multiplies bfloat16 faster than float32 (CPUs with AMX or AVX512-BF16, recent GPUs); the default is
-``float32`` (docs/results/decoder.md, "Healing in bfloat16").
+``float32`` (docs/results/decoder.md, "Healing in bfloat16, and the best rows healed again").
 """
 
 from __future__ import annotations
