@@ -12,9 +12,10 @@ already in the JSON are not measured again; statistics come from the library's c
 * ``main``: svd_llm and kfac_svd, each plain and compensated (with each ``--alpha``, the weight of the dense
   outputs in the compensated target, :mod:`lowrank.methods.compensated`), on uniform ranks and the best other
   strategy;
-* ``habits``: kfac_svd with KFAC-SVD's gradient habits (edge tokens dropped, token norms clipped);
-* ``curve``: the calibration-size curve of kfac_svd, plain and compensated (``--sizes`` tokens, ``all``: the whole
-  training split; the default size comes from ``main``);
+* ``habits``: KFAC-SVD's gradient habits (edge tokens dropped, token norms clipped; ``--habits``), each on plain
+  kfac_svd with uniform ranks and/or on the best training-free row of the budget (``--habit-rows``);
+* ``curve``: the calibration-size curve of kfac_svd, plain and compensated (``--variants``, ``--alpha``; ``--sizes``
+  tokens, ``all``: the whole training split; the default size comes from ``main``);
 * ``heal``: the best training-free row of each corpus and budget, healed by ``lowrank.heal`` on the calibration
   text (:func:`lowrank.healing.default_healing` of a causal LM, with each ``--heal-level`` and ``--heal-lr``; ``--quick``: a few
   steps).
@@ -58,6 +59,7 @@ STAGES = ("dense", "strategies", "main", "habits", "curve", "heal")
 METHODS = ("svd_llm", "kfac_svd")
 OTHER_STRATEGIES = ("kfac_greedy", "measured_greedy")
 HABITS = {"edge": {"grad_edge": 0.125}, "clip": {"grad_clip": 4.0}, "edge+clip": {"grad_edge": 0.125, "grad_clip": 4.0}}
+HABIT_ROWS = ("uniform", "best")
 # Targets of issue 25 (own-corpus perplexity as a multiple of dense): training-free and healed, per kept fraction.
 TARGETS = {"training-free": {0.8: 1.5, 0.6: 2.5}, "healed": {0.8: 1.15, 0.6: 1.5}}
 NEEDS = ("activations", "gradients")
@@ -91,7 +93,7 @@ def arguments() -> argparse.Namespace:
         nargs="+",
         choices=("plain", "compensated"),
         default=["plain", "compensated"],
-        help="which forms of each method the main stage measures",
+        help="which forms of each method the main and curve stages measure",
     )
     p.add_argument(
         "--alpha",
@@ -106,6 +108,21 @@ def arguments() -> argparse.Namespace:
         choices=OTHER_STRATEGIES,
         default=list(OTHER_STRATEGIES),
         help="strategies stage: the non-uniform strategies measured against uniform",
+    )
+    p.add_argument(
+        "--habits",
+        nargs="+",
+        choices=list(HABITS),
+        default=list(HABITS),
+        help="habits stage: KFAC-SVD's gradient habits measured, one row each",
+    )
+    p.add_argument(
+        "--habit-rows",
+        nargs="+",
+        choices=HABIT_ROWS,
+        default=["uniform"],
+        help="habits stage: the rows each habit is measured on: 'uniform' (plain kfac_svd, uniform ranks), 'best' "
+        "(the best training-free row of the budget: its form, strategy and alpha)",
     )
     p.add_argument("--tokens", type=int, default=DEFAULT.tokens, help="calibration tokens of the main rows")
     p.add_argument("--sizes", nargs="+", default=["8192", "all"], help="calibration-size curve: tokens or 'all'")
@@ -387,24 +404,31 @@ def run(bench: Bench, args) -> None:
                                 key, "main", corpus, keep, method, compensated, strategy, args.tokens, None, alpha
                             )
             if "habits" in stages:
-                for name, habits in HABITS.items():
-                    bench.row(
-                        f"habits|{tag}|{name}",
-                        "habits",
-                        corpus,
-                        keep,
-                        "kfac_svd",
-                        False,
-                        "uniform",
-                        args.tokens,
-                        habits,
-                    )
+                for name in args.habits:
+                    if "uniform" in args.habit_rows:
+                        key = f"habits|{tag}|{name}"
+                        bench.row(key, "habits", corpus, keep, "kfac_svd", False, "uniform", args.tokens, HABITS[name])
+                    if "best" in args.habit_rows and (best := best_row(bench, corpus, keep, args.tokens)):
+                        method, compensated = split_method(best["method"])
+                        key, strategy = f"habits|{tag}|{name}|on={best['key']}", best["strategy"]
+                        bench.row(
+                            key,
+                            "habits",
+                            corpus,
+                            keep,
+                            method,
+                            compensated,
+                            strategy,
+                            args.tokens,
+                            HABITS[name],
+                            row_alpha(best),
+                        )
             if "curve" in stages:
                 for size in args.sizes:
                     tokens = None if size == "all" else int(size)
-                    for compensated in (False, True):
-                        key = f"curve|{corpus}|{size}|{keep}|kfac_svd|{compensated}" + alpha_key(compensated, ALPHA)
-                        bench.row(key, "curve", corpus, keep, "kfac_svd", compensated, "uniform", tokens)
+                    for compensated, alpha in variants(args):
+                        key = f"curve|{corpus}|{size}|{keep}|kfac_svd|{compensated}" + alpha_key(compensated, alpha)
+                        bench.row(key, "curve", corpus, keep, "kfac_svd", compensated, "uniform", tokens, None, alpha)
             if "heal" in stages:
                 heal(bench, corpus, keep, args)
 
@@ -425,15 +449,27 @@ def backoff_arg(text: str) -> float | None:
     return None if text.lower() == "none" else BACKOFF.check(float(text), "--heal-backoff")
 
 
+def best_row(bench: Bench, corpus: str, keep: float, tokens: int) -> dict | None:
+    """The best training-free row of the ``main`` and ``strategies`` stages calibrated on ``tokens`` of ``corpus``
+    at ``keep`` (lowest perplexity on ``corpus``); None, said, where none has run."""
+    rows = [r for r in bench.results.rows.values() if r["stage"] in ("main", "strategies")]
+    rows = [r for r in rows if r["calibrated_on"] == corpus and r["keep"] == keep and r["tokens"] == tokens]
+    if not rows:
+        print(f"no training-free row yet for {corpus} at {keep:.0%} kept", flush=True)
+        return None
+    return min(rows, key=lambda r: r[f"ppl[{corpus}]"])
+
+
+def split_method(name: str) -> tuple[str, bool]:
+    """``(method, compensated)`` of a row's method name."""
+    return name.removesuffix("_compensated"), name.endswith("_compensated")
+
+
 def heal(bench: Bench, corpus: str, keep: float, args) -> None:
     """The best training-free row of this corpus and budget, healed on its calibration text by :func:`lowrank.heal`
     with each ``--heal-lr`` (``--quick``: a few steps)."""
-    rows = [r for r in bench.results.rows.values() if r["stage"] in ("main", "strategies")]
-    rows = [r for r in rows if r["calibrated_on"] == corpus and r["keep"] == keep and r["tokens"] == args.tokens]
-    if not rows:
-        print(f"heal stage skipped for {corpus} at {keep:.0%} kept: no training-free row yet", flush=True)
+    if (best := best_row(bench, corpus, keep, args.tokens)) is None:
         return
-    best = min(rows, key=lambda r: r[f"ppl[{corpus}]"])
     base = QUICK_HEALING if args.quick else default_healing("causal-lm")
     configs = [
         base.with_(level=level, lr=lr, backoff=backoff, precision=precision)
@@ -445,7 +481,7 @@ def heal(bench: Bench, corpus: str, keep: float, args) -> None:
     configs = [c for c in configs if not bench.results.has(heal_key(best["key"], c))]
     if not configs:
         return
-    method, compensated = best["method"].removesuffix("_compensated"), best["method"].endswith("_compensated")
+    method, compensated = split_method(best["method"])
     settings = bench.settings(corpus, args.tokens)
     stats, _ = bench.statistics(settings)
     ranks, _ = bench.plan(corpus, keep, best["strategy"], settings, stats)
@@ -506,8 +542,11 @@ def method_label(r: dict) -> str:
 
 
 def row_label(r: dict) -> str:
-    return f"{method_label(r)}, {r.get('strategy')}" + (
-        f", healed ({healing_label(r['healing']['config'])})" if r["stage"] == "heal" else ""
+    habits = r.get("habits", "-")
+    return (
+        f"{method_label(r)}, {r.get('strategy')}"
+        + ("" if habits == "-" else f", {habits}")
+        + (f", healed ({healing_label(r['healing']['config'])})" if r["stage"] == "heal" else "")
     )
 
 
@@ -546,6 +585,25 @@ def target_table(rows: list[dict], corpora: list[str]) -> pd.DataFrame:
     return pd.DataFrame(table)
 
 
+def sample_sizes(rows: list[dict]) -> dict[tuple[str, str], int]:
+    """Tokens each calibration sample held, by ``(corpus, tokens asked)``, from the rows that recorded their sample
+    (the two fix the sample: a heal row, or a row measured before samples were recorded, shares it)."""
+    return {
+        (r["calibrated_on"], str(r["tokens"])): r["calibration"]["tokens"]
+        for r in rows
+        if "examples" in (r.get("calibration") or {})
+    }
+
+
+def tokens_label(asked: int | str, held: int | None) -> str:
+    """The calibration tokens of a row: what its sample held, marked ``whole split`` where that is all the split
+    has (``all`` asked, or a split smaller than asked); what was asked where no row recorded the sample."""
+    if held is None:
+        return asked if isinstance(asked, str) else f"{asked:,}"
+    whole = asked == "all" or held < int(asked)
+    return f"{held:,}" + (" (whole split)" if whole else "")
+
+
 def report(bench: Bench, args) -> None:
     """The markdown write-up's tables, from the JSON rows (targets and misses on the calibration corpus); the notes
     below :data:`NOTES` in the existing file are kept."""
@@ -560,6 +618,7 @@ def report(bench: Bench, args) -> None:
     ]
     dense = [f"`{c}` {r[f'ppl[{c}]']:.4g}" for c in args.corpora if (r := bench.results.rows.get(f"dense|{c}"))]
     lines += [f"Dense perplexity: {', '.join(dense) or 'not measured'}.", ""]
+    held = sample_sizes(rows)
     targets = target_table(rows, args.corpora)
     if not targets.empty:
         lines += ["## Targets (each corpus calibrated on its own training text)", "", markdown(targets), ""]
@@ -575,7 +634,7 @@ def report(bench: Bench, args) -> None:
                 "keep": r["keep"],
                 "method": method_label(r),
                 "strategy": r.get("strategy"),
-                "tokens": r.get("tokens"),
+                "calibration tokens": tokens_label(r["tokens"], held.get((corpus, str(r["tokens"])))),
                 "habits": r.get("habits", "-"),
                 "healing": healing_label(r["healing"]["config"]) if r["stage"] == "heal" else "-",
             }

@@ -9,7 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from lowrank.healing import default_healing
+
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))  # the benchmark is a script, not a package
+from decoder import heal_key, sample_sizes, tokens_label  # noqa: E402
 
 
 def test_the_quick_decoder_benchmark_writes_every_stage(tiny_llama_dir, tmp_path, seed_lee):
@@ -18,7 +22,8 @@ def test_the_quick_decoder_benchmark_writes_every_stage(tiny_llama_dir, tmp_path
     out, report = tmp_path / "decoder.json", tmp_path / "decoder.md"
     env = os.environ | {"LOWRANK_CACHE": str(cache), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     command = [sys.executable, str(ROOT / "benchmarks" / "decoder.py"), "--quick", "--model", str(tiny_llama_dir)]
-    command += ["--corpora", "lee", "--stages", "dense", "main", "heal", "--threads", "1"]
+    command += ["--corpora", "lee", "--stages", "dense", "main", "habits", "curve", "heal", "--threads", "1"]
+    command += ["--habits", "edge", "clip", "--habit-rows", "uniform", "best"]
     done = subprocess.run(
         [*command, "--out", str(out), "--report", str(report)], env=env, capture_output=True, text=True
     )
@@ -34,13 +39,23 @@ def test_the_quick_decoder_benchmark_writes_every_stage(tiny_llama_dir, tmp_path
     ]
     for row in main:  # a plain row has no alpha; its key carried the default's (a resumed run measured it again)
         assert ("|alpha=" in row["key"]) == ("alpha" in row) == row["method"].endswith("_compensated")
-    (healed,) = [row for row in rows.values() if row["stage"] == "heal"]
     best = min(main, key=lambda row: row["ppl[lee]"])
+    habits = [row for row in rows.values() if row["stage"] == "habits"]
+    alone = sorted(row["habits"] for row in habits if row["method"] == "kfac_svd" and row["strategy"] == "uniform")
+    assert alone == ["grad_clip=4.0", "grad_edge=0.125"]  # each habit on plain kfac_svd, uniform ranks
+    on_best = [row for row in habits if row["key"].endswith(f"|on={best['key']}")]
+    assert sorted(row["habits"] for row in on_best) == ["grad_clip=4.0", "grad_edge=0.125"]
+    assert all((row["method"], row["strategy"]) == (best["method"], best["strategy"]) for row in on_best)
+    curve = [row for row in rows.values() if row["stage"] == "curve"]
+    assert sorted(row["method"] for row in curve) == ["kfac_svd", "kfac_svd_compensated"]
+    assert all(row["tokens"] == 1024 for row in curve)
+    held = tokens_label(1024, curve[0]["calibration"]["tokens"])  # what the sample held (whole batches)
+    (healed,) = [row for row in rows.values() if row["stage"] == "heal"]
     assert healed["healed_from"] == best["key"] and healed["healing"]["config"]["steps"] == 4
     for row in (*main, healed):
         assert row["x_dense[lee]"] == row["ppl[lee]"] / dense and row["protocol"].startswith("windows of")
     text = report.read_text()
-    assert "| heal |" in text and "## Targets" in text
+    assert "| heal |" in text and "## Targets" in text and f"| curve | 0.6 | kfac_svd | uniform | {held} |" in text
     assert f"| lee | {healed['keep']} | healed | {best['method']}" in text  # the best healed row, against its target
 
     again = subprocess.run(
@@ -50,13 +65,24 @@ def test_the_quick_decoder_benchmark_writes_every_stage(tiny_llama_dir, tmp_path
 
 
 def test_a_heal_row_is_keyed_by_its_back_off_and_precision():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from decoder import heal_key
-
-    from lowrank.healing import default_healing
-
     recipe = default_healing("causal-lm")
     plain, backed = heal_key("main|x", recipe), heal_key("main|x", recipe.with_(backoff=0.5))
     assert plain != backed and "backoff" not in plain and "|backoff=0.5|" in backed
     mixed = heal_key("main|x", recipe.with_(precision="bfloat16"))
     assert mixed not in (plain, backed) and "bfloat16" not in plain and "|bfloat16|" in mixed
+
+
+def test_the_report_names_the_tokens_each_calibration_sample_held():
+    recorded = {"task": "lee", "split": "train", "examples": 462, "tokens": 59136, "seed": 0}
+    rows = [
+        {"calibrated_on": "lee", "tokens": 65536, "calibration": recorded},
+        {"calibrated_on": "lee", "tokens": 65536, "calibration": None},  # a heal row shares its row's sample
+        {"calibrated_on": "lee", "tokens": 8192, "calibration": {"task": "lee", "tokens": 8192}},  # not recorded
+        {"calibrated_on": "rt", "tokens": "all", "calibration": recorded | {"task": "rt", "tokens": 264320}},
+    ]
+    held = sample_sizes(rows)
+    assert held == {("lee", "65536"): 59136, ("rt", "all"): 264320}
+    assert tokens_label(65536, held[("lee", "65536")]) == "59,136 (whole split)"  # the split is smaller than asked
+    assert tokens_label("all", held[("rt", "all")]) == "264,320 (whole split)"
+    assert tokens_label(8192, 8192) == "8,192"
+    assert tokens_label(8192, None) == "8,192" and tokens_label("all", None) == "all"
