@@ -41,7 +41,7 @@ class StatisticsSettings:
     last ``floor(grad_edge T)`` tokens of each window of ``T`` tokens (their context is cut, or their target is
     the next window's); ``grad_clip > 0`` scales each token's gradient ``g_t`` to norm at most
     ``grad_clip * median_t ||g_t||`` (the median over the batch's tokens, per layer), so a few tokens do not set
-    the metric. Both off (0) by default.
+    the metric. Both off (0) by default (docs/results/decoder.md, "KFAC-SVD's gradient habits").
     """
 
     num_batches: int = 32
