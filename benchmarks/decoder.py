@@ -310,7 +310,7 @@ class Bench:
         row = {
             "key": key,
             "stage": stage,
-            "calibration": model.model.lowrank_info.calibration or {"task": corpus, "tokens": settings.tokens},
+            "calibration": model.model.lowrank_info.calibration,  # the sample it held (task, examples, tokens)
             "calibrated_on": corpus,
             "tokens": tokens if tokens is not None else "all",
             "keep": keep,
