@@ -10,12 +10,12 @@ already in the JSON are not measured again; statistics come from the library's c
   calibration corpus's validation split) is the one the ``main`` stage uses; each plan summarized by layer type
   and depth (:func:`lowrank.allocation.summarize_plan`);
 * ``main``: svd_llm and kfac_svd, each plain and compensated (with each ``--alpha``, the weight of the dense
-  outputs in the compensated target, :mod:`lowrank.methods.compensated`), on uniform ranks and the best other
-  strategy;
+  outputs in the compensated target, and each ``--validate``, :mod:`lowrank.methods.compensated`), on uniform ranks
+  and the best other strategy;
 * ``habits``: KFAC-SVD's gradient habits (edge tokens dropped, token norms clipped; ``--habits``), each on plain
   kfac_svd with uniform ranks and/or on the best training-free row of the budget (``--habit-rows``);
-* ``curve``: the calibration-size curve of kfac_svd, plain and compensated (``--variants``, ``--alpha``; ``--sizes``
-  tokens, ``all``: the whole training split; the default size comes from ``main``);
+* ``curve``: the calibration-size curve of kfac_svd, plain and compensated (``--variants``, ``--alpha``,
+  ``--validate``; ``--sizes`` tokens, ``all``: the whole training split; the default size comes from ``main``);
 * ``heal``: the best training-free row of each corpus and budget, healed by ``lowrank.heal`` on the calibration
   text (:func:`lowrank.healing.default_healing` of a causal LM, with each ``--heal-level`` and ``--heal-lr``; ``--quick``: a few
   steps).
@@ -37,6 +37,7 @@ import json
 import os
 import resource
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -48,7 +49,7 @@ from lowrank.allocation import summarize_plan
 from lowrank.healing import LEVELS, PRECISIONS, HealConfig, default_healing
 from lowrank.healing.config import BACKOFF
 from lowrank.methods import with_compensation
-from lowrank.methods.compensated import ALPHA
+from lowrank.methods.compensated import ALPHA, VALIDATE, VALIDATIONS
 from lowrank.progress import TqdmProgress
 from lowrank.statistics import DEFAULT, StatisticsSettings, statistics_for
 from lowrank.statistics.resolve import is_cached
@@ -103,6 +104,14 @@ def arguments() -> argparse.Namespace:
         help="compensated rows: weight of the dense outputs in the target, one row per value (default %(default)s)",
     )
     p.add_argument(
+        "--validate",
+        nargs="+",
+        choices=VALIDATIONS,
+        default=[VALIDATE],
+        help="compensated rows: how each layer's correction is checked on calibration windows it was not fitted on, "
+        "one row each (default: the library's, %(default)s)",
+    )
+    p.add_argument(
         "--strategies",
         nargs="+",
         choices=OTHER_STRATEGIES,
@@ -122,7 +131,7 @@ def arguments() -> argparse.Namespace:
         choices=HABIT_ROWS,
         default=["uniform"],
         help="habits stage: the rows each habit is measured on: 'uniform' (plain kfac_svd, uniform ranks), 'best' "
-        "(the best training-free row of the budget: its form, strategy and alpha)",
+        "(the best training-free row of the budget: its form, strategy, alpha and validation)",
     )
     p.add_argument("--tokens", type=int, default=DEFAULT.tokens, help="calibration tokens of the main rows")
     p.add_argument("--sizes", nargs="+", default=["8192", "all"], help="calibration-size curve: tokens or 'all'")
@@ -255,17 +264,26 @@ class Bench:
             out[f"evaluate_s[{corpus}]"] = round(time.perf_counter() - start, 1)
         return out
 
-    def compress(
-        self, method: str, compensated: bool, ranks, settings: StatisticsSettings, stats: dict, alpha: float = ALPHA
-    ):
-        """The compressed model and the record of how, by :func:`lowrank.compress_in_memory`: compensated runs
-        (weight ``alpha`` of the dense outputs) through the block sweep with the cached dense statistics (the
-        gradients), plain ones through ``compress``."""
-        name = with_compensation(method, compensated)
+    def compress(self, method: str, form: Form, ranks, settings: StatisticsSettings, stats: dict):
+        """The compressed model and the record of how, by :func:`lowrank.compress_in_memory`: compensated forms
+        through the block sweep with the cached dense statistics (the gradients), plain ones through ``compress``;
+        the record holds the mean of the layers' validated correction multipliers where there are any."""
+        name = with_compensation(method, form.compensated)
         start = time.perf_counter()
-        options = {"alpha": alpha} if compensated else {}
-        model = compress_in_memory(self.loaded, ranks, name, None, settings, stats, **options)
-        made = {"method": name, **options, "compress_s": round(time.perf_counter() - start, 1)}
+        model = compress_in_memory(self.loaded, ranks, name, None, settings, stats, **form.options())
+        made = {"method": name, **form.options(), "compress_s": round(time.perf_counter() - start, 1)}
+        multipliers = [
+            facts["correction_multiplier"]
+            for facts in model.model.lowrank_info.details.values()
+            if isinstance(facts.get("correction_multiplier"), float)
+        ]
+        if multipliers:
+            made["correction_multiplier"] = {
+                "mean": round(sum(multipliers) / len(multipliers), 4),
+                "min": round(min(multipliers), 4),
+                "zero": sum(m == 0.0 for m in multipliers),
+                "layers": len(multipliers),
+            }
         return model, made
 
     def plan(self, corpus: str, keep: float, strategy: str, settings: StatisticsSettings, stats: dict):
@@ -294,11 +312,10 @@ class Bench:
         corpus: str,
         keep: float,
         method: str,
-        compensated: bool,
+        form: Form,
         strategy: str,
         tokens: int | None,
         habits: dict | None = None,
-        alpha: float = ALPHA,
     ) -> dict | None:
         """Measure one configuration (unless its row exists): statistics, ranks, compression, evaluation."""
         if self.results.has(key):
@@ -306,7 +323,7 @@ class Bench:
         settings = self.settings(corpus, tokens, **(habits or {}))
         stats, timing = self.statistics(settings)
         ranks, planned = self.plan(corpus, keep, strategy, settings, stats)
-        model, made = self.compress(method, compensated, ranks, settings, stats, alpha)
+        model, made = self.compress(method, form, ranks, settings, stats)
         row = {
             "key": key,
             "stage": stage,
@@ -324,26 +341,50 @@ class Bench:
         return self.results.add(row)
 
 
-def variants(args) -> list[tuple[bool, float]]:
-    """``(compensated, alpha)`` of each form the main stage measures: plain once, compensated once per alpha."""
-    plain = [(False, ALPHA)] if "plain" in args.variants else []
-    return plain + [(True, alpha) for alpha in args.alpha if "compensated" in args.variants]
-
-
 # Compensated rows measured before alpha was an option ran full compensation: they record no alpha, and their keys
-# carry none.
+# carry none. Rows measured before validation was an option ran unvalidated: they record no ``validate``, and their
+# keys carry none.
 UNRECORDED_ALPHA = 1.0
 
 
-def alpha_key(compensated: bool, alpha: float) -> str:
-    """The key suffix of a row's alpha: a compensated row's, except full compensation (the rows measured before
-    alpha); none for a plain row, which has no alpha."""
-    return f"|alpha={alpha:g}" if compensated and alpha != UNRECORDED_ALPHA else ""
+@dataclass(frozen=True)
+class Form:
+    """How a method runs: plain or compensated, with its alpha and whether its corrections are validated."""
+
+    compensated: bool
+    alpha: float = ALPHA
+    validate: str = "none"
+
+    @classmethod
+    def of(cls, row: dict) -> Form:
+        """The form a row ran in."""
+        if not row["method"].endswith("_compensated"):
+            return cls(False)
+        return cls(True, row.get("alpha", UNRECORDED_ALPHA), row.get("validate", "none"))
+
+    def options(self) -> dict:
+        """The method's options: none for a plain form."""
+        return {"alpha": self.alpha, "validate": self.validate} if self.compensated else {}
+
+    def key(self) -> str:
+        """The key suffix: a compensated form's alpha (except full compensation, the rows measured before alpha) and
+        validation; none for a plain form."""
+        if not self.compensated:
+            return ""
+        alpha = "" if self.alpha == UNRECORDED_ALPHA else f"|alpha={self.alpha:g}"
+        return alpha + ("" if self.validate == "none" else f"|{self.validate}")
+
+    def label(self) -> str:
+        if not self.compensated:
+            return ""
+        return f" (alpha {self.alpha:g}" + ("" if self.validate == "none" else f", {self.validate}") + ")"
 
 
-def row_alpha(row: dict) -> float:
-    """The alpha a compensated row ran with (:data:`UNRECORDED_ALPHA` where it records none)."""
-    return row.get("alpha", UNRECORDED_ALPHA)
+def variants(args) -> list[Form]:
+    """The forms the main and curve stages measure: plain once, compensated once per alpha and validation."""
+    plain = [Form(False)] if "plain" in args.variants else []
+    compensated = "compensated" in args.variants
+    return plain + [Form(True, a, v) for a in args.alpha for v in args.validate if compensated]
 
 
 def best_strategy(bench: Bench, corpus: str, keep: float) -> str | None:
@@ -395,40 +436,31 @@ def run(bench: Bench, args) -> None:
                     print(f"main: uniform ranks only for {corpus} at {keep:.0%} kept (no strategies rows)", flush=True)
                 for strategy in ("uniform", *([best] if best else [])):
                     for method in args.methods:
-                        for compensated, alpha in variants(args):
+                        for form in variants(args):
                             measured = bench.results.has(f"strategies|{tag}|{strategy}")
-                            if measured and method == "kfac_svd" and not compensated:
+                            if measured and method == "kfac_svd" and not form.compensated:
                                 continue  # the strategies stage measured this configuration
-                            key = f"main|{tag}|{method}|{compensated}|{strategy}" + alpha_key(compensated, alpha)
-                            bench.row(
-                                key, "main", corpus, keep, method, compensated, strategy, args.tokens, None, alpha
-                            )
+                            key = f"main|{tag}|{method}|{form.compensated}|{strategy}" + form.key()
+                            bench.row(key, "main", corpus, keep, method, form, strategy, args.tokens)
             if "habits" in stages:
                 for name in args.habits:
                     if "uniform" in args.habit_rows:
                         key = f"habits|{tag}|{name}"
-                        bench.row(key, "habits", corpus, keep, "kfac_svd", False, "uniform", args.tokens, HABITS[name])
-                    if "best" in args.habit_rows and (best := best_row(bench, corpus, keep, args.tokens)):
-                        method, compensated = split_method(best["method"])
-                        key, strategy = f"habits|{tag}|{name}|on={best['key']}", best["strategy"]
                         bench.row(
-                            key,
-                            "habits",
-                            corpus,
-                            keep,
-                            method,
-                            compensated,
-                            strategy,
-                            args.tokens,
-                            HABITS[name],
-                            row_alpha(best),
+                            key, "habits", corpus, keep, "kfac_svd", Form(False), "uniform", args.tokens, HABITS[name]
+                        )
+                    if "best" in args.habit_rows and (best := best_row(bench, corpus, keep, args.tokens)):
+                        key, strategy = f"habits|{tag}|{name}|on={best['key']}", best["strategy"]
+                        method = best_method(best)
+                        bench.row(
+                            key, "habits", corpus, keep, method, Form.of(best), strategy, args.tokens, HABITS[name]
                         )
             if "curve" in stages:
                 for size in args.sizes:
                     tokens = None if size == "all" else int(size)
-                    for compensated, alpha in variants(args):
-                        key = f"curve|{corpus}|{size}|{keep}|kfac_svd|{compensated}" + alpha_key(compensated, alpha)
-                        bench.row(key, "curve", corpus, keep, "kfac_svd", compensated, "uniform", tokens, None, alpha)
+                    for form in variants(args):
+                        key = f"curve|{corpus}|{size}|{keep}|kfac_svd|{form.compensated}" + form.key()
+                        bench.row(key, "curve", corpus, keep, "kfac_svd", form, "uniform", tokens)
             if "heal" in stages:
                 heal(bench, corpus, keep, args)
 
@@ -460,9 +492,9 @@ def best_row(bench: Bench, corpus: str, keep: float, tokens: int) -> dict | None
     return min(rows, key=lambda r: r[f"ppl[{corpus}]"])
 
 
-def split_method(name: str) -> tuple[str, bool]:
-    """``(method, compensated)`` of a row's method name."""
-    return name.removesuffix("_compensated"), name.endswith("_compensated")
+def best_method(row: dict) -> str:
+    """A row's method without its compensated suffix (:class:`Form` has the form)."""
+    return row["method"].removesuffix("_compensated")
 
 
 def heal(bench: Bench, corpus: str, keep: float, args) -> None:
@@ -481,11 +513,10 @@ def heal(bench: Bench, corpus: str, keep: float, args) -> None:
     configs = [c for c in configs if not bench.results.has(heal_key(best["key"], c))]
     if not configs:
         return
-    method, compensated = split_method(best["method"])
     settings = bench.settings(corpus, args.tokens)
     stats, _ = bench.statistics(settings)
     ranks, _ = bench.plan(corpus, keep, best["strategy"], settings, stats)
-    model, made = bench.compress(method, compensated, ranks, settings, stats, row_alpha(best))
+    model, made = bench.compress(best_method(best), Form.of(best), ranks, settings, stats)
     print(f"heal: {best['key']} compressed again in {made['compress_s']} s", flush=True)
     for config in configs:
         start = time.perf_counter()
@@ -501,7 +532,7 @@ def heal(bench: Bench, corpus: str, keep: float, args) -> None:
                 "keep": keep,
                 "strategy": best["strategy"],
                 "method": best["method"],
-                **({"alpha": row_alpha(best)} if compensated else {}),
+                **Form.of(best).options(),
                 "healed_from": best["key"],
                 "recompress_s": made["compress_s"],
                 "heal_s": heal_s,
@@ -537,8 +568,8 @@ def healing_label(config: dict) -> str:
 
 
 def method_label(r: dict) -> str:
-    """A row's method, with its alpha when compensated."""
-    return r["method"] + (f" (alpha {row_alpha(r):g})" if "_compensated" in r["method"] else "")
+    """A row's method, with its alpha and validation when compensated."""
+    return r["method"] + Form.of(r).label()
 
 
 def row_label(r: dict) -> str:

@@ -19,7 +19,7 @@ from lowrank.cli.main import main
 from lowrank.compress import factorize_layer
 from lowrank.data import load_task
 from lowrank.methods import with_compensation
-from lowrank.methods.compensated import ALPHA
+from lowrank.methods.compensated import ALPHA, VALIDATE
 from lowrank.models import ModelLoadError
 from lowrank.models.families.llama import DECODER as LLAMA
 from lowrank.models.loading import load_config
@@ -423,7 +423,8 @@ def test_partial_compensation_spans_svd_llm_on_compressed_inputs_to_full_compens
     sharded_llama, text_task, tmp_path
 ):
     """alpha = 0 is SVD-LLM's sequential mode (each block whitened on the inputs of the compressed blocks before
-    it), alpha = 1 full compensation; the record states the alpha that ran, the default included."""
+    it), alpha = 1 full compensation; the record states the alpha and validation that ran, the defaults included,
+    and each layer's validated multiplier of its correction."""
     loaded = load_model(str(sharded_llama))
     none = compress_in_blocks(loaded, 0.5, "svd_llm_compensated", text_task, SETTINGS, alpha=0.0)
     on_compressed = compress_in_blocks(loaded, 0.5, "svd_llm", text_task, SETTINGS)
@@ -431,9 +432,11 @@ def test_partial_compensation_spans_svd_llm_on_compressed_inputs_to_full_compens
     vocab = loaded.model.config.vocab_size
     assert logit_gap(none, on_compressed, vocab) < 1e-4
     assert logit_gap(none, full, vocab) > 1e-3
-    assert none.model.lowrank_info.options == {"alpha": 0.0}
+    assert none.model.lowrank_info.options == {"alpha": 0.0, "validate": VALIDATE}
+    multipliers = [facts["correction_multiplier"] for facts in full.model.lowrank_info.details.values()]
+    assert len(multipliers) == len(full.model.lowrank_info.ranks) and all(0 <= m <= 1 for m in multipliers)
     default = compress_in_blocks(loaded, 0.5, "svd_llm_compensated", text_task, SETTINGS)
-    assert default.model.lowrank_info.options == {"alpha": ALPHA}
+    assert default.model.lowrank_info.options == {"alpha": ALPHA, "validate": VALIDATE}
     with pytest.raises(ValueError, match=r"alpha must be in \[0, 1\]"):
         compress_in_blocks(loaded, 0.5, "svd_llm_compensated", text_task, SETTINGS, alpha=2.0)
 
@@ -471,7 +474,7 @@ def test_cli_compresses_a_compensated_method_in_memory_through_the_block_loop(
     code, out, err = run(capsys, *args, "--compensate", "--option", "alpha=0.5")
     assert code == 0, err
     info = load_compressed(tmp_path / "half").model.lowrank_info
-    assert info.method == "svd_llm_compensated" and info.options == {"alpha": 0.5}
+    assert info.method == "svd_llm_compensated" and info.options == {"alpha": 0.5, "validate": VALIDATE}
 
 
 def test_kfac_compensated_runs_agree_in_memory_and_sequential(sharded_llama, text_task, tmp_path):

@@ -136,7 +136,8 @@ def register(sub) -> None:
         action=argparse.BooleanOptionalAction,
         help="run a data-aware method in its error-compensated form (svd_llm, kfac_svd: each block "
         "fitted, from the inputs of the blocks compressed before it, toward the dense outputs with weight alpha, "
-        f"--option alpha=A, default {ALPHA:g}; default: "
+        f"--option alpha=A, default {ALPHA:g}; each layer's correction validated on held-out calibration windows, "
+        "--option validate=none to skip; default: "
         + ", ".join(f"{'on' if on else 'off'} for a {kind}" for kind, on in COMPENSATE.items())
         + ")",
     )

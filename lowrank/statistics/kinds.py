@@ -121,10 +121,11 @@ register_statistic(
 register_statistic(
     StatisticKind(
         "compensation",
-        ("cross_moment", "compressed_moment"),
+        ("cross_moment", "compressed_moment", "fold_cross_moment", "fold_compressed_moment", "fold_tokens"),
         "dense/compressed input moments",
         "'cross_moment': E[x x_hat^T] of the layer's dense input x and its input x_hat in the model compressed so "
-        "far, (in, in); 'compressed_moment': E[x_hat x_hat^T], (in, in)",
+        "far, (in, in); 'compressed_moment': E[x_hat x_hat^T], (in, in); 'fold_*': the same over each fold of the "
+        "calibration windows (FOLDS, in, in) and its tokens (FOLDS,)",
         COMPENSATION_PASS,
         sweep_only=True,
     )

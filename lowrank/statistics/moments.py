@@ -13,6 +13,7 @@ the dense model and ``x_hat`` the input on the same token in the model compresse
 
     M = E_t[x x_hat^T]              (in, in)     cross moment ('cross_moment')
     C = E_t[x_hat x_hat^T]          (in, in)     compressed-input second moment ('compressed_moment')
+    M_k, C_k, n_k                   (FOLDS, ...) the same over fold k of the windows, and its tokens ('fold_*')
 
 K-FAC approximates the Fisher of ``W`` as ``G (x) A``
 (the normalization of ``G`` is a reconstruction). Cost: one float64 matrix product per batch and distinct input
@@ -27,6 +28,9 @@ import torch
 from torch import nn
 
 from lowrank.statistics.settings import DEFAULT, StatisticsSettings
+
+# Folds of the calibration windows in the compensation statistics: a correction fitted on one is checked on the other.
+FOLDS = 2
 
 
 class SharedInputs:
@@ -76,6 +80,15 @@ def select_tokens(t: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     if mask is not None and mask.shape == t.shape[:2]:
         return t[mask.to(t.device)]
     return t.reshape(-1, t.shape[-1])
+
+
+def window_folds(t: torch.Tensor, first: int) -> torch.Tensor:
+    """The fold of each token of ``t`` (batch, T, features) or (batch, features): ``(first + j) mod FOLDS`` for
+    window ``j`` of the batch, shaped (batch, T, 1) for :func:`select_tokens`."""
+    batch = t.shape[0]
+    length = t.reshape(batch, -1, t.shape[-1]).shape[1]
+    folds = torch.arange(first, first + batch, device=t.device) % FOLDS
+    return folds[:, None, None].expand(batch, length, 1)
 
 
 def shape_gradients(g: torch.Tensor, edge: float, clip: float, mask: torch.Tensor | None) -> torch.Tensor:
@@ -151,14 +164,18 @@ class CrossMomentCollector:
 
     The block sweep runs each batch twice: with ``phase = "dense"`` the hook keeps ``x``; with
     ``phase = "compressed"`` it accumulates ``sum x_hat x_hat^T`` and ``sum x x_hat^T`` (token-masked) against
-    the ``x`` kept for that batch. Memory: O(in^2) per layer plus one batch of inputs."""
+    the ``x`` kept for that batch, separately for each of :data:`FOLDS` folds of the calibration windows (window
+    ``j`` of the sample in fold ``j mod FOLDS``), so a correction fitted on some folds can be checked on the others
+    (:func:`lowrank.methods.compensated.correction_multiplier`). Memory: O(FOLDS in^2) per layer plus one batch of
+    inputs."""
 
     def __init__(self, module: nn.Linear, gradients: bool, settings: StatisticsSettings = DEFAULT):
         in_features = module.weight.shape[1]
         device = module.weight.device
-        self.cross = torch.zeros(in_features, in_features, dtype=torch.float64, device=device)
-        self.moment = torch.zeros(in_features, in_features, dtype=torch.float64, device=device)
-        self.tokens = torch.zeros(1, dtype=torch.float64, device=device)
+        self.cross = torch.zeros(FOLDS, in_features, in_features, dtype=torch.float64, device=device)
+        self.moment = torch.zeros(FOLDS, in_features, in_features, dtype=torch.float64, device=device)
+        self.tokens = torch.zeros(FOLDS, dtype=torch.float64, device=device)
+        self.windows = 0  # windows accumulated so far: the first window of the next batch is window ``windows``
         self.mask: torch.Tensor | None = None
         self.scale = 1.0
         self.phase = "dense"
@@ -166,11 +183,18 @@ class CrossMomentCollector:
         self.shared: SharedInputs | None = None  # set by begin_batch
         self.handle = module.register_forward_hook(self._forward)
 
-    def _products(self, dense: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def _products(self, dense: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x_hat = select_tokens(t.detach(), self.mask).double()
         if dense.shape[0] != x_hat.shape[0]:
             raise RuntimeError("a compressed-model input came without the dense input of the same batch")
-        return x_hat.T @ x_hat, dense.T @ x_hat, x_hat.shape[0]
+        fold = select_tokens(window_folds(t, self.windows), self.mask).reshape(-1)
+        moment, cross = torch.zeros_like(self.moment), torch.zeros_like(self.cross)
+        tokens = torch.zeros_like(self.tokens)
+        for k in range(FOLDS):
+            rows = fold == k
+            x_k, dense_k = x_hat[rows], dense[rows]
+            moment[k], cross[k], tokens[k] = x_k.T @ x_k, dense_k.T @ x_k, x_k.shape[0]
+        return moment, cross, tokens
 
     def _forward(self, module, inputs, output):
         t = inputs[0]
@@ -183,17 +207,22 @@ class CrossMomentCollector:
         moment, cross, tokens = _once(self.shared, (dense, t), lambda: self._products(dense, t))
         self.moment.add_(moment)
         self.cross.add_(cross)
-        self.tokens += tokens
+        self.tokens.add_(tokens)
+        self.windows += t.shape[0]
         self.dense = None
 
     def accumulators(self) -> list[torch.Tensor]:
         return [self.cross, self.moment, self.tokens]
 
     def result(self, examples: int) -> dict[str, torch.Tensor]:
-        tokens = max(float(self.tokens), 1.0)
+        tokens = max(float(self.tokens.sum()), 1.0)
+        per_fold = self.tokens.clamp(min=1.0)[:, None, None]
         return {
-            "cross_moment": (self.cross / tokens).float().cpu(),
-            "compressed_moment": (self.moment / tokens).float().cpu(),
+            "cross_moment": (self.cross.sum(0) / tokens).float().cpu(),
+            "compressed_moment": (self.moment.sum(0) / tokens).float().cpu(),
+            "fold_cross_moment": (self.cross / per_fold).float().cpu(),
+            "fold_compressed_moment": (self.moment / per_fold).float().cpu(),
+            "fold_tokens": self.tokens.float().cpu(),
         }
 
     def remove(self) -> None:

@@ -10,10 +10,11 @@ import sys
 from pathlib import Path
 
 from lowrank.healing import default_healing
+from lowrank.methods.compensated import VALIDATE
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))  # the benchmark is a script, not a package
-from decoder import heal_key, sample_sizes, tokens_label  # noqa: E402
+from decoder import Form, heal_key, sample_sizes, tokens_label  # noqa: E402
 
 
 def test_the_quick_decoder_benchmark_writes_every_stage(tiny_llama_dir, tmp_path, seed_lee):
@@ -39,6 +40,11 @@ def test_the_quick_decoder_benchmark_writes_every_stage(tiny_llama_dir, tmp_path
     ]
     for row in main:  # a plain row has no alpha; its key carried the default's (a resumed run measured it again)
         assert ("|alpha=" in row["key"]) == ("alpha" in row) == row["method"].endswith("_compensated")
+        assert row.get("validate", "none") == (VALIDATE if row["method"].endswith("_compensated") else "none")
+        assert (f"|{VALIDATE}" in row["key"]) == row["method"].endswith("_compensated")  # the library's default
+        if row["method"].endswith("_compensated"):
+            multipliers = row["correction_multiplier"]
+            assert multipliers["layers"] > 0 and 0 <= multipliers["min"] <= multipliers["mean"] <= 1
     best = min(main, key=lambda row: row["ppl[lee]"])
     habits = [row for row in rows.values() if row["stage"] == "habits"]
     alone = sorted(row["habits"] for row in habits if row["method"] == "kfac_svd" and row["strategy"] == "uniform")
@@ -62,6 +68,19 @@ def test_the_quick_decoder_benchmark_writes_every_stage(tiny_llama_dir, tmp_path
         [*command, "--out", str(out), "--report", str(report)], env=env, capture_output=True, text=True
     )
     assert again.returncode == 0 and f"resuming: {len(rows) + 1} rows" in again.stdout  # nothing measured twice
+
+
+def test_a_rows_form_keeps_the_keys_of_rows_measured_before_alpha_and_validation():
+    """Rows measured before alpha (full compensation) or validation record neither; their form reads them so, and
+    its key suffix is the one they were stored under, so a resumed run does not measure them again."""
+    before_alpha = {"method": "kfac_svd_compensated"}
+    before_validation = {"method": "kfac_svd_compensated", "alpha": 0.25}
+    validated = {"method": "kfac_svd_compensated", "alpha": 0.25, "validate": "held-out"}
+    assert Form.of(before_alpha) == Form(True, 1.0, "none") and Form.of(before_alpha).key() == ""
+    assert Form.of(before_validation).key() == "|alpha=0.25"
+    assert Form.of(validated).key() == "|alpha=0.25|held-out"
+    assert Form.of(validated).options() == {"alpha": 0.25, "validate": "held-out"}
+    assert Form.of({"method": "kfac_svd"}) == Form(False) and Form(False).key() == "" and Form(False).options() == {}
 
 
 def test_a_heal_row_is_keyed_by_its_back_off_and_precision():

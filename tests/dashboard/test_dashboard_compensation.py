@@ -5,7 +5,7 @@ forms (its default, lowrank.methods.COMPENSATE) and is offered the compensated o
 from __future__ import annotations
 
 from lowrank.experiments.store import RunStore
-from lowrank.methods.compensated import ALPHA
+from lowrank.methods.compensated import ALPHA, VALIDATE
 from tests.dashboard.test_dashboard import click, env, new_app, visit, wait_for_sweep  # noqa: F401 (env: a fixture)
 
 
@@ -23,7 +23,7 @@ def test_factorize_runs_the_compensated_form_on_a_causal_lm(env, seed_lee, tiny_
     store = RunStore(env / "runs.sqlite")
     assert wait_for_sweep(store, int(store.sweeps().iloc[0]["id"]))["status"] == "done"
     run = store.runs(method="kfac_svd_compensated", status="done").iloc[0]
-    assert run["options"] == {"alpha": ALPHA}
+    assert run["options"] == {"alpha": ALPHA, "validate": VALIDATE}
 
 
 def test_a_classifier_starts_from_the_plain_forms_and_is_offered_the_compensated_ones(env):  # noqa: F811

@@ -10,7 +10,7 @@ import torch
 from lowrank import compress_in_memory, load_compressed, load_model, method_form
 from lowrank.experiments.store import RunStore
 from lowrank.experiments.sweep import SweepSpec, run_sweep
-from lowrank.methods.compensated import ALPHA
+from lowrank.methods.compensated import ALPHA, VALIDATE
 from lowrank.needs import needs_for
 from lowrank.sequential import check_runnable
 from lowrank.statistics import StatisticsSettings
@@ -46,7 +46,7 @@ def test_a_sweep_runs_a_compensated_form_as_compress_in_memory_does(tmp_path, ti
 
     assert sweep({}, save=True) == {"done": 2, "failed": 0}
     (row,) = store.runs(method="kfac_svd_compensated", status="done").to_dict("records")
-    assert row["options"] == {"alpha": ALPHA}  # the default that ran, stated
+    assert row["options"] == {"alpha": ALPHA, "validate": VALIDATE}  # the defaults that ran, stated
     loaded = load_model(str(tiny_llama_dir))
     direct = compress_in_memory(
         loaded, row["ranks"], "kfac_svd_compensated", str(corpus), StatisticsSettings(**SETTINGS)

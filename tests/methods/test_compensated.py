@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lowrank import factorize
-from lowrank.methods.compensated import ALPHA, compensated_factors
+from lowrank.methods.compensated import ALPHA, VALIDATE, VALIDATIONS, Folds, compensated_factors
 
 
 def problem(out, inp, tokens, seed, noise=0.3):
@@ -25,6 +25,22 @@ def problem(out, inp, tokens, seed, noise=0.3):
 def moments(X, X_hat):
     tokens = X.shape[1]
     return X @ X_hat.T / tokens, X_hat @ X_hat.T / tokens
+
+
+def swept(X, X_hat, G=None):
+    """The compensation statistics of the block sweep for tokens ``X``, ``X_hat`` (in, T), the first and second
+    half of the tokens as the two folds; with ``G`` the gradient moment too."""
+    M, C = moments(X, X_hat)
+    halves = [slice(0, X.shape[1] // 2), slice(X.shape[1] // 2, X.shape[1])]
+    folds = [moments(X[:, h], X_hat[:, h]) for h in halves]
+    stats = {
+        "cross_moment": M,
+        "compressed_moment": C,
+        "fold_cross_moment": torch.stack([f[0] for f in folds]),
+        "fold_compressed_moment": torch.stack([f[1] for f in folds]),
+        "fold_tokens": torch.tensor([float(X[:, h].shape[1]) for h in halves], dtype=torch.float64),
+    }
+    return stats | ({} if G is None else {"grad_moment": G})
 
 
 def error(W, B, X, X_hat, G=None):
@@ -118,15 +134,13 @@ def test_kfac_svd_compensated_is_registered_as_the_weighted_closed_form(rank):
     any positive definite G; kfac_svd when X_hat = X."""
     W, X, X_hat, G = problem(6, 5, 30, seed=8)
     M, C = moments(X, X_hat)
-    stats = {"cross_moment": M, "compressed_moment": C, "grad_moment": G}
-    B = factorize(W, rank, "kfac_svd_compensated", stats=stats, alpha=1.0).matrix()
+    stats = swept(X, X_hat, G)
+    B = factorize(W, rank, "kfac_svd_compensated", stats=stats, alpha=1.0, validate="none").matrix()
     assert torch.allclose(B, compensated_factors(W, rank, M, C, G).matrix(), atol=1e-12)
     if rank == 5:
         assert torch.allclose(B, torch.linalg.lstsq(X_hat.T, (W @ X).T).solution.T, atol=1e-9)
     _, A = moments(X, X)
-    same = factorize(
-        W, rank, "kfac_svd_compensated", stats={"cross_moment": A, "compressed_moment": A, "grad_moment": G}
-    )
+    same = factorize(W, rank, "kfac_svd_compensated", stats=swept(X, X, G))
     kfac = factorize(W, rank, "kfac_svd", stats={"input_moment": A, "input_abs_mean": A.diagonal(), "grad_moment": G})
     assert torch.allclose(same.matrix(), kfac.matrix(), atol=1e-9)
     with pytest.raises(ValueError, match="needs compensation, gradients"):
@@ -182,13 +196,111 @@ def test_alpha_zero_is_svd_llm_on_the_compressed_inputs_and_alpha_is_checked():
     stats = {"input_moment": C, "input_abs_mean": C.diagonal().sqrt()}
     expected = factorize(W, 3, "svd_llm", stats=stats).matrix()
     assert torch.allclose(compensated_factors(W, 3, M, C, alpha=0.0).matrix(), expected, atol=1e-10)
-    swept = {"cross_moment": M, "compressed_moment": C, "grad_moment": G}
-    default = factorize(W, 3, "svd_llm_compensated", stats=swept).matrix()  # the methods' alpha is ALPHA
-    assert torch.allclose(default, compensated_factors(W, 3, M, C, alpha=ALPHA).matrix(), atol=1e-12)
-    half = factorize(W, 3, "kfac_svd_compensated", stats=swept, alpha=0.5).matrix()
+    stats = swept(X, X_hat, G)
+    default = factorize(W, 3, "svd_llm_compensated", stats=stats).matrix()  # the methods' alpha and validation
+    validated = compensated_factors(W, 3, M, C, alpha=ALPHA, folds=Folds.of(stats), validate=VALIDATE).matrix()
+    assert torch.allclose(default, validated, atol=1e-12)
+    half = factorize(W, 3, "kfac_svd_compensated", stats=stats, alpha=0.5, validate="none").matrix()
     assert torch.allclose(half, compensated_factors(W, 3, M, C, G, alpha=0.5).matrix(), atol=1e-12)
     for bad in (-0.1, 1.5):
         with pytest.raises(ValueError, match=r"alpha must be in \[0, 1\]"):
-            factorize(W, 3, "svd_llm_compensated", stats=swept, alpha=bad)
+            factorize(W, 3, "svd_llm_compensated", stats=stats, alpha=bad)
     with pytest.raises(ValueError, match="alpha"):
-        factorize(W, 3, "svd_llm_compensated", stats=swept, alpha="half")
+        factorize(W, 3, "svd_llm_compensated", stats=stats, alpha="half")
+    with pytest.raises(ValueError, match="validate"):
+        factorize(W, 3, "svd_llm_compensated", stats=stats, validate="yes")
+    with pytest.raises(ValueError, match="fold moments"):
+        compensated_factors(W, 3, M, C, validate="held-out")
+
+
+def halves(X):
+    return [slice(0, X.shape[1] // 2), slice(X.shape[1] // 2, X.shape[1])]
+
+
+def fold_error(W, s, X, X_hat, fit, check, L):
+    """||L^T W ((X - X_hat) - s D X_hat)||^2 on the tokens ``check``, ``D`` the least-squares correction fitted on
+    the tokens ``fit``."""
+    D = torch.linalg.lstsq(X_hat[:, fit].T, (X[:, fit] - X_hat[:, fit]).T).solution.T
+    E = (X[:, check] - X_hat[:, check]) - s * D @ X_hat[:, check]
+    return float((L.T @ W @ E).square().sum())
+
+
+def held_out_error(W, s, X, X_hat, G, validate):
+    """Brute force on the tokens: two-fold, each half checked against the correction fitted on the other; held-out,
+    the second half checked against the correction fitted on the first."""
+    L = torch.eye(W.shape[0], dtype=W.dtype) if G is None else torch.linalg.cholesky(G)
+    first, second = halves(X)
+    if validate == "held-out":
+        return fold_error(W, s, X, X_hat, first, second, L)
+    return fold_error(W, s, X, X_hat, first, second, L) + fold_error(W, s, X, X_hat, second, first, L)
+
+
+def multiplier(W, X, X_hat, validate, G=None, alpha=1.0):
+    stats = swept(X, X_hat) | ({} if G is None else {"grad_moment": G})
+    method = "svd_llm_compensated" if G is None else "kfac_svd_compensated"
+    return factorize(W, min(W.shape), method, stats=stats, alpha=alpha, validate=validate)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    out=st.integers(2, 6),
+    inp=st.integers(2, 6),
+    extra=st.integers(4, 30),
+    noise=st.floats(0.05, 1.0),
+    seed=st.integers(0, 10_000),
+    weighted=st.booleans(),
+    validate=st.sampled_from(VALIDATIONS[1:]),
+)
+def test_correction_multiplier_is_the_held_out_optimum(out, inp, extra, noise, seed, weighted, validate):
+    """s* minimizes the held-out error of the correction over [0, 1] (brute force on the tokens); at full rank the
+    layer is the dense map composed with the correction it applies, shrunk by s* (held-out: fitted on the first half)."""
+    W, X, X_hat, G = problem(out, inp, 2 * (inp + extra), seed, noise)
+    G = G if weighted else None
+    made = multiplier(W, X, X_hat, validate, G)
+    s = made.info["correction_multiplier"]
+    best = min(held_out_error(W, g, X, X_hat, G, validate) for g in torch.linspace(0, 1, 201).tolist())
+    assert 0.0 <= s <= 1.0
+    assert held_out_error(W, s, X, X_hat, G, validate) <= best * (1 + 1e-9) + 1e-12
+    fit = halves(X)[0] if validate == "held-out" else slice(None)
+    D = torch.linalg.lstsq(X_hat[:, fit].T, (X[:, fit] - X_hat[:, fit]).T).solution.T
+    expected = W @ (torch.eye(inp, dtype=W.dtype) + s * D)
+    assert torch.allclose(made.matrix(), expected, atol=1e-8 * (1 + float(expected.abs().max())))
+
+
+@pytest.mark.parametrize("validate", VALIDATIONS[1:])
+def test_validation_keeps_a_correction_that_holds_and_drops_one_fitted_to_noise(validate):
+    """A systematic input error learned from many tokens is kept (s* near 1); an error that is noise, independent of
+    x_hat, fitted from few tokens per feature, is shrunk, and the validated layer beats the unvalidated one on
+    fresh tokens."""
+    g = torch.Generator().manual_seed(0)
+    out, inp = 8, 24
+    W = torch.randn(out, inp, generator=g, dtype=torch.float64)
+    mix = torch.eye(inp, dtype=torch.float64) + 0.3 * torch.randn(inp, inp, generator=g, dtype=torch.float64)
+
+    def tokens(n, systematic):
+        X_hat = torch.randn(inp, n, generator=g, dtype=torch.float64)
+        noise = torch.randn(inp, n, generator=g, dtype=torch.float64)
+        return (mix @ X_hat if systematic else X_hat + noise), X_hat
+
+    X, X_hat = tokens(4000, systematic=True)
+    assert multiplier(W, X, X_hat, validate).info["correction_multiplier"] > 0.95
+    X, X_hat = tokens(60, systematic=False)  # 2.5 tokens per input feature
+    stats = swept(X, X_hat)
+    validated = factorize(W, 4, "svd_llm_compensated", stats=stats, alpha=1.0, validate=validate)
+    assert validated.info["correction_multiplier"] < 0.3
+    unvalidated = factorize(W, 4, "svd_llm_compensated", stats=stats, alpha=1.0, validate="none")
+    fresh_X, fresh_X_hat = tokens(20_000, systematic=False)
+    assert error(W, validated.matrix(), fresh_X, fresh_X_hat) < 0.8 * error(
+        W, unvalidated.matrix(), fresh_X, fresh_X_hat
+    )
+
+
+@pytest.mark.parametrize("validate", VALIDATIONS[1:])
+def test_an_empty_fold_leaves_the_correction_unvalidated(validate):
+    W, X, X_hat, _ = problem(4, 3, 20, seed=5)
+    stats = swept(X, X_hat)
+    stats["fold_tokens"] = torch.tensor([20.0, 0.0], dtype=torch.float64)
+    made = factorize(W, 2, "svd_llm_compensated", stats=stats, alpha=1.0, validate=validate)
+    assert made.info["correction_multiplier"] == "unvalidated"
+    M, C = moments(X, X_hat)
+    assert torch.allclose(made.matrix(), compensated_factors(W, 2, M, C).matrix(), atol=1e-12)
