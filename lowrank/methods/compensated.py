@@ -139,9 +139,7 @@ def validated_correction(
 
     ``s*`` is ``None`` (and ``T = M - C``, unvalidated) when a fold holds no tokens. Cost: one or two corrections
     O(in^3) and O(out in^2 + out^2 in)."""
-    tokens = folds.tokens.double()
-    if validate not in VALIDATIONS[1:]:
-        raise ValueError(f"validate must be one of {', '.join(VALIDATIONS)}, got {validate!r}")
+    tokens = folds.tokens.to(W.device).double()
     if not bool((tokens > 0).all()):
         return cross - moment, None
     fold_cross, fold_moment = folds.cross.to(W.device).double(), folds.moment.to(W.device).double()
@@ -152,8 +150,8 @@ def validated_correction(
         return _clip(b, c) * correction @ regularized, _clip(b, c)
     b = c = 0.0
     for k in range(len(tokens)):
-        rest = torch.arange(len(tokens)) != k
-        share = (tokens[rest] / tokens[rest].sum()).to(W.device)[:, None, None]
+        rest = torch.arange(len(tokens), device=W.device) != k
+        share = (tokens[rest] / tokens[rest].sum())[:, None, None]
         correction = fitted_correction((fold_cross[rest] * share).sum(0), (fold_moment[rest] * share).sum(0))
         b_k, c_k = held_out_terms(weighted, correction, fold_cross[k], fold_moment[k])
         b, c = b + float(tokens[k]) * b_k, c + float(tokens[k]) * c_k
@@ -184,6 +182,8 @@ def compensated_factors(
     ``G`` (out, out) or None; ``alpha`` in [0, 1]. Factors in ``W``'s dtype; see the module docstring.
     """
     check_alpha({"alpha": alpha})
+    if validate not in VALIDATIONS:
+        raise ValueError(f"validate must be one of {', '.join(VALIDATIONS)}, got {validate!r}")
     out_features, in_features = W.shape
     if cross.shape != (in_features, in_features) or moment.shape != (in_features, in_features):
         raise ValueError(

@@ -211,6 +211,8 @@ def test_alpha_zero_is_svd_llm_on_the_compressed_inputs_and_alpha_is_checked():
         factorize(W, 3, "svd_llm_compensated", stats=stats, validate="yes")
     with pytest.raises(ValueError, match="fold moments"):
         compensated_factors(W, 3, M, C, validate="held-out")
+    with pytest.raises(ValueError, match="validate must be one of none, two-fold, held-out"):
+        compensated_factors(W, 3, M, C, folds=Folds.of(stats), validate="bogus")
 
 
 def halves(X):
