@@ -50,6 +50,7 @@ from lowrank.healing import LEVELS, PRECISIONS, HealConfig, default_healing
 from lowrank.healing.config import BACKOFF
 from lowrank.methods import with_compensation
 from lowrank.methods.compensated import ALPHA, VALIDATE, VALIDATIONS
+from lowrank.methods.registry import COMPENSATED_SUFFIX
 from lowrank.progress import TqdmProgress
 from lowrank.statistics import DEFAULT, StatisticsSettings, statistics_for
 from lowrank.statistics.resolve import is_cached
@@ -267,7 +268,7 @@ class Bench:
     def compress(self, method: str, form: Form, ranks, settings: StatisticsSettings, stats: dict):
         """The compressed model and the record of how, by :func:`lowrank.compress_in_memory`: compensated forms
         through the block sweep with the cached dense statistics (the gradients), plain ones through ``compress``;
-        the record holds the mean of the layers' validated correction multipliers where there are any."""
+        the record summarizes the layers' correction multipliers ``s*`` (mean, min, zeros) where there are any."""
         name = with_compensation(method, form.compensated)
         start = time.perf_counter()
         model = compress_in_memory(self.loaded, ranks, name, None, settings, stats, **form.options())
@@ -349,7 +350,7 @@ UNRECORDED_ALPHA = 1.0
 
 @dataclass(frozen=True)
 class Form:
-    """How a method runs: plain or compensated, with its alpha and whether its corrections are validated."""
+    """How a method runs: plain or compensated, with its alpha and how its corrections are checked (``validate``)."""
 
     compensated: bool
     alpha: float = ALPHA
@@ -358,7 +359,7 @@ class Form:
     @classmethod
     def of(cls, row: dict) -> Form:
         """The form a row ran in."""
-        if not row["method"].endswith("_compensated"):
+        if not row["method"].endswith(COMPENSATED_SUFFIX):
             return cls(False)
         return cls(True, row.get("alpha", UNRECORDED_ALPHA), row.get("validate", "none"))
 
@@ -494,7 +495,7 @@ def best_row(bench: Bench, corpus: str, keep: float, tokens: int) -> dict | None
 
 def best_method(row: dict) -> str:
     """A row's method without its compensated suffix (:class:`Form` has the form)."""
-    return row["method"].removesuffix("_compensated")
+    return row["method"].removesuffix(COMPENSATED_SUFFIX)
 
 
 def heal(bench: Bench, corpus: str, keep: float, args) -> None:

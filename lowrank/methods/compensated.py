@@ -146,8 +146,8 @@ def validated_correction(
     weighted = left @ W.double()  # L_G^T W (out, in)
     if validate == "held-out":
         correction = fitted_correction(fold_cross[0], fold_moment[0])
-        b, c = held_out_terms(weighted, correction, fold_cross[1], fold_moment[1])
-        return _clip(b, c) * correction @ regularized, _clip(b, c)
+        multiplier = _clip(*held_out_terms(weighted, correction, fold_cross[1], fold_moment[1]))
+        return multiplier * correction @ regularized, multiplier
     b = c = 0.0
     for k in range(len(tokens)):
         rest = torch.arange(len(tokens), device=W.device) != k
@@ -155,7 +155,8 @@ def validated_correction(
         correction = fitted_correction((fold_cross[rest] * share).sum(0), (fold_moment[rest] * share).sum(0))
         b_k, c_k = held_out_terms(weighted, correction, fold_cross[k], fold_moment[k])
         b, c = b + float(tokens[k]) * b_k, c + float(tokens[k]) * c_k
-    return _clip(b, c) * (cross - moment), _clip(b, c)
+    multiplier = _clip(b, c)
+    return multiplier * (cross - moment), multiplier
 
 
 def _clip(b: float, c: float) -> float:
@@ -216,6 +217,21 @@ def compensated_factors(
     return Factorization(U.to(W.dtype), V.to(W.dtype), info=info)
 
 
+def factors_from_statistics(
+    W: torch.Tensor,
+    rank: int,
+    stats: Mapping[str, torch.Tensor],
+    grad: torch.Tensor | None,
+    alpha: float,
+    validate: str,
+) -> Factorization:
+    """:func:`compensated_factors` on the ``compensation`` statistics (their fold moments when ``validate`` checks)."""
+    folds = None if validate == "none" else Folds.of(stats)
+    return compensated_factors(
+        W, rank, stats["cross_moment"], stats["compressed_moment"], grad, alpha=alpha, folds=folds, validate=validate
+    )
+
+
 @register_method(
     "svd_llm_compensated",
     "Error-compensated SVD-LLM: exact minimizer of (1 - alpha) ||W X_hat - B X_hat||_F^2 + alpha ||W X - B X_hat||_F^2, "
@@ -227,10 +243,7 @@ def compensated_factors(
 def svd_llm_compensated(
     W: torch.Tensor, rank: int, stats: Mapping[str, torch.Tensor], alpha: float = ALPHA, validate: str = VALIDATE
 ) -> Factorization:
-    folds = None if validate == "none" else Folds.of(stats)
-    return compensated_factors(
-        W, rank, stats["cross_moment"], stats["compressed_moment"], alpha=alpha, folds=folds, validate=validate
-    )
+    return factors_from_statistics(W, rank, stats, None, alpha, validate)
 
 
 @register_method(
@@ -244,14 +257,4 @@ def svd_llm_compensated(
 def kfac_svd_compensated(
     W: torch.Tensor, rank: int, stats: Mapping[str, torch.Tensor], alpha: float = ALPHA, validate: str = VALIDATE
 ) -> Factorization:
-    folds = None if validate == "none" else Folds.of(stats)
-    return compensated_factors(
-        W,
-        rank,
-        stats["cross_moment"],
-        stats["compressed_moment"],
-        stats["grad_moment"],
-        alpha=alpha,
-        folds=folds,
-        validate=validate,
-    )
+    return factors_from_statistics(W, rank, stats, stats["grad_moment"], alpha, validate)

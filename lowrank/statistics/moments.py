@@ -166,7 +166,7 @@ class CrossMomentCollector:
     ``phase = "compressed"`` it accumulates ``sum x_hat x_hat^T`` and ``sum x x_hat^T`` (token-masked) against
     the ``x`` kept for that batch, separately for each of :data:`FOLDS` folds of the calibration windows (window
     ``j`` of the sample in fold ``j mod FOLDS``), so a correction fitted on some folds can be checked on the others
-    (:func:`lowrank.methods.compensated.correction_multiplier`). Memory: O(FOLDS in^2) per layer plus one batch of
+    (:func:`lowrank.methods.compensated.validated_correction`). Memory: O(FOLDS in^2) per layer plus one batch of
     inputs."""
 
     def __init__(self, module: nn.Linear, gradients: bool, settings: StatisticsSettings = DEFAULT):
